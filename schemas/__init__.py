@@ -1,0 +1,46 @@
+"""Every wire message of Stagecast, and the codec that encodes and decodes them.
+
+Import message classes from here (`from schemas import Join, encode, decode`). The
+submodules group them: `client` (client <-> edge frames), `log` (room-log events), `events`
+(public integration events), `api` (server API and internal RPC), `models` (nested values).
+"""
+
+from __future__ import annotations
+
+from schemas.api import *  # noqa: F403
+from schemas.client import *  # noqa: F403
+from schemas.codec import (
+    MAX_FRAME_BYTES,
+    Message,
+    Struct,
+    compile_all,
+    decode,
+    decode_as,
+    encode,
+    from_wire,
+    pack_struct,
+    registered,
+    to_wire,
+    unpack_struct,
+)
+from schemas.errors import *  # noqa: F403
+from schemas.events import *  # noqa: F403
+from schemas.log import *  # noqa: F403
+from schemas.models import *  # noqa: F403
+
+compile_all()
+
+__all__ = [  # noqa: RUF022 - the codec first, then everything re-exported
+    "MAX_FRAME_BYTES",
+    "Message",
+    "Struct",
+    "compile_all",
+    "decode",
+    "decode_as",
+    "encode",
+    "from_wire",
+    "pack_struct",
+    "registered",
+    "to_wire",
+    "unpack_struct",
+]

@@ -1,0 +1,263 @@
+"""Events of the room log (JetStream), the only input of the statekeeper's fold.
+
+Edges append client actions, the server API appends admin actions, and the statekeeper
+appends timer events. Every event names its room, carries the time it was stamped (`at`,
+milliseconds since the epoch) and every id the fold will need, so the fold never reads a
+clock or makes an id. `reply_to` / `req` say where the fold's answer goes (a session's
+direct subject or an API caller's inbox) and which request it answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from schemas.codec import MaxLen, Message, message
+from schemas.models import (
+    Attributes,
+    Grant,
+    Identity,
+    Metadata,
+    ParticipantKind,
+    TrackInfo,
+    TrackKind,
+)
+
+Subject = Annotated[str, MaxLen(1024)]
+
+
+class LogEvent(Message):
+    """Base of room-log events (every subclass has `room_id`, `at`, `reply_to`, `req`)."""
+
+    __slots__ = ()
+    room_id: str
+    at: int
+    reply_to: str | None
+    req: int
+
+
+# --------------------------------------------------------------------------- session actions
+
+
+@message("log.join")
+class JoinRequested(LogEvent):
+    room_id: Identity
+    at: int
+    sid: Identity
+    participant_id: Identity
+    name: Identity = ""
+    is_viewer: bool = False
+    kind: ParticipantKind = "standard"
+    grant: Grant = Grant()
+    metadata: Metadata = ""
+    attributes: Attributes = dataclasses.field(default_factory=dict)
+    edge_id: Identity
+    token_id: Identity = ""
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.resume")
+class ResumeRequested(LogEvent):
+    """A client reconnected (to any edge) within its departure grace."""
+
+    room_id: Identity
+    at: int
+    sid: Identity
+    edge_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.leave")
+class LeaveRequested(LogEvent):
+    room_id: Identity
+    at: int
+    sid: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.disconnect")
+class SessionDisconnected(LogEvent):
+    """The session's socket dropped: the departure grace starts."""
+
+    room_id: Identity
+    at: int
+    sid: Identity
+    edge_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.publish_track")
+class TrackPublishRequested(LogEvent):
+    room_id: Identity
+    at: int
+    sid: Identity
+    track: TrackInfo
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.unpublish_track")
+class TrackUnpublishRequested(LogEvent):
+    room_id: Identity
+    at: int
+    sid: Identity
+    track_sid: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.mute_track")
+class TrackMuteRequested(LogEvent):
+    room_id: Identity
+    at: int
+    sid: Identity
+    track_sid: Identity
+    muted: bool
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.set_metadata")
+class MetadataSet(LogEvent):
+    room_id: Identity
+    at: int
+    sid: Identity
+    metadata: Metadata
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.set_attributes")
+class AttributesSet(LogEvent):
+    room_id: Identity
+    at: int
+    sid: Identity
+    attributes: Attributes
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.subscription")
+class SubscriptionRequested(LogEvent):
+    """A subscriber's intent to receive (or stop receiving) a speaker's track kind."""
+
+    room_id: Identity
+    at: int
+    sid: Identity
+    participant_id: Identity
+    kind: TrackKind
+    subscribed: bool
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+# --------------------------------------------------------------------------- admin actions
+
+
+@message("log.create_room")
+class RoomCreateRequested(LogEvent):
+    room_id: Identity
+    at: int
+    room_sid: Identity
+    max_participants: int = 0
+    empty_timeout: int = 300
+    departure_timeout: int = 20
+    metadata: Metadata = ""
+    livestream: bool = False
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.delete_room")
+class RoomDeleteRequested(LogEvent):
+    room_id: Identity
+    at: int
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.update_room_metadata")
+class RoomMetadataSet(LogEvent):
+    room_id: Identity
+    at: int
+    metadata: Metadata
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.update_participant")
+class ParticipantUpdateRequested(LogEvent):
+    """Server-side change of a participant: tier (promotion/demotion), grant, name, data."""
+
+    room_id: Identity
+    at: int
+    participant_id: Identity
+    is_viewer: bool | None = None
+    grant: Grant | None = None
+    metadata: Metadata | None = None
+    attributes: Attributes | None = None
+    name: Identity | None = None
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.remove_participant")
+class ParticipantRemoveRequested(LogEvent):
+    room_id: Identity
+    at: int
+    participant_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.admin_mute")
+class TrackMuteForced(LogEvent):
+    room_id: Identity
+    at: int
+    participant_id: Identity
+    track_sid: Identity
+    muted: bool
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+# --------------------------------------------------------------------------- timer events
+
+
+@message("log.grace_expired")
+class GraceExpired(LogEvent):
+    """The departure grace of a disconnected session ran out (written by the statekeeper)."""
+
+    room_id: Identity
+    at: int
+    sid: Identity
+    disconnected_at: int
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.room_timeout")
+class RoomTimedOut(LogEvent):
+    """A room stayed empty past its empty/departure timeout (written by the statekeeper)."""
+
+    room_id: Identity
+    at: int
+    room_sid: Identity
+    empty_since: int
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.edge_lost")
+class EdgeLost(LogEvent):
+    """An edge stopped heart-beating: its sessions in this room enter the grace."""
+
+    room_id: Identity
+    at: int
+    edge_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0

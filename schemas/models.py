@@ -1,0 +1,97 @@
+"""Nested values shared by many messages: grants, participants, tracks, rooms, counts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal
+
+from schemas.codec import MaxBytes, MaxItems, MaxLen, Struct, struct
+
+ID_CHARS = 256
+METADATA_BYTES = 64 * 1024
+ATTRIBUTES_BYTES = 64 * 1024
+DATA_BYTES = 15 * 1024
+
+Identity = Annotated[str, MaxLen(ID_CHARS)]
+"""A participant id, a name, a room id, a sid, a topic: at most 256 characters."""
+Metadata = Annotated[str, MaxBytes(METADATA_BYTES)]
+"""Free-form participant or room metadata: at most 64 KiB."""
+Attributes = Annotated[dict[str, str], MaxBytes(ATTRIBUTES_BYTES), MaxItems(1024)]
+"""Participant attributes: at most 64 KiB of keys and values together."""
+DataPayload = Annotated[bytes, MaxBytes(DATA_BYTES)]
+"""A data message's payload: at most 15 KiB."""
+IdList = Annotated[tuple[Identity, ...], MaxItems(1024)]
+
+Tier = Literal["speaker", "viewer"]
+ParticipantKind = Literal["standard", "sip", "agent"]
+TrackKind = Literal["audio", "video"]
+TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio", "unknown"]
+
+
+@struct
+class Grant(Struct):
+    """What a participant may do. Field names are snake_case; tokens carry camelCase."""
+
+    can_publish: bool = True
+    can_subscribe: bool = True
+    can_publish_data: bool = True
+    can_subscribe_data: bool = True
+    can_moderate: bool = False
+    can_record: bool = False
+    can_hls: bool = False
+    can_livestream: bool = False
+
+    @property
+    def privileged(self) -> bool:
+        """True when any grant a roomless token may not carry is set."""
+        return self.can_moderate or self.can_record or self.can_hls or self.can_livestream
+
+
+@struct
+class TrackInfo(Struct):
+    """A published track."""
+
+    sid: Identity
+    kind: TrackKind
+    source: TrackSource = "unknown"
+    name: Identity = ""
+    muted: bool = False
+
+
+@struct
+class ParticipantInfo(Struct):
+    """A participant as other clients see it."""
+
+    sid: Identity
+    id: Identity
+    name: Identity = ""
+    is_viewer: bool = False
+    kind: ParticipantKind = "standard"
+    metadata: Metadata = ""
+    attributes: Attributes = dataclasses.field(default_factory=dict)
+    tracks: Annotated[tuple[TrackInfo, ...], MaxItems(64)] = ()
+    joined_at: int = 0
+
+
+@struct
+class Counts(Struct):
+    """Live participant counts of a room, by tier."""
+
+    speaker: int = 0
+    viewer: int = 0
+    total: int = 0
+
+
+@struct
+class RoomInfo(Struct):
+    """A room as clients and the server API see it."""
+
+    id: Identity
+    sid: Identity
+    metadata: Metadata = ""
+    max_participants: int = 0
+    empty_timeout: int = 300
+    departure_timeout: int = 20
+    livestream: bool = False
+    created_at: int = 0
+    counts: Counts = Counts()
