@@ -16,7 +16,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform, get_args, get_origin
 
 import msgpack
 
@@ -89,8 +89,10 @@ _Plan = tuple[
 ]
 _PLANS: dict[type, _Plan] = {}
 _set = object.__setattr__
+_new = object.__new__
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=True)
 def message(tag: str, version: int = 1) -> Callable[[type[M]], type[M]]:
     """Declare a top-level message with a unique type tag and a format version."""
 
@@ -106,6 +108,7 @@ def message(tag: str, version: int = 1) -> Callable[[type[M]], type[M]]:
     return wrap
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=True)
 def struct(cls: type[S]) -> type[S]:
     """Declare a nested value (encoded as a map of its fields)."""
     return dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
@@ -211,7 +214,8 @@ def from_wire(body: Any) -> Message:
         raise InvalidField("v: must be a positive integer")
     if version > cls.VERSION:
         raise UnsupportedVersion(f"{tag} version {version} (this peer reads up to {cls.VERSION})")
-    return _build(cls, body, "")
+    built: Message = _build(cls, body, "")
+    return built
 
 
 def _build(cls: type[Any], body: dict[str, Any], path: str) -> Any:
@@ -230,7 +234,7 @@ def _build(cls: type[Any], body: dict[str, Any], path: str) -> Any:
     for name, factory in factories:
         if name not in body:
             values[name] = factory()
-    obj = cls.__new__(cls)
+    obj = _new(cls)
     for name, value in values.items():
         _set(obj, name, value)
     return obj

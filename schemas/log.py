@@ -53,6 +53,7 @@ class JoinRequested(LogEvent):
     attributes: Attributes = dataclasses.field(default_factory=dict)
     edge_id: Identity
     token_id: Identity = ""
+    token_expires_at: int = 0
     reply_to: Subject | None = None
     req: int = 0
 

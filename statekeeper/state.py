@@ -1,0 +1,247 @@
+"""Room and session state, as the fold keeps it, and its snapshot format.
+
+Only `statekeeper.fold` mutates these objects. They are plain mutable slotted classes so
+that one event costs O(1) work whatever the room's size; what leaves the statekeeper is
+always a fresh frozen wire value (`participant_info`, `room_info`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import msgpack
+
+from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
+
+SNAPSHOT_FORMAT = 1
+
+
+@dataclasses.dataclass(slots=True)
+class Session:
+    """One participant session in a room."""
+
+    sid: str
+    identity: str
+    name: str
+    is_viewer: bool
+    kind: str
+    grant: Grant
+    metadata: str
+    attributes: dict[str, str]
+    joined_at: int
+    since_seq: int
+    """The log sequence at which the session entered its current tier (its roster key)."""
+    edge_id: str
+    token_key: str = ""
+    token_expires_at: int = 0
+    connected: bool = True
+    disconnected_at: int = 0
+    visible: bool = True
+    """Broadcast to the room (always true outside livestream mode; speakers only)."""
+    tracks: dict[str, TrackInfo] = dataclasses.field(default_factory=dict)
+    subscriptions: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    """Subscription intents: (publisher participant id, track kind)."""
+
+
+@dataclasses.dataclass(slots=True)
+class Room:
+    """A room: options, sessions and the indexes the fold needs for O(1) decisions."""
+
+    id: str
+    sid: str
+    created_at: int
+    metadata: str = ""
+    max_participants: int = 0
+    empty_timeout: int = 300
+    departure_timeout: int = 20
+    livestream: bool = False
+    sessions: dict[str, Session] = dataclasses.field(default_factory=dict)
+    by_identity: dict[str, str] = dataclasses.field(default_factory=dict)
+    by_edge: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    speaker_sids: dict[str, None] = dataclasses.field(default_factory=dict)
+    """Speaker-tier sessions in join order (an ordered set)."""
+    speakers: int = 0
+    viewers: int = 0
+    agents: int = 0
+    empty_since: int = 0
+    """When the room last became empty (0 while anyone is in it)."""
+    revoked: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Removed sessions' token keys (token id:identity) -> when the token expires."""
+    last_seq: int = 0
+
+    def counts(self) -> Counts:
+        return Counts(
+            speaker=self.speakers, viewer=self.viewers, total=self.speakers + self.viewers
+        )
+
+    def session_by_identity(self, identity: str) -> Session | None:
+        sid = self.by_identity.get(identity)
+        return None if sid is None else self.sessions[sid]
+
+
+@dataclasses.dataclass(slots=True)
+class State:
+    """Everything the statekeeper knows: the rooms of its partitions."""
+
+    rooms: dict[str, Room] = dataclasses.field(default_factory=dict)
+
+
+def participant_info(session: Session) -> ParticipantInfo:
+    """The wire view of a session (a copy: later changes to the session do not show)."""
+    return ParticipantInfo(
+        sid=session.sid,
+        id=session.identity,
+        name=session.name,
+        is_viewer=session.is_viewer,
+        kind=session.kind,  # type: ignore[arg-type]
+        metadata=session.metadata,
+        attributes=dict(session.attributes),
+        tracks=tuple(session.tracks.values()),
+        joined_at=session.joined_at,
+    )
+
+
+def room_info(room: Room) -> RoomInfo:
+    """The wire view of a room."""
+    return RoomInfo(
+        id=room.id,
+        sid=room.sid,
+        metadata=room.metadata,
+        max_participants=room.max_participants,
+        empty_timeout=room.empty_timeout,
+        departure_timeout=room.departure_timeout,
+        livestream=room.livestream,
+        created_at=room.created_at,
+        counts=room.counts(),
+    )
+
+
+# --------------------------------------------------------------------------- snapshots
+
+_GRANT_FIELDS = tuple(f.name for f in dataclasses.fields(Grant))
+
+
+def _pack_grant(grant: Grant) -> int:
+    return sum(1 << i for i, name in enumerate(_GRANT_FIELDS) if getattr(grant, name))
+
+
+def _unpack_grant(bits: int) -> Grant:
+    return Grant(**{name: bool(bits >> i & 1) for i, name in enumerate(_GRANT_FIELDS)})
+
+
+def _pack_track(t: TrackInfo) -> list[Any]:
+    return [t.sid, t.kind, t.source, t.name, t.muted]
+
+
+def _unpack_track(v: list[Any]) -> TrackInfo:
+    return TrackInfo(sid=v[0], kind=v[1], source=v[2], name=v[3], muted=v[4])
+
+
+def _pack_session(s: Session) -> list[Any]:
+    return [
+        s.sid,
+        s.identity,
+        s.name,
+        s.is_viewer,
+        s.kind,
+        _pack_grant(s.grant),
+        s.metadata,
+        s.attributes,
+        s.joined_at,
+        s.since_seq,
+        s.edge_id,
+        s.token_key,
+        s.token_expires_at,
+        s.connected,
+        s.disconnected_at,
+        s.visible,
+        [_pack_track(t) for t in s.tracks.values()],
+        sorted(s.subscriptions),
+    ]
+
+
+def _unpack_session(v: list[Any]) -> Session:
+    return Session(
+        sid=v[0],
+        identity=v[1],
+        name=v[2],
+        is_viewer=v[3],
+        kind=v[4],
+        grant=_unpack_grant(v[5]),
+        metadata=v[6],
+        attributes=v[7],
+        joined_at=v[8],
+        since_seq=v[9],
+        edge_id=v[10],
+        token_key=v[11],
+        token_expires_at=v[12],
+        connected=v[13],
+        disconnected_at=v[14],
+        visible=v[15],
+        tracks={t[0]: _unpack_track(t) for t in v[16]},
+        subscriptions={(p, k) for p, k in v[17]},
+    )
+
+
+def pack_room(room: Room) -> bytes:
+    """Serialize a room for a snapshot (its indexes are rebuilt on load)."""
+    body = [
+        SNAPSHOT_FORMAT,
+        room.id,
+        room.sid,
+        room.created_at,
+        room.metadata,
+        room.max_participants,
+        room.empty_timeout,
+        room.departure_timeout,
+        room.livestream,
+        room.empty_since,
+        room.revoked,
+        room.last_seq,
+        [_pack_session(s) for s in room.sessions.values()],
+    ]
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
+
+
+def unpack_room(data: bytes) -> Room:
+    """Rebuild a room from `pack_room` bytes."""
+    v = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    if v[0] != SNAPSHOT_FORMAT:
+        raise ValueError(f"snapshot format {v[0]} is not {SNAPSHOT_FORMAT}")
+    room = Room(
+        id=v[1],
+        sid=v[2],
+        created_at=v[3],
+        metadata=v[4],
+        max_participants=v[5],
+        empty_timeout=v[6],
+        departure_timeout=v[7],
+        livestream=v[8],
+        empty_since=v[9],
+        revoked=v[10],
+        last_seq=v[11],
+    )
+    for packed in v[12]:
+        session = _unpack_session(packed)
+        room.sessions[session.sid] = session
+        room.by_identity[session.identity] = session.sid
+        room.by_edge.setdefault(session.edge_id, set()).add(session.sid)
+        if session.is_viewer:
+            room.viewers += 1
+        else:
+            room.speakers += 1
+            room.speaker_sids[session.sid] = None
+        if session.kind == "agent":
+            room.agents += 1
+    return room
+
+
+def digest(state: State) -> str:
+    """A hash of the whole state, equal for equal states (replay checks compare these)."""
+    h = hashlib.sha256()
+    for room_id in sorted(state.rooms):
+        h.update(pack_room(state.rooms[room_id]))
+    return h.hexdigest()
