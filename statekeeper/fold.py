@@ -164,6 +164,7 @@ def _open_room(state: State, seq: int, event: LogEvent, room_sid: str, out: list
 
 def _arm_room_timeout(room: Room, at: int, timeout_s: int, out: list[Outcome]) -> None:
     room.empty_since = at
+    room.closes_at = at + timeout_s * 1000
     due = RoomTimedOut(room_id=room.id, at=at + timeout_s * 1000, room_sid=room.sid, empty_since=at)
     out.append(TimerDue(due))
 
@@ -465,8 +466,10 @@ def _merge_attributes(session: Session, update: dict[str, str]) -> bool | None:
     for key, value in update.items():
         if value:
             session.attributes[key] = value
+            session.info = None
         else:
             session.attributes.pop(key, None)
+            session.info = None
     after = session.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
     return after if after != before else None
 
@@ -478,6 +481,7 @@ def _set_metadata(state: State, seq: int, event: MetadataSet, out: list[Outcome]
         return
     room, session = found
     session.metadata = event.metadata
+    session.info = None
     _changed(room, session, seq, out)
     _ack(event, out)
 
@@ -518,6 +522,7 @@ def _publish(state: State, seq: int, event: TrackPublishRequested, out: list[Out
         return
     track = event.track
     session.tracks[track.sid] = track
+    session.info = None
     was_visible = session.visible
     _changed_tracks(room, session, seq, out)
     if was_visible:
@@ -553,6 +558,7 @@ def _drop_track(
     room: Room, session: Session, track: TrackInfo, seq: int, at: int, out: list[Outcome]
 ) -> None:
     del session.tracks[track.sid]
+    session.info = None
     if session.visible and not session.is_viewer:
         gone = TrackUnpublished(
             seq=seq, participant_id=session.identity, track_sid=track.sid, kind=track.kind
@@ -594,6 +600,7 @@ def _mute(
         session.tracks[track_sid] = TrackInfo(
             sid=track.sid, kind=track.kind, source=track.source, name=track.name, muted=muted
         )
+        session.info = None
         if session.visible:
             change = TrackMuted(
                 seq=seq, participant_id=session.identity, track_sid=track_sid, muted=muted
@@ -700,8 +707,10 @@ def _update_participant(
     details = event.name is not None or event.metadata is not None or event.attributes is not None
     if event.name is not None:
         session.name = event.name
+        session.info = None
     if event.metadata is not None:
         session.metadata = event.metadata
+        session.info = None
     if event.attributes is not None:
         hand = _merge_attributes(session, event.attributes)
     if details:
@@ -722,6 +731,7 @@ def _change_tier(
     if not to_viewer:
         _count(room, session, -1)
         session.is_viewer = False
+        session.info = None
         _count(room, session, +1)
         session.visible = True  # invited to the stage: on it for everyone
         out.append(
@@ -742,6 +752,7 @@ def _change_tier(
             _drop_track(room, session, track, seq, at, out)
         _count(room, session, -1)
         session.is_viewer = True
+        session.info = None
         _count(room, session, +1)
         session.visible = not room.livestream
     if grant is not None:

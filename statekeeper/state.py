@@ -43,6 +43,8 @@ class Session:
     tracks: dict[str, TrackInfo] = dataclasses.field(default_factory=dict)
     subscriptions: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     """Subscription intents: (publisher participant id, track kind)."""
+    info: ParticipantInfo | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The wire view, cached; the fold resets it to None whenever the session changes."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -67,6 +69,8 @@ class Room:
     agents: int = 0
     empty_since: int = 0
     """When the room last became empty (0 while anyone is in it)."""
+    closes_at: int = 0
+    """When the room closes if it stays empty (its armed timeout)."""
     revoked: dict[str, int] = dataclasses.field(default_factory=dict)
     """Removed sessions' token keys (token id:identity) -> when the token expires."""
     last_seq: int = 0
@@ -90,6 +94,12 @@ class State:
 
 def participant_info(session: Session) -> ParticipantInfo:
     """The wire view of a session (a copy: later changes to the session do not show)."""
+    if session.info is None:
+        session.info = _build_info(session)
+    return session.info
+
+
+def _build_info(session: Session) -> ParticipantInfo:
     return ParticipantInfo(
         sid=session.sid,
         id=session.identity,
@@ -198,6 +208,7 @@ def pack_room(room: Room) -> bytes:
         room.departure_timeout,
         room.livestream,
         room.empty_since,
+        room.closes_at,
         room.revoked,
         room.last_seq,
         [_pack_session(s) for s in room.sessions.values()],
@@ -221,10 +232,11 @@ def unpack_room(data: bytes) -> Room:
         departure_timeout=v[7],
         livestream=v[8],
         empty_since=v[9],
-        revoked=v[10],
-        last_seq=v[11],
+        closes_at=v[10],
+        revoked=v[11],
+        last_seq=v[12],
     )
-    for packed in v[12]:
+    for packed in v[13]:
         session = _unpack_session(packed)
         room.sessions[session.sid] = session
         room.by_identity[session.identity] = session.sid

@@ -1,0 +1,64 @@
+"""Statekeeper recovery: restart to serving with a large room in the log.
+
+Fills a room with N viewers (and 5 speakers), lets the statekeeper fold and snapshot
+them, appends a tail of further events, then kills the statekeeper with SIGKILL and
+starts a new one. The figure is the time from starting the new process to its first
+healthy answer at the log's head (snapshot loaded and the tail replayed). The baseline is
+a cold start of the same statekeeper on an empty log, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+
+from stagecast.bench import Result, median
+from stagecast.bench.harness import private_nats, start_statekeeper, stop_child, wait_applied
+from stagecast.bench.workload import storm
+from statekeeper.roomlog import RoomLog
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--viewers", type=int, default=100_000)
+    parser.add_argument("--tail", type=int, default=5_000, help="events after the snapshot")
+    parser.add_argument("--runs", type=int, default=3)
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    async with private_nats() as (server, nc, workdir):
+        room_log = RoomLog(nc.jetstream())
+        await room_log.ensure()
+        database_url = f"sqlite+aiosqlite:///{workdir}/sk.db"
+        cold: list[float] = []
+        started = time.perf_counter()
+        proc = start_statekeeper(server.url, database_url, workdir / "sk.log")
+        await wait_applied(nc, 0)
+        cold.append(time.perf_counter() - started)
+
+        events = list(storm("big-room", viewers=args.viewers, churn=0.0))
+        await room_log.append_many((e, f"e{i}") for i, e in enumerate(events))
+        head = len(events)
+        await wait_applied(nc, head)
+        await stop_child(proc)  # a clean stop writes the snapshot
+        tail = list(storm("big-room-tail", viewers=args.tail, churn=0.1))
+        await room_log.append_many((e, f"t{i}") for i, e in enumerate(tail))
+        head += len(tail)
+
+        recoveries: list[float] = []
+        for _ in range(args.runs):
+            started = time.perf_counter()
+            proc = start_statekeeper(server.url, database_url, workdir / "sk.log")
+            await wait_applied(nc, head)
+            recoveries.append(time.perf_counter() - started)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        return [
+            Result(
+                "recovery_s",
+                median(recoveries),
+                "s",
+                f"{args.viewers} viewers + {len(tail)}-event tail, median of {args.runs}",
+            ),
+            Result("cold_start_s", median(cold), "s", "baseline: empty log"),
+        ]

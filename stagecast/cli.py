@@ -1,0 +1,233 @@
+"""The `stagecast` command: run the services, mint tokens, manage rooms, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEV_KEY, DEV_SECRET = "devkey", "devsecret"
+BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm")
+
+
+def credentials() -> tuple[str, str]:
+    """The api key and secret from the environment, or the dev pair (with a warning)."""
+    key = os.environ.get("STAGECAST_API_KEY")
+    secret = os.environ.get("STAGECAST_API_SECRET")
+    if key and secret:
+        return key, secret
+    print(
+        "warning: STAGECAST_API_KEY/STAGECAST_API_SECRET not set; using the dev pair "
+        f"{DEV_KEY}/{DEV_SECRET}",
+        file=sys.stderr,
+    )
+    return DEV_KEY, DEV_SECRET
+
+
+def _nats_url(args: argparse.Namespace) -> str:
+    url: str | None = args.nats_url or os.environ.get("STAGECAST_NATS_URL")
+    if not url:
+        raise SystemExit("--nats-url (or STAGECAST_NATS_URL) is required")
+    return url
+
+
+def _server_url(args: argparse.Namespace) -> str:
+    return str(args.url or os.environ.get("STAGECAST_URL") or "http://127.0.0.1:7880")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from stagecast.up import UpConfig, run_up
+
+    key, secret = credentials()
+    config = UpConfig(
+        port=args.port,
+        data_dir=Path(args.data_dir),
+        nats_url=args.nats_url,
+        database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL"),
+        edges=args.edges,
+        forwarders=args.forwarders,
+        api_key=key,
+        api_secret=secret,
+    )
+    return asyncio.run(run_up(config))
+
+
+def cmd_statekeeper(args: argparse.Namespace) -> int:
+    from statekeeper.main import StatekeeperConfig, serve
+
+    _, secret = credentials()
+    database_url = (
+        args.database_url
+        or os.environ.get("STAGECAST_DATABASE_URL")
+        or f"sqlite+aiosqlite:///{Path('.stagecast/statekeeper.db').resolve()}"
+    )
+    if database_url.startswith("sqlite"):
+        Path(database_url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    config = StatekeeperConfig(
+        nats_url=_nats_url(args), database_url=database_url, api_secret=secret
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from edge.config import EdgeConfig
+    from edge.main import serve
+
+    key, secret = credentials()
+    config = EdgeConfig(
+        nats_url=_nats_url(args),
+        api_key=key,
+        api_secret=secret,
+        host=args.host,
+        port=args.port,
+        dev_mode=args.dev,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from schemas.models import Grant
+    from stagecast.tokens import generate_token
+
+    key, secret = credentials()
+    names = {
+        "publish": "can_publish",
+        "subscribe": "can_subscribe",
+        "publish_data": "can_publish_data",
+        "subscribe_data": "can_subscribe_data",
+        "moderate": "can_moderate",
+        "record": "can_record",
+        "hls": "can_hls",
+        "livestream": "can_livestream",
+    }
+    grant: Grant | None = None
+    if args.grant is not None:
+        wanted = {g.strip().replace("-", "_") for g in args.grant.split(",") if g.strip()}
+        unknown = wanted - names.keys()
+        if unknown:
+            raise SystemExit(f"unknown grant(s): {', '.join(sorted(unknown))}")
+        grant = Grant(**{field: name in wanted for name, field in names.items()})
+    elif args.viewer:
+        grant = Grant(can_publish=False, can_publish_data=False)
+    print(
+        generate_token(
+            key,
+            secret,
+            room_id=args.room,
+            participant_id=args.identity,
+            name=args.name,
+            is_viewer=args.viewer,
+            grant=grant,
+            ttl=args.ttl,
+        )
+    )
+    return 0
+
+
+def cmd_rooms(args: argparse.Namespace) -> int:
+    from stagecast.admin_cli import rooms
+
+    return asyncio.run(rooms(args, _server_url(args), *credentials()))
+
+
+def cmd_participants(args: argparse.Namespace) -> int:
+    from stagecast.admin_cli import participants
+
+    return asyncio.run(participants(args, _server_url(args), *credentials()))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stagecast.bench.report import run_suite
+
+    return asyncio.run(run_suite(args.suite_module, args))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole system on this machine")
+    up.add_argument("--port", type=int, default=7880)
+    up.add_argument("--data-dir", default=".stagecast")
+    up.add_argument("--nats-url", default=None, help="use this NATS instead of a private one")
+    up.add_argument("--database-url", default=None)
+    up.add_argument("--edges", type=int, default=1)
+    up.add_argument("--forwarders", type=int, default=1)
+    up.set_defaults(func=cmd_up)
+
+    sk = sub.add_parser("statekeeper", help="run one statekeeper")
+    sk.add_argument("--nats-url", default=None)
+    sk.add_argument("--database-url", default=None)
+    sk.set_defaults(func=cmd_statekeeper)
+
+    edge = sub.add_parser("edge", help="run one edge (signaling and server API)")
+    edge.add_argument("--nats-url", default=None)
+    edge.add_argument("--host", default="127.0.0.1")
+    edge.add_argument("--port", type=int, default=7880)
+    edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
+    edge.set_defaults(func=cmd_edge)
+
+    token = sub.add_parser("token", help="mint a participant token")
+    token.add_argument("--room", default=None, help="omit for a roomless (audience) token")
+    token.add_argument("--identity", default=None, help="omit to let the edge generate one")
+    token.add_argument("--name", default=None)
+    token.add_argument("--viewer", action="store_true", help="audience tier (isViewer)")
+    token.add_argument(
+        "--grant", default=None, help="comma list: publish,subscribe,publish_data,..."
+    )
+    token.add_argument("--ttl", type=int, default=None, help="seconds")
+    token.set_defaults(func=cmd_token)
+
+    rooms = sub.add_parser("rooms", help="list, create or delete rooms")
+    rooms.add_argument("action", choices=("list", "create", "delete"))
+    rooms.add_argument("room", nargs="?")
+    rooms.add_argument("--url", default=None)
+    rooms.add_argument("--max-participants", type=int, default=0)
+    rooms.add_argument("--livestream", action="store_true")
+    rooms.set_defaults(func=cmd_rooms)
+
+    parts = sub.add_parser("participants", help="list a room's participants")
+    parts.add_argument("room")
+    parts.add_argument("--tier", choices=("speaker", "viewer"), default=None)
+    parts.add_argument("--limit", type=int, default=50)
+    parts.add_argument("--all", action="store_true", help="walk every page")
+    parts.add_argument("--url", default=None)
+    parts.set_defaults(func=cmd_participants)
+
+    bench = sub.add_parser("bench", help="run a benchmark suite")
+    suites = bench.add_subparsers(dest="suite", required=True)
+    for name in BENCH_SUITES:
+        module: Any = importlib.import_module(f"stagecast.bench.{name}")
+        suite = suites.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(suite)
+        suite.set_defaults(func=cmd_bench, suite_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Child processes of `stagecast up` and the benchmarks: started to die with their parent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from stagecast.natsserver import death_signal_setter
+
+
+def spawn_child(
+    args: Sequence[str], *, env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start a child whose output goes to `log_path` and that dies if we die."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+            preexec_fn=death_signal_setter(),
+            close_fds=True,
+        )
+
+
+async def wait_exit(child: subprocess.Popen[bytes]) -> int:
+    """Wait for a child to exit without blocking the event loop."""
+    while child.poll() is None:
+        await asyncio.sleep(0.1)
+    return child.returncode
+
+
+async def stop_child(child: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`. Idempotent."""
+    if child.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(wait_exit(child), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await wait_exit(child)

@@ -1,0 +1,159 @@
+"""`stagecast up`: the whole system on one machine, as supervised child processes.
+
+Starts a private nats-server (unless given `--nats-url`), one statekeeper on SQLite (or
+`--database-url`), and N edges; waits until an edge's `/healthz` answers 200; prints the
+ready line and the dev credentials; on Ctrl-C or SIGTERM stops the children in reverse
+order. Every child is started with a parent-death signal, so none outlives `up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from stagecast.natsserver import NatsServer
+from stagecast.process import spawn_child, stop_child, wait_exit
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpConfig:
+    port: int = 7880
+    data_dir: Path = Path(".stagecast")
+    nats_url: str | None = None
+    database_url: str | None = None
+    edges: int = 1
+    forwarders: int = 1
+    api_key: str = "devkey"
+    api_secret: str = "devsecret"
+    dev: bool = True
+
+
+class Stack:
+    """The running children of `stagecast up` (also used by benchmarks)."""
+
+    def __init__(self, config: UpConfig) -> None:
+        self.config = config
+        self.nats: NatsServer | None = None
+        self.nats_url = config.nats_url or ""
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.edge_urls: list[str] = []
+
+    @property
+    def database_url(self) -> str:
+        if self.config.database_url:
+            return self.config.database_url
+        return f"sqlite+aiosqlite:///{(self.config.data_dir / 'statekeeper.db').resolve()}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["STAGECAST_API_KEY"] = self.config.api_key
+        env["STAGECAST_API_SECRET"] = self.config.api_secret
+        env["STAGECAST_NATS_URL"] = self.nats_url
+        return env
+
+    async def start(self, *, log=print) -> None:  # type: ignore[no-untyped-def]
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.nats_url:
+            self.nats = NatsServer(self.config.data_dir / "nats")
+            await self.nats.start()
+            self.nats_url = self.nats.url
+            log(f"nats-server  {self.nats_url}")
+        cli = [sys.executable, "-m", "stagecast.cli"]
+        statekeeper = spawn_child(
+            [*cli, "statekeeper", "--nats-url", self.nats_url, "--database-url", self.database_url],
+            env=self._env(),
+            log_path=self.config.data_dir / "statekeeper.log",
+        )
+        self.children.append(statekeeper)
+        for i in range(self.config.edges):
+            port = self.config.port + i
+            args = [*cli, "edge", "--nats-url", self.nats_url, "--port", str(port)]
+            if self.config.dev:
+                args.append("--dev")
+            edge = spawn_child(
+                args, env=self._env(), log_path=self.config.data_dir / f"edge-{i}.log"
+            )
+            self.children.append(edge)
+            self.edge_urls.append(f"http://127.0.0.1:{port}")
+        await self.wait_healthy()
+
+    async def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Wait until every edge's /healthz answers 200 (NATS and statekeeper are up)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reason = "no answer yet"
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            for url in self.edge_urls:
+                while True:
+                    for child in self.children:
+                        if child.poll() is not None:
+                            raise RuntimeError(
+                                f"a child exited with {child.returncode} during start; "
+                                f"see the logs in {self.config.data_dir}"
+                            )
+                    try:
+                        response = await http.get(f"{url}/healthz")
+                        if response.status_code == 200:
+                            break
+                        reason = f"{response.status_code} {response.text.strip()[:200]}"
+                    except httpx.HTTPError as exc:
+                        reason = f"{type(exc).__name__}"
+                    if loop.time() > deadline:
+                        raise RuntimeError(f"{url}/healthz never answered 200: {reason}")
+                    await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        for child in reversed(self.children):
+            await stop_child(child)
+        self.children.clear()
+        if self.nats is not None:
+            await self.nats.stop()
+            self.nats = None
+
+
+async def run_up(config: UpConfig) -> int:
+    """Run the stack until SIGINT/SIGTERM; return the exit status."""
+    stack = Stack(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stack.start()
+    except BaseException:
+        await stack.stop()
+        raise
+    url = stack.edge_urls[0]
+    print(f"Stagecast ready at {url}", flush=True)
+    print(f"  demo page       {url}/", flush=True)
+    print(f"  api key/secret  {config.api_key} / {config.api_secret}", flush=True)
+    print(f"  nats            {stack.nats_url}", flush=True)
+    print(
+        f"  try             stagecast token --room demo --identity alice --url {url}",
+        flush=True,
+    )
+    try:
+        waiters = [asyncio.ensure_future(stop.wait())] + [
+            asyncio.ensure_future(wait_exit(child)) for child in stack.children
+        ]
+        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        crashed = not stop.is_set()
+    finally:
+        print("Stopping Stagecast...", flush=True)
+        await stack.stop()
+    if crashed:
+        print("a service exited unexpectedly; see the logs in the data dir", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,76 @@
+"""Wiring of one statekeeper process: NATS, the room log, the SQL store, the services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import signal
+
+import nats
+
+from statekeeper.queries import Queries
+from statekeeper.roomlog import RoomLog
+from statekeeper.service import Statekeeper, Tuning
+from statekeeper.store import SqlStore
+
+log = logging.getLogger("stagecast.statekeeper")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatekeeperConfig:
+    nats_url: str
+    database_url: str
+    api_secret: str
+    partitions: int = 1
+    owned: tuple[int, ...] = (0,)
+    tuning: Tuning = dataclasses.field(default_factory=Tuning)
+
+
+def cursor_secret(api_secret: str) -> bytes:
+    """The key that signs pagination cursors, derived from the API secret."""
+    return hashlib.sha256(b"stagecast.cursor:" + api_secret.encode()).digest()
+
+
+@contextlib.asynccontextmanager
+async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-untyped-def]
+    """Run a statekeeper for the duration of the context; yields the `Statekeeper`."""
+    nc = await nats.connect(
+        config.nats_url,
+        name="stagecast-statekeeper",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    store = await SqlStore.open(config.database_url)
+    keeper: Statekeeper | None = None
+    queries: Queries | None = None
+    try:
+        room_log = RoomLog(nc.jetstream(), partitions=config.partitions)
+        await room_log.ensure()
+        keeper = Statekeeper(nc, room_log, store, partitions=config.owned, tuning=config.tuning)
+        await keeper.start()
+        queries = Queries(keeper, cursor_secret(config.api_secret))
+        await queries.start()
+        yield keeper
+    finally:
+        if queries is not None:
+            await queries.stop()
+        if keeper is not None:
+            await keeper.stop()
+        await store.close()
+        await nc.drain()
+
+
+async def serve(config: StatekeeperConfig) -> None:
+    """Run until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_statekeeper(config) as keeper:
+        await keeper.wait_caught_up()
+        log.info("statekeeper ready at log sequence %d", keeper.applied_seq)
+        print(f"statekeeper ready seq={keeper.applied_seq}", flush=True)
+        await stop.wait()

@@ -1,0 +1,421 @@
+"""The statekeeper's shell: reads the room log, folds it, and carries out the outcomes.
+
+One `Statekeeper` owns the log partitions it is given. On start it loads the last
+snapshots and replays the log from the checkpoint + 1 (skipping, per room, what its
+snapshot already holds); then it follows the live log. Outcomes go out as they are
+decided: broadcasts and direct replies on core NATS, public events on the durable events
+stream, roster rows and snapshots to SQL, timers back into the log, counts through the
+coalescer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas import subjects
+from schemas.api import EdgeGone, EdgeHeartbeat
+from schemas.client import CountsChanged
+from schemas.codec import SchemaError, decode, encode
+from schemas.log import EdgeLost, GraceExpired, LogEvent, RoomTimedOut
+from schemas.models import Counts
+from statekeeper.coalescer import CountCoalescer
+from statekeeper.fold import apply
+from statekeeper.outcomes import (
+    Broadcast,
+    CountsMoved,
+    Direct,
+    Outcome,
+    PublicEvent,
+    RoomClosed,
+    RosterJoin,
+    RosterLeave,
+    RosterUpdate,
+    TimerDue,
+)
+from statekeeper.roomlog import RoomLog
+from statekeeper.state import Room, State, pack_room, unpack_room
+from statekeeper.store import Store
+
+log = logging.getLogger("stagecast.statekeeper")
+
+RosterOp = RosterJoin | RosterLeave | RosterUpdate
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclasses.dataclass(slots=True)
+class Tuning:
+    """How often the statekeeper writes and checks things (tests shorten these)."""
+
+    roster_flush_ms: int = 100
+    roster_flush_ops: int = 5_000
+    snapshot_every_ms: int = 5_000
+    snapshot_every_events: int = 50_000
+    count_tick_ms: int = 25
+    edge_check_ms: int = 1_000
+    edge_timeout_ms: int = 4_000
+    prune_every_ms: int = 60_000
+
+
+class Statekeeper:
+    """Folds the room log of its partitions and serves what it knows."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        room_log: RoomLog,
+        store: Store,
+        *,
+        partitions: tuple[int, ...] = (0,),
+        tuning: Tuning | None = None,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.nc = nc
+        self.room_log = room_log
+        self.store = store
+        self.partitions = partitions
+        self.tuning = tuning or Tuning()
+        self.clock = clock
+        self.state = State()
+        self.applied_seq = 0
+        """The last log sequence folded."""
+        self.flushed_seq = 0
+        """The last log sequence whose roster changes are in SQL."""
+        self.events_folded = 0
+        self.coalescer = CountCoalescer()
+        self._sent_counts: dict[str, Counts] = {}
+        self._roster: list[RosterOp] = []
+        self._public: list[PublicEvent] = []
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._edges_seen: dict[str, int] = {}
+        self._lost_edges: set[str] = set()
+        self._commit_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
+        self._events_since_snapshot = 0
+        self._last_snapshot_at = 0
+        self._caught_up = asyncio.Event()
+        self._stopped = False
+        self._outbox: list[tuple[str, bytes]] = []
+        self._replay_target = 0
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Recover from the last snapshot, then follow the log."""
+        checkpoint, snapshots = await self.store.load()
+        for room_id, (_seq, blob) in snapshots.items():
+            self.state.rooms[room_id] = unpack_room(blob)
+        self.applied_seq = self.flushed_seq = checkpoint
+        self._last_snapshot_at = self.clock()
+        now = self.clock()
+        for room in self.state.rooms.values():
+            self._rearm(room)
+            for edge_id in room.by_edge:
+                self._edges_seen.setdefault(edge_id, now)
+        self._subs.append(await self.nc.subscribe(subjects.EDGE_HEARTBEAT, cb=self._on_heartbeat))
+        info = await self.room_log.js.stream_info(subjects.LOG_STREAM)
+        self._replay_target = int(info.state.last_seq)
+        if self._replay_target <= self.applied_seq:
+            self._caught_up.set()
+        self._spawn(self._follow_log(), self._count_ticker(), self._flusher(), self._edge_watch())
+
+    async def wait_caught_up(self) -> None:
+        """Wait until the log as it stood at start has been folded (recovery is done)."""
+        await self._caught_up.wait()
+
+    def _spawn(self, *coros: Any) -> None:
+        for coro in coros:
+            self._tasks.append(asyncio.create_task(coro))
+
+    async def stop(self) -> None:
+        """Stop consuming, write a last snapshot, cancel timers. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        with contextlib.suppress(Exception):
+            await self.checkpoint()
+
+    # ----------------------------------------------------------------------- the log
+
+    async def _follow_log(self) -> None:
+        start = self.applied_seq + 1
+        async with self.room_log.reader(self.partitions, start) as reader:
+            while True:
+                batch = await reader.next_batch(max_wait=0.05)
+                if not batch:
+                    self._caught_up.set()  # nothing more stored: recovery is done
+                    continue
+                for record in batch:
+                    if record.event is not None:
+                        self.fold(record.seq, record.event)
+                    self.applied_seq = max(self.applied_seq, record.seq)
+                if self._outbox:
+                    await self._send_outbox()
+                if not self._caught_up.is_set() and self.applied_seq >= self._replay_target:
+                    self._caught_up.set()
+                if len(self._roster) >= self.tuning.roster_flush_ops:
+                    await self.flush()
+                if self._events_since_snapshot >= self.tuning.snapshot_every_events:
+                    await self.checkpoint()
+
+    def fold(self, seq: int, event: LogEvent) -> None:
+        """Fold one event and carry out its outcomes (skipping what a snapshot holds)."""
+        room = self.state.rooms.get(event.room_id)
+        if room is not None and seq <= room.last_seq:
+            return
+        self.events_folded += 1
+        self._events_since_snapshot += 1
+        for outcome in apply(self.state, seq, event):
+            self._carry_out(outcome, seq)
+        self._dirty.add(event.room_id)
+
+    def _carry_out(self, outcome: Outcome, seq: int) -> None:
+        if isinstance(outcome, Broadcast):
+            subject = (
+                subjects.room_speakers(outcome.room_id)
+                if outcome.channel == "speakers"
+                else subjects.room_mod(outcome.room_id)
+            )
+            self._publish(subject, encode(outcome.message))
+        elif isinstance(outcome, Direct):
+            self._publish(outcome.subject, encode(outcome.message))
+        elif isinstance(outcome, (RosterJoin, RosterLeave, RosterUpdate)):
+            self._roster.append(outcome)
+        elif isinstance(outcome, CountsMoved):
+            self.coalescer.moved(outcome.room_id)
+        elif isinstance(outcome, PublicEvent):
+            self._public.append(outcome)
+        elif isinstance(outcome, TimerDue):
+            self._arm(outcome.event)
+        elif isinstance(outcome, RoomClosed):
+            self.coalescer.drop(outcome.room_id)
+            self._sent_counts.pop(outcome.room_id, None)
+            self._deleted.add(outcome.room_id)
+            self._dirty.discard(outcome.room_id)
+
+    def _publish(self, subject: str, data: bytes) -> None:
+        self._outbox.append((subject, data))
+
+    async def _send_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for subject, data in outbox:
+            await self.nc.publish(subject, data)
+
+    # ----------------------------------------------------------------------- timers
+
+    def _arm(self, event: LogEvent) -> None:
+        key = _timer_key(event)
+        if key in self._timers:
+            return
+        delay = max(0.0, (event.at - self.clock()) / 1000)
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key, event)
+
+    def _fire(self, key: str, event: LogEvent) -> None:
+        self._timers.pop(key, None)
+        if not self._stopped:
+            self._spawn(self._append_timer(key, event))
+
+    async def _append_timer(self, key: str, event: LogEvent) -> None:
+        for attempt in range(10):
+            try:
+                await self.room_log.append(event, msg_id=key)
+                return
+            except Exception as exc:  # NATS down: retry with backoff, bounded
+                log.warning("timer %s not appended (%s), retrying", key, exc)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+
+    def _rearm(self, room: Room) -> None:
+        """After recovery, arm the timers the state implies (their keys dedup the log)."""
+        for session in room.sessions.values():
+            if not session.connected:
+                due = room.departure_timeout * 1000 + session.disconnected_at
+                self._arm(
+                    GraceExpired(
+                        room_id=room.id,
+                        at=due,
+                        sid=session.sid,
+                        disconnected_at=session.disconnected_at,
+                    )
+                )
+        if not room.sessions and room.empty_since:
+            self._arm(
+                RoomTimedOut(
+                    room_id=room.id,
+                    at=room.closes_at,
+                    room_sid=room.sid,
+                    empty_since=room.empty_since,
+                )
+            )
+
+    # ----------------------------------------------------------------------- counts
+
+    async def _count_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tuning.count_tick_ms / 1000)
+            self.publish_due_counts()
+            await self._send_outbox()
+
+    def publish_due_counts(self) -> None:
+        for room_id in self.coalescer.due(self.clock()):
+            room = self.state.rooms.get(room_id)
+            if room is None:
+                continue
+            counts = room.counts()
+            if self._sent_counts.get(room_id) == counts:
+                continue  # it changed and changed back within the window
+            self._sent_counts[room_id] = counts
+            message = CountsChanged(seq=room.last_seq, counts=counts)
+            self._publish(subjects.room_counts(room_id), encode(message))
+
+    # ----------------------------------------------------------------------- persistence
+
+    async def _flusher(self) -> None:
+        last_prune = self.clock()
+        while True:
+            await asyncio.sleep(self.tuning.roster_flush_ms / 1000)
+            try:
+                now = self.clock()
+                if now - self._last_snapshot_at >= self.tuning.snapshot_every_ms and self._dirty:
+                    await self.checkpoint()
+                else:
+                    await self.flush()
+                if now - last_prune >= self.tuning.prune_every_ms:
+                    last_prune = now
+                    await self.store.prune(left_before_ms=now - 10 * 60 * 1000)
+            except Exception:
+                log.exception("persisting failed; will retry")
+
+    @property
+    def caught_up(self) -> bool:
+        """True once recovery has folded the log as it stood at start."""
+        return self._caught_up.is_set()
+
+    async def flush(self, at_cut: Callable[[], None] | None = None) -> int:
+        """Write pending roster rows and public events; return the sequence now in SQL.
+
+        `at_cut` runs at the instant the batch is cut, when the state is exactly at the
+        returned sequence (a pagination snapshot reads its totals there).
+        """
+        async with self._commit_lock:
+            return await self._commit(with_snapshots=False, at_cut=at_cut)
+
+    async def checkpoint(self) -> int:
+        """Write roster rows, snapshots of changed rooms and the checkpoint, in one transaction."""
+        async with self._commit_lock:
+            return await self._commit(with_snapshots=True)
+
+    async def _commit(
+        self, *, with_snapshots: bool, at_cut: Callable[[], None] | None = None
+    ) -> int:
+        roster, self._roster = self._roster, []
+        public, self._public = self._public, []
+        seq = self.applied_seq
+        if at_cut is not None:
+            at_cut()
+        snapshots: dict[str, tuple[int, bytes]] | None = None
+        deleted: set[str] = set()
+        if with_snapshots:
+            snapshots = {
+                room_id: (self.state.rooms[room_id].last_seq, pack_room(self.state.rooms[room_id]))
+                for room_id in sorted(self._dirty)
+                if room_id in self.state.rooms
+            }
+            deleted, self._deleted = self._deleted, set()
+            self._dirty.clear()
+            self._events_since_snapshot = 0
+            self._last_snapshot_at = self.clock()
+        try:
+            if public:
+                await self._publish_public(public)
+            if roster or snapshots or deleted:
+                await self.store.commit(
+                    roster=roster,
+                    now_ms=self.clock(),
+                    snapshots=snapshots,
+                    deleted_rooms=deleted,
+                    applied_seq=seq if with_snapshots else None,
+                )
+        except BaseException:
+            self._roster[:0] = roster  # keep them for the next attempt, in order
+            self._public[:0] = public
+            if snapshots is not None:
+                self._dirty.update(snapshots)
+                self._deleted.update(deleted)
+            raise
+        self.flushed_seq = max(self.flushed_seq, seq)
+        return seq
+
+    async def _publish_public(self, public: list[PublicEvent]) -> None:
+        for start in range(0, len(public), 512):
+            batch = public[start : start + 512]
+            await asyncio.gather(
+                *(
+                    self.room_log.publish_event(p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
+                    for p in batch
+                )
+            )
+
+    # ----------------------------------------------------------------------- edges
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = decode(msg.data)
+        except SchemaError:
+            return
+        if isinstance(beat, EdgeHeartbeat):
+            self._edges_seen[beat.edge_id] = self.clock()
+            self._lost_edges.discard(beat.edge_id)
+        elif isinstance(beat, EdgeGone):
+            self._edges_seen[beat.edge_id] = 0
+            await self._check_edges()
+
+    async def _edge_watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.tuning.edge_check_ms / 1000)
+            await self._check_edges()
+
+    async def _check_edges(self) -> None:
+        now = self.clock()
+        for edge_id, seen in list(self._edges_seen.items()):
+            if now - seen < self.tuning.edge_timeout_ms or edge_id in self._lost_edges:
+                continue
+            self._lost_edges.add(edge_id)
+            log.warning("edge %s stopped heart-beating; its sessions enter the grace", edge_id)
+            for room in list(self.state.rooms.values()):
+                if edge_id in room.by_edge:
+                    event = EdgeLost(room_id=room.id, at=now, edge_id=edge_id)
+                    self._spawn(self._append_timer(f"edge-lost:{edge_id}:{room.id}:{seen}", event))
+
+
+def _timer_key(event: LogEvent) -> str:
+    if isinstance(event, GraceExpired):
+        return f"grace:{event.room_id}:{event.sid}:{event.disconnected_at}"
+    if isinstance(event, RoomTimedOut):
+        return f"room-timeout:{event.room_id}:{event.room_sid}:{event.empty_since}"
+    return f"timer:{event.TYPE}:{event.room_id}:{event.at}"

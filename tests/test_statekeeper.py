@@ -1,0 +1,247 @@
+"""The statekeeper driven through a real nats-server: the log in, outcomes and reads out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from schemas import subjects
+from schemas.api import HealthReply, HealthRequest, ListParticipantsRequest
+from schemas.client import CountsChanged, JoinAccepted, ParticipantJoined, ParticipantsPage
+from schemas.codec import decode, encode
+from schemas.log import JoinRequested, LeaveRequested, LogEvent
+from stagecast.bench.workload import VIEWER_GRANT, storm
+from stagecast.natsserver import NatsServer
+from statekeeper.fold import apply
+from statekeeper.main import StatekeeperConfig, running_statekeeper
+from statekeeper.outcomes import PublicEvent
+from statekeeper.roomlog import RoomLog
+from statekeeper.service import Tuning
+from statekeeper.state import State, digest, unpack_room
+from statekeeper.store import SqlStore
+from tests.polling import eventually
+
+ROOM = "webinar-2026-05"
+FAST = Tuning(roster_flush_ms=20, snapshot_every_ms=200, count_tick_ms=10)
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}"
+
+
+def viewer_join(i: int, reply_to: str | None = None) -> JoinRequested:
+    return JoinRequested(
+        room_id=ROOM, at=1_000 + i, sid=f"PA_v{i}", participant_id=f"viewer-{i}",
+        is_viewer=True, grant=VIEWER_GRANT, edge_id="ED_t", reply_to=reply_to, req=i,
+    )
+
+
+def speaker_join(i: int, reply_to: str | None = None) -> JoinRequested:
+    return JoinRequested(
+        room_id=ROOM, at=500 + i, sid=f"PA_s{i}", participant_id=f"speaker-{i}",
+        edge_id="ED_t", reply_to=reply_to, req=i,
+    )
+
+
+class Inbox:
+    """Collects decoded messages on a subject."""
+
+    def __init__(self) -> None:
+        self.messages: list[object] = []
+
+    async def __call__(self, msg: object) -> None:
+        self.messages.append(decode(msg.data))  # type: ignore[attr-defined]
+
+    def of(self, cls: type) -> list[object]:
+        return [m for m in self.messages if isinstance(m, cls)]
+
+
+async def test_joins_are_answered_and_only_speakers_broadcast(
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    config = StatekeeperConfig(nats_server.url, sqlite_url(tmp_path), "s3cret", tuning=FAST)
+    async with running_statekeeper(config):
+        room_log = RoomLog(nc.jetstream())
+        replies, speakers, counts = Inbox(), Inbox(), Inbox()
+        await nc.subscribe("reply.>", cb=replies)
+        await nc.subscribe(subjects.room_speakers(ROOM), cb=speakers)
+        await nc.subscribe(subjects.room_counts(ROOM), cb=counts)
+        await nc.flush()
+        for i in range(2):
+            await room_log.append(speaker_join(i, f"reply.s{i}"), f"s{i}")
+        for i in range(30):
+            await room_log.append(viewer_join(i, f"reply.v{i}"), f"v{i}")
+        accepted = await eventually(
+            lambda: len(replies.of(JoinAccepted)) == 32 and replies.of(JoinAccepted),
+            what="32 join replies",
+        )
+        last = accepted[-1]
+        assert isinstance(last, JoinAccepted)
+        assert [p.id for p in last.speakers] == ["speaker-0", "speaker-1"]
+        await eventually(
+            lambda: counts.messages
+            and counts.messages[-1].counts.total == 32,  # type: ignore[attr-defined]
+            what="final counts",
+        )
+        joined = speakers.of(ParticipantJoined)
+        assert [m.participant.id for m in joined] == ["speaker-0", "speaker-1"]  # type: ignore[attr-defined]
+        # Counts are coalesced: far fewer updates than joins.
+        assert len(counts.of(CountsChanged)) < 32
+
+
+async def test_pagination_walk_survives_churn(
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    config = StatekeeperConfig(nats_server.url, sqlite_url(tmp_path), "s3cret", tuning=FAST)
+    async with running_statekeeper(config):
+        room_log = RoomLog(nc.jetstream())
+        await room_log.append_many(
+            [(speaker_join(i), f"s{i}") for i in range(3)]
+            + [(viewer_join(i), f"v{i}") for i in range(240)]
+        )
+
+        async def ask(cursor: str | None, limit: int = 50) -> ParticipantsPage:
+            request = ListParticipantsRequest(room_id=ROOM, limit=limit, cursor=cursor)
+            reply = decode((await nc.request(subjects.STATEKEEPER_API, encode(request), 5)).data)
+            assert isinstance(reply, ParticipantsPage), reply
+            return reply
+
+        await eventually(lambda: ask(None, 1), what="the room exists")
+        await eventually(
+            lambda: _total(ask(None, 1), 243), what="all joins folded"
+        )
+        first = await ask(None)
+        assert first.total == 243
+        seen = [p.id for p in first.participants]
+        assert seen[:3] == ["speaker-0", "speaker-1", "speaker-2"]
+        cursor = first.next_cursor
+        churn = 0
+        while cursor is not None:
+            # Between pages: some of the not-yet-walked viewers leave, new ones join.
+            leaves = [
+                (LeaveRequested(room_id=ROOM, at=9_000, sid=f"PA_v{239 - churn - k}"), f"l{churn}{k}")
+                for k in range(5)
+            ]
+            joins = [(viewer_join(1000 + churn * 10 + k), f"n{churn}{k}") for k in range(5)]
+            await room_log.append_many(leaves + joins)
+            churn += 5
+            page = await ask(cursor)
+            assert page.total == 243
+            seen += [p.id for p in page.participants]
+            cursor = page.next_cursor
+        expected = [f"speaker-{i}" for i in range(3)] + [f"viewer-{i}" for i in range(240)]
+        assert seen == expected  # exactly the snapshot: no gap, no duplicate, no newcomer
+
+
+async def _total(page_coro: object, want: int) -> bool:
+    page = await page_coro  # type: ignore[misc]
+    return bool(page.total == want)
+
+
+# --------------------------------------------------------------------------- kill -9
+
+
+def _spawn_statekeeper(nats_url: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, STAGECAST_API_KEY="k", STAGECAST_API_SECRET="s3cret")
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stagecast.cli", "statekeeper",
+             "--nats-url", nats_url, "--database-url", database_url],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+
+
+async def _health(nc: NATS) -> HealthReply | None:
+    with contextlib.suppress(Exception):
+        reply = decode((await nc.request(subjects.STATEKEEPER_API, encode(HealthRequest()), 1)).data)
+        if isinstance(reply, HealthReply):
+            return reply
+    return None
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_log_then_restart_equals_an_uninterrupted_fold(
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    events: list[LogEvent] = list(storm(ROOM, viewers=18_500, speakers=5, churn=0.1))[:20_000]
+    assert len(events) == 20_000
+    room_log = RoomLog(nc.jetstream())
+    await room_log.ensure()
+    database_url = sqlite_url(tmp_path)
+    proc = _spawn_statekeeper(nats_server.url, database_url, tmp_path / "sk.log")
+    try:
+        half = len(events) // 2
+        await room_log.append_many([(e, f"e{i}") for i, e in enumerate(events[:half])])
+        # Let it fold part of the log and write at least one snapshot, then kill it hard.
+        await eventually(
+            lambda: _applied_at_least(nc, half // 2), timeout=60, what="statekeeper folding"
+        )
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        await room_log.append_many([(e, f"e{i}") for i, e in enumerate(events[half:], half)])
+        proc = _spawn_statekeeper(nats_server.url, database_url, tmp_path / "sk.log")
+        await eventually(
+            lambda: _applied_at_least(nc, len(events)), timeout=90, what="recovery"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+    # The straight fold of the same log, with the same sequences.
+    expected = State()
+    public_ids: list[str] = []
+    for seq, event in enumerate(events, start=1):
+        for outcome in apply(expected, seq, event):
+            if isinstance(outcome, PublicEvent):
+                public_ids.append(outcome.message.id)  # type: ignore[attr-defined]
+
+    store = await SqlStore.open(database_url)
+    try:
+        checkpoint, snapshots = await store.load()
+        recovered = State(rooms={r: unpack_room(blob) for r, (_s, blob) in snapshots.items()})
+        assert checkpoint == len(events)
+        assert digest(recovered) == digest(expected)
+        rows = await store.page(ROOM, tier=None, limit=100_000, snapshot_seq=len(events), after=None)
+        ids = [info.sid for _key, info in rows]
+        assert len(ids) == len(set(ids)) == len(expected.rooms[ROOM].sessions)
+    finally:
+        await store.close()
+
+    # Each public event is in the durable stream exactly once.
+    info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+    assert info.state.messages == len(public_ids) == len(set(public_ids))
+
+
+async def _applied_at_least(nc: NATS, seq: int) -> bool:
+    health = await _health(nc)
+    return health is not None and health.ok and health.applied_seq >= seq
