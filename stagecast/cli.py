@@ -138,19 +138,22 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_rooms(args: argparse.Namespace) -> int:
     from stagecast.admin_cli import rooms
 
-    return asyncio.run(rooms(args, _server_url(args), *credentials()))
+    status: int = asyncio.run(rooms(args, _server_url(args), *credentials()))
+    return status
 
 
 def cmd_participants(args: argparse.Namespace) -> int:
     from stagecast.admin_cli import participants
 
-    return asyncio.run(participants(args, _server_url(args), *credentials()))
+    status: int = asyncio.run(participants(args, _server_url(args), *credentials()))
+    return status
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from stagecast.bench.report import run_suite
 
-    return asyncio.run(run_suite(args.suite_module, args))
+    status: int = asyncio.run(run_suite(args.suite_module, args))
+    return status
 
 
 # --------------------------------------------------------------------------- parser

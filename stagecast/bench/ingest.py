@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 
 from schemas.log import JoinRequested
@@ -45,7 +46,7 @@ async def _one_run(events: int, run: int) -> tuple[float, float]:
             inbox = nc.new_inbox()
             sub = await nc.subscribe(inbox, cb=lambda _m: done.set())  # type: ignore[arg-type,return-value]
             if isinstance(last, JoinRequested):
-                work[-1] = JoinRequested(**{**_fields(last), "reply_to": inbox})
+                work[-1] = dataclasses.replace(last, reply_to=inbox)
             else:
                 work.append(
                     JoinRequested(
@@ -65,10 +66,6 @@ async def _one_run(events: int, run: int) -> tuple[float, float]:
         finally:
             await stop_child(proc)
         return ingest_rate, append_rate
-
-
-def _fields(event: JoinRequested) -> dict[str, object]:
-    return {name: getattr(event, name) for name in event.__dataclass_fields__}
 
 
 async def run(args: argparse.Namespace) -> list[Result]:

@@ -1,0 +1,228 @@
+"""The server API over HTTP: ``POST /api/<name>`` with a msgpack `schemas.api` request.
+
+The body's type tag is ``api.<name>`` (``/api/create_room`` carries `CreateRoomRequest`);
+`Authorization: Bearer <admin token>` (`stagecast.generate_admin_token`) signs it. Reads
+are NATS requests to the statekeeper; writes are appended to the room log with a fresh
+inbox as ``reply_to`` and answered with the statekeeper's outcome; `SendDataRequest` is
+published to the room's data channel. The reply body is the msgpack reply message
+(`RoomReply`, `RoomListReply`, `ParticipantsPage`, `ParticipantReply`, `OkReply`) or an
+`Error`, whose code sets the HTTP status (`http_status`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge.bus import BusUnavailable
+from edge.node import EdgeNode
+from edge.session import now_ms
+from schemas.api import (
+    CreateRoomRequest,
+    DeleteRoomRequest,
+    GetParticipantRequest,
+    ListParticipantsRequest,
+    ListRoomsRequest,
+    MuteTrackRequest,
+    OkReply,
+    RemoveParticipantRequest,
+    SendDataRequest,
+    UpdateParticipantRequest,
+    UpdateRoomMetadataRequest,
+)
+from schemas.client import DataReceived, Error
+from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
+from schemas.errors import ErrorCode
+from schemas.log import (
+    LogEvent,
+    ParticipantRemoveRequested,
+    ParticipantUpdateRequested,
+    RoomCreateRequested,
+    RoomDeleteRequested,
+    RoomMetadataSet,
+    TrackMuteForced,
+)
+from schemas.subjects import room_data, room_token
+from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
+from stagecast.tokens import verify_admin_token
+
+MEDIA_TYPE = "application/msgpack"
+
+_STATUS: dict[str, int] = {
+    ErrorCode.INVALID_TOKEN.value: 401,
+    ErrorCode.TOKEN_EXPIRED.value: 401,
+    ErrorCode.INVALID_PERMISSIONS.value: 403,
+    ErrorCode.ROOM_NOT_FOUND.value: 404,
+    ErrorCode.PARTICIPANT_NOT_FOUND.value: 404,
+    ErrorCode.TRACK_NOT_FOUND.value: 404,
+    ErrorCode.NOT_PUBLISHED.value: 404,
+    ErrorCode.RATE_LIMITED.value: 429,
+    ErrorCode.UNAVAILABLE.value: 503,
+    ErrorCode.INTERNAL.value: 500,
+}
+
+READS: tuple[type[Message], ...] = (
+    ListRoomsRequest,
+    ListParticipantsRequest,
+    GetParticipantRequest,
+)
+
+
+def http_status(code: str) -> int:
+    """The HTTP status of an error code (400 for every client mistake without its own)."""
+    return _STATUS.get(code, 400)
+
+
+def new_room_sid() -> str:
+    return "RM_" + secrets.token_urlsafe(9)
+
+
+def _reply(data: bytes, status: int = 200) -> Response:
+    return Response(data, status_code=status, media_type=MEDIA_TYPE)
+
+
+def _error(code: ErrorCode | str, message: str) -> Response:
+    value = code.value if isinstance(code, ErrorCode) else code
+    return _reply(encode(Error(code=value, message=message[:1000])), http_status(value))
+
+
+async def _body(request: Request) -> bytes | None:
+    """The request body, or None when it is over 1 MiB (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_FRAME_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FRAME_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _authorize(node: EdgeNode, request: Request) -> Response | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _error(ErrorCode.INVALID_TOKEN, "Authorization: Bearer <admin token> is required")
+    try:
+        verify_admin_token(token.strip(), node.config.secret_for)
+    except TokenExpired as exc:
+        return _error(ErrorCode.TOKEN_EXPIRED, exc.message)
+    except InvalidPermissions as exc:
+        return _error(ErrorCode.INVALID_PERMISSIONS, exc.message)
+    except InvalidToken as exc:
+        return _error(ErrorCode.INVALID_TOKEN, exc.message)
+    return None
+
+
+async def handle_api(node: EdgeNode, request: Request) -> Response:
+    """``POST /api/<name>`` (see the module docstring)."""
+    refused = _authorize(node, request)
+    if refused is not None:
+        return refused
+    body = await _body(request)
+    if body is None:
+        return _error(ErrorCode.PAYLOAD_TOO_LARGE, f"the body is over {MAX_FRAME_BYTES} bytes")
+    try:
+        message = decode(body)
+    except SchemaError as exc:
+        return _error(exc.code, str(exc))
+    name = request.path_params.get("name", "")
+    if f"api.{name}" != message.TYPE:
+        return _error(ErrorCode.BAD_REQUEST, f"/api/{name[:64]} does not take {message.TYPE}")
+    room_id = getattr(message, "room_id", None)
+    if isinstance(room_id, str):
+        try:
+            room_token(room_id)
+        except ValueError as exc:
+            return _error(ErrorCode.BAD_REQUEST, f"room_id: {exc}")
+        if not room_id:
+            return _error(ErrorCode.BAD_REQUEST, "room_id: must not be empty")
+    try:
+        return await _answer(node, message)
+    except BusUnavailable as exc:
+        return _error(ErrorCode.UNAVAILABLE, str(exc))
+
+
+async def _answer(node: EdgeNode, message: Message) -> Response:
+    if isinstance(message, READS):
+        reply, data = await node.bus.request(message)
+        return _forward(reply, data)
+    if isinstance(message, SendDataRequest):
+        frame = DataReceived(
+            payload=message.payload,
+            topic=message.topic,
+            reliable=message.reliable,
+            destination_ids=message.destination_ids,
+        )
+        await node.bus.publish(room_data(message.room_id), encode(frame))
+        return _reply(encode(OkReply()))
+    make = _write_event(message)
+    if make is None:
+        return _error(ErrorCode.UNKNOWN_TYPE, f"{message.TYPE} is not a server API request")
+    reply, data = await node.bus.append_and_wait(make, f"api:{secrets.token_urlsafe(12)}")
+    return _forward(reply, data)
+
+
+def _forward(reply: Message, data: bytes) -> Response:
+    if isinstance(reply, Error):
+        return _reply(data, http_status(reply.code))
+    return _reply(data)
+
+
+def _write_event(m: Message) -> Callable[[str], LogEvent] | None:
+    """How a write request becomes a log event, given the inbox its outcome goes to."""
+    at = now_ms()
+    if isinstance(m, CreateRoomRequest):
+        room_sid = new_room_sid()
+        return lambda inbox: RoomCreateRequested(
+            room_id=m.room_id,
+            at=at,
+            room_sid=room_sid,
+            max_participants=m.max_participants,
+            empty_timeout=m.empty_timeout,
+            departure_timeout=m.departure_timeout,
+            metadata=m.metadata,
+            livestream=m.livestream,
+            reply_to=inbox,
+        )
+    if isinstance(m, DeleteRoomRequest):
+        return lambda inbox: RoomDeleteRequested(room_id=m.room_id, at=at, reply_to=inbox)
+    if isinstance(m, UpdateRoomMetadataRequest):
+        return lambda inbox: RoomMetadataSet(
+            room_id=m.room_id, at=at, metadata=m.metadata, reply_to=inbox
+        )
+    if isinstance(m, UpdateParticipantRequest):
+        return lambda inbox: ParticipantUpdateRequested(
+            room_id=m.room_id,
+            at=at,
+            participant_id=m.participant_id,
+            is_viewer=m.is_viewer,
+            grant=m.grant,
+            metadata=m.metadata,
+            attributes=m.attributes,
+            name=m.name,
+            reply_to=inbox,
+        )
+    if isinstance(m, RemoveParticipantRequest):
+        return lambda inbox: ParticipantRemoveRequested(
+            room_id=m.room_id, at=at, participant_id=m.participant_id, reply_to=inbox
+        )
+    if isinstance(m, MuteTrackRequest):
+        return lambda inbox: TrackMuteForced(
+            room_id=m.room_id,
+            at=at,
+            participant_id=m.participant_id,
+            track_sid=m.track_sid,
+            muted=m.muted,
+            reply_to=inbox,
+        )
+    return None
+
+
+__all__ = ["MEDIA_TYPE", "handle_api", "http_status", "new_room_sid"]

@@ -1,0 +1,169 @@
+"""The edge's one NATS connection and what it does over it (STYLE rule 8).
+
+`Bus.connect` is the only place the edge opens a connection; everything else borrows the
+bus. Appends go to the room log through `RoomLog` (JetStream, deduplicated by message id);
+reads are core request/reply on `stagecast.sk.api`; broadcasts and heartbeats are core
+publishes. Failures surface as `BusUnavailable`, which callers answer with `UNAVAILABLE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from schemas.codec import Message, SchemaError, decode, encode
+from schemas.log import LogEvent
+from schemas.subjects import STATEKEEPER_API
+from statekeeper.roomlog import RoomLog
+
+log = logging.getLogger("stagecast.edge")
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class BusUnavailable(Exception):
+    """NATS or the statekeeper did not answer (in time)."""
+
+
+class Bus:
+    """NATS for one edge: the connection, the room log, request/reply and publishes."""
+
+    def __init__(self, nc: NATS, room_log: RoomLog, request_timeout: float) -> None:
+        self.nc = nc
+        self.room_log = room_log
+        self.request_timeout = request_timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        name: str,
+        partitions: int = 1,
+        append_timeout: float = 3.0,
+        request_timeout: float = 2.0,
+        connect_timeout: float = 10.0,
+    ) -> Bus:
+        """Connect (reconnecting forever afterwards) and make sure the log streams exist."""
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS: %s: %s", type(exc).__name__, exc)
+
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    url,
+                    name=name,
+                    max_reconnect_attempts=-1,  # once connected, reconnect forever
+                    reconnect_time_wait=0.5,
+                    error_cb=on_error,
+                ),
+                connect_timeout,
+            )
+        except TimeoutError:
+            raise BusUnavailable(
+                f"NATS at {url} not reachable within {connect_timeout} s"
+            ) from None
+        try:
+            room_log = RoomLog(nc.jetstream(), partitions=partitions, ack_timeout=append_timeout)
+            await room_log.ensure()
+        except BaseException:
+            await nc.close()
+            raise
+        return cls(nc, room_log, request_timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def close(self) -> None:
+        """Flush what is pending and close. Idempotent."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), 5.0)
+        except Exception:
+            await self.nc.close()
+
+    # ------------------------------------------------------------------ primitives
+
+    async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+        """Subscribe with a callback, confirmed by the server before returning."""
+        sub = await self.nc.subscribe(subject, cb=handler)
+        await self.flush()
+        return sub
+
+    async def flush(self) -> None:
+        try:
+            await self.nc.flush(timeout=max(1, round(self.request_timeout)))
+        except Exception as exc:
+            raise BusUnavailable(f"NATS flush failed: {type(exc).__name__}") from None
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        try:
+            await self.nc.publish(subject, data)
+        except Exception as exc:
+            raise BusUnavailable(f"NATS publish failed: {type(exc).__name__}") from None
+
+    async def append(self, event: LogEvent, msg_id: str) -> int:
+        """Append to the room log; `BusUnavailable` if JetStream did not confirm it."""
+        try:
+            return await self.room_log.append(event, msg_id)
+        except Exception as exc:
+            raise BusUnavailable(f"room log append failed: {type(exc).__name__}") from None
+
+    async def request(
+        self, message: Message, *, subject: str = STATEKEEPER_API, timeout: float | None = None
+    ) -> tuple[Message, bytes]:
+        """A request on `stagecast.sk.api`; the decoded reply and its bytes."""
+        try:
+            reply = await self.nc.request(
+                subject, encode(message), timeout=timeout or self.request_timeout
+            )
+        except Exception as exc:
+            raise BusUnavailable(f"no answer on {subject}: {type(exc).__name__}") from None
+        try:
+            return decode(reply.data), reply.data
+        except SchemaError as exc:
+            raise BusUnavailable(f"unreadable answer on {subject}: {exc}") from None
+
+    async def append_and_wait(
+        self, make_event: Callable[[str], LogEvent], msg_id: str, timeout: float | None = None
+    ) -> tuple[Message, bytes]:
+        """Append an event whose outcome is replied to a fresh inbox, and wait for it.
+
+        `make_event(inbox)` builds the event with ``reply_to=inbox``; the inbox is
+        subscribed before the append, so the reply cannot be missed.
+        """
+        inbox = self.nc.new_inbox()
+        try:
+            sub = await self.nc.subscribe(inbox, max_msgs=1)
+        except Exception as exc:
+            raise BusUnavailable(f"NATS subscribe failed: {type(exc).__name__}") from None
+        try:
+            await self.append(make_event(inbox), msg_id)
+            try:
+                msg = await sub.next_msg(timeout=timeout or self.request_timeout)
+            except Exception as exc:
+                raise BusUnavailable(
+                    f"no outcome from the statekeeper: {type(exc).__name__}"
+                ) from None
+            try:
+                return decode(msg.data), msg.data
+            except SchemaError as exc:
+                raise BusUnavailable(f"unreadable outcome: {exc}") from None
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection is closing; nothing to clean up
+                log.debug("unsubscribe failed: %s", exc)
+
+
+__all__ = ["Bus", "BusUnavailable"]

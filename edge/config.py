@@ -1,0 +1,80 @@
+"""What one edge needs to run: where NATS is, the API key pairs, its address and its limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Mapping
+
+from schemas.subjects import edge_sessions
+
+
+def new_edge_id() -> str:
+    """A fresh edge id, ``ED_`` + 12 random url-safe characters."""
+    return "ED_" + secrets.token_urlsafe(9)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """Settings of one edge process (frozen; build a new one to change anything).
+
+    `api_key` / `api_secret` is the pair the edge signs resume tokens with; `api_secrets`
+    holds further key -> secret pairs it accepts tokens from (the main pair is always
+    accepted). `edge_id` is generated when left empty; it must match ``[A-Za-z0-9_-]+``.
+    `port` 0 lets the OS pick a free port (`running_edge` reports the real one).
+    """
+
+    nats_url: str
+    api_key: str
+    api_secret: str
+    api_secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 7880
+    edge_id: str = ""
+    dev_mode: bool = False
+    log_partitions: int = 1
+    """Partitions of the room-log stream: must equal the statekeeper's (`RoomLog.ensure`)."""
+
+    rate_per_s: float = 50.0
+    """Frames a socket may send per second, sustained."""
+    rate_burst: int = 100
+    """Frames a socket may send at once after a quiet period."""
+    flood_close_after: int = 200
+    """Consecutive rate-limited frames after which the socket is closed (4008)."""
+    send_queue_size: int = 1024
+    """Frames queued for one socket before it is closed as a slow consumer (4010)."""
+
+    join_timeout: float = 5.0
+    """Seconds to wait for the statekeeper to accept a join (then `UNAVAILABLE`)."""
+    request_timeout: float = 2.0
+    """Seconds to wait for a read on `stagecast.sk.api` or an API write's outcome."""
+    append_timeout: float = 3.0
+    """Seconds to wait for JetStream to confirm a room-log append."""
+    connect_timeout: float = 10.0
+    """Seconds to reach NATS at start (reconnects afterwards never give up)."""
+    heartbeat_interval: float = 1.0
+    health_timeout: float = 1.0
+    close_grace: float = 5.0
+    """Seconds a closing socket gets to flush its last frames and the close."""
+    ws_max_size: int = 4 * 1024 * 1024
+    """Largest WebSocket message uvicorn reads; frames over 1 MiB get PAYLOAD_TOO_LARGE."""
+
+    def __post_init__(self) -> None:
+        if not self.edge_id:
+            object.__setattr__(self, "edge_id", new_edge_id())
+        edge_sessions(self.edge_id)  # ValueError for an id unusable in subjects
+        if not self.api_key or not self.api_secret:
+            raise ValueError("api_key and api_secret must not be empty")
+        if self.rate_per_s <= 0 or self.rate_burst < 1 or self.flood_close_after < 1:
+            raise ValueError("rate limits must be positive")
+        if self.send_queue_size < 2:
+            raise ValueError("send_queue_size must be at least 2")
+
+    def secret_for(self, api_key: str) -> str | None:
+        """The secret of an api key this edge accepts tokens from, or None."""
+        if api_key == self.api_key:
+            return self.api_secret
+        return self.api_secrets.get(api_key)
+
+
+__all__ = ["EdgeConfig", "new_edge_id"]

@@ -1,0 +1,216 @@
+"""Room fan-out: one NATS subscription per room per edge, shared by its local sockets.
+
+A room's subscription (``stagecast.room.<room>.*``) lives while at least one local socket
+is in the room. Broadcast bytes go to each socket as they arrived, never re-encoded; each
+broadcast is decoded once per edge only to decide where it goes:
+
+- ``speakers``: to every socket of the room; frames whose `seq` is below the last one
+  relayed (or an exact repeat at that `seq`) are dropped, which is what a statekeeper
+  restart replays. A `disconnect` there means the room was deleted: every socket of the
+  room gets it and is closed.
+- ``mod``: the same, to sockets whose grant has `can_moderate` only.
+- ``counts``: to every socket through its latest-wins slot.
+- ``data``: to sockets with `can_subscribe_data`, never to the sender's sid, and only to
+  `destination_ids` (participant ids) when there are any.
+
+Filters read each member's grant when a frame arrives, so a tier change applies at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from edge.bus import Bus, BusUnavailable
+from edge.metrics import EdgeMetrics
+from schemas.client import CountsChanged, DataReceived, Disconnect
+from schemas.codec import Message, SchemaError, decode
+from schemas.models import Grant
+from schemas.subjects import room_wildcard
+
+log = logging.getLogger("stagecast.edge")
+
+
+class Member(Protocol):
+    """What the fan-out needs of a local socket in a room."""
+
+    @property
+    def sid(self) -> str: ...
+
+    @property
+    def participant_id(self) -> str: ...
+
+    @property
+    def grant(self) -> Grant: ...
+
+    def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
+        """Queue a broadcast frame (seq None for data messages)."""
+
+    def deliver_counts(self, data: bytes, seq: int) -> None:
+        """Replace the socket's pending counts frame."""
+
+    def room_ended(self, data: bytes, reason: str) -> None:
+        """The room is gone: send `data` (a disconnect frame) and close."""
+
+
+class _SeqFilter:
+    """Drops replays: frames below the last seq, and exact repeats at the last seq."""
+
+    __slots__ = ("last", "seen")
+
+    def __init__(self) -> None:
+        self.last = -1
+        self.seen: list[bytes] = []
+
+    def fresh(self, seq: int, data: bytes) -> bool:
+        if seq < self.last:
+            return False
+        if seq == self.last:
+            if data in self.seen:
+                return False
+            self.seen.append(data)
+            return True
+        self.last = seq
+        self.seen = [data]
+        return True
+
+
+class RoomFanout:
+    """The local sockets of one room and its subscription."""
+
+    def __init__(self, room_id: str, metrics: EdgeMetrics) -> None:
+        self.room_id = room_id
+        self.members: dict[str, Member] = {}
+        self.metrics = metrics
+        self.subscription: Subscription | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._speakers = _SeqFilter()
+        self._mod = _SeqFilter()
+        self._counts_seq = -1
+
+    async def on_message(self, msg: Msg) -> None:
+        """The subscription's callback: route one broadcast to the local sockets."""
+        channel = msg.subject.rsplit(".", 1)[-1]
+        data = msg.data
+        try:
+            message = decode(data)
+        except SchemaError as exc:
+            log.warning("undecodable broadcast on %s: %s", msg.subject, exc)
+            return
+        try:
+            self.route(channel, message, data)
+        except Exception:  # one bad frame must not kill the room's subscription
+            log.exception("fan-out of %s failed", message.TYPE)
+
+    def route(self, channel: str, message: Message, data: bytes) -> None:
+        if channel == "counts":
+            if isinstance(message, CountsChanged) and message.seq >= self._counts_seq:
+                self._counts_seq = message.seq
+                for member in list(self.members.values()):
+                    member.deliver_counts(data, message.seq)
+        elif channel == "data":
+            if isinstance(message, DataReceived):
+                self._data(message, data)
+        elif channel in ("speakers", "mod"):
+            if isinstance(message, Disconnect):
+                for member in list(self.members.values()):
+                    member.room_ended(data, message.reason)
+                return
+            seq = getattr(message, "seq", None)
+            if not isinstance(seq, int):
+                return
+            seqs = self._speakers if channel == "speakers" else self._mod
+            if not seqs.fresh(seq, data):
+                return
+            moderators_only = channel == "mod"
+            for member in list(self.members.values()):
+                if not moderators_only or member.grant.can_moderate:
+                    member.deliver(data, message.TYPE, seq)
+
+    def _data(self, message: DataReceived, data: bytes) -> None:
+        wanted = frozenset(message.destination_ids)
+        for member in list(self.members.values()):
+            if not member.grant.can_subscribe_data:
+                continue
+            if message.sender_sid is not None and member.sid == message.sender_sid:
+                continue
+            if wanted and member.participant_id not in wanted:
+                continue
+            member.deliver(data, message.TYPE, None)
+
+
+class Fanout:
+    """Every room this edge has local sockets in (refcounted subscriptions)."""
+
+    def __init__(self, bus: Bus, metrics: EdgeMetrics) -> None:
+        self.bus = bus
+        self.metrics = metrics
+        self.rooms: dict[str, RoomFanout] = {}
+
+    async def add(self, room_id: str, member: Member) -> None:
+        """Put a socket in a room; the first one subscribes (confirmed by the server).
+
+        Raises `BusUnavailable` when the subscription could not be made (the member is
+        then not added).
+        """
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = self.rooms[room_id] = RoomFanout(room_id, self.metrics)
+            room.members[member.sid] = member
+            try:
+                room.subscription = await self.bus.subscribe(
+                    room_wildcard(room_id), room.on_message
+                )
+            except BaseException as exc:
+                room.members.pop(member.sid, None)
+                if self.rooms.get(room_id) is room:
+                    del self.rooms[room_id]
+                # Sockets that joined meanwhile fail with a reason of their own, never with
+                # this task's cancellation.
+                room.ready.set_exception(
+                    BusUnavailable(f"room subscription failed: {type(exc).__name__}")
+                )
+                room.ready.exception()  # retrieved: no "never retrieved" warning
+                await self._unsubscribe(room)
+                raise
+            room.ready.set_result(None)
+            return
+        room.members[member.sid] = member
+        try:
+            await asyncio.shield(room.ready)
+        except BaseException:
+            room.members.pop(member.sid, None)
+            raise
+
+    async def remove(self, room_id: str, member: Member) -> None:
+        """Take a socket out of its room; the last one out unsubscribes."""
+        room = self.rooms.get(room_id)
+        if room is None or room.members.get(member.sid) is not member:
+            return
+        del room.members[member.sid]
+        if room.members:
+            return
+        del self.rooms[room_id]
+        if room.ready.done():
+            await self._unsubscribe(room)
+
+    async def _unsubscribe(self, room: RoomFanout) -> None:
+        sub, room.subscription = room.subscription, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def close(self) -> None:
+        """Drop every room subscription (the edge is stopping)."""
+        rooms, self.rooms = list(self.rooms.values()), {}
+        for room in rooms:
+            room.members.clear()
+            await self._unsubscribe(room)
+
+
+__all__ = ["Fanout", "Member", "RoomFanout"]

@@ -1,0 +1,136 @@
+"""Running an edge: in-process for tests and `stagecast up`, or as its own process.
+
+Order matters on the way out. uvicorn's own shutdown closes open WebSockets with 1012
+before the app's lifespan ends, so the edge drains first: every socket gets `disconnect
+SERVER_SHUTDOWN` and close 4017 (resume on another edge), `EdgeGone` goes out, and only then
+is uvicorn told to exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+
+from edge.app import create_app
+from edge.config import EdgeConfig
+from edge.node import EdgeNode
+
+log = logging.getLogger("stagecast.edge")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its owner (see `serve`).
+
+    `capture_signals` is uvicorn's hook around `serve`; overriding it is the one place the
+    edge touches uvicorn beyond its public `Config`/`Server` API.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(config: EdgeConfig) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        ws_max_size=config.ws_max_size,
+        ws_ping_interval=10,
+        ws_ping_timeout=20,
+        lifespan="on",
+        log_level="warning",
+    )
+
+
+def _bound_port(server: uvicorn.Server, fallback: int) -> int:
+    for listener in getattr(server, "servers", []):
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return fallback
+
+
+@contextlib.asynccontextmanager
+async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> AsyncIterator[str]:
+    """Run an edge in this event loop for the duration of the context.
+
+    Yields its base URL, ``http://<host>:<port>`` (the real port when `config.port` is 0).
+    Raises `RuntimeError` if it does not start (NATS unreachable, port taken). On exit the
+    sockets are drained (close 4017) and the server stops.
+    """
+    server = _EmbeddedServer(_uvicorn_config(config))
+    task = asyncio.create_task(_serve(server))
+    try:
+        await _wait_started(server, task, start_timeout)
+        port = _bound_port(server, config.port)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        yield f"http://{host}:{port}"
+    finally:
+        await _stop(server, task)
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn exits the process when the lifespan fails to start
+        raise RuntimeError(f"uvicorn stopped with exit code {exc.code}") from None
+
+
+async def _wait_started(server: uvicorn.Server, task: asyncio.Task[None], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not server.started:
+        if task.done():
+            exc = task.exception() if not task.cancelled() else None
+            raise RuntimeError(f"the edge did not start: {exc!r}") from exc
+        if loop.time() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the edge did not start within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def _stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    node = _node_of(server)
+    if node is not None and server.started:
+        try:
+            await node.drain()
+        except Exception:
+            log.exception("draining the edge failed")
+    server.should_exit = True
+    await asyncio.wait({task}, timeout=15.0)
+    if not task.done():
+        server.force_exit = True
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def _node_of(server: uvicorn.Server) -> EdgeNode | None:
+    app = server.config.app
+    state = getattr(app, "state", None)
+    node = getattr(state, "edge", None)
+    return node if isinstance(node, EdgeNode) else None
+
+
+async def serve(config: EdgeConfig) -> None:
+    """Run an edge until SIGINT or SIGTERM, then drain and stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with running_edge(config) as url:
+            log.info("edge %s listening on %s", config.edge_id, url)
+            print(f"edge {config.edge_id} ready at {url}", flush=True)
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+__all__ = ["running_edge", "serve"]

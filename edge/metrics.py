@@ -1,0 +1,79 @@
+"""The edge's counters, rendered by hand in the Prometheus text exposition format.
+
+Labels only ever take values from closed sets (message type tags the schemas know, error
+codes), never a string a client chose, so a hostile client cannot blow up cardinality.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from schemas.codec import registered
+from schemas.errors import ErrorCode
+
+_KNOWN_TYPES = frozenset(registered())
+_KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+INVALID_TYPE = "invalid"
+"""The `type` label of a frame that could not be read or names an unknown type."""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class EdgeMetrics:
+    """Counters of one edge; gauges are read through callables when rendered."""
+
+    def __init__(self) -> None:
+        self.joins = 0
+        self.queue_drops = 0
+        self.frames_in: collections.Counter[str] = collections.Counter()
+        self.frames_out: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.sockets: Callable[[], int] = lambda: 0
+        self.rooms: Callable[[], int] = lambda: 0
+
+    def frame_in(self, type_tag: str) -> None:
+        self.frames_in[type_tag if type_tag in _KNOWN_TYPES else INVALID_TYPE] += 1
+
+    def frame_out(self, type_tag: str, n: int = 1) -> None:
+        self.frames_out[type_tag if type_tag in _KNOWN_TYPES else INVALID_TYPE] += n
+
+    def error(self, code: str) -> None:
+        self.errors[code if code in _KNOWN_CODES else ErrorCode.INTERNAL.value] += 1
+
+    def render(self) -> str:
+        """The Prometheus text format (version 0.0.4)."""
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+
+        def labelled(name: str, label: str, counter: collections.Counter[str]) -> None:
+            for key in sorted(counter):
+                lines.append(f'{name}{{{label}="{_escape(key)}"}} {counter[key]}')
+
+        family("stagecast_edge_sockets", "gauge", "Open signaling sockets.")
+        lines.append(f"stagecast_edge_sockets {self.sockets()}")
+        family("stagecast_edge_rooms", "gauge", "Rooms with at least one local socket.")
+        lines.append(f"stagecast_edge_rooms {self.rooms()}")
+        family("stagecast_edge_joins_total", "counter", "Joins and resumes accepted.")
+        lines.append(f"stagecast_edge_joins_total {self.joins}")
+        family("stagecast_edge_frames_in_total", "counter", "Frames received, by type.")
+        labelled("stagecast_edge_frames_in_total", "type", self.frames_in)
+        family("stagecast_edge_frames_out_total", "counter", "Frames queued to sockets, by type.")
+        labelled("stagecast_edge_frames_out_total", "type", self.frames_out)
+        family("stagecast_edge_errors_total", "counter", "Error frames sent, by code.")
+        labelled("stagecast_edge_errors_total", "code", self.errors)
+        family(
+            "stagecast_edge_queue_drops_total",
+            "counter",
+            "Sockets closed because their send queue was full.",
+        )
+        lines.append(f"stagecast_edge_queue_drops_total {self.queue_drops}")
+        return "\n".join(lines) + "\n"
+
+
+__all__ = ["INVALID_TYPE", "EdgeMetrics"]

@@ -1,0 +1,185 @@
+"""One running edge: its NATS bus, room fan-out, local sessions and heartbeat.
+
+`EdgeNode.start` connects (once, for the whole process), makes sure the room log exists,
+subscribes once to ``stagecast.sess.<edge_id>.>`` (direct replies, routed by sid to the
+socket) and starts heart-beating. `drain` is the clean way out: every socket is told
+`SERVER_SHUTDOWN` (4017, may resume elsewhere) and `EdgeGone` starts their grace at once;
+`stop` then releases NATS. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from edge.bus import Bus, BusUnavailable
+from edge.config import EdgeConfig
+from edge.fanout import Fanout
+from edge.metrics import EdgeMetrics
+from edge.session import Session, now_ms
+from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
+from schemas.codec import encode
+from schemas.subjects import EDGE_HEARTBEAT, edge_sessions
+
+log = logging.getLogger("stagecast.edge")
+
+
+class EdgeNode:
+    """The stateful shell of one edge process (see the module docstring)."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.edge_id = config.edge_id
+        self.metrics = EdgeMetrics()
+        self.sessions: dict[str, Session] = {}
+        """Sessions by sid, for direct replies (joined, joining or resuming)."""
+        self.sockets: set[Session] = set()
+        """Every open socket, joined or not."""
+        self.draining = False
+        self._bus: Bus | None = None
+        self._fanout: Fanout | None = None
+        self._direct: Subscription | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.metrics.sockets = lambda: len(self.sockets)
+        self.metrics.rooms = lambda: len(self._fanout.rooms) if self._fanout else 0
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("the edge is not started")
+        return self._bus
+
+    @property
+    def fanout(self) -> Fanout:
+        if self._fanout is None:
+            raise RuntimeError("the edge is not started")
+        return self._fanout
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect to NATS, ensure the log, subscribe to direct replies, start beating."""
+        config = self.config
+        if len(config.api_secret.encode()) < 32:
+            log.warning("edge %s: api secret under 32 bytes (dev only)", self.edge_id)
+        self._bus = await Bus.connect(
+            config.nats_url,
+            name=f"stagecast-edge-{self.edge_id}",
+            partitions=config.log_partitions,
+            append_timeout=config.append_timeout,
+            request_timeout=config.request_timeout,
+            connect_timeout=config.connect_timeout,
+        )
+        self._fanout = Fanout(self._bus, self.metrics)
+        try:
+            self._direct = await self._bus.subscribe(edge_sessions(self.edge_id), self._on_direct)
+        except BaseException:
+            await self._bus.close()
+            raise
+        await self._beat()
+        self._heartbeat = asyncio.create_task(self._heartbeats())
+        log.info("edge %s started", self.edge_id)
+
+    async def drain(self) -> None:
+        """Close every socket with SERVER_SHUTDOWN and announce `EdgeGone`. Idempotent."""
+        if self.draining:
+            return
+        self.draining = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        sockets = list(self.sockets)
+        for session in sockets:
+            session.shutdown()
+        if sockets:
+            await asyncio.wait(
+                [asyncio.create_task(s.closed.wait()) for s in sockets],
+                timeout=self.config.close_grace + 1.0,
+            )
+        if self._bus is not None:
+            try:
+                await self._bus.publish(
+                    EDGE_HEARTBEAT, encode(EdgeGone(edge_id=self.edge_id, at=now_ms()))
+                )
+                await self._bus.flush()
+            except BusUnavailable as exc:
+                log.warning("edge %s: EdgeGone not sent: %s", self.edge_id, exc)
+
+    async def stop(self) -> None:
+        """Drain, then drop every subscription and the connection. Idempotent."""
+        if self._stopped:
+            return
+        await self.drain()
+        self._stopped = True
+        if self._fanout is not None:
+            await self._fanout.close()
+        if self._direct is not None:
+            with contextlib.suppress(Exception):
+                await self._direct.unsubscribe()
+        if self._bus is not None:
+            await self._bus.close()
+        log.info("edge %s stopped", self.edge_id)
+
+    # ------------------------------------------------------------------ sessions
+
+    def register(self, session: Session) -> None:
+        """Route direct replies for `session.sid` to this session."""
+        self.sessions[session.sid] = session
+
+    def unregister(self, session: Session) -> None:
+        if session.sid and self.sessions.get(session.sid) is session:
+            del self.sessions[session.sid]
+
+    async def _on_direct(self, msg: Msg) -> None:
+        sid = msg.subject.rsplit(".", 1)[-1]
+        session = self.sessions.get(sid)
+        if session is None:
+            return  # the socket is gone (a late kick or ack): nothing to deliver
+        try:
+            session.on_direct(msg.data)
+        except Exception:
+            log.exception("direct reply to %s failed", sid)
+
+    # ------------------------------------------------------------------ heartbeat, health
+
+    async def _beat(self) -> None:
+        beat = EdgeHeartbeat(
+            edge_id=self.edge_id,
+            at=now_ms(),
+            sockets=len(self.sockets),
+            interval_ms=int(self.config.heartbeat_interval * 1000),
+        )
+        await self.bus.publish(EDGE_HEARTBEAT, encode(beat))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            try:
+                await self._beat()
+            except BusUnavailable as exc:
+                log.warning("edge %s: heartbeat not sent: %s", self.edge_id, exc)
+
+    async def health(self) -> tuple[bool, str]:
+        """(healthy, reason): NATS connected and the statekeeper answers ok within 1 s."""
+        if self._bus is None or self.draining:
+            return False, "the edge is not running"
+        if not self._bus.connected:
+            return False, "NATS is not connected"
+        try:
+            reply, _ = await self._bus.request(HealthRequest(), timeout=self.config.health_timeout)
+        except BusUnavailable as exc:
+            return False, f"the statekeeper does not answer: {exc}"
+        if not isinstance(reply, HealthReply):
+            return False, f"the statekeeper answered {reply.TYPE}"
+        if not reply.ok:
+            return False, "the statekeeper is not caught up with the room log"
+        return True, "ok"
+
+
+__all__ = ["EdgeNode"]

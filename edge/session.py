@@ -1,0 +1,390 @@
+"""One signaling socket, from accept to close, with an explicit lifecycle (STYLE rule 6).
+
+States: ``CONNECTING`` (accepted, no session yet; a join may be in flight), ``JOINED``,
+``CLOSING`` (a close is queued or the socket dropped; frames are ignored), ``CLOSED``.
+Requests that need a session answer `NOT_JOINED` before the join, a second join answers
+`ALREADY_JOINED`. Bad input of any kind gets a named error frame and the socket stays open
+unless docs/protocol.md says otherwise; nothing a client sends raises out of the handler.
+
+Frames out go through the socket's `SendQueue`. Direct replies for the session (acks,
+errors, join outcomes, tier changes, disconnects) arrive via `on_direct`; room broadcasts
+via the `Member` methods the fan-out calls. Both run synchronously on the event loop, so
+every state change happens in one place without locks.
+
+When the socket ends, the session tells the room log what happened, unless the server
+ended it: a dropped joined socket appends `SessionDisconnected` (the departure grace starts,
+the client may resume); a join that was appended but never answered is withdrawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import itertools
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from starlette.websockets import WebSocket
+
+from edge.bus import BusUnavailable
+from edge.closecodes import close_code
+from edge.ratelimit import FloodGuard, TokenBucket
+from edge.resume import ResumeClaims, mint_resume_token
+from edge.sendqueue import SendQueue
+from schemas.client import (
+    Ack,
+    Disconnect,
+    Error,
+    JoinAccepted,
+    TierChanged,
+)
+from schemas.codec import SchemaError, decode, encode
+from schemas.errors import ErrorCode
+from schemas.log import LeaveRequested, LogEvent, SessionDisconnected
+from schemas.models import Grant
+from schemas.subjects import session as session_subject
+
+if TYPE_CHECKING:
+    from edge.node import EdgeNode
+
+log = logging.getLogger("stagecast.edge")
+
+_PEEK_LIMIT = 64 * 1024
+_MESSAGE_CHARS = 1000
+
+
+class SessionState(enum.Enum):
+    CONNECTING = "connecting"
+    JOINED = "joined"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
+    """The `id` of a frame that was not decoded, if it has one and is at most `limit` bytes."""
+    if data is None or len(data) > limit:
+        return None
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    value = body.get("id") if isinstance(body, dict) else None
+    return value if type(value) is int else None
+
+
+class Session:
+    """One socket's session (see the module docstring). Create, then `await run()`."""
+
+    def __init__(self, node: EdgeNode, websocket: WebSocket, upgrade_token: str | None) -> None:
+        config = node.config
+        self.node = node
+        self.ws = websocket
+        self.upgrade_token = upgrade_token
+        self.state = SessionState.CONNECTING
+        self.connection_id = secrets.token_urlsafe(6)
+        self.queue = SendQueue(
+            config.send_queue_size, self._ws_send, self._ws_close, self._on_overflow
+        )
+        self.guard = FloodGuard(
+            TokenBucket(config.rate_per_s, config.rate_burst), config.flood_close_after
+        )
+        # Session facts: set at join (or resume), updated by tier changes.
+        self.room_id = ""
+        self.sid = ""
+        self.participant_id = ""
+        self.is_viewer = False
+        self.grant = Grant()
+        self.subject = ""
+        # Join bookkeeping.
+        self.join_req: int | None = None
+        self.join_done = asyncio.Event()
+        self.join_appended = False
+        self.resuming = False
+        self.was_joined = False
+        self.leave_req: int | None = None
+        self._pending: list[tuple[bytes, str, int]] = []
+        self._pending_counts: tuple[bytes, int] | None = None
+        self._in_room = False
+        self._server_ended = False
+        self._socket_gone = False
+        self._ended = asyncio.Event()
+        self.joined_seq = 0
+        """The log sequence of the joined snapshot: broadcasts up to it are in it already."""
+        self.detached = asyncio.Event()
+        """Set once the session left the fan-out and told the log (see `_detach`)."""
+        self.closed = asyncio.Event()
+        self._msg_ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the socket until it closes; never raises for anything the client did."""
+        from edge.requests import handle_frame
+
+        try:
+            await self.ws.accept()
+        except Exception as exc:  # the client went away during the handshake
+            log.debug("accept failed: %s", exc)
+            self.state = SessionState.CLOSED
+            self.detached.set()
+            self.closed.set()
+            return
+        self.node.sockets.add(self)
+        writer = asyncio.create_task(self.queue.run())
+        try:
+            receiver = asyncio.create_task(self._receive(handle_frame))
+            ended = asyncio.create_task(self._ended.wait())
+            try:
+                await asyncio.wait({receiver, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (receiver, ended):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            if not self._socket_gone:
+                self.end(1011, ErrorCode.INTERNAL.value)  # no-op when already ending
+            self.state = SessionState.CLOSING
+            await self._detach()
+            if not self._socket_gone or self.queue.closing:
+                # Let the last frames and the close go out (a stuck socket gets a grace).
+                await asyncio.wait({writer}, timeout=self.node.config.close_grace)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            self.state = SessionState.CLOSED
+            self.node.sockets.discard(self)
+            self.closed.set()
+
+    async def _receive(self, handle: Any) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                self._socket_gone = True
+                return
+            if message["type"] != "websocket.receive":
+                continue
+            if self.state not in (SessionState.CONNECTING, SessionState.JOINED):
+                continue  # closing: whatever still arrives is ignored
+            await handle(self, message.get("bytes"), message.get("text"))
+
+    def end(self, code: int, reason: str, *, server_ended: bool = False) -> None:
+        """Queue the close after what is already queued; the session winds down. Idempotent."""
+        if server_ended:
+            self._server_ended = True
+        if self._ended.is_set():
+            return
+        if self.state is not SessionState.CLOSED:
+            self.state = SessionState.CLOSING
+        self.queue.close_after(code, reason)
+        self._ended.set()
+
+    def shutdown(self) -> None:
+        """The edge is stopping: tell the client to resume elsewhere, then close (4017)."""
+        code = ErrorCode.SERVER_SHUTDOWN.value
+        self.send(encode(Disconnect(reason=code, can_reconnect=True)), Disconnect.TYPE)
+        self.end(close_code(code), code, server_ended=True)
+
+    def supersede(self) -> None:
+        """A new socket on this edge resumed this session: close this one quietly."""
+        code = ErrorCode.RESUME_FAILED.value
+        frame = Disconnect(reason=code, message="resumed on another socket")
+        self.send(encode(frame), Disconnect.TYPE)
+        self.end(close_code(code), code, server_ended=True)
+
+    def _on_overflow(self) -> None:
+        self.node.metrics.queue_drops += 1
+        self.node.metrics.error(ErrorCode.SLOW_CONSUMER.value)
+        if not self._ended.is_set():
+            self.state = SessionState.CLOSING
+            self._ended.set()  # the queue already aborted with 4010
+
+    async def _detach(self) -> None:
+        """Leave the fan-out and the direct-reply routing; tell the log if it must know."""
+        try:
+            if self._in_room:
+                self._in_room = False
+                await self.node.fanout.remove(self.room_id, self)
+            event = self._closing_event()
+            if event is not None:
+                # Still registered meanwhile: a resume of this sid on this edge waits for
+                # `detached`, so this event lands in the log before the resume does.
+                try:
+                    await self.node.bus.append(event, self.next_msg_id(event.TYPE))
+                except BusUnavailable as exc:
+                    log.warning("session %s: %s not appended: %s", self.sid, event.TYPE, exc)
+        finally:
+            self.node.unregister(self)
+            self.detached.set()
+
+    def _closing_event(self) -> LogEvent | None:
+        if not self.join_appended or self._server_ended:
+            return None
+        if self.was_joined or self.resuming:
+            return SessionDisconnected(
+                room_id=self.room_id, at=now_ms(), sid=self.sid, edge_id=self.node.edge_id
+            )
+        return LeaveRequested(room_id=self.room_id, at=now_ms(), sid=self.sid)
+
+    async def _ws_send(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def _ws_close(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason)
+
+    # ------------------------------------------------------------------ frames out
+
+    def next_msg_id(self, what: str) -> str:
+        """A room-log message id unique to this socket's session and this append."""
+        return f"{self.sid}:{self.connection_id}:{next(self._msg_ids)}:{what}"
+
+    def send(self, data: bytes, type_tag: str) -> bool:
+        """Queue an encoded frame for the client."""
+        if self.queue.put(data):
+            self.node.metrics.frame_out(type_tag)
+            return True
+        return False
+
+    def error(self, req: int | None, code: ErrorCode | str, message: str = "") -> None:
+        """Send an error frame naming request `req` (None when it could not be read)."""
+        value = code.value if isinstance(code, ErrorCode) else code
+        self.node.metrics.error(value)
+        self.send(encode(Error(id=req, code=value, message=message[:_MESSAGE_CHARS])), "error")
+
+    def refuse(self, req: int | None, code: ErrorCode, message: str, close: int) -> None:
+        """A join that cannot go on: the error, then the close."""
+        self.error(req, code, message)
+        self.end(close, code.value)
+
+    def enter_room(self, room_id: str, sid: str, participant_id: str) -> None:
+        """Fix the session's identity before its join or resume is appended."""
+        self.room_id = room_id
+        self.sid = sid
+        self.participant_id = participant_id
+        self.subject = session_subject(self.node.edge_id, sid)
+
+    async def subscribe_room(self) -> None:
+        """Join the room's fan-out (before the join is appended, so nothing is missed)."""
+        await self.node.fanout.add(self.room_id, self)
+        self._in_room = True
+
+    # ------------------------------------------------------------------ fan-out (Member)
+
+    def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
+        if self.state is SessionState.JOINED:
+            if seq is None or seq > self.joined_seq:
+                self.send(data, type_tag)
+        elif self.state is SessionState.CONNECTING and seq is not None:
+            if len(self._pending) >= self.queue.capacity:
+                self._on_overflow_while_joining()
+                return
+            self._pending.append((data, type_tag, seq))
+
+    def deliver_counts(self, data: bytes, seq: int) -> None:
+        if self.state is SessionState.JOINED:
+            if seq >= self.joined_seq and self.queue.put_counts(data):
+                self.node.metrics.frame_out("counts")
+        elif self.state is SessionState.CONNECTING:
+            self._pending_counts = (data, seq)
+
+    def room_ended(self, data: bytes, reason: str) -> None:
+        if self.state in (SessionState.CONNECTING, SessionState.JOINED):
+            self.send(data, Disconnect.TYPE)
+            # A joined session was removed with the room; a join still in flight may have
+            # landed in a new room of the same id, so it is withdrawn on close.
+            self.end(close_code(reason), reason, server_ended=self.was_joined)
+
+    def _on_overflow_while_joining(self) -> None:
+        self._pending.clear()
+        self.queue.abort(close_code(ErrorCode.SLOW_CONSUMER.value), ErrorCode.SLOW_CONSUMER.value)
+        self._on_overflow()
+
+    # ------------------------------------------------------------------ direct replies
+
+    def on_direct(self, data: bytes) -> None:
+        """A frame the statekeeper sent to this session's subject."""
+        try:
+            message = decode(data)
+        except SchemaError as exc:
+            log.warning("session %s: undecodable direct frame: %s", self.sid, exc)
+            return
+        if self.state is SessionState.CLOSED:
+            return
+        if isinstance(message, JoinAccepted):
+            self._accepted(message)
+        elif isinstance(message, Error):
+            self._errored(message, data)
+        elif isinstance(message, Ack):
+            self.send(data, Ack.TYPE)
+            if message.id == self.leave_req:
+                self.end(1000, ErrorCode.CLIENT_LEFT.value, server_ended=True)
+        elif isinstance(message, TierChanged):
+            self._tier_changed(message)
+        elif isinstance(message, Disconnect):
+            self.send(data, Disconnect.TYPE)
+            self.end(close_code(message.reason), message.reason, server_ended=True)
+        else:
+            self.send(data, message.TYPE)
+
+    def _accepted(self, message: JoinAccepted) -> None:
+        if self.state is not SessionState.CONNECTING or message.id != self.join_req:
+            return
+        self.state = SessionState.JOINED
+        self.was_joined = True
+        self.joined_seq = message.seq
+        self.participant_id = message.participant.id
+        self.is_viewer = message.participant.is_viewer
+        self.grant = message.grant
+        joined = dataclasses.replace(message, resume_token=self._resume_token())
+        self.node.metrics.joins += 1
+        self.send(encode(joined), JoinAccepted.TYPE)
+        pending, self._pending = self._pending, []
+        for data, type_tag, seq in pending:
+            if seq > message.seq:
+                self.send(data, type_tag)
+        counts, self._pending_counts = self._pending_counts, None
+        if counts is not None and counts[1] >= message.seq and self.queue.put_counts(counts[0]):
+            self.node.metrics.frame_out("counts")
+        self.join_done.set()
+
+    def _errored(self, message: Error, data: bytes) -> None:
+        self.node.metrics.error(message.code)
+        self.send(data, Error.TYPE)
+        if self.state is SessionState.CONNECTING and message.id == self.join_req:
+            # Refused: no session exists in the room, so nothing is withdrawn on close.
+            self.end(close_code(message.code), message.code, server_ended=True)
+            self.join_done.set()
+        elif self.leave_req is not None and message.id == self.leave_req:
+            self.end(1000, ErrorCode.CLIENT_LEFT.value, server_ended=True)
+
+    def _tier_changed(self, message: TierChanged) -> None:
+        self.is_viewer = message.participant.is_viewer
+        self.grant = message.grant
+        changed = dataclasses.replace(message, resume_token=self._resume_token())
+        self.send(encode(changed), TierChanged.TYPE)
+
+    def _resume_token(self) -> str:
+        config = self.node.config
+        claims = ResumeClaims(
+            room_id=self.room_id,
+            sid=self.sid,
+            participant_id=self.participant_id,
+            tier="viewer" if self.is_viewer else "speaker",
+            grant=self.grant,
+        )
+        return mint_resume_token(claims, config.api_key, config.api_secret)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.sid or '-'} {self.state.value} room={self.room_id!r}>"
+
+
+__all__ = ["Session", "SessionState", "now_ms", "peek_request_id"]
