@@ -59,7 +59,7 @@ class Bus:
         try:
             nc = await asyncio.wait_for(
                 nats.connect(
-                    url,
+                    servers=[u.strip() for u in url.split(",") if u.strip()],
                     name=name,
                     max_reconnect_attempts=-1,  # once connected, reconnect forever
                     reconnect_time_wait=0.5,

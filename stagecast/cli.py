@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEV_KEY, DEV_SECRET = "devkey", "devsecret"
-BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm")
+BENCH_SUITES = ("fold", "ingest", "recovery", "pagination")
 
 
 def credentials() -> tuple[str, str]:
@@ -98,7 +98,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from schemas.models import Grant
-    from stagecast.tokens import generate_token
+    from stagecast.tokens import ROOMLESS_MAX_TTL, generate_token
 
     key, secret = credentials()
     names = {
@@ -120,6 +120,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         grant = Grant(**{field: name in wanted for name, field in names.items()})
     elif args.viewer:
         grant = Grant(can_publish=False, can_publish_data=False)
+    ttl = args.ttl or (3600 if args.room else ROOMLESS_MAX_TTL)
     print(
         generate_token(
             key,
@@ -129,7 +130,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             name=args.name,
             is_viewer=args.viewer,
             grant=grant,
-            ttl=args.ttl,
+            ttl=ttl,
         )
     )
     return 0

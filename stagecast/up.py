@@ -133,11 +133,10 @@ async def run_up(config: UpConfig) -> int:
         raise
     url = stack.edge_urls[0]
     print(f"Stagecast ready at {url}", flush=True)
-    print(f"  demo page       {url}/", flush=True)
     print(f"  api key/secret  {config.api_key} / {config.api_secret}", flush=True)
     print(f"  nats            {stack.nats_url}", flush=True)
     print(
-        f"  try             stagecast token --room demo --identity alice --url {url}",
+        "  try             stagecast token --room demo --identity alice",
         flush=True,
     )
     try:

@@ -38,7 +38,7 @@ def cursor_secret(api_secret: str) -> bytes:
 async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-untyped-def]
     """Run a statekeeper for the duration of the context; yields the `Statekeeper`."""
     nc = await nats.connect(
-        config.nats_url,
+        servers=[u.strip() for u in config.nats_url.split(",") if u.strip()],
         name="stagecast-statekeeper",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -111,6 +111,7 @@ class Statekeeper:
         self._stopped = False
         self._outbox: list[tuple[str, bytes]] = []
         self._replay_target = 0
+        self._healthy = True
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -163,8 +164,21 @@ class Statekeeper:
     # ----------------------------------------------------------------------- the log
 
     async def _follow_log(self) -> None:
+        """Follow the log for ever; if NATS stays away too long, reopen and go on."""
+        while True:
+            try:
+                await self._follow_log_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._healthy = False
+                log.exception("the room log reader failed; reopening from %d", self.applied_seq + 1)
+                await asyncio.sleep(1.0)
+
+    async def _follow_log_once(self) -> None:
         start = self.applied_seq + 1
         async with self.room_log.reader(self.partitions, start) as reader:
+            self._healthy = True
             while True:
                 batch = await reader.next_batch(max_wait=0.05)
                 if not batch:
@@ -314,7 +328,7 @@ class Statekeeper:
     @property
     def caught_up(self) -> bool:
         """True once recovery has folded the log as it stood at start."""
-        return self._caught_up.is_set()
+        return self._caught_up.is_set() and self._healthy
 
     async def flush(self, at_cut: Callable[[], None] | None = None) -> int:
         """Write pending roster rows and public events; return the sequence now in SQL.

@@ -1,0 +1,28 @@
+# One image for every Stagecast service; compose.yaml picks the service with `command:`
+# (`stagecast edge ...`, `stagecast statekeeper ...`). See docs/deployment.md.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /src
+# Only what the package needs (pyproject names README.md as its readme); never .venv or
+# .stagecast from a developer's checkout.
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY edge ./edge
+COPY statekeeper ./statekeeper
+COPY forwarder ./forwarder
+COPY stagecast ./stagecast
+RUN pip install . \
+    && useradd --system --create-home --home-dir /var/lib/stagecast --uid 10001 stagecast
+
+# The statekeeper's SQLite default (.stagecast/statekeeper.db) lands here when no
+# --database-url / STAGECAST_DATABASE_URL is given; the cluster uses PostgreSQL instead.
+WORKDIR /var/lib/stagecast
+USER stagecast
+
+EXPOSE 7880
+ENTRYPOINT ["stagecast"]
+CMD ["--help"]

@@ -1,0 +1,120 @@
+"""compose.yaml describes the documented cluster, with commands the `stagecast` CLI accepts.
+
+No Docker engine is needed: the file is parsed with PyYAML and every Stagecast service's
+command line is parsed with the real `stagecast.cli.build_parser`. (`docker-compose -f
+compose.yaml config -q` is the engine-side check; see docs/deployment.md.)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip(
+    "yaml", reason="PyYAML is not installed in this environment (it is not a dependency)"
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = {"nats1", "nats2", "nats3", "postgres", "statekeeper1", "statekeeper2", "edge1", "edge2"}
+NATS_NODES = ("nats1", "nats2", "nats3")
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    document = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    found: dict[str, dict[str, Any]] = document["services"]
+    return found
+
+
+def _argv(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def _dockerfile_entrypoint() -> list[str]:
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENTRYPOINT"):
+            entrypoint: list[str] = json.loads(line.removeprefix("ENTRYPOINT").strip())
+            return entrypoint
+    return []
+
+
+def _stagecast_args(service: dict[str, Any]) -> list[str]:
+    """The arguments after `stagecast` that the service's container runs."""
+    entrypoint = _argv(service.get("entrypoint")) or _dockerfile_entrypoint()
+    argv = entrypoint + _argv(service.get("command"))
+    assert argv and argv[0] == "stagecast", f"not a stagecast command line: {argv}"
+    return argv[1:]
+
+
+def _parse(name: str, service: dict[str, Any]) -> Any:
+    """The CLI's namespace for the service's command line (a test failure if it is refused)."""
+    from stagecast.cli import build_parser
+
+    argv = _stagecast_args(service)
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{name}: `stagecast {shlex.join(argv)}` is not a valid stagecast command")
+
+
+def _stagecast_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items() if "build" in s}
+
+
+def test_the_cluster_services_exist(services: dict[str, dict[str, Any]]) -> None:
+    assert services.keys() >= CLUSTER, f"missing: {sorted(CLUSTER - services.keys())}"
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert set(_stagecast_services(services)) >= {"statekeeper1", "statekeeper2", "edge1", "edge2"}
+
+
+def test_nats_nodes_form_one_jetstream_cluster(services: dict[str, dict[str, Any]]) -> None:
+    for name in NATS_NODES:
+        node = services[name]
+        argv = _argv(node["command"])
+        assert node["image"].startswith("nats:2.10")
+        assert "-js" in argv
+        assert argv[argv.index("--cluster_name") + 1] == "stagecast"
+        assert argv[argv.index("-n") + 1] == name  # JetStream clustering needs a server name
+        routes = argv[argv.index("--routes") + 1].split(",")
+        assert {f"nats://{n}:6222" for n in NATS_NODES} <= set(routes)
+
+
+def test_every_stagecast_service_runs_a_real_subcommand(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in _stagecast_services(services).items():
+        args = _parse(name, service)
+        assert args.command in ("edge", "statekeeper"), name
+        assert args.nats_url and args.nats_url.startswith("nats://"), name
+
+
+def test_edges_listen_on_their_published_ports(services: dict[str, dict[str, Any]]) -> None:
+    for name, port in (("edge1", 7880), ("edge2", 7881)):
+        args = _parse(name, services[name])
+        assert args.command == "edge"
+        assert args.host == "0.0.0.0", f"{name} must listen beyond the container's loopback"
+        assert args.port == port
+        assert any(str(p).endswith(f":{port}") for p in services[name]["ports"])
+        assert f":{port}/healthz" in " ".join(_argv(services[name]["healthcheck"]["test"]))
+
+
+def test_one_statekeeper_runs_the_other_is_a_cold_standby(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    keepers = {
+        name: s
+        for name, s in _stagecast_services(services).items()
+        if _stagecast_args(s)[0] == "statekeeper"
+    }
+    # No partition leases yet: only one statekeeper may fold the log at a time.
+    assert [n for n, s in keepers.items() if not s.get("profiles")] == ["statekeeper1"]
+    assert keepers["statekeeper2"]["profiles"] == ["standby"]
+    urls = {s["environment"]["STAGECAST_DATABASE_URL"] for s in keepers.values()}
+    assert len(urls) == 1, "a standby recovers from the same database"
+    assert urls.pop().startswith("postgresql+asyncpg://")
