@@ -151,9 +151,17 @@ def cmd_participants(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Parse the suite's own options (its module is imported only now) and run it."""
     from stagecast.bench.report import run_suite
 
-    status: int = asyncio.run(run_suite(args.suite_module, args))
+    module: Any = importlib.import_module(f"stagecast.bench.{args.suite}")
+    parser = argparse.ArgumentParser(
+        prog=f"stagecast bench {args.suite}", description=module.__doc__
+    )
+    module.add_arguments(parser)
+    options = parser.parse_args(args.options)
+    options.suite = args.suite
+    status: int = asyncio.run(run_suite(module, options))
     return status
 
 
@@ -213,13 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--url", default=None)
     parts.set_defaults(func=cmd_participants)
 
-    bench = sub.add_parser("bench", help="run a benchmark suite")
-    suites = bench.add_subparsers(dest="suite", required=True)
-    for name in BENCH_SUITES:
-        module: Any = importlib.import_module(f"stagecast.bench.{name}")
-        suite = suites.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(suite)
-        suite.set_defaults(func=cmd_bench, suite_module=module)
+    bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
+    bench.add_argument("suite", choices=BENCH_SUITES)
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's own options")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

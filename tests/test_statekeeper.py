@@ -60,15 +60,27 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def viewer_join(i: int, reply_to: str | None = None) -> JoinRequested:
     return JoinRequested(
-        room_id=ROOM, at=1_000 + i, sid=f"PA_v{i}", participant_id=f"viewer-{i}",
-        is_viewer=True, grant=VIEWER_GRANT, edge_id="ED_t", reply_to=reply_to, req=i,
+        room_id=ROOM,
+        at=1_000 + i,
+        sid=f"PA_v{i}",
+        participant_id=f"viewer-{i}",
+        is_viewer=True,
+        grant=VIEWER_GRANT,
+        edge_id="ED_t",
+        reply_to=reply_to,
+        req=i,
     )
 
 
 def speaker_join(i: int, reply_to: str | None = None) -> JoinRequested:
     return JoinRequested(
-        room_id=ROOM, at=500 + i, sid=f"PA_s{i}", participant_id=f"speaker-{i}",
-        edge_id="ED_t", reply_to=reply_to, req=i,
+        room_id=ROOM,
+        at=500 + i,
+        sid=f"PA_s{i}",
+        participant_id=f"speaker-{i}",
+        edge_id="ED_t",
+        reply_to=reply_to,
+        req=i,
     )
 
 
@@ -78,7 +90,7 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[object] = []
 
-    async def __call__(self, msg: object) -> None:
+    async def on_msg(self, msg: object) -> None:
         self.messages.append(decode(msg.data))  # type: ignore[attr-defined]
 
     def of(self, cls: type) -> list[object]:
@@ -92,9 +104,9 @@ async def test_joins_are_answered_and_only_speakers_broadcast(
     async with running_statekeeper(config):
         room_log = RoomLog(nc.jetstream())
         replies, speakers, counts = Inbox(), Inbox(), Inbox()
-        await nc.subscribe("reply.>", cb=replies)
-        await nc.subscribe(subjects.room_speakers(ROOM), cb=speakers)
-        await nc.subscribe(subjects.room_counts(ROOM), cb=counts)
+        await nc.subscribe("reply.>", cb=replies.on_msg)
+        await nc.subscribe(subjects.room_speakers(ROOM), cb=speakers.on_msg)
+        await nc.subscribe(subjects.room_counts(ROOM), cb=counts.on_msg)
         await nc.flush()
         for i in range(2):
             await room_log.append(speaker_join(i, f"reply.s{i}"), f"s{i}")
@@ -108,8 +120,7 @@ async def test_joins_are_answered_and_only_speakers_broadcast(
         assert isinstance(last, JoinAccepted)
         assert [p.id for p in last.speakers] == ["speaker-0", "speaker-1"]
         await eventually(
-            lambda: counts.messages
-            and counts.messages[-1].counts.total == 32,  # type: ignore[attr-defined]
+            lambda: counts.messages and counts.messages[-1].counts.total == 32,  # type: ignore[attr-defined]
             what="final counts",
         )
         joined = speakers.of(ParticipantJoined)
@@ -136,9 +147,7 @@ async def test_pagination_walk_survives_churn(
             return reply
 
         await eventually(lambda: ask(None, 1), what="the room exists")
-        await eventually(
-            lambda: _total(ask(None, 1), 243), what="all joins folded"
-        )
+        await eventually(lambda: _total(ask(None, 1), 243), what="all joins folded")
         first = await ask(None)
         assert first.total == 243
         seen = [p.id for p in first.participants]
@@ -148,7 +157,10 @@ async def test_pagination_walk_survives_churn(
         while cursor is not None:
             # Between pages: some of the not-yet-walked viewers leave, new ones join.
             leaves = [
-                (LeaveRequested(room_id=ROOM, at=9_000, sid=f"PA_v{239 - churn - k}"), f"l{churn}{k}")
+                (
+                    LeaveRequested(room_id=ROOM, at=9_000, sid=f"PA_v{239 - churn - k}"),
+                    f"l{churn}{k}",
+                )
                 for k in range(5)
             ]
             joins = [(viewer_join(1000 + churn * 10 + k), f"n{churn}{k}") for k in range(5)]
@@ -174,15 +186,27 @@ def _spawn_statekeeper(nats_url: str, database_url: str, log: Path) -> subproces
     env = dict(os.environ, STAGECAST_API_KEY="k", STAGECAST_API_SECRET="s3cret")
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "stagecast.cli", "statekeeper",
-             "--nats-url", nats_url, "--database-url", database_url],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "stagecast.cli",
+                "statekeeper",
+                "--nats-url",
+                nats_url,
+                "--database-url",
+                database_url,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
 
 async def _health(nc: NATS) -> HealthReply | None:
     with contextlib.suppress(Exception):
-        reply = decode((await nc.request(subjects.STATEKEEPER_API, encode(HealthRequest()), 1)).data)
+        reply = decode(
+            (await nc.request(subjects.STATEKEEPER_API, encode(HealthRequest()), 1)).data
+        )
         if isinstance(reply, HealthReply):
             return reply
     return None
@@ -210,9 +234,7 @@ async def test_kill_9_mid_log_then_restart_equals_an_uninterrupted_fold(
         proc.wait(10)
         await room_log.append_many([(e, f"e{i}") for i, e in enumerate(events[half:], half)])
         proc = _spawn_statekeeper(nats_server.url, database_url, tmp_path / "sk.log")
-        await eventually(
-            lambda: _applied_at_least(nc, len(events)), timeout=90, what="recovery"
-        )
+        await eventually(lambda: _applied_at_least(nc, len(events)), timeout=90, what="recovery")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -231,7 +253,9 @@ async def test_kill_9_mid_log_then_restart_equals_an_uninterrupted_fold(
         recovered = State(rooms={r: unpack_room(blob) for r, (_s, blob) in snapshots.items()})
         assert checkpoint == len(events)
         assert digest(recovered) == digest(expected)
-        rows = await store.page(ROOM, tier=None, limit=100_000, snapshot_seq=len(events), after=None)
+        rows = await store.page(
+            ROOM, tier=None, limit=100_000, snapshot_seq=len(events), after=None
+        )
         ids = [info.sid for _key, info in rows]
         assert len(ids) == len(set(ids)) == len(expected.rooms[ROOM].sessions)
     finally:

@@ -44,7 +44,11 @@ async def _one_run(events: int, run: int) -> tuple[float, float]:
             last = work[-1]
             done = asyncio.Event()
             inbox = nc.new_inbox()
-            sub = await nc.subscribe(inbox, cb=lambda _m: done.set())  # type: ignore[arg-type,return-value]
+
+            async def on_reply(_msg: object) -> None:
+                done.set()
+
+            sub = await nc.subscribe(inbox, cb=on_reply)
             if isinstance(last, JoinRequested):
                 work[-1] = dataclasses.replace(last, reply_to=inbox)
             else:
