@@ -386,14 +386,10 @@ class Statekeeper:
         return seq
 
     async def _publish_public(self, public: list[PublicEvent]) -> None:
-        for start in range(0, len(public), 512):
-            batch = public[start : start + 512]
-            await asyncio.gather(
-                *(
-                    self.room_log.publish_event(p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
-                    for p in batch
-                )
-            )
+        await self.room_log.publish_events(
+            (p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
+            for p in public
+        )
 
     # ----------------------------------------------------------------------- edges
 

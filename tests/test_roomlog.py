@@ -1,0 +1,378 @@
+"""The room log on a real JetStream: appends, dedup, partitions, the ordered reader."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from schemas import subjects
+from schemas.codec import encode
+from schemas.events import RoomStarted
+from schemas.log import LeaveRequested, MetadataSet
+from schemas.models import RoomInfo
+from stagecast.natsserver import NatsServer
+from statekeeper import roomlog
+from statekeeper.roomlog import LogReader, LogRecord, RoomLog, log_partitions_filter
+from tests.polling import eventually
+
+
+def leave(room_id: str, n: int) -> LeaveRequested:
+    return LeaveRequested(room_id=room_id, at=1_700_000_000_000 + n, sid=f"s{n}")
+
+
+async def read(reader: LogReader, count: int, max_wait: float = 10.0) -> list[LogRecord]:
+    """Exactly `count` records from `reader` (fails naming how many came)."""
+    records: list[LogRecord] = []
+    for _ in range(count):  # at least one record per batch, so this bounds the loop
+        if len(records) >= count:
+            break
+        batch = await reader.next_batch(max_wait)
+        assert batch, f"waited {max_wait}s for record {len(records) + 1} of {count}"
+        records.extend(batch)
+    assert len(records) == count, [r.seq for r in records]
+    return records
+
+
+async def nothing_more(reader: LogReader) -> None:
+    assert await reader.next_batch(0.3) == []
+
+
+@pytest.fixture
+async def room_log(js: JetStreamContext) -> RoomLog:
+    log = RoomLog(js)
+    await log.ensure()
+    return log
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def test_ensure_creates_both_streams(js: JetStreamContext) -> None:
+    await RoomLog(js, partitions=4).ensure()
+    log_cfg = (await js.stream_info(subjects.LOG_STREAM)).config
+    assert log_cfg.subjects == ["stagecast.log.*"]
+    assert log_cfg.subject_transform is not None
+    assert log_cfg.subject_transform.src == "stagecast.log.*"
+    assert log_cfg.subject_transform.dest == "stagecast.logp.{{partition(4,1)}}.{{wildcard(1)}}"
+    assert log_cfg.storage == "file"
+    assert log_cfg.duplicate_window == 120
+    assert log_cfg.max_msg_size == 1024 * 1024
+    events_cfg = (await js.stream_info(subjects.EVENTS_STREAM)).config
+    assert events_cfg.subjects == ["stagecast.events.>"]
+    assert events_cfg.duplicate_window == 120
+    assert events_cfg.max_age == 7 * 24 * 3600
+
+
+async def test_ensure_is_repeatable_and_updates_the_partition_count(js: JetStreamContext) -> None:
+    await RoomLog(js, partitions=1).ensure()
+    await RoomLog(js, partitions=1).ensure()
+    await RoomLog(js, partitions=3).ensure()
+    transform = (await js.stream_info(subjects.LOG_STREAM)).config.subject_transform
+    assert transform is not None
+    assert transform.dest == "stagecast.logp.{{partition(3,1)}}.{{wildcard(1)}}"
+
+
+# --------------------------------------------------------------------------- appends
+
+
+async def test_append_returns_increasing_sequences(room_log: RoomLog) -> None:
+    seqs = [await room_log.append(leave("r", i), f"m{i}") for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_repeated_message_id_is_stored_once(
+    room_log: RoomLog, js: JetStreamContext
+) -> None:
+    first = await room_log.append(leave("r", 1), "same-id")
+    await room_log.append(leave("r", 2), "other-id")
+    again = await room_log.append(leave("r", 1), "same-id")
+    assert again == first == 1
+    assert (await js.stream_info(subjects.LOG_STREAM)).state.messages == 2
+
+
+async def test_append_many_pipelines_in_order_and_dedups(
+    room_log: RoomLog, js: JetStreamContext
+) -> None:
+    items = [(leave(f"room-{i % 7}", i), f"m{i}") for i in range(500)]
+    seqs = await room_log.append_many(items, window=64)
+    assert seqs == list(range(1, 501))
+    assert await room_log.append_many(items[:10] + items[-3:]) == seqs[:10] + seqs[-3:]
+    assert (await js.stream_info(subjects.LOG_STREAM)).state.messages == 500
+    stored = await js.get_msg(subjects.LOG_STREAM, 42)
+    assert stored.data == encode(items[41][0])
+
+
+async def test_append_without_streams_fails_loudly(js: JetStreamContext) -> None:
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await RoomLog(js, ack_timeout=1).append(leave("r", 1), "m1")
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await RoomLog(js, ack_timeout=1).append_many([(leave("r", 1), "m1")])
+
+
+async def test_append_many_raises_what_the_server_rejects(
+    room_log: RoomLog, js: JetStreamContext
+) -> None:
+    config = room_log.log_stream_config()
+    config.max_msg_size = 200  # a stream someone misconfigured
+    await js.update_stream(config)
+    small = [(leave("r", i), f"m{i}") for i in range(3)]
+    big = MetadataSet(room_id="r", at=1, sid="s", metadata="x" * 500)
+    with pytest.raises(nats.js.errors.APIError) as caught:
+        await room_log.append_many([*small, (big, "big"), *small])
+    assert caught.value.err_code == 10054  # message size exceeds maximum allowed
+    assert (await js.stream_info(subjects.LOG_STREAM)).state.messages == 3
+
+
+async def test_publish_event_lands_in_the_events_stream_once(
+    room_log: RoomLog, js: JetStreamContext
+) -> None:
+    event = RoomStarted(id="ev1", at=1, room=RoomInfo(id="a.b", sid="RM_1"))
+    seq = await room_log.publish_event("a.b", "room_started", event, "ev1")
+    assert await room_log.publish_event("a.b", "room_started", event, "ev1") == seq
+    stored = await js.get_msg(subjects.EVENTS_STREAM, seq)
+    assert stored.subject == "stagecast.events.~YS5i.room_started"
+    assert stored.data == encode(event)
+    assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 1
+
+
+async def test_publish_events_pipelines_and_dedups(room_log: RoomLog, js: JetStreamContext) -> None:
+    events = [
+        (
+            "r",
+            "room_started",
+            RoomStarted(id=f"ev{i}", at=i, room=RoomInfo(id="r", sid="RM")),
+            f"ev{i}",
+        )
+        for i in range(50)
+    ]
+    seqs = await room_log.publish_events(events, window=8)
+    assert seqs == list(range(1, 51))
+    assert await room_log.publish_events(events[:5]) == seqs[:5]
+    assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 50
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+async def test_with_one_partition_everything_is_in_partition_zero(
+    room_log: RoomLog, js: JetStreamContext
+) -> None:
+    for i, room_id in enumerate(["lobby", "a.b", "é"]):
+        seq = await room_log.append(leave(room_id, i), f"m{i}")
+        stored = await js.get_msg(subjects.LOG_STREAM, seq)
+        assert stored.subject == f"stagecast.logp.0.{subjects.room_token(room_id)}"
+
+
+async def test_rooms_map_to_stable_partitions_and_readers_see_only_theirs(
+    js: JetStreamContext,
+) -> None:
+    room_log = RoomLog(js, partitions=4)
+    await room_log.ensure()
+    rooms = [f"room-{i}" for i in range(24)] + ["a.b", "café", "x y"]
+    items = [(leave(room, n), f"m{n}") for n, room in enumerate(rooms * 3)]
+    seqs = await room_log.append_many(items)
+    seen: dict[str, set[int]] = {}
+    for seq, (event, _) in zip(seqs, items, strict=True):
+        message = await js.get_msg(subjects.LOG_STREAM, seq)
+        assert message.subject is not None
+        _, _, stored_in, token = message.subject.split(".")
+        assert subjects.room_id_from_token(token) == event.room_id
+        seen.setdefault(event.room_id, set()).add(int(stored_in))
+    assert all(len(p) == 1 for p in seen.values()), "a room always maps to one partition"
+    # The Python mirror of the server's hash agrees with the server.
+    assert {room: p.pop() for room, p in seen.items()} == {
+        room: subjects.partition_of(room, 4) for room in rooms
+    }
+    assert len({subjects.partition_of(room, 4) for room in rooms}) > 1
+
+    stored = [(seq, event) for seq, (event, _) in zip(seqs, items, strict=True)]
+    for partition in range(4):
+        mine = [(s, e) for s, e in stored if subjects.partition_of(e.room_id, 4) == partition]
+        async with room_log.reader([partition], 1) as reader:
+            records = await read(reader, len(mine)) if mine else []
+            await nothing_more(reader)
+        assert [(r.seq, r.event) for r in records] == mine
+
+    async with room_log.reader([1, 3], 1) as reader:
+        expected = [s for s, e in stored if subjects.partition_of(e.room_id, 4) in (1, 3)]
+        assert [r.seq for r in await read(reader, len(expected))] == expected
+
+
+async def test_a_reader_needs_some_partition(room_log: RoomLog) -> None:
+    with pytest.raises(ValueError):
+        room_log.reader([], 1)
+
+
+def test_log_partitions_filter() -> None:
+    assert log_partitions_filter(None) == []
+    assert log_partitions_filter([2, 0, 2]) == ["stagecast.logp.0.*", "stagecast.logp.2.*"]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+async def test_reader_yields_exactly_the_events_after_start_then_live_ones(
+    room_log: RoomLog,
+) -> None:
+    events = [leave("r", i) for i in range(10)]
+    await room_log.append_many((e, f"m{i}") for i, e in enumerate(events))
+    async with room_log.reader([0], 4, batch=4) as reader:  # small batches: many pulls
+        assert reader.fast_path, "nats-py internals moved: see roomlog._FastDelivery"
+        first = await read(reader, 7)
+        assert [(r.seq, r.event) for r in first] == list(zip(range(4, 11), events[3:], strict=True))
+        assert reader.last_seq == 10
+        await nothing_more(reader)
+
+        live = [leave("r", i) for i in range(10, 25)]
+        for i, event in enumerate(live):
+            await room_log.append(event, f"live{i}")
+        later = await read(reader, 15)
+        assert [(r.seq, r.event) for r in later] == list(zip(range(11, 26), live, strict=True))
+        await nothing_more(reader)
+    assert reader.resets == 0
+
+
+async def test_an_idle_reader_keeps_its_consumer_across_expired_pulls(
+    room_log: RoomLog,
+) -> None:
+    async with room_log.reader([0], 1, batch=10, heartbeat=0.1, expires=0.3) as reader:
+        for _ in range(8):  # ~1.6s: pull requests expire (408) and are renewed several times
+            assert await reader.next_batch(0.2) == []
+        assert reader.resets == 0
+        await room_log.append_many((leave("r", i), f"m{i}") for i in range(25))
+        assert [r.seq for r in await read(reader, 25)] == list(range(1, 26))
+        assert reader.resets == 0
+
+
+async def test_consume_iterates_and_cleans_up(room_log: RoomLog, js: JetStreamContext) -> None:
+    await room_log.append_many((leave("r", i), f"m{i}") for i in range(5))
+    got: list[int] = []
+    async with contextlib.aclosing(room_log.consume([0], 2)) as records:
+        async for seq, event, data in records:
+            assert event is not None and data == encode(event)
+            got.append(seq)
+            if seq == 5:
+                break
+    assert got == [2, 3, 4, 5]
+
+    async def consumers() -> int:
+        return int((await js.stream_info(subjects.LOG_STREAM)).state.consumer_count)
+
+    assert await consumers() == 0
+
+
+async def test_reading_past_the_end_waits_for_the_start_sequence(room_log: RoomLog) -> None:
+    await room_log.append(leave("r", 1), "m1")
+    async with room_log.reader(None, 3) as reader:
+        await nothing_more(reader)
+        await room_log.append(leave("r", 2), "m2")
+        await nothing_more(reader)
+        await room_log.append(leave("r", 3), "m3")
+        assert [r.seq for r in await read(reader, 1)] == [3]
+
+
+async def test_a_bad_message_yields_none_and_reading_goes_on(
+    room_log: RoomLog, js: JetStreamContext
+) -> None:
+    await room_log.append(leave("r", 1), "m1")
+    await js.publish(subjects.room_log("r"), b"\xc1 not msgpack")
+    not_a_log_event = RoomStarted(id="e", at=1, room=RoomInfo(id="r", sid="RM_1"))
+    await js.publish(subjects.room_log("r"), encode(not_a_log_event))
+    await js.publish(subjects.room_log("r"), b"")
+    await room_log.append(leave("r", 5), "m5")
+    async with room_log.reader([0], 1) as reader:
+        records = await read(reader, 5)
+        assert reader.undecodable == 3
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert [r.event is None for r in records] == [False, True, True, True, False]
+    assert records[1].data == b"\xc1 not msgpack"
+    assert records[4].event == leave("r", 5)
+
+
+async def test_the_reader_recovers_when_its_consumer_is_deleted(
+    room_log: RoomLog, js: JetStreamContext
+) -> None:
+    await room_log.append_many((leave("r", i), f"m{i}") for i in range(3))
+    async with room_log.reader([0], 1, heartbeat=0.2, expires=1.0) as reader:
+        assert [r.seq for r in await read(reader, 3)] == [1, 2, 3]
+        name = reader.consumer_name
+        assert name is not None
+        await js.delete_consumer(subjects.LOG_STREAM, name)
+        await room_log.append_many((leave("r", i), f"m{i}") for i in range(3, 6))
+        assert [r.seq for r in await read(reader, 3)] == [4, 5, 6]
+        assert reader.resets >= 1 and reader.consumer_name != name
+        await nothing_more(reader)
+
+
+async def test_the_reader_survives_a_server_crash(
+    nats_server: NatsServer, nc: NATS, room_log: RoomLog
+) -> None:
+    await room_log.append_many((leave("r", i), f"m{i}") for i in range(50))
+    async with room_log.reader([0], 1, heartbeat=0.2, expires=1.0) as reader:
+        assert [r.seq for r in await read(reader, 50)] == list(range(1, 51))
+        nats_server.kill()
+        await nats_server.start()
+        await eventually(lambda: nc.is_connected, what="the client to reconnect")
+        await eventually(
+            lambda: room_log.append_many((leave("r", i), f"m{i}") for i in range(50, 80)),
+            what="appends after the restart",
+        )
+        assert [r.seq for r in await read(reader, 30)] == list(range(51, 81))
+        await nothing_more(reader)
+        assert reader.resets >= 1
+
+
+async def test_the_reader_recovers_from_a_stalled_server(
+    nats_server: NatsServer, room_log: RoomLog
+) -> None:
+    await room_log.append_many((leave("r", i), f"m{i}") for i in range(5))
+    async with room_log.reader([0], 1, heartbeat=0.1, expires=1.0) as reader:
+        assert [r.seq for r in await read(reader, 5)] == [1, 2, 3, 4, 5]
+        pid = nats_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # no heartbeats, no errors: only the watchdog notices
+        try:
+            assert await reader.next_batch(1.0) == []
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await room_log.append_many((leave("r", i), f"m{i}") for i in range(5, 8))
+        assert [r.seq for r in await read(reader, 3)] == [6, 7, 8]
+        assert reader.resets >= 1
+        await nothing_more(reader)
+
+
+async def test_the_reader_gives_up_after_max_outage(
+    nats_server: NatsServer, room_log: RoomLog
+) -> None:
+    await room_log.append(leave("r", 1), "m1")
+    async with room_log.reader([0], 1, heartbeat=0.1, expires=1.0, max_outage=0.5) as reader:
+        assert [r.seq for r in await read(reader, 1)] == [1]
+        nats_server.kill()
+        with pytest.raises(roomlog.LogUnavailable) as caught:
+            for _ in range(100):  # bounded: each call waits at most 0.2s
+                await reader.next_batch(0.2)
+        assert caught.value.stream == subjects.LOG_STREAM
+
+
+async def test_opening_a_reader_without_the_stream_fails(js: JetStreamContext) -> None:
+    with pytest.raises(nats.js.errors.NotFoundError):
+        async with RoomLog(js).reader([0], 1):
+            pass
+
+
+async def test_the_reader_works_without_the_fast_path(
+    room_log: RoomLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(roomlog._FastDelivery, "route", classmethod(lambda *a: False))
+    await room_log.append_many((leave("r", i), f"m{i}") for i in range(20))
+    async with room_log.reader([0], 1, batch=8) as reader:
+        assert not reader.fast_path
+        assert [r.seq for r in await read(reader, 20)] == list(range(1, 21))
+        await room_log.append(MetadataSet(room_id="r", at=1, sid="s", metadata="m"), "x")
+        assert [r.seq for r in await read(reader, 1)] == [21]
