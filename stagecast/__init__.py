@@ -1,1 +1,45 @@
-"""Stagecast."""
+"""Stagecast: self-hostable real-time rooms (client SDK, tokens, server API, CLI)."""
+
+from __future__ import annotations
+
+from stagecast import errors
+from stagecast.client import (
+    ConnectionState,
+    DataMessage,
+    GetParticipantsResult,
+    LocalParticipant,
+    ParticipantCounts,
+    RemoteParticipant,
+    Room,
+    join,
+)
+from stagecast.errors import StagecastError
+from stagecast.server_api import RoomService
+from stagecast.tokens import (
+    Claims,
+    Grant,
+    generate_admin_token,
+    generate_token,
+    verify_admin_token,
+    verify_token,
+)
+
+__all__ = [
+    "Claims",
+    "ConnectionState",
+    "DataMessage",
+    "GetParticipantsResult",
+    "Grant",
+    "LocalParticipant",
+    "ParticipantCounts",
+    "RemoteParticipant",
+    "Room",
+    "RoomService",
+    "StagecastError",
+    "errors",
+    "generate_admin_token",
+    "generate_token",
+    "join",
+    "verify_admin_token",
+    "verify_token",
+]

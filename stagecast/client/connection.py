@@ -1,0 +1,305 @@
+"""One signaling WebSocket to one edge: frames out, replies correlated, pushes handed on.
+
+`SignalConnection` knows nothing of rooms. It numbers requests, resolves each reply (an
+`Ack`, a typed reply or an `Error`, which becomes the matching `stagecast.errors` class)
+by its id, pings the edge and aborts a socket that stops answering, and hands every other
+frame to the room in arrival order. Until the room installs its handler (after it has
+applied the `joined` snapshot), pushes are held, so none is applied before the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from schemas.client import (
+    Ack,
+    Disconnect,
+    Error,
+    JoinAccepted,
+    ParticipantsPage,
+    Ping,
+    Pong,
+    SignalAnswer,
+)
+from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
+from stagecast.errors import Unavailable, error_for
+
+log = logging.getLogger("stagecast.client")
+
+PushHandler = Callable[[Message], None]
+REPLY_TYPES = (Ack, Error, JoinAccepted, ParticipantsPage, Pong, SignalAnswer)
+"""Frames that answer a request (matched by `id`)."""
+
+CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed)
+"""What opening a socket to an edge that is down or unreachable raises."""
+
+CLOSE_REASONS = {
+    4001: "INVALID_TOKEN",
+    4002: "TOKEN_EXPIRED",
+    4008: "RATE_LIMITED",
+    4010: "SLOW_CONSUMER",
+    4011: "DUPLICATE_IDENTITY",
+    4012: "REMOVED",
+    4013: "ROOM_DELETED",
+    4014: "ROOM_CLOSED",
+    4015: "ROOM_FULL",
+    4016: "RESUME_FAILED",
+    4017: "SERVER_SHUTDOWN",
+    1000: "CLIENT_LEFT",
+}
+"""Close codes that end a session for good (SERVER_SHUTDOWN: resume elsewhere)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """Timeouts and pacing of the signaling connection (the defaults suit production)."""
+
+    connect_timeout: float = 10.0
+    """Seconds to open the socket and get the `joined` reply."""
+    request_timeout: float = 10.0
+    """Seconds a request waits for its reply before `Unavailable`."""
+    ping_interval: float = 15.0
+    """Seconds between application pings."""
+    ping_timeout: float = 10.0
+    """Seconds without a pong before the socket is treated as dead."""
+    reconnect_window: float | None = None
+    """Seconds to keep trying to resume; None: the room's departure grace (minus a margin)."""
+    backoff_initial: float = 0.25
+    backoff_max: float = 2.0
+
+
+def socket_url(url: str) -> str:
+    """The `/rtc` WebSocket URL of an edge given as a ws(s):// or http(s):// base URL.
+
+    `http` becomes `ws`, `https` becomes `wss`; a path not already ending in `/rtc` gets it
+    appended; query and fragment are dropped. `ValueError` for anything else.
+    """
+    parts = urlsplit(url.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not an edge URL (ws://, wss://, http:// or https://): {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/rtc"):
+        path += "/rtc"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def socket_urls(url: str | Sequence[str]) -> list[str]:
+    """`socket_url` of one URL or of each in a list (order kept, duplicates dropped)."""
+    given = [url] if isinstance(url, str) else list(url)
+    if not given:
+        raise ValueError("no edge URL given")
+    return list(dict.fromkeys(socket_url(u) for u in given))
+
+
+def http_url(url: str) -> str:
+    """The HTTP base of an edge given as any of the URL forms `socket_url` accepts."""
+    parts = urlsplit(url.strip())
+    scheme = {"ws": "http", "wss": "https", "http": "http", "https": "https"}.get(
+        parts.scheme.lower()
+    )
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not an edge URL (http://, https://, ws:// or wss://): {url!r}")
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/rtc")
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SignalConnection:
+    """One open signaling socket (see the module docstring). Make it with `open`."""
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        url: str,
+        options: ConnectOptions,
+        on_closed: Callable[[SignalConnection], None],
+    ) -> None:
+        self.ws = ws
+        self.url = url
+        self.options = options
+        self.disconnect: Disconnect | None = None
+        """The edge's `disconnect` frame, if it sent one."""
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._on_closed = on_closed
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._handler: PushHandler | None = None
+        self._held: list[Message] = []
+        self._closed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read(), name=f"stagecast-read {url}")
+        self._pinger: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, url: str, options: ConnectOptions, on_closed: Callable[[SignalConnection], None]
+    ) -> SignalConnection:
+        """Open the socket (raises one of `CONNECT_ERRORS` when the edge is unreachable)."""
+        ws = await connect(
+            url,
+            open_timeout=options.connect_timeout,
+            max_size=MAX_FRAME_BYTES + 1024,
+            ping_interval=None,
+            close_timeout=2.0,
+            compression=None,
+        )
+        return cls(ws, url, options, on_closed)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def start_pinging(self) -> None:
+        """Ping every `ping_interval`; abort the socket when a pong is late."""
+        if self._pinger is None and not self.closed:
+            self._pinger = asyncio.create_task(self._ping(), name=f"stagecast-ping {self.url}")
+
+    def set_handler(self, handler: PushHandler) -> None:
+        """Install the push handler; frames held so far go to it first, in order."""
+        self._handler = handler
+        held, self._held = self._held, []
+        for frame in held:
+            handler(frame)
+
+    async def send(self, frame: Message) -> None:
+        """Send one frame (no reply expected). `Unavailable` if the socket is closed."""
+        try:
+            data = encode(frame)
+        except SchemaError as exc:
+            raise error_for(exc.code.value, str(exc)) from None
+        try:
+            await self.ws.send(data)
+        except ConnectionClosed:
+            raise Unavailable("the connection to the edge is closed") from None
+
+    async def request(self, frame: Message, timeout: float | None = None) -> Message:
+        """Send a request (its `id` is replaced by a fresh one) and return its reply.
+
+        An `Error` reply is raised as its `stagecast.errors` class; no reply within
+        `timeout` (default `request_timeout`) or a lost socket raise `Unavailable`.
+        """
+        if self.closed:
+            raise Unavailable("the connection to the edge is closed")
+        request_id = next(self._ids)
+        frame = dataclasses.replace(frame, id=request_id)  # type: ignore[type-var]
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = waiter
+        try:
+            await self.send(frame)
+            async with asyncio.timeout(timeout or self.options.request_timeout):
+                reply = await waiter
+        except TimeoutError:
+            raise Unavailable(f"no reply to {frame.TYPE} in time") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if isinstance(reply, Error):
+            raise error_for(reply.code, reply.message)
+        return reply
+
+    def abort(self) -> None:
+        """Drop the socket at once (no closing handshake), as a network failure would."""
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
+
+    async def close(self) -> None:
+        """Close the socket and wait for the reader to finish. Idempotent."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the reader has seen the socket close."""
+        await asyncio.wait({self._reader})
+        if self._pinger is not None:
+            self._pinger.cancel()
+            await asyncio.wait({self._pinger})
+
+    # ------------------------------------------------------------------ internals
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.ws:
+                if isinstance(data, str):
+                    continue  # the protocol is binary; ignore stray text
+                try:
+                    frame = decode(data)
+                except SchemaError as exc:
+                    log.warning("undecodable frame from %s: %s", self.url, exc)
+                    continue
+                self._dispatch(frame)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("signaling reader failed on %s", self.url)
+            self.abort()
+        finally:
+            self._finish()
+
+    def _dispatch(self, frame: Message) -> None:
+        if isinstance(frame, REPLY_TYPES):
+            request_id: Any = frame.id
+            waiter = self._pending.get(request_id) if request_id is not None else None
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(frame)
+                return
+            if isinstance(frame, Error):
+                log.warning("edge error %s: %s", frame.code, frame.message)
+                return
+        if isinstance(frame, Disconnect):
+            self.disconnect = frame
+        if self._handler is None:
+            self._held.append(frame)
+        else:
+            try:
+                self._handler(frame)
+            except Exception:
+                log.exception("handling %s failed", frame.TYPE)
+
+    def _finish(self) -> None:
+        self.close_code = self.ws.close_code
+        self.close_reason = self.ws.close_reason or ""
+        self._closed.set()
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(Unavailable("the connection to the edge was lost"))
+        self._pending.clear()
+        if self._pinger is not None:
+            self._pinger.cancel()
+        try:
+            self._on_closed(self)
+        except Exception:
+            log.exception("close handler failed")
+
+    async def _ping(self) -> None:
+        interval, timeout = self.options.ping_interval, self.options.ping_timeout
+        while not self.closed:
+            await asyncio.sleep(interval)
+            try:
+                await self.request(Ping(id=0, at=now_ms()), timeout=timeout)
+            except Unavailable:
+                if not self.closed:
+                    log.warning("no pong from %s in %.0f s: dropping the socket", self.url, timeout)
+                    self.abort()
+                return
+            except Exception:
+                continue  # an edge that refuses ping (RATE_LIMITED, ...) is still alive

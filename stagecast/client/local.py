@@ -1,0 +1,251 @@
+"""This client's own participant: its identity, tier, grant, and the actions it takes.
+
+A viewer-tier participant cannot publish (`InvalidPermissions`, raised locally; the server
+enforces the same). Publishing announces a track; media does not flow yet (see
+`stagecast.client.media`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from schemas.client import (
+    Ack,
+    LowerHand,
+    MuteTrack,
+    PublishData,
+    PublishTrack,
+    RaiseHand,
+    SetAttributes,
+    SetMetadata,
+    UnpublishTrack,
+)
+from schemas.models import Grant, ParticipantInfo, ParticipantKind, TrackKind, TrackSource
+from stagecast.client.participant import RoomLink
+from stagecast.errors import InvalidPermissions, NotPublished
+
+if TYPE_CHECKING:
+    from aiortc import MediaStreamTrack
+
+HAND_ATTRIBUTE = "hand"
+HAND_RAISED = "raised"
+_DEFAULT_SOURCE: dict[str, TrackSource] = {"audio": "microphone", "video": "camera"}
+
+
+def _kind_of(track: object) -> TrackKind:
+    kind = track if isinstance(track, str) else getattr(track, "kind", "")
+    if kind == "audio":
+        return "audio"
+    if kind == "video":
+        return "video"
+    raise ValueError(f"a track of kind 'audio' or 'video', not {kind!r}")
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class LocalTrackPublication:
+    """A track this client announced with `publish` (`mute` / `unmute` it here)."""
+
+    sid: str
+    kind: TrackKind
+    source: TrackSource
+    track: Any = dataclasses.field(repr=False)
+    muted: bool = False
+    _participant: LocalParticipant | None = dataclasses.field(default=None, repr=False)
+
+    async def mute(self) -> None:
+        """Mute the track for everyone (`track-muted` on other clients)."""
+        await self._set_muted(True)
+
+    async def unmute(self) -> None:
+        await self._set_muted(False)
+
+    async def _set_muted(self, muted: bool) -> None:
+        if self._participant is None:
+            raise NotPublished(f"track {self.sid!r} is no longer published")
+        await self._participant._link.request(MuteTrack(id=0, track_sid=self.sid, muted=muted))
+        self.muted = muted
+
+
+class LocalParticipant:
+    """This client's participant: its identity, tier, grant, tracks and actions."""
+
+    def __init__(self, info: ParticipantInfo, grant: Grant, link: RoomLink) -> None:
+        self._info = info
+        self._grant = grant
+        self._link = link
+        self._attributes = dict(info.attributes)
+        self._publications: dict[str, LocalTrackPublication] = {}
+
+    def __repr__(self) -> str:
+        tier = "viewer" if self.is_viewer else "speaker"
+        return f"<LocalParticipant {self.id!r} sid={self.sid!r} {tier}>"
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def sid(self) -> str:
+        return self._info.sid
+
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def is_viewer(self) -> bool:
+        return self._info.is_viewer
+
+    @property
+    def kind(self) -> ParticipantKind:
+        return self._info.kind
+
+    @property
+    def metadata(self) -> str:
+        return self._info.metadata
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """This participant's attributes (a copy)."""
+        return dict(self._attributes)
+
+    @property
+    def grant(self) -> Grant:
+        return self._grant
+
+    @property
+    def publications(self) -> dict[str, LocalTrackPublication]:
+        """Announced tracks by sid (a copy)."""
+        return dict(self._publications)
+
+    @property
+    def tracks(self) -> dict[TrackKind, LocalTrackPublication]:
+        """Announced tracks by kind (the latest of each kind)."""
+        return {p.kind: p for p in self._publications.values()}
+
+    async def publish(
+        self, track: MediaStreamTrack | TrackKind, source: TrackSource | None = None
+    ) -> LocalTrackPublication:
+        """Publish an aiortc `MediaStreamTrack` (or announce a bare kind, media-less).
+
+        `source` defaults to `camera` for video and `microphone` for audio. A viewer gets
+        `InvalidPermissions` without a round trip. Media frames do not flow yet: this
+        announces the track (`stream-published` everywhere); see `stagecast.client.media`.
+        """
+        kind = _kind_of(track)
+        if self.is_viewer:
+            raise InvalidPermissions("viewers cannot publish: they have no media")
+        if not self._grant.can_publish:
+            raise InvalidPermissions("the grant does not allow publishing")
+        chosen: TrackSource = source or _DEFAULT_SOURCE[kind]
+        name = "" if isinstance(track, str) else str(getattr(track, "id", ""))[:256]
+        reply = await self._link.request(PublishTrack(id=0, kind=kind, source=chosen, name=name))
+        sid = reply.sid if isinstance(reply, Ack) and reply.sid else ""
+        publication = LocalTrackPublication(
+            sid=sid,
+            kind=kind,
+            source=chosen,
+            track=None if isinstance(track, str) else track,
+            _participant=self,
+        )
+        self._publications[sid] = publication
+        media = self._link.media
+        if media is not None and publication.track is not None:
+            await media.publish(sid, publication.track)
+        return publication
+
+    async def unpublish(self, kind_or_publication: TrackKind | LocalTrackPublication) -> None:
+        """Unpublish one publication, or every published track of a kind.
+
+        `NotPublished` when nothing matches.
+        """
+        if isinstance(kind_or_publication, LocalTrackPublication):
+            targets = [kind_or_publication]
+            if kind_or_publication.sid not in self._publications:
+                raise NotPublished(f"track {kind_or_publication.sid!r} is not published")
+        else:
+            targets = [p for p in self._publications.values() if p.kind == kind_or_publication]
+            if not targets:
+                raise NotPublished(f"no {kind_or_publication} track is published")
+        for publication in targets:
+            await self._link.request(UnpublishTrack(id=0, track_sid=publication.sid))
+            self._forget(publication.sid)
+            media = self._link.media
+            if media is not None:
+                await media.unpublish(publication.sid)
+
+    async def set_metadata(self, metadata: str) -> None:
+        """Replace this participant's metadata (everyone sees `metadata-changed`)."""
+        await self._link.request(SetMetadata(id=0, metadata=metadata))
+        self._info = dataclasses.replace(self._info, metadata=metadata)
+
+    async def set_attributes(self, attributes: dict[str, str]) -> None:
+        """Merge `attributes` into this participant's; an empty value deletes its key."""
+        await self._link.request(SetAttributes(id=0, attributes=dict(attributes)))
+        self._merge(attributes)
+
+    async def publish_data(
+        self,
+        payload: bytes,
+        reliable: bool = True,
+        topic: str | None = None,
+        destination_ids: list[str] | tuple[str, ...] | None = None,
+    ) -> None:
+        """Send `payload` (at most 15 KiB) to the room, or only to `destination_ids`."""
+        frame = PublishData(
+            id=0,
+            payload=bytes(payload),
+            reliable=reliable,
+            topic=topic,
+            destination_ids=tuple(destination_ids or ()),
+        )
+        await self._link.request(frame)
+
+    async def raise_hand(self) -> None:
+        """Set the attribute `hand` = `raised` (moderators get `hand-raised`)."""
+        await self._link.request(RaiseHand(id=0))
+        self._merge({HAND_ATTRIBUTE: HAND_RAISED})
+
+    async def lower_hand(self) -> None:
+        """Clear the attribute `hand` (moderators get `hand-lowered`)."""
+        await self._link.request(LowerHand(id=0))
+        self._merge({HAND_ATTRIBUTE: ""})
+
+    # ------------------------------------------------------------------ updates (the room)
+
+    def _merge(self, attributes: dict[str, str]) -> None:
+        for key, value in attributes.items():
+            if value:
+                self._attributes[key] = value
+            else:
+                self._attributes.pop(key, None)
+
+    def _apply(self, info: ParticipantInfo, grant: Grant | None = None) -> bool:
+        """Take the server's view of this participant; True when tier or grant changed."""
+        changed = info.is_viewer != self._info.is_viewer or (
+            grant is not None and grant != self._grant
+        )
+        self._info = info
+        self._attributes = dict(info.attributes)
+        if grant is not None:
+            self._grant = grant
+        if info.is_viewer:
+            for sid in list(self._publications):
+                self._forget(sid)  # a demoted participant's tracks leave with it
+        else:
+            for track in info.tracks:
+                publication = self._publications.get(track.sid)
+                if publication is not None:
+                    publication.muted = track.muted
+        return changed
+
+    def _track_muted(self, track_sid: str, muted: bool) -> None:
+        publication = self._publications.get(track_sid)
+        if publication is not None:
+            publication.muted = muted
+
+    def _forget(self, track_sid: str) -> None:
+        publication = self._publications.pop(track_sid, None)
+        if publication is not None:
+            publication._participant = None

@@ -1,0 +1,214 @@
+"""A real Stagecast stack for the SDK's end-to-end tests, driven through `stagecast.join`.
+
+`sdk_stack(tmp_path)` starts a private nats-server, a statekeeper on SQLite and an edge on
+a free port, all in `tmp_path`; the `Stack` it yields mints tokens, joins rooms with the
+SDK (and leaves every room it joined at the end) and carries a `RoomService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import stagecast
+from edge.config import EdgeConfig
+from edge.main import running_edge
+from schemas.models import Grant
+from stagecast.client import ConnectOptions, Room
+from stagecast.natsserver import NatsServer
+from statekeeper.main import StatekeeperConfig, running_statekeeper
+from statekeeper.service import Tuning
+from tests.polling import eventually
+
+API_KEY = "devkey"
+API_SECRET = "devsecret-for-sdk-tests-" + "x" * 24  # >= 32 bytes: no short-key warning
+FAST = Tuning(roster_flush_ms=20, snapshot_every_ms=200, count_tick_ms=10, edge_check_ms=200)
+SPEAKER = Grant(
+    can_publish=True, can_subscribe=True, can_publish_data=True, can_subscribe_data=True
+)
+HOST = Grant(
+    can_publish=True,
+    can_subscribe=True,
+    can_publish_data=True,
+    can_subscribe_data=True,
+    can_moderate=True,
+    can_hls=True,
+)
+AUDIENCE = Grant(
+    can_publish=False, can_subscribe=True, can_publish_data=False, can_subscribe_data=True
+)
+OPTIONS = ConnectOptions(connect_timeout=15.0, request_timeout=15.0)
+WAIT = 15.0
+
+
+@dataclasses.dataclass
+class Stack:
+    """A running nats-server + statekeeper + edge, and the SDK clients a test made."""
+
+    nats: NatsServer
+    url: str
+    api: stagecast.RoomService
+    rooms: list[Room] = dataclasses.field(default_factory=list)
+
+    def token(
+        self,
+        participant_id: str | None,
+        room: str | None,
+        *,
+        viewer: bool = False,
+        grant: Grant | None = None,
+        **claims: Any,
+    ) -> str:
+        """A participant token (roomless when `room` is None)."""
+        if grant is None:
+            grant = AUDIENCE if viewer else SPEAKER
+        if room is None:
+            claims.setdefault("ttl", 600)
+        return stagecast.generate_token(
+            API_KEY,
+            API_SECRET,
+            room_id=room,
+            participant_id=participant_id,
+            is_viewer=viewer,
+            grant=grant,
+            **claims,
+        )
+
+    async def join(
+        self,
+        token: str,
+        room_id: str | None = None,
+        name: str | None = None,
+        *,
+        url: str | Sequence[str] | None = None,
+        options: ConnectOptions = OPTIONS,
+    ) -> Room:
+        """`stagecast.join` on this stack; the room is left when the stack stops."""
+        room = await stagecast.client.join(
+            self.url if url is None else url, token, room_id=room_id, name=name, options=options
+        )
+        self.rooms.append(room)
+        return room
+
+    async def join_many(self, tokens: Sequence[str], room_id: str | None = None) -> list[Room]:
+        """Join with every token concurrently."""
+        return list(await asyncio.gather(*(self.join(t, room_id) for t in tokens)))
+
+    def edge(self) -> contextlib.AbstractAsyncContextManager[str]:
+        """Another edge on the same NATS (`async with stack.edge() as url`)."""
+        config = EdgeConfig(nats_url=self.nats.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
+        return running_edge(config)
+
+    async def leave_all(self) -> None:
+        await asyncio.gather(*(room.leave() for room in self.rooms))
+
+
+@contextlib.asynccontextmanager
+async def sdk_stack(tmp_path: Path, **edge_options: Any) -> AsyncIterator[Stack]:
+    """nats-server, statekeeper and edge, all private to one test."""
+    async with NatsServer(tmp_path / "nats") as server:
+        keeper_config = StatekeeperConfig(
+            nats_url=server.url,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
+            api_secret=API_SECRET,
+            tuning=FAST,
+        )
+        async with running_statekeeper(keeper_config) as keeper:
+            await keeper.wait_caught_up()
+            config = EdgeConfig(
+                nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0, **edge_options
+            )
+            async with (
+                running_edge(config) as url,
+                stagecast.RoomService(url, API_KEY, API_SECRET) as api,
+            ):
+                stack = Stack(nats=server, url=url, api=api)
+                try:
+                    yield stack
+                finally:
+                    await stack.leave_all()
+
+
+class AudienceThread:
+    """SDK viewers joined from a thread with its own event loop.
+
+    Joining many clients keeps an event loop busy; doing it here keeps that work off the
+    loop of the clients a test is timing (the count-coalescing check measures arrival gaps).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="audience", daemon=True)
+        self._rooms: list[Room] = []
+        self._thread.start()
+
+    async def join(self, token: str, n: int, room_id: str | None = None) -> list[str]:
+        """Join `n` viewers with `token` concurrently; their participant ids."""
+
+        async def join_all() -> list[str]:
+            joined = await asyncio.gather(
+                *(
+                    stagecast.client.join(self.url, token, room_id=room_id, options=OPTIONS)
+                    for _ in range(n)
+                )
+            )
+            self._rooms += joined
+            return [room.local_participant.id for room in joined]
+
+        future = asyncio.run_coroutine_threadsafe(join_all(), self._loop)
+        return await asyncio.wrap_future(future)
+
+    async def close(self) -> None:
+        """Leave every room, stop the loop and the thread."""
+
+        async def leave_all() -> None:
+            await asyncio.gather(*(room.leave() for room in self._rooms))
+
+        try:
+            future = asyncio.run_coroutine_threadsafe(leave_all(), self._loop)
+            await asyncio.wrap_future(future)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join)
+            self._loop.close()
+
+
+class Events:
+    """Records a room's (or participant's) events, with their arrival times."""
+
+    def __init__(self, emitter: Any, *names: str) -> None:
+        self.log: list[tuple[str, float, tuple[Any, ...]]] = []
+        loop = asyncio.get_running_loop()
+        for name in names:
+            emitter.on(name, lambda *args, _n=name: self.log.append((_n, loop.time(), args)))
+
+    def of(self, name: str) -> list[Any]:
+        """The first argument of every `name` event, in order."""
+        return [args[0] if args else None for n, _t, args in self.log if n == name]
+
+    def times(self, name: str) -> list[float]:
+        return [t for n, t, _a in self.log if n == name]
+
+    def ids(self, name: str) -> list[str]:
+        return [p.id for p in self.of(name)]
+
+
+__all__ = [
+    "API_KEY",
+    "API_SECRET",
+    "AUDIENCE",
+    "HOST",
+    "SPEAKER",
+    "WAIT",
+    "AudienceThread",
+    "Events",
+    "Stack",
+    "eventually",
+    "sdk_stack",
+]
