@@ -1,0 +1,48 @@
+"""Named errors of the statekeeper; each carries its data and the client-visible code."""
+
+from __future__ import annotations
+
+from schemas.errors import ErrorCode
+
+
+class StatekeeperError(Exception):
+    """Root of every error the statekeeper raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+
+class CursorInvalid(StatekeeperError):
+    """A pagination cursor is garbage, was altered, or names another room or tier."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid cursor: {reason}")
+        self.reason = reason
+
+
+class CursorExpired(StatekeeperError):
+    """A genuine pagination cursor outlived its lifetime; the client starts a new walk."""
+
+    code = ErrorCode.CURSOR_EXPIRED
+
+    def __init__(self, issued_at_ms: int, lifetime_ms: int) -> None:
+        super().__init__(f"cursor issued at {issued_at_ms} ms expired after {lifetime_ms} ms")
+        self.issued_at_ms = issued_at_ms
+        self.lifetime_ms = lifetime_ms
+
+
+class StoreClosed(StatekeeperError):
+    """The store was used after `close()` (the statekeeper's lifecycle is wrong)."""
+
+    def __init__(self) -> None:
+        super().__init__("the store is closed")
+
+
+class SchemaVersionMismatch(StatekeeperError):
+    """The database holds tables of a schema version this code does not know."""
+
+    def __init__(self, found: int, expected: int) -> None:
+        super().__init__(f"database schema version {found}, this statekeeper uses {expected}")
+        self.found = found
+        self.expected = expected
