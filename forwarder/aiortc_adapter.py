@@ -1,0 +1,460 @@
+"""The one module that reaches into aiortc's private internals (STYLE rule 9).
+
+aiortc decodes everything it receives and encodes everything it sends; a forwarder must do
+neither. This adapter turns aiortc's receivers and senders into packet pipes:
+
+- `InboundStream` hooks a publisher-side `RTCRtpReceiver`: its decoder thread is stopped
+  as soon as aiortc starts it, and every RTP packet (after SRTP, with RTX unwrapped) goes
+  to a callback instead of the jitter buffer. Receiver reports, NACKs and REMB to the
+  publisher keep working; `request_keyframe()` sends a PLI (or FIR) to the media SSRC.
+- `OutboundStream` hooks a subscriber-side, track-less `RTCRtpSender`: aiortc's RTP loop
+  is replaced by an idle one (no encoder is ever created), `send()` writes one packet with
+  the leg's SSRC, payload type and MID through the leg's SRTP session and keeps it in the
+  sender's history so aiortc answers the subscriber's NACKs (with RTX when negotiated);
+  the subscriber's PLI/FIR reach `on_keyframe_request`.
+
+Every private name used is listed in `PRIVATE_*` below; tests/test_forwarder_adapter.py
+checks each of them on the pinned version, so an aiortc upgrade fails loudly there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiortc
+import pylibsrtp
+from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTP_HISTORY_SIZE,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unwrap_rtx,
+)
+
+from forwarder.errors import InvalidStateError, UnsupportedAiortc
+from forwarder.packets import MediaPacket, RtpWriter
+
+AIORTC_VERSION = "1.16.0"
+
+if aiortc.__version__ != AIORTC_VERSION:
+    raise UnsupportedAiortc(found=aiortc.__version__, expected=AIORTC_VERSION)
+
+logger = logging.getLogger(__name__)
+
+# -- every private name this module touches (checked by tests/test_forwarder_adapter.py) --
+_R = "_RTCRtpReceiver__"
+_S = "_RTCRtpSender__"
+R_CODECS = _R + "codecs"  # dict[pt, RTCRtpCodecParameters], filled by receive()
+R_RTX_SSRC = _R + "rtx_ssrc"  # dict[rtx ssrc, media ssrc], filled by receive()
+R_REMOTE_STREAMS = _R + "remote_streams"  # dict[ssrc, StreamStatistics] -> RTCP RR
+R_NACK_GENERATOR = _R + "nack_generator"  # NackGenerator | None (video only)
+R_BITRATE_ESTIMATOR = _R + "remote_bitrate_estimator"  # RemoteBitrateEstimator | None
+R_RTCP_SSRC = _R + "rtcp_ssrc"  # int | None, our SSRC in RTCP feedback
+R_DECODER_THREAD = _R + "decoder_thread"  # threading.Thread | None
+R_STOP_DECODER = _R + "stop_decoder"  # () -> None
+S_STARTED = _S + "started"
+S_RTP_STARTED = _S + "rtp_started"  # asyncio.Event awaited by stop()
+S_RTP_EXITED = _S + "rtp_exited"  # asyncio.Event awaited by stop()
+S_RTP_HISTORY = _S + "rtp_history"  # dict[seq % RTP_HISTORY_SIZE, RtpPacket] for NACK
+S_HEADER_EXTENSIONS_MAP = _S + "rtp_header_extensions_map"  # configured by send()
+S_RTX_PAYLOAD_TYPE = _S + "rtx_payload_type"  # int | None, set by send()
+S_NTP_TIMESTAMP = _S + "ntp_timestamp"  # the four RTCP SR fields
+S_RTP_TIMESTAMP = _S + "rtp_timestamp"
+S_OCTET_COUNT = _S + "octet_count"
+S_PACKET_COUNT = _S + "packet_count"
+
+PRIVATE_RECEIVER_ATTRIBUTES = (
+    R_CODECS,
+    R_RTX_SSRC,
+    R_REMOTE_STREAMS,
+    R_NACK_GENERATOR,
+    R_BITRATE_ESTIMATOR,
+    R_RTCP_SSRC,
+    R_DECODER_THREAD,
+    "_enabled",
+)
+PRIVATE_RECEIVER_METHODS = (
+    "_handle_rtp_packet",
+    "_send_rtcp",
+    "_send_rtcp_nack",
+    "_send_rtcp_pli",
+    R_STOP_DECODER,
+)
+PRIVATE_SENDER_ATTRIBUTES = (
+    S_STARTED,
+    S_RTP_STARTED,
+    S_RTP_EXITED,
+    S_RTP_HISTORY,
+    S_HEADER_EXTENSIONS_MAP,
+    S_RTX_PAYLOAD_TYPE,
+    S_NTP_TIMESTAMP,
+    S_RTP_TIMESTAMP,
+    S_OCTET_COUNT,
+    S_PACKET_COUNT,
+    "_ssrc",
+    "_rtx_ssrc",
+    "_enabled",
+    "_stream_id",
+    "_track_id",
+)
+PRIVATE_SENDER_METHODS = ("_run_rtp", "_send_keyframe", "_handle_rtcp_packet", "_retransmit")
+PRIVATE_TRANSPORT_NAMES = ("_send_rtp", "_rtp_router")  # on RTCDtlsTransport
+PRIVATE_TRANSCEIVER_ATTRIBUTES = ("_codecs",)
+
+_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+_ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+_AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+
+PacketHandler = Callable[[MediaPacket], Awaitable[object]]
+
+_NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+_ABS_SEND_TIME_UNITS = 1 << 18  # 6.18 fixed point seconds; the offset above is 0 mod 64
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs aiortc negotiated for `transceiver` (after setRemoteDescription)."""
+    codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+    return list(codecs)
+
+
+def keep_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
+    """Narrow the negotiated codecs before createAnswer, so the answer offers only these."""
+    transceiver._codecs = list(codecs)
+
+
+def label_sender(sender: RTCRtpSender, *, stream_id: str, track_id: str) -> None:
+    """Set the msid (stream id, track id) the next offer announces for `sender`."""
+    sender._stream_id = stream_id
+    sender._track_id = track_id
+
+
+class InboundStream:
+    """A publisher-side receiver whose packets go to `on_packet`, never to a decoder.
+
+    Attach it after setRemoteDescription and before the connection is up (aiortc calls
+    `receive()` once DTLS is connected; the decoder thread it starts there is stopped at
+    once). `on_packet` is awaited for each packet, in arrival order. `remb=False` skips
+    the bandwidth estimate (REMB) sent back to the publisher.
+    """
+
+    def __init__(
+        self, receiver: RTCRtpReceiver, on_packet: PacketHandler, *, remb: bool = True
+    ) -> None:
+        self._receiver = receiver
+        self._on_packet = on_packet
+        self._codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, R_CODECS)
+        self._rtx_ssrc: dict[int, int] = getattr(receiver, R_RTX_SSRC)
+        self._streams: dict[int, Any] = getattr(receiver, R_REMOTE_STREAMS)
+        self._nack_generator: Any = getattr(receiver, R_NACK_GENERATOR)
+        self._estimator: Any = getattr(receiver, R_BITRATE_ESTIMATOR) if remb else None
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self._fir_sequence = 0
+        self.media_ssrc: int | None = None
+        """The SSRC carrying the media payload type, learned from packets (not RTX)."""
+        self.packets_received = 0
+        self.keyframe_requests_sent = 0
+
+        original_receive = receiver.receive
+
+        async def receive(parameters: Any) -> None:
+            await original_receive(parameters)
+            self._stop_decoder()
+
+        setattr(receiver, "receive", receive)  # noqa: B010 - instance override on purpose
+        setattr(receiver, "_handle_rtp_packet", self._handle_rtp_packet)  # noqa: B010
+        self._stop_decoder()  # in case aiortc already started it
+
+    @property
+    def decoder_running(self) -> bool:
+        """Whether aiortc's decoder thread exists for this receiver (it should never)."""
+        return getattr(self._receiver, R_DECODER_THREAD) is not None
+
+    def request_keyframe(self, *, fir: bool = False) -> None:
+        """Ask the publisher for a keyframe (PLI, or FIR) on the media SSRC, in the background.
+
+        Does nothing until a media packet told which SSRC to target. The task is owned
+        here and cancelled by `close()`.
+        """
+        task = asyncio.ensure_future(self.send_keyframe_request(fir=fir))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send_keyframe_request(self, *, fir: bool = False) -> bool:
+        """Send a PLI (or FIR) for the media SSRC now; False if it could not be sent."""
+        media_ssrc = self.media_ssrc
+        rtcp_ssrc = getattr(self._receiver, R_RTCP_SSRC)
+        if media_ssrc is None or rtcp_ssrc is None:
+            return False
+        if fir:
+            # RFC 5104: the target is in the FCI. The media SSRC field is set too (instead
+            # of 0) so that aiortc publishers, which route feedback by it, see the FIR.
+            self._fir_sequence = (self._fir_sequence + 1) & 0xFF
+            packet = RtcpPsfbPacket(
+                fmt=RTCP_PSFB_FIR,
+                ssrc=rtcp_ssrc,
+                media_ssrc=media_ssrc,
+                fci=struct.pack("!LB3x", media_ssrc, self._fir_sequence),
+            )
+            await self._receiver._send_rtcp(packet)
+        else:
+            await self._receiver._send_rtcp_pli(media_ssrc)
+        self.keyframe_requests_sent += 1
+        return True
+
+    def close(self) -> None:
+        """Cancel pending keyframe requests (the peer connection stops the receiver)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+
+    def _stop_decoder(self) -> None:
+        if getattr(self._receiver, R_DECODER_THREAD) is not None:
+            getattr(self._receiver, R_STOP_DECODER)()
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        # Mirrors RTCRtpReceiver._handle_rtp_packet of aiortc 1.16.0 up to the point where
+        # it depayloads: REMB, RTCP statistics, RTX unwrapping and NACKs are kept; the
+        # depayloading, jitter buffer and decoder queue are replaced by `on_packet`.
+        # Exceptions are contained: one escaping would end the DTLS transport's loop.
+        if not self._receiver._enabled:
+            return
+        try:
+            await self._process(packet, arrival_time_ms)
+        except Exception:
+            logger.exception("forwarding a packet from %s failed", self._receiver)
+
+    async def _process(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        receiver = self._receiver
+        estimator = self._estimator
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            rtcp_ssrc = getattr(receiver, R_RTCP_SSRC)
+            if rtcp_ssrc is not None and remb is not None:
+                await receiver._send_rtcp(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                    )
+                )
+
+        codec = self._codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stream = self._streams.get(packet.ssrc)
+        if stream is None:
+            stream = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+
+        if is_rtx(codec):
+            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if (
+                original_ssrc is None
+                or len(packet.payload) < 2  # padding probes
+                or not isinstance(apt, int)
+                or apt not in self._codecs
+            ):
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+        else:
+            self.media_ssrc = packet.ssrc
+
+        nack_generator = self._nack_generator
+        if nack_generator is not None and nack_generator.add(packet):
+            await receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
+
+        self.packets_received += 1
+        await self._on_packet(
+            MediaPacket(
+                sequence_number=packet.sequence_number,
+                timestamp=packet.timestamp,
+                marker=packet.marker,
+                payload=packet.payload,
+                ssrc=packet.ssrc,
+                payload_type=packet.payload_type,
+                audio_level=packet.extensions.audio_level,
+                padding_size=packet.padding_size,
+            )
+        )
+
+
+_fir_routed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _route_fir_to_senders(transport: Any) -> None:
+    """Make a DTLS transport deliver FIR to the sender named in its FCI.
+
+    aiortc routes feedback by the packet's media SSRC field, which RFC 5104 sets to 0 for
+    FIR; without this, a FIR from a subscriber would reach no sender.
+    """
+    router = transport._rtp_router
+    if router in _fir_routed:
+        return
+    original = router.route_rtcp
+
+    def route_rtcp(packet: Any) -> set[Any]:
+        recipients: set[Any] = original(packet)
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
+            fci = packet.fci
+            for pos in range(0, len(fci) - 7, 8):
+                sender = router.senders.get(int.from_bytes(fci[pos : pos + 4], "big"))
+                if sender is not None:
+                    recipients.add(sender)
+        return recipients
+
+    router.route_rtcp = route_rtcp
+    _fir_routed.add(router)
+
+
+class OutboundStream:
+    """A subscriber-side, track-less sender that sends the packets it is given, as they are.
+
+    Attach it right after `addTransceiver(kind, direction="sendonly")`, before
+    negotiation. `on_ready(stream)` runs once aiortc starts the sender (DTLS connected and
+    the answer applied); `send` returns False before that.
+    """
+
+    def __init__(
+        self,
+        sender: RTCRtpSender,
+        *,
+        on_keyframe_request: Callable[[], object],
+        on_ready: Callable[[OutboundStream], object] | None = None,
+    ) -> None:
+        if getattr(sender, S_STARTED):
+            raise InvalidStateError("hooking a sender", "started")
+        if sender.track is not None:
+            raise InvalidStateError("hooking a sender with a track", "has a track")
+        self._sender: RTCRtpSender = sender
+        self._on_keyframe_request: Callable[[], object] = on_keyframe_request
+        self._on_ready: Callable[[OutboundStream], object] | None = on_ready
+        self._history: dict[int, RtpPacket] = getattr(sender, S_RTP_HISTORY)
+        self._extensions_map: Any = getattr(sender, S_HEADER_EXTENSIONS_MAP)
+        self._ssrc: int = sender._ssrc
+        self._transport: Any = None
+        self._payload_type: int = 0
+        self._mid: str | None = None
+        self._writer: RtpWriter | None = None
+        self.rtx_payload_type: int | None = None
+        self.ready: bool = False
+        self.packets_sent: int = 0
+        self.octets_sent: int = 0
+        self.packets_refused: int = 0
+        """Packets the leg's SRTP session refused (replays: a duplicate from upstream)."""
+        self.keyframe_requests_received: int = 0
+
+        original_send = sender.send
+
+        async def send(parameters: Any) -> None:
+            await original_send(parameters)
+            self._start(parameters)
+
+        setattr(sender, "send", send)  # noqa: B010 - instance overrides on purpose
+        setattr(sender, "_run_rtp", self._idle_rtp)  # noqa: B010
+        setattr(sender, "_send_keyframe", self._keyframe_requested)  # noqa: B010
+
+    @property
+    def ssrc(self) -> int:
+        return self._ssrc
+
+    @property
+    def payload_type(self) -> int | None:
+        """The leg's negotiated payload type (None until ready)."""
+        return self._payload_type if self.ready else None
+
+    async def send(self, packet: MediaPacket, sequence_number: int) -> bool:
+        """Send `packet` on this leg as `sequence_number`; False if it could not be sent."""
+        if not self.ready or not self._sender._enabled:
+            return False
+        out = RtpPacket(
+            payload_type=self._payload_type,
+            marker=packet.marker,
+            sequence_number=sequence_number,
+            timestamp=packet.timestamp,
+            ssrc=self._ssrc,
+            payload=packet.payload,
+        )
+        now = time.time()
+        abs_send_time = int(now * _ABS_SEND_TIME_UNITS) & 0xFFFFFF
+        extensions = out.extensions  # for retransmissions, which aiortc serializes
+        extensions.mid = self._mid
+        extensions.abs_send_time = abs_send_time
+        extensions.audio_level = packet.audio_level
+        self._history[sequence_number % RTP_HISTORY_SIZE] = out
+        writer = self._writer
+        data = (
+            writer.serialize(packet, sequence_number, abs_send_time)
+            if writer is not None
+            else out.serialize(self._extensions_map)
+        )
+        try:
+            await self._transport._send_rtp(data)
+        except ConnectionError:
+            return False
+        except pylibsrtp.Error:  # e.g. a duplicate: SRTP refuses to reuse an index
+            self.packets_refused += 1
+            return False
+        self.packets_sent += 1
+        self.octets_sent += len(packet.payload)
+        seconds = int(now)
+        sender = self._sender
+        setattr(
+            sender,
+            S_NTP_TIMESTAMP,
+            ((seconds + _NTP_EPOCH_OFFSET) << 32) | int((now - seconds) * 4294967296.0),
+        )
+        setattr(sender, S_RTP_TIMESTAMP, packet.timestamp)
+        setattr(sender, S_PACKET_COUNT, self.packets_sent)
+        setattr(sender, S_OCTET_COUNT, self.octets_sent)
+        return True
+
+    def _start(self, parameters: Any) -> None:
+        self._payload_type = parameters.codecs[0].payloadType
+        self._mid = parameters.muxId
+        ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
+        writer = RtpWriter(
+            payload_type=self._payload_type,
+            ssrc=self._ssrc,
+            mid=self._mid,
+            mid_id=ids.get(_MID_URI),
+            abs_send_time_id=ids.get(_ABS_SEND_TIME_URI),
+            audio_level_id=ids.get(_AUDIO_LEVEL_URI),
+        )
+        self._writer = writer if writer.usable else None
+        self.rtx_payload_type = getattr(self._sender, S_RTX_PAYLOAD_TYPE)
+        self._transport = self._sender.transport
+        _route_fir_to_senders(self._transport)
+        self.ready = True
+        if self._on_ready is not None:
+            self._on_ready(self)
+
+    def _keyframe_requested(self) -> None:
+        # Replaces RTCRtpSender._send_keyframe, which aiortc calls for PLI and FIR.
+        self.keyframe_requests_received += 1
+        self._on_keyframe_request()
+
+    async def _idle_rtp(self, codec: object) -> None:
+        # Replaces RTCRtpSender._run_rtp: no track, no encoder; only the events its stop()
+        # waits for.
+        getattr(self._sender, S_RTP_STARTED).set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            getattr(self._sender, S_RTP_EXITED).set()

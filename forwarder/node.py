@@ -1,0 +1,358 @@
+"""The forwarder's media shell: aiortc peer connections in, packets out, no codec work.
+
+A `Forwarder` owns one peer connection per publisher (receive-only: the client's audio and
+video) and one per subscriber (send-only: one leg per subscribed track). Packets flow
+publisher receiver -> `Router` -> subscriber senders through `forwarder.aiortc_adapter`;
+nothing is decoded or encoded here. Signaling (who publishes what, who subscribes to what)
+is the caller's: the NATS wiring comes later.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.codecs import is_rtx
+
+from forwarder.aiortc_adapter import (
+    InboundStream,
+    OutboundStream,
+    keep_codecs,
+    label_sender,
+    negotiated_codecs,
+)
+from forwarder.errors import (
+    DuplicateSession,
+    DuplicateTrack,
+    InvalidStateError,
+    NoForwardableCodec,
+    ParticipantNotFound,
+    TrackNotFound,
+)
+from forwarder.packets import CodecInfo, MediaKind, MediaPacket
+from forwarder.router import Router
+
+logger = logging.getLogger(__name__)
+
+FORWARDABLE_CODECS: dict[str, tuple[str, ...]] = {
+    "video": ("video/vp8", "video/h264"),
+    "audio": ("audio/opus", "audio/g722", "audio/pcmu", "audio/pcma"),
+}
+"""What a publisher may send, by preference: every subscriber must take the same codec."""
+
+
+class ForwarderState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class LegState(enum.Enum):
+    NEGOTIATING = "negotiating"
+    """Offered to the subscriber; not connected yet."""
+    FORWARDING = "forwarding"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedTrack:
+    track_id: str
+    kind: MediaKind
+    mid: str
+    codec: CodecInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherAnswer:
+    """What `add_publisher` returns: the SDP answer and the tracks it published."""
+
+    answer_sdp: str
+    tracks: tuple[PublishedTrack, ...]
+
+
+class SubscriberLeg:
+    """One subscribed track on a subscriber's peer connection (a router `Leg`)."""
+
+    def __init__(self, subscriber_id: str, track_id: str) -> None:
+        self.subscriber_id = subscriber_id
+        self.track_id = track_id
+        self.state = LegState.NEGOTIATING
+        self.stream: OutboundStream | None = None
+
+    @property
+    def leg_id(self) -> str:
+        return f"{self.subscriber_id}/{self.track_id}"
+
+    async def send(self, packet: MediaPacket, sequence_number: int) -> bool:
+        stream = self.stream
+        return stream is not None and await stream.send(packet, sequence_number)
+
+
+class _Publisher:
+    def __init__(self, publisher_id: str, pc: RTCPeerConnection) -> None:
+        self.publisher_id = publisher_id
+        self.pc = pc
+        self.streams: dict[str, InboundStream] = {}
+
+
+class _Subscriber:
+    def __init__(self, subscriber_id: str, pc: RTCPeerConnection) -> None:
+        self.subscriber_id = subscriber_id
+        self.pc = pc
+        self.legs: dict[str, SubscriberLeg] = {}
+
+
+class Forwarder:
+    """Publishers' packets to subscribers, over aiortc peer connections, without decoding.
+
+    `add_publisher` answers a publisher's offer; `add_subscriber` makes the offer for a
+    subscriber (one send-only leg per track) and `set_subscriber_answer` completes it.
+    `close()` closes every peer connection and is idempotent.
+    """
+
+    def __init__(
+        self, *, router: Router | None = None, configuration: RTCConfiguration | None = None
+    ) -> None:
+        self.router = router if router is not None else Router()
+        self._configuration = configuration or RTCConfiguration(iceServers=[])
+        self._publishers: dict[str, _Publisher] = {}
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._track_owner: dict[str, str] = {}
+        self.state = ForwarderState.OPEN
+
+    @property
+    def peer_connections(self) -> list[RTCPeerConnection]:
+        """Every peer connection this forwarder owns (open or not yet closed)."""
+        return [p.pc for p in self._publishers.values()] + [
+            s.pc for s in self._subscribers.values()
+        ]
+
+    def inbound(self, track_id: str) -> InboundStream:
+        """The publisher-side stream of a track (for counters and tests)."""
+        owner = self._publishers.get(self._track_owner.get(track_id, ""))
+        if owner is None or track_id not in owner.streams:
+            raise TrackNotFound(track_id)
+        return owner.streams[track_id]
+
+    def legs(self, subscriber_id: str) -> dict[str, SubscriberLeg]:
+        return dict(self._subscriber(subscriber_id).legs)
+
+    async def add_publisher(
+        self, offer_sdp: str, *, publisher_id: str, track_ids: Mapping[str, str] | None = None
+    ) -> PublisherAnswer:
+        """Answer a publisher's offer: each audio/video it sends becomes a published track.
+
+        `track_ids` maps an offer's MID to the track id to publish it as (the track sid the
+        room gave it); a MID not in it becomes ``"<publisher_id>:<mid>"``. The answer keeps
+        one codec per track (VP8 before H.264; Opus first), since subscribers get the
+        publisher's packets unchanged.
+        """
+        self._check_open("add_publisher")
+        if publisher_id in self._publishers:
+            raise DuplicateSession(publisher_id)
+        pc = RTCPeerConnection(self._configuration)
+        publisher = _Publisher(publisher_id, pc)
+        published: list[PublishedTrack] = []
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            for transceiver in pc.getTransceivers():
+                if transceiver.receiver.track is None or transceiver.mid is None:
+                    continue  # nothing to receive on this m-line
+                kind: MediaKind = "video" if transceiver.kind == "video" else "audio"
+                codecs = _forwardable(kind, negotiated_codecs(transceiver))
+                keep_codecs(transceiver, codecs)
+                mid = transceiver.mid
+                track_id = (track_ids or {}).get(mid, f"{publisher_id}:{mid}")
+                if any(t.track_id == track_id for t in published):
+                    raise DuplicateTrack(track_id)
+                track = PublishedTrack(track_id, kind, mid, codec_info(kind, codecs[0]))
+                published.append(track)
+                publisher.streams[track_id] = InboundStream(
+                    transceiver.receiver, functools.partial(self.router.forward, track_id)
+                )
+            await pc.setLocalDescription(await pc.createAnswer())
+            # checked after the awaits: a concurrent call or close() may have come first
+            self._check_open("add_publisher")
+            if publisher_id in self._publishers:
+                raise DuplicateSession(publisher_id)
+            for track in published:
+                if track.track_id in self._track_owner:
+                    raise DuplicateTrack(track.track_id)
+        except BaseException:
+            await _close_quietly(pc)
+            raise
+        self._publishers[publisher_id] = publisher
+        for track in published:
+            self._track_owner[track.track_id] = publisher_id
+            self.router.publish(
+                track.track_id,
+                track.codec,
+                request_keyframe=publisher.streams[track.track_id].request_keyframe,
+            )
+        return PublisherAnswer(answer_sdp=pc.localDescription.sdp, tracks=tuple(published))
+
+    async def remove_publisher(self, publisher_id: str) -> None:
+        """Unpublish the publisher's tracks (their legs go idle) and close its connection."""
+        publisher = self._publishers.pop(publisher_id, None)
+        if publisher is None:
+            raise ParticipantNotFound(publisher_id)
+        for track_id, stream in publisher.streams.items():
+            self._track_owner.pop(track_id, None)
+            for leg_id in self.router.unpublish(track_id):
+                self._close_leg(leg_id)
+            stream.close()
+        await publisher.pc.close()
+
+    async def add_subscriber(self, subscriber_id: str, track_ids: Sequence[str]) -> str:
+        """Make the SDP offer for a subscriber: one send-only leg per published track.
+
+        The leg's msid is ``<publisher id> <track id>``, so the subscriber's remote track
+        id is the track id. Forwarding starts once the answer is applied and connected.
+        """
+        self._check_open("add_subscriber")
+        if subscriber_id in self._subscribers:
+            raise DuplicateSession(subscriber_id)
+        codecs = {track_id: self.router.codec(track_id) for track_id in track_ids}
+        pc = RTCPeerConnection(self._configuration)
+        subscriber = _Subscriber(subscriber_id, pc)
+        try:
+            for track_id, codec in codecs.items():
+                transceiver = pc.addTransceiver(codec.kind, direction="sendonly")
+                transceiver.setCodecPreferences(_capabilities_for(codec))
+                leg = SubscriberLeg(subscriber_id, track_id)
+                leg.stream = OutboundStream(
+                    transceiver.sender,
+                    on_keyframe_request=functools.partial(self.router.request_keyframe, track_id),
+                    on_ready=functools.partial(self._leg_ready, leg),
+                )
+                label_sender(
+                    transceiver.sender, stream_id=self._track_owner[track_id], track_id=track_id
+                )
+                subscriber.legs[track_id] = leg
+            await pc.setLocalDescription(await pc.createOffer())
+            self._check_open("add_subscriber")  # after the awaits, as in add_publisher
+            if subscriber_id in self._subscribers:
+                raise DuplicateSession(subscriber_id)
+        except BaseException:
+            await _close_quietly(pc)
+            raise
+        self._subscribers[subscriber_id] = subscriber
+        return str(pc.localDescription.sdp)
+
+    async def set_subscriber_answer(self, subscriber_id: str, answer_sdp: str) -> None:
+        """Apply the subscriber's answer; its legs start forwarding once connected."""
+        self._check_open("set_subscriber_answer")
+        subscriber = self._subscriber(subscriber_id)
+        await subscriber.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=answer_sdp, type="answer")
+        )
+
+    def unsubscribe(self, subscriber_id: str, track_id: str) -> None:
+        """Stop forwarding a track to a subscriber (its sender idles until renegotiation)."""
+        leg = self._subscriber(subscriber_id).legs.get(track_id)
+        if leg is None:
+            raise TrackNotFound(track_id)
+        self.router.unsubscribe(track_id, leg.leg_id)
+        leg.state = LegState.CLOSED
+
+    async def remove_subscriber(self, subscriber_id: str) -> None:
+        """Drop every leg of a subscriber and close its peer connection."""
+        subscriber = self._subscribers.pop(subscriber_id, None)
+        if subscriber is None:
+            raise ParticipantNotFound(subscriber_id)
+        for leg in subscriber.legs.values():
+            self.router.unsubscribe(leg.track_id, leg.leg_id)
+            leg.state = LegState.CLOSED
+        await subscriber.pc.close()
+
+    def set_muted(self, track_id: str, muted: bool) -> None:
+        """Mute (forward nothing) or unmute a published track."""
+        self.router.set_muted(track_id, muted)
+
+    async def close(self) -> None:
+        """Close every peer connection and forget every track. Idempotent."""
+        if self.state is ForwarderState.CLOSED:
+            return
+        self.state = ForwarderState.CLOSED
+        for subscriber_id in list(self._subscribers):
+            await self.remove_subscriber(subscriber_id)
+        for publisher_id in list(self._publishers):
+            await self.remove_publisher(publisher_id)
+        self.router.close()
+
+    def _leg_ready(self, leg: SubscriberLeg, stream: OutboundStream) -> None:
+        if leg.state is not LegState.NEGOTIATING or leg.track_id not in self._track_owner:
+            return
+        leg.state = LegState.FORWARDING
+        self.router.subscribe(leg.track_id, leg)
+
+    def _close_leg(self, leg_id: str) -> None:
+        subscriber_id, _, track_id = leg_id.partition("/")
+        subscriber = self._subscribers.get(subscriber_id)
+        leg = subscriber.legs.get(track_id) if subscriber is not None else None
+        if leg is not None:
+            leg.state = LegState.CLOSED
+
+    def _subscriber(self, subscriber_id: str) -> _Subscriber:
+        subscriber = self._subscribers.get(subscriber_id)
+        if subscriber is None:
+            raise ParticipantNotFound(subscriber_id)
+        return subscriber
+
+    def _check_open(self, what: str) -> None:
+        if self.state is not ForwarderState.OPEN:
+            raise InvalidStateError(what, self.state.value)
+
+
+def _forwardable(
+    kind: MediaKind, codecs: list[RTCRtpCodecParameters]
+) -> list[RTCRtpCodecParameters]:
+    """The preferred forwardable codec among `codecs`, with its RTX if negotiated."""
+    for mime_type in FORWARDABLE_CODECS[kind]:
+        for codec in codecs:
+            if codec.mimeType.lower() == mime_type and not (
+                mime_type == "video/h264" and str(codec.parameters.get("packetization-mode")) != "1"
+            ):
+                rtx = [
+                    c for c in codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType
+                ]
+                return [codec, *rtx[:1]]
+    raise NoForwardableCodec(kind, [c.mimeType for c in codecs if not is_rtx(c)])
+
+
+def _capabilities_for(codec: CodecInfo) -> list[RTCRtpCodecCapability]:
+    """The subscriber leg's codec preferences: exactly the publisher's codec (+ RTX)."""
+    capabilities = RTCRtpSender.getCapabilities(codec.kind).codecs
+    chosen = [c for c in capabilities if codec_info(codec.kind, c) == codec]
+    if not chosen:
+        raise NoForwardableCodec(codec.kind, [codec.mime_type])
+    rtx = [c for c in capabilities if is_rtx(c)] if codec.kind == "video" else []
+    return chosen[:1] + rtx[:1]
+
+
+def codec_info(kind: MediaKind, codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> CodecInfo:
+    """A `CodecInfo` from aiortc's codec parameters or capability."""
+    return CodecInfo(
+        kind=kind,
+        mime_type=codec.mimeType,
+        clock_rate=codec.clockRate,
+        channels=codec.channels,
+        parameters=tuple(sorted((str(k), str(v)) for k, v in codec.parameters.items())),
+    )
+
+
+async def _close_quietly(pc: RTCPeerConnection) -> None:
+    try:
+        await pc.close()
+    except Exception:
+        logger.exception("closing a peer connection after a failed negotiation")
