@@ -72,9 +72,13 @@ class Message:
 
 
 class Struct:
-    """Base of nested wire values. Subclasses are made with `@struct`."""
+    """Base of nested wire values. Subclasses are made with `@struct`.
 
-    __slots__ = ()
+    A struct is immutable, so its wire form is computed once and kept (`_wire`).
+    """
+
+    __slots__ = ("_wire",)
+    _wire: dict[str, Any]
 
 
 M = TypeVar("M", bound=Message)
@@ -88,6 +92,7 @@ _Plan = tuple[
     dict[str, Validator], frozenset[str], dict[str, Any], tuple[tuple[str, Callable[[], Any]], ...]
 ]
 _PLANS: dict[type, _Plan] = {}
+_ENCODE_PLANS: dict[type, tuple[tuple[str, bool, Any, bool], ...]] = {}
 _set = object.__setattr__
 _new = object.__new__
 
@@ -123,24 +128,30 @@ def registered() -> dict[str, type[Message]]:
 
 
 def _to_wire(value: Any) -> Any:
-    if isinstance(value, (Struct, Message)):
+    if isinstance(value, Struct):
+        try:
+            return value._wire
+        except AttributeError:
+            wire = _fields_to_wire(value, {})
+            _set(value, "_wire", wire)
+            return wire
+    if isinstance(value, Message):
         return _fields_to_wire(value, {})
     if isinstance(value, (tuple, list)):
         return [_to_wire(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_wire(v) for k, v in value.items()}
     return value
 
 
 def _fields_to_wire(value: Any, body: dict[str, Any]) -> dict[str, Any]:
     """Put every field that differs from its default into `body` (defaults stay implicit)."""
-    codec = _CODECS.get(type(value))
-    if codec is None:
-        codec = _compile(type(value))
-    for name, _check, required, default in codec[0]:
+    plan = _ENCODE_PLANS.get(type(value))
+    if plan is None:
+        _compile(type(value))
+        plan = _ENCODE_PLANS[type(value)]
+    for name, required, default, nested in plan:
         v = getattr(value, name)
         if required or v != default:
-            body[name] = _to_wire(v)
+            body[name] = _to_wire(v) if nested else v
     return body
 
 
@@ -165,9 +176,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if len(data) > MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame is {len(data)} bytes (limit {MAX_FRAME_BYTES})")
     try:
-        body = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True
-        )
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises a zoo of types on hostile input
         raise MalformedFrame(f"not a msgpack frame: {type(exc).__name__}") from None
     return from_wire(body)
@@ -257,6 +266,10 @@ def _compile(cls: type) -> tuple[tuple[tuple[str, Validator, bool, Any], ...], t
         fields.append((f.name, _validator(hints[f.name], 0), required, default))
     codec = (tuple(fields), tuple(f.name for f in dataclasses.fields(cls)))
     _CODECS[cls] = codec
+    _ENCODE_PLANS[cls] = tuple(
+        (name, required, default, _holds_struct(hints[name]))
+        for name, _c, required, default in fields
+    )
     _PLANS[cls] = (
         {name: check for name, check, _r, _d in fields},
         frozenset(name for name, _c, req, _d in fields if req),
@@ -266,11 +279,18 @@ def _compile(cls: type) -> tuple[tuple[tuple[str, Validator, bool, Any], ...], t
     return codec
 
 
+def _holds_struct(tp: Any) -> bool:
+    """Whether values of this annotation contain structs (and so need converting)."""
+    if isinstance(tp, type):
+        return issubclass(tp, Struct)
+    return any(_holds_struct(arg) for arg in get_args(tp) if arg is not Ellipsis)
+
+
 def _fail(path: str, what: str) -> InvalidField:
     return InvalidField(f"{path}: {what}")
 
 
-def _validator(tp: Any, depth: int) -> Validator:  # noqa: C901 - one case per wire type
+def _validator(tp: Any, depth: int) -> Validator:
     if depth > _MAX_DEPTH:
         raise TypeError("schema nests too deeply")
     limits: list[Any] = []

@@ -28,6 +28,7 @@ from schemas.codec import SchemaError, decode, encode
 from schemas.log import EdgeLost, GraceExpired, LogEvent, RoomTimedOut
 from schemas.models import Counts
 from statekeeper.coalescer import CountCoalescer
+from statekeeper.cursor import CURSOR_LIFETIME_MS
 from statekeeper.fold import apply
 from statekeeper.outcomes import (
     Broadcast,
@@ -98,7 +99,7 @@ class Statekeeper:
         self._roster: list[RosterOp] = []
         self._public: list[PublicEvent] = []
         self._dirty: set[str] = set()
-        self._deleted: set[str] = set()
+        self._deleted: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._edges_seen: dict[str, int] = {}
         self._lost_edges: set[str] = set()
@@ -229,7 +230,7 @@ class Statekeeper:
         elif isinstance(outcome, RoomClosed):
             self.coalescer.drop(outcome.room_id)
             self._sent_counts.pop(outcome.room_id, None)
-            self._deleted.add(outcome.room_id)
+            self._deleted[outcome.room_id] = seq
             self._dirty.discard(outcome.room_id)
 
     def _publish(self, subject: str, data: bytes) -> None:
@@ -321,7 +322,7 @@ class Statekeeper:
                     await self.flush()
                 if now - last_prune >= self.tuning.prune_every_ms:
                     last_prune = now
-                    await self.store.prune(left_before_ms=now - 10 * 60 * 1000)
+                    await self.store.prune(left_before_ms=now - CURSOR_LIFETIME_MS - 60_000)
             except Exception:
                 log.exception("persisting failed; will retry")
 
@@ -353,14 +354,14 @@ class Statekeeper:
         if at_cut is not None:
             at_cut()
         snapshots: dict[str, tuple[int, bytes]] | None = None
-        deleted: set[str] = set()
+        deleted: dict[str, int] = {}
         if with_snapshots:
             snapshots = {
                 room_id: (self.state.rooms[room_id].last_seq, pack_room(self.state.rooms[room_id]))
                 for room_id in sorted(self._dirty)
                 if room_id in self.state.rooms
             }
-            deleted, self._deleted = self._deleted, set()
+            deleted, self._deleted = self._deleted, {}
             self._dirty.clear()
             self._events_since_snapshot = 0
             self._last_snapshot_at = self.clock()
@@ -380,7 +381,8 @@ class Statekeeper:
             self._public[:0] = public
             if snapshots is not None:
                 self._dirty.update(snapshots)
-                self._deleted.update(deleted)
+                for room_id, at_seq in deleted.items():
+                    self._deleted.setdefault(room_id, at_seq)
             raise
         self.flushed_seq = max(self.flushed_seq, seq)
         return seq
