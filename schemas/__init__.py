@@ -30,7 +30,7 @@ from schemas.models import *  # noqa: F403
 
 compile_all()
 
-__all__ = [  # noqa: RUF022 - the codec first, then everything re-exported
+__all__ = [
     "MAX_FRAME_BYTES",
     "Message",
     "Struct",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from schemas.client import Cursor
 from schemas.codec import MaxItems, Message, message
 from schemas.models import (
     Attributes,
@@ -22,7 +23,6 @@ from schemas.models import (
     RoomInfo,
     Tier,
 )
-from schemas.client import Cursor
 
 
 @message("api.create_room")

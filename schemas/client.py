@@ -349,4 +349,3 @@ REQUESTS: tuple[type[Message], ...] = (
     Ping,
 )
 """Every frame a client may send."""
-
