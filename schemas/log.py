@@ -54,6 +54,7 @@ class JoinRequested(LogEvent):
     edge_id: Identity
     token_id: Identity = ""
     token_expires_at: int = 0
+    """When the session's token expires, in milliseconds since the epoch (0: unknown)."""
     reply_to: Subject | None = None
     req: int = 0
 

@@ -21,8 +21,8 @@ from schemas.client import (
     SetMetadata,
     UnpublishTrack,
 )
-from schemas.models import Grant, ParticipantInfo, ParticipantKind, TrackKind, TrackSource
-from stagecast.client.participant import RoomLink
+from schemas.models import Grant, ParticipantInfo, TrackKind, TrackSource
+from stagecast.client.participant import ParticipantView, RoomLink
 from stagecast.errors import InvalidPermissions, NotPublished
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class LocalTrackPublication:
         self.muted = muted
 
 
-class LocalParticipant:
+class LocalParticipant(ParticipantView):
     """This client's participant: its identity, tier, grant, tracks and actions."""
 
     def __init__(self, info: ParticipantInfo, grant: Grant, link: RoomLink) -> None:
@@ -76,39 +76,6 @@ class LocalParticipant:
         self._link = link
         self._attributes = dict(info.attributes)
         self._publications: dict[str, LocalTrackPublication] = {}
-
-    def __repr__(self) -> str:
-        tier = "viewer" if self.is_viewer else "speaker"
-        return f"<LocalParticipant {self.id!r} sid={self.sid!r} {tier}>"
-
-    @property
-    def id(self) -> str:
-        return self._info.id
-
-    @property
-    def sid(self) -> str:
-        return self._info.sid
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def is_viewer(self) -> bool:
-        return self._info.is_viewer
-
-    @property
-    def kind(self) -> ParticipantKind:
-        return self._info.kind
-
-    @property
-    def metadata(self) -> str:
-        return self._info.metadata
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        """This participant's attributes (a copy)."""
-        return dict(self._attributes)
 
     @property
     def grant(self) -> Grant:

@@ -71,42 +71,15 @@ class RemoteTrackPublication:
         return StreamEvent(kind=self.kind, source=self.source, track_sid=self.sid)
 
 
-class RemoteParticipant:
-    """Another participant in the room (a speaker, or a viewer from `get_participants`).
+class ParticipantView:
+    """What every participant object shows of its identity (one class for both tiers)."""
 
-    Events (`on` / `off`): `stream-published` (`StreamEvent`; retroactive: a new listener
-    gets one for each stream already published), `stream-unpublished` (`StreamEvent`),
-    `track-muted` / `track-unmuted` (`RemoteTrackPublication`), `metadata-changed` (the new
-    metadata), `attributes-changed` (the changed keys; a deleted key maps to ""), and
-    `stream-subscribed` / `stream-unsubscribed` (emitted once media flows; not yet).
-    """
-
-    EVENTS = (
-        "stream-published",
-        "stream-unpublished",
-        "stream-subscribed",
-        "stream-unsubscribed",
-        "track-muted",
-        "track-unmuted",
-        "metadata-changed",
-        "attributes-changed",
-    )
-
-    def __init__(self, info: ParticipantInfo, link: RoomLink) -> None:
-        self._info = info
-        self._link = link
-        self._attributes = dict(info.attributes)
-        self._tracks = {t.sid: RemoteTrackPublication.from_info(t) for t in info.tracks}
-        self._emitter = EventEmitter(self.EVENTS, link.callback_tasks)
-        self._emitter.retroactive(
-            "stream-published", lambda: [(p.event(),) for p in list(self._tracks.values())]
-        )
+    _info: ParticipantInfo
+    _attributes: dict[str, str]
 
     def __repr__(self) -> str:
         tier = "viewer" if self.is_viewer else "speaker"
-        return f"<RemoteParticipant {self.id!r} sid={self.sid!r} {tier}>"
-
-    # ------------------------------------------------------------------ identity
+        return f"<{type(self).__name__} {self.id!r} sid={self.sid!r} {tier}>"
 
     @property
     def id(self) -> str:
@@ -136,6 +109,38 @@ class RemoteParticipant:
     def attributes(self) -> dict[str, str]:
         """The participant's attributes (a copy)."""
         return dict(self._attributes)
+
+
+class RemoteParticipant(ParticipantView):
+    """Another participant in the room (a speaker, or a viewer from `get_participants`).
+
+    Events (`on` / `off`): `stream-published` (`StreamEvent`; retroactive: a new listener
+    gets one for each stream already published), `stream-unpublished` (`StreamEvent`),
+    `track-muted` / `track-unmuted` (`RemoteTrackPublication`), `metadata-changed` (the new
+    metadata), `attributes-changed` (the changed keys; a deleted key maps to ""), and
+    `stream-subscribed` / `stream-unsubscribed` (emitted once media flows; not yet).
+    """
+
+    EVENTS = (
+        "stream-published",
+        "stream-unpublished",
+        "stream-subscribed",
+        "stream-unsubscribed",
+        "track-muted",
+        "track-unmuted",
+        "metadata-changed",
+        "attributes-changed",
+    )
+
+    def __init__(self, info: ParticipantInfo, link: RoomLink) -> None:
+        self._info = info
+        self._link = link
+        self._attributes = dict(info.attributes)
+        self._tracks = {t.sid: RemoteTrackPublication.from_info(t) for t in info.tracks}
+        self._emitter = EventEmitter(self.EVENTS, link.callback_tasks)
+        self._emitter.retroactive(
+            "stream-published", lambda: [(p.event(),) for p in list(self._tracks.values())]
+        )
 
     @property
     def joined_at(self) -> int:
