@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.errors import ErrorCode
-
-CLOSE_CODES: dict[str, int] = {
-    ErrorCode.INVALID_TOKEN.value: 4001,
-    ErrorCode.TOKEN_EXPIRED.value: 4002,
-    ErrorCode.RATE_LIMITED.value: 4008,
-    ErrorCode.SLOW_CONSUMER.value: 4010,
-    ErrorCode.DUPLICATE_IDENTITY.value: 4011,
-    ErrorCode.REMOVED.value: 4012,
-    ErrorCode.ROOM_DELETED.value: 4013,
-    ErrorCode.ROOM_CLOSED.value: 4014,
-    ErrorCode.ROOM_FULL.value: 4015,
-    ErrorCode.RESUME_FAILED.value: 4016,
-    ErrorCode.SERVER_SHUTDOWN.value: 4017,
-    ErrorCode.CLIENT_LEFT.value: 1000,
-}
+from schemas.errors import CLOSE_CODES
 
 POLICY_VIOLATION = 1008
 """A join refused for a reason with no code of its own (a room id the token does not allow)."""

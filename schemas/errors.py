@@ -71,3 +71,23 @@ class PayloadTooLarge(SchemaError):
 
 class FrameTooLarge(PayloadTooLarge):
     """The whole frame is larger than 1 MiB."""
+
+
+CLOSE_CODES: dict[str, int] = {
+    ErrorCode.INVALID_TOKEN.value: 4001,
+    ErrorCode.TOKEN_EXPIRED.value: 4002,
+    ErrorCode.RATE_LIMITED.value: 4008,
+    ErrorCode.SLOW_CONSUMER.value: 4010,
+    ErrorCode.DUPLICATE_IDENTITY.value: 4011,
+    ErrorCode.REMOVED.value: 4012,
+    ErrorCode.ROOM_DELETED.value: 4013,
+    ErrorCode.ROOM_CLOSED.value: 4014,
+    ErrorCode.ROOM_FULL.value: 4015,
+    ErrorCode.RESUME_FAILED.value: 4016,
+    ErrorCode.SERVER_SHUTDOWN.value: 4017,
+    ErrorCode.CLIENT_LEFT.value: 1000,
+}
+"""The WebSocket close code for each way a session ends (docs/protocol.md), both ways."""
+
+CLOSE_REASONS: dict[int, str] = {number: reason for reason, number in CLOSE_CODES.items()}
+"""The reason a close code stands for (the inverse of `CLOSE_CODES`)."""

@@ -60,7 +60,12 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
         if keeper is not None:
             await keeper.stop()
         await store.close()
-        await nc.drain()
+        # Everything is stopped: flush what is buffered and close (a drain would wait on
+        # the log reader's subscription, already gone, for its whole timeout).
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def serve(config: StatekeeperConfig) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.closecodes import CLOSE_CODES
+from schemas.errors import CLOSE_CODES
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeRefused, verify_resume_token
 from edge.sendqueue import SendQueue

@@ -44,22 +44,6 @@ REPLY_TYPES = (Ack, Error, JoinAccepted, ParticipantsPage, Pong, SignalAnswer)
 CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed)
 """What opening a socket to an edge that is down or unreachable raises."""
 
-CLOSE_REASONS = {
-    4001: "INVALID_TOKEN",
-    4002: "TOKEN_EXPIRED",
-    4008: "RATE_LIMITED",
-    4010: "SLOW_CONSUMER",
-    4011: "DUPLICATE_IDENTITY",
-    4012: "REMOVED",
-    4013: "ROOM_DELETED",
-    4014: "ROOM_CLOSED",
-    4015: "ROOM_FULL",
-    4016: "RESUME_FAILED",
-    4017: "SERVER_SHUTDOWN",
-    1000: "CLIENT_LEFT",
-}
-"""Close codes that end a session for good (SERVER_SHUTDOWN: resume elsewhere)."""
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ConnectOptions:

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.client import Join, JoinAccepted, Leave
 from schemas.codec import Message
-from schemas.errors import ErrorCode
+from schemas.errors import CLOSE_REASONS, ErrorCode
 from stagecast.client.connection import (
-    CLOSE_REASONS,
     CONNECT_ERRORS,
     ConnectOptions,
     SignalConnection,
