@@ -1,0 +1,92 @@
+"""The command line as a newcomer uses it: `stagecast up`, `token`, `rooms`, and a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from stagecast.tokens import verify_token
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stagecast.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_up_serves_then_stops_cleanly_without_orphans(tmp_path: Path) -> None:
+    port = _free_port()
+    env = dict(os.environ, STAGECAST_API_KEY="devkey", STAGECAST_API_SECRET="devsecret")
+    env.pop("STAGECAST_NATS_URL", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stagecast.cli",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Stagecast ready at" in line:
+                break
+        assert any(f"Stagecast ready at http://127.0.0.1:{port}" in x for x in lines), lines
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # nats-server, statekeeper, edge
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+        token = _cli("token", "--room", "demo", "--identity", "alice", env=env)
+        assert token.returncode == 0, token.stderr
+        claims = verify_token(token.stdout.strip(), {"devkey": "devsecret"})
+        assert claims.room_id == "demo" and claims.participant_id == "alice"
+        audience = _cli("token", "--viewer", env=env)
+        assert verify_token(audience.stdout.strip(), {"devkey": "devsecret"}).is_viewer
+
+        env_url = dict(env, STAGECAST_URL=f"http://127.0.0.1:{port}")
+        created = _cli("rooms", "create", "town-hall", env=env_url)
+        assert created.returncode == 0 and "created town-hall" in created.stdout, created
+        listed = _cli("rooms", "list", env=env_url)
+        assert "town-hall" in listed.stdout
+        people = _cli("participants", "town-hall", env=env_url)
+        assert people.returncode == 0 and "0 in total" in people.stdout, people
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+    assert status == 0
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
