@@ -133,12 +133,25 @@ def room_info(room: Room) -> RoomInfo:
 _GRANT_FIELDS = tuple(f.name for f in dataclasses.fields(Grant))
 
 
+_GRANT_BITS: dict[Grant, int] = {}
+_GRANTS: dict[int, Grant] = {}
+
+
 def _pack_grant(grant: Grant) -> int:
-    return sum(1 << i for i, name in enumerate(_GRANT_FIELDS) if getattr(grant, name))
+    bits = _GRANT_BITS.get(grant)
+    if bits is None:
+        bits = sum(1 << i for i, name in enumerate(_GRANT_FIELDS) if getattr(grant, name))
+        if len(_GRANT_BITS) < 256:  # there are 256 grants at most
+            _GRANT_BITS[grant] = bits
+    return bits
 
 
 def _unpack_grant(bits: int) -> Grant:
-    return Grant(**{name: bool(bits >> i & 1) for i, name in enumerate(_GRANT_FIELDS)})
+    grant = _GRANTS.get(bits)
+    if grant is None:
+        grant = Grant(**{name: bool(bits >> i & 1) for i, name in enumerate(_GRANT_FIELDS)})
+        _GRANTS[bits] = grant
+    return grant
 
 
 def _pack_track(t: TrackInfo) -> list[Any]:
@@ -174,24 +187,10 @@ def _pack_session(s: Session) -> list[Any]:
 
 def _unpack_session(v: list[Any]) -> Session:
     return Session(
-        sid=v[0],
-        identity=v[1],
-        name=v[2],
-        is_viewer=v[3],
-        kind=v[4],
-        grant=_unpack_grant(v[5]),
-        metadata=v[6],
-        attributes=v[7],
-        joined_at=v[8],
-        since_seq=v[9],
-        edge_id=v[10],
-        token_key=v[11],
-        token_expires_at=v[12],
-        connected=v[13],
-        disconnected_at=v[14],
-        visible=v[15],
-        tracks={t[0]: _unpack_track(t) for t in v[16]},
-        subscriptions={(p, k) for p, k in v[17]},
+        v[0], v[1], v[2], v[3], v[4], _unpack_grant(v[5]), v[6], v[7], v[8], v[9], v[10],
+        v[11], v[12], v[13], v[14], v[15],
+        {t[0]: _unpack_track(t) for t in v[16]} if v[16] else {},
+        {(p, k) for p, k in v[17]} if v[17] else set(),
     )
 
 
