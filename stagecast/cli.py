@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEV_KEY, DEV_SECRET = "devkey", "devsecret"
-BENCH_SUITES = ("fold", "ingest", "recovery", "pagination")
+BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm")
 
 
 def credentials() -> tuple[str, str]:

@@ -187,8 +187,22 @@ def _pack_session(s: Session) -> list[Any]:
 
 def _unpack_session(v: list[Any]) -> Session:
     return Session(
-        v[0], v[1], v[2], v[3], v[4], _unpack_grant(v[5]), v[6], v[7], v[8], v[9], v[10],
-        v[11], v[12], v[13], v[14], v[15],
+        v[0],
+        v[1],
+        v[2],
+        v[3],
+        v[4],
+        _unpack_grant(v[5]),
+        v[6],
+        v[7],
+        v[8],
+        v[9],
+        v[10],
+        v[11],
+        v[12],
+        v[13],
+        v[14],
+        v[15],
         {t[0]: _unpack_track(t) for t in v[16]} if v[16] else {},
         {(p, k) for p, k in v[17]} if v[17] else set(),
     )

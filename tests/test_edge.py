@@ -7,7 +7,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from schemas.errors import CLOSE_CODES
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeRefused, verify_resume_token
 from edge.sendqueue import SendQueue
@@ -55,6 +54,7 @@ from schemas.client import (
     ViewerUpdated,
 )
 from schemas.codec import decode, encode
+from schemas.errors import CLOSE_CODES
 from schemas.models import Grant
 from stagecast.tokens import generate_token
 from tests.edge_fixtures import (
