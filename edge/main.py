@@ -19,6 +19,7 @@ import uvicorn
 from edge.app import create_app
 from edge.config import EdgeConfig
 from edge.node import EdgeNode
+from stagecast.runtime import tune_gc
 
 log = logging.getLogger("stagecast.edge")
 
@@ -127,6 +128,7 @@ async def serve(config: EdgeConfig) -> None:
         async with running_edge(config) as url:
             log.info("edge %s listening on %s", config.edge_id, url)
             print(f"edge {config.edge_id} ready at {url}", flush=True)
+            tune_gc()
             await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

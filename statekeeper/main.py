@@ -11,6 +11,7 @@ import signal
 
 import nats
 
+from stagecast.runtime import tune_gc
 from statekeeper.queries import Queries
 from statekeeper.roomlog import RoomLog
 from statekeeper.service import Statekeeper, Tuning
@@ -78,4 +79,5 @@ async def serve(config: StatekeeperConfig) -> None:
         await keeper.wait_caught_up()
         log.info("statekeeper ready at log sequence %d", keeper.applied_seq)
         print(f"statekeeper ready seq={keeper.applied_seq}", flush=True)
+        tune_gc()
         await stop.wait()

@@ -1,0 +1,436 @@
+"""Simulated signaling clients for `stagecast bench storm`: many raw WebSockets per process.
+
+One client is one TCP connection driven by the `websockets` sans-I/O `ClientProtocol`
+inside a plain `asyncio.Protocol`: once connected it has no task, no queue and no SDK. It
+sends one `join` frame (encoded once per token), then only reads: each frame's type tag is
+peeked from its first bytes (`peek_tag`), participant frames are counted, and only `joined`
+and `counts` frames are unpacked (the speakers snapshot and the room's total).
+
+`ClientProcs` starts client processes (multiprocessing, spawned; `process_main`). Each
+drives its share of every wave: client `g` starts at ``start_at + g / rate`` on
+`time.monotonic`, which all processes on Linux share. Pipe protocol, tuples
+``(kind, *args)``: commands in (`begin`, `wave`, `final`, `finish`, `exit`), reports out
+(`progress`, `wave_done`, `exact`, `results`, `closed`). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import errno
+import gc
+import multiprocessing
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import msgpack
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from schemas.client import Join
+from schemas.codec import encode
+
+Bytes = bytes | bytearray | memoryview
+Msg = tuple[Any, ...]
+PARTICIPANT_TAGS = frozenset((b"participant_joined", b"participant_left", b"participant_updated"))
+_TICK_S = 1.0
+
+
+def peek_tag(data: Bytes) -> bytes:
+    """The type tag of an encoded frame, read from its first bytes when ``"t"`` leads the map
+    (as `schemas.codec.to_wire` writes it); anything else is unpacked."""
+    head = data[0] if data else 0
+    pos = 1 if 0x80 <= head <= 0x8F else 3 if head == 0xDE else 5 if head == 0xDF else -1
+    if pos > 0 and data[pos : pos + 2] == b"\xa1t":
+        size = data[pos + 2]
+        if 0xA0 <= size <= 0xBF:
+            return bytes(data[pos + 3 : pos + 3 + size - 0xA0])
+        if size == 0xD9:
+            return bytes(data[pos + 4 : pos + 4 + data[pos + 3]])
+    try:
+        tag = msgpack.unpackb(data, raw=False).get("t")
+    except Exception:
+        return b""
+    return tag.encode() if isinstance(tag, str) else b""
+
+
+def _total(counts: object) -> int:
+    value = counts.get("total", 0) if isinstance(counts, dict) else 0
+    return value if type(value) is int else 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wave:
+    """Clients ``0..count-1`` of one kind; process `p` of `P` drives those with g % P == p."""
+
+    name: str
+    tokens: tuple[str, ...]  # one per client, or one shared by all
+    count: int
+    rate: float
+    start_at: float
+    audience: bool
+
+
+@dataclasses.dataclass(slots=True)
+class ProcResults:
+    """What one process measured in one storm (times: `time.monotonic` seconds)."""
+
+    joined: int = 0
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    drops: dict[str, int] = dataclasses.field(default_factory=dict)  # closed after joining
+    join_ms: list[float] = dataclasses.field(default_factory=list)
+    connect_join_ms: list[float] = dataclasses.field(default_factory=list)
+    started: list[float] = dataclasses.field(default_factory=list)  # audience connect starts
+    last_joined: float = 0.0
+    audience_participants: list[int] = dataclasses.field(default_factory=list)
+    audience_participant_frames: int = 0
+    audience_count_frames: int = 0
+    audience_seconds: float = 0.0  # summed: each viewer's join -> the end of measurement
+    participants_total: int = 0
+    lags_ms: list[float] = dataclasses.field(default_factory=list)
+    never_exact: int = 0
+
+
+class SimClient(asyncio.Protocol):
+    """One simulated participant on one socket (see the module docstring)."""
+
+    __slots__ = ("audience", "connect_at", "count_frames", "failure", "fleet", "join_frame",
+                 "joined_at", "lost", "participant_frames", "participants", "sent_at", "total",
+                 "total_at", "transport", "ws")  # fmt: skip
+
+    def __init__(self, fleet: Fleet, url: str, join_frame: bytes, audience: bool) -> None:
+        self.fleet = fleet
+        self.ws = ClientProtocol(parse_uri(url), max_size=None)
+        self.join_frame = join_frame
+        self.audience = audience
+        self.transport: asyncio.Transport | None = None
+        self.connect_at = time.monotonic()
+        self.sent_at = self.joined_at = self.total_at = 0.0
+        self.participants = self.participant_frames = self.count_frames = 0
+        self.total = -1
+        self.failure = ""
+        self.lost = False
+
+    def fail(self, reason: str) -> None:
+        """The join failed (a no-op once joined or failed): count it, drop the socket."""
+        if self.joined_at or self.failure:
+            return
+        self.failure = reason
+        self.fleet.failed += 1
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.BINARY and event.fin:
+                    self._frame(event.data)
+            elif isinstance(event, Response):
+                if self.ws.handshake_exc is not None:
+                    return self.fail(f"upgrade {event.status_code}")
+                self.ws.send_binary(self.join_frame)
+                self.sent_at = time.monotonic()
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.joined_at and not self.fleet.closing:
+            code = self.ws.close_code
+            reason = f"close {code} {self.ws.close_reason}" if code else f"tcp {exc!r}"
+            self.fleet.drops[reason[:60]] += 1
+        elif not self.joined_at:
+            self.fail(f"closed before joined ({self.ws.close_code})")
+
+    def _flush(self) -> None:
+        if (transport := self.transport) is None:
+            return
+        for chunk in self.ws.data_to_send():
+            if not chunk:  # the protocol's end of stream
+                return transport.close()
+            transport.write(chunk)
+        if self.ws.close_expected():
+            transport.close()
+
+    def _frame(self, data: Bytes) -> None:
+        tag = peek_tag(data)
+        if tag == b"counts":
+            self.count_frames += 1
+            self._set_total(_total(msgpack.unpackb(data, raw=False).get("counts")))
+        elif tag in PARTICIPANT_TAGS:
+            self.participants += 1
+            self.participant_frames += 1
+        elif tag == b"joined":
+            body = msgpack.unpackb(data, raw=False)
+            self.joined_at = time.monotonic()
+            self.participants += len(body.get("speakers", ()))
+            self.fleet.joined += 1
+            self._set_total(_total(body.get("counts")))
+        elif tag in (b"error", b"disconnect") and not self.joined_at:
+            body = msgpack.unpackb(data, raw=False)
+            self.fail(f"{tag.decode()} {body.get('code') or body.get('reason')}")
+
+    def _set_total(self, total: int) -> None:
+        if total != self.total:
+            target = self.fleet.target
+            self.fleet.exact += (total == target) - (self.total == target)
+            self.total, self.total_at = total, time.monotonic()
+
+
+class Fleet:
+    """The clients of one process in one storm."""
+
+    def __init__(self, index: int, procs: int, edges: list[str], hosts: list[str]) -> None:
+        self.index, self.procs, self.edges, self.hosts = index, procs, edges, hosts
+        self.clients: list[SimClient] = []
+        self.connecting: set[asyncio.Task[None]] = set()
+        self.joined = self.failed = self.exact = 0
+        self.target = -1
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.closing = False
+
+    def set_target(self, total: int) -> None:
+        self.target = total
+        self.exact = sum(1 for c in self.clients if c.joined_at and c.total == total)
+
+    async def run_wave(self, wave: Wave, join_timeout: float) -> dict[str, float]:
+        """Start this process's share of `wave` at its pace; wait until each is settled."""
+        loop = asyncio.get_running_loop()
+        frames = {token: encode(Join(id=1, token=token)) for token in set(wave.tokens)}
+        settled_before, mine = self.joined + self.failed, []
+        for g in range(self.index, wave.count, self.procs):
+            if (delay := wave.start_at + g / wave.rate - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            url = self.edges[g % len(self.edges)]
+            host = self.hosts[(g // len(self.edges)) % len(self.hosts)]
+            client = SimClient(self, url, frames[wave.tokens[g % len(wave.tokens)]], wave.audience)
+            mine.append(client)
+            self.clients.append(client)
+            task = loop.create_task(self._connect(client, url, host, join_timeout))
+            self.connecting.add(task)
+            task.add_done_callback(self.connecting.discard)
+        deadline = loop.time() + join_timeout
+        while loop.time() < deadline and self.joined + self.failed - settled_before < len(mine):
+            await asyncio.sleep(0.02)
+        for client in mine:
+            client.fail("join timeout")  # a no-op for those settled
+        joined = [c.joined_at for c in mine if c.joined_at]
+        return {"last_joined": max(joined, default=0.0), "joined": len(joined)}
+
+    async def _connect(self, client: SimClient, url: str, host: str, timeout: float) -> None:
+        uri = parse_uri(url)
+        local = None if self.hosts == ["127.0.0.1"] else (host, 0)
+        loop = asyncio.get_running_loop()
+        try:
+            connect = loop.create_connection(lambda: client, uri.host, uri.port, local_addr=local)
+            await asyncio.wait_for(connect, timeout)
+        except TimeoutError:
+            client.fail("connect timeout")
+        except OSError as exc:
+            client.fail(f"connect {errno.errorcode.get(exc.errno or 0, type(exc).__name__)}")
+
+    def results(self, storm_end: float, end_at: float) -> ProcResults:
+        out = ProcResults(joined=self.joined, drops=dict(self.drops))
+        failures: collections.Counter[str] = collections.Counter()
+        for c in self.clients:
+            if c.audience:
+                out.started.append(c.connect_at)
+            if not c.joined_at:
+                failures[c.failure or "unsettled"] += 1
+                continue
+            out.participants_total += c.participants
+            if c.audience:
+                out.join_ms.append((c.joined_at - c.sent_at) * 1000)
+                out.connect_join_ms.append((c.joined_at - c.connect_at) * 1000)
+                out.last_joined = max(out.last_joined, c.joined_at)
+                out.audience_participants.append(c.participants)
+                out.audience_participant_frames += c.participant_frames
+                out.audience_count_frames += c.count_frames
+                out.audience_seconds += max(0.0, end_at - c.joined_at)
+            if c.total == self.target:
+                out.lags_ms.append(max(0.0, c.total_at - storm_end) * 1000)
+            else:
+                out.never_exact += 1
+        out.failures = dict(failures)
+        return out
+
+    async def close(self, limit_s: float) -> int:
+        """Close every socket (WebSocket close 1000); abort those still open after `limit_s`."""
+        self.closing = True
+        for task in list(self.connecting):
+            task.cancel()
+        open_ = [c for c in self.clients if c.transport is not None and not c.lost]
+        for c in open_:
+            with contextlib.suppress(Exception):
+                c.ws.send_close(1000, "bench done")
+                c._flush()
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and not all(c.lost for c in open_):
+            await asyncio.sleep(0.05)
+        clean = sum(1 for c in open_ if c.lost)
+        for c in open_:
+            if not c.lost and c.transport is not None:
+                c.transport.abort()
+        return clean
+
+
+class Link:
+    """One end of a pipe, read by the event loop into `inbox`; EOF arrives as ``("eof",)``."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.inbox: asyncio.Queue[Msg] = asyncio.Queue()
+        self.open = True
+        asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            self.inbox.put_nowait(self.conn.recv())
+        except (EOFError, OSError):
+            self.stop()
+            self.inbox.put_nowait(("eof",))
+
+    def send(self, *message: Any) -> None:
+        if self.open:
+            with contextlib.suppress(OSError):
+                self.conn.send(message)
+
+    def stop(self) -> None:
+        if self.open:
+            self.open = False
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+
+
+class ClientProcs:
+    """The benchmark's side: `count` client processes and their pipes."""
+
+    def __init__(self, count: int, edges: list[str], hosts: list[str]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.procs: list[BaseProcess] = []
+        self.links: list[Link] = []
+        for index in range(count):
+            here, there = ctx.Pipe()
+            args = (there, (index, count, edges, hosts))
+            proc = ctx.Process(target=process_main, args=args, name=f"storm-{index}", daemon=True)
+            proc.start()
+            there.close()
+            self.procs.append(proc)
+            self.links.append(Link(here))
+
+    def send_all(self, *message: Any) -> None:
+        for link in self.links:
+            link.send(*message)
+
+    async def collect(
+        self, kind: str, until: float, stop: asyncio.Event | None = None, on_progress: Any = None
+    ) -> dict[int, Msg]:
+        """The next `kind` message of each process, until `until` (monotonic) or `stop`.
+
+        `on_progress` gets the latest `progress` message of each process as they come."""
+        got: dict[int, Msg] = {}
+        progress: dict[int, Msg] = {}
+        while True:
+            for index, link in enumerate(self.links):
+                while index not in got and not link.inbox.empty():
+                    message = link.inbox.get_nowait()
+                    if message[0] == kind:
+                        got[index] = message
+                    elif message[0] == "progress":
+                        progress[index] = message
+            if on_progress is not None and progress:
+                on_progress(progress)
+            waiting = [i for i, link in enumerate(self.links) if i not in got and link.open]
+            if not waiting or time.monotonic() >= until or (stop and stop.is_set()):
+                return got
+            await asyncio.sleep(0.02)
+
+    async def close(self, limit_s: float = 10.0) -> None:
+        """Ask every process to exit; terminate (then kill) those left after `limit_s`."""
+        self.send_all("exit")
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and any(p.is_alive() for p in self.procs):
+            await asyncio.sleep(0.05)
+        for proc in self.procs:
+            for end in (proc.terminate, proc.kill):
+                if proc.is_alive():
+                    end()
+                    proc.join(2.0)
+        for link in self.links:
+            link.stop()
+            link.conn.close()
+
+
+Spec = tuple[int, int, list[str], list[str]]
+"""A client process: its index, the number of processes, edge URLs, source addresses."""
+
+
+async def _serve(conn: Connection, spec: Spec) -> None:
+    index, procs, edges, hosts = spec
+    link = Link(conn)
+    fleet = Fleet(index, procs, edges, hosts)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def wave(w: Wave, join_timeout: float) -> None:
+        done = asyncio.get_running_loop().create_task(fleet.run_wave(w, join_timeout))
+        try:
+            while not done.done():
+                link.send("progress", w.name, fleet.joined, fleet.failed)
+                gc.freeze()  # keep the collector off the ever-growing set of live clients
+                await asyncio.wait({done}, timeout=_TICK_S)
+        finally:
+            done.cancel()
+        failed = done.exception()
+        link.send("wave_done", {"last_joined": 0.0, "joined": 0} if failed else done.result())
+
+    async def exact() -> None:
+        while fleet.exact < fleet.joined:  # dropped clients never get there: bounded by finish
+            await asyncio.sleep(0.01)
+        link.send("exact", fleet.exact)
+
+    storm_end = 0.0
+    while True:
+        command = await link.inbox.get()
+        if command[0] in ("finish", "exit", "eof"):
+            for task in list(tasks):
+                task.cancel()
+        if command[0] == "begin":
+            fleet = Fleet(index, procs, edges, hosts)
+        elif command[0] in ("wave", "final"):
+            if command[0] == "final":
+                fleet.set_target(command[1])
+                storm_end = command[2]
+            task = asyncio.get_running_loop().create_task(
+                wave(command[1], command[2]) if command[0] == "wave" else exact()
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        elif command[0] == "finish":
+            link.send("results", fleet.results(storm_end, command[1]))
+            link.send("closed", await fleet.close(command[2]))
+        else:
+            return
+
+
+def process_main(conn: Connection, spec: Spec) -> None:
+    """Entry point of a client process (a multiprocessing target)."""
+    asyncio.run(_serve(conn, spec))
+
+
+__all__ = ["ClientProcs", "Fleet", "Link", "ProcResults", "SimClient", "Wave", "peek_tag"]

@@ -1,0 +1,72 @@
+"""`stagecast bench storm`, small: the figures exist and the tiers hold (no timing checks).
+
+The storm runs for real (nats-server, statekeeper and edge processes, one client process)
+through the suite's own option parser, as `stagecast bench storm` would run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from schemas.client import CountsChanged, Join, ParticipantLeft
+from schemas.codec import encode
+from schemas.models import Counts
+from stagecast.bench import Result, storm
+from stagecast.bench.simclients import PARTICIPANT_TAGS, peek_tag
+from stagecast.cli import BENCH_SUITES
+
+FIGURES = {
+    "joins_per_s",
+    "join_p50_ms",
+    "join_p99_ms",
+    "participant_events_per_viewer",
+    "count_events_per_viewer_per_s",
+    "count_lag_p99_ms",
+    "count_never_exact",
+    "edge_rss_mb",
+    "statekeeper_rss_mb",
+    "edge_cpu_s",
+    "statekeeper_cpu_s",
+    "naive_participant_messages",
+    "naive_message_ratio",
+}
+
+
+def options(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="stagecast bench storm")
+    storm.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.suite = "storm"
+    return args
+
+
+def test_peek_tag_reads_the_tag_without_unpacking() -> None:
+    assert peek_tag(encode(Join(id=1, token="t" * 300))) == b"join"
+    assert peek_tag(encode(CountsChanged(seq=3, counts=Counts(total=9)))) == b"counts"
+    assert peek_tag(encode(ParticipantLeft(seq=1, sid="PA_x", participant_id="p"))) in (
+        PARTICIPANT_TAGS
+    )
+    assert peek_tag(b"\x82\xa1v\x01\xa1t\xa4pong") == b"pong"  # "t" not first: unpacked
+    assert peek_tag(b"\xc1") == b""
+
+
+@pytest.mark.timeout(120)
+async def test_small_storm_reports_every_figure_and_keeps_viewers_quiet(tmp_path: Path) -> None:
+    assert "storm" in BENCH_SUITES
+    args = options(
+        "--speakers", "5", "--viewers", "50", "--rate", "200",
+        "--naive", "--naive-viewers", "20",
+        "--count-wait", "15", "--time-limit", "90", "--data-dir", str(tmp_path),
+    )  # fmt: skip
+    results: list[Result] = await storm.run(args)
+    figures = {r.name: r.value for r in results}
+    assert figures.keys() >= FIGURES, FIGURES - figures.keys()
+    assert figures["join_failures"] == 0
+    assert figures["participant_events_per_viewer"] == 5
+    assert figures["participant_frames_per_viewer"] == 0  # speakers were in the snapshot
+    assert figures["count_never_exact"] == 0
+    assert figures["naive_participant_messages"] == 25 * 24  # everyone hears of everyone
+    assert figures["naive_message_ratio"] > 1
