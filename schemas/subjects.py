@@ -122,6 +122,11 @@ def room_id_from_token(token: str) -> str:
     return room_id
 
 
+def is_generated_id(value: str) -> bool:
+    """Whether `value` can stand as an edge id or sid in a subject ([A-Za-z0-9_-], <= 256)."""
+    return len(value) <= _MAX_GENERATED_ID_CHARS and _PLAIN.fullmatch(value) is not None
+
+
 def _generated_id(value: str, what: str) -> str:
     if len(value) > _MAX_GENERATED_ID_CHARS or not _PLAIN.fullmatch(value):
         raise ValueError(f"{what} must match [A-Za-z0-9_-]{{1,256}}, got {value[:64]!r}")

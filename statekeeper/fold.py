@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from schemas import subjects
 from schemas.api import OkReply, ParticipantReply, RoomReply
 from schemas.client import (
     Ack,
@@ -121,8 +122,8 @@ def _error(event: LogEvent, code: ErrorCode, message: str, out: list[Outcome]) -
 
 
 def session_subject(session: Session) -> str:
-    """Where the fold sends a session's direct frames (kept in sync with schemas.subjects)."""
-    return f"stagecast.sess.{session.edge_id}.{session.sid}"
+    """Where the fold sends a session's direct frames (ids checked when they entered)."""
+    return subjects.session(session.edge_id, session.sid)
 
 
 def _session(state: State, event: Any, out: list[Outcome]) -> tuple[Room, Session] | None:
@@ -303,6 +304,9 @@ def _kick(
 
 @handles(JoinRequested)
 def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> None:
+    if not (subjects.is_generated_id(event.sid) and subjects.is_generated_id(event.edge_id)):
+        _error(event, ErrorCode.BAD_REQUEST, "sid and edge id must be [A-Za-z0-9_-]", out)
+        return
     room = state.rooms.get(event.room_id)
     if room is None:
         room = _open_room(state, seq, event, f"RM_{seq}", out)
@@ -361,7 +365,7 @@ def _accepted(room: Room, session: Session, seq: int, req: int, *, resumed: bool
 def _resume(state: State, seq: int, event: ResumeRequested, out: list[Outcome]) -> None:
     room = state.rooms.get(event.room_id)
     session = room.sessions.get(event.sid) if room is not None else None
-    if room is None or session is None:
+    if room is None or session is None or not subjects.is_generated_id(event.edge_id):
         _error(event, ErrorCode.RESUME_FAILED, "the session is gone; join again", out)
         return
     if session.connected and session.edge_id != event.edge_id:

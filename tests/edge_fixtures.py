@@ -212,30 +212,35 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def edge_stack(tmp_path: Path, **edge_options: Any) -> AsyncIterator[Stack]:
-    """nats-server, statekeeper and edge, all private to one test."""
+async def services(
+    tmp_path: Path, *, api_key: str = API_KEY, api_secret: str = API_SECRET, **edge_options: Any
+) -> AsyncIterator[tuple[NatsServer, EdgeConfig, str]]:
+    """nats-server, statekeeper and edge, all private to one test: (server, edge config, url)."""
     async with NatsServer(tmp_path / "nats") as server:
         keeper_config = StatekeeperConfig(
             nats_url=server.url,
             database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
-            api_secret=API_SECRET,
+            api_secret=api_secret,
             tuning=FAST,
         )
         async with running_statekeeper(keeper_config) as keeper:
             await keeper.wait_caught_up()
             config = EdgeConfig(
-                nats_url=server.url,
-                api_key=API_KEY,
-                api_secret=API_SECRET,
-                port=0,
-                **edge_options,
+                nats_url=server.url, api_key=api_key, api_secret=api_secret, port=0, **edge_options
             )
             async with running_edge(config) as url:
-                stack = Stack(nats=server, url=url, config=config)
-                try:
-                    yield stack
-                finally:
-                    await stack.close_clients()
+                yield server, config, url
+
+
+@contextlib.asynccontextmanager
+async def edge_stack(tmp_path: Path, **edge_options: Any) -> AsyncIterator[Stack]:
+    """The private services, with raw-socket helpers for the edge tests."""
+    async with services(tmp_path, **edge_options) as (server, config, url):
+        stack = Stack(nats=server, url=url, config=config)
+        try:
+            yield stack
+        finally:
+            await stack.close_clients()
 
 
 @pytest.fixture
@@ -254,5 +259,6 @@ __all__ = [
     "Closed",
     "Stack",
     "edge_stack",
+    "services",
     "stack",
 ]

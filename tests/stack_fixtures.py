@@ -21,13 +21,11 @@ from edge.main import running_edge
 from schemas.models import Grant
 from stagecast.client import ConnectOptions, Room
 from stagecast.natsserver import NatsServer
-from statekeeper.main import StatekeeperConfig, running_statekeeper
-from statekeeper.service import Tuning
+from tests.edge_fixtures import services
 from tests.polling import eventually
 
 API_KEY = "devkey"
 API_SECRET = "devsecret-for-sdk-tests-" + "x" * 24  # >= 32 bytes: no short-key warning
-FAST = Tuning(roster_flush_ms=20, snapshot_every_ms=200, count_tick_ms=10, edge_check_ms=200)
 SPEAKER = Grant(
     can_publish=True, can_subscribe=True, can_publish_data=True, can_subscribe_data=True
 )
@@ -110,28 +108,20 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def sdk_stack(tmp_path: Path, **edge_options: Any) -> AsyncIterator[Stack]:
-    """nats-server, statekeeper and edge, all private to one test."""
-    async with NatsServer(tmp_path / "nats") as server:
-        keeper_config = StatekeeperConfig(
-            nats_url=server.url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
-            api_secret=API_SECRET,
-            tuning=FAST,
-        )
-        async with running_statekeeper(keeper_config) as keeper:
-            await keeper.wait_caught_up()
-            config = EdgeConfig(
-                nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0, **edge_options
-            )
-            async with (
-                running_edge(config) as url,
-                stagecast.RoomService(url, API_KEY, API_SECRET) as api,
-            ):
-                stack = Stack(nats=server, url=url, api=api)
-                try:
-                    yield stack
-                finally:
-                    await stack.leave_all()
+    """The private services (tests.edge_fixtures.services), with a RoomService."""
+    async with (
+        services(tmp_path, api_key=API_KEY, api_secret=API_SECRET, **edge_options) as (
+            server,
+            _config,
+            url,
+        ),
+        stagecast.RoomService(url, API_KEY, API_SECRET) as api,
+    ):
+        stack = Stack(nats=server, url=url, api=api)
+        try:
+            yield stack
+        finally:
+            await stack.leave_all()
 
 
 class AudienceThread:

@@ -480,3 +480,15 @@ def test_replay_is_deterministic_and_snapshots_resume_exactly(data: st.DataObjec
     for room in first.rooms.values():
         assert room.speakers + room.viewers == len(room.sessions)
         assert set(room.by_identity.values()) == set(room.sessions)
+
+
+def test_ids_that_cannot_form_a_subject_are_refused_at_the_door() -> None:
+    log = Log()
+    out = log.join("a", sid="PA.bad")
+    assert directs(out, "reply.a")[0].code == "BAD_REQUEST"
+    assert ROOM not in log.state.rooms
+    log.join("b")
+    sid = log.sid("b")
+    out = log(ResumeRequested(room_id=ROOM, at=1, sid=sid, edge_id="E*", reply_to="r"))
+    assert directs(out, "r")[0].code == "RESUME_FAILED"
+    assert log.state.rooms[ROOM].sessions[sid].edge_id == "E1"
