@@ -56,10 +56,15 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
         await queries.start()
         yield keeper
     finally:
+        log.info("statekeeper stopping")
         if queries is not None:
-            await queries.stop()
+            try:
+                await asyncio.wait_for(queries.stop(), 5)
+            except TimeoutError:
+                log.error("the read API did not unsubscribe in time")
         if keeper is not None:
             await keeper.stop()
+        log.info("statekeeper stopped; closing the store and NATS")
         await store.close()
         # Everything is stopped: flush what is buffered and close (a drain would wait on
         # the log reader's subscription, already gone, for its whole timeout).

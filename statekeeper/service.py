@@ -49,6 +49,8 @@ from statekeeper.store import Store
 log = logging.getLogger("stagecast.statekeeper")
 
 RosterOp = RosterJoin | RosterLeave | RosterUpdate
+STOP_TIMEOUT_S = 5.0
+"""How long `stop` waits for its tasks to end after cancelling them."""
 
 
 def wall_ms() -> int:
@@ -150,17 +152,25 @@ class Statekeeper:
         self._stopped = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _done, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:  # never block shutdown on one; say which it was
+                log.error("statekeeper task %s did not stop: %s", task.get_coro(), task.get_stack())
+        log.info("statekeeper tasks stopped; writing the last snapshot")
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        with contextlib.suppress(Exception):
-            await self.checkpoint()
+        # The last snapshot only shortens the next start (the log is the truth): bounded.
+        final = asyncio.create_task(self.checkpoint())
+        _finished, unfinished = await asyncio.wait([final], timeout=STOP_TIMEOUT_S)
+        if unfinished:
+            log.error("the last snapshot did not finish in time: %s", final.get_stack())
+            final.cancel()
+        elif final.exception() is not None:
+            log.error("the last snapshot failed: %r", final.exception())
 
     # ----------------------------------------------------------------------- the log
 
@@ -337,13 +347,20 @@ class Statekeeper:
         `at_cut` runs at the instant the batch is cut, when the state is exactly at the
         returned sequence (a pagination snapshot reads its totals there).
         """
-        async with self._commit_lock:
-            return await self._commit(with_snapshots=False, at_cut=at_cut)
+        return await asyncio.shield(self._locked_commit(with_snapshots=False, at_cut=at_cut))
 
     async def checkpoint(self) -> int:
         """Write roster rows, snapshots of changed rooms and the checkpoint, in one transaction."""
+        return await asyncio.shield(self._locked_commit(with_snapshots=True))
+
+    async def _locked_commit(
+        self, *, with_snapshots: bool, at_cut: Callable[[], None] | None = None
+    ) -> int:
+        # Shielded by the callers: a commit, once begun, runs to its end even when the task
+        # that asked for it is cancelled (a transaction cut in half would hold SQLite's
+        # write lock, and the last snapshot at shutdown would wait on it for ever).
         async with self._commit_lock:
-            return await self._commit(with_snapshots=True)
+            return await self._commit(with_snapshots=with_snapshots, at_cut=at_cut)
 
     async def _commit(
         self, *, with_snapshots: bool, at_cut: Callable[[], None] | None = None
