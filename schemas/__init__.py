@@ -2,7 +2,8 @@
 
 Import message classes from here (`from schemas import Join, encode, decode`). The
 submodules group them: `client` (client <-> edge frames), `log` (room-log events), `events`
-(public integration events), `api` (server API and internal RPC), `models` (nested values).
+(public integration events), `api` (server API and internal RPC), `media` (statekeeper/edge <-> forwarder),
+`models` (nested values).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from schemas.codec import (
 from schemas.errors import *  # noqa: F403
 from schemas.events import *  # noqa: F403
 from schemas.log import *  # noqa: F403
+from schemas.media import *  # noqa: F403
 from schemas.models import *  # noqa: F403
 
 compile_all()

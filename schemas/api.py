@@ -22,6 +22,7 @@ from schemas.models import (
     ParticipantInfo,
     RoomInfo,
     Tier,
+    TrackKind,
 )
 
 
@@ -140,6 +141,24 @@ class EdgeGone(Message):
 
     edge_id: Identity
     at: int
+
+
+@message("internal.media_assign")
+class MediaAssignRequest(Message):
+    """Edge -> statekeeper (`stagecast.sk.api`): which forwarder carries this session's
+    media? Assigns one (and logs it) on first use; `track_sid`, when given, must be a
+    track the session has announced."""
+
+    room_id: Identity
+    sid: Identity
+    track_sid: Identity | None = None
+
+
+@message("internal.media_assignment")
+class MediaAssignment(Message):
+    forwarder_id: Identity
+    kind: TrackKind | None = None
+    """The announced kind of the request's `track_sid`."""
 
 
 @message("internal.health")

@@ -137,13 +137,19 @@ class LowerHand(Message):
 
 @message("offer")
 class SignalOffer(Message):
-    """An SDP offer: client -> edge for its publisher leg, edge -> client for a renegotiated
-    subscriber leg."""
+    """An SDP offer. Client -> edge (target ``publisher``): the offer of the peer connection
+    that sends the announced track `track_sid`; the reply is an `answer`. Edge -> client
+    (target ``subscriber``, id 0): the forwarder offers a peer connection carrying
+    `participant_id`'s `kind` track `track_sid`; the client replies with an `answer`.
+    A new offer for a `track_sid` replaces that track's peer connection."""
 
     id: int
     target: MediaTarget
     sdp: Sdp
     ice_restart: bool = False
+    track_sid: Identity | None = None
+    participant_id: Identity | None = None
+    kind: TrackKind | None = None
 
 
 @message("answer")
@@ -151,6 +157,7 @@ class SignalAnswer(Message):
     id: int
     target: MediaTarget
     sdp: Sdp
+    track_sid: Identity | None = None
 
 
 @message("candidate")
@@ -160,6 +167,17 @@ class SignalCandidate(Message):
     candidate: Annotated[str, MaxLen(2048)]
     sdp_mid: Identity | None = None
     sdp_mline_index: int | None = None
+    track_sid: Identity | None = None
+
+
+@message("restart_ice")
+class RestartIce(Message):
+    """Ask for a fresh subscriber peer connection for `track_sid` (the network changed):
+    the forwarder sends a new `offer`. A publisher restarts by sending a new `offer` with
+    `ice_restart` set."""
+
+    id: int
+    track_sid: Identity
 
 
 @message("ping")
@@ -346,6 +364,7 @@ REQUESTS: tuple[type[Message], ...] = (
     SignalOffer,
     SignalAnswer,
     SignalCandidate,
+    RestartIce,
     Ping,
 )
 """Every frame a client may send."""

@@ -254,6 +254,19 @@ class RoomTimedOut(LogEvent):
     req: int = 0
 
 
+@message("log.forwarder_assigned")
+class ForwarderAssigned(LogEvent):
+    """The statekeeper put a session's media on a forwarder (least loaded, or a live one
+    after the previous forwarder stopped beating)."""
+
+    room_id: Identity
+    at: int
+    sid: Identity
+    forwarder_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
 @message("log.edge_lost")
 class EdgeLost(LogEvent):
     """An edge stopped heart-beating: its sessions in this room enter the grace."""

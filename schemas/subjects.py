@@ -26,6 +26,10 @@ Subjects (``<room>`` is a room token):
 ``stagecast.sk.api``                            statekeeper read API (request/reply)
 ``stagecast.edges.heartbeat``                   edge heartbeats
 ``stagecast.forwarders.heartbeat``              forwarder heartbeats
+``stagecast.fwd.<forwarder>.sessions``          desired media per session (statekeeper ->
+                                                forwarder, core)
+``stagecast.fwd.<forwarder>.rpc``               signaling and relay control (request/reply)
+``stagecast.relay.<forwarder>.<track>``         a relayed track's RTP for one forwarder (core)
 ==============================================  ==============================================
 """
 
@@ -40,6 +44,8 @@ __all__ = [
     "EVENTS_STREAM",
     "EVENTS_SUBJECTS",
     "FORWARDER_HEARTBEAT",
+    "FORWARDER_PREFIX",
+    "RELAY_PREFIX",
     "LOG_PARTITIONED_PREFIX",
     "LOG_PREFIX",
     "LOG_STREAM",
@@ -47,10 +53,13 @@ __all__ = [
     "MAX_ROOM_ID_CHARS",
     "STATEKEEPER_API",
     "edge_sessions",
+    "forwarder_rpc",
+    "forwarder_sessions",
     "log_partition_filter",
     "log_transform_destination",
     "partition_of",
     "public_event",
+    "relay",
     "room_counts",
     "room_data",
     "room_events",
@@ -79,6 +88,8 @@ EVENTS_SUBJECTS = "stagecast.events.>"
 STATEKEEPER_API = "stagecast.sk.api"
 EDGE_HEARTBEAT = "stagecast.edges.heartbeat"
 FORWARDER_HEARTBEAT = "stagecast.forwarders.heartbeat"
+FORWARDER_PREFIX = "stagecast.fwd"
+RELAY_PREFIX = "stagecast.relay"
 
 MAX_ROOM_ID_CHARS = 256
 _MAX_GENERATED_ID_CHARS = 256
@@ -236,3 +247,21 @@ def public_event(room_id: str, event_name: str) -> str:
 def room_events(room_id: str) -> str:
     """Every public event of one room: ``stagecast.events.<room>.*``."""
     return f"stagecast.events.{room_token(room_id)}.*"
+
+
+def forwarder_rpc(forwarder_id: str) -> str:
+    """A forwarder's request/reply subject: ``stagecast.fwd.<forwarder>.rpc``."""
+    return f"{FORWARDER_PREFIX}.{_generated_id(forwarder_id, 'forwarder id')}.rpc"
+
+
+def forwarder_sessions(forwarder_id: str) -> str:
+    """Where the statekeeper sends a forwarder its sessions' desired media state."""
+    return f"{FORWARDER_PREFIX}.{_generated_id(forwarder_id, 'forwarder id')}.sessions"
+
+
+def relay(to_forwarder: str, track_sid: str) -> str:
+    """A relayed track's packets for one downstream forwarder."""
+    return (
+        f"{RELAY_PREFIX}.{_generated_id(to_forwarder, 'forwarder id')}"
+        f".{_generated_id(track_sid, 'track sid')}"
+    )
