@@ -19,6 +19,7 @@ from typing import Any
 from edge.bus import BusUnavailable
 from edge.closecodes import TRY_AGAIN_LATER, close_code
 from edge.join import join, resume
+from edge.media import on_answer, on_candidate, on_offer, on_restart_ice
 from edge.metrics import INVALID_TYPE
 from edge.session import Session, SessionState, now_ms, peek_request_id
 from schemas.api import ListParticipantsRequest
@@ -37,6 +38,7 @@ from schemas.client import (
     PublishData,
     PublishTrack,
     RaiseHand,
+    RestartIce,
     SetAttributes,
     SetMetadata,
     SignalAnswer,
@@ -65,7 +67,6 @@ log = logging.getLogger("stagecast.edge")
 
 HAND = "hand"
 RAISED = "raised"
-NO_MEDIA = "media forwarding is not enabled on this deployment"
 
 Handler = Callable[[Session, Any], Awaitable[None]]
 
@@ -265,10 +266,6 @@ async def on_get_participants(session: Session, message: GetParticipants) -> Non
     session.send(encode(answer), answer.TYPE)
 
 
-async def on_media(session: Session, message: SignalOffer | SignalAnswer | SignalCandidate) -> None:
-    session.error(message.id, ErrorCode.UNAVAILABLE, NO_MEDIA)
-
-
 def new_track_sid() -> str:
     return "TR_" + secrets.token_urlsafe(9)
 
@@ -288,9 +285,10 @@ HANDLERS: dict[type[Message], Handler] = {
     Unsubscribe: on_subscription,
     PublishData: on_publish_data,
     GetParticipants: on_get_participants,
-    SignalOffer: on_media,
-    SignalAnswer: on_media,
-    SignalCandidate: on_media,
+    SignalOffer: on_offer,
+    SignalAnswer: on_answer,
+    SignalCandidate: on_candidate,
+    RestartIce: on_restart_ice,
 }
 """One handler per request type; any other known type is answered `UNKNOWN_TYPE`."""
 

@@ -2,8 +2,8 @@
 
 Import message classes from here (`from schemas import Join, encode, decode`). The
 submodules group them: `client` (client <-> edge frames), `log` (room-log events), `events`
-(public integration events), `api` (server API and internal RPC), `media` (statekeeper/edge <-> forwarder),
-`models` (nested values).
+(public integration events), `api` (server API and internal RPC), `media` (statekeeper and
+edge <-> forwarder), `models` (nested values).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ gets one per subscribed track, offered by its forwarder.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from schemas.client import MediaTarget, Sdp
@@ -123,7 +124,10 @@ class RelayCodec(Struct):
     mime_type: Identity
     clock_rate: int
     channels: int | None = None
-    parameters: Annotated[tuple[tuple[str, str], ...], MaxItems(64)] = ()
+    parameters: Annotated[dict[str, str], MaxItems(64), MaxBytes(4096)] = dataclasses.field(
+        default_factory=dict
+    )
+    """The codec's fmtp parameters (e.g. ``packetization-mode``)."""
 
 
 @message("fwd.relay_start")

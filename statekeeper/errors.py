@@ -46,3 +46,21 @@ class SchemaVersionMismatch(StatekeeperError):
         super().__init__(f"database schema version {found}, this statekeeper uses {expected}")
         self.found = found
         self.expected = expected
+
+
+class MediaRefused(StatekeeperError):
+    """A media request the room's state does not allow (no such session or track, or a
+    participant that may not publish); `code` says which."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NoForwarder(StatekeeperError):
+    """No forwarder is heart-beating, so media cannot be placed anywhere."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__("no media forwarder is running")

@@ -43,6 +43,7 @@ from schemas.events import (
 from schemas.log import (
     AttributesSet,
     EdgeLost,
+    ForwarderAssigned,
     GraceExpired,
     JoinRequested,
     LeaveRequested,
@@ -67,6 +68,7 @@ from statekeeper.outcomes import (
     Broadcast,
     CountsMoved,
     Direct,
+    MediaChanged,
     Outcome,
     PublicEvent,
     RoomClosed,
@@ -261,11 +263,28 @@ def _count(room: Room, session: Session, delta: int) -> None:
         room.agents += delta
 
 
+def _media_changed(
+    room: Room,
+    session: Session,
+    out: list[Outcome],
+    *,
+    published: bool = False,
+    place: bool = False,
+) -> None:
+    """Tell the session's forwarder that its media state changed. A session without one
+    yet is left alone, unless `place`: then the shell gives it one (forwarder "")."""
+    if session.forwarder or place:
+        out.append(
+            MediaChanged(room.id, session.sid, session.identity, session.forwarder, published)
+        )
+
+
 def _remove(
     room: Room, session: Session, seq: int, at: int, reason: str, out: list[Outcome]
 ) -> None:
     """Take a session out of the room and announce it; arm the room's departure timeout."""
     del room.sessions[session.sid]
+    _media_changed(room, session, out, published=bool(session.tracks))
     if room.by_identity.get(session.identity) == session.sid:
         del room.by_identity[session.identity]
     edge_sessions = room.by_edge.get(session.edge_id)
@@ -377,6 +396,7 @@ def _resume(state: State, seq: int, event: ResumeRequested, out: list[Outcome]) 
             )
         )
     _move_edge(room, session, event.edge_id)
+    _media_changed(room, session, out)  # its subject (where offers go) may have moved
     session.connected = True
     session.disconnected_at = 0
     _reply(event, _accepted(room, session, seq, event.req, resumed=True), out)
@@ -525,8 +545,12 @@ def _publish(state: State, seq: int, event: TrackPublishRequested, out: list[Out
         _error(event, ErrorCode.BAD_REQUEST, "at most 64 tracks per participant", out)
         return
     track = event.track
+    if not subjects.is_generated_id(track.sid):
+        _error(event, ErrorCode.BAD_REQUEST, "a track sid must match [A-Za-z0-9_-]+", out)
+        return
     session.tracks[track.sid] = track
     session.info = None
+    _media_changed(room, session, out, published=True)
     was_visible = session.visible
     _changed_tracks(room, session, seq, out)
     if was_visible:
@@ -563,6 +587,7 @@ def _drop_track(
 ) -> None:
     del session.tracks[track.sid]
     session.info = None
+    _media_changed(room, session, out, published=True)
     if session.visible and not session.is_viewer:
         gone = TrackUnpublished(
             seq=seq, participant_id=session.identity, track_sid=track.sid, kind=track.kind
@@ -605,6 +630,7 @@ def _mute(
             sid=track.sid, kind=track.kind, source=track.source, name=track.name, muted=muted
         )
         session.info = None
+        _media_changed(room, session, out)
         if session.visible:
             change = TrackMuted(
                 seq=seq, participant_id=session.identity, track_sid=track_sid, muted=muted
@@ -647,6 +673,7 @@ def _subscription(state: State, seq: int, event: SubscriptionRequested, out: lis
     key = (event.participant_id, event.kind)
     if not event.subscribed:
         subscriber.subscriptions.discard(key)
+        _media_changed(room, subscriber, out)
         _ack(event, out)
         return
     publisher = room.session_by_identity(event.participant_id)
@@ -668,7 +695,23 @@ def _subscription(state: State, seq: int, event: SubscriptionRequested, out: lis
         )
         return
     subscriber.subscriptions.add(key)
+    _media_changed(room, subscriber, out, place=True)  # a subscriber needs a forwarder too
     _ack(event, out)
+
+
+@handles(ForwarderAssigned)
+def _forwarder_assigned(
+    state: State, seq: int, event: ForwarderAssigned, out: list[Outcome]
+) -> None:
+    """The statekeeper chose the session's forwarder (written by the statekeeper itself)."""
+    room = state.rooms.get(event.room_id)
+    session = room.sessions.get(event.sid) if room is not None else None
+    if room is None or session is None or not subjects.is_generated_id(event.forwarder_id):
+        return
+    if session.forwarder and session.forwarder != event.forwarder_id:
+        _media_changed(room, session, out, published=True)  # the old one drops it
+    session.forwarder = event.forwarder_id
+    _media_changed(room, session, out, published=True)
 
 
 # --------------------------------------------------------------------------- admin on participants

@@ -94,6 +94,22 @@ class RoomClosed:
     room_id: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class MediaChanged:
+    """A session's desired media changed: its forwarder must hear the new state.
+
+    `forwarder` is where its media is (or was, for a session that just left; "" for a
+    session that needs one placed); `published` says its published tracks changed, so its
+    subscribers' states change too.
+    """
+
+    room_id: str
+    sid: str
+    identity: str
+    forwarder: str
+    published: bool = False
+
+
 Outcome = (
     Broadcast
     | Direct
@@ -104,4 +120,5 @@ Outcome = (
     | TimerDue
     | CountsMoved
     | RoomClosed
+    | MediaChanged
 )

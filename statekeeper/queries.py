@@ -1,7 +1,8 @@
 """The statekeeper's read API over NATS request/reply (`stagecast.sk.api`).
 
 Answers `ListParticipantsRequest` (cursor pagination over the SQL roster at a pinned
-snapshot), `GetParticipantRequest`, `ListRoomsRequest` and `HealthRequest`. A malformed
+snapshot), `GetParticipantRequest`, `ListRoomsRequest`, `HealthRequest` and the edges'
+`MediaAssignRequest` (which forwarder carries a session's media). A malformed
 request gets an `Error` reply, never silence.
 """
 
@@ -19,6 +20,7 @@ from schemas.api import (
     HealthRequest,
     ListParticipantsRequest,
     ListRoomsRequest,
+    MediaAssignRequest,
     ParticipantReply,
     RoomListReply,
 )
@@ -78,6 +80,8 @@ class Queries:
         """The reply to one read request."""
         if isinstance(request, ListParticipantsRequest):
             return await self.participants(request)
+        if isinstance(request, MediaAssignRequest):
+            return self.keeper.assign_media(request)
         if isinstance(request, GetParticipantRequest):
             room = self.keeper.state.rooms.get(request.room_id)
             if room is None:

@@ -22,18 +22,23 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import subjects
-from schemas.api import EdgeGone, EdgeHeartbeat
+from schemas.api import EdgeGone, EdgeHeartbeat, MediaAssignment, MediaAssignRequest
 from schemas.client import CountsChanged
 from schemas.codec import SchemaError, decode, encode
-from schemas.log import EdgeLost, GraceExpired, LogEvent, RoomTimedOut
+from schemas.errors import ErrorCode
+from schemas.log import EdgeLost, ForwarderAssigned, GraceExpired, LogEvent, RoomTimedOut
+from schemas.media import ForwarderHeartbeat
 from schemas.models import Counts
 from statekeeper.coalescer import CountCoalescer
 from statekeeper.cursor import CURSOR_LIFETIME_MS
+from statekeeper.errors import MediaRefused, NoForwarder
 from statekeeper.fold import apply
+from statekeeper.media import ForwarderTable, MediaPlanner, sessions_on
 from statekeeper.outcomes import (
     Broadcast,
     CountsMoved,
     Direct,
+    MediaChanged,
     Outcome,
     PublicEvent,
     RoomClosed,
@@ -68,6 +73,7 @@ class Tuning:
     count_tick_ms: int = 25
     edge_check_ms: int = 1_000
     edge_timeout_ms: int = 4_000
+    forwarder_timeout_ms: int = 3_000
     prune_every_ms: int = 60_000
 
 
@@ -106,7 +112,7 @@ class Statekeeper:
         self._edges_seen: dict[str, int] = {}
         self._lost_edges: set[str] = set()
         self._commit_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
         self._events_since_snapshot = 0
         self._last_snapshot_at = 0
@@ -115,6 +121,10 @@ class Statekeeper:
         self._outbox: list[tuple[str, bytes]] = []
         self._replay_target = 0
         self._healthy = True
+        self.forwarders = ForwarderTable(self.tuning.forwarder_timeout_ms)
+        self.media = MediaPlanner(self._publish)
+        self._placing: dict[tuple[str, str], str] = {}
+        """Forwarder assignments appended to the log but not folded yet."""
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -131,10 +141,13 @@ class Statekeeper:
             for edge_id in room.by_edge:
                 self._edges_seen.setdefault(edge_id, now)
         self._subs.append(await self.nc.subscribe(subjects.EDGE_HEARTBEAT, cb=self._on_heartbeat))
+        self._subs.append(
+            await self.nc.subscribe(subjects.FORWARDER_HEARTBEAT, cb=self._on_forwarder_beat)
+        )
         info = await self.room_log.js.stream_info(subjects.LOG_STREAM)
         self._replay_target = int(info.state.last_seq)
         if self._replay_target <= self.applied_seq:
-            self._caught_up.set()
+            self._mark_caught_up()
         self._spawn(self._follow_log(), self._count_ticker(), self._flusher(), self._edge_watch())
 
     async def wait_caught_up(self) -> None:
@@ -143,17 +156,20 @@ class Statekeeper:
 
     def _spawn(self, *coros: Any) -> None:
         for coro in coros:
-            self._tasks.append(asyncio.create_task(coro))
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         """Stop consuming, write a last snapshot, cancel timers. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            _done, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
             for task in stuck:  # never block shutdown on one; say which it was
                 log.error("statekeeper task %s did not stop: %s", task.get_coro(), task.get_stack())
         log.info("statekeeper tasks stopped; writing the last snapshot")
@@ -193,20 +209,31 @@ class Statekeeper:
             while True:
                 batch = await reader.next_batch(max_wait=0.05)
                 if not batch:
-                    self._caught_up.set()  # nothing more stored: recovery is done
+                    self._mark_caught_up()  # nothing more stored: recovery is done
+                    if self._outbox:
+                        await self._send_outbox()
                     continue
                 for record in batch:
                     if record.event is not None:
                         self.fold(record.seq, record.event)
                     self.applied_seq = max(self.applied_seq, record.seq)
+                if self._caught_up.is_set():
+                    self.media.flush(self.state, self.applied_seq)
+                elif self.applied_seq >= self._replay_target:
+                    self._mark_caught_up()
                 if self._outbox:
                     await self._send_outbox()
-                if not self._caught_up.is_set() and self.applied_seq >= self._replay_target:
-                    self._caught_up.set()
                 if len(self._roster) >= self.tuning.roster_flush_ops:
                     await self.flush()
                 if self._events_since_snapshot >= self.tuning.snapshot_every_events:
                     await self.checkpoint()
+
+    def _mark_caught_up(self) -> None:
+        """Recovery is done: from now on media changes go out, starting with a full sync."""
+        if self._caught_up.is_set():
+            return
+        self._caught_up.set()
+        self.media.sync_all(self.state, self.applied_seq)
 
     def fold(self, seq: int, event: LogEvent) -> None:
         """Fold one event and carry out its outcomes (skipping what a snapshot holds)."""
@@ -237,6 +264,14 @@ class Statekeeper:
             self._public.append(outcome)
         elif isinstance(outcome, TimerDue):
             self._arm(outcome.event)
+        elif isinstance(outcome, MediaChanged):
+            if not outcome.forwarder:
+                self._place_subscriber(outcome.room_id, outcome.sid)
+            elif self._caught_up.is_set():
+                self.media.changed(outcome)
+            key = (outcome.room_id, outcome.sid)
+            if self._placing.get(key) == outcome.forwarder:
+                del self._placing[key]  # folded: the state holds it now
         elif isinstance(outcome, RoomClosed):
             self.coalescer.drop(outcome.room_id)
             self._sent_counts.pop(outcome.room_id, None)
@@ -428,6 +463,83 @@ class Statekeeper:
         while True:
             await asyncio.sleep(self.tuning.edge_check_ms / 1000)
             await self._check_edges()
+            self._check_forwarders()
+
+    # ----------------------------------------------------------------------- media
+
+    async def _on_forwarder_beat(self, msg: Msg) -> None:
+        try:
+            beat = decode(msg.data)
+        except SchemaError:
+            return
+        if isinstance(beat, ForwarderHeartbeat):
+            self.forwarders.beat(beat, self.clock())
+            if beat.stopping:
+                self._check_forwarders()
+
+    def _check_forwarders(self) -> None:
+        """Move the sessions of forwarders that stopped beating to live ones."""
+        now = self.clock()
+        self.forwarders.expire(now)
+        if not self._caught_up.is_set():
+            return
+        placed = {s.forwarder for room in self.state.rooms.values() for s in room.sessions.values()}
+        for forwarder_id in sorted(placed - {""}):
+            if self.forwarders.is_live(forwarder_id, now):
+                continue
+            moved = sessions_on(self.state, forwarder_id)
+            if self.forwarders.least_loaded(now) is None:
+                return  # nowhere to move them: the next media request places them again
+            log.warning("forwarder %s is gone; moving its %d sessions", forwarder_id, len(moved))
+            for room_id, sid in moved:
+                self._place(room_id, sid, now)
+
+    def assign_media(self, request: MediaAssignRequest) -> MediaAssignment:
+        """The forwarder for a session's media: its own if live, else a new least-loaded one
+        (logged as `ForwarderAssigned`). Checks an announced `track_sid` on the way."""
+        room = self.state.rooms.get(request.room_id)
+        session = room.sessions.get(request.sid) if room is not None else None
+        if session is None:
+            raise MediaRefused(ErrorCode.NOT_JOINED, "no such session in this room")
+        kind = None
+        if request.track_sid is not None:
+            track = session.tracks.get(request.track_sid)
+            if session.is_viewer or not session.grant.can_publish:
+                raise MediaRefused(
+                    ErrorCode.INVALID_PERMISSIONS, "this participant may not publish"
+                )
+            if track is None:
+                raise MediaRefused(
+                    ErrorCode.TRACK_NOT_FOUND,
+                    f"no announced track {request.track_sid!r}: send publish_track first",
+                )
+            kind = track.kind
+        now = self.clock()
+        current = self._placing.get((request.room_id, session.sid), session.forwarder)
+        if current and self.forwarders.is_live(current, now):
+            return MediaAssignment(forwarder_id=current, kind=kind)
+        return MediaAssignment(
+            forwarder_id=self._place(request.room_id, session.sid, now), kind=kind
+        )
+
+    def _place_subscriber(self, room_id: str, sid: str) -> None:
+        """A session subscribed before it had a forwarder: give it one, if any is live."""
+        if not self._caught_up.is_set() or (room_id, sid) in self._placing:
+            return
+        try:
+            self._place(room_id, sid, self.clock())
+        except NoForwarder:
+            log.debug("no forwarder for subscriber %s yet", sid)
+
+    def _place(self, room_id: str, sid: str, now: int) -> str:
+        forwarder_id = self.forwarders.least_loaded(now)
+        if forwarder_id is None:
+            raise NoForwarder()
+        self.forwarders.assigned(forwarder_id)
+        self._placing[(room_id, sid)] = forwarder_id
+        event = ForwarderAssigned(room_id=room_id, at=now, sid=sid, forwarder_id=forwarder_id)
+        self._spawn(self._append_timer(f"forwarder:{room_id}:{sid}:{forwarder_id}:{now}", event))
+        return forwarder_id
 
     async def _check_edges(self) -> None:
         now = self.clock()

@@ -43,6 +43,8 @@ class Session:
     tracks: dict[str, TrackInfo] = dataclasses.field(default_factory=dict)
     subscriptions: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     """Subscription intents: (publisher participant id, track kind)."""
+    forwarder: str = ""
+    """The forwarder carrying this session's media ("" until its first media request)."""
     info: ParticipantInfo | None = dataclasses.field(default=None, compare=False, repr=False)
     """The wire view, cached; the fold resets it to None whenever the session changes."""
 
@@ -182,6 +184,7 @@ def _pack_session(s: Session) -> list[Any]:
         s.visible,
         [_pack_track(t) for t in s.tracks.values()],
         sorted(s.subscriptions),
+        s.forwarder,
     ]
 
 
@@ -205,6 +208,7 @@ def _unpack_session(v: list[Any]) -> Session:
         v[15],
         {t[0]: _unpack_track(t) for t in v[16]} if v[16] else {},
         {(p, k) for p, k in v[17]} if v[17] else set(),
+        v[18] if len(v) > 18 else "",  # snapshots from before media assignment
     )
 
 

@@ -45,6 +45,15 @@ WAIT = 15.0
 
 
 @dataclasses.dataclass
+class _Beats:
+    nc: Any
+    seen: set[str]
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+
+@dataclasses.dataclass
 class Stack:
     """A running nats-server + statekeeper + edge, and the SDK clients a test made."""
 
@@ -52,6 +61,8 @@ class Stack:
     url: str
     api: stagecast.RoomService
     rooms: list[Room] = dataclasses.field(default_factory=list)
+    forwarders: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _exit: contextlib.AsyncExitStack = dataclasses.field(default_factory=contextlib.AsyncExitStack)
 
     def token(
         self,
@@ -85,10 +96,16 @@ class Stack:
         *,
         url: str | Sequence[str] | None = None,
         options: ConnectOptions = OPTIONS,
+        auto_subscribe: bool = True,
     ) -> Room:
         """`stagecast.join` on this stack; the room is left when the stack stops."""
         room = await stagecast.client.join(
-            self.url if url is None else url, token, room_id=room_id, name=name, options=options
+            self.url if url is None else url,
+            token,
+            room_id=room_id,
+            name=name,
+            options=options,
+            auto_subscribe=auto_subscribe,
         )
         self.rooms.append(room)
         return room
@@ -102,13 +119,50 @@ class Stack:
         config = EdgeConfig(nats_url=self.nats.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
         return running_edge(config)
 
+    async def start_forwarder(
+        self, forwarder_id: str, exit_stack: contextlib.AsyncExitStack | None = None
+    ) -> Any:
+        """A forwarder in this process, once the statekeeper can place media on it."""
+        from forwarder.main import running_forwarder
+
+        beats = await self._heartbeats()
+        try:
+            context = running_forwarder(self.nats.url, forwarder_id=forwarder_id)
+            stack = exit_stack if exit_stack is not None else self._exit
+            service = await stack.enter_async_context(context)
+            await eventually(
+                lambda: forwarder_id in beats.seen, what=f"{forwarder_id}'s heartbeat", timeout=WAIT
+            )
+        finally:
+            await beats.close()
+        self.forwarders[forwarder_id] = service
+        return service
+
+    async def _heartbeats(self) -> _Beats:
+        import nats
+
+        from schemas.codec import decode
+        from schemas.subjects import FORWARDER_HEARTBEAT
+
+        nc = await nats.connect(self.nats.url)
+        seen: set[str] = set()
+
+        async def on_beat(msg: Any) -> None:
+            seen.add(getattr(decode(msg.data), "forwarder_id", ""))
+
+        await nc.subscribe(FORWARDER_HEARTBEAT, cb=on_beat)
+        return _Beats(nc, seen)
+
     async def leave_all(self) -> None:
         await asyncio.gather(*(room.leave() for room in self.rooms))
 
 
 @contextlib.asynccontextmanager
-async def sdk_stack(tmp_path: Path, **edge_options: Any) -> AsyncIterator[Stack]:
-    """The private services (tests.edge_fixtures.services), with a RoomService."""
+async def sdk_stack(
+    tmp_path: Path, *, forwarders: int = 0, **edge_options: Any
+) -> AsyncIterator[Stack]:
+    """The private services (tests.edge_fixtures.services), with a RoomService, and
+    `forwarders` media forwarders in this process (ids FW_0, FW_1, ...)."""
     async with (
         services(tmp_path, api_key=API_KEY, api_secret=API_SECRET, **edge_options) as (
             server,
@@ -116,12 +170,16 @@ async def sdk_stack(tmp_path: Path, **edge_options: Any) -> AsyncIterator[Stack]
             url,
         ),
         stagecast.RoomService(url, API_KEY, API_SECRET) as api,
+        contextlib.AsyncExitStack() as media,
     ):
         stack = Stack(nats=server, url=url, api=api)
+        for n in range(forwarders):
+            await stack.start_forwarder(f"FW_{n}", media)
         try:
             yield stack
         finally:
             await stack.leave_all()
+            await stack._exit.aclose()
 
 
 class AudienceThread:

@@ -94,7 +94,7 @@ class Recorder:
 
 
 def new_room(snapshot: JoinAccepted | None = None) -> Room:
-    room = Room("ws://edge.test:7880", "token")
+    room = Room("ws://edge.test:7880", "token", auto_subscribe=False)  # no loop here
     room.apply_joined(snapshot or joined())
     return room
 
@@ -417,7 +417,7 @@ def test_a_disconnect_frame_is_not_a_roster_change() -> None:
 def test_session_terminal_reasons() -> None:
     from stagecast.client.connection import SignalConnection
 
-    room = Room("ws://edge.test", "token")
+    room = Room("ws://edge.test", "token", auto_subscribe=False)
     session: Session = room._session
 
     class Lost:

@@ -259,7 +259,7 @@ async def test_raise_hand_reaches_moderators(stack: Stack) -> None:
     assert hand.participant.attributes == {"hand": "raised"}
 
 
-async def test_get_participants_ping_and_media(stack: Stack) -> None:
+async def test_get_participants_ping_and_media_without_forwarders(stack: Stack) -> None:
     alice = await stack.join("alice")
     await stack.join("viewer", viewer=True)
     page = await alice.request(GetParticipants(id=9, limit=10))
@@ -269,8 +269,18 @@ async def test_get_participants_ping_and_media(stack: Stack) -> None:
     assert isinstance(bad, Error) and bad.id == 10 and bad.code == "BAD_REQUEST"
     pong = await alice.request(Ping(id=11, at=42))
     assert isinstance(pong, Pong) and pong.at == 42 and pong.server_at > 0
-    media = await alice.request(SignalOffer(id=12, target="publisher", sdp="v=0"))
-    assert isinstance(media, Error) and media.code == "UNAVAILABLE"
+    unnamed = await alice.request(SignalOffer(id=12, target="publisher", sdp="v=0"))
+    assert isinstance(unnamed, Error) and unnamed.code == "BAD_REQUEST"
+    unknown = await alice.request(
+        SignalOffer(id=13, target="publisher", sdp="v=0", track_sid="TR_nope")
+    )
+    assert isinstance(unknown, Error) and (unknown.id, unknown.code) == (13, "TRACK_NOT_FOUND")
+    announced = await alice.request(PublishTrack(id=14, kind="video"))
+    assert isinstance(announced, Ack) and announced.sid
+    no_forwarder = await alice.request(
+        SignalOffer(id=15, target="publisher", sdp="v=0", track_sid=announced.sid)
+    )
+    assert isinstance(no_forwarder, Error) and no_forwarder.code == "UNAVAILABLE"
 
 
 async def test_leave_acks_then_closes_1000(stack: Stack) -> None:

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    async with sdk_stack(tmp_path) as running:
+    async with sdk_stack(tmp_path, forwarders=1) as running:
         yield running
 
 

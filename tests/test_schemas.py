@@ -29,6 +29,8 @@ from schemas.api import (
     HealthRequest,
     ListParticipantsRequest,
     ListRoomsRequest,
+    MediaAssignment,
+    MediaAssignRequest,
     MuteTrackRequest,
     OkReply,
     ParticipantReply,
@@ -61,6 +63,7 @@ from schemas.client import (
     PublishData,
     PublishTrack,
     RaiseHand,
+    RestartIce,
     RoomUpdated,
     SetAttributes,
     SetMetadata,
@@ -110,6 +113,7 @@ from schemas.events import (
 from schemas.log import (
     AttributesSet,
     EdgeLost,
+    ForwarderAssigned,
     GraceExpired,
     JoinRequested,
     LeaveRequested,
@@ -127,6 +131,24 @@ from schemas.log import (
     TrackMuteRequested,
     TrackPublishRequested,
     TrackUnpublishRequested,
+)
+from schemas.media import (
+    ForwarderHeartbeat,
+    ForwarderOk,
+    ForwarderSdp,
+    MediaCandidate,
+    MediaSession,
+    MediaSubscribedTrack,
+    MediaTrackState,
+    PublishOffer,
+    RelayAccepted,
+    RelayCodec,
+    RelayKeyframeRequest,
+    RelayPacket,
+    RelayStart,
+    RelayStop,
+    RestartSubscription,
+    SubscriberAnswer,
 )
 from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 
@@ -327,6 +349,74 @@ CASES: tuple[Message, ...] = (
     GraceExpired(room_id="r", at=AT, sid="PA_2", disconnected_at=AT - 20_000),
     RoomTimedOut(room_id="r", at=AT, room_sid="RM_2", empty_since=AT - 300_000),
     EdgeLost(room_id="r", at=AT, edge_id="edge-1"),
+    ForwarderAssigned(room_id="r", at=AT, sid="PA_2", forwarder_id="FW_1"),
+    # client <-> edge, media
+    RestartIce(id=21, track_sid="TR_cam"),
+    # edge <-> statekeeper, media
+    MediaAssignRequest(room_id="r", sid="PA_2", track_sid="TR_cam"),
+    MediaAssignment(forwarder_id="FW_1", kind="video"),
+    # statekeeper / edge / forwarders
+    MediaSession(
+        room_id="r",
+        sid="PA_2",
+        identity="bob",
+        subject="stagecast.sess.edge-1.PA_2",
+        seq=42,
+        tracks=(MediaTrackState(track_sid="TR_mic", kind="audio", muted=True),),
+        subscriptions=(
+            MediaSubscribedTrack(
+                track_sid="TR_cam",
+                kind="video",
+                publisher_id="alice",
+                publisher_sid="PA_1",
+                forwarder_id="FW_2",
+            ),
+        ),
+    ),
+    PublishOffer(room_id="r", sid="PA_1", track_sid="TR_cam", kind="video", sdp="v=0\r\n"),
+    SubscriberAnswer(room_id="r", sid="PA_2", track_sid="TR_cam", sdp="v=0\r\n"),
+    MediaCandidate(
+        room_id="r",
+        sid="PA_2",
+        track_sid="TR_cam",
+        target="subscriber",
+        candidate="candidate:1 1 UDP 2122252543 127.0.0.1 50000 typ host",
+        sdp_mid="0",
+        sdp_mline_index=0,
+    ),
+    RestartSubscription(room_id="r", sid="PA_2", track_sid="TR_cam"),
+    ForwarderSdp(sdp="v=0\r\n"),
+    ForwarderOk(),
+    RelayStart(room_id="r", track_sid="TR_cam", to_forwarder="FW_2"),
+    RelayAccepted(
+        codec=RelayCodec(
+            kind="video",
+            mime_type="video/VP8",
+            clock_rate=90000,
+            parameters={"max-fr": "30"},
+        )
+    ),
+    RelayStop(room_id="r", track_sid="TR_cam", to_forwarder="FW_2"),
+    RelayKeyframeRequest(track_sid="TR_cam"),
+    RelayPacket(
+        track_sid="TR_cam",
+        sequence_number=65535,
+        timestamp=4_294_967_295,
+        marker=1,
+        payload=b"\x10\x00\x9d\x01\x2a",
+        ssrc=123456789,
+        payload_type=96,
+        voice_activity=True,
+        audio_level=30,
+    ),
+    ForwarderHeartbeat(
+        forwarder_id="FW_1",
+        at=AT,
+        peer_connections=3,
+        published_tracks=1,
+        legs=2,
+        packets_per_s=900,
+    ),
 )
 
 
@@ -686,6 +776,74 @@ GOLDEN_HEX: dict[str, str] = {
     "log.edge_lost": (
         "85a174ad6c6f672e656467655f6c6f7374a17601a7726f6f6d5f6964a172a26174cf0000018bcfe569c8a765"
         "6467655f6964a6656467652d31"
+    ),
+    "log.forwarder_assigned": (
+        "86a174b66c6f672e666f727761726465725f61737369676e6564a17601a7726f6f6d5f6964a172a26174cf00"
+        "00018bcfe569c8a3736964a450415f32ac666f727761726465725f6964a446575f31"
+    ),
+    "restart_ice": (
+        "84a174ab726573746172745f696365a17601a2696415a9747261636b5f736964a654525f63616d"
+    ),
+    "internal.media_assign": (
+        "85a174b5696e7465726e616c2e6d656469615f61737369676ea17601a7726f6f6d5f6964a172a3736964a450"
+        "415f32a9747261636b5f736964a654525f63616d"
+    ),
+    "internal.media_assignment": (
+        "84a174b9696e7465726e616c2e6d656469615f61737369676e6d656e74a17601ac666f727761726465725f69"
+        "64a446575f31a46b696e64a5766964656f"
+    ),
+    "fwd.session": (
+        "89a174ab6677642e73657373696f6ea17601a7726f6f6d5f6964a172a3736964a450415f32a86964656e7469"
+        "7479a3626f62a77375626a656374ba7374616765636173742e736573732e656467652d312e50415f32a37365"
+        "712aa6747261636b739183a9747261636b5f736964a654525f6d6963a46b696e64a5617564696fa56d757465"
+        "64c3ad737562736372697074696f6e739185a9747261636b5f736964a654525f63616da46b696e64a5766964"
+        "656fac7075626c69736865725f6964a5616c696365ad7075626c69736865725f736964a450415f31ac666f72"
+        "7761726465725f6964a446575f32"
+    ),
+    "fwd.publish": (
+        "87a174ab6677642e7075626c697368a17601a7726f6f6d5f6964a172a3736964a450415f31a9747261636b5f"
+        "736964a654525f63616da46b696e64a5766964656fa3736470a5763d300d0a"
+    ),
+    "fwd.subscriber_answer": (
+        "86a174b56677642e737562736372696265725f616e73776572a17601a7726f6f6d5f6964a172a3736964a450"
+        "415f32a9747261636b5f736964a654525f63616da3736470a5763d300d0a"
+    ),
+    "fwd.candidate": (
+        "89a174ad6677642e63616e646964617465a17601a7726f6f6d5f6964a172a3736964a450415f32a974726163"
+        "6b5f736964a654525f63616da6746172676574aa73756273637269626572a963616e646964617465d9356361"
+        "6e6469646174653a312031205544502032313232323532353433203132372e302e302e312035303030302074"
+        "797020686f7374a77364705f6d6964a130af7364705f6d6c696e655f696e64657800"
+    ),
+    "fwd.restart_subscription": (
+        "85a174b86677642e726573746172745f737562736372697074696f6ea17601a7726f6f6d5f6964a172a37369"
+        "64a450415f32a9747261636b5f736964a654525f63616d"
+    ),
+    "fwd.sdp": "83a174a76677642e736470a17601a3736470a5763d300d0a",
+    "fwd.ok": "82a174a66677642e6f6ba17601",
+    "fwd.relay_start": (
+        "85a174af6677642e72656c61795f7374617274a17601a7726f6f6d5f6964a172a9747261636b5f736964a654"
+        "525f63616dac746f5f666f72776172646572a446575f32"
+    ),
+    "fwd.relay_accepted": (
+        "83a174b26677642e72656c61795f6163636570746564a17601a5636f64656384a46b696e64a5766964656fa9"
+        "6d696d655f74797065a9766964656f2f565038aa636c6f636b5f72617465ce00015f90aa706172616d657465"
+        "727381a66d61782d6672a23330"
+    ),
+    "fwd.relay_stop": (
+        "85a174ae6677642e72656c61795f73746f70a17601a7726f6f6d5f6964a172a9747261636b5f736964a65452"
+        "5f63616dac746f5f666f72776172646572a446575f32"
+    ),
+    "fwd.keyframe": ("83a174ac6677642e6b65796672616d65a17601a9747261636b5f736964a654525f63616d"),
+    "fwd.rtp": (
+        "8ba174a76677642e727470a17601a9747261636b5f736964a654525f63616daf73657175656e63655f6e756d"
+        "626572cdffffa974696d657374616d70ceffffffffa66d61726b657201a77061796c6f6164c40510009d012a"
+        "a473737263ce075bcd15ac7061796c6f61645f7479706560ae766f6963655f6163746976697479c3ab617564"
+        "696f5f6c6576656c1e"
+    ),
+    "fwd.heartbeat": (
+        "88a174ad6677642e686561727462656174a17601ac666f727761726465725f6964a446575f31a26174cf0000"
+        "018bcfe569c8b0706565725f636f6e6e656374696f6e7303b07075626c69736865645f747261636b7301a46c"
+        "65677302ad7061636b6574735f7065725f73cd0384"
     ),
 }
 """`encode(case).hex()` for every case above, by tag: the wire format, pinned."""

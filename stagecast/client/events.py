@@ -76,6 +76,28 @@ class StreamEvent:
         return value
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscription:
+    """A subscribed remote track (`stream-subscribed` / `stream-unsubscribed`).
+
+    `track` is an aiortc `MediaStreamTrack`: `await track.recv()` yields decoded frames
+    (`av.VideoFrame` / `av.AudioFrame`). `.video` / `.audio` give it when it is that kind.
+    """
+
+    participant_id: str
+    kind: TrackKind
+    track_sid: str
+    track: Any = dataclasses.field(repr=False)
+
+    @property
+    def video(self) -> Any:
+        return self.track if self.kind == "video" else None
+
+    @property
+    def audio(self) -> Any:
+        return self.track if self.kind == "audio" else None
+
+
 class EventEmitter:
     """Named events with sync or async listeners, some of them retroactive.
 

@@ -1,18 +1,40 @@
-"""The seam where WebRTC media will plug into the client (not implemented yet).
+"""WebRTC media for the Python SDK: aiortc peer connections to the room's forwarder.
 
-Today `LocalParticipant.publish` only *announces* a track (`publish_track`): other clients
-see `stream-published`, and `subscribe` records the intent on the server, but no RTP flows
-and `stream-subscribed` is never emitted. A later issue brings a `MediaTransport` built on
-aiortc (a publisher and a subscriber peer connection to the room's forwarder, negotiated
-with the `offer` / `answer` / `candidate` frames); the room calls it at the points below.
+Connections are per track (docs/protocol.md, "Media"). Publishing a track opens one
+send-only connection: the SDK offers, the edge relays the offer to the forwarder the
+statekeeper placed this session on, and the answer comes back. Subscribing is the server's
+move: after a `subscribe` the forwarder offers a receive-only connection for each track of
+that kind (an `offer` frame with target ``subscriber``), the SDK answers, and the remote
+track is handed to the participant's `stream-subscribed` listeners.
+
+When a connection fails (the network changed), a publisher connection is replaced by a
+fresh one offered with ``ice_restart``; a subscriber connection is replaced by asking for a
+new offer (`restart_ice`). Restarts are bounded per track.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from schemas.client import SignalAnswer, SignalCandidate, SignalOffer
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+
+from schemas.client import RestartIce, SignalAnswer, SignalCandidate, SignalOffer
+from schemas.codec import Message
 from schemas.models import TrackKind
+from stagecast.client.events import Subscription
+from stagecast.errors import InvalidStateError
+
+log = logging.getLogger("stagecast.client.media")
+
+MAX_RESTARTS = 5
+"""Connection restarts per track before the SDK gives up on it (and logs why)."""
+RESTART_BACKOFF_S = 0.5
 
 
 class MediaTransport(Protocol):
@@ -30,8 +52,236 @@ class MediaTransport(Protocol):
     async def unsubscribe(self, participant_id: str, kind: TrackKind) -> None:
         """Stop receiving `participant_id`'s `kind` track."""
 
+    def track_unpublished(self, track_sid: str) -> None:
+        """A remote track is gone: drop its connection if subscribed."""
+
     def on_signal(self, frame: SignalOffer | SignalAnswer | SignalCandidate) -> None:
         """A media signaling frame from the edge."""
 
     async def close(self) -> None:
         """Close every peer connection (no remote calls). Idempotent."""
+
+
+class MediaHost(Protocol):
+    """What `PeerMedia` needs from its room."""
+
+    callback_tasks: set[asyncio.Task[Any]]
+
+    async def request(self, frame: Message) -> Message: ...
+
+    def media_subscribed(self, subscription: Subscription) -> None: ...
+
+    def media_unsubscribed(self, subscription: Subscription) -> None: ...
+
+
+@dataclasses.dataclass(slots=True)
+class _Outbound:
+    track_sid: str
+    track: MediaStreamTrack
+    pc: RTCPeerConnection
+    restarts: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Inbound:
+    track_sid: str
+    participant_id: str
+    kind: TrackKind
+    pc: RTCPeerConnection
+    subscription: Subscription | None = None
+    restarts: int = 0
+
+
+class PeerMedia:
+    """aiortc connections for one room session: one per published and subscribed track."""
+
+    def __init__(self, host: MediaHost, configuration: RTCConfiguration | None = None) -> None:
+        self._host = host
+        self._configuration = configuration or RTCConfiguration(iceServers=[])
+        self._outbound: dict[str, _Outbound] = {}
+        self._inbound: dict[str, _Inbound] = {}
+        self._closed = False
+
+    @property
+    def peer_connections(self) -> list[RTCPeerConnection]:
+        """Every connection this session has open (for tests and diagnostics)."""
+        return [o.pc for o in self._outbound.values()] + [i.pc for i in self._inbound.values()]
+
+    def subscriptions(self) -> list[Subscription]:
+        return [i.subscription for i in self._inbound.values() if i.subscription is not None]
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, track_sid: str, track: Any) -> None:
+        self._check_open()
+        if track_sid in self._outbound:
+            raise InvalidStateError(f"track {track_sid!r} is already being sent")
+        outbound = _Outbound(track_sid, track, self._new_pc())
+        self._outbound[track_sid] = outbound
+        try:
+            await self._offer(outbound, ice_restart=False)
+        except BaseException:
+            self._outbound.pop(track_sid, None)
+            await outbound.pc.close()
+            raise
+
+    async def _offer(self, outbound: _Outbound, *, ice_restart: bool) -> None:
+        pc = outbound.pc
+        pc.addTransceiver(outbound.track, direction="sendonly")
+        self._watch(pc, lambda: self._restart_outbound(outbound.track_sid, pc))
+        await pc.setLocalDescription(await pc.createOffer())
+        frame = SignalOffer(
+            id=0,
+            target="publisher",
+            sdp=pc.localDescription.sdp,
+            track_sid=outbound.track_sid,
+            ice_restart=ice_restart,
+        )
+        reply = await self._host.request(frame)
+        if not isinstance(reply, SignalAnswer):
+            raise InvalidStateError(f"expected an answer to the offer, got {reply.TYPE}")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.sdp, type="answer"))
+
+    async def _restart_outbound(self, track_sid: str, failed: RTCPeerConnection) -> None:
+        outbound = self._outbound.get(track_sid)
+        if outbound is None or outbound.pc is not failed or self._closed:
+            return
+        if outbound.restarts >= MAX_RESTARTS:
+            log.warning("giving up on track %s after %d restarts", track_sid, outbound.restarts)
+            return
+        outbound.restarts += 1
+        await asyncio.sleep(RESTART_BACKOFF_S * outbound.restarts)
+        log.info("publisher connection of %s failed: restarting ICE", track_sid)
+        outbound.pc = self._new_pc()
+        await failed.close()
+        await self._offer(outbound, ice_restart=True)
+
+    async def unpublish(self, track_sid: str) -> None:
+        outbound = self._outbound.pop(track_sid, None)
+        if outbound is not None:
+            await outbound.pc.close()
+
+    def stop_sending(self, track_sid: str | None = None) -> None:
+        """The server unpublished `track_sid` (or, with None, all: a demotion)."""
+        for sid in [track_sid] if track_sid is not None else list(self._outbound):
+            if sid in self._outbound:
+                self._spawn(self.unpublish(sid))
+
+    # ------------------------------------------------------------------ subscribing
+
+    async def subscribe(self, participant_id: str, kind: TrackKind) -> None:
+        """Nothing to do here: the forwarder offers each subscribed track."""
+        self._check_open()
+
+    async def unsubscribe(self, participant_id: str, kind: TrackKind) -> None:
+        for track_sid, inbound in list(self._inbound.items()):
+            if inbound.participant_id == participant_id and inbound.kind == kind:
+                await self._drop_inbound(track_sid)
+
+    def track_unpublished(self, track_sid: str) -> None:
+        if track_sid in self._inbound:
+            self._spawn(self._drop_inbound(track_sid))
+
+    async def _drop_inbound(self, track_sid: str) -> None:
+        inbound = self._inbound.pop(track_sid, None)
+        if inbound is None:
+            return
+        await inbound.pc.close()
+        if inbound.subscription is not None:
+            self._host.media_unsubscribed(inbound.subscription)
+
+    def on_signal(self, frame: SignalOffer | SignalAnswer | SignalCandidate) -> None:
+        if isinstance(frame, SignalOffer) and frame.target == "subscriber":
+            if frame.track_sid and frame.participant_id and frame.kind and not self._closed:
+                self._spawn(self._accept(frame))
+            else:
+                log.warning("ignoring an incomplete subscriber offer")
+
+    async def _accept(self, offer: SignalOffer) -> None:
+        """Answer a subscriber offer on a fresh connection (replacing the track's old one)."""
+        assert offer.track_sid and offer.participant_id and offer.kind
+        previous = self._inbound.pop(offer.track_sid, None)
+        pc = self._new_pc()
+        inbound = _Inbound(offer.track_sid, offer.participant_id, offer.kind, pc)
+        if previous is not None:
+            inbound.restarts = previous.restarts
+            await previous.pc.close()
+        self._inbound[offer.track_sid] = inbound
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if self._inbound.get(inbound.track_sid) is not inbound:
+                return
+            if previous is not None and previous.subscription is not None:
+                self._host.media_unsubscribed(previous.subscription)
+            inbound.subscription = Subscription(
+                participant_id=inbound.participant_id,
+                kind=inbound.kind,
+                track_sid=inbound.track_sid,
+                track=track,
+            )
+            self._host.media_subscribed(inbound.subscription)
+
+        self._watch(pc, lambda: self._restart_inbound(inbound.track_sid, pc))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        answer = SignalAnswer(
+            id=0, target="subscriber", sdp=pc.localDescription.sdp, track_sid=offer.track_sid
+        )
+        await self._host.request(answer)
+
+    async def _restart_inbound(self, track_sid: str, failed: RTCPeerConnection) -> None:
+        inbound = self._inbound.get(track_sid)
+        if inbound is None or inbound.pc is not failed or self._closed:
+            return
+        if inbound.restarts >= MAX_RESTARTS:
+            log.warning("giving up on track %s after %d restarts", track_sid, inbound.restarts)
+            return
+        inbound.restarts += 1
+        await asyncio.sleep(RESTART_BACKOFF_S * inbound.restarts)
+        log.info("subscriber connection of %s failed: asking for a new offer", track_sid)
+        await self._host.request(RestartIce(id=0, track_sid=track_sid))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        outbound, self._outbound = self._outbound, {}
+        inbound, self._inbound = self._inbound, {}
+        for pc in [o.pc for o in outbound.values()] + [i.pc for i in inbound.values()]:
+            with contextlib.suppress(Exception):
+                await pc.close()
+
+    def _new_pc(self) -> RTCPeerConnection:
+        return RTCPeerConnection(self._configuration)
+
+    def _watch(
+        self, pc: RTCPeerConnection, restart: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "failed" and not self._closed:
+                self._spawn(restart())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._guard(coro))
+        self._host.callback_tasks.add(task)
+        task.add_done_callback(self._host.callback_tasks.discard)
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a media step failed: log it, the session goes on
+            log.warning("media: %s: %s", type(exc).__name__, exc)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidStateError("the room's media is closed")
+
+
+__all__ = ["MediaHost", "MediaTransport", "PeerMedia"]

@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from schemas.client import Subscribe, Unsubscribe
 from schemas.codec import Message
 from schemas.models import ParticipantInfo, ParticipantKind, TrackInfo, TrackKind, TrackSource
-from stagecast.client.events import Callback, EventEmitter, StreamEvent
+from stagecast.client.events import Callback, EventEmitter, StreamEvent, Subscription
 from stagecast.client.media import MediaTransport
 from stagecast.errors import InvalidPermissions, NotPublished
 
@@ -118,7 +118,7 @@ class RemoteParticipant(ParticipantView):
     gets one for each stream already published), `stream-unpublished` (`StreamEvent`),
     `track-muted` / `track-unmuted` (`RemoteTrackPublication`), `metadata-changed` (the new
     metadata), `attributes-changed` (the changed keys; a deleted key maps to ""), and
-    `stream-subscribed` / `stream-unsubscribed` (emitted once media flows; not yet).
+    `stream-subscribed` / `stream-unsubscribed` (`Subscription`: the aiortc track).
     """
 
     EVENTS = (
@@ -233,6 +233,9 @@ class RemoteParticipant(ParticipantView):
         publication = self._tracks.pop(track_sid, None)
         if publication is not None:
             self._emitter.emit("stream-unpublished", publication.event())
+
+    def _media_event(self, event: str, subscription: Subscription) -> None:
+        self._emitter.emit(event, subscription)
 
     def _track_muted(self, track_sid: str, muted: bool) -> None:
         publication = self._tracks.get(track_sid)

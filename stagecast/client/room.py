@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from schemas.client import (
@@ -26,6 +26,9 @@ from schemas.client import (
     ParticipantsPage,
     ParticipantUpdated,
     RoomUpdated,
+    SignalAnswer,
+    SignalCandidate,
+    SignalOffer,
     TierChanged,
     TrackMuted,
     TrackPublished,
@@ -41,12 +44,14 @@ from stagecast.client.events import (
     DataMessage,
     EventEmitter,
     ParticipantCounts,
+    StreamEvent,
+    Subscription,
 )
 from stagecast.client.local import LocalParticipant
-from stagecast.client.media import MediaTransport
+from stagecast.client.media import MediaTransport, PeerMedia
 from stagecast.client.participant import GetParticipantsResult, RemoteParticipant
 from stagecast.client.session import Session
-from stagecast.errors import InvalidStateError
+from stagecast.errors import InvalidStateError, StagecastError
 
 log = logging.getLogger("stagecast.client")
 
@@ -116,7 +121,8 @@ class Room:
         self._local: LocalParticipant | None = None
         self._counts = ParticipantCounts(0, 0, 0)
         self._last_seq: dict[str, int] = {}
-        self._media: MediaTransport | None = None
+        self._auto_subscribe = auto_subscribe
+        self._media: PeerMedia = PeerMedia(self)
         self._session = Session(
             self,
             url,
@@ -177,8 +183,19 @@ class Room:
 
     @property
     def media(self) -> MediaTransport | None:
-        """The media transport (none yet: see `stagecast.client.media`)."""
+        """The media transport: aiortc connections to the forwarder (`PeerMedia`)."""
         return self._media
+
+    def media_subscribed(self, subscription: Subscription) -> None:
+        """The transport received a subscribed track: tell its participant's listeners."""
+        participant = self._remote.get(subscription.participant_id)
+        if participant is not None:
+            participant._media_event("stream-subscribed", subscription)
+
+    def media_unsubscribed(self, subscription: Subscription) -> None:
+        participant = self._remote.get(subscription.participant_id)
+        if participant is not None:
+            participant._media_event("stream-unsubscribed", subscription)
 
     def on(self, event: str, callback: Callback) -> Callback:
         """Listen to a room event (see the class docstring); returns the callback."""
@@ -255,8 +272,8 @@ class Room:
         handler = _HANDLERS.get(type(frame))
         if handler is not None:
             handler(self, frame)
-        elif self._media is not None and frame.TYPE in ("offer", "answer", "candidate"):
-            self._media.on_signal(frame)  # type: ignore[arg-type]
+        elif isinstance(frame, (SignalOffer, SignalAnswer, SignalCandidate)):
+            self._media.on_signal(frame)
 
     def _is_local(self, participant_id: str) -> bool:
         return self._local is not None and participant_id == self._local.id
@@ -289,9 +306,11 @@ class Room:
         participant = self._remote.get(frame.participant_id)
         if participant is not None:
             participant._track_unpublished(frame.track_sid)
+            self._media.track_unpublished(frame.track_sid)
         elif self._is_local(frame.participant_id):
             assert self._local is not None
             self._local._forget(frame.track_sid)
+            self._media.stop_sending(frame.track_sid)
 
     def _on_track_muted(self, frame: TrackMuted) -> None:
         participant = self._remote.get(frame.participant_id)
@@ -331,6 +350,8 @@ class Room:
         if frame.resume_token:
             self._session.resume_token = frame.resume_token
         local._apply(frame.participant, frame.grant)
+        if local.is_viewer:
+            self._media.stop_sending()  # a demoted speaker's tracks are unpublished
         self._emitter.emit("tier-changed", local)
 
     # ------------------------------------------------------------------ roster
@@ -344,12 +365,34 @@ class Room:
         if current is not None:
             self._drop(info.id)
         participant = self._remote[info.id] = RemoteParticipant(info, self)
+        if self._auto_subscribe:
+            participant.on("stream-published", self._auto_subscriber(participant))
         if announce:
             self._emitter.emit("participant-joined", participant)
+
+    def _auto_subscriber(
+        self, participant: RemoteParticipant
+    ) -> Callable[[StreamEvent], Awaitable[None]]:
+        """A `stream-published` listener that subscribes (auto_subscribe=True)."""
+
+        async def subscribe(event: StreamEvent) -> None:
+            local = self._local
+            if local is None or not local.grant.can_subscribe:
+                return
+            if self._remote.get(participant.id) is not participant:
+                return  # it left (or rejoined as a new session) meanwhile
+            try:
+                await participant.subscribe(event.kind)
+            except StagecastError as exc:  # e.g. unpublished meanwhile: nothing to receive
+                log.info("auto-subscribe to %s %s: %s", participant.id, event.kind, exc)
+
+        return subscribe
 
     def _drop(self, participant_id: str) -> None:
         participant = self._remote.pop(participant_id, None)
         if participant is not None:
+            for track_sid in participant.track_publications:
+                self._media.track_unpublished(track_sid)
             self._emitter.emit("participant-left", participant)
 
     def _participant_for(self, info: ParticipantInfo) -> RemoteParticipant:
