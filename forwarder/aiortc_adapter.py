@@ -11,7 +11,8 @@ neither. This adapter turns aiortc's receivers and senders into packet pipes:
   is replaced by an idle one (no encoder is ever created), `send()` writes one packet with
   the leg's SSRC, payload type and MID through the leg's SRTP session and keeps it in the
   sender's history so aiortc answers the subscriber's NACKs (with RTX when negotiated);
-  the subscriber's PLI/FIR reach `on_keyframe_request`.
+  the subscriber's PLI/FIR reach `on_keyframe_request`. `drop` injects loss (for tests and
+  fault drills) after a packet entered the history, so NACK/RTX repairs it.
 
 Every private name used is listed in `PRIVATE_*` below; tests/test_forwarder_adapter.py
 checks each of them on the pinned version, so an aiortc upgrade fails loudly there.
@@ -159,6 +160,7 @@ class InboundStream:
         self._nack_generator: Any = getattr(receiver, R_NACK_GENERATOR)
         self._estimator: Any = getattr(receiver, R_BITRATE_ESTIMATOR) if remb else None
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._closed = False
         self._fir_sequence = 0
         self.media_ssrc: int | None = None
         """The SSRC carrying the media payload type, learned from packets (not RTX)."""
@@ -213,7 +215,12 @@ class InboundStream:
         return True
 
     def close(self) -> None:
-        """Cancel pending keyframe requests (the peer connection stops the receiver)."""
+        """Stop handing packets over and cancel pending keyframe requests. Idempotent.
+
+        The peer connection stops the receiver itself; closing here first matters when
+        the connection is being replaced, so no late packet of the old one is forwarded.
+        """
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
@@ -227,7 +234,7 @@ class InboundStream:
         # it depayloads: REMB, RTCP statistics, RTX unwrapping and NACKs are kept; the
         # depayloading, jitter buffer and decoder queue are replaced by `on_packet`.
         # Exceptions are contained: one escaping would end the DTLS transport's loop.
-        if not self._receiver._enabled:
+        if self._closed or not self._receiver._enabled:
             return
         try:
             await self._process(packet, arrival_time_ms)
@@ -357,14 +364,31 @@ class OutboundStream:
         self.packets_refused: int = 0
         """Packets the leg's SRTP session refused (replays: a duplicate from upstream)."""
         self.keyframe_requests_received: int = 0
+        self.retransmit_requests: int = 0
+        """Sequence numbers the subscriber NACKed."""
+        self.retransmissions: int = 0
+        """NACKed packets found in the history and sent again (as RTX when negotiated)."""
+        self.drop: Callable[[int], bool] | None = None
+        """Loss injection: `drop(sequence_number)` True keeps a packet in the history but
+        does not send it (tests and fault drills only)."""
+        self.packets_dropped: int = 0
 
         original_send = sender.send
+        original_retransmit = sender._retransmit
 
         async def send(parameters: Any) -> None:
             await original_send(parameters)
             self._start(parameters)
 
+        async def retransmit(sequence_number: int) -> None:
+            self.retransmit_requests += 1
+            kept = self._history.get(sequence_number % RTP_HISTORY_SIZE)
+            if kept is not None and kept.sequence_number == sequence_number:
+                self.retransmissions += 1
+            await original_retransmit(sequence_number)
+
         setattr(sender, "send", send)  # noqa: B010 - instance overrides on purpose
+        setattr(sender, "_retransmit", retransmit)  # noqa: B010
         setattr(sender, "_run_rtp", self._idle_rtp)  # noqa: B010
         setattr(sender, "_send_keyframe", self._keyframe_requested)  # noqa: B010
 
@@ -402,6 +426,10 @@ class OutboundStream:
             if writer is not None
             else out.serialize(self._extensions_map)
         )
+        drop = self.drop
+        if drop is not None and drop(sequence_number):
+            self.packets_dropped += 1
+            return True
         try:
             await self._transport._send_rtp(data)
         except ConnectionError:

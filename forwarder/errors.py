@@ -81,3 +81,105 @@ class NoForwardableCodec(ForwarderError):
         super().__init__(f"no forwardable {kind} codec in the offer (offered: {offered})")
         self.kind = kind
         self.offered = offered
+
+
+class InvalidSdp(ForwarderError):
+    """An SDP offer or answer aiortc could not apply."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"unusable {what}: {reason}")
+        self.what = what
+        self.reason = reason
+
+
+class WrongMediaSections(ForwarderError):
+    """A per-track offer must carry exactly one m-line, of the announced kind."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, kind: str, found: list[str]) -> None:
+        super().__init__(f"the offer must carry exactly one {kind} m-line, found {found}")
+        self.kind = kind
+        self.found = found
+
+
+class CodecChanged(ForwarderError):
+    """A replacement offer cannot carry a published track in the codec its legs use."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, track_id: str, published: str, offered: list[str]) -> None:
+        super().__init__(
+            f"track {track_id!r} is forwarded as {published}; the new offer has {offered}"
+        )
+        self.track_id = track_id
+        self.published = published
+        self.offered = offered
+
+
+class TracksChanged(ForwarderError):
+    """A replacement offer does not carry exactly the tracks the publisher published."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, publisher_id: str, published: list[str], offered: list[str]) -> None:
+        super().__init__(
+            f"publisher {publisher_id!r} publishes {published}; the new offer carries {offered}"
+        )
+        self.publisher_id = publisher_id
+        self.published = published
+        self.offered = offered
+
+
+class InvalidCandidate(ForwarderError):
+    """A remote ICE candidate that does not parse or names no media section."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, candidate: str, reason: str) -> None:
+        super().__init__(f"unusable ICE candidate {candidate[:80]!r}: {reason}")
+        self.candidate = candidate
+        self.reason = reason
+
+
+class SubscriptionNotFound(ForwarderError):
+    """The session has no subscriber leg for this track on this forwarder."""
+
+    code = ErrorCode.TRACK_NOT_FOUND
+
+    def __init__(self, sid: str, track_id: str) -> None:
+        super().__init__(f"session {sid!r} has no subscription to {track_id!r} here")
+        self.sid = sid
+        self.track_id = track_id
+
+
+class TrackRetired(ForwarderError):
+    """An offer for a track its session has already unpublished."""
+
+    code = ErrorCode.TRACK_NOT_FOUND
+
+    def __init__(self, track_id: str) -> None:
+        super().__init__(f"track {track_id!r} was unpublished")
+        self.track_id = track_id
+
+
+class SessionClosed(ForwarderError):
+    """A request for a session whose media was closed on this forwarder."""
+
+    code = ErrorCode.PARTICIPANT_NOT_FOUND
+
+    def __init__(self, sid: str) -> None:
+        super().__init__(f"the media of session {sid!r} is closed here")
+        self.sid = sid
+
+
+class Busy(ForwarderError):
+    """Too many signaling requests in flight: the request is refused, not queued."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the forwarder has {limit} requests in flight; retry later")
+        self.limit = limit

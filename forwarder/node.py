@@ -3,8 +3,9 @@
 A `Forwarder` owns one peer connection per publisher (receive-only: the client's audio and
 video) and one per subscriber (send-only: one leg per subscribed track). Packets flow
 publisher receiver -> `Router` -> subscriber senders through `forwarder.aiortc_adapter`;
-nothing is decoded or encoded here. Signaling (who publishes what, who subscribes to what)
-is the caller's: the NATS wiring comes later.
+nothing is decoded or encoded here. Tracks relayed from another forwarder are published
+with `add_relayed_track` (their packets come from the caller). Signaling (who publishes
+what, who subscribes to what) is the caller's: `forwarder.service` does it over NATS.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiortc import (
     RTCConfiguration,
+    RTCIceCandidate,
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpCodecParameters,
@@ -24,6 +26,9 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.codecs import is_rtx
+from aiortc.exceptions import InvalidAccessError as AiortcInvalidAccess
+from aiortc.exceptions import InvalidStateError as AiortcInvalidState
+from aiortc.sdp import candidate_from_sdp
 
 from forwarder.aiortc_adapter import (
     InboundStream,
@@ -33,12 +38,17 @@ from forwarder.aiortc_adapter import (
     negotiated_codecs,
 )
 from forwarder.errors import (
+    CodecChanged,
     DuplicateSession,
     DuplicateTrack,
+    InvalidCandidate,
+    InvalidSdp,
     InvalidStateError,
     NoForwardableCodec,
     ParticipantNotFound,
     TrackNotFound,
+    TracksChanged,
+    WrongMediaSections,
 )
 from forwarder.packets import CodecInfo, MediaKind, MediaPacket
 from forwarder.router import Router
@@ -128,6 +138,9 @@ class Forwarder:
         self._publishers: dict[str, _Publisher] = {}
         self._subscribers: dict[str, _Subscriber] = {}
         self._track_owner: dict[str, str] = {}
+        self._relayed: set[str] = set()
+        self._epochs: dict[str, int] = {}
+        self._next_epoch = 1
         self.state = ForwarderState.OPEN
 
     @property
@@ -147,6 +160,15 @@ class Forwarder:
     def legs(self, subscriber_id: str) -> dict[str, SubscriberLeg]:
         return dict(self._subscriber(subscriber_id).legs)
 
+    def epoch(self, track_id: str) -> int | None:
+        """Which publication of `track_id` is current (None: not published).
+
+        Each publish of a track id gets a new epoch, so a caller holding a leg can tell
+        whether the track it was made for is still the one published (not a later one
+        with the same id). Replacing a publisher's connection keeps the epoch.
+        """
+        return self._epochs.get(track_id)
+
     async def add_publisher(
         self, offer_sdp: str, *, publisher_id: str, track_ids: Mapping[str, str] | None = None
     ) -> PublisherAnswer:
@@ -160,46 +182,116 @@ class Forwarder:
         self._check_open("add_publisher")
         if publisher_id in self._publishers:
             raise DuplicateSession(publisher_id)
-        pc = RTCPeerConnection(self._configuration)
-        publisher = _Publisher(publisher_id, pc)
-        published: list[PublishedTrack] = []
+        publisher, published = await self._negotiate_publisher(
+            offer_sdp, publisher_id, track_ids or {}, keep=None
+        )
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            for transceiver in pc.getTransceivers():
-                if transceiver.receiver.track is None or transceiver.mid is None:
-                    continue  # nothing to receive on this m-line
-                kind: MediaKind = "video" if transceiver.kind == "video" else "audio"
-                codecs = _forwardable(kind, negotiated_codecs(transceiver))
-                keep_codecs(transceiver, codecs)
-                mid = transceiver.mid
-                track_id = (track_ids or {}).get(mid, f"{publisher_id}:{mid}")
-                if any(t.track_id == track_id for t in published):
-                    raise DuplicateTrack(track_id)
-                track = PublishedTrack(track_id, kind, mid, codec_info(kind, codecs[0]))
-                published.append(track)
-                publisher.streams[track_id] = InboundStream(
-                    transceiver.receiver, functools.partial(self.router.forward, track_id)
-                )
-            await pc.setLocalDescription(await pc.createAnswer())
             # checked after the awaits: a concurrent call or close() may have come first
             self._check_open("add_publisher")
             if publisher_id in self._publishers:
                 raise DuplicateSession(publisher_id)
             for track in published:
-                if track.track_id in self._track_owner:
+                if self._is_published(track.track_id):
                     raise DuplicateTrack(track.track_id)
         except BaseException:
-            await _close_quietly(pc)
+            await _close_quietly(publisher.pc)
             raise
         self._publishers[publisher_id] = publisher
         for track in published:
             self._track_owner[track.track_id] = publisher_id
+            self._epochs[track.track_id] = self._new_epoch()
             self.router.publish(
                 track.track_id,
                 track.codec,
                 request_keyframe=publisher.streams[track.track_id].request_keyframe,
             )
-        return PublisherAnswer(answer_sdp=pc.localDescription.sdp, tracks=tuple(published))
+        return PublisherAnswer(answer_sdp=publisher.pc.localDescription.sdp, tracks=published)
+
+    async def replace_publisher(
+        self, publisher_id: str, offer_sdp: str, *, track_ids: Mapping[str, str] | None = None
+    ) -> PublisherAnswer:
+        """Answer a publisher's new offer with a new peer connection, its tracks kept.
+
+        For an ICE restart or a network change (aiortc cannot restart ICE in place). The
+        offer must carry the same tracks (`track_ids` as in `add_publisher`), each in the
+        codec its legs already use (`CodecChanged`, `TracksChanged` otherwise). Every leg
+        stays attached and resumes at the new connection's next keyframe; the old
+        connection stops forwarding at once and is closed.
+        """
+        self._check_open("replace_publisher")
+        old = self._publishers.get(publisher_id)
+        if old is None:
+            raise ParticipantNotFound(publisher_id)
+        keep = {track_id: self.router.codec(track_id) for track_id in old.streams}
+        publisher, published = await self._negotiate_publisher(
+            offer_sdp, publisher_id, track_ids or {}, keep=keep
+        )
+        try:
+            self._check_open("replace_publisher")
+            if self._publishers.get(publisher_id) is not old:  # removed or replaced meanwhile
+                raise ParticipantNotFound(publisher_id)
+            offered = sorted(t.track_id for t in published)
+            if offered != sorted(keep):
+                raise TracksChanged(publisher_id, sorted(keep), offered)
+        except BaseException:
+            await _close_quietly(publisher.pc)
+            raise
+        for stream in old.streams.values():
+            stream.close()
+        self._publishers[publisher_id] = publisher
+        for track in published:
+            self.router.replace_source(
+                track.track_id, publisher.streams[track.track_id].request_keyframe
+            )
+        await _close_quietly(old.pc)
+        return PublisherAnswer(answer_sdp=publisher.pc.localDescription.sdp, tracks=published)
+
+    async def _negotiate_publisher(
+        self,
+        offer_sdp: str,
+        publisher_id: str,
+        track_ids: Mapping[str, str],
+        *,
+        keep: Mapping[str, CodecInfo] | None,
+    ) -> tuple[_Publisher, tuple[PublishedTrack, ...]]:
+        """A new publisher connection with its answer made, not registered anywhere yet.
+
+        `keep` (a replacement): the codec each track must stay in. On failure the new
+        connection is closed before the error propagates.
+        """
+        pc = RTCPeerConnection(self._configuration)
+        publisher = _Publisher(publisher_id, pc)
+        published: list[PublishedTrack] = []
+        try:
+            await _apply_remote(pc, offer_sdp, "offer")
+            for transceiver in pc.getTransceivers():
+                if transceiver.receiver.track is None or transceiver.mid is None:
+                    continue  # nothing to receive on this m-line
+                kind: MediaKind = "video" if transceiver.kind == "video" else "audio"
+                mid = transceiver.mid
+                track_id = track_ids.get(mid, f"{publisher_id}:{mid}")
+                if any(t.track_id == track_id for t in published):
+                    raise DuplicateTrack(track_id)
+                offered = negotiated_codecs(transceiver)
+                if keep is None:
+                    codecs = _forwardable(kind, offered)
+                else:
+                    if track_id not in keep:
+                        raise TracksChanged(publisher_id, sorted(keep), [track_id])
+                    codecs = _matching(track_id, keep[track_id], kind, offered)
+                keep_codecs(transceiver, codecs)
+                codec = codec_info(kind, codecs[0]) if keep is None else keep[track_id]
+                published.append(PublishedTrack(track_id, kind, mid, codec))
+                publisher.streams[track_id] = InboundStream(
+                    transceiver.receiver, functools.partial(self.router.forward, track_id)
+                )
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            for stream in publisher.streams.values():
+                stream.close()
+            await _close_quietly(pc)
+            raise
+        return publisher, tuple(published)
 
     async def remove_publisher(self, publisher_id: str) -> None:
         """Unpublish the publisher's tracks (their legs go idle) and close its connection."""
@@ -208,10 +300,35 @@ class Forwarder:
             raise ParticipantNotFound(publisher_id)
         for track_id, stream in publisher.streams.items():
             self._track_owner.pop(track_id, None)
+            self._epochs.pop(track_id, None)
             for leg_id in self.router.unpublish(track_id):
                 self._close_leg(leg_id)
             stream.close()
         await publisher.pc.close()
+
+    def add_relayed_track(
+        self, track_id: str, codec: CodecInfo, *, request_keyframe: Callable[[], None]
+    ) -> None:
+        """Publish a track whose packets another forwarder relays here.
+
+        The caller feeds its packets to `router.forward(track_id, packet)`;
+        `request_keyframe()` asks the origin for a keyframe.
+        """
+        self._check_open("add_relayed_track")
+        if self._is_published(track_id):
+            raise DuplicateTrack(track_id)
+        self.router.publish(track_id, codec, request_keyframe=request_keyframe)
+        self._relayed.add(track_id)
+        self._epochs[track_id] = self._new_epoch()
+
+    def remove_relayed_track(self, track_id: str) -> None:
+        """Unpublish a relayed track; its legs go idle (as in `remove_publisher`)."""
+        if track_id not in self._relayed:
+            raise TrackNotFound(track_id)
+        self._relayed.discard(track_id)
+        self._epochs.pop(track_id, None)
+        for leg_id in self.router.unpublish(track_id):
+            self._close_leg(leg_id)
 
     async def add_subscriber(self, subscriber_id: str, track_ids: Sequence[str]) -> str:
         """Make the SDP offer for a subscriber: one send-only leg per published track.
@@ -235,9 +352,8 @@ class Forwarder:
                     on_keyframe_request=functools.partial(self.router.request_keyframe, track_id),
                     on_ready=functools.partial(self._leg_ready, leg),
                 )
-                label_sender(
-                    transceiver.sender, stream_id=self._track_owner[track_id], track_id=track_id
-                )
+                stream_id = self._track_owner.get(track_id, track_id)
+                label_sender(transceiver.sender, stream_id=stream_id, track_id=track_id)
                 subscriber.legs[track_id] = leg
             await pc.setLocalDescription(await pc.createOffer())
             self._check_open("add_subscriber")  # after the awaits, as in add_publisher
@@ -253,9 +369,33 @@ class Forwarder:
         """Apply the subscriber's answer; its legs start forwarding once connected."""
         self._check_open("set_subscriber_answer")
         subscriber = self._subscriber(subscriber_id)
-        await subscriber.pc.setRemoteDescription(
-            RTCSessionDescription(sdp=answer_sdp, type="answer")
+        await _apply_remote(subscriber.pc, answer_sdp, "answer")
+
+    async def add_ice_candidate(
+        self,
+        peer_id: str,
+        candidate: str,
+        *,
+        publisher: bool,
+        sdp_mid: str | None = None,
+        sdp_mline_index: int | None = None,
+    ) -> None:
+        """Add a remote ICE candidate to a publisher's (or subscriber's) connection.
+
+        `candidate` is the SDP attribute value (``candidate:...``, the prefix optional);
+        an empty one signals the end of the remote candidates.
+        """
+        sessions: Mapping[str, _Publisher | _Subscriber] = (
+            self._publishers if publisher else self._subscribers
         )
+        session = sessions.get(peer_id)
+        if session is None:
+            raise ParticipantNotFound(peer_id)
+        parsed = _parse_candidate(candidate, sdp_mid, sdp_mline_index)
+        try:
+            await session.pc.addIceCandidate(parsed)
+        except ValueError as exc:
+            raise InvalidCandidate(candidate, str(exc)) from None
 
     def unsubscribe(self, subscriber_id: str, track_id: str) -> None:
         """Stop forwarding a track to a subscriber (its sender idles until renegotiation)."""
@@ -288,10 +428,20 @@ class Forwarder:
             await self.remove_subscriber(subscriber_id)
         for publisher_id in list(self._publishers):
             await self.remove_publisher(publisher_id)
+        for track_id in list(self._relayed):
+            self.remove_relayed_track(track_id)
         self.router.close()
 
+    def _is_published(self, track_id: str) -> bool:
+        return track_id in self._track_owner or track_id in self._relayed
+
+    def _new_epoch(self) -> int:
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        return epoch
+
     def _leg_ready(self, leg: SubscriberLeg, stream: OutboundStream) -> None:
-        if leg.state is not LegState.NEGOTIATING or leg.track_id not in self._track_owner:
+        if leg.state is not LegState.NEGOTIATING or not self._is_published(leg.track_id):
             return
         leg.state = LegState.FORWARDING
         self.router.subscribe(leg.track_id, leg)
@@ -328,6 +478,90 @@ def _forwardable(
                 ]
                 return [codec, *rtx[:1]]
     raise NoForwardableCodec(kind, [c.mimeType for c in codecs if not is_rtx(c)])
+
+
+def _matching(
+    track_id: str, codec: CodecInfo, kind: MediaKind, offered: list[RTCRtpCodecParameters]
+) -> list[RTCRtpCodecParameters]:
+    """The offered codec that carries `codec` unchanged, with its RTX if negotiated."""
+    for candidate in offered:
+        if not is_rtx(candidate) and _same_codec(codec, codec_info(kind, candidate)):
+            rtx = [
+                c for c in offered if is_rtx(c) and c.parameters.get("apt") == candidate.payloadType
+            ]
+            return [candidate, *rtx[:1]]
+    raise CodecChanged(track_id, codec.mime_type, [c.mimeType for c in offered if not is_rtx(c)])
+
+
+def _same_codec(published: CodecInfo, offered: CodecInfo) -> bool:
+    """Whether packets of `offered` can go to legs negotiated for `published`.
+
+    Payload types may differ (every leg rewrites them); for H.264 the profile and the
+    packetization mode must match, other fmtp parameters do not change the bitstream.
+    """
+    if (published.kind, published.mime_type.lower(), published.clock_rate) != (
+        offered.kind,
+        offered.mime_type.lower(),
+        offered.clock_rate,
+    ) or (published.channels or 1) != (offered.channels or 1):
+        return False
+    if published.name != "H264":
+        return True
+    before, after = dict(published.parameters), dict(offered.parameters)
+    return all(
+        before.get(name, "").lower() == after.get(name, "").lower()
+        for name in ("profile-level-id", "packetization-mode")
+    )
+
+
+def sole_media_section(offer_sdp: str, kind: MediaKind) -> str:
+    """The MID of a per-track offer's only m-line, which must be of `kind`.
+
+    Peer connections are per track: an offer with more or other m-lines is refused
+    (`WrongMediaSections`) before any peer connection is made for it.
+    """
+    sections: list[list[str]] = []
+    for line in offer_sdp.splitlines():
+        if line.startswith("m="):
+            sections.append([line[2:].split(" ", 1)[0]])
+        elif sections and line.startswith("a=mid:"):
+            sections[-1].append(line[6:].strip())
+    if len(sections) != 1 or sections[0][0] != kind:
+        raise WrongMediaSections(kind, [section[0] for section in sections])
+    if len(sections[0]) < 2 or not sections[0][1]:
+        raise InvalidSdp("offer", "its m-line has no a=mid")
+    return sections[0][1]
+
+
+async def _apply_remote(pc: RTCPeerConnection, sdp: str, sdp_type: str) -> None:
+    """setRemoteDescription, with what aiortc raises on bad SDP named `InvalidSdp`."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
+    except (ValueError, KeyError, IndexError, AiortcInvalidAccess, AiortcInvalidState) as exc:
+        raise InvalidSdp(sdp_type, f"{type(exc).__name__}: {exc}") from None
+
+
+def _parse_candidate(
+    candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
+) -> RTCIceCandidate | None:
+    text = candidate.strip()
+    if text.startswith("a="):
+        text = text[2:]
+    if text.startswith("candidate:"):
+        text = text[len("candidate:") :]
+    if not text:
+        return None  # end of candidates
+    if sdp_mid is None and sdp_mline_index is None:
+        raise InvalidCandidate(candidate, "it names no media section (sdpMid, sdpMLineIndex)")
+    if len(text.split()) < 8:
+        raise InvalidCandidate(candidate, "fewer than 8 fields")
+    try:
+        parsed = candidate_from_sdp(text)
+    except (ValueError, IndexError) as exc:
+        raise InvalidCandidate(candidate, f"{type(exc).__name__}: {exc}") from None
+    parsed.sdpMid = sdp_mid
+    parsed.sdpMLineIndex = sdp_mline_index
+    return parsed
 
 
 def _capabilities_for(codec: CodecInfo) -> list[RTCRtpCodecCapability]:

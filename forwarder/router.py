@@ -6,6 +6,11 @@ anything with `send(packet, sequence_number)`. It keeps, per leg, a `SequenceRew
 (so mutes and a late start leave no holes) and whether the leg still waits for a keyframe
 (a video leg starts at a keyframe, never in the middle of a picture).
 
+A track's source may change under its legs: a publisher's replaced peer connection (ICE
+restart) or a relay re-established after its origin republished. Either comes with a new
+SSRC, or with `replace_source`; every leg then restarts at the next keyframe, continuing
+its own sequence, so subscribers never see the jump.
+
 Keyframe requests to a publisher are rate limited per track: at most one per
 `keyframe_interval` seconds. A request inside the window is not lost but coalesced into one
 sent when the window ends, so a new subscriber (which always asks for one) gets its
@@ -103,6 +108,7 @@ class _Track:
         "received",
         "repeated",
         "request_keyframe",
+        "ssrc",
         "subscriptions",
         "track_id",
     )
@@ -114,6 +120,7 @@ class _Track:
         self.codec = codec
         self.request_keyframe = request_keyframe
         self.muted = False
+        self.ssrc: int | None = None
         self.subscriptions: dict[str, _Subscription] = {}
         self.last_keyframe_request: float | None = None
         self.pending_keyframe: Cancellable | None = None
@@ -145,10 +152,21 @@ class Router:
         self._schedule = schedule
         self._first_sequence = first_sequence
         self._tracks: dict[str, _Track] = {}
+        self._forwarded_total = 0
 
     @property
     def track_ids(self) -> list[str]:
         return list(self._tracks)
+
+    @property
+    def packets_forwarded(self) -> int:
+        """Packets sent on any leg since the router was made (tracks gone included)."""
+        return self._forwarded_total
+
+    @property
+    def leg_count(self) -> int:
+        """Subscriptions over every track (a leg subscribed to two tracks counts twice)."""
+        return sum(len(track.subscriptions) for track in self._tracks.values())
 
     def codec(self, track_id: str) -> CodecInfo:
         return self._track(track_id).codec
@@ -177,11 +195,16 @@ class Router:
         track.subscriptions.clear()
         return legs
 
-    def subscribe(self, track_id: str, leg: Leg) -> None:
-        """Start forwarding `track_id` to `leg` (a video leg starts at the next keyframe)."""
+    def subscribe(self, track_id: str, leg: Leg, *, first_sequence: int | None = None) -> None:
+        """Start forwarding `track_id` to `leg` (a video leg starts at the next keyframe).
+
+        `first_sequence` continues a sequence a former leg to the same place ended (a
+        relay re-established); by default the leg starts at a random one.
+        """
         track = self._track(track_id)
+        first = self._first_sequence() if first_sequence is None else first_sequence
         track.subscriptions[leg.leg_id] = _Subscription(
-            leg, SequenceRewriter(self._first_sequence()), awaiting_keyframe=track.is_video
+            leg, SequenceRewriter(first), awaiting_keyframe=track.is_video
         )
         if track.is_video and not track.muted:
             self.request_keyframe(track_id)
@@ -201,13 +224,19 @@ class Router:
         if muted == track.muted:
             return
         track.muted = muted
-        if muted:
-            return
-        for sub in track.subscriptions.values():
-            sub.rewriter.restart()
-            sub.awaiting_keyframe = track.is_video
-        if track.is_video and track.subscriptions:
-            self.request_keyframe(track_id)
+        if not muted:
+            self._restart_legs(track)
+
+    def replace_source(self, track_id: str, request_keyframe: Callable[[], None]) -> None:
+        """The track now comes from another publisher connection; its legs stay attached.
+
+        `request_keyframe` replaces the former one. Every leg restarts at the new source's
+        next keyframe, continuing its own sequence numbers.
+        """
+        track = self._track(track_id)
+        track.request_keyframe = request_keyframe
+        track.ssrc = None
+        self._restart_legs(track)
 
     def request_keyframe(self, track_id: str) -> bool:
         """Ask the publisher for a keyframe, rate limited; True if a request went out now.
@@ -236,6 +265,10 @@ class Router:
         if track is None:
             return 0
         track.received += 1
+        if packet.ssrc != track.ssrc:
+            if track.ssrc is not None:
+                self._restart_legs(track)  # a new source: its sequence is unrelated
+            track.ssrc = packet.ssrc
         if track.duplicates.is_repeat(packet.sequence_number):
             track.repeated += 1
             return 0
@@ -263,6 +296,7 @@ class Router:
             if seq is not None and await sub.leg.send(packet, seq):
                 sent += 1
         track.forwarded += sent
+        self._forwarded_total += sent
         if waiting:
             self.request_keyframe(track_id)
         return sent
@@ -289,6 +323,14 @@ class Router:
         if track is None:
             raise TrackNotFound(track_id)
         return track
+
+    def _restart_legs(self, track: _Track) -> None:
+        track.duplicates = DuplicateFilter()
+        for sub in track.subscriptions.values():
+            sub.rewriter.restart()
+            sub.awaiting_keyframe = track.is_video
+        if track.is_video and track.subscriptions and not track.muted:
+            self.request_keyframe(track.track_id)
 
     def _deferred_keyframe_request(self, track: _Track) -> None:
         track.pending_keyframe = None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEV_KEY, DEV_SECRET = "devkey", "devsecret"
-BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm")
+BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm", "media")
 
 
 def credentials() -> tuple[str, str]:
@@ -93,6 +93,16 @@ def cmd_edge(args: argparse.Namespace) -> int:
         dev_mode=args.dev,
     )
     asyncio.run(serve(config))
+    return 0
+
+
+def cmd_forwarder(args: argparse.Namespace) -> int:
+    from forwarder.main import serve
+    from schemas.subjects import is_generated_id
+
+    if args.id is not None and not is_generated_id(args.id):
+        raise SystemExit(f"--id must be [A-Za-z0-9_-]+ (at most 256), not {args.id!r}")
+    asyncio.run(serve(_nats_url(args), forwarder_id=args.id, heartbeat_interval=args.heartbeat))
     return 0
 
 
@@ -193,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--port", type=int, default=7880)
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
     edge.set_defaults(func=cmd_edge)
+
+    fwd = sub.add_parser("forwarder", help="run one media forwarder")
+    fwd.add_argument("--nats-url", default=None)
+    fwd.add_argument("--id", default=None, help="[A-Za-z0-9_-]+; default FW_<random>")
+    fwd.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    fwd.set_defaults(func=cmd_forwarder)
 
     token = sub.add_parser("token", help="mint a participant token")
     token.add_argument("--room", default=None, help="omit for a roomless (audience) token")

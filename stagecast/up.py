@@ -1,8 +1,9 @@
 """`stagecast up`: the whole system on one machine, as supervised child processes.
 
 Starts a private nats-server (unless given `--nats-url`), one statekeeper on SQLite (or
-`--database-url`), and N edges; waits until an edge's `/healthz` answers 200; prints the
-ready line and the dev credentials; on Ctrl-C or SIGTERM stops the children in reverse
+`--database-url`), N edges and M media forwarders; waits until every edge's `/healthz`
+answers 200 and every forwarder's first heartbeat arrived; prints the ready line and the
+dev credentials; on Ctrl-C or SIGTERM stops the children in reverse
 order. Every child is started with a parent-death signal, so none outlives `up`.
 """
 
@@ -12,13 +13,19 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import secrets
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
+import nats
 
+from schemas.codec import SchemaError, decode
+from schemas.media import ForwarderHeartbeat
+from schemas.subjects import FORWARDER_HEARTBEAT
 from stagecast.natsserver import NatsServer
 from stagecast.process import spawn_child, stop_child, wait_exit
 
@@ -45,6 +52,7 @@ class Stack:
         self.nats_url = config.nats_url or ""
         self.children: list[subprocess.Popen[bytes]] = []
         self.edge_urls: list[str] = []
+        self.forwarder_ids: list[str] = []
 
     @property
     def database_url(self) -> str:
@@ -83,7 +91,56 @@ class Stack:
             )
             self.children.append(edge)
             self.edge_urls.append(f"http://127.0.0.1:{port}")
+        await self.start_forwarders(cli)
         await self.wait_healthy()
+
+    async def start_forwarders(self, cli: list[str], timeout: float = 60.0) -> None:
+        """Start the forwarders and wait for each one's first heartbeat (its readiness)."""
+        if self.config.forwarders < 1:
+            return
+        heard: set[str] = set()
+
+        async def on_heartbeat(msg: Any) -> None:
+            try:
+                beat = decode(msg.data)
+            except SchemaError:
+                return
+            if isinstance(beat, ForwarderHeartbeat) and not beat.stopping:
+                heard.add(beat.forwarder_id)
+
+        nc = await nats.connect(self.nats_url, name="stagecast-up", connect_timeout=10)
+        try:
+            await nc.subscribe(FORWARDER_HEARTBEAT, cb=on_heartbeat)
+            await nc.flush()
+            for i in range(self.config.forwarders):
+                forwarder_id = f"FW_{i}_{secrets.token_urlsafe(6)}"
+                self.children.append(
+                    spawn_child(
+                        [*cli, "forwarder", "--nats-url", self.nats_url, "--id", forwarder_id],
+                        env=self._env(),
+                        log_path=self.config.data_dir / f"forwarder-{i}.log",
+                    )
+                )
+                self.forwarder_ids.append(forwarder_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not heard.issuperset(self.forwarder_ids):
+                self._check_children()
+                if loop.time() > deadline:
+                    missing = sorted(set(self.forwarder_ids) - heard)
+                    raise RuntimeError(f"no heartbeat from forwarder(s) {missing} in {timeout} s")
+                await asyncio.sleep(0.1)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            if child.poll() is not None:
+                raise RuntimeError(
+                    f"a child exited with {child.returncode} during start; "
+                    f"see the logs in {self.config.data_dir}"
+                )
 
     async def wait_healthy(self, timeout: float = 60.0) -> None:
         """Wait until every edge's /healthz answers 200 (NATS and statekeeper are up)."""
@@ -93,12 +150,7 @@ class Stack:
         async with httpx.AsyncClient(timeout=2.0) as http:
             for url in self.edge_urls:
                 while True:
-                    for child in self.children:
-                        if child.poll() is not None:
-                            raise RuntimeError(
-                                f"a child exited with {child.returncode} during start; "
-                                f"see the logs in {self.config.data_dir}"
-                            )
+                    self._check_children()
                     try:
                         response = await http.get(f"{url}/healthz")
                         if response.status_code == 200:
@@ -135,6 +187,8 @@ async def run_up(config: UpConfig) -> int:
     print(f"Stagecast ready at {url}", flush=True)
     print(f"  api key/secret  {config.api_key} / {config.api_secret}", flush=True)
     print(f"  nats            {stack.nats_url}", flush=True)
+    if stack.forwarder_ids:
+        print(f"  forwarders      {' '.join(stack.forwarder_ids)}", flush=True)
     print(
         "  try             stagecast token --room demo --identity alice",
         flush=True,

@@ -1,0 +1,102 @@
+"""Wiring of one forwarder process: its NATS connection and the `ForwarderService`.
+
+`running_forwarder` runs one in the current event loop (tests, `stagecast up` children
+through `serve`); `serve` runs until SIGINT or SIGTERM. Run one with
+``stagecast forwarder --nats-url nats://... [--id FW_x]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator
+
+import nats
+from aiortc import RTCConfiguration
+
+from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S
+from forwarder.service import ForwarderService
+from stagecast.runtime import tune_gc
+
+log = logging.getLogger("stagecast.forwarder")
+
+
+def new_forwarder_id() -> str:
+    """A fresh forwarder id, ``FW_<urlsafe random>`` (usable in a subject token)."""
+    return f"FW_{secrets.token_urlsafe(9)}"
+
+
+@contextlib.asynccontextmanager
+async def running_forwarder(
+    nats_url: str,
+    *,
+    forwarder_id: str | None = None,
+    heartbeat_interval: float = 1.0,
+    configuration: RTCConfiguration | None = None,
+    connect_timeout: float = 10.0,
+    relay_refresh: float = RELAY_REFRESH_S,
+    relay_lease: float = RELAY_LEASE_S,
+    relay_give_up: float = 30.0,
+) -> AsyncIterator[ForwarderService]:
+    """Run a forwarder for the duration of the context; yields the started service.
+
+    The connection is made here and nowhere else; on exit the service stops (every peer
+    connection closed, a `stopping` heartbeat sent) and the connection is closed. The
+    relay timings are `ForwarderService`'s (tests shorten them).
+    """
+    nc = await asyncio.wait_for(
+        nats.connect(
+            servers=[u.strip() for u in nats_url.split(",") if u.strip()],
+            name="stagecast-forwarder",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        ),
+        connect_timeout,
+    )
+    service: ForwarderService | None = None
+    try:
+        service = ForwarderService(
+            nc,
+            forwarder_id or new_forwarder_id(),
+            heartbeat_interval=heartbeat_interval,
+            configuration=configuration,
+            relay_refresh=relay_refresh,
+            relay_lease=relay_lease,
+            relay_give_up=relay_give_up,
+        )
+        await service.start()
+        yield service
+    finally:
+        try:
+            if service is not None:
+                await service.stop()
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+
+async def serve(
+    nats_url: str, *, forwarder_id: str | None = None, heartbeat_interval: float = 1.0
+) -> None:
+    """Run a forwarder until SIGINT or SIGTERM, then stop it cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with running_forwarder(
+            nats_url, forwarder_id=forwarder_id, heartbeat_interval=heartbeat_interval
+        ) as service:
+            log.info("forwarder %s ready", service.forwarder_id)
+            print(f"forwarder {service.forwarder_id} ready", flush=True)
+            tune_gc()
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+__all__ = ["new_forwarder_id", "running_forwarder", "serve"]
