@@ -18,6 +18,7 @@ import pytest
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 
 import stagecast
+from schemas.client import Ack, PublishTrack, RestartIce, SignalAnswer, SignalOffer
 from stagecast import errors
 from stagecast.client import Room
 from stagecast.client.events import Subscription
@@ -249,4 +250,32 @@ async def test_a_subscriber_moves_when_its_forwarder_dies(stack: Stack) -> None:
         lambda: len(first.forwarder.peer_connections) == 2, what="bob's leg on FW_0", timeout=WAIT
     )
     await seen.more_frames("alice", "video")
+    await seen.close()
+
+
+async def test_bad_media_signaling_gets_named_errors_and_media_goes_on(stack: Stack) -> None:
+    alice = await stack.join(stack.token("alice", ROOM))
+    bob = await stack.join(stack.token("bob", ROOM))
+    seen = Watcher(bob)
+    await alice.local_participant.publish(VideoStreamTrack())
+    await seen.more_frames("alice", "video")
+    mallory = await stack.join(stack.token("mallory", ROOM))
+    viewer = await stack.join(stack.token("viewer-2", ROOM, viewer=True, grant=AUDIENCE))
+    announced = await mallory.request(PublishTrack(id=0, kind="video"))
+    assert isinstance(announced, Ack) and announced.sid
+    sid, denied = announced.sid, errors.InvalidPermissions
+    offer, answer, missing = SignalOffer, SignalAnswer, errors.TrackNotFound
+    cases: list[tuple[Room, Any, type[errors.StagecastError]]] = [
+        (mallory, offer(id=0, target="publisher", sdp="v=0"), errors.BadRequest),
+        (mallory, offer(id=0, target="subscriber", sdp="v=0", track_sid=sid), errors.BadRequest),
+        (mallory, offer(id=0, target="publisher", sdp="v", track_sid="TR_x"), missing),
+        (mallory, offer(id=0, target="publisher", sdp="garbage", track_sid=sid), errors.BadRequest),
+        (mallory, answer(id=0, target="subscriber", sdp="v", track_sid="TR_x"), missing),
+        (mallory, RestartIce(id=0, track_sid="TR_x"), missing),
+        (viewer, offer(id=0, target="publisher", sdp="v", track_sid=sid), denied),
+    ]
+    for room, frame, expected in cases:
+        with pytest.raises(expected):
+            await room.request(frame)
+    await seen.more_frames("alice", "video")  # the forwarder and everyone else carry on
     await seen.close()
