@@ -14,6 +14,9 @@ neither. This adapter turns aiortc's receivers and senders into packet pipes:
   the subscriber's PLI/FIR reach `on_keyframe_request`. `drop` injects loss (for tests and
   fault drills) after a packet entered the history, so NACK/RTX repairs it.
 
+`allow_loopback_candidates()` makes aioice (aiortc's ICE) offer 127.0.0.1 on a host with
+no other IPv4 address, such as a loopback-only network namespace.
+
 Every private name used is listed in `PRIVATE_*` below; tests/test_forwarder_adapter.py
 checks each of them on the pinned version, so an aiortc upgrade fails loudly there.
 """
@@ -28,6 +31,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aioice.ice
 import aiortc
 import pylibsrtp
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
@@ -118,6 +122,7 @@ _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time
 _AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 PacketHandler = Callable[[MediaPacket], Awaitable[object]]
+AIOICE_HOST_ADDRESSES = "get_host_addresses"  # aioice.ice: (use_ipv4, use_ipv6) -> [address]
 
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _ABS_SEND_TIME_UNITS = 1 << 18  # 6.18 fixed point seconds; the offset above is 0 mod 64
@@ -138,6 +143,28 @@ def label_sender(sender: RTCRtpSender, *, stream_id: str, track_id: str) -> None
     """Set the msid (stream id, track id) the next offer announces for `sender`."""
     sender._stream_id = stream_id
     sender._track_id = track_id
+
+
+def allow_loopback_candidates() -> None:
+    """Offer 127.0.0.1 as a host candidate when the host has no other IPv4 address.
+
+    aioice never gathers loopback addresses, so where `lo` is the only interface (a
+    private network namespace, as the browser tests use) every peer connection gathers
+    nothing and never connects. Process-wide and idempotent; a host with another IPv4
+    address gathers exactly what it did before.
+    """
+    original: Callable[[bool, bool], list[str]] = getattr(aioice.ice, AIOICE_HOST_ADDRESSES)
+    if getattr(original, "loopback_when_alone", False):
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = list(original(use_ipv4, use_ipv6))
+        if use_ipv4 and all(":" in address for address in addresses):
+            addresses.append("127.0.0.1")
+        return addresses
+
+    get_host_addresses.loopback_when_alone = True  # type: ignore[attr-defined]
+    setattr(aioice.ice, AIOICE_HOST_ADDRESSES, get_host_addresses)
 
 
 class InboundStream:

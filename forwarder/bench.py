@@ -1,200 +1,167 @@
-"""CPU per forwarded packet: one publisher fanned out to N subscribers over loopback.
+"""The measured side of `stagecast bench media`: a forwarder process and what it counts.
 
-The forwarder runs in its own process (so `time.process_time()` counts only its work);
-this process runs the clients: a publisher sending a noisy 320x240 VP8 video (so packets
-are full-sized) and Opus audio, and N subscribers that count what arrives without decoding
-(through `InboundStream`, without REMB, to keep this process light on a small machine).
-Two modes:
+`forwarder_process` runs one node in its own process, driven over a pipe by the suite
+(`stagecast.bench.media`), while the publisher and the subscribers run in other
+processes, so this process's CPU time (`getrusage`, all threads, user + system) is the
+forwarder's alone. Two nodes:
 
-- ``forward``: `forwarder.node.Forwarder`, packets passed through (no decode, no encode);
-- ``relay``: aiortc's `MediaRelay`, the decode/re-encode baseline (one decode per track,
-  one encode per subscriber and track).
+- `ForwardNode`: `forwarder.node.Forwarder`, packets passed through (no decode, no encode).
+  Its router is instrumented from outside, through its public methods: `forward` stamps
+  when a publisher packet reaches the router, and each subscribed leg is wrapped so that
+  each send is stamped after the leg's SRTP and socket write (CLOCK_MONOTONIC, comparable
+  with the publisher's send stamps in another process).
+- `RelayNode`: aiortc's `MediaRelay`, the decode/re-encode baseline: one decoder per
+  published track, one real encoder per subscriber and track (VP8 pinned to the
+  publisher's bitrate, so both deliver the same ~300 packets/s), frames dropped rather
+  than queued when an encoder falls behind.
 
-Run: ``python -m forwarder.bench --subscribers 10 --seconds 10 --mode both``. The figures
-follow the ``stagecast bench`` convention: ``RESULT <figure> <value> <unit>`` lines.
+`python -m forwarder.bench ARGS` is `stagecast bench media ARGS`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import multiprocessing
-import os
+import cProfile
+import resource
+import sys
 import time
+from array import array
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import vpx
 from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
-from av import VideoFrame
+from aiortc.mediastreams import MediaStreamTrack
 
-from forwarder.aiortc_adapter import InboundStream
 from forwarder.node import Forwarder
 from forwarder.packets import MediaPacket
-from stagecast.bench import Result, machine
+from forwarder.router import Leg, Router
+from stagecast.bench.workers import Handler, serve
+from stagecast.runtime import tune_gc
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--subscribers", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--mode", choices=("forward", "relay", "both"), default="both")
+MAX_LEG_STAMPS = 4_000_000
+"""Leg send stamps kept per window (32 MB); recording stops there (`truncated`)."""
+SUBSCRIBE_CONCURRENCY = 25
 
 
 @dataclass(frozen=True, slots=True)
-class Measurement:
-    mode: str
-    subscribers: int
-    seconds: float
-    cpu_seconds: float
-    """User + system CPU of the forwarder process (system includes loopback delivery)."""
-    system_seconds: float
+class Window:
+    """What the node did during one measured window."""
+
+    wall_s: float
+    user_s: float
+    """CPU seconds in user space, all threads of the process."""
+    system_s: float
+    """CPU seconds in the kernel (the UDP sends and receives on loopback included)."""
     packets_in: int
+    """RTP packets from the publisher (relay: datagrams on the publisher's transport)."""
     packets_out: int
-    packets_received: int
-    """Packets the subscribers got (client side), over the same window."""
+    """RTP packets sent, summed over the legs (relay: outbound RTP of every subscriber)."""
+    involuntary_switches: int
+    """Times the OS took the CPU away from the process (a sign of a contended machine)."""
 
     @property
-    def us_per_packet_out(self) -> float:
-        return 1e6 * self.cpu_seconds / max(1, self.packets_out)
-
-    @property
-    def cpu_percent(self) -> float:
-        return 100 * self.cpu_seconds / self.seconds
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
-    modes = ("forward", "relay") if args.mode == "both" else (args.mode,)
-    results: list[Result] = []
-    for mode in modes:
-        m = await measure(mode, args.subscribers, args.seconds, args.warmup)
-        note = f"1 -> {m.subscribers}, {m.packets_out} packets out in {m.seconds:.0f} s"
-        results += [
-            Result(f"{mode}_cpu_us_per_packet", m.us_per_packet_out, "us", note),
-            Result(
-                f"{mode}_cpu_us_per_packet_user",
-                1e6 * (m.cpu_seconds - m.system_seconds) / max(1, m.packets_out),
-                "us",
-                "user space only (the kernel's loopback send+receive excluded)",
-            ),
-            Result(f"{mode}_cpu_percent", m.cpu_percent, "%", "of one core, forwarder process"),
-            Result(f"{mode}_packets_out_per_s", m.packets_out / m.seconds, "1/s"),
-            Result(
-                f"{mode}_packets_in_per_s",
-                m.packets_in / m.seconds,
-                "1/s",
-                "RTP" if mode == "forward" else "datagrams (RTP and RTCP)",
-            ),
-            Result(
-                f"{mode}_packets_received_per_s",
-                m.packets_received / m.seconds,
-                "1/s",
-                "RTP at the subscribers (client side)",
-            ),
-        ]
-    return results
+@dataclass(frozen=True, slots=True)
+class LatencyStamps:
+    """Per forwarded packet: key (SSRC << 16 | sequence number), router entry, leg sends.
+
+    ``packets`` holds 4 integers per packet: key, entry ns, index of its first leg stamp
+    in ``legs``, number of leg stamps.
+    """
+
+    packets: bytes
+    legs: bytes
+    truncated: bool
 
 
-async def measure(mode: str, subscribers: int, seconds: float, warmup: float) -> Measurement:
-    """Start a forwarder process in `mode`, fan one publisher out, measure its CPU."""
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe()
-    process = context.Process(target=_forwarder_process, args=(theirs, mode), daemon=True)
-    process.start()
-    peers: list[RTCPeerConnection] = []
-    received = [0]
-
-    async def call(*message: Any) -> Any:
-        ours.send(message)
-        return await asyncio.to_thread(ours.recv)
-
-    async def count(packet: MediaPacket) -> None:
-        received[0] += 1
-
-    try:
-        publisher = _peer()
-        peers.append(publisher)
-        publisher.addTrack(NoiseVideoTrack(320, 240))
-        publisher.addTrack(AudioStreamTrack())
-        await publisher.setLocalDescription(await publisher.createOffer())
-        answer_sdp, track_ids = await call("publish", publisher.localDescription.sdp)
-        await publisher.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
-        for i in range(subscribers):
-            pc = _peer()
-            peers.append(pc)
-            offer_sdp = await call("subscribe", f"sub{i}", track_ids)
-            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-            for transceiver in pc.getTransceivers():
-                InboundStream(transceiver.receiver, count, remb=False)
-            await pc.setLocalDescription(await pc.createAnswer())
-            await call("answer", f"sub{i}", pc.localDescription.sdp)
-        await asyncio.sleep(warmup)
-        received_before = received[0]
-        cpu, system, packets_in, packets_out, wall = await call("measure", seconds)
-        return Measurement(
-            mode=mode,
-            subscribers=subscribers,
-            seconds=wall,
-            cpu_seconds=cpu,
-            system_seconds=system,
-            packets_in=packets_in,
-            packets_out=packets_out,
-            packets_received=received[0] - received_before,
-        )
-    finally:
-        ours.send(("close",))
-        await asyncio.to_thread(process.join, 20)
-        if process.is_alive():
-            process.kill()
-        for pc in peers:
-            await pc.close()
+class _Node(Protocol):
+    async def publish(self, offer_sdp: str) -> tuple[str, list[str]]: ...
+    async def subscribe(self, subscriber_id: str, track_ids: list[str]) -> str: ...
+    async def answer(self, subscriber_id: str, answer_sdp: str) -> None: ...
+    def legs(self) -> int: ...
+    async def counters(self) -> tuple[int, int]: ...
+    def start_recording(self) -> None: ...
+    def stop_recording(self) -> None: ...
+    def latency(self) -> LatencyStamps | None: ...
+    async def close(self) -> None: ...
 
 
-class NoiseVideoTrack(VideoStreamTrack):
-    """Video of random pixels, so the encoder fills its bitrate with full-size packets."""
+class LatencyProbe:
+    """Stamps a router's packets on entry and on each leg's send, while recording.
 
-    def __init__(self, width: int, height: int, distinct: int = 10) -> None:
-        super().__init__()
-        self._size = (width, height)
-        probe = VideoFrame(width=width, height=height, format="yuv420p")
-        self._planes = [
-            [os.urandom(plane.buffer_size) for plane in probe.planes] for _ in range(distinct)
-        ]
-        self._count = 0
+    Installed through the router's public methods before any track is published: the
+    forwarder binds `router.forward` when a publisher is added and calls
+    `router.subscribe` when a leg is ready. A packet's sends run without a suspension
+    point (UDP writes do not block), so its leg stamps are contiguous.
+    """
 
-    async def recv(self) -> VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        width, height = self._size
-        frame = VideoFrame(width=width, height=height, format="yuv420p")
-        for plane, data in zip(
-            frame.planes, self._planes[self._count % len(self._planes)], strict=True
-        ):
-            plane.update(data)
-        self._count += 1
-        frame.pts = pts
-        frame.time_base = time_base
-        return frame
+    def __init__(self, router: Router) -> None:
+        self.recording = False
+        self.truncated = False
+        self.packets = array("q")
+        self.sends = array("q")
+        forward = router.forward
+        subscribe = router.subscribe
+        now = time.monotonic_ns
+
+        async def timed_forward(track_id: str, packet: MediaPacket) -> int:
+            if not self.recording:
+                return await forward(track_id, packet)
+            entered = now()
+            first = len(self.sends)
+            sent = await forward(track_id, packet)
+            key = packet.ssrc << 16 | packet.sequence_number
+            self.packets.extend((key, entered, first, len(self.sends) - first))
+            if len(self.sends) >= MAX_LEG_STAMPS:
+                self.recording, self.truncated = False, True
+            return sent
+
+        def timed_subscribe(track_id: str, leg: Leg) -> None:
+            subscribe(track_id, _TimedLeg(leg, self))
+
+        setattr(router, "forward", timed_forward)  # noqa: B010 - instance override
+        setattr(router, "subscribe", timed_subscribe)  # noqa: B010
+
+    def take(self) -> LatencyStamps:
+        stamps = LatencyStamps(self.packets.tobytes(), self.sends.tobytes(), self.truncated)
+        self.packets, self.sends, self.truncated = array("q"), array("q"), False
+        return stamps
 
 
-def _peer() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+class _TimedLeg:
+    """A router leg whose successful sends are stamped while the probe records."""
+
+    __slots__ = ("_leg", "_probe", "leg_id")
+
+    def __init__(self, leg: Leg, probe: LatencyProbe) -> None:
+        self._leg = leg
+        self._probe = probe
+        self.leg_id = leg.leg_id
+
+    async def send(self, packet: MediaPacket, sequence_number: int) -> bool:
+        sent = await self._leg.send(packet, sequence_number)
+        probe = self._probe
+        if sent and probe.recording:
+            probe.sends.append(time.monotonic_ns())
+        return sent
 
 
-# -- the forwarder process ---------------------------------------------------------------
+class ForwardNode:
+    """The forwarder under test, optionally with a `LatencyProbe` on its router."""
 
-
-def _forwarder_process(conn: Connection, mode: str) -> None:
-    asyncio.run(_serve(conn, _ForwardNode() if mode == "forward" else _RelayNode()))
-
-
-class _ForwardNode:
-    def __init__(self) -> None:
+    def __init__(self, *, latency: bool) -> None:
         self.forwarder = Forwarder()
+        self.probe = LatencyProbe(self.forwarder.router) if latency else None
 
     async def publish(self, offer_sdp: str) -> tuple[str, list[str]]:
-        answer = await self.forwarder.add_publisher(offer_sdp, publisher_id="pub")
+        answer = await self.forwarder.add_publisher(offer_sdp, publisher_id="publisher")
         return answer.answer_sdp, [t.track_id for t in answer.tracks]
 
     async def subscribe(self, subscriber_id: str, track_ids: list[str]) -> str:
@@ -203,23 +170,44 @@ class _ForwardNode:
     async def answer(self, subscriber_id: str, answer_sdp: str) -> None:
         await self.forwarder.set_subscriber_answer(subscriber_id, answer_sdp)
 
+    def legs(self) -> int:
+        router = self.forwarder.router
+        return sum(router.stats(track_id).subscribers for track_id in router.track_ids)
+
     async def counters(self) -> tuple[int, int]:
         router = self.forwarder.router
         stats = [router.stats(track_id) for track_id in router.track_ids]
         return sum(s.packets_received for s in stats), sum(s.packets_forwarded for s in stats)
 
+    def start_recording(self) -> None:
+        if self.probe is not None:
+            self.probe.take()
+            self.probe.recording = True
+
+    def stop_recording(self) -> None:
+        if self.probe is not None:
+            self.probe.recording = False
+
+    def latency(self) -> LatencyStamps | None:
+        return self.probe.take() if self.probe is not None else None
+
     async def close(self) -> None:
         await self.forwarder.close()
 
 
-class _RelayNode:
-    def __init__(self) -> None:
+class RelayNode:
+    """The decode/re-encode baseline: aiortc's `MediaRelay`, one encoder per subscriber."""
+
+    def __init__(self, *, video_bitrate: int) -> None:
+        # aiortc's VP8 encoder starts at DEFAULT_BITRATE and clamps to MAX_BITRATE (1.5
+        # Mbit/s): pin both to the publisher's rate, in this process only.
+        vpx.DEFAULT_BITRATE = vpx.MAX_BITRATE = video_bitrate
         self.relay = MediaRelay()
         self.tracks: dict[str, MediaStreamTrack] = {}
         self.peers: dict[str, RTCPeerConnection] = {}
 
     async def publish(self, offer_sdp: str) -> tuple[str, list[str]]:
-        pc = self.peers["pub"] = _peer()
+        pc = self.peers["publisher"] = _peer()
         pc.on("track", lambda track: self.tracks.__setitem__(track.kind, track))
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
@@ -228,13 +216,21 @@ class _RelayNode:
     async def subscribe(self, subscriber_id: str, track_ids: list[str]) -> str:
         pc = self.peers[subscriber_id] = _peer()
         for track_id in track_ids:
-            pc.addTransceiver(self.relay.subscribe(self.tracks[track_id]), direction="sendonly")
+            track = self.relay.subscribe(self.tracks[track_id], buffered=False)
+            pc.addTransceiver(track, direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
         return str(pc.localDescription.sdp)
 
     async def answer(self, subscriber_id: str, answer_sdp: str) -> None:
         pc = self.peers[subscriber_id]
         await pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+
+    def legs(self) -> int:
+        return sum(
+            len(pc.getTransceivers())
+            for name, pc in self.peers.items()
+            if name != "publisher" and pc.connectionState == "connected"
+        )
 
     async def counters(self) -> tuple[int, int]:
         # aiortc's receiver stats keep one entry per receiver (the RTX SSRC overwrites the
@@ -243,52 +239,113 @@ class _RelayNode:
         for name, pc in self.peers.items():
             report = await pc.getStats()
             for stats in report.values():
-                if name == "pub" and stats.type == "transport":
+                if name == "publisher" and stats.type == "transport":
                     received += stats.packetsReceived
                 elif stats.type == "outbound-rtp":
                     sent += stats.packetsSent
         return received, sent
 
+    def start_recording(self) -> None:
+        pass
+
+    def stop_recording(self) -> None:
+        pass
+
+    def latency(self) -> LatencyStamps | None:
+        return None
+
     async def close(self) -> None:
-        for pc in self.peers.values():
-            await pc.close()
+        await asyncio.gather(*(pc.close() for pc in self.peers.values()), return_exceptions=True)
 
 
-async def _serve(conn: Connection, node: _ForwardNode | _RelayNode) -> None:
-    try:
-        while True:
-            kind, *args = await asyncio.to_thread(conn.recv)
-            if kind == "publish":
-                conn.send(await node.publish(*args))
-            elif kind == "subscribe":
-                conn.send(await node.subscribe(*args))
-            elif kind == "answer":
-                await node.answer(*args)
-                conn.send(None)
-            elif kind == "measure":
-                (seconds,) = args
-                in0, out0 = await node.counters()
-                cpu0, sys0, wall0 = time.process_time(), os.times().system, time.monotonic()
-                await asyncio.sleep(seconds)
-                cpu1, sys1, wall1 = time.process_time(), os.times().system, time.monotonic()
-                in1, out1 = await node.counters()
-                conn.send((cpu1 - cpu0, sys1 - sys0, in1 - in0, out1 - out0, wall1 - wall0))
-            elif kind == "close":
-                return
-    finally:
-        await node.close()
+def _peer() -> RTCPeerConnection:
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+async def measure(node: _Node, seconds: float, profile_path: str | None = None) -> Window:
+    """Counters and this process's CPU time over `seconds`, read at the same instants.
+
+    With `profile_path`, cProfile runs during the window and its stats are written there
+    (the CPU figures of such a window include the profiler's own large overhead).
+    """
+    in0, out0 = await node.counters()
+    profiler = cProfile.Profile() if profile_path else None
+    node.start_recording()
+    usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    if profiler is not None:
+        profiler.enable()
+    await asyncio.sleep(seconds)
+    if profiler is not None:
+        profiler.disable()
+    usage1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    node.stop_recording()
+    in1, out1 = await node.counters()
+    if profiler is not None and profile_path:
+        profiler.dump_stats(profile_path)
+    return Window(
+        wall_s=wall1 - wall0,
+        user_s=usage1.ru_utime - usage0.ru_utime,
+        system_s=usage1.ru_stime - usage0.ru_stime,
+        packets_in=in1 - in0,
+        packets_out=out1 - out0,
+        involuntary_switches=usage1.ru_nivcsw - usage0.ru_nivcsw,
+    )
+
+
+def forwarder_process(
+    conn: Connection, mode: str, latency: bool, video_bitrate: int, lifetime: float
+) -> None:
+    """Worker entry: serve one node ("forward" or "relay") until told to close."""
+    asyncio.run(_serve(conn, mode, latency, video_bitrate, lifetime))
+
+
+async def _serve(
+    conn: Connection, mode: str, latency: bool, video_bitrate: int, lifetime: float
+) -> None:
+    node: _Node = (
+        ForwardNode(latency=latency)
+        if mode == "forward"
+        else RelayNode(video_bitrate=video_bitrate)
+    )
+    tune_gc()  # as the services do once started
+    limit = asyncio.Semaphore(SUBSCRIBE_CONCURRENCY)
+
+    async def bounded(call: Awaitable[Any]) -> Any:
+        async with limit:
+            return await call
+
+    async def subscribe_many(subscriber_ids: list[str], track_ids: list[str]) -> list[str]:
+        offers = [bounded(node.subscribe(s, track_ids)) for s in subscriber_ids]
+        return list(await asyncio.gather(*offers))
+
+    async def answer_many(answers: list[tuple[str, str]]) -> None:
+        await asyncio.gather(*(bounded(node.answer(s, sdp)) for s, sdp in answers))
+
+    async def legs() -> int:
+        return node.legs()
+
+    async def window(seconds: float, profile_path: str | None) -> Window:
+        return await measure(node, seconds, profile_path)
+
+    async def stamps() -> LatencyStamps | None:
+        return node.latency()
+
+    handlers: dict[str, Handler] = {
+        "publish": node.publish,
+        "subscribe_many": subscribe_many,
+        "answer_many": answer_many,
+        "legs": legs,
+        "measure": window,
+        "latency": stamps,
+    }
+    await serve(conn, handlers, lifetime=lifetime, on_close=node.close)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args()
-    print(f"forwarder bench on {machine()}", flush=True)
-    results = asyncio.run(run(args))
-    for r in results:
-        print(f"{r.name:28} {r.value:12,.1f} {r.unit:4} {r.note}")
-    for r in results:
-        print(r.line())
+    """`python -m forwarder.bench ARGS`: the same as `stagecast bench media ARGS`."""
+    from stagecast.cli import main as stagecast_main
+
+    sys.exit(stagecast_main(["bench", "media", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import nats
 from aiortc import RTCConfiguration
 
+from forwarder.aiortc_adapter import allow_loopback_candidates
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S
 from forwarder.service import ForwarderService
 from stagecast.runtime import tune_gc
@@ -44,9 +45,12 @@ async def running_forwarder(
     """Run a forwarder for the duration of the context; yields the started service.
 
     The connection is made here and nowhere else; on exit the service stops (every peer
-    connection closed, a `stopping` heartbeat sent) and the connection is closed. The
-    relay timings are `ForwarderService`'s (tests shorten them).
+    connection closed, a `stopping` heartbeat sent) and the connection is closed. Peer
+    connections may use 127.0.0.1 when the host has nothing else
+    (`allow_loopback_candidates`). The relay timings are `ForwarderService`'s (tests
+    shorten them).
     """
+    allow_loopback_candidates()
     nc = await asyncio.wait_for(
         nats.connect(
             servers=[u.strip() for u in nats_url.split(",") if u.strip()],

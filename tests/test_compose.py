@@ -19,7 +19,18 @@ yaml = pytest.importorskip(
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = {"nats1", "nats2", "nats3", "postgres", "statekeeper1", "statekeeper2", "edge1", "edge2"}
+CLUSTER = {
+    "nats1",
+    "nats2",
+    "nats3",
+    "postgres",
+    "statekeeper1",
+    "statekeeper2",
+    "edge1",
+    "edge2",
+    "forwarder1",
+    "forwarder2",
+}
 NATS_NODES = ("nats1", "nats2", "nats3")
 
 
@@ -90,8 +101,24 @@ def test_every_stagecast_service_runs_a_real_subcommand(
 ) -> None:
     for name, service in _stagecast_services(services).items():
         args = _parse(name, service)
-        assert args.command in ("edge", "statekeeper"), name
+        assert args.command in ("edge", "statekeeper", "forwarder"), name
         assert args.nats_url and args.nats_url.startswith("nats://"), name
+
+
+def test_forwarders_use_the_host_network_and_reach_nats_there(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    ids = set()
+    for name in ("forwarder1", "forwarder2"):
+        service = services[name]
+        args = _parse(name, service)
+        assert args.command == "forwarder"
+        # WebRTC media arrives on per-connection UDP ports that clients must reach directly
+        assert service["network_mode"] == "host"
+        assert args.nats_url == "nats://127.0.0.1:4222"  # nats1's port published on the host
+        ids.add(args.id)
+    assert len(ids) == 2  # distinct forwarder ids
+    assert "127.0.0.1:4222:4222" in services["nats1"]["ports"]
 
 
 def test_edges_listen_on_their_published_ports(services: dict[str, dict[str, Any]]) -> None:

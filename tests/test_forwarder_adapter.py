@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import aioice.ice
 import aiortc
 import pytest
 from aiortc import (
@@ -354,3 +355,21 @@ async def test_a_sender_with_a_track_cannot_be_hooked() -> None:
             OutboundStream(transceiver.sender, on_keyframe_request=lambda: None)
     finally:
         await pc.close()
+
+
+def test_loopback_candidates_only_where_nothing_else_exists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = getattr(aioice.ice, adapter.AIOICE_HOST_ADDRESSES)
+    assert _parameters(original) == ["use_ipv4", "use_ipv6"], "aioice's gathering moved"
+    found: list[str] = []
+    monkeypatch.setattr(aioice.ice, adapter.AIOICE_HOST_ADDRESSES, lambda v4, v6: list(found))
+    adapter.allow_loopback_candidates()
+    adapter.allow_loopback_candidates()  # idempotent: wrapped once
+    gather = getattr(aioice.ice, adapter.AIOICE_HOST_ADDRESSES)
+    assert gather(True, False) == ["127.0.0.1"]  # a loopback-only namespace
+    assert gather(False, True) == []
+    found.append("fe80::1")
+    assert gather(True, True) == ["fe80::1", "127.0.0.1"]
+    found.append("10.1.2.3")
+    assert gather(True, True) == ["fe80::1", "10.1.2.3"]  # a real interface: as before

@@ -88,6 +88,19 @@ class Watcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+MEDIA_CODE = ("/aiortc/", "/aioice/", "/forwarder/", "/stagecast/client/media")
+
+
+def _is_media(coro: Any) -> bool:
+    """Whether a task's coroutine, or one it awaits, is media code (`wait_for` wraps)."""
+    while coro is not None:
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        if code is not None and any(part in code.co_filename for part in MEDIA_CODE):
+            return True
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return False
+
+
 def forwarded(stack: Stack, track_sid: str, forwarder_id: str = "FW_0") -> int:
     router = stack.forwarders[forwarder_id].forwarder.router
     return router.stats(track_sid).packets_forwarded if track_sid in router.track_ids else 0
@@ -178,7 +191,12 @@ async def test_unpublish_and_leave_clean_up_every_leg(stack: Stack) -> None:
     await bob.leave()
 
     def leftovers() -> set[asyncio.Task[Any]]:
-        return {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
+        """Media tasks (aiortc's, the forwarder's, the SDK transport's) still running."""
+        return {
+            t
+            for t in asyncio.all_tasks() - tasks_before
+            if not t.done() and _is_media(t.get_coro())
+        }
 
     await eventually(lambda: not leftovers(), what="no media tasks left", timeout=WAIT)
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from forwarder.aiortc_adapter import allow_loopback_candidates
 from schemas.client import RestartIce, SignalAnswer, SignalCandidate, SignalOffer
 from schemas.codec import Message
 from schemas.models import TrackKind
@@ -96,6 +97,7 @@ class PeerMedia:
     """aiortc connections for one room session: one per published and subscribed track."""
 
     def __init__(self, host: MediaHost, configuration: RTCConfiguration | None = None) -> None:
+        allow_loopback_candidates()  # a host with only `lo` (a test namespace) still connects
         self._host = host
         self._configuration = configuration or RTCConfiguration(iceServers=[])
         self._outbound: dict[str, _Outbound] = {}
