@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/stagecast up
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -29,3 +29,30 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .stagecast .pytest_cache .mypy_cache .ruff_cache
+
+# Browser tests (tests/test_browser.py): the Debian Chromium (installed with apt-get when
+# missing; CI runs as root) and npm playwright-core, which drives it (no browser download).
+.PHONY: browser-deps demo-png
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_DIR := tests/browser
+PLAYWRIGHT := $(BROWSER_DIR)/node_modules/playwright-core/package.json
+
+browser-deps: $(PLAYWRIGHT)
+	@if [ ! -x "$(CHROMIUM)" ] || ! command -v unshare >/dev/null || \
+	    ! PATH="$$PATH:/usr/sbin:/sbin" command -v ip >/dev/null; then \
+	  echo "installing chromium, util-linux and iproute2 with apt-get"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium util-linux iproute2 fonts-dejavu-core; \
+	fi
+	@test -x "$(CHROMIUM)" || { echo "Chromium is still missing at $(CHROMIUM)"; exit 1; }
+
+$(PLAYWRIGHT): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js >= 20) is needed for the browser tests"; exit 1; }
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Regenerate docs/demo.png: the demo page with two speakers' live video.
+demo-png: $(STAMP) browser-deps
+	STAGECAST_UPDATE_DEMO_PNG=1 $(BIN)/python -m pytest -q tests/test_browser.py -k demo_screenshot

@@ -2,20 +2,20 @@
 
 Routes: ``/rtc`` (WebSocket, docs/protocol.md), ``POST /api/<name>`` (`edge.api`),
 ``GET /healthz`` (200 ``ok`` when NATS is connected and the statekeeper answers healthy
-within a second, else 503 and the reason), ``GET /metrics`` (Prometheus text) and ``GET /``
-(a placeholder page). The lifespan starts and stops the `EdgeNode` (the one NATS
-connection); the node is on ``app.state.edge``.
+within a second, else 503 and the reason), ``GET /metrics`` (Prometheus text), ``GET /``
+(the demo page), ``GET /static/<file>`` (the browser SDK and the page's files) and, in dev
+mode only, ``POST /dev/token`` and ``POST /dev/promote`` (`edge.page`). The lifespan starts
+and stops the `EdgeNode` (the one NATS connection); the node is on ``app.state.edge``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -23,6 +23,7 @@ from edge.api import handle_api
 from edge.closecodes import close_code
 from edge.config import EdgeConfig
 from edge.node import EdgeNode
+from edge.page import routes as page_routes
 from edge.session import Session
 from schemas.client import Disconnect
 from schemas.codec import encode
@@ -67,9 +68,6 @@ def create_app(config: EdgeConfig) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(node.metrics.render(), media_type=PROMETHEUS_TEXT)
 
-    async def home(request: Request) -> Response:
-        return HTMLResponse(_HOME.format(edge_id=html.escape(node.edge_id)))
-
     async def api(request: Request) -> Response:
         return await handle_api(node, request)
 
@@ -79,25 +77,12 @@ def create_app(config: EdgeConfig) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/{name:str}", api, methods=["POST"]),
-            Route("/", home, methods=["GET"]),
+            *page_routes(node),
         ],
         lifespan=lifespan,
     )
     app.state.edge = node
     return app
 
-
-_HOME = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Stagecast edge</title></head>
-<body>
-<h1>Stagecast</h1>
-<p>A self-hostable real-time room service. This is edge <code>{edge_id}</code>.</p>
-<p>Signaling: <code>/rtc</code> (WebSocket). Server API: <code>POST /api/&lt;name&gt;</code>.</p>
-<p><a href="/healthz">Health</a> &middot; <a href="/metrics">Metrics</a></p>
-<p>The demo page comes later.</p>
-</body>
-</html>
-"""
 
 __all__ = ["create_app", "upgrade_token"]

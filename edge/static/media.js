@@ -1,0 +1,252 @@
+// Media for the Stagecast browser SDK: one RTCPeerConnection per track, negotiated over
+// the signaling socket (schemas/client.py SignalOffer / SignalAnswer / RestartIce).
+//
+// Publishing a track: after `publish_track` acked its sid, a sendonly peer connection
+// offers (non-trickle: the offer is sent once ICE gathering completed, so it carries
+// every candidate) with `offer {target: "publisher", track_sid}`; the reply is the
+// forwarder's `answer`. Subscribing: after `subscribe` is acked, the edge pushes
+// `offer {id: 0, target: "subscriber", track_sid, participant_id, kind}`; the client
+// answers on a new peer connection for that track (replacing any older one).
+// A connection whose state turns `failed` (the network changed) is renewed: a publisher
+// offers again on a fresh connection with `ice_restart`; a subscriber sends `restart_ice`
+// and the server pushes a fresh offer.
+
+const GATHER_TIMEOUT = 5000; // ms; loopback gathers at once, a slow network gets what it has
+const MAX_RESTARTS = 5; // consecutive restarts of one track before giving up
+
+// Resolve once the connection gathered every ICE candidate (or the timeout passed).
+function gathered(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, GATHER_TIMEOUT);
+    function done() {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', check);
+      resolve();
+    }
+    function check() {
+      if (pc.iceGatheringState === 'complete') done();
+    }
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+/**
+ * A subscribed track: `kind`, `trackSid`, the `track` (MediaStreamTrack) and a `stream`
+ * (MediaStream) holding it, as `video` or `audio`; `participant` is the RemoteParticipant.
+ */
+export class Subscription {
+  constructor({ participantId, kind, trackSid, track, stream }) {
+    this.participant = null;
+    this.participantId = participantId;
+    this.kind = kind;
+    this.trackSid = trackSid;
+    this.track = track;
+    this.stream = stream;
+  }
+
+  get video() { return this.kind === 'video' ? this.track : null; }
+  get audio() { return this.kind === 'audio' ? this.track : null; }
+}
+
+export class MediaTransport {
+  constructor(room) {
+    this.room = room;
+    this.publishers = new Map(); // track sid -> {pc, publication, restarts}
+    // track sid -> {pc, participantId, kind, trackSid, subscription, restarts}
+    this.subscribers = new Map();
+    this.chains = new Map(); // track sid -> promise: one negotiation at a time per track
+    this.closed = false;
+  }
+
+  // Run `task` after every earlier negotiation of the same track.
+  serial(sid, task) {
+    const next = (this.chains.get(sid) ?? Promise.resolve()).then(task, task);
+    const tail = next.catch(() => {});
+    this.chains.set(sid, tail);
+    tail.then(() => { if (this.chains.get(sid) === tail) this.chains.delete(sid); });
+    return next;
+  }
+
+  // ---- publishing
+
+  /** Send a publication's track on a new peer connection (resolves once answered). */
+  publish(publication) {
+    return this.serial(publication.sid, () => this.offer(publication, false));
+  }
+
+  async offer(publication, iceRestart) {
+    const sid = publication.sid;
+    const old = this.publishers.get(sid);
+    if (this.closed || publication.participant === null) return;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const entry = { pc, publication, restarts: old?.restarts ?? 0 };
+    this.publishers.set(sid, entry);
+    old?.pc.close();
+    pc.addTransceiver(publication.track, { direction: 'sendonly' });
+    pc.addEventListener('connectionstatechange', () => this.publisherState(entry));
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const reply = await this.room.request({
+        t: 'offer',
+        target: 'publisher',
+        sdp: pc.localDescription.sdp,
+        track_sid: sid,
+        ice_restart: iceRestart ? true : undefined,
+      });
+      if (reply.t !== 'answer') throw new Error(`expected an answer to the offer, got ${reply.t}`);
+      if (this.publishers.get(sid) !== entry) return; // replaced or unpublished meanwhile
+      await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    } catch (err) {
+      if (this.publishers.get(sid) === entry) {
+        this.publishers.delete(sid);
+        pc.close();
+      }
+      throw err;
+    }
+  }
+
+  publisherState(entry) {
+    const { pc, publication } = entry;
+    if (this.publishers.get(publication.sid) !== entry) return;
+    if (pc.connectionState === 'connected') entry.restarts = 0;
+    if (pc.connectionState !== 'failed' || entry.restarts >= MAX_RESTARTS) return;
+    entry.restarts += 1;
+    this.serial(publication.sid, () => this.offer(publication, true)).catch((err) => {
+      console.warn(`ICE restart of track ${publication.sid} failed`, err);
+    });
+  }
+
+  /** Stop sending a track (its publication was unpublished). */
+  dropPublisher(sid) {
+    const entry = this.publishers.get(sid);
+    if (!entry) return;
+    this.publishers.delete(sid);
+    entry.pc.close();
+  }
+
+  // ---- subscribing
+
+  /** A pushed `offer` (target subscriber): answer it on a fresh connection. */
+  onOffer(frame) {
+    if (frame.target !== 'subscriber' || !frame.track_sid) return;
+    this.serial(frame.track_sid, () => this.answer(frame)).catch((err) => {
+      if (!this.closed) console.warn(`answering the offer for track ${frame.track_sid} failed`, err);
+    });
+  }
+
+  async answer(frame) {
+    if (this.closed) return;
+    const sid = frame.track_sid;
+    const old = this.subscribers.get(sid);
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const entry = {
+      pc,
+      participantId: frame.participant_id ?? old?.participantId ?? null,
+      kind: frame.kind ?? old?.kind ?? null,
+      trackSid: sid,
+      subscription: null,
+      restarts: old?.restarts ?? 0,
+    };
+    this.subscribers.set(sid, entry);
+    old?.pc.close();
+    pc.addEventListener('track', (event) => {
+      if (this.subscribers.get(sid) !== entry) return;
+      // A renewed connection for the same track: the old subscription ends first.
+      if (old?.subscription) this.room.unsubscribed(old.subscription);
+      const track = event.track;
+      entry.subscription = new Subscription({
+        participantId: entry.participantId,
+        kind: entry.kind ?? track.kind,
+        trackSid: sid,
+        track,
+        stream: event.streams[0] ?? new MediaStream([track]),
+      });
+      this.room.subscribed(entry.subscription);
+    });
+    pc.addEventListener('connectionstatechange', () => this.subscriberState(entry));
+    try {
+      await pc.setRemoteDescription({ type: 'offer', sdp: frame.sdp });
+      await pc.setLocalDescription(await pc.createAnswer());
+      await gathered(pc);
+      if (this.subscribers.get(sid) !== entry) return;
+      await this.room.request({
+        t: 'answer', target: 'subscriber', sdp: pc.localDescription.sdp, track_sid: sid,
+      });
+    } catch (err) {
+      if (this.subscribers.get(sid) === entry) this.closeSubscriber(entry);
+      if (old?.subscription && !entry.subscription) this.room.unsubscribed(old.subscription);
+      throw err;
+    }
+  }
+
+  subscriberState(entry) {
+    const { pc, trackSid } = entry;
+    if (this.subscribers.get(trackSid) !== entry) return;
+    if (pc.connectionState === 'connected') entry.restarts = 0;
+    if (pc.connectionState !== 'failed' || entry.restarts >= MAX_RESTARTS || this.closed) return;
+    entry.restarts += 1;
+    this.room.request({ t: 'restart_ice', track_sid: trackSid }).catch((err) => {
+      console.warn(`ICE restart of track ${trackSid} failed`, err);
+    });
+  }
+
+  /** Close the subscriber connections matching `predicate` (emits `stream-unsubscribed`). */
+  dropSubscriber(predicate) {
+    for (const entry of [...this.subscribers.values()]) if (predicate(entry)) this.closeSubscriber(entry);
+  }
+
+  closeSubscriber(entry) {
+    if (this.subscribers.get(entry.trackSid) === entry) this.subscribers.delete(entry.trackSid);
+    entry.pc.close();
+    if (entry.subscription) this.room.unsubscribed(entry.subscription);
+  }
+
+  /** A trickled candidate (the server may send some; the client itself never trickles). */
+  onCandidate(frame) {
+    const table = frame.target === 'publisher' ? this.publishers : this.subscribers;
+    const entry = frame.track_sid ? table.get(frame.track_sid) : undefined;
+    if (!entry) return;
+    entry.pc.addIceCandidate({
+      candidate: frame.candidate,
+      sdpMid: frame.sdp_mid ?? null,
+      sdpMLineIndex: frame.sdp_mline_index ?? null,
+    }).catch((err) => console.warn('a remote ICE candidate was refused', err));
+  }
+
+  /** Close every peer connection (no remote calls). Idempotent. */
+  close() {
+    this.closed = true;
+    for (const entry of this.publishers.values()) entry.pc.close();
+    this.publishers.clear();
+    for (const entry of [...this.subscribers.values()]) this.closeSubscriber(entry);
+  }
+
+  /** Inbound/outbound RTP statistics of every connection (for tests and dashboards). */
+  async stats() {
+    const out = { publishers: {}, subscribers: {} };
+    for (const [sid, { pc }] of this.publishers) {
+      out.publishers[sid] = rtp(await pc.getStats(), 'outbound-rtp', pc);
+    }
+    for (const [sid, { pc }] of this.subscribers) {
+      out.subscribers[sid] = rtp(await pc.getStats(), 'inbound-rtp', pc);
+    }
+    return out;
+  }
+}
+
+function rtp(report, type, pc) {
+  const out = { state: pc.connectionState };
+  report.forEach((s) => {
+    if (s.type !== type) return;
+    Object.assign(out, {
+      kind: s.kind,
+      packets: s.packetsSent ?? s.packetsReceived ?? 0,
+      bytes: s.bytesSent ?? s.bytesReceived ?? 0,
+      framesEncoded: s.framesEncoded,
+      framesDecoded: s.framesDecoded,
+    });
+  });
+  return out;
+}

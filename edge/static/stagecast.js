@@ -1,0 +1,439 @@
+// Stagecast browser SDK: join a room, follow speakers and counts, publish and subscribe
+// media. A camelCase mirror of the Python SDK (`stagecast.join`); see docs/browser.md.
+//
+//   import * as Stagecast from '/static/stagecast.js';
+//   const room = await Stagecast.join({ token, roomId: 'demo' });
+//   room.on('participant-joined', (p) => p.on('stream-subscribed', (sub) => show(sub)));
+//   await room.localParticipant.publishCamera();
+//
+// One WebSocket (`/rtc`) carries msgpack frames (docs/protocol.md): requests carry an
+// `id` that their reply (`ack`, a typed reply or `error`) names; everything else is a push
+// applied in arrival order. Media uses one RTCPeerConnection per track.
+//
+// Modules: stagecast.js (join, Room), participants.js, signaling.js (the socket),
+// media.js (peer connections), msgpack.js (the codec). No dependencies, no build step.
+
+import { MediaTransport } from './media.js';
+import {
+  LocalParticipant, PARTICIPANT_EVENTS, RemoteParticipant, countsOf, grantOf, participantInfo,
+  roomInfo, trackInfo,
+} from './participants.js';
+import {
+  DEFAULT_OPTIONS, Emitter, SignalConnection, StagecastError, defaultUrl, sleep, socketUrl,
+} from './signaling.js';
+
+export { Subscription } from './media.js';
+export {
+  LocalParticipant, LocalTrackPublication, RemoteParticipant, RemoteTrackPublication,
+} from './participants.js';
+export { DEFAULT_OPTIONS, StagecastError, defaultUrl, socketUrl } from './signaling.js';
+
+export const SDK_NAME = 'stagecast-js/0.1';
+
+// Close codes that end a session for good (schemas/errors.py CLOSE_CODES); 4017 resumes.
+const CLOSE_REASONS = new Map([
+  [4001, 'INVALID_TOKEN'], [4002, 'TOKEN_EXPIRED'], [4008, 'RATE_LIMITED'],
+  [4010, 'SLOW_CONSUMER'], [4011, 'DUPLICATE_IDENTITY'], [4012, 'REMOVED'],
+  [4013, 'ROOM_DELETED'], [4014, 'ROOM_CLOSED'], [4015, 'ROOM_FULL'],
+  [4016, 'RESUME_FAILED'], [1000, 'CLIENT_LEFT'],
+]);
+const RETRYABLE = new Set(['UNAVAILABLE', 'INTERNAL', 'RATE_LIMITED']);
+
+const ROOM_EVENTS = [
+  'participant-joined', 'participant-left', 'participant-count-changed',
+  'room-metadata-changed', 'data-received', 'tier-changed', 'hand-raised', 'hand-lowered',
+  'disconnected', 'reconnecting', 'reconnected',
+  // Participant events, re-emitted with the participant as a second argument:
+  ...PARTICIPANT_EVENTS,
+];
+
+// Which sequence stream a broadcast frame belongs to (each is ordered on its own).
+const STREAM_OF = {
+  participant_joined: 'speakers', participant_left: 'speakers', participant_updated: 'speakers',
+  track_published: 'speakers', track_unpublished: 'speakers', track_muted: 'speakers',
+  room_updated: 'speakers', counts: 'counts', hand: 'mod', viewer_updated: 'mod',
+  tier_changed: 'self',
+};
+
+/**
+ * A joined room (make one with `join`). Events (`on` / `off`): `participant-joined`
+ * (RemoteParticipant; retroactive), `participant-left`, `participant-count-changed`
+ * ({speaker, viewer, total}), `room-metadata-changed`, `data-received` ({payload:
+ * Uint8Array, senderId, topic, reliable}), `tier-changed` (the LocalParticipant),
+ * `hand-raised` / `hand-lowered` (moderators), `disconnected` (reason), `reconnecting`,
+ * `reconnected`; and every participant event with the participant as second argument.
+ */
+export class Room {
+  constructor({ url, token, roomId = null, name = null, autoSubscribe = true, options = {} }) {
+    const urls = (Array.isArray(url) ? url : [url ?? defaultUrl()]).map(socketUrl);
+    this.urls = [...new Set(urls)];
+    this.token = token;
+    this.requestedRoomId = roomId;
+    this.requestedName = name;
+    this.autoSubscribe = autoSubscribe;
+    this.options = { ...DEFAULT_OPTIONS, ...options };
+    this.connectionState = 'connecting';
+    this.reason = '';
+    this.info = { id: roomId ?? '', sid: '', metadata: '', departureTimeout: 20 };
+    this.localParticipant = null;
+    this.remoteParticipants = new Map(); // speakers other than this client, by id
+    this.counts = countsOf(null);
+    this.connection = null;
+    this.resumeToken = '';
+    this.lastSeq = {};
+    this.urlIndex = 0;
+    this.leaving = false;
+    this.media = new MediaTransport(this);
+    this.emitter = new Emitter(ROOM_EVENTS);
+    this.emitter.retroactive('participant-joined', () => [...this.remoteParticipants.values()].map((p) => [p]));
+  }
+
+  get id() { return this.info.id; }
+  get sid() { return this.info.sid; }
+  get metadata() { return this.info.metadata; }
+
+  on(event, callback) { return this.emitter.on(event, callback); }
+  off(event, callback) { this.emitter.off(event, callback); }
+
+  /**
+   * One page of participants, speakers first then viewers: {participants, nextCursor,
+   * total}. Pass `nextCursor` back as `cursor` for the next page; walking every page
+   * yields exactly the participants present when the first page was read.
+   */
+  async getParticipants({ tier = null, limit = 50, cursor = null } = {}) {
+    if (![null, undefined, 'speaker', 'viewer'].includes(tier)) {
+      throw new TypeError(`tier: 'speaker', 'viewer' or null, not ${tier}`);
+    }
+    const reply = await this.request({
+      t: 'get_participants', tier: tier ?? undefined, limit, cursor: cursor ?? undefined,
+    });
+    return {
+      participants: (reply.participants ?? []).map((wire) => this.participantFor(participantInfo(wire))),
+      nextCursor: reply.next_cursor ?? null,
+      total: reply.total ?? 0,
+    };
+  }
+
+  /** Leave now (no departure grace); closes every peer connection. Idempotent. */
+  async leave() {
+    if (this.connectionState === 'disconnected' || this.leaving) return;
+    this.leaving = true;
+    const connection = this.connection;
+    if (connection && !connection.closed) {
+      const timeout = Math.min(3000, this.options.requestTimeout);
+      await connection.request({ t: 'leave', v: 1 }, timeout).catch(() => {});
+    }
+    await this.finish('CLIENT_LEFT');
+  }
+
+  /** Send a request frame on the live socket (waiting, bounded, through a reconnect). */
+  async request(frame) {
+    if (this.connectionState === 'reconnecting') {
+      const deadline = Date.now() + this.options.requestTimeout;
+      while (this.connectionState === 'reconnecting' && Date.now() < deadline) await sleep(50);
+    }
+    if (this.connectionState !== 'connected' || !this.connection) {
+      const why = this.reason || 'not connected';
+      throw new StagecastError('UNAVAILABLE', `the room is ${this.connectionState} (${why})`);
+    }
+    return this.connection.request({ v: 1, ...frame });
+  }
+
+  // ---- joining and resuming
+
+  async connect() {
+    let last = null;
+    for (const [index, url] of this.urls.entries()) {
+      try {
+        await this.attempt(url, false);
+        this.urlIndex = index;
+        return this;
+      } catch (err) {
+        if (err.code !== 'UNAVAILABLE') {
+          this.connectionState = 'disconnected';
+          throw err;
+        }
+        last = err;
+      }
+    }
+    this.connectionState = 'disconnected';
+    throw new StagecastError('UNAVAILABLE', `no edge answered (${this.urls.join(', ')}): ${last?.detail ?? ''}`);
+  }
+
+  async attempt(url, resume) {
+    const connection = await SignalConnection.open(url, this.options, (c) => this.onClosed(c));
+    let reply;
+    try {
+      reply = await connection.request({
+        t: 'join',
+        v: 1,
+        token: this.token,
+        room_id: this.requestedRoomId ?? undefined,
+        name: this.requestedName ?? undefined,
+        resume: resume ? this.resumeToken : undefined,
+        auto_subscribe: this.autoSubscribe ? undefined : false,
+        sdk: SDK_NAME,
+      }, this.options.connectTimeout);
+    } catch (err) {
+      await connection.close();
+      throw err;
+    }
+    if (this.leaving) {
+      await connection.close();
+      throw new StagecastError('CLIENT_LEFT', 'left while joining');
+    }
+    this.connection = connection;
+    this.resumeToken = reply.resume_token || this.resumeToken;
+    this.requestedRoomId ??= reply.room.id; // a resume must name the room the join chose
+    this.applyJoined(reply);
+    connection.setHandler((frame) => this.handleFrame(frame));
+    connection.startPinging();
+    this.connectionState = 'connected';
+    return reply;
+  }
+
+  onClosed(connection) {
+    if (connection !== this.connection || this.leaving || this.connectionState === 'disconnected') return;
+    this.recover(connection);
+  }
+
+  // The socket dropped: resume within the departure grace, or end the session.
+  async recover(lost) {
+    const terminal = this.terminalReason(lost);
+    if (terminal !== null) {
+      await this.finish(terminal);
+      return;
+    }
+    const shutdown = lost.disconnect !== null || lost.closeCode === 4017;
+    this.connectionState = 'reconnecting';
+    this.emitter.emit('reconnecting');
+    const grace = Math.max(500, this.info.departureTimeout * 1000 - 1000);
+    const window = this.options.reconnectWindow ?? grace;
+    const deadline = Date.now() + window;
+    const start = this.urlIndex + (shutdown ? 1 : 0);
+    for (let attempt = 0; !this.leaving; attempt++) {
+      const { backoffInitial, backoffMax } = this.options;
+      const delay = Math.min(backoffMax, backoffInitial * 2 ** attempt) * (0.8 + 0.4 * Math.random());
+      if (Date.now() + delay >= deadline) break;
+      await sleep(delay);
+      const index = (start + attempt) % this.urls.length;
+      try {
+        await this.attempt(this.urls[index], true);
+      } catch (err) {
+        if (this.leaving) return;
+        if (RETRYABLE.has(err.code)) continue;
+        await this.finish(err.code);
+        return;
+      }
+      this.urlIndex = index;
+      this.emitter.emit('reconnected');
+      return;
+    }
+    if (!this.leaving) await this.finish('UNAVAILABLE');
+  }
+
+  terminalReason(lost) {
+    if (lost.disconnect) {
+      const { reason, can_reconnect: canReconnect } = lost.disconnect;
+      if (reason === 'SERVER_SHUTDOWN') return canReconnect ? null : reason;
+      return reason;
+    }
+    if (lost.closeCode !== null && CLOSE_REASONS.has(lost.closeCode)) return CLOSE_REASONS.get(lost.closeCode);
+    return null;
+  }
+
+  async finish(reason) {
+    if (this.connectionState === 'disconnected') return;
+    this.reason = reason;
+    this.connectionState = 'disconnected';
+    await this.connection?.close();
+    this.media.close();
+    for (const publication of this.localParticipant?.publications.values() ?? []) {
+      if (publication.ownsTrack) publication.track.stop();
+    }
+    this.emitter.emit('disconnected', reason);
+  }
+
+  // ---- the snapshot and pushed frames
+
+  applyJoined(joined) {
+    const resumed = this.localParticipant !== null;
+    const room = roomInfo(joined.room);
+    if (resumed && room.metadata !== this.info.metadata) {
+      this.info = room;
+      this.emitter.emit('room-metadata-changed', room.metadata);
+    }
+    this.info = room;
+    const me = participantInfo(joined.participant);
+    const grant = grantOf(joined.grant);
+    if (!resumed) this.localParticipant = new LocalParticipant(me, grant, this);
+    else if (this.localParticipant.apply(me, grant)) this.emitter.emit('tier-changed', this.localParticipant);
+    for (const stream of ['speakers', 'counts', 'mod', 'self']) this.lastSeq[stream] = joined.seq;
+    const present = new Map();
+    for (const wire of joined.speakers ?? []) {
+      const info = participantInfo(wire);
+      if (info.id !== me.id) present.set(info.id, info);
+    }
+    for (const id of [...this.remoteParticipants.keys()]) if (!present.has(id)) this.drop(id);
+    for (const info of present.values()) this.upsert(info, resumed);
+    const counts = countsOf(joined.counts);
+    const changed = JSON.stringify(counts) !== JSON.stringify(this.counts);
+    this.counts = counts;
+    if (resumed && changed) this.emitter.emit('participant-count-changed', counts);
+  }
+
+  handleFrame(frame) {
+    const stream = STREAM_OF[frame.t];
+    if (stream !== undefined) {
+      const seq = frame.seq ?? 0;
+      if (seq < (this.lastSeq[stream] ?? 0)) return; // re-sent after a statekeeper restart
+      this.lastSeq[stream] = seq;
+    }
+    const handler = FRAME_HANDLERS[frame.t];
+    if (handler) handler.call(this, frame);
+  }
+
+  isLocal(id) { return this.localParticipant !== null && id === this.localParticipant.id; }
+
+  isSpeaker(participant) { return this.remoteParticipants.get(participant.id) === participant; }
+
+  upsert(info, announce) {
+    const current = this.remoteParticipants.get(info.id);
+    if (current && current.sid === info.sid) {
+      current.update(info);
+      return;
+    }
+    if (current) this.drop(info.id);
+    const participant = new RemoteParticipant(info, this);
+    this.remoteParticipants.set(info.id, participant);
+    if (this.autoSubscribe) this.subscribeAll(participant);
+    if (announce) this.emitter.emit('participant-joined', participant);
+  }
+
+  drop(id) {
+    const participant = this.remoteParticipants.get(id);
+    if (!participant) return;
+    this.media.dropSubscriber((s) => s.participantId === id);
+    this.remoteParticipants.delete(id);
+    this.emitter.emit('participant-left', participant);
+  }
+
+  // autoSubscribe: every stream a speaker publishes (now and later), as it is announced.
+  subscribeAll(participant) {
+    participant.on('stream-published', (stream) => {
+      // Deferred: the replay runs while the `joined` snapshot is applied, before requests go.
+      setTimeout(() => {
+        if (!this.localParticipant?.grant.canSubscribe || !this.isSpeaker(participant)) return;
+        if (!participant.publications.has(stream.trackSid)) return;
+        participant.subscribe(stream.kind).catch((err) => {
+          if (this.connectionState === 'disconnected') return;
+          console.warn(`auto-subscribe to ${participant.id} ${stream.kind} failed`, err);
+        });
+      }, 0);
+    });
+  }
+
+  /** The tracked speaker for `info`, or a transient participant (viewers, self). */
+  participantFor(info) {
+    const current = this.remoteParticipants.get(info.id);
+    return current && current.sid === info.sid ? current : new RemoteParticipant(info, this);
+  }
+
+  // A subscriber peer connection received its track (media.js calls this).
+  subscribed(subscription) {
+    const participant = this.remoteParticipants.get(subscription.participantId);
+    if (!participant) return;
+    subscription.participant = participant;
+    participant.subscriptions.set(subscription.trackSid, subscription);
+    participant.emit('stream-subscribed', subscription);
+  }
+
+  unsubscribed(subscription) {
+    const participant = subscription.participant;
+    if (!participant || participant.subscriptions.get(subscription.trackSid) !== subscription) return;
+    participant.subscriptions.delete(subscription.trackSid);
+    participant.emit('stream-unsubscribed', subscription);
+  }
+}
+
+// One handler per pushed frame type (`this` is the room).
+const FRAME_HANDLERS = {
+  participant_joined(frame) {
+    const info = participantInfo(frame.participant);
+    if (this.isLocal(info.id)) return; // our own join (or promotion) as the room sees it
+    if (!info.isViewer) this.upsert(info, true);
+  },
+  participant_left(frame) {
+    const current = this.remoteParticipants.get(frame.participant_id);
+    if (current && current.sid === frame.sid) this.drop(frame.participant_id);
+  },
+  participant_updated(frame) {
+    const info = participantInfo(frame.participant);
+    if (this.isLocal(info.id)) this.localParticipant.apply(info);
+    else if (!info.isViewer) this.upsert(info, true);
+  },
+  track_published(frame) {
+    this.remoteParticipants.get(frame.participant_id)?.trackPublished(trackInfo(frame.track));
+  },
+  track_unpublished(frame) {
+    const participant = this.remoteParticipants.get(frame.participant_id);
+    if (participant) participant.trackUnpublished(frame.track_sid);
+    else if (this.isLocal(frame.participant_id)) this.localParticipant.forget(frame.track_sid);
+  },
+  track_muted(frame) {
+    const participant = this.remoteParticipants.get(frame.participant_id);
+    if (participant) participant.trackMuted(frame.track_sid, frame.muted);
+    else if (this.isLocal(frame.participant_id)) {
+      this.localParticipant.trackMuted(frame.track_sid, frame.muted);
+    }
+  },
+  room_updated(frame) {
+    const room = roomInfo(frame.room);
+    const changed = room.metadata !== this.info.metadata;
+    this.info = room;
+    if (changed) this.emitter.emit('room-metadata-changed', room.metadata);
+  },
+  counts(frame) {
+    const counts = countsOf(frame.counts);
+    if (JSON.stringify(counts) !== JSON.stringify(this.counts)) {
+      this.counts = counts;
+      this.emitter.emit('participant-count-changed', counts);
+    }
+  },
+  hand(frame) {
+    const participant = this.participantFor(participantInfo(frame.participant));
+    this.emitter.emit(frame.raised ? 'hand-raised' : 'hand-lowered', participant);
+  },
+  data(frame) {
+    this.emitter.emit('data-received', Object.freeze({
+      payload: frame.payload,
+      senderId: frame.sender_id ?? null,
+      topic: frame.topic ?? null,
+      reliable: frame.reliable ?? true,
+    }));
+  },
+  tier_changed(frame) {
+    if (frame.resume_token) this.resumeToken = frame.resume_token;
+    this.localParticipant.apply(participantInfo(frame.participant), grantOf(frame.grant));
+    this.emitter.emit('tier-changed', this.localParticipant);
+  },
+  offer(frame) { this.media.onOffer(frame); },
+  candidate(frame) { this.media.onCandidate(frame); },
+};
+
+/**
+ * Join a room; resolves with the Room once the edge accepted the session.
+ * `url`: the edge's base URL (ws://, wss://, http://, https://; default: this page's
+ * origin) or a list to fail over between. `roomId` is required when the token has none.
+ * A refusal rejects with a StagecastError carrying its code (INVALID_TOKEN, ROOM_FULL...).
+ */
+export async function join({
+  url, token, roomId = null, name = null, autoSubscribe = true, options = {},
+} = {}) {
+  if (!token) throw new TypeError('join: a token is required');
+  const room = new Room({ url, token, roomId, name, autoSubscribe, options });
+  return room.connect();
+}
+
+export const Stagecast = Object.freeze({ join, Room, StagecastError, socketUrl, SDK_NAME });
+export default Stagecast;

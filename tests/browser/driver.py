@@ -1,0 +1,447 @@
+"""One browser scenario, run inside a private network namespace by tests/test_browser.py.
+
+``python -m tests.browser.driver SCENARIO OUT_DIR`` starts a private stack (nats-server,
+statekeeper, edge in dev mode, forwarder), Chromium through `run.mjs`, and whatever
+Python SDK peers the scenario needs; the scenario's findings go to ``OUT_DIR/result.json``
+(``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``) for the test to judge. Only
+loopback exists in the namespace, so WebRTC candidates are 127.0.0.1 and nothing leaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from tests.polling import eventually
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RUN_MJS = HERE / "run.mjs"
+CALL_TIMEOUT = 20.0
+SCENARIO_TIMEOUT = 50.0
+
+
+class BrowserError(Exception):
+    """A command failed inside the browser driver (run.mjs)."""
+
+
+class Browser:
+    """Chromium behind run.mjs: JSON-lines commands over the node process's stdio."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls) -> AsyncIterator[Browser]:
+        proc = await asyncio.create_subprocess_exec(
+            "node",
+            str(RUN_MJS),
+            cwd=str(HERE),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024,
+        )
+        browser = cls(proc)
+        try:
+            yield browser
+        finally:
+            await browser.quit()
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                print(f"run.mjs: {line.decode(errors='replace').rstrip()}", file=sys.stderr)
+                continue
+            waiter = self._pending.pop(reply.get("id"), None)
+            if waiter is None or waiter.done():
+                continue
+            if reply.get("ok"):
+                waiter.set_result(reply.get("result"))
+            else:
+                waiter.set_exception(BrowserError(reply.get("error", "?")))
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(BrowserError("the browser driver exited"))
+
+    async def call(self, cmd: str, timeout: float = CALL_TIMEOUT, **args: Any) -> Any:
+        assert self.proc.stdin is not None
+        request_id = next(self._ids)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = waiter
+        line = json.dumps({"id": request_id, "cmd": cmd, **args}) + "\n"
+        self.proc.stdin.write(line.encode())
+        await self.proc.stdin.drain()
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise BrowserError(f"{cmd} {args} did not finish in {timeout} s") from None
+
+    async def open(self, page: str, url: str, **size: int) -> None:
+        await self.call("open", page=page, url=url, **size)
+
+    async def eval(self, page: str, expr: str) -> Any:
+        """Evaluate a JS expression in the page (a promise is awaited); its JSON value."""
+        return await self.call("eval", page=page, expr=expr)
+
+    async def wait(
+        self, page: str, expr: str, until: str = "Boolean", timeout: float = 15.0
+    ) -> Any:
+        """Poll a JS expression (promises are awaited) until the JS predicate `until` holds
+        for its value; that value. `BrowserError` on timeout, with the last value."""
+        ms = int(timeout * 1000)
+        return await self.call(
+            "wait", timeout=timeout + 5, page=page, expr=expr, until=until, ms=ms
+        )
+
+    async def click(self, page: str, selector: str) -> None:
+        await self.call("click", page=page, selector=selector)
+
+    async def screenshot(self, page: str, path: Path) -> None:
+        await self.call("screenshot", page=page, path=str(path))
+
+    async def quit(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b'{"cmd": "quit"}\n')
+                await self.proc.stdin.drain()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+class Context:
+    """What a scenario works with: the stack, the browser, and its output directory."""
+
+    def __init__(self, stack: Any, browser: Browser, out: Path) -> None:
+        self.stack = stack
+        self.browser = browser
+        self.out = out
+        self.url: str = stack.url
+
+    async def join_page(
+        self, page: str, room: str, name: str, role: str = "speaker", **size: int
+    ) -> None:
+        """Open the demo page and join through its form (dev tokens from /dev/token)."""
+        query = urlencode({"room": room, "name": name, "role": role})
+        await self.browser.open(page, f"{self.url}/?{query}", **size)
+        await self.browser.click(page, "#join-button")
+        await self.browser.wait(
+            page, "window.demo.room && window.demo.room.connectionState === 'connected'"
+        )
+
+    async def python_peer(self, identity: str, room: str, *, viewer: bool = False) -> Any:
+        """A Python SDK client in `room` (left when the stack stops)."""
+        return await self.stack.join(self.stack.token(identity, room, viewer=viewer), name=identity)
+
+
+Scenario = Callable[[Context], Awaitable[dict[str, Any]]]
+SCENARIOS: dict[str, tuple[Scenario, int]] = {}
+"""Scenario name -> (coroutine, forwarders it needs)."""
+
+
+def scenario(name: str, forwarders: int = 0) -> Callable[[Scenario], Scenario]:
+    def register(fn: Scenario) -> Scenario:
+        SCENARIOS[name] = (fn, forwarders)
+        return fn
+
+    return register
+
+
+BADGE = """(() => {
+  const b = document.getElementById('watching');
+  return {total: +b.dataset.total, speakers: +b.dataset.speakers, viewers: +b.dataset.viewers,
+          text: b.innerText.replace(/\\s+/g, ' ').trim(), hidden: b.hidden};
+})()"""
+
+
+@scenario("badge")
+async def badge(ctx: Context) -> dict[str, Any]:
+    """The page's "N watching" badge follows viewers and speakers joining and leaving."""
+    room = "badge"
+    await ctx.join_page("speaker", room, "Ada")
+    await ctx.python_peer("grace", room)
+    viewers = [await ctx.python_peer(f"viewer-{n}", room, viewer=True) for n in range(6)]
+    want = "b => b.speakers === 2 && b.viewers === 6 && b.total === 8"
+    after_join = await ctx.browser.wait("speaker", BADGE, want)
+    await viewers[0].leave()
+    await viewers[1].leave()
+    want = "b => b.speakers === 2 && b.viewers === 4 && b.total === 6"
+    after_leave = await ctx.browser.wait("speaker", BADGE, want)
+    speakers = await ctx.browser.eval(
+        "speaker", "[...document.querySelectorAll('.tile')].map(t => t.innerText.trim())"
+    )
+    return {"after_join": after_join, "after_leave": after_leave, "tiles": speakers}
+
+
+@scenario("host")
+async def host(ctx: Context) -> dict[str, Any]:
+    """A host pages through the audience, sees a raised hand and invites that viewer on stage."""
+    room = "town-hall"
+    await ctx.join_page("host", room, "Hana Host", role="host")
+    audience = [await ctx.python_peer(f"aud-{n:02d}", room, viewer=True) for n in range(12)]
+    await ctx.join_page("viewer", room, "Vic Viewer", role="viewer")
+    viewer_id = await ctx.browser.eval("viewer", "window.demo.room.localParticipant.id")
+    # Page through the audience with the page's own controls (10 per page).
+    await ctx.browser.wait("host", BADGE, "b => b.viewers === 13")
+    await ctx.browser.click("host", "#btn-audience-refresh")
+    rows = "[...document.querySelectorAll('#audience li')].map(li => li.dataset.identity)"
+    await ctx.browser.wait("host", rows, "ids => ids.length === 10")
+    await ctx.browser.click("host", "#btn-audience-more")
+    listed = await ctx.browser.wait("host", rows, "ids => ids.length === 13")
+    more_hidden = await ctx.browser.eval(
+        "host", "document.querySelector('#btn-audience-more').hidden"
+    )
+    # The viewer raises a hand; the host sees it and invites the viewer on stage.
+    await ctx.browser.click("viewer", "#btn-hand")
+    await ctx.browser.wait(
+        "host", f"document.querySelector('#hands li[data-identity=\"{viewer_id}\"] button')"
+    )
+    await ctx.browser.click("host", f'#hands li[data-identity="{viewer_id}"] button')
+    promoted = await ctx.browser.wait(
+        "viewer",
+        "!window.demo.room.localParticipant.isViewer"
+        " && window.demo.room.localParticipant.grant.canPublish"
+        " && !document.getElementById('btn-camera').hidden"
+        " && document.getElementById('btn-hand').hidden",
+    )
+    on_stage = await ctx.browser.wait(
+        "host", f"!!document.querySelector('.tile[data-identity=\"{viewer_id}\"]')"
+    )
+    counts = await ctx.browser.wait("host", BADGE, "b => b.speakers === 2 && b.viewers === 12")
+    hands_left = await ctx.browser.wait("host", "window.demo.hands.size", "n => n === 0")
+    del audience
+    return {
+        "viewer_id": viewer_id,
+        "listed": listed,
+        "more_hidden": more_hidden,
+        "promoted": promoted,
+        "on_stage": on_stage,
+        "counts": counts,
+        "hands_left": hands_left,
+    }
+
+
+@scenario("resume")
+async def resume(ctx: Context) -> dict[str, Any]:
+    """The page's socket drops; the SDK resumes the same session, and nobody sees it leave."""
+    room = "resume"
+    await ctx.join_page("ada", room, "Ada")
+    watcher = await ctx.python_peer("grace", room)
+    left: list[str] = []
+    watcher.on("participant-left", lambda p: left.append(p.id))
+    ada_id = await ctx.browser.eval("ada", "window.demo.room.localParticipant.id")
+    await ctx.browser.eval(
+        "ada",
+        """(() => {
+          const room = window.demo.room;
+          window.events = [];
+          for (const e of ['reconnecting', 'reconnected', 'disconnected']) {
+            room.on(e, () => window.events.push(e));
+          }
+          window.sidBefore = room.localParticipant.sid;
+          room.connection.abort();  // as a dead network would
+        })()""",
+    )
+    events = await ctx.browser.wait("ada", "window.events", "e => e.includes('reconnected')")
+    same_sid = await ctx.browser.eval(
+        "ada", "window.demo.room.localParticipant.sid === window.sidBefore"
+    )
+    await ctx.browser.eval("ada", "window.demo.room.localParticipant.setMetadata('back')")
+    await eventually(
+        lambda: watcher.remote_participants[ada_id].metadata == "back", what="metadata"
+    )
+    return {"events": events, "same_sid": same_sid, "left": left}
+
+
+# --------------------------------------------------------------------------- media
+
+REMOTE_MEDIA = """(async () => {
+  const room = window.demo.room;
+  const stats = await room.media.stats();
+  const inbound = Object.values(stats.subscribers);
+  const video = inbound.find((s) => s.kind === 'video') ?? {};
+  const audio = inbound.find((s) => s.kind === 'audio') ?? {};
+  const videos = [...document.querySelectorAll('.tile:not(.local) video')];
+  const tile = videos.find((v) => v.videoWidth > 0);
+  return {
+    states: [...Object.values(stats.publishers), ...inbound].map((s) => `${s.kind} ${s.state}`),
+    remote_names: [...room.remoteParticipants.values()].map((p) => p.name),
+    video_frames_decoded: video.framesDecoded ?? 0,
+    audio_packets: audio.packets ?? 0,
+    tile_video_width: tile ? tile.videoWidth : 0,
+  };
+})()"""
+
+
+async def publish_from_page(ctx: Context, page: str) -> list[str]:
+    """Start camera and microphone with the page's buttons; the published kinds."""
+    await ctx.browser.click(page, "#btn-camera")
+    await ctx.browser.wait(page, "window.demo.room.localParticipant.tracks.has('video')")
+    await ctx.browser.click(page, "#btn-mic")
+    kinds: list[str] = await ctx.browser.wait(
+        page, "[...window.demo.room.localParticipant.tracks.keys()].sort()", "k => k.length === 2"
+    )
+    return kinds
+
+
+async def frames(track: Any, count: int, timeout: float = 20.0) -> tuple[int, Any]:
+    """Receive (decode) up to `count` frames of an aiortc track; how many, and the last."""
+    got, last = 0, None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while got < count:
+                last = await track.recv()
+                got += 1
+    return got, last
+
+
+@scenario("chromium_publishes", forwarders=1)
+async def chromium_publishes(ctx: Context) -> dict[str, Any]:
+    """Chromium publishes camera and microphone; a Python SDK subscriber decodes both."""
+    room = "chromium-publishes"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    published = await publish_from_page(ctx, "chrome")
+    chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
+    subscriber = await ctx.python_peer("py-subscriber", room)
+    subscribed: dict[str, Any] = {}
+    both = asyncio.Event()
+
+    def on_subscribed(subscription: Any) -> None:
+        subscribed[subscription.kind] = subscription
+        if len(subscribed) == 2:
+            both.set()
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == chrome_id:
+            participant.on("stream-subscribed", on_subscribed)
+
+    subscriber.on("participant-joined", on_joined)
+    await asyncio.wait_for(both.wait(), 20)
+    (video_n, video), (audio_n, _audio) = await asyncio.gather(
+        frames(subscribed["video"].video, 15), frames(subscribed["audio"].audio, 25)
+    )
+    # Muting from the page reaches the subscriber as track-muted.
+    chrome = subscriber.remote_participants[chrome_id]
+    await ctx.browser.click("chrome", "#btn-camera")
+    await eventually(lambda: chrome.tracks["video"].muted, what="the video muted")
+    muted_flag = await ctx.browser.wait(
+        "chrome", "document.querySelector('.tile.local').dataset.videoMuted", "f => f === 'true'"
+    )
+    return {
+        "muted": chrome.tracks["video"].muted,
+        "muted_flag": muted_flag,
+        "published": published,
+        "video_frames": video_n,
+        "video_size": [getattr(video, "width", 0), getattr(video, "height", 0)],
+        "audio_frames": audio_n,
+    }
+
+
+@scenario("python_publishes", forwarders=1)
+async def python_publishes(ctx: Context) -> dict[str, Any]:
+    """A Python SDK speaker publishes aiortc's synthetic video; a viewer page plays it."""
+    from aiortc.mediastreams import VideoStreamTrack
+
+    room = "python-publishes"
+    publisher = await ctx.python_peer("py-publisher", room)
+    await publisher.local_participant.publish(VideoStreamTrack())
+    await ctx.join_page("watcher", room, "Watcher", role="viewer")
+    decoded = "s => s.video_frames_decoded > 0 && s.tile_video_width > 0"
+    first = await ctx.browser.wait("watcher", REMOTE_MEDIA, decoded, timeout=25)
+    await asyncio.sleep(1.5)
+    later = await ctx.browser.eval("watcher", REMOTE_MEDIA)
+    return {
+        "frames_decoded": [first["video_frames_decoded"], later["video_frames_decoded"]],
+        "video_width": later["tile_video_width"],
+    }
+
+
+@scenario("two_pages", forwarders=1)
+async def two_pages(ctx: Context) -> dict[str, Any]:
+    """Two Chromium speakers see and hear each other; a screenshot of the first page (the
+    host's view, with a small audience, one of whom raised a hand)."""
+    room = "two-pages"
+    await ctx.join_page("ada", room, "Ada Lovelace", role="host", width=1280, height=640)
+    await publish_from_page(ctx, "ada")
+    await ctx.join_page("bob", room, "Bob Kahn")
+    await publish_from_page(ctx, "bob")
+    names = ("Grace", "Linus", "Margaret", "Dennis", "Barbara")
+    audience = [await ctx.python_peer(name, room, viewer=True) for name in names]
+    await audience[2].local_participant.raise_hand()
+    flowing = "s => s.video_frames_decoded > 0 && s.audio_packets > 0 && s.tile_video_width > 0"
+    seen = {}
+    for page in ("ada", "bob"):
+        seen[page] = await ctx.browser.wait(page, REMOTE_MEDIA, flowing, timeout=25)
+    await ctx.browser.click("ada", "#btn-audience-refresh")
+    await ctx.browser.wait("ada", BADGE, "b => b.viewers === 5")
+    await ctx.browser.wait("ada", "document.querySelectorAll('#hands button').length === 1")
+    await asyncio.sleep(1.0)  # a few more frames: the fake camera's animation is mid-frame
+    png = ctx.out / "demo.png"
+    await ctx.browser.screenshot("ada", png)
+    return {**seen, "screenshot": str(png)}
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def run(name: str, out: Path) -> dict[str, Any]:
+    from tests.stack_fixtures import sdk_stack
+
+    fn, forwarders = SCENARIOS[name]
+    started = time.monotonic()
+    async with (
+        sdk_stack(out / "stack", forwarders=forwarders, dev_mode=True) as stack,
+        Browser.running() as browser,
+    ):
+        ready = time.monotonic() - started
+        result = await asyncio.wait_for(fn(Context(stack, browser, out)), SCENARIO_TIMEOUT)
+    return {"ok": True, "setup_s": round(ready, 2), **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # the dev key pair is short by design
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stack").mkdir(exist_ok=True)
+    os.chdir(REPO)
+    try:
+        result = asyncio.run(run(args.scenario, args.out))
+    except BaseException as exc:
+        result = {"ok": False, "error": "".join(traceback.format_exception(exc))}
+    (args.out / "result.json").write_text(json.dumps(result, indent=2))
+    sys.exit(0 if result.get("ok") else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""The browser SDK and the demo page in a real headless Chromium.
+
+Each browser test runs one scenario of `tests/browser/driver.py` in a private network
+namespace (``unshare --net``, only loopback up) where it starts its own stack, Chromium
+(through npm ``playwright-core`` and `tests/browser/run.mjs`) and Python SDK peers, and
+reports what it saw as JSON. The namespace keeps WebRTC on 127.0.0.1 and guarantees
+cleanup: when the driver ends, the kernel ends every process in it.
+
+Chromium, ``unshare`` and playwright-core are set up by ``make browser-deps`` (a
+prerequisite of ``make test``). When one is missing the tests FAIL and say what to run:
+the project installs them itself, so a skip would hide a broken set-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+
+from edge.page import CONTENT_TYPES, STATIC_DIR
+from schemas.client import Ack, JoinAccepted, ParticipantsPage, TrackPublished
+from schemas.codec import encode, to_wire
+from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
+from stagecast.tokens import verify_token
+from tests.edge_fixtures import API_KEY, API_SECRET, services
+
+REPO = Path(__file__).resolve().parents[1]
+BROWSER_DIR = REPO / "tests" / "browser"
+CHROMIUM = os.environ.get("STAGECAST_CHROMIUM", "/usr/bin/chromium")
+SYSTEM_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+SCENARIO_TIMEOUT = 55.0
+DEMO_PNG = REPO / "docs" / "demo.png"
+
+
+# --------------------------------------------------------------------------- running scenarios
+
+
+def _prerequisites() -> list[str]:
+    """The browser test set-up: the absolute commands to run a scenario with."""
+    problems = []
+    if not os.access(CHROMIUM, os.X_OK):
+        problems.append(
+            f"Chromium is missing at {CHROMIUM}: run `make browser-deps` "
+            "(apt-get install chromium) or set STAGECAST_CHROMIUM"
+        )
+    node = shutil.which("node")
+    if node is None:
+        problems.append("node (>= 20) is not on PATH: install Node.js")
+    if not (BROWSER_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
+        problems.append("playwright-core is not installed: run `make browser-deps` (npm ci)")
+    unshare = shutil.which("unshare", path=SYSTEM_PATH)
+    ip = shutil.which("ip", path=SYSTEM_PATH)
+    if unshare is None or ip is None:
+        problems.append("`unshare` (util-linux) and `ip` (iproute2) are needed")
+    elif subprocess.run([unshare, "--net", "true"], capture_output=True).returncode != 0:
+        problems.append("`unshare --net` is not permitted here: run the tests as root")
+    if problems:
+        pytest.fail("browser tests cannot run:\n  " + "\n  ".join(problems), pytrace=False)
+    assert unshare is not None and ip is not None
+    return [unshare, ip]
+
+
+def run_scenario(name: str, out: Path) -> dict[str, Any]:
+    """Run one driver scenario in a fresh network (and pid) namespace; its result."""
+    unshare, ip = _prerequisites()
+    command = [
+        unshare,
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",  # if we are killed, so is the namespace (and all in it)
+        "sh",
+        "-c",
+        f'{ip} link set lo up && exec "$@"',
+        "sh",
+        sys.executable,
+        "-m",
+        "tests.browser.driver",
+        name,
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        done = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT
+        )
+        output = (done.stdout or "") + (done.stderr or "")
+    except subprocess.TimeoutExpired as exc:
+        output = _text(exc.stdout) + _text(exc.stderr)
+        pytest.fail(f"scenario {name} ran over {SCENARIO_TIMEOUT} s\n{output[-6000:]}")
+    result_file = out / "result.json"
+    if not result_file.is_file():
+        pytest.fail(f"scenario {name} wrote no result (exit {done.returncode})\n{output[-6000:]}")
+    result: dict[str, Any] = json.loads(result_file.read_text())
+    if not result.get("ok"):
+        pytest.fail(f"scenario {name} failed:\n{result.get('error')}\n--- output\n{output[-6000:]}")
+    result["output"] = output
+    return result
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+# --------------------------------------------------------------------------- media
+
+
+@pytest.mark.timeout(70)
+def test_chromium_publishes_and_python_decodes(tmp_path: Path) -> None:
+    """(a) Chromium publishes camera and microphone; a Python SDK subscriber decodes them."""
+    result = run_scenario("chromium_publishes", tmp_path)
+    assert result["video_frames"] >= 10, result
+    assert result["video_size"][0] > 0 and result["video_size"][1] > 0, result
+    assert result["audio_frames"] >= 10, result
+    assert set(result["published"]) == {"audio", "video"}, result
+    assert result["muted"] and result["muted_flag"] == "true", "mute reaches the subscriber"
+
+
+@pytest.mark.timeout(70)
+def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
+    """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
+    result = run_scenario("python_publishes", tmp_path)
+    first, later = result["frames_decoded"]
+    assert 0 < first < later, result
+    assert result["video_width"] > 0, result
+
+
+@pytest.fixture(scope="module")
+def two_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two Chromium speakers with camera and microphone in one room (run once)."""
+    return run_scenario("two_pages", tmp_path_factory.mktemp("two_pages"))
+
+
+@pytest.mark.timeout(70)
+def test_two_pages_see_each_other(two_pages: dict[str, Any]) -> None:
+    """(c) Two pages: each sees the other join and decodes the other's video."""
+    for page, other in (("ada", "Bob Kahn"), ("bob", "Ada Lovelace")):
+        seen = two_pages[page]
+        assert seen["remote_names"] == [other], seen
+        assert seen["video_frames_decoded"] > 0, seen
+        assert seen["audio_packets"] > 0, seen
+        assert seen["tile_video_width"] > 0, seen
+
+
+@pytest.mark.timeout(70)
+def test_demo_screenshot(two_pages: dict[str, Any]) -> None:
+    """(f) A screenshot of the page with two speakers' video (``make demo-png`` keeps it
+    in docs/demo.png)."""
+    png = Path(two_pages["screenshot"])
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (1280, 640)
+    assert len(data) > 50_000, "a page with two live videos is not a near-empty image"
+    if os.environ.get("STAGECAST_UPDATE_DEMO_PNG") == "1":
+        shutil.copyfile(png, DEMO_PNG)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+@pytest.mark.timeout(70)
+def test_watching_badge_counts_viewers(tmp_path: Path) -> None:
+    """(d) The page's "N watching" badge shows speakers and viewers as they come and go."""
+    result = run_scenario("badge", tmp_path)
+    joined = result["after_join"]
+    assert (joined["total"], joined["speakers"], joined["viewers"]) == (8, 2, 6)
+    assert joined["text"].startswith("8 watching") and "6 in the audience" in joined["text"]
+    left = result["after_leave"]
+    assert (left["total"], left["speakers"], left["viewers"]) == (6, 2, 4)
+    assert len(result["tiles"]) == 2, "the stage shows the two speakers, never the viewers"
+
+
+@pytest.mark.timeout(70)
+def test_host_pages_audience_and_promotes_a_raised_hand(tmp_path: Path) -> None:
+    """A host walks the audience with the cursor, sees a hand and invites the viewer on stage."""
+    result = run_scenario("host", tmp_path)
+    listed = result["listed"]
+    assert len(listed) == len(set(listed)) == 13 and result["viewer_id"] in listed
+    assert result["more_hidden"], "the last page has no next cursor"
+    assert result["promoted"] and result["on_stage"]
+    assert result["counts"]["speakers"] == 2 and result["counts"]["viewers"] == 12
+    assert result["hands_left"] == 0, "promotion lowers the hand"
+
+
+@pytest.mark.timeout(70)
+def test_page_resumes_after_a_dropped_socket(tmp_path: Path) -> None:
+    """The browser SDK resumes its session on a new socket, like the Python SDK."""
+    result = run_scenario("resume", tmp_path)
+    assert result["events"] == ["reconnecting", "reconnected"], result
+    assert result["same_sid"], result
+    assert result["left"] == [], "the other client never saw the page leave"
+
+
+# --------------------------------------------------------------------------- dev endpoints
+
+
+@pytest.fixture
+async def dev_edge(tmp_path: Path) -> AsyncIterator[str]:
+    async with services(tmp_path, dev_mode=True) as (_server, _config, url):
+        yield url
+
+
+async def test_dev_token_refused_outside_dev_mode(tmp_path: Path) -> None:
+    """(e) Without dev mode the token endpoint does not exist: 404, never a token."""
+    async with (
+        services(tmp_path, dev_mode=False) as (_server, _config, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        minted = await http.post("/dev/token", json={"room": "demo", "name": "Eve"})
+        promoted = await http.post("/dev/promote", json={"room": "demo", "identity": "x"})
+        page = await http.get("/")
+    assert minted.status_code == 404 and "token" not in minted.text
+    assert promoted.status_code == 404
+    assert page.status_code == 200 and 'data-dev="false"' in page.text
+
+
+async def test_dev_token_in_dev_mode(dev_edge: str) -> None:
+    """In dev mode the edge mints tokens with its own key: speaker, viewer or host."""
+    async with httpx.AsyncClient(base_url=dev_edge) as http:
+        page = await http.get("/")
+        speaker = await http.post("/dev/token", json={"room": "demo", "name": "Ada Lovelace"})
+        host = await http.post(
+            "/dev/token", json={"room": "demo", "identity": "h1", "name": "H", "host": True}
+        )
+        viewer = await http.post("/dev/token", json={"room": "demo", "viewer": True})
+        bad = [
+            await http.post("/dev/token", json={"name": "no room"}),
+            await http.post("/dev/token", json={"room": "demo", "viewer": "yes"}),
+            await http.post("/dev/token", content=b"not json"),
+            await http.post("/dev/token", json={"room": "r" * 300}),
+        ]
+    assert 'data-dev="true"' in page.text
+    claims = verify_token(speaker.json()["token"], {API_KEY: API_SECRET})
+    assert claims.room_id == "demo" and claims.name == "Ada Lovelace" and not claims.is_viewer
+    assert claims.participant_id == speaker.json()["identity"]
+    assert (claims.participant_id or "").startswith("ada-lovelace-")
+    assert claims.grant == Grant()
+    hosted = verify_token(host.json()["token"], {API_KEY: API_SECRET})
+    assert hosted.participant_id == "h1" and hosted.grant.can_moderate
+    watching = verify_token(viewer.json()["token"], {API_KEY: API_SECRET})
+    assert watching.is_viewer and not watching.grant.can_publish
+    assert watching.grant.can_subscribe and not watching.grant.can_moderate
+    assert [r.status_code for r in bad] == [400, 400, 400, 400]
+
+
+async def test_dev_promote_needs_a_moderator_of_the_room(dev_edge: str) -> None:
+    """/dev/promote acts only for a moderator token of the same room."""
+    async with httpx.AsyncClient(base_url=dev_edge) as http:
+
+        async def token(**body: Any) -> str:
+            reply = await http.post("/dev/token", json={"room": "demo", **body})
+            value: str = reply.json()["token"]
+            return value
+
+        speaker, other_host, host = (
+            await token(),
+            await http.post("/dev/token", json={"room": "other", "host": True}),
+            await token(host=True),
+        )
+        body = {"room": "demo", "identity": "nobody"}
+        anonymous = await http.post("/dev/promote", json=body)
+        forged = await http.post("/dev/promote", json=body, headers={"Authorization": "Bearer x"})
+        not_moderator = await http.post(
+            "/dev/promote", json=body, headers={"Authorization": f"Bearer {speaker}"}
+        )
+        elsewhere = await http.post(
+            "/dev/promote",
+            json=body,
+            headers={"Authorization": f"Bearer {other_host.json()['token']}"},
+        )
+        missing = await http.post(
+            "/dev/promote", json=body, headers={"Authorization": f"Bearer {host}"}
+        )
+    assert (anonymous.status_code, forged.status_code) == (401, 401)
+    assert (not_moderator.status_code, elsewhere.status_code) == (403, 403)
+    assert missing.status_code == 404, missing.text
+
+
+async def test_static_files_types_and_caching(dev_edge: str) -> None:
+    """/static serves the SDK with its content type, no caching in dev; nothing else."""
+    async with httpx.AsyncClient(base_url=dev_edge) as http:
+        sdk = await http.get("/static/stagecast.js")
+        css = await http.get("/static/style.css")
+        etag = sdk.headers["etag"]
+        again = await http.get("/static/stagecast.js", headers={"If-None-Match": etag})
+        refused = [
+            (await http.get(path)).status_code
+            for path in ("/static/nope.js", "/static/..%2Fpage.py", "/static/page.py", "/static/")
+        ]
+    assert sdk.status_code == 200 and sdk.headers["content-type"].startswith("text/javascript")
+    assert sdk.headers["cache-control"] == "no-store"
+    assert "export async function join" in sdk.text
+    assert css.headers["content-type"].startswith("text/css")
+    assert again.status_code == 304
+    assert refused == [404, 404, 404, 404]
+    for file in STATIC_DIR.iterdir():
+        assert file.suffix in CONTENT_TYPES, f"{file.name}: add its content type"
+
+
+# --------------------------------------------------------------------------- msgpack.js
+
+
+def test_msgpack_js_round_trips_every_frame_shape(tmp_path: Path) -> None:
+    """msgpack.js decodes and re-encodes the edge's frames byte for byte."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node (>= 20) is not on PATH: install Node.js")
+    speaker = ParticipantInfo(
+        sid="PA_1",
+        id="zoë",
+        name="Zoë 🎤",
+        attributes={"hand": "raised"},
+        tracks=(TrackInfo(sid="TR_1", kind="video", source="camera"),),
+        joined_at=1_767_000_000_123,
+    )
+    frames = [
+        JoinAccepted(
+            id=1,
+            seq=2**40,
+            room=RoomInfo(
+                id="r", sid="RM_1", counts=Counts(speaker=1, viewer=70_000, total=70_001)
+            ),
+            participant=speaker,
+            grant=Grant(can_moderate=True),
+            speakers=(speaker,) * 20,
+            resume_token="t" * 300,
+        ),
+        ParticipantsPage(id=7, participants=(speaker,) * 3, next_cursor="c" * 70_000, total=3),
+        TrackPublished(seq=-1, participant_id="a", track=TrackInfo(sid="T", kind="audio")),
+        Ack(id=2**53 - 1, sid="TR_x"),
+    ]
+    values: list[Any] = [to_wire(f) for f in frames]
+    values += [
+        {"payload": bytes(range(256)) * 300, "f": 0.1, "n": None, "neg": [-1, -33, -129, -40_000]},
+        {"big": [2**31, 2**32, -(2**31) - 1, 2**63 - 1, -(2**63), 2**64 - 1]},
+        list(range(20)),
+    ]
+    script = tmp_path / "roundtrip.mjs"
+    script.write_text(
+        f"import {{ encode, decode }} from {json.dumps((STATIC_DIR / 'msgpack.js').as_uri())};\n"
+        "import { readFileSync } from 'node:fs';\n"
+        "process.stdout.write(Buffer.from(encode(decode(readFileSync(0)))));\n"
+    )
+    for value in values:
+        data = msgpack.packb(value, use_bin_type=True)
+        done = subprocess.run([node, str(script)], input=data, capture_output=True, timeout=20)
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout == data, f"{str(value)[:200]} did not survive msgpack.js"
+    assert encode(frames[-1]) == msgpack.packb(values[3], use_bin_type=True)
