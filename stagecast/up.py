@@ -185,6 +185,8 @@ async def run_up(config: UpConfig) -> int:
         raise
     url = stack.edge_urls[0]
     print(f"Stagecast ready at {url}", flush=True)
+    if config.dev:
+        print(f"  demo page       {url}/  (dev mode: the page mints its own tokens)", flush=True)
     print(f"  api key/secret  {config.api_key} / {config.api_secret}", flush=True)
     print(f"  nats            {stack.nats_url}", flush=True)
     if stack.forwarder_ids:
