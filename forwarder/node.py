@@ -4,8 +4,9 @@ A `Forwarder` owns one peer connection per publisher (receive-only: the client's
 video) and one per subscriber (send-only: one leg per subscribed track). Packets flow
 publisher receiver -> `Router` -> subscriber senders through `forwarder.aiortc_adapter`;
 nothing is decoded or encoded here. Tracks relayed from another forwarder are published
-with `add_relayed_track` (their packets come from the caller). Signaling (who publishes
-what, who subscribes to what) is the caller's: `forwarder.service` does it over NATS.
+with `add_relayed_track` (their packets come from the caller). Codec and SDP choices are
+`forwarder.negotiation`'s. Signaling (who publishes what, who subscribes to what) is the
+caller's: `forwarder.service` does it over NATS.
 """
 
 from __future__ import annotations
@@ -16,19 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from aiortc import (
-    RTCConfiguration,
-    RTCIceCandidate,
-    RTCPeerConnection,
-    RTCRtpCodecCapability,
-    RTCRtpCodecParameters,
-    RTCRtpSender,
-    RTCSessionDescription,
-)
-from aiortc.codecs import is_rtx
-from aiortc.exceptions import InvalidAccessError as AiortcInvalidAccess
-from aiortc.exceptions import InvalidStateError as AiortcInvalidState
-from aiortc.sdp import candidate_from_sdp
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from forwarder.aiortc_adapter import (
     InboundStream,
@@ -38,28 +27,26 @@ from forwarder.aiortc_adapter import (
     negotiated_codecs,
 )
 from forwarder.errors import (
-    CodecChanged,
     DuplicateSession,
     DuplicateTrack,
     InvalidCandidate,
-    InvalidSdp,
     InvalidStateError,
-    NoForwardableCodec,
     ParticipantNotFound,
     TrackNotFound,
     TracksChanged,
-    WrongMediaSections,
+)
+from forwarder.negotiation import (
+    apply_remote,
+    capabilities_for,
+    codec_info,
+    parse_candidate,
+    pick_forwardable,
+    pick_matching,
 )
 from forwarder.packets import CodecInfo, MediaKind, MediaPacket
 from forwarder.router import Router
 
 logger = logging.getLogger(__name__)
-
-FORWARDABLE_CODECS: dict[str, tuple[str, ...]] = {
-    "video": ("video/vp8", "video/h264"),
-    "audio": ("audio/opus", "audio/g722", "audio/pcmu", "audio/pcma"),
-}
-"""What a publisher may send, by preference: every subscriber must take the same codec."""
 
 
 class ForwarderState(enum.Enum):
@@ -263,7 +250,7 @@ class Forwarder:
         publisher = _Publisher(publisher_id, pc)
         published: list[PublishedTrack] = []
         try:
-            await _apply_remote(pc, offer_sdp, "offer")
+            await apply_remote(pc, offer_sdp, "offer")
             for transceiver in pc.getTransceivers():
                 if transceiver.receiver.track is None or transceiver.mid is None:
                     continue  # nothing to receive on this m-line
@@ -274,11 +261,11 @@ class Forwarder:
                     raise DuplicateTrack(track_id)
                 offered = negotiated_codecs(transceiver)
                 if keep is None:
-                    codecs = _forwardable(kind, offered)
+                    codecs = pick_forwardable(kind, offered)
                 else:
                     if track_id not in keep:
                         raise TracksChanged(publisher_id, sorted(keep), [track_id])
-                    codecs = _matching(track_id, keep[track_id], kind, offered)
+                    codecs = pick_matching(track_id, keep[track_id], kind, offered)
                 keep_codecs(transceiver, codecs)
                 codec = codec_info(kind, codecs[0]) if keep is None else keep[track_id]
                 published.append(PublishedTrack(track_id, kind, mid, codec))
@@ -345,7 +332,7 @@ class Forwarder:
         try:
             for track_id, codec in codecs.items():
                 transceiver = pc.addTransceiver(codec.kind, direction="sendonly")
-                transceiver.setCodecPreferences(_capabilities_for(codec))
+                transceiver.setCodecPreferences(capabilities_for(codec))
                 leg = SubscriberLeg(subscriber_id, track_id)
                 leg.stream = OutboundStream(
                     transceiver.sender,
@@ -369,7 +356,7 @@ class Forwarder:
         """Apply the subscriber's answer; its legs start forwarding once connected."""
         self._check_open("set_subscriber_answer")
         subscriber = self._subscriber(subscriber_id)
-        await _apply_remote(subscriber.pc, answer_sdp, "answer")
+        await apply_remote(subscriber.pc, answer_sdp, "answer")
 
     async def add_ice_candidate(
         self,
@@ -391,7 +378,7 @@ class Forwarder:
         session = sessions.get(peer_id)
         if session is None:
             raise ParticipantNotFound(peer_id)
-        parsed = _parse_candidate(candidate, sdp_mid, sdp_mline_index)
+        parsed = parse_candidate(candidate, sdp_mid, sdp_mline_index)
         try:
             await session.pc.addIceCandidate(parsed)
         except ValueError as exc:
@@ -462,127 +449,6 @@ class Forwarder:
     def _check_open(self, what: str) -> None:
         if self.state is not ForwarderState.OPEN:
             raise InvalidStateError(what, self.state.value)
-
-
-def _forwardable(
-    kind: MediaKind, codecs: list[RTCRtpCodecParameters]
-) -> list[RTCRtpCodecParameters]:
-    """The preferred forwardable codec among `codecs`, with its RTX if negotiated."""
-    for mime_type in FORWARDABLE_CODECS[kind]:
-        for codec in codecs:
-            if codec.mimeType.lower() == mime_type and not (
-                mime_type == "video/h264" and str(codec.parameters.get("packetization-mode")) != "1"
-            ):
-                rtx = [
-                    c for c in codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType
-                ]
-                return [codec, *rtx[:1]]
-    raise NoForwardableCodec(kind, [c.mimeType for c in codecs if not is_rtx(c)])
-
-
-def _matching(
-    track_id: str, codec: CodecInfo, kind: MediaKind, offered: list[RTCRtpCodecParameters]
-) -> list[RTCRtpCodecParameters]:
-    """The offered codec that carries `codec` unchanged, with its RTX if negotiated."""
-    for candidate in offered:
-        if not is_rtx(candidate) and _same_codec(codec, codec_info(kind, candidate)):
-            rtx = [
-                c for c in offered if is_rtx(c) and c.parameters.get("apt") == candidate.payloadType
-            ]
-            return [candidate, *rtx[:1]]
-    raise CodecChanged(track_id, codec.mime_type, [c.mimeType for c in offered if not is_rtx(c)])
-
-
-def _same_codec(published: CodecInfo, offered: CodecInfo) -> bool:
-    """Whether packets of `offered` can go to legs negotiated for `published`.
-
-    Payload types may differ (every leg rewrites them); for H.264 the profile and the
-    packetization mode must match, other fmtp parameters do not change the bitstream.
-    """
-    if (published.kind, published.mime_type.lower(), published.clock_rate) != (
-        offered.kind,
-        offered.mime_type.lower(),
-        offered.clock_rate,
-    ) or (published.channels or 1) != (offered.channels or 1):
-        return False
-    if published.name != "H264":
-        return True
-    before, after = dict(published.parameters), dict(offered.parameters)
-    return all(
-        before.get(name, "").lower() == after.get(name, "").lower()
-        for name in ("profile-level-id", "packetization-mode")
-    )
-
-
-def sole_media_section(offer_sdp: str, kind: MediaKind) -> str:
-    """The MID of a per-track offer's only m-line, which must be of `kind`.
-
-    Peer connections are per track: an offer with more or other m-lines is refused
-    (`WrongMediaSections`) before any peer connection is made for it.
-    """
-    sections: list[list[str]] = []
-    for line in offer_sdp.splitlines():
-        if line.startswith("m="):
-            sections.append([line[2:].split(" ", 1)[0]])
-        elif sections and line.startswith("a=mid:"):
-            sections[-1].append(line[6:].strip())
-    if len(sections) != 1 or sections[0][0] != kind:
-        raise WrongMediaSections(kind, [section[0] for section in sections])
-    if len(sections[0]) < 2 or not sections[0][1]:
-        raise InvalidSdp("offer", "its m-line has no a=mid")
-    return sections[0][1]
-
-
-async def _apply_remote(pc: RTCPeerConnection, sdp: str, sdp_type: str) -> None:
-    """setRemoteDescription, with what aiortc raises on bad SDP named `InvalidSdp`."""
-    try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
-    except (ValueError, KeyError, IndexError, AiortcInvalidAccess, AiortcInvalidState) as exc:
-        raise InvalidSdp(sdp_type, f"{type(exc).__name__}: {exc}") from None
-
-
-def _parse_candidate(
-    candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
-) -> RTCIceCandidate | None:
-    text = candidate.strip()
-    if text.startswith("a="):
-        text = text[2:]
-    if text.startswith("candidate:"):
-        text = text[len("candidate:") :]
-    if not text:
-        return None  # end of candidates
-    if sdp_mid is None and sdp_mline_index is None:
-        raise InvalidCandidate(candidate, "it names no media section (sdpMid, sdpMLineIndex)")
-    if len(text.split()) < 8:
-        raise InvalidCandidate(candidate, "fewer than 8 fields")
-    try:
-        parsed = candidate_from_sdp(text)
-    except (ValueError, IndexError) as exc:
-        raise InvalidCandidate(candidate, f"{type(exc).__name__}: {exc}") from None
-    parsed.sdpMid = sdp_mid
-    parsed.sdpMLineIndex = sdp_mline_index
-    return parsed
-
-
-def _capabilities_for(codec: CodecInfo) -> list[RTCRtpCodecCapability]:
-    """The subscriber leg's codec preferences: exactly the publisher's codec (+ RTX)."""
-    capabilities = RTCRtpSender.getCapabilities(codec.kind).codecs
-    chosen = [c for c in capabilities if codec_info(codec.kind, c) == codec]
-    if not chosen:
-        raise NoForwardableCodec(codec.kind, [codec.mime_type])
-    rtx = [c for c in capabilities if is_rtx(c)] if codec.kind == "video" else []
-    return chosen[:1] + rtx[:1]
-
-
-def codec_info(kind: MediaKind, codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> CodecInfo:
-    """A `CodecInfo` from aiortc's codec parameters or capability."""
-    return CodecInfo(
-        kind=kind,
-        mime_type=codec.mimeType,
-        clock_rate=codec.clockRate,
-        channels=codec.channels,
-        parameters=tuple(sorted((str(k), str(v)) for k, v in codec.parameters.items())),
-    )
 
 
 async def _close_quietly(pc: RTCPeerConnection) -> None:

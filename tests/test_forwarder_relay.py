@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from forwarder.main import running_forwarder
-from forwarder.relay import RelayInState
+from forwarder.relay_in import RelayInState
 from schemas.codec import decode
 from schemas.media import ForwarderSdp, MediaTrackState, RelayPacket
 from schemas.subjects import relay

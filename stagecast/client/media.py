@@ -146,13 +146,8 @@ class PeerMedia:
 
     async def _restart_outbound(self, track_sid: str, failed: RTCPeerConnection) -> None:
         outbound = self._outbound.get(track_sid)
-        if outbound is None or outbound.pc is not failed or self._closed:
+        if outbound is None or not await self._may_restart(outbound, failed):
             return
-        if outbound.restarts >= MAX_RESTARTS:
-            log.warning("giving up on track %s after %d restarts", track_sid, outbound.restarts)
-            return
-        outbound.restarts += 1
-        await asyncio.sleep(RESTART_BACKOFF_S * outbound.restarts)
         log.info("publisher connection of %s failed: restarting ICE", track_sid)
         outbound.pc = self._new_pc()
         await failed.close()
@@ -234,15 +229,22 @@ class PeerMedia:
 
     async def _restart_inbound(self, track_sid: str, failed: RTCPeerConnection) -> None:
         inbound = self._inbound.get(track_sid)
-        if inbound is None or inbound.pc is not failed or self._closed:
+        if inbound is None or not await self._may_restart(inbound, failed):
             return
-        if inbound.restarts >= MAX_RESTARTS:
-            log.warning("giving up on track %s after %d restarts", track_sid, inbound.restarts)
-            return
-        inbound.restarts += 1
-        await asyncio.sleep(RESTART_BACKOFF_S * inbound.restarts)
         log.info("subscriber connection of %s failed: asking for a new offer", track_sid)
         await self._host.request(RestartIce(id=0, track_sid=track_sid))
+
+    async def _may_restart(self, entry: _Outbound | _Inbound, failed: RTCPeerConnection) -> bool:
+        """Whether to replace `entry`'s failed connection, after a pause that grows with
+        each restart; False once it was replaced already, or restarted too often."""
+        if entry.pc is not failed or self._closed:
+            return False
+        if entry.restarts >= MAX_RESTARTS:
+            log.warning("giving up on track %s after %d restarts", entry.track_sid, entry.restarts)
+            return False
+        entry.restarts += 1
+        await asyncio.sleep(RESTART_BACKOFF_S * entry.restarts)
+        return entry.pc is failed and not self._closed
 
     # ------------------------------------------------------------------ lifecycle
 
