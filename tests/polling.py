@@ -64,3 +64,23 @@ async def eventually(
                 f"last: {last}"
             )
         await asyncio.sleep(interval)
+
+
+async def settled(
+    read: Callable[[], int], *, what: str, quiet: float = 0.5, timeout: float = 15.0
+) -> int:
+    """Wait until `read()` stops changing for `quiet` seconds; return its value.
+
+    For counters that must stop (packets while muted, frames after unsubscribing): raise
+    `AssertionError` naming `what` if it is still changing after `timeout` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    value, since = read(), loop.time()
+    while loop.time() - since < quiet:
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} still changing after {timeout} s (now {value})")
+        await asyncio.sleep(0.02)
+        if read() != value:
+            value, since = read(), loop.time()
+    return value

@@ -20,6 +20,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamT
 
 from forwarder.errors import DuplicateSession, InvalidStateError, TrackNotFound
 from forwarder.node import Forwarder, LegState, PublisherAnswer
+from tests.polling import settled
 
 WAIT = 10.0
 
@@ -35,20 +36,6 @@ async def eventually(check: Callable[[], Any], *, what: str, timeout: float = WA
         if loop.time() > deadline:
             raise AssertionError(f"still waiting for {what} after {timeout} s")
         await asyncio.sleep(0.02)
-
-
-async def settled(read: Callable[[], int], *, what: str, quiet: float = 0.5) -> int:
-    """Wait until `read()` stops changing for `quiet` seconds; return its value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    value, since = read(), loop.time()
-    while loop.time() - since < quiet:
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} still changing after {WAIT} s (now {value})")
-        await asyncio.sleep(0.02)
-        if read() != value:
-            value, since = read(), loop.time()
-    return value
 
 
 def peer() -> RTCPeerConnection:

@@ -26,8 +26,8 @@ from schemas.codec import decode
 from schemas.media import ForwarderSdp, MediaTrackState, RelayPacket
 from schemas.subjects import relay
 from stagecast.process import spawn_child, stop_child
-from tests.polling import eventually
-from tests.test_forwarder_service import WAIT, Client, Heartbeats, settled, subscribed
+from tests.polling import eventually, settled
+from tests.test_forwarder_service import WAIT, Client, Heartbeats, subscribed
 
 FW_A, FW_B = "FW_A", "FW_B"
 FORWARDER_CLI = (sys.executable, "-m", "stagecast.cli", "forwarder")

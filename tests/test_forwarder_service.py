@@ -39,7 +39,7 @@ from schemas.media import (
 )
 from schemas.models import TrackKind
 from schemas.subjects import FORWARDER_HEARTBEAT, forwarder_rpc, forwarder_sessions
-from tests.polling import eventually
+from tests.polling import eventually, settled
 
 ROOM = "room-1"
 FW = "FW_test"
@@ -48,20 +48,6 @@ WAIT = 15.0
 
 def peer() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
-async def settled(read: Callable[[], int], *, what: str, quiet: float = 0.5) -> int:
-    """Wait until `read()` stops changing for `quiet` seconds; return its value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    value, since = read(), loop.time()
-    while loop.time() - since < quiet:
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} still changing after {WAIT} s (now {value})")
-        await asyncio.sleep(0.02)
-        if read() != value:
-            value, since = read(), loop.time()
-    return value
 
 
 class Client:
