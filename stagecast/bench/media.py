@@ -1,0 +1,446 @@
+"""Media forwarding: CPU per packet, packets/s per core and added latency of one forwarder.
+
+`stagecast bench media --subscribers 1,10,50,100 --kinds video,audio` fans one publisher
+out to N subscribers through ONE forwarder, for each N and kind (`video`: VP8 at ~300
+packets/s, a synthetic moving pattern; `audio`: Opus, 50 packets/s), and through the
+decode/re-encode baseline (aiortc's `MediaRelay`, a real encoder per subscriber) for
+N <= `--relay-max`, since the relay cannot keep up beyond a few subscribers on a small
+machine. Every case starts fresh processes: the forwarder (`forwarder.bench`, at nice
+`--forwarder-nice`), the publisher and `--subscriber-procs` subscriber processes
+(`stagecast.bench.mediaclients`, at nice 10), so the forwarder's CPU is measured alone and
+is not preempted by its clients. `--pace` makes the publisher spread each frame's packets
+as a browser does. Figures per case, each the median over `--runs`:
+
+- us_per_packet: the forwarder process's CPU time (user + system, getrusage) over the
+  `--seconds` window / RTP packets it sent in it (one packet to 10 legs counts 10);
+  packets_per_core_s = 1e6 / us_per_packet.
+- latency_p50_ms / latency_p99_ms: per packet and leg, from the publisher's socket write
+  (stamped in the publisher process) to the leg's socket write after SRTP (stamped in
+  the forwarder); so it includes the loopback hop and the time a packet waits in the
+  forwarder's socket while earlier packets fan out. router_p99_ms: the part inside the
+  forwarder, from the router's `forward` entry to the leg's write.
+- delivered_ratio: packets the subscribers received / packets the forwarder sent.
+- client_cores / other_load_cores: CPU used during the window by the case's clients, and
+  by unrelated processes (a busy machine makes the latency figures meaningless).
+- transcode_cpu_ratio: the relay's CPU per packet sent / the forwarder's, same N and kind.
+
+The headline figures (last lines) are for video at the largest N (`transcode_cpu_ratio`:
+video at the largest N the relay ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+from rich.console import Console
+
+from forwarder.bench import LatencyStamps, Window, forwarder_process
+from stagecast.bench import Result, median, percentile
+from stagecast.bench.mediaclients import VIDEO_BITRATE, publisher_process, subscribers_process
+from stagecast.bench.workers import Worker
+
+KINDS = ("video", "audio")
+SETUP_LIMIT = 300.0
+"""Seconds a case may take to start its processes and connect every subscriber."""
+BATCH = 25
+"""Subscribers negotiated per round trip."""
+CONNECT_LIMIT = 120.0
+
+console = Console(stderr=True)
+
+
+def _counts(text: str) -> list[int]:
+    values = sorted({int(v) for v in text.split(",") if v.strip()})
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
+    return values
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(KINDS)}")
+    return kinds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options."""
+    parser.add_argument("--subscribers", type=_counts, default=[1, 10, 50, 100])
+    parser.add_argument("--kinds", type=_kinds, default=list(KINDS))
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured window per case")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--runs", type=int, default=1, help="runs per case (medians)")
+    parser.add_argument(
+        "--relay-max", type=int, default=10, help="largest N run through the relay (0: none)"
+    )
+    parser.add_argument(
+        "--subscriber-procs", type=int, default=2, help="processes the subscribers share"
+    )
+    parser.add_argument(
+        "--forwarder-nice",
+        type=int,
+        default=-10,
+        help="the measured process's nice value, so that other work on the machine does "
+        "not preempt it (needs privileges; otherwise it keeps the default)",
+    )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="publisher paces RTP at this multiple of the video bitrate (0: frame bursts)",
+    )
+    parser.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the latency stamps (to see their CPU cost, included otherwise)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write a cProfile of each window here"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=1800.0, help="start no case after this many s"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Case:
+    mode: str
+    """"forward" (the forwarder) or "relay" (the decode/re-encode baseline)."""
+    kind: str
+    subscribers: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}_{self.kind}_n{self.subscribers}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CaseRun:
+    """One run of a case: the forwarder's window and what the others saw of it."""
+
+    case: Case
+    window: Window
+    received: int
+    """RTP packets the subscribers counted over (about) the same window."""
+    silent: int
+    """Subscribers that received nothing in the window."""
+    latency_ms: list[float]
+    """Publisher write -> leg write, per packet and leg (empty for the relay)."""
+    router_ms: list[float]
+    """Router entry -> leg write, per packet and leg."""
+    unmatched: int
+    """Leg sends whose packet had no publisher stamp."""
+    client_cores: float
+    """CPU used meanwhile by the publisher, the subscribers and the suite, in cores."""
+    other_cores: float
+    """CPU used meanwhile by processes outside the case, in cores (a noisy machine)."""
+
+    @property
+    def us_per_packet(self) -> float:
+        return 1e6 * self.window.cpu_s / max(1, self.window.packets_out)
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    """The cases of one run, in order: per kind and N, the forwarder then the relay."""
+    found: list[Case] = []
+    for kind in args.kinds:
+        for n in args.subscribers:
+            found.append(Case("forward", kind, n))
+            if n <= args.relay_max:
+                found.append(Case("relay", kind, n))
+    return found
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    """Every case `--runs` times (runs outermost, to spread a noisy machine's effects)."""
+    started = time.monotonic()
+    done: dict[Case, list[CaseRun]] = {}
+    skipped = 0
+    for run_index in range(args.runs):
+        for case in cases(args):
+            if time.monotonic() - started > args.time_limit:
+                skipped += 1
+                continue
+            result = await run_case(case, args, run_index)
+            done.setdefault(case, []).append(result)
+            console.print(f"run {run_index + 1}: {summary(result)}")
+    if skipped:
+        console.print(f"[yellow]{skipped} case runs skipped[/]: --time-limit reached")
+    return figures(done, args)
+
+
+async def run_case(case: Case, args: argparse.Namespace, run_index: int) -> CaseRun:
+    """Start the processes of one case, connect everyone, warm up, measure, clean up."""
+    lifetime = SETUP_LIMIT + args.warmup + args.seconds + 60
+    latency = case.mode == "forward" and not args.no_latency
+    ids = [f"sub{i}" for i in range(case.subscribers)]
+    procs = max(1, min(args.subscriber_procs, case.subscribers))
+    groups = [ids[i::procs] for i in range(procs)]
+    workers: list[Worker] = []
+    try:
+        node = (case.mode, latency, VIDEO_BITRATE, args.forwarder_nice, lifetime)
+        workers.append(Worker(f"forwarder-{case.mode}", forwarder_process, *node))
+        workers.append(Worker("publisher", publisher_process, case.kind, args.pace, lifetime))
+        for i in range(procs):
+            workers.append(Worker(f"subscribers-{i}", subscribers_process, lifetime))
+        forwarder, publisher, *subscribers = workers
+        offer = await publisher.call("offer", timeout=SETUP_LIMIT)
+        answer, track_ids = await forwarder.call("publish", offer)
+        await publisher.call("answer", answer)
+        for group, worker in zip(groups, subscribers, strict=True):
+            for start in range(0, len(group), BATCH):
+                batch = group[start : start + BATCH]
+                offers = await forwarder.call("subscribe_many", batch, track_ids)
+                answers = await worker.call("answer_many", list(zip(batch, offers, strict=True)))
+                await forwarder.call("answer_many", list(zip(batch, answers, strict=True)))
+        await _wait_legs(forwarder, case.subscribers * len(track_ids))
+        await publisher.call("keyframe")  # every video leg starts at a keyframe
+        await asyncio.sleep(args.warmup)
+        before = await _received(subscribers)
+        load = MachineLoad([w.pid for w in workers])
+        profile = None
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile = str(args.profile / f"{case.name}-run{run_index + 1}.prof")
+        window: Window = await forwarder.call(
+            "measure", args.seconds, profile, timeout=args.seconds + 60
+        )
+        client_cores, other_cores = load.cores()
+        after = await _received(subscribers)
+        stamps: LatencyStamps | None = await forwarder.call("latency")
+        sent: dict[int, int] = await publisher.call("stamps")
+    finally:
+        await asyncio.gather(*(w.close() for w in workers))
+    if stamps is not None and stamps.truncated:
+        console.print(f"[yellow]{case.name}: latency stamps truncated[/] (a long window)")
+    latency_ms, router_ms, unmatched = latencies(stamps, sent)
+    return CaseRun(
+        case=case,
+        window=window,
+        received=sum(after.values()) - sum(before.values()),
+        silent=sum(1 for s, count in after.items() if count == before.get(s, 0)),
+        latency_ms=latency_ms,
+        router_ms=router_ms,
+        unmatched=unmatched,
+        client_cores=client_cores,
+        other_cores=other_cores,
+    )
+
+
+class MachineLoad:
+    """CPU used from now on, in cores: by the case's clients, and by unrelated processes.
+
+    `pids[0]` is the measured process; the other pids and this process are the clients.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self._measured = psutil.Process(pids[0])
+        self._clients = [psutil.Process(pid) for pid in pids[1:]] + [psutil.Process()]
+        self._start = time.monotonic()
+        self._busy = self._machine_busy()
+        self._cpu = self._measured_cpu(), self._clients_cpu()
+
+    def cores(self) -> tuple[float, float]:
+        """(clients, others) since this was made."""
+        wall = max(time.monotonic() - self._start, 1e-9)
+        busy = self._machine_busy() - self._busy
+        measured = self._measured_cpu() - self._cpu[0]
+        clients = self._clients_cpu() - self._cpu[1]
+        return clients / wall, max(0.0, busy - measured - clients) / wall
+
+    @staticmethod
+    def _machine_busy() -> float:
+        # guest time is already in user; steal is CPU the hypervisor gave to others
+        times = psutil.cpu_times()._asdict()
+        busy = ("user", "nice", "system", "irq", "softirq", "steal")
+        return float(sum(times.get(field, 0.0) for field in busy))
+
+    def _measured_cpu(self) -> float:
+        times = self._measured.cpu_times()
+        return float(times.user + times.system)
+
+    def _clients_cpu(self) -> float:
+        return float(sum(sum(p.cpu_times()[:2]) for p in self._clients))
+
+
+async def _wait_legs(forwarder: Worker, expected: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_LIMIT
+    while (legs := await forwarder.call("legs")) < expected:
+        if loop.time() > deadline:
+            raise TimeoutError(f"{legs} of {expected} legs connected after {CONNECT_LIMIT} s")
+        await asyncio.sleep(0.1)
+
+
+async def _received(subscribers: Sequence[Worker]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for worker in subscribers:
+        counts.update(await worker.call("counts"))
+    return counts
+
+
+def latencies(
+    stamps: LatencyStamps | None, sent: dict[int, int]
+) -> tuple[list[float], list[float], int]:
+    """Per (packet, leg): publisher write -> leg write and router entry -> leg write (ms)."""
+    if stamps is None:
+        return [], [], 0
+    packets, legs = array("q"), array("q")
+    packets.frombytes(stamps.packets)
+    legs.frombytes(stamps.legs)
+    end_to_end: list[float] = []
+    in_router: list[float] = []
+    unmatched = 0
+    for i in range(0, len(packets), 4):
+        key, entered, first, count = packets[i : i + 4]
+        published = sent.get(key)
+        for t in legs[first : first + count]:
+            in_router.append((t - entered) / 1e6)
+            if published is None:
+                unmatched += 1
+            else:
+                end_to_end.append((t - published) / 1e6)
+    return end_to_end, in_router, unmatched
+
+
+def summary(r: CaseRun) -> str:
+    w = r.window
+    text = (
+        f"{r.case.mode} {r.case.kind} n={r.case.subscribers}: "
+        f"{r.us_per_packet:.1f} us/packet, {w.packets_out / w.wall_s:,.0f} out/s "
+        f"({w.packets_in / w.wall_s:,.0f} in/s), CPU {100 * w.cpu_s / w.wall_s:.0f}%"
+    )
+    if r.latency_ms:
+        text += (
+            f", latency p50/p99 {percentile(r.latency_ms, 50):.2f}/"
+            f"{percentile(r.latency_ms, 99):.2f} ms"
+        )
+    text += f", delivered {r.received / max(1, w.packets_out):.2f}"
+    return text + f", clients {r.client_cores:.2f} cores, others {r.other_cores:.2f} cores"
+
+
+def _med(runs: list[CaseRun], figure: Callable[[CaseRun], float]) -> float:
+    return median([figure(r) for r in runs])
+
+
+def figures(done: dict[Case, list[CaseRun]], args: argparse.Namespace) -> list[Result]:
+    """Per-case medians, the relay ratios, then the headline figures."""
+    results = [r for case, runs in done.items() for r in case_figures(case, runs, args)]
+    ratios = {
+        case: _ratio(runs, done.get(Case("forward", case.kind, case.subscribers), []))
+        for case, runs in done.items()
+        if case.mode == "relay"
+    }
+    for case, ratio in ratios.items():
+        if ratio is not None:
+            name = f"transcode_cpu_ratio_{case.kind}_n{case.subscribers}"
+            results.append(Result(name, ratio, "x", "relay us/packet / forwarder us/packet"))
+    return results + headline(done, ratios, args)
+
+
+def case_figures(case: Case, runs: list[CaseRun], args: argparse.Namespace) -> list[Result]:
+    """The medians of one case over its runs."""
+    name = case.name
+    us = _med(runs, lambda r: r.us_per_packet)
+    in_s = _med(runs, lambda r: r.window.packets_in / r.window.wall_s)
+    switches = _med(runs, lambda r: r.window.involuntary_switches / r.window.wall_s)
+    nice = max(r.window.niceness for r in runs)
+    results = [Result(f"{name}_us_per_packet", us, "us", f"median of {len(runs)}")]
+    if case.mode == "forward":
+        results.append(Result(f"{name}_packets_per_core_s", 1e6 / max(us, 1e-9), "1/s"))
+    results += [
+        Result(
+            f"{name}_cpu_percent",
+            _med(runs, lambda r: 100 * r.window.cpu_s / r.window.wall_s),
+            "%",
+            f"of one core; nice {nice}, {switches:.0f} preemptions/s",
+        ),
+        Result(
+            f"{name}_kernel_percent",
+            _med(runs, lambda r: 100 * r.window.system_s / max(r.window.cpu_s, 1e-9)),
+            "%",
+            "of its CPU: system time",
+        ),
+        Result(
+            f"{name}_packets_out_per_s",
+            _med(runs, lambda r: r.window.packets_out / r.window.wall_s),
+            "1/s",
+            f"{in_s:,.0f} in/s",
+        ),
+        Result(
+            f"{name}_delivered_ratio",
+            _med(runs, lambda r: r.received / max(1, r.window.packets_out)),
+            "x",
+            f"silent subscribers: {max(r.silent for r in runs)}",
+        ),
+    ]
+    if case.mode == "forward" and not args.no_latency:
+        unmatched = max(r.unmatched for r in runs)
+        results += [
+            Result(f"{name}_latency_p50_ms", _p(runs, 50), "ms", "publisher -> leg"),
+            Result(f"{name}_latency_p99_ms", _p(runs, 99), "ms", f"{unmatched} unmatched"),
+            Result(f"{name}_router_p99_ms", _p(runs, 99, router=True), "ms", "in-process"),
+        ]
+    return [
+        *results,
+        Result(
+            f"{name}_client_cores",
+            _med(runs, lambda r: r.client_cores),
+            "cores",
+            "publisher + subscribers + suite",
+        ),
+        Result(
+            f"{name}_other_load_cores",
+            _med(runs, lambda r: r.other_cores),
+            "cores",
+            "CPU of unrelated processes",
+        ),
+    ]
+
+
+def _p(runs: list[CaseRun], pct: float, *, router: bool = False) -> float:
+    return median([percentile(r.router_ms if router else r.latency_ms, pct) for r in runs])
+
+
+def _ratio(relay: list[CaseRun], forward: list[CaseRun]) -> float | None:
+    if not relay or not forward:
+        return None
+    forward_us = _med(forward, lambda r: r.us_per_packet)
+    return _med(relay, lambda r: r.us_per_packet) / max(forward_us, 1e-9)
+
+
+def headline(
+    done: dict[Case, list[CaseRun]], ratios: dict[Case, float | None], args: argparse.Namespace
+) -> list[Result]:
+    """The suite's summary: video (else audio) at the largest N measured."""
+    forward = [c for c in done if c.mode == "forward"]
+    if not forward:
+        return []
+    kind = "video" if any(c.kind == "video" for c in forward) else "audio"
+    case = max((c for c in forward if c.kind == kind), key=lambda c: c.subscribers)
+    runs = done[case]
+    us = _med(runs, lambda r: r.us_per_packet)
+    where = f"{kind}, 1 -> {case.subscribers}"
+    results = [
+        Result("forward_us_per_packet", us, "us", where),
+        Result("forwarded_packets_per_core_s", 1e6 / max(us, 1e-9), "1/s", where),
+    ]
+    if not args.no_latency:
+        results += [
+            Result("forward_latency_p50_ms", _p(runs, 50), "ms", where),
+            Result("forward_latency_p99_ms", _p(runs, 99), "ms", where),
+        ]
+    measured = [(c, r) for c, r in ratios.items() if r is not None and c.kind == kind]
+    if measured:
+        relay, ratio = max(measured, key=lambda item: item[0].subscribers)
+        results.append(
+            Result("transcode_cpu_ratio", ratio, "x", f"{kind}, 1 -> {relay.subscribers}")
+        )
+    return results
