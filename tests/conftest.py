@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from stagecast.natsserver import NatsServer
+from tests.heartbeats import Heartbeats, watch_heartbeats
 
 # --------------------------------------------------------------------------- NATS
 
@@ -61,3 +62,9 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 def js(nc: NATS) -> JetStreamContext:
     """A JetStream context on `nc`."""
     return nc.jetstream()
+
+
+@pytest.fixture
+async def heartbeats(nc: NATS) -> Heartbeats:
+    """Forwarder heartbeats on the test's NATS, recorded from the start of the test."""
+    return await watch_heartbeats(nc)

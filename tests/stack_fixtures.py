@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import nats
+
 import stagecast
 from edge.config import EdgeConfig
 from edge.main import running_edge
@@ -22,6 +24,7 @@ from schemas.models import Grant
 from stagecast.client import ConnectOptions, Room
 from stagecast.natsserver import NatsServer
 from tests.edge_fixtures import services
+from tests.heartbeats import watch_heartbeats
 from tests.polling import eventually
 
 API_KEY = "devkey"
@@ -42,15 +45,6 @@ AUDIENCE = Grant(
 )
 OPTIONS = ConnectOptions(connect_timeout=15.0, request_timeout=15.0)
 WAIT = 15.0
-
-
-@dataclasses.dataclass
-class _Beats:
-    nc: Any
-    seen: set[str]
-
-    async def close(self) -> None:
-        await self.nc.close()
 
 
 @dataclasses.dataclass
@@ -125,33 +119,19 @@ class Stack:
         """A forwarder in this process, once the statekeeper can place media on it."""
         from forwarder.main import running_forwarder
 
-        beats = await self._heartbeats()
+        nc = await nats.connect(self.nats.url)
+        beats = await watch_heartbeats(nc)
         try:
             context = running_forwarder(self.nats.url, forwarder_id=forwarder_id)
             stack = exit_stack if exit_stack is not None else self._exit
             service = await stack.enter_async_context(context)
             await eventually(
-                lambda: forwarder_id in beats.seen, what=f"{forwarder_id}'s heartbeat", timeout=WAIT
+                lambda: beats.last(forwarder_id), what=f"{forwarder_id}'s heartbeat", timeout=WAIT
             )
         finally:
-            await beats.close()
+            await nc.close()
         self.forwarders[forwarder_id] = service
         return service
-
-    async def _heartbeats(self) -> _Beats:
-        import nats
-
-        from schemas.codec import decode
-        from schemas.subjects import FORWARDER_HEARTBEAT
-
-        nc = await nats.connect(self.nats.url)
-        seen: set[str] = set()
-
-        async def on_beat(msg: Any) -> None:
-            seen.add(getattr(decode(msg.data), "forwarder_id", ""))
-
-        await nc.subscribe(FORWARDER_HEARTBEAT, cb=on_beat)
-        return _Beats(nc, seen)
 
     async def leave_all(self) -> None:
         await asyncio.gather(*(room.leave() for room in self.rooms))

@@ -26,8 +26,9 @@ from schemas.codec import decode
 from schemas.media import ForwarderSdp, MediaTrackState, RelayPacket
 from schemas.subjects import relay
 from stagecast.process import spawn_child, stop_child
+from tests.heartbeats import Heartbeats
 from tests.polling import eventually, settled
-from tests.test_forwarder_service import WAIT, Client, Heartbeats, subscribed
+from tests.test_forwarder_service import WAIT, Client, subscribed
 
 FW_A, FW_B = "FW_A", "FW_B"
 FORWARDER_CLI = (sys.executable, "-m", "stagecast.cli", "forwarder")
@@ -52,16 +53,6 @@ async def tap(nc: NATS, to_forwarder: str, track_sid: str) -> RelayTap:
     await nc.subscribe(relay(to_forwarder, track_sid), cb=counter.on_packet)
     await nc.flush()
     return counter
-
-
-@pytest.fixture
-async def heartbeats(nc: NATS) -> Heartbeats:
-    from schemas.subjects import FORWARDER_HEARTBEAT
-
-    beats = Heartbeats()
-    await nc.subscribe(FORWARDER_HEARTBEAT, cb=beats.on_beat)
-    await nc.flush()
-    return beats
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from forwarder.service import ForwarderService
 from schemas.client import Error, SignalOffer
 from schemas.codec import Message, decode, encode
 from schemas.media import (
-    ForwarderHeartbeat,
     ForwarderOk,
     ForwarderSdp,
     MediaCandidate,
@@ -38,7 +37,8 @@ from schemas.media import (
     SubscriberAnswer,
 )
 from schemas.models import TrackKind
-from schemas.subjects import FORWARDER_HEARTBEAT, forwarder_rpc, forwarder_sessions
+from schemas.subjects import forwarder_rpc, forwarder_sessions
+from tests.heartbeats import Heartbeats
 from tests.polling import eventually, settled
 
 ROOM = "room-1"
@@ -218,30 +218,6 @@ def subscribed(
         publisher_sid=publisher.sid,
         forwarder_id=forwarder_id,
     )
-
-
-class Heartbeats:
-    """The forwarders' heartbeats, as the statekeeper sees them."""
-
-    def __init__(self) -> None:
-        self.seen: list[ForwarderHeartbeat] = []
-
-    async def on_beat(self, msg: Msg) -> None:
-        beat = decode(msg.data)
-        assert isinstance(beat, ForwarderHeartbeat)
-        self.seen.append(beat)
-
-    def last(self, forwarder_id: str) -> ForwarderHeartbeat | None:
-        mine = [b for b in self.seen if b.forwarder_id == forwarder_id]
-        return mine[-1] if mine else None
-
-
-@pytest.fixture
-async def heartbeats(nc: NATS) -> Heartbeats:
-    beats = Heartbeats()
-    await nc.subscribe(FORWARDER_HEARTBEAT, cb=beats.on_beat)
-    await nc.flush()
-    return beats
 
 
 @pytest.fixture
