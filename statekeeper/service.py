@@ -124,6 +124,8 @@ class Statekeeper:
         self.forwarders = ForwarderTable(self.tuning.forwarder_timeout_ms)
         self.media = MediaPlanner(self._publish)
         self._placing: dict[tuple[str, str], str] = {}
+        self._forwarder_lost = True
+        """Some session may sit on a dead forwarder (`_check_forwarders` looks)."""
         """Forwarder assignments appended to the log but not folded yet."""
 
     # ----------------------------------------------------------------------- lifecycle
@@ -475,21 +477,31 @@ class Statekeeper:
         if isinstance(beat, ForwarderHeartbeat):
             self.forwarders.beat(beat, self.clock())
             if beat.stopping:
+                self._forwarder_lost = True
                 self._check_forwarders()
 
     def _check_forwarders(self) -> None:
-        """Move the sessions of forwarders that stopped beating to live ones."""
+        """Move the sessions of forwarders that stopped beating to live ones.
+
+        The sessions are scanned only when a forwarder may have gone: at start (a restarted
+        statekeeper may hold placements on a forwarder that is long dead), when one expired
+        or said it is stopping, and again while no live forwarder could take them.
+        """
         now = self.clock()
-        self.forwarders.expire(now)
-        if not self._caught_up.is_set():
+        if self.forwarders.expire(now):
+            self._forwarder_lost = True
+        if not (self._forwarder_lost and self._caught_up.is_set()):
             return
+        if self.forwarders.least_loaded(now) is None:
+            return  # nowhere to move them yet: try again at the next check
+        self._forwarder_lost = False
         placed = {s.forwarder for room in self.state.rooms.values() for s in room.sessions.values()}
         for forwarder_id in sorted(placed - {""}):
             if self.forwarders.is_live(forwarder_id, now):
                 continue
-            moved = sessions_on(self.state, forwarder_id)
-            if self.forwarders.least_loaded(now) is None:
-                return  # nowhere to move them: the next media request places them again
+            moved = [
+                key for key in sessions_on(self.state, forwarder_id) if key not in self._placing
+            ]
             log.warning("forwarder %s is gone; moving its %d sessions", forwarder_id, len(moved))
             for room_id, sid in moved:
                 self._place(room_id, sid, now)
