@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
 from schemas.subjects import STATEKEEPER_API
+from stagecast.natslink import NatsLink
 from statekeeper.roomlog import RoomLog
 
 log = logging.getLogger("stagecast.edge")
@@ -39,6 +40,10 @@ class Bus:
         self.nc = nc
         self.room_log = room_log
         self.request_timeout = request_timeout
+        self.refused_appends = 0
+        self.link: NatsLink | None = None
+        """The connection's state and counters (set by `connect`)."""
+        """Appends refused at once because NATS was disconnected (never sent)."""
 
     @classmethod
     async def connect(
@@ -53,9 +58,7 @@ class Bus:
     ) -> Bus:
         """Connect (reconnecting forever afterwards) and make sure the log streams exist."""
 
-        async def on_error(exc: Exception) -> None:
-            log.warning("NATS: %s: %s", type(exc).__name__, exc)
-
+        link = NatsLink(name, log)
         try:
             nc = await asyncio.wait_for(
                 nats.connect(
@@ -63,7 +66,11 @@ class Bus:
                     name=name,
                     max_reconnect_attempts=-1,  # once connected, reconnect forever
                     reconnect_time_wait=0.5,
-                    error_cb=on_error,
+                    # No buffering while reconnecting: a publish made then fails at once
+                    # instead of landing after the client was told it failed (an append
+                    # that lands late could undo what the client did meanwhile).
+                    pending_size=0,
+                    **link.connect_options(),
                 ),
                 connect_timeout,
             )
@@ -77,7 +84,9 @@ class Bus:
         except BaseException:
             await nc.close()
             raise
-        return cls(nc, room_log, request_timeout)
+        bus = cls(nc, room_log, request_timeout)
+        bus.link = link
+        return bus
 
     @property
     def connected(self) -> bool:
@@ -93,6 +102,14 @@ class Bus:
             await self.nc.close()
 
     # ------------------------------------------------------------------ primitives
+
+    async def jetstream_ok(self, timeout: float) -> str | None:
+        """None when JetStream answers within `timeout`, else why not."""
+        try:
+            await asyncio.wait_for(self.room_log.js.account_info(), timeout)
+        except Exception as exc:
+            return f"JetStream does not answer: {type(exc).__name__}"
+        return None
 
     async def subscribe(self, subject: str, handler: Handler) -> Subscription:
         """Subscribe with a callback, confirmed by the server before returning."""
@@ -113,7 +130,16 @@ class Bus:
             raise BusUnavailable(f"NATS publish failed: {type(exc).__name__}") from None
 
     async def append(self, event: LogEvent, msg_id: str) -> int:
-        """Append to the room log; `BusUnavailable` if JetStream did not confirm it."""
+        """Append to the room log; `BusUnavailable` if JetStream did not confirm it.
+
+        While NATS is disconnected the append is refused at once and never sent. One that
+        was sent but not confirmed in time may still be stored; the statekeeper refuses any
+        action stored more than `schemas.log.ACTION_DEADLINE_MS` after its `at`, so an
+        action the edge reported as failed cannot take effect later.
+        """
+        if not self.nc.is_connected:
+            self.refused_appends += 1
+            raise BusUnavailable("NATS is disconnected: the action was not sent")
         try:
             return await self.room_log.append(event, msg_id)
         except Exception as exc:

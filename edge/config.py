@@ -6,6 +6,7 @@ import dataclasses
 import secrets
 from collections.abc import Mapping
 
+from schemas.log import ACTION_DEADLINE_MS
 from schemas.subjects import edge_sessions
 
 
@@ -49,7 +50,8 @@ class EdgeConfig:
     request_timeout: float = 2.0
     """Seconds to wait for a read on `stagecast.sk.api` or an API write's outcome."""
     append_timeout: float = 3.0
-    """Seconds to wait for JetStream to confirm a room-log append."""
+    """Seconds to wait for JetStream to confirm a room-log append (at least the room log's
+    action deadline, `schemas.log.ACTION_DEADLINE_MS`)."""
     connect_timeout: float = 10.0
     """Seconds to reach NATS at start (reconnects afterwards never give up)."""
     heartbeat_interval: float = 1.0
@@ -67,6 +69,11 @@ class EdgeConfig:
             raise ValueError("api_key and api_secret must not be empty")
         if self.rate_per_s <= 0 or self.rate_burst < 1 or self.flood_close_after < 1:
             raise ValueError("rate limits must be positive")
+        if self.append_timeout * 1000 < ACTION_DEADLINE_MS:
+            raise ValueError(
+                f"append_timeout must be at least {ACTION_DEADLINE_MS / 1000} s (the room log's "
+                "action deadline): an append reported failed earlier could still be applied"
+            )
         if self.send_queue_size < 2:
             raise ValueError("send_queue_size must be at least 2")
 

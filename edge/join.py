@@ -10,7 +10,9 @@ filling in the resume token). Resume: verify the resume token and append
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import secrets
 
 from edge.bus import BusUnavailable
@@ -33,6 +35,14 @@ def new_sid() -> str:
 def new_participant_id() -> str:
     """A participant id for a token without one, ``p-`` + 12 random url-safe characters."""
     return "p-" + secrets.token_urlsafe(9)
+
+
+def keyed_ids(api_key: str, token_id: str, room_id: str, join_key: str) -> tuple[str, str]:
+    """The sid and generated participant id of a join with a `join_key`: the same on every
+    edge for every retry of one connect, different for any other token, room or key."""
+    material = "\x1f".join((api_key, token_id, room_id, join_key)).encode()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(material).digest()).decode()
+    return "PA_" + digest[:16], "p-" + digest[16:28]
 
 
 def _refuse_code(session: Session, req: int, code: ErrorCode, message: str) -> None:
@@ -66,8 +76,13 @@ async def join(session: Session, message: Join) -> None:
     room = settle_room(claims.room_id, message.room_id)
     if isinstance(room, tuple):
         return _refuse_code(session, message.id, *room)
-    sid = new_sid()
-    session.enter_room(room, sid, claims.participant_id or new_participant_id())
+    if message.join_key:
+        sid, generated = keyed_ids(claims.api_key, claims.token_id, room, message.join_key)
+        session.join_key = message.join_key
+        await _supersede(session, sid)
+    else:
+        sid, generated = new_sid(), new_participant_id()
+    session.enter_room(room, sid, claims.participant_id or generated)
     session.is_viewer = claims.is_viewer
     session.grant = claims.grant
     event = JoinRequested(
@@ -87,7 +102,7 @@ async def join(session: Session, message: Join) -> None:
         reply_to=session.subject,
         req=message.id,
     )
-    await _enter(session, message.id, event, f"{sid}:join")
+    await _enter(session, message.id, event, session.next_msg_id("join"))
 
 
 async def resume(session: Session, message: Join) -> None:
@@ -101,13 +116,7 @@ async def resume(session: Session, message: Join) -> None:
     session.is_viewer = facts.tier == "viewer"
     session.grant = facts.grant
     session.resuming = True
-    previous = session.node.sessions.get(facts.sid)
-    if previous is not None and previous is not session:
-        # The same session on another socket of this edge: close it quietly, and let it
-        # finish telling the log whatever it was telling it before the resume goes in.
-        previous.supersede()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(previous.detached.wait(), session.node.config.join_timeout)
+    await _supersede(session, facts.sid)
     event = ResumeRequested(
         room_id=facts.room_id,
         at=now_ms(),
@@ -117,6 +126,16 @@ async def resume(session: Session, message: Join) -> None:
         req=message.id,
     )
     await _enter(session, message.id, event, session.next_msg_id(event.TYPE))
+
+
+async def _supersede(session: Session, sid: str) -> None:
+    """Another socket of this edge holds the same session: close it quietly, and let it
+    finish telling the log whatever it was telling it before this socket's event goes in."""
+    previous = session.node.sessions.get(sid)
+    if previous is not None and previous is not session:
+        previous.supersede()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(previous.detached.wait(), session.node.config.join_timeout)
 
 
 async def _enter(session: Session, req: int, event: LogEvent, msg_id: str) -> None:

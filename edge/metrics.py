@@ -28,6 +28,8 @@ class EdgeMetrics:
     def __init__(self) -> None:
         self.joins = 0
         self.queue_drops = 0
+        self.stale_replies = 0
+        self.appends_refused: Callable[[], int] = lambda: 0
         self.frames_in: collections.Counter[str] = collections.Counter()
         self.frames_out: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
@@ -73,6 +75,18 @@ class EdgeMetrics:
             "Sockets closed because their send queue was full.",
         )
         lines.append(f"stagecast_edge_queue_drops_total {self.queue_drops}")
+        family(
+            "stagecast_edge_stale_replies_total",
+            "counter",
+            "Statekeeper answers for an earlier socket of a resumed session, dropped.",
+        )
+        lines.append(f"stagecast_edge_stale_replies_total {self.stale_replies}")
+        family(
+            "stagecast_edge_appends_refused_total",
+            "counter",
+            "Room-log appends refused at once because NATS was disconnected.",
+        )
+        lines.append(f"stagecast_edge_appends_refused_total {self.appends_refused()}")
         return "\n".join(lines) + "\n"
 
 

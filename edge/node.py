@@ -23,7 +23,7 @@ from edge.metrics import EdgeMetrics
 from edge.session import Session, now_ms
 from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
 from schemas.codec import encode
-from schemas.subjects import EDGE_HEARTBEAT, edge_sessions
+from schemas.subjects import EDGE_HEARTBEAT, edge_sessions, parse_session_subject
 
 log = logging.getLogger("stagecast.edge")
 
@@ -76,6 +76,8 @@ class EdgeNode:
             connect_timeout=config.connect_timeout,
         )
         self._fanout = Fanout(self._bus, self.metrics)
+        bus = self._bus
+        self.metrics.appends_refused = lambda: bus.refused_appends
         try:
             self._direct = await self._bus.subscribe(edge_sessions(self.edge_id), self._on_direct)
         except BaseException:
@@ -137,10 +139,18 @@ class EdgeNode:
             del self.sessions[session.sid]
 
     async def _on_direct(self, msg: Msg) -> None:
-        sid = msg.subject.rsplit(".", 1)[-1]
+        parsed = parse_session_subject(msg.subject)
+        if parsed is None:
+            return
+        sid, connection_id = parsed
         session = self.sessions.get(sid)
         if session is None:
             return  # the socket is gone (a late kick or ack): nothing to deliver
+        if connection_id is not None and connection_id != session.connection_id:
+            # The answer to a request of an earlier socket of this session (before a
+            # resume): it must not be taken for one of this socket's requests.
+            self.metrics.stale_replies += 1
+            return
         try:
             session.on_direct(msg.data)
         except Exception:
@@ -171,6 +181,9 @@ class EdgeNode:
             return False, "the edge is not running"
         if not self._bus.connected:
             return False, "NATS is not connected"
+        jetstream = await self._bus.jetstream_ok(self.config.health_timeout)
+        if jetstream is not None:
+            return False, jetstream
         try:
             reply, _ = await self._bus.request(HealthRequest(), timeout=self.config.health_timeout)
         except BusUnavailable as exc:

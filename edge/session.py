@@ -47,7 +47,7 @@ from schemas.codec import SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import LeaveRequested, LogEvent, SessionDisconnected
 from schemas.models import Grant
-from schemas.subjects import session as session_subject
+from schemas.subjects import session_reply
 
 if TYPE_CHECKING:
     from edge.node import EdgeNode
@@ -109,6 +109,8 @@ class Session:
         self.join_done = asyncio.Event()
         self.join_appended = False
         self.resuming = False
+        self.join_key = ""
+        """The client's key for this connect: a retry of the join continues the same sid."""
         self.was_joined = False
         self.leave_req: int | None = None
         self._pending: list[tuple[bytes, str, int]] = []
@@ -229,7 +231,10 @@ class Session:
     def _closing_event(self) -> LogEvent | None:
         if not self.join_appended or self._server_ended:
             return None
-        if self.was_joined or self.resuming:
+        if self.was_joined or self.resuming or self.join_key:
+            # A join in flight with a join key is not withdrawn: the client retries it
+            # (same sid), and if it had landed the session just waits in its grace, so
+            # nobody in the room sees it join, leave and join again.
             return SessionDisconnected(
                 room_id=self.room_id, at=now_ms(), sid=self.sid, edge_id=self.node.edge_id
             )
@@ -270,7 +275,7 @@ class Session:
         self.room_id = room_id
         self.sid = sid
         self.participant_id = participant_id
-        self.subject = session_subject(self.node.edge_id, sid)
+        self.subject = session_reply(self.node.edge_id, sid, self.connection_id)
 
     async def subscribe_room(self) -> None:
         """Join the room's fan-out (before the join is appended, so nothing is missed)."""

@@ -46,6 +46,10 @@ class Join(Message):
     resume: Token | None = None
     auto_subscribe: bool = True
     sdk: Identity = ""
+    join_key: Identity = ""
+    """Optional, chosen by the client once per connect and sent on every retry of it: the
+    edge derives the session's sid from it and the token, so a retry after a timed-out join
+    (on any edge) continues the same session instead of joining twice."""
 
 
 @message("leave")

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     SLOW_CONSUMER = "SLOW_CONSUMER"
     SERVER_SHUTDOWN = "SERVER_SHUTDOWN"
     RESUME_FAILED = "RESUME_FAILED"
+    SESSION_LOST = "SESSION_LOST"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -85,6 +86,7 @@ CLOSE_CODES: dict[str, int] = {
     ErrorCode.ROOM_FULL.value: 4015,
     ErrorCode.RESUME_FAILED.value: 4016,
     ErrorCode.SERVER_SHUTDOWN.value: 4017,
+    ErrorCode.SESSION_LOST.value: 4020,
     ErrorCode.CLIENT_LEFT.value: 1000,
 }
 """The WebSocket close code for each way a session ends (docs/protocol.md), both ways."""

@@ -26,6 +26,13 @@ from schemas.models import (
 Subject = Annotated[str, MaxLen(1024)]
 
 
+ACTION_DEADLINE_MS = 3_000
+"""An action (an event with `reply_to`) stored in the room log more than this long after its
+`at` is refused by the fold (`UNAVAILABLE`), never applied. An edge waits at least this long
+for JetStream to confirm an append before it reports the action failed, so an action the
+client was told failed can never take effect later (after a NATS reconnect, say)."""
+
+
 class LogEvent(Message):
     """Base of room-log events (every subclass has `room_id`, `at`, `reply_to`, `req`)."""
 

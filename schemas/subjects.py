@@ -231,6 +231,26 @@ def session(edge_id: str, sid: str) -> str:
     return f"stagecast.sess.{_generated_id(edge_id, 'edge id')}.{_generated_id(sid, 'sid')}"
 
 
+def session_reply(edge_id: str, sid: str, connection_id: str) -> str:
+    """Replies to the requests of one socket of a session:
+    ``stagecast.sess.<edge_id>.<sid>.<connection_id>``.
+
+    A session keeps its sid across resumes, but each socket gets its own connection id, so
+    an answer to a request of an earlier socket can never be taken for one of this socket's.
+    """
+    return f"{session(edge_id, sid)}.{_generated_id(connection_id, 'connection id')}"
+
+
+def parse_session_subject(subject: str) -> tuple[str, str | None] | None:
+    """``(sid, connection_id or None)`` of a `session` or `session_reply` subject, else None."""
+    tokens = subject.split(".")
+    if len(tokens) == 4 and tokens[:2] == ["stagecast", "sess"]:
+        return tokens[3], None
+    if len(tokens) == 5 and tokens[:2] == ["stagecast", "sess"]:
+        return tokens[3], tokens[4]
+    return None
+
+
 def edge_sessions(edge_id: str) -> str:
     """Every session subject of one edge: ``stagecast.sess.<edge_id>.>``."""
     return f"stagecast.sess.{_generated_id(edge_id, 'edge id')}.>"

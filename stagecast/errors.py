@@ -184,6 +184,14 @@ class ResumeFailed(_CodedError):
     CODE = ErrorCode.RESUME_FAILED.value
 
 
+class SessionLost(_CodedError):
+    """The server ended the session while it was cut off (its grace ran out); the SDK joins
+    again by itself (a full reconnect), so applications normally see `reconnecting` and
+    `reconnected` instead of this."""
+
+    CODE = ErrorCode.SESSION_LOST.value
+
+
 class Unavailable(_CodedError):
     """A service the request needs is not reachable right now."""
 
@@ -231,6 +239,7 @@ ERRORS: dict[str, type[_CodedError]] = {
         SlowConsumer,
         ServerShutdown,
         ResumeFailed,
+        SessionLost,
         Unavailable,
         Internal,
         InvalidStateError,
@@ -268,6 +277,7 @@ __all__ = [
     "RoomFull",
     "RoomNotFound",
     "ServerShutdown",
+    "SessionLost",
     "SlowConsumer",
     "StagecastError",
     "TokenExpired",

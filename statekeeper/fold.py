@@ -41,6 +41,7 @@ from schemas.events import (
     TrackUnpublishedEvent,
 )
 from schemas.log import (
+    ACTION_DEADLINE_MS,
     AttributesSet,
     EdgeLost,
     ForwarderAssigned,
@@ -87,11 +88,19 @@ Handler = Callable[[State, int, Any, list[Outcome]], None]
 _HANDLERS: dict[type[LogEvent], Handler] = {}
 
 
-def apply(state: State, seq: int, event: LogEvent) -> list[Outcome]:
-    """Fold one room-log event (at stream sequence `seq`) into `state`; return outcomes."""
+def apply(state: State, seq: int, event: LogEvent, stored_at: int = 0) -> list[Outcome]:
+    """Fold one room-log event (at stream sequence `seq`) into `state`; return outcomes.
+
+    `stored_at` is when JetStream stored the event (ms; 0: unknown). An action stored more
+    than `ACTION_DEADLINE_MS` after its `at` is answered `UNAVAILABLE` and not applied: its
+    edge has told the client it failed (a publish buffered through a NATS reconnect, say).
+    """
     out: list[Outcome] = []
     handler = _HANDLERS.get(type(event))
-    if handler is not None:
+    if handler is not None and event.reply_to and stored_at - event.at > ACTION_DEADLINE_MS:
+        late = stored_at - event.at
+        _error(event, ErrorCode.UNAVAILABLE, f"the action reached the room log {late} ms late", out)
+    elif handler is not None:
         handler(state, seq, event, out)
         room = state.rooms.get(event.room_id)
         if room is not None:
@@ -332,7 +341,15 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
     if f"{event.token_id}:{event.participant_id}" in room.revoked:
         _error(event, ErrorCode.INVALID_TOKEN, "this token was removed from the room", out)
         return
+    if event.sid in room.sessions:
+        _rejoin(room, room.sessions[event.sid], seq, event, out)
+        return
     previous = room.session_by_identity(event.participant_id)
+    if previous is not None and previous.joined_at > event.at:
+        # A stale attempt (stored late, or from a client's older socket) never displaces
+        # the newer session of the same identity.
+        _error(event, ErrorCode.DUPLICATE_IDENTITY, "a newer session of this identity is in", out)
+        return
     if previous is not None:
         _kick(room, previous, seq, event.at, ErrorCode.DUPLICATE_IDENTITY, out)
     if room.max_participants and event.kind != "agent":
@@ -359,6 +376,28 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
         visible=not room.livestream or bool(event.metadata or event.attributes),
     )
     _enter(room, session, seq, event.at, out)
+    _reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
+
+
+def _rejoin(
+    room: Room, session: Session, seq: int, event: JoinRequested, out: list[Outcome]
+) -> None:
+    """A retried join of a session that is already in the room (the same `join_key`, so
+    the same sid): the session carries on from its new socket; nobody sees it leave."""
+    if session.identity != event.participant_id:
+        _error(event, ErrorCode.BAD_REQUEST, "this sid belongs to another participant", out)
+        return
+    if session.connected and session.edge_id != event.edge_id:
+        out.append(
+            Direct(
+                session_subject(session),
+                Disconnect(reason=ErrorCode.RESUME_FAILED.value, message="joined again elsewhere"),
+            )
+        )
+    _move_edge(room, session, event.edge_id)
+    _media_changed(room, session, out)
+    session.connected = True
+    session.disconnected_at = 0
     _reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
 
 
@@ -461,6 +500,14 @@ def _grace_expired(state: State, seq: int, event: GraceExpired, out: list[Outcom
         return
     if session.disconnected_at != event.disconnected_at:
         return  # it resumed and dropped again; the newer grace decides
+    # Its socket may in fact still be open (an edge that was cut off from NATS, say): tell
+    # it, so the client joins again instead of talking to a session that is gone.
+    lost = Disconnect(
+        reason=ErrorCode.SESSION_LOST.value,
+        message="the session ended while disconnected; join again",
+        can_reconnect=True,
+    )
+    out.append(Direct(session_subject(session), lost))
     _remove(room, session, seq, event.at, "DISCONNECTED", out)
 
 

@@ -11,6 +11,7 @@ import signal
 
 import nats
 
+from stagecast.natslink import NatsLink
 from stagecast.runtime import tune_gc
 from statekeeper.queries import Queries
 from statekeeper.roomlog import RoomLog
@@ -28,6 +29,8 @@ class StatekeeperConfig:
     partitions: int = 1
     owned: tuple[int, ...] = (0,)
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
+    connect_timeout: float = 10.0
+    """Seconds to reach NATS at start (reconnects afterwards never give up)."""
 
 
 def cursor_secret(api_secret: str) -> bytes:
@@ -38,11 +41,14 @@ def cursor_secret(api_secret: str) -> bytes:
 @contextlib.asynccontextmanager
 async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-untyped-def]
     """Run a statekeeper for the duration of the context; yields the `Statekeeper`."""
+    link = NatsLink("statekeeper", log)
     nc = await nats.connect(
         servers=[u.strip() for u in config.nats_url.split(",") if u.strip()],
         name="stagecast-statekeeper",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        connect_timeout=config.connect_timeout,
+        **link.connect_options(),
     )
     store = await SqlStore.open(config.database_url)
     keeper: Statekeeper | None = None
@@ -51,6 +57,7 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
         room_log = RoomLog(nc.jetstream(), partitions=config.partitions)
         await room_log.ensure()
         keeper = Statekeeper(nc, room_log, store, partitions=config.owned, tuning=config.tuning)
+        keeper.link = link
         await keeper.start()
         queries = Queries(keeper, cursor_secret(config.api_secret))
         await queries.start()

@@ -99,11 +99,13 @@ class LogUnavailable(RuntimeError):
 
 
 class LogRecord(NamedTuple):
-    """One stored log entry: its stream sequence, the event (None if undecodable), the bytes."""
+    """One stored log entry: its stream sequence, the event (None if undecodable), the bytes,
+    and when JetStream stored it (milliseconds since the epoch; 0 when unknown)."""
 
     seq: int
     event: LogEvent | None
     data: bytes
+    stored_at: int = 0
 
 
 def log_partitions_filter(partitions: Iterable[int] | None) -> list[str]:
@@ -471,9 +473,9 @@ class LogReader:
                 continue
             tokens = reply.split(b".")
             if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<n>.<sseq>.<dseq>.<ts>.<pending>
-                name, sseq, dseq = tokens[3], int(tokens[5]), int(tokens[6])
+                name, sseq, dseq, ts = tokens[3], int(tokens[5]), int(tokens[6]), tokens[7]
             elif len(tokens) >= 12:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<n>.<sseq>...
-                name, sseq, dseq = tokens[5], int(tokens[7]), int(tokens[8])
+                name, sseq, dseq, ts = tokens[5], int(tokens[7]), int(tokens[8]), tokens[9]
             else:
                 log.warning("room log: unexpected reply subject %r; recreating consumer", reply)
                 self._need_reset = True
@@ -489,7 +491,8 @@ class LogReader:
             if sseq < next_seq:
                 continue
             next_seq = sseq + 1
-            append(LogRecord(sseq, self._decode(sseq, subject, data), data))
+            stored_at = int(ts) // 1_000_000 if ts.isdigit() else 0
+            append(LogRecord(sseq, self._decode(sseq, subject, data), data, stored_at))
         self._expected_dseq = expected
         self._next_seq = next_seq
         self._outstanding -= delivered

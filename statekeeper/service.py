@@ -29,6 +29,7 @@ from schemas.errors import ErrorCode
 from schemas.log import EdgeLost, ForwarderAssigned, GraceExpired, LogEvent, RoomTimedOut
 from schemas.media import ForwarderHeartbeat
 from schemas.models import Counts
+from stagecast.natslink import NatsLink
 from statekeeper.coalescer import CountCoalescer
 from statekeeper.cursor import CURSOR_LIFETIME_MS
 from statekeeper.errors import MediaRefused, NoForwarder
@@ -126,6 +127,12 @@ class Statekeeper:
         self._placing: dict[tuple[str, str], str] = {}
         self._forwarder_lost = True
         """Some session may sit on a dead forwarder (`_check_forwarders` looks)."""
+        self._link_up_at: int | None = None
+        """When this statekeeper's own NATS link was last seen coming up (None: down)."""
+        self.link: NatsLink | None = None
+        """The NATS link's state and counters, when the wiring tracks it (`main`)."""
+        self.liveness_skipped = 0
+        """Liveness checks skipped because this statekeeper's own link was down or new."""
         """Forwarder assignments appended to the log but not folded yet."""
 
     # ----------------------------------------------------------------------- lifecycle
@@ -150,6 +157,7 @@ class Statekeeper:
         self._replay_target = int(info.state.last_seq)
         if self._replay_target <= self.applied_seq:
             self._mark_caught_up()
+        self._link_up_at = now if self.nc.is_connected else None
         self._spawn(self._follow_log(), self._count_ticker(), self._flusher(), self._edge_watch())
 
     async def wait_caught_up(self) -> None:
@@ -217,7 +225,7 @@ class Statekeeper:
                     continue
                 for record in batch:
                     if record.event is not None:
-                        self.fold(record.seq, record.event)
+                        self.fold(record.seq, record.event, record.stored_at)
                     self.applied_seq = max(self.applied_seq, record.seq)
                 if self._caught_up.is_set():
                     self.media.flush(self.state, self.applied_seq)
@@ -237,14 +245,16 @@ class Statekeeper:
         self._caught_up.set()
         self.media.sync_all(self.state, self.applied_seq)
 
-    def fold(self, seq: int, event: LogEvent) -> None:
-        """Fold one event and carry out its outcomes (skipping what a snapshot holds)."""
+    def fold(self, seq: int, event: LogEvent, stored_at: int = 0) -> None:
+        """Fold one event and carry out its outcomes (skipping what a snapshot holds).
+
+        `stored_at` is when JetStream stored it (the fold refuses late actions)."""
         room = self.state.rooms.get(event.room_id)
         if room is not None and seq <= room.last_seq:
             return
         self.events_folded += 1
         self._events_since_snapshot += 1
-        for outcome in apply(self.state, seq, event):
+        for outcome in apply(self.state, seq, event, stored_at):
             self._carry_out(outcome, seq)
         self._dirty.add(event.room_id)
 
@@ -459,13 +469,29 @@ class Statekeeper:
             self._lost_edges.discard(beat.edge_id)
         elif isinstance(beat, EdgeGone):
             self._edges_seen[beat.edge_id] = 0
-            await self._check_edges()
+            await self._check_edges(only=beat.edge_id)  # the others are judged on the clock
 
     async def _edge_watch(self) -> None:
         while True:
             await asyncio.sleep(self.tuning.edge_check_ms / 1000)
-            await self._check_edges()
-            self._check_forwarders()
+            if self._may_judge(self.tuning.edge_timeout_ms):
+                await self._check_edges()
+            if self._may_judge(self.tuning.forwarder_timeout_ms):
+                self._check_forwarders()
+
+    def _may_judge(self, timeout_ms: int) -> bool:
+        """Whether silence from a peer means anything: only while this statekeeper's own
+        NATS link is up, and has been for a whole `timeout_ms` (so every live peer has had
+        the time to beat since). Judged while it is down, every edge would look lost."""
+        now = self.clock()
+        if not self.nc.is_connected:
+            self._link_up_at = None
+        elif self._link_up_at is None:
+            self._link_up_at = now
+        if self._link_up_at is not None and now - self._link_up_at >= timeout_ms:
+            return True
+        self.liveness_skipped += 1
+        return False
 
     # ----------------------------------------------------------------------- media
 
@@ -553,9 +579,11 @@ class Statekeeper:
         self._spawn(self._append_timer(f"forwarder:{room_id}:{sid}:{forwarder_id}:{now}", event))
         return forwarder_id
 
-    async def _check_edges(self) -> None:
+    async def _check_edges(self, only: str | None = None) -> None:
         now = self.clock()
         for edge_id, seen in list(self._edges_seen.items()):
+            if only is not None and edge_id != only:
+                continue
             if now - seen < self.tuning.edge_timeout_ms or edge_id in self._lost_edges:
                 continue
             self._lost_edges.add(edge_id)

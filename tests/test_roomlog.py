@@ -254,7 +254,7 @@ async def test_consume_iterates_and_cleans_up(room_log: RoomLog, js: JetStreamCo
     await room_log.append_many((leave("r", i), f"m{i}") for i in range(5))
     got: list[int] = []
     async with contextlib.aclosing(room_log.consume([0], 2)) as records:
-        async for seq, event, data in records:
+        async for seq, event, data, _stored_at in records:
             assert event is not None and data == encode(event)
             got.append(seq)
             if seq == 5:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 
 from schemas.log import (
@@ -18,14 +19,25 @@ VIEWER_GRANT = Grant(can_publish=False, can_publish_data=False)
 
 
 def storm(
-    room_id: str, *, viewers: int, speakers: int = 5, churn: float = 0.1, seed: int = 7
+    room_id: str,
+    *,
+    viewers: int,
+    speakers: int = 5,
+    churn: float = 0.1,
+    seed: int = 7,
+    start_at: int | None = None,
+    replies: bool = True,
 ) -> Iterator[LogEvent]:
     """A join storm: speakers, then viewers joining, with some churn and speaker updates.
 
     `churn` is the share of extra events that are leaves, metadata and attribute updates.
+    Event times start at `start_at` (default: now) and advance 1 ms per event, so a log
+    appended faster than 1,000 events/s never holds a viewer join past the room log's
+    action deadline (`schemas.log.ACTION_DEADLINE_MS`). `replies=False` leaves `reply_to`
+    out, which exempts the joins from that deadline whenever they are appended.
     """
     rng = random.Random(seed)
-    at = 1_700_000_000_000
+    at = time.time_ns() // 1_000_000 if start_at is None else start_at
     for i in range(speakers):
         at += 1
         yield JoinRequested(
@@ -50,7 +62,7 @@ def storm(
             grant=VIEWER_GRANT,
             edge_id="ED_bench",
             token_id="audience",
-            reply_to=f"stagecast.sess.ED_bench.{sid}",
+            reply_to=f"stagecast.sess.ED_bench.{sid}" if replies else None,
             req=1,
         )
         present.append(sid)

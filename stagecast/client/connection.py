@@ -61,6 +61,10 @@ class ConnectOptions:
     """Seconds to keep trying to resume; None: the room's departure grace (minus a margin)."""
     backoff_initial: float = 0.25
     backoff_max: float = 2.0
+    join_retry_window: float = 20.0
+    """Seconds a join (the first, or a full reconnect) keeps retrying refusals worth
+    retrying (`UNAVAILABLE`, an edge that does not answer); every URL is tried once even
+    when this is 0."""
 
 
 def socket_url(url: str) -> str:

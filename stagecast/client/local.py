@@ -42,6 +42,13 @@ def _kind_of(track: object) -> TrackKind:
     raise ValueError(f"a track of kind 'audio' or 'video', not {kind!r}")
 
 
+def _track_name(track: object) -> str:
+    """The name a track is announced with: its aiortc id (none for a bare kind)."""
+    if track is None or isinstance(track, str):
+        return ""
+    return str(getattr(track, "id", ""))[:256]
+
+
 @dataclasses.dataclass(eq=False, slots=True)
 class LocalTrackPublication:
     """A track this client announced with `publish` (`mute` / `unmute` it here)."""
@@ -106,8 +113,9 @@ class LocalParticipant(ParticipantView):
         if not self._grant.can_publish:
             raise InvalidPermissions("the grant does not allow publishing")
         chosen: TrackSource = source or _DEFAULT_SOURCE[kind]
-        name = "" if isinstance(track, str) else str(getattr(track, "id", ""))[:256]
-        reply = await self._link.request(PublishTrack(id=0, kind=kind, source=chosen, name=name))
+        reply = await self._link.request(
+            PublishTrack(id=0, kind=kind, source=chosen, name=_track_name(track))
+        )
         sid = reply.sid if isinstance(reply, Ack) and reply.sid else ""
         publication = LocalTrackPublication(
             sid=sid,
@@ -206,6 +214,29 @@ class LocalParticipant(ParticipantView):
                 if publication is not None:
                     publication.muted = track.muted
         return changed
+
+    async def _republish(self) -> None:
+        """After a full reconnect (a new session): announce every track again, under a new
+        sid, with its mute state, and send its media. Each publication object keeps its
+        identity for the application; only its `sid` changes."""
+        old, self._publications = self._publications, {}
+        for publication in old.values():
+            reply = await self._link.request(
+                PublishTrack(
+                    id=0,
+                    kind=publication.kind,
+                    source=publication.source,
+                    name=_track_name(publication.track),
+                )
+            )
+            publication.sid = reply.sid if isinstance(reply, Ack) and reply.sid else ""
+            publication._participant = self
+            self._publications[publication.sid] = publication
+            if publication.muted:
+                await self._link.request(MuteTrack(id=0, track_sid=publication.sid, muted=True))
+            media = self._link.media
+            if media is not None and publication.track is not None:
+                await media.publish(publication.sid, publication.track)
 
     def _track_muted(self, track_sid: str, muted: bool) -> None:
         publication = self._publications.get(track_sid)

@@ -62,6 +62,9 @@ class MediaTransport(Protocol):
     async def close(self) -> None:
         """Close every peer connection (no remote calls). Idempotent."""
 
+    async def reset(self) -> None:
+        """Close every peer connection but stay usable (after a full reconnect)."""
+
 
 class MediaHost(Protocol):
     """What `PeerMedia` needs from its room."""
@@ -252,11 +255,25 @@ class PeerMedia:
         if self._closed:
             return
         self._closed = True
+        await self._close_all()
+
+    async def reset(self) -> None:
+        """The session was joined again (a full reconnect): its connections lead to a session
+        that is gone. Close them all (subscribers hear `stream-unsubscribed`); the room then
+        republishes and resubscribes, and new connections are made as for a first join."""
+        if not self._closed:
+            await self._close_all()
+
+    async def _close_all(self) -> None:
         outbound, self._outbound = self._outbound, {}
         inbound, self._inbound = self._inbound, {}
         for pc in [o.pc for o in outbound.values()] + [i.pc for i in inbound.values()]:
             with contextlib.suppress(Exception):
                 await pc.close()
+        if not self._closed:
+            for entry in inbound.values():
+                if entry.subscription is not None:
+                    self._host.media_unsubscribed(entry.subscription)
 
     def _new_pc(self) -> RTCPeerConnection:
         return RTCPeerConnection(self._configuration)

@@ -1,13 +1,23 @@
-"""A room session's lifecycle: join, resume after a dropped socket, leave.
+"""A room session's lifecycle: join, resume after a dropped socket, join again, leave.
 
-`connecting` -> `connected` on `joined`. When the socket drops without a server
-`disconnect`, the session goes `reconnecting` (event `reconnecting`) and retries with a
-bounded exponential backoff, within the room's departure grace, sending
-`join {resume: <resume token>}` to the same edge, then the next one of the URL list; a
-`joined {resumed: true}` makes it `connected` again (event `reconnected`, with the roster
-refreshed from the snapshot). `RESUME_FAILED`, any other refusal, or retries running out end
-it: `disconnected` (event `disconnected` with the reason). A server `disconnect` ends it at
-once, except `SERVER_SHUTDOWN` with `can_reconnect`, which resumes on another edge.
+`connecting` -> `connected` on `joined`. A connect retries refusals worth retrying
+(`UNAVAILABLE`, an edge that does not answer, ...) over the URL list with a bounded backoff
+for `join_retry_window` seconds, sending the same `join_key` each time, so a join that
+timed out but did land is continued, never doubled (nobody sees it join, leave and join).
+
+When the socket drops without a server `disconnect`, the session goes `reconnecting`
+(event `reconnecting`) and retries with a bounded exponential backoff, within the room's
+departure grace, sending `join {resume: <resume token>}` to the same edge, then the next
+one of the URL list; a `joined {resumed: true}` makes it `connected` again (event
+`reconnected`, with the roster refreshed from the snapshot).
+
+When the session itself is gone on the server (`RESUME_FAILED`, a `disconnect` with
+`SESSION_LOST`, or `NOT_JOINED` answered to a request), the SDK does what LiveKit calls a
+full reconnect: it joins again with its token (same identity, a new sid), republishes its
+tracks and restores its subscriptions, then emits `reconnected`. Other refusals, or
+retries running out, end it: `disconnected` (event `disconnected` with the reason). A
+server `disconnect` ends it at once, except `SERVER_SHUTDOWN` with `can_reconnect`, which
+resumes on another edge, and `SESSION_LOST`, which joins again.
 """
 
 from __future__ import annotations
@@ -16,12 +26,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from schemas.client import Join, JoinAccepted, Leave
+from schemas.client import Join, JoinAccepted, Leave, Subscribe, Unsubscribe
 from schemas.codec import Message
 from schemas.errors import CLOSE_REASONS, ErrorCode
+from schemas.models import TrackKind
 from stagecast.client.connection import (
     CONNECT_ERRORS,
     ConnectOptions,
@@ -29,7 +41,7 @@ from stagecast.client.connection import (
     socket_urls,
 )
 from stagecast.client.events import ConnectionState, drain
-from stagecast.errors import InvalidStateError, StagecastError, Unavailable
+from stagecast.errors import InvalidStateError, NotJoined, StagecastError, Unavailable
 
 if TYPE_CHECKING:
     from stagecast.client.room import Room
@@ -39,6 +51,8 @@ log = logging.getLogger("stagecast.client")
 SDK_NAME = "stagecast-python/0.1"
 RETRYABLE = frozenset({ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, "RATE_LIMITED"})
 """Join refusals worth another attempt (on this or another edge)."""
+REJOIN_ON = frozenset({ErrorCode.RESUME_FAILED.value, ErrorCode.SESSION_LOST.value})
+"""Why a reconnect joins again instead of resuming: the server's session is gone."""
 LEAVE_TIMEOUT = 3.0
 CALLBACK_DRAIN_TIMEOUT = 5.0
 
@@ -69,6 +83,13 @@ class Session:
         self.reason = ""
         """Why the session ended (a code such as `REMOVED`), once `disconnected`."""
         self.connection: SignalConnection | None = None
+        self.join_key = _new_join_key()
+        """Sent with every attempt of one join, so a retried join continues the same sid."""
+        self.subscriptions: set[tuple[str, TrackKind]] = set()
+        """(participant id, kind) this client subscribed to: restored by a full reconnect."""
+        self.rejoins = 0
+        """Full reconnects done (the server's session was gone)."""
+        self._rejoin_next = False
         self._url_index = 0
         self._ready = asyncio.Event()
         self._leaving = False
@@ -77,24 +98,48 @@ class Session:
     # ------------------------------------------------------------------ joining
 
     async def connect(self) -> None:
-        """Join through the first edge that answers; raise the refusal as a `StagecastError`."""
+        """Join through the first edge that answers; raise the refusal as a `StagecastError`.
+
+        Retryable refusals are retried over the URL list with backoff for
+        `join_retry_window` seconds (every edge is tried at least once).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.join_retry_window
         last: BaseException | None = None
-        for index, url in enumerate(self.urls):
+        attempt = 0
+        while True:
+            index = attempt % len(self.urls)
             try:
-                await self._attempt(url, resume=False)
-            except CONNECT_ERRORS as exc:
+                await self._attempt(self.urls[index], resume=False)
+            except (*CONNECT_ERRORS, Unavailable) as exc:
                 last = exc
-                continue
-            except Unavailable as exc:
+            except StagecastError as exc:
+                if exc.code not in RETRYABLE:
+                    self._set_state(ConnectionState.DISCONNECTED)
+                    raise
                 last = exc
-                continue
             except BaseException:
                 self._set_state(ConnectionState.DISCONNECTED)
                 raise
-            self._url_index = index
-            return
+            else:
+                self._url_index = index
+                return
+            attempt += 1
+            delay = self._backoff(attempt - len(self.urls)) if attempt >= len(self.urls) else 0
+            if attempt >= len(self.urls) and loop.time() + delay >= deadline:
+                break
+            log.info("join attempt %d on %s failed: %r", attempt, self.urls[index], last)
+            await asyncio.sleep(delay)
         self._set_state(ConnectionState.DISCONNECTED)
+        if isinstance(last, StagecastError) and not isinstance(last, Unavailable):
+            raise last
         raise Unavailable(f"no edge answered ({', '.join(self.urls)}): {last!r}")
+
+    def _backoff(self, attempt: int) -> float:
+        delay: float = min(
+            self.options.backoff_max, self.options.backoff_initial * 2 ** max(0, attempt)
+        )
+        return delay * random.uniform(0.8, 1.2)
 
     async def _attempt(self, url: str, *, resume: bool) -> JoinAccepted:
         """Open a socket to `url` and join (or resume) on it; install it on success."""
@@ -107,6 +152,7 @@ class Session:
             resume=self.resume_token if resume else None,
             auto_subscribe=self.auto_subscribe,
             sdk=SDK_NAME,
+            join_key="" if resume else self.join_key,
         )
         try:
             reply = await connection.request(frame, timeout=self.options.connect_timeout)
@@ -150,7 +196,41 @@ class Session:
                 raise Unavailable("still reconnecting to the room") from None
         if self.state is ConnectionState.DISCONNECTED or self.connection is None:
             raise InvalidStateError(f"the room is disconnected ({self.reason or 'left'})")
-        return await self.connection.request(frame)
+        connection = self.connection
+        try:
+            reply = await connection.request(frame)
+        except NotJoined:
+            if self._leaving or connection is not self.connection:
+                raise
+            # The server no longer knows this session (it was dropped while this socket
+            # stayed open): join again, then send the request once more on the new session.
+            log.warning("the server lost this session: joining again")
+            self._rejoin_next = True
+            connection.abort()
+            try:
+                async with asyncio.timeout(self.options.join_retry_window + 1.0):
+                    while not self._replaced(connection):
+                        await asyncio.sleep(0.05)
+            except TimeoutError:
+                raise Unavailable("joining the room again took too long") from None
+            current = self.connection
+            if current is None or current is connection or current.closed:
+                raise
+            reply = await current.request(frame)
+        self._note_subscription(frame)
+        return reply
+
+    def _replaced(self, connection: SignalConnection) -> bool:
+        """Whether a reconnect that began on `connection` has ended (either way)."""
+        if self.state is ConnectionState.DISCONNECTED:
+            return True
+        return self.connection is not connection and self.state is ConnectionState.CONNECTED
+
+    def _note_subscription(self, frame: Message) -> None:
+        if isinstance(frame, Subscribe):
+            self.subscriptions.add((frame.participant_id, frame.kind))
+        elif isinstance(frame, Unsubscribe):
+            self.subscriptions.discard((frame.participant_id, frame.kind))
 
     # ------------------------------------------------------------------ losing the socket
 
@@ -169,33 +249,43 @@ class Session:
         if reason is not None:
             await self._finish(reason)
             return
+        rejoin = self._rejoin_next or (
+            lost.disconnect is not None and lost.disconnect.reason in REJOIN_ON
+        )
+        self._rejoin_next = False
         shutdown = lost.disconnect is not None or lost.close_code == 4017
         self._set_state(ConnectionState.RECONNECTING)
         self.room.emit("reconnecting")
         loop = asyncio.get_running_loop()
-        window = self.options.reconnect_window
-        if window is None:
-            window = max(0.5, self.room.info.departure_timeout - 1.0)
-        deadline = loop.time() + window
+        deadline = loop.time() + self._window(rejoin)
         start = self._url_index + (1 if shutdown else 0)
         attempt = 0
+        if rejoin:
+            await self._prepare_rejoin()
         while not self._leaving:
-            delay = min(self.options.backoff_max, self.options.backoff_initial * 2**attempt)
-            delay *= random.uniform(0.8, 1.2)
+            delay = 0.0 if rejoin and attempt == 0 else self._backoff(attempt)
             if loop.time() + delay >= deadline:
                 break
             await asyncio.sleep(delay)
             index = (start + attempt) % len(self.urls)
             attempt += 1
             try:
-                await self._attempt(self.urls[index], resume=True)
+                await self._attempt(self.urls[index], resume=not rejoin)
+                if rejoin:
+                    await self._restore()
             except (*CONNECT_ERRORS, Unavailable) as exc:
-                log.info("resume attempt %d on %s failed: %r", attempt, self.urls[index], exc)
+                log.info("reconnect attempt %d on %s failed: %r", attempt, self.urls[index], exc)
                 continue
             except StagecastError as exc:
                 if self._leaving:
                     return
                 if exc.code in RETRYABLE:
+                    continue
+                if exc.code in REJOIN_ON and not rejoin:
+                    log.info("the session is gone (%s): joining again", exc.code)
+                    rejoin, attempt = True, 0
+                    deadline = loop.time() + self._window(rejoin)
+                    await self._prepare_rejoin()
                     continue
                 await self._finish(exc.code)
                 return
@@ -205,15 +295,47 @@ class Session:
         if not self._leaving:
             await self._finish(ErrorCode.UNAVAILABLE.value)
 
+    def _window(self, rejoin: bool) -> float:
+        """Seconds to keep trying: a resume only makes sense within the departure grace."""
+        if rejoin:
+            return self.options.join_retry_window
+        window = self.options.reconnect_window
+        if window is None:
+            window = max(0.5, self.room.info.departure_timeout - 1.0)
+        return window
+
+    async def _prepare_rejoin(self) -> None:
+        """The server's session is gone: its media connections with it; a new join key."""
+        self.join_key = _new_join_key()
+        self.rejoins += 1
+        media = self.room.media
+        if media is not None:
+            await media.reset()
+
+    async def _restore(self) -> None:
+        """After a full reconnect: republish the tracks and restore the subscriptions."""
+        await self.room.local_participant._republish()
+        for participant_id, kind in sorted(self.subscriptions):
+            participant = self.room.remote_participants.get(participant_id)
+            if participant is None or not any(
+                p.kind == kind for p in participant.track_publications.values()
+            ):
+                self.subscriptions.discard((participant_id, kind))
+                continue
+            await self.request(Subscribe(id=0, participant_id=participant_id, kind=kind))
+
     def _terminal_reason(self, lost: SignalConnection) -> str | None:
         """Why the lost socket ends the session, or None when it should resume."""
         if lost.disconnect is not None:
             if lost.disconnect.reason == ErrorCode.SERVER_SHUTDOWN.value:
                 return None if lost.disconnect.can_reconnect else lost.disconnect.reason
+            if lost.disconnect.reason == ErrorCode.SESSION_LOST.value:
+                return None
             return lost.disconnect.reason
         code = lost.close_code
         if code is not None and code in CLOSE_REASONS and code != 4017:
-            return CLOSE_REASONS[code]
+            reason = CLOSE_REASONS[code]
+            return None if reason == ErrorCode.SESSION_LOST.value else reason
         return None
 
     async def _finish(self, reason: str) -> None:
@@ -259,3 +381,7 @@ class Session:
         if pending:
             await asyncio.wait(pending)
         self._tasks = {t for t in self._tasks if not t.done()}
+
+
+def _new_join_key() -> str:
+    return secrets.token_urlsafe(12)
