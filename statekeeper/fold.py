@@ -71,6 +71,7 @@ from statekeeper.outcomes import (
     MediaChanged,
     Outcome,
     PublicEvent,
+    RevocationsChanged,
     RoomClosed,
     RosterJoin,
     RosterLeave,
@@ -79,6 +80,9 @@ from statekeeper.outcomes import (
 )
 from statekeeper.state import Room, Session, State, participant_info, room_info
 
+REVOKED_MESSAGE = "this token was removed from a room; ask for a new one"
+REVOKED_KEPT_MS = 60_000
+"""How long past its token's expiry a revocation is kept (beyond any tolerated clock skew)."""
 HAND_ATTRIBUTE = "hand"
 HAND_RAISED = "raised"
 
@@ -326,12 +330,12 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
     if not (subjects.is_generated_id(event.sid) and subjects.is_generated_id(event.edge_id)):
         _error(event, ErrorCode.BAD_REQUEST, "sid and edge id must be [A-Za-z0-9_-]", out)
         return
+    if event.token_id and event.token_id in state.revoked:  # see `_revoke`
+        _error(event, ErrorCode.INVALID_TOKEN, REVOKED_MESSAGE, out)
+        return
     room = state.rooms.get(event.room_id)
     if room is None:
         room = _open_room(state, seq, event, f"RM_{seq}", out)
-    if f"{event.token_id}:{event.participant_id}" in room.revoked:
-        _error(event, ErrorCode.INVALID_TOKEN, "this token was removed from the room", out)
-        return
     previous = room.session_by_identity(event.participant_id)
     if previous is not None:
         _kick(room, previous, seq, event.at, ErrorCode.DUPLICATE_IDENTITY, out)
@@ -354,8 +358,9 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
         joined_at=event.at,
         since_seq=seq,
         edge_id=event.edge_id,
-        token_key=f"{event.token_id}:{event.participant_id}",
+        token_id=event.token_id,
         token_expires_at=event.token_expires_at,
+        epoch=1,
         visible=not room.livestream or bool(event.metadata or event.attributes),
     )
     _enter(room, session, seq, event.at, out)
@@ -377,6 +382,7 @@ def _accepted(room: Room, session: Session, seq: int, req: int, *, resumed: bool
         speakers=speakers,
         counts=room.counts(),
         resumed=resumed,
+        epoch=session.epoch,
     )
 
 
@@ -387,6 +393,11 @@ def _resume(state: State, seq: int, event: ResumeRequested, out: list[Outcome]) 
     if room is None or session is None or not subjects.is_generated_id(event.edge_id):
         _error(event, ErrorCode.RESUME_FAILED, "the session is gone; join again", out)
         return
+    refused = _resume_refused(room, session, event)
+    if refused is not None:
+        _error(event, ErrorCode.RESUME_FAILED, refused, out)
+        return
+    session.epoch += 1  # the token just used is spent; the reply carries the next epoch
     if session.connected and session.edge_id != event.edge_id:
         # The old socket is a zombie of this same client: close it quietly.
         out.append(
@@ -400,6 +411,15 @@ def _resume(state: State, seq: int, event: ResumeRequested, out: list[Outcome]) 
     session.connected = True
     session.disconnected_at = 0
     _reply(event, _accepted(room, session, seq, event.req, resumed=True), out)
+
+
+def _resume_refused(room: Room, session: Session, event: ResumeRequested) -> str | None:
+    """Why a resume token may not take this session over, or None when it may."""
+    if event.epoch != session.epoch or (event.room_sid and event.room_sid != room.sid):
+        return "this resume token was used already or is stale; join again"
+    if session.token_expires_at and event.at >= session.token_expires_at:
+        return "the participant token has expired; join again with a new one"
+    return None
 
 
 def _move_edge(room: Room, session: Session, edge_id: str) -> None:
@@ -725,11 +745,23 @@ def _remove_participant(
     if found is None:
         return
     room, session = found
-    for key in [k for k, exp in room.revoked.items() if exp and exp < event.at]:
-        del room.revoked[key]  # expired tokens cannot be reused anyway
-    room.revoked[session.token_key] = session.token_expires_at
+    _revoke(state, session, event.at, out)
     _kick(room, session, seq, event.at, ErrorCode.REMOVED, out)
     _reply(event, OkReply(), out)
+
+
+def _revoke(state: State, session: Session, at: int, out: list[Outcome]) -> None:
+    """Refuse the session's token in every room until it expires (a removed participant
+    whose token has no participant id gets a new id per join, so the token id is the key).
+
+    Entries past their token's expiry (plus the clock skew a token check tolerates) are
+    dropped here, by the event's time, so replays prune alike.
+    """
+    for token_id in [t for t, exp in state.revoked.items() if exp and exp + REVOKED_KEPT_MS < at]:
+        del state.revoked[token_id]
+    if session.token_id:
+        state.revoked[session.token_id] = session.token_expires_at
+    out.append(RevocationsChanged())
 
 
 @handles(ParticipantUpdateRequested)

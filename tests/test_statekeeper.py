@@ -27,7 +27,7 @@ from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.outcomes import PublicEvent
 from statekeeper.roomlog import RoomLog
 from statekeeper.service import Tuning
-from statekeeper.state import State, digest, unpack_room
+from statekeeper.state import State, digest, restore
 from statekeeper.store import SqlStore
 from tests.polling import eventually
 
@@ -250,7 +250,7 @@ async def test_kill_9_mid_log_then_restart_equals_an_uninterrupted_fold(
     store = await SqlStore.open(database_url)
     try:
         checkpoint, snapshots = await store.load()
-        recovered = State(rooms={r: unpack_room(blob) for r, (_s, blob) in snapshots.items()})
+        recovered = restore(snapshots, (0,))
         assert checkpoint == len(events)
         assert digest(recovered) == digest(expected)
         rows = await store.page(
