@@ -29,8 +29,16 @@ from schemas.client import (
 from schemas.codec import decode
 from stagecast.natsserver import NatsServer
 from stagecast.tokens import verify_token
-from statekeeper.main import StatekeeperConfig, running_statekeeper
-from tests.edge_fixtures import API_KEY, API_SECRET, FAST, ROOM, Client, Stack, stack
+from statekeeper.main import running_statekeeper
+from tests.edge_fixtures import (
+    API_KEY,
+    API_SECRET,
+    ROOM,
+    Client,
+    Stack,
+    stack,
+    statekeeper_config,
+)
 from tests.polling import eventually
 
 __all__ = ["stack"]  # the fixture, re-exported for pytest
@@ -90,12 +98,7 @@ async def test_removed_roomless_token_cannot_rejoin_under_a_new_generated_id(
 
 async def test_revocation_outlives_the_room_and_a_statekeeper_restart(tmp_path: Path) -> None:
     async with NatsServer(tmp_path / "nats") as server:
-        keeper_config = StatekeeperConfig(
-            nats_url=server.url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
-            api_secret=API_SECRET,
-            tuning=FAST,
-        )
+        keeper_config = statekeeper_config(server, tmp_path)
         first = contextlib.AsyncExitStack()
         keeper = await first.enter_async_context(running_statekeeper(keeper_config))
         await keeper.wait_caught_up()
