@@ -9,12 +9,22 @@ participant token.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
+import jwt
+import pytest
+
 from edge.config import EdgeConfig
 from edge.main import running_edge
-from edge.resume import verify_resume_token
+from edge.resume import (
+    RESUME_TTL,
+    ResumeClaims,
+    ResumeRefused,
+    mint_resume_token,
+    verify_resume_token,
+)
 from schemas.api import DeleteRoomRequest, OkReply, RemoveParticipantRequest
 from schemas.client import (
     Ack,
@@ -27,6 +37,7 @@ from schemas.client import (
     SetMetadata,
 )
 from schemas.codec import decode
+from schemas.models import Grant
 from stagecast.natsserver import NatsServer
 from stagecast.tokens import verify_token
 from statekeeper.main import running_statekeeper
@@ -182,7 +193,10 @@ async def test_a_stale_epoch_token_after_a_newer_resume_is_refused(stack: Stack)
     second = second_socket.joined.resume_token
     third_socket = await _drop_and_resume(stack, second_socket, second)
     assert third_socket.joined is not None
-    assert verify_resume_token(third_socket.joined.resume_token, KEYS).epoch == 3
+    newest = verify_resume_token(third_socket.joined.resume_token, KEYS)
+    assert newest.epoch == 3
+    # Each new token still ends with the participant token the session joined with.
+    assert newest.expires_at == verify_resume_token(first, KEYS).expires_at > 0
     await third_socket.ws.close()  # bob is in his grace: no live socket guards the sid
     for stale in (first, second):
         error = await _refused(await stack.connect(), Join(id=1, token="", resume=stale))
@@ -207,3 +221,32 @@ async def test_a_resume_token_ends_with_the_participant_token(stack: Stack) -> N
     )
     error = await _refused(await stack.connect(), Join(id=1, token="", resume=joined.resume_token))
     assert error.code == "RESUME_FAILED" and "expired" in error.message
+
+
+def test_resume_token_exp_is_the_sooner_of_its_ttl_and_the_participant_token() -> None:
+    now = int(time.time())
+    claims = ResumeClaims(
+        room_id=ROOM,
+        sid="PA_x",
+        participant_id="bob",
+        tier="speaker",
+        grant=Grant(),
+        epoch=1,
+        expires_at=now + 60,
+        room_sid="RM_1",
+    )
+    token = mint_resume_token(claims, API_KEY, API_SECRET, now=now)
+    assert jwt.decode(token, options={"verify_signature": False})["exp"] == now + 60
+    assert verify_resume_token(token, KEYS, now=now + 59) == claims
+    with pytest.raises(ResumeRefused, match="participant token has expired"):
+        verify_resume_token(token, KEYS, now=now + 60)
+    later = dataclasses.replace(claims, expires_at=now + 2 * RESUME_TTL)
+    token = mint_resume_token(later, API_KEY, API_SECRET, now=now)
+    assert jwt.decode(token, options={"verify_signature": False})["exp"] == now + RESUME_TTL
+
+
+def test_a_resume_token_without_an_epoch_is_refused() -> None:
+    legacy = {"iss": API_KEY, "typ": "resume", "room": ROOM, "sid": "PA_x", "sub": "bob"}
+    legacy |= {"tier": "speaker", "grant": {}, "iat": int(time.time()), "exp": 2**40}
+    with pytest.raises(ResumeRefused, match="epoch"):
+        verify_resume_token(jwt.encode(legacy, API_SECRET, algorithm="HS256"), KEYS)
