@@ -26,6 +26,8 @@ from schemas.subjects import room_token
 from stagecast.errors import InvalidToken, TokenExpired
 from stagecast.tokens import verify_token
 
+SPENT = "this resume token was used already or is stale; join again"
+
 
 def new_sid() -> str:
     """A session sid, ``PA_`` + 16 random url-safe characters."""
@@ -85,6 +87,7 @@ async def join(session: Session, message: Join) -> None:
     session.enter_room(room, sid, claims.participant_id or generated)
     session.is_viewer = claims.is_viewer
     session.grant = claims.grant
+    session.token_expires_at = claims.expires_at
     event = JoinRequested(
         room_id=room,
         at=now_ms(),
@@ -112,9 +115,14 @@ async def resume(session: Session, message: Join) -> None:
         facts = verify_resume_token(message.resume or "", config.secret_for)
     except ResumeRefused as exc:
         return _refuse_code(session, message.id, ErrorCode.RESUME_FAILED, str(exc))
+    previous = session.node.sessions.get(facts.sid)
+    if previous is not None and previous is not session and facts.epoch < previous.epoch:
+        # A spent token, and the session it names lives on this edge: leave it alone.
+        return _refuse_code(session, message.id, ErrorCode.RESUME_FAILED, SPENT)
     session.enter_room(facts.room_id, facts.sid, facts.participant_id)
     session.is_viewer = facts.tier == "viewer"
     session.grant = facts.grant
+    session.token_expires_at = facts.expires_at
     session.resuming = True
     await _supersede(session, facts.sid)
     event = ResumeRequested(
@@ -124,6 +132,8 @@ async def resume(session: Session, message: Join) -> None:
         edge_id=session.node.edge_id,
         reply_to=session.subject,
         req=message.id,
+        epoch=facts.epoch,
+        room_sid=facts.room_sid,
     )
     await _enter(session, message.id, event, session.next_msg_id(event.TYPE))
 

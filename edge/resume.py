@@ -1,10 +1,16 @@
 """Resume tokens: the signed session facts an edge hands a client so any edge can resume it.
 
 A resume token is an HS256 JWT signed with the edge's api secret (`iss` = api key, so any
-edge that knows the pair can verify it) with ``typ: "resume"``, the room, the session sid,
-the participant id, its tier and grant, and ``exp`` = now + `RESUME_TTL`. It is never a
-participant token: `stagecast.verify_token` refuses it (no `jti`/`nbf`), and this module
-refuses anything without ``typ: "resume"``.
+edge that knows the pair can verify it) with ``typ: "resume"``, the room and its sid, the
+session sid, the participant id, its tier and grant, the session's connection `epoch`,
+``pexp`` = when the participant token expires, and ``exp`` = the earlier of now +
+`RESUME_TTL` and ``pexp``. It is never a participant token: `stagecast.verify_token`
+refuses it (no `jti`/`nbf`), and this module refuses anything without ``typ: "resume"``.
+
+A resume token works once: the statekeeper refuses a resume whose epoch is not the
+session's current one, and each resume moves the epoch on (the `joined` reply carries a
+token for the new epoch). A client whose resume is refused joins again with its
+participant token.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ def _quiet_key_length() -> Iterator[None]:
 
 
 class ResumeRefused(Exception):
-    """The resume token is malformed, forged, expired or not a resume token."""
+    """The resume token is malformed, forged, expired or not a resume token (or the
+    participant token it came from has expired)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,23 +53,35 @@ class ResumeClaims:
     participant_id: str
     tier: Tier
     grant: Grant
+    epoch: int
+    """The session's connection epoch when the token was minted (1 after the join)."""
+    expires_at: int
+    """When the participant token the session joined with expires (seconds; 0 unknown)."""
+    room_sid: str = ""
 
 
 def mint_resume_token(
     claims: ResumeClaims, api_key: str, api_secret: str, *, now: float | None = None
 ) -> str:
-    """Sign the session facts for `RESUME_TTL` seconds."""
+    """Sign the session facts for `RESUME_TTL` seconds, or until the participant token
+    expires if that is sooner."""
     issued = int(time.time() if now is None else now)
+    exp = issued + RESUME_TTL
+    if claims.expires_at:
+        exp = min(exp, claims.expires_at)
     payload = {
         "iss": api_key,
         "typ": _TYP,
         "room": claims.room_id,
+        "rsid": claims.room_sid,
         "sid": claims.sid,
         "sub": claims.participant_id,
         "tier": claims.tier,
         "grant": {f.name: getattr(claims.grant, f.name) for f in dataclasses.fields(Grant)},
+        "epoch": claims.epoch,
+        "pexp": claims.expires_at,
         "iat": issued,
-        "exp": issued + RESUME_TTL,
+        "exp": exp,
     }
     with _quiet_key_length():
         return jwt.encode(payload, api_secret, algorithm="HS256")
@@ -91,8 +110,10 @@ def verify_resume_token(
         raise ResumeRefused("malformed or forged resume token") from None
     if payload.get("typ") != _TYP:
         raise ResumeRefused("not a resume token")
-    exp = payload.get("exp")
+    exp, pexp = payload.get("exp"), payload.get("pexp")
     at = time.time() if now is None else now
+    if type(pexp) is int and 0 < pexp <= at:
+        raise ResumeRefused("the participant token has expired; join with a new one")
     if type(exp) is not int or exp <= at:
         raise ResumeRefused("the resume token has expired")
     try:
@@ -105,6 +126,11 @@ def _claims(payload: dict[str, Any]) -> ResumeClaims:
     room, sid, sub, tier = (payload[k] for k in ("room", "sid", "sub", "tier"))
     if not all(isinstance(v, str) and v for v in (room, sid, sub)):
         raise ValueError("room, sid and sub must be non-empty strings")
+    epoch, pexp, room_sid = payload["epoch"], payload["pexp"], payload.get("rsid", "")
+    if type(epoch) is not int or epoch < 1 or type(pexp) is not int or pexp < 0:
+        raise ValueError("epoch must be a positive integer and pexp a time")
+    if not isinstance(room_sid, str):
+        raise TypeError("rsid must be a string")
     if tier not in ("speaker", "viewer"):
         raise ValueError("tier must be speaker or viewer")
     raw = payload["grant"]
@@ -114,7 +140,16 @@ def _claims(payload: dict[str, Any]) -> ResumeClaims:
     flags = {k: v for k, v in raw.items() if k in names}
     if not all(type(v) is bool for v in flags.values()):
         raise TypeError("grant flags must be booleans")
-    return ResumeClaims(room_id=room, sid=sid, participant_id=sub, tier=tier, grant=Grant(**flags))
+    return ResumeClaims(
+        room_id=room,
+        sid=sid,
+        participant_id=sub,
+        tier=tier,
+        grant=Grant(**flags),
+        epoch=epoch,
+        expires_at=pexp,
+        room_sid=room_sid,
+    )
 
 
 __all__ = [

@@ -104,6 +104,11 @@ class Session:
         self.is_viewer = False
         self.grant = Grant()
         self.subject = ""
+        self.room_sid = ""
+        self.epoch = 0
+        """The connection epoch the statekeeper gave this socket's session (0 until joined)."""
+        self.token_expires_at = 0
+        """When the participant token expires (seconds; 0 unknown): resume tokens end there."""
         # Join bookkeeping.
         self.join_req: int | None = None
         self.join_done = asyncio.Event()
@@ -349,6 +354,8 @@ class Session:
         self.participant_id = message.participant.id
         self.is_viewer = message.participant.is_viewer
         self.grant = message.grant
+        self.room_sid = message.room.sid
+        self.epoch = message.epoch
         joined = dataclasses.replace(message, resume_token=self._resume_token())
         self.node.metrics.joins += 1
         self.send(encode(joined), JoinAccepted.TYPE)
@@ -385,6 +392,9 @@ class Session:
             participant_id=self.participant_id,
             tier="viewer" if self.is_viewer else "speaker",
             grant=self.grant,
+            epoch=self.epoch,
+            expires_at=self.token_expires_at,
+            room_sid=self.room_sid,
         )
         return mint_resume_token(claims, config.api_key, config.api_secret)
 

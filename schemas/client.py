@@ -223,6 +223,8 @@ class JoinAccepted(Message):
     counts: Counts = Counts()
     resume_token: Token = ""
     resumed: bool = False
+    epoch: int = 0
+    """The session's connection epoch (the edge puts it in the resume token)."""
 
 
 @message("participant_joined")

@@ -76,6 +76,10 @@ class ResumeRequested(LogEvent):
     edge_id: Identity
     reply_to: Subject | None = None
     req: int = 0
+    epoch: int = 0
+    """The connection epoch the resume token names (the fold refuses any but the current)."""
+    room_sid: Identity = ""
+    """The room sid the resume token names ("" for none)."""
 
 
 @message("log.leave")

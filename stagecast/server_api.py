@@ -193,7 +193,11 @@ class RoomService:
         return (await self._call(request, ParticipantReply)).participant
 
     async def remove_participant(self, room_id: str, participant_id: str) -> None:
-        """Remove a participant (`disconnected` `REMOVED`); its token cannot rejoin the room."""
+        """Remove a participant (`disconnected` `REMOVED`).
+
+        Its token (by `jti`) is refused in every room from now until it expires, even after
+        the room closed; a new token joins.
+        """
         request = RemoveParticipantRequest(room_id=room_id, participant_id=participant_id)
         await self._call(request, OkReply)
 

@@ -72,6 +72,7 @@ from statekeeper.outcomes import (
     MediaChanged,
     Outcome,
     PublicEvent,
+    RevocationsChanged,
     RoomClosed,
     RosterJoin,
     RosterLeave,
@@ -80,6 +81,9 @@ from statekeeper.outcomes import (
 )
 from statekeeper.state import Room, Session, State, participant_info, room_info
 
+REVOKED_MESSAGE = "this token was removed from a room; ask for a new one"
+REVOKED_KEPT_MS = 60_000
+"""How long past its token's expiry a revocation is kept (beyond any tolerated clock skew)."""
 HAND_ATTRIBUTE = "hand"
 HAND_RAISED = "raised"
 
@@ -335,12 +339,12 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
     if not (subjects.is_generated_id(event.sid) and subjects.is_generated_id(event.edge_id)):
         _error(event, ErrorCode.BAD_REQUEST, "sid and edge id must be [A-Za-z0-9_-]", out)
         return
+    if event.token_id and event.token_id in state.revoked:  # see `_revoke`
+        _error(event, ErrorCode.INVALID_TOKEN, REVOKED_MESSAGE, out)
+        return
     room = state.rooms.get(event.room_id)
     if room is None:
         room = _open_room(state, seq, event, f"RM_{seq}", out)
-    if f"{event.token_id}:{event.participant_id}" in room.revoked:
-        _error(event, ErrorCode.INVALID_TOKEN, "this token was removed from the room", out)
-        return
     if event.sid in room.sessions:
         _rejoin(room, room.sessions[event.sid], seq, event, out)
         return
@@ -371,8 +375,9 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
         joined_at=event.at,
         since_seq=seq,
         edge_id=event.edge_id,
-        token_key=f"{event.token_id}:{event.participant_id}",
+        token_id=event.token_id,
         token_expires_at=event.token_expires_at,
+        epoch=1,
         visible=not room.livestream or bool(event.metadata or event.attributes),
     )
     _enter(room, session, seq, event.at, out)
@@ -387,17 +392,7 @@ def _rejoin(
     if session.identity != event.participant_id:
         _error(event, ErrorCode.BAD_REQUEST, "this sid belongs to another participant", out)
         return
-    if session.connected and session.edge_id != event.edge_id:
-        out.append(
-            Direct(
-                session_subject(session),
-                Disconnect(reason=ErrorCode.RESUME_FAILED.value, message="joined again elsewhere"),
-            )
-        )
-    _move_edge(room, session, event.edge_id)
-    _media_changed(room, session, out)
-    session.connected = True
-    session.disconnected_at = 0
+    _reconnect(room, session, event.edge_id, "joined again elsewhere", out)
     _reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
 
 
@@ -416,6 +411,7 @@ def _accepted(room: Room, session: Session, seq: int, req: int, *, resumed: bool
         speakers=speakers,
         counts=room.counts(),
         resumed=resumed,
+        epoch=session.epoch,
     )
 
 
@@ -426,19 +422,38 @@ def _resume(state: State, seq: int, event: ResumeRequested, out: list[Outcome]) 
     if room is None or session is None or not subjects.is_generated_id(event.edge_id):
         _error(event, ErrorCode.RESUME_FAILED, "the session is gone; join again", out)
         return
-    if session.connected and session.edge_id != event.edge_id:
+    refused = _resume_refused(room, session, event)
+    if refused is not None:
+        _error(event, ErrorCode.RESUME_FAILED, refused, out)
+        return
+    _reconnect(room, session, event.edge_id, "resumed elsewhere", out)
+    _reply(event, _accepted(room, session, seq, event.req, resumed=True), out)
+
+
+def _reconnect(room: Room, session: Session, edge_id: str, why: str, out: list[Outcome]) -> None:
+    """The session carries on from a new socket on `edge_id` (a resume or a retried join)."""
+    session.epoch += 1  # resume tokens minted before are spent; the reply carries the next
+    if session.connected and session.edge_id != edge_id:
         # The old socket is a zombie of this same client: close it quietly.
         out.append(
             Direct(
                 session_subject(session),
-                Disconnect(reason=ErrorCode.RESUME_FAILED.value, message="resumed elsewhere"),
+                Disconnect(reason=ErrorCode.RESUME_FAILED.value, message=why),
             )
         )
-    _move_edge(room, session, event.edge_id)
+    _move_edge(room, session, edge_id)
     _media_changed(room, session, out)  # its subject (where offers go) may have moved
     session.connected = True
     session.disconnected_at = 0
-    _reply(event, _accepted(room, session, seq, event.req, resumed=True), out)
+
+
+def _resume_refused(room: Room, session: Session, event: ResumeRequested) -> str | None:
+    """Why a resume token may not take this session over, or None when it may."""
+    if event.epoch != session.epoch or (event.room_sid and event.room_sid != room.sid):
+        return "this resume token was used already or is stale; join again"
+    if session.token_expires_at and event.at >= session.token_expires_at:
+        return "the participant token has expired; join again with a new one"
+    return None
 
 
 def _move_edge(room: Room, session: Session, edge_id: str) -> None:
@@ -772,11 +787,23 @@ def _remove_participant(
     if found is None:
         return
     room, session = found
-    for key in [k for k, exp in room.revoked.items() if exp and exp < event.at]:
-        del room.revoked[key]  # expired tokens cannot be reused anyway
-    room.revoked[session.token_key] = session.token_expires_at
+    _revoke(state, session, event.at, out)
     _kick(room, session, seq, event.at, ErrorCode.REMOVED, out)
     _reply(event, OkReply(), out)
+
+
+def _revoke(state: State, session: Session, at: int, out: list[Outcome]) -> None:
+    """Refuse the session's token in every room until it expires (a removed participant
+    whose token has no participant id gets a new id per join, so the token id is the key).
+
+    Entries past their token's expiry (plus the clock skew a token check tolerates) are
+    dropped here, by the event's time, so replays prune alike.
+    """
+    for token_id in [t for t, exp in state.revoked.items() if exp and exp + REVOKED_KEPT_MS < at]:
+        del state.revoked[token_id]
+    if session.token_id:
+        state.revoked[session.token_id] = session.token_expires_at
+    out.append(RevocationsChanged())
 
 
 @handles(ParticipantUpdateRequested)

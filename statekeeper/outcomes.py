@@ -110,6 +110,12 @@ class MediaChanged:
     published: bool = False
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RevocationsChanged:
+    """The state-wide revoked token ids changed; the shell snapshots them at its next
+    checkpoint."""
+
+
 Outcome = (
     Broadcast
     | Direct
@@ -121,4 +127,5 @@ Outcome = (
     | CountsMoved
     | RoomClosed
     | MediaChanged
+    | RevocationsChanged
 )

@@ -42,6 +42,7 @@ from statekeeper.outcomes import (
     MediaChanged,
     Outcome,
     PublicEvent,
+    RevocationsChanged,
     RoomClosed,
     RosterJoin,
     RosterLeave,
@@ -49,7 +50,7 @@ from statekeeper.outcomes import (
     TimerDue,
 )
 from statekeeper.roomlog import RoomLog
-from statekeeper.state import Room, State, pack_room, unpack_room
+from statekeeper.state import Room, State, pack_revocations, pack_room, restore, revocations_key
 from statekeeper.store import Store
 
 log = logging.getLogger("stagecast.statekeeper")
@@ -109,6 +110,8 @@ class Statekeeper:
         self._public: list[PublicEvent] = []
         self._dirty: set[str] = set()
         self._deleted: dict[str, int] = {}
+        self._revocations_dirty = False
+        """The revoked token ids changed since the last snapshot."""
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._edges_seen: dict[str, int] = {}
         self._lost_edges: set[str] = set()
@@ -140,8 +143,7 @@ class Statekeeper:
     async def start(self) -> None:
         """Recover from the last snapshot, then follow the log."""
         checkpoint, snapshots = await self.store.load()
-        for room_id, (_seq, blob) in snapshots.items():
-            self.state.rooms[room_id] = unpack_room(blob)
+        self.state = restore(snapshots, self.partitions)
         self.applied_seq = self.flushed_seq = checkpoint
         self._last_snapshot_at = self.clock()
         now = self.clock()
@@ -284,6 +286,8 @@ class Statekeeper:
             key = (outcome.room_id, outcome.sid)
             if self._placing.get(key) == outcome.forwarder:
                 del self._placing[key]  # folded: the state holds it now
+        elif isinstance(outcome, RevocationsChanged):
+            self._revocations_dirty = True
         elif isinstance(outcome, RoomClosed):
             self.coalescer.drop(outcome.room_id)
             self._sent_counts.pop(outcome.room_id, None)
@@ -425,6 +429,11 @@ class Statekeeper:
                 for room_id in sorted(self._dirty)
                 if room_id in self.state.rooms
             }
+            if self._revocations_dirty:
+                # Beside the rooms, under a key no room id can be: restored by `restore`.
+                revoked = pack_revocations(self.state.revoked)
+                snapshots[revocations_key(self.partitions)] = (seq, revoked)
+                self._revocations_dirty = False
             deleted, self._deleted = self._deleted, {}
             self._dirty.clear()
             self._events_since_snapshot = 0
@@ -444,7 +453,10 @@ class Statekeeper:
             self._roster[:0] = roster  # keep them for the next attempt, in order
             self._public[:0] = public
             if snapshots is not None:
+                key = revocations_key(self.partitions)
+                self._revocations_dirty |= key in snapshots
                 self._dirty.update(snapshots)
+                self._dirty.discard(key)
                 for room_id, at_seq in deleted.items():
                     self._deleted.setdefault(room_id, at_seq)
             raise

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 
 from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
+from schemas.subjects import MAX_ROOM_ID_CHARS
 
 SNAPSHOT_FORMAT = 1
+REVOCATIONS_FORMAT = 1
 
 
 @dataclasses.dataclass(slots=True)
@@ -34,7 +37,8 @@ class Session:
     since_seq: int
     """The log sequence at which the session entered its current tier (its roster key)."""
     edge_id: str
-    token_key: str = ""
+    token_id: str = ""
+    """The `jti` of the participant token the session joined with."""
     token_expires_at: int = 0
     connected: bool = True
     disconnected_at: int = 0
@@ -45,6 +49,9 @@ class Session:
     """Subscription intents: (publisher participant id, track kind)."""
     forwarder: str = ""
     """The forwarder carrying this session's media ("" until its first media request)."""
+    epoch: int = 0
+    """The connection epoch: 1 at join, one more at each resume. A resume must name the
+    current one, so each resume token works once."""
     info: ParticipantInfo | None = dataclasses.field(default=None, compare=False, repr=False)
     """The wire view, cached; the fold resets it to None whenever the session changes."""
 
@@ -73,8 +80,6 @@ class Room:
     """When the room last became empty (0 while anyone is in it)."""
     closes_at: int = 0
     """When the room closes if it stays empty (its armed timeout)."""
-    revoked: dict[str, int] = dataclasses.field(default_factory=dict)
-    """Removed sessions' token keys (token id:identity) -> when the token expires."""
     last_seq: int = 0
 
     def counts(self) -> Counts:
@@ -89,9 +94,14 @@ class Room:
 
 @dataclasses.dataclass(slots=True)
 class State:
-    """Everything the statekeeper knows: the rooms of its partitions."""
+    """Everything the statekeeper knows: the rooms of its partitions and revoked tokens."""
 
     rooms: dict[str, Room] = dataclasses.field(default_factory=dict)
+    revoked: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Token ids (`jti`) of removed participants -> when the token expires (ms; 0 unknown).
+
+    State-wide, not per room: a removal refuses the token in every room, and outlives the
+    room it happened in, until the token's own expiry."""
 
 
 def participant_info(session: Session) -> ParticipantInfo:
@@ -177,7 +187,7 @@ def _pack_session(s: Session) -> list[Any]:
         s.joined_at,
         s.since_seq,
         s.edge_id,
-        s.token_key,
+        s.token_id,
         s.token_expires_at,
         s.connected,
         s.disconnected_at,
@@ -185,6 +195,7 @@ def _pack_session(s: Session) -> list[Any]:
         [_pack_track(t) for t in s.tracks.values()],
         sorted(s.subscriptions),
         s.forwarder,
+        s.epoch,
     ]
 
 
@@ -209,6 +220,7 @@ def _unpack_session(v: list[Any]) -> Session:
         {t[0]: _unpack_track(t) for t in v[16]} if v[16] else {},
         {(p, k) for p, k in v[17]} if v[17] else set(),
         v[18] if len(v) > 18 else "",  # snapshots from before media assignment
+        v[19] if len(v) > 19 else 0,  # snapshots from before epochs: no token resumes it
     )
 
 
@@ -226,7 +238,7 @@ def pack_room(room: Room) -> bytes:
         room.livestream,
         room.empty_since,
         room.closes_at,
-        room.revoked,
+        {},  # was the room's revocations; they are state-wide now (`pack_revocations`)
         room.last_seq,
         [_pack_session(s) for s in room.sessions.values()],
     ]
@@ -250,7 +262,6 @@ def unpack_room(data: bytes) -> Room:
         livestream=v[8],
         empty_since=v[9],
         closes_at=v[10],
-        revoked=v[11],
         last_seq=v[12],
     )
     for packed in v[13]:
@@ -268,9 +279,45 @@ def unpack_room(data: bytes) -> Room:
     return room
 
 
+def pack_revocations(revoked: Mapping[str, int]) -> bytes:
+    """Serialize the revoked token ids (token id -> expiry) for a snapshot."""
+    data: bytes = msgpack.packb([REVOCATIONS_FORMAT, sorted(revoked.items())], use_bin_type=True)
+    return data
+
+
+def unpack_revocations(data: bytes) -> dict[str, int]:
+    """Rebuild the revoked token ids from `pack_revocations` bytes."""
+    v = msgpack.unpackb(data, raw=False, use_list=True)
+    if v[0] != REVOCATIONS_FORMAT:
+        raise ValueError(f"revocations format {v[0]} is not {REVOCATIONS_FORMAT}")
+    return {token_id: expires_at for token_id, expires_at in v[1]}
+
+
+def revocations_key(partitions: tuple[int, ...]) -> str:
+    """The snapshot key under which a statekeeper of `partitions` keeps its revocations.
+
+    Longer than any room id may be, so it never names a room (and `restore` can tell).
+    """
+    label = "~revoked-tokens~" + ",".join(str(p) for p in partitions) + "~"
+    return label.ljust(MAX_ROOM_ID_CHARS + 1, "~")
+
+
+def restore(snapshots: Mapping[str, tuple[int, bytes]], partitions: tuple[int, ...]) -> State:
+    """The state held by the snapshots a store loaded (rooms and revocations)."""
+    state = State()
+    key = revocations_key(partitions)
+    for room_id, (_seq, blob) in snapshots.items():
+        if room_id == key:
+            state.revoked = unpack_revocations(blob)
+        elif len(room_id) <= MAX_ROOM_ID_CHARS:  # longer: another statekeeper's revocations
+            state.rooms[room_id] = unpack_room(blob)
+    return state
+
+
 def digest(state: State) -> str:
     """A hash of the whole state, equal for equal states (replay checks compare these)."""
     h = hashlib.sha256()
     for room_id in sorted(state.rooms):
         h.update(pack_room(state.rooms[room_id]))
+    h.update(pack_revocations(state.revoked))
     return h.hexdigest()

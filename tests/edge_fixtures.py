@@ -211,18 +211,25 @@ class Stack:
             await client.close()
 
 
+def statekeeper_config(
+    server: NatsServer, tmp_path: Path, api_secret: str = API_SECRET
+) -> StatekeeperConfig:
+    """A test statekeeper's config: `server`'s NATS, SQLite in `tmp_path`, fast tuning."""
+    return StatekeeperConfig(
+        nats_url=server.url,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
+        api_secret=api_secret,
+        tuning=FAST,
+    )
+
+
 @contextlib.asynccontextmanager
 async def services(
     tmp_path: Path, *, api_key: str = API_KEY, api_secret: str = API_SECRET, **edge_options: Any
 ) -> AsyncIterator[tuple[NatsServer, EdgeConfig, str]]:
     """nats-server, statekeeper and edge, all private to one test: (server, edge config, url)."""
     async with NatsServer(tmp_path / "nats") as server:
-        keeper_config = StatekeeperConfig(
-            nats_url=server.url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
-            api_secret=api_secret,
-            tuning=FAST,
-        )
+        keeper_config = statekeeper_config(server, tmp_path, api_secret)
         async with running_statekeeper(keeper_config) as keeper:
             await keeper.wait_caught_up()
             config = EdgeConfig(
@@ -261,4 +268,5 @@ __all__ = [
     "edge_stack",
     "services",
     "stack",
+    "statekeeper_config",
 ]

@@ -42,19 +42,28 @@ from schemas.log import (
     TrackUnpublishRequested,
 )
 from schemas.models import Grant, TrackInfo
-from statekeeper.fold import apply
+from statekeeper.fold import REVOKED_KEPT_MS, apply
 from statekeeper.outcomes import (
     Broadcast,
     CountsMoved,
     Direct,
     Outcome,
     PublicEvent,
+    RevocationsChanged,
     RoomClosed,
     RosterJoin,
     RosterLeave,
     TimerDue,
 )
-from statekeeper.state import State, digest, pack_room, unpack_room
+from statekeeper.state import (
+    State,
+    digest,
+    pack_revocations,
+    pack_room,
+    restore,
+    revocations_key,
+    unpack_room,
+)
 
 ROOM = "town-hall"
 
@@ -185,7 +194,9 @@ def test_disconnect_grace_then_resume_keeps_the_session_silently() -> None:
     out = log(SessionDisconnected(room_id=ROOM, at=3_000_000, sid=sid, edge_id="E1"))
     assert broadcasts(out) == []
     (timer,) = [o.event for o in out if isinstance(o, TimerDue)]
-    out = log(ResumeRequested(room_id=ROOM, at=3_001_000, sid=sid, edge_id="E2", reply_to="r2"))
+    out = log(
+        ResumeRequested(room_id=ROOM, at=3_001_000, sid=sid, edge_id="E2", reply_to="r2", epoch=1)
+    )
     (accepted,) = directs(out, "r2")
     assert isinstance(accepted, JoinAccepted) and accepted.resumed
     assert accepted.participant.sid == sid and broadcasts(out) == []
@@ -212,7 +223,7 @@ def test_disconnect_from_a_stale_edge_is_ignored() -> None:
     log = Log()
     log.join("a")
     sid = log.sid("a")
-    log(ResumeRequested(room_id=ROOM, at=1, sid=sid, edge_id="E2"))
+    log(ResumeRequested(room_id=ROOM, at=1, sid=sid, edge_id="E2", epoch=1))
     assert log(SessionDisconnected(room_id=ROOM, at=2, sid=sid, edge_id="E1")) == []
     assert log.state.rooms[ROOM].sessions[sid].connected
 
@@ -383,6 +394,120 @@ def test_remove_revokes_the_token_and_delete_closes_everyone() -> None:
     assert isinstance(directs(out, "api")[0], Error)
 
 
+def _remove(log: Log, identity: str, at: int) -> list[Outcome]:
+    return log(ParticipantRemoveRequested(room_id=ROOM, at=at, participant_id=identity))
+
+
+def test_removed_roomless_token_is_refused_under_a_new_participant_id() -> None:
+    log = Log()
+    log.join("p-first", token_id="J-roomless", token_expires_at=9_000_000)
+    _remove(log, "p-first", 2_000_000)
+    # The edge gives a token without a participant id a new id on each join.
+    out = log.join("p-second", token_id="J-roomless", token_expires_at=9_000_000)
+    (refused,) = directs(out, "reply.p-second")
+    assert refused.code == "INVALID_TOKEN" and "removed" in refused.message
+    assert "p-second" not in log.state.rooms[ROOM].by_identity
+    assert isinstance(
+        directs(log.join("other", token_id="J-other"), "reply.other")[0], JoinAccepted
+    )
+
+
+def test_revocation_outlives_the_room_until_the_token_expires() -> None:
+    log = Log()
+    log.join("a", token_id="J1", token_expires_at=5_000_000)
+    out = _remove(log, "a", 2_000_000)
+    assert any(isinstance(o, RevocationsChanged) for o in out)
+    (timer,) = [o.event for o in out if isinstance(o, TimerDue)]
+    log(timer)  # the emptied room times out and closes
+    assert ROOM not in log.state.rooms
+    out = log.join("a", token_id="J1", token_expires_at=5_000_000)
+    assert directs(out, "reply.a")[0].code == "INVALID_TOKEN"
+    assert ROOM not in log.state.rooms  # a refused join opens no room
+    # The room comes back with another participant: the token is still refused there.
+    log.join("b", token_id="J2", token_expires_at=9_000_000)
+    out = log.join("a", token_id="J1", token_expires_at=5_000_000)
+    assert directs(out, "reply.a")[0].code == "INVALID_TOKEN"
+    # A later removal, long after J1 expired, prunes it (by the event's time).
+    _remove(log, "b", 5_000_000 + REVOKED_KEPT_MS + 1)
+    assert log.state.revoked == {"J2": 9_000_000}
+
+
+def test_revocations_survive_a_snapshot_restore() -> None:
+    log = Log()
+    log.join("a", token_id="J1", token_expires_at=9_000_000)
+    log.join("b", token_id="J2", token_expires_at=9_000_000)
+    _remove(log, "a", 2_000_000)
+    key = revocations_key((0,))
+    snapshots = {r: (log.seq, pack_room(room)) for r, room in log.state.rooms.items()}
+    snapshots[key] = (log.seq, pack_revocations(log.state.revoked))
+    restored = restore(snapshots, (0,))
+    assert restored.revoked == {"J1": 9_000_000} and set(restored.rooms) == {ROOM}
+    assert digest(restored) == digest(log.state)
+    assert len(key) > 256  # longer than any room id: never a room
+    log.state = restored
+    out = log.join("a", token_id="J1", token_expires_at=9_000_000)
+    assert directs(out, "reply.a")[0].code == "INVALID_TOKEN"
+
+
+def _dropped(log: Log, identity: str, at: int) -> str:
+    sid = log.sid(identity)
+    log(SessionDisconnected(room_id=ROOM, at=at, sid=sid, edge_id="E1"))
+    return sid
+
+
+def _resume(log: Log, sid: str, epoch: int, at: int, **kw: Any) -> Any:
+    reply_to = f"r.{log.seq}"
+    out = log(
+        ResumeRequested(
+            room_id=ROOM, at=at, sid=sid, edge_id="E2", reply_to=reply_to, epoch=epoch, **kw
+        )
+    )
+    (reply,) = directs(out, reply_to)
+    return reply, out
+
+
+def test_a_resume_epoch_works_once_and_a_replay_does_not_take_over() -> None:
+    log = Log()
+    log.join("a")
+    accepted = directs(log.join("b"), "reply.b")[0]
+    assert accepted.epoch == 1
+    sid = _dropped(log, "b", 3_000_000)
+    first, _ = _resume(log, sid, 1, 3_000_100)
+    assert isinstance(first, JoinAccepted) and first.resumed and first.epoch == 2
+    # The same token again (epoch 1): refused, and the live session on E2 is untouched.
+    again, out = _resume(log, sid, 1, 3_000_200)
+    assert isinstance(again, Error) and again.code == "RESUME_FAILED"
+    assert directs(out, f"stagecast.sess.E2.{sid}") == [] and broadcasts(out) == []
+    session = log.state.rooms[ROOM].sessions[sid]
+    assert session.connected and session.edge_id == "E2" and session.epoch == 2
+    # The token of the newer resume works, once; then the one before it is stale too.
+    newer, _ = _resume(log, sid, 2, 3_000_300)
+    assert isinstance(newer, JoinAccepted) and newer.epoch == 3
+    stale, _ = _resume(log, sid, 2, 3_000_400)
+    assert isinstance(stale, Error) and stale.code == "RESUME_FAILED"
+
+
+def test_a_resume_after_the_participant_token_expired_is_refused() -> None:
+    log = Log()
+    log.join("a", token_expires_at=3_500_000)
+    sid = _dropped(log, "a", 3_000_000)
+    refused, _ = _resume(log, sid, 1, 3_500_000)
+    assert isinstance(refused, Error) and refused.code == "RESUME_FAILED"
+    assert "expired" in refused.message
+    assert not log.state.rooms[ROOM].sessions[sid].connected  # still in its grace
+
+
+def test_a_resume_naming_another_room_sid_is_refused() -> None:
+    log = Log()
+    log.join("a")
+    sid = _dropped(log, "a", 3_000_000)
+    refused, _ = _resume(log, sid, 1, 3_000_100, room_sid="RM_other")
+    assert isinstance(refused, Error) and refused.code == "RESUME_FAILED"
+    room_sid = log.state.rooms[ROOM].sid
+    accepted, _ = _resume(log, sid, 1, 3_000_200, room_sid=room_sid)
+    assert isinstance(accepted, JoinAccepted)
+
+
 def test_snapshot_round_trip_keeps_indexes() -> None:
     log = Log()
     log.join("a")
@@ -403,7 +528,7 @@ def _random_log(draw: st.DrawFn) -> list[LogEvent]:
     at = 0
     for i in range(draw(st.integers(5, 60))):
         at += draw(st.integers(0, 30_000))
-        choice = draw(st.integers(0, 9))
+        choice = draw(st.integers(0, 10))
         who = draw(st.sampled_from(identities))
         sid = draw(st.sampled_from(sids)) if sids and choice > 2 else f"PA_{i}"
         if choice <= 2 or not sids:
@@ -416,6 +541,8 @@ def _random_log(draw: st.DrawFn) -> list[LogEvent]:
                     participant_id=who,
                     is_viewer=who.startswith("v"),
                     edge_id="E1",
+                    token_id=f"J-{who}-{draw(st.integers(0, 1))}",
+                    token_expires_at=draw(st.sampled_from([0, at + 60_000])),
                 )
             )
         elif choice == 3:
@@ -452,8 +579,11 @@ def _random_log(draw: st.DrawFn) -> list[LogEvent]:
                     room_id=ROOM, at=at, participant_id=who, is_viewer=draw(st.booleans())
                 )
             )
+        elif choice == 10:
+            events.append(ParticipantRemoveRequested(room_id=ROOM, at=at, participant_id=who))
         else:
-            events.append(ResumeRequested(room_id=ROOM, at=at, sid=sid, edge_id="E2"))
+            epoch = draw(st.integers(0, 3))
+            events.append(ResumeRequested(room_id=ROOM, at=at, sid=sid, edge_id="E2", epoch=epoch))
     return events
 
 
@@ -473,7 +603,9 @@ def test_replay_is_deterministic_and_snapshots_resume_exactly(data: st.DataObjec
     partial = State()
     for i, e in enumerate(events[:cut]):
         apply(partial, i + 1, e)
-    restored = State(rooms={k: unpack_room(pack_room(r)) for k, r in partial.rooms.items()})
+    snapshots = {k: (cut, pack_room(r)) for k, r in partial.rooms.items()}
+    snapshots[revocations_key((0,))] = (cut, pack_revocations(partial.revoked))
+    restored = restore(snapshots, (0,))
     for i, e in enumerate(events[cut:], start=cut):
         apply(restored, i + 1, e)
     assert digest(restored) == digest(first)
@@ -489,6 +621,6 @@ def test_ids_that_cannot_form_a_subject_are_refused_at_the_door() -> None:
     assert ROOM not in log.state.rooms
     log.join("b")
     sid = log.sid("b")
-    out = log(ResumeRequested(room_id=ROOM, at=1, sid=sid, edge_id="E*", reply_to="r"))
+    out = log(ResumeRequested(room_id=ROOM, at=1, sid=sid, edge_id="E*", reply_to="r", epoch=1))
     assert directs(out, "r")[0].code == "RESUME_FAILED"
     assert log.state.rooms[ROOM].sessions[sid].edge_id == "E1"

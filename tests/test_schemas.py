@@ -222,6 +222,7 @@ CASES: tuple[Message, ...] = (
         speakers=(SPEAKER,),
         counts=COUNTS,
         resume_token="eyJ.resume.sig",
+        epoch=3,
     ),
     ParticipantJoined(seq=42, participant=SPEAKER),
     ParticipantLeft(seq=43, sid="PA_1", participant_id="alice", reason="CLIENT_LEFT"),
@@ -319,7 +320,16 @@ CASES: tuple[Message, ...] = (
         reply_to="sess.PA_2",
         req=1,
     ),
-    ResumeRequested(room_id="r", at=AT, sid="PA_2", edge_id="edge-2", reply_to="sess.PA_2", req=2),
+    ResumeRequested(
+        room_id="r",
+        at=AT,
+        sid="PA_2",
+        edge_id="edge-2",
+        reply_to="sess.PA_2",
+        req=2,
+        epoch=3,
+        room_sid="RM_7",
+    ),
     LeaveRequested(room_id="r", at=AT, sid="PA_2"),
     SessionDisconnected(room_id="r", at=AT, sid="PA_2", edge_id="edge-1"),
     TrackPublishRequested(room_id="r", at=AT, sid="PA_1", track=TRACK, req=3),
@@ -481,7 +491,7 @@ GOLDEN_HEX: dict[str, str] = {
         "616c69636520686173206e6f20766964656f"
     ),
     "joined": (
-        "8aa174a66a6f696e6564a17601a2696401a373657129a4726f6f6d88a26964af776562696e61722d32303236"
+        "8ba174a66a6f696e6564a17601a2696401a373657129a4726f6f6d88a26964af776562696e61722d32303236"
         "2d3035a3736964a4524d5f31a86d65746164617461a9746f776e2068616c6cb06d61785f7061727469636970"
         "616e7473ce000186a0b16465706172747572655f74696d656f75741eaa6c69766573747265616dc3aa637265"
         "617465645f6174cf0000018bcfe56800a6636f756e747383a7737065616b657202a6766965776572cd2710a5"
@@ -493,7 +503,7 @@ GOLDEN_HEX: dict[str, str] = {
         "a654525f63616da46b696e64a5766964656fa6736f75726365a663616d657261a46e616d65a343616da56d75"
         "746564c382a3736964a654525f6d6963a46b696e64a5617564696fa96a6f696e65645f6174cf0000018bcfe5"
         "687ba6636f756e747383a7737065616b657202a6766965776572cd2710a5746f74616ccd2712ac726573756d"
-        "655f746f6b656eae65794a2e726573756d652e736967"
+        "655f746f6b656eae65794a2e726573756d652e736967a565706f636803"
     ),
     "participant_joined": (
         "84a174b27061727469636970616e745f6a6f696e6564a17601a37365712aab7061727469636970616e7488a3"
@@ -703,8 +713,9 @@ GOLDEN_HEX: dict[str, str] = {
         "01"
     ),
     "log.resume": (
-        "88a174aa6c6f672e726573756d65a17601a7726f6f6d5f6964a172a26174cf0000018bcfe569c8a3736964a4"
-        "50415f32a7656467655f6964a6656467652d32a87265706c795f746fa9736573732e50415f32a372657102"
+        "8aa174aa6c6f672e726573756d65a17601a7726f6f6d5f6964a172a26174cf0000018bcfe569c8a3736964a4"
+        "50415f32a7656467655f6964a6656467652d32a87265706c795f746fa9736573732e50415f32a372657102a5"
+        "65706f636803a8726f6f6d5f736964a4524d5f37"
     ),
     "log.leave": (
         "85a174a96c6f672e6c65617665a17601a7726f6f6d5f6964a172a26174cf0000018bcfe569c8a3736964a450"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,9 +19,15 @@ from nats.aio.client import Client as NATS
 
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest, ListParticipantsRequest
-from schemas.client import CountsChanged, JoinAccepted, ParticipantJoined, ParticipantsPage
+from schemas.client import CountsChanged, Error, JoinAccepted, ParticipantJoined, ParticipantsPage
 from schemas.codec import decode, encode
-from schemas.log import JoinRequested, LeaveRequested, LogEvent
+from schemas.log import (
+    JoinRequested,
+    LeaveRequested,
+    LogEvent,
+    ParticipantRemoveRequested,
+    RoomDeleteRequested,
+)
 from stagecast.bench.workload import VIEWER_GRANT, storm
 from stagecast.natsserver import NatsServer
 from statekeeper.fold import apply
@@ -28,7 +35,7 @@ from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.outcomes import PublicEvent
 from statekeeper.roomlog import RoomLog
 from statekeeper.service import Tuning
-from statekeeper.state import State, digest, unpack_room
+from statekeeper.state import State, digest, restore
 from statekeeper.store import SqlStore
 from tests.polling import eventually
 
@@ -258,7 +265,7 @@ async def test_kill_9_mid_log_then_restart_equals_an_uninterrupted_fold(
     store = await SqlStore.open(database_url)
     try:
         checkpoint, snapshots = await store.load()
-        recovered = State(rooms={r: unpack_room(blob) for r, (_s, blob) in snapshots.items()})
+        recovered = restore(snapshots, (0,))
         assert checkpoint == len(events)
         assert digest(recovered) == digest(expected)
         rows = await store.page(
@@ -277,3 +284,58 @@ async def test_kill_9_mid_log_then_restart_equals_an_uninterrupted_fold(
 async def _applied_at_least(nc: NATS, seq: int) -> bool:
     health = await _health(nc)
     return health is not None and health.ok and health.applied_seq >= seq
+
+
+def _token_join(i: int, room_id: str) -> JoinRequested:
+    """A join with token id ``J-bob`` (a roomless token: a new participant id each time)."""
+    join = speaker_join(i, f"reply.bob{i}")
+    return dataclasses.replace(
+        join, room_id=room_id, participant_id=f"p-bob{i}", token_id="J-bob", token_expires_at=2**40
+    )
+
+
+async def test_revoked_token_stays_refused_across_kill_9_replay_and_a_clean_restart(
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    room_log = RoomLog(nc.jetstream())
+    await room_log.ensure()
+    replies = Inbox()
+    await nc.subscribe("reply.>", cb=replies.on_msg)
+    database_url = sqlite_url(tmp_path)
+    proc = _spawn_statekeeper(nats_server.url, database_url, tmp_path / "sk.log")
+    try:
+        await room_log.append(_token_join(1, ROOM), "j1")
+        remove = ParticipantRemoveRequested(room_id=ROOM, at=3_000, participant_id="p-bob1")
+        await room_log.append(remove, "rm")
+        await room_log.append(RoomDeleteRequested(room_id=ROOM, at=3_001), "del")
+        await eventually(lambda: _applied_at_least(nc, 3), timeout=30, what="the removal")
+        proc.send_signal(signal.SIGKILL)  # before its first snapshot: the restart replays
+        proc.wait(10)
+        await room_log.append(_token_join(2, ROOM), "j2")  # the room is gone: it would reopen
+        proc = _spawn_statekeeper(nats_server.url, database_url, tmp_path / "sk.log")
+        await eventually(lambda: _applied_at_least(nc, 4), timeout=30, what="recovery")
+        proc.send_signal(signal.SIGTERM)  # a clean stop: the last snapshot holds it
+        proc.wait(30)
+        await room_log.append(_token_join(3, "another-room"), "j3")
+        proc = _spawn_statekeeper(nats_server.url, database_url, tmp_path / "sk.log")
+        await eventually(lambda: _applied_at_least(nc, 5), timeout=30, what="second recovery")
+        await eventually(lambda: len(_by_request(replies)) == 3, what="three join replies")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    answers = _by_request(replies)  # a replay may answer a request again: harmless
+    assert isinstance(answers[1], JoinAccepted)
+    for req in (2, 3):
+        refused = answers[req]
+        assert isinstance(refused, Error) and refused.code == "INVALID_TOKEN", refused
+    store = await SqlStore.open(database_url)
+    try:
+        _checkpoint, snapshots = await store.load()
+        state = restore(snapshots, (0,))
+        assert state.revoked == {"J-bob": 2**40} and state.rooms == {}
+    finally:
+        await store.close()
+
+
+def _by_request(inbox: Inbox) -> dict[int, object]:
+    return {m.id: m for m in inbox.messages if isinstance(m, (JoinAccepted, Error))}
