@@ -19,6 +19,7 @@ from schemas.models import (
     Identity,
     IdList,
     Metadata,
+    Name,
     ParticipantInfo,
     RoomInfo,
     Tier,
@@ -70,7 +71,7 @@ class UpdateParticipantRequest(Message):
     grant: Grant | None = None
     metadata: Metadata | None = None
     attributes: Attributes | None = None
-    name: Identity | None = None
+    name: Name | None = None
 
 
 @message("api.remove_participant")
