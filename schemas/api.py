@@ -173,3 +173,9 @@ class HealthReply(Message):
     ok: bool
     applied_seq: int = 0
     rooms: int = 0
+    persistence_state: int = 0
+    """The statekeeper's persistence: 0 writing, 1 failing and retrying."""
+    persist_failures: int = 0
+    """Failed persistence attempts since start (outages and refused batches)."""
+    poisoned_events: int = 0
+    """Items a store or the events stream refused, set aside since start."""

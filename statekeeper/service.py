@@ -29,6 +29,7 @@ from schemas.errors import ErrorCode
 from schemas.log import EdgeLost, ForwarderAssigned, GraceExpired, LogEvent, RoomTimedOut
 from schemas.media import ForwarderHeartbeat
 from schemas.models import Counts
+from statekeeper.batches import BatchWriter
 from statekeeper.coalescer import CountCoalescer
 from statekeeper.cursor import CURSOR_LIFETIME_MS
 from statekeeper.errors import MediaRefused, NoForwarder
@@ -47,6 +48,7 @@ from statekeeper.outcomes import (
     RosterUpdate,
     TimerDue,
 )
+from statekeeper.persistence import Deletion, PersistenceHealth, Snapshot
 from statekeeper.roomlog import RoomLog
 from statekeeper.state import Room, State, pack_room, unpack_room
 from statekeeper.store import Store
@@ -126,6 +128,9 @@ class Statekeeper:
         self._placing: dict[tuple[str, str], str] = {}
         self._forwarder_lost = True
         """Some session may sit on a dead forwarder (`_check_forwarders` looks)."""
+        self.persistence = PersistenceHealth()
+        """Persistence counters, state and the items set aside (docs/configuration.md)."""
+        self.writer = BatchWriter(room_log, store, self.persistence, clock)
         """Forwarder assignments appended to the log but not folded yet."""
 
     # ----------------------------------------------------------------------- lifecycle
@@ -226,9 +231,9 @@ class Statekeeper:
                 if self._outbox:
                     await self._send_outbox()
                 if len(self._roster) >= self.tuning.roster_flush_ops:
-                    await self.flush()
+                    await self._persist_or_wait(self.flush)
                 if self._events_since_snapshot >= self.tuning.snapshot_every_events:
-                    await self.checkpoint()
+                    await self._persist_or_wait(self.checkpoint)
 
     def _mark_caught_up(self) -> None:
         """Recovery is done: from now on media changes go out, starting with a full sync."""
@@ -359,8 +364,9 @@ class Statekeeper:
 
     async def _flusher(self) -> None:
         last_prune = self.clock()
+        delay = self.tuning.roster_flush_ms / 1000
         while True:
-            await asyncio.sleep(self.tuning.roster_flush_ms / 1000)
+            await asyncio.sleep(delay)
             try:
                 now = self.clock()
                 if now - self._last_snapshot_at >= self.tuning.snapshot_every_ms and self._dirty:
@@ -370,8 +376,23 @@ class Statekeeper:
                 if now - last_prune >= self.tuning.prune_every_ms:
                     last_prune = now
                     await self.store.prune(left_before_ms=now - CURSOR_LIFETIME_MS - 60_000)
-            except Exception:
-                log.exception("persisting failed; will retry")
+            except Exception as exc:  # an outage: everything is kept; back off, quietly
+                delay = self.persistence.failed(exc, time.monotonic())
+            else:
+                self.persistence.succeeded(time.monotonic())
+                delay = self.tuning.roster_flush_ms / 1000
+
+    async def _persist_or_wait(self, write: Callable[[], Any]) -> None:
+        """Write now; while persisting fails, back off and retry (the log waits meanwhile,
+        so what is pending stays bounded)."""
+        while True:
+            try:
+                await write()
+            except Exception as exc:
+                await asyncio.sleep(self.persistence.failed(exc, time.monotonic()))
+            else:
+                self.persistence.succeeded(time.monotonic())
+                return
 
     @property
     def caught_up(self) -> bool:
@@ -420,16 +441,16 @@ class Statekeeper:
             self._events_since_snapshot = 0
             self._last_snapshot_at = self.clock()
         try:
-            if public:
-                await self._publish_public(public)
-            if roster or snapshots or deleted:
-                await self.store.commit(
-                    roster=roster,
-                    now_ms=self.clock(),
-                    snapshots=snapshots,
-                    deleted_rooms=deleted,
-                    applied_seq=seq if with_snapshots else None,
-                )
+            await self.writer.write(
+                [
+                    *public,
+                    *roster,
+                    *(Snapshot(r, at, blob) for r, (at, blob) in (snapshots or {}).items()),
+                    *(Deletion(r, at) for r, at in deleted.items()),
+                ],
+                seq,
+                with_snapshots,
+            )
         except BaseException:
             self._roster[:0] = roster  # keep them for the next attempt, in order
             self._public[:0] = public
@@ -440,12 +461,6 @@ class Statekeeper:
             raise
         self.flushed_seq = max(self.flushed_seq, seq)
         return seq
-
-    async def _publish_public(self, public: list[PublicEvent]) -> None:
-        await self.room_log.publish_events(
-            (p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
-            for p in public
-        )
 
     # ----------------------------------------------------------------------- edges
 
