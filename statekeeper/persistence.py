@@ -83,8 +83,19 @@ class PoisonedItem:
     @classmethod
     def of(cls, item: Item, error: BaseException, seq: int, at_ms: int) -> PoisonedItem:
         """The record of `item`, refused with `error` in a batch cut at `seq`."""
-        message = ascii(f"{type(error).__name__}: {error}")[1:-1][:_ERROR_CHARS]
+        message = ascii(describe(error))[1:-1][:_ERROR_CHARS]
         return cls(ascii(item.room_id)[1:-1], kind_of(item), seq, message, at_ms, _detail(item))
+
+
+def describe(error: BaseException) -> str:
+    """One line naming an error: the driver's own error for a database one (not the SQL
+    and parameters SQLAlchemy adds, which would repeat the refused data)."""
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.orig is not None:
+        inner: BaseException = error.orig.__cause__ or error.orig
+    else:
+        inner = error
+    text = str(inner).strip().splitlines()
+    return f"{type(inner).__name__}: {text[0]}" if text else type(inner).__name__
 
 
 def kind_of(item: Item) -> str:
@@ -195,9 +206,7 @@ class PersistenceHealth:
         if self._failing_since is None:
             self._failing_since = now
             log.warning(
-                "persisting failed; retrying with backoff until it is back: %s: %s",
-                type(error).__name__,
-                error,
+                "persisting failed; retrying with backoff until it is back: %s", describe(error)
             )
         return float(min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** (self._attempts - 1)))
 
@@ -243,6 +252,7 @@ __all__ = [
     "PersistenceHealth",
     "PoisonedItem",
     "Snapshot",
+    "describe",
     "is_refusal",
     "isolate",
     "kind_of",
