@@ -213,13 +213,21 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def services(
-    tmp_path: Path, *, api_key: str = API_KEY, api_secret: str = API_SECRET, **edge_options: Any
+    tmp_path: Path,
+    *,
+    api_key: str = API_KEY,
+    api_secret: str = API_SECRET,
+    database_url: str | None = None,
+    **edge_options: Any,
 ) -> AsyncIterator[tuple[NatsServer, EdgeConfig, str]]:
-    """nats-server, statekeeper and edge, all private to one test: (server, edge config, url)."""
+    """nats-server, statekeeper and edge, all private to one test: (server, edge config, url).
+
+    The statekeeper uses SQLite in `tmp_path` unless `database_url` names another database.
+    """
     async with NatsServer(tmp_path / "nats") as server:
         keeper_config = StatekeeperConfig(
             nats_url=server.url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
+            database_url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
             api_secret=api_secret,
             tuning=FAST,
         )

@@ -9,13 +9,11 @@ backoff and logs one line when it starts and one when it ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -25,6 +23,7 @@ from schemas.codec import decode, encode
 from schemas.events import ParticipantJoinedEvent
 from schemas.log import JoinRequested
 from schemas.models import ParticipantInfo
+from stagecast import errors
 from stagecast.natsserver import NatsServer
 from statekeeper.batches import BatchWriter
 from statekeeper.main import StatekeeperConfig, running_statekeeper
@@ -39,8 +38,8 @@ from statekeeper.persistence import (
 from statekeeper.roomlog import RoomLog
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
-from tests.conftest import NATS_CLIENT_OPTIONS
 from tests.polling import eventually
+from tests.stack_fixtures import sdk_stack
 from tests.test_store import fresh_postgres_database
 
 PG_URL = os.environ.get("STAGECAST_TEST_POSTGRES_URL")
@@ -67,20 +66,45 @@ async def postgres_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url, **NATS_CLIENT_OPTIONS)
-    try:
-        yield client
-    finally:
-        with contextlib.suppress(Exception):
-            await client.close()
-
-
-@pytest.fixture
 async def room_log(nc: NATS) -> RoomLog:
     log = RoomLog(nc.jetstream(), ack_timeout=1.0)
     await log.ensure()
     return log
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.postgres
+async def test_join_with_nul_in_room_id_is_refused_and_another_room_persists_on_postgres(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # The fault: one roomless audience token and room_id="x\x00y" stopped all persistence.
+    async with sdk_stack(tmp_path, database_url=postgres_url) as stack:
+        with pytest.raises(errors.BadRequest, match="U\\+0000"):
+            await stack.join(stack.token("mallory", None, viewer=True), room_id="x\x00y")
+        with pytest.raises(errors.BadRequest, match="control character"):
+            await stack.join(stack.token("mallory", "tab\troom", viewer=True))
+        await stack.join(stack.token("alice", "lobby"))
+        await stack.join(stack.token(None, None, viewer=True), room_id="lobby")
+        store = await SqlStore.open(postgres_url)
+        try:
+            await eventually(
+                lambda: _roster_count(store, "lobby", 2), what="both lobby rows in PostgreSQL"
+            )
+            await eventually(lambda: _checkpointed(store, "lobby"), what="a lobby snapshot")
+            assert await store.poisoned() == []
+        finally:
+            await store.close()
+
+
+async def _roster_count(store: SqlStore, room_id: str, expected: int) -> bool:
+    return len(await roster_ids(store, room_id)) == expected
+
+
+async def _checkpointed(store: SqlStore, room_id: str) -> bool:
+    checkpoint, snapshots = await store.load()
+    return checkpoint > 0 and room_id in snapshots
 
 
 async def roster_ids(store: SqlStore, room_id: str) -> list[str]:
