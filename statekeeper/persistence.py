@@ -127,8 +127,9 @@ def _detail(item: Item) -> bytes:
 def is_refusal(exc: BaseException) -> bool:
     """True when `exc` says the data itself can never be written (retrying cannot help);
     False for an outage, or anything unknown (kept and retried, never dropped)."""
-    if isinstance(exc, (SchemaError, ValueError, TypeError, OverflowError)):
+    if isinstance(exc, (SchemaError, ValueError, OverflowError)):
         return True  # bad strings, subjects no room token makes, ints no driver binds
+    # Not TypeError: that is a bug in this code, and setting a batch aside would lose it.
     if isinstance(exc, (nats.errors.MaxPayloadError, nats.js.errors.BadRequestError)):
         return True
     if isinstance(exc, (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError)):

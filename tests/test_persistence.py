@@ -136,6 +136,7 @@ async def test_isolate_raises_an_outage_instead_of_setting_anything_aside() -> N
 
     with pytest.raises(ConnectionRefusedError):
         await isolate([1, 2, 3], write)
+    assert not is_refusal(TimeoutError()) and not is_refusal(TypeError("a bug, not data"))
 
 
 def test_retry_backoff_doubles_from_100_ms_to_5_s_and_resets_when_back() -> None:
