@@ -207,7 +207,9 @@ class PersistenceHealth:
         if self._failing_since is None:
             self._failing_since = now
             log.warning(
-                "persisting failed; retrying with backoff until it is back: %s", describe(error)
+                "persisting failed; retrying with backoff until it is back: %s",
+                describe(error),
+                exc_info=error,  # once per outage: where it failed, if it is a bug
             )
         return float(min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** (self._attempts - 1)))
 

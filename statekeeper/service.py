@@ -128,10 +128,10 @@ class Statekeeper:
         self._placing: dict[tuple[str, str], str] = {}
         self._forwarder_lost = True
         """Some session may sit on a dead forwarder (`_check_forwarders` looks)."""
+        """Forwarder assignments appended to the log but not folded yet."""
         self.persistence = PersistenceHealth()
         """Persistence counters, state and the items set aside (docs/configuration.md)."""
         self.writer = BatchWriter(room_log, store, self.persistence, clock)
-        """Forwarder assignments appended to the log but not folded yet."""
 
     # ----------------------------------------------------------------------- lifecycle
 
