@@ -14,12 +14,14 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import msgpack
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest
-from schemas.codec import decode, encode
+from schemas.codec import decode, encode, to_wire
 from schemas.events import ParticipantJoinedEvent
 from schemas.log import JoinRequested
 from schemas.models import ParticipantInfo
@@ -96,6 +98,41 @@ async def test_join_with_nul_in_room_id_is_refused_and_another_room_persists_on_
             assert await store.poisoned() == []
         finally:
             await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_nul_event_already_in_the_log_is_skipped_and_persistence_continues_on_postgres(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A log written before the decode check (by an older edge) may hold the poison: it must
+    # not stall a statekeeper that restarts on it, in any room.
+    caplog.set_level(logging.WARNING, logger="stagecast")
+    async with NatsServer(tmp_path / "nats") as server:
+        nc = await nats.connect(server.url)
+        try:
+            room_log = RoomLog(nc.jetstream())
+            await room_log.ensure()
+            await room_log.append(join("lobby", 1), "j1")
+            poison = to_wire(join("lobby", 2)) | {"room_id": "x\x00y", "participant_id": "a\x00"}
+            await nc.jetstream().publish(
+                subjects.room_log("poison"), msgpack.packb(poison, use_bin_type=True)
+            )
+            await room_log.append(join("lobby", 3), "j3")
+            config = StatekeeperConfig(server.url, postgres_url, "s3cret", tuning=FAST)
+            async with running_statekeeper(config) as keeper:
+                await keeper.wait_caught_up()
+                await room_log.append(join("stage", 4), "j4")
+                store = keeper.store
+                assert isinstance(store, SqlStore)
+                await eventually(lambda: _roster_count(store, "lobby", 2), what="lobby rows")
+                await eventually(lambda: _roster_count(store, "stage", 1), what="stage rows")
+                await eventually(lambda: _checkpointed(store, "stage"), what="a stage snapshot")
+                assert keeper.persistence.persistence_state == 0
+                assert keeper.persistence.persist_failures_total == 0
+        finally:
+            await nc.close()
+    skipped = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(skipped) == 1 and "ForbiddenCharacter" in skipped[0], skipped
 
 
 async def _roster_count(store: SqlStore, room_id: str, expected: int) -> bool:
