@@ -19,6 +19,7 @@ from schemas.models import (
     Identity,
     IdList,
     Metadata,
+    Name,
     ParticipantInfo,
     RoomInfo,
     Tier,
@@ -70,7 +71,7 @@ class UpdateParticipantRequest(Message):
     grant: Grant | None = None
     metadata: Metadata | None = None
     attributes: Attributes | None = None
-    name: Identity | None = None
+    name: Name | None = None
 
 
 @message("api.remove_participant")
@@ -172,3 +173,9 @@ class HealthReply(Message):
     ok: bool
     applied_seq: int = 0
     rooms: int = 0
+    persistence_state: int = 0
+    """The statekeeper's persistence: 0 writing, 1 failing and retrying."""
+    persist_failures: int = 0
+    """Failed persistence attempts since start (outages and refused batches)."""
+    poisoned_events: int = 0
+    """Items a store or the events stream refused, set aside since start."""

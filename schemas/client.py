@@ -19,6 +19,7 @@ from schemas.models import (
     Identity,
     IdList,
     Metadata,
+    Name,
     ParticipantInfo,
     RoomInfo,
     Tier,
@@ -42,7 +43,7 @@ class Join(Message):
     id: int
     token: Token
     room_id: Identity | None = None
-    name: Identity | None = None
+    name: Name | None = None
     resume: Token | None = None
     auto_subscribe: bool = True
     sdk: Identity = ""
@@ -66,7 +67,7 @@ class PublishTrack(Message):
     id: int
     kind: TrackKind
     source: TrackSource = "unknown"
-    name: Identity = ""
+    name: Name = ""
 
 
 @message("unpublish_track")
@@ -242,7 +243,7 @@ class ParticipantLeft(Message):
     seq: int
     sid: Identity
     participant_id: Identity
-    reason: Identity = ""
+    reason: Name = ""
 
 
 @message("participant_updated")
@@ -341,7 +342,7 @@ class ParticipantsPage(Message):
 class Disconnect(Message):
     """The server ends the session; `reason` is a code such as `DUPLICATE_IDENTITY`."""
 
-    reason: Identity
+    reason: Name
     message: Annotated[str, MaxLen(4096)] = ""
     can_reconnect: bool = False
 

@@ -13,6 +13,7 @@ raises a `SchemaError` subclass, never anything else.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import msgpack
 
 from schemas.errors import (
     FieldTooLong,
+    ForbiddenCharacter,
     FrameTooLarge,
     InvalidField,
     MalformedFrame,
@@ -36,6 +38,8 @@ MAX_FRAME_BYTES = 1024 * 1024
 
 _MAX_DEPTH = 16
 _MAX_ITEMS = 100_000
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""C0 controls, DEL and C1 controls: never part of an id."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,6 +58,15 @@ class MaxBytes:
     """
 
     size: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NoControl:
+    """Annotated ban on control characters (C0, DEL, C1) in a string (`ForbiddenCharacter`).
+
+    NUL is refused in every string and map key or value, with or without this mark: no
+    store can keep it (PostgreSQL text cannot hold it).
+    """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -324,12 +337,19 @@ def _validator(tp: Any, depth: int) -> Validator:
     max_len = next((lim.chars for lim in limits if isinstance(lim, MaxLen)), None)
     max_bytes = next((lim.size for lim in limits if isinstance(lim, MaxBytes)), None)
     max_items = next((lim.count for lim in limits if isinstance(lim, MaxItems)), _MAX_ITEMS)
+    forbidden = _CONTROL if any(isinstance(lim, NoControl) for lim in limits) else None
 
     if tp is str:
 
         def check_str(v: Any, path: str) -> Any:
             if type(v) is not str:
                 raise _fail(path, "must be a string")
+            if forbidden is not None:
+                bad = forbidden.search(v)
+                if bad is not None:
+                    raise ForbiddenCharacter(path, bad.group())
+            elif "\x00" in v:
+                raise ForbiddenCharacter(path, "\x00")
             if max_len is not None and len(v) > max_len:
                 raise FieldTooLong(f"{path}: longer than {max_len} characters")
             if max_bytes is not None and len(v) > max_bytes // 4 and len(v.encode()) > max_bytes:
@@ -407,6 +427,8 @@ def _validator(tp: Any, depth: int) -> Validator:
             for k, x in v.items():
                 if type(k) is not str or type(x) is not str:
                     raise _fail(path, "keys and values must be strings")
+                if "\x00" in k or "\x00" in x:
+                    raise ForbiddenCharacter(f"{path}[{k[:64]!r}]", "\x00")
                 size += len(k) + len(x)
             if max_bytes is not None and size > max_bytes // 4:
                 size = sum(len(k.encode()) + len(x.encode()) for k, x in v.items())
@@ -441,6 +463,7 @@ __all__ = [
     "MaxItems",
     "MaxLen",
     "Message",
+    "NoControl",
     "SchemaError",
     "Struct",
     "compile_all",

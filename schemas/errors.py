@@ -64,6 +64,16 @@ class FieldTooLong(InvalidField):
     """A string field (identity, name, room id, ...) is longer than its limit."""
 
 
+class ForbiddenCharacter(InvalidField):
+    """A string holds a character no store can keep: NUL anywhere, or a control character
+    (C0, DEL, C1) in an id. `field` is the path of the string, `char` the first offender."""
+
+    def __init__(self, field: str, char: str) -> None:
+        super().__init__(f"{field}: contains the forbidden character U+{ord(char):04X}")
+        self.field = field
+        self.char = char
+
+
 class PayloadTooLarge(SchemaError):
     """A payload (data, metadata, attributes) is larger than its byte limit."""
 

@@ -8,7 +8,7 @@ renamed or removed. `id` is unique per event and stable across statekeeper resta
 from __future__ import annotations
 
 from schemas.codec import Message, message
-from schemas.models import Identity, ParticipantInfo, RoomInfo, TrackInfo
+from schemas.models import Identity, Name, ParticipantInfo, RoomInfo, TrackInfo
 
 
 @message("event.room_started")
@@ -23,7 +23,7 @@ class RoomFinished(Message):
     id: Identity
     at: int
     room: RoomInfo
-    reason: Identity = ""
+    reason: Name = ""
 
 
 @message("event.participant_joined")
@@ -42,7 +42,7 @@ class ParticipantLeftEvent(Message):
     room_id: Identity
     room_sid: Identity
     participant: ParticipantInfo
-    reason: Identity = ""
+    reason: Name = ""
 
 
 @message("event.track_published")

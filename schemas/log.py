@@ -18,6 +18,7 @@ from schemas.models import (
     Grant,
     Identity,
     Metadata,
+    Name,
     ParticipantKind,
     TrackInfo,
     TrackKind,
@@ -52,7 +53,7 @@ class JoinRequested(LogEvent):
     at: int
     sid: Identity
     participant_id: Identity
-    name: Identity = ""
+    name: Name = ""
     is_viewer: bool = False
     kind: ParticipantKind = "standard"
     grant: Grant = Grant()
@@ -213,7 +214,7 @@ class ParticipantUpdateRequested(LogEvent):
     grant: Grant | None = None
     metadata: Metadata | None = None
     attributes: Attributes | None = None
-    name: Identity | None = None
+    name: Name | None = None
     reply_to: Subject | None = None
     req: int = 0
 

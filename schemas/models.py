@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal
 
-from schemas.codec import MaxBytes, MaxItems, MaxLen, Struct, struct
+from schemas.codec import MaxBytes, MaxItems, MaxLen, NoControl, Struct, struct
 
 ID_CHARS = 256
 METADATA_BYTES = 64 * 1024
 ATTRIBUTES_BYTES = 64 * 1024
 DATA_BYTES = 15 * 1024
 
-Identity = Annotated[str, MaxLen(ID_CHARS)]
-"""A participant id, a name, a room id, a sid, a topic: at most 256 characters."""
+Identity = Annotated[str, MaxLen(ID_CHARS), NoControl()]
+"""A participant id, a room id, a sid, a topic: at most 256 characters, no control
+characters (C0, DEL, C1)."""
+Name = Annotated[str, MaxLen(ID_CHARS)]
+"""A display name or a reason: at most 256 characters, no NUL (like every wire string)."""
 Metadata = Annotated[str, MaxBytes(METADATA_BYTES)]
 """Free-form participant or room metadata: at most 64 KiB."""
 Attributes = Annotated[dict[str, str], MaxBytes(ATTRIBUTES_BYTES), MaxItems(1024)]
@@ -54,7 +57,7 @@ class TrackInfo(Struct):
     sid: Identity
     kind: TrackKind
     source: TrackSource = "unknown"
-    name: Identity = ""
+    name: Name = ""
     muted: bool = False
 
 
@@ -64,7 +67,7 @@ class ParticipantInfo(Struct):
 
     sid: Identity
     id: Identity
-    name: Identity = ""
+    name: Name = ""
     is_viewer: bool = False
     kind: ParticipantKind = "standard"
     metadata: Metadata = ""

@@ -94,6 +94,7 @@ RELAY_PREFIX = "stagecast.relay"
 MAX_ROOM_ID_CHARS = 256
 _MAX_GENERATED_ID_CHARS = 256
 _PLAIN = re.compile(r"[A-Za-z0-9_-]+")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _ENCODED_MARK = "~"
 
 
@@ -103,12 +104,16 @@ _ENCODED_MARK = "~"
 def room_token(room_id: str) -> str:
     """The subject token for a room id (see the module docstring); `ValueError` if invalid.
 
-    Invalid means longer than 256 characters or not encodable as UTF-8 (lone surrogates).
+    Invalid means longer than 256 characters, holding a control character (NUL, C0, DEL,
+    C1: the wire refuses them in ids) or not encodable as UTF-8 (lone surrogates).
     """
     if len(room_id) > MAX_ROOM_ID_CHARS:
         raise ValueError(f"room id longer than {MAX_ROOM_ID_CHARS} characters")
     if _PLAIN.fullmatch(room_id):
         return room_id
+    bad = _CONTROL.search(room_id)
+    if bad is not None:
+        raise ValueError(f"room id holds the control character U+{ord(bad.group()):04X}")
     try:
         raw = room_id.encode("utf-8")
     except UnicodeEncodeError:

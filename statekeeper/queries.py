@@ -100,6 +100,9 @@ class Queries:
                 ok=self.keeper.caught_up,
                 applied_seq=self.keeper.applied_seq,
                 rooms=len(self.keeper.state.rooms),
+                persistence_state=self.keeper.persistence.persistence_state,
+                persist_failures=self.keeper.persistence.persist_failures_total,
+                poisoned_events=self.keeper.persistence.poisoned_events_total,
             )
         return _error(ErrorCode.UNKNOWN_TYPE, f"the statekeeper does not answer {request.TYPE}")
 

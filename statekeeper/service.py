@@ -30,6 +30,7 @@ from schemas.log import EdgeLost, ForwarderAssigned, GraceExpired, LogEvent, Roo
 from schemas.media import ForwarderHeartbeat
 from schemas.models import Counts
 from stagecast.natslink import NatsLink
+from statekeeper.batches import BatchWriter
 from statekeeper.coalescer import CountCoalescer
 from statekeeper.cursor import CURSOR_LIFETIME_MS
 from statekeeper.errors import MediaRefused, NoForwarder
@@ -49,6 +50,7 @@ from statekeeper.outcomes import (
     RosterUpdate,
     TimerDue,
 )
+from statekeeper.persistence import Deletion, PersistenceHealth, Snapshot
 from statekeeper.roomlog import RoomLog
 from statekeeper.state import Room, State, pack_revocations, pack_room, restore, revocations_key
 from statekeeper.store import Store
@@ -137,6 +139,9 @@ class Statekeeper:
         self.liveness_skipped = 0
         """Liveness checks skipped because this statekeeper's own link was down or new."""
         """Forwarder assignments appended to the log but not folded yet."""
+        self.persistence = PersistenceHealth()
+        """Persistence counters, state and the items set aside (docs/configuration.md)."""
+        self.writer = BatchWriter(room_log, store, self.persistence, clock)
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -236,9 +241,9 @@ class Statekeeper:
                 if self._outbox:
                     await self._send_outbox()
                 if len(self._roster) >= self.tuning.roster_flush_ops:
-                    await self.flush()
+                    await self._persist_or_wait(self.flush)
                 if self._events_since_snapshot >= self.tuning.snapshot_every_events:
-                    await self.checkpoint()
+                    await self._persist_or_wait(self.checkpoint)
 
     def _mark_caught_up(self) -> None:
         """Recovery is done: from now on media changes go out, starting with a full sync."""
@@ -373,8 +378,9 @@ class Statekeeper:
 
     async def _flusher(self) -> None:
         last_prune = self.clock()
+        delay = self.tuning.roster_flush_ms / 1000
         while True:
-            await asyncio.sleep(self.tuning.roster_flush_ms / 1000)
+            await asyncio.sleep(delay)
             try:
                 now = self.clock()
                 if now - self._last_snapshot_at >= self.tuning.snapshot_every_ms and self._dirty:
@@ -384,8 +390,23 @@ class Statekeeper:
                 if now - last_prune >= self.tuning.prune_every_ms:
                     last_prune = now
                     await self.store.prune(left_before_ms=now - CURSOR_LIFETIME_MS - 60_000)
-            except Exception:
-                log.exception("persisting failed; will retry")
+            except Exception as exc:  # an outage: everything is kept; back off, quietly
+                delay = self.persistence.failed(exc, time.monotonic())
+            else:
+                self.persistence.succeeded(time.monotonic())
+                delay = self.tuning.roster_flush_ms / 1000
+
+    async def _persist_or_wait(self, write: Callable[[], Any]) -> None:
+        """Write now; while persisting fails, back off and retry (the log waits meanwhile,
+        so what is pending stays bounded)."""
+        while True:
+            try:
+                await write()
+            except Exception as exc:
+                await asyncio.sleep(self.persistence.failed(exc, time.monotonic()))
+            else:
+                self.persistence.succeeded(time.monotonic())
+                return
 
     @property
     def caught_up(self) -> bool:
@@ -439,16 +460,16 @@ class Statekeeper:
             self._events_since_snapshot = 0
             self._last_snapshot_at = self.clock()
         try:
-            if public:
-                await self._publish_public(public)
-            if roster or snapshots or deleted:
-                await self.store.commit(
-                    roster=roster,
-                    now_ms=self.clock(),
-                    snapshots=snapshots,
-                    deleted_rooms=deleted,
-                    applied_seq=seq if with_snapshots else None,
-                )
+            await self.writer.write(
+                [
+                    *public,
+                    *roster,
+                    *(Snapshot(r, at, blob) for r, (at, blob) in (snapshots or {}).items()),
+                    *(Deletion(r, at) for r, at in deleted.items()),
+                ],
+                seq,
+                with_snapshots,
+            )
         except BaseException:
             self._roster[:0] = roster  # keep them for the next attempt, in order
             self._public[:0] = public
@@ -462,12 +483,6 @@ class Statekeeper:
             raise
         self.flushed_seq = max(self.flushed_seq, seq)
         return seq
-
-    async def _publish_public(self, public: list[PublicEvent]) -> None:
-        await self.room_log.publish_events(
-            (p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
-            for p in public
-        )
 
     # ----------------------------------------------------------------------- edges
 

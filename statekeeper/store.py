@@ -51,9 +51,11 @@ from schemas.codec import pack_struct, unpack_struct
 from schemas.models import ParticipantInfo, Tier
 from statekeeper.errors import SchemaVersionMismatch, StoreClosed
 from statekeeper.outcomes import RosterJoin, RosterLeave, RosterUpdate
+from statekeeper.persistence import PoisonedItem
 
 SCHEMA_VERSION = 1
-"""Bump with a migration note whenever a table changes shape."""
+"""Bump with a migration note whenever a table changes shape. (A new table needs no bump:
+`open` creates missing tables; the ``poisoned`` table came that way.)"""
 
 TIER_RANKS: dict[Tier, int] = {"speaker": 0, "viewer": 1}
 """Speakers sort before viewers in a roster walk."""
@@ -78,17 +80,22 @@ class Store(Protocol):
         snapshots: Mapping[str, tuple[int, bytes]] | None = None,
         deleted_rooms: Iterable[str] | Mapping[str, int] = (),
         applied_seq: int | None = None,
+        poisoned: Sequence[PoisonedItem] = (),
     ) -> None:
         """Apply one batch in one transaction, in this order: roster ops as given (each
         idempotent, so a replay after a crash changes nothing; `now_ms` stamps departures
-        for `prune`), upsert `snapshots` (room -> (seq, blob)), drop `deleted_rooms`, set
-        the checkpoint to `applied_seq` when given.
+        for `prune`), upsert `snapshots` (room -> (seq, blob)), drop `deleted_rooms`, record
+        the `poisoned` items set aside, set the checkpoint to `applied_seq` when given.
 
         `deleted_rooms` maps each room to the log sequence that deleted it: its roster
         rows with ``since_seq`` and its snapshot with ``seq`` at or below that go, so a room
         re-created under the same id after that sequence keeps what it has, whenever it was
         written. A plain iterable of ids drops everything of those rooms, and then a room
         may not also be in `snapshots` (`ValueError`)."""
+        ...
+
+    async def poisoned(self, *, limit: int = 100) -> list[PoisonedItem]:
+        """The last `limit` items set aside (newest last), for inspection."""
         ...
 
     async def load(self) -> tuple[int, dict[str, tuple[int, bytes]]]:
@@ -206,6 +213,7 @@ class _Batch:
     snapshots: dict[str, tuple[int, bytes]]
     deleted: dict[str, int]  # room -> the sequence that deleted it
     applied_seq: int | None
+    poisoned: Sequence[PoisonedItem] = ()
 
 
 # --------------------------------------------------------------------- the shared shell
@@ -228,14 +236,20 @@ class _StoreBase(abc.ABC):
         snapshots: Mapping[str, tuple[int, bytes]] | None = None,
         deleted_rooms: Iterable[str] | Mapping[str, int] = (),
         applied_seq: int | None = None,
+        poisoned: Sequence[PoisonedItem] = (),
     ) -> None:
         """See `Store.commit`."""
         self._check_open()
         deleted = _deletions(snapshots, deleted_rooms)
         phases = plan_phases(roster)  # also checks every op before anything is written
         await self._write(
-            _Batch(roster, phases, now_ms, dict(snapshots or {}), deleted, applied_seq)
+            _Batch(roster, phases, now_ms, dict(snapshots or {}), deleted, applied_seq, poisoned)
         )
+
+    async def poisoned(self, *, limit: int = 100) -> list[PoisonedItem]:
+        """See `Store.poisoned`."""
+        self._check_open()
+        return await self._poisoned(limit)
 
     async def load(self) -> tuple[int, dict[str, tuple[int, bytes]]]:
         """See `Store.load`."""
@@ -289,6 +303,9 @@ class _StoreBase(abc.ABC):
     async def _load(self) -> tuple[int, dict[str, tuple[int, bytes]]]: ...
 
     @abc.abstractmethod
+    async def _poisoned(self, limit: int) -> list[PoisonedItem]: ...
+
+    @abc.abstractmethod
     async def _range(
         self, room_id: str, rank: int, lower: int, snapshot_seq: int, limit: int
     ) -> list[tuple[int, bytes]]:
@@ -340,6 +357,7 @@ class MemoryStore(_StoreBase):
         self._rooms: dict[str, _RoomRoster] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
         self._applied_seq = 0
+        self._set_aside: list[PoisonedItem] = []
 
     async def _write(self, batch: _Batch) -> None:
         for op in batch.roster:
@@ -364,11 +382,15 @@ class MemoryStore(_StoreBase):
             for key, row in sorted(ended.rows.items()) if ended else ():
                 if key[1] > seq:
                     self._rooms.setdefault(room_id, _RoomRoster()).add(key, row)
+        self._set_aside.extend(batch.poisoned)
         if batch.applied_seq is not None:
             self._applied_seq = batch.applied_seq
 
     async def _load(self) -> tuple[int, dict[str, tuple[int, bytes]]]:
         return self._applied_seq, dict(self._snapshots)
+
+    async def _poisoned(self, limit: int) -> list[PoisonedItem]:
+        return self._set_aside[-limit:] if limit > 0 else []
 
     async def _range(
         self, room_id: str, rank: int, lower: int, snapshot_seq: int, limit: int
@@ -446,6 +468,18 @@ checkpoint_table = Table(
     metadata,
     Column("partition_id", Integer, primary_key=True, autoincrement=False),
     Column("applied_seq", BigInteger, nullable=False),
+)
+poisoned_table = Table(
+    "poisoned",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("partition_id", Integer, nullable=False),
+    Column("room", String, nullable=False),  # ascii()-escaped: storable whatever it held
+    Column("kind", String, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("error", String, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("detail", LargeBinary, nullable=False),
 )
 schema_version_table = Table(
     "schema_version",
@@ -558,7 +592,13 @@ class SqlStore(_StoreBase):
         return (postgresql.insert if self._pg else sqlite.insert)(table)
 
     async def _write(self, batch: _Batch) -> None:
-        if not (batch.phases or batch.snapshots or batch.deleted or batch.applied_seq is not None):
+        if not (
+            batch.phases
+            or batch.snapshots
+            or batch.deleted
+            or batch.poisoned
+            or batch.applied_seq is not None
+        ):
             return
         async with self._writer.begin() as conn:
             for phase in batch.phases:
@@ -577,6 +617,14 @@ class SqlStore(_StoreBase):
             gone = [{"b_room": room, "b_seq": seq} for room, seq in batch.deleted.items()]
             await _executemany(conn, _DROP_SNAPSHOT, gone)
             await _executemany(conn, _DROP_ROSTER, gone)
+            if batch.poisoned:
+                await conn.execute(
+                    poisoned_table.insert(),
+                    [
+                        {"partition_id": self._partition, **dataclasses.asdict(item)}
+                        for item in batch.poisoned
+                    ],
+                )
             if batch.applied_seq is not None:
                 mark = self._insert(checkpoint_table).values(
                     partition_id=self._partition, applied_seq=batch.applied_seq
@@ -625,6 +673,21 @@ class SqlStore(_StoreBase):
             )
             rooms = {room_id: (seq, bytes(blob)) for room_id, seq, blob in snaps}
         return int(applied or 0), rooms
+
+    async def _poisoned(self, limit: int) -> list[PoisonedItem]:
+        p = poisoned_table.c
+        stmt = (
+            select(p.room, p.kind, p.seq, p.error, p.at_ms, p.detail)
+            .where(p.partition_id == self._partition)
+            .order_by(p.id.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        return [
+            PoisonedItem(room, kind, seq, error, at_ms, bytes(detail))
+            for room, kind, seq, error, at_ms, detail in reversed(rows)
+        ]
 
     async def _range(
         self, room_id: str, rank: int, lower: int, snapshot_seq: int, limit: int

@@ -212,12 +212,16 @@ class Stack:
 
 
 def statekeeper_config(
-    server: NatsServer, tmp_path: Path, api_secret: str = API_SECRET
+    server: NatsServer,
+    tmp_path: Path,
+    api_secret: str = API_SECRET,
+    database_url: str | None = None,
 ) -> StatekeeperConfig:
-    """A test statekeeper's config: `server`'s NATS, SQLite in `tmp_path`, fast tuning."""
+    """A test statekeeper's config: `server`'s NATS, SQLite in `tmp_path` (unless
+    `database_url` names another store), fast tuning."""
     return StatekeeperConfig(
         nats_url=server.url,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
+        database_url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
         api_secret=api_secret,
         tuning=FAST,
     )
@@ -225,11 +229,19 @@ def statekeeper_config(
 
 @contextlib.asynccontextmanager
 async def services(
-    tmp_path: Path, *, api_key: str = API_KEY, api_secret: str = API_SECRET, **edge_options: Any
+    tmp_path: Path,
+    *,
+    api_key: str = API_KEY,
+    api_secret: str = API_SECRET,
+    database_url: str | None = None,
+    **edge_options: Any,
 ) -> AsyncIterator[tuple[NatsServer, EdgeConfig, str]]:
-    """nats-server, statekeeper and edge, all private to one test: (server, edge config, url)."""
+    """nats-server, statekeeper and edge, all private to one test: (server, edge config, url).
+
+    The statekeeper uses SQLite in `tmp_path` unless `database_url` names another database.
+    """
     async with NatsServer(tmp_path / "nats") as server:
-        keeper_config = statekeeper_config(server, tmp_path, api_secret)
+        keeper_config = statekeeper_config(server, tmp_path, api_secret, database_url)
         async with running_statekeeper(keeper_config) as keeper:
             await keeper.wait_caught_up()
             config = EdgeConfig(

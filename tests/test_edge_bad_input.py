@@ -106,6 +106,18 @@ BEFORE_JOIN: list[tuple[str, Abuse, int | None, str]] = [
         "PAYLOAD_TOO_LARGE",
     ),
     ("a request before join", lambda c: c.send(SetMetadata(id=11, metadata="x")), 11, "NOT_JOINED"),
+    (
+        "a NUL in the room id",  # once stopped all PostgreSQL persistence
+        lambda c: c.send_raw(pack({"t": "join", "id": 12, "token": "t", "room_id": "x\x00y"})),
+        12,
+        "BAD_REQUEST",
+    ),
+    (
+        "a control character in the room id",
+        lambda c: c.send_raw(pack({"t": "join", "id": 13, "token": "t", "room_id": "a\nb"})),
+        13,
+        "BAD_REQUEST",
+    ),
 ]
 
 

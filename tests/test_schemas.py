@@ -94,6 +94,7 @@ from schemas.codec import (
 )
 from schemas.errors import (
     FieldTooLong,
+    ForbiddenCharacter,
     FrameTooLarge,
     InvalidField,
     MalformedFrame,
@@ -1328,6 +1329,132 @@ def test_newer_version_is_unsupported() -> None:
     _raises_exactly(UnsupportedVersion, {"t": "join", "v": 2, "id": 1, "token": "t"})
     # Even a frame that would otherwise be invalid: the version is checked first.
     _raises_exactly(UnsupportedVersion, {"t": "join", "v": 99})
+
+
+# --------------------------------------------------------------------------- characters
+
+
+def _string_spots(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Where a wire map holds strings: ``(*path, key)`` for values, ``(*path, ("key", k))``
+    for attribute keys (the type tag and version excepted)."""
+    spots: list[tuple[Any, ...]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if path == () and key in ("t", "v"):
+                continue
+            if isinstance(item, str):
+                spots.append((*path, key))
+            else:
+                spots.extend(_string_spots(item, (*path, key)))
+            if path and path[-1] == "attributes":  # a dict[str, str]: its keys count too
+                spots.append((*path, ("key", key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                spots.append((*path, i))
+            else:
+                spots.extend(_string_spots(item, (*path, i)))
+    return spots
+
+
+def _poisoned(wire: Any, spot: tuple[Any, ...], char: str) -> Any:
+    """A deep copy of `wire` with `char` put in the middle of the string at `spot`."""
+    copy = msgpack.unpackb(msgpack.packb(wire, use_bin_type=True), raw=False)
+    *parents, last = spot
+    holder = copy
+    for key in parents:
+        holder = holder[key]
+    if isinstance(last, tuple):
+        key = last[1]
+        holder[key[:1] + char + key[1:]] = holder.pop(key)
+    else:
+        text = holder[last]
+        holder[last] = text[:1] + char + text[1:]
+    return copy
+
+
+_NUL_SPOTS = [
+    pytest.param(case, spot, id=f"{case.TYPE}:{spot}")
+    for case in CASES
+    for spot in _string_spots(to_wire(case))
+]
+
+
+@pytest.mark.parametrize(("case", "spot"), _NUL_SPOTS)
+def test_nul_in_any_wire_string_is_refused_with_forbidden_character(
+    case: Message, spot: tuple[Any, ...]
+) -> None:
+    # One NUL in a room id once stalled all PostgreSQL persistence: no string of any client
+    # frame, log event, API message or statekeeper RPC may carry one past decode.
+    with pytest.raises(InvalidField) as info:
+        decode(msgpack.packb(_poisoned(to_wire(case), spot, "\x00"), use_bin_type=True))
+    error = info.value
+    assert error.code == "BAD_REQUEST"
+    if not isinstance(error, ForbiddenCharacter):  # a closed set refuses any other string
+        assert "must be one of" in str(error), str(error)
+        return
+    assert error.char == "\x00"
+    assert "U+0000" in str(error)
+
+
+def test_every_message_has_a_string_the_nul_test_reaches() -> None:
+    reached = {case.TYPE for case, _spot in (p.values for p in _NUL_SPOTS)}
+    no_strings = {
+        c.TYPE for c in CASES if not _string_spots(to_wire(c))
+    }  # messages made of numbers, bytes and flags only
+    assert reached | no_strings == set(registered())
+    assert "log.join" in reached and "join" in reached and "api.create_room" in reached
+
+
+ID_FIELD_FRAMES: list[Callable[[str], dict[str, Any]]] = [
+    lambda s: {"t": "join", "id": 1, "token": "t", "room_id": s},
+    lambda s: {"t": "api.create_room", "room_id": s},
+    lambda s: {"t": "api.list_participants", "room_id": s},
+    lambda s: {"t": "subscribe", "id": 1, "participant_id": s, "kind": "audio"},
+    lambda s: {"t": "mute_track", "id": 1, "track_sid": s, "muted": True},
+    lambda s: {"t": "publish_data", "id": 1, "payload": b"", "topic": s},
+    lambda s: {"t": "publish_data", "id": 1, "payload": b"", "destination_ids": ["a", s]},
+    lambda s: {"t": "log.leave", "room_id": s, "at": 1, "sid": "PA_1"},
+    lambda s: {"t": "log.leave", "room_id": "r", "at": 1, "sid": s},
+    lambda s: {"t": "participant_joined", "seq": 1, "participant": _participant(id=s)},
+]
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\t", "\n", "\x1f", "\x7f", "\x85", "\x9f"])
+@pytest.mark.parametrize("frame", ID_FIELD_FRAMES)
+def test_control_characters_in_ids_are_refused(
+    frame: Callable[[str], dict[str, Any]], char: str
+) -> None:
+    assert decode(msgpack.packb(frame("ok-id é 😀"), use_bin_type=True))
+    error = _raises_exactly(ForbiddenCharacter, frame(f"a{char}b"))
+    assert error.char == char
+
+
+FREE_TEXT_FRAMES: list[Callable[[str], dict[str, Any]]] = [
+    lambda s: {"t": "join", "id": 1, "token": "t", "name": s},
+    lambda s: {"t": "set_metadata", "id": 1, "metadata": s},
+    lambda s: {"t": "set_attributes", "id": 1, "attributes": {"k": s}},
+    lambda s: {"t": "set_attributes", "id": 1, "attributes": {s: "v"}},
+    lambda s: {"t": "api.update_room_metadata", "room_id": "r", "metadata": s},
+    lambda s: {"t": "participant_joined", "seq": 1, "participant": _participant(name=s)},
+]
+
+
+@pytest.mark.parametrize("frame", FREE_TEXT_FRAMES)
+def test_free_text_keeps_control_characters_but_refuses_nul(
+    frame: Callable[[str], dict[str, Any]],
+) -> None:
+    assert decode(msgpack.packb(frame("line one\nline\ttwo\x85"), use_bin_type=True))
+    error = _raises_exactly(ForbiddenCharacter, frame("before\x00after"))
+    assert isinstance(error, InvalidField)
+    assert error.field  # the path names the field, e.g. "attributes['k']"
+
+
+def test_forbidden_character_names_the_nested_field() -> None:
+    frame = {"t": "participant_joined", "seq": 1, "participant": _participant(id="x\x00y")}
+    error = _raises_exactly(ForbiddenCharacter, frame)
+    assert error.field == "participant.id"
+    assert str(error) == "participant.id: contains the forbidden character U+0000"
 
 
 def test_every_limit_error_is_a_schema_error_with_a_wire_code() -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from schemas.models import ParticipantInfo, Tier
 from statekeeper.errors import StoreClosed
 from statekeeper.outcomes import RosterJoin, RosterLeave, RosterUpdate
+from statekeeper.persistence import PoisonedItem
 from statekeeper.store import MemoryStore, Page, RosterOp, RowKey, SqlStore, Store
 
 PG_URL = os.environ.get("STAGECAST_TEST_POSTGRES_URL")
@@ -248,6 +249,24 @@ class StoreContract:
             try:
                 assert await again.load() == (11, {"a": (9, b"\x00new"), "b": (2, b"state-b")})
                 assert await again.count("a", tier=None, snapshot_seq=3) == 1
+            finally:
+                await again.close()
+
+    async def test_poisoned_items_are_kept_with_the_checkpoint_that_passed_them(
+        self, store: Store
+    ) -> None:
+        assert await store.poisoned() == []
+        first = PoisonedItem("x\\x00y", "roster_join", 3, "DataError: no NUL", 10, b"\x00raw")
+        second = PoisonedItem("caf\\xe9", "snapshot", 4, "OverflowError: big", 11)
+        await store.commit(roster=[], now_ms=1, poisoned=[first], applied_seq=3)
+        await store.commit(roster=[], now_ms=2, poisoned=[second])
+        assert await store.poisoned() == [first, second]
+        assert await store.poisoned(limit=1) == [second]
+        assert (await store.load())[0] == 3
+        if self.durable:
+            again = await self.reopen(store)
+            try:
+                assert await again.poisoned() == [first, second]
             finally:
                 await again.close()
 
