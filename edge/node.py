@@ -170,6 +170,8 @@ class EdgeNode:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
+            if not self.bus.connected:
+                continue  # the link logged that it is down; nothing to say every second
             try:
                 await self._beat()
             except BusUnavailable as exc:

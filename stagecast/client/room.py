@@ -301,6 +301,7 @@ class Room:
         participant = self._remote.get(frame.participant_id)
         if participant is not None:
             participant._track_published(frame.track)
+            self._session.tracks_available(participant)
 
     def _on_track_unpublished(self, frame: TrackUnpublished) -> None:
         participant = self._remote.get(frame.participant_id)
@@ -361,6 +362,7 @@ class Room:
         current = self._remote.get(info.id)
         if current is not None and current.sid == info.sid:
             current._update(info)
+            self._session.tracks_available(current)
             return
         if current is not None:
             self._drop(info.id)
@@ -369,6 +371,7 @@ class Room:
             participant.on("stream-published", self._auto_subscriber(participant))
         if announce:
             self._emitter.emit("participant-joined", participant)
+        self._session.tracks_available(participant)
 
     def _auto_subscriber(
         self, participant: RemoteParticipant

@@ -44,6 +44,7 @@ from stagecast.client.events import ConnectionState, drain
 from stagecast.errors import InvalidStateError, NotJoined, StagecastError, Unavailable
 
 if TYPE_CHECKING:
+    from stagecast.client.participant import RemoteParticipant
     from stagecast.client.room import Room
 
 log = logging.getLogger("stagecast.client")
@@ -87,6 +88,8 @@ class Session:
         """Sent with every attempt of one join, so a retried join continues the same sid."""
         self.subscriptions: set[tuple[str, TrackKind]] = set()
         """(participant id, kind) this client subscribed to: restored by a full reconnect."""
+        self.resubscribe_later: set[tuple[str, TrackKind]] = set()
+        """Subscriptions a full reconnect could not restore yet: no such track (yet)."""
         self.rejoins = 0
         """Full reconnects done (the server's session was gone)."""
         self._rejoin_next = False
@@ -313,16 +316,38 @@ class Session:
             await media.reset()
 
     async def _restore(self) -> None:
-        """After a full reconnect: republish the tracks and restore the subscriptions."""
+        """After a full reconnect: republish the tracks and restore the subscriptions.
+
+        A subscription whose publisher has no such track right now (it is joining again
+        too, say) is restored when the track is published (`resubscribe_later`)."""
         await self.room.local_participant._republish()
+        self.resubscribe_later.clear()
         for participant_id, kind in sorted(self.subscriptions):
             participant = self.room.remote_participants.get(participant_id)
             if participant is None or not any(
                 p.kind == kind for p in participant.track_publications.values()
             ):
-                self.subscriptions.discard((participant_id, kind))
+                self.resubscribe_later.add((participant_id, kind))
                 continue
             await self.request(Subscribe(id=0, participant_id=participant_id, kind=kind))
+
+    def tracks_available(self, participant: RemoteParticipant) -> None:
+        """A speaker's tracks changed: restore the subscriptions a full reconnect kept."""
+        if not self.resubscribe_later:
+            return
+        kinds = {p.kind for p in participant.track_publications.values()}
+        for key in [(participant.id, kind) for kind in sorted(kinds)]:
+            if key in self.resubscribe_later:
+                self.resubscribe_later.discard(key)
+                task = asyncio.get_running_loop().create_task(self._resubscribe(*key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _resubscribe(self, participant_id: str, kind: TrackKind) -> None:
+        try:
+            await self.request(Subscribe(id=0, participant_id=participant_id, kind=kind))
+        except StagecastError as exc:
+            log.info("restoring the subscription to %s %s: %s", participant_id, kind, exc)
 
     def _terminal_reason(self, lost: SignalConnection) -> str | None:
         """Why the lost socket ends the session, or None when it should resume."""
