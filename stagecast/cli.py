@@ -128,8 +128,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f"unknown grant(s): {', '.join(sorted(unknown))}")
         grant = Grant(**{field: name in wanted for name, field in names.items()})
-    elif args.viewer:
-        grant = Grant(can_publish=False, can_publish_data=False)
+    # No --grant: generate_token gives a --viewer token VIEWER_GRANT (no publishing, no data).
     ttl = args.ttl or (3600 if args.room else ROOMLESS_MAX_TTL)
     print(
         generate_token(

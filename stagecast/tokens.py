@@ -49,6 +49,9 @@ SecretLookup = Callable[[str], str | None] | Mapping[str, str]
 
 _KINDS: Final = frozenset(get_args(ParticipantKind))
 
+VIEWER_GRANT: Final = Grant(can_publish=False, can_publish_data=False)
+"""The grant of a viewer-tier token minted without one: subscribe only, no media, no data."""
+
 
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
@@ -143,12 +146,13 @@ def _numeric_date(payload: Mapping[str, Any], claim: str) -> int:
     return value
 
 
-def _grant_from_claim(value: object) -> Grant:
-    """Read a `grant` claim; unknown flags are ignored, missing ones take their defaults."""
+def _grant_from_claim(value: object, is_viewer: bool) -> Grant:
+    """Read a `grant` claim; unknown flags are ignored, missing ones take the tier's default
+    (`VIEWER_GRANT` for a viewer, `Grant()` for a speaker)."""
     if not isinstance(value, dict):
         raise TypeError("grant: must be an object")
     flags = {f: _flag(value[c], f"grant.{c}") for f, c in _GRANT_CLAIMS.items() if c in value}
-    return Grant(**flags)
+    return dataclasses.replace(VIEWER_GRANT if is_viewer else Grant(), **flags)
 
 
 # --------------------------------------------------------------------------- minting
@@ -197,12 +201,14 @@ def generate_token(
 
     `room_id` None makes a roomless (domain-wide) token: `ttl` may then not exceed
     `ROOMLESS_MAX_TTL` and `grant` may not be privileged (`ValueError`). `participant_id`
-    None lets the SDK make a unique id per session. `grant` defaults to `Grant()`. Claims
+    None lets the SDK make a unique id per session. `grant` defaults to `Grant()` for a
+    speaker and to `VIEWER_GRANT` (no publishing, no data) for a viewer (`is_viewer`). Claims
     beyond the wire's limits (ids and names over 256 characters, metadata or attributes over
     64 KiB, a token over 8192 characters) raise `ValueError`; wrong types `TypeError`.
     """
     _check_keys(api_key, api_secret, ttl)
-    grant = Grant() if grant is None else grant
+    if grant is None:
+        grant = VIEWER_GRANT if is_viewer is True else Grant()
     if not isinstance(grant, Grant):
         raise TypeError("grant: must be a stagecast.Grant")
     if room_id is None:
@@ -325,13 +331,14 @@ def _participant_claims(
     if payload.get("sub") != participant_id:
         raise ValueError("sub: must equal participantId")
     exp, nbf, iat = times
+    is_viewer = _flag(payload.get("isViewer", False), "isViewer")
     return Claims(
         api_key=api_key,
         room_id=optional_id("roomId"),
         participant_id=participant_id,
         name=_text(payload.get("name", ""), "name", max_chars=ID_CHARS),
-        is_viewer=_flag(payload.get("isViewer", False), "isViewer"),
-        grant=_grant_from_claim(payload.get("grant", {})),
+        is_viewer=is_viewer,
+        grant=_grant_from_claim(payload.get("grant", {}), is_viewer),
         metadata=_metadata(payload.get("metadata", "")),
         attributes=_attributes(payload.get("attributes", {})),
         kind=_kind(payload.get("kind", "standard")),
@@ -399,6 +406,7 @@ __all__ = [
     "DEFAULT_LEEWAY",
     "MAX_TOKEN_CHARS",
     "ROOMLESS_MAX_TTL",
+    "VIEWER_GRANT",
     "Claims",
     "Grant",
     "SecretLookup",

@@ -31,6 +31,7 @@ from stagecast.tokens import (
     MAX_TOKEN_CHARS,
     ROOMLESS_MAX_TTL,
     Claims,
+    VIEWER_GRANT,
     Grant,
     generate_admin_token,
     generate_token,
@@ -156,6 +157,21 @@ def test_defaults_round_trip() -> None:
     assert claims.grant == Grant()
     assert (claims.is_viewer, claims.kind) == (False, "standard")
     assert claims.expires_at == NOW + 3600
+
+
+def test_viewer_token_minted_without_a_grant_may_not_publish_media_or_data() -> None:
+    claims = verify_token(
+        generate_token(KEY, SECRET, room_id="r", is_viewer=True, now=NOW), SECRETS, now=NOW
+    )
+    assert claims.grant == VIEWER_GRANT
+    assert not claims.grant.can_publish and not claims.grant.can_publish_data
+    assert claims.grant.can_subscribe and claims.grant.can_subscribe_data
+    # An explicit grant still wins, and a speaker's default is unchanged.
+    explicit = Grant(can_publish=False, can_publish_data=True)
+    token = generate_token(KEY, SECRET, room_id="r", is_viewer=True, grant=explicit, now=NOW)
+    assert verify_token(token, SECRETS, now=NOW).grant == explicit
+    speaker = verify_token(generate_token(KEY, SECRET, room_id="r", now=NOW), SECRETS, now=NOW)
+    assert speaker.grant == Grant()
 
 
 def test_claims_are_camel_case_on_the_wire() -> None:
@@ -469,6 +485,17 @@ def test_missing_optional_claims_take_defaults() -> None:
         "standard",
         "",
         None,
+    )
+
+
+def test_viewer_token_missing_grant_flags_take_the_viewer_defaults() -> None:
+    """A token minted elsewhere with `isViewer` and no (or a partial) grant sends no data."""
+    base = {"iss": KEY, "roomId": "r", "isViewer": True, "exp": NOW + 60, "nbf": NOW, "iat": NOW}
+    no_grant = verify_token(_forge(base | {"jti": "a"}), SECRETS, now=NOW)
+    assert no_grant.grant == VIEWER_GRANT
+    partial = _forge(base | {"jti": "b", "grant": {"canPublishData": True}})
+    assert verify_token(partial, SECRETS, now=NOW).grant == Grant(
+        can_publish=False, can_publish_data=True
     )
 
 
