@@ -76,6 +76,9 @@ class Room:
     revoked: dict[str, int] = dataclasses.field(default_factory=dict)
     """Removed sessions' token keys (token id:identity) -> when the token expires."""
     last_seq: int = 0
+    created_seq: int = 0
+    """The log sequence that opened this room instance: older roster rows of the id are an
+    earlier instance's (0 in snapshots from before it was recorded)."""
 
     def counts(self) -> Counts:
         return Counts(
@@ -229,6 +232,7 @@ def pack_room(room: Room) -> bytes:
         room.revoked,
         room.last_seq,
         [_pack_session(s) for s in room.sessions.values()],
+        room.created_seq,
     ]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -252,6 +256,7 @@ def unpack_room(data: bytes) -> Room:
         closes_at=v[10],
         revoked=v[11],
         last_seq=v[12],
+        created_seq=v[14] if len(v) > 14 else 0,  # snapshots from before room instances
     )
     for packed in v[13]:
         session = _unpack_session(packed)
