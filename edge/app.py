@@ -24,6 +24,7 @@ from edge.closecodes import close_code
 from edge.config import EdgeConfig
 from edge.node import EdgeNode
 from edge.page import routes as page_routes
+from edge.ratelimit import DataLimits
 from edge.session import Session
 from schemas.client import Disconnect
 from schemas.codec import encode
@@ -47,6 +48,9 @@ def create_app(config: EdgeConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
+        # The node builds the fan-out; its data byte budgets come from the config. Set
+        # before any socket is served, so every room gets them.
+        node.fanout.limits = DataLimits.of(config)
         try:
             yield
         finally:
