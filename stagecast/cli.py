@@ -164,17 +164,21 @@ def cmd_participants(args: argparse.Namespace) -> int:
     return status
 
 
+def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    """A suite's module (imported only now) and its own options parsed from `argv`."""
+    module: Any = importlib.import_module(f"stagecast.bench.{suite}")
+    parser = argparse.ArgumentParser(prog=f"stagecast bench {suite}", description=module.__doc__)
+    module.add_arguments(parser)
+    options = parser.parse_args(argv)
+    options.suite = suite
+    return module, options
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Parse the suite's own options (its module is imported only now) and run it."""
+    """Parse the suite's own options and run it."""
     from stagecast.bench.report import run_suite
 
-    module: Any = importlib.import_module(f"stagecast.bench.{args.suite}")
-    parser = argparse.ArgumentParser(
-        prog=f"stagecast bench {args.suite}", description=module.__doc__
-    )
-    module.add_arguments(parser)
-    options = parser.parse_args(args.options)
-    options.suite = args.suite
+    module, options = bench_options(args.suite, args.options)
     status: int = asyncio.run(run_suite(module, options))
     return status
 

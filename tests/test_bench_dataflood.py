@@ -6,12 +6,10 @@ through the suite's own option parser, as `stagecast bench dataflood` would run 
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from stagecast.bench import dataflood
-from stagecast.cli import BENCH_SUITES
+from stagecast.cli import BENCH_SUITES, bench_options
 
 MODE_FIGURES = (
     "acked",
@@ -24,18 +22,12 @@ MODE_FIGURES = (
 )
 
 
-def options(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stagecast bench dataflood")
-    dataflood.add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.suite = "dataflood"
-    return args
-
-
 @pytest.mark.timeout(180)
 async def test_small_data_flood_reports_every_figure_and_the_budget_cuts_the_bytes() -> None:
     assert "dataflood" in BENCH_SUITES
-    args = options("--viewers", "10", "--seconds", "1", "--rate", "40", "--drain", "5")
+    argv = ["--viewers", "10", "--seconds", "1", "--rate", "40", "--drain", "5"]
+    module, args = bench_options("dataflood", argv)
+    assert module is dataflood
     results = {r.name: r.value for r in await dataflood.run(args)}
     expected = {f"{mode}_{name}" for mode in ("nobudget", "budget") for name in MODE_FIGURES}
     assert set(results) == expected | {"flood_cost_ratio"}
