@@ -4,7 +4,8 @@ The body's type tag is ``api.<name>`` (``/api/create_room`` carries `CreateRoomR
 `Authorization: Bearer <admin token>` (`stagecast.generate_admin_token`) signs it, and the
 token's grants must cover the request (`stagecast.admin_grants.needed_for`: `roomCreate`,
 `roomList`, or `roomAdmin` for the request's room; else `INVALID_PERMISSIONS`). A token
-scoped to a room lists that room only. Reads
+scoped to a room lists that room only. An admin token signs one call per edge: presented
+again to the same edge it is `INVALID_TOKEN` (`edge.replays.SeenTokens`). Reads
 are NATS requests to the statekeeper; writes are appended to the room log with a fresh
 inbox as ``reply_to`` and answered with the statekeeper's outcome; `SendDataRequest` is
 published to the room's data channel. The reply body is the msgpack reply message
@@ -23,6 +24,7 @@ from starlette.responses import Response
 
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
+from edge.replays import SeenTokens
 from edge.session import now_ms
 from schemas.api import (
     CreateRoomRequest,
@@ -52,7 +54,7 @@ from schemas.log import (
 from schemas.subjects import room_data, room_token
 from stagecast.admin_grants import AdminGrant, needed_for
 from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
-from stagecast.tokens import verify_admin_token
+from stagecast.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
 
 MEDIA_TYPE = "application/msgpack"
 
@@ -109,14 +111,14 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def _authenticate(node: EdgeNode, request: Request) -> AdminGrant | Response:
-    """The grant of the request's admin token, or the refusal to answer."""
+def _authenticate(node: EdgeNode, request: Request) -> AdminClaims | Response:
+    """The claims of the request's admin token, or the refusal to answer."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return _error(ErrorCode.INVALID_TOKEN, "Authorization: Bearer <admin token> is required")
     try:
-        return verify_admin_token(token.strip(), node.config.secret_for).grant
+        return verify_admin_token(token.strip(), node.config.secret_for)
     except TokenExpired as exc:
         return _error(ErrorCode.TOKEN_EXPIRED, exc.message)
     except InvalidPermissions as exc:
@@ -134,11 +136,12 @@ def _scoped(message: Message, grant: AdminGrant) -> Message:
     return dataclasses.replace(message, room_ids=room_ids)
 
 
-async def handle_api(node: EdgeNode, request: Request) -> Response:
-    """``POST /api/<name>`` (see the module docstring)."""
-    grant = _authenticate(node, request)
-    if isinstance(grant, Response):
-        return grant
+async def handle_api(node: EdgeNode, request: Request, seen: SeenTokens | None = None) -> Response:
+    """``POST /api/<name>`` (see the module docstring); `seen`: this edge's used tokens."""
+    claims = _authenticate(node, request)
+    if isinstance(claims, Response):
+        return claims
+    grant = claims.grant
     body = await _body(request)
     if body is None:
         return _error(ErrorCode.PAYLOAD_TOO_LARGE, f"the body is over {MAX_FRAME_BYTES} bytes")
@@ -163,6 +166,11 @@ async def handle_api(node: EdgeNode, request: Request) -> Response:
     refusal = grant.refusal(needed)
     if refusal is not None:
         return _error(ErrorCode.INVALID_PERMISSIONS, f"{message.TYPE}: {refusal}")
+    if seen is not None and not seen.first_use(claims.token_id, claims.expires_at + DEFAULT_LEEWAY):
+        return _error(
+            ErrorCode.INVALID_TOKEN,
+            "this admin token already signed a call on this edge: mint one per call",
+        )
     try:
         return await _answer(node, _scoped(message, grant))
     except BusUnavailable as exc:

@@ -16,6 +16,7 @@ import jwt
 import pytest
 
 import stagecast
+from edge.replays import SeenTokens
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -147,3 +148,30 @@ async def test_room_service_mints_a_token_of_exactly_what_each_call_needs(stack:
         await api.delete_room("c")
         with pytest.raises(errors.RoomNotFound):
             await api.list_participants("c")
+
+
+async def test_an_admin_token_replayed_to_the_same_edge_is_refused(stack: Stack) -> None:
+    headers = stack.admin_headers(AdminGrant(room_create=True, room=B))
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        body = encode(DeleteRoomRequest(room_id=B))
+        first = await http.post("/api/delete_room", content=body, headers=headers)
+        assert isinstance(decode(first.content), OkReply)
+        await stack.api("create_room", CreateRoomRequest(room_id=B))
+        replayed = await http.post("/api/delete_room", content=body, headers=headers)
+    error = decode(replayed.content)
+    assert isinstance(error, Error) and (replayed.status_code, error.code) == (401, "INVALID_TOKEN")
+    assert "already signed a call" in error.message
+    assert await rooms(stack) == [A, B]  # the recreated room was not deleted by the replay
+
+
+def test_seen_tokens_remember_each_token_until_it_expires_and_stay_bounded() -> None:
+    now = [1000.0]
+    seen = SeenTokens(limit=2, clock=lambda: now[0])
+    assert seen.first_use("a", 1010) and not seen.first_use("a", 1010)
+    assert seen.first_use("b", 1020)
+    now[0] = 1011.0  # "a" expired: forgotten (a token that old is refused as expired)
+    assert seen.first_use("c", 1030)
+    assert (len(seen), seen.evicted) == (2, 0)
+    assert seen.first_use("d", 1040)  # full: "b", expiring first, is forgotten
+    assert (len(seen), seen.evicted) == (2, 1)
+    assert not seen.first_use("d", 1040) and not seen.first_use("c", 1030)
