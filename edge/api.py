@@ -1,7 +1,11 @@
 """The server API over HTTP: ``POST /api/<name>`` with a msgpack `schemas.api` request.
 
 The body's type tag is ``api.<name>`` (``/api/create_room`` carries `CreateRoomRequest`);
-`Authorization: Bearer <admin token>` (`stagecast.generate_admin_token`) signs it. Reads
+`Authorization: Bearer <admin token>` (`stagecast.generate_admin_token`) signs it, and the
+token's grants must cover the request (`stagecast.admin_grants.needed_for`: `roomCreate`,
+`roomList`, or `roomAdmin` for the request's room; else `INVALID_PERMISSIONS`). A token
+scoped to a room lists that room only. An admin token signs one call per edge: presented
+again to the same edge it is `INVALID_TOKEN` (`edge.replays.SeenTokens`). Reads
 are NATS requests to the statekeeper; writes are appended to the room log with a fresh
 inbox as ``reply_to`` and answered with the statekeeper's outcome; `SendDataRequest` is
 published to the room's data channel. The reply body is the msgpack reply message
@@ -11,6 +15,7 @@ published to the room's data channel. The reply body is the msgpack reply messag
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable
 
@@ -19,6 +24,7 @@ from starlette.responses import Response
 
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
+from edge.replays import SeenTokens
 from edge.session import now_ms
 from schemas.api import (
     CreateRoomRequest,
@@ -46,8 +52,9 @@ from schemas.log import (
     TrackMuteForced,
 )
 from schemas.subjects import room_data, room_token
+from stagecast.admin_grants import AdminGrant, needed_for
 from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
-from stagecast.tokens import verify_admin_token
+from stagecast.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
 
 MEDIA_TYPE = "application/msgpack"
 
@@ -104,27 +111,37 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def _authorize(node: EdgeNode, request: Request) -> Response | None:
+def _authenticate(node: EdgeNode, request: Request) -> AdminClaims | Response:
+    """The claims of the request's admin token, or the refusal to answer."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return _error(ErrorCode.INVALID_TOKEN, "Authorization: Bearer <admin token> is required")
     try:
-        verify_admin_token(token.strip(), node.config.secret_for)
+        return verify_admin_token(token.strip(), node.config.secret_for)
     except TokenExpired as exc:
         return _error(ErrorCode.TOKEN_EXPIRED, exc.message)
     except InvalidPermissions as exc:
         return _error(ErrorCode.INVALID_PERMISSIONS, exc.message)
     except InvalidToken as exc:
         return _error(ErrorCode.INVALID_TOKEN, exc.message)
-    return None
 
 
-async def handle_api(node: EdgeNode, request: Request) -> Response:
-    """``POST /api/<name>`` (see the module docstring)."""
-    refused = _authorize(node, request)
-    if refused is not None:
-        return refused
+def _scoped(message: Message, grant: AdminGrant) -> Message:
+    """`list_rooms` under a room-scoped token names that room only."""
+    if not isinstance(message, ListRoomsRequest) or grant.room is None:
+        return message
+    wanted = message.room_ids
+    room_ids = (grant.room,) if wanted is None or grant.room in wanted else ()
+    return dataclasses.replace(message, room_ids=room_ids)
+
+
+async def handle_api(node: EdgeNode, request: Request, seen: SeenTokens | None = None) -> Response:
+    """``POST /api/<name>`` (see the module docstring); `seen`: this edge's used tokens."""
+    claims = _authenticate(node, request)
+    if isinstance(claims, Response):
+        return claims
+    grant = claims.grant
     body = await _body(request)
     if body is None:
         return _error(ErrorCode.PAYLOAD_TOO_LARGE, f"the body is over {MAX_FRAME_BYTES} bytes")
@@ -143,8 +160,19 @@ async def handle_api(node: EdgeNode, request: Request) -> Response:
             return _error(ErrorCode.BAD_REQUEST, f"room_id: {exc}")
         if not room_id:
             return _error(ErrorCode.BAD_REQUEST, "room_id: must not be empty")
+    needed = needed_for(message)
+    if needed is None:
+        return _error(ErrorCode.UNKNOWN_TYPE, f"{message.TYPE} is not a server API request")
+    refusal = grant.refusal(needed)
+    if refusal is not None:
+        return _error(ErrorCode.INVALID_PERMISSIONS, f"{message.TYPE}: {refusal}")
+    if seen is not None and not seen.first_use(claims.token_id, claims.expires_at + DEFAULT_LEEWAY):
+        return _error(
+            ErrorCode.INVALID_TOKEN,
+            "this admin token already signed a call on this edge: mint one per call",
+        )
     try:
-        return await _answer(node, message)
+        return await _answer(node, _scoped(message, grant))
     except BusUnavailable as exc:
         return _error(ErrorCode.UNAVAILABLE, str(exc))
 

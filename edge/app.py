@@ -24,6 +24,7 @@ from edge.closecodes import close_code
 from edge.config import EdgeConfig
 from edge.node import EdgeNode
 from edge.page import routes as page_routes
+from edge.replays import SeenTokens
 from edge.session import Session
 from schemas.client import Disconnect
 from schemas.codec import encode
@@ -43,6 +44,7 @@ def upgrade_token(websocket: WebSocket) -> str | None:
 def create_app(config: EdgeConfig) -> Starlette:
     """The edge as an ASGI app (serve it with uvicorn, or use `edge.main.running_edge`)."""
     node = EdgeNode(config)
+    seen_admin_tokens = SeenTokens()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,7 +71,7 @@ def create_app(config: EdgeConfig) -> Starlette:
         return Response(node.metrics.render(), media_type=PROMETHEUS_TEXT)
 
     async def api(request: Request) -> Response:
-        return await handle_api(node, request)
+        return await handle_api(node, request, seen_admin_tokens)
 
     app = Starlette(
         routes=[

@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from schemas.log import ACTION_DEADLINE_MS
 from schemas.subjects import edge_sessions
 
+MIN_DATA_BURST_BYTES = 16 * 1024
+"""The smallest data burst: a data frame with the largest payload (15 KiB) must fit."""
+
 
 def new_edge_id() -> str:
     """A fresh edge id, ``ED_`` + 12 random url-safe characters."""
@@ -44,6 +47,15 @@ class EdgeConfig:
     """Consecutive rate-limited frames after which the socket is closed (4008)."""
     send_queue_size: int = 1024
     """Frames queued for one socket before it is closed as a slow consumer (4010)."""
+    data_bytes_per_s: int = 64 * 1024
+    """Data-frame bytes one session may send per second, sustained (beyond: `RATE_LIMITED`)."""
+    data_burst_bytes: int = 256 * 1024
+    """Data-frame bytes one session may send at once after a quiet period."""
+    room_data_bytes_per_s: int = 256 * 1024
+    """Data-frame bytes a room's data channel carries per second, sustained; each edge
+    drops (undelivered, counted) the frames of a room beyond it."""
+    room_data_burst_bytes: int = 1024 * 1024
+    """Data-frame bytes a room's data channel carries at once after a quiet period."""
 
     join_timeout: float = 5.0
     """Seconds to wait for the statekeeper to accept a join (then `UNAVAILABLE`)."""
@@ -76,6 +88,12 @@ class EdgeConfig:
             )
         if self.send_queue_size < 2:
             raise ValueError("send_queue_size must be at least 2")
+        if self.data_bytes_per_s <= 0 or self.room_data_bytes_per_s <= 0:
+            raise ValueError("data byte rates must be positive")
+        if min(self.data_burst_bytes, self.room_data_burst_bytes) < MIN_DATA_BURST_BYTES:
+            raise ValueError(
+                f"data bursts must be at least {MIN_DATA_BURST_BYTES} bytes (one largest frame)"
+            )
 
     def secret_for(self, api_key: str) -> str | None:
         """The secret of an api key this edge accepts tokens from, or None."""
@@ -84,4 +102,4 @@ class EdgeConfig:
         return self.api_secrets.get(api_key)
 
 
-__all__ = ["EdgeConfig", "new_edge_id"]
+__all__ = ["MIN_DATA_BURST_BYTES", "EdgeConfig", "new_edge_id"]

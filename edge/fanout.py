@@ -11,7 +11,13 @@ broadcast is decoded once per edge only to decide where it goes:
 - ``mod``: the same, to sockets whose grant has `can_moderate` only.
 - ``counts``: to every socket through its latest-wins slot.
 - ``data``: to sockets with `can_subscribe_data`, never to the sender's sid, and only to
-  `destination_ids` (participant ids) when there are any.
+  `destination_ids` (participant ids) when there are any; only while the room is within
+  its data byte budget (`DataLimits`): a frame beyond it is delivered to no one here and
+  counted (`room_data_drops`). Every edge of the room receives the same data frames and
+  keeps its own budget over them, so the room's budget holds wherever its senders are.
+
+The fan-out also keeps each local sender's data byte budget (`admit_data`), checked by the
+edge before it publishes a data message.
 
 Filters read each member's grant when a frame arrives, so a tier change applies at once.
 """
@@ -28,6 +34,7 @@ from nats.aio.subscription import Subscription
 
 from edge.bus import Bus, BusUnavailable
 from edge.metrics import EdgeMetrics
+from edge.ratelimit import DataLimits, TokenBucket
 from schemas.client import CountsChanged, DataReceived, Disconnect
 from schemas.codec import Message, SchemaError, decode
 from schemas.models import Grant
@@ -83,10 +90,16 @@ class _SeqFilter:
 class RoomFanout:
     """The local sockets of one room and its subscription."""
 
-    def __init__(self, room_id: str, metrics: EdgeMetrics) -> None:
+    def __init__(
+        self, room_id: str, metrics: EdgeMetrics, limits: DataLimits | None = None
+    ) -> None:
         self.room_id = room_id
         self.members: dict[str, Member] = {}
         self.metrics = metrics
+        self.limits = DataLimits() if limits is None else limits
+        self.data_budget = self.limits.room_bucket()
+        self.senders: dict[str, TokenBucket] = {}
+        """Byte budgets of local members that sent data, by sid."""
         self.subscription: Subscription | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._speakers = _SeqFilter()
@@ -132,8 +145,20 @@ class RoomFanout:
                 if not moderators_only or member.grant.can_moderate:
                     member.deliver(data, message.TYPE, seq)
 
+    def admit_data(self, sid: str, size: int) -> bool:
+        """Take `size` bytes from member `sid`'s data budget; False when over it."""
+        bucket = self.senders.get(sid)
+        if bucket is None:
+            bucket = self.senders[sid] = self.limits.sender_bucket()
+        return bucket.take(size)
+
     def _data(self, message: DataReceived, data: bytes) -> None:
+        if not self.data_budget.take(len(data)):
+            self.metrics.room_data_drops += 1
+            self.metrics.room_data_dropped_bytes += len(data)
+            return
         wanted = frozenset(message.destination_ids)
+        delivered = 0
         for member in list(self.members.values()):
             if not member.grant.can_subscribe_data:
                 continue
@@ -142,15 +167,27 @@ class RoomFanout:
             if wanted and member.participant_id not in wanted:
                 continue
             member.deliver(data, message.TYPE, None)
+            delivered += 1
+        self.metrics.data_bytes_out += delivered * len(data)
 
 
 class Fanout:
     """Every room this edge has local sockets in (refcounted subscriptions)."""
 
-    def __init__(self, bus: Bus, metrics: EdgeMetrics) -> None:
+    def __init__(self, bus: Bus, metrics: EdgeMetrics, limits: DataLimits | None = None) -> None:
         self.bus = bus
         self.metrics = metrics
+        self.limits = DataLimits() if limits is None else limits
+        """The data byte budgets of rooms subscribed from now on."""
         self.rooms: dict[str, RoomFanout] = {}
+
+    def admit_data(self, room_id: str, sid: str, size: int) -> bool:
+        """Whether local member `sid` of `room_id` may send a data frame of `size` bytes now
+        (its byte budget; see `DataLimits`). A sid in no room here is refused."""
+        room = self.rooms.get(room_id)
+        if room is None or sid not in room.members:
+            return False
+        return room.admit_data(sid, size)
 
     async def add(self, room_id: str, member: Member) -> None:
         """Put a socket in a room; the first one subscribes (confirmed by the server).
@@ -160,7 +197,7 @@ class Fanout:
         """
         room = self.rooms.get(room_id)
         if room is None:
-            room = self.rooms[room_id] = RoomFanout(room_id, self.metrics)
+            room = self.rooms[room_id] = RoomFanout(room_id, self.metrics, self.limits)
             room.members[member.sid] = member
             try:
                 room.subscription = await self.bus.subscribe(
@@ -193,6 +230,7 @@ class Fanout:
         if room is None or room.members.get(member.sid) is not member:
             return
         del room.members[member.sid]
+        room.senders.pop(member.sid, None)
         if room.members:
             return
         del self.rooms[room_id]

@@ -30,6 +30,11 @@ class EdgeMetrics:
         self.queue_drops = 0
         self.stale_replies = 0
         self.appends_refused: Callable[[], int] = lambda: 0
+        self.data_bytes_out = 0
+        """Bytes of data frames queued to sockets (a frame counts once per recipient)."""
+        self.data_sender_refusals = 0
+        self.room_data_drops = 0
+        self.room_data_dropped_bytes = 0
         self.frames_in: collections.Counter[str] = collections.Counter()
         self.frames_out: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
@@ -75,18 +80,40 @@ class EdgeMetrics:
             "Sockets closed because their send queue was full.",
         )
         lines.append(f"stagecast_edge_queue_drops_total {self.queue_drops}")
-        family(
-            "stagecast_edge_stale_replies_total",
-            "counter",
-            "Statekeeper answers for an earlier socket of a resumed session, dropped.",
-        )
-        lines.append(f"stagecast_edge_stale_replies_total {self.stale_replies}")
-        family(
-            "stagecast_edge_appends_refused_total",
-            "counter",
-            "Room-log appends refused at once because NATS was disconnected.",
-        )
-        lines.append(f"stagecast_edge_appends_refused_total {self.appends_refused()}")
+        for name, help_text, value in (
+            (
+                "stagecast_edge_data_bytes_out_total",
+                "Bytes of data frames queued to sockets, once per recipient.",
+                self.data_bytes_out,
+            ),
+            (
+                "stagecast_edge_data_sender_refusals_total",
+                "Data messages refused (RATE_LIMITED) over their sender's byte budget.",
+                self.data_sender_refusals,
+            ),
+            (
+                "stagecast_edge_room_data_drops_total",
+                "Data frames not delivered because their room was over its byte budget.",
+                self.room_data_drops,
+            ),
+            (
+                "stagecast_edge_room_data_dropped_bytes_total",
+                "Bytes of the data frames dropped over their room's byte budget.",
+                self.room_data_dropped_bytes,
+            ),
+            (
+                "stagecast_edge_stale_replies_total",
+                "Statekeeper answers for an earlier socket of a resumed session, dropped.",
+                self.stale_replies,
+            ),
+            (
+                "stagecast_edge_appends_refused_total",
+                "Room-log appends refused at once because NATS was disconnected.",
+                self.appends_refused(),
+            ),
+        ):
+            family(name, "counter", help_text)
+            lines.append(f"{name} {value}")
         return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from edge.bus import Bus, BusUnavailable
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
+from edge.ratelimit import DataLimits
 from edge.session import Session, now_ms
 from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
 from schemas.codec import encode
@@ -75,7 +76,7 @@ class EdgeNode:
             request_timeout=config.request_timeout,
             connect_timeout=config.connect_timeout,
         )
-        self._fanout = Fanout(self._bus, self.metrics)
+        self._fanout = Fanout(self._bus, self.metrics, DataLimits.of(config))
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
         try:

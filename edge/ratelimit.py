@@ -1,13 +1,16 @@
-"""Per-socket rate limiting: a token bucket, and a flood detector on top of it."""
+"""Rate limiting: a token bucket, a flood detector on top of it, and the data byte budgets."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
+from edge.config import EdgeConfig
+
 
 class TokenBucket:
-    """`rate` tokens per second, at most `burst` saved up; each frame takes one.
+    """`rate` tokens per second, at most `burst` saved up; each frame takes one (or `cost`).
 
     Pure apart from the clock, which is injectable for tests.
     """
@@ -30,13 +33,13 @@ class TokenBucket:
         """Tokens left after the last `take` (not refilled until the next one)."""
         return self._tokens
 
-    def take(self) -> bool:
-        """Take one token; False when the bucket is empty (the frame is over the limit)."""
+    def take(self, cost: float = 1.0) -> bool:
+        """Take `cost` tokens; False (taking none) when fewer are left: over the limit."""
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False
 
@@ -71,4 +74,35 @@ class FloodGuard:
         return self.refused_in_a_row >= self.close_after
 
 
-__all__ = ["FloodGuard", "TokenBucket"]
+@dataclasses.dataclass(frozen=True, slots=True)
+class DataLimits:
+    """Byte budgets of data messages, counted in bytes of the data frame.
+
+    Per sender (a session, at the edge it sends through): `sender_bytes_per_s` sustained,
+    `sender_burst_bytes` at once. Per room (on every edge, over the room's data channel as
+    that edge receives it): `room_bytes_per_s` / `room_burst_bytes`.
+    """
+
+    sender_bytes_per_s: float = 64 * 1024
+    sender_burst_bytes: int = 256 * 1024
+    room_bytes_per_s: float = 256 * 1024
+    room_burst_bytes: int = 1024 * 1024
+
+    @classmethod
+    def of(cls, config: EdgeConfig) -> DataLimits:
+        """The budgets an edge's config sets."""
+        return cls(
+            sender_bytes_per_s=config.data_bytes_per_s,
+            sender_burst_bytes=config.data_burst_bytes,
+            room_bytes_per_s=config.room_data_bytes_per_s,
+            room_burst_bytes=config.room_data_burst_bytes,
+        )
+
+    def sender_bucket(self) -> TokenBucket:
+        return TokenBucket(self.sender_bytes_per_s, self.sender_burst_bytes)
+
+    def room_bucket(self) -> TokenBucket:
+        return TokenBucket(self.room_bytes_per_s, self.room_burst_bytes)
+
+
+__all__ = ["DataLimits", "FloodGuard", "TokenBucket"]

@@ -247,7 +247,17 @@ async def on_publish_data(session: Session, message: PublishData) -> None:
         reliable=message.reliable,
         destination_ids=message.destination_ids,
     )
-    await session.node.bus.publish(room_data(session.room_id), encode(frame))
+    data = encode(frame)
+    if not session.node.fanout.admit_data(session.room_id, session.sid, len(data)):
+        session.node.metrics.data_sender_refusals += 1
+        config = session.node.config
+        return session.error(
+            message.id,
+            ErrorCode.RATE_LIMITED,
+            f"over the data budget of {config.data_bytes_per_s} bytes/s "
+            f"(burst {config.data_burst_bytes}): this {len(data)}-byte message was not sent",
+        )
+    await session.node.bus.publish(room_data(session.room_id), data)
     session.send(encode(Ack(id=message.id)), Ack.TYPE)
 
 

@@ -16,6 +16,8 @@ from stagecast.client import (
 from stagecast.errors import StagecastError
 from stagecast.server_api import RoomService
 from stagecast.tokens import (
+    AdminClaims,
+    AdminGrant,
     Claims,
     Grant,
     generate_admin_token,
@@ -25,6 +27,8 @@ from stagecast.tokens import (
 )
 
 __all__ = [
+    "AdminClaims",
+    "AdminGrant",
     "Claims",
     "ConnectionState",
     "DataMessage",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 DEV_KEY, DEV_SECRET = "devkey", "devsecret"
-BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm", "media")
+BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm", "media", "dataflood")
 
 
 def credentials() -> tuple[str, str]:
@@ -91,6 +92,10 @@ def cmd_edge(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         dev_mode=args.dev,
+        data_bytes_per_s=args.data_bytes_per_s,
+        data_burst_bytes=args.data_burst_bytes,
+        room_data_bytes_per_s=args.room_data_bytes_per_s,
+        room_data_burst_bytes=args.room_data_burst_bytes,
     )
     asyncio.run(serve(config))
     return 0
@@ -128,8 +133,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f"unknown grant(s): {', '.join(sorted(unknown))}")
         grant = Grant(**{field: name in wanted for name, field in names.items()})
-    elif args.viewer:
-        grant = Grant(can_publish=False, can_publish_data=False)
+    # No --grant: generate_token gives a --viewer token VIEWER_GRANT (no publishing, no data).
     ttl = args.ttl or (3600 if args.room else ROOMLESS_MAX_TTL)
     print(
         generate_token(
@@ -160,17 +164,21 @@ def cmd_participants(args: argparse.Namespace) -> int:
     return status
 
 
+def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    """A suite's module (imported only now) and its own options parsed from `argv`."""
+    module: Any = importlib.import_module(f"stagecast.bench.{suite}")
+    parser = argparse.ArgumentParser(prog=f"stagecast bench {suite}", description=module.__doc__)
+    module.add_arguments(parser)
+    options = parser.parse_args(argv)
+    options.suite = suite
+    return module, options
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Parse the suite's own options (its module is imported only now) and run it."""
+    """Parse the suite's own options and run it."""
     from stagecast.bench.report import run_suite
 
-    module: Any = importlib.import_module(f"stagecast.bench.{args.suite}")
-    parser = argparse.ArgumentParser(
-        prog=f"stagecast bench {args.suite}", description=module.__doc__
-    )
-    module.add_arguments(parser)
-    options = parser.parse_args(args.options)
-    options.suite = args.suite
+    module, options = bench_options(args.suite, args.options)
     status: int = asyncio.run(run_suite(module, options))
     return status
 
@@ -179,6 +187,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge.config import EdgeConfig
+
     parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--host", default="127.0.0.1")
     edge.add_argument("--port", type=int, default=7880)
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
+    budgets = {
+        "--data-bytes-per-s": "data bytes/s one session may send",
+        "--data-burst-bytes": "data bytes one session may send at once",
+        "--room-data-bytes-per-s": "data bytes/s a room carries (each edge enforces it)",
+        "--room-data-burst-bytes": "data bytes a room carries at once",
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(EdgeConfig)}
+    for flag, what in budgets.items():
+        default = defaults[flag.removeprefix("--").replace("-", "_")]
+        edge.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     edge.set_defaults(func=cmd_edge)
 
     fwd = sub.add_parser("forwarder", help="run one media forwarder")

@@ -1,14 +1,16 @@
 """`RoomService`: the server API, over HTTP on any edge, for backends and admin tools.
 
 Each call POSTs one msgpack-encoded `schemas.api` request to `/api/<tag>` on the edge,
-signed with a fresh short-lived admin token (`Authorization: Bearer ...`), and decodes the
-reply. A refusal arrives as its `stagecast.errors` class (`RoomNotFound`,
+signed with a fresh admin token that lives 60 s and grants exactly what the call needs
+(`roomCreate`, `roomList`, or `roomAdmin` for the call's room: `stagecast.admin_grants`),
+and decodes the reply. A refusal arrives as its `stagecast.errors` class (`RoomNotFound`,
 `ParticipantNotFound`, ...); an edge that cannot be reached, or answers with something that
 is not a reply, raises `Unavailable`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -34,16 +36,15 @@ from schemas.api import (
 from schemas.client import Error, ParticipantsPage
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.models import Grant, ParticipantInfo, RoomInfo, Tier
+from stagecast.admin_grants import needed_for
 from stagecast.client.connection import http_url
 from stagecast.client.participant import GetParticipantsResult
 from stagecast.errors import Unavailable, error_for
-from stagecast.tokens import generate_admin_token
+from stagecast.tokens import ADMIN_TOKEN_TTL, generate_admin_token
 
 __all__ = ["ParticipantInfo", "RoomInfo", "RoomService"]
 
 CONTENT_TYPE = "application/msgpack"
-ADMIN_TOKEN_TTL = 60
-"""Seconds an admin token signing one request stays valid."""
 
 R = TypeVar("R", bound=Message)
 
@@ -243,7 +244,12 @@ class RoomService:
             body = encode(request)
         except SchemaError as exc:
             raise error_for(exc.code.value, str(exc)) from None
-        token = generate_admin_token(self._api_key, self._api_secret, ttl=ADMIN_TOKEN_TTL)
+        needed = needed_for(request)
+        if needed is None:
+            raise error_for("UNKNOWN_TYPE", f"{request.TYPE} is not a server API request")
+        token = generate_admin_token(
+            self._api_key, self._api_secret, ttl=ADMIN_TOKEN_TTL, **dataclasses.asdict(needed)
+        )
         headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": CONTENT_TYPE,

@@ -4,7 +4,9 @@ A participant token carries `iss` (the api key), `roomId`, `participantId` (= `s
 `isViewer`, `grant` (camelCase flags), `name`, `metadata`, `attributes`, `kind`, `exp`,
 `nbf`, `iat` and `jti`. A token without `roomId` is *roomless* (domain-wide): it may live
 at most `ROOMLESS_MAX_TTL` seconds and may not carry a privileged grant. An admin token
-(`admin: true`) signs server API requests and is never accepted as a participant token.
+signs server API requests: its `admin` claim holds its grants (`roomCreate`, `roomList`,
+`roomAdmin`, `room`: `stagecast.admin_grants`), it lives at most `ADMIN_MAX_TTL` seconds,
+and it is never accepted as a participant token.
 
 Verification checks the signature, the algorithm (HS256 only), every claim's type and the
 wire's limits before the time window, so `TokenExpired` always means "a good token, too
@@ -30,11 +32,16 @@ from schemas.models import (
     Grant,
     ParticipantKind,
 )
+from stagecast.admin_grants import AdminGrant, check, claim_of, grant_of
 from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
 
 ALGORITHM: Final = "HS256"
 ROOMLESS_MAX_TTL: Final = 900
 """Longest life (seconds) of a roomless token."""
+ADMIN_TOKEN_TTL: Final = 60
+"""Default life (seconds) of an admin token: it signs one server API call."""
+ADMIN_MAX_TTL: Final = 600
+"""Longest life (seconds) of an admin token; longer ones are refused, so none replays long."""
 MAX_TOKEN_CHARS: Final = 8192
 """Longest token a join frame carries (`schemas.client.Token`)."""
 DEFAULT_LEEWAY: Final = 10
@@ -48,6 +55,9 @@ SecretLookup = Callable[[str], str | None] | Mapping[str, str]
 """Maps an api key to its secret (None or absent: unknown key)."""
 
 _KINDS: Final = frozenset(get_args(ParticipantKind))
+
+VIEWER_GRANT: Final = Grant(can_publish=False, can_publish_data=False)
+"""The grant of a viewer-tier token minted without one: subscribe only, no media, no data."""
 
 
 def _camel(name: str) -> str:
@@ -74,6 +84,17 @@ class Claims:
     kind: ParticipantKind
     expires_at: int
     not_before: int
+    issued_at: int
+    token_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminClaims:
+    """What a verified admin token says: whose it is, what it allows and until when."""
+
+    api_key: str
+    grant: AdminGrant
+    expires_at: int
     issued_at: int
     token_id: str
 
@@ -143,12 +164,13 @@ def _numeric_date(payload: Mapping[str, Any], claim: str) -> int:
     return value
 
 
-def _grant_from_claim(value: object) -> Grant:
-    """Read a `grant` claim; unknown flags are ignored, missing ones take their defaults."""
+def _grant_from_claim(value: object, is_viewer: bool) -> Grant:
+    """Read a `grant` claim; unknown flags are ignored, missing ones take the tier's default
+    (`VIEWER_GRANT` for a viewer, `Grant()` for a speaker)."""
     if not isinstance(value, dict):
         raise TypeError("grant: must be an object")
     flags = {f: _flag(value[c], f"grant.{c}") for f, c in _GRANT_CLAIMS.items() if c in value}
-    return Grant(**flags)
+    return dataclasses.replace(VIEWER_GRANT if is_viewer else Grant(), **flags)
 
 
 # --------------------------------------------------------------------------- minting
@@ -197,12 +219,14 @@ def generate_token(
 
     `room_id` None makes a roomless (domain-wide) token: `ttl` may then not exceed
     `ROOMLESS_MAX_TTL` and `grant` may not be privileged (`ValueError`). `participant_id`
-    None lets the SDK make a unique id per session. `grant` defaults to `Grant()`. Claims
+    None lets the SDK make a unique id per session. `grant` defaults to `Grant()` for a
+    speaker and to `VIEWER_GRANT` (no publishing, no data) for a viewer (`is_viewer`). Claims
     beyond the wire's limits (ids and names over 256 characters, metadata or attributes over
     64 KiB, a token over 8192 characters) raise `ValueError`; wrong types `TypeError`.
     """
     _check_keys(api_key, api_secret, ttl)
-    grant = Grant() if grant is None else grant
+    if grant is None:
+        grant = VIEWER_GRANT if is_viewer is True else Grant()
     if not isinstance(grant, Grant):
         raise TypeError("grant: must be a stagecast.Grant")
     if room_id is None:
@@ -234,14 +258,38 @@ def generate_token(
 
 
 def generate_admin_token(
-    api_key: str, api_secret: str, ttl: int = 60, *, now: float | None = None
+    api_key: str,
+    api_secret: str,
+    ttl: int = ADMIN_TOKEN_TTL,
+    *,
+    room_create: bool = False,
+    room_list: bool = False,
+    room_admin: bool = False,
+    room: str | None = None,
+    now: float | None = None,
 ) -> str:
-    """Mint a short-lived admin token (`admin: true`) that signs one server API call."""
+    """Mint a short-lived admin token that signs server API calls within its grants.
+
+    `room_create`: create and delete rooms; `room_list`: list rooms; `room_admin`: manage
+    the participants, tracks, metadata and data of `room`, which it requires. A `room`
+    scopes every grant to that one room. `ttl` defaults to 60 s and may not exceed
+    `ADMIN_MAX_TTL` (600 s). A grant that allows nothing, `room_admin` without `room`, or a
+    longer `ttl` raise `ValueError`.
+    """
     _check_keys(api_key, api_secret, ttl)
+    if ttl > ADMIN_MAX_TTL:
+        raise ValueError(f"an admin token lives at most {ADMIN_MAX_TTL} s, not {ttl}")
+    grant = AdminGrant(
+        room_create=_flag(room_create, "room_create"),
+        room_list=_flag(room_list, "room_list"),
+        room_admin=_flag(room_admin, "room_admin"),
+        room=None if room is None else _identity(room, "room"),
+    )
+    check(grant)
     issued = _now(now)
     claims = {
         "iss": api_key,
-        "admin": True,
+        "admin": claim_of(grant),
         "exp": issued + ttl,
         "nbf": issued,
         "iat": issued,
@@ -325,13 +373,14 @@ def _participant_claims(
     if payload.get("sub") != participant_id:
         raise ValueError("sub: must equal participantId")
     exp, nbf, iat = times
+    is_viewer = _flag(payload.get("isViewer", False), "isViewer")
     return Claims(
         api_key=api_key,
         room_id=optional_id("roomId"),
         participant_id=participant_id,
         name=_text(payload.get("name", ""), "name", max_chars=ID_CHARS),
-        is_viewer=_flag(payload.get("isViewer", False), "isViewer"),
-        grant=_grant_from_claim(payload.get("grant", {})),
+        is_viewer=is_viewer,
+        grant=_grant_from_claim(payload.get("grant", {}), is_viewer),
         metadata=_metadata(payload.get("metadata", "")),
         attributes=_attributes(payload.get("attributes", {})),
         kind=_kind(payload.get("kind", "standard")),
@@ -380,25 +429,44 @@ def verify_admin_token(
     *,
     leeway: float = DEFAULT_LEEWAY,
     now: float | None = None,
-) -> str:
-    """Verify an admin token and return its api key.
+) -> AdminClaims:
+    """Verify an admin token and return its claims (api key, grant, times).
 
-    Raises `InvalidToken` / `TokenExpired` as `verify_token` does, and `InvalidPermissions`
-    for a valid token that is not an admin token (a participant token, say).
+    Raises `InvalidToken` / `TokenExpired` as `verify_token` does, and for a token that
+    lives longer than `ADMIN_MAX_TTL` or whose grants are malformed; `InvalidPermissions`
+    for a valid token that is not an admin token (a participant token, or an unscoped
+    ``admin: true`` token of earlier versions). What the grant allows is the caller's to
+    check (`AdminGrant.refusal`).
     """
     payload, api_key = _verify_signature(token, api_secret_lookup)
-    times = _times(payload)
-    if payload.get("admin") is not True:
-        raise InvalidPermissions("not an admin token")
+    exp, _nbf, iat = times = _times(payload)
+    claim = payload.get("admin")
+    if not isinstance(claim, dict):
+        raise InvalidPermissions(
+            "not an admin token with grants (roomCreate, roomList, roomAdmin + room)"
+        )
+    try:
+        grant = grant_of(claim)
+    except (TypeError, ValueError) as exc:
+        raise InvalidToken(str(exc)) from None
+    if exp - iat > ADMIN_MAX_TTL + leeway:
+        raise InvalidToken(f"an admin token lives at most {ADMIN_MAX_TTL} s")
     _check_window(*times, leeway, now)
-    return api_key
+    return AdminClaims(
+        api_key=api_key, grant=grant, expires_at=exp, issued_at=iat, token_id=payload["jti"]
+    )
 
 
 __all__ = [
+    "ADMIN_MAX_TTL",
+    "ADMIN_TOKEN_TTL",
     "ALGORITHM",
     "DEFAULT_LEEWAY",
     "MAX_TOKEN_CHARS",
     "ROOMLESS_MAX_TTL",
+    "VIEWER_GRANT",
+    "AdminClaims",
+    "AdminGrant",
     "Claims",
     "Grant",
     "SecretLookup",

@@ -41,6 +41,8 @@ class UpConfig:
     api_key: str = "devkey"
     api_secret: str = "devsecret"
     dev: bool = True
+    edge_args: tuple[str, ...] = ()
+    """More `stagecast edge` flags for every edge (data budgets, say)."""
 
 
 class Stack:
@@ -86,6 +88,7 @@ class Stack:
             args = [*cli, "edge", "--nats-url", self.nats_url, "--port", str(port)]
             if self.config.dev:
                 args.append("--dev")
+            args += self.config.edge_args
             edge = spawn_child(
                 args, env=self._env(), log_path=self.config.data_dir / f"edge-{i}.log"
             )

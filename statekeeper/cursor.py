@@ -1,10 +1,13 @@
 """Opaque roster pagination cursors: a pure, HMAC-signed codec.
 
-A cursor pins a roster walk: the room, the tier filter, the log sequence of the snapshot,
-the key of the last row handed out, the total at the snapshot and when it was issued. On
-the wire it is URL-safe base64 (no padding) of ``msgpack payload || HMAC-SHA256[:16]``.
-The room id is bound by the MAC but not carried, so a cursor presented for another room
-fails verification exactly like an altered one (`CursorInvalid`).
+A cursor pins a roster walk: the room, the room instance (its sid), the tier filter, the
+log sequence of the snapshot, the key of the last row handed out, the total at the snapshot
+and when it was issued. On the wire it is URL-safe base64 (no padding) of
+``msgpack payload || HMAC-SHA256[:16]``. The room id is bound by the MAC but not carried, so
+a cursor presented for another room fails verification exactly like an altered one
+(`CursorInvalid`). The room sid is carried and signed: a cursor of a room that was deleted
+and recreated under the same id is `CursorOfAnotherRoom` (`CURSOR_EXPIRED`), never a page
+of the old room's roster.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import msgpack
 
 from schemas.models import Tier
-from statekeeper.errors import CursorExpired, CursorInvalid
+from statekeeper.errors import CursorExpired, CursorInvalid, CursorOfAnotherRoom
 
 CURSOR_LIFETIME_MS = 10 * 60 * 1000
 """How long a cursor stays valid; the roster keeps departed rows at least this long."""
@@ -27,7 +30,7 @@ CURSOR_LIFETIME_MS = 10 * 60 * 1000
 MAX_CURSOR_CHARS = 1024
 """Tokens longer than this are rejected before any work is done."""
 
-_VERSION = 1
+_VERSION = 2
 _MAC_BYTES = 16
 _DOMAIN = b"stagecast.roster-cursor.v1\x00"
 _TIER_CODES: dict[Tier | None, int] = {None: 0, "speaker": 1, "viewer": 2}
@@ -39,6 +42,8 @@ class PageCursor:
     """Where a roster walk stands: resume strictly after `after` at `snapshot_seq`."""
 
     room_id: str
+    room_sid: str
+    """The sid of the room instance the walk belongs to."""
     tier: Tier | None
     snapshot_seq: int
     after: tuple[int, int]
@@ -61,6 +66,7 @@ def encode_cursor(c: PageCursor, secret: bytes) -> str:
     _check_secret(secret)
     body = [
         _VERSION,
+        c.room_sid,
         _TIER_CODES[c.tier],
         c.snapshot_seq,
         c.after[0],
@@ -80,13 +86,16 @@ def decode_cursor(
     now_ms: int,
     lifetime_ms: int = CURSOR_LIFETIME_MS,
     room_id: str,
+    room_sid: str,
     tier: Tier | None,
 ) -> PageCursor:
-    """Verify and decode a token presented for `room_id` and `tier`.
+    """Verify and decode a token presented for `room_id` (now the instance `room_sid`).
 
     Raises `CursorInvalid` for anything not issued by us for this room and tier (garbage,
-    altered bytes, another room, another tier) and `CursorExpired` for a genuine cursor
-    older than `lifetime_ms`.
+    altered bytes, another room, another tier, an older cursor format),
+    `CursorOfAnotherRoom` for a genuine cursor of an earlier room of that id (deleted and
+    recreated since), and `CursorExpired` for a genuine cursor older than `lifetime_ms`.
+    Both of the latter carry the code `CURSOR_EXPIRED`: the client starts a new walk.
     """
     _check_secret(secret)
     raw = _unbase64(token)
@@ -98,6 +107,8 @@ def decode_cursor(
     cursor = _parse(payload, room_id)
     if cursor.tier != tier:
         raise CursorInvalid(f"issued for tier {cursor.tier!r}, presented for {tier!r}")
+    if cursor.room_sid != room_sid:
+        raise CursorOfAnotherRoom(room_id, cursor.room_sid, room_sid)
     if now_ms - cursor.issued_at_ms > lifetime_ms:
         raise CursorExpired(cursor.issued_at_ms, lifetime_ms)
     return cursor
@@ -124,15 +135,17 @@ def _parse(payload: bytes, room_id: str) -> PageCursor:
         raise CursorInvalid("unreadable payload") from None
     if (
         not isinstance(body, list)
-        or len(body) != 7
-        or any(type(v) is not int for v in body)
+        or len(body) != 8
+        or type(body[1]) is not str
+        or any(type(v) is not int for v in body[:1] + body[2:])
         or body[0] != _VERSION
-        or body[1] not in _TIERS_BY_CODE
+        or body[2] not in _TIERS_BY_CODE
     ):
         raise CursorInvalid("unknown cursor format")
-    _v, tier_code, snapshot_seq, rank, seq, total, issued_at_ms = body
+    _v, room_sid, tier_code, snapshot_seq, rank, seq, total, issued_at_ms = body
     return PageCursor(
         room_id=room_id,
+        room_sid=room_sid,
         tier=_TIERS_BY_CODE[tier_code],
         snapshot_seq=snapshot_seq,
         after=(rank, seq),

@@ -32,6 +32,24 @@ class CursorExpired(StatekeeperError):
         self.lifetime_ms = lifetime_ms
 
 
+class CursorOfAnotherRoom(StatekeeperError):
+    """A genuine cursor of an earlier room of the same id (deleted, then created again).
+
+    The walk it pinned is over: the client starts a new one (`CURSOR_EXPIRED`).
+    """
+
+    code = ErrorCode.CURSOR_EXPIRED
+
+    def __init__(self, room_id: str, cursor_room_sid: str, room_sid: str) -> None:
+        super().__init__(
+            f"cursor of room {room_id!r} instance {cursor_room_sid!r}, "
+            f"which is now {room_sid!r}: start a new walk"
+        )
+        self.room_id = room_id
+        self.cursor_room_sid = cursor_room_sid
+        self.room_sid = room_sid
+
+
 class StoreClosed(StatekeeperError):
     """The store was used after `close()` (the statekeeper's lifecycle is wrong)."""
 

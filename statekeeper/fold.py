@@ -168,7 +168,13 @@ def _participant(state: State, event: Any, out: list[Outcome]) -> tuple[Room, Se
 
 
 def _open_room(state: State, seq: int, event: LogEvent, room_sid: str, out: list[Outcome]) -> Room:
-    room = Room(id=event.room_id, sid=room_sid, created_at=event.at, empty_since=event.at)
+    room = Room(
+        id=event.room_id,
+        sid=room_sid,
+        created_at=event.at,
+        empty_since=event.at,
+        created_seq=seq,
+    )
     state.rooms[room.id] = room
     out.append(
         PublicEvent(

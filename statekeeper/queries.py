@@ -111,10 +111,10 @@ class Queries:
         if not 1 <= request.limit <= MAX_PAGE:
             return _error(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_PAGE}")
         now = self.keeper.clock()
+        room = self.keeper.state.rooms.get(request.room_id)
+        if room is None:
+            return _error(ErrorCode.ROOM_NOT_FOUND, f"no room {request.room_id!r}")
         if request.cursor is None:
-            room = self.keeper.state.rooms.get(request.room_id)
-            if room is None:
-                return _error(ErrorCode.ROOM_NOT_FOUND, f"no room {request.room_id!r}")
             # Pin the snapshot: everything folded so far goes to SQL, and the totals are
             # read at the instant the batch is cut, so they match the rows exactly.
             totals: list[int] = []
@@ -128,6 +128,7 @@ class Queries:
             total = totals[0]
             cursor = PageCursor(
                 room_id=request.room_id,
+                room_sid=room.sid,
                 tier=request.tier,
                 snapshot_seq=snapshot_seq,
                 after=(-1, -1),
@@ -141,6 +142,7 @@ class Queries:
                 now_ms=now,
                 lifetime_ms=self.cursor_lifetime_ms,
                 room_id=request.room_id,
+                room_sid=room.sid,
                 tier=request.tier,
             )
         rows = await self.keeper.store.page(
@@ -149,6 +151,7 @@ class Queries:
             limit=request.limit + 1,
             snapshot_seq=cursor.snapshot_seq,
             after=None if cursor.after == (-1, -1) else cursor.after,
+            from_seq=room.created_seq,
         )
         more = len(rows) > request.limit
         rows = rows[: request.limit]
@@ -156,6 +159,7 @@ class Queries:
         if more:
             following = PageCursor(
                 room_id=cursor.room_id,
+                room_sid=cursor.room_sid,
                 tier=cursor.tier,
                 snapshot_seq=cursor.snapshot_seq,
                 after=rows[-1][0],

@@ -81,6 +81,9 @@ class Room:
     closes_at: int = 0
     """When the room closes if it stays empty (its armed timeout)."""
     last_seq: int = 0
+    created_seq: int = 0
+    """The log sequence that opened this room instance: older roster rows of the id are an
+    earlier instance's (0 in snapshots from before it was recorded)."""
 
     def counts(self) -> Counts:
         return Counts(
@@ -241,6 +244,7 @@ def pack_room(room: Room) -> bytes:
         {},  # was the room's revocations; they are state-wide now (`pack_revocations`)
         room.last_seq,
         [_pack_session(s) for s in room.sessions.values()],
+        room.created_seq,
     ]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -263,6 +267,7 @@ def unpack_room(data: bytes) -> Room:
         empty_since=v[9],
         closes_at=v[10],
         last_seq=v[12],
+        created_seq=v[14] if len(v) > 14 else 0,  # snapshots from before room instances
     )
     for packed in v[13]:
         session = _unpack_session(packed)

@@ -110,9 +110,11 @@ class Store(Protocol):
         limit: int,
         snapshot_seq: int,
         after: RowKey | None,
+        from_seq: int = 0,
     ) -> Page:
         """Up to `limit` rows visible at `snapshot_seq`, strictly after key `after`, in key
-        order (speakers first); `tier` None walks both tiers."""
+        order (speakers first); `tier` None walks both tiers. Rows that joined before
+        `from_seq` (an earlier room of the same id, not dropped yet) are skipped."""
         ...
 
     async def count(self, room_id: str, *, tier: Tier | None, snapshot_seq: int) -> int:
@@ -137,18 +139,20 @@ def tier_rank(participant: ParticipantInfo) -> int:
     return TIER_RANKS["viewer" if participant.is_viewer else "speaker"]
 
 
-def walk_plan(tier: Tier | None, after: RowKey | None) -> list[tuple[int, int]]:
+def walk_plan(tier: Tier | None, after: RowKey | None, from_seq: int = 0) -> list[tuple[int, int]]:
     """The ranges a page reads, in order: ``(tier_rank, since_seq lower bound, exclusive)``.
 
-    Sequences are non-negative, so -1 means "from the start of the tier".
+    Sequences are non-negative, so -1 means "from the start of the tier"; no bound is below
+    ``from_seq - 1`` (rows that joined before `from_seq` are never read).
     """
     ranks = sorted(TIER_RANKS.values()) if tier is None else [TIER_RANKS[tier]]
+    floor = max(from_seq, 0) - 1
     plan = []
     for rank in ranks:
         if after is None or rank > after[0]:
-            plan.append((rank, -1))
+            plan.append((rank, floor))
         elif rank == after[0]:
-            plan.append((rank, after[1]))
+            plan.append((rank, max(after[1], floor)))
     return plan
 
 
@@ -264,13 +268,14 @@ class _StoreBase(abc.ABC):
         limit: int,
         snapshot_seq: int,
         after: RowKey | None,
+        from_seq: int = 0,
     ) -> Page:
         """See `Store.page`."""
         self._check_open()
         if limit < 1:
             raise ValueError(f"page limit must be at least 1, not {limit}")
         out: Page = []
-        for rank, lower in walk_plan(tier, after):
+        for rank, lower in walk_plan(tier, after, from_seq):
             for seq, info in await self._range(
                 room_id, rank, lower, snapshot_seq, limit - len(out)
             ):

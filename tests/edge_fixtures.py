@@ -27,6 +27,7 @@ from edge.main import running_edge
 from schemas.client import Error, Join, JoinAccepted, Ping, Pong
 from schemas.codec import Message, decode, encode
 from schemas.models import Grant
+from stagecast.admin_grants import AdminGrant, needed_for
 from stagecast.natsserver import NatsServer
 from stagecast.tokens import generate_admin_token, generate_token
 from statekeeper.main import StatekeeperConfig, running_statekeeper
@@ -38,6 +39,7 @@ ROOM = "town-hall"
 FAST = Tuning(roster_flush_ms=20, snapshot_every_ms=200, count_tick_ms=10, edge_check_ms=200)
 VIEWER = Grant(can_publish=False, can_publish_data=False)
 MODERATOR = Grant(can_moderate=True)
+ROOMS_GRANT = AdminGrant(room_create=True, room_list=True)
 WAIT = 10.0
 
 M = TypeVar("M", bound=Message)
@@ -179,8 +181,10 @@ class Stack:
             **claims,
         )
 
-    def admin_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {generate_admin_token(API_KEY, API_SECRET)}"}
+    def admin_headers(self, grant: AdminGrant = ROOMS_GRANT) -> dict[str, str]:
+        """Authorization with an admin token of `grant` (default: create and list rooms)."""
+        token = generate_admin_token(API_KEY, API_SECRET, **dataclasses.asdict(grant))
+        return {"Authorization": f"Bearer {token}"}
 
     async def connect(self, **kwargs: Any) -> Client:
         ws = await connect(self.ws_url, max_size=4 * 1024 * 1024, **kwargs)
@@ -199,10 +203,13 @@ class Stack:
         client.joined = reply
         return client
 
-    async def api(self, path: str, message: Message, *, auth: bool = True) -> httpx.Response:
+    async def api(
+        self, path: str, message: Message, *, auth: bool = True, grant: AdminGrant | None = None
+    ) -> httpx.Response:
+        """POST a server API request, signed with `grant` (default: what it needs)."""
         headers = {"Content-Type": "application/msgpack"}
         if auth:
-            headers |= self.admin_headers()
+            headers |= self.admin_headers(grant or needed_for(message) or ROOMS_GRANT)
         async with httpx.AsyncClient(base_url=self.url, timeout=WAIT) as http:
             return await http.post(f"/api/{path}", content=encode(message), headers=headers)
 

@@ -312,6 +312,28 @@ class StoreContract:
         await store.commit(roster=[], now_ms=5, deleted_rooms={"a": 10})
         assert await store.load() == (10, {})
 
+    async def test_rows_of_an_earlier_room_instance_are_not_paged_before_the_drop(
+        self, store: Store
+    ) -> None:
+        """Until the deletion is committed, `from_seq` keeps the old instance's rows out."""
+        old = Roster("a")
+        await store.commit(roster=[old.join(viewer=v) for v in (True, False, True)], now_ms=1)
+        new = Roster("a")
+        new.seq = 5  # deleted at 4, opened again at 5 by the first join
+        await store.commit(roster=[new.join(viewer=v) for v in (True, False)], now_ms=2)
+        tiers: tuple[Tier | None, ...] = (None, "speaker", "viewer")
+        for tier in tiers:
+            every = keyed(await walk(store, "a", tier=tier, snapshot_seq=7))
+            assert every == sorted(old.visible(7, tier) + new.visible(7, tier))
+            rows: Page = []
+            after: RowKey | None = None
+            while page := await store.page(
+                "a", tier=tier, limit=1, snapshot_seq=7, after=after, from_seq=5
+            ):
+                rows += page
+                after = page[-1][0]
+            assert keyed(rows) == new.visible(7, tier)
+
     async def test_prune(self, store: Store) -> None:
         model = Roster()
         await store.commit(roster=[model.join(viewer=True) for _ in range(10)], now_ms=100)

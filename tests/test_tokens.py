@@ -28,8 +28,13 @@ from stagecast.errors import (
     error_for,
 )
 from stagecast.tokens import (
+    ADMIN_MAX_TTL,
+    DEFAULT_LEEWAY,
     MAX_TOKEN_CHARS,
     ROOMLESS_MAX_TTL,
+    VIEWER_GRANT,
+    AdminClaims,
+    AdminGrant,
     Claims,
     Grant,
     generate_admin_token,
@@ -156,6 +161,21 @@ def test_defaults_round_trip() -> None:
     assert claims.grant == Grant()
     assert (claims.is_viewer, claims.kind) == (False, "standard")
     assert claims.expires_at == NOW + 3600
+
+
+def test_viewer_token_minted_without_a_grant_may_not_publish_media_or_data() -> None:
+    claims = verify_token(
+        generate_token(KEY, SECRET, room_id="r", is_viewer=True, now=NOW), SECRETS, now=NOW
+    )
+    assert claims.grant == VIEWER_GRANT
+    assert not claims.grant.can_publish and not claims.grant.can_publish_data
+    assert claims.grant.can_subscribe and claims.grant.can_subscribe_data
+    # An explicit grant still wins, and a speaker's default is unchanged.
+    explicit = Grant(can_publish=False, can_publish_data=True)
+    token = generate_token(KEY, SECRET, room_id="r", is_viewer=True, grant=explicit, now=NOW)
+    assert verify_token(token, SECRETS, now=NOW).grant == explicit
+    speaker = verify_token(generate_token(KEY, SECRET, room_id="r", now=NOW), SECRETS, now=NOW)
+    assert speaker.grant == Grant()
 
 
 def test_claims_are_camel_case_on_the_wire() -> None:
@@ -472,6 +492,17 @@ def test_missing_optional_claims_take_defaults() -> None:
     )
 
 
+def test_viewer_token_missing_grant_flags_take_the_viewer_defaults() -> None:
+    """A token minted elsewhere with `isViewer` and no (or a partial) grant sends no data."""
+    base = {"iss": KEY, "roomId": "r", "isViewer": True, "exp": NOW + 60, "nbf": NOW, "iat": NOW}
+    no_grant = verify_token(_forge(base | {"jti": "a"}), SECRETS, now=NOW)
+    assert no_grant.grant == VIEWER_GRANT
+    partial = _forge(base | {"jti": "b", "grant": {"canPublishData": True}})
+    assert verify_token(partial, SECRETS, now=NOW).grant == Grant(
+        can_publish=False, can_publish_data=True
+    )
+
+
 @pytest.mark.parametrize(
     "garbage",
     [
@@ -511,13 +542,58 @@ def test_non_object_payloads_are_refused() -> None:
 
 
 def test_admin_token_round_trip() -> None:
-    token = generate_admin_token(KEY, SECRET, now=NOW)
-    assert _payload(token)["admin"] is True
-    assert verify_admin_token(token, SECRETS, now=NOW + 30) == KEY
+    token = generate_admin_token(KEY, SECRET, room_admin=True, room="stage", now=NOW)
+    payload = _payload(token)
+    assert payload["admin"] == {
+        "roomCreate": False,
+        "roomList": False,
+        "roomAdmin": True,
+        "room": "stage",
+    }
+    assert payload["exp"] == NOW + 60  # one call's worth by default
+    claims = verify_admin_token(token, SECRETS, now=NOW + 30)
+    assert claims == AdminClaims(
+        api_key=KEY,
+        grant=AdminGrant(room_admin=True, room="stage"),
+        expires_at=NOW + 60,
+        issued_at=NOW,
+        token_id=payload["jti"],
+    )
+    unscoped = generate_admin_token(KEY, SECRET, room_create=True, room_list=True, now=NOW)
+    assert "room" not in _payload(unscoped)["admin"]
+    grant = verify_admin_token(unscoped, SECRETS, now=NOW).grant
+    assert grant == AdminGrant(room_create=True, room_list=True)
+
+
+def test_admin_token_that_grants_nothing_or_lives_long_cannot_be_minted() -> None:
+    with pytest.raises(ValueError, match="allows nothing"):
+        generate_admin_token(KEY, SECRET, now=NOW)
+    with pytest.raises(ValueError, match="roomAdmin needs the room"):
+        generate_admin_token(KEY, SECRET, room_admin=True, now=NOW)
+    with pytest.raises(ValueError, match=f"at most {ADMIN_MAX_TTL}"):
+        generate_admin_token(KEY, SECRET, ttl=ADMIN_MAX_TTL + 1, room_list=True, now=NOW)
+    with pytest.raises(ValueError, match="room"):
+        generate_admin_token(KEY, SECRET, room_create=True, room="x" * 257, now=NOW)
+    with pytest.raises(TypeError):
+        generate_admin_token(KEY, SECRET, room_list=1, now=NOW)  # type: ignore[arg-type]
+
+
+def test_admin_grant_refusals_name_the_missing_grant_or_the_scope() -> None:
+    create_b = AdminGrant(room_create=True, room="b")
+    assert AdminGrant(room_create=True, room="a").refusal(create_b) == (
+        "the admin token is scoped to room 'a', not 'b'"
+    )
+    assert AdminGrant(room_create=True).refusal(create_b) is None
+    assert AdminGrant(room_admin=True, room="b").refusal(create_b) == (
+        "the admin token has no roomCreate grant"
+    )
+    assert AdminGrant(room_create=True).refusal(AdminGrant(room_list=True)) == (
+        "the admin token has no roomList grant"
+    )
 
 
 def test_admin_token_failures() -> None:
-    token = generate_admin_token(KEY, SECRET, ttl=60, now=NOW)
+    token = generate_admin_token(KEY, SECRET, ttl=60, room_list=True, now=NOW)
 
     def refused(error: type[StagecastError], token: str, **kw: Any) -> None:
         with pytest.raises(StagecastError) as info:
@@ -534,6 +610,15 @@ def test_admin_token_failures() -> None:
     participant = generate_token(KEY, SECRET, room_id="r", grant=Grant(can_moderate=True), now=NOW)
     refused(InvalidPermissions, participant)
     refused(InvalidPermissions, _forge({**_claims(), "admin": "true"}))
+    # An unscoped admin token of earlier versions, a malformed grant, too long a life.
+    admin = {"iss": KEY, "exp": NOW + 60, "nbf": NOW, "iat": NOW, "jti": "j"}
+    refused(InvalidPermissions, _forge(admin | {"admin": True}))
+    refused(InvalidToken, _forge(admin | {"admin": {}}))
+    refused(InvalidToken, _forge(admin | {"admin": {"roomAdmin": True}}))  # no room
+    refused(InvalidToken, _forge(admin | {"admin": {"roomList": "yes"}}))
+    refused(InvalidToken, _forge(admin | {"admin": {"roomCreate": True, "room": 7}}))
+    forever = admin | {"admin": {"roomList": True}, "exp": NOW + ADMIN_MAX_TTL + DEFAULT_LEEWAY + 1}
+    refused(InvalidToken, _forge(forever))
     # And an admin token is not a participant token.
     _refused(InvalidToken, token)
 
