@@ -662,6 +662,7 @@ CLASS_NAMES = {
     "SLOW_CONSUMER": "SlowConsumer",
     "SERVER_SHUTDOWN": "ServerShutdown",
     "RESUME_FAILED": "ResumeFailed",
+    "SESSION_LOST": "SessionLost",
     "UNAVAILABLE": "Unavailable",
     "INTERNAL": "Internal",
 }
