@@ -33,6 +33,8 @@ class ErrorCode(StrEnum):
     RESUME_FAILED = "RESUME_FAILED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    JOIN_TIMEOUT = "JOIN_TIMEOUT"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 
 
 class SchemaError(Exception):
@@ -85,6 +87,8 @@ CLOSE_CODES: dict[str, int] = {
     ErrorCode.ROOM_FULL.value: 4015,
     ErrorCode.RESUME_FAILED.value: 4016,
     ErrorCode.SERVER_SHUTDOWN.value: 4017,
+    ErrorCode.JOIN_TIMEOUT.value: 4018,
+    ErrorCode.TOO_MANY_CONNECTIONS.value: 4019,
     ErrorCode.CLIENT_LEFT.value: 1000,
 }
 """The WebSocket close code for each way a session ends (docs/protocol.md), both ways."""
