@@ -2,7 +2,7 @@
 
 uvicorn has no limit on connections per address, no deadline for a request's head, and
 asyncio logs a traceback for every failed ``accept()`` at the descriptor limit. This module
-is the only place that relies on their internals (uvicorn 0.55's `H11Protocol` and
+is the only place that relies on their internals (uvicorn 0.54-0.55's `H11Protocol` and
 `WebSocketsSansIOProtocol`, asyncio's "socket.accept() out of system resource" report);
 tests/test_edge_limits.py fails loudly when they move.
 
@@ -175,7 +175,8 @@ class AcceptFailures:
             self._timer.cancel()
             self._timer = None
         self._report_recovery()
-        self.loop.set_exception_handler(self.previous)
+        if self.loop.get_exception_handler() is self:  # else a later handler is on top
+            self.loop.set_exception_handler(self.previous)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message") != ACCEPT_FAILED:

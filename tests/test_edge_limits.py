@@ -157,9 +157,14 @@ async def test_partial_http_request_is_closed_after_the_read_timeout(tmp_path: P
             dripping.cancel()
             writer.close()
 
+        reader, writer = await asyncio.open_connection(host, port)  # a body that stalls
+        writer.write(b"POST /api/list_rooms HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n{")
+        await read_to_eof(reader, 5.0)
+        writer.close()
+
         await joined.sync()  # the upgraded socket is not subject to the read timeout
         metrics = await metrics_from(stack, "127.0.0.1")
-        assert "stagecast_edge_http_read_timeouts_total 3\n" in metrics
+        assert "stagecast_edge_http_read_timeouts_total 4\n" in metrics
 
 
 # --------------------------------------------------------------------------- descriptor limit
