@@ -5,7 +5,12 @@ Routes: ``/rtc`` (WebSocket, docs/protocol.md), ``POST /api/<name>`` (`edge.api`
 within a second, else 503 and the reason), ``GET /metrics`` (Prometheus text), ``GET /``
 (the demo page), ``GET /static/<file>`` (the browser SDK and the page's files) and, in dev
 mode only, ``POST /dev/token`` and ``POST /dev/promote`` (`edge.page`). The lifespan starts
-and stops the `EdgeNode` (the one NATS connection); the node is on ``app.state.edge``.
+and stops the `EdgeNode` (the one NATS connection); the node is on ``app.state.edge``, the
+`ConnectionLedger` its protocols count connections in on ``app.state.connections``.
+
+A connection refused over a cap (`edge.serving` marks it) is answered here: HTTP 503 with
+``TOO_MANY_CONNECTIONS``, or for ``/rtc`` an accept, an `error` frame and close 4019, since a
+browser cannot read the status of a refused WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -14,19 +19,24 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from edge.admission import ConnectionLedger, Refusal
 from edge.api import handle_api
 from edge.closecodes import close_code
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, overflow_lane
+from edge.metrics import EdgeMetrics
 from edge.node import EdgeNode
 from edge.page import routes as page_routes
 from edge.replays import SeenTokens
+from edge.serving import refusal_of
 from edge.session import Session
-from schemas.client import Disconnect
+from schemas.client import Disconnect, Error
 from schemas.codec import encode
 from schemas.errors import ErrorCode
 
@@ -41,10 +51,50 @@ def upgrade_token(websocket: WebSocket) -> str | None:
     return websocket.query_params.get("access_token") or None
 
 
+async def refuse_socket(websocket: WebSocket, frame: bytes, reason: str) -> None:
+    """Accept a socket only to send it one frame and close it with `reason`'s code."""
+    await websocket.accept()
+    await websocket.send_bytes(frame)
+    await websocket.close(close_code(reason), reason)
+
+
+class RefuseOverCapacity:
+    """ASGI middleware: answer the connections refused over a cap (the module docstring)."""
+
+    def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = refusal_of(scope) if scope["type"] in ("http", "websocket") else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        code = ErrorCode.TOO_MANY_CONNECTIONS.value
+        self.metrics.error(code)
+        if scope["type"] == "websocket":
+            frame = encode(Error(id=None, code=code, message=refusal.message))
+            await refuse_socket(WebSocket(scope, receive, send), frame, code)
+            return
+        response = _too_many(refusal)
+        await response(scope, receive, send)
+
+
+def _too_many(refusal: Refusal) -> Response:
+    body = f"{ErrorCode.TOO_MANY_CONNECTIONS.value}: {refusal.message}"
+    return PlainTextResponse(body, status_code=503, headers={"connection": "close"})
+
+
 def create_app(config: EdgeConfig) -> Starlette:
     """The edge as an ASGI app (serve it with uvicorn, or use `edge.main.running_edge`)."""
     node = EdgeNode(config)
     seen_admin_tokens = SeenTokens()
+    connections = ConnectionLedger(
+        config.max_connections,
+        config.max_connections_per_address,
+        overflow_lane(config.max_connections),
+    )
+    node.metrics.connections = lambda: connections.admitted
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -56,10 +106,9 @@ def create_app(config: EdgeConfig) -> Starlette:
 
     async def rtc(websocket: WebSocket) -> None:
         if node.draining:
-            await websocket.accept()
             code = ErrorCode.SERVER_SHUTDOWN.value
-            await websocket.send_bytes(encode(Disconnect(reason=code, can_reconnect=True)))
-            await websocket.close(close_code(code), code)
+            frame = encode(Disconnect(reason=code, can_reconnect=True))
+            await refuse_socket(websocket, frame, code)
             return
         await Session(node, websocket, upgrade_token(websocket)).run()
 
@@ -82,9 +131,11 @@ def create_app(config: EdgeConfig) -> Starlette:
             *page_routes(node),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RefuseOverCapacity, metrics=node.metrics)],
     )
     app.state.edge = node
+    app.state.connections = connections
     return app
 
 
-__all__ = ["create_app", "upgrade_token"]
+__all__ = ["RefuseOverCapacity", "create_app", "refuse_socket", "upgrade_token"]

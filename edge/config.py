@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import resource
 import secrets
 from collections.abc import Mapping
 
@@ -16,6 +17,43 @@ MIN_DATA_BURST_BYTES = 16 * 1024
 def new_edge_id() -> str:
     """A fresh edge id, ``ED_`` + 12 random url-safe characters."""
     return "ED_" + secrets.token_urlsafe(9)
+
+
+def _soft_nofile() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def _spare(soft_limit: int) -> int:
+    """Descriptors kept for NATS, logs and files: a twentieth, at least 64."""
+    return max(64, soft_limit // 20)
+
+
+def default_max_connections(soft_limit: int | None = None) -> int:
+    """The connection cap for a process whose RLIMIT_NOFILE soft limit is `soft_limit`.
+
+    Leaves `_spare` descriptors, room for a full accept burst (`accept_backlog`) and for
+    the connections held briefly beyond the cap to be told why (`overflow_lane`).
+    """
+    soft = _soft_nofile() if soft_limit is None else soft_limit
+    burst = min(2048, max(16, soft // 8))
+    return max(1, (soft - _spare(soft) - burst) * 15 // 16 - 16)
+
+
+def overflow_lane(max_connections: int) -> int:
+    """Connections beyond the cap held until they are told `TOO_MANY_CONNECTIONS`."""
+    return max(16, max_connections // 16)
+
+
+def accept_backlog(max_connections: int, soft_limit: int | None = None) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one go.
+
+    Each of a burst holds a descriptor before the first of them is refused, so the burst
+    must fit in what the cap, its overflow lane and the spare leave: 16 to 2,048.
+    """
+    soft = _soft_nofile() if soft_limit is None else soft_limit
+    left = soft - max_connections - overflow_lane(max_connections) - _spare(soft)
+    return max(16, min(2048, left))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,6 +111,16 @@ class EdgeConfig:
     ws_max_size: int = 4 * 1024 * 1024
     """Largest WebSocket message uvicorn reads; frames over 1 MiB get PAYLOAD_TOO_LARGE."""
 
+    join_deadline: float = 10.0
+    """Seconds a socket has to send its join (or resume); then `JOIN_TIMEOUT`, close 4018."""
+    http_read_timeout: float = 10.0
+    """Seconds a connection has to send a whole HTTP request (the upgrade too); then closed."""
+    max_connections: int = 0
+    """Open connections (HTTP and WebSocket) this edge serves; 0: computed from
+    RLIMIT_NOFILE with headroom (`default_max_connections`). Over it: `TOO_MANY_CONNECTIONS`."""
+    max_connections_per_address: int = 0
+    """Open connections from one client IP address; 0: the same as `max_connections`."""
+
     def __post_init__(self) -> None:
         if not self.edge_id:
             object.__setattr__(self, "edge_id", new_edge_id())
@@ -94,6 +142,16 @@ class EdgeConfig:
             raise ValueError(
                 f"data bursts must be at least {MIN_DATA_BURST_BYTES} bytes (one largest frame)"
             )
+        if self.join_deadline <= 0 or self.http_read_timeout <= 0:
+            raise ValueError("join_deadline and http_read_timeout must be positive")
+        if self.max_connections < 0 or self.max_connections_per_address < 0:
+            raise ValueError("connection limits must not be negative (0: computed)")
+        if not self.max_connections:
+            object.__setattr__(self, "max_connections", default_max_connections())
+        if not self.max_connections_per_address:
+            object.__setattr__(self, "max_connections_per_address", self.max_connections)
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError("max_connections_per_address must not exceed max_connections")
 
     def secret_for(self, api_key: str) -> str | None:
         """The secret of an api key this edge accepts tokens from, or None."""
@@ -102,4 +160,11 @@ class EdgeConfig:
         return self.api_secrets.get(api_key)
 
 
-__all__ = ["MIN_DATA_BURST_BYTES", "EdgeConfig", "new_edge_id"]
+__all__ = [
+    "MIN_DATA_BURST_BYTES",
+    "EdgeConfig",
+    "accept_backlog",
+    "default_max_connections",
+    "new_edge_id",
+    "overflow_lane",
+]

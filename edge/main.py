@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 
+from edge.admission import ConnectionLedger
 from edge.app import create_app
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, accept_backlog
 from edge.node import EdgeNode
+from edge.serving import AcceptFailures, guarded_protocols
 from stagecast.runtime import tune_gc
 
 log = logging.getLogger("stagecast.edge")
@@ -37,10 +39,16 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def _uvicorn_config(config: EdgeConfig) -> uvicorn.Config:
+    app = create_app(config)
+    ledger: ConnectionLedger = app.state.connections
+    http, ws = guarded_protocols(ledger, app.state.edge.metrics, config.http_read_timeout)
     return uvicorn.Config(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
+        http=http,
+        ws=ws,
+        backlog=accept_backlog(config.max_connections),
         ws_max_size=config.ws_max_size,
         ws_ping_interval=10,
         ws_ping_timeout=20,
@@ -62,9 +70,14 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
 
     Yields its base URL, ``http://<host>:<port>`` (the real port when `config.port` is 0).
     Raises `RuntimeError` if it does not start (NATS unreachable, port taken). On exit the
-    sockets are drained (close 4017) and the server stops.
+    sockets are drained (close 4017) and the server stops. Meanwhile failed accepts (the
+    descriptor limit) are reported once per episode, not once per attempt (`AcceptFailures`).
     """
     server = _EmbeddedServer(_uvicorn_config(config))
+    node = _node_of(server)
+    accept_failures = AcceptFailures(asyncio.get_running_loop(), node.metrics) if node else None
+    if accept_failures is not None:
+        accept_failures.install()
     task = asyncio.create_task(_serve(server))
     try:
         await _wait_started(server, task, start_timeout)
@@ -72,7 +85,11 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
         host = f"[{config.host}]" if ":" in config.host else config.host
         yield f"http://{host}:{port}"
     finally:
-        await _stop(server, task)
+        try:
+            await _stop(server, task)
+        finally:
+            if accept_failures is not None:
+                accept_failures.uninstall()
 
 
 async def _serve(server: uvicorn.Server) -> None:

@@ -38,7 +38,13 @@ class EdgeMetrics:
         self.frames_in: collections.Counter[str] = collections.Counter()
         self.frames_out: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
+        self.join_timeouts = 0
+        self.http_read_timeouts = 0
+        self.accept_failures = 0
+        self.connections_refused: collections.Counter[str] = collections.Counter()
+        """Connections refused over a cap, by the cap's scope (``edge`` or ``address``)."""
         self.sockets: Callable[[], int] = lambda: 0
+        self.connections: Callable[[], int] = lambda: 0
         self.rooms: Callable[[], int] = lambda: 0
 
     def frame_in(self, type_tag: str) -> None:
@@ -114,6 +120,32 @@ class EdgeMetrics:
         ):
             family(name, "counter", help_text)
             lines.append(f"{name} {value}")
+        family("stagecast_edge_connections", "gauge", "Open connections served (HTTP and WS).")
+        lines.append(f"stagecast_edge_connections {self.connections()}")
+        family(
+            "stagecast_edge_connections_refused_total",
+            "counter",
+            "Connections refused with TOO_MANY_CONNECTIONS, by the cap they hit.",
+        )
+        labelled("stagecast_edge_connections_refused_total", "scope", self.connections_refused)
+        family(
+            "stagecast_edge_join_timeouts_total",
+            "counter",
+            "Sockets closed with JOIN_TIMEOUT (no join within the deadline).",
+        )
+        lines.append(f"stagecast_edge_join_timeouts_total {self.join_timeouts}")
+        family(
+            "stagecast_edge_http_read_timeouts_total",
+            "counter",
+            "Connections closed because a request did not arrive in time.",
+        )
+        lines.append(f"stagecast_edge_http_read_timeouts_total {self.http_read_timeouts}")
+        family(
+            "stagecast_edge_accept_failures_total",
+            "counter",
+            "accept() calls that failed for want of descriptors or memory (EMFILE and kin).",
+        )
+        lines.append(f"stagecast_edge_accept_failures_total {self.accept_failures}")
         return "\n".join(lines) + "\n"
 
 

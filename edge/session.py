@@ -1,6 +1,7 @@
 """One signaling socket, from accept to close, with an explicit lifecycle (STYLE rule 6).
 
-States: ``CONNECTING`` (accepted, no session yet; a join may be in flight), ``JOINED``,
+States: ``CONNECTING`` (accepted, no session yet; a join may be in flight; without a join
+within `EdgeConfig.join_deadline` the socket gets `JOIN_TIMEOUT` and close 4018), ``JOINED``,
 ``CLOSING`` (a close is queued or the socket dropped; frames are ignored), ``CLOSED``.
 Requests that need a session answer `NOT_JOINED` before the join, a second join answers
 `ALREADY_JOINED`. Bad input of any kind gets a named error frame and the socket stays open
@@ -147,6 +148,9 @@ class Session:
             return
         self.node.sockets.add(self)
         writer = asyncio.create_task(self.queue.run())
+        deadline = asyncio.get_running_loop().call_later(
+            self.node.config.join_deadline, self._join_deadline_passed
+        )
         try:
             receiver = asyncio.create_task(self._receive(handle_frame))
             ended = asyncio.create_task(self._ended.wait())
@@ -165,6 +169,7 @@ class Session:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
                 await asyncio.wait({writer}, timeout=self.node.config.close_grace)
         finally:
+            deadline.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
@@ -183,6 +188,15 @@ class Session:
             if self.state not in (SessionState.CONNECTING, SessionState.JOINED):
                 continue  # closing: whatever still arrives is ignored
             await handle(self, message.get("bytes"), message.get("text"))
+
+    def _join_deadline_passed(self) -> None:
+        """No join (or resume) arrived in time: `JOIN_TIMEOUT`, close 4018."""
+        if self.state is not SessionState.CONNECTING or self.join_req is not None:
+            return  # joined, closing, or a join is in flight (`join_timeout` bounds it)
+        self.node.metrics.join_timeouts += 1
+        code = ErrorCode.JOIN_TIMEOUT
+        message = f"no join within {self.node.config.join_deadline:g} s"
+        self.refuse(None, code, message, close_code(code.value))
 
     def end(self, code: int, reason: str, *, server_ended: bool = False) -> None:
         """Queue the close after what is already queued; the session winds down. Idempotent."""

@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     SESSION_LOST = "SESSION_LOST"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    JOIN_TIMEOUT = "JOIN_TIMEOUT"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 
 
 class SchemaError(Exception):
@@ -97,6 +99,8 @@ CLOSE_CODES: dict[str, int] = {
     ErrorCode.RESUME_FAILED.value: 4016,
     ErrorCode.SERVER_SHUTDOWN.value: 4017,
     ErrorCode.SESSION_LOST.value: 4020,
+    ErrorCode.JOIN_TIMEOUT.value: 4018,
+    ErrorCode.TOO_MANY_CONNECTIONS.value: 4019,
     ErrorCode.CLIENT_LEFT.value: 1000,
 }
 """The WebSocket close code for each way a session ends (docs/protocol.md), both ways."""

@@ -11,7 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.config import EdgeConfig
 
 DEV_KEY, DEV_SECRET = "devkey", "devsecret"
 BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm", "media", "dataflood")
@@ -81,11 +84,22 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    from edge.config import EdgeConfig
     from edge.main import serve
 
     key, secret = credentials()
-    config = EdgeConfig(
+    try:
+        config = edge_config(args, key, secret)
+    except ValueError as exc:
+        raise SystemExit(f"stagecast edge: {exc}") from None
+    asyncio.run(serve(config))
+    return 0
+
+
+def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
+    """The `EdgeConfig` of ``stagecast edge``'s options (ValueError for bad limits)."""
+    from edge.config import EdgeConfig
+
+    return EdgeConfig(
         nats_url=_nats_url(args),
         api_key=key,
         api_secret=secret,
@@ -96,9 +110,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
         data_burst_bytes=args.data_burst_bytes,
         room_data_bytes_per_s=args.room_data_bytes_per_s,
         room_data_burst_bytes=args.room_data_burst_bytes,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
+        join_deadline=args.join_deadline,
+        http_read_timeout=args.http_read_timeout,
     )
-    asyncio.run(serve(config))
-    return 0
 
 
 def cmd_forwarder(args: argparse.Namespace) -> int:
@@ -222,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in budgets.items():
         default = defaults[flag.removeprefix("--").replace("-", "_")]
         edge.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    edge.add_argument(
+        "--max-connections", type=int, default=0, help="0: from RLIMIT_NOFILE, with headroom"
+    )
+    edge.add_argument(
+        "--max-connections-per-address", type=int, default=0, help="0: --max-connections"
+    )
+    edge.add_argument("--join-deadline", type=float, default=10.0, help="s to send a join")
+    edge.add_argument("--http-read-timeout", type=float, default=10.0, help="s per request")
     edge.set_defaults(func=cmd_edge)
 
     fwd = sub.add_parser("forwarder", help="run one media forwarder")

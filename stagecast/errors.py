@@ -192,6 +192,19 @@ class SessionLost(_CodedError):
     CODE = ErrorCode.SESSION_LOST.value
 
 
+class JoinTimeout(_CodedError):
+    """The socket sent no join within the edge's join deadline."""
+
+    CODE = ErrorCode.JOIN_TIMEOUT.value
+
+
+class TooManyConnections(_CodedError):
+    """The edge is at its connection cap (in all, or for this address): retry later or on
+    another edge (the SDK does both by itself)."""
+
+    CODE = ErrorCode.TOO_MANY_CONNECTIONS.value
+
+
 class Unavailable(_CodedError):
     """A service the request needs is not reachable right now."""
 
@@ -240,6 +253,8 @@ ERRORS: dict[str, type[_CodedError]] = {
         ServerShutdown,
         ResumeFailed,
         SessionLost,
+        JoinTimeout,
+        TooManyConnections,
         Unavailable,
         Internal,
         InvalidStateError,
@@ -265,6 +280,7 @@ __all__ = [
     "InvalidPermissions",
     "InvalidStateError",
     "InvalidToken",
+    "JoinTimeout",
     "NotJoined",
     "NotPublished",
     "ParticipantNotFound",
@@ -281,6 +297,7 @@ __all__ = [
     "SlowConsumer",
     "StagecastError",
     "TokenExpired",
+    "TooManyConnections",
     "TrackNotFound",
     "Unavailable",
     "UnknownType",

@@ -90,3 +90,12 @@ def test_up_serves_then_stops_cleanly_without_orphans(tmp_path: Path) -> None:
     assert status == 0
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
+
+
+def test_edge_with_inconsistent_connection_limits_exits_with_a_message() -> None:
+    env = dict(os.environ, STAGECAST_API_KEY="devkey", STAGECAST_API_SECRET="devsecret")
+    args = ("edge", "--nats-url", "nats://127.0.0.1:1", "--max-connections", "3")
+    done = _cli(*args, "--max-connections-per-address", "4", env=env)
+    assert done.returncode != 0
+    assert "max_connections_per_address must not exceed max_connections" in done.stderr
+    assert "Traceback" not in done.stderr

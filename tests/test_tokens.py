@@ -663,6 +663,8 @@ CLASS_NAMES = {
     "SERVER_SHUTDOWN": "ServerShutdown",
     "RESUME_FAILED": "ResumeFailed",
     "SESSION_LOST": "SessionLost",
+    "JOIN_TIMEOUT": "JoinTimeout",
+    "TOO_MANY_CONNECTIONS": "TooManyConnections",
     "UNAVAILABLE": "Unavailable",
     "INTERNAL": "Internal",
 }

@@ -50,7 +50,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("stagecast.client")
 
 SDK_NAME = "stagecast-python/0.1"
-RETRYABLE = frozenset({ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, "RATE_LIMITED"})
+RETRYABLE = frozenset(
+    {
+        ErrorCode.UNAVAILABLE.value,
+        ErrorCode.INTERNAL.value,
+        ErrorCode.RATE_LIMITED.value,
+        ErrorCode.TOO_MANY_CONNECTIONS.value,
+    }
+)
 """Join refusals worth another attempt (on this or another edge)."""
 REJOIN_ON = frozenset({ErrorCode.RESUME_FAILED.value, ErrorCode.SESSION_LOST.value})
 """Why a reconnect joins again instead of resuming: the server's session is gone."""

@@ -1,0 +1,225 @@
+"""The edge's connection guards inside uvicorn and asyncio (STYLE rule 9: the one adapter).
+
+uvicorn has no limit on connections per address, no deadline for a request's head, and
+asyncio logs a traceback for every failed ``accept()`` at the descriptor limit. This module
+is the only place that relies on their internals (uvicorn 0.54-0.55's `H11Protocol` and
+`WebSocketsSansIOProtocol`, asyncio's "socket.accept() out of system resource" report);
+tests/test_edge_limits.py fails loudly when they move.
+
+- `guarded_protocols`: HTTP and WebSocket protocol classes for `uvicorn.Config` that count
+  every connection in a `ConnectionLedger` (from accept until the socket is gone, across the
+  WebSocket upgrade), put a refusal in the request scope's state under `REFUSAL_STATE` for
+  the app to answer (`edge.app`), answer 503 and close at once what the overflow lane
+  cannot hold, and close a connection whose request is not complete within the read timeout (408
+  when part of a request arrived, silently when nothing did).
+- `AcceptFailures`: a loop exception handler that turns the per-attempt accept reports into
+  one line when accepting starts failing and one, with a count, when it works again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from edge.admission import ConnectionLedger, Refusal
+from edge.metrics import EdgeMetrics
+from schemas.errors import ErrorCode
+
+log = logging.getLogger("stagecast.edge")
+
+REFUSAL_STATE = "stagecast.refusal"
+"""The key of a connection's `Refusal` in its ASGI scope's ``state``."""
+
+ACCEPT_FAILED = "socket.accept() out of system resource"
+"""asyncio's message for an accept that failed with EMFILE, ENFILE, ENOBUFS or ENOMEM."""
+
+
+def raw_response(status: int, phrase: str, body: str) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for use before any request."""
+    data = body.encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+def guarded_protocols(
+    ledger: ConnectionLedger, metrics: EdgeMetrics, read_timeout: float
+) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+    """(http, ws) protocol classes for `uvicorn.Config` (see the module docstring)."""
+
+    class GuardedWebSocket(WebSocketsSansIOProtocol):
+        """uvicorn's WebSocket protocol; the ledger forgets the connection when it is lost."""
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                if self.client is not None:
+                    ledger.close(self.client)
+
+    class GuardedHTTP(H11Protocol):
+        """uvicorn's h11 protocol with the ledger and the request read deadline."""
+
+        _read_timer: asyncio.TimerHandle | None = None
+        _upgraded = False
+        _dropped = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            refusal = ledger.open(self.client) if self.client is not None else None
+            if refusal is not None:
+                metrics.connections_refused[refusal.scope] += 1
+                if not refusal.held:
+                    self._drop(refusal)
+                    return
+                self.app_state = {**self.app_state, REFUSAL_STATE: refusal}
+            self._arm()
+
+        def _drop(self, refusal: Refusal) -> None:
+            """No room even to hold it: 503 and close at once (a client that already sent
+            its request may see a reset instead; one that reads first sees the 503)."""
+            self._dropped = True
+            body = f"{ErrorCode.TOO_MANY_CONNECTIONS.value}: {refusal.message}"
+            self.transport.write(raw_response(503, "Service Unavailable", body))
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self._dropped:
+                return
+            super().data_received(data)
+            if self._upgraded or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                self._disarm()  # upgraded, or the whole request is in
+            else:
+                self._arm()  # keeps the first byte's deadline once armed
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            self._upgraded = True  # the WebSocket protocol owns the ledger entry from here
+            self._disarm()
+            super().handle_websocket_upgrade(event)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            try:
+                super().connection_lost(exc)
+            finally:
+                if not self._upgraded and self.client is not None:
+                    ledger.close(self.client)
+
+        def _arm(self) -> None:
+            if self._read_timer is None:
+                self._read_timer = self.loop.call_later(read_timeout, self._read_timed_out)
+
+        def _disarm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def _read_timed_out(self) -> None:
+            self._read_timer = None
+            if self._upgraded or self._dropped or self.transport.is_closing():
+                return
+            if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                return
+            metrics.http_read_timeouts += 1
+            partial, _ = self.conn.trailing_data
+            if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE and partial:
+                body = f"no whole request within {read_timeout:g} s"
+                self.transport.write(raw_response(408, "Request Timeout", body))
+            self.transport.close()
+
+    return GuardedHTTP, GuardedWebSocket
+
+
+def refusal_of(scope: Any) -> Refusal | None:
+    """The `Refusal` `guarded_protocols` put in an ASGI scope, if any."""
+    state = scope.get("state") if isinstance(scope, dict) else None
+    refusal = state.get(REFUSAL_STATE) if isinstance(state, dict) else None
+    return refusal if isinstance(refusal, Refusal) else None
+
+
+class AcceptFailures:
+    """A loop exception handler that aggregates asyncio's failed-accept reports.
+
+    At the descriptor limit asyncio reports each failed ``accept()`` (thousands a second
+    under load). This handler counts them in `metrics.accept_failures`, logs one error when
+    they start and one warning, with the count, once none came for `quiet_s`; every other
+    report goes to the handler that was there before (or the loop's default).
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, metrics: EdgeMetrics, quiet_s: float = 2.0
+    ) -> None:
+        self.loop = loop
+        self.metrics = metrics
+        self.quiet_s = quiet_s
+        self.previous = loop.get_exception_handler()
+        self.failing = 0
+        self._since = 0.0
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def install(self) -> None:
+        self.loop.set_exception_handler(self)
+
+    def uninstall(self) -> None:
+        """Put the previous handler back (and report a failure episode still open)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._report_recovery()
+        if self.loop.get_exception_handler() is self:  # else a later handler is on top
+            self.loop.set_exception_handler(self.previous)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != ACCEPT_FAILED:
+            if self.previous is not None:
+                self.previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        self.metrics.accept_failures += 1
+        self._last = time.monotonic()
+        if not self.failing:
+            self._since = self._last
+            log.error(
+                "accepting connections fails (%s): the process is out of descriptors or "
+                "memory; new connections wait in the backlog. Reported again when it recovers.",
+                context.get("exception"),
+            )
+            self._timer = loop.call_later(self.quiet_s, self._check_quiet)
+        self.failing += 1
+
+    def _check_quiet(self) -> None:
+        self._timer = None
+        left = self._last + self.quiet_s - time.monotonic()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._check_quiet)
+            return
+        self._report_recovery()
+
+    def _report_recovery(self) -> None:
+        if self.failing:
+            log.warning(
+                "accepting connections again: %d accept attempts failed over %.1f s",
+                self.failing,
+                self._last - self._since,
+            )
+            self.failing = 0
+
+
+__all__ = [
+    "ACCEPT_FAILED",
+    "REFUSAL_STATE",
+    "AcceptFailures",
+    "guarded_protocols",
+    "raw_response",
+    "refusal_of",
+]
