@@ -17,7 +17,16 @@ if TYPE_CHECKING:
     from edge.config import EdgeConfig
 
 DEV_KEY, DEV_SECRET = "devkey", "devsecret"
-BENCH_SUITES = ("fold", "ingest", "recovery", "pagination", "storm", "media", "dataflood")
+BENCH_SUITES = (
+    "fold",
+    "ingest",
+    "recovery",
+    "pagination",
+    "storm",
+    "media",
+    "dataflood",
+    "faults",
+)
 
 
 def credentials() -> tuple[str, str]:

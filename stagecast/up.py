@@ -53,6 +53,8 @@ class Stack:
         self.nats: NatsServer | None = None
         self.nats_url = config.nats_url or ""
         self.children: list[subprocess.Popen[bytes]] = []
+        self._commands: list[tuple[list[str], Path]] = []
+        """Each child's command line and log, by index in `children` (for `respawn`)."""
         self.edge_urls: list[str] = []
         self.forwarder_ids: list[str] = []
 
@@ -77,22 +79,17 @@ class Stack:
             self.nats_url = self.nats.url
             log(f"nats-server  {self.nats_url}")
         cli = [sys.executable, "-m", "stagecast.cli"]
-        statekeeper = spawn_child(
+        self._spawn(
             [*cli, "statekeeper", "--nats-url", self.nats_url, "--database-url", self.database_url],
-            env=self._env(),
-            log_path=self.config.data_dir / "statekeeper.log",
+            self.config.data_dir / "statekeeper.log",
         )
-        self.children.append(statekeeper)
         for i in range(self.config.edges):
             port = self.config.port + i
             args = [*cli, "edge", "--nats-url", self.nats_url, "--port", str(port)]
             if self.config.dev:
                 args.append("--dev")
             args += self.config.edge_args
-            edge = spawn_child(
-                args, env=self._env(), log_path=self.config.data_dir / f"edge-{i}.log"
-            )
-            self.children.append(edge)
+            self._spawn(args, self.config.data_dir / f"edge-{i}.log")
             self.edge_urls.append(f"http://127.0.0.1:{port}")
         await self.start_forwarders(cli)
         await self.wait_healthy()
@@ -117,12 +114,9 @@ class Stack:
             await nc.flush()
             for i in range(self.config.forwarders):
                 forwarder_id = f"FW_{i}_{secrets.token_urlsafe(6)}"
-                self.children.append(
-                    spawn_child(
-                        [*cli, "forwarder", "--nats-url", self.nats_url, "--id", forwarder_id],
-                        env=self._env(),
-                        log_path=self.config.data_dir / f"forwarder-{i}.log",
-                    )
+                self._spawn(
+                    [*cli, "forwarder", "--nats-url", self.nats_url, "--id", forwarder_id],
+                    self.config.data_dir / f"forwarder-{i}.log",
                 )
                 self.forwarder_ids.append(forwarder_id)
             loop = asyncio.get_running_loop()
@@ -136,6 +130,26 @@ class Stack:
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+    def _spawn(self, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        child = spawn_child(args, env=self._env(), log_path=log_path)
+        self.children.append(child)
+        self._commands.append((args, log_path))
+        return child
+
+    def kill(self, index: int) -> None:
+        """SIGKILL child `index` (0: the statekeeper, 1..: the edges) and reap it: a crash."""
+        child = self.children[index]
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+    def respawn(self, index: int) -> subprocess.Popen[bytes]:
+        """Start child `index` again with the same command line (after `kill`)."""
+        args, log_path = self._commands[index]
+        child = spawn_child(args, env=self._env(), log_path=log_path)
+        self.children[index] = child
+        return child
 
     def _check_children(self) -> None:
         for child in self.children:
@@ -169,6 +183,7 @@ class Stack:
         for child in reversed(self.children):
             await stop_child(child)
         self.children.clear()
+        self._commands.clear()
         if self.nats is not None:
             await self.nats.stop()
             self.nats = None

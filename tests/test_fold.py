@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from schemas.client import (
     ViewerUpdated,
 )
 from schemas.log import (
+    ACTION_DEADLINE_MS,
     AttributesSet,
     EdgeLost,
     GraceExpired,
@@ -624,3 +626,77 @@ def test_ids_that_cannot_form_a_subject_are_refused_at_the_door() -> None:
     out = log(ResumeRequested(room_id=ROOM, at=1, sid=sid, edge_id="E*", reply_to="r", epoch=1))
     assert directs(out, "r")[0].code == "RESUME_FAILED"
     assert log.state.rooms[ROOM].sessions[sid].edge_id == "E1"
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_an_action_stored_past_the_deadline_is_refused_and_changes_nothing() -> None:
+    """A publish nats-py buffered through a reconnect must not land after its edge told the
+    client it failed: the fold refuses actions stored `ACTION_DEADLINE_MS` after their `at`."""
+    log = Log()
+    log.join("alice")
+    sid = log.sid("alice")
+    late = MetadataSet(
+        room_id=ROOM, at=log.at, sid=sid, metadata="stale", reply_to="reply.alice", req=9
+    )
+    log.seq += 1
+    out = apply(log.state, log.seq, late, stored_at=log.at + ACTION_DEADLINE_MS + 1)
+    (error,) = directs(out, "reply.alice")
+    assert isinstance(error, Error) and error.code == "UNAVAILABLE" and error.id == 9
+    assert log.state.rooms[ROOM].sessions[sid].metadata == ""
+    assert broadcasts(out) == []
+    on_time = dataclasses.replace(late, metadata="fresh", req=10)
+    log.seq += 1
+    out = apply(log.state, log.seq, on_time, stored_at=log.at + ACTION_DEADLINE_MS)
+    assert isinstance(directs(out, "reply.alice")[0], Ack)
+    assert log.state.rooms[ROOM].sessions[sid].metadata == "fresh"
+
+
+def test_a_stale_join_never_displaces_the_newer_session_of_its_identity() -> None:
+    log = Log()
+    log.join("alice")
+    newer = log.sid("alice")
+    out = log.join("alice", at=log.at - 5, reply_to="reply.stale")
+    (error,) = directs(out, "reply.stale")
+    assert isinstance(error, Error) and error.code == "DUPLICATE_IDENTITY"
+    assert log.sid("alice") == newer
+    assert not [d for d in directs(out) if isinstance(d, Disconnect)]
+
+
+def test_a_retried_join_with_the_same_sid_continues_the_session_unseen() -> None:
+    """A join that timed out at the edge is not withdrawn: its retry (same join key, so the
+    same sid) takes the session over from its grace, and nobody sees it leave or join."""
+    log = Log()
+    log.join("observer")
+    first = log.join("late", sid="PA_keyed", reply_to="reply.first")
+    assert [type(m) for m in broadcasts(first)] == [ParticipantJoined]
+    log(SessionDisconnected(room_id=ROOM, at=log.at + 1, sid="PA_keyed", edge_id="E1"))
+    out = log.join("late", sid="PA_keyed", edge_id="E2", reply_to="reply.retry")
+    (accepted,) = directs(out, "reply.retry")
+    assert isinstance(accepted, JoinAccepted) and not accepted.resumed
+    assert broadcasts(out) == []
+    assert not [o for o in out if isinstance(o, PublicEvent)]
+    session = log.state.rooms[ROOM].sessions["PA_keyed"]
+    assert session.connected and session.edge_id == "E2"
+    other = log.join("mallory", sid="PA_keyed", reply_to="reply.mallory")
+    (refused,) = directs(other, "reply.mallory")
+    assert isinstance(refused, Error) and refused.code == "BAD_REQUEST"
+
+
+def test_a_session_removed_at_the_end_of_its_grace_is_told_so() -> None:
+    """Its socket may still be open (an edge cut off from NATS): it gets SESSION_LOST."""
+    log = Log()
+    log.join("alice")
+    sid = log.sid("alice")
+    log(EdgeLost(room_id=ROOM, at=log.at + 1, edge_id="E1"))
+    session = log.state.rooms[ROOM].sessions[sid]
+    out = log(
+        GraceExpired(
+            room_id=ROOM, at=log.at + 30_000, sid=sid, disconnected_at=session.disconnected_at
+        )
+    )
+    (lost,) = [d for d in directs(out) if isinstance(d, Disconnect)]
+    assert lost.reason == "SESSION_LOST" and lost.can_reconnect
+    room = log.state.rooms.get(ROOM)
+    assert room is None or sid not in room.sessions
