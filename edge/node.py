@@ -21,12 +21,17 @@ from edge.config import EdgeConfig
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits
-from edge.session import Session, now_ms
+from edge.session import Session, SessionState, now_ms
 from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
 from schemas.codec import encode
+from schemas.log import LogEvent, SessionsAlive
 from schemas.subjects import EDGE_HEARTBEAT, edge_sessions, parse_session_subject
 
 log = logging.getLogger("stagecast.edge")
+
+ALIVE_BATCH = 1000
+"""Sids per `SessionsAlive` event (the schema allows 1,024)."""
+MAX_PENDING_DEPARTURES = 100_000
 
 
 class EdgeNode:
@@ -41,6 +46,9 @@ class EdgeNode:
         self.sockets: set[Session] = set()
         """Every open socket, joined or not."""
         self.draining = False
+        self.pending_departures: list[tuple[LogEvent, str]] = []
+        """Departures (`SessionDisconnected`, withdrawn joins) that could not be appended
+        while NATS was away; appended when the link is back (bounded)."""
         self._bus: Bus | None = None
         self._fanout: Fanout | None = None
         self._direct: Subscription | None = None
@@ -79,6 +87,8 @@ class EdgeNode:
         self._fanout = Fanout(self._bus, self.metrics, DataLimits.of(config))
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
+        if bus.link is not None:
+            bus.link.on_back = self._link_back
         try:
             self._direct = await self._bus.subscribe(edge_sessions(self.edge_id), self._on_direct)
         except BaseException:
@@ -156,6 +166,50 @@ class EdgeNode:
             session.on_direct(msg.data)
         except Exception:
             log.exception("direct reply to %s failed", sid)
+
+    def departure_failed(self, event: LogEvent, msg_id: str) -> None:
+        """A socket ended while NATS was away: tell the log when the link is back."""
+        if len(self.pending_departures) < MAX_PENDING_DEPARTURES:
+            self.pending_departures.append((event, msg_id))
+        else:
+            log.warning("edge %s: too many departures pending; dropping one", self.edge_id)
+
+    async def _link_back(self) -> None:
+        """NATS is back after an outage. The statekeeper may have taken this edge for gone
+        (an edge cut off alone, while the statekeeper stayed connected): first the
+        departures that could not be told, then, room by room, the sessions whose sockets
+        this edge still holds (`SessionsAlive`). The fold takes them back from their grace,
+        and tells those it already removed that their session is lost."""
+        departures, self.pending_departures = self.pending_departures, []
+        for event, msg_id in departures:
+            try:
+                await self.bus.append(event, msg_id)
+            except BusUnavailable as exc:
+                log.warning("edge %s: departure not appended: %s", self.edge_id, exc)
+        by_room: dict[str, list[str]] = {}
+        for session in list(self.sessions.values()):
+            if session.state is SessionState.JOINED:
+                by_room.setdefault(session.room_id, []).append(session.sid)
+        at = now_ms()
+        for room_id, sids in sorted(by_room.items()):
+            for k in range(0, len(sids), ALIVE_BATCH):
+                event = SessionsAlive(
+                    room_id=room_id,
+                    at=at,
+                    edge_id=self.edge_id,
+                    sids=tuple(sids[k : k + ALIVE_BATCH]),
+                )
+                try:
+                    await self.bus.append(event, f"alive:{self.edge_id}:{at}:{room_id}:{k}")
+                except BusUnavailable as exc:
+                    log.warning(
+                        "edge %s: sessions of %r not re-asserted: %s", self.edge_id, room_id, exc
+                    )
+        log.info(
+            "edge %s: NATS back; re-asserted %d sessions",
+            self.edge_id,
+            sum(map(len, by_room.values())),
+        )
 
     # ------------------------------------------------------------------ heartbeat, health
 

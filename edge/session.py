@@ -239,10 +239,11 @@ class Session:
             if event is not None:
                 # Still registered meanwhile: a resume of this sid on this edge waits for
                 # `detached`, so this event lands in the log before the resume does.
+                msg_id = self.next_msg_id(event.TYPE)
                 try:
-                    await self.node.bus.append(event, self.next_msg_id(event.TYPE))
-                except BusUnavailable as exc:
-                    log.warning("session %s: %s not appended: %s", self.sid, event.TYPE, exc)
+                    await self.node.bus.append(event, msg_id)
+                except BusUnavailable:
+                    self.node.departure_failed(event, msg_id)  # told when NATS is back
         finally:
             self.node.unregister(self)
             self.detached.set()

@@ -17,6 +17,7 @@ from schemas.models import (
     Attributes,
     Grant,
     Identity,
+    IdList,
     Metadata,
     Name,
     ParticipantKind,
@@ -275,6 +276,21 @@ class ForwarderAssigned(LogEvent):
     at: int
     sid: Identity
     forwarder_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+@message("log.sessions_alive")
+class SessionsAlive(LogEvent):
+    """An edge's NATS link came back, and it still holds the sockets of these sessions of
+    the room (at most 1,024 per event). Those an `EdgeLost` put in their grace meanwhile (the
+    edge was cut off, not gone) are taken back out of it; any the room no longer has is
+    told its session is lost (`SESSION_LOST`), so its client joins again."""
+
+    room_id: Identity
+    at: int
+    edge_id: Identity
+    sids: IdList = ()
     reply_to: Subject | None = None
     req: int = 0
 

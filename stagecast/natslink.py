@@ -13,10 +13,11 @@ while its own connection was down would declare every edge lost (see `connected_
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -51,7 +52,10 @@ class NatsLink:
         self.failed_attempts = 0
         """Reconnect attempts that failed, over the link's life."""
         self.errors = 0
+        self.on_back: Callable[[], Awaitable[None]] | None = None
+        """Run (as a task) each time the link comes back."""
         self._attempts_this_outage = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ queries
 
@@ -96,6 +100,16 @@ class NatsLink:
             away,
             self._attempts_this_outage,
         )
+        if self.on_back is not None:
+            task = asyncio.create_task(self._run_on_back(self.on_back))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_on_back(self, hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            self.log.exception("%s: what runs when the NATS link is back failed", self.name)
 
     async def on_closed(self) -> None:
         self.state = LinkState.CLOSED

@@ -58,6 +58,7 @@ from schemas.log import (
     RoomMetadataSet,
     RoomTimedOut,
     SessionDisconnected,
+    SessionsAlive,
     SubscriptionRequested,
     TrackMuteForced,
     TrackMuteRequested,
@@ -513,6 +514,31 @@ def _edge_lost(state: State, seq: int, event: EdgeLost, out: list[Outcome]) -> N
             _start_grace(room, session, event.at, out)
 
 
+@handles(SessionsAlive)
+def _sessions_alive(state: State, seq: int, event: SessionsAlive, out: list[Outcome]) -> None:
+    if not subjects.is_generated_id(event.edge_id):
+        return
+    room = state.rooms.get(event.room_id)
+    for sid in event.sids:
+        if not subjects.is_generated_id(sid):
+            continue
+        session = room.sessions.get(sid) if room is not None else None
+        if session is None:
+            # Removed while its edge was cut off, and the disconnect it was sent was lost.
+            out.append(Direct(subjects.session(event.edge_id, sid), _lost()))
+        elif session.edge_id == event.edge_id and not session.connected:
+            session.connected = True  # its grace ends; the armed GraceExpired finds it so
+            session.disconnected_at = 0
+
+
+def _lost() -> Disconnect:
+    return Disconnect(
+        reason=ErrorCode.SESSION_LOST.value,
+        message="the session ended while disconnected; join again",
+        can_reconnect=True,
+    )
+
+
 @handles(GraceExpired)
 def _grace_expired(state: State, seq: int, event: GraceExpired, out: list[Outcome]) -> None:
     room = state.rooms.get(event.room_id)
@@ -523,12 +549,7 @@ def _grace_expired(state: State, seq: int, event: GraceExpired, out: list[Outcom
         return  # it resumed and dropped again; the newer grace decides
     # Its socket may in fact still be open (an edge that was cut off from NATS, say): tell
     # it, so the client joins again instead of talking to a session that is gone.
-    lost = Disconnect(
-        reason=ErrorCode.SESSION_LOST.value,
-        message="the session ended while disconnected; join again",
-        can_reconnect=True,
-    )
-    out.append(Direct(session_subject(session), lost))
+    out.append(Direct(session_subject(session), _lost()))
     _remove(room, session, seq, event.at, "DISCONNECTED", out)
 
 

@@ -33,6 +33,56 @@ from tests.stack_fixtures import API_KEY, API_SECRET, AUDIENCE, SPEAKER
 OPTIONS = ConnectOptions(connect_timeout=15.0, request_timeout=15.0, join_retry_window=30.0)
 
 
+class Partition:
+    """A TCP relay between one client and nats-server that can be cut, as a network would.
+
+    `cut()` drops every relayed connection and refuses new ones (a client sees its link
+    lost and its reconnects fail) while everything else keeps talking to nats-server;
+    `heal()` listens again on the same port.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def heal(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._pipes):
+            writer.transport.abort()
+        self._pipes.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._pipes |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._pipes -= {writer, up_writer}
+
+
 @dataclasses.dataclass
 class FaultStack:
     """nats-server + statekeeper process + in-process edge, each breakable."""
@@ -137,6 +187,13 @@ class FaultStack:
         self.rooms.append(room)
         return room
 
+    @contextlib.asynccontextmanager
+    async def another_edge(self, nats_url: str) -> AsyncIterator[tuple[str, str]]:
+        """Another edge, on NATS at `nats_url` (a `Partition`, say): (its url, its id)."""
+        config = EdgeConfig(nats_url=nats_url, api_key=API_KEY, api_secret=API_SECRET, port=0)
+        async with running_edge(config) as url:
+            yield url, config.edge_id
+
     @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://") + "/rtc"
@@ -173,4 +230,4 @@ async def fault_stack(tmp_path: Path, **edge_options: Any) -> AsyncIterator[Faul
                 stack.stop_statekeeper()
 
 
-__all__ = ["OPTIONS", "FaultStack", "fault_stack"]
+__all__ = ["OPTIONS", "FaultStack", "Partition", "fault_stack"]

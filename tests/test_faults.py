@@ -32,7 +32,7 @@ from stagecast.client import ConnectionState
 from stagecast.errors import RoomNotFound, Unavailable
 from statekeeper.roomlog import RoomLog
 from tests.edge_fixtures import Client
-from tests.fault_fixtures import FaultStack, fault_stack
+from tests.fault_fixtures import FaultStack, Partition, fault_stack
 from tests.polling import eventually
 from tests.stack_fixtures import Events
 
@@ -230,6 +230,57 @@ async def test_a_session_the_server_dropped_is_told_and_the_sdk_joins_again(
         )
         assert await stack.identities(ROOM) == ["listener", "speaker"]
         await listener.local_participant.set_metadata("back")
+
+
+async def test_an_edge_cut_off_from_nats_briefly_gets_its_sessions_back_unseen(
+    tmp_path: Path,
+) -> None:
+    """Item 1: an edge cut off alone (the statekeeper stayed connected) was taken for gone;
+    its sessions entered their grace while their sockets stayed open. When its link is back
+    the edge re-asserts them and nobody sees them leave."""
+    async with fault_stack(tmp_path) as stack:
+        await stack.api.create_room(ROOM, departure_timeout=8)
+        partition = Partition(stack.nats.port)
+        await partition.heal()
+        async with stack.another_edge(partition.url) as (cut_url, _edge_id):
+            observer = await stack.join(stack.token("observer", ROOM))
+            seen = Events(observer, "participant-left")
+            alice = await stack.join(stack.token("alice", ROOM), url=cut_url)
+            events = Events(alice, "reconnecting", "reconnected", "disconnected")
+            await eventually(lambda: "alice" in observer.remote_participants, what="alice")
+            await partition.cut()
+            await asyncio.sleep(6.5)  # > the 4 s edge timeout: EdgeLost, her grace runs
+            await partition.heal()
+            await asyncio.sleep(10.0)  # past the end of the grace she would have had
+            assert seen.of("participant-left") == []
+            assert events.log == []
+            assert await stack.identities(ROOM) == ["alice", "observer"]
+            await alice.local_participant.set_metadata("still here")
+            await eventually(
+                lambda: observer.remote_participants["alice"].metadata == "still here",
+                what="alice's metadata at the observer",
+            )
+
+
+async def test_an_edge_cut_off_past_the_grace_tells_its_sockets_and_they_join_again(
+    tmp_path: Path,
+) -> None:
+    """Item 1: sessions removed while their edge was cut off kept open sockets that nobody
+    told; the disconnect sent to them was lost with the link."""
+    async with fault_stack(tmp_path) as stack:
+        await stack.api.create_room(ROOM, departure_timeout=2)
+        partition = Partition(stack.nats.port)
+        await partition.heal()
+        async with stack.another_edge(partition.url) as (cut_url, _edge_id):
+            alice = await stack.join(stack.token("alice", ROOM), url=cut_url)
+            events = Events(alice, "reconnecting", "reconnected", "disconnected")
+            await partition.cut()
+            await eventually(lambda: _absent(stack, "alice"), timeout=30, what="alice removed")
+            await partition.heal()
+            await eventually(lambda: events.of("reconnected"), timeout=30, what="alice rejoined")
+            assert events.of("disconnected") == []
+            assert await stack.identities(ROOM) == ["alice"]
+            assert alice.local_participant.id == "alice"
 
 
 async def test_not_joined_makes_the_sdk_join_again_and_retry_the_request(tmp_path: Path) -> None:

@@ -127,6 +127,7 @@ from schemas.log import (
     RoomMetadataSet,
     RoomTimedOut,
     SessionDisconnected,
+    SessionsAlive,
     SubscriptionRequested,
     TrackMuteForced,
     TrackMuteRequested,
@@ -360,6 +361,7 @@ CASES: tuple[Message, ...] = (
     GraceExpired(room_id="r", at=AT, sid="PA_2", disconnected_at=AT - 20_000),
     RoomTimedOut(room_id="r", at=AT, room_sid="RM_2", empty_since=AT - 300_000),
     EdgeLost(room_id="r", at=AT, edge_id="edge-1"),
+    SessionsAlive(room_id="r", at=AT, edge_id="edge-1", sids=("PA_1", "PA_2")),
     ForwarderAssigned(room_id="r", at=AT, sid="PA_2", forwarder_id="FW_1"),
     # client <-> edge, media
     RestartIce(id=21, track_sid="TR_cam"),
@@ -788,6 +790,10 @@ GOLDEN_HEX: dict[str, str] = {
     "log.edge_lost": (
         "85a174ad6c6f672e656467655f6c6f7374a17601a7726f6f6d5f6964a172a26174cf0000018bcfe569c8a765"
         "6467655f6964a6656467652d31"
+    ),
+    "log.sessions_alive": (
+        "86a174b26c6f672e73657373696f6e735f616c697665a17601a7726f6f6d5f6964a172a26174cf0000018bcf"
+        "e569c8a7656467655f6964a6656467652d31a47369647392a450415f31a450415f32"
     ),
     "log.forwarder_assigned": (
         "86a174b66c6f672e666f727761726465725f61737369676e6564a17601a7726f6f6d5f6964a172a26174cf00"
