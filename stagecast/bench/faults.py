@@ -12,8 +12,9 @@ load between them:
 - `nats_<D>s`: SIGKILL nats-server, start it again on the same port and store after D s
   (`--nats-outages`, default 2, 6 and 15).
 
-After each fault every client's writes pause; when the part is back (`t0`), every client
-sets its metadata until one write is acknowledged. Figures, per fault:
+The load goes on through each fault. When the part is back (`t0`), every client sets its
+metadata until one write is acknowledged; then the load pauses and the roster is checked
+against what each client was told. Figures, per fault:
 
 - `recover_s_<fault>`: t0 -> the last client's first acknowledged write (for the edge kill,
   t0 is the kill);
@@ -90,17 +91,20 @@ class Member:
     acked: int = 0
     """The last counter acknowledged."""
     failures: int = 0
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    """One write at a time, so the log holds them in the order they were counted."""
 
     async def write(self) -> bool:
-        self.written += 1
-        value = self.written
-        try:
-            await self.room.local_participant.set_metadata(str(value))
-        except StagecastError:
-            self.failures += 1
-            return False
-        self.acked = max(self.acked, value)
-        return True
+        async with self.lock:
+            self.written += 1
+            value = self.written
+            try:
+                await self.room.local_participant.set_metadata(str(value))
+            except StagecastError:
+                self.failures += 1
+                return False
+            self.acked = max(self.acked, value)
+            return True
 
 
 class Load:
@@ -311,9 +315,9 @@ async def _run(args: argparse.Namespace, stack: Stack, outages: list[float]) -> 
             flaps_before = events.flaps()
             sids = {m.identity: m.room.local_participant.sid for m in members}
             killed_edge_members = [m for m in members if edge_of(m, sockets) == 1]
-            await load.pause()
-            t0 = await fault()
+            t0 = await fault()  # the load goes on through the fault
             recover_s = await recover(members, t0, args.recover_limit)
+            await load.pause()
             result = await check(name, members, api, events, flaps_before, recover_s)
             if same_sid:
                 same = sum(
