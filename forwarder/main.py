@@ -20,6 +20,7 @@ from aiortc import RTCConfiguration
 from forwarder.aiortc_adapter import allow_loopback_candidates
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S
 from forwarder.service import ForwarderService
+from stagecast.natslink import NatsLink
 from stagecast.runtime import tune_gc
 
 log = logging.getLogger("stagecast.forwarder")
@@ -57,6 +58,7 @@ async def running_forwarder(
             name="stagecast-forwarder",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            **NatsLink("forwarder", log).connect_options(),
         ),
         connect_timeout,
     )

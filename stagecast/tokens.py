@@ -16,6 +16,7 @@ old": the client should fetch a new one.
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -99,6 +100,9 @@ class AdminClaims:
     token_id: str
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""What an id may not hold (as on the wire: `schemas.codec.NoControl`)."""
+
 # --------------------------------------------------------------------------- claim checks
 # Each raises TypeError or ValueError; minting lets them out, verifying turns them into
 # InvalidToken.
@@ -113,6 +117,8 @@ def _text(value: object, what: str, *, max_chars: int | None = None) -> str:
         value.encode()
     except UnicodeEncodeError:
         raise ValueError(f"{what}: not valid Unicode text") from None
+    if "\x00" in value:  # no store can hold it (the wire refuses it too: schemas.codec)
+        raise ValueError(f"{what}: contains the forbidden character U+0000")
     return value
 
 
@@ -120,6 +126,9 @@ def _identity(value: object, what: str) -> str:
     text = _text(value, what, max_chars=ID_CHARS)
     if not text:
         raise ValueError(f"{what}: must not be empty")
+    control = _CONTROL.search(text)
+    if control is not None:
+        raise ValueError(f"{what}: contains the forbidden character U+{ord(control.group()):04X}")
     return text
 
 
@@ -346,7 +355,7 @@ def _times(payload: Mapping[str, Any]) -> tuple[int, int, int]:
     """(exp, nbf, iat), consistent with each other, or `InvalidToken`."""
     try:
         exp, nbf, iat = (_numeric_date(payload, c) for c in ("exp", "nbf", "iat"))
-        _text(payload.get("jti"), "jti", max_chars=ID_CHARS)
+        _identity(payload.get("jti"), "jti")
     except (TypeError, ValueError) as exc:
         raise InvalidToken(str(exc)) from None
     if exp <= iat or exp <= nbf:

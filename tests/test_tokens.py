@@ -263,6 +263,12 @@ def test_roomless_ttl_is_capped() -> None:
         ({"ttl": 0}, ValueError),
         ({"ttl": -5}, ValueError),
         ({"name": "\ud800"}, ValueError),  # a lone surrogate cannot go on the wire
+        ({"participant_id": "x\x00y"}, ValueError),  # no store can hold NUL
+        ({"participant_id": "x\ny"}, ValueError),  # ids hold no control character
+        ({"room_id": "x\x1fy"}, ValueError),
+        ({"name": "Al\x00ice"}, ValueError),
+        ({"metadata": "m\x00"}, ValueError),
+        ({"attributes": {"k": "v\x00"}}, ValueError),
         ({"ttl": 60.5}, TypeError),
         ({"name": 5}, TypeError),
         ({"attributes": {"k": 1}}, TypeError),
@@ -275,6 +281,24 @@ def test_minting_enforces_the_wire_limits(changes: dict[str, Any], error: type[E
     args: dict[str, Any] = {"room_id": "r", "now": NOW, **changes}
     with pytest.raises(error):
         generate_token(KEY, SECRET, **args)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"participantId": "al\x00ice", "sub": "al\x00ice"},
+        {"roomId": "web\x07inar"},
+        {"name": "Ali\x00ce"},
+        {"metadata": "\x00"},
+        {"attributes": {"k\x00": "v"}},
+        {"jti": "jti\x00"},
+    ],
+)
+def test_a_signed_token_with_a_forbidden_character_is_refused(changes: dict[str, Any]) -> None:
+    """A token minted elsewhere with NUL (or a control character in an id) is refused at
+    once, instead of reaching the room log where no store could keep its join."""
+    error = _refused(InvalidToken, _forge(_claims(**changes)))
+    assert "forbidden character" in error.message
 
 
 def test_limits_are_inclusive() -> None:

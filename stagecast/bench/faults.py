@@ -26,7 +26,9 @@ against what each client was told. Figures, per fault:
 - `resumed_same_sid_ratio` (edge kill only): clients of the killed edge holding the same
   sid afterwards (goal 1.0).
 
-And over the whole run: `acked_lost`, `flaps`, `wrongly_removed` (sums).
+And over the whole run: `acked_lost`, `flaps`, `wrongly_removed` (sums), and
+`writes_acked` / `writes_refused`: the metadata writes acknowledged and refused (the
+refused ones are the faults as the clients saw them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import random
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -52,6 +55,7 @@ from stagecast.bench import Result
 from stagecast.bench.storm import free_port_block
 from stagecast.client import ConnectionState, ConnectOptions, Room, join
 from stagecast.errors import StagecastError
+from stagecast.natslink import NatsLink
 from stagecast.server_api import RoomService
 from stagecast.tokens import generate_token
 from stagecast.up import Stack, UpConfig
@@ -65,6 +69,7 @@ OPTIONS = ConnectOptions(
     connect_timeout=15.0, request_timeout=5.0, join_retry_window=30.0, backoff_max=1.0
 )
 console = Console(stderr=True)
+log = logging.getLogger("stagecast.bench")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +96,7 @@ class Member:
     acked: int = 0
     """The last counter acknowledged."""
     failures: int = 0
+    successes: int = 0
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     """One write at a time, so the log holds them in the order they were counted."""
 
@@ -104,6 +110,7 @@ class Member:
                 self.failures += 1
                 return False
             self.acked = max(self.acked, value)
+            self.successes += 1
             return True
 
 
@@ -172,7 +179,12 @@ class PublicEvents:
         self.joined: dict[str, int] = {}
 
     async def start(self, nats_url: str) -> None:
-        self.nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        self.nc = await nats.connect(
+            nats_url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            **NatsLink("bench events", log).connect_options(),
+        )
         js = self.nc.jetstream()
         self.sub = await js.subscribe(
             subjects.room_events(ROOM), ordered_consumer=True, cb=self._on_msg
@@ -245,6 +257,7 @@ def edge_of(member: Member, urls: list[str]) -> int | None:
 
 
 async def run(args: argparse.Namespace) -> list[Result]:
+    logging.getLogger("stagecast.client").setLevel(logging.WARNING)  # one line per retry
     outages = [float(x) for x in args.nats_outages.split(",") if x.strip()]
     with contextlib.ExitStack() as exits:
         workdir = (
@@ -361,10 +374,11 @@ async def _run(args: argparse.Namespace, stack: Stack, outages: list[float]) -> 
         await asyncio.gather(*(m.room.leave() for m in members), return_exceptions=True)
         await events.close()
         await api.aclose()
-    return _figures(phases)
+    writes = (sum(m.successes for m in members), sum(m.failures for m in members))
+    return _figures(phases, *writes)
 
 
-def _figures(phases: list[Phase]) -> list[Result]:
+def _figures(phases: list[Phase], acked: int, refused: int) -> list[Result]:
     results: list[Result] = []
     for p in phases:
         results.append(
@@ -380,4 +394,6 @@ def _figures(phases: list[Phase]) -> list[Result]:
     results.append(
         Result("wrongly_removed", sum(p.wrongly_removed for p in phases), "clients", "all faults")
     )
+    results.append(Result("writes_acked", acked, "writes", "metadata writes acknowledged"))
+    results.append(Result("writes_refused", refused, "writes", "answered with an error"))
     return results
