@@ -119,7 +119,10 @@ export class Room {
     await this.finish('CLIENT_LEFT');
   }
 
-  /** Send a request frame on the live socket (waiting, bounded, through a reconnect). */
+  /**
+   * Send a request frame on the live socket (waiting, bounded, through a reconnect). A
+   * `NOT_JOINED` answer makes a full reconnect, then the request is sent once more.
+   */
   async request(frame) {
     if (this.connectionState === 'reconnecting') {
       const deadline = Date.now() + this.options.requestTimeout;
