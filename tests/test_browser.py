@@ -27,12 +27,16 @@ import httpx
 import msgpack
 import pytest
 
+from edge.join import keyed_ids
 from edge.page import CONTENT_TYPES, STATIC_DIR
 from schemas.client import Ack, JoinAccepted, ParticipantsPage, TrackPublished
 from schemas.codec import encode, to_wire
+from schemas.errors import CLOSE_CODES
 from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 from stagecast.tokens import verify_token
 from tests.edge_fixtures import API_KEY, API_SECRET, services
+from tests.stack_fixtures import API_KEY as STACK_KEY
+from tests.stack_fixtures import API_SECRET as STACK_SECRET
 
 REPO = Path(__file__).resolve().parents[1]
 BROWSER_DIR = REPO / "tests" / "browser"
@@ -202,6 +206,83 @@ def test_page_resumes_after_a_dropped_socket(tmp_path: Path) -> None:
     assert result["events"] == ["reconnecting", "reconnected"], result
     assert result["same_sid"], result
     assert result["left"] == [], "the other client never saw the page leave"
+
+
+# --------------------------------------------------------------------------- joining again
+
+
+@pytest.mark.timeout(70)
+def test_browser_joins_again_after_session_lost(tmp_path: Path) -> None:
+    """The server drops the page's session while its socket stays open (`disconnect`
+    SESSION_LOST, close 4020): the page joins again with its token (same identity, a new
+    sid), republishes the same publication objects (new sids, the mute kept) and restores
+    its subscription; it used to end the session instead."""
+    result = run_scenario("session_lost", tmp_path)
+    before, after, published = result["before"], result["after"], result["published"]
+    assert result["events"] == ["reconnecting", "reconnected"], result
+    assert after["id"] == before["id"] == "ada"
+    assert after["sid"] != before["sid"], "a full reconnect is a new session"
+    assert after["rejoins"] == 1 and after["same_objects"], after
+    assert after["video"] != published["video"] and after["audio"] != published["audio"]
+    assert after["mic_muted"], after
+    ada = result["server"]["ada"]
+    assert ada["sid"] == after["sid"]
+    assert ada["tracks"] == [["audio", after["audio"], True], ["video", after["video"], False]]
+    first, *_, last = result["subscribed"]
+    assert first.startswith("grace video ") and last.startswith("grace video "), result
+    assert last != first, "the restored subscription receives grace's republished track"
+    assert result["video_frames_at_grace"] >= 5, "a Python subscriber decodes the new track"
+
+
+@pytest.mark.timeout(70)
+def test_browser_joins_again_on_not_joined_and_on_resume_failed(tmp_path: Path) -> None:
+    """A session removed without telling its socket: a request answered NOT_JOINED makes
+    the page join again and retry it (it used to reject for ever), and a resume refused
+    RESUME_FAILED turns into a full reconnect (it used to end the session)."""
+    result = run_scenario("session_gone", tmp_path)
+    not_joined, resume_failed = result["not_joined"], result["resume_failed"]
+    assert not_joined["events"] == ["reconnecting", "reconnected"], result
+    assert not_joined["sid"] != result["first"]["sid"]
+    ada = not_joined["server"]["ada"]
+    assert (ada["sid"], ada["metadata"]) == (not_joined["sid"], "after"), "the request retried"
+    assert resume_failed["events"] == ["reconnecting", "reconnected"], result
+    assert resume_failed["rejoins"] == 2
+    assert resume_failed["sid"] not in (not_joined["sid"], result["first"]["sid"])
+    ada = resume_failed["server"]["ada"]
+    assert (ada["sid"], ada["metadata"]) == (resume_failed["sid"], "again")
+    assert sorted(resume_failed["server"]) == ["ada", "grace"], "nobody joined twice"
+
+
+@pytest.mark.timeout(70)
+def test_refused_join_is_retried_with_the_same_join_key(tmp_path: Path) -> None:
+    """An edge over its connection cap (`error` TOO_MANY_CONNECTIONS, close 4019) refuses
+    the page's first join: the page retries the same URL with the same `join_key`, and the
+    edge derives the sid (and identity) from that key, so a join that did land continues."""
+    result = run_scenario("join_retried", tmp_path)
+    joins = result["joins"]
+    assert [j["t"] for j in joins] == ["join", "join"], joins
+    key = joins[0].get("join_key")
+    assert isinstance(key, str) and len(key) == 16 and joins[1].get("join_key") == key, joins
+    assert all(j.get("resume") is None for j in joins), "a first join is not a resume"
+    claims = verify_token(result["token"], {STACK_KEY: STACK_SECRET})
+    sid, identity = keyed_ids(claims.api_key, claims.token_id, "join-retried", key)
+    assert result["joined"] == {"id": identity, "sid": sid}, result
+    assert list(result["server"]) == [identity], "joined once"
+
+
+def test_close_reasons_match_the_schema_table(tmp_path: Path) -> None:
+    """The SDK's close code table is schemas/errors.py CLOSE_CODES (4018-4020 were missing)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node (>= 20) is not on PATH: install Node.js")
+    script = tmp_path / "close.mjs"
+    script.write_text(
+        f"import {{ CLOSE_REASONS }} from {json.dumps((STATIC_DIR / 'signaling.js').as_uri())};\n"
+        "process.stdout.write(JSON.stringify(Object.fromEntries(CLOSE_REASONS)));\n"
+    )
+    done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {str(code): name for name, code in CLOSE_CODES.items()}
 
 
 # --------------------------------------------------------------------------- dev endpoints

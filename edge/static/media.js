@@ -218,6 +218,15 @@ export class MediaTransport {
   /** Close every peer connection (no remote calls). Idempotent. */
   close() {
     this.closed = true;
+    this.reset();
+  }
+
+  /**
+   * The session was joined again (a full reconnect): every connection leads to a session
+   * that is gone. Close them all (subscribers hear `stream-unsubscribed`) but stay usable:
+   * the room republishes and resubscribes on new connections, as after a first join.
+   */
+  reset() {
     for (const entry of this.publishers.values()) entry.pc.close();
     this.publishers.clear();
     for (const entry of [...this.subscribers.values()]) this.closeSubscriber(entry);

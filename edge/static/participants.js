@@ -204,10 +204,11 @@ export class RemoteParticipant extends ParticipantView {
 
 /** A track this client publishes; `mute()` / `unmute()` it here. */
 export class LocalTrackPublication {
-  constructor({ sid, kind, source, track, participant, ownsTrack }) {
-    this.sid = sid;
+  constructor({ sid, kind, source, name, track, participant, ownsTrack }) {
+    this.sid = sid; // a full reconnect republishes the track under a new sid
     this.kind = kind;
     this.source = source;
+    this.name = name;
     this.track = track; // the MediaStreamTrack being sent
     this.muted = false;
     this.participant = participant;
@@ -270,14 +271,10 @@ export class LocalParticipant extends ParticipantView {
       throw new StagecastError('INVALID_PERMISSIONS', 'the grant does not allow publishing');
     }
     const chosen = source ?? DEFAULT_SOURCE[kind];
-    const reply = await this.room.request({
-      t: 'publish_track',
-      kind,
-      source: chosen,
-      name: (name ?? track.id ?? '').slice(0, 256) || undefined,
-    });
+    const trackName = (name ?? track.id ?? '').slice(0, 256);
+    const reply = await this.announce(kind, chosen, trackName);
     const publication = new LocalTrackPublication({
-      sid: reply.sid ?? '', kind, source: chosen, track, participant: this, ownsTrack,
+      sid: reply.sid ?? '', kind, source: chosen, name: trackName, track, participant: this, ownsTrack,
     });
     this.publications.set(publication.sid, publication);
     try {
@@ -287,6 +284,36 @@ export class LocalParticipant extends ParticipantView {
       throw err;
     }
     return publication;
+  }
+
+  announce(kind, source, name) {
+    return this.room.request({ t: 'publish_track', kind, source, name: name || undefined });
+  }
+
+  /**
+   * After a full reconnect (a new session): announce every track again, under a new sid,
+   * with its mute state, and send its media on a new peer connection. Each publication
+   * object stays the same for the application; only its `sid` changes. A track that
+   * cannot be published again is forgotten (logged), the others carry on.
+   */
+  async republish() {
+    const old = [...this.publications.values()];
+    this.publications.clear();
+    for (const publication of old) {
+      try {
+        const reply = await this.announce(publication.kind, publication.source, publication.name);
+        publication.sid = reply.sid ?? '';
+        this.publications.set(publication.sid, publication);
+        if (publication.muted) {
+          await this.room.request({ t: 'mute_track', track_sid: publication.sid, muted: true });
+        }
+        await this.room.media.publish(publication);
+      } catch (err) {
+        console.warn(`republishing the ${publication.kind} track failed`, err);
+        this.publications.set(publication.sid, publication);
+        this.forget(publication.sid);
+      }
+    }
   }
 
   /** Unpublish one publication, or every published track of a kind (`NOT_PUBLISHED` if none). */

@@ -1,6 +1,6 @@
-// Stagecast browser SDK, signaling: errors, edge URLs, the event emitter, and one
-// WebSocket to an edge (numbered requests, replies matched by id, pushes handed on in
-// arrival order, ping/pong keepalive). Mirrors stagecast/client/connection.py.
+// Stagecast browser SDK, signaling: errors and close codes, edge URLs, the event emitter,
+// and one WebSocket to an edge (numbered requests, replies matched by id, pushes handed on
+// in arrival order, ping/pong keepalive). Mirrors stagecast/client/connection.py.
 
 import { decode, encode } from './msgpack.js';
 
@@ -14,6 +14,15 @@ export class StagecastError extends Error {
   }
 }
 
+/** The reason each WebSocket close code stands for (schemas/errors.py CLOSE_CODES). */
+export const CLOSE_REASONS = new Map([
+  [4001, 'INVALID_TOKEN'], [4002, 'TOKEN_EXPIRED'], [4008, 'RATE_LIMITED'],
+  [4010, 'SLOW_CONSUMER'], [4011, 'DUPLICATE_IDENTITY'], [4012, 'REMOVED'],
+  [4013, 'ROOM_DELETED'], [4014, 'ROOM_CLOSED'], [4015, 'ROOM_FULL'],
+  [4016, 'RESUME_FAILED'], [4017, 'SERVER_SHUTDOWN'], [4018, 'JOIN_TIMEOUT'],
+  [4019, 'TOO_MANY_CONNECTIONS'], [4020, 'SESSION_LOST'], [1000, 'CLIENT_LEFT'],
+]);
+
 /** Timeouts and pacing of the signaling connection (the defaults suit production). */
 export const DEFAULT_OPTIONS = Object.freeze({
   connectTimeout: 10_000, // ms to open the socket and get `joined`
@@ -21,6 +30,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
   pingInterval: 15_000,
   pingTimeout: 10_000,
   reconnectWindow: null, // ms to keep trying to resume; null: the room's departure grace
+  joinRetryWindow: 20_000, // ms a join (or a full reconnect) retries refusals worth retrying
   backoffInitial: 250,
   backoffMax: 2_000,
 });
@@ -28,6 +38,14 @@ export const DEFAULT_OPTIONS = Object.freeze({
 const REPLY_TYPES = new Set(['ack', 'error', 'joined', 'participants_page', 'pong', 'answer']);
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const KEY_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** A fresh `join_key`: 16 url-safe random characters (one per join, kept across retries). */
+export function newJoinKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => KEY_ALPHABET[b & 63]).join('');
+}
 
 // ------------------------------------------------------------------------------ URLs
 
@@ -256,9 +274,12 @@ export class SignalConnection {
     clearTimeout(this.pinger);
     this.ws.onmessage = null;
     this.ws.onclose = null;
+    // An edge over its connection cap accepts, sends an `error` and closes 4019: the
+    // join waiting for its reply learns why (a refusal worth retrying elsewhere).
+    const lost = code === 4019 ? 'TOO_MANY_CONNECTIONS' : 'UNAVAILABLE';
     for (const waiter of this.pending.values()) {
       clearTimeout(waiter.timer);
-      waiter.reject(new StagecastError('UNAVAILABLE', 'the connection to the edge was lost'));
+      waiter.reject(new StagecastError(lost, 'the connection to the edge was lost'));
     }
     this.pending.clear();
     try { this.onClosed(this); } catch (err) { console.error('close handler failed', err); }

@@ -10,34 +10,28 @@
 // `id` that their reply (`ack`, a typed reply or `error`) names; everything else is a push
 // applied in arrival order. Media uses one RTCPeerConnection per track.
 //
-// Modules: stagecast.js (join, Room), participants.js, signaling.js (the socket),
-// media.js (peer connections), msgpack.js (the codec). No dependencies, no build step.
+// Modules: stagecast.js (join, Room), session.js (joining, resuming, joining again),
+// participants.js, signaling.js (the socket), media.js (peer connections), msgpack.js
+// (the codec). No dependencies, no build step.
 
 import { MediaTransport } from './media.js';
 import {
   LocalParticipant, PARTICIPANT_EVENTS, RemoteParticipant, countsOf, grantOf, participantInfo,
   roomInfo, trackInfo,
 } from './participants.js';
+import { SDK_NAME, Session } from './session.js';
 import {
-  DEFAULT_OPTIONS, Emitter, SignalConnection, StagecastError, defaultUrl, sleep, socketUrl,
+  DEFAULT_OPTIONS, Emitter, StagecastError, defaultUrl, sleep, socketUrl,
 } from './signaling.js';
 
 export { Subscription } from './media.js';
 export {
   LocalParticipant, LocalTrackPublication, RemoteParticipant, RemoteTrackPublication,
 } from './participants.js';
-export { DEFAULT_OPTIONS, StagecastError, defaultUrl, socketUrl } from './signaling.js';
-
-export const SDK_NAME = 'stagecast-js/0.1';
-
-// Close codes that end a session for good (schemas/errors.py CLOSE_CODES); 4017 resumes.
-const CLOSE_REASONS = new Map([
-  [4001, 'INVALID_TOKEN'], [4002, 'TOKEN_EXPIRED'], [4008, 'RATE_LIMITED'],
-  [4010, 'SLOW_CONSUMER'], [4011, 'DUPLICATE_IDENTITY'], [4012, 'REMOVED'],
-  [4013, 'ROOM_DELETED'], [4014, 'ROOM_CLOSED'], [4015, 'ROOM_FULL'],
-  [4016, 'RESUME_FAILED'], [1000, 'CLIENT_LEFT'],
-]);
-const RETRYABLE = new Set(['UNAVAILABLE', 'INTERNAL', 'RATE_LIMITED']);
+export { SDK_NAME } from './session.js';
+export {
+  CLOSE_REASONS, DEFAULT_OPTIONS, StagecastError, defaultUrl, socketUrl,
+} from './signaling.js';
 
 const ROOM_EVENTS = [
   'participant-joined', 'participant-left', 'participant-count-changed',
@@ -79,10 +73,9 @@ export class Room {
     this.remoteParticipants = new Map(); // speakers other than this client, by id
     this.counts = countsOf(null);
     this.connection = null;
-    this.resumeToken = '';
     this.lastSeq = {};
-    this.urlIndex = 0;
     this.leaving = false;
+    this.session = new Session(this);
     this.media = new MediaTransport(this);
     this.emitter = new Emitter(ROOM_EVENTS);
     this.emitter.retroactive('participant-joined', () => [...this.remoteParticipants.values()].map((p) => [p]));
@@ -126,7 +119,10 @@ export class Room {
     await this.finish('CLIENT_LEFT');
   }
 
-  /** Send a request frame on the live socket (waiting, bounded, through a reconnect). */
+  /**
+   * Send a request frame on the live socket (waiting, bounded, through a reconnect). A
+   * `NOT_JOINED` answer makes a full reconnect, then the request is sent once more.
+   */
   async request(frame) {
     if (this.connectionState === 'reconnecting') {
       const deadline = Date.now() + this.options.requestTimeout;
@@ -136,110 +132,13 @@ export class Room {
       const why = this.reason || 'not connected';
       throw new StagecastError('UNAVAILABLE', `the room is ${this.connectionState} (${why})`);
     }
-    return this.connection.request({ v: 1, ...frame });
+    return this.session.request(this.connection, { v: 1, ...frame });
   }
 
-  // ---- joining and resuming
-
+  /** Join (retrying refusals worth retrying, see session.js); resolves with the room. */
   async connect() {
-    let last = null;
-    for (const [index, url] of this.urls.entries()) {
-      try {
-        await this.attempt(url, false);
-        this.urlIndex = index;
-        return this;
-      } catch (err) {
-        if (err.code !== 'UNAVAILABLE') {
-          this.connectionState = 'disconnected';
-          throw err;
-        }
-        last = err;
-      }
-    }
-    this.connectionState = 'disconnected';
-    throw new StagecastError('UNAVAILABLE', `no edge answered (${this.urls.join(', ')}): ${last?.detail ?? ''}`);
-  }
-
-  async attempt(url, resume) {
-    const connection = await SignalConnection.open(url, this.options, (c) => this.onClosed(c));
-    let reply;
-    try {
-      reply = await connection.request({
-        t: 'join',
-        v: 1,
-        token: this.token,
-        room_id: this.requestedRoomId ?? undefined,
-        name: this.requestedName ?? undefined,
-        resume: resume ? this.resumeToken : undefined,
-        auto_subscribe: this.autoSubscribe ? undefined : false,
-        sdk: SDK_NAME,
-      }, this.options.connectTimeout);
-    } catch (err) {
-      await connection.close();
-      throw err;
-    }
-    if (this.leaving) {
-      await connection.close();
-      throw new StagecastError('CLIENT_LEFT', 'left while joining');
-    }
-    this.connection = connection;
-    this.resumeToken = reply.resume_token || this.resumeToken;
-    this.requestedRoomId ??= reply.room.id; // a resume must name the room the join chose
-    this.applyJoined(reply);
-    connection.setHandler((frame) => this.handleFrame(frame));
-    connection.startPinging();
-    this.connectionState = 'connected';
-    return reply;
-  }
-
-  onClosed(connection) {
-    if (connection !== this.connection || this.leaving || this.connectionState === 'disconnected') return;
-    this.recover(connection);
-  }
-
-  // The socket dropped: resume within the departure grace, or end the session.
-  async recover(lost) {
-    const terminal = this.terminalReason(lost);
-    if (terminal !== null) {
-      await this.finish(terminal);
-      return;
-    }
-    const shutdown = lost.disconnect !== null || lost.closeCode === 4017;
-    this.connectionState = 'reconnecting';
-    this.emitter.emit('reconnecting');
-    const grace = Math.max(500, this.info.departureTimeout * 1000 - 1000);
-    const window = this.options.reconnectWindow ?? grace;
-    const deadline = Date.now() + window;
-    const start = this.urlIndex + (shutdown ? 1 : 0);
-    for (let attempt = 0; !this.leaving; attempt++) {
-      const { backoffInitial, backoffMax } = this.options;
-      const delay = Math.min(backoffMax, backoffInitial * 2 ** attempt) * (0.8 + 0.4 * Math.random());
-      if (Date.now() + delay >= deadline) break;
-      await sleep(delay);
-      const index = (start + attempt) % this.urls.length;
-      try {
-        await this.attempt(this.urls[index], true);
-      } catch (err) {
-        if (this.leaving) return;
-        if (RETRYABLE.has(err.code)) continue;
-        await this.finish(err.code);
-        return;
-      }
-      this.urlIndex = index;
-      this.emitter.emit('reconnected');
-      return;
-    }
-    if (!this.leaving) await this.finish('UNAVAILABLE');
-  }
-
-  terminalReason(lost) {
-    if (lost.disconnect) {
-      const { reason, can_reconnect: canReconnect } = lost.disconnect;
-      if (reason === 'SERVER_SHUTDOWN') return canReconnect ? null : reason;
-      return reason;
-    }
-    if (lost.closeCode !== null && CLOSE_REASONS.has(lost.closeCode)) return CLOSE_REASONS.get(lost.closeCode);
-    return null;
+    await this.session.connect();
+    return this;
   }
 
   async finish(reason) {
@@ -301,6 +200,7 @@ export class Room {
     const current = this.remoteParticipants.get(info.id);
     if (current && current.sid === info.sid) {
       current.update(info);
+      this.session.tracksAvailable(current);
       return;
     }
     if (current) this.drop(info.id);
@@ -308,6 +208,7 @@ export class Room {
     this.remoteParticipants.set(info.id, participant);
     if (this.autoSubscribe) this.subscribeAll(participant);
     if (announce) this.emitter.emit('participant-joined', participant);
+    this.session.tracksAvailable(participant);
   }
 
   drop(id) {
@@ -373,7 +274,10 @@ const FRAME_HANDLERS = {
     else if (!info.isViewer) this.upsert(info, true);
   },
   track_published(frame) {
-    this.remoteParticipants.get(frame.participant_id)?.trackPublished(trackInfo(frame.track));
+    const participant = this.remoteParticipants.get(frame.participant_id);
+    if (!participant) return;
+    participant.trackPublished(trackInfo(frame.track));
+    this.session.tracksAvailable(participant);
   },
   track_unpublished(frame) {
     const participant = this.remoteParticipants.get(frame.participant_id);
@@ -413,7 +317,7 @@ const FRAME_HANDLERS = {
     }));
   },
   tier_changed(frame) {
-    if (frame.resume_token) this.resumeToken = frame.resume_token;
+    if (frame.resume_token) this.session.resumeToken = frame.resume_token;
     this.localParticipant.apply(participantInfo(frame.participant), grantOf(frame.grant));
     this.emitter.emit('tier-changed', this.localParticipant);
   },

@@ -281,6 +281,284 @@ async def resume(ctx: Context) -> dict[str, Any]:
     return {"events": events, "same_sid": same_sid, "left": left}
 
 
+# --------------------------------------------------------------------------- joining again
+
+SDK_JOIN = """(async () => {
+  const Stagecast = await import('/static/stagecast.js');
+  const room = await Stagecast.join(%s);
+  window.room = room;
+  window.events = [];
+  for (const e of ['reconnecting', 'reconnected', 'disconnected']) {
+    room.on(e, (reason) => window.events.push(reason ? `${e} ${reason}` : e));
+  }
+  window.subscribed = [];
+  room.on('stream-subscribed', (s, p) => window.subscribed.push(`${p.id} ${s.kind} ${s.trackSid}`));
+  return {id: room.localParticipant.id, sid: room.localParticipant.sid};
+})()"""
+
+
+async def sdk_page(ctx: Context, page: str, **join: Any) -> dict[str, Any]:
+    """Open a page and join with the SDK itself (`window.room`); its {id, sid}."""
+    await ctx.browser.open(page, f"{ctx.url}/")
+    joined: dict[str, Any] = await ctx.browser.eval(page, SDK_JOIN % json.dumps(join))
+    return joined
+
+
+async def edge_id_of(ctx: Context) -> str:
+    """The id of the stack's (only) edge, from its heartbeat."""
+    import nats
+
+    from schemas import subjects
+    from schemas.api import EdgeHeartbeat
+    from schemas.codec import decode
+
+    nc = await nats.connect(ctx.stack.nats.url)
+    try:
+        sub = await nc.subscribe(subjects.EDGE_HEARTBEAT)
+        async with asyncio.timeout(10):
+            while True:
+                beat = decode((await sub.next_msg(timeout=10)).data)
+                if isinstance(beat, EdgeHeartbeat):
+                    return beat.edge_id
+    finally:
+        await nc.close()
+
+
+async def drop_edge_sessions(ctx: Context, edge_id: str) -> None:
+    """Make the statekeeper believe the edge is gone while its sockets stay open: its
+    sessions enter the departure grace and are removed when it ends (`SESSION_LOST`)."""
+    import nats
+
+    from edge.session import now_ms
+    from schemas import subjects
+    from schemas.api import EdgeGone
+    from schemas.codec import encode
+
+    nc = await nats.connect(ctx.stack.nats.url)
+    try:
+        await nc.publish(subjects.EDGE_HEARTBEAT, encode(EdgeGone(edge_id=edge_id, at=now_ms())))
+        await nc.flush()
+    finally:
+        await nc.close()
+
+
+async def remove_silently(ctx: Context, room: str, sid: str) -> None:
+    """Remove a session from the room log's side without telling its socket (NOT_JOINED)."""
+    import nats
+
+    from edge.session import now_ms
+    from schemas.log import LeaveRequested
+    from statekeeper.roomlog import RoomLog
+
+    nc = await nats.connect(ctx.stack.nats.url)
+    try:
+        await RoomLog(nc.jetstream()).append(
+            LeaveRequested(room_id=room, at=now_ms(), sid=sid), f"silent-removal-{sid}"
+        )  # a message id per sid: JetStream drops a repeated one as a duplicate
+    finally:
+        await nc.close()
+
+
+async def server_view(ctx: Context, room: str) -> dict[str, Any]:
+    """RoomService.list_participants: id -> {sid, metadata, tracks: [[kind, sid, muted]]}."""
+    page = await ctx.stack.api.list_participants(room)
+    return {
+        p.id: {
+            "sid": p.sid,
+            "metadata": p.metadata,
+            "tracks": sorted([t.kind, t.sid, t.muted] for t in p.tracks),
+        }
+        for p in page.participants
+    }
+
+
+PUBLISH_CAMERA_AND_MUTED_MIC = """(async () => {
+  const me = window.room.localParticipant;
+  window.camera = await me.publishCamera();
+  window.mic = await me.publishMicrophone();
+  await window.mic.mute();
+  return {video: window.camera.sid, audio: window.mic.sid};
+})()"""
+
+PUBLICATIONS = """(() => {
+  const me = window.room.localParticipant;
+  return {
+    sid: me.sid, id: me.id, rejoins: window.room.session.rejoins,
+    same_objects: me.tracks.get('video') === window.camera && me.tracks.get('audio') === window.mic,
+    video: window.camera.sid, audio: window.mic.sid, mic_muted: window.mic.muted,
+  };
+})()"""
+
+
+@scenario("session_lost", forwarders=1)
+async def session_lost(ctx: Context) -> dict[str, Any]:
+    """The server drops the page's session while its socket stays open (`SESSION_LOST`):
+    the page joins again (same identity, new sid), republishes its camera and its muted
+    microphone, and restores its subscription to a Python speaker's video."""
+    from aiortc.mediastreams import VideoStreamTrack
+
+    room = "session-lost"
+    await ctx.stack.api.create_room(room, departure_timeout=2)
+    grace = await ctx.python_peer("grace", room)
+    await grace.local_participant.publish(VideoStreamTrack())
+    at_grace: list[Any] = []
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == "ada":  # again after either side joined again (a new sid)
+            participant.on(
+                "stream-subscribed",
+                lambda sub: at_grace.append(sub) if sub.kind == "video" else None,
+            )
+
+    grace.on("participant-joined", on_joined)
+    before = await sdk_page(ctx, "ada", token=ctx.stack.token("ada", room), autoSubscribe=False)
+    published = await ctx.browser.eval("ada", PUBLISH_CAMERA_AND_MUTED_MIC)
+    await ctx.browser.wait(
+        "ada", "window.room.remoteParticipants.get('grace')?.tracks.has('video')"
+    )
+    await ctx.browser.eval("ada", "window.room.remoteParticipants.get('grace').subscribe('video')")
+    await ctx.browser.wait("ada", "window.subscribed", "s => s.length === 1")
+    await eventually(lambda: at_grace, what="grace subscribed to ada's video", timeout=20)
+
+    await drop_edge_sessions(ctx, await edge_id_of(ctx))
+
+    events = await ctx.browser.wait(
+        "ada", "window.events", "e => e.includes('reconnected')", timeout=30
+    )
+    after = await ctx.browser.eval("ada", PUBLICATIONS)
+    # The restored subscription delivers grace's (republished) video again.
+    subscribed = await ctx.browser.wait(
+        "ada", "window.subscribed", "s => s.length >= 2", timeout=25
+    )
+    want = {"video": after["video"], "audio": after["audio"]}
+
+    async def republished() -> bool:
+        view = await server_view(ctx, room)
+        tracks = {kind: sid for kind, sid, _muted in view.get("ada", {}).get("tracks", [])}
+        return tracks == want and view["ada"]["sid"] == after["sid"]
+
+    await eventually(republished, what="ada's tracks published again", timeout=20)
+    view = await server_view(ctx, room)
+    # grace (a Python SDK client on the same edge) joined again too and decodes the video.
+    await eventually(lambda: len(at_grace) >= 2, what="grace got ada's video again", timeout=25)
+    got, _last = await frames(at_grace[-1].video, 5)
+    return {
+        "before": before,
+        "published": published,
+        "events": await ctx.browser.eval("ada", "window.events"),
+        "events_at_reconnected": events,
+        "after": after,
+        "subscribed": subscribed,
+        "server": view,
+        "video_frames_at_grace": got,
+    }
+
+
+@scenario("session_gone")
+async def session_gone(ctx: Context) -> dict[str, Any]:
+    """The server removes the page's session without telling its socket: a request is
+    answered `NOT_JOINED` (the page joins again and retries it), and a resume of a removed
+    session is refused `RESUME_FAILED` (the page joins again instead)."""
+    room = "session-gone"
+    grace = await ctx.python_peer("grace", room)
+    first = await sdk_page(ctx, "ada", token=ctx.stack.token("ada", room))
+    await remove_silently(ctx, room, first["sid"])
+
+    async def ada_removed() -> bool:
+        return "ada" not in await server_view(ctx, room)
+
+    await eventually(ada_removed, what="ada removed")
+    await ctx.browser.eval("ada", "window.room.localParticipant.setMetadata('after')")
+    not_joined = {
+        "events": await ctx.browser.eval("ada", "window.events"),
+        "sid": await ctx.browser.eval("ada", "window.room.localParticipant.sid"),
+        "server": await server_view(ctx, room),
+    }
+    # Now the socket drops too (as a dead network would) after a silent removal.
+    await remove_silently(ctx, room, not_joined["sid"])
+    await eventually(ada_removed, what="ada removed again")
+    await ctx.browser.eval("ada", "window.events = []; window.room.connection.abort()")
+    events = await ctx.browser.wait(
+        "ada",
+        "window.events",
+        "e => e.includes('reconnected') || e.some(x => x.startsWith('disc'))",
+    )
+    await ctx.browser.eval("ada", "window.room.localParticipant.setMetadata('again')")
+
+    async def back() -> bool:
+        return (await server_view(ctx, room)).get("ada", {}).get("metadata") == "again"
+
+    await eventually(back, what="ada's metadata on the new session")
+    resume_failed = {
+        "events": events,
+        "sid": await ctx.browser.eval("ada", "window.room.localParticipant.sid"),
+        "rejoins": await ctx.browser.eval("ada", "window.room.session.rejoins"),
+        "server": await server_view(ctx, room),
+    }
+    del grace
+    return {"first": first, "not_joined": not_joined, "resume_failed": resume_failed}
+
+
+@scenario("join_retried")
+async def join_retried(ctx: Context) -> dict[str, Any]:
+    """An edge over its connection cap refuses the first join (`error` + close 4019): the
+    page retries the same URL with the same `join_key`, so the edge derives the same sid."""
+    from urllib.parse import urlsplit
+
+    import msgpack
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from schemas.client import Error
+    from schemas.codec import encode
+
+    upstream_url = f"ws://{urlsplit(ctx.url).netloc}/rtc"
+    joins: list[dict[str, Any]] = []
+
+    async def pump(source: Any, sink: Any) -> None:
+        with contextlib.suppress(Exception):
+            async for message in source:
+                await sink.send(message)
+
+    async def refuse_once_then_proxy(ws: Any) -> None:
+        first = await ws.recv()
+        joins.append(msgpack.unpackb(first))
+        if len(joins) == 1:
+            refusal = Error(id=None, code="TOO_MANY_CONNECTIONS", message="over the cap")
+            await ws.send(encode(refusal))
+            await ws.close(4019, "TOO_MANY_CONNECTIONS")
+            return
+        async with connect(upstream_url) as upstream:
+            await upstream.send(first)
+            tasks = [
+                asyncio.create_task(pump(ws, upstream)),
+                asyncio.create_task(pump(upstream, ws)),
+            ]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                task.cancel()
+
+    room = "join-retried"
+    token = ctx.stack.token(None, room)  # the edge generates the participant id from the key
+    async with serve(refuse_once_then_proxy, "127.0.0.1", 0) as proxy:
+        port = next(iter(proxy.sockets)).getsockname()[1]
+        joined = await sdk_page(
+            ctx,
+            "ada",
+            token=token,
+            url=f"ws://127.0.0.1:{port}",
+            options={"backoffInitial": 100},
+        )
+        view = await server_view(ctx, room)
+        await ctx.browser.eval("ada", "window.room.leave()")
+    return {
+        "token": token,
+        "joined": joined,
+        "joins": [{k: v for k, v in j.items() if k != "token"} for j in joins],
+        "server": view,
+    }
+
+
 # --------------------------------------------------------------------------- media
 
 REMOTE_MEDIA = """(async () => {
