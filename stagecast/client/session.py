@@ -327,7 +327,12 @@ class Session:
 
         A subscription whose publisher has no such track right now (it is joining again
         too, say) is restored when the track is published (`resubscribe_later`)."""
-        await self.room.local_participant._republish()
+        try:
+            await self.room.local_participant._republish()
+        except (Unavailable, NotJoined):
+            raise  # the new session is not usable: the reconnect goes on
+        except StagecastError as exc:  # one track refused: the session itself is fine
+            log.warning("republishing after a full reconnect: %s", exc)
         self.resubscribe_later.clear()
         for participant_id, kind in sorted(self.subscriptions):
             participant = self.room.remote_participants.get(participant_id)
@@ -336,7 +341,7 @@ class Session:
             ):
                 self.resubscribe_later.add((participant_id, kind))
                 continue
-            await self.request(Subscribe(id=0, participant_id=participant_id, kind=kind))
+            await self._resubscribe(participant_id, kind)
 
     def tracks_available(self, participant: RemoteParticipant) -> None:
         """A speaker's tracks changed: restore the subscriptions a full reconnect kept."""
@@ -351,10 +356,15 @@ class Session:
                 task.add_done_callback(self._tasks.discard)
 
     async def _resubscribe(self, participant_id: str, kind: TrackKind) -> None:
+        """Restore one subscription; a publisher that is rejoining too (its track not
+        published again yet) is subscribed when the track is back."""
         try:
             await self.request(Subscribe(id=0, participant_id=participant_id, kind=kind))
         except StagecastError as exc:
-            log.info("restoring the subscription to %s %s: %s", participant_id, kind, exc)
+            if exc.code in (ErrorCode.NOT_PUBLISHED.value, ErrorCode.PARTICIPANT_NOT_FOUND.value):
+                self.resubscribe_later.add((participant_id, kind))
+            else:
+                log.info("restoring the subscription to %s %s: %s", participant_id, kind, exc)
 
     def _terminal_reason(self, lost: SignalConnection) -> str | None:
         """Why the lost socket ends the session, or None when it should resume."""
