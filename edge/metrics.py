@@ -30,6 +30,8 @@ class EdgeMetrics:
         self.queue_drops = 0
         self.stale_replies = 0
         self.appends_refused: Callable[[], int] = lambda: 0
+        self.nats_link: Callable[[], tuple[int, int, int]] = lambda: (1, 0, 0)
+        """(connected 0/1, disconnects, failed reconnect attempts) of the edge's NATS link."""
         self.data_bytes_out = 0
         """Bytes of data frames queued to sockets (a frame counts once per recipient)."""
         self.data_sender_refusals = 0
@@ -68,6 +70,17 @@ class EdgeMetrics:
             for key in sorted(counter):
                 lines.append(f'{name}{{{label}="{_escape(key)}"}} {counter[key]}')
 
+        connected, disconnects, failures = self.nats_link()
+        family("stagecast_edge_nats_connected", "gauge", "1 while the NATS link is up.")
+        lines.append(f"stagecast_edge_nats_connected {connected}")
+        family("stagecast_edge_nats_disconnects_total", "counter", "NATS link losses.")
+        lines.append(f"stagecast_edge_nats_disconnects_total {disconnects}")
+        family(
+            "stagecast_edge_nats_reconnect_failures_total",
+            "counter",
+            "NATS reconnect attempts that failed.",
+        )
+        lines.append(f"stagecast_edge_nats_reconnect_failures_total {failures}")
         family("stagecast_edge_sockets", "gauge", "Open signaling sockets.")
         lines.append(f"stagecast_edge_sockets {self.sockets()}")
         family("stagecast_edge_rooms", "gauge", "Rooms with at least one local socket.")

@@ -87,8 +87,14 @@ class EdgeNode:
         self._fanout = Fanout(self._bus, self.metrics, DataLimits.of(config))
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
-        if bus.link is not None:
-            bus.link.on_back = self._link_back
+        link = bus.link
+        if link is not None:
+            link.on_back = self._link_back
+            self.metrics.nats_link = lambda: (
+                int(link.connected),
+                link.disconnects,
+                link.failed_attempts,
+            )
         try:
             self._direct = await self._bus.subscribe(edge_sessions(self.edge_id), self._on_direct)
         except BaseException:

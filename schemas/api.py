@@ -179,3 +179,9 @@ class HealthReply(Message):
     """Failed persistence attempts since start (outages and refused batches)."""
     poisoned_events: int = 0
     """Items a store or the events stream refused, set aside since start."""
+    nats_disconnects: int = 0
+    """Times the statekeeper's NATS link was lost since start."""
+    nats_reconnect_failures: int = 0
+    """Reconnect attempts that failed since start."""
+    liveness_skipped: int = 0
+    """Edge and forwarder liveness checks skipped because its own link was down or new."""

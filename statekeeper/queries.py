@@ -95,6 +95,7 @@ class Queries:
             wanted = request.room_ids if request.room_ids is not None else sorted(rooms)
             return RoomListReply(rooms=tuple(room_info(rooms[r]) for r in wanted if r in rooms))
         if isinstance(request, HealthRequest):
+            link = self.keeper.link
             return HealthReply(
                 service="statekeeper",
                 ok=self.keeper.caught_up,
@@ -103,6 +104,9 @@ class Queries:
                 persistence_state=self.keeper.persistence.persistence_state,
                 persist_failures=self.keeper.persistence.persist_failures_total,
                 poisoned_events=self.keeper.persistence.poisoned_events_total,
+                nats_disconnects=link.disconnects if link is not None else 0,
+                nats_reconnect_failures=link.failed_attempts if link is not None else 0,
+                liveness_skipped=self.keeper.liveness_skipped,
             )
         return _error(ErrorCode.UNKNOWN_TYPE, f"the statekeeper does not answer {request.TYPE}")
 

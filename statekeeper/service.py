@@ -410,8 +410,9 @@ class Statekeeper:
 
     @property
     def caught_up(self) -> bool:
-        """True once recovery has folded the log as it stood at start."""
-        return self._caught_up.is_set() and self._healthy
+        """True once recovery has folded the log as it stood at start, while its log reader
+        and its NATS link are up."""
+        return self._caught_up.is_set() and self._healthy and self.nc.is_connected
 
     async def flush(self, at_cut: Callable[[], None] | None = None) -> int:
         """Write pending roster rows and public events; return the sequence now in SQL.
