@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import jwt
 import msgpack
 import nats
 import pytest
@@ -41,7 +42,7 @@ from statekeeper.roomlog import RoomLog
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
 from tests.polling import eventually
-from tests.stack_fixtures import sdk_stack
+from tests.stack_fixtures import API_SECRET, sdk_stack
 from tests.test_store import fresh_postgres_database
 
 PG_URL = os.environ.get("STAGECAST_TEST_POSTGRES_URL")
@@ -57,6 +58,11 @@ def join(room_id: str, n: int, participant_id: str | None = None) -> JoinRequest
         participant_id=participant_id or f"speaker-{n}",
         edge_id="ED_t",
     )
+
+
+def _payload(token: str) -> dict[str, object]:
+    claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+    return claims
 
 
 @pytest.fixture
@@ -85,8 +91,12 @@ async def test_join_with_nul_in_room_id_is_refused_and_another_room_persists_on_
     async with sdk_stack(tmp_path, database_url=postgres_url) as stack:
         with pytest.raises(errors.BadRequest, match="U\\+0000"):
             await stack.join(stack.token("mallory", None, viewer=True), room_id="x\x00y")
-        with pytest.raises(errors.BadRequest, match="control character"):
-            await stack.join(stack.token("mallory", "tab\troom", viewer=True))
+        with pytest.raises(ValueError, match="U\\+0009"):
+            stack.token("mallory", "tab\troom", viewer=True)  # not minted at all
+        claims = _payload(stack.token("mallory", "tabroom", viewer=True))
+        forged = jwt.encode({**claims, "roomId": "tab\troom"}, API_SECRET, algorithm="HS256")
+        with pytest.raises(errors.InvalidToken, match="U\\+0009"):
+            await stack.join(forged)  # signed elsewhere: refused at the door
         await stack.join(stack.token("alice", "lobby"))
         await stack.join(stack.token(None, None, viewer=True), room_id="lobby")
         store = await SqlStore.open(postgres_url)
