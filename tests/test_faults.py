@@ -8,6 +8,7 @@ process killed and restarted, SDK clients and raw sockets on a real edge.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -322,7 +323,7 @@ async def test_a_nats_outage_logs_one_line_per_change_not_one_per_attempt(tmp_pa
 # --------------------------------------------------------------------------- helpers
 
 
-def _not(check):  # type: ignore[no-untyped-def]
+def _not(check: Callable[[], Awaitable[bool]]) -> Callable[[], Awaitable[bool]]:
     async def negated() -> bool:
         return not await check()
 
