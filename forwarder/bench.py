@@ -40,8 +40,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from forwarder.node import Forwarder
 from forwarder.packets import MediaPacket
 from forwarder.router import Leg, Router
+from processes.runtime import tune_gc
 from stagecast.bench.workers import Handler, serve, set_priority
-from stagecast.runtime import tune_gc
 
 MAX_LEG_STAMPS = 4_000_000
 """Leg send stamps kept per window (32 MB); recording stops there (`truncated`)."""

@@ -20,8 +20,8 @@ from aiortc import RTCConfiguration
 from forwarder.aiortc_adapter import allow_loopback_candidates
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S
 from forwarder.service import ForwarderService
+from processes.runtime import tune_gc
 from stagecast.natslink import NatsLink
-from stagecast.runtime import tune_gc
 
 log = logging.getLogger("stagecast.forwarder")
 

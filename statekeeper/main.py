@@ -11,8 +11,8 @@ import signal
 
 import nats
 
+from processes.runtime import tune_gc
 from stagecast.natslink import NatsLink
-from stagecast.runtime import tune_gc
 from statekeeper.queries import Queries
 from statekeeper.roomlog import RoomLog
 from statekeeper.service import Statekeeper, Tuning

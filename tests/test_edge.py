@@ -428,7 +428,7 @@ async def test_healthz_metrics_and_home(stack: Stack) -> None:
 async def test_healthz_is_503_without_a_statekeeper(tmp_path: Path) -> None:
     from edge.config import EdgeConfig
     from edge.main import running_edge
-    from stagecast.natsserver import NatsServer
+    from processes.natsserver import NatsServer
 
     async with NatsServer(tmp_path / "nats") as server:
         config = EdgeConfig(nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0)

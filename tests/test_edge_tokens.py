@@ -25,6 +25,7 @@ from edge.resume import (
     mint_resume_token,
     verify_resume_token,
 )
+from processes.natsserver import NatsServer
 from schemas.api import DeleteRoomRequest, OkReply, RemoveParticipantRequest
 from schemas.client import (
     Ack,
@@ -38,7 +39,6 @@ from schemas.client import (
 )
 from schemas.codec import decode
 from schemas.models import Grant
-from stagecast.natsserver import NatsServer
 from stagecast.tokens import verify_token
 from statekeeper.main import running_statekeeper
 from tests.edge_fixtures import (

@@ -11,12 +11,12 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from processes.natsserver import NatsServer
 from schemas import subjects
 from schemas.codec import encode
 from schemas.events import RoomStarted
 from schemas.log import LeaveRequested, MetadataSet
 from schemas.models import RoomInfo
-from stagecast.natsserver import NatsServer
 from statekeeper import roomlog
 from statekeeper.roomlog import LogReader, LogRecord, RoomLog, log_partitions_filter
 from tests.polling import eventually
