@@ -40,6 +40,7 @@ from schemas.api import (
     UpdateRoomMetadataRequest,
 )
 from schemas.client import DataReceived, Error
+from schemas.client_errors import InvalidPermissions, InvalidToken, TokenExpired
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import (
@@ -53,7 +54,6 @@ from schemas.log import (
 )
 from schemas.subjects import room_data, room_token
 from stagecast.admin_grants import AdminGrant, needed_for
-from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
 from stagecast.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
 
 MEDIA_TYPE = "application/msgpack"

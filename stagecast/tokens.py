@@ -24,6 +24,7 @@ from typing import Any, Final, cast, get_args
 
 import jwt
 
+from schemas.client_errors import InvalidPermissions, InvalidToken, TokenExpired
 from schemas.codec import MaxItems
 from schemas.models import (
     ATTRIBUTES_BYTES,
@@ -34,7 +35,6 @@ from schemas.models import (
     ParticipantKind,
 )
 from stagecast.admin_grants import AdminGrant, check, claim_of, grant_of
-from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
 
 ALGORITHM: Final = "HS256"
 ROOMLESS_MAX_TTL: Final = 900
