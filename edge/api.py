@@ -2,7 +2,7 @@
 
 The body's type tag is ``api.<name>`` (``/api/create_room`` carries `CreateRoomRequest`);
 `Authorization: Bearer <admin token>` (`stagecast.generate_admin_token`) signs it, and the
-token's grants must cover the request (`stagecast.admin_grants.needed_for`: `roomCreate`,
+token's grants must cover the request (`access.admin.needed_for`: `roomCreate`,
 `roomList`, or `roomAdmin` for the request's room; else `INVALID_PERMISSIONS`). A token
 scoped to a room lists that room only. An admin token signs one call per edge: presented
 again to the same edge it is `INVALID_TOKEN` (`edge.replays.SeenTokens`). Reads
@@ -22,6 +22,8 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
+from access.admin import AdminGrant, needed_for
+from access.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
 from edge.replays import SeenTokens
@@ -53,8 +55,6 @@ from schemas.log import (
     TrackMuteForced,
 )
 from schemas.subjects import room_data, room_token
-from stagecast.admin_grants import AdminGrant, needed_for
-from stagecast.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
 
 MEDIA_TYPE = "application/msgpack"
 

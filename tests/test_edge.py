@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from access.tokens import generate_token
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeRefused, verify_resume_token
 from edge.sendqueue import SendQueue
@@ -56,7 +57,6 @@ from schemas.client import (
 from schemas.codec import decode, encode
 from schemas.errors import CLOSE_CODES
 from schemas.models import Grant
-from stagecast.tokens import generate_token
 from tests.edge_fixtures import (
     API_KEY,
     API_SECRET,

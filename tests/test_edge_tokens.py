@@ -16,6 +16,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from access.tokens import verify_token
 from edge.config import EdgeConfig
 from edge.main import running_edge
 from edge.resume import (
@@ -39,7 +40,6 @@ from schemas.client import (
 )
 from schemas.codec import decode
 from schemas.models import Grant
-from stagecast.tokens import verify_token
 from statekeeper.main import running_statekeeper
 from tests.edge_fixtures import (
     API_KEY,
