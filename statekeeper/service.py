@@ -21,6 +21,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from access.rules import refuse_publish
 from schemas import subjects
 from schemas.api import EdgeGone, EdgeHeartbeat, MediaAssignment, MediaAssignRequest
 from schemas.client import CountsChanged
@@ -570,10 +571,9 @@ class Statekeeper:
         kind = None
         if request.track_sid is not None:
             track = session.tracks.get(request.track_sid)
-            if session.is_viewer or not session.grant.can_publish:
-                raise MediaRefused(
-                    ErrorCode.INVALID_PERMISSIONS, "this participant may not publish"
-                )
+            refusal = refuse_publish(session.is_viewer, session.grant)
+            if refusal is not None:
+                raise MediaRefused(refusal.code, refusal.reason)
             if track is None:
                 raise MediaRefused(
                     ErrorCode.TRACK_NOT_FOUND,
