@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 import nats
 from aiortc import RTCConfiguration
 
-from forwarder.aiortc_adapter import allow_loopback_candidates
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S
 from forwarder.service import ForwarderService
 from processes.runtime import tune_gc
+from rtc.aiortc_adapter import allow_loopback_candidates
 from stagecast.natslink import NatsLink
 
 log = logging.getLogger("stagecast.forwarder")
