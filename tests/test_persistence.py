@@ -21,6 +21,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from processes.natsserver import NatsServer
+from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest
 from schemas.codec import decode, encode, to_wire
@@ -38,7 +39,6 @@ from statekeeper.persistence import (
     is_refusal,
     isolate,
 )
-from statekeeper.roomlog import RoomLog
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
 from tests.polling import eventually

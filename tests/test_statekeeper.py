@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from processes.natsserver import NatsServer
+from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest, ListParticipantsRequest
 from schemas.client import CountsChanged, Error, JoinAccepted, ParticipantJoined, ParticipantsPage
@@ -33,7 +34,6 @@ from stagecast.bench.workload import VIEWER_GRANT, storm
 from statekeeper.fold import apply
 from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.outcomes import PublicEvent
-from statekeeper.roomlog import RoomLog
 from statekeeper.service import Tuning
 from statekeeper.state import State, digest, restore
 from statekeeper.store import SqlStore
