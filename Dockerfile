@@ -11,6 +11,10 @@ WORKDIR /src
 # .stagecast from a developer's checkout.
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
+COPY access ./access
+COPY roomlog ./roomlog
+COPY processes ./processes
+COPY rtc ./rtc
 COPY edge ./edge
 COPY statekeeper ./statekeeper
 COPY forwarder ./forwarder

@@ -2,7 +2,7 @@
 
 The body's type tag is ``api.<name>`` (``/api/create_room`` carries `CreateRoomRequest`);
 `Authorization: Bearer <admin token>` (`stagecast.generate_admin_token`) signs it, and the
-token's grants must cover the request (`stagecast.admin_grants.needed_for`: `roomCreate`,
+token's grants must cover the request (`access.admin.needed_for`: `roomCreate`,
 `roomList`, or `roomAdmin` for the request's room; else `INVALID_PERMISSIONS`). A token
 scoped to a room lists that room only. An admin token signs one call per edge: presented
 again to the same edge it is `INVALID_TOKEN` (`edge.replays.SeenTokens`). Reads
@@ -22,6 +22,8 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
+from access.admin import AdminGrant, needed_for
+from access.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
 from edge.replays import SeenTokens
@@ -40,6 +42,7 @@ from schemas.api import (
     UpdateRoomMetadataRequest,
 )
 from schemas.client import DataReceived, Error
+from schemas.client_errors import InvalidPermissions, InvalidToken, TokenExpired
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import (
@@ -52,9 +55,6 @@ from schemas.log import (
     TrackMuteForced,
 )
 from schemas.subjects import room_data, room_token
-from stagecast.admin_grants import AdminGrant, needed_for
-from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
-from stagecast.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
 
 MEDIA_TYPE = "application/msgpack"
 

@@ -12,17 +12,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import nats
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from roomlog.connect import connect
+from roomlog.errors import NatsUnreachable
+from roomlog.log import RoomLog
+from roomlog.natslink import NatsLink
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
 from schemas.subjects import STATEKEEPER_API
-from stagecast.natslink import NatsLink
-from statekeeper.roomlog import RoomLog
 
 log = logging.getLogger("stagecast.edge")
 
@@ -60,24 +60,11 @@ class Bus:
 
         link = NatsLink(name, log)
         try:
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    servers=[u.strip() for u in url.split(",") if u.strip()],
-                    name=name,
-                    max_reconnect_attempts=-1,  # once connected, reconnect forever
-                    reconnect_time_wait=0.5,
-                    # No buffering while reconnecting: a publish made then fails at once
-                    # instead of landing after the client was told it failed (an append
-                    # that lands late could undo what the client did meanwhile).
-                    pending_size=0,
-                    **link.connect_options(),
-                ),
-                connect_timeout,
-            )
-        except TimeoutError:
-            raise BusUnavailable(
-                f"NATS at {url} not reachable within {connect_timeout} s"
-            ) from None
+            # Nothing is buffered while reconnecting (connect's default): an append made
+            # then fails at once instead of landing after the client was told it failed.
+            nc = await connect(url, name=name, link=link, connect_timeout=connect_timeout)
+        except NatsUnreachable as exc:
+            raise BusUnavailable(str(exc)) from None
         try:
             room_log = RoomLog(nc.jetstream(), partitions=partitions, ack_timeout=append_timeout)
             await room_log.ensure()

@@ -15,16 +15,16 @@ import contextlib
 import hashlib
 import secrets
 
+from access.tokens import verify_token
 from edge.bus import BusUnavailable
 from edge.closecodes import TRY_AGAIN_LATER, close_code
 from edge.resume import ResumeRefused, verify_resume_token
 from edge.session import Session, now_ms
 from schemas.client import Join
+from schemas.client_errors import InvalidToken, TokenExpired
 from schemas.errors import ErrorCode
 from schemas.log import JoinRequested, LogEvent, ResumeRequested
 from schemas.subjects import room_token
-from stagecast.errors import InvalidToken, TokenExpired
-from stagecast.tokens import verify_token
 
 SPENT = "this resume token was used already or is stale; join again"
 

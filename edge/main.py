@@ -21,7 +21,7 @@ from edge.app import create_app
 from edge.config import EdgeConfig, accept_backlog
 from edge.node import EdgeNode
 from edge.serving import AcceptFailures, guarded_protocols
-from stagecast.runtime import tune_gc
+from processes.runtime import tune_gc
 
 log = logging.getLogger("stagecast.edge")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from access.rules import refuse_publish
 from edge.session import Session
 from schemas.api import MediaAssignment, MediaAssignRequest
 from schemas.client import Ack, Error, RestartIce, SignalAnswer, SignalCandidate, SignalOffer
@@ -36,8 +37,9 @@ async def on_offer(session: Session, message: SignalOffer) -> None:
         return _bad(session, message.id, "subscriber connections are offered by the server")
     if message.track_sid is None:
         return _bad(session, message.id, "an offer names the announced track_sid it sends")
-    if session.is_viewer or not session.grant.can_publish:
-        return _fail(session, message.id, ErrorCode.INVALID_PERMISSIONS, "may not publish")
+    refusal = refuse_publish(session.is_viewer, session.grant)
+    if refusal is not None:
+        return _fail(session, message.id, refusal.code, refusal.reason)
     assignment = await _assignment(session, message.id, message.track_sid)
     if assignment is None or assignment.kind is None:
         return

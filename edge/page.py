@@ -28,16 +28,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from access.tokens import generate_token, verify_token
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
 from edge.session import now_ms
 from schemas.api import ParticipantReply
 from schemas.client import Error
+from schemas.client_errors import StagecastError
 from schemas.log import ParticipantUpdateRequested
 from schemas.models import ID_CHARS, Grant
 from schemas.subjects import room_token
-from stagecast.errors import StagecastError
-from stagecast.tokens import generate_token, verify_token
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_TYPES = {

@@ -1,7 +1,7 @@
 """Admin tokens an edge has accepted, so that one cannot sign a second call on that edge.
 
 Pure apart from the clock (injectable). Bounded: each entry lives until its token expires
-(at most `stagecast.tokens.ADMIN_MAX_TTL` plus the leeway); when `limit` unexpired tokens
+(at most `access.tokens.ADMIN_MAX_TTL` plus the leeway); when `limit` unexpired tokens
 are held, the one expiring first is forgotten (and counted in `evicted`), so a flood of
 fresh tokens costs memory up to the limit and never more.
 """

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from access.rules import Refusal, refuse_publish, refuse_publish_data, refuse_subscribe
 from edge.bus import BusUnavailable
 from edge.closecodes import TRY_AGAIN_LATER, close_code
 from edge.join import join, resume
@@ -180,15 +181,14 @@ def _base(session: Session, req: int) -> dict[str, Any]:
     }
 
 
-def _denied(session: Session, req: int, why: str) -> None:
-    session.error(req, ErrorCode.INVALID_PERMISSIONS, why)
+def _refused(session: Session, req: int, refusal: Refusal) -> None:
+    session.error(req, refusal.code, refusal.reason)
 
 
 async def on_publish_track(session: Session, message: PublishTrack) -> None:
-    if session.is_viewer:
-        return _denied(session, message.id, "viewers cannot publish; ask to be promoted")
-    if not session.grant.can_publish:
-        return _denied(session, message.id, "the grant does not allow publishing")
+    refusal = refuse_publish(session.is_viewer, session.grant)
+    if refusal is not None:
+        return _refused(session, message.id, refusal)
     track = TrackInfo(
         sid=new_track_sid(), kind=message.kind, source=message.source, name=message.name
     )
@@ -225,8 +225,9 @@ async def on_lower_hand(session: Session, message: LowerHand) -> None:
 
 
 async def on_subscription(session: Session, message: Subscribe | Unsubscribe) -> None:
-    if not session.grant.can_subscribe:
-        return _denied(session, message.id, "the grant does not allow subscribing")
+    refusal = refuse_subscribe(session.grant)
+    if refusal is not None:
+        return _refused(session, message.id, refusal)
     event = SubscriptionRequested(
         **_base(session, message.id),
         participant_id=message.participant_id,
@@ -237,8 +238,9 @@ async def on_subscription(session: Session, message: Subscribe | Unsubscribe) ->
 
 
 async def on_publish_data(session: Session, message: PublishData) -> None:
-    if not session.grant.can_publish_data:
-        return _denied(session, message.id, "the grant does not allow publishing data")
+    refusal = refuse_publish_data(session.grant)
+    if refusal is not None:
+        return _refused(session, message.id, refusal)
     frame = DataReceived(
         payload=message.payload,
         sender_id=session.participant_id,

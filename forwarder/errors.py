@@ -11,18 +11,6 @@ class ForwarderError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL
 
 
-class UnsupportedAiortc(ForwarderError):
-    """The installed aiortc is not the version whose internals the adapter was written for."""
-
-    def __init__(self, found: str, expected: str) -> None:
-        super().__init__(
-            f"forwarder.aiortc_adapter needs aiortc=={expected} (it reaches into private "
-            f"internals), found aiortc {found}; pin aiortc=={expected} or port the adapter"
-        )
-        self.found = found
-        self.expected = expected
-
-
 class InvalidStateError(ForwarderError):
     """A call that the object's lifecycle state does not allow (e.g. after `close()`)."""
 

@@ -14,14 +14,14 @@ import secrets
 import signal
 from collections.abc import AsyncIterator
 
-import nats
 from aiortc import RTCConfiguration
 
-from forwarder.aiortc_adapter import allow_loopback_candidates
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S
 from forwarder.service import ForwarderService
-from stagecast.natslink import NatsLink
-from stagecast.runtime import tune_gc
+from processes.runtime import tune_gc
+from roomlog.connect import RECONNECT_BUFFER, connect
+from roomlog.natslink import NatsLink
+from rtc.aiortc_adapter import allow_loopback_candidates
 
 log = logging.getLogger("stagecast.forwarder")
 
@@ -52,15 +52,12 @@ async def running_forwarder(
     shorten them).
     """
     allow_loopback_candidates()
-    nc = await asyncio.wait_for(
-        nats.connect(
-            servers=[u.strip() for u in nats_url.split(",") if u.strip()],
-            name="stagecast-forwarder",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            **NatsLink("forwarder", log).connect_options(),
-        ),
-        connect_timeout,
+    nc = await connect(
+        nats_url,
+        name="stagecast-forwarder",
+        link=NatsLink("forwarder", log),
+        connect_timeout=connect_timeout,
+        reconnect_buffer=RECONNECT_BUFFER,  # heartbeats and relay packets, as before
     )
     service: ForwarderService | None = None
     try:

@@ -30,7 +30,7 @@ from forwarder.errors import (
     NoForwardableCodec,
     WrongMediaSections,
 )
-from forwarder.packets import CodecInfo, MediaKind
+from rtc.packets import CodecInfo, MediaKind
 
 FORWARDABLE_CODECS: dict[str, tuple[str, ...]] = {
     "video": ("video/vp8", "video/h264"),

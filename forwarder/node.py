@@ -2,7 +2,7 @@
 
 A `Forwarder` owns one peer connection per publisher (receive-only: the client's audio and
 video) and one per subscriber (send-only: one leg per subscribed track). Packets flow
-publisher receiver -> `Router` -> subscriber senders through `forwarder.aiortc_adapter`;
+publisher receiver -> `Router` -> subscriber senders through `rtc.aiortc_adapter`;
 nothing is decoded or encoded here. Tracks relayed from another forwarder are published
 with `add_relayed_track` (their packets come from the caller). Codec and SDP choices are
 `forwarder.negotiation`'s. Signaling (who publishes what, who subscribes to what) is the
@@ -19,13 +19,6 @@ from dataclasses import dataclass
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from forwarder.aiortc_adapter import (
-    InboundStream,
-    OutboundStream,
-    keep_codecs,
-    label_sender,
-    negotiated_codecs,
-)
 from forwarder.errors import (
     DuplicateSession,
     DuplicateTrack,
@@ -43,8 +36,15 @@ from forwarder.negotiation import (
     pick_forwardable,
     pick_matching,
 )
-from forwarder.packets import CodecInfo, MediaKind, MediaPacket
 from forwarder.router import Router
+from rtc.aiortc_adapter import (
+    InboundStream,
+    OutboundStream,
+    keep_codecs,
+    label_sender,
+    negotiated_codecs,
+)
+from rtc.packets import CodecInfo, MediaKind, MediaPacket
 
 logger = logging.getLogger(__name__)
 

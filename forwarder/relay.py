@@ -24,7 +24,7 @@ module holds what both agree on: the timings of the lease and the packets' wire 
 
 from __future__ import annotations
 
-from forwarder.packets import CodecInfo, MediaPacket
+from rtc.packets import CodecInfo, MediaPacket
 from schemas.media import RelayCodec, RelayPacket
 
 RELAY_REFRESH_S = 5.0

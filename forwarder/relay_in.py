@@ -23,8 +23,8 @@ from nats.aio.subscription import Subscription
 
 from forwarder.errors import TrackNotFound
 from forwarder.node import Forwarder
-from forwarder.packets import CodecInfo
 from forwarder.relay import RELAY_REFRESH_S, codec_from_wire, packet_from_wire
+from rtc.packets import CodecInfo
 from schemas.client import Error
 from schemas.codec import SchemaError, decode, encode
 from schemas.media import (

@@ -11,9 +11,9 @@ import logging
 
 from nats.aio.client import Client as NATS
 
-from forwarder.packets import MediaPacket, seq_newer
 from forwarder.relay import RELAY_LEASE_S, packet_to_wire
 from forwarder.router import Router
+from rtc.packets import MediaPacket, seq_newer
 from schemas.codec import encode
 from schemas.subjects import relay
 

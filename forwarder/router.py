@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from forwarder.errors import DuplicateTrack, TrackNotFound
-from forwarder.packets import (
+from rtc.packets import (
     CodecInfo,
     DuplicateFilter,
     MediaPacket,

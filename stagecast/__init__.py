@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from access.tokens import (
+    AdminClaims,
+    AdminGrant,
+    Claims,
+    Grant,
+    generate_admin_token,
+    generate_token,
+    verify_admin_token,
+    verify_token,
+)
 from stagecast import errors
 from stagecast.client import (
     ConnectionState,
@@ -15,16 +25,6 @@ from stagecast.client import (
 )
 from stagecast.errors import StagecastError
 from stagecast.server_api import RoomService
-from stagecast.tokens import (
-    AdminClaims,
-    AdminGrant,
-    Claims,
-    Grant,
-    generate_admin_token,
-    generate_token,
-    verify_admin_token,
-    verify_token,
-)
 
 __all__ = [
     "AdminClaims",

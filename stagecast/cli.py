@@ -137,8 +137,8 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from access.tokens import ROOMLESS_MAX_TTL, generate_token
     from schemas.models import Grant
-    from stagecast.tokens import ROOMLESS_MAX_TTL, generate_token
 
     key, secret = credentials()
     names = {

@@ -1,273 +1,46 @@
-"""Client-facing errors: one root class, one subclass per wire error code.
+"""Client-facing errors (re-exported): one root class, one subclass per wire error code.
 
-Every error the server sends arrives as a `StagecastError` carrying its code; each code in
-`schemas.errors.ErrorCode` also has its own subclass, so callers can catch exactly the
-condition they handle (`except stagecast.errors.RoomFull`). `error_for` is the one place a
-code is turned into an exception.
+The classes are defined in `schemas.client_errors`, next to the code table, so the services
+raise the same classes without importing the SDK. Catch them from here
+(`except stagecast.errors.RoomFull`); `error_for` turns a wire code into its exception.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from schemas.errors import ErrorCode
-
-
-class StagecastError(Exception):
-    """Root of every error the SDK raises for a server- or protocol-level failure.
-
-    `code` is the wire code (`"ROOM_FULL"`, ...), `message` the human-readable detail.
-    """
-
-    CODE: ClassVar[str] = ""
-
-    def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}" if self.message else self.code
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code!r}, {self.message!r})"
-
-
-class _CodedError(StagecastError):
-    """A `StagecastError` whose class fixes the code: constructed with a message only."""
-
-    def __init__(self, message: str = "") -> None:
-        super().__init__(self.CODE, message)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message,))
-
-
-class InvalidToken(_CodedError):
-    """The token is malformed, badly signed, or carries claims the server refuses."""
-
-    CODE = ErrorCode.INVALID_TOKEN.value
-
-
-class TokenExpired(_CodedError):
-    """The token's `exp` has passed (beyond the allowed clock leeway)."""
-
-    CODE = ErrorCode.TOKEN_EXPIRED.value
-
-
-class InvalidPermissions(_CodedError):
-    """The grant or the tier does not allow the action (e.g. a viewer publishing)."""
-
-    CODE = ErrorCode.INVALID_PERMISSIONS.value
-
-
-class NotPublished(_CodedError):
-    """Subscribe to a kind the speaker has not published."""
-
-    CODE = ErrorCode.NOT_PUBLISHED.value
-
-
-class RoomFull(_CodedError):
-    """The room reached its `max_participants`."""
-
-    CODE = ErrorCode.ROOM_FULL.value
-
-
-class RoomNotFound(_CodedError):
-    """No room with that id exists."""
-
-    CODE = ErrorCode.ROOM_NOT_FOUND.value
-
-
-class ParticipantNotFound(_CodedError):
-    """No participant with that id is in the room."""
-
-    CODE = ErrorCode.PARTICIPANT_NOT_FOUND.value
-
-
-class TrackNotFound(_CodedError):
-    """No track with that sid is published."""
-
-    CODE = ErrorCode.TRACK_NOT_FOUND.value
-
-
-class CursorExpired(_CodedError):
-    """A `get_participants` cursor names a snapshot that is no longer kept."""
-
-    CODE = ErrorCode.CURSOR_EXPIRED.value
-
-
-class BadRequest(_CodedError):
-    """A request was malformed or had an invalid field."""
-
-    CODE = ErrorCode.BAD_REQUEST.value
-
-
-class UnknownType(_CodedError):
-    """A frame named a message type the peer does not know."""
-
-    CODE = ErrorCode.UNKNOWN_TYPE.value
-
-
-class PayloadTooLarge(_CodedError):
-    """A payload, metadata, attributes or whole frame exceeded its size limit."""
-
-    CODE = ErrorCode.PAYLOAD_TOO_LARGE.value
-
-
-class RateLimited(_CodedError):
-    """Too many requests; retry later."""
-
-    CODE = ErrorCode.RATE_LIMITED.value
-
-
-class NotJoined(_CodedError):
-    """A room action was sent before the session joined."""
-
-    CODE = ErrorCode.NOT_JOINED.value
-
-
-class AlreadyJoined(_CodedError):
-    """A second `join` was sent on a session that already joined."""
-
-    CODE = ErrorCode.ALREADY_JOINED.value
-
-
-class DuplicateIdentity(_CodedError):
-    """Another session joined with the same participant id; this one was replaced."""
-
-    CODE = ErrorCode.DUPLICATE_IDENTITY.value
-
-
-class Removed(_CodedError):
-    """The participant was removed by the server API or a moderator."""
-
-    CODE = ErrorCode.REMOVED.value
-
-
-class RoomDeleted(_CodedError):
-    """The room was deleted while the participant was in it."""
-
-    CODE = ErrorCode.ROOM_DELETED.value
-
-
-class RoomClosed(_CodedError):
-    """The room closed (e.g. it timed out)."""
-
-    CODE = ErrorCode.ROOM_CLOSED.value
-
-
-class ClientLeft(_CodedError):
-    """The session ended because the client left."""
-
-    CODE = ErrorCode.CLIENT_LEFT.value
-
-
-class SlowConsumer(_CodedError):
-    """The client could not keep up with the server's messages and was disconnected."""
-
-    CODE = ErrorCode.SLOW_CONSUMER.value
-
-
-class ServerShutdown(_CodedError):
-    """The server is shutting down."""
-
-    CODE = ErrorCode.SERVER_SHUTDOWN.value
-
-
-class ResumeFailed(_CodedError):
-    """A reconnect could not resume the session (grace over, or resume token refused)."""
-
-    CODE = ErrorCode.RESUME_FAILED.value
-
-
-class SessionLost(_CodedError):
-    """The server ended the session while it was cut off (its grace ran out); the SDK joins
-    again by itself (a full reconnect), so applications normally see `reconnecting` and
-    `reconnected` instead of this."""
-
-    CODE = ErrorCode.SESSION_LOST.value
-
-
-class JoinTimeout(_CodedError):
-    """The socket sent no join within the edge's join deadline."""
-
-    CODE = ErrorCode.JOIN_TIMEOUT.value
-
-
-class TooManyConnections(_CodedError):
-    """The edge is at its connection cap (in all, or for this address): retry later or on
-    another edge (the SDK does both by itself)."""
-
-    CODE = ErrorCode.TOO_MANY_CONNECTIONS.value
-
-
-class Unavailable(_CodedError):
-    """A service the request needs is not reachable right now."""
-
-    CODE = ErrorCode.UNAVAILABLE.value
-
-
-class Internal(_CodedError):
-    """The server failed unexpectedly."""
-
-    CODE = ErrorCode.INTERNAL.value
-
-
-class InvalidStateError(_CodedError):
-    """A call is illegal in the object's current lifecycle state (e.g. publish after leave).
-
-    Raised locally by the SDK; never sent on the wire.
-    """
-
-    CODE = "INVALID_STATE"
-
-
-ERRORS: dict[str, type[_CodedError]] = {
-    cls.CODE: cls
-    for cls in (
-        InvalidToken,
-        TokenExpired,
-        InvalidPermissions,
-        NotPublished,
-        RoomFull,
-        RoomNotFound,
-        ParticipantNotFound,
-        TrackNotFound,
-        CursorExpired,
-        BadRequest,
-        UnknownType,
-        PayloadTooLarge,
-        RateLimited,
-        NotJoined,
-        AlreadyJoined,
-        DuplicateIdentity,
-        Removed,
-        RoomDeleted,
-        RoomClosed,
-        ClientLeft,
-        SlowConsumer,
-        ServerShutdown,
-        ResumeFailed,
-        SessionLost,
-        JoinTimeout,
-        TooManyConnections,
-        Unavailable,
-        Internal,
-        InvalidStateError,
-    )
-}
-"""The one table from a code to its exception class."""
-
-
-def error_for(code: str, message: str = "") -> StagecastError:
-    """The exception for a wire code: its subclass, or a plain `StagecastError` if unknown."""
-    cls = ERRORS.get(code)
-    return StagecastError(code, message) if cls is None else cls(message)
-
+from schemas.client_errors import (
+    ERRORS,
+    AlreadyJoined,
+    BadRequest,
+    ClientLeft,
+    CursorExpired,
+    DuplicateIdentity,
+    Internal,
+    InvalidPermissions,
+    InvalidStateError,
+    InvalidToken,
+    JoinTimeout,
+    NotJoined,
+    NotPublished,
+    ParticipantNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Removed,
+    ResumeFailed,
+    RoomClosed,
+    RoomDeleted,
+    RoomFull,
+    RoomNotFound,
+    ServerShutdown,
+    SessionLost,
+    SlowConsumer,
+    StagecastError,
+    TokenExpired,
+    TooManyConnections,
+    TrackNotFound,
+    Unavailable,
+    UnknownType,
+    error_for,
+)
 
 __all__ = [
     "ERRORS",

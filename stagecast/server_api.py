@@ -2,7 +2,7 @@
 
 Each call POSTs one msgpack-encoded `schemas.api` request to `/api/<tag>` on the edge,
 signed with a fresh admin token that lives 60 s and grants exactly what the call needs
-(`roomCreate`, `roomList`, or `roomAdmin` for the call's room: `stagecast.admin_grants`),
+(`roomCreate`, `roomList`, or `roomAdmin` for the call's room: `access.admin`),
 and decodes the reply. A refusal arrives as its `stagecast.errors` class (`RoomNotFound`,
 `ParticipantNotFound`, ...); an edge that cannot be reached, or answers with something that
 is not a reply, raises `Unavailable`.
@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import httpx
 
+from access.admin import needed_for
+from access.tokens import ADMIN_TOKEN_TTL, generate_admin_token
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -36,11 +38,9 @@ from schemas.api import (
 from schemas.client import Error, ParticipantsPage
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.models import Grant, ParticipantInfo, RoomInfo, Tier
-from stagecast.admin_grants import needed_for
 from stagecast.client.connection import http_url
 from stagecast.client.participant import GetParticipantsResult
 from stagecast.errors import Unavailable, error_for
-from stagecast.tokens import ADMIN_TOKEN_TTL, generate_admin_token
 
 __all__ = ["ParticipantInfo", "RoomInfo", "RoomService"]
 

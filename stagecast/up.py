@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 import nats
 
+from processes.children import spawn_child, stop_child, wait_exit
+from processes.natsserver import NatsServer
 from schemas.codec import SchemaError, decode
 from schemas.media import ForwarderHeartbeat
 from schemas.subjects import FORWARDER_HEARTBEAT
-from stagecast.natsserver import NatsServer
-from stagecast.process import spawn_child, stop_child, wait_exit
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

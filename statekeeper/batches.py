@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from roomlog.log import RoomLog
 from statekeeper.outcomes import PublicEvent, RosterJoin, RosterLeave, RosterUpdate
 from statekeeper.persistence import (
     Deletion,
@@ -20,7 +21,6 @@ from statekeeper.persistence import (
     is_refusal,
     isolate,
 )
-from statekeeper.roomlog import RoomLog
 from statekeeper.store import Store
 
 

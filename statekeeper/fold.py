@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from access.rules import refuse_publish, refuse_subscribe
 from schemas import subjects
 from schemas.api import OkReply, ParticipantReply, RoomReply
 from schemas.client import (
@@ -613,22 +614,15 @@ def _set_attributes(state: State, seq: int, event: AttributesSet, out: list[Outc
 # --------------------------------------------------------------------------- tracks
 
 
-def _may_publish(session: Session) -> ErrorCode | None:
-    if session.is_viewer:
-        return ErrorCode.INVALID_PERMISSIONS
-    if not session.grant.can_publish:
-        return ErrorCode.INVALID_PERMISSIONS
-    return None
-
-
 @handles(TrackPublishRequested)
 def _publish(state: State, seq: int, event: TrackPublishRequested, out: list[Outcome]) -> None:
     found = _session(state, event, out)
     if found is None:
         return
     room, session = found
-    if _may_publish(session) is not None:
-        _error(event, ErrorCode.INVALID_PERMISSIONS, "this participant may not publish", out)
+    refusal = refuse_publish(session.is_viewer, session.grant)
+    if refusal is not None:
+        _error(event, refusal.code, refusal.reason, out)
         return
     if len(session.tracks) >= 64:
         _error(event, ErrorCode.BAD_REQUEST, "at most 64 tracks per participant", out)
@@ -772,8 +766,9 @@ def _subscription(state: State, seq: int, event: SubscriptionRequested, out: lis
     if publisher.is_viewer:
         _error(event, ErrorCode.INVALID_PERMISSIONS, "viewers have no media", out)
         return
-    if not subscriber.grant.can_subscribe:
-        _error(event, ErrorCode.INVALID_PERMISSIONS, "this participant may not subscribe", out)
+    refusal = refuse_subscribe(subscriber.grant)
+    if refusal is not None:
+        _error(event, refusal.code, refusal.reason, out)
         return
     if not any(t.kind == event.kind for t in publisher.tracks.values()):
         _error(

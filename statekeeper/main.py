@@ -9,12 +9,11 @@ import hashlib
 import logging
 import signal
 
-import nats
-
-from stagecast.natslink import NatsLink
-from stagecast.runtime import tune_gc
+from processes.runtime import tune_gc
+from roomlog.connect import RECONNECT_BUFFER, connect
+from roomlog.log import RoomLog
+from roomlog.natslink import NatsLink
 from statekeeper.queries import Queries
-from statekeeper.roomlog import RoomLog
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
 
@@ -42,13 +41,12 @@ def cursor_secret(api_secret: str) -> bytes:
 async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-untyped-def]
     """Run a statekeeper for the duration of the context; yields the `Statekeeper`."""
     link = NatsLink("statekeeper", log)
-    nc = await nats.connect(
-        servers=[u.strip() for u in config.nats_url.split(",") if u.strip()],
+    nc = await connect(
+        config.nats_url,
         name="stagecast-statekeeper",
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        link=link,
         connect_timeout=config.connect_timeout,
-        **link.connect_options(),
+        reconnect_buffer=RECONNECT_BUFFER,  # outcomes are published from the fold's loop
     )
     store = await SqlStore.open(config.database_url)
     keeper: Statekeeper | None = None

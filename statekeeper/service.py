@@ -21,6 +21,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from access.rules import refuse_publish
+from roomlog.log import RoomLog
+from roomlog.natslink import NatsLink
 from schemas import subjects
 from schemas.api import EdgeGone, EdgeHeartbeat, MediaAssignment, MediaAssignRequest
 from schemas.client import CountsChanged
@@ -29,7 +32,6 @@ from schemas.errors import ErrorCode
 from schemas.log import EdgeLost, ForwarderAssigned, GraceExpired, LogEvent, RoomTimedOut
 from schemas.media import ForwarderHeartbeat
 from schemas.models import Counts
-from stagecast.natslink import NatsLink
 from statekeeper.batches import BatchWriter
 from statekeeper.coalescer import CountCoalescer
 from statekeeper.cursor import CURSOR_LIFETIME_MS
@@ -51,7 +53,6 @@ from statekeeper.outcomes import (
     TimerDue,
 )
 from statekeeper.persistence import Deletion, PersistenceHealth, Snapshot
-from statekeeper.roomlog import RoomLog
 from statekeeper.state import Room, State, pack_revocations, pack_room, restore, revocations_key
 from statekeeper.store import Store
 
@@ -570,10 +571,9 @@ class Statekeeper:
         kind = None
         if request.track_sid is not None:
             track = session.tracks.get(request.track_sid)
-            if session.is_viewer or not session.grant.can_publish:
-                raise MediaRefused(
-                    ErrorCode.INVALID_PERMISSIONS, "this participant may not publish"
-                )
+            refusal = refuse_publish(session.is_viewer, session.grant)
+            if refusal is not None:
+                raise MediaRefused(refusal.code, refusal.reason)
             if track is None:
                 raise MediaRefused(
                     ErrorCode.TRACK_NOT_FOUND,

@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from stagecast.natsserver import NatsServer
+from processes.natsserver import NatsServer
 from tests.heartbeats import Heartbeats, watch_heartbeats
 
 # --------------------------------------------------------------------------- NATS

@@ -22,14 +22,14 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from access.admin import AdminGrant, needed_for
+from access.tokens import generate_admin_token, generate_token
 from edge.config import EdgeConfig
 from edge.main import running_edge
+from processes.natsserver import NatsServer
 from schemas.client import Error, Join, JoinAccepted, Ping, Pong
 from schemas.codec import Message, decode, encode
 from schemas.models import Grant
-from stagecast.admin_grants import AdminGrant, needed_for
-from stagecast.natsserver import NatsServer
-from stagecast.tokens import generate_admin_token, generate_token
 from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.service import Tuning
 

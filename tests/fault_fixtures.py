@@ -24,9 +24,9 @@ import httpx
 import stagecast
 from edge.config import EdgeConfig
 from edge.main import running_edge
+from processes.natsserver import NatsServer
 from schemas.models import Grant
 from stagecast.client import ConnectOptions, Room
-from stagecast.natsserver import NatsServer
 from tests.polling import eventually
 from tests.stack_fixtures import API_KEY, API_SECRET, AUDIENCE, SPEAKER
 

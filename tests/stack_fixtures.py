@@ -20,9 +20,9 @@ import nats
 import stagecast
 from edge.config import EdgeConfig
 from edge.main import running_edge
+from processes.natsserver import NatsServer
 from schemas.models import Grant
 from stagecast.client import ConnectOptions, Room
-from stagecast.natsserver import NatsServer
 from tests.edge_fixtures import services
 from tests.heartbeats import watch_heartbeats
 from tests.polling import eventually

@@ -15,11 +15,11 @@ from array import array
 
 import pytest
 
-from forwarder.bench import LatencyProbe, LatencyStamps
-from forwarder.packets import CodecInfo, MediaPacket
 from forwarder.router import Router
+from rtc.packets import CodecInfo, MediaPacket
 from stagecast.bench.media import latencies
 from stagecast.bench.mediaclients import stamp_key
+from stagecast.bench.mediaforwarder import LatencyProbe, LatencyStamps
 from stagecast.cli import BENCH_SUITES
 
 HEADLINE = [

@@ -27,13 +27,13 @@ import httpx
 import msgpack
 import pytest
 
+from access.tokens import verify_token
 from edge.join import keyed_ids
 from edge.page import CONTENT_TYPES, STATIC_DIR
 from schemas.client import Ack, JoinAccepted, ParticipantsPage, TrackPublished
 from schemas.codec import encode, to_wire
 from schemas.errors import CLOSE_CODES
 from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
-from stagecast.tokens import verify_token
 from tests.edge_fixtures import API_KEY, API_SECRET, services
 from tests.stack_fixtures import API_KEY as STACK_KEY
 from tests.stack_fixtures import API_SECRET as STACK_SECRET

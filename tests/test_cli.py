@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from stagecast.tokens import verify_token
+from access.tokens import verify_token
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,14 @@ def test_one_statekeeper_runs_the_other_is_a_cold_standby(
     urls = {s["environment"]["STAGECAST_DATABASE_URL"] for s in keepers.values()}
     assert len(urls) == 1, "a standby recovers from the same database"
     assert urls.pop().startswith("postgresql+asyncpg://")
+
+
+def test_the_image_copies_every_package_the_distribution_installs() -> None:
+    """A package missing from the Dockerfile's COPY lines installs nothing: the image would
+    fail at its first import of it."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.removesuffix("*") for pattern in include}
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    missing = sorted(p for p in packages if f"COPY {p} ./{p}" not in dockerfile)
+    assert not missing, f"the Dockerfile does not copy {missing}"

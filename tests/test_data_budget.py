@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
+from access.tokens import generate_token
 from edge.config import EdgeConfig
 from edge.main import running_edge
 from edge.ratelimit import DataLimits, TokenBucket
 from schemas.client import Ack, DataReceived, Error, Join, JoinAccepted, PublishData, SetMetadata
 from schemas.codec import encode
 from schemas.models import Grant
-from stagecast.tokens import generate_token
 from tests.edge_fixtures import API_KEY, API_SECRET, ROOM, Client, Stack, edge_stack
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from access.tokens import generate_token
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeRefused, verify_resume_token
 from edge.sendqueue import SendQueue
@@ -56,7 +57,6 @@ from schemas.client import (
 from schemas.codec import decode, encode
 from schemas.errors import CLOSE_CODES
 from schemas.models import Grant
-from stagecast.tokens import generate_token
 from tests.edge_fixtures import (
     API_KEY,
     API_SECRET,
@@ -428,7 +428,7 @@ async def test_healthz_metrics_and_home(stack: Stack) -> None:
 async def test_healthz_is_503_without_a_statekeeper(tmp_path: Path) -> None:
     from edge.config import EdgeConfig
     from edge.main import running_edge
-    from stagecast.natsserver import NatsServer
+    from processes.natsserver import NatsServer
 
     async with NatsServer(tmp_path / "nats") as server:
         config = EdgeConfig(nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0)

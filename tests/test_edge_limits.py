@@ -24,8 +24,8 @@ from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from edge.serving import ACCEPT_FAILED
+from processes.natsserver import NatsServer
 from schemas.client import Join, JoinAccepted
-from stagecast.natsserver import NatsServer
 from tests.edge_fixtures import Client, Stack, edge_stack
 from tests.polling import eventually
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from access.tokens import verify_token
 from edge.config import EdgeConfig
 from edge.main import running_edge
 from edge.resume import (
@@ -25,6 +26,7 @@ from edge.resume import (
     mint_resume_token,
     verify_resume_token,
 )
+from processes.natsserver import NatsServer
 from schemas.api import DeleteRoomRequest, OkReply, RemoveParticipantRequest
 from schemas.client import (
     Ack,
@@ -38,8 +40,6 @@ from schemas.client import (
 )
 from schemas.codec import decode
 from schemas.models import Grant
-from stagecast.natsserver import NatsServer
-from stagecast.tokens import verify_token
 from statekeeper.main import running_statekeeper
 from tests.edge_fixtures import (
     API_KEY,

@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from edge.session import now_ms
+from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import EdgeGone
 from schemas.client import (
@@ -31,7 +32,6 @@ from schemas.errors import ErrorCode
 from schemas.log import JoinRequested, LeaveRequested
 from stagecast.client import ConnectionState
 from stagecast.errors import RoomNotFound, Unavailable
-from statekeeper.roomlog import RoomLog
 from tests.edge_fixtures import Client
 from tests.fault_fixtures import FaultStack, Partition, fault_stack
 from tests.polling import eventually

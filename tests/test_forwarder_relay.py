@@ -22,10 +22,10 @@ from nats.aio.msg import Msg
 
 from forwarder.main import running_forwarder
 from forwarder.relay_in import RelayInState
+from processes.children import spawn_child, stop_child
 from schemas.codec import decode
 from schemas.media import ForwarderSdp, MediaTrackState, RelayPacket
 from schemas.subjects import relay
-from stagecast.process import spawn_child, stop_child
 from tests.heartbeats import Heartbeats
 from tests.polling import eventually, settled
 from tests.test_forwarder_service import WAIT, Client, subscribed

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from forwarder.errors import DuplicateTrack, TrackNotFound
-from forwarder.packets import (
+from forwarder.router import Router
+from rtc.packets import (
     CodecInfo,
     DuplicateFilter,
     MediaPacket,
     SequenceRewriter,
     is_keyframe_start,
 )
-from forwarder.router import Router
 
 VP8 = CodecInfo(kind="video", mime_type="video/VP8", clock_rate=90000)
 OPUS = CodecInfo(kind="audio", mime_type="audio/opus", clock_rate=48000, channels=2)

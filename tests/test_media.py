@@ -88,7 +88,7 @@ class Watcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-MEDIA_CODE = ("/aiortc/", "/aioice/", "/forwarder/", "/stagecast/client/media")
+MEDIA_CODE = ("/aiortc/", "/aioice/", "/forwarder/", "/rtc/", "/stagecast/client/media")
 
 
 def _is_media(coro: Any) -> bool:

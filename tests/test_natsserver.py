@@ -15,7 +15,7 @@ import psutil
 import pytest
 from nats.aio.client import Client as NATS
 
-from stagecast.natsserver import NatsServer, NatsServerError
+from processes.natsserver import NatsServer, NatsServerError
 from tests.conftest import NATS_CLIENT_OPTIONS
 from tests.polling import eventually
 
@@ -148,7 +148,7 @@ async def test_server_dies_with_its_parent(tmp_path: Path) -> None:
         f"""
         import asyncio, sys, time
         from pathlib import Path
-        from stagecast.natsserver import NatsServer
+        from processes.natsserver import NatsServer
 
         async def main():
             server = NatsServer(Path({str(tmp_path / "n")!r}))

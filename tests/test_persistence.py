@@ -20,6 +20,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from processes.natsserver import NatsServer
+from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest
 from schemas.codec import decode, encode, to_wire
@@ -27,7 +29,6 @@ from schemas.events import ParticipantJoinedEvent
 from schemas.log import JoinRequested
 from schemas.models import ParticipantInfo
 from stagecast import errors
-from stagecast.natsserver import NatsServer
 from statekeeper.batches import BatchWriter
 from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.outcomes import PublicEvent, RosterJoin
@@ -38,7 +39,6 @@ from statekeeper.persistence import (
     is_refusal,
     isolate,
 )
-from statekeeper.roomlog import RoomLog
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
 from tests.polling import eventually

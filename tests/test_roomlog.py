@@ -11,14 +11,16 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from processes.natsserver import NatsServer
+from roomlog import jetstream
+from roomlog.errors import LogUnavailable
+from roomlog.log import RoomLog
+from roomlog.reader import LogReader, LogRecord, log_partitions_filter
 from schemas import subjects
 from schemas.codec import encode
 from schemas.events import RoomStarted
 from schemas.log import LeaveRequested, MetadataSet
 from schemas.models import RoomInfo
-from stagecast.natsserver import NatsServer
-from statekeeper import roomlog
-from statekeeper.roomlog import LogReader, LogRecord, RoomLog, log_partitions_filter
 from tests.polling import eventually
 
 
@@ -223,7 +225,7 @@ async def test_reader_yields_exactly_the_events_after_start_then_live_ones(
     events = [leave("r", i) for i in range(10)]
     await room_log.append_many((e, f"m{i}") for i, e in enumerate(events))
     async with room_log.reader([0], 4, batch=4) as reader:  # small batches: many pulls
-        assert reader.fast_path, "nats-py internals moved: see roomlog._FastDelivery"
+        assert reader.fast_path, "nats-py internals moved: see roomlog.jetstream.FastDelivery"
         first = await read(reader, 7)
         assert [(r.seq, r.event) for r in first] == list(zip(range(4, 11), events[3:], strict=True))
         assert reader.last_seq == 10
@@ -354,7 +356,7 @@ async def test_the_reader_gives_up_after_max_outage(
     async with room_log.reader([0], 1, heartbeat=0.1, expires=1.0, max_outage=0.5) as reader:
         assert [r.seq for r in await read(reader, 1)] == [1]
         nats_server.kill()
-        with pytest.raises(roomlog.LogUnavailable) as caught:
+        with pytest.raises(LogUnavailable) as caught:
             for _ in range(100):  # bounded: each call waits at most 0.2s
                 await reader.next_batch(0.2)
         assert caught.value.stream == subjects.LOG_STREAM
@@ -369,7 +371,7 @@ async def test_opening_a_reader_without_the_stream_fails(js: JetStreamContext) -
 async def test_the_reader_works_without_the_fast_path(
     room_log: RoomLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(roomlog._FastDelivery, "route", classmethod(lambda *a: False))
+    monkeypatch.setattr(jetstream.FastDelivery, "route", classmethod(lambda *a: False))
     await room_log.append_many((leave("r", i), f"m{i}") for i in range(20))
     async with room_log.reader([0], 1, batch=8) as reader:
         assert not reader.fast_path

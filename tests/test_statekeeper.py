@@ -17,6 +17,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from processes.natsserver import NatsServer
+from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest, ListParticipantsRequest
 from schemas.client import CountsChanged, Error, JoinAccepted, ParticipantJoined, ParticipantsPage
@@ -29,11 +31,9 @@ from schemas.log import (
     RoomDeleteRequested,
 )
 from stagecast.bench.workload import VIEWER_GRANT, storm
-from stagecast.natsserver import NatsServer
 from statekeeper.fold import apply
 from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.outcomes import PublicEvent
-from statekeeper.roomlog import RoomLog
 from statekeeper.service import Tuning
 from statekeeper.state import State, digest, restore
 from statekeeper.store import SqlStore

@@ -17,17 +17,7 @@ import pytest
 
 import schemas.models
 import stagecast
-from schemas.errors import ErrorCode
-from stagecast import errors
-from stagecast.errors import (
-    InvalidPermissions,
-    InvalidStateError,
-    InvalidToken,
-    StagecastError,
-    TokenExpired,
-    error_for,
-)
-from stagecast.tokens import (
+from access.tokens import (
     ADMIN_MAX_TTL,
     DEFAULT_LEEWAY,
     MAX_TOKEN_CHARS,
@@ -41,6 +31,16 @@ from stagecast.tokens import (
     generate_token,
     verify_admin_token,
     verify_token,
+)
+from schemas.errors import ErrorCode
+from stagecast import errors
+from stagecast.errors import (
+    InvalidPermissions,
+    InvalidStateError,
+    InvalidToken,
+    StagecastError,
+    TokenExpired,
+    error_for,
 )
 
 NOW = 1_700_000_000

@@ -36,13 +36,13 @@ from rich.console import Console
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from access.tokens import generate_token
 from schemas.client import Ack, Error, Join, JoinAccepted, PublishData
 from schemas.codec import decode, encode
 from schemas.models import DATA_BYTES, Grant
 from stagecast.bench import Result
 from stagecast.bench.simclients import peek_tag
 from stagecast.bench.storm import free_port_block
-from stagecast.tokens import generate_token
 from stagecast.up import Stack, UpConfig
 
 API_KEY = "dataflood"

@@ -47,6 +47,8 @@ import nats
 from nats.aio.msg import Msg
 from rich.console import Console
 
+from access.tokens import generate_token
+from roomlog.natslink import NatsLink
 from schemas import subjects
 from schemas.codec import SchemaError, decode
 from schemas.events import ParticipantJoinedEvent, ParticipantLeftEvent
@@ -55,9 +57,7 @@ from stagecast.bench import Result
 from stagecast.bench.storm import free_port_block
 from stagecast.client import ConnectionState, ConnectOptions, Room, join
 from stagecast.errors import StagecastError
-from stagecast.natslink import NatsLink
 from stagecast.server_api import RoomService
-from stagecast.tokens import generate_token
 from stagecast.up import Stack, UpConfig
 
 API_KEY = "faults"

@@ -14,11 +14,11 @@ from subprocess import Popen
 import nats
 from nats.aio.client import Client as NATS
 
+from processes.children import spawn_child, stop_child
+from processes.natsserver import NatsServer
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest
 from schemas.codec import decode, encode
-from stagecast.natsserver import NatsServer
-from stagecast.process import spawn_child, stop_child
 
 
 @contextlib.asynccontextmanager

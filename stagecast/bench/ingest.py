@@ -13,11 +13,11 @@ import asyncio
 import dataclasses
 import time
 
+from roomlog.log import RoomLog
 from schemas.log import JoinRequested
 from stagecast.bench import Result, median
 from stagecast.bench.harness import private_nats, start_statekeeper, stop_child, wait_applied
 from stagecast.bench.workload import storm
-from statekeeper.roomlog import RoomLog
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

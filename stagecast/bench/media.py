@@ -5,7 +5,7 @@ out to N subscribers through ONE forwarder, for each N and kind (`video`: VP8 at
 packets/s, a synthetic moving pattern; `audio`: Opus, 50 packets/s), and through the
 decode/re-encode baseline (aiortc's `MediaRelay`, a real encoder per subscriber) for
 N <= `--relay-max`, since the relay cannot keep up beyond a few subscribers on a small
-machine. Every case starts fresh processes: the forwarder (`forwarder.bench`, at nice
+machine. Every case starts fresh processes: the forwarder (`stagecast.bench.mediaforwarder`, at nice
 `--forwarder-nice`), the publisher and `--subscriber-procs` subscriber processes
 (`stagecast.bench.mediaclients`, at nice 10), so the forwarder's CPU is measured alone and
 is not preempted by its clients. `--pace` makes the publisher spread each frame's packets
@@ -41,9 +41,9 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
-from forwarder.bench import LatencyStamps, Window, forwarder_process
 from stagecast.bench import Result, median, percentile
 from stagecast.bench.mediaclients import VIDEO_BITRATE, publisher_process, subscribers_process
+from stagecast.bench.mediaforwarder import LatencyStamps, Window, forwarder_process
 from stagecast.bench.workers import Worker
 
 KINDS = ("video", "audio")

@@ -17,9 +17,9 @@ forwarder leaves rather than compete with it.
 - Subscribers answer the forwarder's offers and count the RTP packets that reach each
   receiver, without depacketizing, decoding, NACKs or REMB.
 
-Both reach two aiortc private names, the same ones `forwarder.aiortc_adapter` overrides
-and `tests/test_forwarder_adapter.py` checks on the pinned version:
-`RTCDtlsTransport._send_rtp` (stamps) and `RTCRtpReceiver._handle_rtp_packet` (counts).
+Both tap aiortc through `rtc.aiortc_adapter` (whose private names
+`tests/test_rtc_adapter.py` checks on the pinned version): `tap_transport_sends` (stamps)
+and `tap_receiver_packets` (counts).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import math
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -40,6 +39,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import is_rtcp
 from av import AudioFrame, Packet
 
+from rtc.aiortc_adapter import tap_receiver_packets, tap_transport_sends
 from stagecast.bench.workers import Handler, serve, set_priority
 
 VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FPS = 640, 360, 30
@@ -206,8 +206,7 @@ class SendLog:
         self.stamps: dict[int, int] = {}
         self._pace_bps = pace_bps
         self._next = 0.0
-        self._send_rtp: Callable[[bytes], Awaitable[None]] = transport._send_rtp
-        setattr(transport, "_send_rtp", self._send)  # noqa: B010 - instance override
+        self._send_rtp = tap_transport_sends(transport, self._send)
 
     def take(self) -> dict[int, int]:
         """The stamps so far (then forgotten)."""
@@ -312,4 +311,4 @@ def _count_packets(receiver: Any, received: dict[str, int], subscriber_id: str) 
     async def count(packet: object, arrival_time_ms: int) -> None:
         received[subscriber_id] += 1
 
-    setattr(receiver, "_handle_rtp_packet", count)  # noqa: B010 - instance override
+    tap_receiver_packets(receiver, count)

@@ -46,11 +46,11 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
+from access.tokens import generate_token
 from schemas.models import Grant
 from stagecast.bench import Result, percentile
 from stagecast.bench.simclients import ClientProcs, Msg, ProcResults, Wave
 from stagecast.server_api import RoomService
-from stagecast.tokens import generate_token
 from stagecast.up import Stack, UpConfig
 
 API_KEY = "storm"

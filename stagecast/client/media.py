@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from forwarder.aiortc_adapter import allow_loopback_candidates
 from schemas.client import RestartIce, SignalAnswer, SignalCandidate, SignalOffer
 from schemas.codec import Message
 from schemas.models import TrackKind
@@ -100,7 +99,6 @@ class PeerMedia:
     """aiortc connections for one room session: one per published and subscribed track."""
 
     def __init__(self, host: MediaHost, configuration: RTCConfiguration | None = None) -> None:
-        allow_loopback_candidates()  # a host with only `lo` (a test namespace) still connects
         self._host = host
         self._configuration = configuration or RTCConfiguration(iceServers=[])
         self._outbound: dict[str, _Outbound] = {}
@@ -276,6 +274,11 @@ class PeerMedia:
                     self._host.media_unsubscribed(entry.subscription)
 
     def _new_pc(self) -> RTCPeerConnection:
+        # Imported here, on first media use: the adapter refuses any aiortc but the pinned
+        # one, and a client that only signals must not need that pin.
+        from rtc.aiortc_adapter import allow_loopback_candidates
+
+        allow_loopback_candidates()  # a host with only `lo` (a test namespace) still connects
         return RTCPeerConnection(self._configuration)
 
     def _watch(

@@ -347,8 +347,8 @@ async def remove_silently(ctx: Context, room: str, sid: str) -> None:
     import nats
 
     from edge.session import now_ms
+    from roomlog.log import RoomLog
     from schemas.log import LeaveRequested
-    from statekeeper.roomlog import RoomLog
 
     nc = await nats.connect(ctx.stack.nats.url)
     try:

@@ -14,8 +14,6 @@ forwarder's alone. Two nodes:
   published track, one real encoder per subscriber and track (VP8 pinned to the
   publisher's bitrate, so both deliver the same ~300 packets/s), frames dropped rather
   than queued when an encoder falls behind.
-
-`python -m forwarder.bench ARGS` is `stagecast bench media ARGS`.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import asyncio
 import cProfile
 import os
 import resource
-import sys
 import time
 from array import array
 from collections.abc import Awaitable
@@ -38,10 +35,10 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from forwarder.node import Forwarder
-from forwarder.packets import MediaPacket
 from forwarder.router import Leg, Router
+from processes.runtime import tune_gc
+from rtc.packets import MediaPacket
 from stagecast.bench.workers import Handler, serve, set_priority
-from stagecast.runtime import tune_gc
 
 MAX_LEG_STAMPS = 4_000_000
 """Leg send stamps kept per window (32 MB); recording stops there (`truncated`)."""
@@ -352,14 +349,3 @@ async def _serve(
         "latency": stamps,
     }
     await serve(conn, handlers, lifetime=lifetime, on_close=node.close)
-
-
-def main() -> None:
-    """`python -m forwarder.bench ARGS`: the same as `stagecast bench media ARGS`."""
-    from stagecast.cli import main as stagecast_main
-
-    sys.exit(stagecast_main(["bench", "media", *sys.argv[1:]]))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ neither. This adapter turns aiortc's receivers and senders into packet pipes:
 `allow_loopback_candidates()` makes aioice (aiortc's ICE) offer 127.0.0.1 on a host with
 no other IPv4 address, such as a loopback-only network namespace.
 
-Every private name used is listed in `PRIVATE_*` below; tests/test_forwarder_adapter.py
+Every private name used is listed in `PRIVATE_*` below; tests/test_rtc_adapter.py
 checks each of them on the pinned version, so an aiortc upgrade fails loudly there.
 """
 
@@ -47,8 +47,8 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
-from forwarder.errors import InvalidStateError, UnsupportedAiortc
-from forwarder.packets import MediaPacket, RtpWriter
+from rtc.errors import InvalidStateError, UnsupportedAiortc
+from rtc.packets import MediaPacket, RtpWriter
 
 AIORTC_VERSION = "1.16.0"
 
@@ -57,7 +57,7 @@ if aiortc.__version__ != AIORTC_VERSION:
 
 logger = logging.getLogger(__name__)
 
-# -- every private name this module touches (checked by tests/test_forwarder_adapter.py) --
+# -- every private name this module touches (checked by tests/test_rtc_adapter.py) --
 _R = "_RTCRtpReceiver__"
 _S = "_RTCRtpSender__"
 R_CODECS = _R + "codecs"  # dict[pt, RTCRtpCodecParameters], filled by receive()
@@ -165,6 +165,27 @@ def allow_loopback_candidates() -> None:
 
     get_host_addresses.loopback_when_alone = True  # type: ignore[attr-defined]
     setattr(aioice.ice, AIOICE_HOST_ADDRESSES, get_host_addresses)
+
+
+def tap_transport_sends(
+    transport: Any, send: Callable[[bytes], Awaitable[None]]
+) -> Callable[[bytes], Awaitable[None]]:
+    """Route every datagram a DTLS transport writes (RTP and RTCP) through `send`.
+
+    Returns the transport's own writer, which `send` must call to put the bytes on the
+    wire. For measurement (the media benchmark stamps each packet before it leaves).
+    """
+    original: Callable[[bytes], Awaitable[None]] = getattr(transport, "_send_rtp")  # noqa: B009
+    setattr(transport, "_send_rtp", send)  # noqa: B010 - instance override on purpose
+    return original
+
+
+def tap_receiver_packets(
+    receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket, int], Awaitable[None]]
+) -> None:
+    """Hand each RTP packet a receiver gets to `on_packet(packet, arrival_time_ms)` instead
+    of aiortc's depacketizer (nothing is decoded: for counting packets cheaply)."""
+    setattr(receiver, "_handle_rtp_packet", on_packet)  # noqa: B010 - instance override
 
 
 class InboundStream:

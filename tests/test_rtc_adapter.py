@@ -14,6 +14,8 @@ import importlib.util
 import inspect
 import re
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -31,10 +33,10 @@ from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import RTCP_PSFB_FIR, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket
 
-import forwarder.aiortc_adapter as adapter
-from forwarder.aiortc_adapter import InboundStream, OutboundStream
-from forwarder.errors import InvalidStateError, UnsupportedAiortc
-from forwarder.packets import MediaPacket, RtpWriter
+import rtc.aiortc_adapter as adapter
+from rtc.aiortc_adapter import InboundStream, OutboundStream
+from rtc.errors import InvalidStateError, UnsupportedAiortc
+from rtc.packets import MediaPacket, RtpWriter
 
 WAIT = 10.0
 
@@ -373,3 +375,19 @@ def test_loopback_candidates_only_where_nothing_else_exists(
     assert gather(True, True) == ["fe80::1", "127.0.0.1"]
     found.append("10.1.2.3")
     assert gather(True, True) == ["fe80::1", "10.1.2.3"]  # a real interface: as before
+
+
+def test_the_sdk_imports_and_builds_a_room_without_the_pinned_aiortc() -> None:
+    """Signaling alone must not need the adapter's aiortc pin: the SDK imports it lazily."""
+    probe = (
+        "import sys, aiortc\n"
+        "aiortc.__version__ = '1.17.0'\n"
+        "import stagecast\n"
+        "room = stagecast.Room('ws://127.0.0.1:9/rtc', 'token')\n"
+        "assert 'rtc.aiortc_adapter' not in sys.modules, 'the adapter was imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -16,6 +16,7 @@ import jwt
 import pytest
 
 import stagecast
+from access.admin import AdminGrant
 from edge.replays import SeenTokens
 from schemas.api import (
     CreateRoomRequest,
@@ -29,7 +30,6 @@ from schemas.api import (
 from schemas.client import Error, ParticipantsPage
 from schemas.codec import Message, decode, encode
 from stagecast import errors
-from stagecast.admin_grants import AdminGrant
 from tests.edge_fixtures import API_KEY, API_SECRET, Stack, edge_stack
 
 pytestmark = pytest.mark.timeout(60)

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from stagecast.natsserver import death_signal_setter
+from processes.natsserver import death_signal_setter
 
 
 def spawn_child(

@@ -5,7 +5,7 @@ A participant token carries `iss` (the api key), `roomId`, `participantId` (= `s
 `nbf`, `iat` and `jti`. A token without `roomId` is *roomless* (domain-wide): it may live
 at most `ROOMLESS_MAX_TTL` seconds and may not carry a privileged grant. An admin token
 signs server API requests: its `admin` claim holds its grants (`roomCreate`, `roomList`,
-`roomAdmin`, `room`: `stagecast.admin_grants`), it lives at most `ADMIN_MAX_TTL` seconds,
+`roomAdmin`, `room`: `access.admin`), it lives at most `ADMIN_MAX_TTL` seconds,
 and it is never accepted as a participant token.
 
 Verification checks the signature, the algorithm (HS256 only), every claim's type and the
@@ -24,6 +24,8 @@ from typing import Any, Final, cast, get_args
 
 import jwt
 
+from access.admin import AdminGrant, check, claim_of, grant_of
+from schemas.client_errors import InvalidPermissions, InvalidToken, TokenExpired
 from schemas.codec import MaxItems
 from schemas.models import (
     ATTRIBUTES_BYTES,
@@ -33,8 +35,6 @@ from schemas.models import (
     Grant,
     ParticipantKind,
 )
-from stagecast.admin_grants import AdminGrant, check, claim_of, grant_of
-from stagecast.errors import InvalidPermissions, InvalidToken, TokenExpired
 
 ALGORITHM: Final = "HS256"
 ROOMLESS_MAX_TTL: Final = 900

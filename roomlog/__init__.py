@@ -1,0 +1,10 @@
+"""The room log on JetStream, and the one NATS connect function every service uses.
+
+- `log`: `RoomLog`, the streams' configuration and appends;
+- `reader`: `LogReader`, the ordered pull-consumer reader (and `LogRecord`);
+- `appends`: the ack window pipelined appends go through;
+- `jetstream`: every nats-py private name, behind one seam;
+- `connect`: `connect`, with the `NatsLink` callbacks of `natslink`.
+
+Imports only `schemas` and nats-py; never a service or the SDK.
+"""

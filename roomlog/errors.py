@@ -1,0 +1,25 @@
+"""Named errors of the room log."""
+
+from __future__ import annotations
+
+
+class LogUnavailable(RuntimeError):
+    """The log could not be read for `outage` seconds (NATS down, stream missing)."""
+
+    def __init__(self, stream: str, outage: float, reason: str) -> None:
+        super().__init__(f"room log {stream} unavailable for {outage:.0f}s: {reason}")
+        self.stream = stream
+        self.outage = outage
+        self.reason = reason
+
+
+class NatsUnreachable(TimeoutError):
+    """No NATS server of `url` accepted a connection within `timeout` seconds.
+
+    A `TimeoutError`, so a caller that bounded the connect itself still catches it.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(f"NATS at {url} not reachable within {timeout} s")
+        self.url = url
+        self.timeout = timeout

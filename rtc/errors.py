@@ -1,0 +1,28 @@
+"""Named errors of the aiortc adapter."""
+
+from __future__ import annotations
+
+
+class RtcError(Exception):
+    """Root of every error the rtc adapter raises on purpose."""
+
+
+class UnsupportedAiortc(RtcError):
+    """The installed aiortc is not the version whose internals the adapter was written for."""
+
+    def __init__(self, found: str, expected: str) -> None:
+        super().__init__(
+            f"rtc.aiortc_adapter needs aiortc=={expected} (it reaches into private "
+            f"internals), found aiortc {found}; pin aiortc=={expected} or port the adapter"
+        )
+        self.found = found
+        self.expected = expected
+
+
+class InvalidStateError(RtcError):
+    """A call that the object's lifecycle state does not allow (e.g. after `close()`)."""
+
+    def __init__(self, what: str, state: str) -> None:
+        super().__init__(f"{what} is not allowed in state {state}")
+        self.what = what
+        self.state = state
