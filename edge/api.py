@@ -25,7 +25,6 @@ from starlette.responses import Response
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
 from edge.replays import SeenTokens
-from edge.session import now_ms
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -40,6 +39,7 @@ from schemas.api import (
     UpdateRoomMetadataRequest,
 )
 from schemas.client import DataReceived, Error
+from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import (

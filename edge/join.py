@@ -18,8 +18,9 @@ import secrets
 from edge.bus import BusUnavailable
 from edge.closecodes import TRY_AGAIN_LATER, close_code
 from edge.resume import ResumeRefused, verify_resume_token
-from edge.session import Session, now_ms
+from edge.session import Session
 from schemas.client import Join
+from schemas.clock import now_ms
 from schemas.errors import ErrorCode
 from schemas.log import JoinRequested, LogEvent, ResumeRequested
 from schemas.subjects import room_token

@@ -21,8 +21,9 @@ from edge.config import EdgeConfig
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits
-from edge.session import Session, SessionState, now_ms
+from edge.session import Session, SessionState
 from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
+from schemas.clock import now_ms
 from schemas.codec import encode
 from schemas.log import LogEvent, SessionsAlive
 from schemas.subjects import EDGE_HEARTBEAT, edge_sessions, parse_session_subject

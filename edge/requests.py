@@ -21,7 +21,7 @@ from edge.closecodes import TRY_AGAIN_LATER, close_code
 from edge.join import join, resume
 from edge.media import on_answer, on_candidate, on_offer, on_restart_ice
 from edge.metrics import INVALID_TYPE
-from edge.session import Session, SessionState, now_ms, peek_request_id
+from edge.session import Session, SessionState, peek_request_id
 from schemas.api import ListParticipantsRequest
 from schemas.client import (
     Ack,
@@ -48,6 +48,7 @@ from schemas.client import (
     UnpublishTrack,
     Unsubscribe,
 )
+from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import (

@@ -26,7 +26,6 @@ import enum
 import itertools
 import logging
 import secrets
-import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -44,6 +43,7 @@ from schemas.client import (
     JoinAccepted,
     TierChanged,
 )
+from schemas.clock import now_ms
 from schemas.codec import SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import LeaveRequested, LogEvent, SessionDisconnected
@@ -64,10 +64,6 @@ class SessionState(enum.Enum):
     JOINED = "joined"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
@@ -417,4 +413,4 @@ class Session:
         return f"<Session {self.sid or '-'} {self.state.value} room={self.room_id!r}>"
 
 
-__all__ = ["Session", "SessionState", "now_ms", "peek_request_id"]
+__all__ = ["Session", "SessionState", "peek_request_id"]
