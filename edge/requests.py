@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edge.bus import BusUnavailable
-from edge.closecodes import TRY_AGAIN_LATER, close_code
-from edge.join import join, resume
+from edge.closecodes import close_code
+from edge.entry import on_join
 from edge.media import on_answer, on_candidate, on_offer, on_restart_ice
 from edge.metrics import INVALID_TYPE
-from edge.session import Session, SessionState, peek_request_id
+from edge.session import EdgeSession, SessionState, peek_request_id
 from schemas.api import ListParticipantsRequest
 from schemas.client import (
     Ack,
@@ -69,10 +69,10 @@ log = logging.getLogger("stagecast.edge")
 HAND = "hand"
 RAISED = "raised"
 
-Handler = Callable[[Session, Any], Awaitable[None]]
+Handler = Callable[[EdgeSession, Any], Awaitable[None]]
 
 
-async def handle_frame(session: Session, data: bytes | None, text: str | None) -> None:
+async def handle_frame(session: EdgeSession, data: bytes | None, text: str | None) -> None:
     """Handle one frame from the client. Never raises for anything the client sent."""
     metrics = session.node.metrics
     if not session.guard.admit():
@@ -120,24 +120,7 @@ async def handle_frame(session: Session, data: bytes | None, text: str | None) -
 # --------------------------------------------------------------------------- session
 
 
-async def on_join(session: Session, message: Join) -> None:
-    if session.state is not SessionState.CONNECTING or session.join_req is not None:
-        session.error(message.id, ErrorCode.ALREADY_JOINED, "this socket already joined")
-        return
-    session.join_req = message.id
-    try:
-        if message.resume:
-            await resume(session, message)
-        else:
-            await join(session, message)
-    except BusUnavailable as exc:
-        session.refuse(message.id, ErrorCode.UNAVAILABLE, str(exc), TRY_AGAIN_LATER)
-    except Exception:  # a join that broke half-way must not leave the socket stuck
-        log.exception("join failed")
-        session.refuse(message.id, ErrorCode.INTERNAL, "the join failed", 1011)
-
-
-async def on_leave(session: Session, message: Leave) -> None:
+async def on_leave(session: EdgeSession, message: Leave) -> None:
     session.leave_req = message.id
     event = LeaveRequested(
         room_id=session.room_id,
@@ -159,19 +142,19 @@ async def on_leave(session: Session, message: Leave) -> None:
     asyncio.get_running_loop().call_later(session.node.config.request_timeout, close_unanswered)
 
 
-async def on_ping(session: Session, message: Ping) -> None:
+async def on_ping(session: EdgeSession, message: Ping) -> None:
     session.send(encode(Pong(id=message.id, at=message.at, server_at=now_ms())), Pong.TYPE)
 
 
 # --------------------------------------------------------------------------- actions
 
 
-async def _act(session: Session, event: LogEvent) -> None:
+async def _act(session: EdgeSession, event: LogEvent) -> None:
     """Append an action; the statekeeper acks it (or errs) on the session's subject."""
     await session.node.bus.append(event, session.next_msg_id(event.TYPE))
 
 
-def _base(session: Session, req: int) -> dict[str, Any]:
+def _base(session: EdgeSession, req: int) -> dict[str, Any]:
     return {
         "room_id": session.room_id,
         "at": now_ms(),
@@ -181,11 +164,11 @@ def _base(session: Session, req: int) -> dict[str, Any]:
     }
 
 
-def _denied(session: Session, req: int, why: str) -> None:
+def _denied(session: EdgeSession, req: int, why: str) -> None:
     session.error(req, ErrorCode.INVALID_PERMISSIONS, why)
 
 
-async def on_publish_track(session: Session, message: PublishTrack) -> None:
+async def on_publish_track(session: EdgeSession, message: PublishTrack) -> None:
     if session.is_viewer:
         return _denied(session, message.id, "viewers cannot publish; ask to be promoted")
     if not session.grant.can_publish:
@@ -196,36 +179,36 @@ async def on_publish_track(session: Session, message: PublishTrack) -> None:
     await _act(session, TrackPublishRequested(**_base(session, message.id), track=track))
 
 
-async def on_unpublish_track(session: Session, message: UnpublishTrack) -> None:
+async def on_unpublish_track(session: EdgeSession, message: UnpublishTrack) -> None:
     event = TrackUnpublishRequested(**_base(session, message.id), track_sid=message.track_sid)
     await _act(session, event)
 
 
-async def on_mute_track(session: Session, message: MuteTrack) -> None:
+async def on_mute_track(session: EdgeSession, message: MuteTrack) -> None:
     event = TrackMuteRequested(
         **_base(session, message.id), track_sid=message.track_sid, muted=message.muted
     )
     await _act(session, event)
 
 
-async def on_set_metadata(session: Session, message: SetMetadata) -> None:
+async def on_set_metadata(session: EdgeSession, message: SetMetadata) -> None:
     await _act(session, MetadataSet(**_base(session, message.id), metadata=message.metadata))
 
 
-async def on_set_attributes(session: Session, message: SetAttributes) -> None:
+async def on_set_attributes(session: EdgeSession, message: SetAttributes) -> None:
     event = AttributesSet(**_base(session, message.id), attributes=message.attributes)
     await _act(session, event)
 
 
-async def on_raise_hand(session: Session, message: RaiseHand) -> None:
+async def on_raise_hand(session: EdgeSession, message: RaiseHand) -> None:
     await _act(session, AttributesSet(**_base(session, message.id), attributes={HAND: RAISED}))
 
 
-async def on_lower_hand(session: Session, message: LowerHand) -> None:
+async def on_lower_hand(session: EdgeSession, message: LowerHand) -> None:
     await _act(session, AttributesSet(**_base(session, message.id), attributes={HAND: ""}))
 
 
-async def on_subscription(session: Session, message: Subscribe | Unsubscribe) -> None:
+async def on_subscription(session: EdgeSession, message: Subscribe | Unsubscribe) -> None:
     if not session.grant.can_subscribe:
         return _denied(session, message.id, "the grant does not allow subscribing")
     event = SubscriptionRequested(
@@ -237,7 +220,7 @@ async def on_subscription(session: Session, message: Subscribe | Unsubscribe) ->
     await _act(session, event)
 
 
-async def on_publish_data(session: Session, message: PublishData) -> None:
+async def on_publish_data(session: EdgeSession, message: PublishData) -> None:
     if not session.grant.can_publish_data:
         return _denied(session, message.id, "the grant does not allow publishing data")
     frame = DataReceived(
@@ -262,7 +245,7 @@ async def on_publish_data(session: Session, message: PublishData) -> None:
     session.send(encode(Ack(id=message.id)), Ack.TYPE)
 
 
-async def on_get_participants(session: Session, message: GetParticipants) -> None:
+async def on_get_participants(session: EdgeSession, message: GetParticipants) -> None:
     request = ListParticipantsRequest(
         room_id=session.room_id, tier=message.tier, limit=message.limit, cursor=message.cursor
     )
