@@ -1,8 +1,9 @@
 """What the edge does with each frame a client sends (docs/protocol.md, "Requests").
 
 `handle_frame` is the only door: it rate-limits, decodes, checks the session's state and
-grant, and dispatches to one handler per request type. Actions become room-log events with
-``reply_to`` = the session's subject and ``req`` = the frame's id; the statekeeper's `ack`
+grant, and dispatches to one handler per request type. Actions become room-log events
+(`edge.actions`, the table the server API uses too) with ``reply_to`` = the session's
+subject and ``req`` = the frame's id; the statekeeper's `ack`
 or `error` comes back on that subject and is forwarded as it is. Reads go to the
 statekeeper over NATS request/reply; data messages are published straight to the room.
 """
@@ -12,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from edge.actions import Origin, to_event
 from edge.bus import BusUnavailable
 from edge.closecodes import close_code
 from edge.entry import on_join
@@ -51,23 +52,9 @@ from schemas.client import (
 from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
-from schemas.log import (
-    AttributesSet,
-    LeaveRequested,
-    LogEvent,
-    MetadataSet,
-    SubscriptionRequested,
-    TrackMuteRequested,
-    TrackPublishRequested,
-    TrackUnpublishRequested,
-)
-from schemas.models import TrackInfo
 from schemas.subjects import room_data
 
 log = logging.getLogger("stagecast.edge")
-
-HAND = "hand"
-RAISED = "raised"
 
 Handler = Callable[[EdgeSession, Any], Awaitable[None]]
 
@@ -122,15 +109,8 @@ async def handle_frame(session: EdgeSession, data: bytes | None, text: str | Non
 
 async def on_leave(session: EdgeSession, message: Leave) -> None:
     session.leave_req = message.id
-    event = LeaveRequested(
-        room_id=session.room_id,
-        at=now_ms(),
-        sid=session.sid,
-        reply_to=session.subject,
-        req=message.id,
-    )
     try:
-        await session.node.bus.append(event, session.next_msg_id(event.TYPE))
+        await on_action(session, message)
     except BusUnavailable:
         session.leave_req = None
         raise
@@ -149,19 +129,20 @@ async def on_ping(session: EdgeSession, message: Ping) -> None:
 # --------------------------------------------------------------------------- actions
 
 
-async def _act(session: EdgeSession, event: LogEvent) -> None:
-    """Append an action; the statekeeper acks it (or errs) on the session's subject."""
+async def on_action(session: EdgeSession, message: Message) -> None:
+    """Append an action's event (`edge.actions`); the statekeeper acks it (or errs) on the
+    session's subject."""
+    origin = Origin(
+        room_id=session.room_id,
+        at=now_ms(),
+        reply_to=session.subject,
+        sid=session.sid,
+        req=getattr(message, "id", 0),
+    )
+    event = to_event(message, origin)
+    if event is None:
+        raise TypeError(f"{message.TYPE} is not an action")
     await session.node.bus.append(event, session.next_msg_id(event.TYPE))
-
-
-def _base(session: EdgeSession, req: int) -> dict[str, Any]:
-    return {
-        "room_id": session.room_id,
-        "at": now_ms(),
-        "sid": session.sid,
-        "reply_to": session.subject,
-        "req": req,
-    }
 
 
 def _denied(session: EdgeSession, req: int, why: str) -> None:
@@ -173,51 +154,13 @@ async def on_publish_track(session: EdgeSession, message: PublishTrack) -> None:
         return _denied(session, message.id, "viewers cannot publish; ask to be promoted")
     if not session.grant.can_publish:
         return _denied(session, message.id, "the grant does not allow publishing")
-    track = TrackInfo(
-        sid=new_track_sid(), kind=message.kind, source=message.source, name=message.name
-    )
-    await _act(session, TrackPublishRequested(**_base(session, message.id), track=track))
-
-
-async def on_unpublish_track(session: EdgeSession, message: UnpublishTrack) -> None:
-    event = TrackUnpublishRequested(**_base(session, message.id), track_sid=message.track_sid)
-    await _act(session, event)
-
-
-async def on_mute_track(session: EdgeSession, message: MuteTrack) -> None:
-    event = TrackMuteRequested(
-        **_base(session, message.id), track_sid=message.track_sid, muted=message.muted
-    )
-    await _act(session, event)
-
-
-async def on_set_metadata(session: EdgeSession, message: SetMetadata) -> None:
-    await _act(session, MetadataSet(**_base(session, message.id), metadata=message.metadata))
-
-
-async def on_set_attributes(session: EdgeSession, message: SetAttributes) -> None:
-    event = AttributesSet(**_base(session, message.id), attributes=message.attributes)
-    await _act(session, event)
-
-
-async def on_raise_hand(session: EdgeSession, message: RaiseHand) -> None:
-    await _act(session, AttributesSet(**_base(session, message.id), attributes={HAND: RAISED}))
-
-
-async def on_lower_hand(session: EdgeSession, message: LowerHand) -> None:
-    await _act(session, AttributesSet(**_base(session, message.id), attributes={HAND: ""}))
+    await on_action(session, message)
 
 
 async def on_subscription(session: EdgeSession, message: Subscribe | Unsubscribe) -> None:
     if not session.grant.can_subscribe:
         return _denied(session, message.id, "the grant does not allow subscribing")
-    event = SubscriptionRequested(
-        **_base(session, message.id),
-        participant_id=message.participant_id,
-        kind=message.kind,
-        subscribed=isinstance(message, Subscribe),
-    )
-    await _act(session, event)
+    await on_action(session, message)
 
 
 async def on_publish_data(session: EdgeSession, message: PublishData) -> None:
@@ -260,21 +203,17 @@ async def on_get_participants(session: EdgeSession, message: GetParticipants) ->
     session.send(encode(answer), answer.TYPE)
 
 
-def new_track_sid() -> str:
-    return "TR_" + secrets.token_urlsafe(9)
-
-
 HANDLERS: dict[type[Message], Handler] = {
     Join: on_join,
     Leave: on_leave,
     Ping: on_ping,
     PublishTrack: on_publish_track,
-    UnpublishTrack: on_unpublish_track,
-    MuteTrack: on_mute_track,
-    SetMetadata: on_set_metadata,
-    SetAttributes: on_set_attributes,
-    RaiseHand: on_raise_hand,
-    LowerHand: on_lower_hand,
+    UnpublishTrack: on_action,
+    MuteTrack: on_action,
+    SetMetadata: on_action,
+    SetAttributes: on_action,
+    RaiseHand: on_action,
+    LowerHand: on_action,
     Subscribe: on_subscription,
     Unsubscribe: on_subscription,
     PublishData: on_publish_data,
@@ -289,4 +228,4 @@ HANDLERS: dict[type[Message], Handler] = {
 ANY_STATE: frozenset[type[Message]] = frozenset({Join, Ping})
 """Requests allowed before the join (the rest answer `NOT_JOINED`)."""
 
-__all__ = ["HANDLERS", "handle_frame", "new_track_sid"]
+__all__ = ["HANDLERS", "handle_frame"]
