@@ -22,7 +22,7 @@ from edge.closecodes import close_code
 from edge.entry import on_join
 from edge.media import on_answer, on_candidate, on_offer, on_restart_ice
 from edge.metrics import INVALID_TYPE
-from edge.session import EdgeSession, SessionState, peek_request_id
+from edge.session import EdgeSession, EdgeSessionState, peek_request_id
 from schemas.api import ListParticipantsRequest
 from schemas.client import (
     Ack,
@@ -92,7 +92,7 @@ async def handle_frame(session: EdgeSession, data: bytes | None, text: str | Non
     if handler is None:
         session.error(req, ErrorCode.UNKNOWN_TYPE, f"{message.TYPE!r} is not a client request")
         return
-    if type(message) not in ANY_STATE and session.state is not SessionState.JOINED:
+    if type(message) not in ANY_STATE and session.state is not EdgeSessionState.JOINED:
         session.error(req, ErrorCode.NOT_JOINED, "join first")
         return
     try:
@@ -114,7 +114,7 @@ async def on_leave(session: EdgeSession, message: Leave) -> None:
     except BusUnavailable:
         session.leave_req = None
         raise
-    session.state = SessionState.CLOSING  # the ack (or error) closes it with CLIENT_LEFT
+    session.state = EdgeSessionState.CLOSING  # the ack (or error) closes it with CLIENT_LEFT
 
     def close_unanswered() -> None:
         session.end(1000, ErrorCode.CLIENT_LEFT.value, server_ended=True)

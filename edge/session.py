@@ -58,7 +58,7 @@ _PEEK_LIMIT = 64 * 1024
 _MESSAGE_CHARS = 1000
 
 
-class SessionState(enum.Enum):
+class EdgeSessionState(enum.Enum):
     CONNECTING = "connecting"
     JOINED = "joined"
     CLOSING = "closing"
@@ -99,7 +99,7 @@ class EdgeSession:
         self._handle = handle
         self.ws = websocket
         self.upgrade_token = upgrade_token
-        self.state = SessionState.CONNECTING
+        self.state = EdgeSessionState.CONNECTING
         self.connection_id = secrets.token_urlsafe(6)
         self.queue = SendQueue(
             config.send_queue_size, self._ws_send, self._ws_close, self._on_overflow
@@ -144,7 +144,7 @@ class EdgeSession:
             await self.ws.accept()
         except Exception as exc:  # the client went away during the handshake
             log.debug("accept failed: %s", exc)
-            self.state = SessionState.CLOSED
+            self.state = EdgeSessionState.CLOSED
             self.detached.set()
             self.closed.set()
             return
@@ -165,7 +165,7 @@ class EdgeSession:
                         await task
             if not self._socket_gone:
                 self.end(1011, ErrorCode.INTERNAL.value)  # no-op when already ending
-            self.state = SessionState.CLOSING
+            self.state = EdgeSessionState.CLOSING
             await self._detach()
             if not self._socket_gone or self.queue.closing:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
@@ -175,7 +175,7 @@ class EdgeSession:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
-            self.state = SessionState.CLOSED
+            self.state = EdgeSessionState.CLOSED
             self.node.closed_socket(self)
             self.closed.set()
 
@@ -187,13 +187,13 @@ class EdgeSession:
                 return
             if message["type"] != "websocket.receive":
                 continue
-            if self.state not in (SessionState.CONNECTING, SessionState.JOINED):
+            if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
                 continue  # closing: whatever still arrives is ignored
             await self._handle(self, message.get("bytes"), message.get("text"))
 
     def _join_deadline_passed(self) -> None:
         """No join (or resume) arrived in time: `JOIN_TIMEOUT`, close 4018."""
-        if self.state is not SessionState.CONNECTING or self.attempt is not None:
+        if self.state is not EdgeSessionState.CONNECTING or self.attempt is not None:
             return  # joined, closing, or a join is in flight (`join_timeout` bounds it)
         self.node.metrics.join_timeouts += 1
         code = ErrorCode.JOIN_TIMEOUT
@@ -206,8 +206,8 @@ class EdgeSession:
             self._server_ended = True
         if self._ended.is_set():
             return
-        if self.state is not SessionState.CLOSED:
-            self.state = SessionState.CLOSING
+        if self.state is not EdgeSessionState.CLOSED:
+            self.state = EdgeSessionState.CLOSING
         self.queue.close_after(code, reason)
         self._ended.set()
 
@@ -228,7 +228,7 @@ class EdgeSession:
         self.node.metrics.queue_drops += 1
         self.node.metrics.error(ErrorCode.SLOW_CONSUMER.value)
         if not self._ended.is_set():
-            self.state = SessionState.CLOSING
+            self.state = EdgeSessionState.CLOSING
             self._ended.set()  # the queue already aborted with 4010
 
     async def _detach(self) -> None:
@@ -293,11 +293,11 @@ class EdgeSession:
     @property
     def joined(self) -> bool:
         """Whether the statekeeper accepted this socket's join and it is not closing."""
-        return self.state is SessionState.JOINED
+        return self.state is EdgeSessionState.JOINED
 
     def begin_join(self, req: int) -> JoinAttempt | None:
         """Start the socket's one join (or resume); None when it has one already."""
-        if self.state is not SessionState.CONNECTING or self.attempt is not None:
+        if self.state is not EdgeSessionState.CONNECTING or self.attempt is not None:
             return None
         self.attempt = JoinAttempt(req)
         return self.attempt
@@ -329,24 +329,24 @@ class EdgeSession:
     # ------------------------------------------------------------------ fan-out (Member)
 
     def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
-        if self.state is SessionState.JOINED:
+        if self.state is EdgeSessionState.JOINED:
             if seq is None or seq > self.joined_seq:
                 self.send(data, type_tag)
-        elif self.state is SessionState.CONNECTING and seq is not None:
+        elif self.state is EdgeSessionState.CONNECTING and seq is not None:
             if len(self._pending) >= self.queue.capacity:
                 self._on_overflow_while_joining()
                 return
             self._pending.append((data, type_tag, seq))
 
     def deliver_counts(self, data: bytes, seq: int) -> None:
-        if self.state is SessionState.JOINED:
+        if self.state is EdgeSessionState.JOINED:
             if seq >= self.joined_seq and self.queue.put_counts(data):
                 self.node.metrics.frame_out("counts")
-        elif self.state is SessionState.CONNECTING:
+        elif self.state is EdgeSessionState.CONNECTING:
             self._pending_counts = (data, seq)
 
     def room_ended(self, data: bytes, reason: str) -> None:
-        if self.state in (SessionState.CONNECTING, SessionState.JOINED):
+        if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
             self.send(data, Disconnect.TYPE)
             # A joined session was removed with the room; a join still in flight may have
             # landed in a new room of the same id, so it is withdrawn on close.
@@ -366,7 +366,7 @@ class EdgeSession:
         except SchemaError as exc:
             log.warning("session %s: undecodable direct frame: %s", self.sid, exc)
             return
-        if self.state is SessionState.CLOSED:
+        if self.state is EdgeSessionState.CLOSED:
             return
         if isinstance(message, JoinAccepted):
             self._accepted(message)
@@ -386,11 +386,11 @@ class EdgeSession:
 
     def _accepted(self, message: JoinAccepted) -> None:
         attempt = self.attempt
-        if self.state is not SessionState.CONNECTING or attempt is None:
+        if self.state is not EdgeSessionState.CONNECTING or attempt is None:
             return
         if not attempt.answers(message.id):
             return
-        self.state = SessionState.JOINED
+        self.state = EdgeSessionState.JOINED
         self.was_joined = True
         self.joined_seq = message.seq
         self.participant_id = message.participant.id
@@ -414,7 +414,7 @@ class EdgeSession:
         self.node.metrics.error(message.code)
         self.send(data, Error.TYPE)
         attempt = self.attempt
-        if self.state is SessionState.CONNECTING and attempt and attempt.answers(message.id):
+        if self.state is EdgeSessionState.CONNECTING and attempt and attempt.answers(message.id):
             # Refused: no session exists in the room, so nothing is withdrawn on close.
             self.end(close_code(message.code), message.code, server_ended=True)
             attempt.done.set()
@@ -445,4 +445,4 @@ class EdgeSession:
         return f"<EdgeSession {self.sid or '-'} {self.state.value} room={self.room_id!r}>"
 
 
-__all__ = ["EdgeSession", "FrameHandler", "SessionState", "peek_request_id"]
+__all__ = ["EdgeSession", "EdgeSessionState", "FrameHandler", "peek_request_id"]
