@@ -17,42 +17,30 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from access.admin import AdminGrant, needed_for
 from access.tokens import DEFAULT_LEEWAY, AdminClaims, verify_admin_token
+from edge.actions import EVENTS, Origin
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
 from edge.replays import SeenTokens
-from edge.session import now_ms
 from schemas.api import (
-    CreateRoomRequest,
-    DeleteRoomRequest,
     GetParticipantRequest,
     ListParticipantsRequest,
     ListRoomsRequest,
-    MuteTrackRequest,
     OkReply,
-    RemoveParticipantRequest,
     SendDataRequest,
-    UpdateParticipantRequest,
-    UpdateRoomMetadataRequest,
 )
 from schemas.client import DataReceived, Error
 from schemas.client_errors import InvalidPermissions, InvalidToken, TokenExpired
+from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import (
     LogEvent,
-    ParticipantRemoveRequested,
-    ParticipantUpdateRequested,
-    RoomCreateRequested,
-    RoomDeleteRequested,
-    RoomMetadataSet,
-    TrackMuteForced,
 )
 from schemas.subjects import room_data, room_token
 
@@ -81,10 +69,6 @@ READS: tuple[type[Message], ...] = (
 def http_status(code: str) -> int:
     """The HTTP status of an error code (400 for every client mistake without its own)."""
     return _STATUS.get(code, 400)
-
-
-def new_room_sid() -> str:
-    return "RM_" + secrets.token_urlsafe(9)
 
 
 def _reply(data: bytes, status: int = 200) -> Response:
@@ -190,9 +174,15 @@ async def _answer(node: EdgeNode, message: Message) -> Response:
         )
         await node.bus.publish(room_data(message.room_id), encode(frame))
         return _reply(encode(OkReply()))
-    make = _write_event(message)
-    if make is None:
+    build = EVENTS.get(type(message))
+    if build is None:
         return _error(ErrorCode.UNKNOWN_TYPE, f"{message.TYPE} is not a server API request")
+    room_id: str = getattr(message, "room_id", "")
+    at = now_ms()
+
+    def make(inbox: str) -> LogEvent:
+        return build(message, Origin(room_id=room_id, at=at, reply_to=inbox))
+
     reply, data = await node.bus.append_and_wait(make, f"api:{secrets.token_urlsafe(12)}")
     return _forward(reply, data)
 
@@ -203,54 +193,4 @@ def _forward(reply: Message, data: bytes) -> Response:
     return _reply(data)
 
 
-def _write_event(m: Message) -> Callable[[str], LogEvent] | None:
-    """How a write request becomes a log event, given the inbox its outcome goes to."""
-    at = now_ms()
-    if isinstance(m, CreateRoomRequest):
-        room_sid = new_room_sid()
-        return lambda inbox: RoomCreateRequested(
-            room_id=m.room_id,
-            at=at,
-            room_sid=room_sid,
-            max_participants=m.max_participants,
-            empty_timeout=m.empty_timeout,
-            departure_timeout=m.departure_timeout,
-            metadata=m.metadata,
-            livestream=m.livestream,
-            reply_to=inbox,
-        )
-    if isinstance(m, DeleteRoomRequest):
-        return lambda inbox: RoomDeleteRequested(room_id=m.room_id, at=at, reply_to=inbox)
-    if isinstance(m, UpdateRoomMetadataRequest):
-        return lambda inbox: RoomMetadataSet(
-            room_id=m.room_id, at=at, metadata=m.metadata, reply_to=inbox
-        )
-    if isinstance(m, UpdateParticipantRequest):
-        return lambda inbox: ParticipantUpdateRequested(
-            room_id=m.room_id,
-            at=at,
-            participant_id=m.participant_id,
-            is_viewer=m.is_viewer,
-            grant=m.grant,
-            metadata=m.metadata,
-            attributes=m.attributes,
-            name=m.name,
-            reply_to=inbox,
-        )
-    if isinstance(m, RemoveParticipantRequest):
-        return lambda inbox: ParticipantRemoveRequested(
-            room_id=m.room_id, at=at, participant_id=m.participant_id, reply_to=inbox
-        )
-    if isinstance(m, MuteTrackRequest):
-        return lambda inbox: TrackMuteForced(
-            room_id=m.room_id,
-            at=at,
-            participant_id=m.participant_id,
-            track_sid=m.track_sid,
-            muted=m.muted,
-            reply_to=inbox,
-        )
-    return None
-
-
-__all__ = ["MEDIA_TYPE", "handle_api", "http_status", "new_room_sid"]
+__all__ = ["MEDIA_TYPE", "handle_api", "http_status"]

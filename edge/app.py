@@ -34,8 +34,9 @@ from edge.metrics import EdgeMetrics
 from edge.node import EdgeNode
 from edge.page import routes as page_routes
 from edge.replays import SeenTokens
+from edge.requests import handle_frame
 from edge.serving import refusal_of
-from edge.session import Session
+from edge.session import EdgeSession
 from schemas.client import Disconnect, Error
 from schemas.codec import encode
 from schemas.errors import ErrorCode
@@ -110,7 +111,7 @@ def create_app(config: EdgeConfig) -> Starlette:
             frame = encode(Disconnect(reason=code, can_reconnect=True))
             await refuse_socket(websocket, frame, code)
             return
-        await Session(node, websocket, upgrade_token(websocket)).run()
+        await EdgeSession(node, websocket, upgrade_token(websocket), handle_frame).run()
 
     async def healthz(request: Request) -> Response:
         healthy, reason = await node.health()

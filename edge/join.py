@@ -1,32 +1,50 @@
-"""The join and resume flows of a socket (docs/protocol.md, "Connecting").
+"""A join's bookkeeping and the pure rules of joining (docs/protocol.md, "Connecting").
 
-Join: verify the token, settle the room id and the participant id, make the session sid,
-subscribe the room's fan-out, append `JoinRequested` and wait for the statekeeper's
-`joined` or `error` on the session's subject (`Session.on_direct` finishes the join there,
-filling in the resume token). Resume: verify the resume token and append
-`ResumeRequested` for the same sid instead. Every failure is an error frame and a close.
+`JoinAttempt` is what one socket's join (or resume) has done so far: the request id the
+statekeeper answers, whether the event was appended, whether it is a resume or a keyed
+join (which decide what a dropped socket tells the log), and the event its outcome sets.
+`EdgeSession` owns the attempt; the flows in `edge.entry` fill it in. The rest is pure: the
+session sid and participant id a join gets, and which room it goes to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import dataclasses
 import hashlib
 import secrets
 
-from access.tokens import verify_token
-from edge.bus import BusUnavailable
-from edge.closecodes import TRY_AGAIN_LATER, close_code
-from edge.resume import ResumeRefused, verify_resume_token
-from edge.session import Session, now_ms
-from schemas.client import Join
-from schemas.client_errors import InvalidToken, TokenExpired
 from schemas.errors import ErrorCode
-from schemas.log import JoinRequested, LogEvent, ResumeRequested
 from schemas.subjects import room_token
 
-SPENT = "this resume token was used already or is stale; join again"
+
+@dataclasses.dataclass(slots=True)
+class JoinAttempt:
+    """One join or resume of a socket, from the `join` frame to the statekeeper's answer."""
+
+    req: int
+    """The `join` frame's id: the statekeeper's `joined` or `error` names it."""
+    key: str = ""
+    """The client's key for this connect: a retry of the join continues the same sid."""
+    resuming: bool = False
+    appended: bool = False
+    """The join (or resume) event went to the room log (or may have)."""
+    done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    """Set when the statekeeper answered (accepted or refused)."""
+
+    def answers(self, req: int | None) -> bool:
+        """Whether a reply naming `req` is this attempt's outcome."""
+        return req == self.req
+
+    def withdraws_on_close(self, was_joined: bool) -> bool:
+        """Whether a socket that drops now withdraws its join (`LeaveRequested`) rather
+        than starting the departure grace (`SessionDisconnected`).
+
+        A join in flight with a join key is not withdrawn: the client retries it (same
+        sid), and if it had landed the session just waits in its grace, so nobody in the
+        room sees it join, leave and join again."""
+        return not (was_joined or self.resuming or self.key)
 
 
 def new_sid() -> str:
@@ -47,10 +65,6 @@ def keyed_ids(api_key: str, token_id: str, room_id: str, join_key: str) -> tuple
     return "PA_" + digest[:16], "p-" + digest[16:28]
 
 
-def _refuse_code(session: Session, req: int, code: ErrorCode, message: str) -> None:
-    session.refuse(req, code, message, close_code(code.value))
-
-
 def settle_room(token_room: str | None, asked: str | None) -> str | tuple[ErrorCode, str]:
     """The room a join goes to, or why it cannot go anywhere."""
     if token_room is not None and asked is not None and asked != token_room:
@@ -65,105 +79,4 @@ def settle_room(token_room: str | None, asked: str | None) -> str | tuple[ErrorC
     return room_id
 
 
-async def join(session: Session, message: Join) -> None:
-    """A fresh join (see the module docstring)."""
-    config = session.node.config
-    token = message.token or session.upgrade_token or ""
-    try:
-        claims = verify_token(token, config.secret_for)
-    except TokenExpired as exc:
-        return _refuse_code(session, message.id, ErrorCode.TOKEN_EXPIRED, exc.message)
-    except InvalidToken as exc:
-        return _refuse_code(session, message.id, ErrorCode.INVALID_TOKEN, exc.message)
-    room = settle_room(claims.room_id, message.room_id)
-    if isinstance(room, tuple):
-        return _refuse_code(session, message.id, *room)
-    if message.join_key:
-        sid, generated = keyed_ids(claims.api_key, claims.token_id, room, message.join_key)
-        session.join_key = message.join_key
-        await _supersede(session, sid)
-    else:
-        sid, generated = new_sid(), new_participant_id()
-    session.enter_room(room, sid, claims.participant_id or generated)
-    session.is_viewer = claims.is_viewer
-    session.grant = claims.grant
-    session.token_expires_at = claims.expires_at
-    event = JoinRequested(
-        room_id=room,
-        at=now_ms(),
-        sid=sid,
-        participant_id=session.participant_id,
-        name=claims.name or message.name or "",
-        is_viewer=claims.is_viewer,
-        kind=claims.kind,
-        grant=claims.grant,
-        metadata=claims.metadata,
-        attributes=claims.attributes,
-        edge_id=session.node.edge_id,
-        token_id=claims.token_id,
-        token_expires_at=claims.expires_at * 1000,
-        reply_to=session.subject,
-        req=message.id,
-    )
-    await _enter(session, message.id, event, session.next_msg_id("join"))
-
-
-async def resume(session: Session, message: Join) -> None:
-    """Resume a session whose socket dropped (see the module docstring)."""
-    config = session.node.config
-    try:
-        facts = verify_resume_token(message.resume or "", config.secret_for)
-    except ResumeRefused as exc:
-        return _refuse_code(session, message.id, ErrorCode.RESUME_FAILED, str(exc))
-    previous = session.node.sessions.get(facts.sid)
-    if previous is not None and previous is not session and facts.epoch < previous.epoch:
-        # A spent token, and the session it names lives on this edge: leave it alone.
-        return _refuse_code(session, message.id, ErrorCode.RESUME_FAILED, SPENT)
-    session.enter_room(facts.room_id, facts.sid, facts.participant_id)
-    session.is_viewer = facts.tier == "viewer"
-    session.grant = facts.grant
-    session.token_expires_at = facts.expires_at
-    session.resuming = True
-    await _supersede(session, facts.sid)
-    event = ResumeRequested(
-        room_id=facts.room_id,
-        at=now_ms(),
-        sid=facts.sid,
-        edge_id=session.node.edge_id,
-        reply_to=session.subject,
-        req=message.id,
-        epoch=facts.epoch,
-        room_sid=facts.room_sid,
-    )
-    await _enter(session, message.id, event, session.next_msg_id(event.TYPE))
-
-
-async def _supersede(session: Session, sid: str) -> None:
-    """Another socket of this edge holds the same session: close it quietly, and let it
-    finish telling the log whatever it was telling it before this socket's event goes in."""
-    previous = session.node.sessions.get(sid)
-    if previous is not None and previous is not session:
-        previous.supersede()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(previous.detached.wait(), session.node.config.join_timeout)
-
-
-async def _enter(session: Session, req: int, event: LogEvent, msg_id: str) -> None:
-    """Route replies, subscribe the room, append, and wait for the statekeeper's answer."""
-    session.node.register(session)
-    try:
-        await session.subscribe_room()
-        session.join_appended = True  # withdrawing a join that never landed is harmless
-        await session.node.bus.append(event, msg_id)
-    except BusUnavailable as exc:
-        session.refuse(req, ErrorCode.UNAVAILABLE, str(exc), TRY_AGAIN_LATER)
-        return
-    try:
-        await asyncio.wait_for(session.join_done.wait(), session.node.config.join_timeout)
-    except TimeoutError:
-        session.refuse(
-            req, ErrorCode.UNAVAILABLE, "the statekeeper did not answer the join", TRY_AGAIN_LATER
-        )
-
-
-__all__ = ["join", "new_participant_id", "new_sid", "resume", "settle_room"]
+__all__ = ["JoinAttempt", "keyed_ids", "new_participant_id", "new_sid", "settle_room"]

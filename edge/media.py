@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from access.rules import refuse_publish
-from edge.session import Session
+from edge.session import EdgeSession
 from schemas.api import MediaAssignment, MediaAssignRequest
 from schemas.client import Ack, Error, RestartIce, SignalAnswer, SignalCandidate, SignalOffer
 from schemas.codec import Message, encode
@@ -32,7 +32,7 @@ FORWARDER_TIMEOUT_S = 10.0
 """A forwarder answers an offer after ICE gathering and codec setup: allow some seconds."""
 
 
-async def on_offer(session: Session, message: SignalOffer) -> None:
+async def on_offer(session: EdgeSession, message: SignalOffer) -> None:
     if message.target != "publisher":
         return _bad(session, message.id, "subscriber connections are offered by the server")
     if message.track_sid is None:
@@ -59,7 +59,7 @@ async def on_offer(session: Session, message: SignalOffer) -> None:
         session.send(encode(answer), answer.TYPE)
 
 
-async def on_answer(session: Session, message: SignalAnswer) -> None:
+async def on_answer(session: EdgeSession, message: SignalAnswer) -> None:
     if message.target != "subscriber" or message.track_sid is None:
         return _bad(session, message.id, "answers are for offered subscriber track_sids")
     request = SubscriberAnswer(
@@ -68,7 +68,7 @@ async def on_answer(session: Session, message: SignalAnswer) -> None:
     await _relay(session, message.id, request)
 
 
-async def on_candidate(session: Session, message: SignalCandidate) -> None:
+async def on_candidate(session: EdgeSession, message: SignalCandidate) -> None:
     if message.track_sid is None:
         return _bad(session, message.id, "a candidate names the track_sid of its connection")
     request = MediaCandidate(
@@ -83,14 +83,14 @@ async def on_candidate(session: Session, message: SignalCandidate) -> None:
     await _relay(session, message.id, request)
 
 
-async def on_restart_ice(session: Session, message: RestartIce) -> None:
+async def on_restart_ice(session: EdgeSession, message: RestartIce) -> None:
     request = RestartSubscription(
         room_id=session.room_id, sid=session.sid, track_sid=message.track_sid
     )
     await _relay(session, message.id, request)
 
 
-async def _relay(session: Session, req: int, request: Message) -> None:
+async def _relay(session: EdgeSession, req: int, request: Message) -> None:
     """Send `request` to the session's forwarder; an `ack` when it says ok."""
     assignment = await _assignment(session, req, None)
     if assignment is None:
@@ -100,7 +100,9 @@ async def _relay(session: Session, req: int, request: Message) -> None:
         session.send(encode(Ack(id=req)), Ack.TYPE)
 
 
-async def _assignment(session: Session, req: int, track_sid: str | None) -> MediaAssignment | None:
+async def _assignment(
+    session: EdgeSession, req: int, track_sid: str | None
+) -> MediaAssignment | None:
     """The session's forwarder (placed on first use), or None after answering an error."""
     request = MediaAssignRequest(room_id=session.room_id, sid=session.sid, track_sid=track_sid)
     reply, _data = await session.node.bus.request(request)
@@ -110,7 +112,7 @@ async def _assignment(session: Session, req: int, track_sid: str | None) -> Medi
     return None
 
 
-async def _forward(session: Session, req: int, forwarder_id: str, request: Message) -> Message:
+async def _forward(session: EdgeSession, req: int, forwarder_id: str, request: Message) -> Message:
     """A request to a forwarder; its reply, having already answered the client if it failed."""
     reply, _data = await session.node.bus.request(
         request, subject=forwarder_rpc(forwarder_id), timeout=FORWARDER_TIMEOUT_S
@@ -120,7 +122,7 @@ async def _forward(session: Session, req: int, forwarder_id: str, request: Messa
     return reply
 
 
-def _reply_error(session: Session, req: int, reply: Message) -> None:
+def _reply_error(session: EdgeSession, req: int, reply: Message) -> None:
     if isinstance(reply, Error):
         error = dataclasses.replace(reply, id=req)
     else:
@@ -129,11 +131,11 @@ def _reply_error(session: Session, req: int, reply: Message) -> None:
     session.send(encode(error), error.TYPE)
 
 
-def _bad(session: Session, req: int, why: str) -> None:
+def _bad(session: EdgeSession, req: int, why: str) -> None:
     _fail(session, req, ErrorCode.BAD_REQUEST, why)
 
 
-def _fail(session: Session, req: int, code: ErrorCode, why: str) -> None:
+def _fail(session: EdgeSession, req: int, code: ErrorCode, why: str) -> None:
     session.error(req, code, why)
 
 

@@ -20,9 +20,10 @@ from edge.bus import Bus, BusUnavailable
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
+from edge.ports import Resident
 from edge.ratelimit import DataLimits
-from edge.session import Session, SessionState, now_ms
 from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
+from schemas.clock import now_ms
 from schemas.codec import encode
 from schemas.log import LogEvent, SessionsAlive
 from schemas.subjects import EDGE_HEARTBEAT, edge_sessions, parse_session_subject
@@ -41,9 +42,9 @@ class EdgeNode:
         self.config = config
         self.edge_id = config.edge_id
         self.metrics = EdgeMetrics()
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Resident] = {}
         """Sessions by sid, for direct replies (joined, joining or resuming)."""
-        self.sockets: set[Session] = set()
+        self.sockets: set[Resident] = set()
         """Every open socket, joined or not."""
         self.draining = False
         self.pending_departures: list[tuple[LogEvent, str]] = []
@@ -147,13 +148,26 @@ class EdgeNode:
 
     # ------------------------------------------------------------------ sessions
 
-    def register(self, session: Session) -> None:
+    def opened(self, session: Resident) -> None:
+        """A socket was accepted: it is told when the edge drains."""
+        self.sockets.add(session)
+
+    def closed_socket(self, session: Resident) -> None:
+        """A socket is gone."""
+        self.sockets.discard(session)
+
+    def register(self, session: Resident) -> None:
         """Route direct replies for `session.sid` to this session."""
         self.sessions[session.sid] = session
 
-    def unregister(self, session: Session) -> None:
+    def unregister(self, session: Resident) -> None:
+        """Stop routing `session.sid` here, unless another socket took it over."""
         if session.sid and self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
+
+    def resident(self, sid: str) -> Resident | None:
+        """The session direct replies for `sid` go to, if any."""
+        return self.sessions.get(sid)
 
     async def _on_direct(self, msg: Msg) -> None:
         parsed = parse_session_subject(msg.subject)
@@ -194,7 +208,7 @@ class EdgeNode:
                 log.warning("edge %s: departure not appended: %s", self.edge_id, exc)
         by_room: dict[str, list[str]] = {}
         for session in list(self.sessions.values()):
-            if session.state is SessionState.JOINED:
+            if session.joined:
                 by_room.setdefault(session.room_id, []).append(session.sid)
         at = now_ms()
         for room_id, sids in sorted(by_room.items()):

@@ -31,10 +31,10 @@ from starlette.routing import BaseRoute, Route
 from access.tokens import generate_token, verify_token
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
-from edge.session import now_ms
 from schemas.api import ParticipantReply
 from schemas.client import Error
 from schemas.client_errors import StagecastError
+from schemas.clock import now_ms
 from schemas.log import ParticipantUpdateRequested
 from schemas.models import ID_CHARS, Grant
 from schemas.subjects import room_token

@@ -1,8 +1,9 @@
 """What the edge does with each frame a client sends (docs/protocol.md, "Requests").
 
 `handle_frame` is the only door: it rate-limits, decodes, checks the session's state and
-grant, and dispatches to one handler per request type. Actions become room-log events with
-``reply_to`` = the session's subject and ``req`` = the frame's id; the statekeeper's `ack`
+grant, and dispatches to one handler per request type. Actions become room-log events
+(`edge.actions`, the table the server API uses too) with ``reply_to`` = the session's
+subject and ``req`` = the frame's id; the statekeeper's `ack`
 or `error` comes back on that subject and is forwarded as it is. Reads go to the
 statekeeper over NATS request/reply; data messages are published straight to the room.
 """
@@ -12,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from access.rules import Refusal, refuse_publish, refuse_publish_data, refuse_subscribe
+from edge.actions import Origin, to_event
 from edge.bus import BusUnavailable
-from edge.closecodes import TRY_AGAIN_LATER, close_code
-from edge.join import join, resume
+from edge.closecodes import close_code
+from edge.entry import on_join
 from edge.media import on_answer, on_candidate, on_offer, on_restart_ice
 from edge.metrics import INVALID_TYPE
-from edge.session import Session, SessionState, now_ms, peek_request_id
+from edge.session import EdgeSession, EdgeSessionState, peek_request_id
 from schemas.api import ListParticipantsRequest
 from schemas.client import (
     Ack,
@@ -49,30 +50,17 @@ from schemas.client import (
     UnpublishTrack,
     Unsubscribe,
 )
+from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
-from schemas.log import (
-    AttributesSet,
-    LeaveRequested,
-    LogEvent,
-    MetadataSet,
-    SubscriptionRequested,
-    TrackMuteRequested,
-    TrackPublishRequested,
-    TrackUnpublishRequested,
-)
-from schemas.models import TrackInfo
 from schemas.subjects import room_data
 
 log = logging.getLogger("stagecast.edge")
 
-HAND = "hand"
-RAISED = "raised"
-
-Handler = Callable[[Session, Any], Awaitable[None]]
+Handler = Callable[[EdgeSession, Any], Awaitable[None]]
 
 
-async def handle_frame(session: Session, data: bytes | None, text: str | None) -> None:
+async def handle_frame(session: EdgeSession, data: bytes | None, text: str | None) -> None:
     """Handle one frame from the client. Never raises for anything the client sent."""
     metrics = session.node.metrics
     if not session.guard.admit():
@@ -105,7 +93,7 @@ async def handle_frame(session: Session, data: bytes | None, text: str | None) -
     if handler is None:
         session.error(req, ErrorCode.UNKNOWN_TYPE, f"{message.TYPE!r} is not a client request")
         return
-    if type(message) not in ANY_STATE and session.state is not SessionState.JOINED:
+    if type(message) not in ANY_STATE and session.state is not EdgeSessionState.JOINED:
         session.error(req, ErrorCode.NOT_JOINED, "join first")
         return
     try:
@@ -120,38 +108,14 @@ async def handle_frame(session: Session, data: bytes | None, text: str | None) -
 # --------------------------------------------------------------------------- session
 
 
-async def on_join(session: Session, message: Join) -> None:
-    if session.state is not SessionState.CONNECTING or session.join_req is not None:
-        session.error(message.id, ErrorCode.ALREADY_JOINED, "this socket already joined")
-        return
-    session.join_req = message.id
-    try:
-        if message.resume:
-            await resume(session, message)
-        else:
-            await join(session, message)
-    except BusUnavailable as exc:
-        session.refuse(message.id, ErrorCode.UNAVAILABLE, str(exc), TRY_AGAIN_LATER)
-    except Exception:  # a join that broke half-way must not leave the socket stuck
-        log.exception("join failed")
-        session.refuse(message.id, ErrorCode.INTERNAL, "the join failed", 1011)
-
-
-async def on_leave(session: Session, message: Leave) -> None:
+async def on_leave(session: EdgeSession, message: Leave) -> None:
     session.leave_req = message.id
-    event = LeaveRequested(
-        room_id=session.room_id,
-        at=now_ms(),
-        sid=session.sid,
-        reply_to=session.subject,
-        req=message.id,
-    )
     try:
-        await session.node.bus.append(event, session.next_msg_id(event.TYPE))
+        await on_action(session, message)
     except BusUnavailable:
         session.leave_req = None
         raise
-    session.state = SessionState.CLOSING  # the ack (or error) closes it with CLIENT_LEFT
+    session.state = EdgeSessionState.CLOSING  # the ack (or error) closes it with CLIENT_LEFT
 
     def close_unanswered() -> None:
         session.end(1000, ErrorCode.CLIENT_LEFT.value, server_ended=True)
@@ -159,85 +123,48 @@ async def on_leave(session: Session, message: Leave) -> None:
     asyncio.get_running_loop().call_later(session.node.config.request_timeout, close_unanswered)
 
 
-async def on_ping(session: Session, message: Ping) -> None:
+async def on_ping(session: EdgeSession, message: Ping) -> None:
     session.send(encode(Pong(id=message.id, at=message.at, server_at=now_ms())), Pong.TYPE)
 
 
 # --------------------------------------------------------------------------- actions
 
 
-async def _act(session: Session, event: LogEvent) -> None:
-    """Append an action; the statekeeper acks it (or errs) on the session's subject."""
+async def on_action(session: EdgeSession, message: Message) -> None:
+    """Append an action's event (`edge.actions`); the statekeeper acks it (or errs) on the
+    session's subject."""
+    origin = Origin(
+        room_id=session.room_id,
+        at=now_ms(),
+        reply_to=session.subject,
+        sid=session.sid,
+        req=getattr(message, "id", 0),
+    )
+    event = to_event(message, origin)
+    if event is None:
+        raise TypeError(f"{message.TYPE} is not an action")
     await session.node.bus.append(event, session.next_msg_id(event.TYPE))
 
 
-def _base(session: Session, req: int) -> dict[str, Any]:
-    return {
-        "room_id": session.room_id,
-        "at": now_ms(),
-        "sid": session.sid,
-        "reply_to": session.subject,
-        "req": req,
-    }
-
-
-def _refused(session: Session, req: int, refusal: Refusal) -> None:
+def _refused(session: EdgeSession, req: int, refusal: Refusal) -> None:
     session.error(req, refusal.code, refusal.reason)
 
 
-async def on_publish_track(session: Session, message: PublishTrack) -> None:
+async def on_publish_track(session: EdgeSession, message: PublishTrack) -> None:
     refusal = refuse_publish(session.is_viewer, session.grant)
     if refusal is not None:
         return _refused(session, message.id, refusal)
-    track = TrackInfo(
-        sid=new_track_sid(), kind=message.kind, source=message.source, name=message.name
-    )
-    await _act(session, TrackPublishRequested(**_base(session, message.id), track=track))
+    await on_action(session, message)
 
 
-async def on_unpublish_track(session: Session, message: UnpublishTrack) -> None:
-    event = TrackUnpublishRequested(**_base(session, message.id), track_sid=message.track_sid)
-    await _act(session, event)
-
-
-async def on_mute_track(session: Session, message: MuteTrack) -> None:
-    event = TrackMuteRequested(
-        **_base(session, message.id), track_sid=message.track_sid, muted=message.muted
-    )
-    await _act(session, event)
-
-
-async def on_set_metadata(session: Session, message: SetMetadata) -> None:
-    await _act(session, MetadataSet(**_base(session, message.id), metadata=message.metadata))
-
-
-async def on_set_attributes(session: Session, message: SetAttributes) -> None:
-    event = AttributesSet(**_base(session, message.id), attributes=message.attributes)
-    await _act(session, event)
-
-
-async def on_raise_hand(session: Session, message: RaiseHand) -> None:
-    await _act(session, AttributesSet(**_base(session, message.id), attributes={HAND: RAISED}))
-
-
-async def on_lower_hand(session: Session, message: LowerHand) -> None:
-    await _act(session, AttributesSet(**_base(session, message.id), attributes={HAND: ""}))
-
-
-async def on_subscription(session: Session, message: Subscribe | Unsubscribe) -> None:
+async def on_subscription(session: EdgeSession, message: Subscribe | Unsubscribe) -> None:
     refusal = refuse_subscribe(session.grant)
     if refusal is not None:
         return _refused(session, message.id, refusal)
-    event = SubscriptionRequested(
-        **_base(session, message.id),
-        participant_id=message.participant_id,
-        kind=message.kind,
-        subscribed=isinstance(message, Subscribe),
-    )
-    await _act(session, event)
+    await on_action(session, message)
 
 
-async def on_publish_data(session: Session, message: PublishData) -> None:
+async def on_publish_data(session: EdgeSession, message: PublishData) -> None:
     refusal = refuse_publish_data(session.grant)
     if refusal is not None:
         return _refused(session, message.id, refusal)
@@ -263,7 +190,7 @@ async def on_publish_data(session: Session, message: PublishData) -> None:
     session.send(encode(Ack(id=message.id)), Ack.TYPE)
 
 
-async def on_get_participants(session: Session, message: GetParticipants) -> None:
+async def on_get_participants(session: EdgeSession, message: GetParticipants) -> None:
     request = ListParticipantsRequest(
         room_id=session.room_id, tier=message.tier, limit=message.limit, cursor=message.cursor
     )
@@ -278,21 +205,17 @@ async def on_get_participants(session: Session, message: GetParticipants) -> Non
     session.send(encode(answer), answer.TYPE)
 
 
-def new_track_sid() -> str:
-    return "TR_" + secrets.token_urlsafe(9)
-
-
 HANDLERS: dict[type[Message], Handler] = {
     Join: on_join,
     Leave: on_leave,
     Ping: on_ping,
     PublishTrack: on_publish_track,
-    UnpublishTrack: on_unpublish_track,
-    MuteTrack: on_mute_track,
-    SetMetadata: on_set_metadata,
-    SetAttributes: on_set_attributes,
-    RaiseHand: on_raise_hand,
-    LowerHand: on_lower_hand,
+    UnpublishTrack: on_action,
+    MuteTrack: on_action,
+    SetMetadata: on_action,
+    SetAttributes: on_action,
+    RaiseHand: on_action,
+    LowerHand: on_action,
     Subscribe: on_subscription,
     Unsubscribe: on_subscription,
     PublishData: on_publish_data,
@@ -307,4 +230,4 @@ HANDLERS: dict[type[Message], Handler] = {
 ANY_STATE: frozenset[type[Message]] = frozenset({Join, Ping})
 """Requests allowed before the join (the rest answer `NOT_JOINED`)."""
 
-__all__ = ["HANDLERS", "handle_frame", "new_track_sid"]
+__all__ = ["HANDLERS", "handle_frame"]

@@ -26,14 +26,15 @@ import enum
 import itertools
 import logging
 import secrets
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
 
 import msgpack
 from starlette.websockets import WebSocket
 
 from edge.bus import BusUnavailable
 from edge.closecodes import close_code
+from edge.join import JoinAttempt
+from edge.ports import EdgePort
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeClaims, mint_resume_token
 from edge.sendqueue import SendQueue
@@ -44,14 +45,12 @@ from schemas.client import (
     JoinAccepted,
     TierChanged,
 )
+from schemas.clock import now_ms
 from schemas.codec import SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import LeaveRequested, LogEvent, SessionDisconnected
 from schemas.models import Grant
 from schemas.subjects import session_reply
-
-if TYPE_CHECKING:
-    from edge.node import EdgeNode
 
 log = logging.getLogger("stagecast.edge")
 
@@ -59,15 +58,15 @@ _PEEK_LIMIT = 64 * 1024
 _MESSAGE_CHARS = 1000
 
 
-class SessionState(enum.Enum):
+class EdgeSessionState(enum.Enum):
     CONNECTING = "connecting"
     JOINED = "joined"
     CLOSING = "closing"
     CLOSED = "closed"
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+FrameHandler = Callable[["EdgeSession", bytes | None, str | None], Awaitable[None]]
+"""What the session does with each frame the client sends (`edge.requests.handle_frame`)."""
 
 
 def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
@@ -82,15 +81,25 @@ def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
     return value if type(value) is int else None
 
 
-class Session:
-    """One socket's session (see the module docstring). Create, then `await run()`."""
+class EdgeSession:
+    """One socket's session (see the module docstring). Create, then `await run()`.
 
-    def __init__(self, node: EdgeNode, websocket: WebSocket, upgrade_token: str | None) -> None:
+    `node` is the edge it runs on; `handle` serves each frame the client sends (the app
+    hands it `edge.requests.handle_frame`)."""
+
+    def __init__(
+        self,
+        node: EdgePort,
+        websocket: WebSocket,
+        upgrade_token: str | None,
+        handle: FrameHandler,
+    ) -> None:
         config = node.config
         self.node = node
+        self._handle = handle
         self.ws = websocket
         self.upgrade_token = upgrade_token
-        self.state = SessionState.CONNECTING
+        self.state = EdgeSessionState.CONNECTING
         self.connection_id = secrets.token_urlsafe(6)
         self.queue = SendQueue(
             config.send_queue_size, self._ws_send, self._ws_close, self._on_overflow
@@ -110,13 +119,8 @@ class Session:
         """The connection epoch the statekeeper gave this socket's session (0 until joined)."""
         self.token_expires_at = 0
         """When the participant token expires (seconds; 0 unknown): resume tokens end there."""
-        # Join bookkeeping.
-        self.join_req: int | None = None
-        self.join_done = asyncio.Event()
-        self.join_appended = False
-        self.resuming = False
-        self.join_key = ""
-        """The client's key for this connect: a retry of the join continues the same sid."""
+        self.attempt: JoinAttempt | None = None
+        """The join (or resume) of this socket, once its `join` frame arrived."""
         self.was_joined = False
         self.leave_req: int | None = None
         self._pending: list[tuple[bytes, str, int]] = []
@@ -136,23 +140,21 @@ class Session:
 
     async def run(self) -> None:
         """Serve the socket until it closes; never raises for anything the client did."""
-        from edge.requests import handle_frame
-
         try:
             await self.ws.accept()
         except Exception as exc:  # the client went away during the handshake
             log.debug("accept failed: %s", exc)
-            self.state = SessionState.CLOSED
+            self.state = EdgeSessionState.CLOSED
             self.detached.set()
             self.closed.set()
             return
-        self.node.sockets.add(self)
+        self.node.opened(self)
         writer = asyncio.create_task(self.queue.run())
         deadline = asyncio.get_running_loop().call_later(
             self.node.config.join_deadline, self._join_deadline_passed
         )
         try:
-            receiver = asyncio.create_task(self._receive(handle_frame))
+            receiver = asyncio.create_task(self._receive())
             ended = asyncio.create_task(self._ended.wait())
             try:
                 await asyncio.wait({receiver, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -163,7 +165,7 @@ class Session:
                         await task
             if not self._socket_gone:
                 self.end(1011, ErrorCode.INTERNAL.value)  # no-op when already ending
-            self.state = SessionState.CLOSING
+            self.state = EdgeSessionState.CLOSING
             await self._detach()
             if not self._socket_gone or self.queue.closing:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
@@ -173,11 +175,11 @@ class Session:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
-            self.state = SessionState.CLOSED
-            self.node.sockets.discard(self)
+            self.state = EdgeSessionState.CLOSED
+            self.node.closed_socket(self)
             self.closed.set()
 
-    async def _receive(self, handle: Any) -> None:
+    async def _receive(self) -> None:
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -185,13 +187,13 @@ class Session:
                 return
             if message["type"] != "websocket.receive":
                 continue
-            if self.state not in (SessionState.CONNECTING, SessionState.JOINED):
+            if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
                 continue  # closing: whatever still arrives is ignored
-            await handle(self, message.get("bytes"), message.get("text"))
+            await self._handle(self, message.get("bytes"), message.get("text"))
 
     def _join_deadline_passed(self) -> None:
         """No join (or resume) arrived in time: `JOIN_TIMEOUT`, close 4018."""
-        if self.state is not SessionState.CONNECTING or self.join_req is not None:
+        if self.state is not EdgeSessionState.CONNECTING or self.attempt is not None:
             return  # joined, closing, or a join is in flight (`join_timeout` bounds it)
         self.node.metrics.join_timeouts += 1
         code = ErrorCode.JOIN_TIMEOUT
@@ -204,8 +206,8 @@ class Session:
             self._server_ended = True
         if self._ended.is_set():
             return
-        if self.state is not SessionState.CLOSED:
-            self.state = SessionState.CLOSING
+        if self.state is not EdgeSessionState.CLOSED:
+            self.state = EdgeSessionState.CLOSING
         self.queue.close_after(code, reason)
         self._ended.set()
 
@@ -226,7 +228,7 @@ class Session:
         self.node.metrics.queue_drops += 1
         self.node.metrics.error(ErrorCode.SLOW_CONSUMER.value)
         if not self._ended.is_set():
-            self.state = SessionState.CLOSING
+            self.state = EdgeSessionState.CLOSING
             self._ended.set()  # the queue already aborted with 4010
 
     async def _detach(self) -> None:
@@ -249,16 +251,14 @@ class Session:
             self.detached.set()
 
     def _closing_event(self) -> LogEvent | None:
-        if not self.join_appended or self._server_ended:
+        attempt = self.attempt
+        if attempt is None or not attempt.appended or self._server_ended:
             return None
-        if self.was_joined or self.resuming or self.join_key:
-            # A join in flight with a join key is not withdrawn: the client retries it
-            # (same sid), and if it had landed the session just waits in its grace, so
-            # nobody in the room sees it join, leave and join again.
-            return SessionDisconnected(
-                room_id=self.room_id, at=now_ms(), sid=self.sid, edge_id=self.node.edge_id
-            )
-        return LeaveRequested(room_id=self.room_id, at=now_ms(), sid=self.sid)
+        if attempt.withdraws_on_close(self.was_joined):
+            return LeaveRequested(room_id=self.room_id, at=now_ms(), sid=self.sid)
+        return SessionDisconnected(
+            room_id=self.room_id, at=now_ms(), sid=self.sid, edge_id=self.node.edge_id
+        )
 
     async def _ws_send(self, data: bytes) -> None:
         await self.ws.send_bytes(data)
@@ -290,11 +290,35 @@ class Session:
         self.error(req, code, message)
         self.end(close, code.value)
 
-    def enter_room(self, room_id: str, sid: str, participant_id: str) -> None:
+    @property
+    def joined(self) -> bool:
+        """Whether the statekeeper accepted this socket's join and it is not closing."""
+        return self.state is EdgeSessionState.JOINED
+
+    def begin_join(self, req: int) -> JoinAttempt | None:
+        """Start the socket's one join (or resume); None when it has one already."""
+        if self.state is not EdgeSessionState.CONNECTING or self.attempt is not None:
+            return None
+        self.attempt = JoinAttempt(req)
+        return self.attempt
+
+    def enter_room(
+        self,
+        room_id: str,
+        sid: str,
+        participant_id: str,
+        *,
+        is_viewer: bool,
+        grant: Grant,
+        token_expires_at: int,
+    ) -> None:
         """Fix the session's identity before its join or resume is appended."""
         self.room_id = room_id
         self.sid = sid
         self.participant_id = participant_id
+        self.is_viewer = is_viewer
+        self.grant = grant
+        self.token_expires_at = token_expires_at
         self.subject = session_reply(self.node.edge_id, sid, self.connection_id)
 
     async def subscribe_room(self) -> None:
@@ -305,24 +329,24 @@ class Session:
     # ------------------------------------------------------------------ fan-out (Member)
 
     def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
-        if self.state is SessionState.JOINED:
+        if self.state is EdgeSessionState.JOINED:
             if seq is None or seq > self.joined_seq:
                 self.send(data, type_tag)
-        elif self.state is SessionState.CONNECTING and seq is not None:
+        elif self.state is EdgeSessionState.CONNECTING and seq is not None:
             if len(self._pending) >= self.queue.capacity:
                 self._on_overflow_while_joining()
                 return
             self._pending.append((data, type_tag, seq))
 
     def deliver_counts(self, data: bytes, seq: int) -> None:
-        if self.state is SessionState.JOINED:
+        if self.state is EdgeSessionState.JOINED:
             if seq >= self.joined_seq and self.queue.put_counts(data):
                 self.node.metrics.frame_out("counts")
-        elif self.state is SessionState.CONNECTING:
+        elif self.state is EdgeSessionState.CONNECTING:
             self._pending_counts = (data, seq)
 
     def room_ended(self, data: bytes, reason: str) -> None:
-        if self.state in (SessionState.CONNECTING, SessionState.JOINED):
+        if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
             self.send(data, Disconnect.TYPE)
             # A joined session was removed with the room; a join still in flight may have
             # landed in a new room of the same id, so it is withdrawn on close.
@@ -342,7 +366,7 @@ class Session:
         except SchemaError as exc:
             log.warning("session %s: undecodable direct frame: %s", self.sid, exc)
             return
-        if self.state is SessionState.CLOSED:
+        if self.state is EdgeSessionState.CLOSED:
             return
         if isinstance(message, JoinAccepted):
             self._accepted(message)
@@ -361,9 +385,12 @@ class Session:
             self.send(data, message.TYPE)
 
     def _accepted(self, message: JoinAccepted) -> None:
-        if self.state is not SessionState.CONNECTING or message.id != self.join_req:
+        attempt = self.attempt
+        if self.state is not EdgeSessionState.CONNECTING or attempt is None:
             return
-        self.state = SessionState.JOINED
+        if not attempt.answers(message.id):
+            return
+        self.state = EdgeSessionState.JOINED
         self.was_joined = True
         self.joined_seq = message.seq
         self.participant_id = message.participant.id
@@ -381,15 +408,16 @@ class Session:
         counts, self._pending_counts = self._pending_counts, None
         if counts is not None and counts[1] >= message.seq and self.queue.put_counts(counts[0]):
             self.node.metrics.frame_out("counts")
-        self.join_done.set()
+        attempt.done.set()
 
     def _errored(self, message: Error, data: bytes) -> None:
         self.node.metrics.error(message.code)
         self.send(data, Error.TYPE)
-        if self.state is SessionState.CONNECTING and message.id == self.join_req:
+        attempt = self.attempt
+        if self.state is EdgeSessionState.CONNECTING and attempt and attempt.answers(message.id):
             # Refused: no session exists in the room, so nothing is withdrawn on close.
             self.end(close_code(message.code), message.code, server_ended=True)
-            self.join_done.set()
+            attempt.done.set()
         elif self.leave_req is not None and message.id == self.leave_req:
             self.end(1000, ErrorCode.CLIENT_LEFT.value, server_ended=True)
 
@@ -414,7 +442,7 @@ class Session:
         return mint_resume_token(claims, config.api_key, config.api_secret)
 
     def __repr__(self) -> str:
-        return f"<Session {self.sid or '-'} {self.state.value} room={self.room_id!r}>"
+        return f"<EdgeSession {self.sid or '-'} {self.state.value} room={self.room_id!r}>"
 
 
-__all__ = ["Session", "SessionState", "now_ms", "peek_request_id"]
+__all__ = ["EdgeSession", "EdgeSessionState", "FrameHandler", "peek_request_id"]

@@ -112,11 +112,11 @@ class TracksChanged(ForwarderError):
 
     code = ErrorCode.BAD_REQUEST
 
-    def __init__(self, publisher_id: str, published: list[str], offered: list[str]) -> None:
+    def __init__(self, publisher_key: str, published: list[str], offered: list[str]) -> None:
         super().__init__(
-            f"publisher {publisher_id!r} publishes {published}; the new offer carries {offered}"
+            f"publisher {publisher_key!r} publishes {published}; the new offer carries {offered}"
         )
-        self.publisher_id = publisher_id
+        self.publisher_key = publisher_key
         self.published = published
         self.offered = offered
 

@@ -96,8 +96,8 @@ class SubscriberLeg:
 
 
 class _Publisher:
-    def __init__(self, publisher_id: str, pc: RTCPeerConnection) -> None:
-        self.publisher_id = publisher_id
+    def __init__(self, publisher_key: str, pc: RTCPeerConnection) -> None:
+        self.publisher_key = publisher_key
         self.pc = pc
         self.streams: dict[str, InboundStream] = {}
 
@@ -157,35 +157,37 @@ class Forwarder:
         return self._epochs.get(track_id)
 
     async def add_publisher(
-        self, offer_sdp: str, *, publisher_id: str, track_ids: Mapping[str, str] | None = None
+        self, offer_sdp: str, *, publisher_key: str, track_ids: Mapping[str, str] | None = None
     ) -> PublisherAnswer:
         """Answer a publisher's offer: each audio/video it sends becomes a published track.
 
+        `publisher_key` names the connection (`forwarder.sessions` gives each track its own
+        connection, keyed by its track sid; a participant id works for a multi-track one).
         `track_ids` maps an offer's MID to the track id to publish it as (the track sid the
-        room gave it); a MID not in it becomes ``"<publisher_id>:<mid>"``. The answer keeps
+        room gave it); a MID not in it becomes ``"<publisher_key>:<mid>"``. The answer keeps
         one codec per track (VP8 before H.264; Opus first), since subscribers get the
         publisher's packets unchanged.
         """
         self._check_open("add_publisher")
-        if publisher_id in self._publishers:
-            raise DuplicateSession(publisher_id)
+        if publisher_key in self._publishers:
+            raise DuplicateSession(publisher_key)
         publisher, published = await self._negotiate_publisher(
-            offer_sdp, publisher_id, track_ids or {}, keep=None
+            offer_sdp, publisher_key, track_ids or {}, keep=None
         )
         try:
             # checked after the awaits: a concurrent call or close() may have come first
             self._check_open("add_publisher")
-            if publisher_id in self._publishers:
-                raise DuplicateSession(publisher_id)
+            if publisher_key in self._publishers:
+                raise DuplicateSession(publisher_key)
             for track in published:
                 if self._is_published(track.track_id):
                     raise DuplicateTrack(track.track_id)
         except BaseException:
             await _close_quietly(publisher.pc)
             raise
-        self._publishers[publisher_id] = publisher
+        self._publishers[publisher_key] = publisher
         for track in published:
-            self._track_owner[track.track_id] = publisher_id
+            self._track_owner[track.track_id] = publisher_key
             self._epochs[track.track_id] = self._new_epoch()
             self.router.publish(
                 track.track_id,
@@ -195,7 +197,7 @@ class Forwarder:
         return PublisherAnswer(answer_sdp=publisher.pc.localDescription.sdp, tracks=published)
 
     async def replace_publisher(
-        self, publisher_id: str, offer_sdp: str, *, track_ids: Mapping[str, str] | None = None
+        self, publisher_key: str, offer_sdp: str, *, track_ids: Mapping[str, str] | None = None
     ) -> PublisherAnswer:
         """Answer a publisher's new offer with a new peer connection, its tracks kept.
 
@@ -206,26 +208,26 @@ class Forwarder:
         connection stops forwarding at once and is closed.
         """
         self._check_open("replace_publisher")
-        old = self._publishers.get(publisher_id)
+        old = self._publishers.get(publisher_key)
         if old is None:
-            raise ParticipantNotFound(publisher_id)
+            raise ParticipantNotFound(publisher_key)
         keep = {track_id: self.router.codec(track_id) for track_id in old.streams}
         publisher, published = await self._negotiate_publisher(
-            offer_sdp, publisher_id, track_ids or {}, keep=keep
+            offer_sdp, publisher_key, track_ids or {}, keep=keep
         )
         try:
             self._check_open("replace_publisher")
-            if self._publishers.get(publisher_id) is not old:  # removed or replaced meanwhile
-                raise ParticipantNotFound(publisher_id)
+            if self._publishers.get(publisher_key) is not old:  # removed or replaced meanwhile
+                raise ParticipantNotFound(publisher_key)
             offered = sorted(t.track_id for t in published)
             if offered != sorted(keep):
-                raise TracksChanged(publisher_id, sorted(keep), offered)
+                raise TracksChanged(publisher_key, sorted(keep), offered)
         except BaseException:
             await _close_quietly(publisher.pc)
             raise
         for stream in old.streams.values():
             stream.close()
-        self._publishers[publisher_id] = publisher
+        self._publishers[publisher_key] = publisher
         for track in published:
             self.router.replace_source(
                 track.track_id, publisher.streams[track.track_id].request_keyframe
@@ -236,7 +238,7 @@ class Forwarder:
     async def _negotiate_publisher(
         self,
         offer_sdp: str,
-        publisher_id: str,
+        publisher_key: str,
         track_ids: Mapping[str, str],
         *,
         keep: Mapping[str, CodecInfo] | None,
@@ -247,7 +249,7 @@ class Forwarder:
         connection is closed before the error propagates.
         """
         pc = RTCPeerConnection(self._configuration)
-        publisher = _Publisher(publisher_id, pc)
+        publisher = _Publisher(publisher_key, pc)
         published: list[PublishedTrack] = []
         try:
             await apply_remote(pc, offer_sdp, "offer")
@@ -256,7 +258,7 @@ class Forwarder:
                     continue  # nothing to receive on this m-line
                 kind: MediaKind = "video" if transceiver.kind == "video" else "audio"
                 mid = transceiver.mid
-                track_id = track_ids.get(mid, f"{publisher_id}:{mid}")
+                track_id = track_ids.get(mid, f"{publisher_key}:{mid}")
                 if any(t.track_id == track_id for t in published):
                     raise DuplicateTrack(track_id)
                 offered = negotiated_codecs(transceiver)
@@ -264,7 +266,7 @@ class Forwarder:
                     codecs = pick_forwardable(kind, offered)
                 else:
                     if track_id not in keep:
-                        raise TracksChanged(publisher_id, sorted(keep), [track_id])
+                        raise TracksChanged(publisher_key, sorted(keep), [track_id])
                     codecs = pick_matching(track_id, keep[track_id], kind, offered)
                 keep_codecs(transceiver, codecs)
                 codec = codec_info(kind, codecs[0]) if keep is None else keep[track_id]
@@ -280,11 +282,11 @@ class Forwarder:
             raise
         return publisher, tuple(published)
 
-    async def remove_publisher(self, publisher_id: str) -> None:
+    async def remove_publisher(self, publisher_key: str) -> None:
         """Unpublish the publisher's tracks (their legs go idle) and close its connection."""
-        publisher = self._publishers.pop(publisher_id, None)
+        publisher = self._publishers.pop(publisher_key, None)
         if publisher is None:
-            raise ParticipantNotFound(publisher_id)
+            raise ParticipantNotFound(publisher_key)
         for track_id, stream in publisher.streams.items():
             self._track_owner.pop(track_id, None)
             self._epochs.pop(track_id, None)
@@ -413,8 +415,8 @@ class Forwarder:
         self.state = ForwarderState.CLOSED
         for subscriber_id in list(self._subscribers):
             await self.remove_subscriber(subscriber_id)
-        for publisher_id in list(self._publishers):
-            await self.remove_publisher(publisher_id)
+        for publisher_key in list(self._publishers):
+            await self.remove_publisher(publisher_key)
         for track_id in list(self._relayed):
             self.remove_relayed_track(track_id)
         self.router.close()

@@ -43,6 +43,7 @@ from forwarder.relay_in import RelayIn
 from forwarder.relay_out import OutgoingRelays
 from forwarder.sessions import SIGNALING_REQUESTS, MediaSessions, SessionKey
 from schemas.client import Error
+from schemas.clock import now_ms
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.media import (
@@ -298,7 +299,7 @@ class ForwarderService:
         self._counted_at, self._counted_packets = now, forwarded
         heartbeat = ForwarderHeartbeat(
             forwarder_id=self.forwarder_id,
-            at=int(time.time() * 1000),
+            at=now_ms(),
             peer_connections=self.peer_connections,
             published_tracks=len(self.published_tracks),
             legs=self.forwarder.router.leg_count,

@@ -379,7 +379,7 @@ class MediaSessions:
                 )
                 return replaced.answer_sdp
             answer = await self.forwarder.add_publisher(
-                request.sdp, publisher_id=track_sid, track_ids={mid: track_sid}
+                request.sdp, publisher_key=track_sid, track_ids={mid: track_sid}
             )
             self._owners[track_sid] = session.key
             session.publications.add(track_sid)

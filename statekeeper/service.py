@@ -27,6 +27,7 @@ from roomlog.natslink import NatsLink
 from schemas import subjects
 from schemas.api import EdgeGone, EdgeHeartbeat, MediaAssignment, MediaAssignRequest
 from schemas.client import CountsChanged
+from schemas.clock import now_ms
 from schemas.codec import SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import EdgeLost, ForwarderAssigned, GraceExpired, LogEvent, RoomTimedOut
@@ -63,10 +64,6 @@ STOP_TIMEOUT_S = 5.0
 """How long `stop` waits for its tasks to end after cancelling them."""
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclasses.dataclass(slots=True)
 class Tuning:
     """How often the statekeeper writes and checks things (tests shorten these)."""
@@ -93,7 +90,7 @@ class Statekeeper:
         *,
         partitions: tuple[int, ...] = (0,),
         tuning: Tuning | None = None,
-        clock: Callable[[], int] = wall_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.nc = nc
         self.room_log = room_log

@@ -36,7 +36,7 @@ from stagecast.client import (
 )
 from stagecast.client.connection import http_url
 from stagecast.client.events import EventEmitter
-from stagecast.client.session import Session
+from stagecast.client.session import ClientSession
 
 # --------------------------------------------------------------------------- helpers
 
@@ -418,7 +418,7 @@ def test_session_terminal_reasons() -> None:
     from stagecast.client.connection import SignalConnection
 
     room = Room("ws://edge.test", "token", auto_subscribe=False)
-    session: Session = room._session
+    session: ClientSession = room._session
 
     class Lost:
         def __init__(self, disconnect: Disconnect | None, code: int | None) -> None:

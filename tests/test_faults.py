@@ -15,7 +15,6 @@ import nats
 import pytest
 from websockets.asyncio.client import connect
 
-from edge.session import now_ms
 from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import EdgeGone
@@ -27,6 +26,7 @@ from schemas.client import (
     PublishTrack,
     UnpublishTrack,
 )
+from schemas.clock import now_ms
 from schemas.codec import decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import JoinRequested, LeaveRequested

@@ -82,7 +82,7 @@ class Room:
         self.publishers: list[RTCPeerConnection] = []
         self.viewers: list[Viewer] = []
 
-    async def publish(self, publisher_id: str) -> PublisherAnswer:
+    async def publish(self, publisher_key: str) -> PublisherAnswer:
         pc = peer()
         self.publishers.append(pc)
         pc.addTrack(VideoStreamTrack())
@@ -90,8 +90,8 @@ class Room:
         await pc.setLocalDescription(await pc.createOffer())
         answer = await self.forwarder.add_publisher(
             pc.localDescription.sdp,
-            publisher_id=publisher_id,
-            track_ids={"0": f"{publisher_id}-cam", "1": f"{publisher_id}-mic"},
+            publisher_key=publisher_key,
+            track_ids={"0": f"{publisher_key}-cam", "1": f"{publisher_key}-mic"},
         )
         await pc.setRemoteDescription(RTCSessionDescription(answer.answer_sdp, "answer"))
         return answer
@@ -275,7 +275,7 @@ async def test_concurrent_publishes_of_one_id_leave_one_session(room: Room) -> N
         await pc.setLocalDescription(await pc.createOffer())
         offers.append(pc.localDescription.sdp)
     results = await asyncio.gather(
-        *(room.forwarder.add_publisher(sdp, publisher_id="alice") for sdp in offers),
+        *(room.forwarder.add_publisher(sdp, publisher_key="alice") for sdp in offers),
         return_exceptions=True,
     )
     assert sum(isinstance(r, DuplicateSession) for r in results) == 1

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest, ListParticipantsRequest
 from schemas.client import CountsChanged, Error, JoinAccepted, ParticipantJoined, ParticipantsPage
+from schemas.clock import now_ms
 from schemas.codec import decode, encode
 from schemas.log import (
     JoinRequested,
@@ -60,10 +60,6 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.drain()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def sqlite_url(tmp_path: Path) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import statistics
-import time
 from collections.abc import Sequence
 
 import psutil
@@ -50,8 +49,3 @@ def percentile(samples: Sequence[float], pct: float) -> float:
 def median(samples: Sequence[float]) -> float:
     """The median of `samples`; 0.0 when empty."""
     return statistics.median(samples) if samples else 0.0
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds since the epoch."""
-    return time.time_ns() // 1_000_000

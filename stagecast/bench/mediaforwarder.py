@@ -161,7 +161,7 @@ class ForwardNode:
         self.probe = LatencyProbe(self.forwarder.router) if latency else None
 
     async def publish(self, offer_sdp: str) -> tuple[str, list[str]]:
-        answer = await self.forwarder.add_publisher(offer_sdp, publisher_id="publisher")
+        answer = await self.forwarder.add_publisher(offer_sdp, publisher_key="publisher")
         return answer.answer_sdp, [t.track_id for t in answer.tracks]
 
     async def subscribe(self, subscriber_id: str, track_ids: list[str]) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 
+from schemas.clock import now_ms
 from schemas.log import (
     AttributesSet,
     JoinRequested,
@@ -37,7 +37,7 @@ def storm(
     out, which exempts the joins from that deadline whenever they are appended.
     """
     rng = random.Random(seed)
-    at = time.time_ns() // 1_000_000 if start_at is None else start_at
+    at = now_ms() if start_at is None else start_at
     for i in range(speakers):
         at += 1
         yield JoinRequested(

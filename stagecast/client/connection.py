@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +31,7 @@ from schemas.client import (
     Pong,
     SignalAnswer,
 )
+from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from stagecast.errors import Unavailable, error_for
 
@@ -102,10 +102,6 @@ def http_url(url: str) -> str:
     path = parts.path.rstrip("/")
     path = path.removesuffix("/rtc")
     return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class SignalConnection:

@@ -50,7 +50,7 @@ from stagecast.client.events import (
 from stagecast.client.local import LocalParticipant
 from stagecast.client.media import MediaTransport, PeerMedia
 from stagecast.client.participant import GetParticipantsResult, RemoteParticipant
-from stagecast.client.session import Session
+from stagecast.client.session import ClientSession
 from stagecast.errors import InvalidStateError, StagecastError
 
 log = logging.getLogger("stagecast.client")
@@ -123,7 +123,7 @@ class Room:
         self._last_seq: dict[str, int] = {}
         self._auto_subscribe = auto_subscribe
         self._media: PeerMedia = PeerMedia(self)
-        self._session = Session(
+        self._session = ClientSession(
             self,
             url,
             token,

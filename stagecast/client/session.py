@@ -27,13 +27,13 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas.client import Join, JoinAccepted, Leave, Subscribe, Unsubscribe
 from schemas.codec import Message
 from schemas.errors import CLOSE_REASONS, ErrorCode
-from schemas.models import TrackKind
+from schemas.models import RoomInfo, TrackKind
 from stagecast.client.connection import (
     CONNECT_ERRORS,
     ConnectOptions,
@@ -44,8 +44,9 @@ from stagecast.client.events import ConnectionState, drain
 from stagecast.errors import InvalidStateError, NotJoined, StagecastError, Unavailable
 
 if TYPE_CHECKING:
+    from stagecast.client.local import LocalParticipant
+    from stagecast.client.media import MediaTransport
     from stagecast.client.participant import RemoteParticipant
-    from stagecast.client.room import Room
 
 log = logging.getLogger("stagecast.client")
 
@@ -65,12 +66,41 @@ LEAVE_TIMEOUT = 3.0
 CALLBACK_DRAIN_TIMEOUT = 5.0
 
 
-class Session:
+class RoomPort(Protocol):
+    """What a `ClientSession` needs of the room it connects (`Room` is the real one)."""
+
+    @property
+    def info(self) -> RoomInfo: ...
+
+    @property
+    def media(self) -> MediaTransport | None: ...
+
+    @property
+    def local_participant(self) -> LocalParticipant: ...
+
+    @property
+    def remote_participants(self) -> Mapping[str, RemoteParticipant]: ...
+
+    @property
+    def callback_tasks(self) -> set[asyncio.Task[Any]]:
+        """The room's running event callbacks: a leave waits for them."""
+
+    def apply_joined(self, joined: JoinAccepted) -> None:
+        """Take a `joined` snapshot (the first, or a resumed or rejoined session's)."""
+
+    def handle_frame(self, frame: Message) -> None:
+        """Apply one pushed frame, in arrival order."""
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Emit a room event (`reconnecting`, `reconnected`, `disconnected`)."""
+
+
+class ClientSession:
     """The connection lifecycle behind one `Room` (see the module docstring)."""
 
     def __init__(
         self,
-        room: Room,
+        room: RoomPort,
         url: str | Sequence[str],
         token: str,
         *,

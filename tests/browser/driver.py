@@ -329,9 +329,9 @@ async def drop_edge_sessions(ctx: Context, edge_id: str) -> None:
     sessions enter the departure grace and are removed when it ends (`SESSION_LOST`)."""
     import nats
 
-    from edge.session import now_ms
     from schemas import subjects
     from schemas.api import EdgeGone
+    from schemas.clock import now_ms
     from schemas.codec import encode
 
     nc = await nats.connect(ctx.stack.nats.url)
@@ -346,8 +346,8 @@ async def remove_silently(ctx: Context, room: str, sid: str) -> None:
     """Remove a session from the room log's side without telling its socket (NOT_JOINED)."""
     import nats
 
-    from edge.session import now_ms
     from roomlog.log import RoomLog
+    from schemas.clock import now_ms
     from schemas.log import LeaveRequested
 
     nc = await nats.connect(ctx.stack.nats.url)
