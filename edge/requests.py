@@ -60,13 +60,12 @@ from schemas.log import (
     TrackPublishRequested,
     TrackUnpublishRequested,
 )
+from schemas.models import HAND_ATTRIBUTE as HAND
+from schemas.models import HAND_RAISED as RAISED
 from schemas.models import TrackInfo
 from schemas.subjects import room_data
 
 log = logging.getLogger("stagecast.edge")
-
-HAND = "hand"
-RAISED = "raised"
 
 Handler = Callable[[Session, Any], Awaitable[None]]
 

@@ -65,7 +65,7 @@ from schemas.log import (
     TrackPublishRequested,
     TrackUnpublishRequested,
 )
-from schemas.models import Grant, TrackInfo
+from schemas.models import HAND_ATTRIBUTE, HAND_RAISED, Grant, TrackInfo
 from statekeeper.outcomes import (
     Broadcast,
     CountsMoved,
@@ -74,19 +74,17 @@ from statekeeper.outcomes import (
     Outcome,
     PublicEvent,
     RevocationsChanged,
-    RoomClosed,
+    RoomEnded,
     RosterJoin,
     RosterLeave,
     RosterUpdate,
     TimerDue,
 )
-from statekeeper.state import Room, Session, State, participant_info, room_info
+from statekeeper.state import Room, SessionRecord, State, participant_info, room_info
 
 REVOKED_MESSAGE = "this token was removed from a room; ask for a new one"
 REVOKED_KEPT_MS = 60_000
 """How long past its token's expiry a revocation is kept (beyond any tolerated clock skew)."""
-HAND_ATTRIBUTE = "hand"
-HAND_RAISED = "raised"
 
 E = TypeVar("E", bound=LogEvent)
 Handler = Callable[[State, int, Any, list[Outcome]], None]
@@ -137,12 +135,12 @@ def _error(event: LogEvent, code: ErrorCode, message: str, out: list[Outcome]) -
     _reply(event, Error(id=event.req, code=code.value, message=message), out)
 
 
-def session_subject(session: Session) -> str:
+def session_subject(session: SessionRecord) -> str:
     """Where the fold sends a session's direct frames (ids checked when they entered)."""
     return subjects.session(session.edge_id, session.sid)
 
 
-def _session(state: State, event: Any, out: list[Outcome]) -> tuple[Room, Session] | None:
+def _session(state: State, event: Any, out: list[Outcome]) -> tuple[Room, SessionRecord] | None:
     """The room and session an action names, or an error reply and None."""
     room = state.rooms.get(event.room_id)
     session = room.sessions.get(event.sid) if room is not None else None
@@ -152,7 +150,7 @@ def _session(state: State, event: Any, out: list[Outcome]) -> tuple[Room, Sessio
     return room, session
 
 
-def _participant(state: State, event: Any, out: list[Outcome]) -> tuple[Room, Session] | None:
+def _participant(state: State, event: Any, out: list[Outcome]) -> tuple[Room, SessionRecord] | None:
     """The room and session an admin action names by participant id, or an error reply."""
     room = state.rooms.get(event.room_id)
     if room is None:
@@ -198,7 +196,7 @@ def _close_room(
     del state.rooms[room.id]
     finished = RoomFinished(id=f"{seq}.rf", at=at, room=room_info(room), reason=reason)
     out.append(PublicEvent(room.id, "room_finished", finished))
-    out.append(RoomClosed(room.id))
+    out.append(RoomEnded(room.id))
 
 
 @handles(RoomCreateRequested)
@@ -252,7 +250,7 @@ def _room_timeout(state: State, seq: int, event: RoomTimedOut, out: list[Outcome
 # --------------------------------------------------------------------------- sessions
 
 
-def _enter(room: Room, session: Session, seq: int, at: int, out: list[Outcome]) -> None:
+def _enter(room: Room, session: SessionRecord, seq: int, at: int, out: list[Outcome]) -> None:
     """Add a session to the room's indexes and announce it."""
     room.sessions[session.sid] = session
     room.by_identity[session.identity] = session.sid
@@ -270,7 +268,7 @@ def _enter(room: Room, session: Session, seq: int, at: int, out: list[Outcome]) 
     out.append(PublicEvent(room.id, "participant_joined", joined))
 
 
-def _count(room: Room, session: Session, delta: int) -> None:
+def _count(room: Room, session: SessionRecord, delta: int) -> None:
     if session.is_viewer:
         room.viewers += delta
     else:
@@ -285,7 +283,7 @@ def _count(room: Room, session: Session, delta: int) -> None:
 
 def _media_changed(
     room: Room,
-    session: Session,
+    session: SessionRecord,
     out: list[Outcome],
     *,
     published: bool = False,
@@ -300,7 +298,7 @@ def _media_changed(
 
 
 def _remove(
-    room: Room, session: Session, seq: int, at: int, reason: str, out: list[Outcome]
+    room: Room, session: SessionRecord, seq: int, at: int, reason: str, out: list[Outcome]
 ) -> None:
     """Take a session out of the room and announce it; arm the room's departure timeout."""
     del room.sessions[session.sid]
@@ -335,7 +333,7 @@ def _remove(
 
 
 def _kick(
-    room: Room, session: Session, seq: int, at: int, reason: ErrorCode, out: list[Outcome]
+    room: Room, session: SessionRecord, seq: int, at: int, reason: ErrorCode, out: list[Outcome]
 ) -> None:
     out.append(Direct(session_subject(session), Disconnect(reason=reason.value)))
     _remove(room, session, seq, at, reason.value, out)
@@ -370,7 +368,7 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
             if not room.sessions:
                 _arm_room_timeout(room, event.at, room.departure_timeout, out)
             return
-    session = Session(
+    session = SessionRecord(
         sid=event.sid,
         identity=event.participant_id,
         name=event.name,
@@ -392,7 +390,7 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
 
 
 def _rejoin(
-    room: Room, session: Session, seq: int, event: JoinRequested, out: list[Outcome]
+    room: Room, session: SessionRecord, seq: int, event: JoinRequested, out: list[Outcome]
 ) -> None:
     """A retried join of a session that is already in the room (the same `join_key`, so
     the same sid): the session carries on from its new socket; nobody sees it leave."""
@@ -403,7 +401,9 @@ def _rejoin(
     _reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
 
 
-def _accepted(room: Room, session: Session, seq: int, req: int, *, resumed: bool) -> JoinAccepted:
+def _accepted(
+    room: Room, session: SessionRecord, seq: int, req: int, *, resumed: bool
+) -> JoinAccepted:
     speakers = tuple(
         participant_info(room.sessions[sid])
         for sid in room.speaker_sids
@@ -437,7 +437,9 @@ def _resume(state: State, seq: int, event: ResumeRequested, out: list[Outcome]) 
     _reply(event, _accepted(room, session, seq, event.req, resumed=True), out)
 
 
-def _reconnect(room: Room, session: Session, edge_id: str, why: str, out: list[Outcome]) -> None:
+def _reconnect(
+    room: Room, session: SessionRecord, edge_id: str, why: str, out: list[Outcome]
+) -> None:
     """The session carries on from a new socket on `edge_id` (a resume or a retried join)."""
     session.epoch += 1  # resume tokens minted before are spent; the reply carries the next
     if session.connected and session.edge_id != edge_id:
@@ -454,7 +456,7 @@ def _reconnect(room: Room, session: Session, edge_id: str, why: str, out: list[O
     session.disconnected_at = 0
 
 
-def _resume_refused(room: Room, session: Session, event: ResumeRequested) -> str | None:
+def _resume_refused(room: Room, session: SessionRecord, event: ResumeRequested) -> str | None:
     """Why a resume token may not take this session over, or None when it may."""
     if event.epoch != session.epoch or (event.room_sid and event.room_sid != room.sid):
         return "this resume token was used already or is stale; join again"
@@ -463,7 +465,7 @@ def _resume_refused(room: Room, session: Session, event: ResumeRequested) -> str
     return None
 
 
-def _move_edge(room: Room, session: Session, edge_id: str) -> None:
+def _move_edge(room: Room, session: SessionRecord, edge_id: str) -> None:
     if session.edge_id == edge_id:
         return
     old = room.by_edge.get(session.edge_id)
@@ -485,7 +487,7 @@ def _leave(state: State, seq: int, event: LeaveRequested, out: list[Outcome]) ->
     _remove(room, session, seq, event.at, ErrorCode.CLIENT_LEFT.value, out)
 
 
-def _start_grace(room: Room, session: Session, at: int, out: list[Outcome]) -> None:
+def _start_grace(room: Room, session: SessionRecord, at: int, out: list[Outcome]) -> None:
     session.connected = False
     session.disconnected_at = at
     due = GraceExpired(
@@ -557,7 +559,7 @@ def _grace_expired(state: State, seq: int, event: GraceExpired, out: list[Outcom
 
 
 def _changed(
-    room: Room, session: Session, seq: int, out: list[Outcome], *, hand: bool | None = None
+    room: Room, session: SessionRecord, seq: int, out: list[Outcome], *, hand: bool | None = None
 ) -> None:
     """Announce a change of a session's name, metadata, attributes or tracks."""
     info = participant_info(session)
@@ -573,7 +575,7 @@ def _changed(
     out.append(RosterUpdate(room.id, info, session.since_seq))
 
 
-def _merge_attributes(session: Session, update: dict[str, str]) -> bool | None:
+def _merge_attributes(session: SessionRecord, update: dict[str, str]) -> bool | None:
     """Merge (an empty value deletes); return the new hand state if it changed."""
     before = session.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
     for key, value in update.items():
@@ -613,7 +615,7 @@ def _set_attributes(state: State, seq: int, event: AttributesSet, out: list[Outc
 # --------------------------------------------------------------------------- tracks
 
 
-def _may_publish(session: Session) -> ErrorCode | None:
+def _may_publish(session: SessionRecord) -> ErrorCode | None:
     if session.is_viewer:
         return ErrorCode.INVALID_PERMISSIONS
     if not session.grant.can_publish:
@@ -662,7 +664,7 @@ def _publish(state: State, seq: int, event: TrackPublishRequested, out: list[Out
     _ack(event, out, sid=track.sid)
 
 
-def _changed_tracks(room: Room, session: Session, seq: int, out: list[Outcome]) -> None:
+def _changed_tracks(room: Room, session: SessionRecord, seq: int, out: list[Outcome]) -> None:
     """Tracks changed: make a hidden livestream speaker visible; keep the roster row fresh."""
     info = participant_info(session)
     if not session.visible and session.tracks:
@@ -672,7 +674,7 @@ def _changed_tracks(room: Room, session: Session, seq: int, out: list[Outcome]) 
 
 
 def _drop_track(
-    room: Room, session: Session, track: TrackInfo, seq: int, at: int, out: list[Outcome]
+    room: Room, session: SessionRecord, track: TrackInfo, seq: int, at: int, out: list[Outcome]
 ) -> None:
     del session.tracks[track.sid]
     session.info = None
@@ -709,7 +711,7 @@ def _unpublish(state: State, seq: int, event: TrackUnpublishRequested, out: list
 
 
 def _mute(
-    room: Room, session: Session, track_sid: str, muted: bool, seq: int, out: list[Outcome]
+    room: Room, session: SessionRecord, track_sid: str, muted: bool, seq: int, out: list[Outcome]
 ) -> bool:
     track = session.tracks.get(track_sid)
     if track is None:
@@ -819,7 +821,7 @@ def _remove_participant(
     _reply(event, OkReply(), out)
 
 
-def _revoke(state: State, session: Session, at: int, out: list[Outcome]) -> None:
+def _revoke(state: State, session: SessionRecord, at: int, out: list[Outcome]) -> None:
     """Refuse the session's token in every room until it expires (a removed participant
     whose token has no participant id gets a new id per join, so the token id is the key).
 
@@ -868,7 +870,7 @@ def _update_participant(
 
 def _change_tier(
     room: Room,
-    session: Session,
+    session: SessionRecord,
     to_viewer: bool,
     grant: Grant | None,
     seq: int,

@@ -44,7 +44,7 @@ from statekeeper.outcomes import (
     Outcome,
     PublicEvent,
     RevocationsChanged,
-    RoomClosed,
+    RoomEnded,
     RosterJoin,
     RosterLeave,
     RosterUpdate,
@@ -293,7 +293,7 @@ class Statekeeper:
                 del self._placing[key]  # folded: the state holds it now
         elif isinstance(outcome, RevocationsChanged):
             self._revocations_dirty = True
-        elif isinstance(outcome, RoomClosed):
+        elif isinstance(outcome, RoomEnded):
             self.coalescer.drop(outcome.room_id)
             self._sent_counts.pop(outcome.room_id, None)
             self._deleted[outcome.room_id] = seq

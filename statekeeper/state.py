@@ -22,7 +22,7 @@ REVOCATIONS_FORMAT = 1
 
 
 @dataclasses.dataclass(slots=True)
-class Session:
+class SessionRecord:
     """One participant session in a room."""
 
     sid: str
@@ -68,7 +68,7 @@ class Room:
     empty_timeout: int = 300
     departure_timeout: int = 20
     livestream: bool = False
-    sessions: dict[str, Session] = dataclasses.field(default_factory=dict)
+    sessions: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
     by_identity: dict[str, str] = dataclasses.field(default_factory=dict)
     by_edge: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     speaker_sids: dict[str, None] = dataclasses.field(default_factory=dict)
@@ -90,7 +90,7 @@ class Room:
             speaker=self.speakers, viewer=self.viewers, total=self.speakers + self.viewers
         )
 
-    def session_by_identity(self, identity: str) -> Session | None:
+    def session_by_identity(self, identity: str) -> SessionRecord | None:
         sid = self.by_identity.get(identity)
         return None if sid is None else self.sessions[sid]
 
@@ -107,14 +107,14 @@ class State:
     room it happened in, until the token's own expiry."""
 
 
-def participant_info(session: Session) -> ParticipantInfo:
+def participant_info(session: SessionRecord) -> ParticipantInfo:
     """The wire view of a session (a copy: later changes to the session do not show)."""
     if session.info is None:
         session.info = _build_info(session)
     return session.info
 
 
-def _build_info(session: Session) -> ParticipantInfo:
+def _build_info(session: SessionRecord) -> ParticipantInfo:
     return ParticipantInfo(
         sid=session.sid,
         id=session.identity,
@@ -177,7 +177,7 @@ def _unpack_track(v: list[Any]) -> TrackInfo:
     return TrackInfo(sid=v[0], kind=v[1], source=v[2], name=v[3], muted=v[4])
 
 
-def _pack_session(s: Session) -> list[Any]:
+def _pack_session(s: SessionRecord) -> list[Any]:
     return [
         s.sid,
         s.identity,
@@ -202,8 +202,8 @@ def _pack_session(s: Session) -> list[Any]:
     ]
 
 
-def _unpack_session(v: list[Any]) -> Session:
-    return Session(
+def _unpack_session(v: list[Any]) -> SessionRecord:
+    return SessionRecord(
         v[0],
         v[1],
         v[2],

@@ -52,7 +52,7 @@ from statekeeper.outcomes import (
     Outcome,
     PublicEvent,
     RevocationsChanged,
-    RoomClosed,
+    RoomEnded,
     RosterJoin,
     RosterLeave,
     TimerDue,
@@ -174,7 +174,7 @@ def test_explicit_room_times_out_when_nobody_joins() -> None:
     out = log(timer)
     assert ROOM not in log.state.rooms
     assert [o.name for o in out if isinstance(o, PublicEvent)] == ["room_finished"]
-    assert any(isinstance(o, RoomClosed) for o in out)
+    assert any(isinstance(o, RoomEnded) for o in out)
 
 
 def test_departure_timeout_is_cancelled_by_a_new_join() -> None:
