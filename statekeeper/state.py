@@ -107,6 +107,46 @@ class State:
     room it happened in, until the token's own expiry."""
 
 
+# --------------------------------------------------------------------------- room indexes
+
+
+def index_session(room: Room, session: SessionRecord) -> None:
+    """Put a session in the room and in every index and count the fold keeps of it.
+
+    The fold's way in for a session, and the snapshot loader's: both build the same."""
+    room.sessions[session.sid] = session
+    room.by_identity[session.identity] = session.sid
+    room.by_edge.setdefault(session.edge_id, set()).add(session.sid)
+    tally(room, session, +1)
+
+
+def unindex_session(room: Room, session: SessionRecord) -> None:
+    """Take a session out of the room, its indexes and its counts (`index_session` undone)."""
+    del room.sessions[session.sid]
+    if room.by_identity.get(session.identity) == session.sid:
+        del room.by_identity[session.identity]
+    edge_sessions = room.by_edge.get(session.edge_id)
+    if edge_sessions is not None:
+        edge_sessions.discard(session.sid)
+        if not edge_sessions:
+            del room.by_edge[session.edge_id]
+    tally(room, session, -1)
+
+
+def tally(room: Room, session: SessionRecord, delta: int) -> None:
+    """Count a session in (`delta` +1) or out (-1) of its tier and kind."""
+    if session.is_viewer:
+        room.viewers += delta
+    else:
+        room.speakers += delta
+        if delta > 0:
+            room.speaker_sids[session.sid] = None
+        else:
+            room.speaker_sids.pop(session.sid, None)
+    if session.kind == "agent":
+        room.agents += delta
+
+
 def participant_info(session: SessionRecord) -> ParticipantInfo:
     """The wire view of a session (a copy: later changes to the session do not show)."""
     if session.info is None:
@@ -270,17 +310,7 @@ def unpack_room(data: bytes) -> Room:
         created_seq=v[14] if len(v) > 14 else 0,  # snapshots from before room instances
     )
     for packed in v[13]:
-        session = _unpack_session(packed)
-        room.sessions[session.sid] = session
-        room.by_identity[session.identity] = session.sid
-        room.by_edge.setdefault(session.edge_id, set()).add(session.sid)
-        if session.is_viewer:
-            room.viewers += 1
-        else:
-            room.speakers += 1
-            room.speaker_sids[session.sid] = None
-        if session.kind == "agent":
-            room.agents += 1
+        index_session(room, _unpack_session(packed))
     return room
 
 
