@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import schemas.log
 from schemas.api import OkReply, ParticipantReply, RoomReply
 from schemas.client import (
     Ack,
@@ -44,7 +46,8 @@ from schemas.log import (
     TrackUnpublishRequested,
 )
 from schemas.models import Grant, TrackInfo
-from statekeeper.fold import REVOKED_KEPT_MS, apply
+from statekeeper.fold import HANDLERS, REVOKED_KEPT_MS, apply
+from statekeeper.fold.dispatch import handles
 from statekeeper.outcomes import (
     Broadcast,
     CountsMoved,
@@ -518,6 +521,17 @@ def test_snapshot_round_trip_keeps_indexes() -> None:
     room = log.state.rooms[ROOM]
     again = unpack_room(pack_room(room))
     assert again == room
+
+
+def test_every_log_event_type_has_one_handler_in_the_one_table() -> None:
+    event_types = {
+        cls
+        for cls in vars(schemas.log).values()
+        if isinstance(cls, type) and issubclass(cls, LogEvent) and cls is not LogEvent
+    }
+    assert event_types == set(HANDLERS)
+    with pytest.raises(TypeError, match="JoinRequested has a handler already"):
+        handles(JoinRequested)(lambda state, seq, event, out: None)
 
 
 # --------------------------------------------------------------------------- replay
