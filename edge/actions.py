@@ -52,10 +52,7 @@ from schemas.log import (
     TrackPublishRequested,
     TrackUnpublishRequested,
 )
-from schemas.models import TrackInfo
-
-HAND = "hand"
-RAISED = "raised"
+from schemas.models import HAND_ATTRIBUTE, HAND_RAISED, TrackInfo
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,8 +132,8 @@ EVENTS: dict[type[Message], Callable[[Any, Origin], LogEvent]] = {
     MuteTrack: lambda m, o: TrackMuteRequested(**o.session(), track_sid=m.track_sid, muted=m.muted),
     SetMetadata: lambda m, o: MetadataSet(**o.session(), metadata=m.metadata),
     SetAttributes: lambda m, o: AttributesSet(**o.session(), attributes=m.attributes),
-    RaiseHand: lambda m, o: AttributesSet(**o.session(), attributes={HAND: RAISED}),
-    LowerHand: lambda m, o: AttributesSet(**o.session(), attributes={HAND: ""}),
+    RaiseHand: lambda m, o: AttributesSet(**o.session(), attributes={HAND_ATTRIBUTE: HAND_RAISED}),
+    LowerHand: lambda m, o: AttributesSet(**o.session(), attributes={HAND_ATTRIBUTE: ""}),
     Subscribe: _subscription,
     Unsubscribe: _subscription,
     # The server API's writes (docs/api.md, RoomService).
@@ -161,4 +158,4 @@ def to_event(message: Message, origin: Origin) -> LogEvent | None:
     return None if make is None else make(message, origin)
 
 
-__all__ = ["EVENTS", "HAND", "RAISED", "Origin", "new_room_sid", "new_track_sid", "to_event"]
+__all__ = ["EVENTS", "Origin", "new_room_sid", "new_track_sid", "to_event"]

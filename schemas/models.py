@@ -25,6 +25,11 @@ DataPayload = Annotated[bytes, MaxBytes(DATA_BYTES)]
 """A data message's payload: at most 15 KiB."""
 IdList = Annotated[tuple[Identity, ...], MaxItems(1024)]
 
+HAND_ATTRIBUTE = "hand"
+"""The participant attribute that carries a raised hand (clients, edge and fold agree)."""
+HAND_RAISED = "raised"
+"""`HAND_ATTRIBUTE`'s value while the hand is up (any other value, or none: it is down)."""
+
 Tier = Literal["speaker", "viewer"]
 ParticipantKind = Literal["standard", "sip", "agent"]
 TrackKind = Literal["audio", "video"]

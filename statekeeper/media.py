@@ -25,7 +25,7 @@ from schemas.codec import encode
 from schemas.media import ForwarderHeartbeat, MediaSession, MediaSubscribedTrack, MediaTrackState
 from statekeeper.fold import session_subject
 from statekeeper.outcomes import MediaChanged
-from statekeeper.state import Room, Session, State
+from statekeeper.state import Room, SessionRecord, State
 
 log = logging.getLogger("stagecast.statekeeper.media")
 
@@ -85,7 +85,7 @@ class ForwarderTable:
             found.assigned_since_beat += 2  # a session means about a connection and a leg
 
 
-def desired_session(room: Room, session: Session, seq: int) -> MediaSession:
+def desired_session(room: Room, session: SessionRecord, seq: int) -> MediaSession:
     """What `session`'s forwarder should carry for it now."""
     tracks = tuple(
         MediaTrackState(track_sid=t.sid, kind=t.kind, muted=t.muted)
@@ -198,7 +198,7 @@ class MediaPlanner:
         self._publish(subjects.forwarder_sessions(forwarder_id), encode(state))
 
 
-def _subscribers_of(room: Room, identity: str) -> Iterable[Session]:
+def _subscribers_of(room: Room, identity: str) -> Iterable[SessionRecord]:
     """Sessions subscribed to any kind of `identity`'s tracks (a scan: publishing is rare)."""
     for session in room.sessions.values():
         if session.subscriptions and any(p == identity for p, _k in session.subscriptions):

@@ -88,7 +88,7 @@ class CountsMoved:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class RoomClosed:
+class RoomEnded:
     """The room is gone; the shell drops its coalescer and timers."""
 
     room_id: str
@@ -125,7 +125,7 @@ Outcome = (
     | RosterUpdate
     | TimerDue
     | CountsMoved
-    | RoomClosed
+    | RoomEnded
     | MediaChanged
     | RevocationsChanged
 )

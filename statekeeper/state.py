@@ -22,7 +22,7 @@ REVOCATIONS_FORMAT = 1
 
 
 @dataclasses.dataclass(slots=True)
-class Session:
+class SessionRecord:
     """One participant session in a room."""
 
     sid: str
@@ -68,7 +68,7 @@ class Room:
     empty_timeout: int = 300
     departure_timeout: int = 20
     livestream: bool = False
-    sessions: dict[str, Session] = dataclasses.field(default_factory=dict)
+    sessions: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
     by_identity: dict[str, str] = dataclasses.field(default_factory=dict)
     by_edge: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     speaker_sids: dict[str, None] = dataclasses.field(default_factory=dict)
@@ -90,7 +90,7 @@ class Room:
             speaker=self.speakers, viewer=self.viewers, total=self.speakers + self.viewers
         )
 
-    def session_by_identity(self, identity: str) -> Session | None:
+    def session_by_identity(self, identity: str) -> SessionRecord | None:
         sid = self.by_identity.get(identity)
         return None if sid is None else self.sessions[sid]
 
@@ -107,14 +107,54 @@ class State:
     room it happened in, until the token's own expiry."""
 
 
-def participant_info(session: Session) -> ParticipantInfo:
+# --------------------------------------------------------------------------- room indexes
+
+
+def index_session(room: Room, session: SessionRecord) -> None:
+    """Put a session in the room and in every index and count the fold keeps of it.
+
+    The fold's way in for a session, and the snapshot loader's: both build the same."""
+    room.sessions[session.sid] = session
+    room.by_identity[session.identity] = session.sid
+    room.by_edge.setdefault(session.edge_id, set()).add(session.sid)
+    tally(room, session, +1)
+
+
+def unindex_session(room: Room, session: SessionRecord) -> None:
+    """Take a session out of the room, its indexes and its counts (`index_session` undone)."""
+    del room.sessions[session.sid]
+    if room.by_identity.get(session.identity) == session.sid:
+        del room.by_identity[session.identity]
+    edge_sessions = room.by_edge.get(session.edge_id)
+    if edge_sessions is not None:
+        edge_sessions.discard(session.sid)
+        if not edge_sessions:
+            del room.by_edge[session.edge_id]
+    tally(room, session, -1)
+
+
+def tally(room: Room, session: SessionRecord, delta: int) -> None:
+    """Count a session in (`delta` +1) or out (-1) of its tier and kind."""
+    if session.is_viewer:
+        room.viewers += delta
+    else:
+        room.speakers += delta
+        if delta > 0:
+            room.speaker_sids[session.sid] = None
+        else:
+            room.speaker_sids.pop(session.sid, None)
+    if session.kind == "agent":
+        room.agents += delta
+
+
+def participant_info(session: SessionRecord) -> ParticipantInfo:
     """The wire view of a session (a copy: later changes to the session do not show)."""
     if session.info is None:
         session.info = _build_info(session)
     return session.info
 
 
-def _build_info(session: Session) -> ParticipantInfo:
+def _build_info(session: SessionRecord) -> ParticipantInfo:
     return ParticipantInfo(
         sid=session.sid,
         id=session.identity,
@@ -177,7 +217,7 @@ def _unpack_track(v: list[Any]) -> TrackInfo:
     return TrackInfo(sid=v[0], kind=v[1], source=v[2], name=v[3], muted=v[4])
 
 
-def _pack_session(s: Session) -> list[Any]:
+def _pack_session(s: SessionRecord) -> list[Any]:
     return [
         s.sid,
         s.identity,
@@ -202,8 +242,8 @@ def _pack_session(s: Session) -> list[Any]:
     ]
 
 
-def _unpack_session(v: list[Any]) -> Session:
-    return Session(
+def _unpack_session(v: list[Any]) -> SessionRecord:
+    return SessionRecord(
         v[0],
         v[1],
         v[2],
@@ -270,17 +310,7 @@ def unpack_room(data: bytes) -> Room:
         created_seq=v[14] if len(v) > 14 else 0,  # snapshots from before room instances
     )
     for packed in v[13]:
-        session = _unpack_session(packed)
-        room.sessions[session.sid] = session
-        room.by_identity[session.identity] = session.sid
-        room.by_edge.setdefault(session.edge_id, set()).add(session.sid)
-        if session.is_viewer:
-            room.viewers += 1
-        else:
-            room.speakers += 1
-            room.speaker_sids[session.sid] = None
-        if session.kind == "agent":
-            room.agents += 1
+        index_session(room, _unpack_session(packed))
     return room
 
 

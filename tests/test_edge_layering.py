@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.actions import EVENTS, HAND, RAISED, Origin, to_event
+from edge.actions import EVENTS, Origin, to_event
 from edge.api import READS
 from edge.join import JoinAttempt
 from edge.requests import HANDLERS, on_action, on_leave, on_publish_track, on_subscription
@@ -24,6 +24,7 @@ from schemas.api import (
 from schemas.client import PublishTrack, RaiseHand
 from schemas.codec import Message
 from schemas.log import AttributesSet, RoomCreateRequested, TrackPublishRequested
+from schemas.models import HAND_ATTRIBUTE, HAND_RAISED
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("edge", "forwarder", "schemas", "stagecast", "statekeeper")
@@ -114,7 +115,12 @@ def test_a_socket_action_becomes_an_event_naming_its_session_and_request() -> No
     origin = Origin(room_id="r", at=5, reply_to="stagecast.sess.e.PA_1.c", sid="PA_1", req=7)
     event = to_event(RaiseHand(id=7), origin)
     assert event == AttributesSet(
-        room_id="r", at=5, sid="PA_1", attributes={HAND: RAISED}, reply_to=origin.reply_to, req=7
+        room_id="r",
+        at=5,
+        sid="PA_1",
+        attributes={HAND_ATTRIBUTE: HAND_RAISED},
+        reply_to=origin.reply_to,
+        req=7,
     )
     published = to_event(PublishTrack(id=8, kind="audio", source="microphone", name="m"), origin)
     assert isinstance(published, TrackPublishRequested)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import schemas.log
 from schemas.api import OkReply, ParticipantReply, RoomReply
 from schemas.client import (
     Ack,
@@ -44,7 +46,8 @@ from schemas.log import (
     TrackUnpublishRequested,
 )
 from schemas.models import Grant, TrackInfo
-from statekeeper.fold import REVOKED_KEPT_MS, apply
+from statekeeper.fold import HANDLERS, REVOKED_KEPT_MS, apply
+from statekeeper.fold.dispatch import handles
 from statekeeper.outcomes import (
     Broadcast,
     CountsMoved,
@@ -52,7 +55,7 @@ from statekeeper.outcomes import (
     Outcome,
     PublicEvent,
     RevocationsChanged,
-    RoomClosed,
+    RoomEnded,
     RosterJoin,
     RosterLeave,
     TimerDue,
@@ -174,7 +177,7 @@ def test_explicit_room_times_out_when_nobody_joins() -> None:
     out = log(timer)
     assert ROOM not in log.state.rooms
     assert [o.name for o in out if isinstance(o, PublicEvent)] == ["room_finished"]
-    assert any(isinstance(o, RoomClosed) for o in out)
+    assert any(isinstance(o, RoomEnded) for o in out)
 
 
 def test_departure_timeout_is_cancelled_by_a_new_join() -> None:
@@ -518,6 +521,17 @@ def test_snapshot_round_trip_keeps_indexes() -> None:
     room = log.state.rooms[ROOM]
     again = unpack_room(pack_room(room))
     assert again == room
+
+
+def test_every_log_event_type_has_one_handler_in_the_one_table() -> None:
+    event_types = {
+        cls
+        for cls in vars(schemas.log).values()
+        if isinstance(cls, type) and issubclass(cls, LogEvent) and cls is not LogEvent
+    }
+    assert event_types == set(HANDLERS)
+    with pytest.raises(TypeError, match="JoinRequested has a handler already"):
+        handles(JoinRequested)(lambda state, seq, event, out: None)
 
 
 # --------------------------------------------------------------------------- replay

@@ -21,15 +21,20 @@ from schemas.client import (
     SetMetadata,
     UnpublishTrack,
 )
-from schemas.models import Grant, ParticipantInfo, TrackKind, TrackSource
+from schemas.models import (
+    HAND_ATTRIBUTE,
+    HAND_RAISED,
+    Grant,
+    ParticipantInfo,
+    TrackKind,
+    TrackSource,
+)
 from stagecast.client.participant import ParticipantView, RoomLink
 from stagecast.errors import InvalidPermissions, NotPublished
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
 
-HAND_ATTRIBUTE = "hand"
-HAND_RAISED = "raised"
 _DEFAULT_SOURCE: dict[str, TrackSource] = {"audio": "microphone", "video": "camera"}
 
 
