@@ -246,7 +246,13 @@ def test_resume_token_exp_is_the_sooner_of_its_ttl_and_the_participant_token() -
 
 
 def test_a_resume_token_without_an_epoch_is_refused() -> None:
-    legacy = {"iss": API_KEY, "typ": "resume", "room": ROOM, "sid": "PA_x", "sub": "bob"}
+    legacy: dict[str, object] = {
+        "iss": API_KEY,
+        "typ": "resume",
+        "room": ROOM,
+        "sid": "PA_x",
+        "sub": "bob",
+    }
     legacy |= {"tier": "speaker", "grant": {}, "iat": int(time.time()), "exp": 2**40}
     with pytest.raises(ResumeRefused, match="epoch"):
         verify_resume_token(jwt.encode(legacy, API_SECRET, algorithm="HS256"), KEYS)

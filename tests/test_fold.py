@@ -214,9 +214,7 @@ def test_grace_expiry_removes_the_session() -> None:
     log.join("a")
     sid = log.sid("a")
     out = log(SessionDisconnected(room_id=ROOM, at=3_000_000, sid=sid, edge_id="E1"))
-    (timer,) = [o.event for o in out if isinstance(o, GraceExpired)] or [
-        o.event for o in out if isinstance(o, TimerDue)
-    ]
+    (timer,) = [o.event for o in out if isinstance(o, TimerDue)]
     out = log(timer)
     assert sid not in log.state.rooms[ROOM].sessions
     assert any(isinstance(o, RosterLeave) for o in out)

@@ -22,6 +22,7 @@ from schemas.client import Ack, PublishTrack, RestartIce, SignalAnswer, SignalOf
 from stagecast import errors
 from stagecast.client import Room
 from stagecast.client.events import Subscription
+from stagecast.client.media import PeerMedia
 from tests.polling import eventually
 from tests.stack_fixtures import AUDIENCE, WAIT, Stack, sdk_stack
 
@@ -186,7 +187,9 @@ async def test_unpublish_and_leave_clean_up_every_leg(stack: Stack) -> None:
         lambda: service.forwarder.peer_connections == [], what="every connection closes"
     )
     assert bob.media is not None
-    await eventually(lambda: bob.media.peer_connections == [], what="bob's connections close")  # type: ignore[union-attr]
+    media = bob.media
+    assert isinstance(media, PeerMedia)
+    await eventually(lambda: media.peer_connections == [], what="bob's connections close")
     await seen.close()
     await bob.leave()
 

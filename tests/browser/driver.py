@@ -486,7 +486,7 @@ async def session_gone(ctx: Context) -> dict[str, Any]:
     await ctx.browser.eval("ada", "window.room.localParticipant.setMetadata('again')")
 
     async def back() -> bool:
-        return (await server_view(ctx, room)).get("ada", {}).get("metadata") == "again"
+        return bool((await server_view(ctx, room)).get("ada", {}).get("metadata") == "again")
 
     await eventually(back, what="ada's metadata on the new session")
     resume_failed = {
