@@ -43,11 +43,11 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import nats
 from nats.aio.msg import Msg
 from rich.console import Console
 
 from access.tokens import generate_token
+from roomlog.connect import connect
 from roomlog.natslink import NatsLink
 from schemas import subjects
 from schemas.codec import SchemaError, decode
@@ -179,11 +179,8 @@ class PublicEvents:
         self.joined: dict[str, int] = {}
 
     async def start(self, nats_url: str) -> None:
-        self.nc = await nats.connect(
-            nats_url,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            **NatsLink("bench events", log).connect_options(),
+        self.nc = await connect(
+            nats_url, name="stagecast-bench-faults", link=NatsLink("bench", log)
         )
         js = self.nc.jetstream()
         self.sub = await js.subscribe(
