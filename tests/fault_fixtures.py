@@ -25,10 +25,9 @@ import stagecast
 from edge.config import EdgeConfig
 from edge.main import running_edge
 from processes.natsserver import NatsServer
-from schemas.models import Grant
 from stagecast.client import ConnectOptions, Room
 from tests.polling import eventually
-from tests.stack_fixtures import API_KEY, API_SECRET, AUDIENCE, SPEAKER
+from tests.stack_fixtures import API_KEY, API_SECRET, mint
 
 OPTIONS = ConnectOptions(connect_timeout=15.0, request_timeout=15.0, join_retry_window=30.0)
 
@@ -155,18 +154,7 @@ class FaultStack:
     def token(
         self, participant_id: str | None, room: str | None, *, viewer: bool = False, **claims: Any
     ) -> str:
-        grant: Grant = AUDIENCE if viewer else SPEAKER
-        if room is None:
-            claims.setdefault("ttl", 600)
-        return stagecast.generate_token(
-            API_KEY,
-            API_SECRET,
-            room_id=room,
-            participant_id=participant_id,
-            is_viewer=viewer,
-            grant=grant,
-            **claims,
-        )
+        return mint(participant_id, room, viewer=viewer, **claims)
 
     async def join(
         self,

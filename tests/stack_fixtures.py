@@ -47,6 +47,30 @@ OPTIONS = ConnectOptions(connect_timeout=15.0, request_timeout=15.0)
 WAIT = 15.0
 
 
+def mint(
+    participant_id: str | None,
+    room: str | None,
+    *,
+    viewer: bool = False,
+    grant: Grant | None = None,
+    **claims: Any,
+) -> str:
+    """A participant token of the test key pair (roomless when `room` is None)."""
+    if grant is None:
+        grant = AUDIENCE if viewer else SPEAKER
+    if room is None:
+        claims.setdefault("ttl", 600)
+    return stagecast.generate_token(
+        API_KEY,
+        API_SECRET,
+        room_id=room,
+        participant_id=participant_id,
+        is_viewer=viewer,
+        grant=grant,
+        **claims,
+    )
+
+
 @dataclasses.dataclass
 class Stack:
     """A running nats-server + statekeeper + edge, and the SDK clients a test made."""
@@ -68,19 +92,7 @@ class Stack:
         **claims: Any,
     ) -> str:
         """A participant token (roomless when `room` is None)."""
-        if grant is None:
-            grant = AUDIENCE if viewer else SPEAKER
-        if room is None:
-            claims.setdefault("ttl", 600)
-        return stagecast.generate_token(
-            API_KEY,
-            API_SECRET,
-            room_id=room,
-            participant_id=participant_id,
-            is_viewer=viewer,
-            grant=grant,
-            **claims,
-        )
+        return mint(participant_id, room, viewer=viewer, grant=grant, **claims)
 
     async def join(
         self,
@@ -238,5 +250,6 @@ __all__ = [
     "Events",
     "Stack",
     "eventually",
+    "mint",
     "sdk_stack",
 ]
