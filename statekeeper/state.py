@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
+import msgspec
 
 from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 from schemas.subjects import MAX_ROOM_ID_CHARS
@@ -185,7 +186,7 @@ def room_info(room: Room) -> RoomInfo:
 
 # --------------------------------------------------------------------------- snapshots
 
-_GRANT_FIELDS = tuple(f.name for f in dataclasses.fields(Grant))
+_GRANT_FIELDS = tuple(f.name for f in msgspec.structs.fields(Grant))
 
 
 _GRANT_BITS: dict[Grant, int] = {}
