@@ -22,9 +22,12 @@ SNAPSHOT_FORMAT = 1
 REVOCATIONS_FORMAT = 1
 
 
-@dataclasses.dataclass(slots=True)
-class SessionRecord:
-    """One participant session in a room."""
+class SessionRecord(msgspec.Struct, gc=False):
+    """One participant session in a room.
+
+    A msgspec Struct rather than a dataclass: built once per join in C, and left out of the
+    garbage collector's passes (it never takes part in a reference cycle).
+    """
 
     sid: str
     identity: str
@@ -45,16 +48,22 @@ class SessionRecord:
     disconnected_at: int = 0
     visible: bool = True
     """Broadcast to the room (always true outside livestream mode; speakers only)."""
-    tracks: dict[str, TrackInfo] = dataclasses.field(default_factory=dict)
-    subscriptions: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    tracks: dict[str, TrackInfo] = msgspec.field(default_factory=dict)
+    subscriptions: set[tuple[str, str]] = msgspec.field(default_factory=set)
     """Subscription intents: (publisher participant id, track kind)."""
     forwarder: str = ""
     """The forwarder carrying this session's media ("" until its first media request)."""
     epoch: int = 0
     """The connection epoch: 1 at join, one more at each resume. A resume must name the
     current one, so each resume token works once."""
-    info: ParticipantInfo | None = dataclasses.field(default=None, compare=False, repr=False)
-    """The wire view, cached; the fold resets it to None whenever the session changes."""
+    info: ParticipantInfo | None = None
+    """The wire view, cached; the fold resets it to None whenever the session changes.
+    The last field: equality leaves it out."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not SessionRecord:
+            return NotImplemented
+        return msgspec.structs.astuple(self)[:-1] == msgspec.structs.astuple(other)[:-1]
 
 
 @dataclasses.dataclass(slots=True)

@@ -147,7 +147,8 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
         visible=not room.livestream or bool(event.metadata or event.attributes),
     )
     _enter(room, session, seq, event.at, out)
-    reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
+    if event.reply_to:  # nobody asked: the answer is not built
+        reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
 
 
 def _rejoin(
