@@ -81,8 +81,8 @@ class Room:
     sessions: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
     by_identity: dict[str, str] = dataclasses.field(default_factory=dict)
     by_edge: dict[str, set[str]] = dataclasses.field(default_factory=dict)
-    speaker_sids: dict[str, None] = dataclasses.field(default_factory=dict)
-    """Speaker-tier sessions in join order (an ordered set)."""
+    speaker_sids: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
+    """Speaker-tier sessions by sid, in the order they entered the tier."""
     speakers: int = 0
     viewers: int = 0
     agents: int = 0
@@ -126,7 +126,10 @@ def index_session(room: Room, session: SessionRecord) -> None:
     The fold's way in for a session, and the snapshot loader's: both build the same."""
     room.sessions[session.sid] = session
     room.by_identity[session.identity] = session.sid
-    room.by_edge.setdefault(session.edge_id, set()).add(session.sid)
+    on_edge = room.by_edge.get(session.edge_id)
+    if on_edge is None:
+        on_edge = room.by_edge[session.edge_id] = set()
+    on_edge.add(session.sid)
     tally(room, session, +1)
 
 
@@ -150,7 +153,7 @@ def tally(room: Room, session: SessionRecord, delta: int) -> None:
     else:
         room.speakers += delta
         if delta > 0:
-            room.speaker_sids[session.sid] = None
+            room.speaker_sids[session.sid] = session
         else:
             room.speaker_sids.pop(session.sid, None)
     if session.kind == "agent":
