@@ -8,6 +8,7 @@ always a fresh frozen wire value (`participant_info`, `room_info`).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -262,7 +263,7 @@ def _unpack_session(v: list[Any]) -> SessionRecord:
         v[2],
         v[3],
         v[4],
-        _unpack_grant(v[5]),
+        _GRANTS.get(v[5]) or _unpack_grant(v[5]),
         v[6],
         v[7],
         v[8],
@@ -351,14 +352,24 @@ def revocations_key(partitions: tuple[int, ...]) -> str:
 
 
 def restore(snapshots: Mapping[str, tuple[int, bytes]], partitions: tuple[int, ...]) -> State:
-    """The state held by the snapshots a store loaded (rooms and revocations)."""
+    """The state held by the snapshots a store loaded (rooms and revocations).
+
+    The cyclic garbage collector is paused meanwhile: unpacking builds a few objects per
+    session and no cycle, and a collection every 700 of them over the growing state cost
+    four times the unpacking itself (100,000 sessions: 0.65 s against 0.15 s)."""
     state = State()
     key = revocations_key(partitions)
-    for room_id, (_seq, blob) in snapshots.items():
-        if room_id == key:
-            state.revoked = unpack_revocations(blob)
-        elif len(room_id) <= MAX_ROOM_ID_CHARS:  # longer: another statekeeper's revocations
-            state.rooms[room_id] = unpack_room(blob)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for room_id, (_seq, blob) in snapshots.items():
+            if room_id == key:
+                state.revoked = unpack_revocations(blob)
+            elif len(room_id) <= MAX_ROOM_ID_CHARS:  # longer: another statekeeper's
+                state.rooms[room_id] = unpack_room(blob)
+    finally:
+        if collecting:
+            gc.enable()
     return state
 
 
