@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -150,8 +149,6 @@ class Statekeeper:
         """Recover from the last snapshot, then follow the log."""
         checkpoint, snapshots = await self.store.load()
         self.state = restore(snapshots, self.partitions)
-        del snapshots
-        gc.freeze()  # the restored state lives on: later collections need not walk it again
         self.applied_seq = checkpoint
         self.checkpoints.started(checkpoint)
         for room in self.state.rooms.values():
