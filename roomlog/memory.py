@@ -149,6 +149,8 @@ class MemoryLogReader:
         self._batch = batch
         self._opened = False
         self._closed = False
+        self.undecodable = 0
+        """How many stored messages did not decode to a `LogEvent`."""
 
     @property
     def last_seq(self) -> int:
@@ -200,10 +202,20 @@ class MemoryLogReader:
             self._next_seq += 1
             subject, data, stored_at = entries[seq - 1]
             if self._partitions is None or subject.split(".")[2] in self._partitions:
-                event = decode(data)
-                assert isinstance(event, LogEvent), "only log events are appended"
-                records.append(LogRecord(seq, event, data, stored_at))
+                records.append(LogRecord(seq, self._decode(data), data, stored_at))
         return records
+
+    def _decode(self, data: bytes) -> LogEvent | None:
+        """The event, or None (counted) for bytes that are no valid log event: the append
+        does not validate, so an event built wrong is stored and read back as None."""
+        try:
+            event = decode(data)
+        except Exception:  # as in `LogReader`: one bad message never stops a reader
+            event = None
+        if isinstance(event, LogEvent):
+            return event
+        self.undecodable += 1
+        return None
 
 
 __all__ = ["MemoryLogReader", "MemoryRoomLog"]
