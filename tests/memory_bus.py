@@ -61,6 +61,12 @@ class MemorySubscription:
                 await self._cb(msg)
             except Exception as exc:  # nats-py logs a failing callback and goes on
                 self.hub.callback_errors.append(exc)
+            finally:
+                self._pending.task_done()
+
+    async def handled(self) -> None:
+        """Wait until every message queued so far went through the callback."""
+        await self._pending.join()
 
     async def unsubscribe(self, limit: int = 0) -> None:
         """Stop delivering (what is queued is dropped). Idempotent."""
@@ -71,11 +77,14 @@ class MemorySubscription:
 
 
 class MemoryNats:
-    """Core NATS in one process; `connected` False makes publishes fail, as nats-py's do
-    while reconnecting with no buffer."""
+    """Core NATS in one process. While `cut`, publishes fail, as nats-py's do while
+    reconnecting with no buffer (the edge's link); with `reconnect_buffer` they are held
+    and go out when `restore`d instead (the statekeeper's link)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reconnect_buffer: bool = False) -> None:
         self.connected = True
+        self.reconnect_buffer = reconnect_buffer
+        self._held: list[tuple[str, bytes, str]] = []
         self.callback_errors: list[Exception] = []
         """What subscription callbacks raised (a test may assert it stays empty)."""
         self._subs: list[MemorySubscription] = []
@@ -86,13 +95,32 @@ class MemoryNats:
     def is_connected(self) -> bool:
         return self.connected
 
+    def cut(self) -> None:
+        """The link goes down."""
+        self.connected = False
+
+    async def restore(self) -> None:
+        """The link is back: what a reconnect buffer held goes out, in order."""
+        self.connected = True
+        held, self._held = self._held, []
+        for subject, payload, reply in held:
+            await self.publish(subject, payload, reply)
+
+    async def handled(self) -> None:
+        """Wait until every subscription handled what was published so far."""
+        for sub in list(self._subs):
+            await sub.handled()
+
     def new_inbox(self) -> str:
         return f"_INBOX.memory.{next(self._inboxes)}"
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
         """Hand the message to every matching subscription (one per queue group)."""
         if not self.connected:
-            raise ConnectionError("memory NATS is disconnected")
+            if not self.reconnect_buffer:
+                raise ConnectionError("memory NATS is disconnected")
+            self._held.append((subject, payload, reply))
+            return
         msg = Msg(cast(NATS, self), subject=subject, reply=reply, data=payload)
         groups: dict[str, list[MemorySubscription]] = {}
         for sub in self._subs:

@@ -66,13 +66,10 @@ async def case(real_nats: tuple[NatsServer, NATS] | None) -> AsyncIterator[BusCa
         twin = await MemoryBus.connect(hub, log, request_timeout=1.0)
 
         async def cut_memory() -> None:
-            hub.connected = False
-
-        async def heal_memory() -> None:
-            hub.connected = True
+            hub.cut()
 
         yield BusCase(
-            twin, log, hub, _nothing, lambda: twin.refused_appends, cut_memory, heal_memory
+            twin, log, hub, _nothing, lambda: twin.refused_appends, cut_memory, hub.restore
         )
         await twin.close()
         await hub.close()
