@@ -375,13 +375,15 @@ class Link:
 class ClientProcs:
     """The benchmark's side: `count` client processes and their pipes."""
 
-    def __init__(self, count: int, edges: list[str], hosts: list[str]) -> None:
+    def __init__(
+        self, count: int, edges: list[str], hosts: list[str], loop: str = "asyncio"
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess] = []
         self.links: list[Link] = []
         for index in range(count):
             here, there = ctx.Pipe()
-            args = (there, (index, count, edges, hosts))
+            args = (there, (index, count, edges, hosts), loop)
             proc = ctx.Process(target=process_main, args=args, name=f"storm-{index}", daemon=True)
             proc.start()
             there.close()
@@ -492,9 +494,14 @@ async def _serve(conn: Connection, spec: Spec) -> None:
             return
 
 
-def process_main(conn: Connection, spec: Spec) -> None:
-    """Entry point of a client process (a multiprocessing target)."""
-    asyncio.run(_serve(conn, spec))
+def process_main(conn: Connection, spec: Spec, loop: str = "asyncio") -> None:
+    """Entry point of a client process (a multiprocessing target); `loop`: asyncio or uvloop."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_serve(conn, spec))
+    else:
+        asyncio.run(_serve(conn, spec))
 
 
 __all__ = [

@@ -82,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--churn-rate", type=float, default=8.0, help="joins+leaves/s in the counts phase"
     )
+    parser.add_argument(
+        "--client-loop", choices=("asyncio", "uvloop"), default="asyncio",
+        help="the client processes' event loop",
+    )  # fmt: skip
     parser.add_argument("--time-limit", type=float, default=600.0, help="s for the storms")
     parser.add_argument("--data-dir", default=None, help="keep logs here (default: temp dir)")
 
@@ -367,34 +371,34 @@ def unit_costs(out: Outcome) -> list[Result]:
             ("edge_kib_per_viewer", kib_per_viewer("edge"), "KiB", "RSS growth, idle room held"),
             ("statekeeper_kib_per_viewer", kib_per_viewer("statekeeper"), "KiB", ""),
         ]
-    if idle is not None and counts is not None and counts.edge_counts and counts.client_counts:
+    if idle is not None and counts is not None and counts.client_counts:
 
         def extra(role: str) -> float:
             """CPU seconds of `role` in the counts phase beyond its idle baseline."""
             return counts.cpu_s.get(role, 0.0) - idle.rate(role) * counts.seconds
 
+        # Frames delivered are those the clients read: the edges' /metrics count a frame
+        # when it is queued, also when a newer one replaces it in the socket's slot.
+        frames = counts.client_counts
         churn = counts.churn_ops * per_join("edge") / us  # the churn's own joins and leaves
-        edge_frame = (extra("edge") - churn) / counts.edge_counts * us
-        client_frame = extra("clients") / counts.client_counts * us
+        edge_frame = (extra("edge") - churn) / frames * us
+        client_frame = extra("clients") / frames * us
         net = {
-            "edge": (join.cpu_s.get("edge", 0.0) - join.edge_counts * edge_frame / us) / joins,
-            "clients": (join.cpu_s.get("clients", 0.0) - join.client_counts * client_frame / us)
-            / joins,
+            role: (join.cpu_s.get(role, 0.0) - join.client_counts * cost / us) / joins * us
+            for role, cost in (("edge", edge_frame), ("clients", client_frame))
         }
         rows += [
-            ("counts_phase_frames", counts.edge_counts, "frames",
-             "counts frames the edges queued to sockets in the counts phase"),
-            ("counts_phase_frames_received", counts.client_counts, "frames",
-             "counts frames the clients read in the counts phase"),
+            ("counts_phase_frames", frames, "frames",
+             f"counts frames the clients read in {counts.seconds:.1f} s"),
+            ("counts_phase_frames_queued", counts.edge_counts, "frames",
+             "counts frames the edges queued (/metrics; replaced ones too)"),
             ("count_us_per_socket_frame", edge_frame, "us",
-             f"{counts.edge_counts} frames in {counts.seconds:.1f} s; idle "
-             f"{idle.rate('edge'):.0%} of a core; {counts.churn_ops} churn joins+leaves"),
-            ("client_cpu_us_per_frame", client_frame, "us",
-             f"{counts.client_counts} counts frames received"),
-            ("edge_cpu_us_per_join_net", net["edge"] * us, "us",
-             f"less {join.edge_counts} counts frames sent during the join phase"),
-            ("client_cpu_us_per_join_net", net["clients"] * us, "us",
-             f"less {join.client_counts} counts frames received during the join phase"),
+             f"edges' CPU beyond idle ({idle.rate('edge'):.0%} of a core) / frames; "
+             f"{counts.churn_ops} churn joins+leaves"),
+            ("client_cpu_us_per_frame", client_frame, "us", "the simulator's cost per frame"),
+            ("edge_cpu_us_per_join_net", net["edge"], "us",
+             f"less {join.client_counts} counts frames delivered during the join phase"),
+            ("client_cpu_us_per_join_net", net["clients"], "us", "likewise"),
         ]  # fmt: skip
     return [Result(*row) for row in rows]
 
@@ -439,7 +443,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
             console.print(f"starting nats-server, a statekeeper and {edges} edge(s)")
             await asyncio.wait_for(stack.start(log=lambda line: None), 120.0)
             urls = [u.replace("http://", "ws://") + "/rtc" for u in stack.edge_urls]
-            procs = ClientProcs(client_procs, urls, hosts)
+            procs = ClientProcs(client_procs, urls, hosts, args.client_loop)
             monitor = Monitor(stack, procs, workdir)
             sampler = asyncio.create_task(monitor.run())
             storms = Storms(args, stack, procs, monitor)
