@@ -45,6 +45,7 @@ from schemas.models import Grant
 from stagecast.bench import Result, percentile
 from stagecast.bench.simclients import Churn, ClientProcs, Msg, ProcResults, Wave
 from stagecast.bench.stormhost import (
+    MACHINE,
     Monitor,
     console,
     data_dir,
@@ -133,6 +134,11 @@ class Phase:
     def rate(self, role: str) -> float:
         """CPU seconds per second of `role` over the phase."""
         return self.cpu_s.get(role, 0.0) / self.seconds if self.seconds > 0 else 0.0
+
+    def other_load(self) -> float:
+        """Cores busy with processes that are not the storm's services or clients."""
+        ours = sum(v for role, v in self.cpu_s.items() if role != MACHINE)
+        return max(0.0, self.rate(MACHINE) - ours / self.seconds) if self.seconds > 0 else 0.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -361,7 +367,14 @@ def unit_costs(out: Outcome) -> list[Result]:
             return 0.0
         return (out.rss_held[role] - out.rss_before.get(role, 0.0)) / joins / 1024
 
+    others = [f"{p.other_load():.2f}" for p in (idle, counts) if p is not None]
     rows = [
+        (
+            "other_load_cores",
+            join.other_load(),
+            "cores",
+            f"CPU of unrelated processes over the join phase; idle, counts: {', '.join(others)}",
+        ),
         ("edge_cpu_us_per_join", per_join("edge"), "us", "edge CPU over the join phase / joins"),
         ("statekeeper_cpu_us_per_join", per_join("statekeeper"), "us", ""),
         ("client_cpu_us_per_join", per_join("clients"), "us", "the simulator's own cost"),

@@ -28,6 +28,8 @@ from stagecast.up import Stack
 SPARE_FDS = 512
 """Descriptors an edge or client process keeps for everything but its clients' sockets."""
 _SAMPLE_S = 0.25
+MACHINE = "machine"
+"""The key of the whole machine's busy CPU seconds in `Monitor.cpu()`."""
 console = Console(stderr=True)
 
 
@@ -117,13 +119,15 @@ class Monitor:
         self.reason = ""
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds (user + system) so far, per role."""
+        """CPU seconds (user + system) so far, per role, and the whole machine's busy time."""
         out = dict.fromkeys(self.roles, 0.0)
         for role, procs in self.roles.items():
             for p in procs:
                 with contextlib.suppress(psutil.Error):
                     times = p.cpu_times()
                     out[role] += times.user + times.system
+        machine = psutil.cpu_times()
+        out[MACHINE] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
         return out
 
     def reset(self) -> None:
@@ -155,7 +159,7 @@ class Monitor:
                         rss += p.memory_info().rss
                 self.rss_mb[role] = max(self.rss_mb[role], rss / 2**20)
             now, now_at = self.cpu(), time.monotonic()
-            self.busy = {r: (now[r] - before[r]) / (now_at - at) for r in now}
+            self.busy = {r: (now[r] - before[r]) / (now_at - at) for r in self.roles}
             before, at = now, now_at
             for i, child in enumerate(self.stack.children):
                 if child.poll() is not None:
@@ -170,6 +174,7 @@ class Monitor:
 
 
 __all__ = [
+    "MACHINE",
     "SPARE_FDS",
     "Monitor",
     "data_dir",
