@@ -84,8 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--churn-rate", type=float, default=8.0, help="joins+leaves/s in the counts phase"
     )
     parser.add_argument(
-        "--client-loop", choices=("asyncio", "uvloop"), default="asyncio",
-        help="the client processes' event loop",
+        "--client-loop", choices=("asyncio", "uvloop"), default="uvloop",
+        help="the client processes' event loop (default uvloop)",
     )  # fmt: skip
     parser.add_argument("--time-limit", type=float, default=600.0, help="s for the storms")
     parser.add_argument("--data-dir", default=None, help="keep logs here (default: temp dir)")

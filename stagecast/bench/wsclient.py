@@ -18,6 +18,7 @@ import asyncio
 import base64
 import hashlib
 import random
+from typing import cast
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -119,9 +120,8 @@ class RawWebSocket(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(handshake_request(self.host, self.port, self.path, self._key))
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(handshake_request(self.host, self.port, self.path, self._key))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
