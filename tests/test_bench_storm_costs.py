@@ -19,6 +19,7 @@ COSTS = (
     "statekeeper_cpu_us_per_join",
     "client_cpu_us_per_join",
     "edge_kib_per_viewer",
+    "edge_idle_us_per_viewer_s",
     "statekeeper_kib_per_viewer",
     "counts_phase_frames",
     "counts_phase_frames_queued",

@@ -383,7 +383,9 @@ def unit_costs(out: Outcome) -> list[Result]:
         rows += [
             ("edge_kib_per_viewer", kib_per_viewer("edge"), "KiB", "RSS growth, idle room held"),
             ("statekeeper_kib_per_viewer", kib_per_viewer("statekeeper"), "KiB", ""),
-        ]
+            ("edge_idle_us_per_viewer_s", idle.rate("edge") / joins * us, "us",
+             "edges' CPU per second of the idle phase / viewers held (pings, heartbeats)"),
+        ]  # fmt: skip
     if idle is not None and counts is not None and counts.client_counts:
 
         def extra(role: str) -> float:
