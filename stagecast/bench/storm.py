@@ -2,22 +2,22 @@
 
 `stagecast bench storm --speakers 5 --viewers 10000` starts a private nats-server, a
 statekeeper and `--edges` edges as processes (`stagecast.up.Stack`), and `--client-procs`
-client processes (`stagecast.bench.simclients`: raw WebSockets, no SDK). The speakers join
-first (one token each), then the viewers at `--rate` joins/s with one shared audience token
-(isViewer, no participantId). Figures, all from this one run:
+client processes (`stagecast.bench.simclients`: raw WebSockets, no SDK); both default to as
+few as the descriptor hard limit allows (`stagecast.bench.stormhost.plan_processes`). The
+speakers join first (one token each), then the viewers at `--rate` joins/s with one shared
+audience token (isViewer, no participantId). Then, with the room held: an idle phase and a
+counts phase of `--phase-s` each (the count moved by a few joins and leaves), which give
+the costs per unit (`unit_costs`). Figures, all from this one run (docs/benchmarks.md,
+"storm", defines each):
 
-- joins_per_s: viewers' joined replies / (last joined reply - first join sent);
-  join_p50_ms / join_p99_ms: join frame sent -> joined reply, per viewer.
-- participant_events_per_viewer: per viewer, the speakers in its joined snapshot plus the
-  participant_joined/left/updated frames it received (what it learns about participants),
-  averaged; it must equal --speakers (participant_frames_per_viewer: the frames alone).
-- count_events_per_viewer_per_s: per viewer, counts frames / (its join -> end of
-  measurement), averaged.
-- count_lag_p99_ms: per client, the storm's end (last joined reply) -> the time it holds a
-  count equal to the room's final total (0 when its own join reply already had it); clients
-  still wrong when `--count-wait` runs out are `count_never_exact`.
-- edge_rss_mb / statekeeper_rss_mb: max RSS seen (sampled every 0.25 s; edges summed);
-  edge_cpu_s / statekeeper_cpu_s: CPU seconds used during the viewers' storm.
+- joins_per_s, join_p50_ms / join_p99_ms, connect_join_p99_ms, offered_joins_per_s.
+- participant_events_per_viewer (must equal --speakers), participant_frames_per_viewer.
+- count_events_per_viewer_per_s, count_lag_p99_ms, count_never_exact.
+- join_failures, dropped_after_join (closed after joining, before the bench closed it).
+- *_rss_mb (max), *_cpu_s (over the join phase), other_load_cores.
+- edge/statekeeper/client_cpu_us_per_join, edge/statekeeper_kib_per_viewer,
+  edge_idle_us_per_viewer_s, count_us_per_socket_frame, client_cpu_us_per_frame, and the
+  join costs net of the counts frames delivered meanwhile.
 
 `--naive` then runs the same storm in another room where everyone holds a speaker token, so
 every join goes to every participant (`--naive-viewers`, default min(viewers, 1000): it is
@@ -43,7 +43,8 @@ import httpx
 from access.tokens import generate_token
 from schemas.models import Grant
 from stagecast.bench import Result, percentile
-from stagecast.bench.simclients import Churn, ClientProcs, Msg, ProcResults, Wave
+from stagecast.bench.clientprocs import ClientProcs, Msg
+from stagecast.bench.simclients import Churn, ProcResults, Wave
 from stagecast.bench.stormhost import (
     MACHINE,
     Monitor,

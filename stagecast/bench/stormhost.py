@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
-from stagecast.bench.simclients import ClientProcs
+from stagecast.bench.clientprocs import ClientProcs
 from stagecast.up import Stack
 
 SPARE_FDS = 512
