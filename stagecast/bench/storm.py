@@ -396,6 +396,8 @@ def unit_costs(out: Outcome) -> list[Result]:
         # Frames delivered are those the clients read: the edges' /metrics count a frame
         # when it is queued, also when a newer one replaces it in the socket's slot.
         frames = counts.client_counts
+        drops = sum(sum(r.drops.values()) for r in out.procs)
+        disturbed = f"; UNRELIABLE: {drops} sockets dropped, the room was not held" if drops else ""
         churn = counts.churn_ops * per_join("edge") / us  # the churn's own joins and leaves
         edge_frame = (extra("edge") - churn) / frames * us
         client_frame = extra("clients") / frames * us
@@ -410,7 +412,7 @@ def unit_costs(out: Outcome) -> list[Result]:
              "counts frames the edges queued (/metrics; replaced ones too)"),
             ("count_us_per_socket_frame", edge_frame, "us",
              f"edges' CPU beyond idle ({idle.rate('edge'):.0%} of a core) / frames; "
-             f"{counts.churn_ops} churn joins+leaves"),
+             f"{counts.churn_ops} churn joins+leaves{disturbed}"),
             ("client_cpu_us_per_frame", client_frame, "us", "the simulator's cost per frame"),
             ("edge_cpu_us_per_join_net", net["edge"], "us",
              f"less {join.client_counts} counts frames delivered during the join phase"),
