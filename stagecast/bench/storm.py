@@ -451,7 +451,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
     )
     with data_dir(args.data_dir) as workdir:
         config = UpConfig(
-            port=free_port_block(edges), data_dir=workdir, edges=edges,
+            port=free_port_block(edges), data_dir=workdir, edges=edges, forwarders=0,
             api_key=API_KEY, api_secret=secrets.token_urlsafe(32), dev=False,
         )  # fmt: skip
         stack = Stack(config)
