@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import multiprocessing
+import os
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -32,6 +33,9 @@ class Link:
         self.inbox: asyncio.Queue[Msg] = asyncio.Queue()
         self.open = True
         asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
+        # uvloop makes a watched descriptor non-blocking: a large message (a process's
+        # results) would then be written in part, and the reader would wait for the rest.
+        os.set_blocking(conn.fileno(), True)
 
     def _readable(self) -> None:
         try:
