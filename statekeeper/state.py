@@ -170,6 +170,7 @@ def participant_info(session: SessionRecord) -> ParticipantInfo:
 
 
 def _build_info(session: SessionRecord) -> ParticipantInfo:
+    attributes, tracks = session.attributes, session.tracks
     return ParticipantInfo(
         sid=session.sid,
         id=session.identity,
@@ -177,8 +178,8 @@ def _build_info(session: SessionRecord) -> ParticipantInfo:
         is_viewer=session.is_viewer,
         kind=session.kind,  # type: ignore[arg-type]
         metadata=session.metadata,
-        attributes=dict(session.attributes),
-        tracks=tuple(session.tracks.values()),
+        attributes=dict(attributes) if attributes else {},  # most viewers have neither
+        tracks=tuple(tracks.values()) if tracks else (),
         joined_at=session.joined_at,
     )
 
