@@ -23,15 +23,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, cast, get_args
 
 import jwt
+import msgspec
 
 from access.admin import AdminGrant, check, claim_of, grant_of
 from schemas.client_errors import InvalidPermissions, InvalidToken, TokenExpired
-from schemas.codec import MaxItems
 from schemas.models import (
     ATTRIBUTES_BYTES,
+    ATTRIBUTES_ITEMS,
     ID_CHARS,
     METADATA_BYTES,
-    Attributes,
     Grant,
     ParticipantKind,
 )
@@ -47,7 +47,6 @@ MAX_TOKEN_CHARS: Final = 8192
 """Longest token a join frame carries (`schemas.client.Token`)."""
 DEFAULT_LEEWAY: Final = 10
 """Clock skew (seconds) tolerated on `exp`, `nbf` and `iat`."""
-ATTRIBUTES_ITEMS: Final = next(a.count for a in get_args(Attributes) if isinstance(a, MaxItems))
 _MAX_NUMERIC_DATE: Final = 2**53 - 1
 _MALFORMED: Final = (jwt.PyJWTError, ValueError, RecursionError)
 """What PyJWT may raise on hostile input (it wraps most of it, but not in every version)."""
@@ -66,7 +65,7 @@ def _camel(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
-_GRANT_CLAIMS: Final = {f.name: _camel(f.name) for f in dataclasses.fields(Grant)}
+_GRANT_CLAIMS: Final = {f.name: _camel(f.name) for f in msgspec.structs.fields(Grant)}
 """Grant field -> token claim (`can_publish_data` -> `canPublishData`)."""
 
 
@@ -179,7 +178,7 @@ def _grant_from_claim(value: object, is_viewer: bool) -> Grant:
     if not isinstance(value, dict):
         raise TypeError("grant: must be an object")
     flags = {f: _flag(value[c], f"grant.{c}") for f, c in _GRANT_CLAIMS.items() if c in value}
-    return dataclasses.replace(VIEWER_GRANT if is_viewer else Grant(), **flags)
+    return msgspec.structs.replace(VIEWER_GRANT if is_viewer else Grant(), **flags)
 
 
 # --------------------------------------------------------------------------- minting

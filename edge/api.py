@@ -15,9 +15,9 @@ published to the room's data channel. The reply body is the msgpack reply messag
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -117,7 +117,7 @@ def _scoped(message: Message, grant: AdminGrant) -> Message:
         return message
     wanted = message.room_ids
     room_ids = (grant.room,) if wanted is None or grant.room in wanted else ()
-    return dataclasses.replace(message, room_ids=room_ids)
+    return msgspec.structs.replace(message, room_ids=room_ids)
 
 
 async def handle_api(node: EdgeNode, request: Request, seen: SeenTokens | None = None) -> Response:

@@ -10,7 +10,7 @@ them on the session's direct subject, which the edge forwards to the socket.
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
 from access.rules import refuse_publish
 from edge.session import EdgeSession
@@ -124,7 +124,7 @@ async def _forward(session: EdgeSession, req: int, forwarder_id: str, request: M
 
 def _reply_error(session: EdgeSession, req: int, reply: Message) -> None:
     if isinstance(reply, Error):
-        error = dataclasses.replace(reply, id=req)
+        error = msgspec.structs.replace(reply, id=req)
     else:
         error = Error(id=req, code=ErrorCode.INTERNAL.value, message=f"unexpected {reply.TYPE}")
     session.node.metrics.error(error.code)

@@ -15,7 +15,6 @@ mode an application's backend mints tokens and calls `RoomService.update_partici
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -24,6 +23,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -174,7 +174,9 @@ def _dev_token(node: EdgeNode) -> Any:
             viewer, host = _flag(body, "viewer"), _flag(body, "host")
         except BadInput as exc:
             return _refuse(400, "BAD_REQUEST", str(exc))
-        grant = dataclasses.replace(VIEWER_GRANT if viewer else SPEAKER_GRANT, can_moderate=host)
+        grant = msgspec.structs.replace(
+            VIEWER_GRANT if viewer else SPEAKER_GRANT, can_moderate=host
+        )
         config = node.config
         token = generate_token(
             config.api_key,

@@ -11,10 +11,11 @@ statekeeper over NATS request/reply; data messages are published straight to the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import msgspec
 
 from access.rules import Refusal, refuse_publish, refuse_publish_data, refuse_subscribe
 from edge.actions import Origin, to_event
@@ -197,7 +198,7 @@ async def on_get_participants(session: EdgeSession, message: GetParticipants) ->
     reply, _data = await session.node.bus.request(request)
     answer: Message
     if isinstance(reply, (ParticipantsPage, Error)):
-        answer = dataclasses.replace(reply, id=message.id)
+        answer = msgspec.structs.replace(reply, id=message.id)
     else:
         answer = Error(id=message.id, code=ErrorCode.INTERNAL.value, message="unexpected reply")
     if isinstance(answer, Error):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jwt
+import msgspec
 from jwt.warnings import InsecureKeyLengthWarning
 
 from schemas.models import Grant, Tier
@@ -77,7 +78,7 @@ def mint_resume_token(
         "sid": claims.sid,
         "sub": claims.participant_id,
         "tier": claims.tier,
-        "grant": {f.name: getattr(claims.grant, f.name) for f in dataclasses.fields(Grant)},
+        "grant": {f.name: getattr(claims.grant, f.name) for f in msgspec.structs.fields(Grant)},
         "epoch": claims.epoch,
         "pexp": claims.expires_at,
         "iat": issued,
@@ -136,7 +137,7 @@ def _claims(payload: dict[str, Any]) -> ResumeClaims:
     raw = payload["grant"]
     if not isinstance(raw, dict):
         raise TypeError("grant must be a map")
-    names = {f.name for f in dataclasses.fields(Grant)}
+    names = {f.name for f in msgspec.structs.fields(Grant)}
     flags = {k: v for k, v in raw.items() if k in names}
     if not all(type(v) is bool for v in flags.values()):
         raise TypeError("grant flags must be booleans")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import itertools
 import logging
@@ -29,6 +28,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 import msgpack
+import msgspec
 from starlette.websockets import WebSocket
 
 from edge.bus import BusUnavailable
@@ -398,7 +398,7 @@ class EdgeSession:
         self.grant = message.grant
         self.room_sid = message.room.sid
         self.epoch = message.epoch
-        joined = dataclasses.replace(message, resume_token=self._resume_token())
+        joined = msgspec.structs.replace(message, resume_token=self._resume_token())
         self.node.metrics.joins += 1
         self.send(encode(joined), JoinAccepted.TYPE)
         pending, self._pending = self._pending, []
@@ -424,7 +424,7 @@ class EdgeSession:
     def _tier_changed(self, message: TierChanged) -> None:
         self.is_viewer = message.participant.is_viewer
         self.grant = message.grant
-        changed = dataclasses.replace(message, resume_token=self._resume_token())
+        changed = msgspec.structs.replace(message, resume_token=self._resume_token())
         self.send(encode(changed), TierChanged.TYPE)
 
     def _resume_token(self) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from msgspec import Meta
+
 from schemas.client import Cursor
-from schemas.codec import MaxItems, Message, message
+from schemas.codec import Message
 from schemas.models import (
     Attributes,
     DataPayload,
@@ -27,8 +29,7 @@ from schemas.models import (
 )
 
 
-@message("api.create_room")
-class CreateRoomRequest(Message):
+class CreateRoomRequest(Message, tag="api.create_room", frozen=True, kw_only=True):
     room_id: Identity
     max_participants: int = 0
     empty_timeout: int = 300
@@ -37,18 +38,15 @@ class CreateRoomRequest(Message):
     livestream: bool = False
 
 
-@message("api.list_rooms")
-class ListRoomsRequest(Message):
+class ListRoomsRequest(Message, tag="api.list_rooms", frozen=True, kw_only=True):
     room_ids: IdList | None = None
 
 
-@message("api.delete_room")
-class DeleteRoomRequest(Message):
+class DeleteRoomRequest(Message, tag="api.delete_room", frozen=True, kw_only=True):
     room_id: Identity
 
 
-@message("api.list_participants")
-class ListParticipantsRequest(Message):
+class ListParticipantsRequest(Message, tag="api.list_participants", frozen=True, kw_only=True):
     """Also the statekeeper's RPC behind a client's `get_participants`."""
 
     room_id: Identity
@@ -57,14 +55,12 @@ class ListParticipantsRequest(Message):
     cursor: Cursor | None = None
 
 
-@message("api.get_participant")
-class GetParticipantRequest(Message):
+class GetParticipantRequest(Message, tag="api.get_participant", frozen=True, kw_only=True):
     room_id: Identity
     participant_id: Identity
 
 
-@message("api.update_participant")
-class UpdateParticipantRequest(Message):
+class UpdateParticipantRequest(Message, tag="api.update_participant", frozen=True, kw_only=True):
     room_id: Identity
     participant_id: Identity
     is_viewer: bool | None = None
@@ -74,28 +70,24 @@ class UpdateParticipantRequest(Message):
     name: Name | None = None
 
 
-@message("api.remove_participant")
-class RemoveParticipantRequest(Message):
+class RemoveParticipantRequest(Message, tag="api.remove_participant", frozen=True, kw_only=True):
     room_id: Identity
     participant_id: Identity
 
 
-@message("api.mute_track")
-class MuteTrackRequest(Message):
+class MuteTrackRequest(Message, tag="api.mute_track", frozen=True, kw_only=True):
     room_id: Identity
     participant_id: Identity
     track_sid: Identity
     muted: bool = True
 
 
-@message("api.update_room_metadata")
-class UpdateRoomMetadataRequest(Message):
+class UpdateRoomMetadataRequest(Message, tag="api.update_room_metadata", frozen=True, kw_only=True):
     room_id: Identity
     metadata: Metadata
 
 
-@message("api.send_data")
-class SendDataRequest(Message):
+class SendDataRequest(Message, tag="api.send_data", frozen=True, kw_only=True):
     room_id: Identity
     payload: DataPayload
     topic: Identity | None = None
@@ -103,31 +95,26 @@ class SendDataRequest(Message):
     reliable: bool = True
 
 
-@message("api.room")
-class RoomReply(Message):
+class RoomReply(Message, tag="api.room", frozen=True, kw_only=True):
     room: RoomInfo
 
 
-@message("api.rooms")
-class RoomListReply(Message):
-    rooms: Annotated[tuple[RoomInfo, ...], MaxItems(10_000)] = ()
+class RoomListReply(Message, tag="api.rooms", frozen=True, kw_only=True):
+    rooms: Annotated[tuple[RoomInfo, ...], Meta(max_length=10_000)] = ()
 
 
-@message("api.participant")
-class ParticipantReply(Message):
+class ParticipantReply(Message, tag="api.participant", frozen=True, kw_only=True):
     participant: ParticipantInfo
 
 
-@message("api.ok")
-class OkReply(Message):
+class OkReply(Message, tag="api.ok", frozen=True, kw_only=True):
     """A write succeeded and has nothing more to say."""
 
 
 # --------------------------------------------------------------------------- internal
 
 
-@message("internal.edge_heartbeat")
-class EdgeHeartbeat(Message):
+class EdgeHeartbeat(Message, tag="internal.edge_heartbeat", frozen=True, kw_only=True):
     """Every edge publishes one each second on `stagecast.edges.heartbeat`."""
 
     edge_id: Identity
@@ -136,16 +123,14 @@ class EdgeHeartbeat(Message):
     interval_ms: int = 1000
 
 
-@message("internal.edge_gone")
-class EdgeGone(Message):
+class EdgeGone(Message, tag="internal.edge_gone", frozen=True, kw_only=True):
     """An edge shutting down cleanly says so, so its sessions' grace starts at once."""
 
     edge_id: Identity
     at: int
 
 
-@message("internal.media_assign")
-class MediaAssignRequest(Message):
+class MediaAssignRequest(Message, tag="internal.media_assign", frozen=True, kw_only=True):
     """Edge -> statekeeper (`stagecast.sk.api`): which forwarder carries this session's
     media? Assigns one (and logs it) on first use; `track_sid`, when given, must be a
     track the session has announced."""
@@ -155,20 +140,17 @@ class MediaAssignRequest(Message):
     track_sid: Identity | None = None
 
 
-@message("internal.media_assignment")
-class MediaAssignment(Message):
+class MediaAssignment(Message, tag="internal.media_assignment", frozen=True, kw_only=True):
     forwarder_id: Identity
     kind: TrackKind | None = None
     """The announced kind of the request's `track_sid`."""
 
 
-@message("internal.health")
-class HealthRequest(Message):
+class HealthRequest(Message, tag="internal.health", frozen=True, kw_only=True):
     pass
 
 
-@message("internal.health_reply")
-class HealthReply(Message):
+class HealthReply(Message, tag="internal.health_reply", frozen=True, kw_only=True):
     service: Identity
     ok: bool
     applied_seq: int = 0

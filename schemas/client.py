@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from schemas.codec import MaxBytes, MaxItems, MaxLen, Message, message
+from msgspec import Meta
+
+from schemas.codec import MaxBytes, Message
 from schemas.models import (
     Attributes,
     Counts,
@@ -28,16 +30,15 @@ from schemas.models import (
     TrackSource,
 )
 
-Token = Annotated[str, MaxLen(8192)]
-Sdp = Annotated[str, MaxBytes(128 * 1024)]
-Cursor = Annotated[str, MaxLen(1024)]
+Token = Annotated[str, Meta(max_length=8192)]
+Sdp = Annotated[str, Meta(max_length=128 * 1024), MaxBytes(128 * 1024)]
+Cursor = Annotated[str, Meta(max_length=1024)]
 MediaTarget = Literal["publisher", "subscriber"]
 
 # --------------------------------------------------------------------------- client -> edge
 
 
-@message("join")
-class Join(Message):
+class Join(Message, tag="join", frozen=True, kw_only=True):
     """First frame of a session: the token, the room (for roomless tokens) and a name."""
 
     id: int
@@ -53,15 +54,13 @@ class Join(Message):
     (on any edge) continues the same session instead of joining twice."""
 
 
-@message("leave")
-class Leave(Message):
+class Leave(Message, tag="leave", frozen=True, kw_only=True):
     """Leave the room now (no departure grace)."""
 
     id: int
 
 
-@message("publish_track")
-class PublishTrack(Message):
+class PublishTrack(Message, tag="publish_track", frozen=True, kw_only=True):
     """Announce a track about to be published; the reply `Ack` carries its sid."""
 
     id: int
@@ -70,35 +69,30 @@ class PublishTrack(Message):
     name: Name = ""
 
 
-@message("unpublish_track")
-class UnpublishTrack(Message):
+class UnpublishTrack(Message, tag="unpublish_track", frozen=True, kw_only=True):
     id: int
     track_sid: Identity
 
 
-@message("mute_track")
-class MuteTrack(Message):
+class MuteTrack(Message, tag="mute_track", frozen=True, kw_only=True):
     id: int
     track_sid: Identity
     muted: bool
 
 
-@message("set_metadata")
-class SetMetadata(Message):
+class SetMetadata(Message, tag="set_metadata", frozen=True, kw_only=True):
     id: int
     metadata: Metadata
 
 
-@message("set_attributes")
-class SetAttributes(Message):
+class SetAttributes(Message, tag="set_attributes", frozen=True, kw_only=True):
     """Merge attributes into the participant's; an empty value deletes its key."""
 
     id: int
     attributes: Attributes
 
 
-@message("publish_data")
-class PublishData(Message):
+class PublishData(Message, tag="publish_data", frozen=True, kw_only=True):
     """Send data to the room, or to `destination_ids` only. The edge stamps the sender."""
 
     id: int
@@ -108,40 +102,34 @@ class PublishData(Message):
     destination_ids: IdList = ()
 
 
-@message("subscribe")
-class Subscribe(Message):
+class Subscribe(Message, tag="subscribe", frozen=True, kw_only=True):
     id: int
     participant_id: Identity
     kind: TrackKind
 
 
-@message("unsubscribe")
-class Unsubscribe(Message):
+class Unsubscribe(Message, tag="unsubscribe", frozen=True, kw_only=True):
     id: int
     participant_id: Identity
     kind: TrackKind
 
 
-@message("get_participants")
-class GetParticipants(Message):
+class GetParticipants(Message, tag="get_participants", frozen=True, kw_only=True):
     id: int
     tier: Tier | None = None
     limit: int = 50
     cursor: Cursor | None = None
 
 
-@message("raise_hand")
-class RaiseHand(Message):
+class RaiseHand(Message, tag="raise_hand", frozen=True, kw_only=True):
     id: int
 
 
-@message("lower_hand")
-class LowerHand(Message):
+class LowerHand(Message, tag="lower_hand", frozen=True, kw_only=True):
     id: int
 
 
-@message("offer")
-class SignalOffer(Message):
+class SignalOffer(Message, tag="offer", frozen=True, kw_only=True):
     """An SDP offer. Client -> edge (target ``publisher``): the offer of the peer connection
     that sends the announced track `track_sid`; the reply is an `answer`. Edge -> client
     (target ``subscriber``, id 0): the forwarder offers a peer connection carrying
@@ -157,26 +145,23 @@ class SignalOffer(Message):
     kind: TrackKind | None = None
 
 
-@message("answer")
-class SignalAnswer(Message):
+class SignalAnswer(Message, tag="answer", frozen=True, kw_only=True):
     id: int
     target: MediaTarget
     sdp: Sdp
     track_sid: Identity | None = None
 
 
-@message("candidate")
-class SignalCandidate(Message):
+class SignalCandidate(Message, tag="candidate", frozen=True, kw_only=True):
     id: int
     target: MediaTarget
-    candidate: Annotated[str, MaxLen(2048)]
+    candidate: Annotated[str, Meta(max_length=2048)]
     sdp_mid: Identity | None = None
     sdp_mline_index: int | None = None
     track_sid: Identity | None = None
 
 
-@message("restart_ice")
-class RestartIce(Message):
+class RestartIce(Message, tag="restart_ice", frozen=True, kw_only=True):
     """Ask for a fresh subscriber peer connection for `track_sid` (the network changed):
     the forwarder sends a new `offer`. A publisher restarts by sending a new `offer` with
     `ice_restart` set."""
@@ -185,8 +170,7 @@ class RestartIce(Message):
     track_sid: Identity
 
 
-@message("ping")
-class Ping(Message):
+class Ping(Message, tag="ping", frozen=True, kw_only=True):
     id: int
     at: int = 0
 
@@ -194,25 +178,22 @@ class Ping(Message):
 # --------------------------------------------------------------------------- edge -> client
 
 
-@message("ack")
-class Ack(Message):
+class Ack(Message, tag="ack", frozen=True, kw_only=True):
     """A request succeeded. `sid` names what it created (a track sid), when it did."""
 
     id: int
     sid: Identity | None = None
 
 
-@message("error")
-class Error(Message):
+class Error(Message, tag="error", frozen=True, kw_only=True):
     """A request failed, or (with `id` None) the session hit a problem."""
 
     id: int | None = None
     code: Identity
-    message: Annotated[str, MaxLen(4096)] = ""
+    message: Annotated[str, Meta(max_length=4096)] = ""
 
 
-@message("joined")
-class JoinAccepted(Message):
+class JoinAccepted(Message, tag="joined", frozen=True, kw_only=True):
     """The session is in the room: its initial snapshot and a resume token."""
 
     id: int
@@ -220,7 +201,7 @@ class JoinAccepted(Message):
     room: RoomInfo
     participant: ParticipantInfo
     grant: Grant
-    speakers: Annotated[tuple[ParticipantInfo, ...], MaxItems(10_000)] = ()
+    speakers: Annotated[tuple[ParticipantInfo, ...], Meta(max_length=10_000)] = ()
     counts: Counts = Counts()
     resume_token: Token = ""
     resumed: bool = False
@@ -228,16 +209,14 @@ class JoinAccepted(Message):
     """The session's connection epoch (the edge puts it in the resume token)."""
 
 
-@message("participant_joined")
-class ParticipantJoined(Message):
+class ParticipantJoined(Message, tag="participant_joined", frozen=True, kw_only=True):
     """A speaker joined (or became visible, or was promoted)."""
 
     seq: int
     participant: ParticipantInfo
 
 
-@message("participant_left")
-class ParticipantLeft(Message):
+class ParticipantLeft(Message, tag="participant_left", frozen=True, kw_only=True):
     """A speaker left (or was demoted to the audience)."""
 
     seq: int
@@ -246,53 +225,46 @@ class ParticipantLeft(Message):
     reason: Name = ""
 
 
-@message("participant_updated")
-class ParticipantUpdated(Message):
+class ParticipantUpdated(Message, tag="participant_updated", frozen=True, kw_only=True):
     """A speaker's name, metadata or attributes changed."""
 
     seq: int
     participant: ParticipantInfo
 
 
-@message("track_published")
-class TrackPublished(Message):
+class TrackPublished(Message, tag="track_published", frozen=True, kw_only=True):
     seq: int
     participant_id: Identity
     track: TrackInfo
 
 
-@message("track_unpublished")
-class TrackUnpublished(Message):
+class TrackUnpublished(Message, tag="track_unpublished", frozen=True, kw_only=True):
     seq: int
     participant_id: Identity
     track_sid: Identity
     kind: TrackKind
 
 
-@message("track_muted")
-class TrackMuted(Message):
+class TrackMuted(Message, tag="track_muted", frozen=True, kw_only=True):
     seq: int
     participant_id: Identity
     track_sid: Identity
     muted: bool
 
 
-@message("counts")
-class CountsChanged(Message):
+class CountsChanged(Message, tag="counts", frozen=True, kw_only=True):
     """The room's coalesced counts (at most one per room per 250 ms window)."""
 
     seq: int
     counts: Counts
 
 
-@message("room_updated")
-class RoomUpdated(Message):
+class RoomUpdated(Message, tag="room_updated", frozen=True, kw_only=True):
     seq: int
     room: RoomInfo
 
 
-@message("hand")
-class HandChanged(Message):
+class HandChanged(Message, tag="hand", frozen=True, kw_only=True):
     """Moderators only: a participant of either tier raised or lowered a hand."""
 
     seq: int
@@ -300,16 +272,14 @@ class HandChanged(Message):
     raised: bool
 
 
-@message("viewer_updated")
-class ViewerUpdated(Message):
+class ViewerUpdated(Message, tag="viewer_updated", frozen=True, kw_only=True):
     """Moderators only: a viewer's metadata or attributes changed."""
 
     seq: int
     participant: ParticipantInfo
 
 
-@message("data")
-class DataReceived(Message):
+class DataReceived(Message, tag="data", frozen=True, kw_only=True):
     payload: DataPayload
     sender_id: Identity | None = None
     sender_sid: Identity | None = None
@@ -318,8 +288,7 @@ class DataReceived(Message):
     destination_ids: IdList = ()
 
 
-@message("tier_changed")
-class TierChanged(Message):
+class TierChanged(Message, tag="tier_changed", frozen=True, kw_only=True):
     """The local participant was promoted or demoted: its new tier, grant and session token."""
 
     seq: int
@@ -328,27 +297,24 @@ class TierChanged(Message):
     resume_token: Token = ""
 
 
-@message("participants_page")
-class ParticipantsPage(Message):
+class ParticipantsPage(Message, tag="participants_page", frozen=True, kw_only=True):
     """One page of `get_participants`: speakers first, then viewers."""
 
     id: int
-    participants: Annotated[tuple[ParticipantInfo, ...], MaxItems(1000)] = ()
+    participants: Annotated[tuple[ParticipantInfo, ...], Meta(max_length=1000)] = ()
     next_cursor: Cursor | None = None
     total: int = 0
 
 
-@message("disconnect")
-class Disconnect(Message):
+class Disconnect(Message, tag="disconnect", frozen=True, kw_only=True):
     """The server ends the session; `reason` is a code such as `DUPLICATE_IDENTITY`."""
 
     reason: Name
-    message: Annotated[str, MaxLen(4096)] = ""
+    message: Annotated[str, Meta(max_length=4096)] = ""
     can_reconnect: bool = False
 
 
-@message("pong")
-class Pong(Message):
+class Pong(Message, tag="pong", frozen=True, kw_only=True):
     id: int
     at: int = 0
     server_at: int = 0

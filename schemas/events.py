@@ -7,27 +7,24 @@ renamed or removed. `id` is unique per event and stable across statekeeper resta
 
 from __future__ import annotations
 
-from schemas.codec import Message, message
+from schemas.codec import Message
 from schemas.models import Identity, Name, ParticipantInfo, RoomInfo, TrackInfo
 
 
-@message("event.room_started")
-class RoomStarted(Message):
+class RoomStarted(Message, tag="event.room_started", frozen=True, kw_only=True):
     id: Identity
     at: int
     room: RoomInfo
 
 
-@message("event.room_finished")
-class RoomFinished(Message):
+class RoomFinished(Message, tag="event.room_finished", frozen=True, kw_only=True):
     id: Identity
     at: int
     room: RoomInfo
     reason: Name = ""
 
 
-@message("event.participant_joined")
-class ParticipantJoinedEvent(Message):
+class ParticipantJoinedEvent(Message, tag="event.participant_joined", frozen=True, kw_only=True):
     id: Identity
     at: int
     room_id: Identity
@@ -35,8 +32,7 @@ class ParticipantJoinedEvent(Message):
     participant: ParticipantInfo
 
 
-@message("event.participant_left")
-class ParticipantLeftEvent(Message):
+class ParticipantLeftEvent(Message, tag="event.participant_left", frozen=True, kw_only=True):
     id: Identity
     at: int
     room_id: Identity
@@ -45,8 +41,7 @@ class ParticipantLeftEvent(Message):
     reason: Name = ""
 
 
-@message("event.track_published")
-class TrackPublishedEvent(Message):
+class TrackPublishedEvent(Message, tag="event.track_published", frozen=True, kw_only=True):
     id: Identity
     at: int
     room_id: Identity
@@ -55,8 +50,7 @@ class TrackPublishedEvent(Message):
     track: TrackInfo
 
 
-@message("event.track_unpublished")
-class TrackUnpublishedEvent(Message):
+class TrackUnpublishedEvent(Message, tag="event.track_unpublished", frozen=True, kw_only=True):
     id: Identity
     at: int
     room_id: Identity

@@ -9,10 +9,12 @@ direct subject or an API caller's inbox) and which request it answers.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
-from schemas.codec import MaxLen, Message, message
+import msgspec
+from msgspec import Meta
+
+from schemas.codec import Message
 from schemas.models import (
     Attributes,
     Grant,
@@ -25,7 +27,7 @@ from schemas.models import (
     TrackKind,
 )
 
-Subject = Annotated[str, MaxLen(1024)]
+Subject = Annotated[str, Meta(max_length=1024)]
 
 
 ACTION_DEADLINE_MS = 3_000
@@ -35,21 +37,25 @@ for JetStream to confirm an append before it reports the action failed, so an ac
 client was told failed can never take effect later (after a NATS reconnect, say)."""
 
 
-class LogEvent(Message):
-    """Base of room-log events (every subclass has `room_id`, `at`, `reply_to`, `req`)."""
+class LogEvent(Message, frozen=True, kw_only=True):
+    """Base of room-log events (every subclass has `room_id`, `at`, `reply_to`, `req`).
 
-    __slots__ = ()
-    room_id: str
-    at: int
-    reply_to: str | None
-    req: int
+    Each subclass declares those fields itself, where its wire order wants them; here they
+    are declared for the type checker only.
+    """
+
+    ABSTRACT: ClassVar[bool] = True
+    if TYPE_CHECKING:
+        room_id: str
+        at: int
+        reply_to: str | None
+        req: int
 
 
 # --------------------------------------------------------------------------- session actions
 
 
-@message("log.join")
-class JoinRequested(LogEvent):
+class JoinRequested(LogEvent, tag="log.join", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     sid: Identity
@@ -59,7 +65,7 @@ class JoinRequested(LogEvent):
     kind: ParticipantKind = "standard"
     grant: Grant = Grant()
     metadata: Metadata = ""
-    attributes: Attributes = dataclasses.field(default_factory=dict)
+    attributes: Attributes = msgspec.field(default_factory=dict)
     edge_id: Identity
     token_id: Identity = ""
     token_expires_at: int = 0
@@ -68,8 +74,7 @@ class JoinRequested(LogEvent):
     req: int = 0
 
 
-@message("log.resume")
-class ResumeRequested(LogEvent):
+class ResumeRequested(LogEvent, tag="log.resume", frozen=True, kw_only=True):
     """A client reconnected (to any edge) within its departure grace."""
 
     room_id: Identity
@@ -84,8 +89,7 @@ class ResumeRequested(LogEvent):
     """The room sid the resume token names ("" for none)."""
 
 
-@message("log.leave")
-class LeaveRequested(LogEvent):
+class LeaveRequested(LogEvent, tag="log.leave", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     sid: Identity
@@ -93,8 +97,7 @@ class LeaveRequested(LogEvent):
     req: int = 0
 
 
-@message("log.disconnect")
-class SessionDisconnected(LogEvent):
+class SessionDisconnected(LogEvent, tag="log.disconnect", frozen=True, kw_only=True):
     """The session's socket dropped: the departure grace starts."""
 
     room_id: Identity
@@ -105,8 +108,7 @@ class SessionDisconnected(LogEvent):
     req: int = 0
 
 
-@message("log.publish_track")
-class TrackPublishRequested(LogEvent):
+class TrackPublishRequested(LogEvent, tag="log.publish_track", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     sid: Identity
@@ -115,8 +117,7 @@ class TrackPublishRequested(LogEvent):
     req: int = 0
 
 
-@message("log.unpublish_track")
-class TrackUnpublishRequested(LogEvent):
+class TrackUnpublishRequested(LogEvent, tag="log.unpublish_track", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     sid: Identity
@@ -125,8 +126,7 @@ class TrackUnpublishRequested(LogEvent):
     req: int = 0
 
 
-@message("log.mute_track")
-class TrackMuteRequested(LogEvent):
+class TrackMuteRequested(LogEvent, tag="log.mute_track", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     sid: Identity
@@ -136,8 +136,7 @@ class TrackMuteRequested(LogEvent):
     req: int = 0
 
 
-@message("log.set_metadata")
-class MetadataSet(LogEvent):
+class MetadataSet(LogEvent, tag="log.set_metadata", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     sid: Identity
@@ -146,8 +145,7 @@ class MetadataSet(LogEvent):
     req: int = 0
 
 
-@message("log.set_attributes")
-class AttributesSet(LogEvent):
+class AttributesSet(LogEvent, tag="log.set_attributes", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     sid: Identity
@@ -156,8 +154,7 @@ class AttributesSet(LogEvent):
     req: int = 0
 
 
-@message("log.subscription")
-class SubscriptionRequested(LogEvent):
+class SubscriptionRequested(LogEvent, tag="log.subscription", frozen=True, kw_only=True):
     """A subscriber's intent to receive (or stop receiving) a speaker's track kind."""
 
     room_id: Identity
@@ -173,8 +170,7 @@ class SubscriptionRequested(LogEvent):
 # --------------------------------------------------------------------------- admin actions
 
 
-@message("log.create_room")
-class RoomCreateRequested(LogEvent):
+class RoomCreateRequested(LogEvent, tag="log.create_room", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     room_sid: Identity
@@ -187,16 +183,14 @@ class RoomCreateRequested(LogEvent):
     req: int = 0
 
 
-@message("log.delete_room")
-class RoomDeleteRequested(LogEvent):
+class RoomDeleteRequested(LogEvent, tag="log.delete_room", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     reply_to: Subject | None = None
     req: int = 0
 
 
-@message("log.update_room_metadata")
-class RoomMetadataSet(LogEvent):
+class RoomMetadataSet(LogEvent, tag="log.update_room_metadata", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     metadata: Metadata
@@ -204,8 +198,7 @@ class RoomMetadataSet(LogEvent):
     req: int = 0
 
 
-@message("log.update_participant")
-class ParticipantUpdateRequested(LogEvent):
+class ParticipantUpdateRequested(LogEvent, tag="log.update_participant", frozen=True, kw_only=True):
     """Server-side change of a participant: tier (promotion/demotion), grant, name, data."""
 
     room_id: Identity
@@ -220,8 +213,7 @@ class ParticipantUpdateRequested(LogEvent):
     req: int = 0
 
 
-@message("log.remove_participant")
-class ParticipantRemoveRequested(LogEvent):
+class ParticipantRemoveRequested(LogEvent, tag="log.remove_participant", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     participant_id: Identity
@@ -229,8 +221,7 @@ class ParticipantRemoveRequested(LogEvent):
     req: int = 0
 
 
-@message("log.admin_mute")
-class TrackMuteForced(LogEvent):
+class TrackMuteForced(LogEvent, tag="log.admin_mute", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     participant_id: Identity
@@ -243,8 +234,7 @@ class TrackMuteForced(LogEvent):
 # --------------------------------------------------------------------------- timer events
 
 
-@message("log.grace_expired")
-class GraceExpired(LogEvent):
+class GraceExpired(LogEvent, tag="log.grace_expired", frozen=True, kw_only=True):
     """The departure grace of a disconnected session ran out (written by the statekeeper)."""
 
     room_id: Identity
@@ -255,8 +245,7 @@ class GraceExpired(LogEvent):
     req: int = 0
 
 
-@message("log.room_timeout")
-class RoomTimedOut(LogEvent):
+class RoomTimedOut(LogEvent, tag="log.room_timeout", frozen=True, kw_only=True):
     """A room stayed empty past its empty/departure timeout (written by the statekeeper)."""
 
     room_id: Identity
@@ -267,8 +256,7 @@ class RoomTimedOut(LogEvent):
     req: int = 0
 
 
-@message("log.forwarder_assigned")
-class ForwarderAssigned(LogEvent):
+class ForwarderAssigned(LogEvent, tag="log.forwarder_assigned", frozen=True, kw_only=True):
     """The statekeeper put a session's media on a forwarder (least loaded, or a live one
     after the previous forwarder stopped beating)."""
 
@@ -280,8 +268,7 @@ class ForwarderAssigned(LogEvent):
     req: int = 0
 
 
-@message("log.sessions_alive")
-class SessionsAlive(LogEvent):
+class SessionsAlive(LogEvent, tag="log.sessions_alive", frozen=True, kw_only=True):
     """An edge's NATS link came back, and it still holds the sockets of these sessions of
     the room (at most 1,024 per event). Those an `EdgeLost` put in their grace meanwhile (the
     edge was cut off, not gone) are taken back out of it; any the room no longer has is
@@ -295,8 +282,7 @@ class SessionsAlive(LogEvent):
     req: int = 0
 
 
-@message("log.edge_lost")
-class EdgeLost(LogEvent):
+class EdgeLost(LogEvent, tag="log.edge_lost", frozen=True, kw_only=True):
     """An edge stopped heart-beating: its sessions in this room enter the grace."""
 
     room_id: Identity

@@ -18,18 +18,19 @@ gets one per subscribed track, offered by its forwarder.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
+import msgspec
+from msgspec import Meta
+
 from schemas.client import MediaTarget, Sdp
-from schemas.codec import MaxBytes, MaxItems, MaxLen, Message, Struct, message, struct
+from schemas.codec import MaxBytes, Message, Struct
 from schemas.models import Identity, TrackKind
 
 RTP_PAYLOAD_BYTES = 1500
 
 
-@struct
-class MediaTrackState(Struct):
+class MediaTrackState(Struct, frozen=True, kw_only=True):
     """A track the session publishes, as the forwarder should treat it."""
 
     track_sid: Identity
@@ -37,8 +38,7 @@ class MediaTrackState(Struct):
     muted: bool = False
 
 
-@struct
-class MediaSubscribedTrack(Struct):
+class MediaSubscribedTrack(Struct, frozen=True, kw_only=True):
     """A track the session should receive, and where it is published."""
 
     track_sid: Identity
@@ -50,24 +50,22 @@ class MediaSubscribedTrack(Struct):
     """The forwarder the publisher's media is on (relay from there if it is not this one)."""
 
 
-@message("fwd.session")
-class MediaSession(Message):
+class MediaSession(Message, tag="fwd.session", frozen=True, kw_only=True):
     """The desired media of one session on one forwarder; `closed` drops all of it."""
 
     room_id: Identity
     sid: Identity
     identity: Identity
-    subject: Annotated[str, MaxLen(1024)]
+    subject: Annotated[str, Meta(max_length=1024)]
     """The session's direct subject: where the forwarder sends subscriber offers."""
     seq: int
     """The room-log sequence this state was computed at; older states are ignored."""
-    tracks: Annotated[tuple[MediaTrackState, ...], MaxItems(64)] = ()
-    subscriptions: Annotated[tuple[MediaSubscribedTrack, ...], MaxItems(4096)] = ()
+    tracks: Annotated[tuple[MediaTrackState, ...], Meta(max_length=64)] = ()
+    subscriptions: Annotated[tuple[MediaSubscribedTrack, ...], Meta(max_length=4096)] = ()
     closed: bool = False
 
 
-@message("fwd.publish")
-class PublishOffer(Message):
+class PublishOffer(Message, tag="fwd.publish", frozen=True, kw_only=True):
     """A client's offer for one published track (relayed by its edge)."""
 
     room_id: Identity
@@ -78,27 +76,24 @@ class PublishOffer(Message):
     ice_restart: bool = False
 
 
-@message("fwd.subscriber_answer")
-class SubscriberAnswer(Message):
+class SubscriberAnswer(Message, tag="fwd.subscriber_answer", frozen=True, kw_only=True):
     room_id: Identity
     sid: Identity
     track_sid: Identity
     sdp: Sdp
 
 
-@message("fwd.candidate")
-class MediaCandidate(Message):
+class MediaCandidate(Message, tag="fwd.candidate", frozen=True, kw_only=True):
     room_id: Identity
     sid: Identity
     track_sid: Identity
     target: MediaTarget
-    candidate: Annotated[str, MaxLen(2048)]
+    candidate: Annotated[str, Meta(max_length=2048)]
     sdp_mid: Identity | None = None
     sdp_mline_index: int | None = None
 
 
-@message("fwd.restart_subscription")
-class RestartSubscription(Message):
+class RestartSubscription(Message, tag="fwd.restart_subscription", frozen=True, kw_only=True):
     """Replace a subscriber leg's peer connection (a new offer goes to the client)."""
 
     room_id: Identity
@@ -106,32 +101,28 @@ class RestartSubscription(Message):
     track_sid: Identity
 
 
-@message("fwd.sdp")
-class ForwarderSdp(Message):
+class ForwarderSdp(Message, tag="fwd.sdp", frozen=True, kw_only=True):
     sdp: Sdp
 
 
-@message("fwd.ok")
-class ForwarderOk(Message):
+class ForwarderOk(Message, tag="fwd.ok", frozen=True, kw_only=True):
     pass
 
 
-@struct
-class RelayCodec(Struct):
+class RelayCodec(Struct, frozen=True, kw_only=True):
     """A relayed track's codec, as the publisher's forwarder negotiated it."""
 
     kind: TrackKind
     mime_type: Identity
     clock_rate: int
     channels: int | None = None
-    parameters: Annotated[dict[str, str], MaxItems(64), MaxBytes(4096)] = dataclasses.field(
+    parameters: Annotated[dict[str, str], Meta(max_length=64), MaxBytes(4096)] = msgspec.field(
         default_factory=dict
     )
     """The codec's fmtp parameters (e.g. ``packetization-mode``)."""
 
 
-@message("fwd.relay_start")
-class RelayStart(Message):
+class RelayStart(Message, tag="fwd.relay_start", frozen=True, kw_only=True):
     """Ask a track's forwarder to relay it to `to_forwarder` (idempotent)."""
 
     room_id: Identity
@@ -139,34 +130,30 @@ class RelayStart(Message):
     to_forwarder: Identity
 
 
-@message("fwd.relay_accepted")
-class RelayAccepted(Message):
+class RelayAccepted(Message, tag="fwd.relay_accepted", frozen=True, kw_only=True):
     codec: RelayCodec
 
 
-@message("fwd.relay_stop")
-class RelayStop(Message):
+class RelayStop(Message, tag="fwd.relay_stop", frozen=True, kw_only=True):
     room_id: Identity
     track_sid: Identity
     to_forwarder: Identity
 
 
-@message("fwd.keyframe")
-class RelayKeyframeRequest(Message):
+class RelayKeyframeRequest(Message, tag="fwd.keyframe", frozen=True, kw_only=True):
     """A relayed track's downstream forwarder wants a keyframe (rate limited upstream)."""
 
     track_sid: Identity
 
 
-@message("fwd.rtp")
-class RelayPacket(Message):
+class RelayPacket(Message, tag="fwd.rtp", frozen=True, kw_only=True):
     """One RTP packet of a relayed track, as the publisher's forwarder received it."""
 
     track_sid: Identity
     sequence_number: int
     timestamp: int
     marker: int
-    payload: Annotated[bytes, MaxBytes(RTP_PAYLOAD_BYTES)]
+    payload: Annotated[bytes, Meta(max_length=RTP_PAYLOAD_BYTES), MaxBytes(RTP_PAYLOAD_BYTES)]
     ssrc: int
     payload_type: int
     voice_activity: bool | None = None
@@ -174,8 +161,7 @@ class RelayPacket(Message):
     padding_size: int = 0
 
 
-@message("fwd.heartbeat")
-class ForwarderHeartbeat(Message):
+class ForwarderHeartbeat(Message, tag="fwd.heartbeat", frozen=True, kw_only=True):
     """Every forwarder publishes one each second on `stagecast.forwarders.heartbeat`."""
 
     forwarder_id: Identity

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Literal
 
-from schemas.codec import MaxBytes, MaxItems, MaxLen, NoControl, Struct, struct
+import msgspec
+from msgspec import Meta
+
+from schemas.codec import MaxBytes, NoControl, Struct
 
 ID_CHARS = 256
 METADATA_BYTES = 64 * 1024
 ATTRIBUTES_BYTES = 64 * 1024
+ATTRIBUTES_ITEMS = 1024
 DATA_BYTES = 15 * 1024
 
-Identity = Annotated[str, MaxLen(ID_CHARS), NoControl()]
+Identity = Annotated[str, Meta(max_length=ID_CHARS), NoControl()]
 """A participant id, a room id, a sid, a topic: at most 256 characters, no control
 characters (C0, DEL, C1)."""
-Name = Annotated[str, MaxLen(ID_CHARS)]
+Name = Annotated[str, Meta(max_length=ID_CHARS)]
 """A display name or a reason: at most 256 characters, no NUL (like every wire string)."""
-Metadata = Annotated[str, MaxBytes(METADATA_BYTES)]
+Metadata = Annotated[str, Meta(max_length=METADATA_BYTES), MaxBytes(METADATA_BYTES)]
 """Free-form participant or room metadata: at most 64 KiB."""
-Attributes = Annotated[dict[str, str], MaxBytes(ATTRIBUTES_BYTES), MaxItems(1024)]
+Attributes = Annotated[
+    dict[str, str], Meta(max_length=ATTRIBUTES_ITEMS), MaxBytes(ATTRIBUTES_BYTES)
+]
 """Participant attributes: at most 64 KiB of keys and values together."""
-DataPayload = Annotated[bytes, MaxBytes(DATA_BYTES)]
+DataPayload = Annotated[bytes, Meta(max_length=DATA_BYTES), MaxBytes(DATA_BYTES)]
 """A data message's payload: at most 15 KiB."""
-IdList = Annotated[tuple[Identity, ...], MaxItems(1024)]
+IdList = Annotated[tuple[Identity, ...], Meta(max_length=1024)]
 
 HAND_ATTRIBUTE = "hand"
 """The participant attribute that carries a raised hand (clients, edge and fold agree)."""
@@ -36,8 +41,7 @@ TrackKind = Literal["audio", "video"]
 TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio", "unknown"]
 
 
-@struct
-class Grant(Struct):
+class Grant(Struct, frozen=True, kw_only=True):
     """What a participant may do. Field names are snake_case; tokens carry camelCase."""
 
     can_publish: bool = True
@@ -55,8 +59,7 @@ class Grant(Struct):
         return self.can_moderate or self.can_record or self.can_hls or self.can_livestream
 
 
-@struct
-class TrackInfo(Struct):
+class TrackInfo(Struct, frozen=True, kw_only=True):
     """A published track."""
 
     sid: Identity
@@ -66,8 +69,7 @@ class TrackInfo(Struct):
     muted: bool = False
 
 
-@struct
-class ParticipantInfo(Struct):
+class ParticipantInfo(Struct, frozen=True, kw_only=True):
     """A participant as other clients see it."""
 
     sid: Identity
@@ -76,13 +78,12 @@ class ParticipantInfo(Struct):
     is_viewer: bool = False
     kind: ParticipantKind = "standard"
     metadata: Metadata = ""
-    attributes: Attributes = dataclasses.field(default_factory=dict)
-    tracks: Annotated[tuple[TrackInfo, ...], MaxItems(64)] = ()
+    attributes: Attributes = msgspec.field(default_factory=dict)
+    tracks: Annotated[tuple[TrackInfo, ...], Meta(max_length=64)] = ()
     joined_at: int = 0
 
 
-@struct
-class Counts(Struct):
+class Counts(Struct, frozen=True, kw_only=True):
     """Live participant counts of a room, by tier."""
 
     speaker: int = 0
@@ -90,8 +91,7 @@ class Counts(Struct):
     total: int = 0
 
 
-@struct
-class RoomInfo(Struct):
+class RoomInfo(Struct, frozen=True, kw_only=True):
     """A room as clients and the server API see it."""
 
     id: Identity

@@ -20,6 +20,8 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 
+import msgspec
+
 from schemas import subjects
 from schemas.codec import encode
 from schemas.media import ForwarderHeartbeat, MediaSession, MediaSubscribedTrack, MediaTrackState
@@ -134,7 +136,7 @@ class MediaPlanner:
         if earlier is not None and earlier.forwarder != outcome.forwarder:
             self._moved.append(earlier)  # moved within one batch: the old one drops it
         if earlier is not None and earlier.published:
-            outcome = dataclasses.replace(outcome, published=True)
+            outcome = msgspec.structs.replace(outcome, published=True)
         self._pending[key] = outcome
 
     def discard(self) -> None:

@@ -9,8 +9,9 @@ for the count coalescer.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
+
+import msgspec
 
 from schemas.codec import Message
 from schemas.log import LogEvent
@@ -19,8 +20,7 @@ from schemas.models import ParticipantInfo
 Channel = Literal["speakers", "mod"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Broadcast:
+class Broadcast(msgspec.Struct, frozen=True, gc=False):
     """A frame for every client of the room (`speakers`) or its moderators (`mod`)."""
 
     room_id: str
@@ -28,16 +28,14 @@ class Broadcast:
     message: Message
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Direct:
+class Direct(msgspec.Struct, frozen=True, gc=False):
     """A frame for one session (`subject` is its `sess.<edge>.<sid>`) or an API caller."""
 
     subject: str
     message: Message
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PublicEvent:
+class PublicEvent(msgspec.Struct, frozen=True, gc=False):
     """A durable integration event; `message.id` makes its append idempotent."""
 
     room_id: str
@@ -45,8 +43,7 @@ class PublicEvent:
     message: Message
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RosterJoin:
+class RosterJoin(msgspec.Struct, frozen=True, gc=False):
     """A participant entered a tier at log sequence `seq` (a new roster row)."""
 
     room_id: str
@@ -54,8 +51,7 @@ class RosterJoin:
     seq: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RosterLeave:
+class RosterLeave(msgspec.Struct, frozen=True, gc=False):
     """A participant left the tier it entered at `since_seq`, at log sequence `seq`."""
 
     room_id: str
@@ -64,8 +60,7 @@ class RosterLeave:
     seq: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RosterUpdate:
+class RosterUpdate(msgspec.Struct, frozen=True, gc=False):
     """A rostered participant's details changed (name, metadata, attributes, tracks)."""
 
     room_id: str
@@ -73,29 +68,25 @@ class RosterUpdate:
     since_seq: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TimerDue:
+class TimerDue(msgspec.Struct, frozen=True, gc=False):
     """Append `event` to the log at wall time `event.at` (unless it was already)."""
 
     event: LogEvent
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CountsMoved:
+class CountsMoved(msgspec.Struct, frozen=True, gc=False):
     """The room's tier counts changed; the coalescer decides when clients hear of it."""
 
     room_id: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RoomEnded:
+class RoomEnded(msgspec.Struct, frozen=True, gc=False):
     """The room is gone; the shell drops its coalescer and timers."""
 
     room_id: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class MediaChanged:
+class MediaChanged(msgspec.Struct, frozen=True, gc=False):
     """A session's desired media changed: its forwarder must hear the new state.
 
     `forwarder` is where its media is (or was, for a session that just left; "" for a
@@ -110,8 +101,7 @@ class MediaChanged:
     published: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RevocationsChanged:
+class RevocationsChanged(msgspec.Struct, frozen=True, gc=False):
     """The state-wide revoked token ids changed; the shell snapshots them at its next
     checkpoint."""
 

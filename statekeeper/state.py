@@ -7,12 +7,15 @@ always a fresh frozen wire value (`participant_info`, `room_info`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgpack
+import msgspec
 
 from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 from schemas.subjects import MAX_ROOM_ID_CHARS
@@ -21,9 +24,12 @@ SNAPSHOT_FORMAT = 1
 REVOCATIONS_FORMAT = 1
 
 
-@dataclasses.dataclass(slots=True)
-class SessionRecord:
-    """One participant session in a room."""
+class SessionRecord(msgspec.Struct, gc=False):
+    """One participant session in a room.
+
+    A msgspec Struct rather than a dataclass: built once per join in C, and left out of the
+    garbage collector's passes (it never takes part in a reference cycle).
+    """
 
     sid: str
     identity: str
@@ -44,16 +50,22 @@ class SessionRecord:
     disconnected_at: int = 0
     visible: bool = True
     """Broadcast to the room (always true outside livestream mode; speakers only)."""
-    tracks: dict[str, TrackInfo] = dataclasses.field(default_factory=dict)
-    subscriptions: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    tracks: dict[str, TrackInfo] = msgspec.field(default_factory=dict)
+    subscriptions: set[tuple[str, str]] = msgspec.field(default_factory=set)
     """Subscription intents: (publisher participant id, track kind)."""
     forwarder: str = ""
     """The forwarder carrying this session's media ("" until its first media request)."""
     epoch: int = 0
     """The connection epoch: 1 at join, one more at each resume. A resume must name the
     current one, so each resume token works once."""
-    info: ParticipantInfo | None = dataclasses.field(default=None, compare=False, repr=False)
-    """The wire view, cached; the fold resets it to None whenever the session changes."""
+    info: ParticipantInfo | None = None
+    """The wire view, cached; the fold resets it to None whenever the session changes.
+    The last field: equality leaves it out."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not SessionRecord:
+            return NotImplemented
+        return msgspec.structs.astuple(self)[:-1] == msgspec.structs.astuple(other)[:-1]
 
 
 @dataclasses.dataclass(slots=True)
@@ -71,8 +83,8 @@ class Room:
     sessions: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
     by_identity: dict[str, str] = dataclasses.field(default_factory=dict)
     by_edge: dict[str, set[str]] = dataclasses.field(default_factory=dict)
-    speaker_sids: dict[str, None] = dataclasses.field(default_factory=dict)
-    """Speaker-tier sessions in join order (an ordered set)."""
+    speaker_sids: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
+    """Speaker-tier sessions by sid, in the order they entered the tier."""
     speakers: int = 0
     viewers: int = 0
     agents: int = 0
@@ -116,7 +128,10 @@ def index_session(room: Room, session: SessionRecord) -> None:
     The fold's way in for a session, and the snapshot loader's: both build the same."""
     room.sessions[session.sid] = session
     room.by_identity[session.identity] = session.sid
-    room.by_edge.setdefault(session.edge_id, set()).add(session.sid)
+    on_edge = room.by_edge.get(session.edge_id)
+    if on_edge is None:
+        on_edge = room.by_edge[session.edge_id] = set()
+    on_edge.add(session.sid)
     tally(room, session, +1)
 
 
@@ -140,7 +155,7 @@ def tally(room: Room, session: SessionRecord, delta: int) -> None:
     else:
         room.speakers += delta
         if delta > 0:
-            room.speaker_sids[session.sid] = None
+            room.speaker_sids[session.sid] = session
         else:
             room.speaker_sids.pop(session.sid, None)
     if session.kind == "agent":
@@ -155,6 +170,7 @@ def participant_info(session: SessionRecord) -> ParticipantInfo:
 
 
 def _build_info(session: SessionRecord) -> ParticipantInfo:
+    attributes, tracks = session.attributes, session.tracks
     return ParticipantInfo(
         sid=session.sid,
         id=session.identity,
@@ -162,8 +178,8 @@ def _build_info(session: SessionRecord) -> ParticipantInfo:
         is_viewer=session.is_viewer,
         kind=session.kind,  # type: ignore[arg-type]
         metadata=session.metadata,
-        attributes=dict(session.attributes),
-        tracks=tuple(session.tracks.values()),
+        attributes=dict(attributes) if attributes else {},  # most viewers have neither
+        tracks=tuple(tracks.values()) if tracks else (),
         joined_at=session.joined_at,
     )
 
@@ -185,7 +201,7 @@ def room_info(room: Room) -> RoomInfo:
 
 # --------------------------------------------------------------------------- snapshots
 
-_GRANT_FIELDS = tuple(f.name for f in dataclasses.fields(Grant))
+_GRANT_FIELDS = tuple(f.name for f in msgspec.structs.fields(Grant))
 
 
 _GRANT_BITS: dict[Grant, int] = {}
@@ -249,7 +265,7 @@ def _unpack_session(v: list[Any]) -> SessionRecord:
         v[2],
         v[3],
         v[4],
-        _unpack_grant(v[5]),
+        _GRANTS.get(v[5]) or _unpack_grant(v[5]),
         v[6],
         v[7],
         v[8],
@@ -268,7 +284,14 @@ def _unpack_session(v: list[Any]) -> SessionRecord:
 
 
 def pack_room(room: Room) -> bytes:
-    """Serialize a room for a snapshot (its indexes are rebuilt on load)."""
+    """Serialize a room for a snapshot (its indexes are rebuilt on load).
+
+    With the cyclic GC paused (see `restore`): its passes doubled the cost."""
+    with _collector_paused():
+        return _pack_room(room)
+
+
+def _pack_room(room: Room) -> bytes:
     body = [
         SNAPSHOT_FORMAT,
         room.id,
@@ -338,15 +361,32 @@ def revocations_key(partitions: tuple[int, ...]) -> str:
 
 
 def restore(snapshots: Mapping[str, tuple[int, bytes]], partitions: tuple[int, ...]) -> State:
-    """The state held by the snapshots a store loaded (rooms and revocations)."""
+    """The state held by the snapshots a store loaded (rooms and revocations).
+
+    The cyclic garbage collector is paused meanwhile: unpacking builds a few objects per
+    session and no cycle, and a collection every 700 of them over the growing state cost
+    four times the unpacking itself (100,000 sessions: 0.65 s against 0.15 s)."""
     state = State()
     key = revocations_key(partitions)
-    for room_id, (_seq, blob) in snapshots.items():
-        if room_id == key:
-            state.revoked = unpack_revocations(blob)
-        elif len(room_id) <= MAX_ROOM_ID_CHARS:  # longer: another statekeeper's revocations
-            state.rooms[room_id] = unpack_room(blob)
+    with _collector_paused():
+        for room_id, (_seq, blob) in snapshots.items():
+            if room_id == key:
+                state.revoked = unpack_revocations(blob)
+            elif len(room_id) <= MAX_ROOM_ID_CHARS:  # longer: another statekeeper's
+                state.rooms[room_id] = unpack_room(blob)
     return state
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a while (snapshots build no cycles)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def digest(state: State) -> str:

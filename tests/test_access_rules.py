@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
 from access.rules import (
     GRANT_PUBLISH,
@@ -34,9 +34,9 @@ def test_a_viewer_may_never_publish_whatever_its_grant_says() -> None:
 
 
 def test_each_missing_grant_is_refused_with_its_own_reason() -> None:
-    assert refuse_publish(False, dataclasses.replace(FULL, can_publish=False)) is GRANT_PUBLISH
-    assert refuse_subscribe(dataclasses.replace(FULL, can_subscribe=False)) is GRANT_SUBSCRIBE
-    no_data = dataclasses.replace(FULL, can_publish_data=False)
+    assert refuse_publish(False, msgspec.structs.replace(FULL, can_publish=False)) is GRANT_PUBLISH
+    assert refuse_subscribe(msgspec.structs.replace(FULL, can_subscribe=False)) is GRANT_SUBSCRIBE
+    no_data = msgspec.structs.replace(FULL, can_publish_data=False)
     assert refuse_publish_data(no_data) is GRANT_PUBLISH_DATA
     for refusal in (VIEWER_PUBLISH, GRANT_PUBLISH, GRANT_SUBSCRIBE, GRANT_PUBLISH_DATA):
         assert refusal.code is ErrorCode.INVALID_PERMISSIONS

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -658,7 +658,7 @@ def test_an_action_stored_past_the_deadline_is_refused_and_changes_nothing() -> 
     assert isinstance(error, Error) and error.code == "UNAVAILABLE" and error.id == 9
     assert log.state.rooms[ROOM].sessions[sid].metadata == ""
     assert broadcasts(out) == []
-    on_time = dataclasses.replace(late, metadata="fresh", req=10)
+    on_time = msgspec.structs.replace(late, metadata="fresh", req=10)
     log.seq += 1
     out = apply(log.state, log.seq, on_time, stored_at=log.at + ACTION_DEADLINE_MS)
     assert isinstance(directs(out, "reply.alice")[0], Ack)

@@ -7,7 +7,6 @@ regenerating a literal is a deliberate act: `encode(case).hex()`, pasted below.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import operator
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import (
 )
 
 import msgpack
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,8 +92,6 @@ from schemas.client import (
 from schemas.codec import (
     MAX_FRAME_BYTES,
     MaxBytes,
-    MaxItems,
-    MaxLen,
     Message,
     Struct,
     decode,
@@ -998,7 +996,7 @@ def test_mutated_golden_frames_raise_only_schema_errors(
 
 
 def _field_names_of(cls: type[Any]) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    return [f.name for f in msgspec.structs.fields(cls)]
 
 
 def _field_names() -> list[str]:
@@ -1062,9 +1060,10 @@ def _typed(tp: Any) -> st.SearchStrategy[Any]:
     limits: list[Any] = []
     if get_origin(tp) is Annotated:
         tp, *limits = get_args(tp)
-    chars = next((lim.chars for lim in limits if isinstance(lim, MaxLen)), None)
     size = next((lim.size for lim in limits if isinstance(lim, MaxBytes)), None)
-    items = next((lim.count for lim in limits if isinstance(lim, MaxItems)), 3)
+    length = next((lim.max_length for lim in limits if isinstance(lim, msgspec.Meta)), None)
+    chars = length if size is None else None
+    items = length if length is not None else 3
     origin = get_origin(tp)
     valid: st.SearchStrategy[Any]
     if origin in (Union, UnionType):
@@ -1098,12 +1097,8 @@ def _typed(tp: Any) -> st.SearchStrategy[Any]:
 
 def _typed_body(cls: type[Any]) -> st.SearchStrategy[dict[str, Any]]:
     hints = get_type_hints(cls, include_extras=True)
-    fields = dataclasses.fields(cls)
-    required = {
-        f.name: _typed(hints[f.name])
-        for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
+    fields = msgspec.structs.fields(cls)
+    required = {f.name: _typed(hints[f.name]) for f in fields if f.required}
     optional = {f.name: _typed(hints[f.name]) for f in fields if f.name not in required}
     return st.fixed_dictionaries(required, optional=optional)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -285,7 +285,7 @@ async def _applied_at_least(nc: NATS, seq: int) -> bool:
 def _token_join(i: int, room_id: str) -> JoinRequested:
     """A join with token id ``J-bob`` (a roomless token: a new participant id each time)."""
     join = speaker_join(i, f"reply.bob{i}")
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         join, room_id=room_id, participant_id=f"p-bob{i}", token_id="J-bob", token_expires_at=2**40
     )
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import time
+
+import msgspec
 
 from roomlog.log import RoomLog
 from schemas.log import JoinRequested
@@ -50,7 +51,7 @@ async def _one_run(events: int, run: int) -> tuple[float, float]:
 
             sub = await nc.subscribe(inbox, cb=on_reply)
             if isinstance(last, JoinRequested):
-                work[-1] = dataclasses.replace(last, reply_to=inbox)
+                work[-1] = msgspec.structs.replace(last, reply_to=inbox)
             else:
                 work.append(
                     JoinRequested(

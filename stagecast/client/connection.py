@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -181,7 +182,7 @@ class SignalConnection:
         if self.closed:
             raise Unavailable("the connection to the edge is closed")
         request_id = next(self._ids)
-        frame = dataclasses.replace(frame, id=request_id)  # type: ignore[type-var]
+        frame = msgspec.structs.replace(frame, id=request_id)
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = waiter
         try:

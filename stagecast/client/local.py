@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from schemas.client import (
     Ack,
     LowerHand,
@@ -158,7 +160,7 @@ class LocalParticipant(ParticipantView):
     async def set_metadata(self, metadata: str) -> None:
         """Replace this participant's metadata (everyone sees `metadata-changed`)."""
         await self._link.request(SetMetadata(id=0, metadata=metadata))
-        self._info = dataclasses.replace(self._info, metadata=metadata)
+        self._info = msgspec.structs.replace(self._info, metadata=metadata)
 
     async def set_attributes(self, attributes: dict[str, str]) -> None:
         """Merge `attributes` into this participant's; an empty value deletes its key."""

@@ -50,6 +50,20 @@ from statekeeper.state import (
 
 REVOKED_MESSAGE = "this token was removed from a room; ask for a new one"
 
+_PLAIN_EDGES: set[str] = set()
+"""Edge ids found plain already (a handful per deployment): a join checks its edge's once."""
+
+
+def _plain_edge(edge_id: str) -> bool:
+    """`subjects.is_generated_id` for an edge id, remembered (a pure function's memo)."""
+    if edge_id in _PLAIN_EDGES:
+        return True
+    if not subjects.is_generated_id(edge_id):
+        return False
+    if len(_PLAIN_EDGES) < 1024:
+        _PLAIN_EDGES.add(edge_id)
+    return True
+
 
 def _enter(room: Room, session: SessionRecord, seq: int, at: int, out: list[Outcome]) -> None:
     """Add a session to the room's indexes and announce it."""
@@ -102,7 +116,7 @@ def kick(
 
 @handles(JoinRequested)
 def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> None:
-    if not (subjects.is_generated_id(event.sid) and subjects.is_generated_id(event.edge_id)):
+    if not (subjects.is_generated_id(event.sid) and _plain_edge(event.edge_id)):
         error(event, ErrorCode.BAD_REQUEST, "sid and edge id must be [A-Za-z0-9_-]", out)
         return
     if event.token_id and event.token_id in state.revoked:  # see `_revoke`
@@ -137,7 +151,7 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
         kind=event.kind,
         grant=event.grant,
         metadata=event.metadata,
-        attributes={k: v for k, v in event.attributes.items() if v},
+        attributes={k: v for k, v in event.attributes.items() if v} if event.attributes else {},
         joined_at=event.at,
         since_seq=seq,
         edge_id=event.edge_id,
@@ -147,7 +161,8 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
         visible=not room.livestream or bool(event.metadata or event.attributes),
     )
     _enter(room, session, seq, event.at, out)
-    reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
+    if event.reply_to:  # nobody asked: the answer is not built
+        reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
 
 
 def _rejoin(
@@ -165,19 +180,23 @@ def _rejoin(
 def _accepted(
     room: Room, session: SessionRecord, seq: int, req: int, *, resumed: bool
 ) -> JoinAccepted:
+    own = session.sid
     speakers = tuple(
-        participant_info(room.sessions[sid])
-        for sid in room.speaker_sids
-        if sid != session.sid and room.sessions[sid].visible
+        [
+            speaker.info or participant_info(speaker)  # the cached view, without a call
+            for speaker in room.speaker_sids.values()
+            if speaker.visible and speaker.sid != own
+        ]
     )
+    info = room_info(room)
     return JoinAccepted(
         id=req,
         seq=seq,
-        room=room_info(room),
+        room=info,
         participant=participant_info(session),
         grant=session.grant,
         speakers=speakers,
-        counts=room.counts(),
+        counts=info.counts,
         resumed=resumed,
         epoch=session.epoch,
     )
