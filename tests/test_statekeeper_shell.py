@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import msgspec
 import pytest
 from nats.aio.msg import Msg
 
@@ -69,7 +70,7 @@ class Shell:
         """Join through the edge's bus, as a socket's join does; the statekeeper's answer."""
         event = self.join(n, viewer=viewer)
         reply, _data = await self.edge.append_and_wait(
-            lambda inbox: dataclasses.replace(event, reply_to=inbox), f"join-{n}"
+            lambda inbox: msgspec.structs.replace(event, reply_to=inbox), f"join-{n}"
         )
         return reply
 
