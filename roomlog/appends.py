@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 
 import nats.errors
 import nats.js.errors
@@ -13,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from roomlog.jetstream import FastDelivery, parse_status
+from roomlog.jetstream import FastDelivery, Publish, parse_status, publish_all
 
 
 class AckWindow:
@@ -67,6 +68,17 @@ class AckWindow:
         self._sent += 1
         await self._nc.publish(subject, payload, reply=reply, headers=headers)
 
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, str]]) -> None:
+        """Queue `(subject, payload, msg_id)` publishes in order, as one socket write."""
+        first = self._sent
+        self._sent += len(messages)
+        inbox = self._inbox
+        batch: list[Publish] = [
+            (subject, f"{inbox}.{n}", payload, msg_id)
+            for n, (subject, payload, msg_id) in enumerate(messages, first)
+        ]
+        await publish_all(self._nc, batch)
+
     async def confirm_next(self) -> int:
         """Wait for the oldest unconfirmed publish's ack; its stream sequence.
 
@@ -89,7 +101,21 @@ class AckWindow:
             if status == "503":
                 raise nats.js.errors.NoStreamResponseError
             raise nats.js.errors.APIError(code=int(status or 0), description=description)
-        ack = json.loads(data)
-        if "error" in ack:
-            raise nats.js.errors.APIError.from_error(ack["error"])
-        return int(ack["seq"])
+        return _ack_seq(data)
+
+
+def _ack_seq(data: bytes) -> int:
+    """The stream sequence of a JetStream publish ack; raises the `APIError` it carries."""
+    # {"stream":"S","seq":12} or {"stream":"S","seq":12,"duplicate":true}: read the number
+    # without a JSON parse; anything else (an error, a domain) takes the parse.
+    at = data.find(b'"seq":')
+    if at > 0 and b'"error"' not in data:
+        end = at + 6
+        stop = data.find(b",", end)
+        digits = data[end : stop if stop > 0 else data.rfind(b"}")]
+        if digits.isdigit():
+            return int(digits)
+    ack = json.loads(data)
+    if "error" in ack:
+        raise nats.js.errors.APIError.from_error(ack["error"])
+    return int(ack["seq"])

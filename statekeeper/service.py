@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from roomlog.jetstream import publish_all
 from roomlog.natslink import NatsLink
 from roomlog.seam import CoreLink, RoomLogPort
 from schemas import subjects
@@ -298,8 +299,7 @@ class Statekeeper:
 
     async def _send_outbox(self) -> None:
         outbox, self._outbox = self._outbox, []
-        for subject, data in outbox:
-            await self.nc.publish(subject, data)
+        await publish_all(self.nc, [(subject, "", data, None) for subject, data in outbox])
 
     # ----------------------------------------------------------------------- the parts
 
