@@ -123,13 +123,13 @@ async def test_publish_all_writes_what_publish_writes_in_one_go(nc: NATS) -> Non
     before = nc.stats["out_msgs"]
     await jetstream.publish_all(nc, sent)
     await nc.flush()
-    await eventually(lambda: len(got) == 4 or f"got {got}")
+    await eventually(lambda: len(got) == 4, what="the 4 messages")
     assert got == sent
     assert nc.stats["out_msgs"] - before == 4
     with pytest.raises(nats.errors.BadSubjectError):  # as publish raises, after the first
         await jetstream.publish_all(nc, [("pa.five", "", b"5", None), ("pa six", "", b"", None)])
     await nc.flush()
-    await eventually(lambda: len(got) == 5 or f"got {got}")
+    await eventually(lambda: len(got) == 5, what="the 5th message")
     assert got[-1] == ("pa.five", "", b"5", None)
 
 
