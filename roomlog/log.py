@@ -16,6 +16,7 @@ with `RoomLog.publish_event`, deduplicated by event id.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
@@ -184,14 +185,18 @@ class RoomLog:
         if window < 1:
             raise ValueError("window must be at least 1")
         seqs: list[int] = []
+        pending = iter(items)
         async with AckWindow(connection_of(self.js), self.ack_timeout) as acks:
-            for subject, payload, msg_id in items:
-                if acks.unconfirmed >= window:
-                    seqs.append(await acks.confirm_next())
-                await acks.publish(subject, payload, {MSG_ID: msg_id})
-            while acks.unconfirmed:
+            while True:
+                # Fill the window in one write, then take acks until half of it is free.
+                chunk = list(itertools.islice(pending, window - acks.unconfirmed))
+                if chunk:
+                    await acks.publish_many(chunk)
+                if not acks.unconfirmed:
+                    return seqs
                 seqs.append(await acks.confirm_next())
-        return seqs
+                while acks.unconfirmed > window // 2 or (not chunk and acks.unconfirmed):
+                    seqs.append(await acks.confirm_next())
 
     # ------------------------------------------------------------------ reading
 

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from roomlog.jetstream import publish_all
 from roomlog.natslink import NatsLink
 from roomlog.seam import CoreLink, RoomLogPort
 from schemas import subjects
@@ -41,7 +42,6 @@ from statekeeper.outcomes import (
     CountsMoved,
     Direct,
     MediaChanged,
-    Outcome,
     PublicEvent,
     RevocationsChanged,
     RoomEnded,
@@ -140,6 +140,7 @@ class Statekeeper:
             append=self.timers.append_soon,
         )
         self.media = MediaPlanner(self._publish)
+        self._handlers = self._outcome_handlers()
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -259,47 +260,74 @@ class Statekeeper:
             return
         self.events_folded += 1
         self.checkpoints.event_folded()
+        handlers = self._handlers
         for outcome in apply(self.state, seq, event, stored_at):
-            self._carry_out(outcome, seq)
+            handler = handlers.get(type(outcome))
+            if handler is not None:
+                handler(outcome, seq)
         self.checkpoints.room_changed(event.room_id)
 
-    def _carry_out(self, outcome: Outcome, seq: int) -> None:
-        if isinstance(outcome, Broadcast):
-            subject = (
-                subjects.room_speakers(outcome.room_id)
-                if outcome.channel == "speakers"
-                else subjects.room_mod(outcome.room_id)
-            )
-            self._publish(subject, encode(outcome.message))
-        elif isinstance(outcome, Direct):
-            self._publish(outcome.subject, encode(outcome.message))
-        elif isinstance(outcome, (RosterJoin, RosterLeave, RosterUpdate)):
-            self.checkpoints.roster(outcome)
-        elif isinstance(outcome, CountsMoved):
-            self.counts.moved(outcome.room_id)
-        elif isinstance(outcome, PublicEvent):
-            self.checkpoints.public(outcome)
-        elif isinstance(outcome, TimerDue):
-            self.timers.arm(outcome.event)
-        elif isinstance(outcome, MediaChanged):
-            if not outcome.forwarder:
-                self.placement.place_subscriber(outcome.room_id, outcome.sid)
-            elif self._caught_up.is_set():
-                self.media.changed(outcome)
-            self.placement.folded(outcome)
-        elif isinstance(outcome, RevocationsChanged):
-            self.checkpoints.revocations_changed()
-        elif isinstance(outcome, RoomEnded):
-            self.counts.ended(outcome.room_id)
-            self.checkpoints.room_ended(outcome.room_id, seq)
+    def _outcome_handlers(self) -> dict[type, Callable[[Any, int], None]]:
+        """How each outcome is carried out: one handler per outcome class (final Structs),
+        looked up by type, called with the outcome and the log sequence that caused it."""
+        roster = self._roster
+        return {
+            Broadcast: self._broadcast,
+            Direct: self._direct,
+            RosterJoin: roster,
+            RosterLeave: roster,
+            RosterUpdate: roster,
+            CountsMoved: self._counts_moved,
+            PublicEvent: self._public_event,
+            TimerDue: self._timer_due,
+            MediaChanged: self._media_changed,
+            RevocationsChanged: self._revocations_changed,
+            RoomEnded: self._room_ended,
+        }
+
+    def _broadcast(self, outcome: Broadcast, _seq: int) -> None:
+        subject = (
+            subjects.room_speakers(outcome.room_id)
+            if outcome.channel == "speakers"
+            else subjects.room_mod(outcome.room_id)
+        )
+        self._outbox.append((subject, encode(outcome.message)))
+
+    def _direct(self, outcome: Direct, _seq: int) -> None:
+        self._outbox.append((outcome.subject, encode(outcome.message)))
+
+    def _roster(self, outcome: RosterJoin | RosterLeave | RosterUpdate, _seq: int) -> None:
+        self.checkpoints.roster(outcome)
+
+    def _counts_moved(self, outcome: CountsMoved, _seq: int) -> None:
+        self.counts.moved(outcome.room_id)
+
+    def _public_event(self, outcome: PublicEvent, _seq: int) -> None:
+        self.checkpoints.public(outcome)
+
+    def _timer_due(self, outcome: TimerDue, _seq: int) -> None:
+        self.timers.arm(outcome.event)
+
+    def _media_changed(self, outcome: MediaChanged, _seq: int) -> None:
+        if not outcome.forwarder:
+            self.placement.place_subscriber(outcome.room_id, outcome.sid)
+        elif self._caught_up.is_set():
+            self.media.changed(outcome)
+        self.placement.folded(outcome)
+
+    def _revocations_changed(self, _outcome: RevocationsChanged, _seq: int) -> None:
+        self.checkpoints.revocations_changed()
+
+    def _room_ended(self, outcome: RoomEnded, seq: int) -> None:
+        self.counts.ended(outcome.room_id)
+        self.checkpoints.room_ended(outcome.room_id, seq)
 
     def _publish(self, subject: str, data: bytes) -> None:
         self._outbox.append((subject, data))
 
     async def _send_outbox(self) -> None:
         outbox, self._outbox = self._outbox, []
-        for subject, data in outbox:
-            await self.nc.publish(subject, data)
+        await publish_all(self.nc, [(subject, "", data, None) for subject, data in outbox])
 
     # ----------------------------------------------------------------------- the parts
 

@@ -9,13 +9,15 @@ import contextlib
 import os
 import signal
 
+import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from processes.natsserver import NatsServer
-from roomlog import jetstream
+from roomlog import appends, jetstream
 from roomlog.errors import LogUnavailable
 from roomlog.log import RoomLog
 from roomlog.reader import log_partitions_filter
@@ -101,6 +103,53 @@ async def test_publish_event_lands_in_the_events_stream_once(
     assert stored.subject == "stagecast.events.~YS5i.room_started"
     assert stored.data == encode(event)
     assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 1
+
+
+async def test_publish_all_writes_what_publish_writes_in_one_go(nc: NATS) -> None:
+    assert jetstream.raw_publishing(nc), "nats-py internals moved: see jetstream.publish_all"
+    got: list[tuple[str, str, bytes, str | None]] = []
+
+    async def record(msg: Msg) -> None:
+        msg_id = (msg.headers or {}).get(jetstream.MSG_ID)
+        got.append((msg.subject, msg.reply, msg.data, msg_id))
+
+    await nc.subscribe("pa.>", cb=record)
+    sent: list[jetstream.Publish] = [
+        ("pa.one", "", b"1", None),
+        ("pa.two", "pa.inbox.2", b"", "id-2"),
+        ("pa.three", "", b"three", "id with space"),  # a header value publish cleans up
+        ("pa.four", "", b"x" * 10, None),
+    ]
+    before = nc.stats["out_msgs"]
+    await jetstream.publish_all(nc, sent)
+    await nc.flush()
+    await eventually(lambda: len(got) == 4, what="the 4 messages")
+    assert got == sent
+    assert nc.stats["out_msgs"] - before == 4
+    with pytest.raises(nats.errors.BadSubjectError):  # as publish raises, after the first
+        await jetstream.publish_all(nc, [("pa.five", "", b"5", None), ("pa six", "", b"", None)])
+    await nc.flush()
+    await eventually(lambda: len(got) == 5, what="the 5th message")
+    assert got[-1] == ("pa.five", "", b"5", None)
+
+
+@pytest.mark.parametrize(
+    ("ack", "seq"),
+    [
+        (b'{"stream":"S","seq":12}', 12),
+        (b'{"stream":"S","seq":7,"duplicate":true}', 7),
+        (b'{"stream":"S","domain":"d","seq":3}', 3),
+    ],
+)
+def test_an_ack_is_read_without_a_json_parse(ack: bytes, seq: int) -> None:
+    assert appends._ack_seq(ack) == seq
+
+
+def test_an_ack_with_an_error_raises_it() -> None:
+    ack = b'{"error":{"code":400,"err_code":10054,"description":"too big"},"seq":0}'
+    with pytest.raises(nats.js.errors.APIError) as caught:
+        appends._ack_seq(ack)
+    assert caught.value.err_code == 10054
 
 
 # --------------------------------------------------------------------------- partitions

@@ -9,6 +9,7 @@ tests/test_statekeeper.py and the contract tests of each seam.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from schemas.codec import Message, decode, encode
 from schemas.log import EdgeLost, JoinRequested, LogEvent
 from schemas.models import Grant
 from stagecast.bench.workload import VIEWER_GRANT
+from statekeeper.outcomes import Outcome
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import MemoryStore
 from tests.memory_bus import MemoryBus, MemoryNats
@@ -180,3 +182,8 @@ async def test_silence_is_not_judged_while_the_statekeeper_is_cut_off(shell: She
     shell.clock.now += EDGE_TIMEOUT_MS  # a whole timeout of the link up, and no beat
     await eventually(lambda: not shell.connected("PA_1"), what="PA_1 to enter its grace")
     assert [event.edge_id for event in shell.logged(EdgeLost)] == [EDGE]
+
+
+async def test_every_outcome_class_has_a_handler(shell: Shell) -> None:
+    """The shell looks handlers up by exact type: a new outcome class needs one too."""
+    assert set(shell.keeper._handlers) == set(typing.get_args(Outcome))
