@@ -1,8 +1,10 @@
 """Room fan-out: one NATS subscription per room per edge, shared by its local sockets.
 
 A room's subscription (``stagecast.room.<room>.*``) lives while at least one local socket
-is in the room. Broadcast bytes go to each socket as they arrived, never re-encoded; each
-broadcast is decoded once per edge only to decide where it goes:
+is in the room. Broadcast bytes go to each socket as they arrived, never re-encoded: each
+broadcast is framed once per edge as a complete WebSocket frame (`edge.wsframe`) and those
+bytes go to every recipient's transport. It is decoded once per edge only to decide where
+it goes:
 
 - ``speakers``: to every socket of the room; frames whose `seq` is below the last one
   relayed (or an exact repeat at that `seq`) are dropped, which is what a statekeeper
@@ -35,6 +37,7 @@ from nats.aio.subscription import Subscription
 from edge.bus import Bus, BusUnavailable
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits, TokenBucket
+from edge.wsframe import binary_frame
 from schemas.client import CountsChanged, DataReceived, Disconnect
 from schemas.codec import Message, SchemaError, decode
 from schemas.models import Grant
@@ -55,14 +58,14 @@ class Member(Protocol):
     @property
     def grant(self) -> Grant: ...
 
-    def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
-        """Queue a broadcast frame (seq None for data messages)."""
+    def deliver(self, frame: bytes, type_tag: str, seq: int | None) -> None:
+        """Send a broadcast, a complete WebSocket frame (seq None for data messages)."""
 
-    def deliver_counts(self, data: bytes, seq: int) -> None:
-        """Replace the socket's pending counts frame."""
+    def deliver_counts(self, frame: bytes, seq: int) -> None:
+        """Replace the socket's pending counts frame (a complete WebSocket frame)."""
 
-    def room_ended(self, data: bytes, reason: str) -> None:
-        """The room is gone: send `data` (a disconnect frame) and close."""
+    def room_ended(self, frame: bytes, reason: str) -> None:
+        """The room is gone: send `frame` (a disconnect, framed) and close."""
 
 
 class _SeqFilter:
@@ -124,15 +127,17 @@ class RoomFanout:
         if channel == "counts":
             if isinstance(message, CountsChanged) and message.seq >= self._counts_seq:
                 self._counts_seq = message.seq
+                frame = binary_frame(data)
                 for member in list(self.members.values()):
-                    member.deliver_counts(data, message.seq)
+                    member.deliver_counts(frame, message.seq)
         elif channel == "data":
             if isinstance(message, DataReceived):
                 self._data(message, data)
         elif channel in ("speakers", "mod"):
             if isinstance(message, Disconnect):
+                frame = binary_frame(data)
                 for member in list(self.members.values()):
-                    member.room_ended(data, message.reason)
+                    member.room_ended(frame, message.reason)
                 return
             seq = getattr(message, "seq", None)
             if not isinstance(seq, int):
@@ -141,9 +146,10 @@ class RoomFanout:
             if not seqs.fresh(seq, data):
                 return
             moderators_only = channel == "mod"
+            frame = binary_frame(data)
             for member in list(self.members.values()):
                 if not moderators_only or member.grant.can_moderate:
-                    member.deliver(data, message.TYPE, seq)
+                    member.deliver(frame, message.TYPE, seq)
 
     def admit_data(self, sid: str, size: int) -> bool:
         """Take `size` bytes from member `sid`'s data budget; False when over it."""
@@ -158,6 +164,7 @@ class RoomFanout:
             self.metrics.room_data_dropped_bytes += len(data)
             return
         wanted = frozenset(message.destination_ids)
+        frame = binary_frame(data)
         delivered = 0
         for member in list(self.members.values()):
             if not member.grant.can_subscribe_data:
@@ -166,7 +173,7 @@ class RoomFanout:
                 continue
             if wanted and member.participant_id not in wanted:
                 continue
-            member.deliver(data, message.TYPE, None)
+            member.deliver(frame, message.TYPE, None)
             delivered += 1
         self.metrics.data_bytes_out += delivered * len(data)
 
