@@ -11,7 +11,8 @@ it goes:
   restart replays. A `disconnect` there means the room was deleted: every socket of the
   room gets it and is closed.
 - ``mod``: the same, to sockets whose grant has `can_moderate` only.
-- ``counts``: to every socket through its latest-wins slot.
+- ``counts``: to every socket through its latest-wins slot, within a CPU budget
+  (`edge.counts.CountsRounds`: a storm's counts cannot starve the joins).
 - ``data``: to sockets with `can_subscribe_data`, never to the sender's sid, and only to
   `destination_ids` (participant ids) when there are any; only while the room is within
   its data byte budget (`DataLimits`): a frame beyond it is delivered to no one here and
@@ -35,6 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from edge.bus import Bus, BusUnavailable
+from edge.counts import CountsRounds
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits, TokenBucket
 from edge.wsframe import binary_frame
@@ -61,8 +63,9 @@ class Member(Protocol):
     def deliver(self, frame: bytes, type_tag: str, seq: int | None) -> None:
         """Send a broadcast, a complete WebSocket frame (seq None for data messages)."""
 
-    def deliver_counts(self, frame: bytes, seq: int) -> None:
-        """Replace the socket's pending counts frame (a complete WebSocket frame)."""
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        """Replace the socket's pending counts frame (a complete WebSocket frame); True
+        when it went out or waits in the socket's queue."""
 
     def room_ended(self, frame: bytes, reason: str) -> None:
         """The room is gone: send `frame` (a disconnect, framed) and close."""
@@ -108,6 +111,7 @@ class RoomFanout:
         self._speakers = _SeqFilter()
         self._mod = _SeqFilter()
         self._counts_seq = -1
+        self.counts = CountsRounds(self.members, metrics)
 
     async def on_message(self, msg: Msg) -> None:
         """The subscription's callback: route one broadcast to the local sockets."""
@@ -127,9 +131,7 @@ class RoomFanout:
         if channel == "counts":
             if isinstance(message, CountsChanged) and message.seq >= self._counts_seq:
                 self._counts_seq = message.seq
-                frame = binary_frame(data)
-                for member in list(self.members.values()):
-                    member.deliver_counts(frame, message.seq)
+                self.counts.offer(binary_frame(data), message.seq)
         elif channel == "data":
             if isinstance(message, DataReceived):
                 self._data(message, data)
@@ -241,6 +243,7 @@ class Fanout:
         if room.members:
             return
         del self.rooms[room_id]
+        room.counts.close()
         if room.ready.done():
             await self._unsubscribe(room)
 
@@ -254,6 +257,7 @@ class Fanout:
         """Drop every room subscription (the edge is stopping)."""
         rooms, self.rooms = list(self.rooms.values()), {}
         for room in rooms:
+            room.counts.close()
             room.members.clear()
             await self._unsubscribe(room)
 

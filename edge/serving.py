@@ -128,9 +128,14 @@ def guarded_protocols(
         forgets the connection when it is lost."""
 
         on_writable: Callable[[], None] | None = None
+        ready = False
+        """`FrameSink.ready`, kept up to date (read once per frame sent, so not computed)."""
         last_heard = 0.0
         pinged = False
         _paused = False
+
+        def _refresh(self) -> None:
+            self.ready = self.handshake_complete and not (self._paused or self.gone)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
@@ -143,6 +148,16 @@ def guarded_protocols(
             if scope is not None:
                 scope["state"][LINE_STATE] = self
 
+        async def send(self, message: Any) -> None:
+            try:
+                await super().send(message)
+            finally:
+                self._refresh()  # the accept opens the line; a close ends it
+
+        def shutdown(self) -> None:
+            self.ready = False  # uvicorn closes the socket (1012)
+            super().shutdown()
+
         def data_received(self, data: bytes) -> None:
             self.last_heard = self.loop.time()
             self.pinged = False
@@ -151,15 +166,18 @@ def guarded_protocols(
         def pause_writing(self) -> None:
             super().pause_writing()
             self._paused = True
+            self.ready = False
 
         def resume_writing(self) -> None:
             super().resume_writing()
             self._paused = False
+            self._refresh()
             if self.on_writable is not None:
                 self.on_writable()
 
         def connection_lost(self, exc: Exception | None) -> None:
             liveness.sockets.discard(self)
+            self.ready = False
             try:
                 super().connection_lost(exc)
             finally:
@@ -172,10 +190,6 @@ def guarded_protocols(
         # FrameSink, and what the liveness sweep needs
 
         @property
-        def ready(self) -> bool:
-            return not (self._paused or self.gone) and self.handshake_complete
-
-        @property
         def gone(self) -> bool:
             return self.close_sent or self.disconnected or self.transport.is_closing()
 
@@ -186,6 +200,7 @@ def guarded_protocols(
             """uvicorn's ``websocket.close`` without the ASGI round trip."""
             if self.gone or not self.handshake_complete:
                 return
+            self.ready = False
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
             self.conn.send_close(code, reason)
             self.transport.write(b"".join(self.conn.data_to_send()))
@@ -201,6 +216,7 @@ def guarded_protocols(
                 self.transport.write(PING)
 
         def drop(self) -> None:
+            self.ready = False
             self.transport.abort()
 
     class GuardedHTTP(H11Protocol):

@@ -354,12 +354,13 @@ class EdgeSession:
                 return
             self._pending.append((frame, type_tag, seq))
 
-    def deliver_counts(self, frame: bytes, seq: int) -> None:
-        if self.state is EdgeSessionState.JOINED:
-            if seq >= self.joined_seq and self.queue.put_counts(frame):
-                self.node.metrics.frame_out("counts")
-        elif self.state is EdgeSessionState.CONNECTING:
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        state = self.state
+        if state is EdgeSessionState.JOINED:
+            return seq >= self.joined_seq and self.queue.put_counts(frame)
+        if state is EdgeSessionState.CONNECTING:
             self._pending_counts = (frame, seq)
+        return False
 
     def room_ended(self, frame: bytes, reason: str) -> None:
         if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):

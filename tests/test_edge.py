@@ -581,8 +581,9 @@ class FakeMember:
     def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
         self.frames.append(data)
 
-    def deliver_counts(self, data: bytes, seq: int) -> None:
-        self.counts.append(data)
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        self.counts.append(frame)
+        return True
 
     def room_ended(self, data: bytes, reason: str) -> None:
         self.ended.append(reason)
