@@ -2,9 +2,10 @@
 
 A room's counts arrive from the statekeeper at most every 250 ms. Writing one to each of
 tens of thousands of sockets costs a few microseconds per socket, so a large room's
-delivery is cut into rounds of slices: a slice writes to sockets in order until
-`SLICE_S` has passed, then the next slice waits long enough that delivery uses at most
-`CPU_SHARE` of the edge's time; joins and everything else run in between. Within a
+delivery is cut into rounds of slices: a slice writes to sockets in order until it used
+`SLICE_S` of CPU time (the process's, so a busy machine preempting the edge does not count),
+then the next slice waits long enough that delivery uses at most `CPU_SHARE` of a core;
+joins and everything else run in between. Within a
 round each socket gets the newest frame when its turn comes (latest wins), and at most
 one; a frame that arrives during a round starts another round when this one is over, so
 every socket ends with the final value. A small room is delivered in one slice, at once.
@@ -42,7 +43,7 @@ class CountsRounds:
         *,
         share: float = CPU_SHARE,
         slice_s: float = SLICE_S,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.process_time,
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError("share must be in (0, 1]")
