@@ -4,6 +4,9 @@
 bus. Appends go to the room log through `RoomLog` (JetStream, deduplicated by message id);
 reads are core request/reply on `stagecast.sk.api`; broadcasts and heartbeats are core
 publishes. Failures surface as `BusUnavailable`, which callers answer with `UNAVAILABLE`.
+
+`BusPort` is what the edge's sessions, fan-out and handlers use of the bus (STYLE rule 4):
+`Bus` is the real one; the tests' in-memory twin passes the same contract test class.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -20,6 +24,7 @@ from roomlog.connect import connect
 from roomlog.errors import NatsUnreachable
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from roomlog.seam import Unsubscribable
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
 from schemas.subjects import STATEKEEPER_API
@@ -31,6 +36,55 @@ Handler = Callable[[Msg], Awaitable[None]]
 
 class BusUnavailable(Exception):
     """NATS or the statekeeper did not answer (in time)."""
+
+
+class BusPort(Protocol):
+    """What the edge does over NATS: appends, requests, publishes and subscriptions.
+
+    Every failure is a `BusUnavailable`; nothing else escapes.
+    """
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS link is up now."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what is pending and close. Idempotent."""
+        ...
+
+    async def jetstream_ok(self, timeout: float) -> str | None:
+        """None when JetStream answers within `timeout`, else why not."""
+        ...
+
+    async def subscribe(self, subject: str, handler: Handler) -> Unsubscribable:
+        """Subscribe with a callback, confirmed by the server before returning."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until the server has everything published so far."""
+        ...
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        """A core publish (no confirmation)."""
+        ...
+
+    async def append(self, event: LogEvent, msg_id: str) -> int:
+        """Append to the room log (deduplicated by `msg_id`); its sequence. Refused at once,
+        never sent, while the link is down."""
+        ...
+
+    async def request(
+        self, message: Message, *, subject: str = STATEKEEPER_API, timeout: float | None = None
+    ) -> tuple[Message, bytes]:
+        """A request (on `stagecast.sk.api` by default); the decoded reply and its bytes."""
+        ...
+
+    async def append_and_wait(
+        self, make_event: Callable[[str], LogEvent], msg_id: str, timeout: float | None = None
+    ) -> tuple[Message, bytes]:
+        """Append `make_event(inbox)` and wait for the one reply sent to that inbox."""
+        ...
 
 
 class Bus:
@@ -179,4 +233,4 @@ class Bus:
                 log.debug("unsubscribe failed: %s", exc)
 
 
-__all__ = ["Bus", "BusUnavailable"]
+__all__ = ["Bus", "BusPort", "BusUnavailable", "Handler"]

@@ -33,13 +33,13 @@ import logging
 from typing import Protocol
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from edge.bus import Bus, BusUnavailable
+from edge.bus import BusPort, BusUnavailable
 from edge.counts import CountsRounds
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits, TokenBucket
 from edge.wsframe import binary_frame
+from roomlog.seam import Unsubscribable
 from schemas.client import CountsChanged, DataReceived, Disconnect
 from schemas.codec import Message, SchemaError, decode
 from schemas.models import Grant
@@ -106,7 +106,7 @@ class RoomFanout:
         self.data_budget = self.limits.room_bucket()
         self.senders: dict[str, TokenBucket] = {}
         """Byte budgets of local members that sent data, by sid."""
-        self.subscription: Subscription | None = None
+        self.subscription: Unsubscribable | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._speakers = _SeqFilter()
         self._mod = _SeqFilter()
@@ -183,7 +183,9 @@ class RoomFanout:
 class Fanout:
     """Every room this edge has local sockets in (refcounted subscriptions)."""
 
-    def __init__(self, bus: Bus, metrics: EdgeMetrics, limits: DataLimits | None = None) -> None:
+    def __init__(
+        self, bus: BusPort, metrics: EdgeMetrics, limits: DataLimits | None = None
+    ) -> None:
         self.bus = bus
         self.metrics = metrics
         self.limits = DataLimits() if limits is None else limits

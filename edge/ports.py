@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from edge.bus import Bus
+from edge.bus import BusPort
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
@@ -71,7 +71,7 @@ class EdgePort(Protocol):
     def metrics(self) -> EdgeMetrics: ...
 
     @property
-    def bus(self) -> Bus: ...
+    def bus(self) -> BusPort: ...
 
     @property
     def fanout(self) -> Fanout: ...

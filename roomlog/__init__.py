@@ -3,6 +3,9 @@
 - `log`: `RoomLog`, the streams' configuration and appends;
 - `reader`: `LogReader`, the ordered pull-consumer reader (and `LogRecord`);
 - `appends`: the ack window pipelined appends go through;
+- `seam`: `RoomLogPort` and `LogReaderPort`, what the services use of the log, and
+  `CoreLink`, what a shell uses of core NATS;
+- `memory`: `MemoryRoomLog`, the in-process twin of `RoomLog` for unit tests;
 - `jetstream`: every nats-py private name, behind one seam;
 - `connect`: `connect`, with the `NatsLink` callbacks of `natslink`.
 

@@ -195,6 +195,11 @@ class RoomLog:
 
     # ------------------------------------------------------------------ reading
 
+    async def last_seq(self) -> int:
+        """The sequence of the last event stored in the log (0 when it is empty)."""
+        info = await self.js.stream_info(LOG_STREAM)
+        return int(info.state.last_seq)
+
     def reader(
         self, partitions: Iterable[int] | None = None, start_seq: int = 1, **options: Any
     ) -> LogReader:

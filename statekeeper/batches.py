@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from roomlog.log import RoomLog
+from roomlog.seam import RoomLogPort
 from statekeeper.outcomes import PublicEvent, RosterJoin, RosterLeave, RosterUpdate
 from statekeeper.persistence import (
     Deletion,
@@ -29,7 +29,7 @@ class BatchWriter:
 
     def __init__(
         self,
-        room_log: RoomLog,
+        room_log: RoomLogPort,
         store: Store,
         health: PersistenceHealth,
         clock: Callable[[], int],

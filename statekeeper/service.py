@@ -23,10 +23,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from nats.aio.client import Client as NATS
-
-from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from roomlog.seam import CoreLink, RoomLogPort
 from schemas import subjects
 from schemas.api import MediaAssignment, MediaAssignRequest
 from schemas.clock import now_ms
@@ -84,8 +82,8 @@ class Statekeeper:
 
     def __init__(
         self,
-        nc: NATS,
-        room_log: RoomLog,
+        nc: CoreLink,
+        room_log: RoomLogPort,
         store: Store,
         *,
         partitions: tuple[int, ...] = (0,),
@@ -162,8 +160,7 @@ class Statekeeper:
                 subjects.FORWARDER_HEARTBEAT, cb=self.placement.on_forwarder_beat
             )
         )
-        info = await self.room_log.js.stream_info(subjects.LOG_STREAM)
-        self._replay_target = int(info.state.last_seq)
+        self._replay_target = await self.room_log.last_seq()
         if self._replay_target <= self.applied_seq:
             self._mark_caught_up()
         self._spawn(self._follow_log())

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from roomlog.log import RoomLog
+from roomlog.seam import RoomLogPort
 from schemas.log import GraceExpired, LogEvent, RoomTimedOut
 from statekeeper.state import Room
 
@@ -28,7 +28,7 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 class Timers:
     """Armed timers by key, and the retried appends of the statekeeper's own events."""
 
-    def __init__(self, room_log: RoomLog, clock: Callable[[], int], spawn: Spawn) -> None:
+    def __init__(self, room_log: RoomLogPort, clock: Callable[[], int], spawn: Spawn) -> None:
         self._room_log = room_log
         self._clock = clock
         self._spawn = spawn

@@ -59,7 +59,7 @@ async def test_small_storm_reports_every_figure_and_keeps_viewers_quiet(tmp_path
     args = options(
         "--speakers", "5", "--viewers", "50", "--rate", "200",
         "--naive", "--naive-viewers", "20",
-        "--count-wait", "15", "--time-limit", "90", "--data-dir", str(tmp_path),
+        "--count-wait", "15", "--time-limit", "90", "--phase-s", "1", "--data-dir", str(tmp_path),
     )  # fmt: skip
     results: list[Result] = await storm.run(args)
     figures = {r.name: r.value for r in results}

@@ -1,4 +1,7 @@
-"""The room log on a real JetStream: appends, dedup, partitions, the ordered reader."""
+"""The room log on a real JetStream: streams, the server's partitions, the reader's recovery.
+
+What every room log does (the twin too) is pinned in `tests/test_roomlog_contract.py`.
+"""
 
 from __future__ import annotations
 
@@ -15,34 +18,18 @@ from processes.natsserver import NatsServer
 from roomlog import jetstream
 from roomlog.errors import LogUnavailable
 from roomlog.log import RoomLog
-from roomlog.reader import LogReader, LogRecord, log_partitions_filter
+from roomlog.reader import log_partitions_filter
 from schemas import subjects
 from schemas.codec import encode
 from schemas.events import RoomStarted
 from schemas.log import LeaveRequested, MetadataSet
 from schemas.models import RoomInfo
 from tests.polling import eventually
+from tests.reading import nothing_more, read
 
 
 def leave(room_id: str, n: int) -> LeaveRequested:
     return LeaveRequested(room_id=room_id, at=1_700_000_000_000 + n, sid=f"s{n}")
-
-
-async def read(reader: LogReader, count: int, max_wait: float = 10.0) -> list[LogRecord]:
-    """Exactly `count` records from `reader` (fails naming how many came)."""
-    records: list[LogRecord] = []
-    for _ in range(count):  # at least one record per batch, so this bounds the loop
-        if len(records) >= count:
-            break
-        batch = await reader.next_batch(max_wait)
-        assert batch, f"waited {max_wait}s for record {len(records) + 1} of {count}"
-        records.extend(batch)
-    assert len(records) == count, [r.seq for r in records]
-    return records
-
-
-async def nothing_more(reader: LogReader) -> None:
-    assert await reader.next_batch(0.3) == []
 
 
 @pytest.fixture
@@ -83,33 +70,6 @@ async def test_ensure_is_repeatable_and_updates_the_partition_count(js: JetStrea
 # --------------------------------------------------------------------------- appends
 
 
-async def test_append_returns_increasing_sequences(room_log: RoomLog) -> None:
-    seqs = [await room_log.append(leave("r", i), f"m{i}") for i in range(5)]
-    assert seqs == [1, 2, 3, 4, 5]
-
-
-async def test_a_repeated_message_id_is_stored_once(
-    room_log: RoomLog, js: JetStreamContext
-) -> None:
-    first = await room_log.append(leave("r", 1), "same-id")
-    await room_log.append(leave("r", 2), "other-id")
-    again = await room_log.append(leave("r", 1), "same-id")
-    assert again == first == 1
-    assert (await js.stream_info(subjects.LOG_STREAM)).state.messages == 2
-
-
-async def test_append_many_pipelines_in_order_and_dedups(
-    room_log: RoomLog, js: JetStreamContext
-) -> None:
-    items = [(leave(f"room-{i % 7}", i), f"m{i}") for i in range(500)]
-    seqs = await room_log.append_many(items, window=64)
-    assert seqs == list(range(1, 501))
-    assert await room_log.append_many(items[:10] + items[-3:]) == seqs[:10] + seqs[-3:]
-    assert (await js.stream_info(subjects.LOG_STREAM)).state.messages == 500
-    stored = await js.get_msg(subjects.LOG_STREAM, 42)
-    assert stored.data == encode(items[41][0])
-
-
 async def test_append_without_streams_fails_loudly(js: JetStreamContext) -> None:
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await RoomLog(js, ack_timeout=1).append(leave("r", 1), "m1")
@@ -143,22 +103,6 @@ async def test_publish_event_lands_in_the_events_stream_once(
     assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 1
 
 
-async def test_publish_events_pipelines_and_dedups(room_log: RoomLog, js: JetStreamContext) -> None:
-    events = [
-        (
-            "r",
-            "room_started",
-            RoomStarted(id=f"ev{i}", at=i, room=RoomInfo(id="r", sid="RM")),
-            f"ev{i}",
-        )
-        for i in range(50)
-    ]
-    seqs = await room_log.publish_events(events, window=8)
-    assert seqs == list(range(1, 51))
-    assert await room_log.publish_events(events[:5]) == seqs[:5]
-    assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 50
-
-
 # --------------------------------------------------------------------------- partitions
 
 
@@ -171,9 +115,11 @@ async def test_with_one_partition_everything_is_in_partition_zero(
         assert stored.subject == f"stagecast.logp.0.{subjects.room_token(room_id)}"
 
 
-async def test_rooms_map_to_stable_partitions_and_readers_see_only_theirs(
+async def test_rooms_map_to_the_partitions_the_server_computes(
     js: JetStreamContext,
 ) -> None:
+    """Readers of partitions are in the contract (`tests/test_roomlog_contract.py`); the twin
+    partitions rooms with `partition_of`, which this pins to the server's transform."""
     room_log = RoomLog(js, partitions=4)
     await room_log.ensure()
     rooms = [f"room-{i}" for i in range(24)] + ["a.b", "café", "x y"]
@@ -193,23 +139,6 @@ async def test_rooms_map_to_stable_partitions_and_readers_see_only_theirs(
     }
     assert len({subjects.partition_of(room, 4) for room in rooms}) > 1
 
-    stored = [(seq, event) for seq, (event, _) in zip(seqs, items, strict=True)]
-    for partition in range(4):
-        mine = [(s, e) for s, e in stored if subjects.partition_of(e.room_id, 4) == partition]
-        async with room_log.reader([partition], 1) as reader:
-            records = await read(reader, len(mine)) if mine else []
-            await nothing_more(reader)
-        assert [(r.seq, r.event) for r in records] == mine
-
-    async with room_log.reader([1, 3], 1) as reader:
-        expected = [s for s, e in stored if subjects.partition_of(e.room_id, 4) in (1, 3)]
-        assert [r.seq for r in await read(reader, len(expected))] == expected
-
-
-async def test_a_reader_needs_some_partition(room_log: RoomLog) -> None:
-    with pytest.raises(ValueError):
-        room_log.reader([], 1)
-
 
 def test_log_partitions_filter() -> None:
     assert log_partitions_filter(None) == []
@@ -219,23 +148,15 @@ def test_log_partitions_filter() -> None:
 # --------------------------------------------------------------------------- reading
 
 
-async def test_reader_yields_exactly_the_events_after_start_then_live_ones(
-    room_log: RoomLog,
-) -> None:
-    events = [leave("r", i) for i in range(10)]
-    await room_log.append_many((e, f"m{i}") for i, e in enumerate(events))
-    async with room_log.reader([0], 4, batch=4) as reader:  # small batches: many pulls
+async def test_small_batches_take_many_pulls_on_the_fast_path(room_log: RoomLog) -> None:
+    """What a reader hands out is in the contract; this is how it gets it from the server."""
+    await room_log.append_many((leave("r", i), f"m{i}") for i in range(10))
+    async with room_log.reader([0], 4, batch=4) as reader:
         assert reader.fast_path, "nats-py internals moved: see roomlog.jetstream.FastDelivery"
-        first = await read(reader, 7)
-        assert [(r.seq, r.event) for r in first] == list(zip(range(4, 11), events[3:], strict=True))
-        assert reader.last_seq == 10
-        await nothing_more(reader)
-
-        live = [leave("r", i) for i in range(10, 25)]
-        for i, event in enumerate(live):
-            await room_log.append(event, f"live{i}")
-        later = await read(reader, 15)
-        assert [(r.seq, r.event) for r in later] == list(zip(range(11, 26), live, strict=True))
+        assert [r.seq for r in await read(reader, 7)] == list(range(4, 11))
+        for i in range(10, 25):  # live appends, one at a time
+            await room_log.append(leave("r", i), f"live{i}")
+        assert [r.seq for r in await read(reader, 15)] == list(range(11, 26))
         await nothing_more(reader)
     assert reader.resets == 0
 
@@ -267,16 +188,6 @@ async def test_consume_iterates_and_cleans_up(room_log: RoomLog, js: JetStreamCo
         return int((await js.stream_info(subjects.LOG_STREAM)).state.consumer_count)
 
     assert await consumers() == 0
-
-
-async def test_reading_past_the_end_waits_for_the_start_sequence(room_log: RoomLog) -> None:
-    await room_log.append(leave("r", 1), "m1")
-    async with room_log.reader(None, 3) as reader:
-        await nothing_more(reader)
-        await room_log.append(leave("r", 2), "m2")
-        await nothing_more(reader)
-        await room_log.append(leave("r", 3), "m3")
-        assert [r.seq for r in await read(reader, 1)] == [3]
 
 
 async def test_a_bad_message_yields_none_and_reading_goes_on(

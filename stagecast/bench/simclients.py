@@ -1,45 +1,35 @@
 """Simulated signaling clients for `stagecast bench storm`: many raw WebSockets per process.
 
-One client is one TCP connection driven by the `websockets` sans-I/O `ClientProtocol`
-inside a plain `asyncio.Protocol`: once connected it has no task, no queue and no SDK. It
-sends one `join` frame (encoded once per token), then only reads: each frame's type tag is
-peeked from its first bytes (`peek_tag`), participant frames are counted, and only `joined`
-and `counts` frames are unpacked (the speakers snapshot and the room's total).
+One client is one TCP connection speaking WebSocket through `stagecast.bench.wsclient`
+(a hand-written handshake and frame parser inside a plain `asyncio.Protocol`): once
+connected it has no task, no queue and no SDK. It sends one `join` frame (encoded once per
+token), then only reads: each frame's type tag is peeked from its first bytes (`peek_tag`),
+participant frames are counted, `joined` frames are unpacked (the speakers snapshot and the
+room's total), and a `counts` frame only when its bytes differ from the last one this
+process unpacked (every socket of an edge gets the same bytes).
 
-`ClientProcs` starts client processes (multiprocessing, spawned; `process_main`). Each
-drives its share of every wave: client `g` starts at ``start_at + g / rate`` on
-`time.monotonic`, which all processes on Linux share. Pipe protocol, tuples
-``(kind, *args)``: commands in (`begin`, `wave`, `final`, `finish`, `exit`), reports out
-(`progress`, `wave_done`, `exact`, `results`, `closed`). Every wait is bounded.
+A `Fleet` is the clients of one process (`stagecast.bench.clientprocs` runs several): it
+drives its share of every wave, client `g` starting at ``start_at + g / rate`` on
+`time.monotonic`, which all processes on Linux share. Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import errno
-import gc
-import multiprocessing
 import time
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any
+import urllib.parse
 
 import msgpack
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
-from websockets.uri import parse_uri
 
-from schemas.client import Join
+from schemas.client import Join, Leave
 from schemas.codec import encode
+from stagecast.bench.wsclient import RawWebSocket, new_key
 
 Bytes = bytes | bytearray | memoryview
-Msg = tuple[Any, ...]
 PARTICIPANT_TAGS = frozenset((b"participant_joined", b"participant_left", b"participant_updated"))
-_TICK_S = 1.0
 
 
 def peek_tag(data: Bytes) -> bytes:
@@ -77,6 +67,16 @@ class Wave:
     audience: bool
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Churn:
+    """Joins then leaves at `rate` per second (per process) for `seconds`, from `start_at`."""
+
+    token: str
+    seconds: float
+    rate: float
+    start_at: float
+
+
 @dataclasses.dataclass(slots=True)
 class ProcResults:
     """What one process measured in one storm (times: `time.monotonic` seconds)."""
@@ -97,19 +97,22 @@ class ProcResults:
     never_exact: int = 0
 
 
-class SimClient(asyncio.Protocol):
+class SimClient(RawWebSocket):
     """One simulated participant on one socket (see the module docstring)."""
 
-    __slots__ = ("audience", "connect_at", "count_frames", "failure", "fleet", "join_frame",
-                 "joined_at", "lost", "participant_frames", "participants", "sent_at", "total",
-                 "total_at", "transport", "ws")  # fmt: skip
+    __slots__ = ("audience", "churn", "connect_at", "count_frames", "failure", "fleet",
+                 "join_frame", "joined_at", "leaving", "lost", "participant_frames",
+                 "participants", "sent_at", "total", "total_at")  # fmt: skip
 
-    def __init__(self, fleet: Fleet, url: str, join_frame: bytes, audience: bool) -> None:
+    def __init__(
+        self, fleet: Fleet, edge: Edge, join_frame: bytes, audience: bool, churn: bool = False
+    ) -> None:
+        super().__init__(edge.host, edge.port, edge.path, new_key())
         self.fleet = fleet
-        self.ws = ClientProtocol(parse_uri(url), max_size=None)
         self.join_frame = join_frame
         self.audience = audience
-        self.transport: asyncio.Transport | None = None
+        self.churn = churn  # joins and leaves during the counts phase; not in the results
+        self.leaving = False
         self.connect_at = time.monotonic()
         self.sent_at = self.joined_at = self.total_at = 0.0
         self.participants = self.participant_frames = self.count_frames = 0
@@ -122,58 +125,36 @@ class SimClient(asyncio.Protocol):
         if self.joined_at or self.failure:
             return
         self.failure = reason
-        self.fleet.failed += 1
-        if self.transport is not None:
-            self.transport.abort()
+        if not self.churn:
+            self.fleet.failed += 1
+        self.abort()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.ws.send_request(self.ws.connect())
-        self._flush()
+    def on_open(self) -> None:
+        self.send_binary(self.join_frame)
+        self.sent_at = time.monotonic()
 
-    def data_received(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        for event in self.ws.events_received():
-            if isinstance(event, Frame):
-                if event.opcode is Opcode.BINARY and event.fin:
-                    self._frame(event.data)
-            elif isinstance(event, Response):
-                if self.ws.handshake_exc is not None:
-                    return self.fail(f"upgrade {event.status_code}")
-                self.ws.send_binary(self.join_frame)
-                self.sent_at = time.monotonic()
-        self._flush()
+    def on_failed(self, reason: str) -> None:
+        self.fail(reason)
 
-    def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
-        self._flush()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
+    def on_closed(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.joined_at and not self.fleet.closing:
-            code = self.ws.close_code
-            reason = f"close {code} {self.ws.close_reason}" if code else f"tcp {exc!r}"
+        if self.joined_at and not self.fleet.closing and not self.leaving:
+            code = self.close_code
+            reason = f"close {code} {self.close_reason}" if code else f"tcp {exc!r}"
             self.fleet.drops[reason[:60]] += 1
         elif not self.joined_at:
-            self.fail(f"closed before joined ({self.ws.close_code})")
+            self.fail(f"closed before joined ({self.close_code})")
 
-    def _flush(self) -> None:
-        if (transport := self.transport) is None:
-            return
-        for chunk in self.ws.data_to_send():
-            if not chunk:  # the protocol's end of stream
-                return transport.close()
-            transport.write(chunk)
-        if self.ws.close_expected():
-            transport.close()
-
-    def _frame(self, data: Bytes) -> None:
+    def on_binary(self, data: bytes) -> None:
         tag = peek_tag(data)
+        fleet = self.fleet
         if tag == b"counts":
             self.count_frames += 1
-            self._set_total(_total(msgpack.unpackb(data, raw=False).get("counts")))
+            fleet.count_frames += 1
+            if data != fleet.counts_frame:  # every socket gets the same bytes: unpack once
+                fleet.counts_frame = data
+                fleet.counts_total = _total(msgpack.unpackb(data, raw=False).get("counts"))
+            self._set_total(fleet.counts_total)
         elif tag in PARTICIPANT_TAGS:
             self.participants += 1
             self.participant_frames += 1
@@ -181,7 +162,8 @@ class SimClient(asyncio.Protocol):
             body = msgpack.unpackb(data, raw=False)
             self.joined_at = time.monotonic()
             self.participants += len(body.get("speakers", ()))
-            self.fleet.joined += 1
+            if not self.churn:
+                fleet.joined += 1
             self._set_total(_total(body.get("counts")))
         elif tag in (b"error", b"disconnect") and not self.joined_at:
             body = msgpack.unpackb(data, raw=False)
@@ -189,26 +171,62 @@ class SimClient(asyncio.Protocol):
 
     def _set_total(self, total: int) -> None:
         if total != self.total:
-            target = self.fleet.target
-            self.fleet.exact += (total == target) - (self.total == target)
+            if not self.churn:
+                target = self.fleet.target
+                self.fleet.exact += (total == target) - (self.total == target)
             self.total, self.total_at = total, time.monotonic()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Edge:
+    """Where an edge's signaling WebSocket is."""
+
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def of(cls, url: str) -> Edge:
+        parts = urllib.parse.urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/")
 
 
 class Fleet:
     """The clients of one process in one storm."""
 
     def __init__(self, index: int, procs: int, edges: list[str], hosts: list[str]) -> None:
-        self.index, self.procs, self.edges, self.hosts = index, procs, edges, hosts
+        self.index, self.procs, self.hosts = index, procs, hosts
+        self.edges = [Edge.of(url) for url in edges]
         self.clients: list[SimClient] = []
+        self.churners: list[SimClient] = []
         self.connecting: set[asyncio.Task[None]] = set()
         self.joined = self.failed = self.exact = 0
+        self.count_frames = 0  # counts frames received by every client of this process
+        self.counts_frame, self.counts_total = b"", -1
         self.target = -1
         self.drops: collections.Counter[str] = collections.Counter()
         self.closing = False
+        self.held: ProcResults | None = None
+
+    def hold(self, storm_end: float) -> None:
+        """The room is held from now on: the count lags and count rates end here."""
+        if self.held is None:
+            self.held = self.results(storm_end, time.monotonic())
 
     def set_target(self, total: int) -> None:
         self.target = total
         self.exact = sum(1 for c in self.clients if c.joined_at and c.total == total)
+
+    def _start(
+        self, g: int, frame: bytes, audience: bool, timeout: float, churn: bool = False
+    ) -> SimClient:
+        edge = self.edges[g % len(self.edges)]
+        host = self.hosts[(g // len(self.edges)) % len(self.hosts)]
+        client = SimClient(self, edge, frame, audience, churn)
+        task = asyncio.get_running_loop().create_task(self._connect(client, host, timeout))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+        return client
 
     async def run_wave(self, wave: Wave, join_timeout: float) -> dict[str, float]:
         """Start this process's share of `wave` at its pace; wait until each is settled."""
@@ -218,14 +236,10 @@ class Fleet:
         for g in range(self.index, wave.count, self.procs):
             if (delay := wave.start_at + g / wave.rate - loop.time()) > 0:
                 await asyncio.sleep(delay)
-            url = self.edges[g % len(self.edges)]
-            host = self.hosts[(g // len(self.edges)) % len(self.hosts)]
-            client = SimClient(self, url, frames[wave.tokens[g % len(wave.tokens)]], wave.audience)
+            frame = frames[wave.tokens[g % len(wave.tokens)]]
+            client = self._start(g, frame, wave.audience, join_timeout)
             mine.append(client)
             self.clients.append(client)
-            task = loop.create_task(self._connect(client, url, host, join_timeout))
-            self.connecting.add(task)
-            task.add_done_callback(self.connecting.discard)
         deadline = loop.time() + join_timeout
         while loop.time() < deadline and self.joined + self.failed - settled_before < len(mine):
             await asyncio.sleep(0.02)
@@ -234,12 +248,38 @@ class Fleet:
         joined = [c.joined_at for c in mine if c.joined_at]
         return {"last_joined": max(joined, default=0.0), "joined": len(joined)}
 
-    async def _connect(self, client: SimClient, url: str, host: str, timeout: float) -> None:
-        uri = parse_uri(url)
+    async def churn(self, churn: Churn) -> dict[str, int]:
+        """Move the room's count steadily: join churners one by one, then make them leave.
+
+        Operations go out at ``churn.rate`` (this process's share), the first half joins
+        and the second half leaves (`Leave`), all within ``churn.seconds``."""
+        loop = asyncio.get_running_loop()
+        join, leave = encode(Join(id=1, token=churn.token)), encode(Leave(id=2))
+        ops = max(2, int(churn.seconds * churn.rate))
+        half, mine = ops // 2, []
+        start_at = churn.start_at + self.index / (churn.rate * self.procs)
+        for i in range(ops):
+            if (delay := start_at + i / churn.rate - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            if i < half:
+                client = self._start(self.index + i, join, True, churn.seconds, churn=True)
+                mine.append(client)
+                self.churners.append(client)
+            else:
+                client = mine[i - half]
+                client.leaving = True
+                client.send_binary(leave)
+        if (delay := churn.start_at + churn.seconds - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        return {"ops": ops, "joined": sum(1 for c in mine if c.joined_at)}
+
+    async def _connect(self, client: SimClient, host: str, timeout: float) -> None:
         local = None if self.hosts == ["127.0.0.1"] else (host, 0)
         loop = asyncio.get_running_loop()
         try:
-            connect = loop.create_connection(lambda: client, uri.host, uri.port, local_addr=local)
+            connect = loop.create_connection(
+                lambda: client, client.host, client.port, local_addr=local
+            )
             await asyncio.wait_for(connect, timeout)
         except TimeoutError:
             client.fail("connect timeout")
@@ -269,6 +309,10 @@ class Fleet:
             else:
                 out.never_exact += 1
         out.failures = dict(failures)
+        if (held := self.held) is not None:
+            out.lags_ms, out.never_exact = held.lags_ms, held.never_exact
+            out.audience_count_frames = held.audience_count_frames
+            out.audience_seconds = held.audience_seconds
         return out
 
     async def close(self, limit_s: float) -> int:
@@ -276,161 +320,27 @@ class Fleet:
         self.closing = True
         for task in list(self.connecting):
             task.cancel()
-        open_ = [c for c in self.clients if c.transport is not None and not c.lost]
+        everyone = self.clients + self.churners
+        open_ = [c for c in everyone if c.transport is not None and not c.lost]
         for c in open_:
-            with contextlib.suppress(Exception):
-                c.ws.send_close(1000, "bench done")
-                c._flush()
+            c.send_close(1000, "bench done")
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline and not all(c.lost for c in open_):
             await asyncio.sleep(0.05)
         clean = sum(1 for c in open_ if c.lost)
         for c in open_:
-            if not c.lost and c.transport is not None:
-                c.transport.abort()
+            if not c.lost:
+                c.abort()
         return clean
 
 
-class Link:
-    """One end of a pipe, read by the event loop into `inbox`; EOF arrives as ``("eof",)``."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.inbox: asyncio.Queue[Msg] = asyncio.Queue()
-        self.open = True
-        asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        try:
-            self.inbox.put_nowait(self.conn.recv())
-        except (EOFError, OSError):
-            self.stop()
-            self.inbox.put_nowait(("eof",))
-
-    def send(self, *message: Any) -> None:
-        if self.open:
-            with contextlib.suppress(OSError):
-                self.conn.send(message)
-
-    def stop(self) -> None:
-        if self.open:
-            self.open = False
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-
-
-class ClientProcs:
-    """The benchmark's side: `count` client processes and their pipes."""
-
-    def __init__(self, count: int, edges: list[str], hosts: list[str]) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.procs: list[BaseProcess] = []
-        self.links: list[Link] = []
-        for index in range(count):
-            here, there = ctx.Pipe()
-            args = (there, (index, count, edges, hosts))
-            proc = ctx.Process(target=process_main, args=args, name=f"storm-{index}", daemon=True)
-            proc.start()
-            there.close()
-            self.procs.append(proc)
-            self.links.append(Link(here))
-
-    def send_all(self, *message: Any) -> None:
-        for link in self.links:
-            link.send(*message)
-
-    async def collect(
-        self, kind: str, until: float, stop: asyncio.Event | None = None, on_progress: Any = None
-    ) -> dict[int, Msg]:
-        """The next `kind` message of each process, until `until` (monotonic) or `stop`.
-
-        `on_progress` gets the latest `progress` message of each process as they come."""
-        got: dict[int, Msg] = {}
-        progress: dict[int, Msg] = {}
-        while True:
-            for index, link in enumerate(self.links):
-                while index not in got and not link.inbox.empty():
-                    message = link.inbox.get_nowait()
-                    if message[0] == kind:
-                        got[index] = message
-                    elif message[0] == "progress":
-                        progress[index] = message
-            if on_progress is not None and progress:
-                on_progress(progress)
-            waiting = [i for i, link in enumerate(self.links) if i not in got and link.open]
-            if not waiting or time.monotonic() >= until or (stop and stop.is_set()):
-                return got
-            await asyncio.sleep(0.02)
-
-    async def close(self, limit_s: float = 10.0) -> None:
-        """Ask every process to exit; terminate (then kill) those left after `limit_s`."""
-        self.send_all("exit")
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline and any(p.is_alive() for p in self.procs):
-            await asyncio.sleep(0.05)
-        for proc in self.procs:
-            for end in (proc.terminate, proc.kill):
-                if proc.is_alive():
-                    end()
-                    proc.join(2.0)
-        for link in self.links:
-            link.stop()
-            link.conn.close()
-
-
-Spec = tuple[int, int, list[str], list[str]]
-"""A client process: its index, the number of processes, edge URLs, source addresses."""
-
-
-async def _serve(conn: Connection, spec: Spec) -> None:
-    index, procs, edges, hosts = spec
-    link = Link(conn)
-    fleet = Fleet(index, procs, edges, hosts)
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def wave(w: Wave, join_timeout: float) -> None:
-        done = asyncio.get_running_loop().create_task(fleet.run_wave(w, join_timeout))
-        try:
-            while not done.done():
-                link.send("progress", w.name, fleet.joined, fleet.failed)
-                gc.freeze()  # keep the collector off the ever-growing set of live clients
-                await asyncio.wait({done}, timeout=_TICK_S)
-        finally:
-            done.cancel()
-        failed = done.exception()
-        link.send("wave_done", {"last_joined": 0.0, "joined": 0} if failed else done.result())
-
-    async def exact() -> None:
-        while fleet.exact < fleet.joined:  # dropped clients never get there: bounded by finish
-            await asyncio.sleep(0.01)
-        link.send("exact", fleet.exact)
-
-    storm_end = 0.0
-    while True:
-        command = await link.inbox.get()
-        if command[0] in ("finish", "exit", "eof"):
-            for task in list(tasks):
-                task.cancel()
-        if command[0] == "begin":
-            fleet = Fleet(index, procs, edges, hosts)
-        elif command[0] in ("wave", "final"):
-            if command[0] == "final":
-                fleet.set_target(command[1])
-                storm_end = command[2]
-            task = asyncio.get_running_loop().create_task(
-                wave(command[1], command[2]) if command[0] == "wave" else exact()
-            )
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        elif command[0] == "finish":
-            link.send("results", fleet.results(storm_end, command[1]))
-            link.send("closed", await fleet.close(command[2]))
-        else:
-            return
-
-
-def process_main(conn: Connection, spec: Spec) -> None:
-    """Entry point of a client process (a multiprocessing target)."""
-    asyncio.run(_serve(conn, spec))
-
-
-__all__ = ["ClientProcs", "Fleet", "Link", "ProcResults", "SimClient", "Wave", "peek_tag"]
+__all__ = [
+    "PARTICIPANT_TAGS",
+    "Churn",
+    "Edge",
+    "Fleet",
+    "ProcResults",
+    "SimClient",
+    "Wave",
+    "peek_tag",
+]

@@ -2,22 +2,22 @@
 
 `stagecast bench storm --speakers 5 --viewers 10000` starts a private nats-server, a
 statekeeper and `--edges` edges as processes (`stagecast.up.Stack`), and `--client-procs`
-client processes (`stagecast.bench.simclients`: raw WebSockets, no SDK). The speakers join
-first (one token each), then the viewers at `--rate` joins/s with one shared audience token
-(isViewer, no participantId). Figures, all from this one run:
+client processes (`stagecast.bench.simclients`: raw WebSockets, no SDK); both default to as
+few as the descriptor hard limit allows (`stagecast.bench.stormhost.plan_processes`). The
+speakers join first (one token each), then the viewers at `--rate` joins/s with one shared
+audience token (isViewer, no participantId). Then, with the room held: an idle phase and a
+counts phase of `--phase-s` each (the count moved by a few joins and leaves), which give
+the costs per unit (`unit_costs`). Figures, all from this one run (docs/benchmarks.md,
+"storm", defines each):
 
-- joins_per_s: viewers' joined replies / (last joined reply - first join sent);
-  join_p50_ms / join_p99_ms: join frame sent -> joined reply, per viewer.
-- participant_events_per_viewer: per viewer, the speakers in its joined snapshot plus the
-  participant_joined/left/updated frames it received (what it learns about participants),
-  averaged; it must equal --speakers (participant_frames_per_viewer: the frames alone).
-- count_events_per_viewer_per_s: per viewer, counts frames / (its join -> end of
-  measurement), averaged.
-- count_lag_p99_ms: per client, the storm's end (last joined reply) -> the time it holds a
-  count equal to the room's final total (0 when its own join reply already had it); clients
-  still wrong when `--count-wait` runs out are `count_never_exact`.
-- edge_rss_mb / statekeeper_rss_mb: max RSS seen (sampled every 0.25 s; edges summed);
-  edge_cpu_s / statekeeper_cpu_s: CPU seconds used during the viewers' storm.
+- joins_per_s, join_p50_ms / join_p99_ms, connect_join_p99_ms, offered_joins_per_s.
+- participant_events_per_viewer (must equal --speakers), participant_frames_per_viewer.
+- count_events_per_viewer_per_s, count_lag_p99_ms, count_never_exact.
+- join_failures, dropped_after_join (closed after joining, before the bench closed it).
+- *_rss_mb (max), *_cpu_s (over the join phase), other_load_cores.
+- edge/statekeeper/client_cpu_us_per_join, edge/statekeeper_kib_per_viewer,
+  edge_idle_us_per_viewer_s, count_us_per_socket_frame, client_cpu_us_per_frame, and the
+  join costs net of the counts frames delivered meanwhile.
 
 `--naive` then runs the same storm in another room where everyone holds a speaker token, so
 every join goes to every participant (`--naive-viewers`, default min(viewers, 1000): it is
@@ -33,165 +33,63 @@ import collections
 import contextlib
 import dataclasses
 import math
-import random
-import resource
+import re
 import secrets
-import socket
 import statistics
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import psutil
-from rich.console import Console
+import httpx
 
 from access.tokens import generate_token
 from schemas.models import Grant
 from stagecast.bench import Result, percentile
-from stagecast.bench.simclients import ClientProcs, Msg, ProcResults, Wave
+from stagecast.bench.clientprocs import ClientProcs, Msg
+from stagecast.bench.simclients import Churn, ProcResults, Wave
+from stagecast.bench.stormhost import (
+    MACHINE,
+    Monitor,
+    console,
+    data_dir,
+    free_port_block,
+    plan_processes,
+    raise_nofile,
+    source_hosts,
+)
 from stagecast.server_api import RoomService
 from stagecast.up import Stack, UpConfig
 
 API_KEY = "storm"
 SPEAKER = Grant(can_publish=True, can_subscribe=True, can_publish_data=True)
 AUDIENCE = Grant(can_publish=False, can_subscribe=True, can_publish_data=False)
-_SPARE_FDS = 512
-_SAMPLE_S = 0.25
-console = Console(stderr=True)
+_COUNTS_OUT = re.compile(rb'^stagecast_edge_frames_out_total\{type="counts"\} (\d+)', re.M)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speakers", type=int, default=5)
     parser.add_argument("--viewers", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=2000.0, help="joins/s (default 2000)")
-    parser.add_argument("--edges", type=int, default=1)
-    parser.add_argument("--client-procs", type=int, default=1, help="client processes")
+    parser.add_argument(
+        "--edges", type=int, default=0, help="edge processes (default 0: from the fd limit)"
+    )
+    parser.add_argument(
+        "--client-procs", type=int, default=0, help="client processes (0: from the fd limit)"
+    )
     parser.add_argument("--naive", action="store_true", help="also run the all-speaker storm")
     parser.add_argument("--naive-viewers", type=int, default=None, help="min(viewers, 1000)")
     parser.add_argument("--join-timeout", type=float, default=30.0, help="s, per wave's tail")
     parser.add_argument("--count-wait", type=float, default=30.0, help="s for the final count")
+    parser.add_argument(
+        "--phase-s", type=float, default=5.0, help="s of the idle and counts phases (0: none)"
+    )
+    parser.add_argument(
+        "--churn-rate", type=float, default=8.0, help="joins+leaves/s in the counts phase"
+    )
+    parser.add_argument(
+        "--client-loop", choices=("asyncio", "uvloop"), default="uvloop",
+        help="the client processes' event loop (default uvloop)",
+    )  # fmt: skip
     parser.add_argument("--time-limit", type=float, default=600.0, help="s for the storms")
     parser.add_argument("--data-dir", default=None, help="keep logs here (default: temp dir)")
-
-
-# --------------------------------------------------------------------------- machine limits
-
-
-def raise_nofile(per_process: int) -> int:
-    """Raise RLIMIT_NOFILE to its hard limit (children inherit it); stop if still too low."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = int(Path("/proc/sys/fs/nr_open").read_text())
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard < per_process + _SPARE_FDS:
-        raise SystemExit(
-            f"RLIMIT_NOFILE hard limit is {hard}: one edge or client process here needs about "
-            f"{per_process + _SPARE_FDS} descriptors. Raise the hard limit (ulimit -Hn, "
-            "limits.conf, systemd LimitNOFILE) or spread the sockets with more --edges and "
-            "--client-procs."
-        )
-    return hard
-
-
-def source_hosts(per_edge: int) -> list[str]:
-    """Loopback source addresses, so no (source, edge) pair runs out of ephemeral ports."""
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    usable = int((high - low + 1) * 0.8)
-    return [f"127.0.0.{k + 1}" for k in range(min(250, math.ceil(per_edge / usable)))]
-
-
-def free_port_block(count: int) -> int:
-    """A first port such that `count` consecutive ports (below the ephemeral range) are free."""
-    for _ in range(200):
-        base = random.randrange(20_000, 32_000 - count)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError(f"no block of {count} free ports on 127.0.0.1")
-
-
-@contextlib.contextmanager
-def data_dir(path: str | None) -> Iterator[Path]:
-    if path is not None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="stagecast-storm-") as tmp:
-        yield Path(tmp)
-
-
-class Monitor:
-    """Samples the services' and clients' RSS and CPU; raises `stop` when the run must end."""
-
-    def __init__(self, stack: Stack, clients: ClientProcs, data_dir: Path) -> None:
-        def proc(pid: int | None) -> list[psutil.Process]:
-            return [psutil.Process(pid)] if pid is not None else []
-
-        self.stack = stack
-        self.data_dir = data_dir
-        self.roles: dict[str, list[psutil.Process]] = {
-            "edge": [psutil.Process(c.pid) for c in stack.children[1:]],
-            "statekeeper": proc(stack.children[0].pid),
-            "nats": proc(stack.nats.pid if stack.nats else None),
-            "clients": [psutil.Process(p.pid) for p in clients.procs if p.pid is not None],
-        }
-        self.rss_mb = dict.fromkeys(self.roles, 0.0)
-        self.busy = dict.fromkeys(self.roles, 0.0)
-        """CPU use over the last sample, in cores."""
-        self.stop = asyncio.Event()
-        self.reason = ""
-
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds (user + system) so far, per role."""
-        out = dict.fromkeys(self.roles, 0.0)
-        for role, procs in self.roles.items():
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    times = p.cpu_times()
-                    out[role] += times.user + times.system
-        return out
-
-    def reset(self) -> None:
-        self.rss_mb = dict.fromkeys(self.roles, 0.0)
-
-    def halt(self, reason: str) -> None:
-        if not self.stop.is_set():
-            self.reason = reason
-            console.print(f"[red]stopping the storm:[/] {reason}")
-            self.stop.set()
-
-    async def run(self) -> None:
-        before, at = self.cpu(), time.monotonic()
-        while True:
-            await asyncio.sleep(_SAMPLE_S)
-            for role, procs in self.roles.items():
-                rss = 0
-                for p in procs:
-                    with contextlib.suppress(psutil.Error):
-                        rss += p.memory_info().rss
-                self.rss_mb[role] = max(self.rss_mb[role], rss / 2**20)
-            now, now_at = self.cpu(), time.monotonic()
-            self.busy = {r: (now[r] - before[r]) / (now_at - at) for r in now}
-            before, at = now, now_at
-            for i, child in enumerate(self.stack.children):
-                if child.poll() is not None:
-                    log = "statekeeper.log" if i == 0 else f"edge-{i - 1}.log"
-                    tail = ""
-                    with contextlib.suppress(OSError):
-                        tail = (self.data_dir / log).read_text(errors="replace")[-600:]
-                    self.halt(f"{log[:-4]} exited with {child.returncode}: ...{tail}")
-            memory = psutil.virtual_memory()
-            if memory.available < min(2**30, memory.total * 0.05):
-                self.halt(f"memory: only {memory.available / 2**20:.0f} MiB left")
 
 
 # --------------------------------------------------------------------------- one storm
@@ -203,6 +101,45 @@ class Plan:
     speakers: int
     viewers: int
     naive: bool = False  # everyone holds a speaker token (isViewer false)
+    phases: bool = True  # the idle and counts phases after the joins (never when naive)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mark:
+    """What the processes had used at one moment: the clock, CPU, counts frames."""
+
+    at: float
+    cpu_s: dict[str, float]
+    edge_counts: int  # counts frames the edges queued to sockets, by their /metrics
+    client_counts: int  # counts frames the clients received
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Phase:
+    """The difference between two marks; `churn_ops` joins and leaves happened in it."""
+
+    seconds: float
+    cpu_s: dict[str, float]
+    edge_counts: int
+    client_counts: int
+    churn_ops: int = 0
+
+    @classmethod
+    def between(cls, start: Mark, end: Mark, churn_ops: int = 0) -> Phase:
+        cpu = {role: end.cpu_s[role] - start.cpu_s.get(role, 0.0) for role in end.cpu_s}
+        return cls(
+            end.at - start.at, cpu, end.edge_counts - start.edge_counts,
+            end.client_counts - start.client_counts, churn_ops,
+        )  # fmt: skip
+
+    def rate(self, role: str) -> float:
+        """CPU seconds per second of `role` over the phase."""
+        return self.cpu_s.get(role, 0.0) / self.seconds if self.seconds > 0 else 0.0
+
+    def other_load(self) -> float:
+        """Cores busy with processes that are not the storm's services or clients."""
+        ours = sum(v for role, v in self.cpu_s.items() if role != MACHINE)
+        return max(0.0, self.rate(MACHINE) - ours / self.seconds) if self.seconds > 0 else 0.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -212,8 +149,12 @@ class Outcome:
     plan: Plan
     procs: list[ProcResults] = dataclasses.field(default_factory=list)
     final_total: int = 0
-    cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
-    cpu_window_s: float = 0.0  # the viewers' wave, from its start until every join settled
+    viewers_joined: int = 0
+    join: Phase | None = None  # the viewers' wave, from its start until every join settled
+    idle: Phase | None = None  # the room held, nothing changing
+    counts: Phase | None = None  # the room held, its count moving (churn)
+    rss_before: dict[str, float] = dataclasses.field(default_factory=dict)  # bytes
+    rss_held: dict[str, float] = dataclasses.field(default_factory=dict)  # end of idle
     rss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     stopped: str = ""
 
@@ -289,8 +230,51 @@ class Storms:
             console.print(f"  room total unknown ({type(exc).__name__}): using {seen}")
         return seen
 
+    async def _edge_counts(self) -> int:
+        """Counts frames the edges have queued to sockets so far (their /metrics, summed)."""
+        total = 0
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            for url in self.stack.edge_urls:
+                with contextlib.suppress(httpx.HTTPError):
+                    found = _COUNTS_OUT.search((await http.get(f"{url}/metrics")).content)
+                    total += int(found.group(1)) if found else 0
+        return total
+
+    async def _mark(self) -> Mark:
+        self.clients.send_all("tally")
+        edge_counts = await self._edge_counts()
+        got = await self.clients.collect("tally", time.monotonic() + 10.0)
+        client_counts = sum(int(m[1]) for m in got.values())
+        return Mark(time.monotonic(), self.monitor.cpu(), edge_counts, client_counts)
+
+    async def _phases(self, plan: Plan, out: Outcome) -> None:
+        """The room held: `--phase-s` idle, then as long with its count moving (churn)."""
+        seconds, stop = self.args.phase_s, self.monitor.stop
+        if seconds <= 0 or stop.is_set():
+            return
+        self.clients.send_all("hold")  # the count lag and the count rate end here
+        console.print(f"  idle phase ({seconds:g} s), then counts phase ({seconds:g} s)")
+        start = await self._mark()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        end = await self._mark()
+        out.idle, out.rss_held = Phase.between(start, end), self.monitor.rss()
+        if stop.is_set():
+            return
+        token = self._token(plan, None, True)
+        rate = self.args.churn_rate / len(self.clients.links)
+        churn = Churn(token, seconds, rate, time.monotonic() + 0.1)
+        start = await self._mark()
+        self.clients.send_all("churn", churn)
+        got = await self.clients.collect(
+            "churn_done", time.monotonic() + seconds + self.args.join_timeout, stop
+        )
+        end = await self._mark()
+        ops = sum(int(m[1]["ops"]) for m in got.values())
+        out.counts = Phase.between(start, end, ops)
+
     async def run(self, plan: Plan) -> Outcome:
-        """Speakers, then the crowd; wait for the final count; collect; close every socket."""
+        """Speakers, then the crowd; the final count; the idle and counts phases; close."""
         out, stop = Outcome(plan), self.monitor.stop
         kind = "naive" if plan.naive else "tiered"
         console.print(f"[bold]{kind} storm[/]: {plan.speakers} speakers, {plan.viewers} viewers")
@@ -300,19 +284,21 @@ class Storms:
         if plan.speakers and not stop.is_set():
             joined += (await self._wave("speakers", speakers, plan.speakers))[1]
         self.monitor.reset()
-        cpu0, t0 = self.monitor.cpu(), time.monotonic()
+        out.rss_before = self.monitor.rss()
+        start = await self._mark()
         crowd = (self._token(plan, None, not plan.naive),)
         storm_end, viewers = (
             (0.0, 0) if stop.is_set() else await self._wave("viewers", crowd, plan.viewers)
         )
-        cpu1, out.cpu_window_s = self.monitor.cpu(), time.monotonic() - t0
-        out.cpu_s = {role: cpu1[role] - cpu0[role] for role in cpu0}
+        out.join, out.viewers_joined = Phase.between(start, await self._mark()), viewers
         if not stop.is_set():
             out.final_total = await self._room_total(plan.room_id, joined + viewers)
             console.print(f"  joins done; waiting for every client to hold {out.final_total}")
             self.clients.send_all("final", out.final_total, storm_end)
             until = min(self.deadline, time.monotonic() + self.args.count_wait)
             await self.clients.collect("exact", until, stop)
+            if plan.phases and not plan.naive:
+                await self._phases(plan, out)
         self.clients.send_all("finish", time.monotonic(), 10.0)
         got = await self.clients.collect("results", time.monotonic() + 60.0)
         out.procs = [m[1] for m in got.values()]
@@ -333,8 +319,9 @@ def tiered_figures(out: Outcome) -> list[Result]:
         note += f"; STOPPED: {out.stopped[:150]}"
     started = out.merged("started")
     offered = len(started) / max(1e-3, max(started, default=0.0) - min(started, default=0.0))
-    window = max(out.cpu_window_s, 1e-3)
-    use = {r: f"{v / window:.0%} of a core over {window:.1f} s" for r, v in out.cpu_s.items()}
+    cpu_s = out.join.cpu_s if out.join else {}
+    window = max(out.join.seconds if out.join else 0.0, 1e-3)
+    use = {r: f"{v / window:.0%} of a core over {window:.1f} s" for r, v in cpu_s.items()}
     rows: list[tuple[str, float, str, str]] = [
         ("joins_per_s", len(joins) / storm_s if storm_s else 0.0, "1/s", note),
         ("join_p50_ms", percentile(joins, 50), "ms", "join sent -> joined reply"),
@@ -362,7 +349,75 @@ def tiered_figures(out: Outcome) -> list[Result]:
     ]  # fmt: skip
     for role, name in (("edge", "edge"), ("statekeeper", "statekeeper"), ("nats", "nats"),
                        ("clients", "client")):  # fmt: skip
-        rows.append((f"{name}_cpu_s", out.cpu_s.get(role, 0.0), "s", use[role]))
+        rows.append((f"{name}_cpu_s", cpu_s.get(role, 0.0), "s", use.get(role, "")))
+    return [Result(*row) for row in rows] + unit_costs(out)
+
+
+def unit_costs(out: Outcome) -> list[Result]:
+    """Costs per join, per held viewer and per counts frame (see docs/benchmarks.md)."""
+    join, idle, counts, joins = out.join, out.idle, out.counts, out.viewers_joined
+    if join is None or joins < 1:
+        return []
+    us = 1e6
+
+    def per_join(role: str) -> float:
+        return join.cpu_s.get(role, 0.0) / joins * us
+
+    def kib_per_viewer(role: str) -> float:
+        if not out.rss_held:
+            return 0.0
+        return (out.rss_held[role] - out.rss_before.get(role, 0.0)) / joins / 1024
+
+    others = [f"{p.other_load():.2f}" for p in (idle, counts) if p is not None]
+    rows = [
+        (
+            "other_load_cores",
+            join.other_load(),
+            "cores",
+            f"CPU of unrelated processes over the join phase; idle, counts: {', '.join(others)}",
+        ),
+        ("edge_cpu_us_per_join", per_join("edge"), "us", "edge CPU over the join phase / joins"),
+        ("statekeeper_cpu_us_per_join", per_join("statekeeper"), "us", ""),
+        ("client_cpu_us_per_join", per_join("clients"), "us", "the simulator's own cost"),
+    ]
+    if idle is not None:
+        rows += [
+            ("edge_kib_per_viewer", kib_per_viewer("edge"), "KiB", "RSS growth, idle room held"),
+            ("statekeeper_kib_per_viewer", kib_per_viewer("statekeeper"), "KiB", ""),
+            ("edge_idle_us_per_viewer_s", idle.rate("edge") / joins * us, "us",
+             "edges' CPU per second of the idle phase / viewers held (pings, heartbeats)"),
+        ]  # fmt: skip
+    if idle is not None and counts is not None and counts.client_counts:
+
+        def extra(role: str) -> float:
+            """CPU seconds of `role` in the counts phase beyond its idle baseline."""
+            return counts.cpu_s.get(role, 0.0) - idle.rate(role) * counts.seconds
+
+        # Frames delivered are those the clients read: the edges' /metrics count a frame
+        # when it is queued, also when a newer one replaces it in the socket's slot.
+        frames = counts.client_counts
+        drops = sum(sum(r.drops.values()) for r in out.procs)
+        disturbed = f"; UNRELIABLE: {drops} sockets dropped, the room was not held" if drops else ""
+        churn = counts.churn_ops * per_join("edge") / us  # the churn's own joins and leaves
+        edge_frame = (extra("edge") - churn) / frames * us
+        client_frame = extra("clients") / frames * us
+        net = {
+            role: (join.cpu_s.get(role, 0.0) - join.client_counts * cost / us) / joins * us
+            for role, cost in (("edge", edge_frame), ("clients", client_frame))
+        }
+        rows += [
+            ("counts_phase_frames", frames, "frames",
+             f"counts frames the clients read in {counts.seconds:.1f} s"),
+            ("counts_phase_frames_queued", counts.edge_counts, "frames",
+             "counts frames the edges queued (/metrics; replaced ones too)"),
+            ("count_us_per_socket_frame", edge_frame, "us",
+             f"edges' CPU beyond idle ({idle.rate('edge'):.0%} of a core) / frames; "
+             f"{counts.churn_ops} churn joins+leaves{disturbed}"),
+            ("client_cpu_us_per_frame", client_frame, "us", "the simulator's cost per frame"),
+            ("edge_cpu_us_per_join_net", net["edge"], "us",
+             f"less {join.client_counts} counts frames delivered during the join phase"),
+            ("client_cpu_us_per_join_net", net["clients"], "us", "likewise"),
+        ]  # fmt: skip
     return [Result(*row) for row in rows]
 
 
@@ -380,26 +435,33 @@ def naive_figures(naive: Outcome, tiered: Outcome) -> list[Result]:
 
 
 async def run(args: argparse.Namespace) -> list[Result]:
-    if min(args.viewers, args.edges, args.client_procs) < 1 or args.speakers < 0 or args.rate <= 0:
-        raise SystemExit("need --viewers/--edges/--client-procs >= 1, --speakers >= 0, --rate > 0")
+    if min(args.viewers, args.edges + 1, args.client_procs + 1) < 1 or args.speakers < 0:
+        raise SystemExit("need --viewers >= 1, --edges/--client-procs >= 0, --speakers >= 0")
+    if args.rate <= 0 or args.churn_rate <= 0:
+        raise SystemExit("need --rate > 0 and --churn-rate > 0")
     naive_viewers = min(args.viewers, 1000) if args.naive_viewers is None else args.naive_viewers
     clients = args.speakers + max(args.viewers, naive_viewers if args.naive else 0)
-    limit = raise_nofile(math.ceil(clients / min(args.edges, args.client_procs)))
-    hosts = source_hosts(math.ceil(clients / args.edges))
-    console.print(f"RLIMIT_NOFILE {limit}; {len(hosts)} source address(es) per edge")
+    clients += math.ceil(args.phase_s * args.churn_rate)  # the churners of the counts phase
+    edges, client_procs = plan_processes(clients, args.edges, args.client_procs)
+    limit = raise_nofile(math.ceil(clients / min(edges, client_procs)))
+    hosts = source_hosts(math.ceil(clients / edges))
+    console.print(
+        f"RLIMIT_NOFILE {limit}: {edges} edge(s), {client_procs} client process(es); "
+        f"{len(hosts)} source address(es) per edge"
+    )
     with data_dir(args.data_dir) as workdir:
         config = UpConfig(
-            port=free_port_block(args.edges), data_dir=workdir, edges=args.edges,
+            port=free_port_block(edges), data_dir=workdir, edges=edges, forwarders=0,
             api_key=API_KEY, api_secret=secrets.token_urlsafe(32), dev=False,
         )  # fmt: skip
         stack = Stack(config)
         procs: ClientProcs | None = None
         sampler: asyncio.Task[None] | None = None
         try:
-            console.print(f"starting nats-server, a statekeeper and {args.edges} edge(s)")
+            console.print(f"starting nats-server, a statekeeper and {edges} edge(s)")
             await asyncio.wait_for(stack.start(log=lambda line: None), 120.0)
-            edges = [u.replace("http://", "ws://") + "/rtc" for u in stack.edge_urls]
-            procs = ClientProcs(args.client_procs, edges, hosts)
+            urls = [u.replace("http://", "ws://") + "/rtc" for u in stack.edge_urls]
+            procs = ClientProcs(client_procs, urls, hosts, args.client_loop)
             monitor = Monitor(stack, procs, workdir)
             sampler = asyncio.create_task(monitor.run())
             storms = Storms(args, stack, procs, monitor)
@@ -408,7 +470,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
             if args.naive and not monitor.stop.is_set():
                 naive = await storms.run(Plan("storm-naive", args.speakers, naive_viewers, True))
                 if naive_viewers != args.viewers and not monitor.stop.is_set():
-                    small = Plan("storm-tiered-small", args.speakers, naive_viewers)
+                    small = Plan("storm-tiered-small", args.speakers, naive_viewers, phases=False)
                     tiered = await storms.run(small)
                 results += naive_figures(naive, tiered)
             return results
@@ -421,3 +483,6 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 await procs.close()
             console.print("stopping the stack")
             await stack.stop()
+
+
+__all__ = ["Outcome", "Phase", "Plan", "Storms", "add_arguments", "free_port_block", "run"]
