@@ -5,7 +5,9 @@ tens of thousands of sockets costs a few microseconds per socket, so a large roo
 delivery is cut into rounds of slices: a slice writes to sockets in order until it used
 `SLICE_S` of CPU time (the process's, so a busy machine preempting the edge does not count),
 then the next slice waits long enough that delivery uses at most `CPU_SHARE` of a core;
-joins and everything else run in between. Within a
+joins and everything else run in between. When the edge did not use the last pause for
+other work (the storm is over), the next slice follows at once, so the last count reaches
+every socket promptly. Within a
 round each socket gets the newest frame when its turn comes (latest wins), and at most
 one; a frame that arrives during a round starts another round when this one is over, so
 every socket ends with the final value. A small room is delivered in one slice, at once.
@@ -57,6 +59,8 @@ class CountsRounds:
         self.rounds = 0
         self._round: list[CountsMember] | None = None
         self._next = 0
+        self._paused_at = 0.0
+        self._pause = 0.0
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -95,6 +99,7 @@ class CountsRounds:
             return
         clock = self.clock
         start = clock()
+        busy = start - self._paused_at >= self._pause / 2  # others used the last pause
         deadline = start + self.slice_s
         frame, seq = self.frame, self.seq
         k, end = self._next, len(members)
@@ -108,7 +113,9 @@ class CountsRounds:
             if clock() >= deadline:
                 break
         self.metrics.frame_out("counts", delivered)
-        pause = (clock() - start) * (1 - self.share) / self.share
+        self._paused_at = clock()
+        self._pause = (self._paused_at - start) * (1 - self.share) / self.share
+        pause = self._pause if busy else 0.0
         loop = asyncio.get_running_loop()
         if k < end:
             self._next = k
