@@ -35,7 +35,7 @@ from edge.node import EdgeNode
 from edge.page import routes as page_routes
 from edge.replays import SeenTokens
 from edge.requests import handle_frame
-from edge.serving import refusal_of
+from edge.serving import line_of, refusal_of
 from edge.session import EdgeSession
 from schemas.client import Disconnect, Error
 from schemas.codec import encode
@@ -87,7 +87,8 @@ def _too_many(refusal: Refusal) -> Response:
 
 
 def create_app(config: EdgeConfig) -> Starlette:
-    """The edge as an ASGI app (serve it with uvicorn, or use `edge.main.running_edge`)."""
+    """The edge as an ASGI app, served by `edge.main.running_edge` (its ``/rtc`` writes
+    frames straight to the transports of `edge.serving`'s WebSocket protocol)."""
     node = EdgeNode(config)
     seen_admin_tokens = SeenTokens()
     connections = ConnectionLedger(
@@ -111,7 +112,11 @@ def create_app(config: EdgeConfig) -> Starlette:
             frame = encode(Disconnect(reason=code, can_reconnect=True))
             await refuse_socket(websocket, frame, code)
             return
-        await EdgeSession(node, websocket, upgrade_token(websocket), handle_frame).run()
+        line = line_of(websocket.scope)
+        if line is None:
+            raise RuntimeError("/rtc needs edge.serving's WebSocket protocol (edge.main)")
+        session = EdgeSession(node, websocket, line, upgrade_token(websocket), handle_frame)
+        await session.run()
 
     async def healthz(request: Request) -> Response:
         healthy, reason = await node.health()

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 
-from access.tokens import verify_token
 from edge.bus import BusUnavailable
 from edge.closecodes import TRY_AGAIN_LATER, close_code
 from edge.join import JoinAttempt, keyed_ids, new_participant_id, new_sid, settle_room
@@ -55,10 +54,9 @@ def _refuse_code(session: EdgeSession, req: int, code: ErrorCode, message: str) 
 
 async def join(session: EdgeSession, attempt: JoinAttempt, message: Join) -> None:
     """A fresh join (see the module docstring)."""
-    config = session.node.config
     token = message.token or session.upgrade_token or ""
     try:
-        claims = verify_token(token, config.secret_for)
+        claims = session.node.tokens.verify(token)
     except TokenExpired as exc:
         return _refuse_code(session, message.id, ErrorCode.TOKEN_EXPIRED, exc.message)
     except InvalidToken as exc:

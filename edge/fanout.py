@@ -1,15 +1,18 @@
 """Room fan-out: one NATS subscription per room per edge, shared by its local sockets.
 
 A room's subscription (``stagecast.room.<room>.*``) lives while at least one local socket
-is in the room. Broadcast bytes go to each socket as they arrived, never re-encoded; each
-broadcast is decoded once per edge only to decide where it goes:
+is in the room. Broadcast bytes go to each socket as they arrived, never re-encoded: each
+broadcast is framed once per edge as a complete WebSocket frame (`edge.wsframe`) and those
+bytes go to every recipient's transport. It is decoded once per edge only to decide where
+it goes:
 
 - ``speakers``: to every socket of the room; frames whose `seq` is below the last one
   relayed (or an exact repeat at that `seq`) are dropped, which is what a statekeeper
   restart replays. A `disconnect` there means the room was deleted: every socket of the
   room gets it and is closed.
 - ``mod``: the same, to sockets whose grant has `can_moderate` only.
-- ``counts``: to every socket through its latest-wins slot.
+- ``counts``: to every socket through its latest-wins slot, within a CPU budget
+  (`edge.counts.CountsRounds`: a storm's counts cannot starve the joins).
 - ``data``: to sockets with `can_subscribe_data`, never to the sender's sid, and only to
   `destination_ids` (participant ids) when there are any; only while the room is within
   its data byte budget (`DataLimits`): a frame beyond it is delivered to no one here and
@@ -32,8 +35,10 @@ from typing import Protocol
 from nats.aio.msg import Msg
 
 from edge.bus import BusPort, BusUnavailable
+from edge.counts import CountsRounds
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits, TokenBucket
+from edge.wsframe import binary_frame
 from roomlog.seam import Unsubscribable
 from schemas.client import CountsChanged, DataReceived, Disconnect
 from schemas.codec import Message, SchemaError, decode
@@ -55,14 +60,15 @@ class Member(Protocol):
     @property
     def grant(self) -> Grant: ...
 
-    def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
-        """Queue a broadcast frame (seq None for data messages)."""
+    def deliver(self, frame: bytes, type_tag: str, seq: int | None) -> None:
+        """Send a broadcast, a complete WebSocket frame (seq None for data messages)."""
 
-    def deliver_counts(self, data: bytes, seq: int) -> None:
-        """Replace the socket's pending counts frame."""
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        """Replace the socket's pending counts frame (a complete WebSocket frame); True
+        when it went out or waits in the socket's queue."""
 
-    def room_ended(self, data: bytes, reason: str) -> None:
-        """The room is gone: send `data` (a disconnect frame) and close."""
+    def room_ended(self, frame: bytes, reason: str) -> None:
+        """The room is gone: send `frame` (a disconnect, framed) and close."""
 
 
 class _SeqFilter:
@@ -105,6 +111,7 @@ class RoomFanout:
         self._speakers = _SeqFilter()
         self._mod = _SeqFilter()
         self._counts_seq = -1
+        self.counts = CountsRounds(self.members, metrics)
 
     async def on_message(self, msg: Msg) -> None:
         """The subscription's callback: route one broadcast to the local sockets."""
@@ -124,15 +131,15 @@ class RoomFanout:
         if channel == "counts":
             if isinstance(message, CountsChanged) and message.seq >= self._counts_seq:
                 self._counts_seq = message.seq
-                for member in list(self.members.values()):
-                    member.deliver_counts(data, message.seq)
+                self.counts.offer(binary_frame(data), message.seq)
         elif channel == "data":
             if isinstance(message, DataReceived):
                 self._data(message, data)
         elif channel in ("speakers", "mod"):
             if isinstance(message, Disconnect):
+                frame = binary_frame(data)
                 for member in list(self.members.values()):
-                    member.room_ended(data, message.reason)
+                    member.room_ended(frame, message.reason)
                 return
             seq = getattr(message, "seq", None)
             if not isinstance(seq, int):
@@ -141,9 +148,10 @@ class RoomFanout:
             if not seqs.fresh(seq, data):
                 return
             moderators_only = channel == "mod"
+            frame = binary_frame(data)
             for member in list(self.members.values()):
                 if not moderators_only or member.grant.can_moderate:
-                    member.deliver(data, message.TYPE, seq)
+                    member.deliver(frame, message.TYPE, seq)
 
     def admit_data(self, sid: str, size: int) -> bool:
         """Take `size` bytes from member `sid`'s data budget; False when over it."""
@@ -158,6 +166,7 @@ class RoomFanout:
             self.metrics.room_data_dropped_bytes += len(data)
             return
         wanted = frozenset(message.destination_ids)
+        frame = binary_frame(data)
         delivered = 0
         for member in list(self.members.values()):
             if not member.grant.can_subscribe_data:
@@ -166,7 +175,7 @@ class RoomFanout:
                 continue
             if wanted and member.participant_id not in wanted:
                 continue
-            member.deliver(data, message.TYPE, None)
+            member.deliver(frame, message.TYPE, None)
             delivered += 1
         self.metrics.data_bytes_out += delivered * len(data)
 
@@ -236,6 +245,7 @@ class Fanout:
         if room.members:
             return
         del self.rooms[room_id]
+        room.counts.close()
         if room.ready.done():
             await self._unsubscribe(room)
 
@@ -249,6 +259,7 @@ class Fanout:
         """Drop every room subscription (the edge is stopping)."""
         rooms, self.rooms = list(self.rooms.values()), {}
         for room in rooms:
+            room.counts.close()
             room.members.clear()
             await self._unsubscribe(room)
 

@@ -20,7 +20,7 @@ from edge.admission import ConnectionLedger
 from edge.app import create_app
 from edge.config import EdgeConfig, accept_backlog
 from edge.node import EdgeNode
-from edge.serving import AcceptFailures, guarded_protocols
+from edge.serving import AcceptFailures, Liveness, guarded_protocols
 from processes.runtime import tune_gc
 
 log = logging.getLogger("stagecast.edge")
@@ -38,10 +38,12 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(config: EdgeConfig) -> uvicorn.Config:
+def _uvicorn_config(config: EdgeConfig) -> tuple[uvicorn.Config, Liveness]:
     app = create_app(config)
     ledger: ConnectionLedger = app.state.connections
-    http, ws = guarded_protocols(ledger, app.state.edge.metrics, config.http_read_timeout)
+    metrics = app.state.edge.metrics
+    liveness = Liveness(metrics, config.liveness_interval, config.liveness_timeout)
+    http, ws = guarded_protocols(ledger, metrics, config.http_read_timeout, liveness)
     return uvicorn.Config(
         app,
         host=config.host,
@@ -50,11 +52,11 @@ def _uvicorn_config(config: EdgeConfig) -> uvicorn.Config:
         ws=ws,
         backlog=accept_backlog(config.max_connections),
         ws_max_size=config.ws_max_size,
-        ws_ping_interval=10,
-        ws_ping_timeout=20,
+        ws_ping_interval=None,  # one sweep for the whole edge (`Liveness`)
+        ws_per_message_deflate=False,  # frames are small msgpack, built once for all
         lifespan="on",
         log_level="warning",
-    )
+    ), liveness
 
 
 def _bound_port(server: uvicorn.Server, fallback: int) -> int:
@@ -73,11 +75,14 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
     sockets are drained (close 4017) and the server stops. Meanwhile failed accepts (the
     descriptor limit) are reported once per episode, not once per attempt (`AcceptFailures`).
     """
-    server = _EmbeddedServer(_uvicorn_config(config))
+    uvicorn_config, liveness = _uvicorn_config(config)
+    server = _EmbeddedServer(uvicorn_config)
     node = _node_of(server)
-    accept_failures = AcceptFailures(asyncio.get_running_loop(), node.metrics) if node else None
+    loop = asyncio.get_running_loop()
+    accept_failures = AcceptFailures(loop, node.metrics) if node else None
     if accept_failures is not None:
         accept_failures.install()
+    liveness.start(loop)
     task = asyncio.create_task(_serve(server))
     try:
         await _wait_started(server, task, start_timeout)
@@ -88,6 +93,7 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
         try:
             await _stop(server, task)
         finally:
+            liveness.stop()
             if accept_failures is not None:
                 accept_failures.uninstall()
 

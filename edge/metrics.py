@@ -42,6 +42,8 @@ class EdgeMetrics:
         self.errors: collections.Counter[str] = collections.Counter()
         self.join_timeouts = 0
         self.http_read_timeouts = 0
+        self.liveness_drops = 0
+        """WebSockets dropped by the liveness sweep (silent past the timeout)."""
         self.accept_failures = 0
         self.connections_refused: collections.Counter[str] = collections.Counter()
         """Connections refused over a cap, by the cap's scope (``edge`` or ``address``)."""
@@ -153,6 +155,12 @@ class EdgeMetrics:
             "Connections closed because a request did not arrive in time.",
         )
         lines.append(f"stagecast_edge_http_read_timeouts_total {self.http_read_timeouts}")
+        family(
+            "stagecast_edge_liveness_drops_total",
+            "counter",
+            "WebSockets dropped because the peer stayed silent past the liveness timeout.",
+        )
+        lines.append(f"stagecast_edge_liveness_drops_total {self.liveness_drops}")
         family(
             "stagecast_edge_accept_failures_total",
             "counter",

@@ -22,6 +22,7 @@ from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
 from edge.ports import Resident
 from edge.ratelimit import DataLimits
+from edge.tokencache import VerifiedTokens
 from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
 from schemas.clock import now_ms
 from schemas.codec import encode
@@ -42,6 +43,8 @@ class EdgeNode:
         self.config = config
         self.edge_id = config.edge_id
         self.metrics = EdgeMetrics()
+        self.tokens = VerifiedTokens(config.secret_for)
+        """Participant tokens this edge verified (a shared audience token is checked once)."""
         self.sessions: dict[str, Resident] = {}
         """Sessions by sid, for direct replies (joined, joining or resuming)."""
         self.sockets: set[Resident] = set()

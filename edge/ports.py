@@ -16,6 +16,7 @@ from edge.bus import BusPort
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
+from edge.tokencache import VerifiedTokens
 from schemas.log import LogEvent
 
 
@@ -74,6 +75,10 @@ class EdgePort(Protocol):
 
     @property
     def fanout(self) -> Fanout: ...
+
+    @property
+    def tokens(self) -> VerifiedTokens:
+        """The participant tokens this edge verified (checked once, expiry respected)."""
 
     def opened(self, session: Resident) -> None:
         """A socket was accepted (counted until `closed_socket`)."""

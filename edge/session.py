@@ -7,7 +7,9 @@ Requests that need a session answer `NOT_JOINED` before the join, a second join 
 `ALREADY_JOINED`. Bad input of any kind gets a named error frame and the socket stays open
 unless docs/protocol.md says otherwise; nothing a client sends raises out of the handler.
 
-Frames out go through the socket's `SendQueue`. Direct replies for the session (acks,
+Frames out go through the socket's `SendQueue` as complete WebSocket frames, written to the
+transport at once unless it is paused (the `FrameSink` of `edge.serving`); broadcasts come
+framed by the fan-out, once for all its sockets. Direct replies for the session (acks,
 errors, join outcomes, tier changes, disconnects) arrive via `on_direct`; room broadcasts
 via the `Member` methods the fan-out calls. Both run synchronously on the event loop, so
 every state change happens in one place without locks.
@@ -37,7 +39,8 @@ from edge.join import JoinAttempt
 from edge.ports import EdgePort
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeClaims, mint_resume_token
-from edge.sendqueue import SendQueue
+from edge.sendqueue import FrameSink, SendQueue
+from edge.wsframe import binary_frame
 from schemas.client import (
     Ack,
     Disconnect,
@@ -84,13 +87,15 @@ def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
 class EdgeSession:
     """One socket's session (see the module docstring). Create, then `await run()`.
 
-    `node` is the edge it runs on; `handle` serves each frame the client sends (the app
-    hands it `edge.requests.handle_frame`)."""
+    `node` is the edge it runs on; `line` the socket's transport (`edge.serving.line_of`);
+    `handle` serves each frame the client sends (the app hands it
+    `edge.requests.handle_frame`)."""
 
     def __init__(
         self,
         node: EdgePort,
         websocket: WebSocket,
+        line: FrameSink,
         upgrade_token: str | None,
         handle: FrameHandler,
     ) -> None:
@@ -98,12 +103,11 @@ class EdgeSession:
         self.node = node
         self._handle = handle
         self.ws = websocket
+        self.line = line
         self.upgrade_token = upgrade_token
         self.state = EdgeSessionState.CONNECTING
         self.connection_id = secrets.token_urlsafe(6)
-        self.queue = SendQueue(
-            config.send_queue_size, self._ws_send, self._ws_close, self._on_overflow
-        )
+        self.queue = SendQueue(config.send_queue_size, line, self._on_overflow)
         self.guard = FloodGuard(
             TokenBucket(config.rate_per_s, config.rate_burst), config.flood_close_after
         )
@@ -128,7 +132,9 @@ class EdgeSession:
         self._in_room = False
         self._server_ended = False
         self._socket_gone = False
-        self._ended = asyncio.Event()
+        self._ended = False
+        self._over: asyncio.Future[None] | None = None
+        """Resolved when the session ends or the socket drops (`run` then winds down)."""
         self.joined_seq = 0
         """The log sequence of the joined snapshot: broadcasts up to it are in it already."""
         self.detached = asyncio.Event()
@@ -149,41 +155,48 @@ class EdgeSession:
             self.closed.set()
             return
         self.node.opened(self)
-        writer = asyncio.create_task(self.queue.run())
-        deadline = asyncio.get_running_loop().call_later(
-            self.node.config.join_deadline, self._join_deadline_passed
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_later(self.node.config.join_deadline, self._join_deadline_passed)
+        over = self._over = loop.create_future()
+        receiver = asyncio.create_task(self._receive())
+        receiver.add_done_callback(lambda _: _resolve(over))
         try:
-            receiver = asyncio.create_task(self._receive())
-            ended = asyncio.create_task(self._ended.wait())
             try:
-                await asyncio.wait({receiver, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not self._ended:
+                    await over
             finally:
-                for task in (receiver, ended):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await receiver
             if not self._socket_gone:
                 self.end(1011, ErrorCode.INTERNAL.value)  # no-op when already ending
             self.state = EdgeSessionState.CLOSING
             await self._detach()
             if not self._socket_gone or self.queue.closing:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
-                await asyncio.wait({writer}, timeout=self.node.config.close_grace)
+                await self._flushed(self.node.config.close_grace)
         finally:
             deadline.cancel()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
             self.state = EdgeSessionState.CLOSED
             self.node.closed_socket(self)
             self.closed.set()
+
+    async def _flushed(self, grace: float) -> None:
+        """Wait until the queue's close went out; past `grace`, drop the socket."""
+        if self.queue.finished:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self.queue.on_finished = lambda: _resolve(done)
+        try:
+            await asyncio.wait_for(done, grace)
+        except TimeoutError:
+            self.line.drop()
 
     async def _receive(self) -> None:
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
-                self._socket_gone = True
+                self._socket_gone = not self.queue.finished
                 return
             if message["type"] != "websocket.receive":
                 continue
@@ -204,12 +217,17 @@ class EdgeSession:
         """Queue the close after what is already queued; the session winds down. Idempotent."""
         if server_ended:
             self._server_ended = True
-        if self._ended.is_set():
+        if self._ended:
             return
         if self.state is not EdgeSessionState.CLOSED:
             self.state = EdgeSessionState.CLOSING
         self.queue.close_after(code, reason)
-        self._ended.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._ended = True
+        if self._over is not None:
+            _resolve(self._over)
 
     def shutdown(self) -> None:
         """The edge is stopping: tell the client to resume elsewhere, then close (4017)."""
@@ -227,9 +245,9 @@ class EdgeSession:
     def _on_overflow(self) -> None:
         self.node.metrics.queue_drops += 1
         self.node.metrics.error(ErrorCode.SLOW_CONSUMER.value)
-        if not self._ended.is_set():
+        if not self._ended:
             self.state = EdgeSessionState.CLOSING
-            self._ended.set()  # the queue already aborted with 4010
+            self._finish()  # the queue already aborted with 4010
 
     async def _detach(self) -> None:
         """Leave the fan-out and the direct-reply routing; tell the log if it must know."""
@@ -260,12 +278,6 @@ class EdgeSession:
             room_id=self.room_id, at=now_ms(), sid=self.sid, edge_id=self.node.edge_id
         )
 
-    async def _ws_send(self, data: bytes) -> None:
-        await self.ws.send_bytes(data)
-
-    async def _ws_close(self, code: int, reason: str) -> None:
-        await self.ws.close(code, reason)
-
     # ------------------------------------------------------------------ frames out
 
     def next_msg_id(self, what: str) -> str:
@@ -273,8 +285,12 @@ class EdgeSession:
         return f"{self.sid}:{self.connection_id}:{next(self._msg_ids)}:{what}"
 
     def send(self, data: bytes, type_tag: str) -> bool:
-        """Queue an encoded frame for the client."""
-        if self.queue.put(data):
+        """Send an encoded message to the client (framed here: for this socket alone)."""
+        return self.put_frame(binary_frame(data), type_tag)
+
+    def put_frame(self, frame: bytes, type_tag: str) -> bool:
+        """Write or queue a complete WebSocket frame (`edge.wsframe`)."""
+        if self.queue.put(frame):
             self.node.metrics.frame_out(type_tag)
             return True
         return False
@@ -328,26 +344,27 @@ class EdgeSession:
 
     # ------------------------------------------------------------------ fan-out (Member)
 
-    def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
+    def deliver(self, frame: bytes, type_tag: str, seq: int | None) -> None:
         if self.state is EdgeSessionState.JOINED:
             if seq is None or seq > self.joined_seq:
-                self.send(data, type_tag)
+                self.put_frame(frame, type_tag)
         elif self.state is EdgeSessionState.CONNECTING and seq is not None:
             if len(self._pending) >= self.queue.capacity:
                 self._on_overflow_while_joining()
                 return
-            self._pending.append((data, type_tag, seq))
+            self._pending.append((frame, type_tag, seq))
 
-    def deliver_counts(self, data: bytes, seq: int) -> None:
-        if self.state is EdgeSessionState.JOINED:
-            if seq >= self.joined_seq and self.queue.put_counts(data):
-                self.node.metrics.frame_out("counts")
-        elif self.state is EdgeSessionState.CONNECTING:
-            self._pending_counts = (data, seq)
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        state = self.state
+        if state is EdgeSessionState.JOINED:
+            return seq >= self.joined_seq and self.queue.put_counts(frame)
+        if state is EdgeSessionState.CONNECTING:
+            self._pending_counts = (frame, seq)
+        return False
 
-    def room_ended(self, data: bytes, reason: str) -> None:
+    def room_ended(self, frame: bytes, reason: str) -> None:
         if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
-            self.send(data, Disconnect.TYPE)
+            self.put_frame(frame, Disconnect.TYPE)
             # A joined session was removed with the room; a join still in flight may have
             # landed in a new room of the same id, so it is withdrawn on close.
             self.end(close_code(reason), reason, server_ended=self.was_joined)
@@ -402,9 +419,9 @@ class EdgeSession:
         self.node.metrics.joins += 1
         self.send(encode(joined), JoinAccepted.TYPE)
         pending, self._pending = self._pending, []
-        for data, type_tag, seq in pending:
+        for frame, type_tag, seq in pending:
             if seq > message.seq:
-                self.send(data, type_tag)
+                self.put_frame(frame, type_tag)
         counts, self._pending_counts = self._pending_counts, None
         if counts is not None and counts[1] >= message.seq and self.queue.put_counts(counts[0]):
             self.node.metrics.frame_out("counts")
@@ -443,6 +460,11 @@ class EdgeSession:
 
     def __repr__(self) -> str:
         return f"<EdgeSession {self.sid or '-'} {self.state.value} room={self.room_id!r}>"
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 __all__ = ["EdgeSession", "EdgeSessionState", "FrameHandler", "peek_request_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ from access.tokens import generate_token
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeRefused, verify_resume_token
 from edge.sendqueue import SendQueue
+from edge.wsframe import binary_frame, frame_payload
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -452,33 +454,80 @@ async def test_stopping_the_edge_closes_sockets_4017(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- pure parts
 
 
-async def test_send_queue_coalesces_counts_and_closes_a_slow_consumer() -> None:
-    sent: list[bytes] = []
-    closes: list[tuple[int, str]] = []
-    overflows: list[bool] = []
+class MemorySink:
+    """An in-memory `FrameSink`: frames and closes in lists; `paused` stands for a full
+    transport buffer."""
 
-    async def send(data: bytes) -> None:
-        sent.append(data)
+    def __init__(self) -> None:
+        self.on_writable: Callable[[], None] | None = None
+        self.frames: list[bytes] = []
+        self.closes: list[tuple[int, str]] = []
+        self.paused = False
+        self.dropped = False
 
-    async def close(code: int, reason: str) -> None:
-        closes.append((code, reason))
+    @property
+    def ready(self) -> bool:
+        return not (self.paused or self.gone)
 
-    queue = SendQueue(4, send, close, lambda: overflows.append(True))
-    assert queue.put(b"a")
-    assert queue.put_counts(b"c1")
-    assert queue.put(b"b")
+    @property
+    def gone(self) -> bool:
+        return bool(self.closes) or self.dropped
+
+    def write(self, frame: bytes) -> None:
+        assert not self.gone
+        self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+
+    def drop(self) -> None:
+        self.dropped = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.on_writable is not None:
+            self.on_writable()
+
+
+def test_send_queue_writes_at_once_and_queues_only_while_paused() -> None:
+    sink = MemorySink()
+    queue = SendQueue(4, sink)
+    assert queue.put(b"a") and queue.put_counts(b"c0")
+    assert sink.frames == [b"a", b"c0"] and len(queue) == 0  # straight to the transport
+    sink.paused = True
+    assert queue.put(b"b") and queue.put_counts(b"c1") and queue.put(b"d")
     assert queue.put_counts(b"c2")  # replaces c1 in its place in line
     queue.close_after(1000, "CLIENT_LEFT")
-    await queue.run()
-    assert sent == [b"a", b"c2", b"b"] and closes == [(1000, "CLIENT_LEFT")]
+    assert not queue.put(b"late") and len(queue) == 4 and not queue.finished
+    sink.resume()
+    assert sink.frames == [b"a", b"c0", b"b", b"c2", b"d"]
+    assert sink.closes == [(1000, "CLIENT_LEFT")] and queue.finished
 
-    slow = SendQueue(2, send, close, lambda: overflows.append(True))
+
+def test_send_queue_closes_a_slow_consumer() -> None:
+    overflows: list[bool] = []
+    finished: list[bool] = []
+    sink = MemorySink()
+    slow = SendQueue(2, sink, lambda: overflows.append(True))
+    slow.on_finished = lambda: finished.append(True)
+    sink.paused = True
     assert slow.put(b"1") and slow.put(b"2")
     assert not slow.put(b"3")  # full: never dropped silently
-    assert overflows == [True] and slow.closing
-    sent.clear()
-    await slow.run()
-    assert sent == [] and closes[-1] == (4010, "SLOW_CONSUMER")
+    assert overflows == [True] and slow.closing and finished == [True]
+    sink.resume()
+    assert sink.frames == [] and sink.closes == [(4010, "SLOW_CONSUMER")]
+
+
+def test_send_queue_finishes_when_the_socket_is_gone() -> None:
+    sink = MemorySink()
+    queue = SendQueue(4, sink)
+    sink.paused = True
+    assert queue.put(b"1")
+    queue.close_after(1000, "CLIENT_LEFT")
+    sink.dropped = True
+    sink.resume()  # the transport reports the loss the same way
+    assert queue.finished and sink.frames == [] and sink.closes == []
+    assert not queue.put(b"2")
 
 
 def test_flood_guard() -> None:
@@ -532,8 +581,9 @@ class FakeMember:
     def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
         self.frames.append(data)
 
-    def deliver_counts(self, data: bytes, seq: int) -> None:
-        self.counts.append(data)
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        self.counts.append(frame)
+        return True
 
     def room_ended(self, data: bytes, reason: str) -> None:
         self.ended.append(reason)
@@ -557,8 +607,11 @@ async def test_room_fanout_routes_dedupes_and_filters() -> None:
 
     for seq, pid in [(5, "a"), (5, "b"), (6, "c"), (5, "a"), (6, "c"), (4, "z")]:
         room.route("speakers", *joined(seq, pid))  # a restarted statekeeper replays 5 and 6
-    assert [decode(f).participant.id for f in viewer.frames] == ["a", "b", "c"]  # type: ignore[attr-defined]
-    assert viewer.frames == host.frames  # the same bytes, as they arrived
+    ids = [decode(frame_payload(f)).participant.id for f in viewer.frames]  # type: ignore[attr-defined]
+    assert ids == ["a", "b", "c"]
+    # Framed once for the edge: every member gets the same bytes object, as it arrived.
+    assert all(a is b for a, b in zip(viewer.frames, host.frames, strict=True))
+    assert frame_payload(viewer.frames[0]) == joined(5, "a")[1]
 
     hand = HandChanged(seq=7, participant=ParticipantInfo(sid="PA_v", id="viewer"), raised=True)
     room.route("mod", hand, encode(hand))
@@ -568,7 +621,8 @@ async def test_room_fanout_routes_dedupes_and_filters() -> None:
     room.route("counts", counts, encode(counts))
     stale = CountsChanged(seq=6, counts=Counts())
     room.route("counts", stale, encode(stale))
-    assert host.counts == viewer.counts == [encode(counts)]
+    assert host.counts == viewer.counts == [binary_frame(encode(counts))]
+    assert host.counts[0] is viewer.counts[0]
 
     data = DataReceived(payload=b"x", sender_id="host", sender_sid="PA_h", destination_ids=())
     room.route("data", data, encode(data))

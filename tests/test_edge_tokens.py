@@ -236,16 +236,41 @@ def test_resume_token_exp_is_the_sooner_of_its_ttl_and_the_participant_token() -
         room_sid="RM_1",
     )
     token = mint_resume_token(claims, API_KEY, API_SECRET, now=now)
-    assert jwt.decode(token, options={"verify_signature": False})["exp"] == now + 60
     assert verify_resume_token(token, KEYS, now=now + 59) == claims
     with pytest.raises(ResumeRefused, match="participant token has expired"):
         verify_resume_token(token, KEYS, now=now + 60)
     later = dataclasses.replace(claims, expires_at=now + 2 * RESUME_TTL)
     token = mint_resume_token(later, API_KEY, API_SECRET, now=now)
-    assert jwt.decode(token, options={"verify_signature": False})["exp"] == now + RESUME_TTL
+    assert verify_resume_token(token, KEYS, now=now + RESUME_TTL - 1) == later
+    with pytest.raises(ResumeRefused, match="the resume token has expired"):
+        verify_resume_token(token, KEYS, now=now + RESUME_TTL)
 
 
-def test_a_resume_token_without_an_epoch_is_refused() -> None:
+def test_a_tampered_foreign_or_jwt_resume_token_is_refused() -> None:
+    claims = ResumeClaims(
+        room_id=ROOM,
+        sid="PA_x",
+        participant_id="bob",
+        tier="viewer",
+        grant=Grant(can_publish=False),
+        epoch=3,
+        expires_at=0,
+        room_sid="RM_1",
+    )
+    token = mint_resume_token(claims, API_KEY, API_SECRET)
+    assert len(token) < 200 and verify_resume_token(token, KEYS) == claims
+    body, _, tag = token.partition(".")
+    bad = [
+        f"{body[:-2]}{'A' if body[-2] != 'A' else 'B'}{body[-1]}.{tag}",  # a changed fact
+        mint_resume_token(claims, API_KEY, "another secret of 32 bytes or more!!"),
+        f"{body}.{tag}.x",
+        "x.y.z",
+    ]
+    for forged in bad:
+        with pytest.raises(ResumeRefused):
+            verify_resume_token(forged, KEYS)
+    with pytest.raises(ResumeRefused, match="unknown api key"):
+        verify_resume_token(mint_resume_token(claims, "nobody", API_SECRET), KEYS)
     legacy: dict[str, object] = {
         "iss": API_KEY,
         "typ": "resume",
@@ -253,6 +278,6 @@ def test_a_resume_token_without_an_epoch_is_refused() -> None:
         "sid": "PA_x",
         "sub": "bob",
     }
-    legacy |= {"tier": "speaker", "grant": {}, "iat": int(time.time()), "exp": 2**40}
-    with pytest.raises(ResumeRefused, match="epoch"):
+    legacy |= {"tier": "speaker", "grant": {}, "epoch": 1, "iat": int(time.time()), "exp": 2**40}
+    with pytest.raises(ResumeRefused, match="malformed"):  # the JWTs of earlier versions
         verify_resume_token(jwt.encode(legacy, API_SECRET, algorithm="HS256"), KEYS)

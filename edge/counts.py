@@ -1,0 +1,129 @@
+"""Counts to every local socket of a room, within a CPU budget (docs/protocol.md, counts).
+
+A room's counts arrive from the statekeeper at most every 250 ms. Writing one to each of
+tens of thousands of sockets costs a few microseconds per socket, so a large room's
+delivery is cut into rounds of slices: a slice writes to sockets in order until it used
+`SLICE_S` of CPU time (the process's, so a busy machine preempting the edge does not count),
+then the next slice waits long enough that delivery uses at most `CPU_SHARE` of a core;
+joins and everything else run in between. When the edge did not use the last pause for
+other work (the storm is over), the next slice follows at once, so the last count reaches
+every socket promptly. Within a
+round each socket gets the newest frame when its turn comes (latest wins), and at most
+one; a frame that arrives during a round starts another round when this one is over, so
+every socket ends with the final value. A small room is delivered in one slice, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from edge.metrics import EdgeMetrics
+
+CPU_SHARE = 0.25
+"""The share of the edge's time counts delivery may take while a storm goes on."""
+SLICE_S = 0.005
+"""The longest stretch of counts writes without a pause."""
+_CHECK_EVERY = 128
+"""Sockets written between two looks at the clock."""
+
+
+class CountsMember(Protocol):
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        """Replace the socket's pending counts frame; True when it went out or waits."""
+
+
+class CountsRounds:
+    """The counts delivery of one room's local sockets (see the module docstring)."""
+
+    def __init__(
+        self,
+        members: Mapping[str, CountsMember],
+        metrics: EdgeMetrics,
+        *,
+        share: float = CPU_SHARE,
+        slice_s: float = SLICE_S,
+        clock: Callable[[], float] = time.process_time,
+    ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        self.members = members
+        self.metrics = metrics
+        self.share = share
+        self.slice_s = slice_s
+        self.clock = clock
+        self.frame = b""
+        self.seq = -1
+        self.rounds = 0
+        self._round: list[CountsMember] | None = None
+        self._next = 0
+        self._paused_at = 0.0
+        self._pause = 0.0
+        self._again = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def delivering(self) -> bool:
+        """True while a round is under way (or another one waits to start)."""
+        return self._round is not None or self._timer is not None
+
+    def offer(self, frame: bytes, seq: int) -> None:
+        """A newer counts frame for every socket (a complete WebSocket frame)."""
+        self.frame, self.seq = frame, seq
+        if self.delivering:
+            self._again = True
+        else:
+            self._start()
+
+    def close(self) -> None:
+        """Stop delivering (the room has no local sockets any more)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._round = None
+
+    def _start(self) -> None:
+        self._timer = None
+        self._round = list(self.members.values())
+        self._next = 0
+        self._again = False
+        self.rounds += 1
+        self._slice()
+
+    def _slice(self) -> None:
+        self._timer = None
+        members = self._round
+        if members is None:
+            return
+        clock = self.clock
+        start = clock()
+        busy = start - self._paused_at >= self._pause / 2  # others used the last pause
+        deadline = start + self.slice_s
+        frame, seq = self.frame, self.seq
+        k, end = self._next, len(members)
+        delivered = 0
+        while k < end:
+            stop = min(end, k + _CHECK_EVERY)
+            for member in members[k:stop]:
+                if member.deliver_counts(frame, seq):
+                    delivered += 1
+            k = stop
+            if clock() >= deadline:
+                break
+        self.metrics.frame_out("counts", delivered)
+        self._paused_at = clock()
+        self._pause = (self._paused_at - start) * (1 - self.share) / self.share
+        pause = self._pause if busy else 0.0
+        loop = asyncio.get_running_loop()
+        if k < end:
+            self._next = k
+            self._timer = loop.call_later(pause, self._slice)
+            return
+        self._round = None
+        if self._again:
+            self._timer = loop.call_later(pause, self._start)
+
+
+__all__ = ["CPU_SHARE", "SLICE_S", "CountsMember", "CountsRounds"]

@@ -1,0 +1,91 @@
+"""The edge's one liveness sweep, and frames written straight to the transport.
+
+A real stack with a short liveness interval: a peer that never answers a ping is dropped
+(and counted), a client that answers stays; a frame built once reaches many sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.metrics import EdgeMetrics
+from edge.serving import Liveness
+from schemas.client import CountsChanged, Join, JoinAccepted, Ping, Pong
+from tests.edge_fixtures import ROOM, Stack, edge_stack
+from tests.polling import eventually
+
+HANDSHAKE = (
+    b"GET /rtc HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@contextlib.asynccontextmanager
+async def quick_liveness(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with edge_stack(tmp_path, liveness_interval=0.3, liveness_timeout=1.0) as stack:
+        yield stack
+
+
+async def _metric(stack: Stack, name: str) -> int:
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_a_peer_that_never_answers_a_ping_is_dropped(tmp_path: Path) -> None:
+    async with quick_liveness(tmp_path) as stack:
+        answering = await stack.connect()  # the websockets client answers pings
+        host, port = stack.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(HANDSHAKE)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            seen = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := await asyncio.wait_for(reader.read(4096), 10.0):
+                    seen += chunk  # never answered
+            assert b"\x89\x00" in seen  # it was pinged before it was dropped
+        finally:
+            writer.close()
+        assert (
+            await eventually(
+                lambda: _metric(stack, "stagecast_edge_liveness_drops_total"), what="the drop count"
+            )
+            == 1
+        )
+        # Well past the timeout, the client that answers is still served.
+        await asyncio.sleep(1.5)
+        reply = await answering.request(Ping(id=answering.next_id(), at=1))
+        assert isinstance(reply, Pong)
+        assert await _metric(stack, "stagecast_edge_liveness_drops_total") == 1
+
+
+async def test_one_audience_token_and_counts_built_once_reach_every_viewer(
+    tmp_path: Path,
+) -> None:
+    async with edge_stack(tmp_path) as stack:
+        token = stack.token(None, ROOM, viewer=True)  # shared: verified once by the edge
+        viewers = []
+        for _ in range(5):
+            viewer = await stack.connect()
+            reply = await viewer.request(Join(id=viewer.next_id(), token=token))
+            assert isinstance(reply, JoinAccepted) and reply.participant.is_viewer, reply
+            viewers.append(viewer)
+        for viewer in viewers:
+            await viewer.expect(CountsChanged, lambda m: m.counts.viewer == 5)
+
+
+def test_the_liveness_sweep_needs_an_interval_below_its_timeout() -> None:
+    for interval, timeout in ((0.0, 1.0), (2.0, 1.0), (1.0, 1.0)):
+        with pytest.raises(ValueError):
+            Liveness(EdgeMetrics(), interval, timeout)
