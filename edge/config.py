@@ -107,11 +107,11 @@ class EdgeConfig:
     heartbeat_interval: float = 1.0
     health_timeout: float = 1.0
     close_grace: float = 5.0
+    """Seconds a closing socket gets to flush its last frames and the close."""
     liveness_interval: float = 10.0
     """Seconds a WebSocket may stay silent before the edge pings it."""
     liveness_timeout: float = 20.0
     """Seconds of silence (no pong, no frame) after which a WebSocket is dropped."""
-    """Seconds a closing socket gets to flush its last frames and the close."""
     ws_max_size: int = 4 * 1024 * 1024
     """Largest WebSocket message uvicorn reads; frames over 1 MiB get PAYLOAD_TOO_LARGE."""
 
