@@ -95,6 +95,8 @@ class Liveness:
         loop = self._loop
         if loop is None:
             return
+        # The next sweep first: a socket that fails to drop must not end the sweeps.
+        self._timer = loop.call_later(self.tick, self.sweep)
         now = loop.time()
         quiet, dead = now - self.interval, now - self.timeout
         for socket in list(self.sockets):
@@ -107,7 +109,6 @@ class Liveness:
                 socket.drop()
             elif not socket.pinged:
                 socket.ping()
-        self._timer = loop.call_later(self.tick, self.sweep)
 
 
 class _Watched(FrameSink, Protocol):
