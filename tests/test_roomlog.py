@@ -141,7 +141,7 @@ async def test_publish_all_writes_what_publish_writes_in_one_go(nc: NATS) -> Non
         (b'{"stream":"S","domain":"d","seq":3}', 3),
     ],
 )
-def test_an_ack_is_read_without_a_json_parse(ack: bytes, seq: int) -> None:
+def test_an_ack_gives_its_stream_sequence(ack: bytes, seq: int) -> None:
     assert appends._ack_seq(ack) == seq
 
 
@@ -150,6 +150,11 @@ def test_an_ack_with_an_error_raises_it() -> None:
     with pytest.raises(nats.js.errors.APIError) as caught:
         appends._ack_seq(ack)
     assert caught.value.err_code == 10054
+
+
+def test_an_unreadable_ack_is_an_api_error() -> None:
+    with pytest.raises(nats.js.errors.APIError, match="unreadable publish ack"):
+        appends._ack_seq(b"not json")
 
 
 # --------------------------------------------------------------------------- partitions
