@@ -155,6 +155,11 @@ class Bus:
     async def subscribe(self, subject: str, handler: Handler) -> Subscription:
         """Subscribe with a callback, confirmed by the server before returning."""
         sub = await self.nc.subscribe(subject, cb=handler)
+        # nats-py writes a flush's PING straight to the socket, ahead of commands still
+        # queued for its flusher (this SUB among them), so one PONG proves nothing about
+        # the SUB. By the first PONG the flusher has written the SUB; the second PING
+        # follows it, and its PONG means the server has the subscription.
+        await self.flush()
         await self.flush()
         return sub
 
