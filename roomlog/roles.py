@@ -30,6 +30,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -54,6 +55,7 @@ __all__ = [
     "RoleUser",
     "authorization_config",
     "new_nkey_user",
+    "password_var",
     "permissions",
     "write_secret",
 ]
@@ -176,22 +178,40 @@ def permissions(role: Role) -> Permissions:
     return Permissions(publish=(">",), subscribe=(">",))
 
 
+_VAR = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def password_var(role: Role) -> str:
+    """The environment variable holding `role`'s password: ``STAGECAST_NATS_<ROLE>_PASSWORD``."""
+    return f"STAGECAST_NATS_{role.value.upper()}_PASSWORD"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoleUser:
-    """One NATS user of a role: a `user` and `password`, or an NKey public key (``U...``)."""
+    """One NATS user of a role: a `user` and a `password` (or `password_var`, the name of the
+    environment variable the server reads it from), or an NKey public key (``U...``)."""
 
     role: Role
     user: str | None = None
     password: str | None = None
     nkey: str | None = None
+    password_var: str | None = None
 
     def __post_init__(self) -> None:
-        by_password = self.user is not None and self.password is not None
-        by_nkey = self.nkey is not None and self.user is None and self.password is None
+        secrets = (self.password is not None) + (self.password_var is not None)
+        by_password = self.user is not None and secrets == 1
+        by_nkey = self.nkey is not None and self.user is None and secrets == 0
         if by_password == by_nkey:
             raise ValueError("a role user has either a user and a password or an NKey")
         if self.nkey is not None and not self.nkey.startswith("U"):
             raise ValueError("an NKey user is its public key, starting with 'U'")
+        if self.password_var is not None and not _VAR.fullmatch(self.password_var):
+            raise ValueError(f"not an environment variable name: {self.password_var!r}")
+
+    @classmethod
+    def from_env_var(cls, role: Role) -> RoleUser:
+        """`role`'s user, named after it, with its password in `password_var(role)`."""
+        return cls(role, user=role.value, password_var=password_var(role))
 
 
 def authorization_config(users: Iterable[RoleUser]) -> str:
@@ -202,11 +222,15 @@ def authorization_config(users: Iterable[RoleUser]) -> str:
     entries: list[str] = []
     for user in users:
         granted = permissions(user.role)
-        fields = (
-            [f"nkey: {json.dumps(user.nkey)}"]
-            if user.nkey is not None
-            else [f"user: {json.dumps(user.user)}", f"password: {json.dumps(user.password)}"]
-        )
+        if user.nkey is not None:
+            fields = [f"nkey: {json.dumps(user.nkey)}"]
+        else:
+            secret = (
+                f"${user.password_var}"  # the server reads it from its environment
+                if user.password_var is not None
+                else json.dumps(user.password)
+            )
+            fields = [f"user: {json.dumps(user.user)}", f"password: {secret}"]
         rules = [
             f"publish: {{ allow: {json.dumps(list(granted.publish))} }}",
             f"subscribe: {{ allow: {json.dumps(list(granted.subscribe))} }}",

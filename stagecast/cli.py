@@ -233,6 +233,27 @@ def cmd_participants(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_nats_auth(args: argparse.Namespace) -> int:
+    """Print the nats-server ``authorization`` block for Stagecast's roles."""
+    from roomlog.roles import Role, RoleUser, authorization_config, new_nkey_user, write_secret
+
+    try:
+        roles = [Role(name.strip()) for name in args.roles.split(",") if name.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"stagecast nats-auth: {exc}; roles: {', '.join(Role)}") from None
+    users: list[RoleUser] = []
+    for role in roles:
+        if args.nkeys is None:
+            users.append(RoleUser.from_env_var(role))
+            continue
+        seed, public = new_nkey_user()
+        path = write_secret(Path(args.nkeys) / f"{role.value}.nk", seed + "\n")
+        print(f"# {role.value}: --nats-creds {path}", file=sys.stderr)
+        users.append(RoleUser(role, nkey=public))
+    print(authorization_config(users), end="")
+    return 0
+
+
 def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """A suite's module (imported only now) and its own options parsed from `argv`."""
     module: Any = importlib.import_module(f"stagecast.bench.{suite}")
@@ -333,6 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--all", action="store_true", help="walk every page")
     parts.add_argument("--url", default=None)
     parts.set_defaults(func=cmd_participants)
+
+    auth = sub.add_parser(
+        "nats-auth", help="print the nats-server authorization block for Stagecast's roles"
+    )
+    auth.add_argument(
+        "--roles", default="edge,statekeeper,forwarder,webhook,admin", help="comma list"
+    )
+    auth.add_argument(
+        "--nkeys",
+        metavar="DIR",
+        default=None,
+        help="a fresh NKey per role, its seed written to DIR/<role>.nk (default: passwords "
+        "read by the server from $STAGECAST_NATS_<ROLE>_PASSWORD)",
+    )
+    auth.set_defaults(func=cmd_nats_auth)
 
     bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
     bench.add_argument("suite", choices=BENCH_SUITES)

@@ -31,7 +31,14 @@ from roomlog.connect import NatsAuth, connect, redact_url
 from roomlog.errors import NatsAuthRefused, NatsCredentialsError
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
-from roomlog.roles import Role, RoleUser, authorization_config, new_nkey_user, permissions
+from roomlog.roles import (
+    Role,
+    RoleUser,
+    authorization_config,
+    new_nkey_user,
+    password_var,
+    permissions,
+)
 from schemas import subjects
 from schemas.codec import decode, encode
 from schemas.events import ParticipantJoinedEvent
@@ -43,6 +50,7 @@ from tests.test_media import Watcher
 
 log = logging.getLogger("tests.nats_auth")
 ROOM = "auth-room"
+COMPOSE_AUTH = Path(__file__).resolve().parent.parent / "deploy" / "nats-auth.conf"
 
 
 def matches(pattern: str, subject: str) -> bool:
@@ -317,3 +325,21 @@ async def test_every_service_on_its_own_role_runs_a_room_and_a_webhook_reads_its
         await eventually(lambda: "alice" not in bob.remote_participants, what="alice gone")
         refused = [line for line in _server_log(stack.nats) if "Violation" in line]
         assert refused == [], refused  # no role was refused anything it does
+
+
+async def test_the_compose_authorization_file_takes_passwords_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passwords = {role: f"pw-{role.value}-{os.getpid()}" for role in Role}
+    for role, password in passwords.items():
+        monkeypatch.setenv(password_var(role), password)  # the server process inherits them
+    probe = {"user": "admin", "password": passwords[Role.ADMIN]}
+    config = COMPOSE_AUTH.read_text()
+    async with NatsServer(tmp_path / "nats", config=config, probe_options=probe) as server:
+        url = server.url.replace("nats://", f"nats://edge:{passwords[Role.EDGE]}@")
+        nc = await connect(url, name="edge", link=NatsLink("edge", log), role="edge")
+        await RoomLog(nc.jetstream()).ensure()  # what an edge does at start
+        await nc.close()
+        wrong = server.url.replace("nats://", f"nats://edge:{passwords[Role.WEBHOOK]}@")
+        with pytest.raises(NatsAuthRefused):
+            await connect(wrong, name="edge", link=NatsLink("edge", log), connect_timeout=60)
