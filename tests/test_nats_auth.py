@@ -47,6 +47,7 @@ from tests.nats_logins import Logins
 from tests.polling import eventually
 from tests.stack_fixtures import WAIT, sdk_stack
 from tests.test_media import Watcher
+from tests.tls_files import make_tls_files
 
 log = logging.getLogger("tests.nats_auth")
 ROOM = "auth-room"
@@ -343,3 +344,29 @@ async def test_the_compose_authorization_file_takes_passwords_from_the_environme
         wrong = server.url.replace("nats://", f"nats://edge:{passwords[Role.WEBHOOK]}@")
         with pytest.raises(NatsAuthRefused):
             await connect(wrong, name="edge", link=NatsLink("edge", log), connect_timeout=60)
+
+
+async def test_tls_with_a_ca_connects_and_a_certificate_from_another_ca_is_refused(
+    tmp_path: Path, logins: Logins
+) -> None:
+    ca, cert, key = make_tls_files(tmp_path / "tls")
+    other_ca, _, _ = make_tls_files(tmp_path / "other", name="other")
+    tls = f'tls {{\n  cert_file: "{cert}"\n  key_file: "{key}"\n}}\n'
+    trusted = NatsAuth(tls_ca=ca)
+    probe = logins.probe_options() | trusted.connect_options()
+    server = NatsServer(tmp_path / "nats", config=logins.config() + tls, probe_options=probe)
+    async with server:
+        url = logins.url(server, Role.EDGE).replace("nats://", "tls://")
+        nc = await connect(url, name="edge", link=NatsLink("edge", log), role="edge", auth=trusted)
+        assert nc.is_connected
+        await RoomLog(nc.jetstream()).ensure()
+        await nc.close()
+        with pytest.raises(NatsAuthRefused) as raised:
+            await connect(
+                url,
+                name="edge",
+                link=NatsLink("edge", log),
+                auth=NatsAuth(tls_ca=other_ca),
+                connect_timeout=60,
+            )
+        assert "certificate" in raised.value.reason.lower()
