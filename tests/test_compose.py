@@ -192,3 +192,32 @@ def test_the_image_copies_every_package_the_distribution_installs() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
     missing = sorted(p for p in packages if f"COPY {p} ./{p}" not in dockerfile)
     assert not missing, f"the Dockerfile does not copy {missing}"
+
+
+def test_docker_compose_accepts_the_file_only_with_every_nats_password() -> None:
+    import os
+    import shutil
+    import subprocess
+
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    roles = ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "ADMIN")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_NATS_")}
+    env |= {f"STAGECAST_NATS_{role}_PASSWORD": f"pw{n}" for n, role in enumerate(roles)}
+
+    def check(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
+
+    complete = check(env)
+    assert complete.returncode == 0, complete.stderr
+    env.pop("STAGECAST_NATS_FORWARDER_PASSWORD")
+    missing = check(env)
+    assert missing.returncode != 0 and "STAGECAST_NATS_FORWARDER_PASSWORD" in missing.stderr
