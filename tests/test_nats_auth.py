@@ -294,8 +294,10 @@ async def test_every_service_on_its_own_role_runs_a_room_and_a_webhook_reads_its
         assert {p.id for p in page.participants} == {"alice", "bob"}
         seen = Watcher(bob)
         await alice.local_participant.publish(VideoStreamTrack())
-        await seen.more_frames("alice", "video")  # forwarder(s) on the forwarder role
+        await seen.more_frames("alice", "video")  # forwarders on the forwarder role
         await seen.close()
+        # bob was placed on the other forwarder (the less loaded): the track was relayed
+        assert [s.relays_out for s in stack.forwarders.values() if s.relays_out], "no relay"
 
         webhook = await nats.connect(
             logins.url(stack.nats, Role.WEBHOOK), inbox_prefix="_INBOX_webhook"
