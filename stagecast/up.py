@@ -31,7 +31,15 @@ import httpx
 
 from processes.children import spawn_child, stop_child, wait_exit
 from processes.natsserver import NatsServer
-from roomlog.connect import NatsAuth, connect, redact_url
+from roomlog.connect import (
+    ENV_CREDS,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    NatsAuth,
+    connect,
+    redact_url,
+)
 from roomlog.natslink import NatsLink
 from roomlog.roles import Role, RoleUser, authorization_config, new_nkey_user, write_secret
 from schemas.codec import SchemaError, decode
@@ -41,6 +49,10 @@ from schemas.subjects import FORWARDER_HEARTBEAT
 log = logging.getLogger("stagecast.up")
 CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.ADMIN)
 """The roles `stagecast up` makes credentials for (admin: its own checks)."""
+NATS_CLIENT_VARS = frozenset(
+    ("STAGECAST_NATS_URL", ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY)
+)
+"""What a child reads to reach NATS: set from this stack only, never inherited."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,7 +98,7 @@ class Stack:
         return self._credentials.get(role, self.config.nats_auth)
 
     def _env(self, role: Role) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_NATS_")}
+        env = {k: v for k, v in os.environ.items() if k not in NATS_CLIENT_VARS}
         env["STAGECAST_API_KEY"] = self.config.api_key
         env["STAGECAST_API_SECRET"] = self.config.api_secret
         env["STAGECAST_NATS_URL"] = self.nats_url  # not on the command line: it may hold a password
@@ -254,6 +266,9 @@ async def run_up(config: UpConfig) -> int:
         print(f"  demo page       {url}/  (dev mode: the page mints its own tokens)", flush=True)
     print(f"  api key/secret  {config.api_key} / {config.api_secret}", flush=True)
     print(f"  nats            {redact_url(stack.nats_url)}", flush=True)
+    admin = stack.auth_for(Role.ADMIN)
+    if stack.nats is not None and admin is not None and admin.creds is not None:
+        print(f"  nats admin key  {admin.creds}  (nats --nkey ...)", flush=True)
     if stack.forwarder_ids:
         print(f"  forwarders      {' '.join(stack.forwarder_ids)}", flush=True)
     print(
