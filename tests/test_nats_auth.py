@@ -143,6 +143,12 @@ def test_credential_files_are_checked_before_connecting(tmp_path: Path) -> None:
     assert NatsAuth(creds=tmp_path / "user.nk").connect_options() == {
         "nkeys_seed": str(tmp_path / "user.nk")
     }
+    creds = tmp_path / "user.creds"  # what `nsc generate creds` writes (operator mode)
+    creds.write_text(
+        "-----BEGIN NATS USER JWT-----\neyJ0eXAi...\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+    assert NatsAuth(creds=creds).connect_options() == {"user_credentials": str(creds)}
     env = {"STAGECAST_NATS_CREDS": "/from/env", "STAGECAST_NATS_TLS_CA": "/ca.pem"}
     auth = NatsAuth.from_env(env, creds="/from/flag")
     assert auth.creds == Path("/from/flag") and auth.tls_ca == Path("/ca.pem")
