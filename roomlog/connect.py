@@ -202,8 +202,9 @@ async def connect(
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
-        if _is_refusal(exc) and not refused.done():
+        if not refused.done() and _is_refusal(exc):  # during the first connect only
             refused.set_result(f"{type(exc).__name__}: {exc}")
+            return  # the connect ends with NatsAuthRefused, which says it once
         await link_error(exc)
 
     callbacks["error_cb"] = on_error

@@ -210,7 +210,8 @@ async def test_each_service_refused_by_nats_says_so_in_one_line_and_exits_non_ze
         done = await asyncio.to_thread(_service, [*command, "--nats-url", url], env)
         assert done.returncode == 3, (role, done.stdout, done.stderr)
         said = [line for line in done.stderr.splitlines() if line.strip()]
-        assert said and said[-1].startswith(f"stagecast {command[0]}: NatsAuthRefused: "), said
+        assert len(said) == 1, said  # the refusal, said once
+        assert said[0].startswith(f"stagecast {command[0]}: NatsAuthRefused: "), said
         assert "Traceback" not in done.stderr, done.stderr
         assert "wrong-password" not in done.stderr + done.stdout
 
