@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -47,6 +47,7 @@ ENV_TLS_CA = "STAGECAST_NATS_TLS_CA"
 ENV_TLS_CERT = "STAGECAST_NATS_TLS_CERT"
 ENV_TLS_KEY = "STAGECAST_NATS_TLS_KEY"
 _JWT_MARK = "-----BEGIN NATS USER JWT-----"
+_Hook = Callable[[], Awaitable[None]]
 _REFUSALS = ("authorization violation", "authentication", "user authentication revoked")
 
 
@@ -202,12 +203,26 @@ async def connect(
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
-        if not refused.done() and _is_refusal(exc):  # during the first connect only
-            refused.set_result(f"{type(exc).__name__}: {exc}")
-            return  # the connect ends with NatsAuthRefused, which says it once
+        if not refused.done():  # the first connect is under way
+            if _is_refusal(exc):
+                refused.set_result(f"{type(exc).__name__}: {exc}")
+                return  # the connect ends with NatsAuthRefused, which says it once
+        elif not refused.cancelled():
+            return  # refused: what the abandoned client still reports adds nothing
         await link_error(exc)
 
     callbacks["error_cb"] = on_error
+
+    def quiet_once_refused(callback: _Hook) -> _Hook:
+        async def call() -> None:
+            if refused.done() and not refused.cancelled():
+                return  # the refused client is being closed: not a link event
+            await callback()
+
+        return call
+
+    for hook in ("disconnected_cb", "reconnected_cb", "closed_cb"):
+        callbacks[hook] = quiet_once_refused(callbacks[hook])
     settings: dict[str, Any] = {
         "servers": nats_servers(url),
         "name": name,
