@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from roomlog.connect import connect
+from roomlog.connect import NatsAuth, connect
 from roomlog.errors import NatsUnreachable
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
@@ -109,14 +109,25 @@ class Bus:
         append_timeout: float = 3.0,
         request_timeout: float = 2.0,
         connect_timeout: float = 10.0,
+        auth: NatsAuth | None = None,
     ) -> Bus:
-        """Connect (reconnecting forever afterwards) and make sure the log streams exist."""
+        """Connect (reconnecting forever afterwards) and make sure the log streams exist.
+
+        `NatsAuthRefused` (wrong credentials) is raised as it is: no retry will help.
+        """
 
         link = NatsLink(name, log)
         try:
             # Nothing is buffered while reconnecting (connect's default): an append made
             # then fails at once instead of landing after the client was told it failed.
-            nc = await connect(url, name=name, link=link, connect_timeout=connect_timeout)
+            nc = await connect(
+                url,
+                name=name,
+                link=link,
+                role="edge",
+                auth=auth,
+                connect_timeout=connect_timeout,
+            )
         except NatsUnreachable as exc:
             raise BusUnavailable(str(exc)) from None
         try:

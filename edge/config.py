@@ -7,6 +7,7 @@ import resource
 import secrets
 from collections.abc import Mapping
 
+from roomlog.connect import NatsAuth
 from schemas.log import ACTION_DEADLINE_MS
 from schemas.subjects import edge_sessions
 
@@ -74,6 +75,8 @@ class EdgeConfig:
     port: int = 7880
     edge_id: str = ""
     dev_mode: bool = False
+    nats_auth: NatsAuth | None = None
+    """NKey/creds and TLS files for NATS (a password goes in `nats_url`)."""
     log_partitions: int = 1
     """Partitions of the room-log stream: must equal the statekeeper's (`RoomLog.ensure`)."""
 

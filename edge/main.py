@@ -18,6 +18,7 @@ import uvicorn
 
 from edge.admission import ConnectionLedger
 from edge.app import create_app
+from edge.bus import BusUnavailable
 from edge.config import EdgeConfig, accept_backlog
 from edge.node import EdgeNode
 from edge.serving import AcceptFailures, Liveness, guarded_protocols
@@ -71,13 +72,19 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
     """Run an edge in this event loop for the duration of the context.
 
     Yields its base URL, ``http://<host>:<port>`` (the real port when `config.port` is 0).
-    Raises `RuntimeError` if it does not start (NATS unreachable, port taken). On exit the
+    Raises `NatsAuthRefused` when NATS refuses the credentials, `RuntimeError` if it does
+    not start otherwise (NATS unreachable, port taken). On exit the
     sockets are drained (close 4017) and the server stops. Meanwhile failed accepts (the
     descriptor limit) are reported once per episode, not once per attempt (`AcceptFailures`).
     """
     uvicorn_config, liveness = _uvicorn_config(config)
     server = _EmbeddedServer(uvicorn_config)
     node = _node_of(server)
+    if node is not None:
+        try:  # a refused connection raises here, as itself (NatsAuthRefused)
+            await node.connect()
+        except BusUnavailable as exc:
+            raise RuntimeError(f"the edge did not start: {exc}") from None
     loop = asyncio.get_running_loop()
     accept_failures = AcceptFailures(loop, node.metrics) if node else None
     if accept_failures is not None:
@@ -96,6 +103,8 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
             liveness.stop()
             if accept_failures is not None:
                 accept_failures.uninstall()
+            if node is not None:  # the lifespan stopped it, unless it never ran
+                await node.stop()
 
 
 async def _serve(server: uvicorn.Server) -> None:

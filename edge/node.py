@@ -80,14 +80,9 @@ class EdgeNode:
         config = self.config
         if len(config.api_secret.encode()) < 32:
             log.warning("edge %s: api secret under 32 bytes (dev only)", self.edge_id)
-        self._bus = await Bus.connect(
-            config.nats_url,
-            name=f"stagecast-edge-{self.edge_id}",
-            partitions=config.log_partitions,
-            append_timeout=config.append_timeout,
-            request_timeout=config.request_timeout,
-            connect_timeout=config.connect_timeout,
-        )
+        if self._bus is None:
+            await self.connect()
+        assert self._bus is not None
         self._fanout = Fanout(self._bus, self.metrics, DataLimits.of(config))
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
@@ -107,6 +102,25 @@ class EdgeNode:
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeats())
         log.info("edge %s started", self.edge_id)
+
+    async def connect(self) -> None:
+        """Open the NATS connection now (`start` does it when this was not called first).
+
+        `edge.main` calls it before the HTTP server starts, so a refused connection
+        (`NatsAuthRefused`) reaches the caller as itself rather than as a failed lifespan.
+        """
+        if self._bus is not None:
+            return
+        config = self.config
+        self._bus = await Bus.connect(
+            config.nats_url,
+            name=f"stagecast-edge-{self.edge_id}",
+            partitions=config.log_partitions,
+            append_timeout=config.append_timeout,
+            request_timeout=config.request_timeout,
+            connect_timeout=config.connect_timeout,
+            auth=config.nats_auth,
+        )
 
     async def drain(self) -> None:
         """Close every socket with SERVER_SHUTDOWN and announce `EdgeGone`. Idempotent."""

@@ -19,7 +19,7 @@ from aiortc import RTCConfiguration
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S
 from forwarder.service import ForwarderService
 from processes.runtime import tune_gc
-from roomlog.connect import RECONNECT_BUFFER, connect
+from roomlog.connect import RECONNECT_BUFFER, NatsAuth, connect
 from roomlog.natslink import NatsLink
 from rtc.aiortc_adapter import allow_loopback_candidates
 
@@ -42,6 +42,7 @@ async def running_forwarder(
     relay_refresh: float = RELAY_REFRESH_S,
     relay_lease: float = RELAY_LEASE_S,
     relay_give_up: float = 30.0,
+    auth: NatsAuth | None = None,
 ) -> AsyncIterator[ForwarderService]:
     """Run a forwarder for the duration of the context; yields the started service.
 
@@ -49,13 +50,15 @@ async def running_forwarder(
     connection closed, a `stopping` heartbeat sent) and the connection is closed. Peer
     connections may use 127.0.0.1 when the host has nothing else
     (`allow_loopback_candidates`). The relay timings are `ForwarderService`'s (tests
-    shorten them).
+    shorten them). `auth` holds the NKey/creds and TLS files for NATS.
     """
     allow_loopback_candidates()
     nc = await connect(
         nats_url,
         name="stagecast-forwarder",
         link=NatsLink("forwarder", log),
+        role="forwarder",
+        auth=auth,
         connect_timeout=connect_timeout,
         reconnect_buffer=RECONNECT_BUFFER,  # heartbeats and relay packets, as before
     )
@@ -82,7 +85,11 @@ async def running_forwarder(
 
 
 async def serve(
-    nats_url: str, *, forwarder_id: str | None = None, heartbeat_interval: float = 1.0
+    nats_url: str,
+    *,
+    forwarder_id: str | None = None,
+    heartbeat_interval: float = 1.0,
+    auth: NatsAuth | None = None,
 ) -> None:
     """Run a forwarder until SIGINT or SIGTERM, then stop it cleanly."""
     stop = asyncio.Event()
@@ -91,7 +98,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         async with running_forwarder(
-            nats_url, forwarder_id=forwarder_id, heartbeat_interval=heartbeat_interval
+            nats_url, forwarder_id=forwarder_id, heartbeat_interval=heartbeat_interval, auth=auth
         ) as service:
             log.info("forwarder %s ready", service.forwarder_id)
             print(f"forwarder {service.forwarder_id} ready", flush=True)

@@ -11,6 +11,11 @@ still running on a clean interpreter exit. Start servers from the main thread (o
 lives as long as the server): the death signal follows the starting thread, not the process.
 
 Its log goes to `store_dir/nats-server.log`; start failures quote the tail of it.
+
+`config` is more server configuration (an ``authorization { ... }`` block, say), written to
+`store_dir/nats-server.conf` (mode 0600) and loaded with ``-c``; the command-line options
+above still win. With one that requires credentials, `probe_options` are the `nats.connect`
+keyword arguments (an `nkeys_seed`, a `user` and `password`) the readiness probe uses.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import nats
 
 __all__ = ["NatsServer", "NatsServerError", "death_signal_setter", "find_binary"]
 
 LOG_NAME = "nats-server.log"
+CONFIG_NAME = "nats-server.conf"
 _PR_SET_PDEATHSIG = 1
 _TAIL_BYTES = 4096
 _RUNNING: weakref.WeakSet[NatsServer] = weakref.WeakSet()
@@ -104,8 +111,12 @@ class NatsServer:
         http_port: int | None = None,
         binary: Path | None = None,
         start_timeout: float = 15.0,
+        config: str | None = None,
+        probe_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        self.config = config
+        self.probe_options = dict(probe_options or {})
         self.host = host
         self._port = port
         self._http_port = http_port
@@ -181,6 +192,8 @@ class NatsServer:
             "-sd", str(self.store_dir),
             "--ports_file_dir", str(self.store_dir),
         ]  # fmt: skip
+        if self.config is not None:
+            args += ["-c", str(self._write_config(self.config))]
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         try:
             self._proc = self._spawn(args)
@@ -193,6 +206,14 @@ class NatsServer:
         except BaseException:
             self.kill()
             raise
+
+    def _write_config(self, text: str) -> Path:
+        path = self.store_dir / CONFIG_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
+        return path
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         # A plain fork/exec (well under a millisecond), not asyncio's subprocess API: the
@@ -247,7 +268,11 @@ class NatsServer:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         nc = await nats.connect(
-            self.url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0
+            self.url,
+            connect_timeout=1,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            **self.probe_options,
         )
         try:
             await nc.jetstream(timeout=1.0).account_info()

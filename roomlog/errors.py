@@ -23,3 +23,25 @@ class NatsUnreachable(TimeoutError):
         super().__init__(f"NATS at {url} not reachable within {timeout} s")
         self.url = url
         self.timeout = timeout
+
+
+class NatsAuthRefused(ConnectionError):
+    """The NATS server refused this client's credentials or TLS (wrong password, unknown
+    NKey, expired creds, a certificate the CA does not vouch for).
+
+    `url` is redacted (no password); `reason` is what the server or TLS said.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"NATS at {url} refused the connection: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class NatsCredentialsError(ValueError):
+    """A credentials or TLS file given for NATS is missing or not what it should be."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"NATS credentials {path}: {problem}")
+        self.path = path
+        self.problem = problem

@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from roomlog.errors import NatsAuthRefused, NatsCredentialsError, NatsUnreachable
+
 if TYPE_CHECKING:
     from edge.config import EdgeConfig
+    from roomlog.connect import NatsAuth
 
 DEV_KEY, DEV_SECRET = "devkey", "devsecret"
 BENCH_SUITES = (
@@ -50,6 +53,35 @@ def _nats_url(args: argparse.Namespace) -> str:
     return url
 
 
+def _nats_auth(args: argparse.Namespace) -> NatsAuth:
+    """The NATS credential and TLS files of `--nats-creds`/`--nats-tls-*` or the environment."""
+    from roomlog.connect import NatsAuth
+
+    return NatsAuth.from_env(
+        creds=args.nats_creds,
+        tls_ca=args.nats_tls_ca,
+        tls_cert=args.nats_tls_cert,
+        tls_key=args.nats_tls_key,
+    )
+
+
+def add_nats_options(parser: argparse.ArgumentParser) -> None:
+    """`--nats-url` and the NATS credential flags (each also read from its env var)."""
+    parser.add_argument(
+        "--nats-url", default=None, help="nats://[user:password@]host:port[,...] or tls://..."
+    )
+    parser.add_argument(
+        "--nats-creds", default=None, help="NKey seed or .creds file (STAGECAST_NATS_CREDS)"
+    )
+    parser.add_argument(
+        "--nats-tls-ca", default=None, help="CA of the server's certificate (STAGECAST_NATS_TLS_CA)"
+    )
+    parser.add_argument(
+        "--nats-tls-cert", default=None, help="client certificate (STAGECAST_NATS_TLS_CERT)"
+    )
+    parser.add_argument("--nats-tls-key", default=None, help="its key (STAGECAST_NATS_TLS_KEY)")
+
+
 def _server_url(args: argparse.Namespace) -> str:
     return str(args.url or os.environ.get("STAGECAST_URL") or "http://127.0.0.1:7880")
 
@@ -65,6 +97,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=Path(args.data_dir),
         nats_url=args.nats_url,
+        nats_auth=_nats_auth(args),
         database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL"),
         edges=args.edges,
         forwarders=args.forwarders,
@@ -86,7 +119,10 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
     if database_url.startswith("sqlite"):
         Path(database_url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     config = StatekeeperConfig(
-        nats_url=_nats_url(args), database_url=database_url, api_secret=secret
+        nats_url=_nats_url(args),
+        nats_auth=_nats_auth(args),
+        database_url=database_url,
+        api_secret=secret,
     )
     asyncio.run(serve(config))
     return 0
@@ -110,6 +146,7 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
 
     return EdgeConfig(
         nats_url=_nats_url(args),
+        nats_auth=_nats_auth(args),
         api_key=key,
         api_secret=secret,
         host=args.host,
@@ -132,7 +169,14 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
 
     if args.id is not None and not is_generated_id(args.id):
         raise SystemExit(f"--id must be [A-Za-z0-9_-]+ (at most 256), not {args.id!r}")
-    asyncio.run(serve(_nats_url(args), forwarder_id=args.id, heartbeat_interval=args.heartbeat))
+    asyncio.run(
+        serve(
+            _nats_url(args),
+            forwarder_id=args.id,
+            heartbeat_interval=args.heartbeat,
+            auth=_nats_auth(args),
+        )
+    )
     return 0
 
 
@@ -189,6 +233,27 @@ def cmd_participants(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_nats_auth(args: argparse.Namespace) -> int:
+    """Print the nats-server ``authorization`` block for Stagecast's roles."""
+    from roomlog.roles import Role, RoleUser, authorization_config, new_nkey_user, write_secret
+
+    try:
+        roles = [Role(name.strip()) for name in args.roles.split(",") if name.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"stagecast nats-auth: {exc}; roles: {', '.join(Role)}") from None
+    users: list[RoleUser] = []
+    for role in roles:
+        if args.nkeys is None:
+            users.append(RoleUser.from_env_var(role))
+            continue
+        seed, public = new_nkey_user()
+        path = write_secret(Path(args.nkeys) / f"{role.value}.nk", seed + "\n")
+        print(f"# {role.value}: --nats-creds {path}", file=sys.stderr)
+        users.append(RoleUser(role, nkey=public))
+    print(authorization_config(users), end="")
+    return 0
+
+
 def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """A suite's module (imported only now) and its own options parsed from `argv`."""
     module: Any = importlib.import_module(f"stagecast.bench.{suite}")
@@ -221,19 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole system on this machine")
     up.add_argument("--port", type=int, default=7880)
     up.add_argument("--data-dir", default=".stagecast")
-    up.add_argument("--nats-url", default=None, help="use this NATS instead of a private one")
+    add_nats_options(up)  # --nats-url: use this NATS instead of a private one
     up.add_argument("--database-url", default=None)
     up.add_argument("--edges", type=int, default=1)
     up.add_argument("--forwarders", type=int, default=1)
     up.set_defaults(func=cmd_up)
 
     sk = sub.add_parser("statekeeper", help="run one statekeeper")
-    sk.add_argument("--nats-url", default=None)
+    add_nats_options(sk)
     sk.add_argument("--database-url", default=None)
     sk.set_defaults(func=cmd_statekeeper)
 
     edge = sub.add_parser("edge", help="run one edge (signaling and server API)")
-    edge.add_argument("--nats-url", default=None)
+    add_nats_options(edge)
     edge.add_argument("--host", default="127.0.0.1")
     edge.add_argument("--port", type=int, default=7880)
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
@@ -258,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.set_defaults(func=cmd_edge)
 
     fwd = sub.add_parser("forwarder", help="run one media forwarder")
-    fwd.add_argument("--nats-url", default=None)
+    add_nats_options(fwd)
     fwd.add_argument("--id", default=None, help="[A-Za-z0-9_-]+; default FW_<random>")
     fwd.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     fwd.set_defaults(func=cmd_forwarder)
@@ -290,6 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--url", default=None)
     parts.set_defaults(func=cmd_participants)
 
+    auth = sub.add_parser(
+        "nats-auth", help="print the nats-server authorization block for Stagecast's roles"
+    )
+    auth.add_argument(
+        "--roles", default="edge,statekeeper,forwarder,webhook,admin", help="comma list"
+    )
+    auth.add_argument(
+        "--nkeys",
+        metavar="DIR",
+        default=None,
+        help="a fresh NKey per role, its seed written to DIR/<role>.nk (default: passwords "
+        "read by the server from $STAGECAST_NATS_<ROLE>_PASSWORD)",
+    )
+    auth.set_defaults(func=cmd_nats_auth)
+
     bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
     bench.add_argument("suite", choices=BENCH_SUITES)
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's own options")
@@ -304,7 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except (NatsAuthRefused, NatsCredentialsError, NatsUnreachable) as exc:
+        # Said in one line: retrying will not help, and a traceback hides the reason.
+        print(f"stagecast {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
     return status
 
 

@@ -5,6 +5,12 @@ Starts a private nats-server (unless given `--nats-url`), one statekeeper on SQL
 answers 200 and every forwarder's first heartbeat arrived; prints the ready line and the
 dev credentials; on Ctrl-C or SIGTERM stops the children in reverse
 order. Every child is started with a parent-death signal, so none outlives `up`.
+
+The private nats-server requires credentials: each start makes a fresh NKey per role
+(`roomlog.roles`), writes the seeds readable by this user only under
+``<data dir>/nats/credentials/``, configures the server with the roles' public keys and
+permissions, and hands each child its own role's seed (``STAGECAST_NATS_CREDS``). With
+`--nats-url`, every child gets that URL and the given `nats_auth` as they are.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 import signal
@@ -21,13 +28,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 
 from processes.children import spawn_child, stop_child, wait_exit
 from processes.natsserver import NatsServer
+from roomlog.connect import (
+    ENV_CREDS,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    NatsAuth,
+    connect,
+    redact_url,
+)
+from roomlog.natslink import NatsLink
+from roomlog.roles import Role, RoleUser, authorization_config, new_nkey_user, write_secret
 from schemas.codec import SchemaError, decode
 from schemas.media import ForwarderHeartbeat
 from schemas.subjects import FORWARDER_HEARTBEAT
+
+log = logging.getLogger("stagecast.up")
+CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.ADMIN)
+"""The roles `stagecast up` makes credentials for (admin: its own checks)."""
+NATS_CLIENT_VARS = frozenset(
+    ("STAGECAST_NATS_URL", ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY)
+)
+"""What a child reads to reach NATS: set from this stack only, never inherited."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +60,8 @@ class UpConfig:
     port: int = 7880
     data_dir: Path = Path(".stagecast")
     nats_url: str | None = None
+    nats_auth: NatsAuth | None = None
+    """Files for `nats_url` (creds, TLS), passed to every child; unused without it."""
     database_url: str | None = None
     edges: int = 1
     forwarders: int = 1
@@ -53,8 +80,10 @@ class Stack:
         self.nats: NatsServer | None = None
         self.nats_url = config.nats_url or ""
         self.children: list[subprocess.Popen[bytes]] = []
-        self._commands: list[tuple[list[str], Path]] = []
-        """Each child's command line and log, by index in `children` (for `respawn`)."""
+        self._commands: list[tuple[list[str], Path, Role]] = []
+        """Each child's command line, log and role, by index in `children` (`respawn`)."""
+        self._credentials: dict[Role, NatsAuth] = {}
+        """The private server's per-role credentials (empty with `--nats-url`)."""
         self.edge_urls: list[str] = []
         self.forwarder_ids: list[str] = []
 
@@ -64,32 +93,55 @@ class Stack:
             return self.config.database_url
         return f"sqlite+aiosqlite:///{(self.config.data_dir / 'statekeeper.db').resolve()}"
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def auth_for(self, role: Role) -> NatsAuth | None:
+        """The NATS credential files a client of `role` connects to this stack's NATS with."""
+        return self._credentials.get(role, self.config.nats_auth)
+
+    def _env(self, role: Role) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in NATS_CLIENT_VARS}
         env["STAGECAST_API_KEY"] = self.config.api_key
         env["STAGECAST_API_SECRET"] = self.config.api_secret
-        env["STAGECAST_NATS_URL"] = self.nats_url
+        env["STAGECAST_NATS_URL"] = self.nats_url  # not on the command line: it may hold a password
+        auth = self.auth_for(role)
+        if auth is not None:
+            env.update(auth.env())
         return env
+
+    def _make_credentials(self, directory: Path) -> str:
+        """Fresh NKeys for every role in `directory` (0600); the server's authorization."""
+        users: list[RoleUser] = []
+        for role in CHILD_ROLES:
+            seed, public = new_nkey_user()
+            path = write_secret(directory / f"{role.value}.nk", seed + "\n")
+            self._credentials[role] = NatsAuth(creds=path)
+            users.append(RoleUser(role, nkey=public))
+        return authorization_config(users)
 
     async def start(self, *, log=print) -> None:  # type: ignore[no-untyped-def]
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.nats_url:
-            self.nats = NatsServer(self.config.data_dir / "nats")
+            nats_dir = self.config.data_dir / "nats"
+            authorization = self._make_credentials(nats_dir / "credentials")
+            admin = self._credentials[Role.ADMIN]
+            self.nats = NatsServer(
+                nats_dir, config=authorization, probe_options=admin.connect_options()
+            )
             await self.nats.start()
             self.nats_url = self.nats.url
-            log(f"nats-server  {self.nats_url}")
+            log(f"nats-server  {self.nats_url} (credentials in {nats_dir / 'credentials'})")
         cli = [sys.executable, "-m", "stagecast.cli"]
         self._spawn(
-            [*cli, "statekeeper", "--nats-url", self.nats_url, "--database-url", self.database_url],
+            [*cli, "statekeeper", "--database-url", self.database_url],
             self.config.data_dir / "statekeeper.log",
+            Role.STATEKEEPER,
         )
         for i in range(self.config.edges):
             port = self.config.port + i
-            args = [*cli, "edge", "--nats-url", self.nats_url, "--port", str(port)]
+            args = [*cli, "edge", "--port", str(port)]
             if self.config.dev:
                 args.append("--dev")
             args += self.config.edge_args
-            self._spawn(args, self.config.data_dir / f"edge-{i}.log")
+            self._spawn(args, self.config.data_dir / f"edge-{i}.log", Role.EDGE)
             self.edge_urls.append(f"http://127.0.0.1:{port}")
         await self.start_forwarders(cli)
         await self.wait_healthy()
@@ -108,15 +160,22 @@ class Stack:
             if isinstance(beat, ForwarderHeartbeat) and not beat.stopping:
                 heard.add(beat.forwarder_id)
 
-        nc = await nats.connect(self.nats_url, name="stagecast-up", connect_timeout=10)
+        nc = await connect(
+            self.nats_url,
+            name="stagecast-up",
+            link=NatsLink("stagecast-up", log),
+            role=Role.ADMIN.value,
+            auth=self.auth_for(Role.ADMIN),
+        )
         try:
             await nc.subscribe(FORWARDER_HEARTBEAT, cb=on_heartbeat)
             await nc.flush()
             for i in range(self.config.forwarders):
                 forwarder_id = f"FW_{i}_{secrets.token_urlsafe(6)}"
                 self._spawn(
-                    [*cli, "forwarder", "--nats-url", self.nats_url, "--id", forwarder_id],
+                    [*cli, "forwarder", "--id", forwarder_id],
                     self.config.data_dir / f"forwarder-{i}.log",
+                    Role.FORWARDER,
                 )
                 self.forwarder_ids.append(forwarder_id)
             loop = asyncio.get_running_loop()
@@ -131,10 +190,10 @@ class Stack:
             with contextlib.suppress(Exception):
                 await nc.close()
 
-    def _spawn(self, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-        child = spawn_child(args, env=self._env(), log_path=log_path)
+    def _spawn(self, args: list[str], log_path: Path, role: Role) -> subprocess.Popen[bytes]:
+        child = spawn_child(args, env=self._env(role), log_path=log_path)
         self.children.append(child)
-        self._commands.append((args, log_path))
+        self._commands.append((args, log_path, role))
         return child
 
     def kill(self, index: int) -> None:
@@ -146,8 +205,8 @@ class Stack:
 
     def respawn(self, index: int) -> subprocess.Popen[bytes]:
         """Start child `index` again with the same command line (after `kill`)."""
-        args, log_path = self._commands[index]
-        child = spawn_child(args, env=self._env(), log_path=log_path)
+        args, log_path, role = self._commands[index]
+        child = spawn_child(args, env=self._env(role), log_path=log_path)
         self.children[index] = child
         return child
 
@@ -206,7 +265,10 @@ async def run_up(config: UpConfig) -> int:
     if config.dev:
         print(f"  demo page       {url}/  (dev mode: the page mints its own tokens)", flush=True)
     print(f"  api key/secret  {config.api_key} / {config.api_secret}", flush=True)
-    print(f"  nats            {stack.nats_url}", flush=True)
+    print(f"  nats            {redact_url(stack.nats_url)}", flush=True)
+    admin = stack.auth_for(Role.ADMIN)
+    if stack.nats is not None and admin is not None and admin.creds is not None:
+        print(f"  nats admin key  {admin.creds}  (nats --nkey ...)", flush=True)
     if stack.forwarder_ids:
         print(f"  forwarders      {' '.join(stack.forwarder_ids)}", flush=True)
     print(

@@ -10,7 +10,7 @@ import logging
 import signal
 
 from processes.runtime import tune_gc
-from roomlog.connect import RECONNECT_BUFFER, connect
+from roomlog.connect import RECONNECT_BUFFER, NatsAuth, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from statekeeper.queries import Queries
@@ -25,6 +25,8 @@ class StatekeeperConfig:
     nats_url: str
     database_url: str
     api_secret: str
+    nats_auth: NatsAuth | None = None
+    """NKey/creds and TLS files for NATS (a password goes in `nats_url`)."""
     partitions: int = 1
     owned: tuple[int, ...] = (0,)
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
@@ -45,6 +47,8 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
         config.nats_url,
         name="stagecast-statekeeper",
         link=link,
+        role="statekeeper",
+        auth=config.nats_auth,
         connect_timeout=config.connect_timeout,
         reconnect_buffer=RECONNECT_BUFFER,  # outcomes are published from the fold's loop
     )

@@ -27,11 +27,13 @@ from access.tokens import generate_admin_token, generate_token
 from edge.config import EdgeConfig
 from edge.main import running_edge
 from processes.natsserver import NatsServer
+from roomlog.roles import Role
 from schemas.client import Error, Join, JoinAccepted, Ping, Pong
 from schemas.codec import Message, decode, encode
 from schemas.models import Grant
 from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.service import Tuning
+from tests.nats_logins import Logins
 
 API_KEY = "devkey"
 API_SECRET = "devsecret-for-edge-tests-" + "x" * 24  # >= 32 bytes: no key warning
@@ -223,11 +225,12 @@ def statekeeper_config(
     tmp_path: Path,
     api_secret: str = API_SECRET,
     database_url: str | None = None,
+    nats_url: str | None = None,
 ) -> StatekeeperConfig:
-    """A test statekeeper's config: `server`'s NATS, SQLite in `tmp_path` (unless
-    `database_url` names another store), fast tuning."""
+    """A test statekeeper's config: `server`'s NATS (at `nats_url`, with credentials, when
+    given), SQLite in `tmp_path` (unless `database_url` names another store), fast tuning."""
     return StatekeeperConfig(
-        nats_url=server.url,
+        nats_url=nats_url or server.url,
         database_url=database_url or f"sqlite+aiosqlite:///{tmp_path / 'statekeeper.db'}",
         api_secret=api_secret,
         tuning=FAST,
@@ -241,18 +244,31 @@ async def services(
     api_key: str = API_KEY,
     api_secret: str = API_SECRET,
     database_url: str | None = None,
+    logins: Logins | None = None,
     **edge_options: Any,
 ) -> AsyncIterator[tuple[NatsServer, EdgeConfig, str]]:
     """nats-server, statekeeper and edge, all private to one test: (server, edge config, url).
 
     The statekeeper uses SQLite in `tmp_path` unless `database_url` names another database.
+    With `logins`, the server requires them and each service logs in with its own role.
     """
-    async with NatsServer(tmp_path / "nats") as server:
-        keeper_config = statekeeper_config(server, tmp_path, api_secret, database_url)
+    server = NatsServer(tmp_path / "nats") if logins is None else logins.server(tmp_path / "nats")
+
+    def url_of(role: Role) -> str:
+        return server.url if logins is None else logins.url(server, role)
+
+    async with server:
+        keeper_config = statekeeper_config(
+            server, tmp_path, api_secret, database_url, url_of(Role.STATEKEEPER)
+        )
         async with running_statekeeper(keeper_config) as keeper:
             await keeper.wait_caught_up()
             config = EdgeConfig(
-                nats_url=server.url, api_key=api_key, api_secret=api_secret, port=0, **edge_options
+                nats_url=url_of(Role.EDGE),
+                api_key=api_key,
+                api_secret=api_secret,
+                port=0,
+                **edge_options,
             )
             async with running_edge(config) as url:
                 yield server, config, url

@@ -21,10 +21,12 @@ import stagecast
 from edge.config import EdgeConfig
 from edge.main import running_edge
 from processes.natsserver import NatsServer
+from roomlog.roles import Role
 from schemas.models import Grant
 from stagecast.client import ConnectOptions, Room
 from tests.edge_fixtures import services
 from tests.heartbeats import watch_heartbeats
+from tests.nats_logins import Logins
 from tests.polling import eventually
 
 API_KEY = "devkey"
@@ -80,6 +82,8 @@ class Stack:
     api: stagecast.RoomService
     rooms: list[Room] = dataclasses.field(default_factory=list)
     forwarders: dict[str, Any] = dataclasses.field(default_factory=dict)
+    logins: Logins | None = None
+    """The role logins NATS requires (None: anonymous NATS)."""
     _exit: contextlib.AsyncExitStack = dataclasses.field(default_factory=contextlib.AsyncExitStack)
 
     def token(
@@ -120,9 +124,15 @@ class Stack:
         """Join with every token concurrently."""
         return list(await asyncio.gather(*(self.join(t, room_id) for t in tokens)))
 
+    def nats_url(self, role: Role) -> str:
+        """The NATS URL a client of `role` uses (with its login when NATS requires one)."""
+        return self.nats.url if self.logins is None else self.logins.url(self.nats, role)
+
     def edge(self) -> contextlib.AbstractAsyncContextManager[str]:
         """Another edge on the same NATS (`async with stack.edge() as url`)."""
-        config = EdgeConfig(nats_url=self.nats.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
+        config = EdgeConfig(
+            nats_url=self.nats_url(Role.EDGE), api_key=API_KEY, api_secret=API_SECRET, port=0
+        )
         return running_edge(config)
 
     async def start_forwarder(
@@ -131,10 +141,10 @@ class Stack:
         """A forwarder in this process, once the statekeeper can place media on it."""
         from forwarder.main import running_forwarder
 
-        nc = await nats.connect(self.nats.url)
+        nc = await nats.connect(self.nats_url(Role.ADMIN))
         beats = await watch_heartbeats(nc)
         try:
-            context = running_forwarder(self.nats.url, forwarder_id=forwarder_id)
+            context = running_forwarder(self.nats_url(Role.FORWARDER), forwarder_id=forwarder_id)
             stack = exit_stack if exit_stack is not None else self._exit
             service = await stack.enter_async_context(context)
             await eventually(
@@ -151,20 +161,19 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def sdk_stack(
-    tmp_path: Path, *, forwarders: int = 0, **edge_options: Any
+    tmp_path: Path, *, forwarders: int = 0, logins: Logins | None = None, **edge_options: Any
 ) -> AsyncIterator[Stack]:
     """The private services (tests.edge_fixtures.services), with a RoomService, and
-    `forwarders` media forwarders in this process (ids FW_0, FW_1, ...)."""
+    `forwarders` media forwarders in this process (ids FW_0, FW_1, ...). With `logins`,
+    NATS requires them and every service logs in with its own role."""
     async with (
-        services(tmp_path, api_key=API_KEY, api_secret=API_SECRET, **edge_options) as (
-            server,
-            _config,
-            url,
-        ),
+        services(
+            tmp_path, api_key=API_KEY, api_secret=API_SECRET, logins=logins, **edge_options
+        ) as (server, _config, url),
         stagecast.RoomService(url, API_KEY, API_SECRET) as api,
         contextlib.AsyncExitStack() as media,
     ):
-        stack = Stack(nats=server, url=url, api=api)
+        stack = Stack(nats=server, url=url, api=api, logins=logins)
         for n in range(forwarders):
             await stack.start_forwarder(f"FW_{n}", media)
         try:

@@ -84,6 +84,17 @@ def test_up_serves_then_stops_cleanly_without_orphans(tmp_path: Path) -> None:
         assert "town-hall" in listed.stdout
         people = _cli("participants", "town-hall", env=env_url)
         assert people.returncode == 0 and "0 in total" in people.stdout, people
+
+        # The private NATS takes only the per-role NKeys up wrote for its children.
+        credentials = tmp_path / "data" / "nats" / "credentials"
+        modes = {p.name: p.stat().st_mode & 0o777 for p in credentials.iterdir()}
+        assert modes == dict.fromkeys(
+            ("statekeeper.nk", "edge.nk", "forwarder.nk", "admin.nk"), 0o600
+        )
+        nats_url = next(x.split()[1] for x in lines if x.startswith("nats-server"))
+        anonymous = _cli("forwarder", "--nats-url", nats_url, env=env)
+        assert anonymous.returncode == 3, anonymous
+        assert "NatsAuthRefused" in anonymous.stderr and "Traceback" not in anonymous.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         status = proc.wait(60)

@@ -97,13 +97,48 @@ def test_nats_nodes_form_one_jetstream_cluster(services: dict[str, dict[str, Any
         assert {f"nats://{n}:6222" for n in NATS_NODES} <= set(routes)
 
 
+def _nats_url(service: dict[str, Any]) -> str:
+    """The service's NATS URL: from the environment (it holds a password), never argv."""
+    url: str = service["environment"]["STAGECAST_NATS_URL"]
+    return url
+
+
 def test_every_stagecast_service_runs_a_real_subcommand(
     services: dict[str, dict[str, Any]],
 ) -> None:
     for name, service in _stagecast_services(services).items():
         args = _parse(name, service)
         assert args.command in ("edge", "statekeeper", "forwarder"), name
-        assert args.nats_url and args.nats_url.startswith("nats://"), name
+        assert args.nats_url is None, f"{name}: a password on the command line shows in ps"
+        assert _nats_url(service).startswith("nats://"), name
+
+
+def test_each_service_logs_in_to_nats_with_its_role_and_no_default_password(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in _stagecast_services(services).items():
+        role = _stagecast_args(service)[0]
+        var = f"STAGECAST_NATS_{role.upper()}_PASSWORD"
+        # `:?` makes compose refuse to start when the password is not set
+        assert _nats_url(service).startswith(f"nats://{role}:${{{var}:?"), name
+    for name in NATS_NODES:
+        node = services[name]
+        argv = _argv(node["command"])
+        config = argv[argv.index("-c") + 1]
+        assert f"./deploy/nats-auth.conf:{config}:ro" in node["volumes"]
+        for role in ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "ADMIN"):
+            var = f"STAGECAST_NATS_{role}_PASSWORD"
+            assert node["environment"][var].startswith(f"${{{var}:?"), (name, var)
+
+
+def test_the_nats_authorization_file_is_what_the_roles_generate() -> None:
+    from roomlog.roles import Role, RoleUser, authorization_config
+
+    text = (ROOT / "deploy" / "nats-auth.conf").read_text()
+    block = text[text.index("authorization {") :]
+    assert block == authorization_config(RoleUser.from_env_var(role) for role in Role), (
+        "regenerate it: stagecast nats-auth > deploy/nats-auth.conf (keep the header)"
+    )
 
 
 def test_forwarders_use_the_host_network_and_reach_nats_there(
@@ -116,7 +151,7 @@ def test_forwarders_use_the_host_network_and_reach_nats_there(
         assert args.command == "forwarder"
         # WebRTC media arrives on per-connection UDP ports that clients must reach directly
         assert service["network_mode"] == "host"
-        assert args.nats_url == "nats://127.0.0.1:4222"  # nats1's port published on the host
+        assert _nats_url(service).endswith("@127.0.0.1:4222")  # nats1's port on the host
         ids.add(args.id)
     assert len(ids) == 2  # distinct forwarder ids
     assert "127.0.0.1:4222:4222" in services["nats1"]["ports"]
@@ -157,3 +192,32 @@ def test_the_image_copies_every_package_the_distribution_installs() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
     missing = sorted(p for p in packages if f"COPY {p} ./{p}" not in dockerfile)
     assert not missing, f"the Dockerfile does not copy {missing}"
+
+
+def test_docker_compose_accepts_the_file_only_with_every_nats_password() -> None:
+    import os
+    import shutil
+    import subprocess
+
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    roles = ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "ADMIN")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_NATS_")}
+    env |= {f"STAGECAST_NATS_{role}_PASSWORD": f"pw{n}" for n, role in enumerate(roles)}
+
+    def check(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
+
+    complete = check(env)
+    assert complete.returncode == 0, complete.stderr
+    env.pop("STAGECAST_NATS_FORWARDER_PASSWORD")
+    missing = check(env)
+    assert missing.returncode != 0 and "STAGECAST_NATS_FORWARDER_PASSWORD" in missing.stderr

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import pytest
@@ -78,3 +81,23 @@ async def test_publishes_while_reconnecting_fail_at_once_unless_a_buffer_is_aske
     finally:
         await unbuffered.close()
         await buffered.close()
+
+
+async def test_the_client_is_named_and_replies_come_to_its_role_inbox(
+    nats_server: NatsServer,
+) -> None:
+    nc = await connect(
+        nats_server.url, name="stagecast-edge-x", link=NatsLink("x", log), role="edge"
+    )
+    try:
+        assert nc.new_inbox().startswith("_INBOX_edge.")
+        connz = await asyncio.to_thread(_connz, nats_server)
+        assert "stagecast-edge-x" in [c.get("name") for c in connz["connections"]]
+    finally:
+        await nc.close()
+
+
+def _connz(server: NatsServer) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{server.monitor_url}/connz", timeout=5) as answer:
+        found: dict[str, Any] = json.load(answer)
+        return found

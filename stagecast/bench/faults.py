@@ -47,8 +47,9 @@ from nats.aio.msg import Msg
 from rich.console import Console
 
 from access.tokens import generate_token
-from roomlog.connect import connect
+from roomlog.connect import NatsAuth, connect
 from roomlog.natslink import NatsLink
+from roomlog.roles import Role
 from schemas import subjects
 from schemas.codec import SchemaError, decode
 from schemas.events import ParticipantJoinedEvent, ParticipantLeftEvent
@@ -178,9 +179,13 @@ class PublicEvents:
         self.left = 0
         self.joined: dict[str, int] = {}
 
-    async def start(self, nats_url: str) -> None:
+    async def start(self, nats_url: str, auth: NatsAuth | None) -> None:
         self.nc = await connect(
-            nats_url, name="stagecast-bench-faults", link=NatsLink("bench", log)
+            nats_url,
+            name="stagecast-bench-faults",
+            link=NatsLink("bench", log),
+            role=Role.ADMIN.value,
+            auth=auth,
         )
         js = self.nc.jetstream()
         self.sub = await js.subscribe(
@@ -285,7 +290,7 @@ async def _run(args: argparse.Namespace, stack: Stack, outages: list[float]) -> 
     urls = list(stack.edge_urls)
     sockets = [u.replace("http://", "ws://") + "/rtc" for u in urls]
     events = PublicEvents()
-    await events.start(stack.nats_url)
+    await events.start(stack.nats_url, stack.auth_for(Role.ADMIN))
     api = RoomService(urls[0], API_KEY, API_SECRET)
     await api.create_room(ROOM, departure_timeout=20)
     members: list[Member] = []
