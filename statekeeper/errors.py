@@ -82,3 +82,40 @@ class NoForwarder(StatekeeperError):
 
     def __init__(self) -> None:
         super().__init__("no media forwarder is running")
+
+
+class LeaseLost(StatekeeperError):
+    """A write for a partition whose lease this statekeeper no longer holds (lapsed,
+    taken over or given back): nothing is written."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, partition: int, revision: int) -> None:
+        super().__init__(f"the lease on partition {partition} (revision {revision}) is lost")
+        self.partition = partition
+        self.revision = revision
+
+
+class FencedOut(StatekeeperError):
+    """The database refused a write: a later holder of the partition's lease has written
+    with a higher revision (this statekeeper is stale)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, partition: int, revision: int) -> None:
+        super().__init__(
+            f"partition {partition}: a holder newer than revision {revision} owns the database rows"
+        )
+        self.partition = partition
+        self.revision = revision
+
+
+class SeveralNeedPostgres(StatekeeperError):
+    """A second statekeeper on SQLite: several statekeepers must share PostgreSQL."""
+
+    def __init__(self, members: int) -> None:
+        super().__init__(
+            f"{members} statekeepers are running, and this one stores on SQLite: several "
+            "statekeepers must share one PostgreSQL database (--database-url postgresql://...)"
+        )
+        self.members = members

@@ -13,6 +13,7 @@ from processes.runtime import tune_gc
 from roomlog.connect import RECONNECT_BUFFER, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from statekeeper.leases import LeaseTiming, Witness
 from statekeeper.queries import Queries
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
@@ -30,6 +31,14 @@ class StatekeeperConfig:
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
     connect_timeout: float = 10.0
     """Seconds to reach NATS at start (reconnects afterwards never give up)."""
+    leases: bool = False
+    """Share the partitions with other statekeepers through leases (`owned` is then
+    ignored); needs PostgreSQL when several run (`statekeeper.cluster`)."""
+    lease_timing: LeaseTiming = dataclasses.field(default_factory=LeaseTiming)
+    owner_id: str | None = None
+    """This statekeeper's id in the leases bucket (default: a new random one)."""
+    witness: Witness | None = None
+    """Told of every write a lease lets through (audits and tests)."""
 
 
 def cursor_secret(api_secret: str) -> bytes:
@@ -39,7 +48,14 @@ def cursor_secret(api_secret: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-untyped-def]
-    """Run a statekeeper for the duration of the context; yields the `Statekeeper`."""
+    """Run a statekeeper for the duration of the context; yields the `Statekeeper` (with
+    `leases`: the `statekeeper.cluster.LeasedStatekeeper`)."""
+    if config.leases:
+        from statekeeper.cluster import running_leased
+
+        async with running_leased(config) as leased:
+            yield leased
+        return
     link = NatsLink("statekeeper", log)
     nc = await connect(
         config.nats_url,
@@ -85,6 +101,11 @@ async def serve(config: StatekeeperConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config.leases:
+        from statekeeper.cluster import serve_leased
+
+        await serve_leased(config, stop)
+        return
     async with running_statekeeper(config) as keeper:
         await keeper.wait_caught_up()
         log.info("statekeeper ready at log sequence %d", keeper.applied_seq)

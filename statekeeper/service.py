@@ -34,7 +34,9 @@ from schemas.log import LogEvent
 from statekeeper.batches import BatchWriter
 from statekeeper.checkpoints import Checkpoints
 from statekeeper.counts import CountPublisher
+from statekeeper.errors import LeaseLost
 from statekeeper.fold import apply
+from statekeeper.leases import Fence
 from statekeeper.liveness import Liveness
 from statekeeper.media import ForwarderTable, MediaPlanner
 from statekeeper.outcomes import (
@@ -89,8 +91,12 @@ class Statekeeper:
         partitions: tuple[int, ...] = (0,),
         tuning: Tuning | None = None,
         clock: Callable[[], int] = now_ms,
+        fence: Fence | None = None,
     ) -> None:
         self.nc = nc
+        self.fence = fence
+        """The lease its partition is held by, when statekeepers share partitions: every
+        write goes out only while it holds (`Fence.check`)."""
         self.room_log = room_log
         self.store = store
         self.partitions = partitions
@@ -111,8 +117,8 @@ class Statekeeper:
         """The NATS link's state and counters, when the wiring tracks it (`main`)."""
         self.persistence = PersistenceHealth()
         """Persistence counters, state and the items set aside (docs/configuration.md)."""
-        self.writer = BatchWriter(room_log, store, self.persistence, clock)
-        self.timers = Timers(room_log, clock, self._spawn)
+        self.writer = BatchWriter(room_log, store, self.persistence, clock, fence)
+        self.timers = Timers(room_log, clock, self._spawn, fence)
         self.counts = CountPublisher(self._publish)
         self.checkpoints = Checkpoints(
             store=store,
@@ -178,8 +184,9 @@ class Statekeeper:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
-        """Stop consuming, write a last snapshot, cancel timers. Idempotent."""
+    async def stop(self, *, last_snapshot: bool = True) -> None:
+        """Stop consuming, write a last snapshot (unless told not to: a lost lease), cancel
+        timers. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -195,6 +202,9 @@ class Statekeeper:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        self._outbox.clear()
+        if not last_snapshot:
+            return
         # The last snapshot only shortens the next start (the log is the truth): bounded.
         final = asyncio.create_task(self.checkpoint())
         _finished, unfinished = await asyncio.wait([final], timeout=STOP_TIMEOUT_S)
@@ -213,6 +223,8 @@ class Statekeeper:
                 await self._follow_log_once()
             except asyncio.CancelledError:
                 raise
+            except LeaseLost:
+                return  # nothing more for this partition here; its holder stops us
             except Exception:
                 self._healthy = False
                 log.exception("the room log reader failed; reopening from %d", self.applied_seq + 1)
@@ -327,6 +339,12 @@ class Statekeeper:
 
     async def _send_outbox(self) -> None:
         outbox, self._outbox = self._outbox, []
+        if self.fence is not None and outbox:
+            try:
+                self.fence.check()
+            except LeaseLost:
+                log.warning("lease lost: %d outcomes not published", len(outbox))
+                raise
         await publish_all(self.nc, [(subject, "", data, None) for subject, data in outbox])
 
     # ----------------------------------------------------------------------- the parts
@@ -335,7 +353,10 @@ class Statekeeper:
         while True:
             await asyncio.sleep(self.tuning.count_tick_ms / 1000)
             self.publish_due_counts()
-            await self._send_outbox()
+            try:
+                await self._send_outbox()
+            except LeaseLost:
+                return
 
     def publish_due_counts(self) -> None:
         """Publish the counts whose coalescing window is open (see `CountPublisher`)."""

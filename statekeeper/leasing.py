@@ -1,0 +1,292 @@
+"""Partition leases, the shell: the KV bucket, a watcher of it, and the rounds that
+announce this statekeeper, renew its leases, and take or give back partitions.
+
+The decisions are `statekeeper.leases` (pure). This module only talks to JetStream KV:
+``create`` (a free key), ``update(last=revision)`` (renewal, and taking over a lapsed
+key: compare-and-set, so of two contenders one wins), ``delete(last=revision)`` (giving
+back). What a partition's lease is *for* is the `Holder`'s business: `gain` starts
+folding the partition, `lose` stops at once, `give_back` stops cleanly (a last snapshot,
+while the lease still holds) before the key is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig
+
+from statekeeper.errors import SeveralNeedPostgres
+from statekeeper.leases import (
+    Fence,
+    LeaseTiming,
+    Sightings,
+    Witness,
+    lease_key,
+    member_key,
+    plan,
+)
+
+log = logging.getLogger("stagecast.statekeeper.leases")
+
+BUCKET = "STAGECAST_LEASES"
+GARBAGE_AGE_S = 300.0
+"""Keys not rewritten for this long vanish (announcements of statekeepers long gone)."""
+_RELEASING = "~releasing~"
+_CAS_FAILED = (
+    nats.js.errors.KeyWrongLastSequenceError,
+    nats.js.errors.KeyNotFoundError,
+    nats.js.errors.APIError,
+)
+
+
+class Holder(Protocol):
+    """What holds the partitions this statekeeper leases (`statekeeper.partitions`)."""
+
+    async def gain(self, fence: Fence) -> None:
+        """Start folding `fence.partition` (recovery may go on in the background)."""
+        ...
+
+    async def lose(self, partition: int) -> None:
+        """Stop acting for `partition` at once, writing nothing more."""
+        ...
+
+    async def give_back(self, partition: int) -> None:
+        """Stop cleanly (the fence still holds meanwhile), then the lease is deleted."""
+        ...
+
+
+def new_owner_id() -> str:
+    """A statekeeper's id in the bucket: new for every process (a restart is a newcomer)."""
+    return f"sk-{uuid.uuid4().hex[:12]}"
+
+
+async def open_bucket(js: Any, *, replicas: int = 1) -> Any:
+    """The leases bucket, created when missing."""
+    try:
+        return await js.key_value(BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        config = KeyValueConfig(bucket=BUCKET, history=1, ttl=GARBAGE_AGE_S, replicas=replicas)
+        return await js.create_key_value(config)
+
+
+class Leasing:
+    """Rounds every `timing.renew_every`: announce, renew, balance. One per process."""
+
+    def __init__(
+        self,
+        kv: Any,
+        holder: Holder,
+        *,
+        partitions: int,
+        owner: str | None = None,
+        timing: LeaseTiming | None = None,
+        single: bool = False,
+        witness: Witness | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kv = kv
+        self.holder = holder
+        self.partitions = partitions
+        self.owner = owner or new_owner_id()
+        self.timing = timing or LeaseTiming()
+        self.single = single
+        """SQLite: refuse to run beside another statekeeper (`SeveralNeedPostgres`)."""
+        self.witness = witness
+        self.clock = clock
+        self.sightings = Sightings()
+        self.fences: dict[int, Fence] = {}
+        self._revisions: dict[int, int] = {}
+        self._releasing: dict[int, asyncio.Task[None]] = {}
+        self._watcher: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.failed: BaseException | None = None
+        """Why the rounds ended early (`SeveralNeedPostgres`), if they did."""
+        self.stopped = asyncio.Event()
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Watch the bucket, announce this statekeeper, and start the rounds."""
+        self._watcher = await self.kv.watchall()
+        self._tasks.append(asyncio.create_task(self._watch()))
+        await self._announce()
+        self._tasks.append(asyncio.create_task(self._rounds()))
+
+    async def stop(self) -> None:
+        """Give every partition back cleanly (renewing meanwhile), then leave. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for p in list(self.fences):
+            if p not in self._releasing:
+                self._releasing[p] = asyncio.create_task(self.holder.give_back(p))
+        if self._releasing:
+            await asyncio.wait(list(self._releasing.values()))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for p in list(self.fences):
+            await self._delete(p)
+        with contextlib.suppress(Exception):
+            await self.kv.delete(member_key(self.owner))
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        self.stopped.set()
+
+    def held(self) -> list[int]:
+        """The partitions whose lease this statekeeper holds now."""
+        return sorted(p for p, fence in self.fences.items() if fence.holds())
+
+    # ----------------------------------------------------------------------- the bucket
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for entry in self._watcher:
+                    if entry is None:
+                        continue
+                    if entry.operation in ("DEL", "PURGE") or entry.value is None:
+                        self.sightings.gone(entry.key)
+                    else:
+                        value = entry.value.decode()
+                        self.sightings.put(entry.key, value, entry.revision, self.clock())
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the leases watcher failed; watching again")
+                await asyncio.sleep(self.timing.renew_every)
+                with contextlib.suppress(Exception):
+                    self._watcher = await self.kv.watchall()
+
+    async def _announce(self) -> None:
+        await self.kv.put(member_key(self.owner), self.owner.encode())
+
+    # ----------------------------------------------------------------------- rounds
+
+    async def _rounds(self) -> None:
+        while True:
+            started = self.clock()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except SeveralNeedPostgres as exc:
+                log.error("%s", exc)
+                self.failed = exc
+                self.stopped.set()
+                return
+            except Exception:
+                log.exception("a lease round failed")
+            elapsed = self.clock() - started
+            await asyncio.sleep(max(0.0, self.timing.renew_every - elapsed))
+
+    async def round(self) -> None:
+        """One round: announce, renew held leases, drop lost ones, then balance."""
+        with contextlib.suppress(nats.errors.Error):
+            await self._announce()
+        for p in list(self.fences):
+            await self._renew(p)
+        for p, task in list(self._releasing.items()):
+            if task.done() and not self._closing:
+                del self._releasing[p]
+                await self._delete(p)
+        if self._closing:
+            return
+        now = self.clock()
+        members = self.sightings.members(now, self.timing.ttl)
+        others = [m for m in self.sightings.renewing(now, self.timing.ttl) if m != self.owner]
+        if self.single and others:
+            raise SeveralNeedPostgres(len(others) + 1)
+        holders = self.sightings.holders(self.partitions, now, self.timing.ttl)
+        for p in range(self.partitions):
+            if p in self._releasing:
+                holders[p] = _RELEASING
+            elif p in self.fences:
+                holders[p] = self.owner
+            elif holders[p] == self.owner:
+                holders[p] = None  # a lease of ours we no longer count on: take it again
+        todo = plan(self.owner, members, holders)
+        for p in todo.acquire:
+            await self._acquire(p)
+        for p in todo.release:
+            log.info("giving partition %d back (balance)", p)
+            self._releasing[p] = asyncio.create_task(self.holder.give_back(p))
+
+    async def _renew(self, p: int) -> None:
+        fence = self.fences[p]
+        if not fence.holds():
+            await self._lost(p, "not renewed before its deadline")
+            return
+        sent = self.clock()
+        try:
+            revision = await self.kv.update(
+                lease_key(p), self.owner.encode(), last=self._revisions[p]
+            )
+        except _CAS_FAILED:
+            await self._lost(p, "taken by another statekeeper")
+            return
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            log.warning("lease on partition %d not renewed (%r); its deadline will tell", p, exc)
+            return
+        self._revisions[p] = revision
+        fence.renewed(sent, self.timing)
+
+    async def _acquire(self, p: int) -> None:
+        key = lease_key(p)
+        seen = self.sightings.keys.get(key)
+        sent = self.clock()
+        try:
+            if seen is None:
+                revision = await self.kv.create(key, self.owner.encode())
+            else:  # lapsed on our clock: take it over only if nobody renewed meanwhile
+                revision = await self.kv.update(key, self.owner.encode(), last=seen.revision)
+        except _CAS_FAILED:
+            return  # another statekeeper was faster, or our view is behind
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            log.warning("lease on partition %d not taken (%r)", p, exc)
+            return
+        fence = Fence(
+            partition=p,
+            owner=self.owner,
+            revision=revision,
+            deadline=sent + self.timing.ttl - self.timing.margin,
+            clock=self.clock,
+            witness=self.witness,
+        )
+        self.fences[p] = fence
+        self._revisions[p] = revision
+        log.info("partition %d leased at revision %d", p, revision)
+        await self.holder.gain(fence)
+
+    async def _lost(self, p: int, why: str) -> None:
+        fence = self.fences.pop(p)
+        self._revisions.pop(p, None)
+        fence.lose()
+        task = self._releasing.pop(p, None)
+        if task is not None:
+            task.cancel()
+        log.warning("lease on partition %d lost: %s", p, why)
+        await self.holder.lose(p)
+
+    async def _delete(self, p: int) -> None:
+        fence = self.fences.pop(p, None)
+        revision = self._revisions.pop(p, None)
+        if fence is not None:
+            fence.lose()
+        if revision is None:
+            return
+        try:
+            await self.kv.delete(lease_key(p), last=revision)
+        except Exception as exc:  # it lapses anyway
+            log.warning("lease on partition %d not deleted (%r); it will lapse", p, exc)
