@@ -198,13 +198,14 @@ class Statekeeper:
             _done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
             for task in stuck:  # never block shutdown on one; say which it was
                 log.error("statekeeper task %s did not stop: %s", task.get_coro(), task.get_stack())
-        log.info("statekeeper tasks stopped; writing the last snapshot")
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._outbox.clear()
         if not last_snapshot:
+            log.info("statekeeper tasks stopped; no last snapshot (the lease is lost)")
             return
+        log.info("statekeeper tasks stopped; writing the last snapshot")
         # The last snapshot only shortens the next start (the log is the truth): bounded.
         final = asyncio.create_task(self.checkpoint())
         _finished, unfinished = await asyncio.wait([final], timeout=STOP_TIMEOUT_S)
