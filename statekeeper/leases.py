@@ -104,6 +104,15 @@ class Sightings:
             if key.startswith(MEMBER_PREFIX) and seen.moved and not seen.lapsed(now, ttl)
         )
 
+    def orphans(self, partitions: int, now: float, ttl: float) -> list[int]:
+        """Partitions whose lease lapsed twice over: their member, though announcing
+        itself, cannot hold them (its renewals fail), so anyone may take them."""
+        return [
+            p
+            for p in range(partitions)
+            if (seen := self.keys.get(lease_key(p))) is not None and seen.lapsed(now, 2 * ttl)
+        ]
+
     def holders(self, partitions: int, now: float, ttl: float) -> dict[int, str | None]:
         """Each partition's live holder, or None when its lease is free or lapsed."""
         held: dict[int, str | None] = {}
@@ -134,6 +143,7 @@ def plan(
     members: Iterable[str],
     holders: Mapping[int, str | None],
     *,
+    orphans: Iterable[int] = (),
     max_release: int = 1,
 ) -> Plan:
     """Balance: take free partitions while below my share, give back my highest ones
@@ -147,6 +157,9 @@ def plan(
     free = sorted(p for p, owner in holders.items() if owner is None)
     if len(mine) < target:
         return Plan(acquire=tuple(free[: target - len(mine)]))
+    stranded = sorted(p for p in orphans if holders.get(p) is None)
+    if stranded:
+        return Plan(acquire=(stranded[0],))
     if len(mine) > target:
         extra = len(mine) - target
         return Plan(release=tuple(reversed(mine[-min(extra, max_release) :])))

@@ -216,7 +216,8 @@ class Leasing:
                 holders[p] = self.owner
             elif holders[p] == self.owner:
                 holders[p] = None  # a lease of ours we no longer count on: take it again
-        todo = plan(self.owner, members, holders)
+        orphans = self.sightings.orphans(self.partitions, now, self.timing.ttl)
+        todo = plan(self.owner, members, holders, orphans=orphans)
         for p in todo.acquire:
             await self._acquire(p)
         for p in todo.release:

@@ -99,3 +99,15 @@ def test_lease_timing_must_renew_well_inside_the_ttl() -> None:
         LeaseTiming(ttl=2.0, renew_every=1.6, margin=0.5)
     with pytest.raises(ValueError):
         LeaseTiming(ttl=2.0, renew_every=0.4, margin=0.0)
+
+
+def test_a_partition_whose_member_cannot_hold_it_is_taken_beyond_the_share() -> None:
+    seen = Sightings()
+    seen.put(lease_key(0), "a", 1, now=0.0)  # a announces itself but never renews it
+    holders = seen.holders(2, 3.0, ttl=2.0)
+    assert holders == {0: None, 1: None}
+    assert seen.orphans(2, 3.0, ttl=2.0) == []  # lapsed once: a's turn first
+    assert seen.orphans(2, 4.0, ttl=2.0) == [0]
+    full = {0: None, 1: "b"}
+    assert plan("b", ["a", "b"], full).acquire == ()
+    assert plan("b", ["a", "b"], full, orphans=[0]).acquire == (0,)
