@@ -11,8 +11,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -142,6 +143,10 @@ class Replies:
         subject = msg.subject  # type: ignore[attr-defined]
         self.by_subject.setdefault(subject, []).append(decode(msg.data))  # type: ignore[attr-defined]
 
+    def answered_once(self, subject: str) -> Callable[[], bool]:
+        """A check: exactly one `JoinAccepted` came on `subject`."""
+        return lambda: self.accepted(subject) == 1
+
     def accepted(self, subject: str) -> int:
         return sum(isinstance(m, JoinAccepted) for m in self.by_subject.get(subject, []))
 
@@ -169,7 +174,7 @@ async def populate(room_log: RoomLog, replies: Replies, rooms: list[str]) -> Non
     for room_id in rooms:
         for who in ["speaker", *(f"v{i}" for i in range(6))]:
             await eventually(
-                lambda r=room_id, w=who: replies.accepted(f"reply.{r}.{w}") == 1,
+                replies.answered_once(f"reply.{room_id}.{who}"),
                 timeout=15,
                 what=f"{who} joined {room_id}",
             )
@@ -277,7 +282,7 @@ async def test_a_statekeeper_paused_past_its_lease_writes_nothing_for_what_it_lo
             await room_log.append(join(room_id, "late", viewer=True), f"{room_id}:late")
         for room_id in rooms:
             await eventually(
-                lambda r=room_id: replies.accepted(f"reply.{r}.late") == 1,
+                replies.answered_once(f"reply.{room_id}.late"),
                 timeout=10,
                 what=f"a answers the late join in {room_id}",
             )
@@ -293,7 +298,7 @@ async def test_a_statekeeper_paused_past_its_lease_writes_nothing_for_what_it_lo
         # out again then, before b woke; replies are derived, at least once)
         replies_before = {k: list(v) for k, v in replies.by_subject.items()}
         kv = await js.key_value(BUCKET)
-        watcher = await kv.watchall()
+        watcher: Any = await kv.watchall()
         b.proc.send_signal(signal.SIGCONT)
         # until b legitimately takes a partition again (balance), it must write nothing;
         # a may give one back meanwhile (a last snapshot), and writes no log or events
