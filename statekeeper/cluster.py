@@ -14,36 +14,18 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
-
-import nats.js.errors
 
 from processes.runtime import tune_gc
 from roomlog.connect import RECONNECT_BUFFER, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
-from schemas import subjects
-from statekeeper.errors import StatekeeperError
 from statekeeper.leasing import Leasing, open_bucket
 from statekeeper.main import StatekeeperConfig, cursor_secret
-from statekeeper.partitions import PartitionHost
+from statekeeper.partitions import PartitionHost, check_partitions
 from statekeeper.routing import Router
 from statekeeper.store import SqlStore
 
 log = logging.getLogger("stagecast.statekeeper")
-
-
-class PartitionsMismatch(StatekeeperError):
-    """The room log was created with another number of partitions than asked for."""
-
-    def __init__(self, stream: str, asked: int) -> None:
-        super().__init__(
-            f"the room log's stream has another partition count than --partitions {asked} "
-            f"(its subject transform is {stream!r}); partitions are fixed when the stream "
-            "is created"
-        )
-        self.stream = stream
-        self.asked = asked
 
 
 @dataclasses.dataclass(slots=True)
@@ -57,18 +39,6 @@ class LeasedStatekeeper:
     def held(self) -> list[int]:
         """The partitions whose lease this process holds now."""
         return self.leasing.held()
-
-
-async def check_partitions(js: Any, partitions: int) -> None:
-    """Refuse a partition count other than the one the log's stream was created with."""
-    try:
-        info = await js.stream_info(subjects.LOG_STREAM)
-    except nats.js.errors.NotFoundError:
-        return
-    transform = info.config.subject_transform
-    want = subjects.log_transform_destination(partitions)
-    if transform is not None and transform.dest != want:
-        raise PartitionsMismatch(str(transform.dest), partitions)
 
 
 @contextlib.asynccontextmanager

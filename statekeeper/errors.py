@@ -119,3 +119,29 @@ class SeveralNeedPostgres(StatekeeperError):
             "statekeepers must share one PostgreSQL database (--database-url postgresql://...)"
         )
         self.members = members
+
+
+class LeasesRequired(StatekeeperError):
+    """Another statekeeper runs on this NATS, and one of them folds without leases
+    (``--leases off``): statekeepers sharing a room log must all lease its partitions."""
+
+    def __init__(self, others: list[str]) -> None:
+        super().__init__(
+            f"another statekeeper ({', '.join(others)}) is running on this NATS and one of "
+            "them runs without leases: statekeepers sharing a room log must all use "
+            "--leases (and one PostgreSQL database)"
+        )
+        self.others = others
+
+
+class PartitionsMismatch(StatekeeperError):
+    """The room log was created with another number of partitions than asked for."""
+
+    def __init__(self, stream: str, asked: int) -> None:
+        super().__init__(
+            f"the room log's stream has another partition count than --partitions {asked} "
+            f"(its subject transform is {stream!r}); partitions are fixed when the stream "
+            "is created"
+        )
+        self.stream = stream
+        self.asked = asked

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from statekeeper.errors import LeaseLost
 
 MEMBER_PREFIX = "member."
+SOLO_PREFIX = "solo."
+"""A statekeeper without leases (it folds every partition) announces itself under this."""
 LEASE_PREFIX = "partition."
 
 
@@ -36,6 +38,11 @@ def lease_key(partition: int) -> str:
 def member_key(owner: str) -> str:
     """The KV key a statekeeper announces itself under."""
     return f"{MEMBER_PREFIX}{owner}"
+
+
+def solo_key(owner: str) -> str:
+    """The KV key a statekeeper without leases announces itself under."""
+    return f"{SOLO_PREFIX}{owner}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +73,8 @@ class Seen:
     since: float
     moved: bool = False
     """The observer saw the key change (not only its first reading): its writer is alive."""
+    first: float = 0.0
+    """When the observer first saw the key at all (whatever its revision then)."""
 
     def lapsed(self, now: float, ttl: float) -> bool:
         """True when the revision has not moved for `ttl` on this observer's clock."""
@@ -81,8 +90,10 @@ class Sightings:
     def put(self, key: str, value: str, revision: int, now: float) -> None:
         """A key was written (or read) at `revision`; a new revision restarts its clock."""
         seen = self.keys.get(key)
-        if seen is None or seen.revision != revision:
-            self.keys[key] = Seen(value, revision, now, moved=seen is not None)
+        if seen is None:
+            self.keys[key] = Seen(value, revision, now, first=now)
+        elif seen.revision != revision:
+            self.keys[key] = Seen(value, revision, now, moved=True, first=seen.first)
 
     def gone(self, key: str) -> None:
         """A key was deleted or purged."""
@@ -96,12 +107,19 @@ class Sightings:
             if key.startswith(MEMBER_PREFIX) and not seen.lapsed(now, ttl)
         )
 
-    def renewing(self, now: float, ttl: float) -> list[str]:
-        """The members seen renewing their announcement (alive for sure), sorted."""
+    def rivals(
+        self, me: str, prefixes: tuple[str, ...], started: float, now: float, ttl: float
+    ) -> list[str]:
+        """Statekeepers under `prefixes` (not `me`) seen alive that were already there when
+        this observer started at `started`: the one that came later is the one to refuse."""
         return sorted(
             seen.value
             for key, seen in self.keys.items()
-            if key.startswith(MEMBER_PREFIX) and seen.moved and not seen.lapsed(now, ttl)
+            if key.startswith(prefixes)
+            and seen.value != me
+            and seen.moved
+            and not seen.lapsed(now, ttl)
+            and seen.first <= started
         )
 
     def orphans(self, partitions: int, now: float, ttl: float) -> list[int]:

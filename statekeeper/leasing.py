@@ -23,8 +23,10 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig
 
-from statekeeper.errors import SeveralNeedPostgres
+from statekeeper.errors import LeasesRequired, SeveralNeedPostgres
 from statekeeper.leases import (
+    MEMBER_PREFIX,
+    SOLO_PREFIX,
     Fence,
     LeaseTiming,
     Sightings,
@@ -32,6 +34,7 @@ from statekeeper.leases import (
     lease_key,
     member_key,
     plan,
+    solo_key,
 )
 
 log = logging.getLogger("stagecast.statekeeper.leases")
@@ -77,6 +80,62 @@ async def open_bucket(js: Any, *, replicas: int = 1) -> Any:
         return await js.create_key_value(config)
 
 
+class BucketView:
+    """The leases bucket as this process has watched it: `Sightings`, kept current."""
+
+    def __init__(self, kv: Any, clock: Callable[[], float], retry_s: float) -> None:
+        self.kv = kv
+        self.clock = clock
+        self.retry_s = retry_s
+        self.sightings = Sightings()
+        self.started = 0.0
+        """When the bucket's contents at start had all been read (monotonic)."""
+        self._ready = asyncio.Event()
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Watch the bucket; return once what it held at start has been read."""
+        self._watcher = await self.kv.watchall()
+        self._task = asyncio.create_task(self._watch())
+        try:
+            await asyncio.wait_for(self._ready.wait(), 10)
+        except TimeoutError:
+            log.warning("the leases bucket was not read whole in 10 s; going on")
+        self.started = self.clock()
+
+    async def stop(self) -> None:
+        """Stop watching. Idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for entry in self._watcher:
+                    if entry is None:
+                        self._ready.set()
+                    elif entry.operation in ("DEL", "PURGE") or entry.value is None:
+                        self.sightings.gone(entry.key)
+                    else:
+                        value = entry.value.decode()
+                        self.sightings.put(entry.key, value, entry.revision, self.clock())
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the leases watcher failed; watching again")
+                await asyncio.sleep(self.retry_s)
+                with contextlib.suppress(Exception):
+                    self._watcher = await self.kv.watchall()
+
+
 class Leasing:
     """Rounds every `timing.renew_every`: announce, renew, balance. One per process."""
 
@@ -101,23 +160,22 @@ class Leasing:
         """SQLite: refuse to run beside another statekeeper (`SeveralNeedPostgres`)."""
         self.witness = witness
         self.clock = clock
-        self.sightings = Sightings()
+        self.view = BucketView(kv, clock, self.timing.renew_every)
+        self.sightings = self.view.sightings
         self.fences: dict[int, Fence] = {}
         self._revisions: dict[int, int] = {}
         self._releasing: dict[int, asyncio.Task[None]] = {}
-        self._watcher: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.failed: BaseException | None = None
-        """Why the rounds ended early (`SeveralNeedPostgres`), if they did."""
+        """Why the rounds ended early (`SeveralNeedPostgres`, `LeasesRequired`), if so."""
         self.stopped = asyncio.Event()
 
     # ----------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Watch the bucket, announce this statekeeper, and start the rounds."""
-        self._watcher = await self.kv.watchall()
-        self._tasks.append(asyncio.create_task(self._watch()))
+        await self.view.start()
         await self._announce()
         self._tasks.append(asyncio.create_task(self._rounds()))
 
@@ -138,36 +196,12 @@ class Leasing:
             await self._delete(p)
         with contextlib.suppress(Exception):
             await self.kv.delete(member_key(self.owner))
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+        await self.view.stop()
         self.stopped.set()
 
     def held(self) -> list[int]:
         """The partitions whose lease this statekeeper holds now."""
         return sorted(p for p, fence in self.fences.items() if fence.holds())
-
-    # ----------------------------------------------------------------------- the bucket
-
-    async def _watch(self) -> None:
-        while True:
-            try:
-                async for entry in self._watcher:
-                    if entry is None:
-                        continue
-                    if entry.operation in ("DEL", "PURGE") or entry.value is None:
-                        self.sightings.gone(entry.key)
-                    else:
-                        value = entry.value.decode()
-                        self.sightings.put(entry.key, value, entry.revision, self.clock())
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("the leases watcher failed; watching again")
-                await asyncio.sleep(self.timing.renew_every)
-                with contextlib.suppress(Exception):
-                    self._watcher = await self.kv.watchall()
 
     async def _announce(self) -> None:
         await self.kv.put(member_key(self.owner), self.owner.encode())
@@ -181,7 +215,7 @@ class Leasing:
                 await self.round()
             except asyncio.CancelledError:
                 raise
-            except SeveralNeedPostgres as exc:
+            except (SeveralNeedPostgres, LeasesRequired) as exc:
                 log.error("%s", exc)
                 self.failed = exc
                 self.stopped.set()
@@ -205,9 +239,12 @@ class Leasing:
             return
         now = self.clock()
         members = self.sightings.members(now, self.timing.ttl)
-        others = [m for m in self.sightings.renewing(now, self.timing.ttl) if m != self.owner]
-        if self.single and others:
-            raise SeveralNeedPostgres(len(others) + 1)
+        prefixes = (MEMBER_PREFIX, SOLO_PREFIX) if self.single else (SOLO_PREFIX,)
+        rivals = self.sightings.rivals(
+            self.owner, prefixes, self.view.started, now, self.timing.ttl
+        )
+        if rivals:
+            raise SeveralNeedPostgres(len(rivals) + 1) if self.single else LeasesRequired(rivals)
         holders = self.sightings.holders(self.partitions, now, self.timing.ttl)
         for p in range(self.partitions):
             if p in self._releasing:
@@ -291,3 +328,63 @@ class Leasing:
             await self.kv.delete(lease_key(p), last=revision)
         except Exception as exc:  # it lapses anyway
             log.warning("lease on partition %d not deleted (%r); it will lapse", p, exc)
+
+
+class SoloGuard:
+    """A statekeeper without leases (it folds every partition) announces itself in the
+    bucket, and refuses to go on when another statekeeper was running on this NATS first:
+    `SeveralNeedPostgres` on SQLite, `LeasesRequired` otherwise (`failed`, `stopped`)."""
+
+    def __init__(
+        self,
+        kv: Any,
+        *,
+        sqlite: bool,
+        timing: LeaseTiming | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kv = kv
+        self.sqlite = sqlite
+        self.owner = new_owner_id()
+        self.timing = timing or LeaseTiming()
+        self.clock = clock
+        self.view = BucketView(kv, clock, self.timing.renew_every)
+        self.failed: BaseException | None = None
+        self.stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Read the bucket, announce this statekeeper, and keep announcing it."""
+        await self.view.start()
+        await self.kv.put(solo_key(self.owner), self.owner.encode())
+        self._task = asyncio.create_task(self._rounds())
+
+    async def stop(self) -> None:
+        """Stop announcing and withdraw. Idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            with contextlib.suppress(Exception):
+                await self.kv.delete(solo_key(self.owner))
+        await self.view.stop()
+
+    async def _rounds(self) -> None:
+        while True:
+            await asyncio.sleep(self.timing.renew_every)
+            with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+                await self.kv.put(solo_key(self.owner), self.owner.encode())
+            rivals = self.view.sightings.rivals(
+                self.owner,
+                (MEMBER_PREFIX, SOLO_PREFIX),
+                self.view.started,
+                self.clock(),
+                self.timing.ttl,
+            )
+            if rivals:
+                self.failed = (
+                    SeveralNeedPostgres(len(rivals) + 1) if self.sqlite else LeasesRequired(rivals)
+                )
+                log.error("%s", self.failed)
+                self.stopped.set()
+                return

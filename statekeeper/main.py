@@ -8,12 +8,15 @@ import dataclasses
 import hashlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 
 from processes.runtime import tune_gc
 from roomlog.connect import RECONNECT_BUFFER, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from statekeeper.leases import LeaseTiming, Witness
+from statekeeper.leasing import SoloGuard, open_bucket
+from statekeeper.partitions import check_partitions
 from statekeeper.queries import Queries
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
@@ -56,6 +59,16 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
         async with running_leased(config) as leased:
             yield leased
         return
+    async with _running_solo(config) as (keeper, _guard):
+        yield keeper
+
+
+@contextlib.asynccontextmanager
+async def _running_solo(
+    config: StatekeeperConfig,
+) -> AsyncIterator[tuple[Statekeeper, SoloGuard]]:
+    """A statekeeper of every partition, without leases, and the guard that refuses it
+    beside another statekeeper on the same NATS (`SoloGuard`)."""
     link = NatsLink("statekeeper", log)
     nc = await connect(
         config.nats_url,
@@ -67,17 +80,27 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
     store = await SqlStore.open(config.database_url)
     keeper: Statekeeper | None = None
     queries: Queries | None = None
+    guard: SoloGuard | None = None
     try:
+        await check_partitions(nc.jetstream(), config.partitions)
         room_log = RoomLog(nc.jetstream(), partitions=config.partitions)
         await room_log.ensure()
+        guard = SoloGuard(
+            await open_bucket(nc.jetstream()),
+            sqlite=store.dialect == "sqlite",
+            timing=config.lease_timing,
+        )
+        await guard.start()
         keeper = Statekeeper(nc, room_log, store, partitions=config.owned, tuning=config.tuning)
         keeper.link = link
         await keeper.start()
         queries = Queries(keeper, cursor_secret(config.api_secret))
         await queries.start()
-        yield keeper
+        yield keeper, guard
     finally:
         log.info("statekeeper stopping")
+        if guard is not None:
+            await guard.stop()
         if queries is not None:
             try:
                 await asyncio.wait_for(queries.stop(), 5)
@@ -106,9 +129,16 @@ async def serve(config: StatekeeperConfig) -> None:
 
         await serve_leased(config, stop)
         return
-    async with running_statekeeper(config) as keeper:
+    async with _running_solo(config) as (keeper, guard):
         await keeper.wait_caught_up()
         log.info("statekeeper ready at log sequence %d", keeper.applied_seq)
         print(f"statekeeper ready seq={keeper.applied_seq}", flush=True)
         tune_gc()
-        await stop.wait()
+        refused = asyncio.create_task(guard.stopped.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([refused, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for task in (refused, stopping):
+            task.cancel()
+        failed = guard.failed
+    if failed is not None:
+        raise SystemExit(f"stagecast statekeeper: {failed}")

@@ -19,15 +19,31 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
+
+import nats.js.errors
 
 from roomlog.seam import CoreLink, RoomLogPort
 from schemas import subjects
+from statekeeper.errors import PartitionsMismatch
 from statekeeper.leases import Fence
 from statekeeper.queries import Queries
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
 
 log = logging.getLogger("stagecast.statekeeper.partitions")
+
+
+async def check_partitions(js: Any, partitions: int) -> None:
+    """Refuse a partition count other than the one the log's stream was created with."""
+    try:
+        info = await js.stream_info(subjects.LOG_STREAM)
+    except nats.js.errors.NotFoundError:
+        return
+    transform = info.config.subject_transform
+    want = subjects.log_transform_destination(partitions)
+    if transform is not None and transform.dest != want:
+        raise PartitionsMismatch(str(transform.dest), partitions)
 
 
 class PartitionHost:

@@ -58,7 +58,10 @@ def test_a_dead_members_partitions_are_taken_once_they_lapse() -> None:
     holders = seen.holders(2, 2.0, ttl=2.0)
     assert holders == {0: None, 1: "b"}
     assert plan("b", seen.members(2.0, ttl=2.0), holders).acquire == (0,)
-    assert seen.renewing(2.0, ttl=2.0) == ["b"]  # only b was seen to move
+    # b was there before an observer that started at 0.0, and was seen renewing: a rival
+    assert seen.rivals("c", ("member.",), started=0.0, now=2.0, ttl=2.0) == ["b"]
+    assert seen.rivals("c", ("member.",), started=-1.0, now=2.0, ttl=2.0) == []  # came later
+    assert seen.rivals("b", ("member.",), started=0.0, now=2.0, ttl=2.0) == []  # itself
 
 
 def test_a_new_revision_restarts_the_lapse_clock_and_a_delete_frees() -> None:
