@@ -42,6 +42,8 @@ log = logging.getLogger("stagecast.statekeeper.leases")
 BUCKET = "STAGECAST_LEASES"
 GARBAGE_AGE_S = 300.0
 """Keys not rewritten for this long vanish (announcements of statekeepers long gone)."""
+STOP_WAIT_S = 2.0
+"""How long a stop waits on one bucket call (a lease not deleted lapses anyway)."""
 _RELEASING = "~releasing~"
 _CAS_FAILED = (
     nats.js.errors.KeyWrongLastSequenceError,
@@ -111,8 +113,8 @@ class BucketView:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+            with contextlib.suppress(Exception):  # bounded: shutdown never waits on it
+                await asyncio.wait_for(self._watcher.stop(), STOP_WAIT_S)
             self._watcher = None
 
     async def _watch(self) -> None:
@@ -195,7 +197,7 @@ class Leasing:
         for p in list(self.fences):
             await self._delete(p)
         with contextlib.suppress(Exception):
-            await self.kv.delete(member_key(self.owner))
+            await asyncio.wait_for(self.kv.delete(member_key(self.owner)), STOP_WAIT_S)
         await self.view.stop()
         self.stopped.set()
 
@@ -325,7 +327,7 @@ class Leasing:
         if revision is None:
             return
         try:
-            await self.kv.delete(lease_key(p), last=revision)
+            await asyncio.wait_for(self.kv.delete(lease_key(p), last=revision), STOP_WAIT_S)
         except Exception as exc:  # it lapses anyway
             log.warning("lease on partition %d not deleted (%r); it will lapse", p, exc)
 
@@ -366,7 +368,7 @@ class SoloGuard:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
             with contextlib.suppress(Exception):
-                await self.kv.delete(solo_key(self.owner))
+                await asyncio.wait_for(self.kv.delete(solo_key(self.owner)), STOP_WAIT_S)
         await self.view.stop()
 
     async def _rounds(self) -> None:

@@ -99,8 +99,6 @@ async def _running_solo(
         yield keeper, guard
     finally:
         log.info("statekeeper stopping")
-        if guard is not None:
-            await guard.stop()
         if queries is not None:
             try:
                 await asyncio.wait_for(queries.stop(), 5)
@@ -108,6 +106,8 @@ async def _running_solo(
                 log.error("the read API did not unsubscribe in time")
         if keeper is not None:
             await keeper.stop()
+        if guard is not None:  # announced until the last snapshot is written
+            await guard.stop()
         log.info("statekeeper stopped; closing the store and NATS")
         await store.close()
         # Everything is stopped: flush what is buffered and close (a drain would wait on
