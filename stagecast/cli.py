@@ -21,6 +21,7 @@ BENCH_SUITES = (
     "fold",
     "ingest",
     "recovery",
+    "takeover",
     "pagination",
     "storm",
     "media",
