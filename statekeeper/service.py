@@ -62,6 +62,9 @@ log = logging.getLogger("stagecast.statekeeper")
 
 STOP_TIMEOUT_S = 5.0
 """How long `stop` waits for its tasks to end after cancelling them."""
+YIELD_EVERY = 256
+"""With a lease, the log reader lets other tasks run every this many events of a batch
+(a long replay must not starve the lease renewals of its process)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -242,10 +245,13 @@ class Statekeeper:
                     if self._outbox:
                         await self._send_outbox()
                     continue
-                for record in batch:
+                share = self.fence is not None  # leases must be renewed meanwhile
+                for i, record in enumerate(batch, 1):
                     if record.event is not None:
                         self.fold(record.seq, record.event, record.stored_at)
                     self.applied_seq = max(self.applied_seq, record.seq)
+                    if share and not i % YIELD_EVERY:
+                        await asyncio.sleep(0)  # the state is whole at applied_seq here
                 if self._caught_up.is_set():
                     self.media.flush(self.state, self.applied_seq)
                 elif self.applied_seq >= self._replay_target:

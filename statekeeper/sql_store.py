@@ -42,6 +42,8 @@ SCHEMA_VERSION = 1
 `open` creates missing tables; the ``poisoned`` table came that way.)"""
 
 _CHUNK = 5_000
+_SCHEMA_LOCK = 0x5354_4147
+"""The PostgreSQL advisory lock that serializes creating the tables."""
 
 metadata = MetaData()
 
@@ -379,6 +381,8 @@ class SqlStore(CheckedStore):
         writer = store._sql._writer
         try:
             async with writer.begin() as conn:
+                if store.dialect == "postgresql":  # statekeepers starting at once: in turn
+                    await conn.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
                 await conn.run_sync(metadata.create_all)
                 found = (await conn.execute(select(schema_version_table.c.version))).scalar()
                 if found is None:
