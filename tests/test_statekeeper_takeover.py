@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from processes.natsserver import NatsServer
 from roomlog.log import RoomLog
 from schemas import subjects
-from schemas.api import ListParticipantsRequest
+from schemas.api import ListParticipantsRequest, ListRoomsRequest, RoomListReply
 from schemas.client import CountsChanged, JoinAccepted, ParticipantsPage
 from schemas.clock import now_ms
 from schemas.codec import decode, encode
@@ -198,6 +198,12 @@ async def test_two_statekeepers_split_and_the_survivor_takes_a_killed_ones_rooms
         rooms = [room_in(p) for p in range(PARTITIONS)]
         await populate(room_log, replies, rooms)
         victim = rooms[next(p for p, o in held.items() if o == b.owner)]
+        for _ in range(4):  # whichever statekeeper takes it, the list spans both
+            listed = decode(
+                (await nc.request(subjects.STATEKEEPER_API, encode(ListRoomsRequest()), 2)).data
+            )
+            assert isinstance(listed, RoomListReply)
+            assert sorted(r.id for r in listed.rooms) == sorted(rooms)
         first = await page(nc, victim)
         assert first.total == 7 and first.next_cursor is not None
         counts: list[CountsChanged] = []
