@@ -228,7 +228,9 @@ class Leasing:
             await asyncio.sleep(max(0.0, self.timing.renew_every - elapsed))
 
     async def round(self) -> None:
-        """One round: announce, renew held leases, drop lost ones, then balance."""
+        """One round: announce, renew held leases, drop lost ones, then balance (not in
+        the first TTL after start: by then every live statekeeper has been seen renewing,
+        so a newcomer neither takes what it would give back nor runs beside a rival)."""
         with contextlib.suppress(nats.errors.Error):
             await self._announce()
         for p in list(self.fences):
@@ -247,6 +249,8 @@ class Leasing:
         )
         if rivals:
             raise SeveralNeedPostgres(len(rivals) + 1) if self.single else LeasesRequired(rivals)
+        if now - self.view.started < self.timing.ttl:
+            return  # settling: who else is alive shows only as their keys move
         holders = self.sightings.holders(self.partitions, now, self.timing.ttl)
         for p in range(self.partitions):
             if p in self._releasing:

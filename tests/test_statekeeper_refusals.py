@@ -8,7 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from processes.natsserver import NatsServer
+from tests.test_store import PG_URL, fresh_postgres_database
 
 ENV = {**os.environ, "STAGECAST_API_KEY": "key", "STAGECAST_API_SECRET": "s3cret-s3cret"}
 
@@ -69,3 +72,37 @@ async def test_another_partition_count_than_the_logs_is_refused(
     other = await statekeeper(nats_server.url, tmp_path, "first", "--partitions", "4")
     said = await refusal(other)
     assert "--partitions 4" in said and "fixed when the stream is created" in said
+
+
+async def test_a_second_leasing_statekeeper_on_sqlite_is_refused(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    first = await statekeeper(nats_server.url, tmp_path, "first", "--leases", "on")
+    assert (await ready(first)).startswith(b"statekeeper ready owner=")
+    second = await statekeeper(nats_server.url, tmp_path, "second", "--leases", "on")
+    assert (await ready(second)).startswith(b"statekeeper ready owner=")  # then it looks
+    said = await refusal(second)
+    assert "several statekeepers must share one PostgreSQL database" in said
+    assert first.returncode is None
+    await stop(first)
+
+
+@pytest.mark.postgres
+async def test_a_leasing_statekeeper_beside_one_without_leases_is_refused(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    if not PG_URL:
+        pytest.skip("set STAGECAST_TEST_POSTGRES_URL to run on PostgreSQL")
+    first = await statekeeper(nats_server.url, tmp_path, "first")  # SQLite: no leases
+    assert (await ready(first)).startswith(b"statekeeper ready seq=")
+    async with fresh_postgres_database(PG_URL) as url:
+        second = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "stagecast.cli", "statekeeper"),
+            *("--nats-url", nats_server.url, "--database-url", url),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=ENV,
+        )
+        said = await refusal(second)
+    assert "runs without leases" in said
+    await stop(first)
