@@ -12,6 +12,10 @@ coalescer.
 (`checkpoints.py`: what SQL does not hold yet, and its commits), `Liveness`
 (`liveness.py`: edges, and the own-link rule for judging silence) and `Placement`
 (`placement.py`: forwarders for media).
+
+When statekeepers share the partitions (`statekeeper.partitions`), a `Statekeeper` folds
+one partition and carries a `Fence`: outcomes, its own log appends and public events go
+out only while the partition's lease holds, and its store refuses a stale holder's rows.
 """
 
 from __future__ import annotations
