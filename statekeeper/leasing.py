@@ -45,11 +45,9 @@ GARBAGE_AGE_S = 300.0
 STOP_WAIT_S = 2.0
 """How long a stop waits on one bucket call (a lease not deleted lapses anyway)."""
 _RELEASING = "~releasing~"
-_CAS_FAILED = (
-    nats.js.errors.KeyWrongLastSequenceError,
-    nats.js.errors.KeyNotFoundError,
-    nats.js.errors.APIError,
-)
+_CAS_FAILED = (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError)
+"""The key moved (or went) since the revision we hold: someone else wrote it. Any other
+error (JetStream unavailable for a moment, a timeout) is left to the deadline."""
 
 
 class Holder(Protocol):
