@@ -52,6 +52,7 @@ __all__ = [
     "MAX_ROOM_ID_CHARS",
     "RELAY_PREFIX",
     "STATEKEEPER_API",
+    "STATEKEEPER_PARTITION_PREFIX",
     "edge_sessions",
     "forwarder_rpc",
     "forwarder_sessions",
@@ -72,6 +73,7 @@ __all__ = [
     "room_token",
     "room_wildcard",
     "session",
+    "statekeeper_partition_api",
 ]
 
 LOG_STREAM = "STAGECAST_LOG"
@@ -86,6 +88,7 @@ LOG_SUBJECTS = f"{LOG_PREFIX}.*"
 EVENTS_SUBJECTS = "stagecast.events.>"
 """What the events stream listens on."""
 STATEKEEPER_API = "stagecast.sk.api"
+STATEKEEPER_PARTITION_PREFIX = "stagecast.sk.part"
 EDGE_HEARTBEAT = "stagecast.edges.heartbeat"
 FORWARDER_HEARTBEAT = "stagecast.forwarders.heartbeat"
 FORWARDER_PREFIX = "stagecast.fwd"
@@ -188,6 +191,14 @@ def partition_of(room_id: str, partitions: int) -> int:
     for byte in room_token(room_id).encode("ascii"):
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return h % partitions
+
+
+def statekeeper_partition_api(partition: int) -> str:
+    """The read API of one partition, answered only by the statekeeper holding its lease:
+    ``stagecast.sk.part.<p>``."""
+    if partition < 0:
+        raise ValueError("partition must be >= 0")
+    return f"{STATEKEEPER_PARTITION_PREFIX}.{partition}"
 
 
 def room_id_from_log_subject(subject: str) -> str:

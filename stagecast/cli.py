@@ -24,6 +24,7 @@ BENCH_SUITES = (
     "fold",
     "ingest",
     "recovery",
+    "takeover",
     "pagination",
     "storm",
     "media",
@@ -108,6 +109,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_statekeeper(args: argparse.Namespace) -> int:
+    from statekeeper.leases import LeaseTiming
     from statekeeper.main import StatekeeperConfig, serve
 
     _, secret = credentials()
@@ -118,11 +120,26 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
     )
     if database_url.startswith("sqlite"):
         Path(database_url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    if args.partitions < 1:
+        raise SystemExit(f"--partitions must be at least 1, not {args.partitions}")
+    leases = args.leases == "on" or (
+        args.leases == "auto" and not database_url.startswith("sqlite")
+    )
+    try:
+        timing = LeaseTiming(
+            ttl=args.lease_ttl, renew_every=args.lease_ttl / 5, margin=args.lease_ttl / 4
+        )
+    except ValueError as exc:
+        raise SystemExit(f"--lease-ttl: {exc}") from None
     config = StatekeeperConfig(
         nats_url=_nats_url(args),
         nats_auth=_nats_auth(args),
         database_url=database_url,
         api_secret=secret,
+        partitions=args.partitions,
+        owned=tuple(range(args.partitions)),
+        leases=leases,
+        lease_timing=timing,
     )
     asyncio.run(serve(config))
     return 0
@@ -295,6 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     sk = sub.add_parser("statekeeper", help="run one statekeeper")
     add_nats_options(sk)
     sk.add_argument("--database-url", default=None)
+    sk.add_argument(
+        "--partitions",
+        type=int,
+        default=int(os.environ.get("STAGECAST_PARTITIONS", "1")),
+        help="room log partitions (fixed when the log stream is created; default 1)",
+    )
+    sk.add_argument(
+        "--leases",
+        choices=("auto", "on", "off"),
+        default=os.environ.get("STAGECAST_LEASES", "auto"),
+        help="share partitions with other statekeepers through leases "
+        "(auto: on with PostgreSQL, off with SQLite)",
+    )
+    sk.add_argument("--lease-ttl", type=float, default=2.0, help="seconds a lease lasts unrenewed")
     sk.set_defaults(func=cmd_statekeeper)
 
     edge = sub.add_parser("edge", help="run one edge (signaling and server API)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from roomlog.seam import RoomLogPort
+from statekeeper.leases import Fence
 from statekeeper.outcomes import PublicEvent, RosterJoin, RosterLeave, RosterUpdate
 from statekeeper.persistence import (
     Deletion,
@@ -33,8 +34,10 @@ class BatchWriter:
         store: Store,
         health: PersistenceHealth,
         clock: Callable[[], int],
+        fence: Fence | None = None,
     ) -> None:
         self.room_log = room_log
+        self.fence = fence
         self.store = store
         self.health = health
         self.clock = clock
@@ -63,6 +66,8 @@ class BatchWriter:
         (with the checkpoint at `applied_seq`, when given and anything else is written)."""
         public = [i for i in items if isinstance(i, PublicEvent)]
         if public:
+            if self.fence is not None:
+                self.fence.check()  # LeaseLost: an outage to the caller, nothing written
             await self.room_log.publish_events(
                 (p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
                 for p in public

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from statekeeper.batches import BatchWriter
@@ -153,11 +153,11 @@ class Checkpoints:
         `at_cut` runs at the instant the batch is cut, when the state is exactly at the
         returned sequence (a pagination snapshot reads its totals there).
         """
-        return await asyncio.shield(self._locked_commit(with_snapshots=False, at_cut=at_cut))
+        return await _shielded(self._locked_commit(with_snapshots=False, at_cut=at_cut))
 
     async def checkpoint(self) -> int:
         """Write roster rows, snapshots of changed rooms and the checkpoint, in one transaction."""
-        return await asyncio.shield(self._locked_commit(with_snapshots=True))
+        return await _shielded(self._locked_commit(with_snapshots=True))
 
     async def _locked_commit(
         self, *, with_snapshots: bool, at_cut: Callable[[], None] | None = None
@@ -218,3 +218,16 @@ class Checkpoints:
             raise
         self.flushed_seq = max(self.flushed_seq, seq)
         return seq
+
+
+async def _shielded(commit: Coroutine[Any, Any, int]) -> int:
+    """Run `commit` to its end even if the caller is cancelled; an error it ends with
+    after the caller has gone is retrieved (the batch is kept and retried anyway)."""
+    task = asyncio.ensure_future(commit)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[int]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -82,3 +82,66 @@ class NoForwarder(StatekeeperError):
 
     def __init__(self) -> None:
         super().__init__("no media forwarder is running")
+
+
+class LeaseLost(StatekeeperError):
+    """A write for a partition whose lease this statekeeper no longer holds (lapsed,
+    taken over or given back): nothing is written."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, partition: int, revision: int) -> None:
+        super().__init__(f"the lease on partition {partition} (revision {revision}) is lost")
+        self.partition = partition
+        self.revision = revision
+
+
+class FencedOut(StatekeeperError):
+    """The database refused a write: a later holder of the partition's lease has written
+    with a higher revision (this statekeeper is stale)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, partition: int, revision: int) -> None:
+        super().__init__(
+            f"partition {partition}: a holder newer than revision {revision} owns the database rows"
+        )
+        self.partition = partition
+        self.revision = revision
+
+
+class SeveralNeedPostgres(StatekeeperError):
+    """A second statekeeper on SQLite: several statekeepers must share PostgreSQL."""
+
+    def __init__(self, members: int) -> None:
+        super().__init__(
+            f"{members} statekeepers are running, and this one stores on SQLite: several "
+            "statekeepers must share one PostgreSQL database (--database-url postgresql://...)"
+        )
+        self.members = members
+
+
+class LeasesRequired(StatekeeperError):
+    """Another statekeeper runs on this NATS, and one of them folds without leases
+    (``--leases off``): statekeepers sharing a room log must all lease its partitions."""
+
+    def __init__(self, others: list[str]) -> None:
+        super().__init__(
+            f"another statekeeper ({', '.join(others)}) is running on this NATS and one of "
+            "them runs without leases: statekeepers sharing a room log must all use "
+            "--leases (and one PostgreSQL database)"
+        )
+        self.others = others
+
+
+class PartitionsMismatch(StatekeeperError):
+    """The room log was created with another number of partitions than asked for."""
+
+    def __init__(self, stream: str, asked: int) -> None:
+        super().__init__(
+            f"the room log's stream has another partition count than --partitions {asked} "
+            f"(its subject transform is {stream!r}); partitions are fixed when the stream "
+            "is created"
+        )
+        self.stream = stream
+        self.asked = asked

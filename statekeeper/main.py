@@ -8,11 +8,15 @@ import dataclasses
 import hashlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 
 from processes.runtime import tune_gc
 from roomlog.connect import RECONNECT_BUFFER, NatsAuth, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from statekeeper.leases import LeaseTiming, Witness
+from statekeeper.leasing import SoloGuard, open_bucket
+from statekeeper.partitions import check_partitions
 from statekeeper.queries import Queries
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
@@ -32,6 +36,14 @@ class StatekeeperConfig:
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
     connect_timeout: float = 10.0
     """Seconds to reach NATS at start (reconnects afterwards never give up)."""
+    leases: bool = False
+    """Share the partitions with other statekeepers through leases (`owned` is then
+    ignored); needs PostgreSQL when several run (`statekeeper.cluster`)."""
+    lease_timing: LeaseTiming = dataclasses.field(default_factory=LeaseTiming)
+    owner_id: str | None = None
+    """This statekeeper's id in the leases bucket (default: a new random one)."""
+    witness: Witness | None = None
+    """Told of every write a lease lets through (audits and tests)."""
 
 
 def cursor_secret(api_secret: str) -> bytes:
@@ -41,7 +53,24 @@ def cursor_secret(api_secret: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-untyped-def]
-    """Run a statekeeper for the duration of the context; yields the `Statekeeper`."""
+    """Run a statekeeper for the duration of the context; yields the `Statekeeper` (with
+    `leases`: the `statekeeper.cluster.LeasedStatekeeper`)."""
+    if config.leases:
+        from statekeeper.cluster import running_leased
+
+        async with running_leased(config) as leased:
+            yield leased
+        return
+    async with _running_solo(config) as (keeper, _guard):
+        yield keeper
+
+
+@contextlib.asynccontextmanager
+async def _running_solo(
+    config: StatekeeperConfig,
+) -> AsyncIterator[tuple[Statekeeper, SoloGuard]]:
+    """A statekeeper of every partition, without leases, and the guard that refuses it
+    beside another statekeeper on the same NATS (`SoloGuard`)."""
     link = NatsLink("statekeeper", log)
     nc = await connect(
         config.nats_url,
@@ -55,15 +84,23 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
     store = await SqlStore.open(config.database_url)
     keeper: Statekeeper | None = None
     queries: Queries | None = None
+    guard: SoloGuard | None = None
     try:
+        await check_partitions(nc.jetstream(), config.partitions)
         room_log = RoomLog(nc.jetstream(), partitions=config.partitions)
         await room_log.ensure()
+        guard = SoloGuard(
+            await open_bucket(nc.jetstream()),
+            sqlite=store.dialect == "sqlite",
+            timing=config.lease_timing,
+        )
+        await guard.start()
         keeper = Statekeeper(nc, room_log, store, partitions=config.owned, tuning=config.tuning)
         keeper.link = link
         await keeper.start()
         queries = Queries(keeper, cursor_secret(config.api_secret))
         await queries.start()
-        yield keeper
+        yield keeper, guard
     finally:
         log.info("statekeeper stopping")
         if queries is not None:
@@ -73,6 +110,8 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
                 log.error("the read API did not unsubscribe in time")
         if keeper is not None:
             await keeper.stop()
+        if guard is not None:  # announced until the last snapshot is written
+            await guard.stop()
         log.info("statekeeper stopped; closing the store and NATS")
         await store.close()
         # Everything is stopped: flush what is buffered and close (a drain would wait on
@@ -89,9 +128,21 @@ async def serve(config: StatekeeperConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_statekeeper(config) as keeper:
+    if config.leases:
+        from statekeeper.cluster import serve_leased
+
+        await serve_leased(config, stop)
+        return
+    async with _running_solo(config) as (keeper, guard):
         await keeper.wait_caught_up()
         log.info("statekeeper ready at log sequence %d", keeper.applied_seq)
         print(f"statekeeper ready seq={keeper.applied_seq}", flush=True)
         tune_gc()
-        await stop.wait()
+        refused = asyncio.create_task(guard.stopped.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([refused, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for task in (refused, stopping):
+            task.cancel()
+        failed = guard.failed
+    if failed is not None:
+        raise SystemExit(f"stagecast statekeeper: {failed}")

@@ -46,17 +46,21 @@ class Queries:
         cursor_secret: bytes,
         *,
         cursor_lifetime_ms: int = CURSOR_LIFETIME_MS,
+        subject: str = subjects.STATEKEEPER_API,
+        queue: str = "statekeeper",
     ) -> None:
         self.keeper = keeper
+        self.subject = subject
+        """Where it listens: the read API, or one partition's subject when statekeepers
+        share the partitions (`statekeeper.routing`)."""
+        self.queue = queue
         self.cursor_secret = cursor_secret
         self.cursor_lifetime_ms = cursor_lifetime_ms
         self._sub: Any = None
 
     async def start(self) -> None:
         nc = self.keeper.nc
-        self._sub = await nc.subscribe(
-            subjects.STATEKEEPER_API, queue="statekeeper", cb=self._on_request
-        )
+        self._sub = await nc.subscribe(self.subject, queue=self.queue, cb=self._on_request)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -65,7 +69,16 @@ class Queries:
 
     async def _on_request(self, msg: Msg) -> None:
         try:
-            reply = await self.answer(decode(msg.data))
+            data = await self.reply_bytes(decode(msg.data))
+        except SchemaError as exc:
+            data = encode(Error(code=exc.code.value, message=str(exc)))
+        if msg.reply:
+            await self.keeper.nc.publish(msg.reply, data)
+
+    async def reply_bytes(self, request: Message) -> bytes:
+        """The encoded reply to one decoded request (errors become `Error` replies)."""
+        try:
+            reply = await self.answer(request)
         except SchemaError as exc:
             reply = Error(code=exc.code.value, message=str(exc))
         except StatekeeperError as exc:
@@ -73,8 +86,7 @@ class Queries:
         except Exception as exc:
             log.exception("query failed")
             reply = Error(code=ErrorCode.INTERNAL.value, message=type(exc).__name__)
-        if msg.reply:
-            await self.keeper.nc.publish(msg.reply, encode(reply))
+        return encode(reply)
 
     async def answer(self, request: Message) -> Message:
         """The reply to one read request."""

@@ -12,6 +12,10 @@ coalescer.
 (`checkpoints.py`: what SQL does not hold yet, and its commits), `Liveness`
 (`liveness.py`: edges, and the own-link rule for judging silence) and `Placement`
 (`placement.py`: forwarders for media).
+
+When statekeepers share the partitions (`statekeeper.partitions`), a `Statekeeper` folds
+one partition and carries a `Fence`: outcomes, its own log appends and public events go
+out only while the partition's lease holds, and its store refuses a stale holder's rows.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from schemas.log import LogEvent
 from statekeeper.batches import BatchWriter
 from statekeeper.checkpoints import Checkpoints
 from statekeeper.counts import CountPublisher
+from statekeeper.errors import LeaseLost
 from statekeeper.fold import apply
+from statekeeper.leases import Fence
 from statekeeper.liveness import Liveness
 from statekeeper.media import ForwarderTable, MediaPlanner
 from statekeeper.outcomes import (
@@ -60,6 +66,9 @@ log = logging.getLogger("stagecast.statekeeper")
 
 STOP_TIMEOUT_S = 5.0
 """How long `stop` waits for its tasks to end after cancelling them."""
+YIELD_EVERY = 256
+"""With a lease, the log reader lets other tasks run every this many events of a batch
+(a long replay must not starve the lease renewals of its process)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -89,8 +98,12 @@ class Statekeeper:
         partitions: tuple[int, ...] = (0,),
         tuning: Tuning | None = None,
         clock: Callable[[], int] = now_ms,
+        fence: Fence | None = None,
     ) -> None:
         self.nc = nc
+        self.fence = fence
+        """The lease its partition is held by, when statekeepers share partitions: every
+        write goes out only while it holds (`Fence.check`)."""
         self.room_log = room_log
         self.store = store
         self.partitions = partitions
@@ -111,8 +124,8 @@ class Statekeeper:
         """The NATS link's state and counters, when the wiring tracks it (`main`)."""
         self.persistence = PersistenceHealth()
         """Persistence counters, state and the items set aside (docs/configuration.md)."""
-        self.writer = BatchWriter(room_log, store, self.persistence, clock)
-        self.timers = Timers(room_log, clock, self._spawn)
+        self.writer = BatchWriter(room_log, store, self.persistence, clock, fence)
+        self.timers = Timers(room_log, clock, self._spawn, fence)
         self.counts = CountPublisher(self._publish)
         self.checkpoints = Checkpoints(
             store=store,
@@ -178,8 +191,9 @@ class Statekeeper:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
-        """Stop consuming, write a last snapshot, cancel timers. Idempotent."""
+    async def stop(self, *, last_snapshot: bool = True) -> None:
+        """Stop consuming, write a last snapshot (unless told not to: a lost lease), cancel
+        timers. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -191,10 +205,14 @@ class Statekeeper:
             _done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
             for task in stuck:  # never block shutdown on one; say which it was
                 log.error("statekeeper task %s did not stop: %s", task.get_coro(), task.get_stack())
-        log.info("statekeeper tasks stopped; writing the last snapshot")
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        self._outbox.clear()
+        if not last_snapshot:
+            log.info("statekeeper tasks stopped; no last snapshot (the lease is lost)")
+            return
+        log.info("statekeeper tasks stopped; writing the last snapshot")
         # The last snapshot only shortens the next start (the log is the truth): bounded.
         final = asyncio.create_task(self.checkpoint())
         _finished, unfinished = await asyncio.wait([final], timeout=STOP_TIMEOUT_S)
@@ -213,6 +231,8 @@ class Statekeeper:
                 await self._follow_log_once()
             except asyncio.CancelledError:
                 raise
+            except LeaseLost:
+                return  # nothing more for this partition here; its holder stops us
             except Exception:
                 self._healthy = False
                 log.exception("the room log reader failed; reopening from %d", self.applied_seq + 1)
@@ -229,10 +249,13 @@ class Statekeeper:
                     if self._outbox:
                         await self._send_outbox()
                     continue
-                for record in batch:
+                share = self.fence is not None  # leases must be renewed meanwhile
+                for i, record in enumerate(batch, 1):
                     if record.event is not None:
                         self.fold(record.seq, record.event, record.stored_at)
                     self.applied_seq = max(self.applied_seq, record.seq)
+                    if share and not i % YIELD_EVERY:
+                        await asyncio.sleep(0)  # the state is whole at applied_seq here
                 if self._caught_up.is_set():
                     self.media.flush(self.state, self.applied_seq)
                 elif self.applied_seq >= self._replay_target:
@@ -327,6 +350,12 @@ class Statekeeper:
 
     async def _send_outbox(self) -> None:
         outbox, self._outbox = self._outbox, []
+        if self.fence is not None and outbox:
+            try:
+                self.fence.check()
+            except LeaseLost:
+                log.warning("lease lost: %d outcomes not published", len(outbox))
+                raise
         await publish_all(self.nc, [(subject, "", data, None) for subject, data in outbox])
 
     # ----------------------------------------------------------------------- the parts
@@ -335,7 +364,10 @@ class Statekeeper:
         while True:
             await asyncio.sleep(self.tuning.count_tick_ms / 1000)
             self.publish_due_counts()
-            await self._send_outbox()
+            try:
+                await self._send_outbox()
+            except LeaseLost:
+                return
 
     def publish_due_counts(self) -> None:
         """Publish the counts whose coalescing window is open (see `CountPublisher`)."""

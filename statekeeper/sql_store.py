@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.elements import ColumnElement
 
 from schemas.codec import pack_struct
-from statekeeper.errors import SchemaVersionMismatch
+from statekeeper.errors import FencedOut, SchemaVersionMismatch
+from statekeeper.leases import Fence
 from statekeeper.persistence import PoisonedItem
 from statekeeper.rosters import Batch, CheckedStore, Phase, tier_rank
 
@@ -41,6 +42,8 @@ SCHEMA_VERSION = 1
 `open` creates missing tables; the ``poisoned`` table came that way.)"""
 
 _CHUNK = 5_000
+_SCHEMA_LOCK = 0x5354_4147
+"""The PostgreSQL advisory lock that serializes creating the tables."""
 
 metadata = MetaData()
 
@@ -91,6 +94,15 @@ poisoned_table = Table(
     Column("at_ms", BigInteger, nullable=False),
     Column("detail", LargeBinary, nullable=False),
 )
+partition_owners_table = Table(
+    "partition_owners",
+    metadata,
+    Column("partition_id", Integer, primary_key=True, autoincrement=False),
+    Column("owner", String, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+)
+"""Who last wrote each partition's rows, at which lease revision (`Fence`): a write
+carrying a lower revision than the row's is refused by the database (`FencedOut`)."""
 schema_version_table = Table(
     "schema_version",
     metadata,
@@ -159,10 +171,18 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
 class _SqlTables:
     """The SQL rows behind `SqlStore`, on one engine."""
 
-    def __init__(self, engine: AsyncEngine, partition: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        partition: int,
+        fence: Fence | None = None,
+        owns_engine: bool = True,
+    ) -> None:
         self._engine = engine
         self._writer = engine.execution_options(stagecast_write=True)
         self._partition = partition
+        self._fence = fence
+        self._owns_engine = owns_engine
         self._pg = engine.dialect.name == "postgresql"
         self._join_sql = _join_sql(self._pg)
 
@@ -179,6 +199,7 @@ class _SqlTables:
         ):
             return
         async with self._writer.begin() as conn:
+            await self._fenced(conn)
             for phase in batch.phases:
                 await self._apply(conn, phase, batch.now_ms)
             if batch.snapshots:
@@ -212,6 +233,26 @@ class _SqlTables:
                     set_={"applied_seq": mark.excluded.applied_seq},
                 )
                 await conn.execute(mark)
+
+    async def _fenced(self, conn: AsyncConnection) -> None:
+        """With a fence: refuse unless the lease holds here and no later holder has
+        written (the owners row, locked and moved to this revision in this transaction)."""
+        fence = self._fence
+        if fence is None:
+            return
+        fence.check()
+        o = partition_owners_table.c
+        claim = self._insert(partition_owners_table).values(
+            partition_id=self._partition, owner=fence.owner, revision=fence.revision
+        )
+        claim = claim.on_conflict_do_update(
+            index_elements=[o.partition_id],
+            set_={"owner": claim.excluded.owner, "revision": claim.excluded.revision},
+            where=o.revision <= claim.excluded.revision,
+        )
+        done = await conn.execute(claim)
+        if done.rowcount == 0:
+            raise FencedOut(self._partition, fence.revision)
 
     async def _apply(self, conn: AsyncConnection, phase: Phase, now_ms: int) -> None:
         # Joins are most of the rows: plain DBAPI executemany of tuples, past SQLAlchemy's
@@ -295,11 +336,13 @@ class _SqlTables:
 
     async def prune(self, left_before_ms: int) -> int:
         async with self._writer.begin() as conn:
+            await self._fenced(conn)
             done = await conn.execute(delete(roster_table).where(_r.left_at < left_before_ms))
             return int(done.rowcount)
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        if self._owns_engine:
+            await self._engine.dispose()
 
 
 class SqlStore(CheckedStore):
@@ -311,9 +354,22 @@ class SqlStore(CheckedStore):
     snapshots `load` returns, for statekeepers sharing one database by partition.
     """
 
-    def __init__(self, engine: AsyncEngine, partition: int) -> None:
-        self._sql = _SqlTables(engine, partition)
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        partition: int,
+        fence: Fence | None = None,
+        owns_engine: bool = True,
+    ) -> None:
+        self._sql = _SqlTables(engine, partition, fence, owns_engine)
         super().__init__(self._sql)
+
+    def scoped(self, partition: int, fence: Fence | None = None) -> SqlStore:
+        """A store of one partition on this store's engine (closing it leaves the engine
+        open). With a `fence`, every write first checks the lease and claims the
+        partition's `partition_owners` row at the fence's revision, in the same
+        transaction: a stale holder's write is refused (`FencedOut`)."""
+        return SqlStore(self._sql._engine, partition, fence, owns_engine=False)
 
     @classmethod
     async def open(cls, database_url: str, *, partition: int = 0) -> SqlStore:
@@ -325,6 +381,8 @@ class SqlStore(CheckedStore):
         writer = store._sql._writer
         try:
             async with writer.begin() as conn:
+                if store.dialect == "postgresql":  # statekeepers starting at once: in turn
+                    await conn.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
                 await conn.run_sync(metadata.create_all)
                 found = (await conn.execute(select(schema_version_table.c.version))).scalar()
                 if found is None:

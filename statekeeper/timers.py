@@ -15,6 +15,8 @@ from typing import Any
 
 from roomlog.seam import RoomLogPort
 from schemas.log import GraceExpired, LogEvent, RoomTimedOut
+from statekeeper.errors import LeaseLost
+from statekeeper.leases import Fence
 from statekeeper.state import Room
 
 log = logging.getLogger("stagecast.statekeeper")
@@ -28,8 +30,15 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 class Timers:
     """Armed timers by key, and the retried appends of the statekeeper's own events."""
 
-    def __init__(self, room_log: RoomLogPort, clock: Callable[[], int], spawn: Spawn) -> None:
+    def __init__(
+        self,
+        room_log: RoomLogPort,
+        clock: Callable[[], int],
+        spawn: Spawn,
+        fence: Fence | None = None,
+    ) -> None:
         self._room_log = room_log
+        self._fence = fence
         self._clock = clock
         self._spawn = spawn
         self._handles: dict[str, asyncio.TimerHandle] = {}
@@ -85,8 +94,15 @@ class Timers:
 
     async def _append(self, key: str, event: LogEvent) -> None:
         for attempt in range(APPEND_ATTEMPTS):
+            if self._stopped:
+                return
             try:
+                if self._fence is not None:
+                    self._fence.check()
                 await self._room_log.append(event, msg_id=key)
+                return
+            except LeaseLost:
+                log.info("timer %s not appended: the partition's lease is lost", key)
                 return
             except Exception as exc:  # NATS down: retry with backoff, bounded
                 log.warning("timer %s not appended (%s), retrying", key, exc)

@@ -167,7 +167,7 @@ def test_edges_listen_on_their_published_ports(services: dict[str, dict[str, Any
         assert f":{port}/healthz" in " ".join(_argv(services[name]["healthcheck"]["test"]))
 
 
-def test_one_statekeeper_runs_the_other_is_a_cold_standby(
+def test_two_statekeepers_share_the_partitions_of_one_database(
     services: dict[str, dict[str, Any]],
 ) -> None:
     keepers = {
@@ -175,11 +175,17 @@ def test_one_statekeeper_runs_the_other_is_a_cold_standby(
         for name, s in _stagecast_services(services).items()
         if _stagecast_args(s)[0] == "statekeeper"
     }
-    # No partition leases yet: only one statekeeper may fold the log at a time.
-    assert [n for n, s in keepers.items() if not s.get("profiles")] == ["statekeeper1"]
-    assert keepers["statekeeper2"]["profiles"] == ["standby"]
+    # Both run (leases split the partitions), with the same partition count.
+    assert sorted(n for n, s in keepers.items() if not s.get("profiles")) == [
+        "statekeeper1",
+        "statekeeper2",
+    ]
+    partitions = {
+        _stagecast_args(s)[_stagecast_args(s).index("--partitions") + 1] for s in keepers.values()
+    }
+    assert partitions == {"8"}
     urls = {s["environment"]["STAGECAST_DATABASE_URL"] for s in keepers.values()}
-    assert len(urls) == 1, "a standby recovers from the same database"
+    assert len(urls) == 1, "statekeepers share one database (leases need PostgreSQL)"
     assert urls.pop().startswith("postgresql+asyncpg://")
 
 

@@ -36,7 +36,8 @@ async def private_nats() -> AsyncIterator[tuple[NatsServer, NATS, Path]]:
             await server.stop()
 
 
-def start_statekeeper(nats_url: str, database_url: str, log: Path) -> Popen[bytes]:
+def start_statekeeper(nats_url: str, database_url: str, log: Path, *extra: str) -> Popen[bytes]:
+    """A `stagecast statekeeper` process (with `extra` options), its output in `log`."""
     env = dict(os.environ, STAGECAST_API_KEY="bench", STAGECAST_API_SECRET="bench-secret")
     return spawn_child(
         [
@@ -48,6 +49,7 @@ def start_statekeeper(nats_url: str, database_url: str, log: Path) -> Popen[byte
             nats_url,
             "--database-url",
             database_url,
+            *extra,
         ],
         env=env,
         log_path=log,
