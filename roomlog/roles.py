@@ -15,7 +15,9 @@ The roles:
 - ``statekeeper``: appends timer events, reads the room log through an ephemeral pull
   consumer, appends public events, publishes room broadcasts, direct replies (to session
   subjects and to the edges' inboxes, where server-API writes wait), forwarder session
-  state; serves ``stagecast.sk.api``; reads both heartbeats.
+  state; serves ``stagecast.sk.api`` and its partitions' ``stagecast.sk.part.<p>`` (and
+  sends a request on to the holder of its room's partition); keeps the partition leases'
+  KV bucket; reads both heartbeats.
 - ``forwarder``: media subjects only: its sessions and RPC, relayed tracks between
   forwarders, subscriber offers to sessions, its heartbeat; no JetStream at all.
 - ``webhook``: reads the public events stream through a (durable) consumer with acks.
@@ -43,10 +45,12 @@ from schemas.subjects import (
     EVENTS_SUBJECTS,
     FORWARDER_HEARTBEAT,
     FORWARDER_PREFIX,
+    LEASES_BUCKET,
     LOG_STREAM,
     LOG_SUBJECTS,
     RELAY_PREFIX,
     STATEKEEPER_API,
+    STATEKEEPER_PARTITION_PREFIX,
 )
 
 __all__ = [
@@ -109,6 +113,20 @@ def _consumer_reads(stream: str, *, durable: bool) -> tuple[str, ...]:
     return tuple(subjects)
 
 
+def _lease_bucket() -> tuple[str, ...]:
+    """Keep the partition leases' KV bucket: make it, read and write keys, watch it."""
+    stream = f"KV_{LEASES_BUCKET}"
+    return (
+        f"$KV.{LEASES_BUCKET}.>",
+        *_stream_upkeep(stream),
+        *_consumer_reads(stream, durable=False),
+        f"{JS_API}.DIRECT.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"$JS.FC.{stream}.>",  # the watcher's flow-control replies
+    )
+
+
 def _room(channel: str) -> str:
     return f"stagecast.room.*.{channel}"
 
@@ -146,8 +164,16 @@ def permissions(role: Role) -> Permissions:
                 f"{JS_API}.INFO",
                 *_stream_upkeep(LOG_STREAM, EVENTS_STREAM),
                 *_consumer_reads(LOG_STREAM, durable=False),
+                f"{STATEKEEPER_PARTITION_PREFIX}.*",  # a read request sent on to its holder
+                *_lease_bucket(),
             ),
-            subscribe=(EDGE_HEARTBEAT, FORWARDER_HEARTBEAT, STATEKEEPER_API, _inbox(role)),
+            subscribe=(
+                EDGE_HEARTBEAT,
+                FORWARDER_HEARTBEAT,
+                STATEKEEPER_API,
+                f"{STATEKEEPER_PARTITION_PREFIX}.*",
+                _inbox(role),
+            ),
         )
     if role is Role.FORWARDER:
         return Permissions(

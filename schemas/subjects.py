@@ -45,6 +45,7 @@ __all__ = [
     "EVENTS_SUBJECTS",
     "FORWARDER_HEARTBEAT",
     "FORWARDER_PREFIX",
+    "LEASES_BUCKET",
     "LOG_PARTITIONED_PREFIX",
     "LOG_PREFIX",
     "LOG_STREAM",
@@ -89,6 +90,8 @@ EVENTS_SUBJECTS = "stagecast.events.>"
 """What the events stream listens on."""
 STATEKEEPER_API = "stagecast.sk.api"
 STATEKEEPER_PARTITION_PREFIX = "stagecast.sk.part"
+LEASES_BUCKET = "STAGECAST_LEASES"
+"""The JetStream KV bucket of partition leases and statekeeper announcements."""
 EDGE_HEARTBEAT = "stagecast.edges.heartbeat"
 FORWARDER_HEARTBEAT = "stagecast.forwarders.heartbeat"
 FORWARDER_PREFIX = "stagecast.fwd"

@@ -23,6 +23,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig
 
+from schemas.subjects import LEASES_BUCKET
 from statekeeper.errors import LeasesRequired, SeveralNeedPostgres
 from statekeeper.leases import (
     MEMBER_PREFIX,
@@ -39,7 +40,7 @@ from statekeeper.leases import (
 
 log = logging.getLogger("stagecast.statekeeper.leases")
 
-BUCKET = "STAGECAST_LEASES"
+BUCKET = LEASES_BUCKET
 GARBAGE_AGE_S = 300.0
 """Keys not rewritten for this long vanish (announcements of statekeepers long gone)."""
 STOP_WAIT_S = 2.0
