@@ -1,5 +1,11 @@
 """One signaling socket, from accept to close, with an explicit lifecycle (STYLE rule 6).
 
+Event-driven: the socket (`edge.rtcsocket`) hands each whole message to `received` as it
+arrives; they are handled in order, one at a time, each in a task that lives only while it
+is handled (messages that arrive meanwhile wait in a short line, and the socket stops
+reading while any wait). When the session ends or the socket closes, one task winds it
+down (`_detach`, then the last frames and the close). An idle socket has no task.
+
 States: ``CONNECTING`` (accepted, no session yet; a join may be in flight; without a join
 within `EdgeConfig.join_deadline` the socket gets `JOIN_TIMEOUT` and close 4018), ``JOINED``,
 ``CLOSING`` (a close is queued or the socket dropped; frames are ignored), ``CLOSED``.
@@ -22,16 +28,17 @@ the client may resume); a join that was appended but never answered is withdrawn
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import msgpack
 import msgspec
-from starlette.websockets import WebSocket
 
 from edge.bus import BusUnavailable
 from edge.closecodes import close_code
@@ -68,7 +75,15 @@ class EdgeSessionState(enum.Enum):
     CLOSED = "closed"
 
 
-FrameHandler = Callable[["EdgeSession", bytes | None, str | None], Awaitable[None]]
+class SocketLine(FrameSink, Protocol):
+    """The socket a session runs on: its frames out, and a pause on what it reads."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+FrameHandler = Callable[["EdgeSession", bytes | None, str | None], Coroutine[Any, Any, None]]
 """What the session does with each frame the client sends (`edge.requests.handle_frame`)."""
 
 
@@ -85,24 +100,23 @@ def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
 
 
 class EdgeSession:
-    """One socket's session (see the module docstring). Create, then `await run()`.
+    """One socket's session (see the module docstring). Create it when the socket is open,
+    then `open` it; the socket calls `received` and `socket_closed`.
 
-    `node` is the edge it runs on; `line` the socket's transport (`edge.serving.line_of`);
-    `handle` serves each frame the client sends (the app hands it
+    `node` is the edge it runs on; `line` the socket (`edge.rtcsocket.RtcSocket`);
+    `handle` serves each frame the client sends (the edge hands it
     `edge.requests.handle_frame`)."""
 
     def __init__(
         self,
         node: EdgePort,
-        websocket: WebSocket,
-        line: FrameSink,
+        line: SocketLine,
         upgrade_token: str | None,
         handle: FrameHandler,
     ) -> None:
         config = node.config
         self.node = node
         self._handle = handle
-        self.ws = websocket
         self.line = line
         self.upgrade_token = upgrade_token
         self.state = EdgeSessionState.CONNECTING
@@ -133,8 +147,12 @@ class EdgeSession:
         self._server_ended = False
         self._socket_gone = False
         self._ended = False
-        self._over: asyncio.Future[None] | None = None
-        """Resolved when the session ends or the socket drops (`run` then winds down)."""
+        self._handling: asyncio.Task[None] | None = None
+        """The task handling the current frame, if one is being handled."""
+        self._waiting: collections.deque[tuple[bytes | None, str | None]] | None = None
+        """Frames that arrived while one was handled (None while none wait)."""
+        self._winding_down: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
         self.joined_seq = 0
         """The log sequence of the joined snapshot: broadcasts up to it are in it already."""
         self.detached = asyncio.Event()
@@ -144,30 +162,66 @@ class EdgeSession:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
-        """Serve the socket until it closes; never raises for anything the client did."""
-        try:
-            await self.ws.accept()
-        except Exception as exc:  # the client went away during the handshake
-            log.debug("accept failed: %s", exc)
-            self.state = EdgeSessionState.CLOSED
-            self.detached.set()
-            self.closed.set()
-            return
+    def open(self) -> None:
+        """The socket is open: the edge knows it, and the join deadline runs."""
         self.node.opened(self)
         loop = asyncio.get_running_loop()
-        deadline = loop.call_later(self.node.config.join_deadline, self._join_deadline_passed)
-        over = self._over = loop.create_future()
-        receiver = asyncio.create_task(self._receive())
-        receiver.add_done_callback(lambda _: _resolve(over))
+        self._deadline = loop.call_later(self.node.config.join_deadline, self._join_deadline_passed)
+
+    def received(self, data: bytes | None, text: str | None) -> None:
+        """A whole message from the client (binary `data` or `text`): handled in order."""
+        if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
+            return  # closing: whatever still arrives is ignored
+        if self._handling is not None:
+            if self._waiting is None:
+                self._waiting = collections.deque()
+                self.line.pause_reading()  # the rest waits in the kernel meanwhile
+            self._waiting.append((data, text))
+            return
+        self._start(data, text)
+
+    def _start(self, data: bytes | None, text: str | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(self, data, text))
+        self._handling = task
+        task.add_done_callback(self._handled)
+
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        if task is not self._handling:
+            return
+        self._handling = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("handling a frame failed", exc_info=exc)
+            self.end(1011, ErrorCode.INTERNAL.value)
+            return
+        if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
+            self._waiting = None
+            return
+        waiting = self._waiting
+        if waiting:
+            self._start(*waiting.popleft())
+        if not waiting and waiting is not None:
+            self._waiting = None
+            self.line.resume_reading()
+
+    def socket_closed(self) -> None:
+        """The socket is gone or closing (the client closed it, or the connection dropped)."""
+        if self._winding_down is None:
+            self._socket_gone = not self.queue.finished
+        self._wind_down()
+
+    def _wind_down(self) -> None:
+        if self._winding_down is None and self.state is not EdgeSessionState.CLOSED:
+            self._winding_down = asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        """Stop handling frames, leave the room, let the close go out, and be `closed`."""
         try:
-            try:
-                if not self._ended:
-                    await over
-            finally:
-                receiver.cancel()
+            handling, self._handling = self._handling, None
+            self._waiting = None
+            if handling is not None:
+                handling.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await receiver
+                    await handling
             if not self._socket_gone:
                 self.end(1011, ErrorCode.INTERNAL.value)  # no-op when already ending
             self.state = EdgeSessionState.CLOSING
@@ -176,7 +230,8 @@ class EdgeSession:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
                 await self._flushed(self.node.config.close_grace)
         finally:
-            deadline.cancel()
+            if self._deadline is not None:
+                self._deadline.cancel()
             self.state = EdgeSessionState.CLOSED
             self.node.closed_socket(self)
             self.closed.set()
@@ -191,18 +246,6 @@ class EdgeSession:
             await asyncio.wait_for(done, grace)
         except TimeoutError:
             self.line.drop()
-
-    async def _receive(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                self._socket_gone = not self.queue.finished
-                return
-            if message["type"] != "websocket.receive":
-                continue
-            if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
-                continue  # closing: whatever still arrives is ignored
-            await self._handle(self, message.get("bytes"), message.get("text"))
 
     def _join_deadline_passed(self) -> None:
         """No join (or resume) arrived in time: `JOIN_TIMEOUT`, close 4018."""
@@ -226,8 +269,7 @@ class EdgeSession:
 
     def _finish(self) -> None:
         self._ended = True
-        if self._over is not None:
-            _resolve(self._over)
+        self._wind_down()
 
     def shutdown(self) -> None:
         """The edge is stopping: tell the client to resume elsewhere, then close (4017)."""
