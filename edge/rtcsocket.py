@@ -91,7 +91,8 @@ class RtcSocket(asyncio.Protocol):
     ) -> None:
         self.transport = transport
         self.loop = loop
-        self.reader = FrameReader(max_message)
+        self.reader: FrameReader | None = FrameReader(max_message)
+        """None once the client broke the protocol: the rest of its bytes are discarded."""
         self.receiver: RtcReceiver | None = None
         self.on_writable: Callable[[], None] | None = None
         self.ready = True
@@ -112,10 +113,11 @@ class RtcSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_heard = self.loop.time()
         self.pinged = False
-        if self.lost:
-            return
+        reader = self.reader
+        if reader is None or self.lost:
+            return  # after a protocol error: discarded
         try:
-            received = self.reader.feed(data)
+            received = reader.feed(data)
             for opcode, payload in received:
                 if opcode == BINARY:
                     if not self.close_sent and self.receiver is not None:
@@ -146,13 +148,23 @@ class RtcSocket(asyncio.Protocol):
         self._tell_closed()
 
     def _fail(self, error: FrameError) -> None:
-        """The client broke the protocol: close with the code that says how."""
+        """The client broke the protocol: close with the code that says how.
+
+        The close frame is followed by the end of the edge's side of the stream; what the
+        client still sends is read and discarded until it ends its side too (or
+        `CLOSE_TIMEOUT`), so the close is not lost to a reset of unread data."""
         log.debug("closing a signaling socket: %s", error)
+        self.reader = None
         if not self.gone:
             self.transport.write(close_frame(error.code, error.reason))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.resume_reading()
+                self._close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+            else:
+                self.transport.close()
         self.close_sent = True
         self.ready = False
-        self.transport.close()
         self._tell_closed()
 
     def _tell_closed(self) -> None:
@@ -162,7 +174,7 @@ class RtcSocket(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Read nothing more until `resume_reading` (the receiver is behind)."""
-        if not self._reading_paused and not self.close_sent and not self.lost:
+        if not self._reading_paused and not self.gone:
             self._reading_paused = True
             self.transport.pause_reading()
 
@@ -211,6 +223,9 @@ class RtcSocket(asyncio.Protocol):
             self.on_writable()
 
     # ------------------------------------------------------------------ the end
+
+    def eof_received(self) -> bool:
+        return False  # the client ended its side: close ours too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
