@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.frames import Close, Frame, Opcode
 
+from edge import rtcsocket
 from schemas.client import Error, Join, JoinAccepted, Ping, Pong
 from schemas.codec import decode, encode
 from tests.edge_fixtures import Stack, edge_stack
@@ -229,3 +230,30 @@ async def test_an_upgrade_on_another_path_is_plain_http(stack: Stack) -> None:
     request = HANDSHAKE.replace(b"/rtc{query}", b"/elsewhere")
     request = request.replace(b"Connection: Upgrade", b"Connection: Upgrade, close")
     assert (await http_exchange(stack, request)).startswith(b"HTTP/1.1 404 ")
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+async def test_stopping_the_edge_leaves_no_signaling_socket_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn does not know these sockets: the edge tells them to go and, when one never
+    answers its close, aborts it rather than leave it open (or wait for it)."""
+    monkeypatch.setattr(rtcsocket, "CLOSE_TIMEOUT", 3600.0)  # only the stop can close it
+    stopping = edge_stack(tmp_path)
+    stack = await stopping.__aenter__()
+    try:
+        async with raw_socket(stack) as sock:  # it never answers the close
+            sock.writer.write(masked(Opcode.BINARY, encode(Ping(id=1, at=1))))
+            assert pongs([(await sock.frame())[1]]) == [1]
+            await asyncio.wait_for(stopping.__aexit__(None, None, None), 30)
+            stopped = True
+            opcode, payload = await sock.frame()
+            assert opcode == Opcode.BINARY and b"SERVER_SHUTDOWN" in payload
+            assert await sock.close_code() == (4017, "SERVER_SHUTDOWN")
+            with contextlib.suppress(ConnectionResetError):
+                await sock.eof()  # closed by the edge, not by this client
+    finally:
+        if not locals().get("stopped"):
+            await stopping.__aexit__(None, None, None)
