@@ -14,7 +14,7 @@ Requests that need a session answer `NOT_JOINED` before the join, a second join 
 unless docs/protocol.md says otherwise; nothing a client sends raises out of the handler.
 
 Frames out go through the socket's `SendQueue` as complete WebSocket frames, written to the
-transport at once unless it is paused (the `FrameSink` of `edge.serving`); broadcasts come
+transport at once unless it is paused (the `FrameSink` of `edge.rtcsocket`); broadcasts come
 framed by the fan-out, once for all its sockets. Direct replies for the session (acks,
 errors, join outcomes, tier changes, disconnects) arrive via `on_direct`; room broadcasts
 via the `Member` methods the fan-out calls. Both run synchronously on the event loop, so
