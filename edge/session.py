@@ -28,7 +28,6 @@ the client may resume); a join that was appended but never answered is withdrawn
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import itertools
@@ -37,12 +36,13 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-import msgpack
 import msgspec
 
 from edge.bus import BusUnavailable
 from edge.closecodes import close_code
+from edge.inbox import Inbox, Reading
 from edge.join import JoinAttempt
+from edge.latch import Latch
 from edge.ports import EdgePort
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeClaims, mint_resume_token
@@ -64,7 +64,6 @@ from schemas.subjects import session_reply
 
 log = logging.getLogger("stagecast.edge")
 
-_PEEK_LIMIT = 64 * 1024
 _MESSAGE_CHARS = 1000
 
 
@@ -75,28 +74,12 @@ class EdgeSessionState(enum.Enum):
     CLOSED = "closed"
 
 
-class SocketLine(FrameSink, Protocol):
+class SocketLine(FrameSink, Reading, Protocol):
     """The socket a session runs on: its frames out, and a pause on what it reads."""
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 FrameHandler = Callable[["EdgeSession", bytes | None, str | None], Coroutine[Any, Any, None]]
 """What the session does with each frame the client sends (`edge.requests.handle_frame`)."""
-
-
-def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
-    """The `id` of a frame that was not decoded, if it has one and is at most `limit` bytes."""
-    if data is None or len(data) > limit:
-        return None
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception:
-        return None
-    value = body.get("id") if isinstance(body, dict) else None
-    return value if type(value) is int else None
 
 
 class EdgeSession:
@@ -106,6 +89,42 @@ class EdgeSession:
     `node` is the edge it runs on; `line` the socket (`edge.rtcsocket.RtcSocket`);
     `handle` serves each frame the client sends (the edge hands it
     `edge.requests.handle_frame`)."""
+
+    __slots__ = (
+        "_deadline",
+        "_ended",
+        "_handle",
+        "_in_room",
+        "_msg_ids",
+        "_pending",
+        "_pending_counts",
+        "_server_ended",
+        "_socket_gone",
+        "_winding_down",
+        "attempt",
+        "closed",
+        "connection_id",
+        "detached",
+        "epoch",
+        "grant",
+        "guard",
+        "inbox",
+        "is_viewer",
+        "joined_seq",
+        "leave_req",
+        "line",
+        "node",
+        "participant_id",
+        "queue",
+        "room_id",
+        "room_sid",
+        "sid",
+        "state",
+        "subject",
+        "token_expires_at",
+        "upgrade_token",
+        "was_joined",
+    )
 
     def __init__(
         self,
@@ -147,17 +166,14 @@ class EdgeSession:
         self._server_ended = False
         self._socket_gone = False
         self._ended = False
-        self._handling: asyncio.Task[None] | None = None
-        """The task handling the current frame, if one is being handled."""
-        self._waiting: collections.deque[tuple[bytes | None, str | None]] | None = None
-        """Frames that arrived while one was handled (None while none wait)."""
+        self.inbox = Inbox(self._serve, line, self._failed)
         self._winding_down: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.joined_seq = 0
         """The log sequence of the joined snapshot: broadcasts up to it are in it already."""
-        self.detached = asyncio.Event()
+        self.detached = Latch()
         """Set once the session left the fan-out and told the log (see `_detach`)."""
-        self.closed = asyncio.Event()
+        self.closed = Latch()
         self._msg_ids = itertools.count(1)
 
     # ------------------------------------------------------------------ lifecycle
@@ -170,38 +186,16 @@ class EdgeSession:
 
     def received(self, data: bytes | None, text: str | None) -> None:
         """A whole message from the client (binary `data` or `text`): handled in order."""
-        if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
-            return  # closing: whatever still arrives is ignored
-        if self._handling is not None:
-            if self._waiting is None:
-                self._waiting = collections.deque()
-                self.line.pause_reading()  # the rest waits in the kernel meanwhile
-            self._waiting.append((data, text))
-            return
-        self._start(data, text)
+        if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
+            self.inbox.put(data, text)  # closing: whatever still arrives is ignored
 
-    def _start(self, data: bytes | None, text: str | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(self, data, text))
-        self._handling = task
-        task.add_done_callback(self._handled)
+    async def _serve(self, data: bytes | None, text: str | None) -> None:
+        if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
+            await self._handle(self, data, text)
 
-    def _handled(self, task: asyncio.Task[None]) -> None:
-        if task is not self._handling:
-            return
-        self._handling = None
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("handling a frame failed", exc_info=exc)
-            self.end(1011, ErrorCode.INTERNAL.value)
-            return
-        if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
-            self._waiting = None
-            return
-        waiting = self._waiting
-        if waiting:
-            self._start(*waiting.popleft())
-        if not waiting and waiting is not None:
-            self._waiting = None
-            self.line.resume_reading()
+    def _failed(self, exc: BaseException) -> None:
+        log.error("handling a frame failed", exc_info=exc)
+        self.end(1011, ErrorCode.INTERNAL.value)
 
     def socket_closed(self) -> None:
         """The socket is gone or closing (the client closed it, or the connection dropped)."""
@@ -216,10 +210,8 @@ class EdgeSession:
     async def _close(self) -> None:
         """Stop handling frames, leave the room, let the close go out, and be `closed`."""
         try:
-            handling, self._handling = self._handling, None
-            self._waiting = None
+            handling = self.inbox.stop()
             if handling is not None:
-                handling.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await handling
             if not self._socket_gone:
@@ -509,4 +501,4 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-__all__ = ["EdgeSession", "EdgeSessionState", "FrameHandler", "peek_request_id"]
+__all__ = ["EdgeSession", "EdgeSessionState", "FrameHandler", "SocketLine"]
