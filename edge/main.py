@@ -132,10 +132,11 @@ async def _stop(server: uvicorn.Server, task: asyncio.Task[None], liveness: Live
         except Exception:
             log.exception("draining the edge failed")
     server.should_exit = True
-    await asyncio.sleep(0)  # uvicorn stops accepting at its next tick ...
-    liveness.close_all()  # ... and never waits for a signaling socket: none is left open
+    # uvicorn does not count the signaling sockets, so it would not wait for them; abort
+    # those the drain left open (a client that never answered its close) ...
+    liveness.close_all()
     await asyncio.wait({task}, timeout=15.0)
-    liveness.close_all()  # any opened while uvicorn stopped
+    liveness.close_all()  # ... and those opened (and told to go) until uvicorn stopped
     if not task.done():
         server.force_exit = True
         task.cancel()

@@ -15,9 +15,15 @@ from websockets.asyncio.client import connect
 from websockets.frames import Close, Frame, Opcode
 
 from edge import rtcsocket
-from schemas.client import Error, Join, JoinAccepted, Ping, Pong
+from edge.app import rtc_entry
+from edge.config import EdgeConfig
+from edge.node import EdgeNode
+from edge.rtcsocket import Liveness, RtcSocket
+from edge.session import EdgeSession
+from edge.wsframe import frame_payload
+from schemas.client import Disconnect, Error, Join, JoinAccepted, Ping, Pong
 from schemas.codec import decode, encode
-from tests.edge_fixtures import Stack, edge_stack
+from tests.edge_fixtures import API_KEY, API_SECRET, Stack, edge_stack
 
 HANDSHAKE = (
     b"GET /rtc{query} HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -257,3 +263,55 @@ async def test_stopping_the_edge_leaves_no_signaling_socket_open(
     finally:
         if not locals().get("stopped"):
             await stopping.__aexit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- the entry
+
+
+class RecordingTransport(asyncio.Transport):
+    """A transport that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_a_draining_edge_tells_a_new_socket_to_resume_elsewhere() -> None:
+    config = EdgeConfig(nats_url="nats://127.0.0.1:1", api_key=API_KEY, api_secret=API_SECRET)
+    node = EdgeNode(config)  # never started: the entry needs no NATS
+    enter = rtc_entry(node)
+    liveness = Liveness(node.metrics, 10.0, 20.0)
+    loop = asyncio.get_running_loop()
+
+    served = RtcSocket(RecordingTransport(), loop, liveness, 1000, lambda: None)
+    session = enter(served, "a-token")
+    assert isinstance(session, EdgeSession) and session.upgrade_token == "a-token"
+    served.receiver = session  # as edge.serving does
+    assert node.sockets == {session}
+
+    node.draining = True
+    transport = RecordingTransport()
+    refused = RtcSocket(transport, loop, liveness, 1000, lambda: None)
+    assert enter(refused, None) is None
+    frame, close = transport.written
+    assert decode(frame_payload(frame)) == Disconnect(reason="SERVER_SHUTDOWN", can_reconnect=True)
+    assert Close.parse(frame_payload(close)) == Close(4017, "SERVER_SHUTDOWN")
+    assert node.sockets == {session}
+
+    for socket in (served, refused):
+        socket.connection_lost(None)
+    await asyncio.wait_for(session.closed.wait(), 5)
+    assert node.sockets == set()
