@@ -1,7 +1,8 @@
 """Which connections an edge serves: the per-edge and per-address caps (pure, no IO).
 
 Every TCP connection is `open`ed when it is accepted and `close`d when it is gone (HTTP or
-WebSocket alike; `edge.serving` does both). Under both caps it is admitted and counted.
+WebSocket alike: `edge.serving` opens it, `edge.serving` or, after an upgrade,
+`edge.rtcsocket` closes it). Under both caps it is admitted and counted.
 Over a cap it is refused: while the overflow lane has room it is held, uncounted, so that
 its request can be answered with `TOO_MANY_CONNECTIONS` (HTTP 503, or a WebSocket error
 frame and close 4019); with the lane full it is to be closed at once. Admitted plus held

@@ -1,6 +1,6 @@
-"""The edge's Starlette app: WebSocket signaling, the server API, health, metrics, a page.
+"""The edge's Starlette app (the server API, health, metrics, a page) and its signaling entry.
 
-Routes: ``/rtc`` (WebSocket, docs/protocol.md), ``POST /api/<name>`` (`edge.api`),
+Routes: ``POST /api/<name>`` (`edge.api`),
 ``GET /healthz`` (200 ``ok`` when NATS is connected and the statekeeper answers healthy
 within a second, else 503 and the reason), ``GET /metrics`` (Prometheus text), ``GET /``
 (the demo page), ``GET /static/<file>`` (the browser SDK and the page's files) and, in dev
@@ -8,9 +8,11 @@ mode only, ``POST /dev/token`` and ``POST /dev/promote`` (`edge.page`). The life
 and stops the `EdgeNode` (the one NATS connection); the node is on ``app.state.edge``, the
 `ConnectionLedger` its protocols count connections in on ``app.state.connections``.
 
-A connection refused over a cap (`edge.serving` marks it) is answered here: HTTP 503 with
-``TOO_MANY_CONNECTIONS``, or for ``/rtc`` an accept, an `error` frame and close 4019, since a
-browser cannot read the status of a refused WebSocket upgrade.
+An HTTP request on a connection refused over a cap (`edge.serving` marks it) is answered
+here: 503 with ``TOO_MANY_CONNECTIONS``. Signaling sockets (``/rtc``, docs/protocol.md)
+never reach the app: `edge.serving` answers their upgrade and hands each open socket to
+`rtc_entry`, which starts its `EdgeSession` (or, on a draining edge, tells it to resume
+elsewhere).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from edge.admission import ConnectionLedger, Refusal
 from edge.api import handle_api
@@ -35,28 +36,15 @@ from edge.node import EdgeNode
 from edge.page import routes as page_routes
 from edge.replays import SeenTokens
 from edge.requests import handle_frame
-from edge.serving import line_of, refusal_of
+from edge.rtcsocket import RtcSocket
+from edge.serving import RtcEntry, refusal_of
 from edge.session import EdgeSession
-from schemas.client import Disconnect, Error
+from edge.wsframe import binary_frame
+from schemas.client import Disconnect
 from schemas.codec import encode
 from schemas.errors import ErrorCode
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def upgrade_token(websocket: WebSocket) -> str | None:
-    """A token sent on the upgrade: `Authorization: Bearer` or ``?access_token=``."""
-    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return websocket.query_params.get("access_token") or None
-
-
-async def refuse_socket(websocket: WebSocket, frame: bytes, reason: str) -> None:
-    """Accept a socket only to send it one frame and close it with `reason`'s code."""
-    await websocket.accept()
-    await websocket.send_bytes(frame)
-    await websocket.close(close_code(reason), reason)
 
 
 class RefuseOverCapacity:
@@ -67,16 +55,11 @@ class RefuseOverCapacity:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = refusal_of(scope) if scope["type"] in ("http", "websocket") else None
+        refusal = refusal_of(scope) if scope["type"] == "http" else None
         if refusal is None:
             await self.app(scope, receive, send)
             return
-        code = ErrorCode.TOO_MANY_CONNECTIONS.value
-        self.metrics.error(code)
-        if scope["type"] == "websocket":
-            frame = encode(Error(id=None, code=code, message=refusal.message))
-            await refuse_socket(WebSocket(scope, receive, send), frame, code)
-            return
+        self.metrics.error(ErrorCode.TOO_MANY_CONNECTIONS.value)
         response = _too_many(refusal)
         await response(scope, receive, send)
 
@@ -86,9 +69,27 @@ def _too_many(refusal: Refusal) -> Response:
     return PlainTextResponse(body, status_code=503, headers={"connection": "close"})
 
 
+def rtc_entry(node: EdgeNode) -> RtcEntry:
+    """What `edge.serving` hands each open signaling socket to: a new `EdgeSession` serving
+    its frames with `handle_frame`, or, while the edge drains, a `disconnect`
+    ``SERVER_SHUTDOWN`` and its close code (the client resumes on another edge)."""
+
+    def enter(socket: RtcSocket, token: str | None) -> EdgeSession | None:
+        if node.draining:
+            code = ErrorCode.SERVER_SHUTDOWN.value
+            socket.write(binary_frame(encode(Disconnect(reason=code, can_reconnect=True))))
+            socket.close(close_code(code), code)
+            return None
+        session = EdgeSession(node, socket, token, handle_frame)
+        session.open()
+        return session
+
+    return enter
+
+
 def create_app(config: EdgeConfig) -> Starlette:
-    """The edge as an ASGI app, served by `edge.main.running_edge` (its ``/rtc`` writes
-    frames straight to the transports of `edge.serving`'s WebSocket protocol)."""
+    """The edge's ASGI app, served by `edge.main.running_edge` (with `rtc_entry` for its
+    signaling sockets)."""
     node = EdgeNode(config)
     seen_admin_tokens = SeenTokens()
     connections = ConnectionLedger(
@@ -106,18 +107,6 @@ def create_app(config: EdgeConfig) -> Starlette:
         finally:
             await node.stop()
 
-    async def rtc(websocket: WebSocket) -> None:
-        if node.draining:
-            code = ErrorCode.SERVER_SHUTDOWN.value
-            frame = encode(Disconnect(reason=code, can_reconnect=True))
-            await refuse_socket(websocket, frame, code)
-            return
-        line = line_of(websocket.scope)
-        if line is None:
-            raise RuntimeError("/rtc needs edge.serving's WebSocket protocol (edge.main)")
-        session = EdgeSession(node, websocket, line, upgrade_token(websocket), handle_frame)
-        await session.run()
-
     async def healthz(request: Request) -> Response:
         healthy, reason = await node.health()
         return PlainTextResponse(reason, status_code=200 if healthy else 503)
@@ -130,7 +119,6 @@ def create_app(config: EdgeConfig) -> Starlette:
 
     app = Starlette(
         routes=[
-            WebSocketRoute("/rtc", rtc),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/{name:str}", api, methods=["POST"]),
@@ -144,4 +132,4 @@ def create_app(config: EdgeConfig) -> Starlette:
     return app
 
 
-__all__ = ["RefuseOverCapacity", "create_app", "refuse_socket", "upgrade_token"]
+__all__ = ["RefuseOverCapacity", "create_app", "rtc_entry"]

@@ -116,7 +116,8 @@ class EdgeConfig:
     liveness_timeout: float = 20.0
     """Seconds of silence (no pong, no frame) after which a WebSocket is dropped."""
     ws_max_size: int = 4 * 1024 * 1024
-    """Largest WebSocket message uvicorn reads; frames over 1 MiB get PAYLOAD_TOO_LARGE."""
+    """Largest WebSocket message a signaling socket reads (a larger one: close 1009);
+    frames over 1 MiB get PAYLOAD_TOO_LARGE."""
 
     join_deadline: float = 10.0
     """Seconds a socket has to send its join (or resume); then `JOIN_TIMEOUT`, close 4018."""

@@ -9,12 +9,12 @@ session sid and participant id a join gets, and which room it goes to.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import hashlib
 import secrets
 
+from edge.latch import Latch
 from schemas.errors import ErrorCode
 from schemas.subjects import room_token
 
@@ -30,7 +30,7 @@ class JoinAttempt:
     resuming: bool = False
     appended: bool = False
     """The join (or resume) event went to the room log (or may have)."""
-    done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    done: Latch = dataclasses.field(default_factory=Latch)
     """Set when the statekeeper answered (accepted or refused)."""
 
     def answers(self, req: int | None) -> bool:

@@ -1,9 +1,10 @@
 """Running an edge: in-process for tests and `stagecast up`, or as its own process.
 
-Order matters on the way out. uvicorn's own shutdown closes open WebSockets with 1012
-before the app's lifespan ends, so the edge drains first: every socket gets `disconnect
-SERVER_SHUTDOWN` and close 4017 (resume on another edge), `EdgeGone` goes out, and only then
-is uvicorn told to exit.
+Order matters on the way out. uvicorn does not know the signaling sockets (the edge serves
+them itself, `edge.serving`), so the edge drains first: every socket gets `disconnect
+SERVER_SHUTDOWN` and close 4017 (resume on another edge), `EdgeGone` goes out, then uvicorn
+is told to exit and whatever signaling socket is still open (one that never answered its
+close, one opened meanwhile and told to go) is aborted, so nothing waits for it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 
 from edge.admission import ConnectionLedger
-from edge.app import create_app
+from edge.app import create_app, rtc_entry
 from edge.bus import BusUnavailable
 from edge.config import EdgeConfig, accept_backlog
 from edge.node import EdgeNode
-from edge.serving import AcceptFailures, Liveness, guarded_protocols
+from edge.rtcsocket import Liveness
+from edge.serving import AcceptFailures, guarded_http
 from processes.runtime import tune_gc
 
 log = logging.getLogger("stagecast.edge")
@@ -42,19 +44,23 @@ class _EmbeddedServer(uvicorn.Server):
 def _uvicorn_config(config: EdgeConfig) -> tuple[uvicorn.Config, Liveness]:
     app = create_app(config)
     ledger: ConnectionLedger = app.state.connections
-    metrics = app.state.edge.metrics
-    liveness = Liveness(metrics, config.liveness_interval, config.liveness_timeout)
-    http, ws = guarded_protocols(ledger, metrics, config.http_read_timeout, liveness)
+    node: EdgeNode = app.state.edge
+    liveness = Liveness(node.metrics, config.liveness_interval, config.liveness_timeout)
+    http = guarded_http(
+        ledger,
+        node.metrics,
+        config.http_read_timeout,
+        liveness,
+        rtc_entry(node),
+        config.ws_max_size,
+    )
     return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         http=http,
-        ws=ws,
+        ws="none",  # the one WebSocket, /rtc, is served by `edge.serving` itself
         backlog=accept_backlog(config.max_connections),
-        ws_max_size=config.ws_max_size,
-        ws_ping_interval=None,  # one sweep for the whole edge (`Liveness`)
-        ws_per_message_deflate=False,  # frames are small msgpack, built once for all
         lifespan="on",
         log_level="warning",
     ), liveness
@@ -98,7 +104,7 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
         yield f"http://{host}:{port}"
     finally:
         try:
-            await _stop(server, task)
+            await _stop(server, task, liveness)
         finally:
             liveness.stop()
             if accept_failures is not None:
@@ -127,7 +133,7 @@ async def _wait_started(server: uvicorn.Server, task: asyncio.Task[None], timeou
         await asyncio.sleep(0.01)
 
 
-async def _stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+async def _stop(server: uvicorn.Server, task: asyncio.Task[None], liveness: Liveness) -> None:
     node = _node_of(server)
     if node is not None and server.started:
         try:
@@ -135,7 +141,11 @@ async def _stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
         except Exception:
             log.exception("draining the edge failed")
     server.should_exit = True
+    # uvicorn does not count the signaling sockets, so it would not wait for them; abort
+    # those the drain left open (a client that never answered its close) ...
+    liveness.close_all()
     await asyncio.wait({task}, timeout=15.0)
+    liveness.close_all()  # ... and those opened (and told to go) until uvicorn stopped
     if not task.done():
         server.force_exit = True
         task.cancel()

@@ -9,12 +9,12 @@ module imports the other, and `edge.app` wires the two together.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from edge.bus import BusPort
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
+from edge.latch import Latch
 from edge.metrics import EdgeMetrics
 from edge.tokencache import VerifiedTokens
 from schemas.log import LogEvent
@@ -41,11 +41,11 @@ class Resident(Protocol):
         """Whether the session is in the room (the statekeeper accepted its join)."""
 
     @property
-    def detached(self) -> asyncio.Event:
+    def detached(self) -> Latch:
         """Set once the session left the fan-out and told the log what it had to."""
 
     @property
-    def closed(self) -> asyncio.Event:
+    def closed(self) -> Latch:
         """Set once the socket is closed."""
 
     def on_direct(self, data: bytes) -> None:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgpack
 import msgspec
 
 from access.rules import Refusal, refuse_publish, refuse_publish_data, refuse_subscribe
@@ -24,7 +25,7 @@ from edge.closecodes import close_code
 from edge.entry import on_join
 from edge.media import on_answer, on_candidate, on_offer, on_restart_ice
 from edge.metrics import INVALID_TYPE
-from edge.session import EdgeSession, EdgeSessionState, peek_request_id
+from edge.session import EdgeSession, EdgeSessionState
 from schemas.api import ListParticipantsRequest
 from schemas.client import (
     Ack,
@@ -59,6 +60,21 @@ from schemas.subjects import room_data
 log = logging.getLogger("stagecast.edge")
 
 Handler = Callable[[EdgeSession, Any], Awaitable[None]]
+
+
+_PEEK_LIMIT = 64 * 1024
+
+
+def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
+    """The `id` of a frame that was not decoded, if it has one and is at most `limit` bytes."""
+    if data is None or len(data) > limit:
+        return None
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    value = body.get("id") if isinstance(body, dict) else None
+    return value if type(value) is int else None
 
 
 async def handle_frame(session: EdgeSession, data: bytes | None, text: str | None) -> None:

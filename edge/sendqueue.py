@@ -1,7 +1,7 @@
 """The outbound side of one socket: direct writes, a bounded queue while paused (STYLE 7).
 
 Frames are complete WebSocket frames (`edge.wsframe`), written to the socket's `FrameSink`
-(the transport, `edge.serving`) at once while it is writable. Only while the transport is
+(the transport, `edge.rtcsocket`) at once while it is writable. Only while the transport is
 paused (its buffer is over the high-water mark: the client reads slower than the edge
 writes) do frames wait here, and the sink's `on_writable` callback drains them when it
 resumes. No task and no buffer per idle socket.
@@ -23,7 +23,7 @@ from typing import Protocol
 
 
 class FrameSink(Protocol):
-    """Where a socket's frames go (`edge.serving` implements it over the transport)."""
+    """Where a socket's frames go (`edge.rtcsocket.RtcSocket` implements it over the transport)."""
 
     on_writable: Callable[[], None] | None
     """Called when the sink is ready again, or is gone (the queue's `drain`)."""

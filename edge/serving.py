@@ -2,21 +2,24 @@
 
 uvicorn has no limit on connections per address, no deadline for a request's head, and
 asyncio logs a traceback for every failed ``accept()`` at the descriptor limit. This module
-is the only place that relies on their internals (uvicorn 0.54-0.55's `H11Protocol` and
-`WebSocketsSansIOProtocol`, asyncio's "socket.accept() out of system resource" report);
-tests/test_edge_limits.py fails loudly when they move.
+is the only place that relies on their internals (uvicorn 0.54-0.55's `H11Protocol`,
+asyncio's "socket.accept() out of system resource" report); tests/test_edge_limits.py
+fails loudly when they move.
 
-- `guarded_protocols`: HTTP and WebSocket protocol classes for `uvicorn.Config` that count
-  every connection in a `ConnectionLedger` (from accept until the socket is gone, across the
-  WebSocket upgrade), put a refusal in the request scope's state under `REFUSAL_STATE` for
-  the app to answer (`edge.app`), answer 503 and close at once what the overflow lane
-  cannot hold, and close a connection whose request is not complete within the read timeout (408
+- `guarded_http`: the HTTP protocol class for `uvicorn.Config`. It counts every connection
+  in a `ConnectionLedger` (from accept until the socket is gone, across the WebSocket
+  upgrade), puts a refusal in the request scope's state under `REFUSAL_STATE` for the app
+  to answer (`edge.app`), answers 503 and closes at once what the overflow lane cannot
+  hold, and closes a connection whose request is not complete within the read timeout (408
   when part of a request arrived, silently when nothing did).
-- The WebSocket protocol is also each socket's `FrameSink` (`edge.sendqueue`): complete
-  frames built once (`edge.wsframe`) are written straight to the transport while it is
-  not paused, and the queue is drained when it resumes; `line_of` finds it in the scope.
-- `Liveness`: one edge-wide sweep instead of a ping timer per socket: a socket silent for
-  `interval` seconds gets a ping, one silent for `timeout` seconds is dropped.
+- Every request for ``/rtc`` is a signaling socket's upgrade, answered here and not by the
+  app: the handshake is checked (`edge.handshake`; a bad one gets 400 and why), the 101
+  goes out and the transport is handed to an `RtcSocket` (`edge.rtcsocket`) with the bytes
+  that came after the request's head. A socket refused over a cap is accepted only to be
+  told so (an `error` frame ``TOO_MANY_CONNECTIONS``, close 4019: a browser cannot read
+  the status of a refused upgrade); the others go to the `RtcEntry` (`edge.app`). No ASGI
+  scope, no task and no queue per socket: uvicorn never sees these connections, so the
+  edge closes them itself when it stops (`edge.main`).
 - `AcceptFailures`: a loop exception handler that turns the per-attempt accept reports into
   one line when accepting starts failing and one, with a count, when it works again.
 """
@@ -27,198 +30,57 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from edge.admission import ConnectionLedger, Refusal
+from edge.closecodes import close_code
+from edge.handshake import VERSION, BadUpgrade, accept_upgrade, upgrade_token
 from edge.metrics import EdgeMetrics
-from edge.sendqueue import FrameSink
-from edge.wsframe import PING
+from edge.rtcsocket import Liveness, RtcReceiver, RtcSocket
+from edge.wsframe import binary_frame
+from schemas.client import Error
+from schemas.codec import encode
 from schemas.errors import ErrorCode
 
 log = logging.getLogger("stagecast.edge")
 
+RTC_PATH = b"/rtc"
+"""The signaling socket's path (docs/protocol.md)."""
 REFUSAL_STATE = "stagecast.refusal"
 """The key of a connection's `Refusal` in its ASGI scope's ``state``."""
-LINE_STATE = "stagecast.line"
-"""The key of a WebSocket's `FrameSink` (its protocol) in its ASGI scope's ``state``."""
 
 ACCEPT_FAILED = "socket.accept() out of system resource"
 """asyncio's message for an accept that failed with EMFILE, ENFILE, ENOBUFS or ENOMEM."""
 
+RtcEntry = Callable[[RtcSocket, "str | None"], "RtcReceiver | None"]
+"""What serves an opened signaling socket, given the token sent with the upgrade (if any):
+returns the socket's receiver (its session), or None after telling the socket to go."""
 
-def raw_response(status: int, phrase: str, body: str) -> bytes:
-    """A whole HTTP/1.1 response that closes the connection, for use before any request."""
+
+def raw_response(status: int, phrase: str, body: str, extra: str = "") -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for use before any request
+    (`extra`: more header lines, each ending in CRLF)."""
     data = body.encode()
     head = (
         f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(data)}\r\nconnection: close\r\n{extra}\r\n"
     )
     return head.encode() + data
 
 
-class Liveness:
-    """The edge-wide liveness sweep over its WebSockets (see the module docstring).
-
-    Every `tick` seconds each socket is looked at once: any bytes from the peer (a pong,
-    a frame) count as life; a socket silent for `interval` seconds gets an empty ping
-    (every client answers it: RFC 6455 requires a pong), one silent for `timeout` seconds
-    is taken for dead and aborted (its session sees the socket drop).
-    """
-
-    def __init__(self, metrics: EdgeMetrics, interval: float, timeout: float) -> None:
-        if not 0 < interval < timeout:
-            raise ValueError("need 0 < interval < timeout")
-        self.metrics = metrics
-        self.interval = interval
-        self.timeout = timeout
-        self.tick = min(interval, timeout - interval) / 2
-        self.sockets: set[_Watched] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._timer = loop.call_later(self.tick, self.sweep)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._loop = None
-
-    def sweep(self) -> None:
-        """Ping the quiet sockets, drop the silent ones, and schedule the next sweep."""
-        loop = self._loop
-        if loop is None:
-            return
-        # The next sweep first: a socket that fails to drop must not end the sweeps.
-        self._timer = loop.call_later(self.tick, self.sweep)
-        now = loop.time()
-        quiet, dead = now - self.interval, now - self.timeout
-        for socket in list(self.sockets):
-            heard = socket.last_heard
-            if heard > quiet:
-                continue
-            if heard <= dead:
-                self.metrics.liveness_drops += 1
-                self.sockets.discard(socket)
-                socket.drop()
-            elif not socket.pinged:
-                socket.ping()
-
-
-class _Watched(FrameSink, Protocol):
-    last_heard: float
-    pinged: bool
-
-    def ping(self) -> None: ...
-
-
-def guarded_protocols(
-    ledger: ConnectionLedger, metrics: EdgeMetrics, read_timeout: float, liveness: Liveness
-) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
-    """(http, ws) protocol classes for `uvicorn.Config` (see the module docstring). Run
-    uvicorn with ``ws_ping_interval=None``: `liveness` pings instead."""
-
-    class GuardedWebSocket(WebSocketsSansIOProtocol):
-        """uvicorn's WebSocket protocol as a `FrameSink`, watched by `liveness`; the ledger
-        forgets the connection when it is lost."""
-
-        on_writable: Callable[[], None] | None = None
-        ready = False
-        """`FrameSink.ready`, kept up to date (read once per frame sent, so not computed)."""
-        last_heard = 0.0
-        pinged = False
-        _paused = False
-
-        def _refresh(self) -> None:
-            self.ready = self.handshake_complete and not (self._paused or self.gone)
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            self.last_heard = self.loop.time()
-            liveness.sockets.add(self)
-
-        def handle_connect(self, event: Any) -> None:
-            super().handle_connect(event)
-            scope = getattr(self, "scope", None)
-            if scope is not None:
-                scope["state"][LINE_STATE] = self
-
-        async def send(self, message: Any) -> None:
-            try:
-                await super().send(message)
-            finally:
-                self._refresh()  # the accept opens the line; a close ends it
-
-        def shutdown(self) -> None:
-            self.ready = False  # uvicorn closes the socket (1012)
-            super().shutdown()
-
-        def data_received(self, data: bytes) -> None:
-            self.last_heard = self.loop.time()
-            self.pinged = False
-            super().data_received(data)
-
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            self._paused = True
-            self.ready = False
-
-        def resume_writing(self) -> None:
-            super().resume_writing()
-            self._paused = False
-            self._refresh()
-            if self.on_writable is not None:
-                self.on_writable()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            liveness.sockets.discard(self)
-            self.ready = False
-            try:
-                super().connection_lost(exc)
-            finally:
-                if self.client is not None:
-                    ledger.close(self.client)
-                on_writable, self.on_writable = self.on_writable, None
-                if on_writable is not None:
-                    on_writable()  # the queue learns that the socket is gone
-
-        # FrameSink, and what the liveness sweep needs
-
-        @property
-        def gone(self) -> bool:
-            return self.close_sent or self.disconnected or self.transport.is_closing()
-
-        def write(self, frame: bytes) -> None:
-            self.transport.write(frame)
-
-        def close(self, code: int, reason: str) -> None:
-            """uvicorn's ``websocket.close`` without the ASGI round trip."""
-            if self.gone or not self.handshake_complete:
-                return
-            self.ready = False
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-            self.conn.send_close(code, reason)
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            if self.read_paused:
-                self.read_paused = False
-                self.transport.resume_reading()
-            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
-
-        def ping(self) -> None:
-            self.pinged = True
-            if self.handshake_complete and not self.gone:
-                self.transport.write(PING)
-
-        def drop(self) -> None:
-            self.ready = False
-            self.transport.abort()
+def guarded_http(
+    ledger: ConnectionLedger,
+    metrics: EdgeMetrics,
+    read_timeout: float,
+    liveness: Liveness,
+    rtc: RtcEntry,
+    max_message: int,
+) -> type[asyncio.Protocol]:
+    """The HTTP protocol class for `uvicorn.Config` (see the module docstring); signaling
+    sockets are watched by `liveness` and read messages up to `max_message` bytes."""
 
     class GuardedHTTP(H11Protocol):
         """uvicorn's h11 protocol with the ledger and the request read deadline."""
@@ -255,10 +117,47 @@ def guarded_protocols(
             else:
                 self._arm()  # keeps the first byte's deadline once armed
 
+        def _should_upgrade(self) -> bool:
+            """Every request for ``/rtc`` is an upgrade (or a 400); no other is."""
+            return bool(self.scope["raw_path"] == RTC_PATH)
+
         def handle_websocket_upgrade(self, event: h11.Request) -> None:
-            self._upgraded = True  # the WebSocket protocol owns the ledger entry from here
             self._disarm()
-            super().handle_websocket_upgrade(event)
+            self.connections.discard(self)  # uvicorn does not wait for it when it stops
+            try:
+                response = accept_upgrade(event.method, self.headers)
+            except BadUpgrade as exc:
+                self._dropped = True
+                extra = f"sec-websocket-version: {VERSION.decode()}\r\n"
+                if not exc.version_header:
+                    extra = ""
+                self.transport.write(raw_response(400, "Bad Request", f"{exc}\n", extra))
+                self.transport.close()
+                return
+            self._upgraded = True  # the socket owns the ledger entry from here
+            transport, client = self.transport, self.client
+            trailing, _ = self.conn.trailing_data
+            socket = RtcSocket(
+                transport,
+                self.loop,
+                liveness,
+                max_message,
+                (lambda: ledger.close(client)) if client is not None else (lambda: None),
+            )
+            transport.write(response)
+            transport.set_protocol(socket)
+            refusal = self.app_state.get(REFUSAL_STATE)
+            if isinstance(refusal, Refusal):
+                code = ErrorCode.TOO_MANY_CONNECTIONS.value
+                metrics.error(code)
+                error = Error(id=None, code=code, message=refusal.message)
+                socket.write(binary_frame(encode(error)))
+                socket.close(close_code(code), code)
+            else:
+                token = upgrade_token(self.headers, self.scope["query_string"])
+                socket.receiver = rtc(socket, token)
+            if trailing:
+                socket.data_received(bytes(trailing))
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -290,14 +189,7 @@ def guarded_protocols(
                 self.transport.write(raw_response(408, "Request Timeout", body))
             self.transport.close()
 
-    return GuardedHTTP, GuardedWebSocket
-
-
-def line_of(scope: Any) -> FrameSink | None:
-    """The `FrameSink` of a WebSocket served by `guarded_protocols`' protocol, if any."""
-    state = scope.get("state") if isinstance(scope, dict) else None
-    line = state.get(LINE_STATE) if isinstance(state, dict) else None
-    return line if line is not None and hasattr(line, "write") else None
+    return GuardedHTTP
 
 
 def refusal_of(scope: Any) -> Refusal | None:
@@ -379,12 +271,11 @@ class AcceptFailures:
 
 __all__ = [
     "ACCEPT_FAILED",
-    "LINE_STATE",
     "REFUSAL_STATE",
+    "RTC_PATH",
     "AcceptFailures",
-    "Liveness",
-    "guarded_protocols",
-    "line_of",
+    "RtcEntry",
+    "guarded_http",
     "raw_response",
     "refusal_of",
 ]

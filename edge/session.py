@@ -1,5 +1,11 @@
 """One signaling socket, from accept to close, with an explicit lifecycle (STYLE rule 6).
 
+Event-driven: the socket (`edge.rtcsocket`) hands each whole message to `received` as it
+arrives; they are handled in order, one at a time, each in a task that lives only while it
+is handled (messages that arrive meanwhile wait in a short line, and the socket stops
+reading while any wait). When the session ends or the socket closes, one task winds it
+down (`_detach`, then the last frames and the close). An idle socket has no task.
+
 States: ``CONNECTING`` (accepted, no session yet; a join may be in flight; without a join
 within `EdgeConfig.join_deadline` the socket gets `JOIN_TIMEOUT` and close 4018), ``JOINED``,
 ``CLOSING`` (a close is queued or the socket dropped; frames are ignored), ``CLOSED``.
@@ -8,7 +14,7 @@ Requests that need a session answer `NOT_JOINED` before the join, a second join 
 unless docs/protocol.md says otherwise; nothing a client sends raises out of the handler.
 
 Frames out go through the socket's `SendQueue` as complete WebSocket frames, written to the
-transport at once unless it is paused (the `FrameSink` of `edge.serving`); broadcasts come
+transport at once unless it is paused (the `FrameSink` of `edge.rtcsocket`); broadcasts come
 framed by the fan-out, once for all its sockets. Direct replies for the session (acks,
 errors, join outcomes, tier changes, disconnects) arrive via `on_direct`; room broadcasts
 via the `Member` methods the fan-out calls. Both run synchronously on the event loop, so
@@ -27,15 +33,16 @@ import enum
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-import msgpack
 import msgspec
-from starlette.websockets import WebSocket
 
 from edge.bus import BusUnavailable
 from edge.closecodes import close_code
+from edge.inbox import Inbox, Reading
 from edge.join import JoinAttempt
+from edge.latch import Latch
 from edge.ports import EdgePort
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeClaims, mint_resume_token
@@ -57,7 +64,6 @@ from schemas.subjects import session_reply
 
 log = logging.getLogger("stagecast.edge")
 
-_PEEK_LIMIT = 64 * 1024
 _MESSAGE_CHARS = 1000
 
 
@@ -68,41 +74,68 @@ class EdgeSessionState(enum.Enum):
     CLOSED = "closed"
 
 
-FrameHandler = Callable[["EdgeSession", bytes | None, str | None], Awaitable[None]]
+class SocketLine(FrameSink, Reading, Protocol):
+    """The socket a session runs on: its frames out, and a pause on what it reads."""
+
+
+FrameHandler = Callable[["EdgeSession", bytes | None, str | None], Coroutine[Any, Any, None]]
 """What the session does with each frame the client sends (`edge.requests.handle_frame`)."""
 
 
-def peek_request_id(data: bytes | None, limit: int = _PEEK_LIMIT) -> int | None:
-    """The `id` of a frame that was not decoded, if it has one and is at most `limit` bytes."""
-    if data is None or len(data) > limit:
-        return None
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception:
-        return None
-    value = body.get("id") if isinstance(body, dict) else None
-    return value if type(value) is int else None
-
-
 class EdgeSession:
-    """One socket's session (see the module docstring). Create, then `await run()`.
+    """One socket's session (see the module docstring). Create it when the socket is open,
+    then `open` it; the socket calls `received` and `socket_closed`.
 
-    `node` is the edge it runs on; `line` the socket's transport (`edge.serving.line_of`);
-    `handle` serves each frame the client sends (the app hands it
+    `node` is the edge it runs on; `line` the socket (`edge.rtcsocket.RtcSocket`);
+    `handle` serves each frame the client sends (the edge hands it
     `edge.requests.handle_frame`)."""
+
+    __slots__ = (
+        "_deadline",
+        "_ended",
+        "_handle",
+        "_in_room",
+        "_msg_ids",
+        "_pending",
+        "_pending_counts",
+        "_server_ended",
+        "_socket_gone",
+        "_winding_down",
+        "attempt",
+        "closed",
+        "connection_id",
+        "detached",
+        "epoch",
+        "grant",
+        "guard",
+        "inbox",
+        "is_viewer",
+        "joined_seq",
+        "leave_req",
+        "line",
+        "node",
+        "participant_id",
+        "queue",
+        "room_id",
+        "room_sid",
+        "sid",
+        "state",
+        "subject",
+        "token_expires_at",
+        "upgrade_token",
+        "was_joined",
+    )
 
     def __init__(
         self,
         node: EdgePort,
-        websocket: WebSocket,
-        line: FrameSink,
+        line: SocketLine,
         upgrade_token: str | None,
         handle: FrameHandler,
     ) -> None:
         config = node.config
         self.node = node
         self._handle = handle
-        self.ws = websocket
         self.line = line
         self.upgrade_token = upgrade_token
         self.state = EdgeSessionState.CONNECTING
@@ -133,41 +166,54 @@ class EdgeSession:
         self._server_ended = False
         self._socket_gone = False
         self._ended = False
-        self._over: asyncio.Future[None] | None = None
-        """Resolved when the session ends or the socket drops (`run` then winds down)."""
+        self.inbox = Inbox(self._serve, line, self._failed)
+        self._winding_down: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
         self.joined_seq = 0
         """The log sequence of the joined snapshot: broadcasts up to it are in it already."""
-        self.detached = asyncio.Event()
+        self.detached = Latch()
         """Set once the session left the fan-out and told the log (see `_detach`)."""
-        self.closed = asyncio.Event()
+        self.closed = Latch()
         self._msg_ids = itertools.count(1)
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
-        """Serve the socket until it closes; never raises for anything the client did."""
-        try:
-            await self.ws.accept()
-        except Exception as exc:  # the client went away during the handshake
-            log.debug("accept failed: %s", exc)
-            self.state = EdgeSessionState.CLOSED
-            self.detached.set()
-            self.closed.set()
-            return
+    def open(self) -> None:
+        """The socket is open: the edge knows it, and the join deadline runs."""
         self.node.opened(self)
         loop = asyncio.get_running_loop()
-        deadline = loop.call_later(self.node.config.join_deadline, self._join_deadline_passed)
-        over = self._over = loop.create_future()
-        receiver = asyncio.create_task(self._receive())
-        receiver.add_done_callback(lambda _: _resolve(over))
+        self._deadline = loop.call_later(self.node.config.join_deadline, self._join_deadline_passed)
+
+    def received(self, data: bytes | None, text: str | None) -> None:
+        """A whole message from the client (binary `data` or `text`): handled in order."""
+        if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
+            self.inbox.put(data, text)  # closing: whatever still arrives is ignored
+
+    async def _serve(self, data: bytes | None, text: str | None) -> None:
+        if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
+            await self._handle(self, data, text)
+
+    def _failed(self, exc: BaseException) -> None:
+        log.error("handling a frame failed", exc_info=exc)
+        self.end(1011, ErrorCode.INTERNAL.value)
+
+    def socket_closed(self) -> None:
+        """The socket is gone or closing (the client closed it, or the connection dropped)."""
+        if self._winding_down is None:
+            self._socket_gone = not self.queue.finished
+        self._wind_down()
+
+    def _wind_down(self) -> None:
+        if self._winding_down is None and self.state is not EdgeSessionState.CLOSED:
+            self._winding_down = asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        """Stop handling frames, leave the room, let the close go out, and be `closed`."""
         try:
-            try:
-                if not self._ended:
-                    await over
-            finally:
-                receiver.cancel()
+            handling = self.inbox.stop()
+            if handling is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await receiver
+                    await handling
             if not self._socket_gone:
                 self.end(1011, ErrorCode.INTERNAL.value)  # no-op when already ending
             self.state = EdgeSessionState.CLOSING
@@ -176,7 +222,8 @@ class EdgeSession:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
                 await self._flushed(self.node.config.close_grace)
         finally:
-            deadline.cancel()
+            if self._deadline is not None:
+                self._deadline.cancel()
             self.state = EdgeSessionState.CLOSED
             self.node.closed_socket(self)
             self.closed.set()
@@ -191,18 +238,6 @@ class EdgeSession:
             await asyncio.wait_for(done, grace)
         except TimeoutError:
             self.line.drop()
-
-    async def _receive(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                self._socket_gone = not self.queue.finished
-                return
-            if message["type"] != "websocket.receive":
-                continue
-            if self.state not in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
-                continue  # closing: whatever still arrives is ignored
-            await self._handle(self, message.get("bytes"), message.get("text"))
 
     def _join_deadline_passed(self) -> None:
         """No join (or resume) arrived in time: `JOIN_TIMEOUT`, close 4018."""
@@ -226,8 +261,7 @@ class EdgeSession:
 
     def _finish(self) -> None:
         self._ended = True
-        if self._over is not None:
-            _resolve(self._over)
+        self._wind_down()
 
     def shutdown(self) -> None:
         """The edge is stopping: tell the client to resume elsewhere, then close (4017)."""
@@ -467,4 +501,4 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-__all__ = ["EdgeSession", "EdgeSessionState", "FrameHandler", "peek_request_id"]
+__all__ = ["EdgeSession", "EdgeSessionState", "FrameHandler", "SocketLine"]

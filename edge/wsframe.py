@@ -2,9 +2,9 @@
 
 A frame a server sends is unmasked, so a broadcast is the same bytes for every socket:
 the fan-out frames it once per edge and every recipient's transport gets those bytes.
-Pure: no IO. Only what the edge sends is here (binary messages in one frame, the empty
-ping of the liveness sweep); closes and everything a client sends go through the
-WebSocket protocol (`edge.serving`).
+Pure: no IO. Only the frames that go out to many sockets are here (binary messages in one
+frame, the empty ping of the liveness sweep); closes, pongs and the reading of what a
+client sends are in `edge.wsread`.
 """
 
 from __future__ import annotations

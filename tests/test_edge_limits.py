@@ -20,8 +20,6 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from edge.serving import ACCEPT_FAILED
 from processes.natsserver import NatsServer
@@ -291,12 +289,28 @@ async def test_default_caps_keep_the_edge_below_its_descriptor_limit(tmp_path: P
 
 
 def test_the_uvicorn_and_asyncio_internals_the_guards_rely_on_are_there() -> None:
-    """`edge.serving` subclasses uvicorn's protocols and matches asyncio's accept report."""
-    assert AutoWebSocketsProtocol is WebSocketsSansIOProtocol
-    for name in ("connection_made", "data_received", "connection_lost", "handle_websocket_upgrade"):
+    """`edge.serving` subclasses uvicorn's h11 protocol (and takes the ``/rtc`` upgrade
+    from it) and matches asyncio's accept report."""
+    for name in (
+        "connection_made",
+        "data_received",
+        "connection_lost",
+        "handle_websocket_upgrade",
+        "_should_upgrade",
+    ):
         assert callable(getattr(H11Protocol, name)), name
     source = inspect.getsource(H11Protocol)
-    for needle in ("self.app_state", "app_state=self.app_state", "self.client", "self.conn"):
+    for needle in (
+        "self.app_state",
+        "app_state=self.app_state",
+        "self.client",
+        "self.conn",
+        "self.connections",
+        "self.headers = [(key.lower(), value)",
+        '"raw_path": full_raw_path',
+        '"query_string": query_string',
+        "if self._should_upgrade():\n                    self.handle_websocket_upgrade(event)",
+    ):
         assert needle in source, needle
     assert "trailing_data" in dir(h11.Connection)
     assert ACCEPT_FAILED in inspect.getsource(asyncio.selector_events)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from edge.metrics import EdgeMetrics
-from edge.serving import Liveness
+from edge.rtcsocket import Liveness
 from schemas.client import CountsChanged, Join, JoinAccepted, Ping, Pong
 from tests.edge_fixtures import ROOM, Stack, edge_stack
 from tests.polling import eventually

@@ -1,0 +1,307 @@
+"""A signaling socket after its upgrade: one `asyncio.Protocol`, no task while idle.
+
+`RtcSocket` takes over the transport once `edge.serving` has answered the opening
+handshake. It reads the client's frames (`edge.wsread`): each whole message goes to its
+`RtcReceiver` (the session, `edge.session`) as it completes, a ping is answered with a
+pong at once, a close is echoed with the client's code, and a frame that breaks the
+protocol closes the socket with the code `edge.wsread` names (1002, 1007, 1009). It is
+also the socket's `FrameSink` (`edge.sendqueue`): complete frames built once
+(`edge.wsframe`) are written straight to the transport while it is not paused, and the
+queue is drained when it resumes. The receiver may pause reading while it still has
+messages to handle (the socket's backpressure: the client's bytes wait in the kernel).
+
+`Liveness`: one edge-wide sweep instead of a ping timer per socket: a socket silent for
+`interval` seconds gets a ping, one silent for `timeout` seconds is dropped. Its set of
+sockets is every open signaling socket, which is also how the edge closes them when it
+stops (`close_all`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from edge.metrics import EdgeMetrics
+from edge.wsframe import PING as PING_FRAME
+from edge.wsread import (
+    BINARY,
+    CLOSE,
+    PING,
+    TEXT,
+    FrameError,
+    FrameReader,
+    close_frame,
+    parse_close,
+    pong_frame,
+    text_of,
+)
+
+log = logging.getLogger("stagecast.edge")
+
+CLOSE_TIMEOUT = 10.0
+"""Seconds a socket waits for the client to answer its close before closing the TCP side."""
+
+
+class RtcReceiver(Protocol):
+    """Who handles what a client sends on its socket (`edge.session.EdgeSession`)."""
+
+    def received(self, data: bytes | None, text: str | None) -> None:
+        """A whole message: binary (`data`) or text (`text`)."""
+
+    def socket_closed(self) -> None:
+        """The socket is closing or gone (the client closed it, broke the protocol, or the
+        connection was lost). Called at most once."""
+
+
+class RtcSocket(asyncio.Protocol):
+    """One signaling socket's protocol (see the module docstring).
+
+    Made by `edge.serving` with the transport it took over; `receiver` is set once the
+    socket is open (None for a socket that is only told why it is refused). `on_lost` is
+    called once when the connection is gone (the connection ledger forgets it).
+    """
+
+    __slots__ = (
+        "_close_timer",
+        "_on_lost",
+        "_reading_paused",
+        "_watched",
+        "_writing_paused",
+        "close_sent",
+        "last_heard",
+        "loop",
+        "lost",
+        "on_writable",
+        "pinged",
+        "reader",
+        "ready",
+        "receiver",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        liveness: Liveness,
+        max_message: int,
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.reader: FrameReader | None = FrameReader(max_message)
+        """None once the client broke the protocol: the rest of its bytes are discarded."""
+        self.receiver: RtcReceiver | None = None
+        self.on_writable: Callable[[], None] | None = None
+        self.ready = True
+        """`FrameSink.ready`, kept up to date (read once per frame sent, so not computed)."""
+        self.last_heard = loop.time()
+        self.pinged = False
+        self.close_sent = False
+        self.lost = False
+        self._on_lost: Callable[[], None] | None = on_lost
+        self._reading_paused = False
+        self._writing_paused = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._watched = liveness.sockets
+        self._watched.add(self)
+
+    # ------------------------------------------------------------------ reading
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = self.loop.time()
+        self.pinged = False
+        reader = self.reader
+        if reader is None or self.lost:
+            return  # after a protocol error: discarded
+        try:
+            received = reader.feed(data)
+            for opcode, payload in received:
+                if opcode == BINARY:
+                    if not self.close_sent and self.receiver is not None:
+                        self.receiver.received(payload, None)
+                elif opcode == TEXT:
+                    text = text_of(payload)
+                    if not self.close_sent and self.receiver is not None:
+                        self.receiver.received(None, text)
+                elif opcode == PING:
+                    if not self.gone:
+                        self.transport.write(pong_frame(payload))
+                elif opcode == CLOSE:
+                    self._close_received(payload)
+                    return
+                # PONG: hearing it is all the liveness sweep needs
+        except FrameError as exc:
+            self._fail(exc)
+
+    def _close_received(self, payload: bytes) -> None:
+        code, _ = parse_close(payload)
+        if self.close_sent:  # the client answered our close: the handshake is complete
+            self.transport.close()
+            return
+        self.close_sent = True
+        self.ready = False
+        self.transport.write(close_frame(code))
+        self.transport.close()
+        self._tell_closed()
+
+    def _fail(self, error: FrameError) -> None:
+        """The client broke the protocol: close with the code that says how.
+
+        The close frame is followed by the end of the edge's side of the stream; what the
+        client still sends is read and discarded until it ends its side too (or
+        `CLOSE_TIMEOUT`), so the close is not lost to a reset of unread data."""
+        log.debug("closing a signaling socket: %s", error)
+        self.reader = None
+        if not self.gone:
+            self.transport.write(close_frame(error.code, error.reason))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.resume_reading()
+                self._close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+            else:
+                self.transport.close()
+        self.close_sent = True
+        self.ready = False
+        self._tell_closed()
+
+    def _tell_closed(self) -> None:
+        receiver, self.receiver = self.receiver, None
+        if receiver is not None:
+            receiver.socket_closed()
+
+    def pause_reading(self) -> None:
+        """Read nothing more until `resume_reading` (the receiver is behind)."""
+        if not self._reading_paused and not self.gone:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self.lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ writing (FrameSink)
+
+    @property
+    def gone(self) -> bool:
+        return self.close_sent or self.lost or self.transport.is_closing()
+
+    def write(self, frame: bytes) -> None:
+        self.transport.write(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        """Send the close frame; the TCP side closes when the client answers it (or after
+        `CLOSE_TIMEOUT`). Frames the client still sends meanwhile are ignored."""
+        if self.gone:
+            return
+        self.close_sent = True
+        self.ready = False
+        self.transport.write(close_frame(code, reason))
+        self.resume_reading()  # to read the answer
+        self._close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+
+    def drop(self) -> None:
+        self.ready = False
+        self.transport.abort()
+
+    def ping(self) -> None:
+        self.pinged = True
+        if not self.gone:
+            self.transport.write(PING_FRAME)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self.ready = False
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self.ready = not self.gone
+        if self.on_writable is not None:
+            self.on_writable()
+
+    # ------------------------------------------------------------------ the end
+
+    def eof_received(self) -> bool:
+        return False  # the client ended its side: close ours too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.ready = False
+        self._watched.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        on_lost, self._on_lost = self._on_lost, None
+        try:
+            if on_lost is not None:
+                on_lost()
+            self._tell_closed()
+        finally:
+            on_writable, self.on_writable = self.on_writable, None
+            if on_writable is not None:
+                on_writable()  # the queue learns that the socket is gone
+
+
+class Liveness:
+    """The edge-wide liveness sweep over its signaling sockets (the module docstring).
+
+    Every `tick` seconds each socket is looked at once: any bytes from the peer (a pong,
+    a frame) count as life; a socket silent for `interval` seconds gets an empty ping
+    (every client answers it: RFC 6455 requires a pong), one silent for `timeout` seconds
+    is taken for dead and aborted (its session sees the socket drop).
+    """
+
+    def __init__(self, metrics: EdgeMetrics, interval: float, timeout: float) -> None:
+        if not 0 < interval < timeout:
+            raise ValueError("need 0 < interval < timeout")
+        self.metrics = metrics
+        self.interval = interval
+        self.timeout = timeout
+        self.tick = min(interval, timeout - interval) / 2
+        self.sockets: set[RtcSocket] = set()
+        """Every open signaling socket (each adds itself, and leaves when it is lost)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer = loop.call_later(self.tick, self.sweep)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None
+
+    def close_all(self) -> int:
+        """Abort every socket still open (the edge is stopping); returns how many."""
+        sockets, self.sockets = self.sockets, set()
+        for socket in sockets:
+            socket.drop()
+        return len(sockets)
+
+    def sweep(self) -> None:
+        """Ping the quiet sockets, drop the silent ones, and schedule the next sweep."""
+        loop = self._loop
+        if loop is None:
+            return
+        # The next sweep first: a socket that fails to drop must not end the sweeps.
+        self._timer = loop.call_later(self.tick, self.sweep)
+        now = loop.time()
+        quiet, dead = now - self.interval, now - self.timeout
+        for socket in list(self.sockets):
+            heard = socket.last_heard
+            if heard > quiet:
+                continue
+            if heard <= dead:
+                self.metrics.liveness_drops += 1
+                self.sockets.discard(socket)
+                socket.drop()
+            elif not socket.pinged:
+                socket.ping()
+
+
+__all__ = ["CLOSE_TIMEOUT", "Liveness", "RtcReceiver", "RtcSocket"]
