@@ -24,6 +24,7 @@ from roomlog.connect import connect
 from roomlog.errors import NatsUnreachable
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from roomlog.retry import RetryPolicy
 from roomlog.seam import Unsubscribable
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
@@ -106,11 +107,17 @@ class Bus:
         *,
         name: str,
         partitions: int = 1,
+        replicas: int = 1,
         append_timeout: float = 3.0,
+        append_attempt_timeout: float = 1.0,
         request_timeout: float = 2.0,
         connect_timeout: float = 10.0,
     ) -> Bus:
-        """Connect (reconnecting forever afterwards) and make sure the log streams exist."""
+        """Connect (reconnecting forever afterwards) and make sure the log streams exist.
+
+        An append is tried for `append_timeout` seconds in all, each attempt waiting
+        `append_attempt_timeout` for its ack (a leader election is ridden out within that).
+        """
 
         link = NatsLink(name, log)
         try:
@@ -120,7 +127,13 @@ class Bus:
         except NatsUnreachable as exc:
             raise BusUnavailable(str(exc)) from None
         try:
-            room_log = RoomLog(nc.jetstream(), partitions=partitions, ack_timeout=append_timeout)
+            room_log = RoomLog(
+                nc.jetstream(),
+                partitions=partitions,
+                replicas=replicas,
+                ack_timeout=min(append_attempt_timeout, append_timeout),
+                retry=RetryPolicy(deadline=append_timeout),
+            )
             await room_log.ensure()
         except BaseException:
             await nc.close()

@@ -84,7 +84,9 @@ class EdgeNode:
             config.nats_url,
             name=f"stagecast-edge-{self.edge_id}",
             partitions=config.log_partitions,
+            replicas=config.replicas,
             append_timeout=config.append_timeout,
+            append_attempt_timeout=config.append_attempt_timeout,
             request_timeout=config.request_timeout,
             connect_timeout=config.connect_timeout,
         )

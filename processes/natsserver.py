@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -104,6 +104,7 @@ class NatsServer:
         http_port: int | None = None,
         binary: Path | None = None,
         start_timeout: float = 15.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -111,6 +112,8 @@ class NatsServer:
         self._http_port = http_port
         self._binary = binary
         self.start_timeout = start_timeout
+        self.extra_args = tuple(extra_args)
+        """More command-line options (a cluster node's ``-n``, ``--cluster``, ``--routes``)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._ports_file = self.store_dir / "nats-server.ports"
@@ -180,6 +183,7 @@ class NatsServer:
             "-js",
             "-sd", str(self.store_dir),
             "--ports_file_dir", str(self.store_dir),
+            *self.extra_args,
         ]  # fmt: skip
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         try:

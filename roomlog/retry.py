@@ -28,6 +28,10 @@ log = logging.getLogger("stagecast.roomlog")
 _CLUSTER_UNAVAILABLE = 10008  # "JetStream system temporarily unavailable"
 
 
+RETRY_DEADLINE = 8.0
+"""Seconds an append keeps trying by default: a typical election (2-5 s) with room to spare."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How long an append is retried with the same message id, and how often.
@@ -36,8 +40,7 @@ class RetryPolicy:
     one attempt only. Pauses double from `first_backoff` up to `max_backoff`.
     """
 
-    deadline: float = 8.0
-    """Seconds an append keeps trying: a typical election (2-5 s) with room to spare."""
+    deadline: float = RETRY_DEADLINE
     first_backoff: float = 0.05
     max_backoff: float = 0.5
 
@@ -135,4 +138,4 @@ async def pause(attempt: int, policy: RetryPolicy, deadline: float) -> bool:
     return deadline - time.monotonic() > 0
 
 
-__all__ = ["NO_RETRY", "RetryPolicy", "WriteOutage", "pause", "transient"]
+__all__ = ["NO_RETRY", "RETRY_DEADLINE", "RetryPolicy", "WriteOutage", "pause", "transient"]

@@ -50,6 +50,38 @@ def _nats_url(args: argparse.Namespace) -> str:
     return url
 
 
+def _replicas(args: argparse.Namespace) -> int:
+    """`--replicas` (or STAGECAST_REPLICAS, default 1): the streams' least replicas."""
+    value = args.replicas if args.replicas is not None else os.environ.get("STAGECAST_REPLICAS")
+    if value is None or value == "":
+        return 1
+    try:
+        replicas = int(value)
+    except ValueError:
+        replicas = 0
+    if not 1 <= replicas <= 5:
+        raise SystemExit(f"--replicas (or STAGECAST_REPLICAS) must be 1 to 5, not {value!r}")
+    return replicas
+
+
+def _append_retry(args: argparse.Namespace) -> float:
+    """`--append-retry` (or STAGECAST_APPEND_RETRY): seconds an append is retried."""
+    from roomlog.retry import RETRY_DEADLINE
+
+    value = args.append_retry
+    if value is None:
+        value = os.environ.get("STAGECAST_APPEND_RETRY") or RETRY_DEADLINE
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 120:
+        raise SystemExit(
+            f"--append-retry (or STAGECAST_APPEND_RETRY) must be 0 to under 120 s, not {value!r}"
+        )
+    return seconds
+
+
 def _server_url(args: argparse.Namespace) -> str:
     return str(args.url or os.environ.get("STAGECAST_URL") or "http://127.0.0.1:7880")
 
@@ -68,6 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL"),
         edges=args.edges,
         forwarders=args.forwarders,
+        replicas=_replicas(args),
         api_key=key,
         api_secret=secret,
     )
@@ -86,7 +119,11 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
     if database_url.startswith("sqlite"):
         Path(database_url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     config = StatekeeperConfig(
-        nats_url=_nats_url(args), database_url=database_url, api_secret=secret
+        nats_url=_nats_url(args),
+        database_url=database_url,
+        api_secret=secret,
+        replicas=_replicas(args),
+        append_retry=_append_retry(args),
     )
     asyncio.run(serve(config))
     return 0
@@ -123,6 +160,7 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
         max_connections_per_address=args.max_connections_per_address,
         join_deadline=args.join_deadline,
         http_read_timeout=args.http_read_timeout,
+        replicas=_replicas(args),
     )
 
 
@@ -225,11 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", default=None)
     up.add_argument("--edges", type=int, default=1)
     up.add_argument("--forwarders", type=int, default=1)
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="least replicas of the log streams (STAGECAST_REPLICAS; default 1, 3 in a cluster)",
+    )
     up.set_defaults(func=cmd_up)
 
     sk = sub.add_parser("statekeeper", help="run one statekeeper")
     sk.add_argument("--nats-url", default=None)
     sk.add_argument("--database-url", default=None)
+    sk.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="least replicas of the log streams (STAGECAST_REPLICAS; default 1, 3 in a cluster)",
+    )
+    sk.add_argument(
+        "--append-retry",
+        type=float,
+        default=None,
+        help="s an append is retried across a leader election (STAGECAST_APPEND_RETRY; 8)",
+    )
     sk.set_defaults(func=cmd_statekeeper)
 
     edge = sub.add_parser("edge", help="run one edge (signaling and server API)")
@@ -237,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--host", default="127.0.0.1")
     edge.add_argument("--port", type=int, default=7880)
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
+    edge.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="least replicas of the log streams (STAGECAST_REPLICAS; default 1, 3 in a cluster)",
+    )
     budgets = {
         "--data-bytes-per-s": "data bytes/s one session may send",
         "--data-burst-bytes": "data bytes one session may send at once",

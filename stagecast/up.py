@@ -25,6 +25,7 @@ import nats
 
 from processes.children import spawn_child, stop_child, wait_exit
 from processes.natsserver import NatsServer
+from roomlog.connect import nats_servers
 from schemas.codec import SchemaError, decode
 from schemas.media import ForwarderHeartbeat
 from schemas.subjects import FORWARDER_HEARTBEAT
@@ -43,6 +44,8 @@ class UpConfig:
     dev: bool = True
     edge_args: tuple[str, ...] = ()
     """More `stagecast edge` flags for every edge (data budgets, say)."""
+    replicas: int = 1
+    """Least replicas of the log streams; more than 1 needs `nats_url` of a cluster."""
 
 
 class Stack:
@@ -74,18 +77,33 @@ class Stack:
     async def start(self, *, log=print) -> None:  # type: ignore[no-untyped-def]
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.nats_url:
+            if self.config.replicas > 1:
+                raise SystemExit(
+                    f"--replicas {self.config.replicas} needs --nats-url of a NATS cluster: "
+                    "the private nats-server of `stagecast up` holds one replica"
+                )
             self.nats = NatsServer(self.config.data_dir / "nats")
             await self.nats.start()
             self.nats_url = self.nats.url
             log(f"nats-server  {self.nats_url}")
         cli = [sys.executable, "-m", "stagecast.cli"]
         self._spawn(
-            [*cli, "statekeeper", "--nats-url", self.nats_url, "--database-url", self.database_url],
+            [
+                *cli,
+                "statekeeper",
+                "--nats-url",
+                self.nats_url,
+                "--database-url",
+                self.database_url,
+                "--replicas",
+                str(self.config.replicas),
+            ],
             self.config.data_dir / "statekeeper.log",
         )
         for i in range(self.config.edges):
             port = self.config.port + i
             args = [*cli, "edge", "--nats-url", self.nats_url, "--port", str(port)]
+            args += ["--replicas", str(self.config.replicas)]
             if self.config.dev:
                 args.append("--dev")
             args += self.config.edge_args
@@ -108,7 +126,9 @@ class Stack:
             if isinstance(beat, ForwarderHeartbeat) and not beat.stopping:
                 heard.add(beat.forwarder_id)
 
-        nc = await nats.connect(self.nats_url, name="stagecast-up", connect_timeout=10)
+        nc = await nats.connect(
+            servers=nats_servers(self.nats_url), name="stagecast-up", connect_timeout=10
+        )
         try:
             await nc.subscribe(FORWARDER_HEARTBEAT, cb=on_heartbeat)
             await nc.flush()

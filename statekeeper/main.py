@@ -13,6 +13,7 @@ from processes.runtime import tune_gc
 from roomlog.connect import RECONNECT_BUFFER, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from roomlog.retry import RETRY_DEADLINE, RetryPolicy
 from statekeeper.queries import Queries
 from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
@@ -27,6 +28,10 @@ class StatekeeperConfig:
     api_secret: str
     partitions: int = 1
     owned: tuple[int, ...] = (0,)
+    replicas: int = 1
+    """Least replicas of the room-log streams (`RoomLog.ensure` never lowers them)."""
+    append_retry: float = RETRY_DEADLINE
+    """Seconds a timer event or public event append is retried across a leader election."""
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
     connect_timeout: float = 10.0
     """Seconds to reach NATS at start (reconnects afterwards never give up)."""
@@ -52,7 +57,12 @@ async def running_statekeeper(config: StatekeeperConfig):  # type: ignore[no-unt
     keeper: Statekeeper | None = None
     queries: Queries | None = None
     try:
-        room_log = RoomLog(nc.jetstream(), partitions=config.partitions)
+        room_log = RoomLog(
+            nc.jetstream(),
+            partitions=config.partitions,
+            replicas=config.replicas,
+            retry=RetryPolicy(deadline=config.append_retry),
+        )
         await room_log.ensure()
         keeper = Statekeeper(nc, room_log, store, partitions=config.owned, tuning=config.tuning)
         keeper.link = link
