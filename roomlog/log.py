@@ -267,8 +267,9 @@ class RoomLog:
         outage = self.outages[stream]
         end = time.monotonic() + max(self.retry.deadline, self.ack_timeout)
         for n in itertools.count():
+            started = time.monotonic()
             try:
-                await attempt(max(0.05, min(self.ack_timeout, end - time.monotonic())))
+                await attempt(max(0.05, min(self.ack_timeout, end - started)))
             except Exception as exc:
                 if not await self._worth_retrying(stream, exc):
                     raise
@@ -276,7 +277,7 @@ class RoomLog:
                 if not await pause(n, self.retry, end):
                     raise
                 continue
-            outage.succeeded()
+            outage.succeeded(started)
             self._known_streams.add(stream)
             return
 

@@ -28,8 +28,10 @@ log = logging.getLogger("stagecast.roomlog")
 _CLUSTER_UNAVAILABLE = 10008  # "JetStream system temporarily unavailable"
 
 
-RETRY_DEADLINE = 8.0
-"""Seconds an append keeps trying by default: a typical election (2-5 s) with room to spare."""
+RETRY_DEADLINE = 12.0
+"""Seconds an append keeps trying by default. A stream's followers elect a new leader once
+they miss its heartbeats for a random 4-9 s (nats-server's raft election timeout): 5.3 s
+measured on a 3-node cluster on one machine, 9 s at worst, and some room to spare."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,7 +88,9 @@ class WriteOutage:
     """The write state of one stream: one warning per outage, one line when it ends.
 
     `failed` is called for each transient failure an append is about to retry, `succeeded`
-    after each confirmed append. Counters: `outages`, `retries`, `longest` (seconds).
+    after each confirmed append with the time its attempt started: an ack for an attempt
+    made before the outage began (still in flight when it did) does not end the outage.
+    Counters: `outages`, `retries`, `longest` (seconds).
     """
 
     def __init__(self, stream: str, logger: logging.Logger = log) -> None:
@@ -113,9 +117,9 @@ class WriteOutage:
             exc,
         )
 
-    def succeeded(self) -> None:
+    def succeeded(self, attempted_at: float) -> None:
         since = self.failing_since
-        if since is None:
+        if since is None or attempted_at < since:
             return
         self.failing_since = None
         lasted = time.monotonic() - since

@@ -108,13 +108,13 @@ async def nats_cluster(tmp_path: Path, size: int = 3) -> AsyncIterator[NatsClust
         name: NatsServer(
             tmp_path / name,
             start_timeout=60.0,
-            extra_args=(
-                "-n", name,
-                "--cluster_name", CLUSTER_NAME,
-                "--cluster", f"nats://127.0.0.1:{port}",
-                "--routes", routes,
-            ),
-        )  # fmt: skip
+            extra_args=[
+                *("-n", name),
+                *("--cluster_name", CLUSTER_NAME),
+                *("--cluster", f"nats://127.0.0.1:{port}"),
+                *("--routes", routes),
+            ],
+        )
         for name, port in zip(names, route_ports, strict=True)
     }
     try:

@@ -116,10 +116,12 @@ def test_forwarders_use_the_host_network_and_reach_nats_there(
         assert args.command == "forwarder"
         # WebRTC media arrives on per-connection UDP ports that clients must reach directly
         assert service["network_mode"] == "host"
-        assert args.nats_url == "nats://127.0.0.1:4222"  # nats1's port published on the host
+        # every node's port published on the host's loopback
+        assert args.nats_url.split(",") == [f"nats://127.0.0.1:{p}" for p in (4222, 4223, 4224)]
         ids.add(args.id)
     assert len(ids) == 2  # distinct forwarder ids
-    assert "127.0.0.1:4222:4222" in services["nats1"]["ports"]
+    for node, port in zip(NATS_NODES, (4222, 4223, 4224), strict=True):
+        assert f"127.0.0.1:{port}:4222" in services[node]["ports"]
 
 
 def test_edges_listen_on_their_published_ports(services: dict[str, dict[str, Any]]) -> None:
@@ -157,3 +159,12 @@ def test_the_image_copies_every_package_the_distribution_installs() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
     missing = sorted(p for p in packages if f"COPY {p} ./{p}" not in dockerfile)
     assert not missing, f"the Dockerfile does not copy {missing}"
+
+
+def test_services_know_every_nats_node_and_ask_for_three_replicas(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in _stagecast_services(services).items():
+        args = _parse(name, service)
+        assert len(args.nats_url.split(",")) == 3, f"{name} must be given every NATS node"
+        assert service["environment"]["STAGECAST_REPLICAS"] == "3", name
