@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--append-retry",
         type=float,
         default=None,
-        help="s an append is retried across a leader election (STAGECAST_APPEND_RETRY; 12)",
+        help="s an append is retried across a leader election (STAGECAST_APPEND_RETRY; 15)",
     )
     sk.set_defaults(func=cmd_statekeeper)
 
