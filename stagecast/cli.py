@@ -227,6 +227,13 @@ def cmd_participants(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from stagecast.cluster_cli import cluster_status
+
+    status: int = asyncio.run(cluster_status(_nats_url(args)))
+    return status
+
+
 def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """A suite's module (imported only now) and its own options parsed from `argv`."""
     module: Any = importlib.import_module(f"stagecast.bench.{suite}")
@@ -351,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--all", action="store_true", help="walk every page")
     parts.add_argument("--url", default=None)
     parts.set_defaults(func=cmd_participants)
+
+    cluster = sub.add_parser("cluster", help="NATS JetStream status (read-only)")
+    cluster.add_argument("action", choices=("status",))
+    cluster.add_argument("--nats-url", default=None, help="comma-separated for a cluster")
+    cluster.set_defaults(func=cmd_cluster)
 
     bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
     bench.add_argument("suite", choices=BENCH_SUITES)
