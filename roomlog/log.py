@@ -67,6 +67,7 @@ EVENTS_MAX_AGE = 7 * 24 * 3600.0
 MAX_REPLICAS = 5
 """JetStream's limit on a stream's replicas."""
 _STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
+_STREAM_CHECK_S = 1.0
 
 
 class RoomLog:
@@ -103,8 +104,8 @@ class RoomLog:
         self.events_max_age = events_max_age
         self.outages = {stream: WriteOutage(stream) for stream in (LOG_STREAM, EVENTS_STREAM)}
         """Each stream's write outages (one log line per episode, counters)."""
-        self._known_streams: set[str] = set()
-        """Streams seen to exist: a 503 on them means no leader yet, not no stream."""
+        self._stream_checks: dict[str, tuple[asyncio.Future[bool], float]] = {}
+        """The last "does this stream exist" check per stream, and when it started."""
 
     # ------------------------------------------------------------------ streams
 
@@ -164,7 +165,6 @@ class RoomLog:
                         raise
                 else:
                     log.info("created stream %s with %d replica(s)", name, wanted)
-                    self._known_streams.add(name)
                     return
                 info = await self.js.stream_info(name)
             current = info.config.num_replicas or 1
@@ -178,7 +178,6 @@ class RoomLog:
             if isinstance(exc, nats.js.errors.NotFoundError):
                 raise
             raise StreamNotEnsured(name, config.num_replicas or wanted, str(exc)) from exc
-        self._known_streams.add(name)
 
     # ------------------------------------------------------------------ appends
 
@@ -278,7 +277,6 @@ class RoomLog:
                     raise
                 continue
             outage.succeeded(started)
-            self._known_streams.add(stream)
             return
 
     async def _worth_retrying(self, stream: str, exc: Exception) -> bool:
@@ -287,15 +285,25 @@ class RoomLog:
             return False
         if not isinstance(exc, nats.js.errors.NoStreamResponseError):
             return True
-        if stream in self._known_streams:
-            return True
+        return await self._stream_exists(stream)
+
+    async def _stream_exists(self, stream: str) -> bool:
+        """Whether `stream` exists, asked at most once per `_STREAM_CHECK_S` however many
+        appends fail at once (an election fails them all)."""
+        now = time.monotonic()
+        check = self._stream_checks.get(stream)
+        if check is None or (check[0].done() and now - check[1] > _STREAM_CHECK_S):
+            check = (asyncio.ensure_future(self._ask_stream_exists(stream)), now)
+            self._stream_checks[stream] = check
+        return await asyncio.shield(check[0])
+
+    async def _ask_stream_exists(self, stream: str) -> bool:
         try:
-            await asyncio.wait_for(self.js.stream_info(stream), 1.0)
+            await asyncio.wait_for(self.js.stream_info(stream), _STREAM_CHECK_S)
         except nats.js.errors.NotFoundError:
-            return False  # no such stream: a wiring bug (ensure not run), never retried
+            return False  # no such stream (ensure not run, or deleted): never retried
         except (nats.errors.Error, TimeoutError):
-            return True  # cannot tell now: the deadline bounds it
-        self._known_streams.add(stream)
+            return True  # no answer during an election: the retry deadline bounds it
         return True
 
     async def _pipelined(
