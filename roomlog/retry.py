@@ -31,7 +31,7 @@ _CLUSTER_UNAVAILABLE = 10008  # "JetStream system temporarily unavailable"
 RETRY_DEADLINE = 15.0
 """Seconds an append keeps trying by default: after a SIGKILL of the stream leader, writes
 resumed within 4.8-10.9 s (median 6.3 s, 10 runs) on a 3-node cluster on one machine
-(`tests/test_replicas.py`); nats-server does not let its election timeouts be tuned."""
+(`tests/test_replicas.py`): nats-server's own election time, which Stagecast cannot shorten."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
