@@ -91,10 +91,20 @@ class BusPort(Protocol):
 class Bus:
     """NATS for one edge: the connection, the room log, request/reply and publishes."""
 
-    def __init__(self, nc: NATS, room_log: RoomLog, request_timeout: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        room_log: RoomLog,
+        request_timeout: float,
+        event_retry: RetryPolicy | None = None,
+    ) -> None:
         self.nc = nc
         self.room_log = room_log
         self.request_timeout = request_timeout
+        self.event_retry = event_retry if event_retry is not None else RetryPolicy()
+        """How long an event no client waits on (no `reply_to`: a departure, sessions
+        re-asserted) is retried: past a whole leader election, since the action deadline
+        does not apply to it. Actions are retried for `append_timeout` only."""
         self.refused_appends = 0
         self.link: NatsLink | None = None
         """The connection's state and counters (set by `connect`)."""
@@ -189,13 +199,15 @@ class Bus:
         While NATS is disconnected the append is refused at once and never sent. One that
         was sent but not confirmed in time may still be stored; the statekeeper refuses any
         action stored more than `schemas.log.ACTION_DEADLINE_MS` after its `at`, so an
-        action the edge reported as failed cannot take effect later.
+        action the edge reported as failed cannot take effect later. An event with no
+        `reply_to` (no client waits on it) is retried for `event_retry` instead.
         """
         if not self.nc.is_connected:
             self.refused_appends += 1
             raise BusUnavailable("NATS is disconnected: the action was not sent")
         try:
-            return await self.room_log.append(event, msg_id)
+            retry = None if event.reply_to else self.event_retry
+            return await self.room_log.append(event, msg_id, retry=retry)
         except Exception as exc:
             raise BusUnavailable(f"room log append failed: {type(exc).__name__}") from None
 

@@ -27,7 +27,12 @@ from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
 from schemas.clock import now_ms
 from schemas.codec import encode
 from schemas.log import LogEvent, SessionsAlive
-from schemas.subjects import EDGE_HEARTBEAT, edge_sessions, parse_session_subject
+from schemas.subjects import (
+    EDGE_HEARTBEAT,
+    LOG_STREAM,
+    edge_sessions,
+    parse_session_subject,
+)
 
 log = logging.getLogger("stagecast.edge")
 
@@ -93,6 +98,8 @@ class EdgeNode:
         self._fanout = Fanout(self._bus, self.metrics, DataLimits.of(config))
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
+        appends = bus.room_log.outages[LOG_STREAM]
+        self.metrics.append_retries = lambda: (appends.retries, appends.outages)
         link = bus.link
         if link is not None:
             link.on_back = self._link_back

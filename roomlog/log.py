@@ -181,7 +181,9 @@ class RoomLog:
 
     # ------------------------------------------------------------------ appends
 
-    async def append(self, event: LogEvent, msg_id: str) -> int:
+    async def append(
+        self, event: LogEvent, msg_id: str, *, retry: RetryPolicy | None = None
+    ) -> int:
         """Append one event; returns its stream sequence.
 
         A `msg_id` seen within the duplicate window returns the original sequence and
@@ -189,9 +191,12 @@ class RoomLog:
         same id until the retry deadline. Raises nats-py errors (`nats.errors.TimeoutError`,
         `nats.js.errors.NoStreamResponseError`, `APIError`) when the append is not
         confirmed by then, or at once when it cannot be (no stream, a refused message);
-        retrying with the same `msg_id` is safe.
+        retrying with the same `msg_id` is safe. `retry` overrides this log's policy for
+        this append.
         """
-        return await self._publish(LOG_STREAM, room_log(event.room_id), encode(event), msg_id)
+        return await self._publish(
+            LOG_STREAM, room_log(event.room_id), encode(event), msg_id, retry
+        )
 
     async def append_many(
         self, items: Iterable[tuple[LogEvent, str]], *, window: int = 1000
@@ -235,7 +240,14 @@ class RoomLog:
             window,
         )
 
-    async def _publish(self, stream: str, subject: str, payload: bytes, msg_id: str) -> int:
+    async def _publish(
+        self,
+        stream: str,
+        subject: str,
+        payload: bytes,
+        msg_id: str,
+        retry: RetryPolicy | None = None,
+    ) -> int:
         """One deduplicated publish to `stream`, retried (see `append`); its sequence."""
         headers = {MSG_ID: msg_id}
 
@@ -244,7 +256,7 @@ class RoomLog:
             seqs.append(int(ack.seq))
 
         seqs: list[int] = []
-        await self._retried(stream, attempt)
+        await self._retried(stream, attempt, retry)
         return seqs[0]
 
     async def _pipelined_retried(
@@ -261,10 +273,18 @@ class RoomLog:
         await self._retried(stream, attempt)
         return seqs
 
-    async def _retried(self, stream: str, attempt: Callable[[float], Awaitable[None]]) -> None:
+    async def _retried(
+        self,
+        stream: str,
+        attempt: Callable[[float], Awaitable[None]],
+        retry: RetryPolicy | None = None,
+    ) -> None:
         """Run `attempt(ack_timeout)` until it succeeds, retrying transient failures."""
+        policy = retry if retry is not None else self.retry
+        if policy.deadline >= DUPLICATE_WINDOW:
+            raise ValueError("the retry deadline must be shorter than the duplicate window")
         outage = self.outages[stream]
-        end = time.monotonic() + max(self.retry.deadline, self.ack_timeout)
+        end = time.monotonic() + max(policy.deadline, self.ack_timeout)
         for n in itertools.count():
             started = time.monotonic()
             try:
@@ -273,7 +293,7 @@ class RoomLog:
                 if not await self._worth_retrying(stream, exc):
                     raise
                 outage.failed(exc)
-                if not await pause(n, self.retry, end):
+                if not await pause(n, policy, end):
                     raise
                 continue
             outage.succeeded(started)

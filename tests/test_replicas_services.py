@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,12 +110,23 @@ async def test_a_room_is_served_across_node_losses(tmp_path: Path) -> None:
                     leader = await cluster.wait_replicated(subjects.LOG_STREAM, 3)
 
                     cluster.kill(leader)
+                    killed_at = time.monotonic()
                     await join("carol")
+                    joined_in = time.monotonic() - killed_at
                     await roster_is(api, "alice", "bob", "carol")
                     assert alice.connection_state is ConnectionState.CONNECTED
                     assert events.of("reconnecting") == []  # the same socket all along
                     assert events.of("disconnected") == []
                     assert keeper.poll() is None
+                    async with httpx.AsyncClient(base_url=url, timeout=3.0) as http:
+                        metrics = (await http.get("/metrics")).text
+                    retried = [
+                        line
+                        for line in metrics.splitlines()
+                        if line.startswith("stagecast_edge_append_")
+                    ]
+                    assert len(retried) == 2, metrics
+                    print(f"\njoin after the leader kill took {joined_in:.2f} s; {retried}")
                 finally:
                     for room in rooms:
                         with contextlib.suppress(Exception):
