@@ -68,6 +68,8 @@ MAX_REPLICAS = 5
 """JetStream's limit on a stream's replicas."""
 _STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
 _STREAM_CHECK_S = 1.0
+_NO_SUITABLE_PEERS = 10005  # "insufficient resources": too few JetStream servers (yet)
+_CLUSTER_UNAVAILABLE = 10008  # "JetStream system temporarily unavailable"
 
 
 class RoomLog:
@@ -152,6 +154,27 @@ class RoomLog:
             await self._ensure_stream(config)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
+        """`_ensure_stream_once`, again while the cluster cannot place the replicas yet
+        (a node starting or restarting), until the retry deadline."""
+        end = time.monotonic() + self.retry.deadline
+        for n in itertools.count():
+            try:
+                await self._ensure_stream_once(config)
+                return
+            except StreamNotEnsured as exc:
+                cause = exc.__cause__
+                placing = isinstance(cause, nats.js.errors.APIError) and cause.err_code in (
+                    _NO_SUITABLE_PEERS,
+                    _CLUSTER_UNAVAILABLE,
+                )
+                if not placing:
+                    raise
+                if n == 0:
+                    log.warning("%s; retrying until %.0f s have passed", exc, self.retry.deadline)
+                if not await pause(n, self.retry, end):
+                    raise
+
+    async def _ensure_stream_once(self, config: StreamConfig) -> None:
         name = str(config.name)
         wanted = self.replicas
         try:

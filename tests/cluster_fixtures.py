@@ -19,6 +19,7 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import nats
 import nats.errors
 import nats.js.errors
@@ -51,6 +52,27 @@ class NatsCluster:
     def url(self) -> str:
         """Every node's URL, comma-separated (what ``--nats-url`` takes)."""
         return ",".join(node.url for node in self.nodes.values())
+
+    async def wait_meta_ready(self, timeout: float = 30.0) -> str:
+        """Wait until the meta leader sees every running node current; the leader's name.
+
+        JetStream answers on every node as soon as a meta leader exists, but places an R3
+        stream only once the leader has heard from enough peers ("no suitable peers")."""
+        running = self.running()
+
+        async def ready() -> str:
+            async with httpx.AsyncClient(timeout=2.0) as http:
+                for name in running:
+                    jsz = (await http.get(f"{self.nodes[name].monitor_url}/jsz")).json()
+                    meta = jsz.get("meta_cluster") or {}
+                    if meta.get("leader") != name:
+                        continue
+                    current = [p for p in meta.get("replicas") or [] if p.get("current")]
+                    assert len(current) == len(running) - 1, f"{len(current)} current peers"
+                    return name
+            raise AssertionError("no meta leader yet")
+
+        return await eventually(ready, timeout=timeout, interval=0.1, what="the meta cluster")
 
     def running(self) -> list[str]:
         return [name for name, node in self.nodes.items() if node.running]
@@ -120,7 +142,9 @@ async def nats_cluster(tmp_path: Path, size: int = 3) -> AsyncIterator[NatsClust
     try:
         # Together: JetStream answers on a node only once a meta leader has its quorum.
         await asyncio.gather(*(node.start() for node in nodes.values()))
-        yield NatsCluster(nodes)
+        cluster = NatsCluster(nodes)
+        await cluster.wait_meta_ready()
+        yield cluster
     finally:
         await asyncio.gather(*(node.stop() for node in nodes.values()), return_exceptions=True)
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 APPENDS = 2000
 APPENDERS = 4
+MAX_BATCHES = 400
+BATCH = 20
 KILL_AFTER_ACKS = 300
 
 
@@ -154,15 +156,35 @@ async def test_killing_the_stream_leader_loses_no_acknowledged_append(
                 if len(acked) >= KILL_AFTER_ACKS:
                     enough.set()
 
-        appenders = [asyncio.create_task(appender(n)) for n in range(APPENDERS)]
+        singles_done = asyncio.Event()
+
+        async def batch_appender() -> None:  # the pipelined path (`publish_all`), throughout
+            for b in range(MAX_BATCHES):
+                if singles_done.is_set():
+                    return
+                ids = [f"b{b}-{i}" for i in range(BATCH)]
+                try:
+                    seqs = await room_log.append_many([(event(m), m) for m in ids], window=16)
+                except Exception as exc:
+                    log.info("batch %d failed: %r", b, exc)
+                    failed.extend(ids)
+                    continue
+                acked.update(zip(ids, seqs, strict=True))
+                ack_times.append(time.monotonic())
+
+        singles = [asyncio.create_task(appender(n)) for n in range(APPENDERS)]
+        batches = asyncio.create_task(batch_appender())
         await asyncio.wait_for(enough.wait(), 60)
         cluster.kill(leader)
-        await asyncio.wait_for(asyncio.gather(*appenders), 300)
+        await asyncio.wait_for(asyncio.gather(*singles), 300)
+        singles_done.set()
+        await asyncio.wait_for(batches, 60)
 
         outage = room_log.outages[subjects.LOG_STREAM]
         gaps = [b - a for a, b in itertools.pairwise(ack_times)]
         print(
-            f"\nleader {leader} killed: {len(acked)} acked, {len(failed)} failed, "
+            f"\nleader {leader} killed: {len(acked)} acked "
+            f"({sum(m.startswith('b') for m in acked)} in batches), {len(failed)} failed, "
             f"longest write gap {max(gaps):.2f} s, {outage.outages} outage(s), "
             f"{outage.retries} retries"
         )
@@ -183,3 +205,4 @@ async def test_killing_the_stream_leader_loses_no_acknowledged_append(
     assert not lost, f"acknowledged but not stored: {sorted(lost)[:10]}"
     assert all(stored[m] == seq for m, seq in acked.items())  # the ack told the truth
     assert len(acked) >= KILL_AFTER_ACKS
+    assert any(m.startswith("b") for m in acked)
