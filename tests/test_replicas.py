@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
 
 from processes.natsserver import NatsServer
+from roomlog.buckets import bucket_stream, ensure_bucket
 from roomlog.connect import connect
 from roomlog.errors import StreamNotEnsured
 from roomlog.log import RoomLog
@@ -206,3 +208,30 @@ async def test_killing_the_stream_leader_loses_no_acknowledged_append(
     assert all(stored[m] == seq for m, seq in acked.items())  # the ack told the truth
     assert len(acked) >= KILL_AFTER_ACKS
     assert any(m.startswith("b") for m in acked)
+
+
+# --------------------------------------------------------------------------- KV buckets
+
+
+async def test_buckets_follow_the_same_replica_rule(cluster: NatsCluster) -> None:
+    nc = await connected(cluster, "buckets")
+    try:
+        js = nc.jetstream()
+        leases = await ensure_bucket(js, KeyValueConfig(bucket="leases", replicas=3, ttl=30))
+        await leases.put("p0", b"keeper-a")
+        assert await replicas_of(js, bucket_stream("leases")) == 3
+        again = await ensure_bucket(js, KeyValueConfig(bucket="leases", replicas=1))
+        assert await replicas_of(js, bucket_stream("leases")) == 3  # never lowered
+        assert (await again.get("p0")).value == b"keeper-a"
+
+        small = await ensure_bucket(js, KeyValueConfig(bucket="small", replicas=1))
+        for i in range(20):
+            await small.put(f"k{i}", str(i).encode())
+        raised = await ensure_bucket(js, KeyValueConfig(bucket="small", replicas=3))
+        assert await replicas_of(js, bucket_stream("small")) == 3
+        await cluster.wait_replicated(bucket_stream("small"), 3)
+        assert [(await raised.get(f"k{i}")).value for i in range(20)] == [
+            str(i).encode() for i in range(20)
+        ]
+    finally:
+        await nc.close()
