@@ -3,7 +3,8 @@
 `ensure` gives the streams `replicas` copies and never lowers them; raising the replicas
 of a stream keeps its messages (they survive the loss of the node that held them alone);
 appends carried across the SIGKILL of the stream leader lose nothing that was acknowledged
-and store nothing twice.
+and store nothing twice; the log reader goes on when the node holding its consumer dies;
+KV buckets follow the streams' replica rule.
 """
 
 from __future__ import annotations
@@ -235,3 +236,33 @@ async def test_buckets_follow_the_same_replica_rule(cluster: NatsCluster) -> Non
         ]
     finally:
         await nc.close()
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+async def test_the_log_reader_goes_on_when_its_consumer_node_dies(cluster: NatsCluster) -> None:
+    nc = await connected(cluster, "reader")
+    try:
+        js = nc.jetstream()
+        room_log = RoomLog(js, replicas=3, ack_timeout=1.0)
+        await room_log.ensure()
+        await cluster.wait_replicated(subjects.LOG_STREAM, 3)
+        await room_log.append_many([(event(f"r{i}"), f"r{i}") for i in range(100)])
+        async with room_log.reader(None, 1, heartbeat=0.5, expires=5.0) as reader:
+            first = await read(reader, 100)
+            assert reader.consumer_name is not None
+            info = await js.consumer_info(subjects.LOG_STREAM, reader.consumer_name)
+            assert info.cluster is not None and info.cluster.leader
+            holder = info.cluster.leader
+            cluster.kill(holder)  # the node holding the reader's one-replica consumer
+            await room_log.append_many([(event(f"r{i}"), f"r{i}") for i in range(100, 200)])
+            rest = await read(reader, 100, max_wait=30.0)
+            assert reader.resets >= 1  # it noticed, and made a new consumer elsewhere
+    finally:
+        await nc.close()
+    records = first + rest
+    assert [r.seq for r in records] == list(range(1, 201))  # no gap, nothing twice
+    assert [r.event.sid for r in records if isinstance(r.event, LeaveRequested)] == [
+        f"r{i}" for i in range(200)
+    ]
