@@ -108,6 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_statekeeper(args: argparse.Namespace) -> int:
+    from roomlog.errors import StreamNotEnsured
     from statekeeper.main import StatekeeperConfig, serve
 
     _, secret = credentials()
@@ -125,7 +126,10 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
         replicas=_replicas(args),
         append_retry=_append_retry(args),
     )
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StreamNotEnsured as exc:  # --replicas beyond what this NATS holds, say
+        raise SystemExit(f"stagecast statekeeper: {exc}") from None
     return 0
 
 

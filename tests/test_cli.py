@@ -126,3 +126,15 @@ def test_up_refuses_replicas_its_private_server_cannot_hold(tmp_path: Path) -> N
     assert done.returncode != 0
     assert "--replicas 3 needs --nats-url of a NATS cluster" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_statekeeper_asking_more_replicas_than_nats_holds_exits_with_a_message(
+    nats_url: str, tmp_path: Path
+) -> None:
+    env = dict(os.environ, STAGECAST_API_KEY="devkey", STAGECAST_API_SECRET="devsecret")
+    database = f"sqlite+aiosqlite:///{tmp_path / 'sk.db'}"
+    args = ("statekeeper", "--nats-url", nats_url, "--database-url", database)
+    done = _cli(*args, "--replicas", "3", env=env)
+    assert done.returncode != 0
+    assert "stream STAGECAST_LOG with 3 replica(s) refused" in done.stderr
+    assert "Traceback" not in done.stderr
