@@ -24,6 +24,7 @@ from roomlog.connect import NatsAuth, connect
 from roomlog.errors import NatsUnreachable
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from roomlog.retry import RetryPolicy
 from roomlog.seam import Unsubscribable
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
@@ -90,10 +91,20 @@ class BusPort(Protocol):
 class Bus:
     """NATS for one edge: the connection, the room log, request/reply and publishes."""
 
-    def __init__(self, nc: NATS, room_log: RoomLog, request_timeout: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        room_log: RoomLog,
+        request_timeout: float,
+        event_retry: RetryPolicy | None = None,
+    ) -> None:
         self.nc = nc
         self.room_log = room_log
         self.request_timeout = request_timeout
+        self.event_retry = event_retry if event_retry is not None else RetryPolicy()
+        """How long an event no client waits on (no `reply_to`: a departure, sessions
+        re-asserted) is retried: past a whole leader election, since the action deadline
+        does not apply to it. Actions are retried for `append_timeout` only."""
         self.refused_appends = 0
         self.link: NatsLink | None = None
         """The connection's state and counters (set by `connect`)."""
@@ -106,7 +117,9 @@ class Bus:
         *,
         name: str,
         partitions: int = 1,
+        replicas: int = 1,
         append_timeout: float = 3.0,
+        append_attempt_timeout: float = 1.0,
         request_timeout: float = 2.0,
         connect_timeout: float = 10.0,
         auth: NatsAuth | None = None,
@@ -114,6 +127,8 @@ class Bus:
         """Connect (reconnecting forever afterwards) and make sure the log streams exist.
 
         `NatsAuthRefused` (wrong credentials) is raised as it is: no retry will help.
+        An append is tried for `append_timeout` seconds in all, each attempt waiting
+        `append_attempt_timeout` for its ack (a leader election is ridden out within that).
         """
 
         link = NatsLink(name, log)
@@ -131,7 +146,13 @@ class Bus:
         except NatsUnreachable as exc:
             raise BusUnavailable(str(exc)) from None
         try:
-            room_log = RoomLog(nc.jetstream(), partitions=partitions, ack_timeout=append_timeout)
+            room_log = RoomLog(
+                nc.jetstream(),
+                partitions=partitions,
+                replicas=replicas,
+                ack_timeout=min(append_attempt_timeout, append_timeout),
+                retry=RetryPolicy(deadline=append_timeout),
+            )
             await room_log.ensure()
         except BaseException:
             await nc.close()
@@ -192,13 +213,15 @@ class Bus:
         While NATS is disconnected the append is refused at once and never sent. One that
         was sent but not confirmed in time may still be stored; the statekeeper refuses any
         action stored more than `schemas.log.ACTION_DEADLINE_MS` after its `at`, so an
-        action the edge reported as failed cannot take effect later.
+        action the edge reported as failed cannot take effect later. An event with no
+        `reply_to` (no client waits on it) is retried for `event_retry` instead.
         """
         if not self.nc.is_connected:
             self.refused_appends += 1
             raise BusUnavailable("NATS is disconnected: the action was not sent")
         try:
-            return await self.room_log.append(event, msg_id)
+            retry = None if event.reply_to else self.event_retry
+            return await self.room_log.append(event, msg_id, retry=retry)
         except Exception as exc:
             raise BusUnavailable(f"room log append failed: {type(exc).__name__}") from None
 

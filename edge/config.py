@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 
 from roomlog.connect import NatsAuth
+from roomlog.log import MAX_REPLICAS
 from schemas.log import ACTION_DEADLINE_MS
 from schemas.subjects import edge_sessions
 
@@ -79,6 +80,9 @@ class EdgeConfig:
     """NKey/creds and TLS files for NATS (a password goes in `nats_url`)."""
     log_partitions: int = 1
     """Partitions of the room-log stream: must equal the statekeeper's (`RoomLog.ensure`)."""
+    replicas: int = 1
+    """Least replicas of the room-log streams (`RoomLog.ensure` never lowers them): 3 on a
+    3-node NATS cluster, 1 on a single server."""
 
     rate_per_s: float = 50.0
     """Frames a socket may send per second, sustained."""
@@ -104,7 +108,11 @@ class EdgeConfig:
     """Seconds to wait for a read on `stagecast.sk.api` or an API write's outcome."""
     append_timeout: float = 3.0
     """Seconds to wait for JetStream to confirm a room-log append (at least the room log's
-    action deadline, `schemas.log.ACTION_DEADLINE_MS`)."""
+    action deadline, `schemas.log.ACTION_DEADLINE_MS`). A failed attempt (a leader
+    election, a reconnect) is repeated with the same message id within this time, each
+    attempt waiting at most `append_attempt_timeout`."""
+    append_attempt_timeout: float = 1.0
+    """Seconds one append attempt waits for its ack before it is sent again."""
     connect_timeout: float = 10.0
     """Seconds to reach NATS at start (reconnects afterwards never give up)."""
     heartbeat_interval: float = 1.0
@@ -142,6 +150,10 @@ class EdgeConfig:
                 f"append_timeout must be at least {ACTION_DEADLINE_MS / 1000} s (the room log's "
                 "action deadline): an append reported failed earlier could still be applied"
             )
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise ValueError(f"replicas must be between 1 and {MAX_REPLICAS}")
+        if not 0 < self.append_attempt_timeout <= self.append_timeout:
+            raise ValueError("append_attempt_timeout must be positive, at most append_timeout")
         if self.send_queue_size < 2:
             raise ValueError("send_queue_size must be at least 2")
         if self.data_bytes_per_s <= 0 or self.room_data_bytes_per_s <= 0:

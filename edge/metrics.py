@@ -30,6 +30,8 @@ class EdgeMetrics:
         self.queue_drops = 0
         self.stale_replies = 0
         self.appends_refused: Callable[[], int] = lambda: 0
+        self.append_retries: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        """(room-log append attempts repeated, outages: episodes of failing appends)."""
         self.nats_link: Callable[[], tuple[int, int, int]] = lambda: (1, 0, 0)
         """(connected 0/1, disconnects, failed reconnect attempts) of the edge's NATS link."""
         self.data_bytes_out = 0
@@ -131,6 +133,16 @@ class EdgeMetrics:
                 "stagecast_edge_appends_refused_total",
                 "Room-log appends refused at once because NATS was disconnected.",
                 self.appends_refused(),
+            ),
+            (
+                "stagecast_edge_append_retries_total",
+                "Room-log append attempts repeated with the same message id (an election).",
+                self.append_retries()[0],
+            ),
+            (
+                "stagecast_edge_append_outages_total",
+                "Episodes of failing room-log appends (a stream without a leader, say).",
+                self.append_retries()[1],
             ),
         ):
             family(name, "counter", help_text)

@@ -27,7 +27,12 @@ from schemas.api import EdgeGone, EdgeHeartbeat, HealthReply, HealthRequest
 from schemas.clock import now_ms
 from schemas.codec import encode
 from schemas.log import LogEvent, SessionsAlive
-from schemas.subjects import EDGE_HEARTBEAT, edge_sessions, parse_session_subject
+from schemas.subjects import (
+    EDGE_HEARTBEAT,
+    LOG_STREAM,
+    edge_sessions,
+    parse_session_subject,
+)
 
 log = logging.getLogger("stagecast.edge")
 
@@ -86,6 +91,8 @@ class EdgeNode:
         self._fanout = Fanout(self._bus, self.metrics, DataLimits.of(config))
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
+        appends = bus.room_log.outages[LOG_STREAM]
+        self.metrics.append_retries = lambda: (appends.retries, appends.outages)
         link = bus.link
         if link is not None:
             link.on_back = self._link_back
@@ -116,7 +123,9 @@ class EdgeNode:
             config.nats_url,
             name=f"stagecast-edge-{self.edge_id}",
             partitions=config.log_partitions,
+            replicas=config.replicas,
             append_timeout=config.append_timeout,
+            append_attempt_timeout=config.append_attempt_timeout,
             request_timeout=config.request_timeout,
             connect_timeout=config.connect_timeout,
             auth=config.nats_auth,

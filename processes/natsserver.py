@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -113,6 +113,7 @@ class NatsServer:
         start_timeout: float = 15.0,
         config: str | None = None,
         probe_options: Mapping[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
         self.config = config
@@ -122,6 +123,8 @@ class NatsServer:
         self._http_port = http_port
         self._binary = binary
         self.start_timeout = start_timeout
+        self.extra_args = tuple(extra_args)
+        """More command-line options (a cluster node's ``-n``, ``--cluster``, ``--routes``)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._ports_file = self.store_dir / "nats-server.ports"
@@ -191,6 +194,7 @@ class NatsServer:
             "-js",
             "-sd", str(self.store_dir),
             "--ports_file_dir", str(self.store_dir),
+            *self.extra_args,
         ]  # fmt: skip
         if self.config is not None:
             args += ["-c", str(self._write_config(self.config))]

@@ -45,3 +45,17 @@ class NatsCredentialsError(ValueError):
         super().__init__(f"NATS credentials {path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class StreamNotEnsured(RuntimeError):
+    """JetStream refused to create or update `stream` with `replicas` replicas.
+
+    Typically more replicas than the cluster has JetStream servers (a single server holds
+    only 1), or a configuration the stream cannot take; `description` is the server's word.
+    """
+
+    def __init__(self, stream: str, replicas: int, description: str) -> None:
+        super().__init__(f"stream {stream} with {replicas} replica(s) refused: {description}")
+        self.stream = stream
+        self.replicas = replicas
+        self.description = description

@@ -5,7 +5,12 @@ the stream's subject transform stores each event as ``stagecast.logp.<p>.<room>`
 ``p = partition(N, room)``, so a statekeeper owning partition ``p`` reads only its rooms.
 Every append carries a ``Nats-Msg-Id``: retrying an append with the same id within the
 2-minute duplicate window stores nothing new and answers with the original sequence, so an
-append that timed out can simply be retried.
+append that timed out can simply be retried, and is: across a leader election or a
+reconnect, each append is repeated with its id until `RetryPolicy.deadline` (`roomlog.retry`).
+
+Both streams have `replicas` copies (1 on a single server, 3 in a cluster). `ensure` never
+lowers the replicas a stream already has and never removes data; raising them is a stream
+update, which JetStream carries out by copying the stream to the new peers.
 
 `LogReader` (`roomlog.reader`) reads it back in order; appends are pipelined through the ack
 window of `roomlog.appends`; every nats-py private name is in `roomlog.jetstream`.
@@ -16,8 +21,11 @@ with `RoomLog.publish_event`, deduplicated by event id.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncGenerator, Iterable
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import nats.errors
@@ -32,8 +40,10 @@ from nats.js.api import (
 )
 
 from roomlog.appends import AckWindow
+from roomlog.errors import StreamNotEnsured
 from roomlog.jetstream import MSG_ID, connection_of
 from roomlog.reader import MAX_MESSAGE_BYTES, LogReader, LogRecord
+from roomlog.retry import RetryPolicy, WriteOutage, pause, transient
 from schemas.codec import Message, encode
 from schemas.log import LogEvent
 from schemas.subjects import (
@@ -46,20 +56,30 @@ from schemas.subjects import (
     room_log,
 )
 
-__all__ = ["DUPLICATE_WINDOW", "EVENTS_MAX_AGE", "RoomLog"]
+__all__ = ["DUPLICATE_WINDOW", "EVENTS_MAX_AGE", "MAX_REPLICAS", "RoomLog"]
+
+log = logging.getLogger("stagecast.roomlog")
 
 DUPLICATE_WINDOW = 120.0
 """Seconds within which a repeated ``Nats-Msg-Id`` is recognised and not stored again."""
 EVENTS_MAX_AGE = 7 * 24 * 3600.0
 """Public events are kept this many seconds."""
+MAX_REPLICAS = 5
+"""JetStream's limit on a stream's replicas."""
 _STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
+_STREAM_CHECK_S = 1.0
+_NO_SUITABLE_PEERS = 10005  # "insufficient resources": too few JetStream servers (yet)
+_CLUSTER_UNAVAILABLE = 10008  # "JetStream system temporarily unavailable"
 
 
 class RoomLog:
     """Append to and read from the room log and the public events stream.
 
     `partitions` fixes the stream's subject transform (how many partitions rooms hash to);
-    changing it on an existing stream only affects events appended afterwards.
+    changing it on an existing stream only affects events appended afterwards. `replicas`
+    (1 to `MAX_REPLICAS`) is the least number of copies `ensure` gives each stream.
+    `ack_timeout` bounds one attempt of an append; `retry` how long and how often a failed
+    one is repeated (`roomlog.retry`); an append waits at most the longer of the two.
     """
 
     def __init__(
@@ -69,15 +89,25 @@ class RoomLog:
         *,
         replicas: int = 1,
         ack_timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
         events_max_age: float = EVENTS_MAX_AGE,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise ValueError(f"replicas must be between 1 and {MAX_REPLICAS}, not {replicas}")
         self.js = js
         self.partitions = partitions
         self.replicas = replicas
         self.ack_timeout = ack_timeout
+        self.retry = retry if retry is not None else RetryPolicy()
+        if self.retry.deadline >= DUPLICATE_WINDOW:
+            raise ValueError("the retry deadline must be shorter than the duplicate window")
         self.events_max_age = events_max_age
+        self.outages = {stream: WriteOutage(stream) for stream in (LOG_STREAM, EVENTS_STREAM)}
+        """Each stream's write outages (one log line per episode, counters)."""
+        self._stream_checks: dict[str, tuple[asyncio.Future[bool], float]] = {}
+        """The last "does this stream exist" check per stream, and when it started."""
 
     # ------------------------------------------------------------------ streams
 
@@ -114,55 +144,107 @@ class RoomLog:
         )
 
     async def ensure(self) -> None:
-        """Create both streams, or update them to this configuration. Safe to call often."""
+        """Create both streams, or update them to this configuration. Safe to call often.
+
+        A stream keeps the replicas it has when it has more than `replicas`; one with fewer
+        is updated to `replicas` (logged). Raises `StreamNotEnsured` when JetStream refuses
+        (more replicas than the cluster has servers, say).
+        """
         for config in (self.log_stream_config(), self.events_stream_config()):
+            await self._ensure_stream(config)
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        """`_ensure_stream_once`, again while the cluster cannot place the replicas yet
+        (a node starting or restarting), until the retry deadline."""
+        end = time.monotonic() + self.retry.deadline
+        for n in itertools.count():
             try:
-                await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != _STREAM_EXISTS:
+                await self._ensure_stream_once(config)
+                return
+            except StreamNotEnsured as exc:
+                cause = exc.__cause__
+                placing = isinstance(cause, nats.js.errors.APIError) and cause.err_code in (
+                    _NO_SUITABLE_PEERS,
+                    _CLUSTER_UNAVAILABLE,
+                )
+                if not placing:
                     raise
-                await self.js.update_stream(config)
+                if n == 0:
+                    log.warning("%s; retrying until %.0f s have passed", exc, self.retry.deadline)
+                if not await pause(n, self.retry, end):
+                    raise
+
+    async def _ensure_stream_once(self, config: StreamConfig) -> None:
+        name = str(config.name)
+        wanted = self.replicas
+        try:
+            try:
+                info = await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(config)
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != _STREAM_EXISTS:  # else another service just made it
+                        raise
+                else:
+                    log.info("created stream %s with %d replica(s)", name, wanted)
+                    return
+                info = await self.js.stream_info(name)
+            current = info.config.num_replicas or 1
+            config.num_replicas = max(current, wanted)
+            if current < wanted:
+                log.warning("stream %s: raising replicas from %d to %d", name, current, wanted)
+            elif current > wanted:
+                log.info("stream %s keeps its %d replicas (asked for %d)", name, current, wanted)
+            await self.js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            if isinstance(exc, nats.js.errors.NotFoundError):
+                raise
+            raise StreamNotEnsured(name, config.num_replicas or wanted, str(exc)) from exc
 
     # ------------------------------------------------------------------ appends
 
-    async def append(self, event: LogEvent, msg_id: str) -> int:
+    async def append(
+        self, event: LogEvent, msg_id: str, *, retry: RetryPolicy | None = None
+    ) -> int:
         """Append one event; returns its stream sequence.
 
         A `msg_id` seen within the duplicate window returns the original sequence and
-        stores nothing. Raises nats-py errors (`nats.errors.TimeoutError`,
+        stores nothing. A transient failure (an election, a reconnect) is retried with the
+        same id until the retry deadline. Raises nats-py errors (`nats.errors.TimeoutError`,
         `nats.js.errors.NoStreamResponseError`, `APIError`) when the append is not
-        confirmed; retrying with the same `msg_id` is safe.
+        confirmed by then, or at once when it cannot be (no stream, a refused message);
+        retrying with the same `msg_id` is safe. `retry` overrides this log's policy for
+        this append.
         """
-        ack = await self.js.publish(
-            room_log(event.room_id),
-            encode(event),
-            timeout=self.ack_timeout,
-            headers={MSG_ID: msg_id},
+        return await self._publish(
+            LOG_STREAM, room_log(event.room_id), encode(event), msg_id, retry
         )
-        return int(ack.seq)
 
     async def append_many(
         self, items: Iterable[tuple[LogEvent, str]], *, window: int = 1000
     ) -> list[int]:
         """Append many `(event, msg_id)` pairs, pipelined; returns their sequences in order.
 
-        At most `window` appends are unconfirmed at once. On the first failure the rest is
-        abandoned and the error raised; events already stored stay stored, and retrying the
+        At most `window` appends are unconfirmed at once. A transient failure makes it
+        publish again, with the same ids, from the first unconfirmed append, until the retry
+        deadline; then (or at once, for a failure that is not transient) the rest is
+        abandoned and the error raised. Events already stored stay stored, and retrying the
         whole batch with the same ids stores each event once.
         """
-        return await self._pipelined(
-            ((room_log(event.room_id), encode(event), msg_id) for event, msg_id in items), window
+        return await self._pipelined_retried(
+            LOG_STREAM,
+            [(room_log(event.room_id), encode(event), msg_id) for event, msg_id in items],
+            window,
         )
 
     async def publish_event(self, room_id: str, name: str, message: Message, event_id: str) -> int:
-        """Append a public event to ``stagecast.events.<room>.<name>``, deduplicated by id."""
-        ack = await self.js.publish(
-            public_event(room_id, name),
-            encode(message),
-            timeout=self.ack_timeout,
-            headers={MSG_ID: event_id},
+        """Append a public event to ``stagecast.events.<room>.<name>``, deduplicated by id.
+
+        Retried like `append`."""
+        return await self._publish(
+            EVENTS_STREAM, public_event(room_id, name), encode(message), event_id
         )
-        return int(ack.seq)
 
     async def publish_events(
         self, events: Iterable[tuple[str, str, Message, str]], *, window: int = 1000
@@ -172,28 +254,119 @@ class RoomLog:
         Same contract as `append_many`: sequences in order, the first failure raised, a
         retry with the same ids stores nothing twice.
         """
-        return await self._pipelined(
-            (
+        return await self._pipelined_retried(
+            EVENTS_STREAM,
+            [
                 (public_event(room_id, name), encode(message), event_id)
                 for room_id, name, message, event_id in events
-            ),
+            ],
             window,
         )
 
-    async def _pipelined(self, items: Iterable[tuple[str, bytes, str]], window: int) -> list[int]:
-        """Publish `(subject, payload, msg_id)` with at most `window` unconfirmed at once."""
+    async def _publish(
+        self,
+        stream: str,
+        subject: str,
+        payload: bytes,
+        msg_id: str,
+        retry: RetryPolicy | None = None,
+    ) -> int:
+        """One deduplicated publish to `stream`, retried (see `append`); its sequence."""
+        headers = {MSG_ID: msg_id}
+
+        async def attempt(timeout: float) -> None:
+            ack = await self.js.publish(subject, payload, timeout=timeout, headers=headers)
+            seqs.append(int(ack.seq))
+
+        seqs: list[int] = []
+        await self._retried(stream, attempt, retry)
+        return seqs[0]
+
+    async def _pipelined_retried(
+        self, stream: str, items: Sequence[tuple[str, bytes, str]], window: int
+    ) -> list[int]:
+        """`_pipelined`, started again from the first unconfirmed item after a failure."""
         if window < 1:
             raise ValueError("window must be at least 1")
         seqs: list[int] = []
+
+        async def attempt(timeout: float) -> None:
+            await self._pipelined(itertools.islice(items, len(seqs), None), window, seqs, timeout)
+
+        await self._retried(stream, attempt)
+        return seqs
+
+    async def _retried(
+        self,
+        stream: str,
+        attempt: Callable[[float], Awaitable[None]],
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """Run `attempt(ack_timeout)` until it succeeds, retrying transient failures."""
+        policy = retry if retry is not None else self.retry
+        if policy.deadline >= DUPLICATE_WINDOW:
+            raise ValueError("the retry deadline must be shorter than the duplicate window")
+        outage = self.outages[stream]
+        end = time.monotonic() + max(policy.deadline, self.ack_timeout)
+        for n in itertools.count():
+            started = time.monotonic()
+            try:
+                await attempt(max(0.05, min(self.ack_timeout, end - started)))
+            except Exception as exc:
+                if not await self._worth_retrying(stream, exc):
+                    raise
+                outage.failed(exc)
+                if not await pause(n, policy, end):
+                    raise
+                continue
+            outage.succeeded(started)
+            return
+
+    async def _worth_retrying(self, stream: str, exc: Exception) -> bool:
+        """Transient, and (for a 503) the stream exists: it is only without a leader."""
+        if not transient(exc):
+            return False
+        if not isinstance(exc, nats.js.errors.NoStreamResponseError):
+            return True
+        return await self._stream_exists(stream)
+
+    async def _stream_exists(self, stream: str) -> bool:
+        """Whether `stream` exists, asked at most once per `_STREAM_CHECK_S` however many
+        appends fail at once (an election fails them all)."""
+        now = time.monotonic()
+        check = self._stream_checks.get(stream)
+        if check is None or (check[0].done() and now - check[1] > _STREAM_CHECK_S):
+            check = (asyncio.ensure_future(self._ask_stream_exists(stream)), now)
+            self._stream_checks[stream] = check
+        return await asyncio.shield(check[0])
+
+    async def _ask_stream_exists(self, stream: str) -> bool:
+        try:
+            await asyncio.wait_for(self.js.stream_info(stream), _STREAM_CHECK_S)
+        except nats.js.errors.NotFoundError:
+            return False  # no such stream (ensure not run, or deleted): never retried
+        except (nats.errors.Error, TimeoutError):
+            return True  # no answer during an election: the retry deadline bounds it
+        return True
+
+    async def _pipelined(
+        self,
+        items: Iterable[tuple[str, bytes, str]],
+        window: int,
+        seqs: list[int],
+        ack_timeout: float,
+    ) -> None:
+        """Publish `(subject, payload, msg_id)` with at most `window` unconfirmed at once,
+        appending each confirmed sequence to `seqs` as it comes."""
         pending = iter(items)
-        async with AckWindow(connection_of(self.js), self.ack_timeout) as acks:
+        async with AckWindow(connection_of(self.js), ack_timeout) as acks:
             while True:
                 # Fill the window in one write, then take acks until half of it is free.
                 chunk = list(itertools.islice(pending, window - acks.unconfirmed))
                 if chunk:
                     await acks.publish_many(chunk)
                 if not acks.unconfirmed:
-                    return seqs
+                    return
                 seqs.append(await acks.confirm_next())
                 while acks.unconfirmed > window // 2 or (not chunk and acks.unconfirmed):
                     seqs.append(await acks.confirm_next())

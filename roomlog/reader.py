@@ -4,8 +4,9 @@
 It uses an ephemeral pull consumer with no acks (durability comes from the statekeeper's
 snapshots and sequence numbers, not from consumer state) and pipelined pull requests of
 large batches; a gap in delivery, a deleted consumer, a server restart or a silent stall
-makes it recreate the consumer from the last sequence it handed out, so no event is skipped
-and none is handed out twice.
+(the NATS node holding the consumer died) makes it recreate the consumer from the last
+sequence it handed out, so no event is skipped and none is handed out twice. The consumer
+has one replica whatever the stream's: it is disposable by design.
 """
 
 from __future__ import annotations
@@ -376,6 +377,10 @@ class LogReader:
                 ack_policy=AckPolicy.NONE,
                 replay_policy=ReplayPolicy.INSTANT,
                 inactive_threshold=self._inactive_threshold,
+                # Not the stream's replicas: the reader keeps its own position (the last
+                # sequence handed out) and recreates a lost consumer from there (a stall
+                # after its node died is noticed within 3 heartbeats), so a replicated
+                # consumer would only add a raft round per delivery and change nothing.
                 num_replicas=1,
                 mem_storage=True,
             )

@@ -83,6 +83,38 @@ def add_nats_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-tls-key", default=None, help="its key (STAGECAST_NATS_TLS_KEY)")
 
 
+def _replicas(args: argparse.Namespace) -> int:
+    """`--replicas` (or STAGECAST_REPLICAS, default 1): the streams' least replicas."""
+    value = args.replicas if args.replicas is not None else os.environ.get("STAGECAST_REPLICAS")
+    if value is None or value == "":
+        return 1
+    try:
+        replicas = int(value)
+    except ValueError:
+        replicas = 0
+    if not 1 <= replicas <= 5:
+        raise SystemExit(f"--replicas (or STAGECAST_REPLICAS) must be 1 to 5, not {value!r}")
+    return replicas
+
+
+def _append_retry(args: argparse.Namespace) -> float:
+    """`--append-retry` (or STAGECAST_APPEND_RETRY): seconds an append is retried."""
+    from roomlog.retry import RETRY_DEADLINE
+
+    value = args.append_retry
+    if value is None:
+        value = os.environ.get("STAGECAST_APPEND_RETRY") or RETRY_DEADLINE
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 120:
+        raise SystemExit(
+            f"--append-retry (or STAGECAST_APPEND_RETRY) must be 0 to under 120 s, not {value!r}"
+        )
+    return seconds
+
+
 def _server_url(args: argparse.Namespace) -> str:
     return str(args.url or os.environ.get("STAGECAST_URL") or "http://127.0.0.1:7880")
 
@@ -102,6 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL"),
         edges=args.edges,
         forwarders=args.forwarders,
+        replicas=_replicas(args),
         api_key=key,
         api_secret=secret,
     )
@@ -109,6 +142,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_statekeeper(args: argparse.Namespace) -> int:
+    from roomlog.errors import StreamNotEnsured
     from statekeeper.leases import LeaseTiming
     from statekeeper.main import StatekeeperConfig, serve
 
@@ -140,8 +174,13 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
         owned=tuple(range(args.partitions)),
         leases=leases,
         lease_timing=timing,
+        replicas=_replicas(args),
+        append_retry=_append_retry(args),
     )
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StreamNotEnsured as exc:  # --replicas beyond what this NATS holds, say
+        raise SystemExit(f"stagecast statekeeper: {exc}") from None
     return 0
 
 
@@ -177,6 +216,7 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
         max_connections_per_address=args.max_connections_per_address,
         join_deadline=args.join_deadline,
         http_read_timeout=args.http_read_timeout,
+        replicas=_replicas(args),
     )
 
 
@@ -271,6 +311,13 @@ def cmd_nats_auth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from stagecast.cluster_cli import cluster_status
+
+    status: int = asyncio.run(cluster_status(_nats_url(args), auth=_nats_auth(args)))
+    return status
+
+
 def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """A suite's module (imported only now) and its own options parsed from `argv`."""
     module: Any = importlib.import_module(f"stagecast.bench.{suite}")
@@ -307,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", default=None)
     up.add_argument("--edges", type=int, default=1)
     up.add_argument("--forwarders", type=int, default=1)
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="least replicas of the log streams (STAGECAST_REPLICAS; default 1, 3 in a cluster)",
+    )
     up.set_defaults(func=cmd_up)
 
     sk = sub.add_parser("statekeeper", help="run one statekeeper")
@@ -326,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(auto: on with PostgreSQL, off with SQLite)",
     )
     sk.add_argument("--lease-ttl", type=float, default=2.0, help="seconds a lease lasts unrenewed")
+    sk.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="least replicas of the log streams (STAGECAST_REPLICAS; default 1, 3 in a cluster)",
+    )
+    sk.add_argument(
+        "--append-retry",
+        type=float,
+        default=None,
+        help="s an append is retried across a leader election (STAGECAST_APPEND_RETRY; 15)",
+    )
     sk.set_defaults(func=cmd_statekeeper)
 
     edge = sub.add_parser("edge", help="run one edge (signaling and server API)")
@@ -333,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--host", default="127.0.0.1")
     edge.add_argument("--port", type=int, default=7880)
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
+    edge.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="least replicas of the log streams (STAGECAST_REPLICAS; default 1, 3 in a cluster)",
+    )
     budgets = {
         "--data-bytes-per-s": "data bytes/s one session may send",
         "--data-burst-bytes": "data bytes one session may send at once",
@@ -400,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
         "read by the server from $STAGECAST_NATS_<ROLE>_PASSWORD)",
     )
     auth.set_defaults(func=cmd_nats_auth)
+    cluster = sub.add_parser("cluster", help="NATS JetStream status (read-only)")
+    cluster.add_argument("action", choices=("status",))
+    add_nats_options(cluster)
+    cluster.set_defaults(func=cmd_cluster)
 
     bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
     bench.add_argument("suite", choices=BENCH_SUITES)

@@ -70,6 +70,8 @@ class UpConfig:
     dev: bool = True
     edge_args: tuple[str, ...] = ()
     """More `stagecast edge` flags for every edge (data budgets, say)."""
+    replicas: int = 1
+    """Least replicas of the log streams; more than 1 needs `nats_url` of a cluster."""
 
 
 class Stack:
@@ -120,6 +122,11 @@ class Stack:
     async def start(self, *, log=print) -> None:  # type: ignore[no-untyped-def]
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.nats_url:
+            if self.config.replicas > 1:
+                raise SystemExit(
+                    f"--replicas {self.config.replicas} needs --nats-url of a NATS cluster: "
+                    "the private nats-server of `stagecast up` holds one replica"
+                )
             nats_dir = self.config.data_dir / "nats"
             authorization = self._make_credentials(nats_dir / "credentials")
             admin = self._credentials[Role.ADMIN]
@@ -131,13 +138,21 @@ class Stack:
             log(f"nats-server  {self.nats_url} (credentials in {nats_dir / 'credentials'})")
         cli = [sys.executable, "-m", "stagecast.cli"]
         self._spawn(
-            [*cli, "statekeeper", "--database-url", self.database_url],
+            [
+                *cli,
+                "statekeeper",
+                "--database-url",
+                self.database_url,
+                "--replicas",
+                str(self.config.replicas),
+            ],
             self.config.data_dir / "statekeeper.log",
             Role.STATEKEEPER,
         )
         for i in range(self.config.edges):
             port = self.config.port + i
             args = [*cli, "edge", "--port", str(port)]
+            args += ["--replicas", str(self.config.replicas)]
             if self.config.dev:
                 args.append("--dev")
             args += self.config.edge_args

@@ -19,6 +19,7 @@ from processes.runtime import tune_gc
 from roomlog.connect import RECONNECT_BUFFER, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from roomlog.retry import RetryPolicy
 from statekeeper.leasing import Leasing, open_bucket
 from statekeeper.main import StatekeeperConfig, cursor_secret
 from statekeeper.partitions import PartitionHost, check_partitions
@@ -58,7 +59,12 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
     try:
         js = nc.jetstream()
         await check_partitions(js, config.partitions)
-        room_log = RoomLog(js, partitions=config.partitions)
+        room_log = RoomLog(
+            js,
+            partitions=config.partitions,
+            replicas=config.replicas,
+            retry=RetryPolicy(deadline=config.append_retry),
+        )
         await room_log.ensure()
         store = await SqlStore.open(config.database_url)
         host = PartitionHost(
@@ -69,7 +75,7 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
             tuning=config.tuning,
         )
         leasing = Leasing(
-            await open_bucket(js),
+            await open_bucket(js, replicas=config.replicas),
             host,
             partitions=config.partitions,
             owner=config.owner_id,

@@ -23,6 +23,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig
 
+from roomlog.buckets import ensure_bucket
 from schemas.subjects import LEASES_BUCKET
 from statekeeper.errors import LeasesRequired, SeveralNeedPostgres
 from statekeeper.leases import (
@@ -73,12 +74,10 @@ def new_owner_id() -> str:
 
 
 async def open_bucket(js: Any, *, replicas: int = 1) -> Any:
-    """The leases bucket, created when missing."""
-    try:
-        return await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        config = KeyValueConfig(bucket=BUCKET, history=1, ttl=GARBAGE_AGE_S, replicas=replicas)
-        return await js.create_key_value(config)
+    """The leases bucket, created when missing, with at least `replicas` replicas (raised,
+    never lowered: `roomlog.buckets.ensure_bucket`)."""
+    config = KeyValueConfig(bucket=BUCKET, history=1, ttl=GARBAGE_AGE_S, replicas=replicas)
+    return await ensure_bucket(js, config)
 
 
 class BucketView:

@@ -14,6 +14,7 @@ from processes.runtime import tune_gc
 from roomlog.connect import RECONNECT_BUFFER, NatsAuth, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
+from roomlog.retry import RETRY_DEADLINE, RetryPolicy
 from statekeeper.leases import LeaseTiming, Witness
 from statekeeper.leasing import SoloGuard, open_bucket
 from statekeeper.partitions import check_partitions
@@ -33,6 +34,10 @@ class StatekeeperConfig:
     """NKey/creds and TLS files for NATS (a password goes in `nats_url`)."""
     partitions: int = 1
     owned: tuple[int, ...] = (0,)
+    replicas: int = 1
+    """Least replicas of the room-log streams (`RoomLog.ensure` never lowers them)."""
+    append_retry: float = RETRY_DEADLINE
+    """Seconds a timer event or public event append is retried across a leader election."""
     tuning: Tuning = dataclasses.field(default_factory=Tuning)
     connect_timeout: float = 10.0
     """Seconds to reach NATS at start (reconnects afterwards never give up)."""
@@ -87,10 +92,15 @@ async def _running_solo(
     guard: SoloGuard | None = None
     try:
         await check_partitions(nc.jetstream(), config.partitions)
-        room_log = RoomLog(nc.jetstream(), partitions=config.partitions)
+        room_log = RoomLog(
+            nc.jetstream(),
+            partitions=config.partitions,
+            replicas=config.replicas,
+            retry=RetryPolicy(deadline=config.append_retry),
+        )
         await room_log.ensure()
         guard = SoloGuard(
-            await open_bucket(nc.jetstream()),
+            await open_bucket(nc.jetstream(), replicas=config.replicas),
             sqlite=store.dialect == "sqlite",
             timing=config.lease_timing,
         )

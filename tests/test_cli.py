@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from access.tokens import verify_token
 
@@ -109,4 +110,42 @@ def test_edge_with_inconsistent_connection_limits_exits_with_a_message() -> None
     done = _cli(*args, "--max-connections-per-address", "4", env=env)
     assert done.returncode != 0
     assert "max_connections_per_address must not exceed max_connections" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_replicas_come_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stagecast.cli import build_parser, edge_config
+
+    parser = build_parser()
+    base = ["edge", "--nats-url", "nats://a:4222,nats://b:4222"]
+    monkeypatch.delenv("STAGECAST_REPLICAS", raising=False)
+    assert edge_config(parser.parse_args(base), "k", "s" * 32).replicas == 1
+    monkeypatch.setenv("STAGECAST_REPLICAS", "3")
+    assert edge_config(parser.parse_args(base), "k", "s" * 32).replicas == 3
+    flagged = parser.parse_args([*base, "--replicas", "5"])
+    assert edge_config(flagged, "k", "s" * 32).replicas == 5
+    monkeypatch.setenv("STAGECAST_REPLICAS", "three")
+    with pytest.raises(SystemExit, match="STAGECAST_REPLICAS"):
+        edge_config(parser.parse_args(base), "k", "s" * 32)
+    with pytest.raises(SystemExit, match="must be 1 to 5"):
+        edge_config(parser.parse_args([*base, "--replicas", "7"]), "k", "s" * 32)
+
+
+def test_up_refuses_replicas_its_private_server_cannot_hold(tmp_path: Path) -> None:
+    env = dict(os.environ, STAGECAST_API_KEY="devkey", STAGECAST_API_SECRET="devsecret")
+    done = _cli("up", "--data-dir", str(tmp_path), "--replicas", "3", env=env)
+    assert done.returncode != 0
+    assert "--replicas 3 needs --nats-url of a NATS cluster" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_statekeeper_asking_more_replicas_than_nats_holds_exits_with_a_message(
+    nats_url: str, tmp_path: Path
+) -> None:
+    env = dict(os.environ, STAGECAST_API_KEY="devkey", STAGECAST_API_SECRET="devsecret")
+    database = f"sqlite+aiosqlite:///{tmp_path / 'sk.db'}"
+    args = ("statekeeper", "--nats-url", nats_url, "--database-url", database)
+    done = _cli(*args, "--replicas", "3", env=env)
+    assert done.returncode != 0
+    assert "stream STAGECAST_LOG with 3 replica(s) refused" in done.stderr
     assert "Traceback" not in done.stderr

@@ -151,10 +151,13 @@ def test_forwarders_use_the_host_network_and_reach_nats_there(
         assert args.command == "forwarder"
         # WebRTC media arrives on per-connection UDP ports that clients must reach directly
         assert service["network_mode"] == "host"
-        assert _nats_url(service).endswith("@127.0.0.1:4222")  # nats1's port on the host
+        # every node's port published on the host's loopback, each with the forwarder login
+        hosts = [url.rsplit("@", 1)[1] for url in _nats_url(service).split(",")]
+        assert hosts == [f"127.0.0.1:{p}" for p in (4222, 4223, 4224)]
         ids.add(args.id)
     assert len(ids) == 2  # distinct forwarder ids
-    assert "127.0.0.1:4222:4222" in services["nats1"]["ports"]
+    for node, port in zip(NATS_NODES, (4222, 4223, 4224), strict=True):
+        assert f"127.0.0.1:{port}:4222" in services[node]["ports"]
 
 
 def test_edges_listen_on_their_published_ports(services: dict[str, dict[str, Any]]) -> None:
@@ -211,6 +214,7 @@ def test_docker_compose_accepts_the_file_only_with_every_nats_password() -> None
     roles = ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "ADMIN")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_NATS_")}
     env |= {f"STAGECAST_NATS_{role}_PASSWORD": f"pw{n}" for n, role in enumerate(roles)}
+    env["POSTGRES_PASSWORD"] = "pg"
 
     def check(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -227,3 +231,14 @@ def test_docker_compose_accepts_the_file_only_with_every_nats_password() -> None
     env.pop("STAGECAST_NATS_FORWARDER_PASSWORD")
     missing = check(env)
     assert missing.returncode != 0 and "STAGECAST_NATS_FORWARDER_PASSWORD" in missing.stderr
+
+
+def test_services_know_every_nats_node_and_ask_for_three_replicas(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in _stagecast_services(services).items():
+        args = _parse(name, service)
+        urls = _nats_url(service).split(",")
+        assert len(urls) == 3, f"{name} must be given every NATS node"
+        assert all(url.startswith(f"nats://{args.command}:") for url in urls), name
+        assert service["environment"]["STAGECAST_REPLICAS"] == "3", name
