@@ -51,8 +51,10 @@ class SessionRecord(msgspec.Struct, gc=False):
     visible: bool = True
     """Broadcast to the room (always true outside livestream mode; speakers only)."""
     tracks: dict[str, TrackInfo] = msgspec.field(default_factory=dict)
-    subscriptions: set[tuple[str, str]] = msgspec.field(default_factory=set)
-    """Subscription intents: (publisher participant id, track kind)."""
+    subscriptions: tuple[tuple[str, str], ...] = ()
+    """Subscription intents: (publisher participant id, track kind), sorted. A tuple, not
+    a set: most sessions have none, and an empty tuple is shared and outside the garbage
+    collector's passes (a set per session was a tenth of the fold's time in them)."""
     forwarder: str = ""
     """The forwarder carrying this session's media ("" until its first media request)."""
     epoch: int = 0
@@ -85,6 +87,11 @@ class Room:
     by_edge: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     speaker_sids: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
     """Speaker-tier sessions by sid, in the order they entered the tier."""
+    speaker_views: tuple[ParticipantInfo, ...] | None = dataclasses.field(
+        default=None, compare=False
+    )
+    """The wire views of the visible speakers, in `speaker_sids` order, cached for join
+    replies (`visible_speakers`); None when a speaker changed since (`view_changed`)."""
     speakers: int = 0
     viewers: int = 0
     agents: int = 0
@@ -158,8 +165,46 @@ def tally(room: Room, session: SessionRecord, delta: int) -> None:
             room.speaker_sids[session.sid] = session
         else:
             room.speaker_sids.pop(session.sid, None)
+        room.speaker_views = None
     if session.kind == "agent":
         room.agents += delta
+
+
+def view_changed(room: Room, session: SessionRecord) -> None:
+    """The session's wire view may have changed (name, metadata, attributes, tracks,
+    visibility): drop what was cached of it. Every such change goes through here."""
+    session.info = None
+    if not session.is_viewer:
+        room.speaker_views = None
+
+
+def visible_speakers(room: Room) -> tuple[ParticipantInfo, ...]:
+    """The wire views of the room's visible speakers, in the order they went on stage.
+
+    Cached per room until a speaker's view changes (`view_changed`) or the speaker tier
+    does (`tally`): a join reply carries them, and most joins change neither."""
+    views = room.speaker_views
+    if views is None:
+        views = room.speaker_views = tuple(
+            [
+                speaker.info or participant_info(speaker)  # the cached view, without a call
+                for speaker in room.speaker_sids.values()
+                if speaker.visible
+            ]
+        )
+    return views
+
+
+def subscribe(session: SessionRecord, key: tuple[str, str]) -> None:
+    """Add a subscription intent (publisher participant id, kind), keeping them sorted."""
+    if key not in session.subscriptions:
+        session.subscriptions = tuple(sorted((*session.subscriptions, key)))
+
+
+def unsubscribe(session: SessionRecord, key: tuple[str, str]) -> None:
+    """Drop a subscription intent, if the session has it."""
+    if key in session.subscriptions:
+        session.subscriptions = tuple(k for k in session.subscriptions if k != key)
 
 
 def participant_info(session: SessionRecord) -> ParticipantInfo:
@@ -252,7 +297,7 @@ def _pack_session(s: SessionRecord) -> list[Any]:
         s.disconnected_at,
         s.visible,
         [_pack_track(t) for t in s.tracks.values()],
-        sorted(s.subscriptions),
+        s.subscriptions,
         s.forwarder,
         s.epoch,
     ]
@@ -277,7 +322,7 @@ def _unpack_session(v: list[Any]) -> SessionRecord:
         v[14],
         v[15],
         {t[0]: _unpack_track(t) for t in v[16]} if v[16] else {},
-        {(p, k) for p, k in v[17]} if v[17] else set(),
+        tuple([(p, k) for p, k in v[17]]) if v[17] else (),
         v[18] if len(v) > 18 else "",  # snapshots from before media assignment
         v[19] if len(v) > 19 else 0,  # snapshots from before epochs: no token resumes it
     )
