@@ -60,10 +60,7 @@ from statekeeper.outcomes import (
     RosterLeave,
     TimerDue,
 )
-from statekeeper.state import (
-    Room,
-    State,
-    _build_info,
+from statekeeper.snapshots import (
     digest,
     pack_revocations,
     pack_room,
@@ -71,6 +68,7 @@ from statekeeper.state import (
     revocations_key,
     unpack_room,
 )
+from statekeeper.state import Room, State, _build_info
 
 ROOM = "town-hall"
 
