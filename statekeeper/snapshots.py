@@ -126,24 +126,8 @@ def _unpack_room_v2(data: bytes) -> Room:
         last_seq=row.last_seq,
         created_seq=row.created_seq,
     )
-    # One Grant object per distinct grant, as the fold's sessions share their token's
-    # (neighbours mostly share one: compared first, cheaper than a hash).
-    grants, decoded, shared = _GRANTS_SEEN, None, None
-    for session in row.sessions:
-        grant = session.grant
-        if grant != decoded:
-            decoded = grant
-            shared = grants.get(grant)
-            if shared is None:
-                shared = grant
-                if len(grants) < 256:  # there are 256 grants at most
-                    grants[grant] = grant
-        session.grant = shared  # type: ignore[assignment]
     index_sessions(room, row.sessions)
     return room
-
-
-_GRANTS_SEEN: dict[Grant, Grant] = {}
 
 
 # --------------------------------------------------------------------------- format 1
