@@ -18,7 +18,8 @@ from statekeeper.batches import BatchWriter
 from statekeeper.cursor import CURSOR_LIFETIME_MS
 from statekeeper.outcomes import PublicEvent, RosterJoin, RosterLeave, RosterUpdate
 from statekeeper.persistence import Deletion, PersistenceHealth, Snapshot
-from statekeeper.state import State, pack_revocations, pack_room, revocations_key
+from statekeeper.snapshots import pack_revocations, pack_room, revocations_key
+from statekeeper.state import State
 from statekeeper.store import Store
 
 RosterOp = RosterJoin | RosterLeave | RosterUpdate

@@ -145,3 +145,16 @@ class PartitionsMismatch(StatekeeperError):
         )
         self.stream = stream
         self.asked = asked
+
+
+class SnapshotFormatUnknown(StatekeeperError, ValueError):
+    """Snapshot bytes of a format this statekeeper cannot read (written by a newer one,
+    say), or not a snapshot at all (`found` None). The log still holds the truth: drop the
+    snapshot and its checkpoint to replay the room from the log."""
+
+    def __init__(self, found: int | None, readable: tuple[int, ...], what: str = "room") -> None:
+        shown = "unreadable bytes" if found is None else f"format {found}"
+        super().__init__(f"{what} snapshot of {shown}; this statekeeper reads {readable}")
+        self.found = found
+        self.readable = readable
+        self.what = what

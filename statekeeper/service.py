@@ -58,7 +58,8 @@ from statekeeper.outcomes import (
 )
 from statekeeper.persistence import PersistenceHealth
 from statekeeper.placement import Placement
-from statekeeper.state import State, restore
+from statekeeper.snapshots import restore
+from statekeeper.state import State
 from statekeeper.store import Store
 from statekeeper.timers import Timers
 

@@ -60,8 +60,7 @@ from statekeeper.outcomes import (
     RosterLeave,
     TimerDue,
 )
-from statekeeper.state import (
-    State,
+from statekeeper.snapshots import (
     digest,
     pack_revocations,
     pack_room,
@@ -69,6 +68,7 @@ from statekeeper.state import (
     revocations_key,
     unpack_room,
 )
+from statekeeper.state import Room, State, _build_info
 
 ROOM = "town-hall"
 
@@ -535,6 +535,15 @@ def test_every_log_event_type_has_one_handler_in_the_one_table() -> None:
 # --------------------------------------------------------------------------- replay
 
 
+def assert_caches_fresh(room: Room) -> None:
+    """Every cached wire view equals the view built now from the session as it is."""
+    for session in room.sessions.values():
+        assert session.info is None or session.info == _build_info(session), session.sid
+    if room.speaker_views is not None:
+        fresh = tuple(_build_info(s) for s in room.speaker_sids.values() if s.visible)
+        assert room.speaker_views == fresh
+
+
 def _random_log(draw: st.DrawFn) -> list[LogEvent]:
     identities = ["a", "b", "c", "d", "v1", "v2"]
     events: list[LogEvent] = []
@@ -542,7 +551,7 @@ def _random_log(draw: st.DrawFn) -> list[LogEvent]:
     at = 0
     for i in range(draw(st.integers(5, 60))):
         at += draw(st.integers(0, 30_000))
-        choice = draw(st.integers(0, 10))
+        choice = draw(st.integers(0, 13))
         who = draw(st.sampled_from(identities))
         sid = draw(st.sampled_from(sids)) if sids and choice > 2 else f"PA_{i}"
         if choice <= 2 or not sids:
@@ -595,6 +604,23 @@ def _random_log(draw: st.DrawFn) -> list[LogEvent]:
             )
         elif choice == 10:
             events.append(ParticipantRemoveRequested(room_id=ROOM, at=at, participant_id=who))
+        elif choice == 11:
+            events.append(MetadataSet(room_id=ROOM, at=at, sid=sid, metadata=f"m{i}"))
+        elif choice == 12:
+            events.append(
+                SubscriptionRequested(
+                    room_id=ROOM,
+                    at=at,
+                    sid=sid,
+                    participant_id=who,
+                    kind="audio",
+                    subscribed=draw(st.booleans()),
+                )
+            )
+        elif choice == 13:
+            events.append(
+                ParticipantUpdateRequested(room_id=ROOM, at=at, participant_id=who, name=f"n{i}")
+            )
         else:
             epoch = draw(st.integers(0, 3))
             events.append(ResumeRequested(room_id=ROOM, at=at, sid=sid, edge_id="E2", epoch=epoch))
@@ -608,7 +634,11 @@ def test_replay_is_deterministic_and_snapshots_resume_exactly(data: st.DataObjec
     cut = data.draw(st.integers(0, len(events)))
 
     first, second = State(), State()
-    outs1 = [apply(first, i + 1, e) for i, e in enumerate(events)]
+    outs1 = []
+    for i, e in enumerate(events):
+        outs1.append(apply(first, i + 1, e))
+        for room in first.rooms.values():
+            assert_caches_fresh(room)
     outs2 = [apply(second, i + 1, e) for i, e in enumerate(events)]
     assert outs1 == outs2
     assert digest(first) == digest(second)
@@ -620,8 +650,8 @@ def test_replay_is_deterministic_and_snapshots_resume_exactly(data: st.DataObjec
     snapshots = {k: (cut, pack_room(r)) for k, r in partial.rooms.items()}
     snapshots[revocations_key((0,))] = (cut, pack_revocations(partial.revoked))
     restored = restore(snapshots, (0,))
-    for i, e in enumerate(events[cut:], start=cut):
-        apply(restored, i + 1, e)
+    outs3 = [apply(restored, i + 1, e) for i, e in enumerate(events[cut:], start=cut)]
+    assert outs3 == outs1[cut:]  # the restored state decides exactly as the straight fold
     assert digest(restored) == digest(first)
     for room in first.rooms.values():
         assert room.speakers + room.viewers == len(room.sessions)

@@ -16,7 +16,7 @@ from schemas.media import ForwarderHeartbeat, MediaSession
 from schemas.models import TrackInfo
 from statekeeper.media import ForwarderTable, MediaPlanner
 from statekeeper.outcomes import MediaChanged, Outcome
-from statekeeper.state import pack_room, unpack_room
+from statekeeper.snapshots import pack_room, unpack_room
 from tests.test_fold import ROOM, Log
 
 

@@ -35,7 +35,8 @@ from statekeeper.fold import apply
 from statekeeper.main import StatekeeperConfig, running_statekeeper
 from statekeeper.outcomes import PublicEvent
 from statekeeper.service import Tuning
-from statekeeper.state import State, digest, restore
+from statekeeper.snapshots import digest, restore
+from statekeeper.state import State
 from statekeeper.store import SqlStore
 from tests.polling import eventually
 

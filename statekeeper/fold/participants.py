@@ -36,7 +36,7 @@ from statekeeper.outcomes import (
     RosterLeave,
     RosterUpdate,
 )
-from statekeeper.state import Room, SessionRecord, State, participant_info, tally
+from statekeeper.state import Room, SessionRecord, State, participant_info, tally, view_changed
 
 REVOKED_KEPT_MS = 60_000
 """How long past its token's expiry a revocation is kept (beyond any tolerated clock skew)."""
@@ -53,22 +53,24 @@ def _changed(
         out.append(Broadcast(room.id, "speakers", ParticipantUpdated(seq=seq, participant=info)))
     elif room.livestream and (session.metadata or session.attributes or session.tracks):
         session.visible = True  # livestream mode: visible from now on, for this session
+        view_changed(room, session)
+        info = participant_info(session)
         out.append(Broadcast(room.id, "speakers", ParticipantJoined(seq=seq, participant=info)))
     if hand is not None:
         out.append(Broadcast(room.id, "mod", HandChanged(seq=seq, participant=info, raised=hand)))
     out.append(RosterUpdate(room.id, info, session.since_seq))
 
 
-def _merge_attributes(session: SessionRecord, update: dict[str, str]) -> bool | None:
+def _merge_attributes(room: Room, session: SessionRecord, update: dict[str, str]) -> bool | None:
     """Merge (an empty value deletes); return the new hand state if it changed."""
     before = session.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
     for key, value in update.items():
         if value:
             session.attributes[key] = value
-            session.info = None
         else:
             session.attributes.pop(key, None)
-            session.info = None
+    if update:
+        view_changed(room, session)
     after = session.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
     return after if after != before else None
 
@@ -83,7 +85,7 @@ def _set_metadata(
     out: list[Outcome],
 ) -> None:
     session.metadata = event.metadata
-    session.info = None
+    view_changed(room, session)
     _changed(room, session, seq, out)
     ack(event, out)
 
@@ -97,7 +99,7 @@ def _set_attributes(
     session: SessionRecord,
     out: list[Outcome],
 ) -> None:
-    hand = _merge_attributes(session, event.attributes)
+    hand = _merge_attributes(room, session, event.attributes)
     _changed(room, session, seq, out, hand=hand)
     ack(event, out)
 
@@ -153,12 +155,12 @@ def _update_participant(
     details = event.name is not None or event.metadata is not None or event.attributes is not None
     if event.name is not None:
         session.name = event.name
-        session.info = None
+        view_changed(room, session)
     if event.metadata is not None:
         session.metadata = event.metadata
-        session.info = None
+        view_changed(room, session)
     if event.attributes is not None:
-        hand = _merge_attributes(session, event.attributes)
+        hand = _merge_attributes(room, session, event.attributes)
     if details:
         _changed(room, session, seq, out, hand=hand)
     reply(event, ParticipantReply(participant=participant_info(session)), out)
@@ -177,9 +179,9 @@ def _change_tier(
     if not to_viewer:
         tally(room, session, -1)
         session.is_viewer = False
-        session.info = None
         tally(room, session, +1)
         session.visible = True  # invited to the stage: on it for everyone
+        view_changed(room, session)
         out.append(
             Broadcast(
                 room.id,
@@ -194,13 +196,14 @@ def _change_tier(
             )
             out.append(Broadcast(room.id, "speakers", left))
         session.visible = False  # its tracks leave with it: no separate unpublish broadcasts
+        view_changed(room, session)
         for track in list(session.tracks.values()):
             drop_track(room, session, track, seq, at, out)
         tally(room, session, -1)
         session.is_viewer = True
-        session.info = None
         tally(room, session, +1)
         session.visible = not room.livestream
+        view_changed(room, session)
     if grant is not None:
         session.grant = grant
     out.append(RosterLeave(room.id, session.sid, session.since_seq, seq))

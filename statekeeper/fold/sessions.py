@@ -46,6 +46,7 @@ from statekeeper.state import (
     participant_info,
     room_info,
     unindex_session,
+    visible_speakers,
 )
 
 REVOKED_MESSAGE = "this token was removed from a room; ask for a new one"
@@ -180,14 +181,10 @@ def _rejoin(
 def _accepted(
     room: Room, session: SessionRecord, seq: int, req: int, *, resumed: bool
 ) -> JoinAccepted:
-    own = session.sid
-    speakers = tuple(
-        [
-            speaker.info or participant_info(speaker)  # the cached view, without a call
-            for speaker in room.speaker_sids.values()
-            if speaker.visible and speaker.sid != own
-        ]
-    )
+    speakers = visible_speakers(room)
+    if not session.is_viewer:  # a speaker's own view is not among "the others"
+        own = session.sid
+        speakers = tuple([view for view in speakers if view.sid != own])
     info = room_info(room)
     return JoinAccepted(
         id=req,

@@ -20,7 +20,15 @@ from statekeeper.fold.dispatch import on_participant, on_session
 from statekeeper.fold.media import media_changed
 from statekeeper.fold.replies import ack, error, reply
 from statekeeper.outcomes import Broadcast, Outcome, PublicEvent, RosterUpdate
-from statekeeper.state import Room, SessionRecord, State, participant_info
+from statekeeper.state import (
+    Room,
+    SessionRecord,
+    State,
+    participant_info,
+    subscribe,
+    unsubscribe,
+    view_changed,
+)
 
 MAX_TRACKS = 64
 """The most tracks one participant may publish at once."""
@@ -47,7 +55,7 @@ def _publish(
         error(event, ErrorCode.BAD_REQUEST, "a track sid must match [A-Za-z0-9_-]+", out)
         return
     session.tracks[track.sid] = track
-    session.info = None
+    view_changed(room, session)
     media_changed(room, session, out, published=True)
     was_visible = session.visible
     _changed_tracks(room, session, seq, out)
@@ -76,6 +84,7 @@ def _changed_tracks(room: Room, session: SessionRecord, seq: int, out: list[Outc
     info = participant_info(session)
     if not session.visible and session.tracks:
         session.visible = True
+        view_changed(room, session)
         out.append(Broadcast(room.id, "speakers", ParticipantJoined(seq=seq, participant=info)))
     out.append(RosterUpdate(room.id, info, session.since_seq))
 
@@ -84,7 +93,7 @@ def drop_track(
     room: Room, session: SessionRecord, track: TrackInfo, seq: int, at: int, out: list[Outcome]
 ) -> None:
     del session.tracks[track.sid]
-    session.info = None
+    view_changed(room, session)
     media_changed(room, session, out, published=True)
     if session.visible and not session.is_viewer:
         gone = TrackUnpublished(
@@ -137,7 +146,7 @@ def _mute(
         session.tracks[track_sid] = TrackInfo(
             sid=track.sid, kind=track.kind, source=track.source, name=track.name, muted=muted
         )
-        session.info = None
+        view_changed(room, session)
         media_changed(room, session, out)
         if session.visible:
             change = TrackMuted(
@@ -185,7 +194,7 @@ def _subscription(
 ) -> None:
     key = (event.participant_id, event.kind)
     if not event.subscribed:
-        subscriber.subscriptions.discard(key)
+        unsubscribe(subscriber, key)
         media_changed(room, subscriber, out)
         ack(event, out)
         return
@@ -208,6 +217,6 @@ def _subscription(
             out,
         )
         return
-    subscriber.subscriptions.add(key)
+    subscribe(subscriber, key)
     media_changed(room, subscriber, out, place=True)  # a subscriber needs a forwarder too
     ack(event, out)
