@@ -206,15 +206,52 @@ class DuplicateFilter:
 
 
 def is_keyframe_start(codec_name: str, payload: bytes) -> bool:
-    """Whether this RTP payload is the first packet of a keyframe (VP8 and H.264).
+    """Whether this RTP payload is the first packet of a keyframe (VP8, VP9, AV1, H.264).
 
-    Other codecs (audio) have no keyframes: every packet is a starting point.
+    Read from the payload descriptor alone, never decoded. Other codecs (audio) have no
+    keyframes: every packet is a starting point.
     """
     if codec_name == "VP8":
         return _vp8_keyframe_start(payload)
     if codec_name == "H264":
         return _h264_keyframe_start(payload)
+    if codec_name == "VP9":
+        return _vp9_keyframe_start(payload)
+    if codec_name == "AV1":
+        return _av1_keyframe_start(payload)
     return True
+
+
+_VP9_I, _VP9_P, _VP9_L, _VP9_B = 0x80, 0x40, 0x20, 0x08
+
+
+def _vp9_keyframe_start(payload: bytes) -> bool:
+    # RFC 9628 section 4.2: I|P|L|F|B|E|V|Z. A keyframe starts where a frame begins (B)
+    # that is not inter-picture predicted (P clear), in the base spatial layer (SID 0).
+    if not payload:
+        return False
+    first = payload[0]
+    if not first & _VP9_B or first & _VP9_P:
+        return False
+    if not first & _VP9_L:
+        return True
+    pos = 1
+    if first & _VP9_I:  # picture id, 7 or 15 bits
+        if len(payload) <= pos:
+            return False
+        pos += 2 if payload[pos] & 0x80 else 1
+    # layer indices: TID(3) U(1) SID(3) D(1)
+    return len(payload) > pos and (payload[pos] >> 1) & 0x07 == 0
+
+
+_AV1_Z, _AV1_N = 0x80, 0x08
+
+
+def _av1_keyframe_start(payload: bytes) -> bool:
+    # AV1 RTP payload format section 4.4: aggregation header Z|Y|W|W|N|-|-|-. N marks the
+    # first packet of a coded video sequence (a keyframe with its sequence header); Z
+    # clear means the packet does not continue an OBU from the one before.
+    return bool(payload) and bool(payload[0] & _AV1_N) and not payload[0] & _AV1_Z
 
 
 def _vp8_keyframe_start(payload: bytes) -> bool:

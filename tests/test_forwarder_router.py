@@ -92,6 +92,26 @@ def test_h264_keyframe_start() -> None:
     assert not is_keyframe_start("H264", b"\x7c\x81")  # FU-A start of a non-IDR slice
 
 
+def test_vp9_keyframe_start() -> None:
+    assert is_keyframe_start("VP9", bytes([0x08, 0x00]))  # B, not predicted, no layers
+    assert not is_keyframe_start("VP9", bytes([0x48]))  # B but inter-predicted (P)
+    assert not is_keyframe_start("VP9", bytes([0x00]))  # not the start of a frame
+    # I (15-bit picture id) + L: layer byte after the picture id; SID 0 starts, SID 1 not
+    assert is_keyframe_start("VP9", bytes([0xA8, 0x81, 0x23, 0x00, 0x00]))
+    assert not is_keyframe_start("VP9", bytes([0xA8, 0x81, 0x23, 0x02, 0x00]))
+    # 7-bit picture id, then SID 0 with TID 2
+    assert is_keyframe_start("VP9", bytes([0xA8, 0x05, 0x40, 0x00]))
+    assert not is_keyframe_start("VP9", bytes([0xA8, 0x81]))  # truncated descriptor
+    assert not is_keyframe_start("VP9", b"")
+
+
+def test_av1_keyframe_start() -> None:
+    assert is_keyframe_start("AV1", bytes([0x18, 0x0A]))  # N set, W=1, Z clear
+    assert not is_keyframe_start("AV1", bytes([0x10, 0x32]))  # a delta frame: N clear
+    assert not is_keyframe_start("AV1", bytes([0x88]))  # N set but continues an OBU (Z)
+    assert not is_keyframe_start("AV1", b"")
+
+
 def test_audio_packets_are_always_a_starting_point() -> None:
     assert is_keyframe_start("OPUS", b"\x01\x02")
 
