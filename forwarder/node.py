@@ -129,6 +129,9 @@ class Forwarder:
         self._epochs: dict[str, int] = {}
         self._next_epoch = 1
         self.state = ForwarderState.OPEN
+        self.on_audio_level: Callable[[str, int], None] | None = None
+        """Given (track id, -dBov) for every received audio packet carrying an RFC 6464
+        level (the active speaker detector's input)."""
 
     @property
     def peer_connections(self) -> list[RTCPeerConnection]:
@@ -271,8 +274,9 @@ class Forwarder:
                 keep_codecs(transceiver, codecs)
                 codec = codec_info(kind, codecs[0]) if keep is None else keep[track_id]
                 published.append(PublishedTrack(track_id, kind, mid, codec))
+                forward = self._forward_audio if kind == "audio" else self.router.forward
                 publisher.streams[track_id] = InboundStream(
-                    transceiver.receiver, functools.partial(self.router.forward, track_id)
+                    transceiver.receiver, functools.partial(forward, track_id)
                 )
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
@@ -420,6 +424,13 @@ class Forwarder:
         for track_id in list(self._relayed):
             self.remove_relayed_track(track_id)
         self.router.close()
+
+    async def _forward_audio(self, track_id: str, packet: MediaPacket) -> int:
+        level = packet.audio_level
+        on_level = self.on_audio_level
+        if level is not None and on_level is not None:
+            on_level(track_id, level[1])
+        return await self.router.forward(track_id, packet)
 
     def _is_published(self, track_id: str) -> bool:
         return track_id in self._track_owner or track_id in self._relayed

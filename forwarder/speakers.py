@@ -34,7 +34,7 @@ DEFAULT_SMOOTHING = 0.5
 
 def amplitude(level_dbov: int) -> float:
     """The linear amplitude (0..1] of an RFC 6464 level given in -dBov (0..127)."""
-    return 10.0 ** (-min(max(level_dbov, 0), SILENCE_DBOV) / 20.0)
+    return float(10.0 ** (-min(max(level_dbov, 0), SILENCE_DBOV) / 20.0))
 
 
 def level_dbov(value: float) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from forwarder.speakers import SpeakerDetector, amplitude, level_dbov
+from forwarder.voice import RoomVoices
+from schemas.media import SpeakerReport
 
 TICK_MS = 250
 
@@ -105,3 +107,71 @@ def test_bad_settings_are_refused() -> None:
         SpeakerDetector(smoothing=0)
     with pytest.raises(ValueError):
         SpeakerDetector(hold_ms=-1)
+
+
+# -- RoomVoices: tracks grouped by room, reports on change and refresh ----------------------
+
+
+def talk(voices: RoomVoices, levels: dict[str, int]) -> None:
+    for track_id, level in levels.items():
+        for _ in range(12):
+            voices.observe(track_id, level)
+
+
+def test_rooms_are_reported_on_change_only_and_refreshed_while_not_empty() -> None:
+    voices = RoomVoices("FW_1")
+    voices.publish("TR_a", "room", "alice", muted=False)
+    voices.publish("TR_b", "room", "bob", muted=False)
+    voices.publish("TR_c", "other", "carol", muted=False)
+    assert voices.tick(0) == []  # nobody talks: nothing to say
+    reports = []
+    for k in range(1, 5):
+        talk(voices, {"TR_a": 20, "TR_b": 127, "TR_c": 127})
+        reports += voices.tick(k * TICK_MS)
+    assert len(reports) == 1
+    (report,) = reports
+    assert (report.room_id, report.forwarder_id) == ("room", "FW_1")
+    assert [s.participant_id for s in report.speakers] == ["alice"]
+    assert 0 < report.speakers[0].level <= 1
+    # unchanged for a second: the same report again (a refresh edges can expire)
+    talk(voices, {"TR_a": 20})
+    (refresh,) = voices.tick(4 * TICK_MS + 1000)
+    assert [s.participant_id for s in refresh.speakers] == ["alice"]
+    # bob louder than alice: the order changed, reported at the next tick
+    changed: list[SpeakerReport] = []
+    for k in range(1, 5):
+        talk(voices, {"TR_a": 30, "TR_b": 5})
+        changed += voices.tick(4 * TICK_MS + 1000 + k * TICK_MS)
+    assert [[s.participant_id for s in r.speakers] for r in changed][-1] == ["bob", "alice"]
+    # everyone stops: one empty report, then silence on the subject
+    quiet: list[SpeakerReport] = []
+    for k in range(1, 12):
+        quiet += voices.tick(10_000 + k * TICK_MS)
+    assert quiet[-1].speakers == ()
+    assert [r for r in quiet if r.speakers == ()] == [quiet[-1]]
+
+
+def test_muted_and_unpublished_tracks_do_not_speak() -> None:
+    voices = RoomVoices("FW_1")
+    voices.publish("TR_a", "room", "alice", muted=True)
+    for k in range(4):
+        talk(voices, {"TR_a": 10})
+        assert voices.tick(k * TICK_MS) == []
+    voices.publish("TR_a", "room", "alice", muted=False)
+    for k in range(4, 8):
+        talk(voices, {"TR_a": 10})
+        voices.tick(k * TICK_MS)
+    voices.unpublish("TR_a")
+    (gone,) = voices.tick(8 * TICK_MS)
+    assert gone.speakers == ()
+
+
+def test_a_participant_with_two_audio_tracks_is_listed_once() -> None:
+    voices = RoomVoices("FW_1")
+    voices.publish("TR_mic", "room", "alice", muted=False)
+    voices.publish("TR_screen_audio", "room", "alice", muted=False)
+    reports: list[SpeakerReport] = []
+    for k in range(4):
+        talk(voices, {"TR_mic": 20, "TR_screen_audio": 25})
+        reports += voices.tick(k * TICK_MS)
+    assert [s.participant_id for s in reports[-1].speakers] == ["alice"]
