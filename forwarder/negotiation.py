@@ -36,22 +36,26 @@ FORWARDABLE_CODECS: dict[str, tuple[str, ...]] = {
     "video": ("video/vp8", "video/h264"),
     "audio": ("audio/opus", "audio/g722", "audio/pcmu", "audio/pcma"),
 }
-"""What a publisher may send, by preference: every subscriber must take the same codec."""
+"""What a publisher may send: every subscriber must take the same codec."""
 
 
 def pick_forwardable(
     kind: MediaKind, codecs: list[RTCRtpCodecParameters]
 ) -> list[RTCRtpCodecParameters]:
-    """The preferred forwardable codec among `codecs`, with its RTX if negotiated."""
-    for mime_type in FORWARDABLE_CODECS[kind]:
-        for codec in codecs:
-            if codec.mimeType.lower() == mime_type and not (
-                mime_type == "video/h264" and str(codec.parameters.get("packetization-mode")) != "1"
-            ):
-                rtx = [
-                    c for c in codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType
-                ]
-                return [codec, *rtx[:1]]
+    """The publisher's first forwardable codec among `codecs`, with its RTX if negotiated.
+
+    `codecs` are in the offer's order, which is the publisher's preference (a browser puts
+    VP8 first unless told otherwise, e.g. by the browser SDK's `codec` publish option);
+    H.264 only with packetization-mode 1.
+    """
+    allowed = FORWARDABLE_CODECS[kind]
+    for codec in codecs:
+        mime_type = codec.mimeType.lower()
+        if mime_type in allowed and not (
+            mime_type == "video/h264" and str(codec.parameters.get("packetization-mode")) != "1"
+        ):
+            rtx = [c for c in codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType]
+            return [codec, *rtx[:1]]
     raise NoForwardableCodec(kind, [c.mimeType for c in codecs if not is_rtx(c)])
 
 

@@ -168,7 +168,7 @@ class Forwarder:
         connection, keyed by its track sid; a participant id works for a multi-track one).
         `track_ids` maps an offer's MID to the track id to publish it as (the track sid the
         room gave it); a MID not in it becomes ``"<publisher_key>:<mid>"``. The answer keeps
-        one codec per track (VP8 before H.264; Opus first), since subscribers get the
+        one codec per track (the offer's first forwardable one), since subscribers get the
         publisher's packets unchanged.
         """
         self._check_open("add_publisher")

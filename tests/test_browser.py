@@ -141,6 +141,20 @@ def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     assert result["video_width"] > 0, result
 
 
+@pytest.mark.timeout(70)
+def test_h264_between_two_chromium_pages(tmp_path: Path) -> None:
+    """A page publishes H.264 (packetization-mode 1, constrained baseline); the forwarder
+    carries it without decoding and another page decodes it."""
+    result = run_scenario("h264_pages", tmp_path)
+    assert result["sent_codec"] == "video/H264", result
+    assert result["forwarded_codec"].lower() == "video/h264", result
+    assert result["forwarded_parameters"]["packetization-mode"] == "1", result
+    assert result["forwarded_parameters"]["profile-level-id"] == "42e01f", result
+    assert result["video_codec"] == "video/H264", result
+    assert result["video_frames_decoded"] > 5 and result["tile_video_width"] > 0, result
+    assert result["forwarded_packets"] > 0, result
+
+
 @pytest.fixture(scope="module")
 def two_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two Chromium speakers with camera and microphone in one room (run once)."""

@@ -83,7 +83,8 @@ export class MediaTransport {
     const entry = { pc, publication, restarts: old?.restarts ?? 0 };
     this.publishers.set(sid, entry);
     old?.pc.close();
-    pc.addTransceiver(publication.track, { direction: 'sendonly' });
+    const transceiver = pc.addTransceiver(publication.track, { direction: 'sendonly' });
+    if (publication.codec) preferCodec(transceiver, publication.kind, publication.codec);
     pc.addEventListener('connectionstatechange', () => this.publisherState(entry));
     try {
       await pc.setLocalDescription(await pc.createOffer());
@@ -245,6 +246,23 @@ export class MediaTransport {
   }
 }
 
+// Put `codec` first in the transceiver's offer (H.264: packetization-mode 1, constrained
+// baseline 42e01f first, which every forwarder accepts).
+function preferCodec(transceiver, kind, codec) {
+  const capabilities = RTCRtpSender.getCapabilities(kind)?.codecs ?? [];
+  const mime = `${kind}/${codec}`.toLowerCase();
+  const fmtp = (c) => c.sdpFmtpLine ?? '';
+  const wanted = capabilities.filter((c) => c.mimeType.toLowerCase() === mime
+    && !(mime === 'video/h264' && !fmtp(c).includes('packetization-mode=1')));
+  if (!wanted.length || !transceiver.setCodecPreferences) {
+    throw new TypeError(`publish: this browser cannot send ${codec}`);
+  }
+  wanted.sort((a, b) => Number(fmtp(b).includes('profile-level-id=42e01f'))
+    - Number(fmtp(a).includes('profile-level-id=42e01f')));
+  const rest = capabilities.filter((c) => !wanted.includes(c));
+  transceiver.setCodecPreferences([...wanted, ...rest]);
+}
+
 function rtp(report, type, pc) {
   const out = { state: pc.connectionState };
   report.forEach((s) => {
@@ -255,6 +273,7 @@ function rtp(report, type, pc) {
       bytes: s.bytesSent ?? s.bytesReceived ?? 0,
       framesEncoded: s.framesEncoded,
       framesDecoded: s.framesDecoded,
+      codec: report.get(s.codecId)?.mimeType,
     });
   });
   return out;

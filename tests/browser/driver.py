@@ -575,6 +575,7 @@ REMOTE_MEDIA = """(async () => {
     video_frames_decoded: video.framesDecoded ?? 0,
     audio_packets: audio.packets ?? 0,
     tile_video_width: tile ? tile.videoWidth : 0,
+    video_codec: video.codec ?? null,
   };
 })()"""
 
@@ -685,6 +686,33 @@ async def two_pages(ctx: Context) -> dict[str, Any]:
     png = ctx.out / "demo.png"
     await ctx.browser.screenshot("ada", png)
     return {**seen, "screenshot": str(png)}
+
+
+@scenario("h264_pages", forwarders=1)
+async def h264_pages(ctx: Context) -> dict[str, Any]:
+    """One Chromium page publishes its camera in H.264 (the SDK's `codec` option); the
+    forwarder carries it as it is and a second page decodes it."""
+    room = "h264-pages"
+    await ctx.join_page("ada", room, "Ada Lovelace")
+    publish = "window.demo.room.localParticipant.publishCamera(true, { codec: 'h264' })"
+    track_sid = await ctx.browser.eval("ada", f"{publish}.then((p) => p.sid)")
+    sent = await ctx.browser.wait(
+        "ada",
+        "window.demo.room.media.stats().then((s) => Object.values(s.publishers)[0] ?? {})",
+        "s => s.codec && s.packets > 0",
+    )
+    await ctx.join_page("bob", room, "Bob Kahn")
+    flowing = "s => s.video_frames_decoded > 5 && s.tile_video_width > 0"
+    seen = await ctx.browser.wait("bob", REMOTE_MEDIA, flowing, timeout=25)
+    router = ctx.stack.forwarders["FW_0"].forwarder.router
+    codec = router.codec(track_sid)
+    return {
+        **seen,
+        "sent_codec": sent["codec"],
+        "forwarded_codec": codec.mime_type,
+        "forwarded_parameters": dict(codec.parameters),
+        "forwarded_packets": router.stats(track_sid).packets_forwarded,
+    }
 
 
 # --------------------------------------------------------------------------- running
