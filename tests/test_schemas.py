@@ -144,7 +144,6 @@ from schemas.log import (
     TrackUnpublishRequested,
 )
 from schemas.media import (
-    SpeakerReport,
     ForwarderHeartbeat,
     ForwarderOk,
     ForwarderSdp,
@@ -160,6 +159,7 @@ from schemas.media import (
     RelayStart,
     RelayStop,
     RestartSubscription,
+    SpeakerReport,
     SubscriberAnswer,
 )
 from schemas.models import ActiveSpeaker, Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
