@@ -36,7 +36,7 @@ class ToneTrack(AudioStreamTrack):
         super().__init__()
         self.loud = True
 
-    async def recv(self) -> AudioFrame:  # type: ignore[override]
+    async def recv(self) -> AudioFrame:
         frame = await super().recv()
         assert isinstance(frame, AudioFrame)
         if self.loud:
