@@ -15,7 +15,6 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpCodecParameters,
-    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.codecs import is_rtx
@@ -30,10 +29,11 @@ from forwarder.errors import (
     NoForwardableCodec,
     WrongMediaSections,
 )
+from rtc.aiortc_adapter import codec_capabilities
 from rtc.packets import CodecInfo, MediaKind
 
 FORWARDABLE_CODECS: dict[str, tuple[str, ...]] = {
-    "video": ("video/vp8", "video/h264"),
+    "video": ("video/vp8", "video/h264", "video/vp9", "video/av1"),
     "audio": ("audio/opus", "audio/g722", "audio/pcmu", "audio/pcma"),
 }
 """What a publisher may send: every subscriber must take the same codec."""
@@ -146,7 +146,7 @@ def parse_candidate(
 
 def capabilities_for(codec: CodecInfo) -> list[RTCRtpCodecCapability]:
     """The subscriber leg's codec preferences: exactly the publisher's codec (+ RTX)."""
-    capabilities = RTCRtpSender.getCapabilities(codec.kind).codecs
+    capabilities = codec_capabilities(codec.kind)
     chosen = [c for c in capabilities if codec_info(codec.kind, c) == codec]
     if not chosen:
         raise NoForwardableCodec(codec.kind, [codec.mime_type])

@@ -43,6 +43,8 @@ from rtc.aiortc_adapter import (
     keep_codecs,
     label_sender,
     negotiated_codecs,
+    pass_through_codecs,
+    prefer_codecs,
 )
 from rtc.packets import CodecInfo, MediaKind, MediaPacket
 
@@ -255,7 +257,8 @@ class Forwarder:
         publisher = _Publisher(publisher_key, pc)
         published: list[PublishedTrack] = []
         try:
-            await apply_remote(pc, offer_sdp, "offer")
+            with pass_through_codecs():
+                await apply_remote(pc, offer_sdp, "offer")
             for transceiver in pc.getTransceivers():
                 if transceiver.receiver.track is None or transceiver.mid is None:
                     continue  # nothing to receive on this m-line
@@ -278,7 +281,8 @@ class Forwarder:
                 publisher.streams[track_id] = InboundStream(
                     transceiver.receiver, functools.partial(forward, track_id)
                 )
-            await pc.setLocalDescription(await pc.createAnswer())
+            with pass_through_codecs():
+                await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             for stream in publisher.streams.values():
                 stream.close()
@@ -338,7 +342,7 @@ class Forwarder:
         try:
             for track_id, codec in codecs.items():
                 transceiver = pc.addTransceiver(codec.kind, direction="sendonly")
-                transceiver.setCodecPreferences(capabilities_for(codec))
+                prefer_codecs(transceiver, capabilities_for(codec))
                 leg = SubscriberLeg(subscriber_id, track_id)
                 leg.stream = OutboundStream(
                     transceiver.sender,
@@ -348,7 +352,8 @@ class Forwarder:
                 stream_id = self._track_owner.get(track_id, track_id)
                 label_sender(transceiver.sender, stream_id=stream_id, track_id=track_id)
                 subscriber.legs[track_id] = leg
-            await pc.setLocalDescription(await pc.createOffer())
+            with pass_through_codecs():
+                await pc.setLocalDescription(await pc.createOffer())
             self._check_open("add_subscriber")  # after the awaits, as in add_publisher
             if subscriber_id in self._subscribers:
                 raise DuplicateSession(subscriber_id)
@@ -362,7 +367,8 @@ class Forwarder:
         """Apply the subscriber's answer; its legs start forwarding once connected."""
         self._check_open("set_subscriber_answer")
         subscriber = self._subscriber(subscriber_id)
-        await apply_remote(subscriber.pc, answer_sdp, "answer")
+        with pass_through_codecs():
+            await apply_remote(subscriber.pc, answer_sdp, "answer")
 
     async def add_ice_candidate(
         self,

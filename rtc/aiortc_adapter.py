@@ -17,6 +17,14 @@ neither. This adapter turns aiortc's receivers and senders into packet pipes:
   the subscriber's PLI/FIR reach `on_keyframe_request`. `drop` injects loss (for tests and
   fault drills) after a packet entered the history, so NACK/RTX repairs it.
 
+Pass-through codecs: aiortc negotiates only the codecs it can encode and decode (VP8, H.264,
+Opus, G.722, G.711). A forwarder does neither, so it also negotiates VP9 and AV1
+(`PASS_THROUGH_CODECS`) on its own connections: aiortc's peer connection reads its codec
+table through `_CodecTable`, which adds them only inside `pass_through_codecs()` (a context
+variable, so an SDK peer in the same process never offers a codec it cannot decode).
+`codec_capabilities` and `prefer_codecs` are the matching capability list and
+setCodecPreferences.
+
 `allow_loopback_candidates()` makes aioice (aiortc's ICE) offer 127.0.0.1 on a host with
 no other IPv4 address, such as a loopback-only network namespace.
 
@@ -27,18 +35,29 @@ checks each of them on the pinned version, so an aiortc upgrade fails loudly the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import struct
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aioice.ice
 import aiortc
+import aiortc.codecs
+import aiortc.rtcpeerconnection
 import pylibsrtp
-from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import (
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -118,7 +137,9 @@ PRIVATE_SENDER_ATTRIBUTES = (
 )
 PRIVATE_SENDER_METHODS = ("_run_rtp", "_send_keyframe", "_handle_rtcp_packet", "_retransmit")
 PRIVATE_TRANSPORT_NAMES = ("_send_rtp", "_rtp_router")  # on RTCDtlsTransport
-PRIVATE_TRANSCEIVER_ATTRIBUTES = ("_codecs",)
+PRIVATE_TRANSCEIVER_ATTRIBUTES = ("_codecs", "_preferred_codecs")
+PRIVATE_MODULE_NAMES = ((aiortc.rtcpeerconnection, "CODECS"),)
+"""Module globals replaced here (`_CodecTable`)."""
 
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -129,6 +150,87 @@ AIOICE_HOST_ADDRESSES = "get_host_addresses"  # aioice.ice: (use_ipv4, use_ipv6)
 
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _ABS_SEND_TIME_UNITS = 1 << 18  # 6.18 fixed point seconds; the offset above is 0 mod 64
+
+
+def _pass_through_video(
+    mime_type: str, payload_type: int, **parameters: str | int
+) -> list[RTCRtpCodecParameters]:
+    feedback = [
+        RTCRtcpFeedback(type="nack"),
+        RTCRtcpFeedback(type="nack", parameter="pli"),
+        RTCRtcpFeedback(type="goog-remb"),
+    ]
+    return [
+        RTCRtpCodecParameters(
+            mimeType=mime_type,
+            clockRate=90000,
+            payloadType=payload_type,
+            rtcpFeedback=feedback,
+            parameters=dict(parameters),
+        ),
+        RTCRtpCodecParameters(
+            mimeType="video/rtx",
+            clockRate=90000,
+            payloadType=payload_type + 1,
+            parameters={"apt": payload_type},
+        ),
+    ]
+
+
+PASS_THROUGH_CODECS: dict[str, list[RTCRtpCodecParameters]] = {
+    "audio": [],
+    "video": [
+        *_pass_through_video("video/VP9", 103, **{"profile-id": 0}),
+        *_pass_through_video("video/AV1", 105),
+    ],
+}
+"""Codecs a forwarder carries without an aiortc encoder or decoder (after aiortc's own,
+so a publisher offering several gets the one it lists first among all of them)."""
+
+_pass_through = contextvars.ContextVar("stagecast_pass_through_codecs", default=False)
+
+
+class _CodecTable(dict[str, list[RTCRtpCodecParameters]]):
+    """aiortc's codec table, plus `PASS_THROUGH_CODECS` inside `pass_through_codecs()`."""
+
+    def __getitem__(self, kind: str) -> list[RTCRtpCodecParameters]:
+        own = super().__getitem__(kind)
+        if _pass_through.get():
+            return own + PASS_THROUGH_CODECS.get(kind, [])
+        return own
+
+
+if not isinstance(getattr(aiortc.rtcpeerconnection, "CODECS"), _CodecTable):  # noqa: B009
+    setattr(aiortc.rtcpeerconnection, "CODECS", _CodecTable(aiortc.codecs.CODECS))  # noqa: B010
+
+
+@contextlib.contextmanager
+def pass_through_codecs() -> Iterator[None]:
+    """Offer and accept `PASS_THROUGH_CODECS` in the peer connection calls made inside
+    (this task only: createOffer, createAnswer, setRemoteDescription)."""
+    token = _pass_through.set(True)
+    try:
+        yield
+    finally:
+        _pass_through.reset(token)
+
+
+def codec_capabilities(kind: str) -> list[RTCRtpCodecCapability]:
+    """What a forwarder can carry for `kind`: aiortc's capabilities and the pass-through
+    codecs (each followed by its RTX, as aiortc lists them)."""
+    extra = [
+        RTCRtpCodecCapability(
+            mimeType=c.mimeType, clockRate=c.clockRate, channels=c.channels, parameters=c.parameters
+        )
+        for c in PASS_THROUGH_CODECS.get(kind, [])
+        if not is_rtx(c)
+    ]
+    return list(RTCRtpSender.getCapabilities(kind).codecs) + extra
+
+
+def prefer_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecCapability]) -> None:
+    """setCodecPreferences, pass-through codecs allowed (aiortc's refuses those)."""
+    transceiver._preferred_codecs = list(codecs)
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:

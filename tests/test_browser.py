@@ -155,6 +155,19 @@ def test_h264_between_two_chromium_pages(tmp_path: Path) -> None:
     assert result["forwarded_packets"] > 0, result
 
 
+@pytest.mark.timeout(70)
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+def test_vp9_and_av1_between_two_chromium_pages(tmp_path: Path, codec: str) -> None:
+    """Where both ends offer it, VP9 or AV1 is forwarded as it is (never decoded); the
+    receiving page decodes it, having started at a keyframe found in the payload."""
+    result = run_scenario(f"{codec}_pages", tmp_path)
+    mime = f"video/{codec.upper()}"
+    assert result["sent_codec"] == mime, result
+    assert result["forwarded_codec"] == mime, result
+    assert result["video_codec"] == mime, result
+    assert result["video_frames_decoded"] > 5 and result["tile_video_width"] > 0, result
+
+
 @pytest.fixture(scope="module")
 def two_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two Chromium speakers with camera and microphone in one room (run once)."""

@@ -247,7 +247,7 @@ export class MediaTransport {
 }
 
 // Put `codec` first in the transceiver's offer (H.264: packetization-mode 1, constrained
-// baseline 42e01f first, which every forwarder accepts).
+// baseline 42e01f first; VP9: profile 0 first; as the forwarder negotiates them).
 function preferCodec(transceiver, kind, codec) {
   const capabilities = RTCRtpSender.getCapabilities(kind)?.codecs ?? [];
   const mime = `${kind}/${codec}`.toLowerCase();
@@ -257,8 +257,9 @@ function preferCodec(transceiver, kind, codec) {
   if (!wanted.length || !transceiver.setCodecPreferences) {
     throw new TypeError(`publish: this browser cannot send ${codec}`);
   }
-  wanted.sort((a, b) => Number(fmtp(b).includes('profile-level-id=42e01f'))
-    - Number(fmtp(a).includes('profile-level-id=42e01f')));
+  const first = (c) => /profile-level-id=42e01f|profile-id=0/.test(fmtp(c))
+    || (mime === 'video/vp9' && !fmtp(c).includes('profile-id'));
+  wanted.sort((a, b) => Number(first(b)) - Number(first(a)));
   const rest = capabilities.filter((c) => !wanted.includes(c));
   transceiver.setCodecPreferences([...wanted, ...rest]);
 }

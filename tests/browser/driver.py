@@ -688,13 +688,12 @@ async def two_pages(ctx: Context) -> dict[str, Any]:
     return {**seen, "screenshot": str(png)}
 
 
-@scenario("h264_pages", forwarders=1)
-async def h264_pages(ctx: Context) -> dict[str, Any]:
-    """One Chromium page publishes its camera in H.264 (the SDK's `codec` option); the
+async def codec_pages(ctx: Context, codec: str) -> dict[str, Any]:
+    """One Chromium page publishes its camera in `codec` (the SDK's `codec` option); the
     forwarder carries it as it is and a second page decodes it."""
-    room = "h264-pages"
+    room = f"{codec}-pages"
     await ctx.join_page("ada", room, "Ada Lovelace")
-    publish = "window.demo.room.localParticipant.publishCamera(true, { codec: 'h264' })"
+    publish = f"window.demo.room.localParticipant.publishCamera(true, {{ codec: '{codec}' }})"
     track_sid = await ctx.browser.eval("ada", f"{publish}.then((p) => p.sid)")
     sent = await ctx.browser.wait(
         "ada",
@@ -713,6 +712,21 @@ async def h264_pages(ctx: Context) -> dict[str, Any]:
         "forwarded_parameters": dict(codec.parameters),
         "forwarded_packets": router.stats(track_sid).packets_forwarded,
     }
+
+
+@scenario("h264_pages", forwarders=1)
+async def h264_pages(ctx: Context) -> dict[str, Any]:
+    return await codec_pages(ctx, "h264")
+
+
+@scenario("vp9_pages", forwarders=1)
+async def vp9_pages(ctx: Context) -> dict[str, Any]:
+    return await codec_pages(ctx, "vp9")
+
+
+@scenario("av1_pages", forwarders=1)
+async def av1_pages(ctx: Context) -> dict[str, Any]:
+    return await codec_pages(ctx, "av1")
 
 
 # --------------------------------------------------------------------------- running
