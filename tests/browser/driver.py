@@ -704,12 +704,12 @@ async def codec_pages(ctx: Context, codec: str) -> dict[str, Any]:
     flowing = "s => s.video_frames_decoded > 5 && s.tile_video_width > 0"
     seen = await ctx.browser.wait("bob", REMOTE_MEDIA, flowing, timeout=25)
     router = ctx.stack.forwarders["FW_0"].forwarder.router
-    codec = router.codec(track_sid)
+    carried = router.codec(track_sid)
     return {
         **seen,
         "sent_codec": sent["codec"],
-        "forwarded_codec": codec.mime_type,
-        "forwarded_parameters": dict(codec.parameters),
+        "forwarded_codec": carried.mime_type,
+        "forwarded_parameters": dict(carried.parameters),
         "forwarded_packets": router.stats(track_sid).packets_forwarded,
     }
 
