@@ -168,6 +168,16 @@ def test_vp9_and_av1_between_two_chromium_pages(tmp_path: Path, codec: str) -> N
     assert result["video_frames_decoded"] > 5 and result["tile_video_width"] > 0, result
 
 
+@pytest.mark.timeout(70)
+def test_the_demo_page_outlines_the_speaking_tile(tmp_path: Path) -> None:
+    """A viewer page gets active-speakers-changed and outlines only the talker's tile."""
+    result = run_scenario("speaking_tile", tmp_path)
+    assert result["tiles"] == ["quiet", "talker"], result
+    assert result["speaking"] == ["talker"], result
+    assert result["active"] == ["talker"], result
+    assert result["after"] == [], result
+
+
 @pytest.fixture(scope="module")
 def two_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two Chromium speakers with camera and microphone in one room (run once)."""

@@ -8,17 +8,16 @@ alice (and only alice) is talking; when her tone stops, she stops being listed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
-from av.audio.frame import AudioFrame
 
 from stagecast.client import Room
 from tests.polling import eventually
 from tests.stack_fixtures import AUDIENCE, WAIT, Stack, sdk_stack
+from tests.tones import ToneTrack
 
 ROOM = "speakers-room"
 
@@ -27,28 +26,6 @@ ROOM = "speakers-room"
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     async with sdk_stack(tmp_path, forwarders=1) as running:
         yield running
-
-
-class ToneTrack(AudioStreamTrack):
-    """A 440 Hz tone at about -23 dBov while `loud`, silence otherwise."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loud = True
-
-    async def recv(self) -> AudioFrame:
-        frame = await super().recv()
-        assert isinstance(frame, AudioFrame)
-        if self.loud:
-            rate, start = frame.sample_rate, frame.pts or 0
-            samples = b"".join(
-                int(3276 * math.sin(2 * math.pi * 440 * (start + k) / rate)).to_bytes(
-                    2, "little", signed=True
-                )
-                for k in range(frame.samples)
-            )
-            frame.planes[0].update(samples)
-        return frame
 
 
 class Speakers:

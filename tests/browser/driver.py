@@ -729,6 +729,35 @@ async def av1_pages(ctx: Context) -> dict[str, Any]:
     return await codec_pages(ctx, "av1")
 
 
+SPEAKING_TILES = """[...window.demo.tiles.entries()]
+  .filter(([, tile]) => tile.node.classList.contains('speaking')).map(([id]) => id)"""
+
+
+@scenario("speaking_tile", forwarders=1)
+async def speaking_tile(ctx: Context) -> dict[str, Any]:
+    """Two Python SDK speakers, one sending a tone, one silence; a viewer page outlines
+    the talker's tile only, and no tile once the tone stops."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    from tests.tones import ToneTrack
+
+    room = "speaking-tile"
+    talker = await ctx.python_peer("talker", room)
+    quiet = await ctx.python_peer("quiet", room)
+    tone = ToneTrack()
+    await talker.local_participant.publish(tone)
+    await quiet.local_participant.publish(AudioStreamTrack())
+    await ctx.join_page("watcher", room, "Watcher", role="viewer")
+    tiles = await ctx.browser.wait(
+        "watcher", "[...window.demo.tiles.keys()].sort()", "t => t.length === 2"
+    )
+    speaking = await ctx.browser.wait("watcher", SPEAKING_TILES, "s => s.length > 0", timeout=20)
+    active = await ctx.browser.eval("watcher", "window.demo.room.activeSpeakers.map((p) => p.id)")
+    tone.loud = False
+    after = await ctx.browser.wait("watcher", SPEAKING_TILES, "s => s.length === 0", timeout=20)
+    return {"tiles": tiles, "speaking": speaking, "active": active, "after": after}
+
+
 # --------------------------------------------------------------------------- running
 
 
