@@ -35,8 +35,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from forwarder.node import Forwarder
-from forwarder.voice import RoomVoices
 from forwarder.router import Leg, Router
+from forwarder.voice import RoomVoices
 from processes.runtime import tune_gc
 from rtc.packets import MediaPacket
 from stagecast.bench.workers import Handler, serve, set_priority
