@@ -35,6 +35,7 @@ from forwarder.negotiation import (
     parse_candidate,
     pick_forwardable,
     pick_matching,
+    track_codec,
 )
 from forwarder.router import Router
 from rtc.aiortc_adapter import (
@@ -148,6 +149,11 @@ class Forwarder:
         if owner is None or track_id not in owner.streams:
             raise TrackNotFound(track_id)
         return owner.streams[track_id]
+
+    @property
+    def subscriber_ids(self) -> list[str]:
+        """Every subscriber connection's id (for counters and tests)."""
+        return list(self._subscribers)
 
     def legs(self, subscriber_id: str) -> dict[str, SubscriberLeg]:
         return dict(self._subscriber(subscriber_id).legs)
@@ -275,7 +281,7 @@ class Forwarder:
                         raise TracksChanged(publisher_key, sorted(keep), [track_id])
                     codecs = pick_matching(track_id, keep[track_id], kind, offered)
                 keep_codecs(transceiver, codecs)
-                codec = codec_info(kind, codecs[0]) if keep is None else keep[track_id]
+                codec = codec_info(kind, track_codec(codecs)) if keep is None else keep[track_id]
                 published.append(PublishedTrack(track_id, kind, mid, codec))
                 forward = self._forward_audio if kind == "audio" else self.router.forward
                 publisher.streams[track_id] = InboundStream(

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import struct
 import time
@@ -70,7 +71,7 @@ from aiortc.rtp import (
 )
 
 from rtc.errors import InvalidStateError, UnsupportedAiortc
-from rtc.packets import MediaPacket, RtpWriter
+from rtc.packets import MediaPacket, RtpWriter, red_primary, red_retyped
 
 AIORTC_VERSION = "1.16.0"
 
@@ -177,8 +178,20 @@ def _pass_through_video(
     ]
 
 
+RED_PAYLOAD_TYPE = 63
+"""RED's payload type in the forwarder's offers (as Chromium's); its fmtp names aiortc's
+Opus payload type, 96."""
+
 PASS_THROUGH_CODECS: dict[str, list[RTCRtpCodecParameters]] = {
-    "audio": [],
+    "audio": [
+        RTCRtpCodecParameters(
+            mimeType="audio/red",
+            clockRate=48000,
+            channels=2,
+            payloadType=RED_PAYLOAD_TYPE,
+            parameters={"96/96": None},
+        )
+    ],
     "video": [
         *_pass_through_video("video/VP9", 103, **{"profile-id": 0}),
         *_pass_through_video("video/AV1", 105),
@@ -449,6 +462,7 @@ class InboundStream:
                 payload_type=packet.payload_type,
                 audio_level=packet.extensions.audio_level,
                 padding_size=packet.padding_size,
+                red=codec.mimeType == "audio/red",
             )
         )
 
@@ -508,6 +522,7 @@ class OutboundStream:
         self._ssrc: int = sender._ssrc
         self._transport: Any = None
         self._payload_type: int = 0
+        self._red_payload_type: int | None = None
         self._mid: str | None = None
         self._writer: RtpWriter | None = None
         self.rtx_payload_type: int | None = None
@@ -521,6 +536,10 @@ class OutboundStream:
         """Sequence numbers the subscriber NACKed."""
         self.retransmissions: int = 0
         """NACKed packets found in the history and sent again (as RTX when negotiated)."""
+        self.red_sent: int = 0
+        """RED packets sent as RED (the subscriber negotiated it)."""
+        self.red_unwrapped: int = 0
+        """RED packets sent as their primary Opus block (the subscriber has no RED)."""
         self.drop: Callable[[int], bool] | None = None
         """Loss injection: `drop(sequence_number)` True keeps a packet in the history but
         does not send it (tests and fault drills only)."""
@@ -558,8 +577,13 @@ class OutboundStream:
         """Send `packet` on this leg as `sequence_number`; False if it could not be sent."""
         if not self.ready or not self._sender._enabled:
             return False
+        payload_type = self._payload_type
+        if packet.red:
+            packet, payload_type = self._red_for_leg(packet)
+            if not packet.payload:
+                return False
         out = RtpPacket(
-            payload_type=self._payload_type,
+            payload_type=payload_type,
             marker=packet.marker,
             sequence_number=sequence_number,
             timestamp=packet.timestamp,
@@ -575,7 +599,7 @@ class OutboundStream:
         self._history[sequence_number % RTP_HISTORY_SIZE] = out
         writer = self._writer
         data = (
-            writer.serialize(packet, sequence_number, abs_send_time)
+            writer.serialize(packet, sequence_number, abs_send_time, payload_type)
             if writer is not None
             else out.serialize(self._extensions_map)
         )
@@ -604,8 +628,23 @@ class OutboundStream:
         setattr(sender, S_OCTET_COUNT, self.octets_sent)
         return True
 
+    def _red_for_leg(self, packet: MediaPacket) -> tuple[MediaPacket, int]:
+        """A RED packet as this leg takes it: RED with the leg's Opus payload type in its
+        blocks, or its primary block alone (an empty payload when it is malformed)."""
+        red_payload_type = self._red_payload_type
+        if red_payload_type is not None:
+            payload = red_retyped(packet.payload, self._payload_type)
+            self.red_sent += payload is not None
+            return dataclasses.replace(packet, payload=payload or b"", red=False), red_payload_type
+        payload = red_primary(packet.payload)
+        self.red_unwrapped += payload is not None
+        return dataclasses.replace(packet, payload=payload or b"", red=False), self._payload_type
+
     def _start(self, parameters: Any) -> None:
-        self._payload_type = parameters.codecs[0].payloadType
+        media = [c for c in parameters.codecs if c.mimeType.lower() != "audio/red"]
+        red = [c for c in parameters.codecs if c.mimeType.lower() == "audio/red"]
+        self._payload_type = (media or parameters.codecs)[0].payloadType
+        self._red_payload_type = red[0].payloadType if red else None
         self._mid = parameters.muxId
         ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
         writer = RtpWriter(

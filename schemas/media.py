@@ -159,6 +159,8 @@ class RelayPacket(Message, tag="fwd.rtp", frozen=True, kw_only=True):
     voice_activity: bool | None = None
     audio_level: int | None = None
     padding_size: int = 0
+    red: bool = False
+    """The payload is RED (RFC 2198) around Opus."""
 
 
 class SpeakerReport(Message, tag="fwd.speakers", frozen=True, kw_only=True):

@@ -169,6 +169,18 @@ def test_vp9_and_av1_between_two_chromium_pages(tmp_path: Path, codec: str) -> N
 
 
 @pytest.mark.timeout(70)
+def test_opus_with_red_passes_through(tmp_path: Path) -> None:
+    """Chromium publishes Opus with RED (RFC 2198): a page that negotiated RED gets it as
+    sent, a Python SDK subscriber (no RED) gets the primary Opus block and decodes it."""
+    result = run_scenario("red_audio", tmp_path)
+    assert result["track_codec"] == "audio/opus", result
+    assert result["audio_packets"] > 20, result
+    assert sorted(n > 0 for n in result["red_sent"]) == [False, True], result
+    assert sorted(n > 0 for n in result["red_unwrapped"]) == [False, True], result
+    assert result["python_frames"] >= 20, result
+
+
+@pytest.mark.timeout(70)
 def test_the_demo_page_outlines_the_speaking_tile(tmp_path: Path) -> None:
     """A viewer page gets active-speakers-changed and outlines only the talker's tile."""
     result = run_scenario("speaking_tile", tmp_path)

@@ -15,6 +15,8 @@ from rtc.packets import (
     MediaPacket,
     SequenceRewriter,
     is_keyframe_start,
+    red_primary,
+    red_retyped,
 )
 
 VP8 = CodecInfo(kind="video", mime_type="video/VP8", clock_rate=90000)
@@ -337,3 +339,30 @@ def test_duplicate_and_unknown_tracks_are_named_errors() -> None:
         router.set_muted("nope", True)
     with pytest.raises(TrackNotFound):
         router.stats("nope")
+
+
+# -- RED (RFC 2198) ------------------------------------------------------------------------
+
+
+def _red(primary: bytes, *older: bytes, pt: int = 111) -> bytes:
+    headers = b"".join(
+        bytes([0x80 | pt]) + ((960 * (k + 1)) << 10 | len(block)).to_bytes(3, "big")
+        for k, block in enumerate(older)
+    )
+    return headers + bytes([pt]) + b"".join(older) + primary
+
+
+def test_red_primary_is_the_newest_block() -> None:
+    assert red_primary(_red(b"new", b"old-1", b"old-2")) == b"new"
+    assert red_primary(_red(b"only")) == b"only"
+    assert red_primary(b"") is None
+    assert red_primary(bytes([0x80 | 111, 0, 0])) is None  # a header cut short
+    assert red_primary(_red(b"new", b"old")[:6]) is None  # blocks longer than the payload
+
+
+def test_red_block_payload_types_are_rewritten_for_a_leg() -> None:
+    payload = _red(b"new", b"old", pt=111)
+    retyped = red_retyped(payload, 96)
+    assert retyped == _red(b"new", b"old", pt=96)
+    assert retyped is not None and red_primary(retyped) == b"new"
+    assert red_retyped(b"\x80", 96) is None

@@ -250,10 +250,11 @@ export class LocalParticipant extends ParticipantView {
     return this.publish(stream.getVideoTracks()[0], { source: 'camera', ownsTrack: true, codec });
   }
 
-  /** Capture the microphone (getUserMedia) and publish it. */
-  async publishMicrophone(constraints = true) {
+  /** Capture the microphone (getUserMedia) and publish it (`codec: 'red'`: Opus with
+   * redundancy, RFC 2198). */
+  async publishMicrophone(constraints = true, { codec = null } = {}) {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: constraints });
-    return this.publish(stream.getAudioTracks()[0], { source: 'microphone', ownsTrack: true });
+    return this.publish(stream.getAudioTracks()[0], { source: 'microphone', ownsTrack: true, codec });
   }
 
   /**

@@ -729,6 +729,47 @@ async def av1_pages(ctx: Context) -> dict[str, Any]:
     return await codec_pages(ctx, "av1")
 
 
+@scenario("red_audio", forwarders=1)
+async def red_audio(ctx: Context) -> dict[str, Any]:
+    """A page publishes its microphone as Opus with RED; the forwarder passes RED to a
+    page that negotiated it and the primary Opus block to a Python SDK subscriber."""
+    room = "red-audio"
+    await ctx.join_page("ada", room, "Ada Lovelace")
+    publish = "window.demo.room.localParticipant.publishMicrophone(true, { codec: 'red' })"
+    track_sid = await ctx.browser.eval("ada", f"{publish}.then((p) => p.sid)")
+    ada_id = await ctx.browser.eval("ada", "window.demo.room.localParticipant.id")
+    await ctx.join_page("bob", room, "Bob Kahn")
+    heard = "s => s.audio_packets > 20"
+    seen = await ctx.browser.wait("bob", REMOTE_MEDIA, heard, timeout=25)
+    subscriber = await ctx.python_peer("py-listener", room)
+    subscribed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == ada_id:
+            participant.on(
+                "stream-subscribed",
+                lambda sub: subscribed.done() or subscribed.set_result(sub),
+            )
+
+    subscriber.on("participant-joined", on_joined)
+    subscription = await asyncio.wait_for(subscribed, 20)
+    decoded, _ = await frames(subscription.audio, 25)
+    forwarder = ctx.stack.forwarders["FW_0"].forwarder
+    legs = [
+        leg.stream
+        for sid in forwarder.subscriber_ids
+        for track, leg in forwarder.legs(sid).items()
+        if track == track_sid and leg.stream is not None
+    ]
+    return {
+        **seen,
+        "track_codec": forwarder.router.codec(track_sid).mime_type,
+        "red_sent": [s.red_sent for s in legs],
+        "red_unwrapped": [s.red_unwrapped for s in legs],
+        "python_frames": decoded,
+    }
+
+
 SPEAKING_TILES = """[...window.demo.tiles.entries()]
   .filter(([, tile]) => tile.node.classList.contains('speaking')).map(([id]) => id)"""
 
