@@ -744,12 +744,13 @@ async def red_audio(ctx: Context) -> dict[str, Any]:
     subscriber = await ctx.python_peer("py-listener", room)
     subscribed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
+    def on_subscribed(subscription: Any) -> None:
+        if not subscribed.done():
+            subscribed.set_result(subscription)
+
     def on_joined(participant: Any) -> None:
         if participant.id == ada_id:
-            participant.on(
-                "stream-subscribed",
-                lambda sub: subscribed.done() or subscribed.set_result(sub),
-            )
+            participant.on("stream-subscribed", on_subscribed)
 
     subscriber.on("participant-joined", on_joined)
     subscription = await asyncio.wait_for(subscribed, 20)
