@@ -114,6 +114,8 @@ export class RemoteParticipant extends ParticipantView {
     super();
     this.info = info;
     this.room = room;
+    this.isSpeaking = false; // among the room's active speakers (active-speakers-changed)
+    this.audioLevel = 0; // 0..1 while speaking
     this.publications = new Map(info.tracks.map((t) => [t.sid, new RemoteTrackPublication(t)]));
     this.subscriptions = new Map(); // track sid -> Subscription (media flowing)
     this.emitter = new Emitter(PARTICIPANT_EVENTS);
@@ -236,6 +238,8 @@ export class LocalParticipant extends ParticipantView {
     this.info = info;
     this.grant = grant;
     this.room = room;
+    this.isSpeaking = false;
+    this.audioLevel = 0;
     this.publications = new Map(); // sid -> LocalTrackPublication
   }
 
