@@ -124,7 +124,7 @@ class RoomFanout:
         self.counts = CountsRounds(self.members, metrics)
         self.voice = RoomVoice()
         self.voice_frame = b""
-        """The last `active_speakers` frame sent (b"" before the first), for late joiners."""
+        """The last `active_speakers` frame sent, for late joiners (b"": nobody talks)."""
         self.voice_rounds = CountsRounds(
             self.members, metrics, method="deliver_voice", type_tag=ActiveSpeakersChanged.TYPE
         )
@@ -182,7 +182,7 @@ class RoomFanout:
         speakers = self.voice.due(now)
         if speakers is not None:
             frame = binary_frame(encode(ActiveSpeakersChanged(speakers=speakers)))
-            self.voice_frame = frame
+            self.voice_frame = frame if speakers else b""
             self.voice_rounds.offer(frame, 0)
         at = self.voice.next_check(now)
         if at is not None:

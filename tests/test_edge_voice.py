@@ -107,4 +107,8 @@ async def test_room_fanout_frames_the_merged_speakers_once_for_every_socket() ->
     message = decode(frame_payload(members[0].voice[1]))
     assert isinstance(message, ActiveSpeakersChanged)
     assert [s.participant_id for s in message.speakers] == ["bob", "alice"]
+    nobody = report("FW_1")
+    room.route("voice", nobody, encode(nobody))
+    await eventually(lambda: len(members[0].voice) == 3, what="the empty list")
+    assert room.voice_frame == b""  # a socket joining now is told nothing
     room.close()
