@@ -11,11 +11,15 @@ every socket promptly. Within a
 round each socket gets the newest frame when its turn comes (latest wins), and at most
 one; a frame that arrives during a round starts another round when this one is over, so
 every socket ends with the final value. A small room is delivered in one slice, at once.
+
+Active speaker frames (`edge.voice`) go out the same way, through a `CountsRounds` of their
+own that calls each member's `deliver_voice` instead of `deliver_counts`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -46,6 +50,8 @@ class CountsRounds:
         share: float = CPU_SHARE,
         slice_s: float = SLICE_S,
         clock: Callable[[], float] = time.process_time,
+        method: str = "deliver_counts",
+        type_tag: str = "counts",
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError("share must be in (0, 1]")
@@ -54,6 +60,10 @@ class CountsRounds:
         self.share = share
         self.slice_s = slice_s
         self.clock = clock
+        self.method = method
+        """The member method each frame goes to: `deliver_counts(frame, seq)`, or another
+        with that signature."""
+        self.type_tag = type_tag
         self.frame = b""
         self.seq = -1
         self.rounds = 0
@@ -101,18 +111,18 @@ class CountsRounds:
         start = clock()
         busy = start - self._paused_at >= self._pause / 2  # others used the last pause
         deadline = start + self.slice_s
-        frame, seq = self.frame, self.seq
+        deliver = operator.methodcaller(self.method, self.frame, self.seq)
         k, end = self._next, len(members)
         delivered = 0
         while k < end:
             stop = min(end, k + _CHECK_EVERY)
             for member in members[k:stop]:
-                if member.deliver_counts(frame, seq):
+                if deliver(member):
                     delivered += 1
             k = stop
             if clock() >= deadline:
                 break
-        self.metrics.frame_out("counts", delivered)
+        self.metrics.frame_out(self.type_tag, delivered)
         self._paused_at = clock()
         self._pause = (self._paused_at - start) * (1 - self.share) / self.share
         pause = self._pause if busy else 0.0

@@ -13,6 +13,9 @@ it goes:
 - ``mod``: the same, to sockets whose grant has `can_moderate` only.
 - ``counts``: to every socket through its latest-wins slot, within a CPU budget
   (`edge.counts.CountsRounds`: a storm's counts cannot starve the joins).
+- ``voice``: forwarders' `SpeakerReport`s, merged and coalesced per room (`edge.voice`);
+  the merged `active_speakers` frame, framed once, goes to every socket through its own
+  latest-wins slot, within the counts CPU budget; a socket joining later gets the last one.
 - ``data``: to sockets with `can_subscribe_data`, never to the sender's sid, and only to
   `destination_ids` (participant ids) when there are any; only while the room is within
   its data byte budget (`DataLimits`): a frame beyond it is delivered to no one here and
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Protocol
 
 from nats.aio.msg import Msg
@@ -38,10 +42,12 @@ from edge.bus import BusPort, BusUnavailable
 from edge.counts import CountsRounds
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits, TokenBucket
+from edge.voice import RoomVoice
 from edge.wsframe import binary_frame
 from roomlog.seam import Unsubscribable
-from schemas.client import CountsChanged, DataReceived, Disconnect
-from schemas.codec import Message, SchemaError, decode
+from schemas.client import ActiveSpeakersChanged, CountsChanged, DataReceived, Disconnect
+from schemas.codec import Message, SchemaError, decode, encode
+from schemas.media import SpeakerReport
 from schemas.models import Grant
 from schemas.subjects import room_wildcard
 
@@ -66,6 +72,10 @@ class Member(Protocol):
     def deliver_counts(self, frame: bytes, seq: int) -> bool:
         """Replace the socket's pending counts frame (a complete WebSocket frame); True
         when it went out or waits in the socket's queue."""
+
+    def deliver_voice(self, frame: bytes, seq: int) -> bool:
+        """Replace the socket's pending active speakers frame (`seq` unused); True when it
+        went out or waits in the socket's queue."""
 
     def room_ended(self, frame: bytes, reason: str) -> None:
         """The room is gone: send `frame` (a disconnect, framed) and close."""
@@ -112,6 +122,13 @@ class RoomFanout:
         self._mod = _SeqFilter()
         self._counts_seq = -1
         self.counts = CountsRounds(self.members, metrics)
+        self.voice = RoomVoice()
+        self.voice_frame = b""
+        """The last `active_speakers` frame sent, for late joiners (b"": nobody talks)."""
+        self.voice_rounds = CountsRounds(
+            self.members, metrics, method="deliver_voice", type_tag=ActiveSpeakersChanged.TYPE
+        )
+        self._voice_timer: asyncio.TimerHandle | None = None
 
     async def on_message(self, msg: Msg) -> None:
         """The subscription's callback: route one broadcast to the local sockets."""
@@ -135,6 +152,10 @@ class RoomFanout:
         elif channel == "data":
             if isinstance(message, DataReceived):
                 self._data(message, data)
+        elif channel == "voice":
+            if isinstance(message, SpeakerReport) and message.room_id == self.room_id:
+                self.voice.report(message, _now_ms())
+                self._voice_check()
         elif channel in ("speakers", "mod"):
             if isinstance(message, Disconnect):
                 frame = binary_frame(data)
@@ -152,6 +173,29 @@ class RoomFanout:
             for member in list(self.members.values()):
                 if not moderators_only or member.grant.can_moderate:
                     member.deliver(frame, message.TYPE, seq)
+
+    def _voice_check(self) -> None:
+        if self._voice_timer is not None:
+            self._voice_timer.cancel()
+            self._voice_timer = None
+        now = _now_ms()
+        speakers = self.voice.due(now)
+        if speakers is not None:
+            frame = binary_frame(encode(ActiveSpeakersChanged(speakers=speakers)))
+            self.voice_frame = frame if speakers else b""
+            self.voice_rounds.offer(frame, 0)
+        at = self.voice.next_check(now)
+        if at is not None:
+            loop = asyncio.get_running_loop()
+            self._voice_timer = loop.call_later(max(at - now, 1) / 1000, self._voice_check)
+
+    def close(self) -> None:
+        """Stop every delivery timer (the room has no local sockets here any more)."""
+        self.counts.close()
+        self.voice_rounds.close()
+        if self._voice_timer is not None:
+            self._voice_timer.cancel()
+            self._voice_timer = None
 
     def admit_data(self, sid: str, size: int) -> bool:
         """Take `size` bytes from member `sid`'s data budget; False when over it."""
@@ -234,6 +278,8 @@ class Fanout:
         except BaseException:
             room.members.pop(member.sid, None)
             raise
+        if room.voice_frame:
+            member.deliver_voice(room.voice_frame, 0)
 
     async def remove(self, room_id: str, member: Member) -> None:
         """Take a socket out of its room; the last one out unsubscribes."""
@@ -245,7 +291,7 @@ class Fanout:
         if room.members:
             return
         del self.rooms[room_id]
-        room.counts.close()
+        room.close()
         if room.ready.done():
             await self._unsubscribe(room)
 
@@ -259,9 +305,13 @@ class Fanout:
         """Drop every room subscription (the edge is stopping)."""
         rooms, self.rooms = list(self.rooms.values()), {}
         for room in rooms:
-            room.counts.close()
+            room.close()
             room.members.clear()
             await self._unsubscribe(room)
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 __all__ = ["Fanout", "Member", "RoomFanout"]

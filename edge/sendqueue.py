@@ -10,8 +10,9 @@ Frames are never dropped silently: when `capacity` frames wait, the next `put` f
 queue reports the overflow once (the session closes the socket with `SLOW_CONSUMER` 4010)
 and discards what it held. Count updates coalesce into one slot (latest wins) that keeps its
 place in line: the first update since the last write enqueues a marker; later ones only
-replace the slot's bytes. A close is queued like a frame, so the frames before it go out
-first; `abort` closes at once, dropping the rest.
+replace the slot's bytes. Active speaker updates have a slot of their own, the same way.
+A close is queued like a frame, so the frames before it go out first; `abort` closes at
+once, dropping the rest.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ class _CloseMark:
     reason: str
 
 
-class _CountsMark:
-    """Where the coalesced counts slot sits in line."""
+class _SlotMark:
+    """Where a coalesced slot (counts, or active speakers) sits in line."""
 
 
-_COUNTS = _CountsMark()
-_Item = bytes | _CountsMark | _CloseMark
+_COUNTS = _SlotMark()
+_VOICE = _SlotMark()
+_Item = bytes | _SlotMark | _CloseMark
 
 
 class SendQueue:
@@ -74,6 +76,8 @@ class SendQueue:
         "_items",
         "_on_overflow",
         "_sink",
+        "_voice",
+        "_voice_queued",
         "capacity",
         "closing",
         "finished",
@@ -94,6 +98,8 @@ class SendQueue:
         """Frames waiting for the paused sink (None while none wait: no deque per socket)."""
         self._counts: bytes | None = None
         self._counts_queued = False
+        self._voice: bytes | None = None
+        self._voice_queued = False
         self.closing = False
         """True once a close is queued (or the queue was aborted): nothing more goes in."""
         self.finished = False
@@ -124,6 +130,20 @@ class SendQueue:
         if self._items:  # it waits in line: later updates replace it there
             self._counts = frame
             self._counts_queued = True
+        return True
+
+    def put_voice(self, frame: bytes) -> bool:
+        """Replace the coalesced active speakers frame (like `put_counts`, its own slot)."""
+        if self.closing:
+            return False
+        if self._voice_queued:
+            self._voice = frame
+            return True
+        if not self._write_or_queue(frame, _VOICE):
+            return False
+        if self._items:
+            self._voice = frame
+            self._voice_queued = True
         return True
 
     def _write_or_queue(self, frame: bytes, item: _Item) -> bool:
@@ -167,6 +187,8 @@ class SendQueue:
         self._items = None
         self._counts = None
         self._counts_queued = False
+        self._voice = None
+        self._voice_queued = False
         self.closing = True
         self._close(code, reason)
 
@@ -180,11 +202,16 @@ class SendQueue:
                 self._items = None
                 self._close(item.code, item.reason)
                 return
-            if isinstance(item, _CountsMark):
-                data, self._counts = self._counts, None
-                self._counts_queued = False
-                if data is None:
+            if isinstance(item, _SlotMark):
+                if item is _COUNTS:
+                    slot, self._counts = self._counts, None
+                    self._counts_queued = False
+                else:
+                    slot, self._voice = self._voice, None
+                    self._voice_queued = False
+                if slot is None:
                     continue
+                data = slot
             else:
                 data = item
             sink.write(data)
@@ -205,6 +232,7 @@ class SendQueue:
         self.closing = True
         self._items = None
         self._counts = None
+        self._voice = None
         if not self.finished:
             self.finished = True
             if self.on_finished is not None:

@@ -50,6 +50,7 @@ from edge.sendqueue import FrameSink, SendQueue
 from edge.wsframe import binary_frame
 from schemas.client import (
     Ack,
+    ActiveSpeakersChanged,
     Disconnect,
     Error,
     JoinAccepted,
@@ -98,6 +99,7 @@ class EdgeSession:
         "_msg_ids",
         "_pending",
         "_pending_counts",
+        "_pending_voice",
         "_server_ended",
         "_socket_gone",
         "_winding_down",
@@ -162,6 +164,7 @@ class EdgeSession:
         self.leave_req: int | None = None
         self._pending: list[tuple[bytes, str, int]] = []
         self._pending_counts: tuple[bytes, int] | None = None
+        self._pending_voice: bytes | None = None
         self._in_room = False
         self._server_ended = False
         self._socket_gone = False
@@ -396,6 +399,14 @@ class EdgeSession:
             self._pending_counts = (frame, seq)
         return False
 
+    def deliver_voice(self, frame: bytes, seq: int) -> bool:
+        state = self.state
+        if state is EdgeSessionState.JOINED:
+            return self.queue.put_voice(frame)
+        if state is EdgeSessionState.CONNECTING:
+            self._pending_voice = frame
+        return False
+
     def room_ended(self, frame: bytes, reason: str) -> None:
         if self.state in (EdgeSessionState.CONNECTING, EdgeSessionState.JOINED):
             self.put_frame(frame, Disconnect.TYPE)
@@ -459,6 +470,9 @@ class EdgeSession:
         counts, self._pending_counts = self._pending_counts, None
         if counts is not None and counts[1] >= message.seq and self.queue.put_counts(counts[0]):
             self.node.metrics.frame_out("counts")
+        voice, self._pending_voice = self._pending_voice, None
+        if voice is not None and self.queue.put_voice(voice):
+            self.node.metrics.frame_out(ActiveSpeakersChanged.TYPE)
         attempt.done.set()
 
     def _errored(self, message: Error, data: bytes) -> None:

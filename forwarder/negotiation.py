@@ -10,12 +10,13 @@ remote descriptions and ICE candidates with aiortc's failures named (`InvalidSdp
 
 from __future__ import annotations
 
+import copy
+
 from aiortc import (
     RTCIceCandidate,
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpCodecParameters,
-    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.codecs import is_rtx
@@ -30,29 +31,50 @@ from forwarder.errors import (
     NoForwardableCodec,
     WrongMediaSections,
 )
+from rtc.aiortc_adapter import codec_capabilities
 from rtc.packets import CodecInfo, MediaKind
 
+_RED = "audio/red"
+
 FORWARDABLE_CODECS: dict[str, tuple[str, ...]] = {
-    "video": ("video/vp8", "video/h264"),
+    "video": ("video/vp8", "video/h264", "video/vp9", "video/av1"),
     "audio": ("audio/opus", "audio/g722", "audio/pcmu", "audio/pcma"),
 }
-"""What a publisher may send, by preference: every subscriber must take the same codec."""
+"""What a publisher may send: every subscriber must take the same codec."""
 
 
 def pick_forwardable(
     kind: MediaKind, codecs: list[RTCRtpCodecParameters]
 ) -> list[RTCRtpCodecParameters]:
-    """The preferred forwardable codec among `codecs`, with its RTX if negotiated."""
-    for mime_type in FORWARDABLE_CODECS[kind]:
-        for codec in codecs:
-            if codec.mimeType.lower() == mime_type and not (
-                mime_type == "video/h264" and str(codec.parameters.get("packetization-mode")) != "1"
-            ):
-                rtx = [
-                    c for c in codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType
-                ]
-                return [codec, *rtx[:1]]
+    """The publisher's first forwardable codec among `codecs`, with its RTX if negotiated.
+
+    `codecs` are in the offer's order, which is the publisher's preference (a browser puts
+    VP8 first unless told otherwise, e.g. by the browser SDK's `codec` publish option);
+    H.264 only with packetization-mode 1. RED (RFC 2198) listed before Opus is kept in
+    front of it, so the publisher sends Opus with redundancy; the track's codec
+    (`track_codec`) is still Opus.
+    """
+    allowed = FORWARDABLE_CODECS[kind]
+    media = [c for c in codecs if not is_rtx(c) and c.mimeType.lower() in (*allowed, _RED)]
+    if media and media[0].mimeType.lower() == _RED:
+        opus = [c for c in codecs if c.mimeType.lower() == "audio/opus"]
+        if opus:
+            red = copy.deepcopy(media[0])
+            red.parameters = {f"{opus[0].payloadType}/{opus[0].payloadType}": None}
+            return [red, opus[0]]
+    for codec in codecs:
+        mime_type = codec.mimeType.lower()
+        if mime_type in allowed and not (
+            mime_type == "video/h264" and str(codec.parameters.get("packetization-mode")) != "1"
+        ):
+            rtx = [c for c in codecs if is_rtx(c) and c.parameters.get("apt") == codec.payloadType]
+            return [codec, *rtx[:1]]
     raise NoForwardableCodec(kind, [c.mimeType for c in codecs if not is_rtx(c)])
+
+
+def track_codec(codecs: list[RTCRtpCodecParameters]) -> RTCRtpCodecParameters:
+    """The codec a track is carried in, among those `pick_forwardable` kept (not RED)."""
+    return next(c for c in codecs if c.mimeType.lower() != _RED)
 
 
 def pick_matching(
@@ -142,12 +164,15 @@ def parse_candidate(
 
 def capabilities_for(codec: CodecInfo) -> list[RTCRtpCodecCapability]:
     """The subscriber leg's codec preferences: exactly the publisher's codec (+ RTX)."""
-    capabilities = RTCRtpSender.getCapabilities(codec.kind).codecs
+    capabilities = codec_capabilities(codec.kind)
     chosen = [c for c in capabilities if codec_info(codec.kind, c) == codec]
     if not chosen:
         raise NoForwardableCodec(codec.kind, [codec.mime_type])
     rtx = [c for c in capabilities if is_rtx(c)] if codec.kind == "video" else []
-    return chosen[:1] + rtx[:1]
+    # Opus legs also offer RED: a leg that gets it receives a RED publisher's packets as
+    # they are; one that does not gets their primary block as plain Opus.
+    red = [c for c in capabilities if c.mimeType.lower() == _RED] if codec.name == "OPUS" else []
+    return chosen[:1] + rtx[:1] + red[:1]
 
 
 def codec_info(kind: MediaKind, codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> CodecInfo:

@@ -35,6 +35,7 @@ from forwarder.negotiation import (
     parse_candidate,
     pick_forwardable,
     pick_matching,
+    track_codec,
 )
 from forwarder.router import Router
 from rtc.aiortc_adapter import (
@@ -43,6 +44,8 @@ from rtc.aiortc_adapter import (
     keep_codecs,
     label_sender,
     negotiated_codecs,
+    pass_through_codecs,
+    prefer_codecs,
 )
 from rtc.packets import CodecInfo, MediaKind, MediaPacket
 
@@ -129,6 +132,9 @@ class Forwarder:
         self._epochs: dict[str, int] = {}
         self._next_epoch = 1
         self.state = ForwarderState.OPEN
+        self.on_audio_level: Callable[[str, int], None] | None = None
+        """Given (track id, -dBov) for every received audio packet carrying an RFC 6464
+        level (the active speaker detector's input)."""
 
     @property
     def peer_connections(self) -> list[RTCPeerConnection]:
@@ -143,6 +149,11 @@ class Forwarder:
         if owner is None or track_id not in owner.streams:
             raise TrackNotFound(track_id)
         return owner.streams[track_id]
+
+    @property
+    def subscriber_ids(self) -> list[str]:
+        """Every subscriber connection's id (for counters and tests)."""
+        return list(self._subscribers)
 
     def legs(self, subscriber_id: str) -> dict[str, SubscriberLeg]:
         return dict(self._subscriber(subscriber_id).legs)
@@ -165,7 +176,7 @@ class Forwarder:
         connection, keyed by its track sid; a participant id works for a multi-track one).
         `track_ids` maps an offer's MID to the track id to publish it as (the track sid the
         room gave it); a MID not in it becomes ``"<publisher_key>:<mid>"``. The answer keeps
-        one codec per track (VP8 before H.264; Opus first), since subscribers get the
+        one codec per track (the offer's first forwardable one), since subscribers get the
         publisher's packets unchanged.
         """
         self._check_open("add_publisher")
@@ -252,7 +263,8 @@ class Forwarder:
         publisher = _Publisher(publisher_key, pc)
         published: list[PublishedTrack] = []
         try:
-            await apply_remote(pc, offer_sdp, "offer")
+            with pass_through_codecs():
+                await apply_remote(pc, offer_sdp, "offer")
             for transceiver in pc.getTransceivers():
                 if transceiver.receiver.track is None or transceiver.mid is None:
                     continue  # nothing to receive on this m-line
@@ -269,12 +281,14 @@ class Forwarder:
                         raise TracksChanged(publisher_key, sorted(keep), [track_id])
                     codecs = pick_matching(track_id, keep[track_id], kind, offered)
                 keep_codecs(transceiver, codecs)
-                codec = codec_info(kind, codecs[0]) if keep is None else keep[track_id]
+                codec = codec_info(kind, track_codec(codecs)) if keep is None else keep[track_id]
                 published.append(PublishedTrack(track_id, kind, mid, codec))
+                forward = self._forward_audio if kind == "audio" else self.router.forward
                 publisher.streams[track_id] = InboundStream(
-                    transceiver.receiver, functools.partial(self.router.forward, track_id)
+                    transceiver.receiver, functools.partial(forward, track_id)
                 )
-            await pc.setLocalDescription(await pc.createAnswer())
+            with pass_through_codecs():
+                await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             for stream in publisher.streams.values():
                 stream.close()
@@ -334,7 +348,7 @@ class Forwarder:
         try:
             for track_id, codec in codecs.items():
                 transceiver = pc.addTransceiver(codec.kind, direction="sendonly")
-                transceiver.setCodecPreferences(capabilities_for(codec))
+                prefer_codecs(transceiver, capabilities_for(codec))
                 leg = SubscriberLeg(subscriber_id, track_id)
                 leg.stream = OutboundStream(
                     transceiver.sender,
@@ -344,7 +358,8 @@ class Forwarder:
                 stream_id = self._track_owner.get(track_id, track_id)
                 label_sender(transceiver.sender, stream_id=stream_id, track_id=track_id)
                 subscriber.legs[track_id] = leg
-            await pc.setLocalDescription(await pc.createOffer())
+            with pass_through_codecs():
+                await pc.setLocalDescription(await pc.createOffer())
             self._check_open("add_subscriber")  # after the awaits, as in add_publisher
             if subscriber_id in self._subscribers:
                 raise DuplicateSession(subscriber_id)
@@ -358,7 +373,8 @@ class Forwarder:
         """Apply the subscriber's answer; its legs start forwarding once connected."""
         self._check_open("set_subscriber_answer")
         subscriber = self._subscriber(subscriber_id)
-        await apply_remote(subscriber.pc, answer_sdp, "answer")
+        with pass_through_codecs():
+            await apply_remote(subscriber.pc, answer_sdp, "answer")
 
     async def add_ice_candidate(
         self,
@@ -420,6 +436,13 @@ class Forwarder:
         for track_id in list(self._relayed):
             self.remove_relayed_track(track_id)
         self.router.close()
+
+    async def _forward_audio(self, track_id: str, packet: MediaPacket) -> int:
+        level = packet.audio_level
+        on_level = self.on_audio_level
+        if level is not None and on_level is not None:
+            on_level(track_id, level[1])
+        return await self.router.forward(track_id, packet)
 
     def _is_published(self, track_id: str) -> bool:
         return track_id in self._track_owner or track_id in self._relayed

@@ -66,6 +66,7 @@ def packet_to_wire(track_sid: str, packet: MediaPacket, sequence_number: int) ->
         voice_activity=None if level is None else level[0],
         audio_level=None if level is None else level[1],
         padding_size=packet.padding_size,
+        red=packet.red,
     )
 
 
@@ -80,4 +81,5 @@ def packet_from_wire(packet: RelayPacket) -> MediaPacket:
         payload_type=packet.payload_type & 0x7F,
         audio_level=None if level is None else (bool(packet.voice_activity), level & 0x7F),
         padding_size=max(packet.padding_size, 0),
+        red=packet.red,
     )

@@ -11,6 +11,8 @@ Subjects, for a forwarder ``<id>``:
   Every failure is answered with `schemas.client.Error` and the code of the named error.
 - ``relay(id, track)`` (core): packets of tracks relayed here (`forwarder.relay`).
 - ``FORWARDER_HEARTBEAT``: a `ForwarderHeartbeat` every interval; one with `stopping` last.
+- ``room_voice(room)`` (core): `SpeakerReport`, who is talking among the room's audio
+  published here (`forwarder.voice`), on change at most every 250 ms, refreshed each second.
 
 Signaling requests are answered in their own tasks (bounded by `max_requests`) under
 their session's lock (`forwarder.sessions`). Relay requests touch only the router and are
@@ -42,11 +44,13 @@ from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S, codec_to_wire
 from forwarder.relay_in import RelayIn
 from forwarder.relay_out import OutgoingRelays
 from forwarder.sessions import SIGNALING_REQUESTS, MediaSessions, SessionKey
+from forwarder.voice import RoomVoices
 from schemas.client import Error
 from schemas.clock import now_ms
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.media import (
+    VOICE_REPORT_INTERVAL_MS,
     ForwarderHeartbeat,
     ForwarderOk,
     MediaSession,
@@ -60,6 +64,7 @@ from schemas.subjects import (
     forwarder_rpc,
     forwarder_sessions,
     is_generated_id,
+    room_voice,
 )
 
 log = logging.getLogger("stagecast.forwarder")
@@ -117,6 +122,7 @@ class ForwarderService:
         self._requests: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._voice: asyncio.Task[None] | None = None
         self._counted_at = time.monotonic()
         self._counted_packets = 0
         self.sessions_ignored = 0
@@ -168,6 +174,7 @@ class ForwarderService:
         await self.nc.flush(timeout=max(1, round(self._request_timeout)))
         await self._send_heartbeat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="forwarder heartbeat")
+        self._voice = asyncio.create_task(self._voice_loop(), name="forwarder speaker reports")
         log.info("forwarder %s started", self.forwarder_id)
 
     async def stop(self) -> None:
@@ -180,7 +187,7 @@ class ForwarderService:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
-        tasks = [t for t in (self._heartbeat, *self._requests) if t is not None]
+        tasks = [t for t in (self._heartbeat, self._voice, *self._requests) if t is not None]
         tasks += self._sessions.tasks
         await _cancel(tasks)
         # a polite RelayStop each; the origins' leases cover whatever does not arrive
@@ -282,6 +289,23 @@ class ForwarderService:
         now = asyncio.get_running_loop().time()
         self._relays_out.renew(track_sid, request.to_forwarder, now)
         return RelayAccepted(codec=codec_to_wire(self.forwarder.router.codec(track_sid)))
+
+    # ------------------------------------------------------------------ active speakers
+
+    @property
+    def voices(self) -> RoomVoices:
+        """The audio tracks published here by room, and their speaker reports."""
+        return self._sessions.voices
+
+    async def _voice_loop(self) -> None:
+        interval = VOICE_REPORT_INTERVAL_MS / 1000
+        while True:
+            await asyncio.sleep(interval)
+            for report in self._sessions.voices.tick(int(time.monotonic() * 1000)):
+                try:
+                    await self.nc.publish(room_voice(report.room_id), encode(report))
+                except Exception as exc:  # the next change or refresh goes out again
+                    log.warning("speaker report for %s not sent: %r", report.room_id, exc)
 
     # ------------------------------------------------------------------ heartbeat
 

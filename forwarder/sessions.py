@@ -38,6 +38,7 @@ from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_REFRESH_S
 from forwarder.relay_in import IncomingRelays, RelayIn
 from forwarder.relay_out import OutgoingRelays
+from forwarder.voice import RoomVoices
 from schemas.client import SignalOffer
 from schemas.codec import Message, encode
 from schemas.media import (
@@ -118,6 +119,9 @@ class MediaSessions:
         self.nc = nc
         self.forwarder = forwarder
         self.forwarder_id = forwarder_id
+        self.voices = RoomVoices(forwarder_id)
+        """The audio tracks published here by room (their speakers are reported)."""
+        forwarder.on_audio_level = self.voices.observe
         self.running = False
         self._sessions: dict[SessionKey, _Session] = {}
         self._closed_sessions: OrderedDict[SessionKey, int] = OrderedDict()
@@ -253,6 +257,10 @@ class MediaSessions:
             state = tracks.get(track_sid)
             if state is not None:
                 self.forwarder.set_muted(track_sid, state.muted)
+                if state.kind == "audio":
+                    self.voices.publish(
+                        track_sid, session.room_id, desired.identity, muted=state.muted
+                    )
             elif track_sid in session.listed:
                 await self._unpublish(session, track_sid)
                 session.retired.add(track_sid)
@@ -316,6 +324,7 @@ class MediaSessions:
     async def _unpublish(self, session: _Session, track_sid: str) -> None:
         """Close a publisher connection; its legs and outgoing relays go with it."""
         session.publications.discard(track_sid)
+        self.voices.unpublish(track_sid)
         self._owners.pop(track_sid, None)
         self._relays_out.forget_track(track_sid)
         with contextlib.suppress(ParticipantNotFound):
@@ -387,6 +396,10 @@ class MediaSessions:
             for track in desired.tracks if desired is not None else ():
                 if track.track_sid == track_sid:
                     self.forwarder.set_muted(track_sid, track.muted)
+                    if desired is not None and track.kind == "audio":
+                        self.voices.publish(
+                            track_sid, request.room_id, desired.identity, muted=track.muted
+                        )
         self._kick_wanting(track_sid)
         return answer.answer_sdp
 

@@ -182,6 +182,7 @@ def permissions(role: Role) -> Permissions:
                 f"{FORWARDER_PREFIX}.*.rpc",
                 f"{RELAY_PREFIX}.*.*",
                 "stagecast.sess.*.*",  # a subscriber offer to the session's edge
+                _room("voice"),  # who is talking (speaker reports, merged by edges)
             ),
             subscribe=(
                 f"{FORWARDER_PREFIX}.*.sessions",

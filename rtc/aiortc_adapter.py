@@ -17,6 +17,14 @@ neither. This adapter turns aiortc's receivers and senders into packet pipes:
   the subscriber's PLI/FIR reach `on_keyframe_request`. `drop` injects loss (for tests and
   fault drills) after a packet entered the history, so NACK/RTX repairs it.
 
+Pass-through codecs: aiortc negotiates only the codecs it can encode and decode (VP8, H.264,
+Opus, G.722, G.711). A forwarder does neither, so it also negotiates VP9 and AV1
+(`PASS_THROUGH_CODECS`) on its own connections: aiortc's peer connection reads its codec
+table through `_CodecTable`, which adds them only inside `pass_through_codecs()` (a context
+variable, so an SDK peer in the same process never offers a codec it cannot decode).
+`codec_capabilities` and `prefer_codecs` are the matching capability list and
+setCodecPreferences.
+
 `allow_loopback_candidates()` makes aioice (aiortc's ICE) offer 127.0.0.1 on a host with
 no other IPv4 address, such as a loopback-only network namespace.
 
@@ -27,18 +35,30 @@ checks each of them on the pinned version, so an aiortc upgrade fails loudly the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import dataclasses
 import logging
 import struct
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aioice.ice
 import aiortc
+import aiortc.codecs
+import aiortc.rtcpeerconnection
 import pylibsrtp
-from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import (
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import RTCRtcpFeedback
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -51,7 +71,7 @@ from aiortc.rtp import (
 )
 
 from rtc.errors import InvalidStateError, UnsupportedAiortc
-from rtc.packets import MediaPacket, RtpWriter
+from rtc.packets import MediaPacket, RtpWriter, red_primary, red_retyped
 
 AIORTC_VERSION = "1.16.0"
 
@@ -118,7 +138,9 @@ PRIVATE_SENDER_ATTRIBUTES = (
 )
 PRIVATE_SENDER_METHODS = ("_run_rtp", "_send_keyframe", "_handle_rtcp_packet", "_retransmit")
 PRIVATE_TRANSPORT_NAMES = ("_send_rtp", "_rtp_router")  # on RTCDtlsTransport
-PRIVATE_TRANSCEIVER_ATTRIBUTES = ("_codecs",)
+PRIVATE_TRANSCEIVER_ATTRIBUTES = ("_codecs", "_preferred_codecs")
+PRIVATE_MODULE_NAMES = ((aiortc.rtcpeerconnection, "CODECS"),)
+"""Module globals replaced here (`_CodecTable`)."""
 
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -129,6 +151,99 @@ AIOICE_HOST_ADDRESSES = "get_host_addresses"  # aioice.ice: (use_ipv4, use_ipv6)
 
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _ABS_SEND_TIME_UNITS = 1 << 18  # 6.18 fixed point seconds; the offset above is 0 mod 64
+
+
+def _pass_through_video(
+    mime_type: str, payload_type: int, **parameters: str | int
+) -> list[RTCRtpCodecParameters]:
+    feedback = [
+        RTCRtcpFeedback(type="nack"),
+        RTCRtcpFeedback(type="nack", parameter="pli"),
+        RTCRtcpFeedback(type="goog-remb"),
+    ]
+    return [
+        RTCRtpCodecParameters(
+            mimeType=mime_type,
+            clockRate=90000,
+            payloadType=payload_type,
+            rtcpFeedback=feedback,
+            parameters=dict(parameters),
+        ),
+        RTCRtpCodecParameters(
+            mimeType="video/rtx",
+            clockRate=90000,
+            payloadType=payload_type + 1,
+            parameters={"apt": payload_type},
+        ),
+    ]
+
+
+RED_PAYLOAD_TYPE = 63
+"""RED's payload type in the forwarder's offers (as Chromium's); its fmtp names aiortc's
+Opus payload type, 96."""
+
+PASS_THROUGH_CODECS: dict[str, list[RTCRtpCodecParameters]] = {
+    "audio": [
+        RTCRtpCodecParameters(
+            mimeType="audio/red",
+            clockRate=48000,
+            channels=2,
+            payloadType=RED_PAYLOAD_TYPE,
+            parameters={"96/96": None},
+        )
+    ],
+    "video": [
+        *_pass_through_video("video/VP9", 103, **{"profile-id": 0}),
+        *_pass_through_video("video/AV1", 105),
+    ],
+}
+"""Codecs a forwarder carries without an aiortc encoder or decoder (after aiortc's own,
+so a publisher offering several gets the one it lists first among all of them)."""
+
+_pass_through = contextvars.ContextVar("stagecast_pass_through_codecs", default=False)
+
+
+class _CodecTable(dict[str, list[RTCRtpCodecParameters]]):
+    """aiortc's codec table, plus `PASS_THROUGH_CODECS` inside `pass_through_codecs()`."""
+
+    def __getitem__(self, kind: str) -> list[RTCRtpCodecParameters]:
+        own = super().__getitem__(kind)
+        if _pass_through.get():
+            return own + PASS_THROUGH_CODECS.get(kind, [])
+        return own
+
+
+if not isinstance(getattr(aiortc.rtcpeerconnection, "CODECS"), _CodecTable):  # noqa: B009
+    setattr(aiortc.rtcpeerconnection, "CODECS", _CodecTable(aiortc.codecs.CODECS))  # noqa: B010
+
+
+@contextlib.contextmanager
+def pass_through_codecs() -> Iterator[None]:
+    """Offer and accept `PASS_THROUGH_CODECS` in the peer connection calls made inside
+    (this task only: createOffer, createAnswer, setRemoteDescription)."""
+    token = _pass_through.set(True)
+    try:
+        yield
+    finally:
+        _pass_through.reset(token)
+
+
+def codec_capabilities(kind: str) -> list[RTCRtpCodecCapability]:
+    """What a forwarder can carry for `kind`: aiortc's capabilities and the pass-through
+    codecs (each followed by its RTX, as aiortc lists them)."""
+    extra = [
+        RTCRtpCodecCapability(
+            mimeType=c.mimeType, clockRate=c.clockRate, channels=c.channels, parameters=c.parameters
+        )
+        for c in PASS_THROUGH_CODECS.get(kind, [])
+        if not is_rtx(c)
+    ]
+    return list(RTCRtpSender.getCapabilities(kind).codecs) + extra
+
+
+def prefer_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecCapability]) -> None:
+    """setCodecPreferences, pass-through codecs allowed (aiortc's refuses those)."""
+    transceiver._preferred_codecs = list(codecs)
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
@@ -347,6 +462,7 @@ class InboundStream:
                 payload_type=packet.payload_type,
                 audio_level=packet.extensions.audio_level,
                 padding_size=packet.padding_size,
+                red=codec.mimeType == "audio/red",
             )
         )
 
@@ -406,6 +522,7 @@ class OutboundStream:
         self._ssrc: int = sender._ssrc
         self._transport: Any = None
         self._payload_type: int = 0
+        self._red_payload_type: int | None = None
         self._mid: str | None = None
         self._writer: RtpWriter | None = None
         self.rtx_payload_type: int | None = None
@@ -419,6 +536,10 @@ class OutboundStream:
         """Sequence numbers the subscriber NACKed."""
         self.retransmissions: int = 0
         """NACKed packets found in the history and sent again (as RTX when negotiated)."""
+        self.red_sent: int = 0
+        """RED packets sent as RED (the subscriber negotiated it)."""
+        self.red_unwrapped: int = 0
+        """RED packets sent as their primary Opus block (the subscriber has no RED)."""
         self.drop: Callable[[int], bool] | None = None
         """Loss injection: `drop(sequence_number)` True keeps a packet in the history but
         does not send it (tests and fault drills only)."""
@@ -456,8 +577,13 @@ class OutboundStream:
         """Send `packet` on this leg as `sequence_number`; False if it could not be sent."""
         if not self.ready or not self._sender._enabled:
             return False
+        payload_type = self._payload_type
+        if packet.red:
+            packet, payload_type = self._red_for_leg(packet)
+            if not packet.payload:
+                return False
         out = RtpPacket(
-            payload_type=self._payload_type,
+            payload_type=payload_type,
             marker=packet.marker,
             sequence_number=sequence_number,
             timestamp=packet.timestamp,
@@ -473,7 +599,7 @@ class OutboundStream:
         self._history[sequence_number % RTP_HISTORY_SIZE] = out
         writer = self._writer
         data = (
-            writer.serialize(packet, sequence_number, abs_send_time)
+            writer.serialize(packet, sequence_number, abs_send_time, payload_type)
             if writer is not None
             else out.serialize(self._extensions_map)
         )
@@ -502,8 +628,23 @@ class OutboundStream:
         setattr(sender, S_OCTET_COUNT, self.octets_sent)
         return True
 
+    def _red_for_leg(self, packet: MediaPacket) -> tuple[MediaPacket, int]:
+        """A RED packet as this leg takes it: RED with the leg's Opus payload type in its
+        blocks, or its primary block alone (an empty payload when it is malformed)."""
+        red_payload_type = self._red_payload_type
+        if red_payload_type is not None:
+            payload = red_retyped(packet.payload, self._payload_type)
+            self.red_sent += payload is not None
+            return dataclasses.replace(packet, payload=payload or b"", red=False), red_payload_type
+        payload = red_primary(packet.payload)
+        self.red_unwrapped += payload is not None
+        return dataclasses.replace(packet, payload=payload or b"", red=False), self._payload_type
+
     def _start(self, parameters: Any) -> None:
-        self._payload_type = parameters.codecs[0].payloadType
+        media = [c for c in parameters.codecs if c.mimeType.lower() != "audio/red"]
+        red = [c for c in parameters.codecs if c.mimeType.lower() == "audio/red"]
+        self._payload_type = (media or parameters.codecs)[0].payloadType
+        self._red_payload_type = red[0].payloadType if red else None
         self._mid = parameters.muxId
         ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
         writer = RtpWriter(

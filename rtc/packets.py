@@ -50,6 +50,8 @@ class MediaPacket:
     audio_level: tuple[bool, int] | None = None
     """(voice activity, -dBov) from the ssrc-audio-level extension, if the publisher sent it."""
     padding_size: int = 0
+    red: bool = False
+    """The payload is RFC 2198 redundant audio (RED around Opus), not Opus itself."""
 
 
 class RtpWriter:
@@ -91,15 +93,17 @@ class RtpWriter:
         packet: MediaPacket,
         sequence_number: int,
         abs_send_time: int,
+        payload_type: int | None = None,
     ) -> bytes:
-        """The leg's RTP bytes for `packet` (before SRTP)."""
+        """The leg's RTP bytes for `packet` (before SRTP); `payload_type` replaces the
+        leg's for this packet (its RED payload type, say)."""
         ext = self._mid_element
         if self._abs_send_time_id:
             ext += bytes([self._abs_send_time_id << 4 | 2]) + abs_send_time.to_bytes(3, "big")
         level = packet.audio_level
         if self._audio_level_id and level is not None:
             ext += bytes([self._audio_level_id << 4, (0x80 if level[0] else 0) | level[1] & 0x7F])
-        second = (packet.marker << 7) | self._pt
+        second = (packet.marker << 7) | (self._pt if payload_type is None else payload_type)
         if not ext:
             head = _RTP_HEADER.pack(0x80, second, sequence_number, packet.timestamp, self._ssrc)
             return head + packet.payload
@@ -206,15 +210,52 @@ class DuplicateFilter:
 
 
 def is_keyframe_start(codec_name: str, payload: bytes) -> bool:
-    """Whether this RTP payload is the first packet of a keyframe (VP8 and H.264).
+    """Whether this RTP payload is the first packet of a keyframe (VP8, VP9, AV1, H.264).
 
-    Other codecs (audio) have no keyframes: every packet is a starting point.
+    Read from the payload descriptor alone, never decoded. Other codecs (audio) have no
+    keyframes: every packet is a starting point.
     """
     if codec_name == "VP8":
         return _vp8_keyframe_start(payload)
     if codec_name == "H264":
         return _h264_keyframe_start(payload)
+    if codec_name == "VP9":
+        return _vp9_keyframe_start(payload)
+    if codec_name == "AV1":
+        return _av1_keyframe_start(payload)
     return True
+
+
+_VP9_I, _VP9_P, _VP9_L, _VP9_B = 0x80, 0x40, 0x20, 0x08
+
+
+def _vp9_keyframe_start(payload: bytes) -> bool:
+    # RFC 9628 section 4.2: I|P|L|F|B|E|V|Z. A keyframe starts where a frame begins (B)
+    # that is not inter-picture predicted (P clear), in the base spatial layer (SID 0).
+    if not payload:
+        return False
+    first = payload[0]
+    if not first & _VP9_B or first & _VP9_P:
+        return False
+    if not first & _VP9_L:
+        return True
+    pos = 1
+    if first & _VP9_I:  # picture id, 7 or 15 bits
+        if len(payload) <= pos:
+            return False
+        pos += 2 if payload[pos] & 0x80 else 1
+    # layer indices: TID(3) U(1) SID(3) D(1)
+    return len(payload) > pos and (payload[pos] >> 1) & 0x07 == 0
+
+
+_AV1_Z, _AV1_N = 0x80, 0x08
+
+
+def _av1_keyframe_start(payload: bytes) -> bool:
+    # AV1 RTP payload format section 4.4: aggregation header Z|Y|W|W|N|-|-|-. N marks the
+    # first packet of a coded video sequence (a keyframe with its sequence header); Z
+    # clear means the packet does not continue an OBU from the one before.
+    return bool(payload) and bool(payload[0] & _AV1_N) and not payload[0] & _AV1_Z
 
 
 def _vp8_keyframe_start(payload: bytes) -> bool:
@@ -267,3 +308,50 @@ def _h264_keyframe_start(payload: bytes) -> bool:
         fu_header = payload[1]
         return bool(fu_header & 0x80) and fu_header & 0x1F == _H264_IDR
     return False
+
+
+# -- RED (RFC 2198): redundant audio blocks around Opus, handled without decoding -----------
+
+
+def _red_headers(payload: bytes) -> tuple[list[int], list[int], int] | None:
+    """(header positions, redundant block lengths, where the block data starts), or None
+    when the headers run past the payload or the blocks do not fit in it."""
+    positions: list[int] = []
+    lengths: list[int] = []
+    pos = 0
+    while True:
+        if pos >= len(payload):
+            return None
+        positions.append(pos)
+        if not payload[pos] & 0x80:  # F clear: the last (primary) block's 1-byte header
+            pos += 1
+            break
+        if pos + 4 > len(payload):
+            return None
+        lengths.append((payload[pos + 2] & 0x03) << 8 | payload[pos + 3])
+        pos += 4
+    if pos + sum(lengths) > len(payload):
+        return None
+    return positions, lengths, pos
+
+
+def red_primary(payload: bytes) -> bytes | None:
+    """The primary (newest) block of a RED payload, as a plain Opus payload; None if the
+    payload is not well-formed RED."""
+    headers = _red_headers(payload)
+    if headers is None:
+        return None
+    _, lengths, start = headers
+    return payload[start + sum(lengths) :]
+
+
+def red_retyped(payload: bytes, payload_type: int) -> bytes | None:
+    """The RED payload with every block's payload type set to `payload_type` (a leg's own
+    Opus payload type); None if the payload is not well-formed RED."""
+    headers = _red_headers(payload)
+    if headers is None:
+        return None
+    out = bytearray(payload)
+    for pos in headers[0]:
+        out[pos] = (out[pos] & 0x80) | (payload_type & 0x7F)
+    return bytes(out)

@@ -14,6 +14,8 @@ from msgspec import Meta
 
 from schemas.codec import MaxBytes, Message
 from schemas.models import (
+    MAX_ACTIVE_SPEAKERS,
+    ActiveSpeaker,
     Attributes,
     Counts,
     DataPayload,
@@ -257,6 +259,16 @@ class CountsChanged(Message, tag="counts", frozen=True, kw_only=True):
 
     seq: int
     counts: Counts
+
+
+class ActiveSpeakersChanged(Message, tag="active_speakers", frozen=True, kw_only=True):
+    """Who is talking now, loudest first (empty: nobody); at most four per second per room.
+
+    It carries no `seq`: it comes from the media, not the room log, and the newest frame
+    always replaces the one before.
+    """
+
+    speakers: Annotated[tuple[ActiveSpeaker, ...], Meta(max_length=MAX_ACTIVE_SPEAKERS)] = ()
 
 
 class RoomUpdated(Message, tag="room_updated", frozen=True, kw_only=True):

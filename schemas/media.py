@@ -25,7 +25,7 @@ from msgspec import Meta
 
 from schemas.client import MediaTarget, Sdp
 from schemas.codec import MaxBytes, Message, Struct
-from schemas.models import Identity, TrackKind
+from schemas.models import MAX_ACTIVE_SPEAKERS, ActiveSpeaker, Identity, TrackKind
 
 RTP_PAYLOAD_BYTES = 1500
 
@@ -159,6 +159,29 @@ class RelayPacket(Message, tag="fwd.rtp", frozen=True, kw_only=True):
     voice_activity: bool | None = None
     audio_level: int | None = None
     padding_size: int = 0
+    red: bool = False
+    """The payload is RED (RFC 2198) around Opus."""
+
+
+class SpeakerReport(Message, tag="fwd.speakers", frozen=True, kw_only=True):
+    """The speaking participants whose audio one forwarder receives, for one room.
+
+    Published on the room's voice subject on change (at most once per 250 ms per room)
+    and again every second while not empty, so edges can drop a report of a forwarder
+    that went away (`VOICE_REPORT_TTL_MS`). Loudest first.
+    """
+
+    room_id: Identity
+    forwarder_id: Identity
+    speakers: Annotated[tuple[ActiveSpeaker, ...], Meta(max_length=MAX_ACTIVE_SPEAKERS)] = ()
+
+
+VOICE_REPORT_INTERVAL_MS = 250
+"""A forwarder reports a room's speakers at most this often (and only on change)."""
+VOICE_REFRESH_MS = 1000
+"""A non-empty report is repeated this often, changed or not."""
+VOICE_REPORT_TTL_MS = 3000
+"""An edge forgets a forwarder's non-empty report this long after it arrived."""
 
 
 class ForwarderHeartbeat(Message, tag="fwd.heartbeat", frozen=True, kw_only=True):

@@ -91,6 +91,18 @@ class Counts(Struct, frozen=True, kw_only=True):
     total: int = 0
 
 
+MAX_ACTIVE_SPEAKERS = 32
+"""The most speakers one `active_speakers` frame lists (the loudest ones)."""
+
+
+class ActiveSpeaker(Struct, frozen=True, kw_only=True):
+    """A participant who is talking, with their smoothed audio level."""
+
+    participant_id: Identity
+    level: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    """Linear amplitude, 0 (silence) to 1 (full scale), smoothed over about half a second."""
+
+
 class RoomInfo(Struct, frozen=True, kw_only=True):
     """A room as clients and the server API see it."""
 

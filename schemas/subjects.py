@@ -19,6 +19,7 @@ Subjects (``<room>`` is a room token):
 ``stagecast.room.<room>.counts``                coalesced counts (core)
 ``stagecast.room.<room>.mod``                   moderator-only events (core)
 ``stagecast.room.<room>.data``                  data messages (core)
+``stagecast.room.<room>.voice``                 forwarders' speaker reports (core)
 ``stagecast.room.<room>.*``                     everything an edge relays for one room
 ``stagecast.sess.<edge_id>.<sid>``              direct replies to one session (core)
 ``stagecast.sess.<edge_id>.>``                  every session on one edge
@@ -72,6 +73,7 @@ __all__ = [
     "room_mod",
     "room_speakers",
     "room_token",
+    "room_voice",
     "room_wildcard",
     "session",
     "statekeeper_partition_api",
@@ -235,6 +237,11 @@ def room_mod(room_id: str) -> str:
 def room_data(room_id: str) -> str:
     """Data messages of the room."""
     return f"stagecast.room.{room_token(room_id)}.data"
+
+
+def room_voice(room_id: str) -> str:
+    """Forwarders' reports of who is talking in the room (edges merge them)."""
+    return f"stagecast.room.{room_token(room_id)}.voice"
 
 
 def room_wildcard(room_id: str) -> str:

@@ -141,6 +141,55 @@ def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     assert result["video_width"] > 0, result
 
 
+@pytest.mark.timeout(70)
+def test_h264_between_two_chromium_pages(tmp_path: Path) -> None:
+    """A page publishes H.264 (packetization-mode 1, constrained baseline); the forwarder
+    carries it without decoding and another page decodes it."""
+    result = run_scenario("h264_pages", tmp_path)
+    assert result["sent_codec"] == "video/H264", result
+    assert result["forwarded_codec"].lower() == "video/h264", result
+    assert result["forwarded_parameters"]["packetization-mode"] == "1", result
+    assert result["forwarded_parameters"]["profile-level-id"] == "42e01f", result
+    assert result["video_codec"] == "video/H264", result
+    assert result["video_frames_decoded"] > 5 and result["tile_video_width"] > 0, result
+    assert result["forwarded_packets"] > 0, result
+
+
+@pytest.mark.timeout(70)
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+def test_vp9_and_av1_between_two_chromium_pages(tmp_path: Path, codec: str) -> None:
+    """Where both ends offer it, VP9 or AV1 is forwarded as it is (never decoded); the
+    receiving page decodes it, having started at a keyframe found in the payload."""
+    result = run_scenario(f"{codec}_pages", tmp_path)
+    mime = f"video/{codec.upper()}"
+    assert result["sent_codec"] == mime, result
+    assert result["forwarded_codec"] == mime, result
+    assert result["video_codec"] == mime, result
+    assert result["video_frames_decoded"] > 5 and result["tile_video_width"] > 0, result
+
+
+@pytest.mark.timeout(70)
+def test_opus_with_red_passes_through(tmp_path: Path) -> None:
+    """Chromium publishes Opus with RED (RFC 2198): a page that negotiated RED gets it as
+    sent, a Python SDK subscriber (no RED) gets the primary Opus block and decodes it."""
+    result = run_scenario("red_audio", tmp_path)
+    assert result["track_codec"] == "audio/opus", result
+    assert result["audio_packets"] > 20, result
+    assert sorted(n > 0 for n in result["red_sent"]) == [False, True], result
+    assert sorted(n > 0 for n in result["red_unwrapped"]) == [False, True], result
+    assert result["python_frames"] >= 20, result
+
+
+@pytest.mark.timeout(70)
+def test_the_demo_page_outlines_the_speaking_tile(tmp_path: Path) -> None:
+    """A viewer page gets active-speakers-changed and outlines only the talker's tile."""
+    result = run_scenario("speaking_tile", tmp_path)
+    assert result["tiles"] == ["quiet", "talker"], result
+    assert result["speaking"] == ["talker"], result
+    assert result["active"] == ["talker"], result
+    assert result["after"] == [], result
+
+
 @pytest.fixture(scope="module")
 def two_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two Chromium speakers with camera and microphone in one room (run once)."""

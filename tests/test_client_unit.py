@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from schemas.client import (
+    ActiveSpeakersChanged,
     CountsChanged,
     DataReceived,
     Disconnect,
@@ -22,7 +23,7 @@ from schemas.client import (
     TrackPublished,
     TrackUnpublished,
 )
-from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
+from schemas.models import ActiveSpeaker, Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 from stagecast import errors
 from stagecast.client import (
     ConnectionState,
@@ -268,6 +269,28 @@ def test_counts_have_their_own_sequence_and_only_changes_emit() -> None:
     counts = [a[0] for e, a in rec.events if e == "participant-count-changed"]
     assert counts == [ParticipantCounts(2, 5, 7)]
     assert room.counts == ParticipantCounts(2, 5, 7)
+
+
+def test_active_speakers_name_known_participants_loudest_first() -> None:
+    room = new_room(joined(speakers=(speaker("alice"), speaker("bob"))))
+    seen: list[list[str]] = []
+    room.on("active-speakers-changed", lambda ps: seen.append([p.id for p in ps]))
+
+    def frame(*levels: tuple[str, float]) -> ActiveSpeakersChanged:
+        return ActiveSpeakersChanged(
+            speakers=tuple(ActiveSpeaker(participant_id=p, level=lv) for p, lv in levels)
+        )
+
+    room.handle_frame(frame(("bob", 0.3), ("me", 0.2), ("stranger", 0.1)))
+    assert seen == [["bob", "me"]]  # a participant not known here is left out
+    assert [p.id for p in room.active_speakers] == ["bob", "me"]
+    bob, alice = room.remote_participants["bob"], room.remote_participants["alice"]
+    assert bob.is_speaking and bob.audio_level == 0.3
+    assert room.local_participant.is_speaking and not alice.is_speaking
+    room.handle_frame(frame(("alice", 0.4)))
+    assert seen[-1] == ["alice"] and not bob.is_speaking and bob.audio_level == 0.0
+    room.handle_frame(frame())
+    assert seen[-1] == [] and room.active_speakers == [] and not alice.is_speaking
 
 
 def test_duplicate_identity_replaces_the_speaker_object() -> None:

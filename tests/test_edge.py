@@ -576,6 +576,7 @@ class FakeMember:
         self.grant = grant
         self.frames: list[bytes] = []
         self.counts: list[bytes] = []
+        self.voice: list[bytes] = []
         self.ended: list[str] = []
 
     def deliver(self, data: bytes, type_tag: str, seq: int | None) -> None:
@@ -583,6 +584,10 @@ class FakeMember:
 
     def deliver_counts(self, frame: bytes, seq: int) -> bool:
         self.counts.append(frame)
+        return True
+
+    def deliver_voice(self, frame: bytes, seq: int) -> bool:
+        self.voice.append(frame)
         return True
 
     def room_ended(self, data: bytes, reason: str) -> None:

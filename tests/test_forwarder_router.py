@@ -15,6 +15,8 @@ from rtc.packets import (
     MediaPacket,
     SequenceRewriter,
     is_keyframe_start,
+    red_primary,
+    red_retyped,
 )
 
 VP8 = CodecInfo(kind="video", mime_type="video/VP8", clock_rate=90000)
@@ -90,6 +92,26 @@ def test_h264_keyframe_start() -> None:
     assert is_keyframe_start("H264", b"\x7c\x85")  # FU-A, start bit, IDR
     assert not is_keyframe_start("H264", b"\x7c\x05")  # FU-A continuation
     assert not is_keyframe_start("H264", b"\x7c\x81")  # FU-A start of a non-IDR slice
+
+
+def test_vp9_keyframe_start() -> None:
+    assert is_keyframe_start("VP9", bytes([0x08, 0x00]))  # B, not predicted, no layers
+    assert not is_keyframe_start("VP9", bytes([0x48]))  # B but inter-predicted (P)
+    assert not is_keyframe_start("VP9", bytes([0x00]))  # not the start of a frame
+    # I (15-bit picture id) + L: layer byte after the picture id; SID 0 starts, SID 1 not
+    assert is_keyframe_start("VP9", bytes([0xA8, 0x81, 0x23, 0x00, 0x00]))
+    assert not is_keyframe_start("VP9", bytes([0xA8, 0x81, 0x23, 0x02, 0x00]))
+    # 7-bit picture id, then SID 0 with TID 2
+    assert is_keyframe_start("VP9", bytes([0xA8, 0x05, 0x40, 0x00]))
+    assert not is_keyframe_start("VP9", bytes([0xA8, 0x81]))  # truncated descriptor
+    assert not is_keyframe_start("VP9", b"")
+
+
+def test_av1_keyframe_start() -> None:
+    assert is_keyframe_start("AV1", bytes([0x18, 0x0A]))  # N set, W=1, Z clear
+    assert not is_keyframe_start("AV1", bytes([0x10, 0x32]))  # a delta frame: N clear
+    assert not is_keyframe_start("AV1", bytes([0x88]))  # N set but continues an OBU (Z)
+    assert not is_keyframe_start("AV1", b"")
 
 
 def test_audio_packets_are_always_a_starting_point() -> None:
@@ -317,3 +339,30 @@ def test_duplicate_and_unknown_tracks_are_named_errors() -> None:
         router.set_muted("nope", True)
     with pytest.raises(TrackNotFound):
         router.stats("nope")
+
+
+# -- RED (RFC 2198) ------------------------------------------------------------------------
+
+
+def _red(primary: bytes, *older: bytes, pt: int = 111) -> bytes:
+    headers = b"".join(
+        bytes([0x80 | pt]) + ((960 * (k + 1)) << 10 | len(block)).to_bytes(3, "big")
+        for k, block in enumerate(older)
+    )
+    return headers + bytes([pt]) + b"".join(older) + primary
+
+
+def test_red_primary_is_the_newest_block() -> None:
+    assert red_primary(_red(b"new", b"old-1", b"old-2")) == b"new"
+    assert red_primary(_red(b"only")) == b"only"
+    assert red_primary(b"") is None
+    assert red_primary(bytes([0x80 | 111, 0, 0])) is None  # a header cut short
+    assert red_primary(_red(b"new", b"old")[:6]) is None  # blocks longer than the payload
+
+
+def test_red_block_payload_types_are_rewritten_for_a_leg() -> None:
+    payload = _red(b"new", b"old", pt=111)
+    retyped = red_retyped(payload, 96)
+    assert retyped == _red(b"new", b"old", pt=96)
+    assert retyped is not None and red_primary(retyped) == b"new"
+    assert red_retyped(b"\x80", 96) is None

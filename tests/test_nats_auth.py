@@ -94,6 +94,9 @@ def test_each_role_publishes_only_its_own_subjects() -> None:
     assert not any(may_publish(r, event) for r in (Role.EDGE, Role.FORWARDER, Role.WEBHOOK))
     assert not may_subscribe(Role.WEBHOOK, event)  # it reads the stream through a consumer
 
+    assert may_publish(Role.FORWARDER, subjects.room_voice(ROOM))  # speaker reports
+    assert may_subscribe(Role.EDGE, subjects.room_voice(ROOM))
+    assert not any(may_publish(r, subjects.room_voice(ROOM)) for r in (Role.EDGE, Role.WEBHOOK))
     assert may_publish(Role.FORWARDER, subjects.relay("FW_b", "TR_x"))
     assert may_publish(Role.FORWARDER, subjects.session("ED_a", "PA_b"))  # subscriber offers
     assert not may_publish(Role.FORWARDER, subjects.session_reply("ED_a", "PA_b", "c"))

@@ -147,6 +147,42 @@ async def test_every_private_name_the_adapter_uses_exists() -> None:
         await pc.close()
 
 
+def test_replaced_module_names_exist() -> None:
+    for module, name in adapter.PRIVATE_MODULE_NAMES:
+        assert isinstance(getattr(module, name), dict), f"{module.__name__} lost {name}"
+
+
+def _offered_video(sdp: str) -> list[str]:
+    return re.findall(r"a=rtpmap:\d+ (\w+)/90000", sdp)
+
+
+async def test_pass_through_codecs_only_inside_their_context() -> None:
+    """VP9 and AV1 are negotiated by forwarder code only: an SDK peer in the same process
+    (outside the context) never offers a codec aiortc cannot decode."""
+    plain, forwarding = peer(), peer()
+    try:
+        plain.addTransceiver("video", direction="sendonly")
+        await plain.setLocalDescription(await plain.createOffer())
+        assert "VP9" not in _offered_video(plain.localDescription.sdp)
+        transceiver = forwarding.addTransceiver("video", direction="sendonly")
+        vp9 = [c for c in adapter.codec_capabilities("video") if c.mimeType == "video/VP9"]
+        rtx = [c for c in adapter.codec_capabilities("video") if c.mimeType == "video/rtx"]
+        adapter.prefer_codecs(transceiver, vp9 + rtx)
+        with adapter.pass_through_codecs():
+            await forwarding.setLocalDescription(await forwarding.createOffer())
+        assert _offered_video(forwarding.localDescription.sdp) == ["VP9", "rtx"]
+        assert "profile-id=0" in forwarding.localDescription.sdp
+        # the context is over: this task's next offer is aiortc's own again
+        again = peer()
+        again.addTransceiver("video", direction="sendonly")
+        await again.setLocalDescription(await again.createOffer())
+        assert "VP9" not in _offered_video(again.localDescription.sdp)
+        await again.close()
+    finally:
+        await plain.close()
+        await forwarding.close()
+
+
 def test_the_aiortc_methods_the_adapter_mirrors_are_unchanged() -> None:
     for method, expected in FINGERPRINTS.items():
         digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]

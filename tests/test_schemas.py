@@ -53,6 +53,7 @@ from schemas.api import (
 )
 from schemas.client import (
     Ack,
+    ActiveSpeakersChanged,
     CountsChanged,
     DataReceived,
     Disconnect,
@@ -158,9 +159,10 @@ from schemas.media import (
     RelayStart,
     RelayStop,
     RestartSubscription,
+    SpeakerReport,
     SubscriberAnswer,
 )
-from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
+from schemas.models import ActiveSpeaker, Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 
 # --------------------------------------------------------------------------- golden cases
 
@@ -241,6 +243,12 @@ CASES: tuple[Message, ...] = (
     TrackUnpublished(seq=46, participant_id="alice", track_sid="TR_cam", kind="video"),
     TrackMuted(seq=47, participant_id="alice", track_sid="TR_mic", muted=False),
     CountsChanged(seq=48, counts=COUNTS),
+    ActiveSpeakersChanged(
+        speakers=(
+            ActiveSpeaker(participant_id="alice", level=0.5),
+            ActiveSpeaker(participant_id="bob", level=0.125),
+        )
+    ),
     RoomUpdated(seq=49, room=BARE_ROOM),
     HandChanged(seq=50, participant=VIEWER, raised=True),
     ViewerUpdated(seq=51, participant=VIEWER),
@@ -430,6 +438,11 @@ CASES: tuple[Message, ...] = (
         voice_activity=True,
         audio_level=30,
     ),
+    SpeakerReport(
+        room_id="webinar-2026-05",
+        forwarder_id="FW_1",
+        speakers=(ActiveSpeaker(participant_id="alice", level=0.25),),
+    ),
     ForwarderHeartbeat(
         forwarder_id="FW_1",
         at=AT,
@@ -552,6 +565,11 @@ GOLDEN_HEX: dict[str, str] = {
     "counts": (
         "84a174a6636f756e7473a17601a373657130a6636f756e747383a7737065616b657202a6766965776572cd27"
         "10a5746f74616ccd2712"
+    ),
+    "active_speakers": (
+        "83a174af6163746976655f737065616b657273a17601a8737065616b6572739282ae7061727469636970616e"
+        "745f6964a5616c696365a56c6576656ccb3fe000000000000082ae7061727469636970616e745f6964a3626f"
+        "62a56c6576656ccb3fc0000000000000"
     ),
     "room_updated": (
         "84a174ac726f6f6d5f75706461746564a17601a373657131a4726f6f6d82a26964a172a3736964a4524d5f32"
@@ -866,6 +884,11 @@ GOLDEN_HEX: dict[str, str] = {
         "a473737263ce075bcd15ac7061796c6f61645f7479706560ae766f6963655f6163746976697479c3ab617564"
         "696f5f6c6576656c1e"
     ),
+    "fwd.speakers": (
+        "85a174ac6677642e737065616b657273a17601a7726f6f6d5f6964af776562696e61722d323032362d3035ac"
+        "666f727761726465725f6964a446575f31a8737065616b6572739182ae7061727469636970616e745f6964a5"
+        "616c696365a56c6576656ccb3fd0000000000000"
+    ),
     "fwd.heartbeat": (
         "88a174ad6677642e686561727462656174a17601ac666f727761726465725f6964a446575f31a26174cf0000"
         "018bcfe569c8b0706565725f636f6e6e656374696f6e7303b07075626c69736865645f747261636b7301a46c"
@@ -1081,6 +1104,8 @@ def _typed(tp: Any) -> st.SearchStrategy[Any]:
         valid = st.booleans()
     elif tp is int:
         valid = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    elif tp is float:  # bounds included, and just past them
+        valid = st.floats(allow_nan=True) | st.sampled_from([0.0, 1.0, -0.01, 1.01])
     elif origin is tuple:
         at_limit = st.sampled_from([items, items + 1]).map(lambda n: ["x"] * n)
         valid = st.lists(_typed(get_args(tp)[0]), max_size=3) | at_limit

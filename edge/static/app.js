@@ -91,6 +91,7 @@ function enterRoom(room) {
   renderCounts(room.counts);
 
   room.on('participant-count-changed', renderCounts);
+  room.on('active-speakers-changed', renderSpeaking);
   room.on('participant-joined', addRemoteTile);
   room.on('participant-left', (p) => removeTile(p.id));
   room.on('tier-changed', onTierChanged);
@@ -104,6 +105,15 @@ function enterRoom(room) {
   if (room.localParticipant.grant.canModerate) {
     $('host-panel').hidden = false;
     loadAudience(true);
+  }
+}
+
+// The speaking tiles get a highlight (the loudest first in `speakers`).
+function renderSpeaking(speakers) {
+  const talking = new Set(speakers.map((p) => p.id));
+  for (const [id, tile] of demo.tiles) {
+    tile.node.classList.toggle('speaking', talking.has(id));
+    tile.node.dataset.speaking = String(talking.has(id));
   }
 }
 

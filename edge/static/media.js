@@ -83,7 +83,8 @@ export class MediaTransport {
     const entry = { pc, publication, restarts: old?.restarts ?? 0 };
     this.publishers.set(sid, entry);
     old?.pc.close();
-    pc.addTransceiver(publication.track, { direction: 'sendonly' });
+    const transceiver = pc.addTransceiver(publication.track, { direction: 'sendonly' });
+    if (publication.codec) preferCodec(transceiver, publication.kind, publication.codec);
     pc.addEventListener('connectionstatechange', () => this.publisherState(entry));
     try {
       await pc.setLocalDescription(await pc.createOffer());
@@ -245,6 +246,24 @@ export class MediaTransport {
   }
 }
 
+// Put `codec` first in the transceiver's offer (H.264: packetization-mode 1, constrained
+// baseline 42e01f first; VP9: profile 0 first; as the forwarder negotiates them).
+function preferCodec(transceiver, kind, codec) {
+  const capabilities = RTCRtpSender.getCapabilities(kind)?.codecs ?? [];
+  const mime = `${kind}/${codec}`.toLowerCase();
+  const fmtp = (c) => c.sdpFmtpLine ?? '';
+  const wanted = capabilities.filter((c) => c.mimeType.toLowerCase() === mime
+    && !(mime === 'video/h264' && !fmtp(c).includes('packetization-mode=1')));
+  if (!wanted.length || !transceiver.setCodecPreferences) {
+    throw new TypeError(`publish: this browser cannot send ${codec}`);
+  }
+  const first = (c) => /profile-level-id=42e01f|profile-id=0/.test(fmtp(c))
+    || (mime === 'video/vp9' && !fmtp(c).includes('profile-id'));
+  wanted.sort((a, b) => Number(first(b)) - Number(first(a)));
+  const rest = capabilities.filter((c) => !wanted.includes(c));
+  transceiver.setCodecPreferences([...wanted, ...rest]);
+}
+
 function rtp(report, type, pc) {
   const out = { state: pc.connectionState };
   report.forEach((s) => {
@@ -255,6 +274,7 @@ function rtp(report, type, pc) {
       bytes: s.bytesSent ?? s.bytesReceived ?? 0,
       framesEncoded: s.framesEncoded,
       framesDecoded: s.framesDecoded,
+      codec: report.get(s.codecId)?.mimeType,
     });
   });
   return out;

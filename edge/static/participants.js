@@ -114,6 +114,8 @@ export class RemoteParticipant extends ParticipantView {
     super();
     this.info = info;
     this.room = room;
+    this.isSpeaking = false; // among the room's active speakers (active-speakers-changed)
+    this.audioLevel = 0; // 0..1 while speaking
     this.publications = new Map(info.tracks.map((t) => [t.sid, new RemoteTrackPublication(t)]));
     this.subscriptions = new Map(); // track sid -> Subscription (media flowing)
     this.emitter = new Emitter(PARTICIPANT_EVENTS);
@@ -204,8 +206,9 @@ export class RemoteParticipant extends ParticipantView {
 
 /** A track this client publishes; `mute()` / `unmute()` it here. */
 export class LocalTrackPublication {
-  constructor({ sid, kind, source, name, track, participant, ownsTrack }) {
+  constructor({ sid, kind, source, name, track, participant, ownsTrack, codec = null }) {
     this.sid = sid; // a full reconnect republishes the track under a new sid
+    this.codec = codec; // the codec asked for ('vp8', 'h264'...), null: the browser's choice
     this.kind = kind;
     this.source = source;
     this.name = name;
@@ -235,6 +238,8 @@ export class LocalParticipant extends ParticipantView {
     this.info = info;
     this.grant = grant;
     this.room = room;
+    this.isSpeaking = false;
+    this.audioLevel = 0;
     this.publications = new Map(); // sid -> LocalTrackPublication
   }
 
@@ -243,25 +248,29 @@ export class LocalParticipant extends ParticipantView {
     return new Map([...this.publications.values()].map((p) => [p.kind, p]));
   }
 
-  /** Capture the camera (getUserMedia) and publish it. */
-  async publishCamera(constraints = true) {
+  /** Capture the camera (getUserMedia) and publish it (`codec`: as for `publish`). */
+  async publishCamera(constraints = true, { codec = null } = {}) {
     const stream = await navigator.mediaDevices.getUserMedia({ video: constraints });
-    return this.publish(stream.getVideoTracks()[0], { source: 'camera', ownsTrack: true });
+    return this.publish(stream.getVideoTracks()[0], { source: 'camera', ownsTrack: true, codec });
   }
 
-  /** Capture the microphone (getUserMedia) and publish it. */
-  async publishMicrophone(constraints = true) {
+  /** Capture the microphone (getUserMedia) and publish it (`codec: 'red'`: Opus with
+   * redundancy, RFC 2198). */
+  async publishMicrophone(constraints = true, { codec = null } = {}) {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: constraints });
-    return this.publish(stream.getAudioTracks()[0], { source: 'microphone', ownsTrack: true });
+    return this.publish(stream.getAudioTracks()[0], { source: 'microphone', ownsTrack: true, codec });
   }
 
   /**
    * Publish a MediaStreamTrack: announce it (`publish_track`), then send it on its own
    * peer connection. `source` defaults to camera / microphone by kind. A viewer gets
    * INVALID_PERMISSIONS without a round trip. If the media negotiation fails, the track is
-   * unpublished again and the error is thrown.
+   * unpublished again and the error is thrown. `codec` ('vp8' or 'h264' for video) puts
+   * that codec first in the offer, so the forwarder carries the track in it (every
+   * subscriber must then be able to decode it); a codec this browser cannot send throws
+   * a TypeError.
    */
-  async publish(track, { source, name, ownsTrack = false } = {}) {
+  async publish(track, { source, name, ownsTrack = false, codec = null } = {}) {
     const kind = track?.kind;
     if (!KINDS.includes(kind)) throw new TypeError('publish: a MediaStreamTrack of kind audio or video');
     if (this.isViewer) {
@@ -275,6 +284,7 @@ export class LocalParticipant extends ParticipantView {
     const reply = await this.announce(kind, chosen, trackName);
     const publication = new LocalTrackPublication({
       sid: reply.sid ?? '', kind, source: chosen, name: trackName, track, participant: this, ownsTrack,
+      codec,
     });
     this.publications.set(publication.sid, publication);
     try {

@@ -35,7 +35,7 @@ export {
 
 const ROOM_EVENTS = [
   'participant-joined', 'participant-left', 'participant-count-changed',
-  'room-metadata-changed', 'data-received', 'tier-changed', 'hand-raised', 'hand-lowered',
+  'active-speakers-changed', 'room-metadata-changed', 'data-received', 'tier-changed', 'hand-raised', 'hand-lowered',
   'disconnected', 'reconnecting', 'reconnected',
   // Participant events, re-emitted with the participant as a second argument:
   ...PARTICIPANT_EVENTS,
@@ -52,7 +52,9 @@ const STREAM_OF = {
 /**
  * A joined room (make one with `join`). Events (`on` / `off`): `participant-joined`
  * (RemoteParticipant; retroactive), `participant-left`, `participant-count-changed`
- * ({speaker, viewer, total}), `room-metadata-changed`, `data-received` ({payload:
+ * ({speaker, viewer, total}), `active-speakers-changed` (the speaking participants,
+ * loudest first, also in `room.activeSpeakers`; at most four a second, viewers included;
+ * each has `isSpeaking` and `audioLevel`, 0..1), `room-metadata-changed`, `data-received` ({payload:
  * Uint8Array, senderId, topic, reliable}), `tier-changed` (the LocalParticipant),
  * `hand-raised` / `hand-lowered` (moderators), `disconnected` (reason), `reconnecting`,
  * `reconnected`; and every participant event with the participant as second argument.
@@ -72,6 +74,7 @@ export class Room {
     this.localParticipant = null;
     this.remoteParticipants = new Map(); // speakers other than this client, by id
     this.counts = countsOf(null);
+    this.activeSpeakers = []; // who is talking, loudest first
     this.connection = null;
     this.lastSeq = {};
     this.leaving = false;
@@ -303,6 +306,23 @@ const FRAME_HANDLERS = {
       this.counts = counts;
       this.emitter.emit('participant-count-changed', counts);
     }
+  },
+  active_speakers(frame) {
+    for (const former of this.activeSpeakers) {
+      former.isSpeaking = false;
+      former.audioLevel = 0;
+    }
+    const speakers = [];
+    for (const speaker of frame.speakers ?? []) {
+      const participant = this.remoteParticipants.get(speaker.participant_id)
+        ?? (this.isLocal(speaker.participant_id) ? this.localParticipant : null);
+      if (!participant) continue; // not known here yet: listed at the next change
+      participant.isSpeaking = true;
+      participant.audioLevel = speaker.level ?? 0;
+      speakers.push(participant);
+    }
+    this.activeSpeakers = speakers;
+    this.emitter.emit('active-speakers-changed', [...speakers]);
   },
   hand(frame) {
     const participant = this.participantFor(participantInfo(frame.participant));

@@ -36,6 +36,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from forwarder.node import Forwarder
 from forwarder.router import Leg, Router
+from forwarder.voice import RoomVoices
 from processes.runtime import tune_gc
 from rtc.packets import MediaPacket
 from stagecast.bench.workers import Handler, serve, set_priority
@@ -159,9 +160,15 @@ class ForwardNode:
     def __init__(self, *, latency: bool) -> None:
         self.forwarder = Forwarder()
         self.probe = LatencyProbe(self.forwarder.router) if latency else None
+        # as the forwarder service wires it: audio levels feed the active speaker detector
+        self.voices = RoomVoices("bench")
+        self.forwarder.on_audio_level = self.voices.observe
 
     async def publish(self, offer_sdp: str) -> tuple[str, list[str]]:
         answer = await self.forwarder.add_publisher(offer_sdp, publisher_key="publisher")
+        for track in answer.tracks:
+            if track.kind == "audio":
+                self.voices.publish(track.track_id, "bench", "publisher", muted=False)
         return answer.answer_sdp, [t.track_id for t in answer.tracks]
 
     async def subscribe(self, subscriber_id: str, track_ids: list[str]) -> str:

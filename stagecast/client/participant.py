@@ -76,6 +76,7 @@ class ParticipantView:
 
     _info: ParticipantInfo
     _attributes: dict[str, str]
+    _audio_level: float = 0.0
 
     def __repr__(self) -> str:
         tier = "viewer" if self.is_viewer else "speaker"
@@ -109,6 +110,16 @@ class ParticipantView:
     def attributes(self) -> dict[str, str]:
         """The participant's attributes (a copy)."""
         return dict(self._attributes)
+
+    @property
+    def is_speaking(self) -> bool:
+        """Whether the participant is among the room's active speakers now."""
+        return self._audio_level > 0.0
+
+    @property
+    def audio_level(self) -> float:
+        """The participant's smoothed audio level (0..1) while speaking, else 0."""
+        return self._audio_level
 
 
 class RemoteParticipant(ParticipantView):

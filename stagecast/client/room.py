@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from schemas.client import (
+    ActiveSpeakersChanged,
     CountsChanged,
     DataReceived,
     GetParticipants,
@@ -49,7 +50,7 @@ from stagecast.client.events import (
 )
 from stagecast.client.local import LocalParticipant
 from stagecast.client.media import MediaTransport, PeerMedia
-from stagecast.client.participant import GetParticipantsResult, RemoteParticipant
+from stagecast.client.participant import GetParticipantsResult, ParticipantView, RemoteParticipant
 from stagecast.client.session import ClientSession
 from stagecast.errors import InvalidStateError, StagecastError
 
@@ -59,6 +60,7 @@ ROOM_EVENTS = (
     "participant-joined",
     "participant-left",
     "participant-count-changed",
+    "active-speakers-changed",
     "room-metadata-changed",
     "data-received",
     "tier-changed",
@@ -95,6 +97,8 @@ class Room:
     Events (`on` / `off`, sync or async callbacks): `participant-joined` (RemoteParticipant;
     retroactive: a new listener gets one for each speaker already present),
     `participant-left`, `participant-count-changed` (`ParticipantCounts`),
+    `active-speakers-changed` (the speaking participants, loudest first; at most four a
+    second, viewers included),
     `room-metadata-changed` (the new metadata), `data-received` (`DataMessage`),
     `tier-changed` (the `LocalParticipant`, after a promotion, demotion or grant change),
     `hand-raised` / `hand-lowered` (RemoteParticipant; moderators only), `disconnected`
@@ -120,6 +124,7 @@ class Room:
         self._info = RoomInfo(id=room_id or "", sid="")
         self._local: LocalParticipant | None = None
         self._counts = ParticipantCounts(0, 0, 0)
+        self._active_speakers: list[ParticipantView] = []
         self._last_seq: dict[str, int] = {}
         self._auto_subscribe = auto_subscribe
         self._media: PeerMedia = PeerMedia(self)
@@ -180,6 +185,11 @@ class Room:
     def counts(self) -> ParticipantCounts:
         """The latest counts by tier (as of the join or the last count update)."""
         return self._counts
+
+    @property
+    def active_speakers(self) -> list[ParticipantView]:
+        """Who is talking now, loudest first (as of the last `active-speakers-changed`)."""
+        return list(self._active_speakers)
 
     @property
     def media(self) -> MediaTransport | None:
@@ -333,6 +343,21 @@ class Room:
             self._counts = counts
             self._emitter.emit("participant-count-changed", counts)
 
+    def _on_active_speakers(self, frame: ActiveSpeakersChanged) -> None:
+        for former in self._active_speakers:
+            former._audio_level = 0.0
+        speakers: list[ParticipantView] = []
+        for speaker in frame.speakers:
+            participant: ParticipantView | None = self._remote.get(speaker.participant_id)
+            if participant is None and self._is_local(speaker.participant_id):
+                participant = self._local
+            if participant is None:
+                continue  # not known here yet: listed at the next change
+            participant._audio_level = max(speaker.level, 1e-6)
+            speakers.append(participant)
+        self._active_speakers = speakers
+        self._emitter.emit("active-speakers-changed", list(speakers))
+
     def _on_hand(self, frame: HandChanged) -> None:
         participant = self._participant_for(frame.participant)
         self._emitter.emit("hand-raised" if frame.raised else "hand-lowered", participant)
@@ -421,6 +446,7 @@ _HANDLERS: dict[type[Message], Any] = {
     TrackMuted: Room._on_track_muted,
     RoomUpdated: Room._on_room_updated,
     CountsChanged: Room._on_counts,
+    ActiveSpeakersChanged: Room._on_active_speakers,
     HandChanged: Room._on_hand,
     DataReceived: Room._on_data,
     TierChanged: Room._on_tier_changed,

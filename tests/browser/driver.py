@@ -575,6 +575,7 @@ REMOTE_MEDIA = """(async () => {
     video_frames_decoded: video.framesDecoded ?? 0,
     audio_packets: audio.packets ?? 0,
     tile_video_width: tile ? tile.videoWidth : 0,
+    video_codec: video.codec ?? null,
   };
 })()"""
 
@@ -685,6 +686,118 @@ async def two_pages(ctx: Context) -> dict[str, Any]:
     png = ctx.out / "demo.png"
     await ctx.browser.screenshot("ada", png)
     return {**seen, "screenshot": str(png)}
+
+
+async def codec_pages(ctx: Context, codec: str) -> dict[str, Any]:
+    """One Chromium page publishes its camera in `codec` (the SDK's `codec` option); the
+    forwarder carries it as it is and a second page decodes it."""
+    room = f"{codec}-pages"
+    await ctx.join_page("ada", room, "Ada Lovelace")
+    publish = f"window.demo.room.localParticipant.publishCamera(true, {{ codec: '{codec}' }})"
+    track_sid = await ctx.browser.eval("ada", f"{publish}.then((p) => p.sid)")
+    sent = await ctx.browser.wait(
+        "ada",
+        "window.demo.room.media.stats().then((s) => Object.values(s.publishers)[0] ?? {})",
+        "s => s.codec && s.packets > 0",
+    )
+    await ctx.join_page("bob", room, "Bob Kahn")
+    flowing = "s => s.video_frames_decoded > 5 && s.tile_video_width > 0"
+    seen = await ctx.browser.wait("bob", REMOTE_MEDIA, flowing, timeout=25)
+    router = ctx.stack.forwarders["FW_0"].forwarder.router
+    carried = router.codec(track_sid)
+    return {
+        **seen,
+        "sent_codec": sent["codec"],
+        "forwarded_codec": carried.mime_type,
+        "forwarded_parameters": dict(carried.parameters),
+        "forwarded_packets": router.stats(track_sid).packets_forwarded,
+    }
+
+
+@scenario("h264_pages", forwarders=1)
+async def h264_pages(ctx: Context) -> dict[str, Any]:
+    return await codec_pages(ctx, "h264")
+
+
+@scenario("vp9_pages", forwarders=1)
+async def vp9_pages(ctx: Context) -> dict[str, Any]:
+    return await codec_pages(ctx, "vp9")
+
+
+@scenario("av1_pages", forwarders=1)
+async def av1_pages(ctx: Context) -> dict[str, Any]:
+    return await codec_pages(ctx, "av1")
+
+
+@scenario("red_audio", forwarders=1)
+async def red_audio(ctx: Context) -> dict[str, Any]:
+    """A page publishes its microphone as Opus with RED; the forwarder passes RED to a
+    page that negotiated it and the primary Opus block to a Python SDK subscriber."""
+    room = "red-audio"
+    await ctx.join_page("ada", room, "Ada Lovelace")
+    publish = "window.demo.room.localParticipant.publishMicrophone(true, { codec: 'red' })"
+    track_sid = await ctx.browser.eval("ada", f"{publish}.then((p) => p.sid)")
+    ada_id = await ctx.browser.eval("ada", "window.demo.room.localParticipant.id")
+    await ctx.join_page("bob", room, "Bob Kahn")
+    heard = "s => s.audio_packets > 20"
+    seen = await ctx.browser.wait("bob", REMOTE_MEDIA, heard, timeout=25)
+    subscriber = await ctx.python_peer("py-listener", room)
+    subscribed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_subscribed(subscription: Any) -> None:
+        if not subscribed.done():
+            subscribed.set_result(subscription)
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == ada_id:
+            participant.on("stream-subscribed", on_subscribed)
+
+    subscriber.on("participant-joined", on_joined)
+    subscription = await asyncio.wait_for(subscribed, 20)
+    decoded, _ = await frames(subscription.audio, 25)
+    forwarder = ctx.stack.forwarders["FW_0"].forwarder
+    legs = [
+        leg.stream
+        for sid in forwarder.subscriber_ids
+        for track, leg in forwarder.legs(sid).items()
+        if track == track_sid and leg.stream is not None
+    ]
+    return {
+        **seen,
+        "track_codec": forwarder.router.codec(track_sid).mime_type,
+        "red_sent": [s.red_sent for s in legs],
+        "red_unwrapped": [s.red_unwrapped for s in legs],
+        "python_frames": decoded,
+    }
+
+
+SPEAKING_TILES = """[...window.demo.tiles.entries()]
+  .filter(([, tile]) => tile.node.classList.contains('speaking')).map(([id]) => id)"""
+
+
+@scenario("speaking_tile", forwarders=1)
+async def speaking_tile(ctx: Context) -> dict[str, Any]:
+    """Two Python SDK speakers, one sending a tone, one silence; a viewer page outlines
+    the talker's tile only, and no tile once the tone stops."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    from tests.tones import ToneTrack
+
+    room = "speaking-tile"
+    talker = await ctx.python_peer("talker", room)
+    quiet = await ctx.python_peer("quiet", room)
+    tone = ToneTrack()
+    await talker.local_participant.publish(tone)
+    await quiet.local_participant.publish(AudioStreamTrack())
+    await ctx.join_page("watcher", room, "Watcher", role="viewer")
+    tiles = await ctx.browser.wait(
+        "watcher", "[...window.demo.tiles.keys()].sort()", "t => t.length === 2"
+    )
+    speaking = await ctx.browser.wait("watcher", SPEAKING_TILES, "s => s.length > 0", timeout=20)
+    active = await ctx.browser.eval("watcher", "window.demo.room.activeSpeakers.map((p) => p.id)")
+    tone.loud = False
+    after = await ctx.browser.wait("watcher", SPEAKING_TILES, "s => s.length === 0", timeout=20)
+    return {"tiles": tiles, "speaking": speaking, "active": active, "after": after}
 
 
 # --------------------------------------------------------------------------- running
