@@ -47,7 +47,7 @@ from schemas.media import ForwarderHeartbeat
 from schemas.subjects import FORWARDER_HEARTBEAT
 
 log = logging.getLogger("stagecast.up")
-CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.ADMIN)
+CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.WEBHOOK, Role.ADMIN)
 """The roles `stagecast up` makes credentials for (admin: its own checks)."""
 NATS_CLIENT_VARS = frozenset(
     ("STAGECAST_NATS_URL", ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY)
@@ -70,6 +70,10 @@ class UpConfig:
     dev: bool = True
     edge_args: tuple[str, ...] = ()
     """More `stagecast edge` flags for every edge (data budgets, say)."""
+    webhook_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    """``STAGECAST_WEBHOOK_URL``/``_SECRET`` for the webhook sender; empty: none started."""
+    webhook_args: tuple[str, ...] = ()
+    """Its filter and horizon flags."""
 
 
 class Stack:
@@ -99,6 +103,8 @@ class Stack:
 
     def _env(self, role: Role) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in NATS_CLIENT_VARS}
+        if role is Role.WEBHOOK:
+            env.update(self.config.webhook_env)
         env["STAGECAST_API_KEY"] = self.config.api_key
         env["STAGECAST_API_SECRET"] = self.config.api_secret
         env["STAGECAST_NATS_URL"] = self.nats_url  # not on the command line: it may hold a password
@@ -144,6 +150,12 @@ class Stack:
             self._spawn(args, self.config.data_dir / f"edge-{i}.log", Role.EDGE)
             self.edge_urls.append(f"http://127.0.0.1:{port}")
         await self.start_forwarders(cli)
+        if self.config.webhook_env:
+            self._spawn(
+                [*cli, "webhooks", *self.config.webhook_args],
+                self.config.data_dir / "webhooks.log",
+                Role.WEBHOOK,
+            )
         await self.wait_healthy()
 
     async def start_forwarders(self, cli: list[str], timeout: float = 60.0) -> None:

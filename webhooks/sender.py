@@ -1,0 +1,215 @@
+"""One endpoint's sender: its durable consumer, its room queues, its POSTs (the shell).
+
+Each endpoint reads `STAGECAST_EVENTS` through its own durable consumer (explicit acks,
+up to `max_pending` unacknowledged), so endpoints never wait for each other. Events go
+into per-room queues (`webhooks.rooms`); one worker per room with pending events POSTs
+them in order and acknowledges each once delivered or given up. A later event of a room
+is acknowledged only after the earlier ones, never before.
+
+Restarts: on start the consumer is recreated to begin at its ack floor (the first event
+not yet acknowledged), so every event not known delivered is POSTed again, in stream order
+(events acknowledged above the floor are sent again too: duplicates, with the same
+``webhook-id``). The first start of an endpoint begins with new events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from schemas.codec import SchemaError, decode
+from schemas.subjects import EVENTS_STREAM
+from schemas.webhooks import (
+    PublicEventMessage,
+    encode_webhook,
+    event_name,
+    webhook_event,
+)
+from webhooks.delivery import Backoff, Verdict, judge
+from webhooks.endpoints import Endpoint
+from webhooks.rooms import RoomQueues
+from webhooks.signing import LIVEKIT_CONTENT_TYPE, livekit_authorization, standard_headers
+
+__all__ = ["EndpointSender", "SenderSettings"]
+
+log = logging.getLogger("stagecast.webhooks")
+_PUBLIC = tuple(PublicEventMessage.__args__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SenderSettings:
+    """What every endpoint's sender shares. `api_key`/`api_secret` sign the LiveKit
+    ``Authorization`` token."""
+
+    api_key: str
+    api_secret: str
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+    request_timeout: float = 10.0
+    max_pending: int = 10_000
+    fetch_batch: int = 256
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    msg: Any
+    event_id: str
+    body: bytes
+
+
+class EndpointSender:
+    """Delivers every event one endpoint wants, until `stop` or a 410 disables it."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        http: httpx.AsyncClient,
+        endpoint: Endpoint,
+        settings: SenderSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.js = js
+        self.http = http
+        self.endpoint = endpoint
+        self.settings = settings
+        self.rng = rng or random.Random()
+        self.queues: RoomQueues[_Pending] = RoomQueues(settings.max_pending)
+        self.disabled = asyncio.Event()
+        self.delivered = 0
+        self.given_up = 0
+        self._space = asyncio.Event()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+
+    async def bind(self) -> Any:
+        """(Re)create the durable consumer at its ack floor and return a pull subscription."""
+        name = self.endpoint.consumer
+        config = ConsumerConfig(
+            durable_name=name,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.backoff.horizon + 3600.0,
+            max_deliver=-1,
+            max_ack_pending=self.settings.max_pending,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        try:
+            info = await self.js.consumer_info(EVENTS_STREAM, name)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is not None:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = info.ack_floor.stream_seq + 1 if info.ack_floor else 1
+            await self.js.delete_consumer(EVENTS_STREAM, name)
+        await self.js.add_consumer(EVENTS_STREAM, config)
+        return await self.js.pull_subscribe_bind(durable=name, stream=EVENTS_STREAM)
+
+    async def run(self) -> None:
+        """Fetch and deliver until cancelled or disabled (then its consumer is deleted)."""
+        sub = await self.bind()
+        try:
+            while not self.disabled.is_set():
+                if self.queues.full:
+                    self._space.clear()
+                    await self._space.wait()
+                    continue
+                try:
+                    msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in msgs:
+                    await self._take(msg)
+        finally:
+            for task in self._workers.values():
+                task.cancel()
+            for task in list(self._workers.values()):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self.disabled.is_set():
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(EVENTS_STREAM, self.endpoint.consumer)
+
+    async def _take(self, msg: Any) -> None:
+        try:
+            event = decode(msg.data)
+        except SchemaError as exc:
+            log.warning("skipping an undecodable public event: %s", exc)
+            await msg.ack()
+            return
+        if not isinstance(event, _PUBLIC) or not self.endpoint.wants(event):
+            await msg.ack()
+            return
+        room = event.room.id if hasattr(event, "room") else event.room_id
+        body = encode_webhook(webhook_event(event))
+        pending = _Pending(msg, event.id, body)
+        if self.queues.add(room, msg.metadata.sequence.stream, pending):
+            self._workers[room] = asyncio.create_task(self._room(room))
+        log.debug("queued %s %s for %s", event_name(event), event.id, self.endpoint.url)
+
+    async def _room(self, room: str) -> None:
+        """POST the room's events one by one, each acknowledged once done with."""
+        try:
+            while (item := self.queues.head(room)) is not None:
+                if not await self._deliver(item):
+                    return  # disabled: nothing acknowledged, a restart sends it again
+                await item.msg.ack()
+                self.queues.pop(room)
+                self._space.set()
+        finally:
+            if self._workers.get(room) is asyncio.current_task():
+                del self._workers[room]
+
+    async def _post(self, item: _Pending) -> int | None:
+        now = int(time.time())
+        headers = standard_headers(self.endpoint.key, item.event_id, now, item.body)
+        headers["content-type"] = LIVEKIT_CONTENT_TYPE
+        headers["authorization"] = livekit_authorization(
+            self.settings.api_key, self.settings.api_secret, item.body, now
+        )
+        try:
+            response = await self.http.post(self.endpoint.url, content=item.body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.info("webhook %s to %s: %s", item.event_id, self.endpoint.url, type(exc).__name__)
+            return None
+        return response.status_code
+
+    async def _deliver(self, item: _Pending) -> bool:
+        """Attempt until delivered or given up (True), or disabled by a 410 (False)."""
+        loop = asyncio.get_running_loop()
+        first = loop.time()
+        retry = 0
+        while True:
+            status = await self._post(item)
+            retry += 1
+            verdict, delay = judge(
+                status, retry, loop.time() - first, self.settings.backoff, self.rng.random()
+            )
+            if verdict is Verdict.DELIVERED:
+                self.delivered += 1
+                return True
+            if verdict is Verdict.DISABLE:
+                log.error("webhook endpoint %s answered 410 Gone: disabled", self.endpoint.url)
+                self.disabled.set()
+                self._space.set()
+                return False
+            if verdict is Verdict.GIVE_UP:
+                self.given_up += 1
+                log.error(
+                    "webhook %s to %s given up after %d attempts (last answer %s)",
+                    item.event_id,
+                    self.endpoint.url,
+                    retry,
+                    status,
+                )
+                return True
+            await asyncio.sleep(delay)
