@@ -170,7 +170,7 @@ def test_endpoint_options_match_by_position_or_fail_by_name() -> None:
     ]
     for args, what in bad:
         with pytest.raises(WebhookConfigError) as caught:
-            endpoints_from_options(*args)  # type: ignore[arg-type]
+            endpoints_from_options(*args)
         assert caught.value.what == what, args
 
 

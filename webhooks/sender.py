@@ -39,7 +39,12 @@ from schemas.webhooks import (
 from webhooks.delivery import Backoff, Verdict, judge
 from webhooks.endpoints import Endpoint
 from webhooks.rooms import RoomQueues
-from webhooks.signing import LIVEKIT_CONTENT_TYPE, livekit_authorization, standard_headers
+from webhooks.signing import (
+    LIVEKIT_CONTENT_TYPE,
+    header_id,
+    livekit_authorization,
+    standard_headers,
+)
 
 __all__ = ["EndpointSender", "SenderSettings"]
 
@@ -89,6 +94,7 @@ class EndpointSender:
         self.given_up = 0
         self._space = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._failure: BaseException | None = None
 
     async def bind(self) -> Any:
         """(Re)create the durable consumer at its ack floor and return a pull subscription."""
@@ -117,14 +123,16 @@ class EndpointSender:
         sub = await self.bind()
         try:
             while not self.disabled.is_set():
+                if self._failure is not None:
+                    raise self._failure
                 if self.queues.full:
                     self._space.clear()
                     await self._space.wait()
                     continue
                 try:
                     msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue  # nats-py raises either when nothing came in time
                 for msg in msgs:
                     await self._take(msg)
         finally:
@@ -151,7 +159,7 @@ class EndpointSender:
             return
         room = event.room.id if hasattr(event, "room") else event.room_id
         body = encode_webhook(webhook_event(event))
-        pending = _Pending(msg, event.id, body)
+        pending = _Pending(msg, header_id(event.id), body)
         if self.queues.add(room, msg.metadata.sequence.stream, pending):
             self._workers[room] = asyncio.create_task(self._room(room))
         log.debug("queued %s %s for %s", event_name(event), event.id, self.endpoint.url)
@@ -165,6 +173,10 @@ class EndpointSender:
                 await item.msg.ack()
                 self.queues.pop(room)
                 self._space.set()
+        except Exception as exc:  # a bug, not an endpoint's answer: end the sender loudly
+            log.exception("webhook room worker for %s failed", self.endpoint.url)
+            self._failure = exc
+            self._space.set()
         finally:
             if self._workers.get(room) is asyncio.current_task():
                 del self._workers[room]

@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
+from urllib.parse import quote
 
 import jwt
 
@@ -23,6 +24,7 @@ from webhooks.errors import InvalidWebhook, WebhookConfigError
 
 __all__ = [
     "LIVEKIT_CONTENT_TYPE",
+    "header_id",
     "MIN_SECRET_BYTES",
     "TOLERANCE",
     "livekit_authorization",
@@ -57,6 +59,12 @@ def parse_secret(text: str) -> bytes:
             "webhook secret", f"{len(key)} bytes; at least {MIN_SECRET_BYTES} needed"
         )
     return key
+
+
+def header_id(event_id: str) -> str:
+    """The ``webhook-id`` of an event: its id, percent-encoded where not printable ASCII
+    (Stagecast's ids always are; a header cannot carry anything else)."""
+    return quote(event_id, safe="!#$&'()*+,-./:;=?@[]^_`{|}~")
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
