@@ -315,6 +315,34 @@ async def test_kill_9_mid_burst_then_restart_delivers_everything_in_order(
         assert bodies.setdefault(request.headers["webhook-id"], request.body) == request.body
 
 
+async def test_a_nats_restart_mid_burst_loses_nothing_and_keeps_order(
+    server: NatsServer, logins: Logins, admin: NATS, receiver: HttpReceiver
+) -> None:
+    async def slowish(_path: str, _body: bytes) -> int:
+        await asyncio.sleep(0.005)
+        return 200
+
+    receiver.answer = slowish
+    async with sending(server, logins, admin, [endpoint(receiver)]):
+        await publish(admin, [*joins("n1", 60), *joins("n2", 60)])
+        await eventually(lambda: len(receiver.requests) >= 20, timeout=WAIT, what="20 in")
+        await server.restart()
+        await eventually(lambda: admin.is_connected, timeout=WAIT, what="admin back")
+
+        async def more() -> bool:
+            await publish(admin, [*joins("n1", 10, start=60), *joins("n2", 10, start=60)])
+            return True  # a retry stores nothing twice: the ids deduplicate
+
+        await eventually(more, timeout=WAIT, what="appended after the restart")
+
+        def complete() -> bool:
+            return set(ids(receiver)) == {f"{r}.{n}" for r in ("n1", "n2") for n in range(70)}
+
+        await eventually(complete, timeout=WAIT, what="every event")
+    for room in ("n1", "n2"):
+        assert_room_order(ids(receiver), room, 70)
+
+
 # --------------------------------------------------------------------------- configuration
 
 

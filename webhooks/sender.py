@@ -50,6 +50,8 @@ __all__ = ["EndpointSender", "SenderSettings"]
 
 log = logging.getLogger("stagecast.webhooks")
 _PUBLIC = tuple(PublicEventMessage.__args__)
+RETRY_FETCH = 0.5
+"""Seconds between fetches while NATS is unreachable."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,6 +135,10 @@ class EndpointSender:
                     msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue  # nats-py raises either when nothing came in time
+                except nats.errors.Error as exc:  # NATS is away: the link reconnects
+                    log.warning("webhooks: fetch failed (%s); trying again", type(exc).__name__)
+                    await asyncio.sleep(RETRY_FETCH)
+                    continue
                 for msg in msgs:
                     await self._take(msg)
         finally:
@@ -152,10 +158,10 @@ class EndpointSender:
             event = decode(msg.data)
         except SchemaError as exc:
             log.warning("skipping an undecodable public event: %s", exc)
-            await msg.ack()
+            await self._skip(msg)
             return
         if not isinstance(event, _PUBLIC) or not self.endpoint.wants(event):
-            await msg.ack()
+            await self._skip(msg)
             return
         room = event.room.id if hasattr(event, "room") else event.room_id
         body = encode_webhook(webhook_event(event))
@@ -164,13 +170,18 @@ class EndpointSender:
             self._workers[room] = asyncio.create_task(self._room(room))
         log.debug("queued %s %s for %s", event_name(event), event.id, self.endpoint.url)
 
+    async def _skip(self, msg: Any) -> None:
+        """Acknowledge an event this endpoint does not get (a lost ack: seen again later)."""
+        with contextlib.suppress(nats.errors.Error):
+            await msg.ack()
+
     async def _room(self, room: str) -> None:
         """POST the room's events one by one, each acknowledged once done with."""
         try:
             while (item := self.queues.head(room)) is not None:
                 if not await self._deliver(item):
                     return  # disabled: nothing acknowledged, a restart sends it again
-                await item.msg.ack()
+                await self._ack(item)
                 self.queues.pop(room)
                 self._space.set()
         except Exception as exc:  # a bug, not an endpoint's answer: end the sender loudly
@@ -180,6 +191,14 @@ class EndpointSender:
         finally:
             if self._workers.get(room) is asyncio.current_task():
                 del self._workers[room]
+
+    async def _ack(self, item: _Pending) -> None:
+        """Acknowledge a delivered event. An ack lost to a NATS outage is not retried: the
+        event stays below the ack floor and is sent again (same id) after a restart."""
+        try:
+            await item.msg.ack()
+        except nats.errors.Error as exc:
+            log.warning("webhook %s: ack lost (%s)", item.event_id, type(exc).__name__)
 
     async def _post(self, item: _Pending) -> int | None:
         now = int(time.time())

@@ -24,9 +24,9 @@ from webhooks.errors import InvalidWebhook, WebhookConfigError
 
 __all__ = [
     "LIVEKIT_CONTENT_TYPE",
-    "header_id",
     "MIN_SECRET_BYTES",
     "TOLERANCE",
+    "header_id",
     "livekit_authorization",
     "parse_secret",
     "sign",
