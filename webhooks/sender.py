@@ -109,6 +109,7 @@ class EndpointSender:
             max_ack_pending=self.settings.max_pending,
             deliver_policy=DeliverPolicy.NEW,
         )
+        await self._stream_exists()
         try:
             info = await self.js.consumer_info(EVENTS_STREAM, name)
         except nats.js.errors.NotFoundError:
@@ -119,6 +120,19 @@ class EndpointSender:
             await self.js.delete_consumer(EVENTS_STREAM, name)
         await self.js.add_consumer(EVENTS_STREAM, config)
         return await self.js.pull_subscribe_bind(durable=name, stream=EVENTS_STREAM)
+
+    async def _stream_exists(self) -> None:
+        """Wait until the events stream exists (the statekeeper and edges create it)."""
+        told = False
+        while True:
+            try:
+                await self.js.stream_info(EVENTS_STREAM)
+                return
+            except nats.js.errors.NotFoundError:
+                if not told:
+                    log.info("waiting for the %s stream to be created", EVENTS_STREAM)
+                    told = True
+            await asyncio.sleep(RETRY_FETCH)
 
     async def run(self) -> None:
         """Fetch and deliver until cancelled or disabled (then its consumer is deleted)."""
