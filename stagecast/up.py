@@ -1,7 +1,8 @@
 """`stagecast up`: the whole system on one machine, as supervised child processes.
 
 Starts a private nats-server (unless given `--nats-url`), one statekeeper on SQLite (or
-`--database-url`), N edges and M media forwarders; waits until every edge's `/healthz`
+`--database-url`), N edges, M media forwarders and, when an endpoint is configured, the
+webhook sender (`stagecast webhooks`, its URLs and secrets passed in its environment); waits until every edge's `/healthz`
 answers 200 and every forwarder's first heartbeat arrived; prints the ready line and the
 dev credentials; on Ctrl-C or SIGTERM stops the children in reverse
 order. Every child is started with a parent-death signal, so none outlives `up`.
@@ -47,8 +48,9 @@ from schemas.media import ForwarderHeartbeat
 from schemas.subjects import FORWARDER_HEARTBEAT
 
 log = logging.getLogger("stagecast.up")
-CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.WEBHOOK, Role.ADMIN)
-"""The roles `stagecast up` makes credentials for (admin: its own checks)."""
+CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.ADMIN)
+"""The roles `stagecast up` makes credentials for (admin: its own checks); `Role.WEBHOOK`
+too when a webhook endpoint is configured."""
 NATS_CLIENT_VARS = frozenset(
     ("STAGECAST_NATS_URL", ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY)
 )
@@ -116,7 +118,8 @@ class Stack:
     def _make_credentials(self, directory: Path) -> str:
         """Fresh NKeys for every role in `directory` (0600); the server's authorization."""
         users: list[RoleUser] = []
-        for role in CHILD_ROLES:
+        roles = (*CHILD_ROLES, Role.WEBHOOK) if self.config.webhook_env else CHILD_ROLES
+        for role in roles:
             seed, public = new_nkey_user()
             path = write_secret(directory / f"{role.value}.nk", seed + "\n")
             self._credentials[role] = NatsAuth(creds=path)
@@ -283,6 +286,8 @@ async def run_up(config: UpConfig) -> int:
         print(f"  nats admin key  {admin.creds}  (nats --nkey ...)", flush=True)
     if stack.forwarder_ids:
         print(f"  forwarders      {' '.join(stack.forwarder_ids)}", flush=True)
+    if config.webhook_env:
+        print("  webhooks        sending (log: webhooks.log in the data dir)", flush=True)
     print(
         "  try             stagecast token --room demo --identity alice",
         flush=True,
