@@ -2,10 +2,11 @@
 
 Starts a private nats-server (unless given `--nats-url`), one statekeeper on SQLite (or
 `--database-url`), N edges, M media forwarders and, when an endpoint is configured, the
-webhook sender (`stagecast webhooks`, its URLs and secrets passed in its environment); waits until every edge's `/healthz`
-answers 200 and every forwarder's first heartbeat arrived; prints the ready line and the
-dev credentials; on Ctrl-C or SIGTERM stops the children in reverse
-order. Every child is started with a parent-death signal, so none outlives `up`.
+webhook sender (`stagecast webhooks`, its URLs and secrets passed in its environment);
+waits until every edge's `/healthz` answers 200 and every forwarder's first heartbeat
+arrived; prints the ready line and the dev credentials; on Ctrl-C or SIGTERM stops the
+children in reverse order. Every child is started with a parent-death signal, so none
+outlives `up`.
 
 The private nats-server requires credentials: each start makes a fresh NKey per role
 (`roomlog.roles`), writes the seeds readable by this user only under

@@ -7,7 +7,10 @@ import hashlib
 import json
 import random
 import time
+from pathlib import Path
+from typing import Any
 
+import httpx
 import jwt
 import pytest
 import standardwebhooks
@@ -242,3 +245,22 @@ def test_the_sdk_receiver_verifies_then_parses() -> None:
     assert both.receive(body, signed).id == "7.pj"
     with pytest.raises(stagecast.InvalidWebhook, match="authorization"):
         both.receive(body, standard_headers(KEY, "7.pj", now, body))
+
+
+async def test_the_receiver_example_in_the_docs_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "webhooks.md").read_text()
+    example = text.split("## Receiving in Python", 1)[1].split("```python\n", 1)[1]
+    example = example.split("```", 1)[0]
+    monkeypatch.setenv("STAGECAST_WEBHOOK_SECRET", SECRET)
+    namespace: dict[str, Any] = {}
+    exec(compile(example, "docs/webhooks.md", "exec"), namespace)
+    body = encode_webhook(webhook_event(joined()))
+    headers = standard_headers(KEY, "7.pj", int(time.time()), body)
+    transport = httpx.ASGITransport(app=namespace["app"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        for _ in range(2):  # the second is a duplicate, dropped by id
+            answer = await client.post("/stagecast", content=body, headers=headers)
+            assert answer.status_code == 204
+        forged = await client.post("/stagecast", content=body + b" ", headers=headers)
+        assert forged.status_code == 400 and "signature" in forged.text
+    assert namespace["seen"] == {"7.pj"}

@@ -79,7 +79,7 @@ class HttpReceiver:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)  # type: ignore[arg-type]
+        self._handlers.add(task)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -99,7 +99,7 @@ class HttpReceiver:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._handlers.discard(task)  # type: ignore[arg-type]
+            self._handlers.discard(task)
             writer.close()
 
     def delivered(self, path: str = "/hook") -> list[Request]:
