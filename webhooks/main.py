@@ -34,6 +34,20 @@ class WebhooksConfig:
             raise WebhookConfigError("webhook url", "no endpoint configured")
 
 
+def http_client(settings: SenderSettings) -> httpx.AsyncClient:
+    """One endpoint's HTTP client: `max_connections` at once, each request bounded by
+    `request_timeout` (waiting for a free connection is not an attempt: no bound)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.request_timeout, pool=None),
+        limits=httpx.Limits(max_connections=settings.max_connections),
+    )
+
+
+async def _all_bound(senders: list[EndpointSender]) -> None:
+    for sender in senders:
+        await sender.bound.wait()
+
+
 async def run_senders(config: WebhooksConfig, stop: asyncio.Event) -> list[EndpointSender]:
     """Deliver to every endpoint until `stop` is set (or all are disabled)."""
     nc = await connect(
@@ -43,27 +57,30 @@ async def run_senders(config: WebhooksConfig, stop: asyncio.Event) -> list[Endpo
         role="webhook",
         auth=config.nats_auth,
     )
-    limits = httpx.Limits(max_connections=64 * len(config.endpoints))
+    settings = config.settings
     try:
-        async with httpx.AsyncClient(
-            timeout=config.settings.request_timeout, limits=limits
-        ) as http:
+        async with contextlib.AsyncExitStack() as clients:
             js = nc.jetstream()
-            senders = [EndpointSender(js, http, e, config.settings) for e in config.endpoints]
+            senders: list[EndpointSender] = []
+            for endpoint in config.endpoints:  # a pool each: a hung endpoint starves no other
+                http = await clients.enter_async_context(http_client(settings))
+                senders.append(EndpointSender(js, http, endpoint, settings))
             tasks = [asyncio.create_task(s.run()) for s in senders]
             stopping = asyncio.create_task(stop.wait())
-            print(f"webhooks ready: {len(senders)} endpoint(s)", flush=True)
+            ready = asyncio.create_task(_all_bound(senders))
             try:
-                pending: set[asyncio.Task[Any]] = {*tasks, stopping}
+                pending: set[asyncio.Task[Any]] = {*tasks, stopping, ready}
                 while not stopping.done():
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
-                        if task is not stopping:
+                        if task is ready:
+                            print(f"webhooks ready: {len(senders)} endpoint(s)", flush=True)
+                        elif task is not stopping:
                             task.result()  # a sender's failure ends the process
                     if pending == {stopping}:
                         log.error("every webhook endpoint is disabled; waiting to be stopped")
             finally:
-                for task in [*tasks, stopping]:
+                for task in [*tasks, stopping, ready]:
                     task.cancel()
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):

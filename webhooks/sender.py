@@ -63,6 +63,8 @@ class SenderSettings:
     api_secret: str
     backoff: Backoff = dataclasses.field(default_factory=Backoff)
     request_timeout: float = 10.0
+    max_connections: int = 256
+    """Concurrent POSTs to one endpoint (rooms beyond it wait their turn)."""
     max_pending: int = 10_000
     fetch_batch: int = 256
 
@@ -92,6 +94,8 @@ class EndpointSender:
         self.rng = rng or random.Random()
         self.queues: RoomQueues[_Pending] = RoomQueues(settings.max_pending)
         self.disabled = asyncio.Event()
+        self.bound = asyncio.Event()
+        """Set once its consumer is (re)created: events appended from then on are sent."""
         self.delivered = 0
         self.given_up = 0
         self._space = asyncio.Event()
@@ -137,6 +141,7 @@ class EndpointSender:
     async def run(self) -> None:
         """Fetch and deliver until cancelled or disabled (then its consumer is deleted)."""
         sub = await self.bind()
+        self.bound.set()
         try:
             while not self.disabled.is_set():
                 if self._failure is not None:
