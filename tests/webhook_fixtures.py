@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -51,21 +52,30 @@ class Request:
 class HttpReceiver:
     """An HTTP server recording every request it answered (and counting those it got)."""
 
-    def __init__(self, answer: Answer = ok) -> None:
+    def __init__(
+        self, answer: Answer = ok, *, close_after: bool = False, reply: bytes = b""
+    ) -> None:
         self.answer = answer
+        self.close_after = close_after
+        """Close each connection after its answer (without saying so in a header)."""
+        self.reply = reply
+        """The body of every answer."""
         self.requests: list[Request] = []
         self.arrived = 0
+        self.connections = 0
+        self._scheme = "http"
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> HttpReceiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> HttpReceiver:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl_context)
+        self._scheme = "https" if ssl_context is not None else "http"
         return self
 
     def url(self, path: str = "/hook") -> str:
         assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}{path}"
+        return f"{self._scheme}://127.0.0.1:{port}{path}"
 
     async def close(self) -> None:
         if self._server is not None:
@@ -80,6 +90,7 @@ class HttpReceiver:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -94,8 +105,11 @@ class HttpReceiver:
                 self.arrived += 1
                 status = await self.answer(path, body)
                 self.requests.append(Request(path, headers, body, status))
-                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
+                answer = f"HTTP/1.1 {status} X\r\ncontent-length: {len(self.reply)}\r\n\r\n"
+                writer.write(answer.encode() + self.reply)
                 await writer.drain()
+                if self.close_after:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -9,12 +9,11 @@ import logging
 import signal
 from typing import Any
 
-import httpx
-
 from roomlog.connect import NatsAuth, connect
 from roomlog.natslink import NatsLink
 from webhooks.endpoints import Endpoint
 from webhooks.errors import WebhookConfigError
+from webhooks.http import EndpointPool
 from webhooks.sender import EndpointSender, SenderSettings
 
 __all__ = ["WebhooksConfig", "run_senders", "serve"]
@@ -34,12 +33,14 @@ class WebhooksConfig:
             raise WebhookConfigError("webhook url", "no endpoint configured")
 
 
-def http_client(settings: SenderSettings) -> httpx.AsyncClient:
-    """One endpoint's HTTP client: `max_connections` at once, each request bounded by
+def endpoint_pool(endpoint: Endpoint, settings: SenderSettings) -> EndpointPool:
+    """One endpoint's connections: `max_connections` at once, each POST bounded by
     `request_timeout` (waiting for a free connection is not an attempt: no bound)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.request_timeout, pool=None),
-        limits=httpx.Limits(max_connections=settings.max_connections),
+    return EndpointPool(
+        endpoint.url,
+        max_connections=settings.max_connections,
+        timeout=settings.request_timeout,
+        ssl_context=settings.ssl_context,
     )
 
 
@@ -63,7 +64,7 @@ async def run_senders(config: WebhooksConfig, stop: asyncio.Event) -> list[Endpo
             js = nc.jetstream()
             senders: list[EndpointSender] = []
             for endpoint in config.endpoints:  # a pool each: a hung endpoint starves no other
-                http = await clients.enter_async_context(http_client(settings))
+                http = await clients.enter_async_context(endpoint_pool(endpoint, settings))
                 senders.append(EndpointSender(js, http, endpoint, settings))
             tasks = [asyncio.create_task(s.run()) for s in senders]
             stopping = asyncio.create_task(stop.wait())

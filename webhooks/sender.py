@@ -19,10 +19,10 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
 import time
 from typing import Any
 
-import httpx
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -38,6 +38,7 @@ from schemas.webhooks import (
 )
 from webhooks.delivery import Backoff, Verdict, judge
 from webhooks.endpoints import Endpoint
+from webhooks.http import EndpointPool
 from webhooks.rooms import RoomQueues
 from webhooks.signing import (
     LIVEKIT_CONTENT_TYPE,
@@ -65,6 +66,8 @@ class SenderSettings:
     request_timeout: float = 10.0
     max_connections: int = 256
     """Concurrent POSTs to one endpoint (rooms beyond it wait their turn)."""
+    ssl_context: ssl.SSLContext | None = None
+    """For ``https`` endpoints: None verifies against the system's CAs."""
     max_pending: int = 10_000
     fetch_batch: int = 256
 
@@ -82,7 +85,7 @@ class EndpointSender:
     def __init__(
         self,
         js: JetStreamContext,
-        http: httpx.AsyncClient,
+        http: EndpointPool,
         endpoint: Endpoint,
         settings: SenderSettings,
         rng: random.Random | None = None,
@@ -226,12 +229,7 @@ class EndpointSender:
         headers["authorization"] = livekit_authorization(
             self.settings.api_key, self.settings.api_secret, item.body, now
         )
-        try:
-            response = await self.http.post(self.endpoint.url, content=item.body, headers=headers)
-        except httpx.HTTPError as exc:
-            log.info("webhook %s to %s: %s", item.event_id, self.endpoint.url, type(exc).__name__)
-            return None
-        return response.status_code
+        return await self.http.post(headers, item.body)
 
     async def _deliver(self, item: _Pending) -> bool:
         """Attempt until delivered or given up (True), or disabled by a 410 (False)."""
