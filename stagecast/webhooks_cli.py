@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from webhooks.endpoints import Endpoint, endpoints_from_options
+if TYPE_CHECKING:
+    from webhooks.endpoints import Endpoint
 
 ENV_URL = "STAGECAST_WEBHOOK_URL"
 ENV_SECRET = "STAGECAST_WEBHOOK_SECRET"
@@ -56,6 +58,8 @@ def webhook_endpoints(
     args: argparse.Namespace, env: Mapping[str, str] = os.environ
 ) -> list[Endpoint]:
     """The endpoints of the flags, else of the environment (`WebhookConfigError` if bad)."""
+    from webhooks.endpoints import endpoints_from_options
+
     urls = list(args.webhook_url) or _split(env.get(ENV_URL))
     secrets = list(args.webhook_secret) or _split(env.get(ENV_SECRET))
     if not urls and not secrets:
