@@ -101,12 +101,13 @@ async def sending(
     *,
     timeout: float = 10.0,
     max_connections: int = 256,
+    backoff: Backoff = FAST,
 ) -> AsyncIterator[asyncio.Task[object]]:
     """The sender on the webhook role, in-process, until the block ends."""
     settings = SenderSettings(
         api_key=API_KEY,
         api_secret=API_SECRET,
-        backoff=FAST,
+        backoff=backoff,
         request_timeout=timeout,
         max_connections=max_connections,
     )
@@ -232,6 +233,30 @@ async def test_a_410_disables_the_endpoint_and_only_it(
         await publish(admin, joins("a", 5, start=5))
         await eventually(lambda: len(receiver.delivered("/fine")) == 10, timeout=WAIT)
     assert [r.path for r in receiver.requests].count("/gone") == 1
+
+
+async def test_events_past_the_horizon_are_given_up_in_order_and_free_their_room(
+    server: NatsServer, logins: Logins, admin: NATS, receiver: HttpReceiver
+) -> None:
+    async def refuse_doomed(_path: str, body: bytes) -> int:
+        return 500 if b'"name":"doomed"' in body else 200
+
+    receiver.answer = refuse_doomed
+    hook = endpoint(receiver)
+    short = Backoff(base=0.05, cap=0.1, horizon=0.6)
+    async with sending(server, logins, admin, [hook], backoff=short):
+        await publish(admin, [*joins("doomed", 3), *joins("fine", 3)])
+
+        async def all_acknowledged() -> bool:
+            info = await admin.jetstream().consumer_info(EVENTS_STREAM, hook.consumer)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(all_acknowledged, timeout=WAIT, what="every event done with")
+    assert ids(receiver) == [f"fine.{n}" for n in range(3)]
+    tried = [r.doc["id"] for r in receiver.requests if r.status == 500]
+    assert sorted(set(tried)) == [f"doomed.{n}" for n in range(3)]
+    assert tried == sorted(tried, key=lambda i: int(i.rsplit(".", 1)[1]))  # in order
+    assert len(tried) > 3  # each retried before it was given up
 
 
 # --------------------------------------------------------------------------- restarts

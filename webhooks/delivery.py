@@ -2,8 +2,8 @@
 
 2xx: delivered. 410 Gone: the endpoint is disabled. Anything else (another status, a
 timeout, a refused connection): retried after an exponential backoff with jitter, until
-the next attempt would start later than `horizon` seconds after the first; then the event
-is given up (logged, and acknowledged so it stops holding its room back).
+the next attempt would start when the event is older than `horizon` seconds; then it is
+given up (logged, and acknowledged so it stops holding its room back).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def judge(
     status: int | None, retry: int, elapsed: float, backoff: Backoff, unit: float
 ) -> tuple[Verdict, float]:
     """The verdict on an attempt that answered `status` (None: no answer) and the delay
-    before the next attempt. `retry` counts the retries made so far plus one; `elapsed` is
-    the seconds since the first attempt."""
+    before the next attempt. `retry` counts the attempts made so far; `elapsed` is the
+    event's age in seconds (since the stream stored it)."""
     if status is not None and 200 <= status < 300:
         return Verdict.DELIVERED, 0.0
     if status == 410:

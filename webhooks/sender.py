@@ -77,6 +77,9 @@ class _Pending:
     msg: Any
     event_id: str
     body: bytes
+    stored_at: float
+    """When the stream stored the event (epoch seconds): the horizon counts from it, so a
+    restart does not give an event another full horizon."""
 
 
 class EndpointSender:
@@ -187,7 +190,8 @@ class EndpointSender:
             return
         room = event.room.id if hasattr(event, "room") else event.room_id
         body = encode_webhook(webhook_event(event))
-        pending = _Pending(msg, header_id(event.id), body)
+        stored_at = msg.metadata.timestamp.timestamp()
+        pending = _Pending(msg, header_id(event.id), body, stored_at)
         if self.queues.add(room, msg.metadata.sequence.stream, pending):
             self._workers[room] = asyncio.create_task(self._room(room))
         log.debug("queued %s %s for %s", event_name(event), event.id, self.endpoint.url)
@@ -233,15 +237,12 @@ class EndpointSender:
 
     async def _deliver(self, item: _Pending) -> bool:
         """Attempt until delivered or given up (True), or disabled by a 410 (False)."""
-        loop = asyncio.get_running_loop()
-        first = loop.time()
         retry = 0
         while True:
             status = await self._post(item)
             retry += 1
-            verdict, delay = judge(
-                status, retry, loop.time() - first, self.settings.backoff, self.rng.random()
-            )
+            age = max(0.0, time.time() - item.stored_at)
+            verdict, delay = judge(status, retry, age, self.settings.backoff, self.rng.random())
             if verdict is Verdict.DELIVERED:
                 self.delivered += 1
                 return True
