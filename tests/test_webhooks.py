@@ -249,7 +249,7 @@ async def test_events_past_the_horizon_are_given_up_in_order_and_free_their_room
 
         async def all_acknowledged() -> bool:
             info = await admin.jetstream().consumer_info(EVENTS_STREAM, hook.consumer)
-            return info.num_ack_pending == 0 and info.num_pending == 0
+            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
         await eventually(all_acknowledged, timeout=WAIT, what="every event done with")
     assert ids(receiver) == [f"fine.{n}" for n in range(3)]
