@@ -264,3 +264,18 @@ async def test_the_receiver_example_in_the_docs_works(monkeypatch: pytest.Monkey
         forged = await client.post("/stagecast", content=body + b" ", headers=headers)
         assert forged.status_code == 400 and "signature" in forged.text
     assert namespace["seen"] == {"7.pj"}
+
+
+def test_the_receiver_loads_on_first_use_only() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stagecast\n"
+        "assert 'webhooks.signing' not in sys.modules\n"
+        "assert {'WebhookReceiver', 'WebhookEvent', 'InvalidWebhook'} <= set(dir(stagecast))\n"
+        "stagecast.WebhookReceiver\n"
+        "assert 'webhooks.signing' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
