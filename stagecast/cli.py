@@ -97,8 +97,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from webhooks.errors import WebhookConfigError
 
     key, secret = credentials()
-    try:
-        webhook_endpoints(args)  # checked here: a bad endpoint is a named error, not a crash
+    try:  # checked here: a bad endpoint is a named error, not a child's crash
+        webhook_endpoints(args)
+        if args.webhook_horizon <= 0:
+            raise WebhookConfigError("--webhook-horizon", "the retry horizon must be positive")
     except WebhookConfigError as exc:
         raise SystemExit(f"stagecast up: {exc}") from None
     config = UpConfig(

@@ -424,3 +424,9 @@ def test_up_refuses_a_bad_webhook_before_starting_anything(tmp_path: Path) -> No
     assert done.returncode != 0
     assert "stagecast up: webhook secret: 5 bytes" in done.stderr, done.stderr
     assert not (tmp_path / "nats").exists()
+    done = _cli(
+        "up", "--data-dir", str(tmp_path), "--webhook-url", "http://x/h",
+        "--webhook-secret", SECRET, "--webhook-horizon", "-1",
+    )  # fmt: skip
+    assert "stagecast up: --webhook-horizon: the retry horizon must be positive" in done.stderr
+    assert not (tmp_path / "nats").exists()
