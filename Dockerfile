@@ -18,6 +18,7 @@ COPY rtc ./rtc
 COPY edge ./edge
 COPY statekeeper ./statekeeper
 COPY forwarder ./forwarder
+COPY webhooks ./webhooks
 COPY stagecast ./stagecast
 RUN pip install . \
     && useradd --system --create-home --home-dir /var/lib/stagecast --uid 10001 stagecast

@@ -20,7 +20,8 @@ The roles:
   KV bucket; reads both heartbeats.
 - ``forwarder``: media subjects only: its sessions and RPC, relayed tracks between
   forwarders, subscriber offers to sessions, its heartbeat; no JetStream at all.
-- ``webhook``: reads the public events stream through a (durable) consumer with acks.
+- ``webhook``: reads the public events stream through durable consumers with acks (one per
+  endpoint, which it inspects, deletes and recreates at its ack floor when it starts).
 - ``admin``: everything (the operator's own tools, `stagecast up`'s checks).
 
 A role answers the requests it receives (``allow_responses``) without a wider publish right.

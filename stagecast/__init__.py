@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     )
     from stagecast.errors import StagecastError
     from stagecast.server_api import RoomService
+    from stagecast.webhook import InvalidWebhook, WebhookEvent, WebhookReceiver
 
 _HOMES = {
     "AdminClaims": "access.tokens",
@@ -53,6 +54,9 @@ _HOMES = {
     "join": "stagecast.client",
     "StagecastError": "stagecast.errors",
     "RoomService": "stagecast.server_api",
+    "InvalidWebhook": "stagecast.webhook",
+    "WebhookEvent": "stagecast.webhook",
+    "WebhookReceiver": "stagecast.webhook",
 }
 """Where each public name is defined."""
 _SUBMODULES = frozenset({"client", "errors", "server_api"})
@@ -83,12 +87,15 @@ __all__ = [
     "DataMessage",
     "GetParticipantsResult",
     "Grant",
+    "InvalidWebhook",
     "LocalParticipant",
     "ParticipantCounts",
     "RemoteParticipant",
     "Room",
     "RoomService",
     "StagecastError",
+    "WebhookEvent",
+    "WebhookReceiver",
     "errors",
     "generate_admin_token",
     "generate_token",

@@ -30,6 +30,7 @@ BENCH_SUITES = (
     "media",
     "dataflood",
     "faults",
+    "webhooks",
 )
 
 
@@ -124,8 +125,16 @@ def _server_url(args: argparse.Namespace) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from stagecast.up import UpConfig, run_up
+    from stagecast.webhooks_cli import webhook_child_args, webhook_child_env, webhook_endpoints
+    from webhooks.errors import WebhookConfigError
 
     key, secret = credentials()
+    try:  # checked here: a bad endpoint is a named error, not a child's crash
+        webhook_endpoints(args)
+        if args.webhook_horizon <= 0:
+            raise WebhookConfigError("--webhook-horizon", "the retry horizon must be positive")
+    except WebhookConfigError as exc:
+        raise SystemExit(f"stagecast up: {exc}") from None
     config = UpConfig(
         port=args.port,
         data_dir=Path(args.data_dir),
@@ -137,6 +146,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         replicas=_replicas(args),
         api_key=key,
         api_secret=secret,
+        webhook_env=webhook_child_env(args),
+        webhook_args=webhook_child_args(args),
     )
     return asyncio.run(run_up(config))
 
@@ -235,6 +246,14 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from stagecast.webhooks_cli import cmd_webhooks as run
+
+    key, secret = credentials()
+    args.nats_auth = _nats_auth(args)
+    return run(args, _nats_url(args), key, secret)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -342,6 +361,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from edge.config import EdgeConfig
+    from stagecast.webhooks_cli import add_webhook_options
 
     parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -351,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=7880)
     up.add_argument("--data-dir", default=".stagecast")
     add_nats_options(up)  # --nats-url: use this NATS instead of a private one
+    add_webhook_options(up)  # an endpoint given: up starts `stagecast webhooks` too
     up.add_argument("--database-url", default=None)
     up.add_argument("--edges", type=int, default=1)
     up.add_argument("--forwarders", type=int, default=1)
@@ -429,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument("--id", default=None, help="[A-Za-z0-9_-]+; default FW_<random>")
     fwd.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     fwd.set_defaults(func=cmd_forwarder)
+
+    hooks = sub.add_parser("webhooks", help="POST public events, signed, to HTTP endpoints")
+    add_nats_options(hooks)
+    add_webhook_options(hooks)
+    hooks.add_argument(
+        "--webhook-retry-base", type=float, default=1.0, help="seconds before the first retry"
+    )
+    hooks.set_defaults(func=cmd_webhooks)
 
     token = sub.add_parser("token", help="mint a participant token")
     token.add_argument("--room", default=None, help="omit for a roomless (audience) token")

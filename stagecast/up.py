@@ -1,10 +1,12 @@
 """`stagecast up`: the whole system on one machine, as supervised child processes.
 
 Starts a private nats-server (unless given `--nats-url`), one statekeeper on SQLite (or
-`--database-url`), N edges and M media forwarders; waits until every edge's `/healthz`
-answers 200 and every forwarder's first heartbeat arrived; prints the ready line and the
-dev credentials; on Ctrl-C or SIGTERM stops the children in reverse
-order. Every child is started with a parent-death signal, so none outlives `up`.
+`--database-url`), N edges, M media forwarders and, when an endpoint is configured, the
+webhook sender (`stagecast webhooks`, its URLs and secrets passed in its environment);
+waits until every edge's `/healthz` answers 200 and every forwarder's first heartbeat
+arrived; prints the ready line and the dev credentials; on Ctrl-C or SIGTERM stops the
+children in reverse order. Every child is started with a parent-death signal, so none
+outlives `up`.
 
 The private nats-server requires credentials: each start makes a fresh NKey per role
 (`roomlog.roles`), writes the seeds readable by this user only under
@@ -48,7 +50,8 @@ from schemas.subjects import FORWARDER_HEARTBEAT
 
 log = logging.getLogger("stagecast.up")
 CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.ADMIN)
-"""The roles `stagecast up` makes credentials for (admin: its own checks)."""
+"""The roles `stagecast up` makes credentials for (admin: its own checks); `Role.WEBHOOK`
+too when a webhook endpoint is configured."""
 NATS_CLIENT_VARS = frozenset(
     ("STAGECAST_NATS_URL", ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY)
 )
@@ -72,6 +75,10 @@ class UpConfig:
     """More `stagecast edge` flags for every edge (data budgets, say)."""
     replicas: int = 1
     """Least replicas of the log streams; more than 1 needs `nats_url` of a cluster."""
+    webhook_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    """``STAGECAST_WEBHOOK_URL``/``_SECRET`` for the webhook sender; empty: none started."""
+    webhook_args: tuple[str, ...] = ()
+    """Its filter and horizon flags."""
 
 
 class Stack:
@@ -101,6 +108,8 @@ class Stack:
 
     def _env(self, role: Role) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in NATS_CLIENT_VARS}
+        if role is Role.WEBHOOK:
+            env.update(self.config.webhook_env)
         env["STAGECAST_API_KEY"] = self.config.api_key
         env["STAGECAST_API_SECRET"] = self.config.api_secret
         env["STAGECAST_NATS_URL"] = self.nats_url  # not on the command line: it may hold a password
@@ -112,7 +121,8 @@ class Stack:
     def _make_credentials(self, directory: Path) -> str:
         """Fresh NKeys for every role in `directory` (0600); the server's authorization."""
         users: list[RoleUser] = []
-        for role in CHILD_ROLES:
+        roles = (*CHILD_ROLES, Role.WEBHOOK) if self.config.webhook_env else CHILD_ROLES
+        for role in roles:
             seed, public = new_nkey_user()
             path = write_secret(directory / f"{role.value}.nk", seed + "\n")
             self._credentials[role] = NatsAuth(creds=path)
@@ -159,6 +169,12 @@ class Stack:
             self._spawn(args, self.config.data_dir / f"edge-{i}.log", Role.EDGE)
             self.edge_urls.append(f"http://127.0.0.1:{port}")
         await self.start_forwarders(cli)
+        if self.config.webhook_env:
+            self._spawn(
+                [*cli, "webhooks", *self.config.webhook_args],
+                self.config.data_dir / "webhooks.log",
+                Role.WEBHOOK,
+            )
         await self.wait_healthy()
 
     async def start_forwarders(self, cli: list[str], timeout: float = 60.0) -> None:
@@ -286,6 +302,8 @@ async def run_up(config: UpConfig) -> int:
         print(f"  nats admin key  {admin.creds}  (nats --nkey ...)", flush=True)
     if stack.forwarder_ids:
         print(f"  forwarders      {' '.join(stack.forwarder_ids)}", flush=True)
+    if config.webhook_env:
+        print("  webhooks        sending (log: webhooks.log in the data dir)", flush=True)
     print(
         "  try             stagecast token --room demo --identity alice",
         flush=True,
