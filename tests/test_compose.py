@@ -240,5 +240,6 @@ def test_services_know_every_nats_node_and_ask_for_three_replicas(
         args = _parse(name, service)
         urls = _nats_url(service).split(",")
         assert len(urls) == 3, f"{name} must be given every NATS node"
-        assert all(url.startswith(f"nats://{args.command}:") for url in urls), name
+        role = {"webhooks": "webhook"}.get(args.command, args.command)
+        assert all(url.startswith(f"nats://{role}:") for url in urls), name
         assert service["environment"]["STAGECAST_REPLICAS"] == "3", name
