@@ -126,6 +126,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from stagecast.up import UpConfig, run_up
 
     key, secret = credentials()
+    if args.cluster:
+        return cmd_up_cluster(args, key, secret)
     config = UpConfig(
         port=args.port,
         data_dir=Path(args.data_dir),
@@ -139,6 +141,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         api_secret=secret,
     )
     return asyncio.run(run_up(config))
+
+
+def cmd_up_cluster(args: argparse.Namespace, key: str, secret: str) -> int:
+    from stagecast.cluster_up import ClusterConfig, run_cluster
+
+    if args.nats_url:
+        raise SystemExit("stagecast up --cluster runs its own NATS nodes: drop --nats-url")
+    config = ClusterConfig(
+        database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL") or "",
+        port=args.port,
+        data_dir=Path(args.data_dir if args.data_dir != ".stagecast" else ".stagecast-cluster"),
+        replicas=_replicas(args) if args.replicas is not None else 3,
+        api_key=key,
+        api_secret=secret,
+    )
+    return asyncio.run(run_cluster(config))
 
 
 def cmd_statekeeper(args: argparse.Namespace) -> int:
@@ -354,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", default=None)
     up.add_argument("--edges", type=int, default=1)
     up.add_argument("--forwarders", type=int, default=1)
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="3 NATS nodes, 2 statekeepers (needs --database-url of PostgreSQL), 2 edges, "
+        "2 forwarders: compose.yaml as processes",
+    )
     up.add_argument(
         "--replicas",
         type=int,
