@@ -34,8 +34,10 @@ def cli_env() -> dict[str, str]:
 def test_without_a_postgresql_database_it_says_so_and_exits_non_zero(tmp_path: Path) -> None:
     for extra in ([], ["--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db"]):
         done = subprocess.run(
-            [sys.executable, "-m", "stagecast.cli", "up", "--cluster", "--data-dir", str(tmp_path)]
-            + extra,
+            [
+                *(sys.executable, "-m", "stagecast.cli", "up", "--cluster"),
+                *("--data-dir", str(tmp_path), *extra),
+            ],
             capture_output=True,
             text=True,
             timeout=30,
