@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -172,6 +173,7 @@ class Chaos:
         self.results += [
             Result("acked_lost", sum(found.lost.values()), "writes", "whole run, goal 0"),
             Result("duplicated", sum(found.duplicated.values()), "writes", "whole run, goal 0"),
+            Result("data_received", sum(len(m.data_seen) for m in self.members), "messages"),
             Result("data_doubled", sum(m.data_doubled for m in self.members), "messages"),
             Result("writes_acked", acked, "writes"),
             Result("writes_refused", sum(sum(m.refused.values()) for m in self.members), "writes"),
@@ -226,6 +228,10 @@ class Chaos:
         await load.pause(OPTIONS.request_timeout + 0.5)
         await asyncio.sleep(1.0)  # the last broadcasts
         flaps = sum(1 for m in survivors if m.speaker_left > left_before[m.identity])
+        errors = sum((m.errors for m in self.members), collections.Counter[str]())
+        for what, n in sorted(errors.items()):
+            if what.startswith(f"{fault} "):
+                console.print(f"{fault}: {n} writes refused with {what.split()[1]}")
         exact = await self.counts_exact(api)
         console.print(
             f"{fault}: longest write gap {gap:.2f} s; flaps {flaps}; counts exact {exact}"

@@ -49,6 +49,8 @@ class Member:
     """Value -> the phase it was sent in, for every acknowledged write."""
     refused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     """Writes answered with an error, by phase."""
+    errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    """Those errors, by phase and name (``<phase> <error>``)."""
     speaker_left: int = 0
     """`participant-left` events for a speaker seen by this client."""
     data_seen: set[str] = dataclasses.field(default_factory=set)
@@ -75,8 +77,9 @@ class Member:
             value = f"{self.identity}#{self.written}"
             try:
                 await self.room.local_participant.set_metadata(value)
-            except StagecastError:
+            except StagecastError as exc:
                 self.refused[phase] += 1
+                self.errors[f"{phase} {type(exc).__name__}"] += 1
                 return False
             self.acked[value] = phase
             acks.append(asyncio.get_running_loop().time())
