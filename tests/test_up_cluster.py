@@ -107,6 +107,27 @@ async def test_the_cluster_starts_serves_a_room_and_stops_in_order(
         assert sorted(int(p) for part in held for p in part) == list(range(8)), lines
         assert rows["edge-1"][1] == str(port + 1)
 
+        nats_url = lines[0].split()[-1]
+        creds = next(line.split()[3] for line in lines if line.startswith("  nats admin key"))
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *(sys.executable, "-m", "stagecast.cli", "cluster", "status"),
+                *("--nats-url", nats_url, "--nats-creds", creds),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli_env(),
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        report = status.stdout.splitlines()
+        partitions = report[report.index("partitions") + 2 : report.index("services")]
+        assert [int(line.split()[0]) for line in partitions] == list(range(8)), report
+        assert len({line.split()[1] for line in partitions}) == 2  # both statekeepers hold some
+        services = [line.split()[0] for line in report[report.index("services") + 1 :]]
+        assert services.count("edge") == 2 and services.count("forwarder") == 2, report
+
         sockets = [f"ws://127.0.0.1:{port + i}/rtc" for i in range(2)]
         options = ConnectOptions(connect_timeout=15.0, request_timeout=10.0)
         rooms = []
