@@ -11,7 +11,8 @@ time, with `--steady` s of load before each and recovery after (the killed part 
 started again, as a supervisor would):
 
 - `stream_leader`: SIGKILL the NATS node leading `STAGECAST_LOG`;
-- `meta_leader`: SIGKILL the JetStream meta leader (another node when it also leads the log);
+- `meta_leader`: SIGKILL the JetStream meta leader, once the streams it led were asked to
+  elect leaders elsewhere (a graceful step down during the steady load);
 - `statekeeper`: SIGKILL statekeeper-0 (the other takes its partitions over);
 - `edge`: SIGKILL edge-1 (its clients resume on edge-0);
 - `forwarder`: SIGKILL forwarder-0. No media flows in this benchmark (an aiortc pair per
@@ -44,6 +45,7 @@ from rich.console import Console
 from access.tokens import generate_token
 from schemas import subjects
 from schemas.models import Grant
+from schemas.subjects import LEASES_BUCKET
 from stagecast.bench import Result
 from stagecast.bench.chaosload import Load, Member, audit, fresh_database, longest_gap
 from stagecast.bench.stormhost import free_port_block
@@ -62,6 +64,7 @@ OPTIONS = ConnectOptions(
 FAULTS = ("stream_leader", "meta_leader", "statekeeper", "edge", "forwarder")
 JOIN_BATCH = 50
 COUNTS_WAIT_S = 30.0
+STEPDOWN_WAIT_S = 20.0
 console = Console(stderr=True)
 
 
@@ -208,6 +211,8 @@ class Chaos:
 
     async def phase(self, fault: str, load: Load, api: RoomService) -> None:
         load.resume(fault)
+        if fault == "meta_leader":
+            await self.streams_off_meta_leader()
         await asyncio.sleep(self.args.steady)
         survivors = [m for m in self.members if fault != "edge" or self.edge_of(m) == 0]
         left_before = {m.identity: m.speaker_left for m in survivors}
@@ -267,7 +272,11 @@ class Chaos:
             if not name or name not in cluster.nodes:
                 raise RuntimeError(f"{fault}: no leader to kill ({name!r})")
             node = cluster.nodes[name]
-            console.print(f"{fault}: SIGKILL nats node {name} (pid {node.pid})")
+            led = [stream for stream, leader in (await self.leaders()).items() if leader == name]
+            console.print(
+                f"{fault}: SIGKILL nats node {name} (pid {node.pid}), leading "
+                f"{', '.join(led) or 'no stream'}"
+            )
             node.kill()
 
             async def restart_node() -> None:
@@ -288,6 +297,35 @@ class Chaos:
                 await stack.wait_statekeeper_ready(index)
 
         return respawn
+
+    async def streams_off_meta_leader(self) -> None:
+        """Ask every stream the meta leader leads to elect another leader (a graceful step
+        down), so that killing the meta leader measures the meta leader alone."""
+        cluster = self.stack.cluster
+        assert cluster is not None
+        meta = await cluster.meta_leader()
+        nc = await self.stack.admin()
+        deadline = self.loop.time() + STEPDOWN_WAIT_S
+        while self.loop.time() < deadline:
+            led = [s for s, leader in (await self.leaders()).items() if leader == meta]
+            if not led:
+                return
+            for stream in led:
+                with contextlib.suppress(Exception):
+                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
+            await asyncio.sleep(1.0)
+        console.print(f"meta_leader: {meta} still leads a stream; the figures include it")
+
+    async def leaders(self) -> dict[str, str]:
+        """Stream -> the node leading it now, for the streams Stagecast keeps."""
+        js = (await self.stack.admin()).jetstream(timeout=5)
+        found: dict[str, str] = {}
+        for stream in (subjects.LOG_STREAM, subjects.EVENTS_STREAM, f"KV_{LEASES_BUCKET}"):
+            with contextlib.suppress(Exception):
+                info = await js.stream_info(stream)
+                if info.cluster is not None and info.cluster.leader:
+                    found[stream] = info.cluster.leader
+        return found
 
     async def recover(self, load: Load, t0: float) -> float:
         """Seconds from `t0` until every client had one write acknowledged."""
