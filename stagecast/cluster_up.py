@@ -192,21 +192,26 @@ class ClusterStack(Stack):
         return owner
 
     async def wait_partitions_owned(self, timeout: float = 60.0) -> None:
-        """Wait until every partition's lease is held (the log stream exists by then)."""
+        """Wait until every partition's lease is held, shared out among the statekeepers
+        (each holding its even share), so no partition changes hands just after the start."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         partitions = self.cluster_config.partitions
+        keepers = [i for i, name in enumerate(self.names()) if name.startswith("statekeeper")]
+        share = partitions // max(1, len(keepers))
         held: dict[int, str] = {}
         while loop.time() < deadline:
             self._check_children()
             with contextlib.suppress(Exception):  # no bucket yet, or an election
                 held = await self.owners()
-            if len(held) >= partitions:
+            owners = [self.statekeeper_owner(i) for i in keepers]
+            shares = [sum(1 for o in held.values() if o == owner) for owner in owners]
+            if len(held) >= partitions and min(shares, default=0) >= share:
                 return
             await asyncio.sleep(0.3)
         raise RuntimeError(
-            f"only {len(held)} of {partitions} partitions have an owner after {timeout} s; "
-            f"see the statekeeper logs in {self.cluster_config.data_dir}"
+            f"{len(held)} of {partitions} partitions have an owner after {timeout} s, not "
+            f"shared out; see the statekeeper logs in {self.cluster_config.data_dir}"
         )
 
     def statekeeper_owner(self, index: int) -> str | None:

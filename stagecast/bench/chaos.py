@@ -148,7 +148,7 @@ class Chaos:
         api = RoomService(self.stack.edge_urls[0], API_KEY, API_SECRET)
         try:
             for room in self.rooms:
-                await api.create_room(room, departure_timeout=30)
+                await self.create_room(api, room)
             await self.join_all()
             load = Load(self.members, self.args.period)
             try:
@@ -183,6 +183,18 @@ class Chaos:
             Result("clients", len(self.members), "clients"),
         ]
         return self.results
+
+    async def create_room(self, api: RoomService, room: str) -> None:
+        """Create `room`, asking again while its partition is still being recovered."""
+        deadline = self.loop.time() + COUNTS_WAIT_S
+        while True:
+            try:
+                await api.create_room(room, departure_timeout=30)
+                return
+            except Unavailable:
+                if self.loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def join_all(self) -> None:
         args = self.args
