@@ -75,8 +75,9 @@ _CLUSTER_UNAVAILABLE = 10008  # "JetStream system temporarily unavailable"
 class RoomLog:
     """Append to and read from the room log and the public events stream.
 
-    `partitions` fixes the stream's subject transform (how many partitions rooms hash to);
-    changing it on an existing stream only affects events appended afterwards. `replicas`
+    `partitions` fixes the stream's subject transform (how many partitions rooms hash to)
+    when `ensure` creates the stream; an existing stream keeps its own (an edge, which does
+    not know the partitions, never re-hashes the log). `replicas`
     (1 to `MAX_REPLICAS`) is the least number of copies `ensure` gives each stream.
     `ack_timeout` bounds one attempt of an append; `retry` how long and how often a failed
     one is repeated (`roomlog.retry`); an append waits at most the longer of the two.
@@ -192,6 +193,10 @@ class RoomLog:
                 info = await self.js.stream_info(name)
             current = info.config.num_replicas or 1
             config.num_replicas = max(current, wanted)
+            if info.config.subject_transform is not None:
+                # The partitions are fixed when the stream is created: a service that does
+                # not know them (an edge) must not re-hash every later append.
+                config.subject_transform = info.config.subject_transform
             if current < wanted:
                 log.warning("stream %s: raising replicas from %d to %d", name, current, wanted)
             elif current > wanted:

@@ -31,6 +31,7 @@ BENCH_SUITES = (
     "dataflood",
     "faults",
     "webhooks",
+    "chaos",
 )
 
 
@@ -135,6 +136,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise WebhookConfigError("--webhook-horizon", "the retry horizon must be positive")
     except WebhookConfigError as exc:
         raise SystemExit(f"stagecast up: {exc}") from None
+    if args.cluster:
+        return cmd_up_cluster(args, key, secret)
     config = UpConfig(
         port=args.port,
         data_dir=Path(args.data_dir),
@@ -150,6 +153,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         webhook_args=webhook_child_args(args),
     )
     return asyncio.run(run_up(config))
+
+
+def cmd_up_cluster(args: argparse.Namespace, key: str, secret: str) -> int:
+    from stagecast.cluster_up import ClusterConfig, run_cluster
+
+    if args.nats_url:
+        raise SystemExit("stagecast up --cluster runs its own NATS nodes: drop --nats-url")
+    config = ClusterConfig(
+        database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL") or "",
+        port=args.port,
+        data_dir=Path(args.data_dir if args.data_dir != ".stagecast" else ".stagecast-cluster"),
+        replicas=_replicas(args) if args.replicas is not None else 3,
+        api_key=key,
+        api_secret=secret,
+    )
+    return asyncio.run(run_cluster(config))
 
 
 def cmd_statekeeper(args: argparse.Namespace) -> int:
@@ -375,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", default=None)
     up.add_argument("--edges", type=int, default=1)
     up.add_argument("--forwarders", type=int, default=1)
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="3 NATS nodes, 2 statekeepers (needs --database-url of PostgreSQL), 2 edges, "
+        "2 forwarders: compose.yaml as processes",
+    )
     up.add_argument(
         "--replicas",
         type=int,

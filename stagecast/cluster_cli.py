@@ -1,10 +1,12 @@
-"""`stagecast cluster status`: the JetStream streams and consumers, read-only.
+"""`stagecast cluster status`: streams, consumers, partitions and services, read-only.
 
 For every stream (Stagecast's `STAGECAST_LOG` and `STAGECAST_EVENTS` first): its replicas,
 the node leading it, each follower's state (current, lagging by how many operations, or
-offline) and its messages; for every consumer: its replicas and how far behind it is.
-Nothing is changed. The exit status is 1 when a Stagecast stream is missing or has no
-leader (appends to it fail), 0 otherwise.
+offline) and its messages; for every consumer: its replicas and how far behind it is (a
+statekeeper's consumer is its lag); for every log partition: the statekeeper holding its
+lease (the `STAGECAST_LEASES` bucket); for every edge and forwarder: its load, from the
+heartbeats heard in `HEARTBEAT_WAIT_S`. Nothing is changed. The exit status is 1 when a
+Stagecast stream is missing or has no leader (appends to it fail), 0 otherwise.
 """
 
 from __future__ import annotations
@@ -15,14 +17,30 @@ from collections.abc import Callable, Sequence
 
 import nats
 import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StreamInfo
 
 from roomlog.connect import NatsAuth, nats_servers, redact_url
-from schemas.subjects import EVENTS_STREAM, LOG_STREAM
+from schemas.api import EdgeHeartbeat
+from schemas.codec import SchemaError, decode
+from schemas.media import ForwarderHeartbeat
+from schemas.subjects import (
+    EDGE_HEARTBEAT,
+    EVENTS_STREAM,
+    FORWARDER_HEARTBEAT,
+    LEASES_BUCKET,
+    LOG_STREAM,
+)
+from statekeeper.leases import LEASE_PREFIX
 
 STAGECAST_STREAMS = (LOG_STREAM, EVENTS_STREAM)
 CONNECT_TIMEOUT = 5.0
 """Seconds to reach any node of the URL list."""
+HEARTBEAT_WAIT_S = 1.5
+"""How long heartbeats are listened for (edges and forwarders send one each second)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,6 +68,74 @@ class ConsumerRow:
     """Messages stored after the consumer's position: how far behind it is."""
     ack_pending: int
     last_delivered: int
+
+
+async def lease_owners(js: JetStreamContext, partitions: int | None = None) -> dict[int, str]:
+    """Partition -> the statekeeper whose lease is stored for it ({} without leases).
+
+    With `partitions` known, each key is read directly (no consumer is made for a key
+    listing: cheap enough to poll). A lease whose owner died stays stored until another
+    statekeeper takes it over (a TTL later): during a takeover this still names the dead
+    owner."""
+    try:
+        kv = await js.key_value(LEASES_BUCKET)
+        if partitions is None:
+            keys = await kv.keys()
+        else:
+            keys = [f"{LEASE_PREFIX}{p}" for p in range(partitions)]
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
+        return {}
+    owners: dict[int, str] = {}
+    for key in keys:
+        number = key.removeprefix(LEASE_PREFIX)
+        if not key.startswith(LEASE_PREFIX) or not number.isdigit():
+            continue
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue
+        if entry.value:
+            owners[int(number)] = entry.value.decode()
+    return owners
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceLoad:
+    """An edge or forwarder as its last heartbeat described it."""
+
+    kind: str
+    """``edge`` or ``forwarder``."""
+    name: str
+    load: str
+
+
+async def service_loads(nc: NATS, wait: float = HEARTBEAT_WAIT_S) -> list[ServiceLoad]:
+    """The edges and forwarders heard from within `wait` seconds, with their load."""
+    heard: dict[tuple[str, str], str] = {}
+
+    async def on_beat(msg: Msg) -> None:
+        try:
+            beat = decode(msg.data)
+        except SchemaError:
+            return
+        if isinstance(beat, EdgeHeartbeat):
+            heard["edge", beat.edge_id] = f"{beat.sockets} sockets"
+        elif isinstance(beat, ForwarderHeartbeat) and not beat.stopping:
+            heard["forwarder", beat.forwarder_id] = (
+                f"{beat.peer_connections} peer connections, {beat.published_tracks} tracks, "
+                f"{beat.legs} legs, {beat.packets_per_s} packets/s"
+            )
+
+    subs = [
+        await nc.subscribe(EDGE_HEARTBEAT, cb=on_beat),
+        await nc.subscribe(FORWARDER_HEARTBEAT, cb=on_beat),
+    ]
+    try:
+        await asyncio.sleep(wait)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    return [ServiceLoad(kind, name, load) for (kind, name), load in sorted(heard.items())]
 
 
 def stream_row(info: StreamInfo) -> StreamRow:
@@ -104,8 +190,14 @@ def problems(streams: Sequence[StreamRow]) -> list[str]:
     return out
 
 
-def render(streams: Sequence[StreamRow], consumers: Sequence[ConsumerRow]) -> list[str]:
-    """The report's lines: a streams table, a consumers table, then any problem."""
+def render(
+    streams: Sequence[StreamRow],
+    consumers: Sequence[ConsumerRow],
+    owners: dict[int, str] | None = None,
+    services: Sequence[ServiceLoad] = (),
+) -> list[str]:
+    """The report's lines: streams, consumers, partitions (`owners`), edges and forwarders
+    (`services`), then any problem."""
     order = {name: i for i, name in enumerate(STAGECAST_STREAMS)}
     ranked = sorted(streams, key=lambda s: (order.get(s.name, len(order)), s.name))
     lines = ["streams"]
@@ -131,6 +223,14 @@ def render(streams: Sequence[StreamRow], consumers: Sequence[ConsumerRow]) -> li
                 f"  {c.stream:<20} {c.name:<28} {c.replicas:>8} {c.pending:>10} "
                 f"{c.ack_pending:>11} {c.last_delivered:>10}"
             )
+    if owners:
+        lines.append("partitions")
+        lines.append(f"  {'partition':>9}  owner")
+        lines.extend(f"  {p:>9}  {owner}" for p, owner in sorted(owners.items()))
+    lines.append("services")
+    if not services:
+        lines.append("  (no heartbeat heard)")
+    lines.extend(f"  {s.kind:<10} {s.name:<28} {s.load}" for s in services)
     lines.extend(f"problem: {p}" for p in problems(streams))
     return lines
 
@@ -169,22 +269,27 @@ async def cluster_status(
         consumers: list[ConsumerRow] = []
         for row in streams:
             consumers += [consumer_row(c) for c in await js.consumers_info(row.name)]
+        owners = await lease_owners(js)
+        services = await service_loads(nc)
     except (nats.errors.Error, TimeoutError) as exc:
         out(f"JetStream at {shown} does not answer: {type(exc).__name__}: {exc}")
         return 2
     finally:
         await asyncio.shield(nc.close())
-    for line in render(streams, consumers):
+    for line in render(streams, consumers, owners, services):
         out(line)
     return 1 if problems(streams) else 0
 
 
 __all__ = [
     "ConsumerRow",
+    "ServiceLoad",
     "StreamRow",
     "cluster_status",
     "consumer_row",
+    "lease_owners",
     "problems",
     "render",
+    "service_loads",
     "stream_row",
 ]

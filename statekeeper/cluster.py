@@ -50,6 +50,8 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
         config.nats_url,
         name="stagecast-statekeeper",
         link=link,
+        role="statekeeper",
+        auth=config.nats_auth,
         connect_timeout=config.connect_timeout,
         reconnect_buffer=RECONNECT_BUFFER,
     )

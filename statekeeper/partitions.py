@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,11 @@ from statekeeper.service import Statekeeper, Tuning
 from statekeeper.store import SqlStore
 
 log = logging.getLogger("stagecast.statekeeper.partitions")
+
+
+START_RETRY_S = 0.2
+"""The first pause before a partition whose start failed is started again (doubling)."""
+START_RETRY_MAX_S = 2.0
 
 
 async def check_partitions(js: Any, partitions: int) -> None:
@@ -76,6 +82,12 @@ class PartitionHost:
     async def gain(self, fence: Fence) -> None:
         """Start folding `fence.partition`; recovery goes on in the background."""
         p = fence.partition
+        keeper = self._keeper(fence)
+        self.keepers[p] = keeper
+        self._starting[p] = asyncio.create_task(self._start(fence, keeper))
+
+    def _keeper(self, fence: Fence) -> Statekeeper:
+        p = fence.partition
         keeper = Statekeeper(
             self.nc,
             self.room_log,
@@ -86,12 +98,32 @@ class PartitionHost:
         )
         if self.on_keeper is not None:
             self.on_keeper(keeper)
-        self.keepers[p] = keeper
-        self._starting[p] = asyncio.create_task(self._start(p, keeper))
+        return keeper
 
-    async def _start(self, p: int, keeper: Statekeeper) -> None:
-        started = asyncio.get_running_loop().time()
-        await keeper.start()
+    async def _start(self, fence: Fence, keeper: Statekeeper) -> None:
+        """Recover the partition, starting again with a new keeper while a start fails (a
+        NATS election under way): the lease is held, so nobody else would serve it."""
+        p = fence.partition
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for attempt in itertools.count():
+            try:
+                await keeper.start()
+                break
+            except Exception as exc:
+                log.warning(
+                    "partition %d: start failed (%s: %s); starting again",
+                    p,
+                    type(exc).__name__,
+                    exc,
+                )
+                with contextlib.suppress(Exception):
+                    await keeper.stop(last_snapshot=False)
+                with contextlib.suppress(Exception):
+                    await keeper.store.close()
+                await asyncio.sleep(min(START_RETRY_S * 2**attempt, START_RETRY_MAX_S))
+                keeper = self._keeper(fence)
+                self.keepers[p] = keeper
         await keeper.wait_caught_up()
         queries = Queries(
             keeper,
@@ -101,7 +133,7 @@ class PartitionHost:
         )
         await queries.start()
         self.queries[p] = queries
-        took = asyncio.get_running_loop().time() - started
+        took = loop.time() - started
         log.info("partition %d recovered at log sequence %d in %.2f s", p, keeper.applied_seq, took)
 
     async def lose(self, partition: int) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,21 +24,11 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
+from processes.natscluster import free_ports
 from processes.natsserver import NatsServer
 from tests.polling import eventually
 
 CLUSTER_NAME = "stagecast-test"
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on 127.0.0.1 right now."""
-    with contextlib.ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
 
 
 @dataclasses.dataclass

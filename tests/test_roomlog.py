@@ -60,10 +60,12 @@ async def test_ensure_creates_both_streams(js: JetStreamContext) -> None:
     assert events_cfg.max_age == 7 * 24 * 3600
 
 
-async def test_ensure_is_repeatable_and_updates_the_partition_count(js: JetStreamContext) -> None:
-    await RoomLog(js, partitions=1).ensure()
-    await RoomLog(js, partitions=1).ensure()
+async def test_ensure_is_repeatable_and_keeps_the_partition_count_of_the_creation(
+    js: JetStreamContext,
+) -> None:
     await RoomLog(js, partitions=3).ensure()
+    await RoomLog(js, partitions=3).ensure()
+    await RoomLog(js, partitions=1).ensure()  # an edge, which does not know the partitions
     transform = (await js.stream_info(subjects.LOG_STREAM)).config.subject_transform
     assert transform is not None
     assert transform.dest == "stagecast.logp.{{partition(3,1)}}.{{wildcard(1)}}"
