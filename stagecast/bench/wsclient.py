@@ -105,13 +105,18 @@ class RawWebSocket(asyncio.Protocol):
 
     # ------------------------------------------------------------------ sending
 
+    def _write(self, frame: bytes) -> None:
+        # An aborted transport stays set until `connection_lost` runs; uvloop raises on a
+        # write to it meanwhile (asyncio ignores it), so `is_closing` is checked too.
+        transport = self.transport
+        if transport is not None and not self.closed and not transport.is_closing():
+            transport.write(frame)
+
     def send_binary(self, payload: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(client_frame(OP_BINARY, payload))
+        self._write(client_frame(OP_BINARY, payload))
 
     def send_close(self, code: int = 1000, reason: str = "") -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(client_frame(OP_CLOSE, close_payload(code, reason)))
+        self._write(client_frame(OP_CLOSE, close_payload(code, reason)))
 
     def abort(self) -> None:
         if self.transport is not None:
