@@ -122,6 +122,7 @@ def test_nothing_is_written_to_a_transport_aborted_before_it_is_lost() -> None:
     """uvloop raises on a write to an aborted transport until `connection_lost` runs: the
     bench's closing pass must not (it did, ending a 100,000-viewer run with tracebacks)."""
     client, wire, _ = connected()
+    wire.take()  # the join frame `on_open` sent
     client.abort()
     client.send_binary(b"late")
     client.send_close(1000, "bench done")
