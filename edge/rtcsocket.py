@@ -292,16 +292,27 @@ class Liveness:
         self._timer = loop.call_later(self.tick, self.sweep)
         now = loop.time()
         quiet, dead = now - self.interval, now - self.timeout
+        dropped = 0
         for socket in list(self.sockets):
             heard = socket.last_heard
             if heard > quiet:
                 continue
             if heard <= dead:
-                self.metrics.liveness_drops += 1
+                dropped += 1
                 self.sockets.discard(socket)
                 socket.drop()
             elif not socket.pinged:
                 socket.ping()
+        if dropped:
+            # One line per sweep, not per socket: a mass drop (a client host gone, or this
+            # edge's loop too far behind to read the pongs) is then visible in the log.
+            self.metrics.liveness_drops += dropped
+            log.warning(
+                "dropped %d signaling socket(s) silent for %g s (no pong to a ping); %d open",
+                dropped,
+                self.timeout,
+                len(self.sockets),
+            )
 
 
 __all__ = ["CLOSE_TIMEOUT", "Liveness", "RtcReceiver", "RtcSocket"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,7 +42,10 @@ async def _metric(stack: Stack, name: str) -> int:
     raise AssertionError(f"{name} not in /metrics")
 
 
-async def test_a_peer_that_never_answers_a_ping_is_dropped(tmp_path: Path) -> None:
+async def test_a_peer_that_never_answers_a_ping_is_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="stagecast.edge")
     async with quick_liveness(tmp_path) as stack:
         answering = await stack.connect()  # the websockets client answers pings
         host, port = stack.url.removeprefix("http://").rsplit(":", 1)
@@ -68,6 +72,8 @@ async def test_a_peer_that_never_answers_a_ping_is_dropped(tmp_path: Path) -> No
         reply = await answering.request(Ping(id=answering.next_id(), at=1))
         assert isinstance(reply, Pong)
         assert await _metric(stack, "stagecast_edge_liveness_drops_total") == 1
+        drops = [r.getMessage() for r in caplog.records if "silent for" in r.getMessage()]
+        assert drops == ["dropped 1 signaling socket(s) silent for 1 s (no pong to a ping); 1 open"]
 
 
 async def test_one_audience_token_and_counts_built_once_reach_every_viewer(
