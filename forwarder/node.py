@@ -143,6 +143,13 @@ class Forwarder:
             s.pc for s in self._subscribers.values()
         ]
 
+    def connection_state(self, publisher_key: str) -> str:
+        """A publisher connection's state (``new``, ``connecting``, ``connected``, ...)."""
+        publisher = self._publishers.get(publisher_key)
+        if publisher is None:
+            raise ParticipantNotFound(publisher_key)
+        return str(publisher.pc.connectionState)
+
     def inbound(self, track_id: str) -> InboundStream:
         """The publisher-side stream of a track (for counters and tests)."""
         owner = self._publishers.get(self._track_owner.get(track_id, ""))
@@ -168,7 +175,12 @@ class Forwarder:
         return self._epochs.get(track_id)
 
     async def add_publisher(
-        self, offer_sdp: str, *, publisher_key: str, track_ids: Mapping[str, str] | None = None
+        self,
+        offer_sdp: str,
+        *,
+        publisher_key: str,
+        track_ids: Mapping[str, str] | None = None,
+        on_state: Callable[[str], None] | None = None,
     ) -> PublisherAnswer:
         """Answer a publisher's offer: each audio/video it sends becomes a published track.
 
@@ -177,7 +189,8 @@ class Forwarder:
         `track_ids` maps an offer's MID to the track id to publish it as (the track sid the
         room gave it); a MID not in it becomes ``"<publisher_key>:<mid>"``. The answer keeps
         one codec per track (the offer's first forwardable one), since subscribers get the
-        publisher's packets unchanged.
+        publisher's packets unchanged. `on_state` is told the connection's state
+        (``connecting``, ``connected``, ``failed``, ``closed``) each time it changes.
         """
         self._check_open("add_publisher")
         if publisher_key in self._publishers:
@@ -197,6 +210,9 @@ class Forwarder:
             await _close_quietly(publisher.pc)
             raise
         self._publishers[publisher_key] = publisher
+        if on_state is not None:
+            pc = publisher.pc
+            pc.on("connectionstatechange", lambda: on_state(str(pc.connectionState)))
         for track in published:
             self._track_owner[track.track_id] = publisher_key
             self._epochs[track.track_id] = self._new_epoch()

@@ -25,14 +25,17 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 
 from forwarder.errors import (
+    DuplicateSession,
     DuplicateTrack,
     ForwarderError,
+    InvalidSdp,
     ParticipantNotFound,
     SessionClosed,
     SubscriptionNotFound,
     TrackNotFound,
     TrackRetired,
 )
+from forwarder.ingress import INGRESS_CONNECT_TIMEOUT_S, IngressWatch, ingress_key
 from forwarder.negotiation import sole_media_section
 from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_REFRESH_S
@@ -44,6 +47,7 @@ from schemas.codec import Message, encode
 from schemas.media import (
     ForwarderOk,
     ForwarderSdp,
+    IngressOffer,
     MediaCandidate,
     MediaSession,
     MediaSubscribedTrack,
@@ -60,7 +64,13 @@ SessionKey = tuple[str, str]
 CLOSED_SESSIONS_KEPT = 4096
 """Closed sessions remembered, so a late older state cannot bring one back."""
 
-SIGNALING_REQUESTS = (PublishOffer, SubscriberAnswer, MediaCandidate, RestartSubscription)
+SIGNALING_REQUESTS = (
+    PublishOffer,
+    IngressOffer,
+    SubscriberAnswer,
+    MediaCandidate,
+    RestartSubscription,
+)
 """The requests `MediaSessions.answer` takes: each holds its session's lock."""
 
 
@@ -115,6 +125,7 @@ class MediaSessions:
         relay_refresh: float = RELAY_REFRESH_S,
         relay_give_up: float = 30.0,
         request_timeout: float = 2.0,
+        ingress_connect_timeout: float = INGRESS_CONNECT_TIMEOUT_S,
     ) -> None:
         self.nc = nc
         self.forwarder = forwarder
@@ -126,6 +137,9 @@ class MediaSessions:
         self._sessions: dict[SessionKey, _Session] = {}
         self._closed_sessions: OrderedDict[SessionKey, int] = OrderedDict()
         self._owners: dict[str, SessionKey] = {}
+        self._publisher_keys: dict[str, str] = {}
+        """The connection of each track published on a shared one (an ingress session's)."""
+        self.ingress = IngressWatch(nc, ingress_connect_timeout)
         self._wanted: dict[str, set[SessionKey]] = {}
         self._relays_in = IncomingRelays(
             nc,
@@ -159,8 +173,9 @@ class MediaSessions:
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
-        """The sessions' reconcile tasks (done or not)."""
-        return [s.task for s in self._sessions.values() if s.task is not None]
+        """The sessions' reconcile tasks (done or not), and the ingress notices."""
+        reconciles = [s.task for s in self._sessions.values() if s.task is not None]
+        return reconciles + list(self.ingress.tasks)
 
     async def close_relays(self) -> None:
         """Close every relay received (a `RelayStop` to each origin, bounded in time)."""
@@ -327,11 +342,13 @@ class MediaSessions:
         self.voices.unpublish(track_sid)
         self._owners.pop(track_sid, None)
         self._relays_out.forget_track(track_sid)
-        with contextlib.suppress(ParticipantNotFound):
-            await self.forwarder.remove_publisher(track_sid)
+        publisher_key = self._publisher_keys.pop(track_sid, track_sid)
+        with contextlib.suppress(ParticipantNotFound):  # a shared one: closed with the first
+            await self.forwarder.remove_publisher(publisher_key)
         self._kick_wanting(track_sid)
 
     async def _drop_session(self, session: _Session) -> None:
+        self.ingress.forget(session.key)
         for track_sid in list(session.legs):
             await self._close_leg(session, track_sid)
         for track_sid in list(session.publications):
@@ -350,6 +367,8 @@ class MediaSessions:
         """The reply to one of the `SIGNALING_REQUESTS` (a named error raised otherwise)."""
         if isinstance(request, PublishOffer):
             return ForwarderSdp(sdp=await self._publish_offer(request))
+        if isinstance(request, IngressOffer):
+            return ForwarderSdp(sdp=await self._ingress_offer(request))
         if isinstance(request, SubscriberAnswer):
             session = self._existing_session(request.room_id, request.sid)
             async with session.lock:
@@ -390,18 +409,67 @@ class MediaSessions:
             answer = await self.forwarder.add_publisher(
                 request.sdp, publisher_key=track_sid, track_ids={mid: track_sid}
             )
-            self._owners[track_sid] = session.key
-            session.publications.add(track_sid)
-            desired = session.desired
-            for track in desired.tracks if desired is not None else ():
-                if track.track_sid == track_sid:
-                    self.forwarder.set_muted(track_sid, track.muted)
-                    if desired is not None and track.kind == "audio":
-                        self.voices.publish(
-                            track_sid, request.room_id, desired.identity, muted=track.muted
-                        )
+            self._published(session, track_sid)
         self._kick_wanting(track_sid)
         return answer.answer_sdp
+
+    async def _ingress_offer(self, request: IngressOffer) -> str:
+        """One publisher connection for every track of a WHIP client; the SDP answer.
+
+        A session has one ingress connection; a second offer is `DuplicateSession` (WHIP
+        clients start a new session instead). Each m-line must be one listed in the
+        request, with the listed kind."""
+        if not _usable_subject(request.subject):
+            raise ValueError(f"unusable subject {request.subject[:80]!r}")
+        track_ids = {track.mid: track.track_sid for track in request.tracks}
+        session = self._session_for_offer(request.room_id, request.sid)
+        key = ingress_key(request.sid)
+        async with session.lock:
+            if session.closed:
+                raise SessionClosed(request.sid)
+            if session.publications:
+                raise DuplicateSession(key)
+            for track in request.tracks:
+                if track.track_sid in session.retired:
+                    raise TrackRetired(track.track_sid)
+                if track.track_sid in self._owners:
+                    raise DuplicateTrack(track.track_sid)
+            on_state = self.ingress.watch(
+                request.room_id,
+                request.sid,
+                request.subject,
+                lambda: self.forwarder.connection_state(key),
+            )
+            answer = await self.forwarder.add_publisher(
+                request.sdp, publisher_key=key, track_ids=track_ids, on_state=on_state
+            )
+            kinds = {track.track_sid: track.kind for track in request.tracks}
+            published = {track.track_id: track.kind for track in answer.tracks}
+            if published != kinds:
+                self.ingress.forget(session.key)
+                await self.forwarder.remove_publisher(key)
+                raise InvalidSdp("offer", f"its media sections are not the tracks {kinds}")
+            for track_sid in published:
+                self._publisher_keys[track_sid] = key
+                self._published(session, track_sid)
+        for track_sid in published:
+            self._kick_wanting(track_sid)
+        return answer.answer_sdp
+
+    def _published(self, session: _Session, track_sid: str) -> None:
+        """A publisher connection now carries `track_sid`: own it, apply its mute state."""
+        self._owners[track_sid] = session.key
+        session.publications.add(track_sid)
+        desired = session.desired
+        if desired is None:
+            return  # its state applies it when it comes
+        for track in desired.tracks:
+            if track.track_sid == track_sid:
+                self.forwarder.set_muted(track_sid, track.muted)
+                if track.kind == "audio":
+                    self.voices.publish(
+                        track_sid, session.room_id, desired.identity, muted=track.muted
+                    )
 
     async def _add_candidate(self, request: MediaCandidate) -> None:
         session = self._existing_session(request.room_id, request.sid)
@@ -409,7 +477,7 @@ class MediaSessions:
             if request.target == "publisher":
                 if request.track_sid not in session.publications:
                     raise TrackNotFound(request.track_sid)
-                peer_id = request.track_sid
+                peer_id = self._publisher_keys.get(request.track_sid, request.track_sid)
             else:
                 peer_id = _leg_of(session, request.track_sid).subscriber_id
             await self.forwarder.add_ice_candidate(

@@ -1,0 +1,164 @@
+"""WHIP ingest end to end: a plain aiortc WHIP client publishes, an SDK subscriber decodes.
+
+The publisher is not the SDK: an aiortc peer connection whose offer is POSTed to the
+edge's ``/whip`` with a participant token. It appears in the room as a participant of
+kind ``ingress`` with an audio and a video track; the SDK subscriber decodes both. Every
+refusal (bad token, no publish grant, malformed SDP) leaves the room log as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+import stagecast
+from schemas.models import Grant
+from schemas.subjects import LOG_STREAM
+from tests.polling import eventually
+from tests.stack_fixtures import WAIT, Stack, sdk_stack
+from tests.test_media import Watcher
+from tests.whip_client import whip_offer, whip_publish
+
+ROOM = "whip-room"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with sdk_stack(tmp_path, forwarders=1) as running:
+        yield running
+
+
+def http_url(stack: Stack) -> str:
+    return stack.url.replace("ws://", "http://").replace("wss://", "https://").rstrip("/")
+
+
+async def log_last_seq(stack: Stack) -> int:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        info = await nc.jetstream().stream_info(LOG_STREAM)
+        return int(info.state.last_seq)
+    finally:
+        await nc.close()
+
+
+async def test_a_whip_publisher_is_an_ingress_participant_whose_video_is_decoded(
+    stack: Stack,
+) -> None:
+    bob = await stack.join(stack.token("bob", ROOM))
+    seen = Watcher(bob)
+    publisher = await whip_publish(http_url(stack), stack.token("encoder", ROOM))
+    try:
+        assert publisher.location.startswith("/whip/PA_")
+        await seen.more_frames("encoder", "video")
+        await seen.more_frames("encoder", "audio")
+        assert seen.sizes == {(640, 480)}
+        encoder = bob.remote_participants["encoder"]
+        assert encoder.kind == "ingress"
+        assert sorted(p.kind for p in encoder.track_publications.values()) == ["audio", "video"]
+        left: list[str] = []
+        bob.on("participant-left", lambda p: left.append(p.id))
+        async with httpx.AsyncClient(base_url=http_url(stack)) as http:
+            assert (await http.patch(publisher.location, content="a=x")).status_code == 405
+            assert (await http.delete(publisher.location)).status_code == 200
+            assert (await http.delete(publisher.location)).status_code == 404
+        await eventually(lambda: left == ["encoder"], what="the encoder leaves", timeout=WAIT)
+        service = stack.forwarders["FW_0"]
+        await eventually(
+            lambda: service.published_tracks == [], what="its tracks unpublished", timeout=WAIT
+        )
+    finally:
+        await seen.close()
+        await publisher.close()
+
+
+async def test_an_ingress_whose_connection_never_comes_up_leaves(stack: Stack) -> None:
+    stack.forwarders["FW_0"].ingress.connect_timeout = 1.0
+    bob = await stack.join(stack.token("bob", ROOM))
+    joined: list[str] = []
+    left: list[str] = []
+    bob.on("participant-joined", lambda p: joined.append(p.id))
+    bob.on("participant-left", lambda p: left.append(p.id))
+    pc = await whip_offer()
+    async with httpx.AsyncClient(base_url=http_url(stack), timeout=30.0) as http:
+        response = await http.post(
+            f"/whip?room={ROOM}",
+            content=pc.localDescription.sdp,
+            headers={
+                "authorization": f"Bearer {stack.token('ghost', None)}",
+                "content-type": "application/sdp",
+            },
+        )
+    await pc.close()  # the answer is never applied: ICE never starts
+    assert response.status_code == 201, response.text
+    await eventually(lambda: left == ["ghost"], what="the silent ingress leaves", timeout=WAIT)
+    assert joined == ["ghost"]
+    assert stack.forwarders["FW_0"].ingress.ended == 1
+
+
+NO_PUBLISH = Grant(can_publish=False, can_subscribe=True)
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "says"),
+    [
+        ("no token", 401, "INVALID_TOKEN"),
+        ("bad token", 401, "INVALID_TOKEN"),
+        ("viewer", 403, "INVALID_PERMISSIONS"),
+        ("no publish grant", 403, "INVALID_PERMISSIONS"),
+        ("malformed", 400, "malformed SDP offer"),
+        ("no media", 400, "no media"),
+        ("two videos", 400, "at most one audio and one video"),
+        ("not sdp", 415, "application/sdp"),
+    ],
+)
+async def test_refusals_have_no_side_effects(
+    stack: Stack, case: str, status: int, says: str
+) -> None:
+    bob = await stack.join(stack.token("bob", ROOM))
+    pc = await whip_offer()
+    offer = pc.localDescription.sdp
+    await pc.close()
+    token = stack.token("encoder", ROOM)
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/sdp"}
+    if case == "no token":
+        del headers["authorization"]
+    elif case == "bad token":
+        headers["authorization"] = "Bearer " + token[:-4] + "AAAA"
+    elif case == "viewer":
+        headers["authorization"] = f"Bearer {stack.token('encoder', ROOM, viewer=True)}"
+    elif case == "no publish grant":
+        headers["authorization"] = f"Bearer {stack.token('encoder', ROOM, grant=NO_PUBLISH)}"
+    elif case == "malformed":
+        offer = "hello, I am not SDP"
+    elif case == "no media":
+        offer = offer.split("m=")[0]
+    elif case == "two videos":
+        video = "m=video" + offer.split("m=video")[1].split("m=audio")[0]
+        offer = offer + video.replace("a=mid:0", "a=mid:7")
+    elif case == "not sdp":
+        headers["content-type"] = "text/plain"
+    before = await log_last_seq(stack)
+    async with httpx.AsyncClient(base_url=http_url(stack), timeout=30.0) as http:
+        response = await http.post("/whip", content=offer, headers=headers)
+    assert response.status_code == status, response.text
+    assert says in response.text
+    await asyncio.sleep(0.3)  # anything appended would be in the log by now
+    assert await log_last_seq(stack) == before
+    assert list(bob.remote_participants) == []
+    assert stack.forwarders["FW_0"].sessions == []
+
+
+async def test_the_room_list_shows_the_ingress_participant(stack: Stack) -> None:
+    publisher = await whip_publish(http_url(stack), stack.token("encoder", ROOM))
+    try:
+        page = await stack.api.list_participants(ROOM)
+        kinds = {p.id: p.kind for p in page.participants}
+        assert kinds == {"encoder": "ingress"}
+    finally:
+        await publisher.close()
+    assert isinstance(stack.api, stagecast.RoomService)
