@@ -41,6 +41,7 @@ from forwarder.router import Router
 from rtc.aiortc_adapter import (
     InboundStream,
     OutboundStream,
+    answer_as_dtls_server,
     keep_codecs,
     label_sender,
     negotiated_codecs,
@@ -181,6 +182,7 @@ class Forwarder:
         publisher_key: str,
         track_ids: Mapping[str, str] | None = None,
         on_state: Callable[[str], None] | None = None,
+        dtls_server: bool = False,
     ) -> PublisherAnswer:
         """Answer a publisher's offer: each audio/video it sends becomes a published track.
 
@@ -191,12 +193,14 @@ class Forwarder:
         one codec per track (the offer's first forwardable one), since subscribers get the
         publisher's packets unchanged. `on_state` is told the connection's state
         (``connecting``, ``connected``, ``failed``, ``closed``) each time it changes.
+        `dtls_server`: answer ``a=setup:passive`` (`answer_as_dtls_server`), for encoders
+        whose DTLS certificate is RSA.
         """
         self._check_open("add_publisher")
         if publisher_key in self._publishers:
             raise DuplicateSession(publisher_key)
         publisher, published = await self._negotiate_publisher(
-            offer_sdp, publisher_key, track_ids or {}, keep=None
+            offer_sdp, publisher_key, track_ids or {}, keep=None, dtls_server=dtls_server
         )
         try:
             # checked after the awaits: a concurrent call or close() may have come first
@@ -269,6 +273,7 @@ class Forwarder:
         track_ids: Mapping[str, str],
         *,
         keep: Mapping[str, CodecInfo] | None,
+        dtls_server: bool = False,
     ) -> tuple[_Publisher, tuple[PublishedTrack, ...]]:
         """A new publisher connection with its answer made, not registered anywhere yet.
 
@@ -304,7 +309,10 @@ class Forwarder:
                     transceiver.receiver, functools.partial(forward, track_id)
                 )
             with pass_through_codecs():
-                await pc.setLocalDescription(await pc.createAnswer())
+                if dtls_server:
+                    await answer_as_dtls_server(pc)
+                else:
+                    await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             for stream in publisher.streams.values():
                 stream.close()

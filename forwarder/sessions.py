@@ -441,7 +441,11 @@ class MediaSessions:
                 lambda: self.forwarder.connection_state(key),
             )
             answer = await self.forwarder.add_publisher(
-                request.sdp, publisher_key=key, track_ids=track_ids, on_state=on_state
+                request.sdp,
+                publisher_key=key,
+                track_ids=track_ids,
+                on_state=on_state,
+                dtls_server=True,
             )
             kinds = {track.track_sid: track.kind for track in request.tracks}
             published = {track.track_id: track.kind for track in answer.tracks}
