@@ -25,7 +25,7 @@ from typing import Any
 from access.tokens import Claims
 from edge.actions import new_track_sid
 from edge.bus import BusUnavailable
-from edge.ingress_sdp import OfferedMedia
+from edge.ingress_sdp import OfferedMedia, offer_ufrag
 from edge.join import new_participant_id, new_sid
 from edge.latch import Latch
 from edge.node import EdgeNode
@@ -35,7 +35,14 @@ from schemas.clock import now_ms
 from schemas.codec import Message, SchemaError, decode
 from schemas.errors import ErrorCode
 from schemas.log import JoinRequested, LeaveRequested, TrackPublishRequested
-from schemas.media import ForwarderSdp, IngressEnded, IngressOffer, IngressTrack
+from schemas.media import (
+    ForwarderOk,
+    ForwarderSdp,
+    IngressEnded,
+    IngressOffer,
+    IngressTrack,
+    MediaCandidate,
+)
 from schemas.models import TrackInfo
 from schemas.subjects import forwarder_rpc, session, session_reply
 
@@ -43,6 +50,19 @@ log = logging.getLogger("stagecast.edge")
 
 FORWARDER_TIMEOUT_S = 10.0
 """A forwarder answers an offer after ICE gathering and codec setup: allow some seconds."""
+
+FORWARDER_CHECK_S = 5.0
+"""How often a live session asks where its media is: moved off a forwarder that died, the
+connection the client made is gone with it, so the session leaves."""
+
+GONE = frozenset(
+    {
+        ErrorCode.NOT_JOINED.value,
+        ErrorCode.ROOM_NOT_FOUND.value,
+        ErrorCode.PARTICIPANT_NOT_FOUND.value,
+    }
+)
+"""The statekeeper's answers that say the session is not in the room any more."""
 
 
 class IngressRefused(Exception):
@@ -73,8 +93,14 @@ class IngressSession:
         self.subject = session(node.edge_id, self._sid)
         self.reply_subject = session_reply(node.edge_id, self._sid, self._connection_id)
         self.state = IngressState.STARTING
-        self.track_sids: tuple[str, ...] = ()
+        self.tracks: tuple[IngressTrack, ...] = ()
         self.forwarder_id = ""
+        self.etag = secrets.token_urlsafe(12)
+        """The session's entity tag (``ETag``): a PATCH names it in ``If-Match``."""
+        self.ufrag = ""
+        """The client's ICE ufrag: a PATCH with another one asks for an ICE restart."""
+        self.bundled = False
+        self._watch: asyncio.Task[None] | None = None
         self._epoch = 0
         self._detached = Latch()
         self._closed = Latch()
@@ -149,6 +175,8 @@ class IngressSession:
         `IngressRefused` on failure; whatever was appended is undone first (a join is
         followed by its leave)."""
         self.node.register(self)
+        self.ufrag = offer_ufrag(offer_sdp)
+        self.bundled = "a=group:BUNDLE" in offer_sdp
         try:
             await self._join()
             tracks = await self._announce(media)
@@ -163,7 +191,49 @@ class IngressSession:
                 raise IngressRefused(ErrorCode.UNAVAILABLE.value, str(exc)) from None
             raise
         self.state = IngressState.LIVE
+        self._watch = asyncio.create_task(self._watch_forwarder(), name=f"ingress {self._sid}")
         return answer
+
+    async def trickle(self, candidates: tuple[tuple[str | None, str], ...]) -> None:
+        """Hand the client's trickled candidates to its connection (`IngressRefused` if
+        the forwarder refuses one). BUNDLEd m-lines share the first one's transport."""
+        if self.state is not IngressState.LIVE:
+            raise IngressRefused(ErrorCode.NOT_JOINED.value, f"the session is {self.state.value}")
+        by_mid = {track.mid: track for track in self.tracks}
+        for mid, candidate in candidates:
+            track = self.tracks[0] if self.bundled or mid is None else by_mid.get(mid)
+            if track is None:
+                raise IngressRefused(ErrorCode.BAD_REQUEST.value, f"no m-line with MID {mid!r}")
+            request = MediaCandidate(
+                room_id=self._room_id,
+                sid=self._sid,
+                track_sid=track.track_sid,
+                target="publisher",
+                candidate=candidate,
+                sdp_mid=track.mid,
+            )
+            reply, _ = await self.node.bus.request(
+                request, subject=forwarder_rpc(self.forwarder_id), timeout=FORWARDER_TIMEOUT_S
+            )
+            if not isinstance(reply, ForwarderOk):
+                raise _refused(reply)
+
+    async def _watch_forwarder(self) -> None:
+        """Leave when the session's media moved off its forwarder (it died), or when the
+        statekeeper says the session is gone."""
+        request = MediaAssignRequest(room_id=self._room_id, sid=self._sid, track_sid=None)
+        while self.state is IngressState.LIVE:
+            await asyncio.sleep(FORWARDER_CHECK_S)
+            try:
+                reply, _ = await self.node.bus.request(request)
+            except BusUnavailable:
+                continue  # the link says so; the edge's liveness covers a long outage
+            if isinstance(reply, MediaAssignment) and reply.forwarder_id != self.forwarder_id:
+                await self.leave(f"its forwarder {self.forwarder_id} is gone")
+                return
+            if isinstance(reply, Error) and reply.code in GONE:
+                self._ended(f"not in the room any more ({reply.code})")
+                return
 
     async def _join(self) -> None:
         claims = self.claims
@@ -212,8 +282,8 @@ class IngressSession:
             if not isinstance(reply, Ack):
                 raise _refused(reply)
             tracks.append(IngressTrack(mid=item.mid, track_sid=track.sid, kind=item.kind))
-        self.track_sids = tuple(t.track_sid for t in tracks)
-        return tuple(tracks)
+        self.tracks = tuple(tracks)
+        return self.tracks
 
     async def _offer(self, tracks: tuple[IngressTrack, ...], offer_sdp: str) -> str:
         bus = self.node.bus
@@ -257,6 +327,8 @@ class IngressSession:
         self.state = IngressState.ENDED
         self.end_reason = reason
         self.node.unregister(self)
+        if self._watch is not None and self._watch is not asyncio.current_task():
+            self._watch.cancel()
         for future in self._replies.values():
             future.cancel()
         self._replies.clear()

@@ -91,4 +91,69 @@ def _section(section: list[str], session: list[str]) -> OfferedMedia:
     return OfferedMedia(mid=mid, kind="audio" if kind == "audio" else "video")
 
 
-__all__ = ["MAX_OFFER_BYTES", "MalformedOffer", "OfferedMedia", "offered_media"]
+def offer_ufrag(sdp: str) -> str:
+    """The offer's (first) ICE ufrag: a trickled fragment with another one is a restart."""
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line[len("a=ice-ufrag:") :].strip()
+    return ""
+
+
+MAX_TRICKLED = 64
+"""Candidates one PATCH may carry."""
+
+
+class MalformedFragment(ValueError):
+    """A trickle-ICE fragment (``application/trickle-ice-sdpfrag``) the edge cannot use."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrickleFragment:
+    """What a PATCH fragment carries (RFC 8840): the ICE credentials it names, and its
+    candidates as (MID or None, ``candidate:...`` attribute value, or "" for the end)."""
+
+    ufrag: str | None
+    candidates: tuple[tuple[str | None, str], ...]
+
+
+def trickle_fragment(text: str) -> TrickleFragment:
+    """Parse a trickle-ICE SDP fragment, or `MalformedFragment`."""
+    ufrag: str | None = None
+    mid: str | None = None
+    candidates: list[tuple[str | None, str]] = []
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        if len(line) < 2 or line[1] != "=":
+            raise MalformedFragment(f"not an SDP line: {line[:60]!r}")
+        if line.startswith("a=ice-ufrag:"):
+            ufrag = line[len("a=ice-ufrag:") :].strip()
+        elif line.startswith("m="):
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :].strip()
+        elif line.startswith("a=candidate:"):
+            candidates.append((mid, line[2:]))
+        elif line == "a=end-of-candidates":
+            candidates.append((mid, ""))
+    if len(candidates) > MAX_TRICKLED:
+        raise MalformedFragment(f"over {MAX_TRICKLED} candidates in one fragment")
+    return TrickleFragment(ufrag=ufrag, candidates=tuple(candidates))
+
+
+__all__ = [
+    "MAX_OFFER_BYTES",
+    "MAX_TRICKLED",
+    "MalformedFragment",
+    "MalformedOffer",
+    "OfferedMedia",
+    "TrickleFragment",
+    "offer_ufrag",
+    "offered_media",
+    "trickle_fragment",
+]

@@ -2,10 +2,12 @@
 
 ``POST /whip`` takes a participant token (``Authorization: Bearer``; the room from the
 token, or ``?room=`` with a roomless one) and an ``application/sdp`` offer, and answers
-``201 Created`` with the SDP answer and ``Location: /whip/<session>``. The session is an
-`edge.ingress.IngressSession` owned by this edge. ``DELETE`` on the Location ends it.
-``PATCH`` is ``405``: the forwarder's connections gather every candidate before they
-answer and take no ICE restart in place, so neither trickle nor restarts are offered.
+``201 Created`` with the SDP answer, ``Location: /whip/<session>`` and an ``ETag``. The
+session is an `edge.ingress.IngressSession` owned by this edge. ``DELETE`` on the Location
+ends it. ``PATCH`` with an ``application/trickle-ice-sdpfrag`` (RFC 8840) hands the
+client's trickled candidates to its connection (``204``); one with another ICE ufrag asks
+for an ICE restart, which aiortc cannot do in place: ``422``. The server's own candidates
+are all in its answer (the forwarder gathers before answering).
 
 Every refusal comes before anything is appended: a bad token (401), no publish grant or
 a viewer token (403), an offer that is not usable SDP (400, with the reason).
@@ -19,16 +21,23 @@ from starlette.routing import Route
 
 from access.rules import refuse_publish
 from edge.api import http_status
+from edge.bus import BusUnavailable
 from edge.ingress import IngressRefused, IngressSession
-from edge.ingress_sdp import MAX_OFFER_BYTES, MalformedOffer, offered_media
+from edge.ingress_sdp import (
+    MAX_OFFER_BYTES,
+    MalformedFragment,
+    MalformedOffer,
+    offered_media,
+    trickle_fragment,
+)
 from edge.join import settle_room
 from edge.node import EdgeNode
 from schemas.client_errors import InvalidToken, TokenExpired
 from schemas.errors import ErrorCode
 
 SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
 ALLOW = "OPTIONS, POST"
-ALLOW_SESSION = "DELETE"
 
 
 def _fail(code: ErrorCode | str, message: str, status: int | None = None) -> Response:
@@ -92,8 +101,45 @@ async def publish(node: EdgeNode, request: Request) -> Response:
         answer,
         status_code=201,
         media_type=SDP,
-        headers={"location": location, "access-control-expose-headers": "Location"},
+        headers={
+            "location": location,
+            "etag": f'"{session.etag}"',
+            "access-control-expose-headers": "Location, ETag",
+        },
     )
+
+
+async def trickle(node: EdgeNode, request: Request) -> Response:
+    """``PATCH /whip/<session>``: trickled candidates (204), or 412 / 415 / 422 / 400."""
+    session = node.resident(request.path_params.get("sid", ""))
+    if not isinstance(session, IngressSession):
+        return _fail(ErrorCode.PARTICIPANT_NOT_FOUND, "no such WHIP session on this edge", 404)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != SDPFRAG:
+        return _fail(ErrorCode.BAD_REQUEST, f"a PATCH carries {SDPFRAG}", 415)
+    match = request.headers.get("if-match")
+    if match is not None and match.strip() not in ("*", f'"{session.etag}"'):
+        return _fail(ErrorCode.BAD_REQUEST, "If-Match does not name this session's ETag", 412)
+    text = await _offer_text(request)
+    if isinstance(text, Response):
+        return text
+    try:
+        fragment = trickle_fragment(text)
+    except MalformedFragment as exc:
+        return _fail(ErrorCode.BAD_REQUEST, f"malformed SDP fragment: {exc.reason}", 400)
+    if fragment.ufrag is not None and fragment.ufrag != session.ufrag:
+        return _fail(
+            ErrorCode.BAD_REQUEST,
+            "ICE restarts are not supported: end the session and start a new one",
+            422,
+        )
+    try:
+        await session.trickle(fragment.candidates)
+    except IngressRefused as exc:
+        return _fail(exc.code, exc.message)
+    except BusUnavailable as exc:
+        return _fail(ErrorCode.UNAVAILABLE, str(exc))
+    return Response(status_code=204)
 
 
 async def end(node: EdgeNode, request: Request) -> Response:
@@ -119,11 +165,7 @@ def routes(node: EdgeNode) -> list[Route]:
         return await end(node, request)
 
     async def patch(request: Request) -> Response:
-        return PlainTextResponse(
-            "trickle ICE and ICE restarts are not supported: send the whole offer",
-            status_code=405,
-            headers={"allow": ALLOW_SESSION},
-        )
+        return await trickle(node, request)
 
     return [
         Route("/whip", post, methods=["POST"]),

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from aiortc import RTCSessionDescription
 
 import stagecast
 from schemas.models import Grant
@@ -23,6 +24,8 @@ from tests.polling import eventually
 from tests.stack_fixtures import WAIT, Stack, sdk_stack
 from tests.test_media import Watcher
 from tests.whip_client import whip_offer, whip_publish
+
+SDPFRAG = "application/trickle-ice-sdpfrag"
 
 ROOM = "whip-room"
 
@@ -63,7 +66,6 @@ async def test_a_whip_publisher_is_an_ingress_participant_whose_video_is_decoded
         left: list[str] = []
         bob.on("participant-left", lambda p: left.append(p.id))
         async with httpx.AsyncClient(base_url=http_url(stack)) as http:
-            assert (await http.patch(publisher.location, content="a=x")).status_code == 405
             assert (await http.delete(publisher.location)).status_code == 200
             assert (await http.delete(publisher.location)).status_code == 404
         await eventually(lambda: left == ["encoder"], what="the encoder leaves", timeout=WAIT)
@@ -162,3 +164,57 @@ async def test_the_room_list_shows_the_ingress_participant(stack: Stack) -> None
     finally:
         await publisher.close()
     assert isinstance(stack.api, stagecast.RoomService)
+
+
+async def test_trickled_candidates_reach_the_connection_and_a_restart_is_refused(
+    stack: Stack,
+) -> None:
+    bob = await stack.join(stack.token("bob", ROOM))
+    seen = Watcher(bob)
+    pc = await whip_offer()
+    offer = pc.localDescription.sdp
+    first = offer.split("\r\nm=")[1]
+    candidates = [line for line in first.split("\r\n") if line.startswith("a=candidate:")]
+    mid = next(line for line in first.split("\r\n") if line.startswith("a=mid:"))
+    ufrag = next(line for line in first.split("\r\n") if line.startswith("a=ice-ufrag:"))
+    pwd = next(line for line in first.split("\r\n") if line.startswith("a=ice-pwd:"))
+    bare = "\r\n".join(
+        line
+        for line in offer.split("\r\n")
+        if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+    )
+    assert candidates and "a=candidate:" not in bare
+    token = stack.token("encoder", ROOM)
+    try:
+        async with httpx.AsyncClient(base_url=http_url(stack), timeout=30.0) as http:
+            response = await http.post(
+                "/whip",
+                content=bare,
+                headers={"authorization": f"Bearer {token}", "content-type": "application/sdp"},
+            )
+            assert response.status_code == 201, response.text
+            location, etag = response.headers["location"], response.headers["etag"]
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+            fragment = "\r\n".join([ufrag, pwd, "m=audio 9 UDP/TLS/RTP/SAVPF 0", mid, *candidates])
+            fragment += "\r\na=end-of-candidates\r\n"
+            headers = {"content-type": SDPFRAG, "if-match": etag}
+            wrong = {"content-type": SDPFRAG, "if-match": '"stale"'}
+            assert (await http.patch(location, content=fragment, headers=wrong)).status_code == 412
+            text = {"content-type": "text/plain"}
+            assert (await http.patch(location, content=fragment, headers=text)).status_code == 415
+            restart = fragment.replace(ufrag, "a=ice-ufrag:fresh")
+            refused = await http.patch(location, content=restart, headers=headers)
+            assert refused.status_code == 422 and "ICE restarts" in refused.text
+            trickled = await http.patch(location, content=fragment, headers=headers)
+            assert trickled.status_code == 204, trickled.text
+        forwarder = stack.forwarders["FW_0"].forwarder
+        ingress = forwarder.peer_connections[0]  # publishers' come first, then legs
+        assert ingress.getTransceivers()[0].direction == "recvonly"
+        ice = ingress.getTransceivers()[0].receiver.transport.transport
+        hosts = {(c.ip, c.port) for c in ice.getRemoteCandidates()}
+        sent = {(line.split()[4], int(line.split()[5])) for line in candidates}
+        assert sent <= hosts
+        await seen.more_frames("encoder", "video")
+    finally:
+        await seen.close()
+        await pc.close()
