@@ -89,3 +89,22 @@ async def test_a_stopping_edge_takes_its_ingress_out_at_once(tmp_path: Path) -> 
             )
         finally:
             await studio.close()
+
+
+async def test_an_ingress_leaves_when_its_forwarder_dies(tmp_path: Path) -> None:
+    async with sdk_stack(tmp_path, forwarders=2) as stack:
+        observer = await stack.join(stack.token("observer", ROOM))
+        studio = await whip_publish(stack.url, stack.token("studio", ROOM))
+        try:
+            await eventually(
+                lambda: "studio" in observer.remote_participants, what="the studio joins"
+            )
+            [holder] = [s for s in stack.forwarders.values() if s.published_tracks]
+            await holder.nc.close()  # silent from now on: no heartbeat, no IngressEnded
+            await eventually(
+                lambda: "studio" not in observer.remote_participants,
+                what="the studio leaves once its media is placed elsewhere",
+                timeout=30,
+            )
+        finally:
+            await studio.close()
