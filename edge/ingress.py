@@ -181,6 +181,8 @@ class IngressSession:
             await self._join()
             tracks = await self._announce(media)
             answer = await self._offer(tracks, offer_sdp)
+            if self.state is IngressState.ENDED:  # removed, or its media ended, meanwhile
+                raise IngressRefused(ErrorCode.UNAVAILABLE.value, f"it ended: {self.end_reason}")
         except BaseException as exc:
             if self._appended:  # the join may have landed: undo it
                 await self.leave(f"the start failed: {exc}")

@@ -20,6 +20,7 @@ from aiortc import RTCSessionDescription
 import stagecast
 from schemas.models import Grant
 from schemas.subjects import LOG_STREAM
+from tests.nats_logins import Logins
 from tests.polling import eventually
 from tests.stack_fixtures import WAIT, Stack, sdk_stack
 from tests.test_media import Watcher
@@ -218,3 +219,32 @@ async def test_trickled_candidates_reach_the_connection_and_a_restart_is_refused
     finally:
         await seen.close()
         await pc.close()
+
+
+async def test_whip_runs_with_every_service_on_its_own_nats_role(tmp_path: Path) -> None:
+    async with sdk_stack(tmp_path, forwarders=1, logins=Logins.fresh()) as stack:
+        stack.forwarders["FW_0"].ingress.connect_timeout = 1.0
+        bob = await stack.join(stack.token("bob", ROOM))
+        seen = Watcher(bob)
+        left: list[str] = []
+        bob.on("participant-left", lambda p: left.append(p.id))
+        publisher = await whip_publish(http_url(stack), stack.token("encoder", ROOM))
+        silent = await whip_offer()
+        try:
+            await seen.more_frames("encoder", "video")  # edge -> forwarder rpc, on its role
+            async with httpx.AsyncClient(base_url=http_url(stack), timeout=30.0) as http:
+                response = await http.post(
+                    "/whip",
+                    content=silent.localDescription.sdp,
+                    headers={
+                        "authorization": f"Bearer {stack.token('ghost', ROOM)}",
+                        "content-type": "application/sdp",
+                    },
+                )
+            assert response.status_code == 201, response.text
+            # forwarder -> the edge's session subject (IngressEnded), on its role
+            await eventually(lambda: left == ["ghost"], what="the ghost leaves", timeout=WAIT)
+        finally:
+            await seen.close()
+            await publisher.close()
+            await silent.close()
