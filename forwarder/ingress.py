@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
+from forwarder.errors import ForwarderError
 from schemas.codec import encode
 from schemas.media import IngressEnded
 
@@ -53,7 +54,10 @@ class IngressWatch:
 
         def on_timeout() -> None:
             self._timers.pop(key, None)
-            current = state()
+            try:
+                current = state()
+            except ForwarderError:  # the connection is gone already
+                current = "closed"
             if current != "connected":
                 self._end(key, f"not connected after {self.connect_timeout:.0f} s ({current})")
 

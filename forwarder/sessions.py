@@ -440,13 +440,17 @@ class MediaSessions:
                 request.subject,
                 lambda: self.forwarder.connection_state(key),
             )
-            answer = await self.forwarder.add_publisher(
-                request.sdp,
-                publisher_key=key,
-                track_ids=track_ids,
-                on_state=on_state,
-                dtls_server=True,
-            )
+            try:
+                answer = await self.forwarder.add_publisher(
+                    request.sdp,
+                    publisher_key=key,
+                    track_ids=track_ids,
+                    on_state=on_state,
+                    dtls_server=True,
+                )
+            except BaseException:
+                self.ingress.forget(session.key)
+                raise
             kinds = {track.track_sid: track.kind for track in request.tracks}
             published = {track.track_id: track.kind for track in answer.tracks}
             if published != kinds:

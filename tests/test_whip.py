@@ -248,3 +248,31 @@ async def test_whip_runs_with_every_service_on_its_own_nats_role(tmp_path: Path)
             await seen.close()
             await publisher.close()
             await silent.close()
+
+
+async def test_an_offer_the_forwarder_refuses_is_taken_out_of_the_room_again(
+    stack: Stack,
+) -> None:
+    pc = await whip_offer(audio=False)
+    offer = pc.localDescription.sdp.replace("VP8/90000", "VP7/90000").replace(
+        "packetization-mode=1", "packetization-mode=0"
+    )
+    await pc.close()
+    async with httpx.AsyncClient(base_url=http_url(stack), timeout=30.0) as http:
+        response = await http.post(
+            "/whip",
+            content=offer,
+            headers={
+                "authorization": f"Bearer {stack.token('encoder', ROOM)}",
+                "content-type": "application/sdp",
+            },
+        )
+    assert response.status_code == 400, response.text
+    assert "no codec in common" in response.text
+
+    async def nobody() -> bool:
+        page = await stack.api.list_participants(ROOM)
+        return list(page.participants) == []
+
+    await eventually(nobody, what="the refused encoder out of the room")
+    assert stack.forwarders["FW_0"].published_tracks == []
