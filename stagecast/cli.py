@@ -30,6 +30,7 @@ BENCH_SUITES = (
     "media",
     "dataflood",
     "faults",
+    "whip",
 )
 
 
