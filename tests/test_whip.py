@@ -17,6 +17,7 @@ import nats
 import pytest
 from aiortc import RTCSessionDescription
 
+import edge.ingress
 import stagecast
 from schemas.models import Grant
 from schemas.subjects import LOG_STREAM
@@ -276,3 +277,25 @@ async def test_an_offer_the_forwarder_refuses_is_taken_out_of_the_room_again(
 
     await eventually(nobody, what="the refused encoder out of the room")
     assert stack.forwarders["FW_0"].published_tracks == []
+
+
+async def test_an_ingress_removed_by_the_server_api_ends_on_its_edge(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(edge.ingress, "FORWARDER_CHECK_S", 3600.0)  # the Disconnect ends it
+    publisher = await whip_publish(http_url(stack), stack.token("encoder", ROOM))
+    try:
+        await stack.api.remove_participant(ROOM, "encoder")
+        service = stack.forwarders["FW_0"]
+        await eventually(lambda: service.published_tracks == [], what="its media dropped")
+        async with httpx.AsyncClient(base_url=http_url(stack)) as http:
+
+            async def forgotten() -> bool:  # an empty PATCH changes nothing: 204 or 404
+                headers = {"content-type": SDPFRAG}
+                response = await http.patch(publisher.location, content="", headers=headers)
+                assert response.status_code in (204, 404), response.text
+                return response.status_code == 404
+
+            await eventually(forgotten, what="the edge forgets the removed session")
+    finally:
+        await publisher.close()
