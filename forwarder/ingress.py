@@ -16,6 +16,7 @@ from collections.abc import Callable
 from nats.aio.client import Client as NATS
 
 from forwarder.errors import ForwarderError
+from forwarder.served import SessionKey
 from schemas.codec import encode
 from schemas.media import IngressEnded
 
@@ -23,8 +24,6 @@ log = logging.getLogger("stagecast.forwarder")
 
 INGRESS_CONNECT_TIMEOUT_S = 30.0
 """How long an answered WHIP connection may take to connect (ICE and DTLS)."""
-
-SessionKey = tuple[str, str]
 
 
 def ingress_key(sid: str) -> str:

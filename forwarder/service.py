@@ -44,7 +44,8 @@ from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S, codec_to_wire
 from forwarder.relay_in import RelayIn
 from forwarder.relay_out import OutgoingRelays
-from forwarder.sessions import SIGNALING_REQUESTS, MediaSessions, SessionKey
+from forwarder.served import SessionKey
+from forwarder.sessions import SIGNALING_REQUESTS, MediaSessions
 from forwarder.voice import RoomVoices
 from schemas.client import Error
 from schemas.clock import now_ms

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
@@ -41,6 +40,7 @@ from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_REFRESH_S
 from forwarder.relay_in import IncomingRelays, RelayIn
 from forwarder.relay_out import OutgoingRelays
+from forwarder.served import ServedLeg, ServedSession, SessionKey, leg_of, usable_subject
 from forwarder.voice import RoomVoices
 from schemas.client import SignalOffer
 from schemas.codec import Message, encode
@@ -58,9 +58,6 @@ from schemas.media import (
 
 log = logging.getLogger("stagecast.forwarder")
 
-SessionKey = tuple[str, str]
-"""(room id, sid)"""
-
 CLOSED_SESSIONS_KEPT = 4096
 """Closed sessions remembered, so a late older state cannot bring one back."""
 
@@ -72,37 +69,6 @@ SIGNALING_REQUESTS = (
     RestartSubscription,
 )
 """The requests `MediaSessions.answer` takes: each holds its session's lock."""
-
-
-@dataclass(slots=True)
-class _Leg:
-    """A subscriber connection carrying one track to one session."""
-
-    subscriber_id: str
-    spec: MediaSubscribedTrack
-    epoch: int
-    """The publication of the track it was made for (`Forwarder.epoch`)."""
-
-
-class _Session:
-    """What this forwarder holds for one session, and the state it should hold."""
-
-    def __init__(self, room_id: str, sid: str) -> None:
-        self.key: SessionKey = (room_id, sid)
-        self.room_id = room_id
-        self.sid = sid
-        self.desired: MediaSession | None = None
-        self.listed: set[str] = set()
-        """Tracks any applied state listed: one missing from a later state is unpublished."""
-        self.retired: set[str] = set()
-        """Tracks unpublished that way: a late offer for one is refused."""
-        self.publications: set[str] = set()
-        self.legs: dict[str, _Leg] = {}
-        self.wanted: set[str] = set()
-        self.closed = False
-        self.lock = asyncio.Lock()
-        self.task: asyncio.Task[None] | None = None
-        self.dirty = False
 
 
 class MediaSessions:
@@ -134,7 +100,7 @@ class MediaSessions:
         """The audio tracks published here by room (their speakers are reported)."""
         forwarder.on_audio_level = self.voices.observe
         self.running = False
-        self._sessions: dict[SessionKey, _Session] = {}
+        self._sessions: dict[SessionKey, ServedSession] = {}
         self._closed_sessions: OrderedDict[SessionKey, int] = OrderedDict()
         self._owners: dict[str, SessionKey] = {}
         self._publisher_keys: dict[str, str] = {}
@@ -208,11 +174,11 @@ class MediaSessions:
         )
         if stale:
             return False
-        if not desired.closed and not _usable_subject(desired.subject):
+        if not desired.closed and not usable_subject(desired.subject):
             log.warning("session %s: unusable subject %r", desired.sid, desired.subject[:80])
             return False
         if session is None:
-            session = self._sessions[key] = _Session(desired.room_id, desired.sid)
+            session = self._sessions[key] = ServedSession(desired.room_id, desired.sid)
         session.desired = desired
         session.closed = desired.closed
         session.listed.update(track.track_sid for track in desired.tracks)
@@ -226,7 +192,7 @@ class MediaSessions:
         self._kick(session)
         return True
 
-    def _set_wanted(self, session: _Session, wanted: set[str]) -> None:
+    def _set_wanted(self, session: ServedSession, wanted: set[str]) -> None:
         for track_sid in wanted - session.wanted:
             self._wanted.setdefault(track_sid, set()).add(session.key)
         for track_sid in session.wanted - wanted:
@@ -237,7 +203,7 @@ class MediaSessions:
                 self._relays_in.stop(track_sid, notify_origin=True)
         session.wanted = wanted
 
-    def _kick(self, session: _Session) -> None:
+    def _kick(self, session: ServedSession) -> None:
         """Reconcile the session soon (once, however many times it is kicked meanwhile)."""
         session.dirty = True
         if self.running and (session.task is None or session.task.done()):
@@ -251,7 +217,7 @@ class MediaSessions:
             if session is not None:
                 self._kick(session)
 
-    async def _reconcile_loop(self, session: _Session) -> None:
+    async def _reconcile_loop(self, session: ServedSession) -> None:
         while session.dirty:
             session.dirty = False
             async with session.lock:
@@ -260,7 +226,7 @@ class MediaSessions:
                 except Exception:
                     log.exception("reconciling session %s failed", session.sid)
 
-    async def _reconcile(self, session: _Session) -> None:
+    async def _reconcile(self, session: ServedSession) -> None:
         desired = session.desired
         if session.closed:
             await self._drop_session(session)
@@ -297,7 +263,7 @@ class MediaSessions:
             return spec.track_sid in self._owners
         return self._relays_in.active(spec.track_sid, spec.forwarder_id)
 
-    async def _serve(self, session: _Session, spec: MediaSubscribedTrack) -> None:
+    async def _serve(self, session: ServedSession, spec: MediaSubscribedTrack) -> None:
         """Make the subscriber connection for one track and push its offer to the client."""
         track_sid = spec.track_sid
         epoch = self.forwarder.epoch(track_sid)
@@ -310,10 +276,12 @@ class MediaSessions:
             await self.forwarder.remove_subscriber(subscriber_id)
             self._kick(session)
             return
-        session.legs[track_sid] = _Leg(subscriber_id, spec, epoch)
+        session.legs[track_sid] = ServedLeg(subscriber_id, spec, epoch)
         await self._send_offer(session, spec, offer)
 
-    async def _send_offer(self, session: _Session, spec: MediaSubscribedTrack, sdp: str) -> None:
+    async def _send_offer(
+        self, session: ServedSession, spec: MediaSubscribedTrack, sdp: str
+    ) -> None:
         assert session.desired is not None
         offer = SignalOffer(
             id=0,
@@ -330,13 +298,13 @@ class MediaSessions:
                 "session %s: the offer for %s was not sent: %r", session.sid, spec.track_sid, exc
             )
 
-    async def _close_leg(self, session: _Session, track_sid: str) -> None:
+    async def _close_leg(self, session: ServedSession, track_sid: str) -> None:
         leg = session.legs.pop(track_sid, None)
         if leg is not None:
             with contextlib.suppress(ParticipantNotFound):
                 await self.forwarder.remove_subscriber(leg.subscriber_id)
 
-    async def _unpublish(self, session: _Session, track_sid: str) -> None:
+    async def _unpublish(self, session: ServedSession, track_sid: str) -> None:
         """Close a publisher connection; its legs and outgoing relays go with it."""
         session.publications.discard(track_sid)
         self.voices.unpublish(track_sid)
@@ -347,7 +315,7 @@ class MediaSessions:
             await self.forwarder.remove_publisher(publisher_key)
         self._kick_wanting(track_sid)
 
-    async def _drop_session(self, session: _Session) -> None:
+    async def _drop_session(self, session: ServedSession) -> None:
         self.ingress.forget(session.key)
         for track_sid in list(session.legs):
             await self._close_leg(session, track_sid)
@@ -372,7 +340,7 @@ class MediaSessions:
         if isinstance(request, SubscriberAnswer):
             session = self._existing_session(request.room_id, request.sid)
             async with session.lock:
-                leg = _leg_of(session, request.track_sid)
+                leg = leg_of(session, request.track_sid)
                 await self.forwarder.set_subscriber_answer(leg.subscriber_id, request.sdp)
             return ForwarderOk()
         if isinstance(request, MediaCandidate):
@@ -381,7 +349,7 @@ class MediaSessions:
         if isinstance(request, RestartSubscription):
             session = self._existing_session(request.room_id, request.sid)
             async with session.lock:
-                spec = _leg_of(session, request.track_sid).spec
+                spec = leg_of(session, request.track_sid).spec
                 await self._close_leg(session, request.track_sid)
                 if self._available(spec):
                     await self._serve(session, spec)
@@ -419,7 +387,7 @@ class MediaSessions:
         A session has one ingress connection; a second offer is `DuplicateSession` (WHIP
         clients start a new session instead). Each m-line must be one listed in the
         request, with the listed kind."""
-        if not _usable_subject(request.subject):
+        if not usable_subject(request.subject):
             raise ValueError(f"unusable subject {request.subject[:80]!r}")
         track_ids = {track.mid: track.track_sid for track in request.tracks}
         session = self._session_for_offer(request.room_id, request.sid)
@@ -464,7 +432,7 @@ class MediaSessions:
             self._kick_wanting(track_sid)
         return answer.answer_sdp
 
-    def _published(self, session: _Session, track_sid: str) -> None:
+    def _published(self, session: ServedSession, track_sid: str) -> None:
         """A publisher connection now carries `track_sid`: own it, apply its mute state."""
         self._owners[track_sid] = session.key
         session.publications.add(track_sid)
@@ -487,7 +455,7 @@ class MediaSessions:
                     raise TrackNotFound(request.track_sid)
                 peer_id = self._publisher_keys.get(request.track_sid, request.track_sid)
             else:
-                peer_id = _leg_of(session, request.track_sid).subscriber_id
+                peer_id = leg_of(session, request.track_sid).subscriber_id
             await self.forwarder.add_ice_candidate(
                 peer_id,
                 request.candidate,
@@ -496,17 +464,17 @@ class MediaSessions:
                 sdp_mline_index=request.sdp_mline_index,
             )
 
-    def _session_for_offer(self, room_id: str, sid: str) -> _Session:
+    def _session_for_offer(self, room_id: str, sid: str) -> ServedSession:
         """The session an offer belongs to, made now if its first state has not come yet."""
         key = (room_id, sid)
         if key in self._closed_sessions:
             raise SessionClosed(sid)
         session = self._sessions.get(key)
         if session is None:
-            session = self._sessions[key] = _Session(room_id, sid)
+            session = self._sessions[key] = ServedSession(room_id, sid)
         return session
 
-    def _existing_session(self, room_id: str, sid: str) -> _Session:
+    def _existing_session(self, room_id: str, sid: str) -> ServedSession:
         key = (room_id, sid)
         if key in self._closed_sessions:
             raise SessionClosed(sid)
@@ -514,19 +482,3 @@ class MediaSessions:
         if session is None:
             raise ParticipantNotFound(sid)
         return session
-
-
-def _leg_of(session: _Session, track_sid: str) -> _Leg:
-    leg = session.legs.get(track_sid)
-    if leg is None:
-        raise SubscriptionNotFound(session.sid, track_sid)
-    return leg
-
-
-def _usable_subject(subject: str) -> bool:
-    """Whether `subject` can be published to (no wildcard, no empty token, no space)."""
-    tokens = subject.split(".")
-    return bool(subject) and all(
-        token and token not in ("*", ">") and not any(c.isspace() for c in token)
-        for token in tokens
-    )
