@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/stagecast up
 
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps gstreamer-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -48,6 +48,22 @@ browser-deps: $(PLAYWRIGHT)
 	    chromium util-linux iproute2 fonts-dejavu-core; \
 	fi
 	@test -x "$(CHROMIUM)" || { echo "Chromium is still missing at $(CHROMIUM)"; exit 1; }
+
+# WHIP interop test (tests/test_whip_gstreamer.py): GStreamer's webrtcbin, driven from
+# Debian's python3 (python3-gi is not in the venv). Installed with apt-get when missing;
+# the test skips, saying why, only if that fails.
+.PHONY: gstreamer-deps
+GST_PACKAGES := gstreamer1.0-plugins-bad gstreamer1.0-nice gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-base python3-gi gir1.2-gst-plugins-bad-1.0
+
+gstreamer-deps:
+	@if ! /usr/bin/python3 tests/gstreamer/whip_publish.py --check >/dev/null 2>&1; then \
+	  echo "installing GStreamer WebRTC with apt-get"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  { $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	      $(GST_PACKAGES); } || echo "GStreamer could not be installed: its WHIP test will skip"; \
+	fi
 
 $(PLAYWRIGHT): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm (Node.js >= 20) is needed for the browser tests"; exit 1; }

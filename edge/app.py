@@ -3,7 +3,8 @@
 Routes: ``POST /api/<name>`` (`edge.api`),
 ``GET /healthz`` (200 ``ok`` when NATS is connected and the statekeeper answers healthy
 within a second, else 503 and the reason), ``GET /metrics`` (Prometheus text), ``GET /``
-(the demo page), ``GET /static/<file>`` (the browser SDK and the page's files) and, in dev
+(the demo page), ``POST /whip`` and ``DELETE /whip/<session>`` (WHIP ingest,
+`edge.whip`), ``GET /static/<file>`` (the browser SDK and the page's files) and, in dev
 mode only, ``POST /dev/token`` and ``POST /dev/promote`` (`edge.page`). The lifespan starts
 and stops the `EdgeNode` (the one NATS connection); the node is on ``app.state.edge``, the
 `ConnectionLedger` its protocols count connections in on ``app.state.connections``.
@@ -39,6 +40,7 @@ from edge.requests import handle_frame
 from edge.rtcsocket import RtcSocket
 from edge.serving import RtcEntry, refusal_of
 from edge.session import EdgeSession
+from edge.whip import routes as whip_routes
 from edge.wsframe import binary_frame
 from schemas.client import Disconnect
 from schemas.codec import encode
@@ -122,6 +124,7 @@ def create_app(config: EdgeConfig) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/{name:str}", api, methods=["POST"]),
+            *whip_routes(node),
             *page_routes(node),
         ],
         lifespan=lifespan,

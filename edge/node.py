@@ -143,6 +143,14 @@ class EdgeNode:
         sockets = list(self.sockets)
         for session in sockets:
             session.shutdown()
+        ingress = [s for s in self.sessions.values() if s not in self.sockets]
+        for session in ingress:  # socketless (WHIP) sessions leave the room now
+            session.shutdown()
+        if ingress:
+            await asyncio.wait(
+                [asyncio.create_task(s.detached.wait()) for s in ingress],
+                timeout=self.config.close_grace + 1.0,
+            )
         if sockets:
             await asyncio.wait(
                 [asyncio.create_task(s.closed.wait()) for s in sockets],

@@ -22,6 +22,7 @@ from aiortc import (
 from aiortc.codecs import is_rtx
 from aiortc.exceptions import InvalidAccessError as AiortcInvalidAccess
 from aiortc.exceptions import InvalidStateError as AiortcInvalidState
+from aiortc.exceptions import OperationError as AiortcOperationError
 from aiortc.sdp import candidate_from_sdp
 
 from forwarder.errors import (
@@ -136,6 +137,8 @@ async def apply_remote(pc: RTCPeerConnection, sdp: str, sdp_type: str) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
     except (ValueError, KeyError, IndexError, AiortcInvalidAccess, AiortcInvalidState) as exc:
         raise InvalidSdp(sdp_type, f"{type(exc).__name__}: {exc}") from None
+    except AiortcOperationError as exc:  # aiortc: a media section with no codec it knows
+        raise InvalidSdp(sdp_type, f"no codec in common: {exc}") from None
 
 
 def parse_candidate(

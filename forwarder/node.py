@@ -41,6 +41,7 @@ from forwarder.router import Router
 from rtc.aiortc_adapter import (
     InboundStream,
     OutboundStream,
+    answer_as_dtls_server,
     keep_codecs,
     label_sender,
     negotiated_codecs,
@@ -143,6 +144,13 @@ class Forwarder:
             s.pc for s in self._subscribers.values()
         ]
 
+    def connection_state(self, publisher_key: str) -> str:
+        """A publisher connection's state (``new``, ``connecting``, ``connected``, ...)."""
+        publisher = self._publishers.get(publisher_key)
+        if publisher is None:
+            raise ParticipantNotFound(publisher_key)
+        return str(publisher.pc.connectionState)
+
     def inbound(self, track_id: str) -> InboundStream:
         """The publisher-side stream of a track (for counters and tests)."""
         owner = self._publishers.get(self._track_owner.get(track_id, ""))
@@ -168,7 +176,13 @@ class Forwarder:
         return self._epochs.get(track_id)
 
     async def add_publisher(
-        self, offer_sdp: str, *, publisher_key: str, track_ids: Mapping[str, str] | None = None
+        self,
+        offer_sdp: str,
+        *,
+        publisher_key: str,
+        track_ids: Mapping[str, str] | None = None,
+        on_state: Callable[[str], None] | None = None,
+        dtls_server: bool = False,
     ) -> PublisherAnswer:
         """Answer a publisher's offer: each audio/video it sends becomes a published track.
 
@@ -177,13 +191,16 @@ class Forwarder:
         `track_ids` maps an offer's MID to the track id to publish it as (the track sid the
         room gave it); a MID not in it becomes ``"<publisher_key>:<mid>"``. The answer keeps
         one codec per track (the offer's first forwardable one), since subscribers get the
-        publisher's packets unchanged.
+        publisher's packets unchanged. `on_state` is told the connection's state
+        (``connecting``, ``connected``, ``failed``, ``closed``) each time it changes.
+        `dtls_server`: answer ``a=setup:passive`` (`answer_as_dtls_server`), for encoders
+        whose DTLS certificate is RSA.
         """
         self._check_open("add_publisher")
         if publisher_key in self._publishers:
             raise DuplicateSession(publisher_key)
         publisher, published = await self._negotiate_publisher(
-            offer_sdp, publisher_key, track_ids or {}, keep=None
+            offer_sdp, publisher_key, track_ids or {}, keep=None, dtls_server=dtls_server
         )
         try:
             # checked after the awaits: a concurrent call or close() may have come first
@@ -197,6 +214,9 @@ class Forwarder:
             await _close_quietly(publisher.pc)
             raise
         self._publishers[publisher_key] = publisher
+        if on_state is not None:
+            pc = publisher.pc
+            pc.on("connectionstatechange", lambda: on_state(str(pc.connectionState)))
         for track in published:
             self._track_owner[track.track_id] = publisher_key
             self._epochs[track.track_id] = self._new_epoch()
@@ -253,6 +273,7 @@ class Forwarder:
         track_ids: Mapping[str, str],
         *,
         keep: Mapping[str, CodecInfo] | None,
+        dtls_server: bool = False,
     ) -> tuple[_Publisher, tuple[PublishedTrack, ...]]:
         """A new publisher connection with its answer made, not registered anywhere yet.
 
@@ -288,7 +309,10 @@ class Forwarder:
                     transceiver.receiver, functools.partial(forward, track_id)
                 )
             with pass_through_codecs():
-                await pc.setLocalDescription(await pc.createAnswer())
+                if dtls_server:
+                    await answer_as_dtls_server(pc)
+                else:
+                    await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             for stream in publisher.streams.values():
                 stream.close()

@@ -39,11 +39,13 @@ from forwarder.errors import (
     InvalidStateError,
     TrackNotFound,
 )
+from forwarder.ingress import IngressWatch
 from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_LEASE_S, RELAY_REFRESH_S, codec_to_wire
 from forwarder.relay_in import RelayIn
 from forwarder.relay_out import OutgoingRelays
-from forwarder.sessions import SIGNALING_REQUESTS, MediaSessions, SessionKey
+from forwarder.served import SessionKey
+from forwarder.sessions import SIGNALING_REQUESTS, MediaSessions
 from forwarder.voice import RoomVoices
 from schemas.client import Error
 from schemas.clock import now_ms
@@ -152,6 +154,11 @@ class ForwarderService:
     @property
     def sessions(self) -> list[SessionKey]:
         return self._sessions.keys
+
+    @property
+    def ingress(self) -> IngressWatch:
+        """The WHIP connections here and how long one may take to connect."""
+        return self._sessions.ingress
 
     def subscriber_leg(self, room_id: str, sid: str, track_sid: str) -> SubscriberLeg:
         """The core leg carrying `track_sid` to a session (its stream, its state)."""

@@ -20,30 +20,34 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
 from forwarder.errors import (
+    DuplicateSession,
     DuplicateTrack,
     ForwarderError,
+    InvalidSdp,
     ParticipantNotFound,
     SessionClosed,
     SubscriptionNotFound,
     TrackNotFound,
     TrackRetired,
 )
+from forwarder.ingress import INGRESS_CONNECT_TIMEOUT_S, IngressWatch, ingress_key
 from forwarder.negotiation import sole_media_section
 from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_REFRESH_S
 from forwarder.relay_in import IncomingRelays, RelayIn
 from forwarder.relay_out import OutgoingRelays
+from forwarder.served import ServedLeg, ServedSession, SessionKey, leg_of, usable_subject
 from forwarder.voice import RoomVoices
 from schemas.client import SignalOffer
 from schemas.codec import Message, encode
 from schemas.media import (
     ForwarderOk,
     ForwarderSdp,
+    IngressOffer,
     MediaCandidate,
     MediaSession,
     MediaSubscribedTrack,
@@ -54,45 +58,17 @@ from schemas.media import (
 
 log = logging.getLogger("stagecast.forwarder")
 
-SessionKey = tuple[str, str]
-"""(room id, sid)"""
-
 CLOSED_SESSIONS_KEPT = 4096
 """Closed sessions remembered, so a late older state cannot bring one back."""
 
-SIGNALING_REQUESTS = (PublishOffer, SubscriberAnswer, MediaCandidate, RestartSubscription)
+SIGNALING_REQUESTS = (
+    PublishOffer,
+    IngressOffer,
+    SubscriberAnswer,
+    MediaCandidate,
+    RestartSubscription,
+)
 """The requests `MediaSessions.answer` takes: each holds its session's lock."""
-
-
-@dataclass(slots=True)
-class _Leg:
-    """A subscriber connection carrying one track to one session."""
-
-    subscriber_id: str
-    spec: MediaSubscribedTrack
-    epoch: int
-    """The publication of the track it was made for (`Forwarder.epoch`)."""
-
-
-class _Session:
-    """What this forwarder holds for one session, and the state it should hold."""
-
-    def __init__(self, room_id: str, sid: str) -> None:
-        self.key: SessionKey = (room_id, sid)
-        self.room_id = room_id
-        self.sid = sid
-        self.desired: MediaSession | None = None
-        self.listed: set[str] = set()
-        """Tracks any applied state listed: one missing from a later state is unpublished."""
-        self.retired: set[str] = set()
-        """Tracks unpublished that way: a late offer for one is refused."""
-        self.publications: set[str] = set()
-        self.legs: dict[str, _Leg] = {}
-        self.wanted: set[str] = set()
-        self.closed = False
-        self.lock = asyncio.Lock()
-        self.task: asyncio.Task[None] | None = None
-        self.dirty = False
 
 
 class MediaSessions:
@@ -115,6 +91,7 @@ class MediaSessions:
         relay_refresh: float = RELAY_REFRESH_S,
         relay_give_up: float = 30.0,
         request_timeout: float = 2.0,
+        ingress_connect_timeout: float = INGRESS_CONNECT_TIMEOUT_S,
     ) -> None:
         self.nc = nc
         self.forwarder = forwarder
@@ -123,9 +100,12 @@ class MediaSessions:
         """The audio tracks published here by room (their speakers are reported)."""
         forwarder.on_audio_level = self.voices.observe
         self.running = False
-        self._sessions: dict[SessionKey, _Session] = {}
+        self._sessions: dict[SessionKey, ServedSession] = {}
         self._closed_sessions: OrderedDict[SessionKey, int] = OrderedDict()
         self._owners: dict[str, SessionKey] = {}
+        self._publisher_keys: dict[str, str] = {}
+        """The connection of each track published on a shared one (an ingress session's)."""
+        self.ingress = IngressWatch(nc, ingress_connect_timeout)
         self._wanted: dict[str, set[SessionKey]] = {}
         self._relays_in = IncomingRelays(
             nc,
@@ -159,8 +139,9 @@ class MediaSessions:
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
-        """The sessions' reconcile tasks (done or not)."""
-        return [s.task for s in self._sessions.values() if s.task is not None]
+        """The sessions' reconcile tasks (done or not), and the ingress notices."""
+        reconciles = [s.task for s in self._sessions.values() if s.task is not None]
+        return reconciles + list(self.ingress.tasks)
 
     async def close_relays(self) -> None:
         """Close every relay received (a `RelayStop` to each origin, bounded in time)."""
@@ -193,11 +174,11 @@ class MediaSessions:
         )
         if stale:
             return False
-        if not desired.closed and not _usable_subject(desired.subject):
+        if not desired.closed and not usable_subject(desired.subject):
             log.warning("session %s: unusable subject %r", desired.sid, desired.subject[:80])
             return False
         if session is None:
-            session = self._sessions[key] = _Session(desired.room_id, desired.sid)
+            session = self._sessions[key] = ServedSession(desired.room_id, desired.sid)
         session.desired = desired
         session.closed = desired.closed
         session.listed.update(track.track_sid for track in desired.tracks)
@@ -211,7 +192,7 @@ class MediaSessions:
         self._kick(session)
         return True
 
-    def _set_wanted(self, session: _Session, wanted: set[str]) -> None:
+    def _set_wanted(self, session: ServedSession, wanted: set[str]) -> None:
         for track_sid in wanted - session.wanted:
             self._wanted.setdefault(track_sid, set()).add(session.key)
         for track_sid in session.wanted - wanted:
@@ -222,7 +203,7 @@ class MediaSessions:
                 self._relays_in.stop(track_sid, notify_origin=True)
         session.wanted = wanted
 
-    def _kick(self, session: _Session) -> None:
+    def _kick(self, session: ServedSession) -> None:
         """Reconcile the session soon (once, however many times it is kicked meanwhile)."""
         session.dirty = True
         if self.running and (session.task is None or session.task.done()):
@@ -236,7 +217,7 @@ class MediaSessions:
             if session is not None:
                 self._kick(session)
 
-    async def _reconcile_loop(self, session: _Session) -> None:
+    async def _reconcile_loop(self, session: ServedSession) -> None:
         while session.dirty:
             session.dirty = False
             async with session.lock:
@@ -245,7 +226,7 @@ class MediaSessions:
                 except Exception:
                     log.exception("reconciling session %s failed", session.sid)
 
-    async def _reconcile(self, session: _Session) -> None:
+    async def _reconcile(self, session: ServedSession) -> None:
         desired = session.desired
         if session.closed:
             await self._drop_session(session)
@@ -282,7 +263,7 @@ class MediaSessions:
             return spec.track_sid in self._owners
         return self._relays_in.active(spec.track_sid, spec.forwarder_id)
 
-    async def _serve(self, session: _Session, spec: MediaSubscribedTrack) -> None:
+    async def _serve(self, session: ServedSession, spec: MediaSubscribedTrack) -> None:
         """Make the subscriber connection for one track and push its offer to the client."""
         track_sid = spec.track_sid
         epoch = self.forwarder.epoch(track_sid)
@@ -295,10 +276,12 @@ class MediaSessions:
             await self.forwarder.remove_subscriber(subscriber_id)
             self._kick(session)
             return
-        session.legs[track_sid] = _Leg(subscriber_id, spec, epoch)
+        session.legs[track_sid] = ServedLeg(subscriber_id, spec, epoch)
         await self._send_offer(session, spec, offer)
 
-    async def _send_offer(self, session: _Session, spec: MediaSubscribedTrack, sdp: str) -> None:
+    async def _send_offer(
+        self, session: ServedSession, spec: MediaSubscribedTrack, sdp: str
+    ) -> None:
         assert session.desired is not None
         offer = SignalOffer(
             id=0,
@@ -315,23 +298,25 @@ class MediaSessions:
                 "session %s: the offer for %s was not sent: %r", session.sid, spec.track_sid, exc
             )
 
-    async def _close_leg(self, session: _Session, track_sid: str) -> None:
+    async def _close_leg(self, session: ServedSession, track_sid: str) -> None:
         leg = session.legs.pop(track_sid, None)
         if leg is not None:
             with contextlib.suppress(ParticipantNotFound):
                 await self.forwarder.remove_subscriber(leg.subscriber_id)
 
-    async def _unpublish(self, session: _Session, track_sid: str) -> None:
+    async def _unpublish(self, session: ServedSession, track_sid: str) -> None:
         """Close a publisher connection; its legs and outgoing relays go with it."""
         session.publications.discard(track_sid)
         self.voices.unpublish(track_sid)
         self._owners.pop(track_sid, None)
         self._relays_out.forget_track(track_sid)
-        with contextlib.suppress(ParticipantNotFound):
-            await self.forwarder.remove_publisher(track_sid)
+        publisher_key = self._publisher_keys.pop(track_sid, track_sid)
+        with contextlib.suppress(ParticipantNotFound):  # a shared one: closed with the first
+            await self.forwarder.remove_publisher(publisher_key)
         self._kick_wanting(track_sid)
 
-    async def _drop_session(self, session: _Session) -> None:
+    async def _drop_session(self, session: ServedSession) -> None:
+        self.ingress.forget(session.key)
         for track_sid in list(session.legs):
             await self._close_leg(session, track_sid)
         for track_sid in list(session.publications):
@@ -350,10 +335,12 @@ class MediaSessions:
         """The reply to one of the `SIGNALING_REQUESTS` (a named error raised otherwise)."""
         if isinstance(request, PublishOffer):
             return ForwarderSdp(sdp=await self._publish_offer(request))
+        if isinstance(request, IngressOffer):
+            return ForwarderSdp(sdp=await self._ingress_offer(request))
         if isinstance(request, SubscriberAnswer):
             session = self._existing_session(request.room_id, request.sid)
             async with session.lock:
-                leg = _leg_of(session, request.track_sid)
+                leg = leg_of(session, request.track_sid)
                 await self.forwarder.set_subscriber_answer(leg.subscriber_id, request.sdp)
             return ForwarderOk()
         if isinstance(request, MediaCandidate):
@@ -362,7 +349,7 @@ class MediaSessions:
         if isinstance(request, RestartSubscription):
             session = self._existing_session(request.room_id, request.sid)
             async with session.lock:
-                spec = _leg_of(session, request.track_sid).spec
+                spec = leg_of(session, request.track_sid).spec
                 await self._close_leg(session, request.track_sid)
                 if self._available(spec):
                     await self._serve(session, spec)
@@ -390,18 +377,75 @@ class MediaSessions:
             answer = await self.forwarder.add_publisher(
                 request.sdp, publisher_key=track_sid, track_ids={mid: track_sid}
             )
-            self._owners[track_sid] = session.key
-            session.publications.add(track_sid)
-            desired = session.desired
-            for track in desired.tracks if desired is not None else ():
-                if track.track_sid == track_sid:
-                    self.forwarder.set_muted(track_sid, track.muted)
-                    if desired is not None and track.kind == "audio":
-                        self.voices.publish(
-                            track_sid, request.room_id, desired.identity, muted=track.muted
-                        )
+            self._published(session, track_sid)
         self._kick_wanting(track_sid)
         return answer.answer_sdp
+
+    async def _ingress_offer(self, request: IngressOffer) -> str:
+        """One publisher connection for every track of a WHIP client; the SDP answer.
+
+        A session has one ingress connection; a second offer is `DuplicateSession` (WHIP
+        clients start a new session instead). Each m-line must be one listed in the
+        request, with the listed kind."""
+        if not usable_subject(request.subject):
+            raise ValueError(f"unusable subject {request.subject[:80]!r}")
+        track_ids = {track.mid: track.track_sid for track in request.tracks}
+        session = self._session_for_offer(request.room_id, request.sid)
+        key = ingress_key(request.sid)
+        async with session.lock:
+            if session.closed:
+                raise SessionClosed(request.sid)
+            if session.publications:
+                raise DuplicateSession(key)
+            for track in request.tracks:
+                if track.track_sid in session.retired:
+                    raise TrackRetired(track.track_sid)
+                if track.track_sid in self._owners:
+                    raise DuplicateTrack(track.track_sid)
+            on_state = self.ingress.watch(
+                request.room_id,
+                request.sid,
+                request.subject,
+                lambda: self.forwarder.connection_state(key),
+            )
+            try:
+                answer = await self.forwarder.add_publisher(
+                    request.sdp,
+                    publisher_key=key,
+                    track_ids=track_ids,
+                    on_state=on_state,
+                    dtls_server=True,
+                )
+            except BaseException:
+                self.ingress.forget(session.key)
+                raise
+            kinds = {track.track_sid: track.kind for track in request.tracks}
+            published = {track.track_id: track.kind for track in answer.tracks}
+            if published != kinds:
+                self.ingress.forget(session.key)
+                await self.forwarder.remove_publisher(key)
+                raise InvalidSdp("offer", f"its media sections are not the tracks {kinds}")
+            for track_sid in published:
+                self._publisher_keys[track_sid] = key
+                self._published(session, track_sid)
+        for track_sid in published:
+            self._kick_wanting(track_sid)
+        return answer.answer_sdp
+
+    def _published(self, session: ServedSession, track_sid: str) -> None:
+        """A publisher connection now carries `track_sid`: own it, apply its mute state."""
+        self._owners[track_sid] = session.key
+        session.publications.add(track_sid)
+        desired = session.desired
+        if desired is None:
+            return  # its state applies it when it comes
+        for track in desired.tracks:
+            if track.track_sid == track_sid:
+                self.forwarder.set_muted(track_sid, track.muted)
+                if track.kind == "audio":
+                    self.voices.publish(
+                        track_sid, session.room_id, desired.identity, muted=track.muted
+                    )
 
     async def _add_candidate(self, request: MediaCandidate) -> None:
         session = self._existing_session(request.room_id, request.sid)
@@ -409,9 +453,9 @@ class MediaSessions:
             if request.target == "publisher":
                 if request.track_sid not in session.publications:
                     raise TrackNotFound(request.track_sid)
-                peer_id = request.track_sid
+                peer_id = self._publisher_keys.get(request.track_sid, request.track_sid)
             else:
-                peer_id = _leg_of(session, request.track_sid).subscriber_id
+                peer_id = leg_of(session, request.track_sid).subscriber_id
             await self.forwarder.add_ice_candidate(
                 peer_id,
                 request.candidate,
@@ -420,17 +464,17 @@ class MediaSessions:
                 sdp_mline_index=request.sdp_mline_index,
             )
 
-    def _session_for_offer(self, room_id: str, sid: str) -> _Session:
+    def _session_for_offer(self, room_id: str, sid: str) -> ServedSession:
         """The session an offer belongs to, made now if its first state has not come yet."""
         key = (room_id, sid)
         if key in self._closed_sessions:
             raise SessionClosed(sid)
         session = self._sessions.get(key)
         if session is None:
-            session = self._sessions[key] = _Session(room_id, sid)
+            session = self._sessions[key] = ServedSession(room_id, sid)
         return session
 
-    def _existing_session(self, room_id: str, sid: str) -> _Session:
+    def _existing_session(self, room_id: str, sid: str) -> ServedSession:
         key = (room_id, sid)
         if key in self._closed_sessions:
             raise SessionClosed(sid)
@@ -438,19 +482,3 @@ class MediaSessions:
         if session is None:
             raise ParticipantNotFound(sid)
         return session
-
-
-def _leg_of(session: _Session, track_sid: str) -> _Leg:
-    leg = session.legs.get(track_sid)
-    if leg is None:
-        raise SubscriptionNotFound(session.sid, track_sid)
-    return leg
-
-
-def _usable_subject(subject: str) -> bool:
-    """Whether `subject` can be published to (no wildcard, no empty token, no space)."""
-    tokens = subject.split(".")
-    return bool(subject) and all(
-        token and token not in ("*", ">") and not any(c.isspace() for c in token)
-        for token in tokens
-    )

@@ -263,6 +263,19 @@ def label_sender(sender: RTCRtpSender, *, stream_id: str, track_id: str) -> None
     sender._track_id = track_id
 
 
+async def answer_as_dtls_server(pc: aiortc.RTCPeerConnection) -> None:
+    """Create and set the answer with ``a=setup:passive``: the remote end is the DTLS client.
+
+    aiortc answers ``active`` by default, and as a DTLS client it offers ECDSA cipher suites
+    only, which a peer with an RSA certificate (GStreamer's webrtcbin, say) cannot accept
+    ("no shared cipher"). As the DTLS server, aiortc's ECDSA certificate sets the suite.
+    aiortc takes the role from the description it is given (checked by the adapter test).
+    """
+    answer = await pc.createAnswer()
+    sdp = answer.sdp.replace("a=setup:active", "a=setup:passive")
+    await pc.setLocalDescription(aiortc.RTCSessionDescription(sdp=sdp, type=answer.type))
+
+
 def allow_loopback_candidates() -> None:
     """Offer 127.0.0.1 as a host candidate when the host has no other IPv4 address.
 

@@ -8,7 +8,8 @@ gets one per subscribed track, offered by its forwarder.
 - ``stagecast.fwd.<forwarder>.sessions`` (core publish, statekeeper -> forwarder): one
   `MediaSession` per changed session, the whole desired state of that session's media on
   that forwarder (level-triggered: applying the same one twice changes nothing).
-- ``stagecast.fwd.<forwarder>.rpc`` (request/reply): `PublishOffer` -> `ForwarderSdp`;
+- ``stagecast.fwd.<forwarder>.rpc`` (request/reply): `PublishOffer` and `IngressOffer` (a
+  WHIP client's multi-track offer) -> `ForwarderSdp`;
   `SubscriberAnswer`, `MediaCandidate`, `RestartSubscription`, `RelayStart`, `RelayStop`
   -> `ForwarderOk` / `RelayAccepted`; any of them -> `Error` (schemas.client) on failure.
   `RelayKeyframeRequest` is published without a reply.
@@ -74,6 +75,35 @@ class PublishOffer(Message, tag="fwd.publish", frozen=True, kw_only=True):
     kind: TrackKind
     sdp: Sdp
     ice_restart: bool = False
+
+
+class IngressTrack(Struct, frozen=True, kw_only=True):
+    """One m-line of an ingress offer and the announced track it publishes."""
+
+    mid: Identity
+    track_sid: Identity
+    kind: TrackKind
+
+
+class IngressOffer(Message, tag="fwd.ingress", frozen=True, kw_only=True):
+    """A WHIP client's offer: one peer connection carrying every listed track (relayed by
+    the edge that owns the ingress session). Answered with `ForwarderSdp`."""
+
+    room_id: Identity
+    sid: Identity
+    subject: Annotated[str, Meta(max_length=1024)]
+    """The session's direct subject: where `IngressEnded` goes."""
+    tracks: Annotated[tuple[IngressTrack, ...], Meta(min_length=1, max_length=8)]
+    sdp: Sdp
+
+
+class IngressEnded(Message, tag="fwd.ingress_ended", frozen=True, kw_only=True):
+    """Sent by a forwarder to an ingress session's subject when its connection failed,
+    closed or never connected: the owning edge ends the session."""
+
+    room_id: Identity
+    sid: Identity
+    reason: Annotated[str, Meta(max_length=200)]
 
 
 class SubscriberAnswer(Message, tag="fwd.subscriber_answer", frozen=True, kw_only=True):
@@ -200,6 +230,8 @@ class ForwarderHeartbeat(Message, tag="fwd.heartbeat", frozen=True, kw_only=True
 MESSAGES = (
     MediaSession,
     PublishOffer,
+    IngressOffer,
+    IngressEnded,
     SubscriberAnswer,
     MediaCandidate,
     RestartSubscription,

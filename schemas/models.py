@@ -36,7 +36,7 @@ HAND_RAISED = "raised"
 """`HAND_ATTRIBUTE`'s value while the hand is up (any other value, or none: it is down)."""
 
 Tier = Literal["speaker", "viewer"]
-ParticipantKind = Literal["standard", "sip", "agent"]
+ParticipantKind = Literal["standard", "sip", "agent", "ingress"]
 TrackKind = Literal["audio", "video"]
 TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio", "unknown"]
 

@@ -32,6 +32,7 @@ BENCH_SUITES = (
     "faults",
     "webhooks",
     "chaos",
+    "whip",
 )
 
 

@@ -427,3 +427,27 @@ def test_the_sdk_imports_and_builds_a_room_without_the_pinned_aiortc() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+async def test_an_answer_as_dtls_server_makes_aiortc_the_dtls_server() -> None:
+    offerer = aiortc.RTCPeerConnection()
+    answerer = aiortc.RTCPeerConnection()
+    try:
+        offerer.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await adapter.answer_as_dtls_server(answerer)
+        assert "a=setup:passive" in answerer.localDescription.sdp
+        assert "a=setup:active" not in answerer.localDescription.sdp
+        transport = answerer.getTransceivers()[0].receiver.transport
+        assert transport._role == "server"  # aiortc took the role from the description
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await asyncio.wait_for(_connected(answerer), 10)
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+async def _connected(pc: aiortc.RTCPeerConnection) -> None:
+    while pc.connectionState != "connected":
+        await asyncio.sleep(0.05)

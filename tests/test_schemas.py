@@ -147,6 +147,9 @@ from schemas.media import (
     ForwarderHeartbeat,
     ForwarderOk,
     ForwarderSdp,
+    IngressEnded,
+    IngressOffer,
+    IngressTrack,
     MediaCandidate,
     MediaSession,
     MediaSubscribedTrack,
@@ -403,6 +406,14 @@ CASES: tuple[Message, ...] = (
         ),
     ),
     PublishOffer(room_id="r", sid="PA_1", track_sid="TR_cam", kind="video", sdp="v=0\r\n"),
+    IngressOffer(
+        room_id="r",
+        sid="PA_1",
+        subject="stagecast.sess.ED_1.PA_1",
+        tracks=(IngressTrack(mid="0", track_sid="TR_cam", kind="video"),),
+        sdp="v=0\r\n",
+    ),
+    IngressEnded(room_id="r", sid="PA_1", reason="the connection failed"),
     SubscriberAnswer(room_id="r", sid="PA_2", track_sid="TR_cam", sdp="v=0\r\n"),
     MediaCandidate(
         room_id="r",
@@ -843,6 +854,15 @@ GOLDEN_HEX: dict[str, str] = {
         "64c3ad737562736372697074696f6e739185a9747261636b5f736964a654525f63616da46b696e64a5766964"
         "656fac7075626c69736865725f6964a5616c696365ad7075626c69736865725f736964a450415f31ac666f72"
         "7761726465725f6964a446575f32"
+    ),
+    "fwd.ingress": (
+        "87a174ab6677642e696e6772657373a17601a7726f6f6d5f6964a172a3736964a450415f31a77375626a"
+        "656374b87374616765636173742e736573732e45445f312e50415f31a6747261636b739183a36d6964a1"
+        "30a9747261636b5f736964a654525f63616da46b696e64a5766964656fa3736470a5763d300d0a"
+    ),
+    "fwd.ingress_ended": (
+        "85a174b16677642e696e67726573735f656e646564a17601a7726f6f6d5f6964a172a3736964a450415f"
+        "31a6726561736f6eb574686520636f6e6e656374696f6e206661696c6564"
     ),
     "fwd.publish": (
         "87a174ab6677642e7075626c697368a17601a7726f6f6d5f6964a172a3736964a450415f31a9747261636b5f"
