@@ -21,6 +21,8 @@ from schemas.log import (
     ParticipantRemoveRequested,
     ParticipantUpdateRequested,
 )
+import msgspec
+
 from schemas.models import HAND_ATTRIBUTE, HAND_RAISED, Grant
 from statekeeper.fold.dispatch import on_participant, on_session
 from statekeeper.fold.replies import ack, reply, session_subject
@@ -175,13 +177,29 @@ def _change_tier(
     at: int,
     out: list[Outcome],
 ) -> None:
-    """Promote a viewer to the stage or demote a speaker to the audience, live."""
+    """Promote a viewer to the stage or demote a speaker to the audience, live.
+
+    Without an explicit `grant`, a promotion gives the speaker grant (publish, subscribe,
+    data) and a demotion takes publishing away (media and data), other flags kept. A
+    promotion lowers a raised hand: the invitation answered it.
+    """
+    if grant is None:
+        grant = msgspec.structs.replace(
+            session.grant,
+            can_publish=not to_viewer,
+            can_publish_data=not to_viewer,
+            can_subscribe=True if not to_viewer else session.grant.can_subscribe,
+        )
     if not to_viewer:
         tally(room, session, -1)
         session.is_viewer = False
         tally(room, session, +1)
         session.visible = True  # invited to the stage: on it for everyone
+        hand_was_up = session.attributes.pop(HAND_ATTRIBUTE, None) == HAND_RAISED
         view_changed(room, session)
+        if hand_was_up:
+            lowered = HandChanged(seq=seq, participant=participant_info(session), raised=False)
+            out.append(Broadcast(room.id, "mod", lowered))
         out.append(
             Broadcast(
                 room.id,
@@ -204,8 +222,7 @@ def _change_tier(
         tally(room, session, +1)
         session.visible = not room.livestream
         view_changed(room, session)
-    if grant is not None:
-        session.grant = grant
+    session.grant = grant
     out.append(RosterLeave(room.id, session.sid, session.since_seq, seq))
     session.since_seq = seq
     info = participant_info(session)
