@@ -401,6 +401,18 @@ def test_promotion_without_a_grant_gives_the_speaker_grant_and_lowers_the_hand()
     assert directs(out, "q")[0].code == "INVALID_PERMISSIONS"
 
 
+def test_a_moderator_joining_late_is_told_of_hands_already_up() -> None:
+    log = Log()
+    log.join("v", viewer=True)
+    log.join("w", viewer=True)
+    log(AttributesSet(room_id=ROOM, at=1, sid=log.sid("v"), attributes={"hand": "raised"}))
+    out = log.join("host", grant=Grant(can_moderate=True))
+    accepted, hand = directs(out, "reply.host")
+    assert isinstance(accepted, JoinAccepted)
+    assert isinstance(hand, HandChanged) and hand.raised and hand.participant.id == "v"
+    assert directs(log.join("plain"), "reply.plain")[1:] == []  # not a moderator: no hands
+
+
 def test_remove_revokes_the_token_and_delete_closes_everyone() -> None:
     log = Log()
     log.join("a", token_id="J1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from schemas import subjects
 from schemas.client import (
     Disconnect,
+    HandChanged,
     JoinAccepted,
     ParticipantJoined,
     ParticipantLeft,
@@ -24,6 +25,7 @@ from schemas.log import (
     SessionDisconnected,
     SessionsAlive,
 )
+from schemas.models import HAND_ATTRIBUTE, HAND_RAISED
 from statekeeper.fold.dispatch import find_session, handles, on_session
 from statekeeper.fold.media import media_changed
 from statekeeper.fold.replies import ack, error, lost, reply, session_subject
@@ -164,6 +166,20 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
     _enter(room, session, seq, event.at, out)
     if event.reply_to:  # nobody asked: the answer is not built
         reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
+        if session.grant.can_moderate:
+            _hands_up(room, session, seq, event.reply_to, out)
+
+
+def _hands_up(
+    room: Room, moderator: SessionRecord, seq: int, subject: str, out: list[Outcome]
+) -> None:
+    """Tell a moderator who just joined of the hands already up, as `hand-raised` frames
+    after its join reply (as speakers already present come in the reply). One pass over the
+    room's sessions, for moderator joins only (a handful per room)."""
+    for other in room.sessions.values():
+        if other is not moderator and other.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED:
+            raised = HandChanged(seq=seq, participant=participant_info(other), raised=True)
+            out.append(Direct(subject, raised))
 
 
 def _rejoin(
