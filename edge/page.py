@@ -230,9 +230,7 @@ def _dev_promote(node: EdgeNode) -> Any:
                 room_id=room,
                 at=at,
                 participant_id=identity,
-                is_viewer=viewer,
-                grant=VIEWER_GRANT if viewer else SPEAKER_GRANT,
-                attributes=None if viewer else {"hand": ""},
+                is_viewer=viewer,  # the tier change picks the grant and lowers the hand
                 reply_to=inbox,
             )
 

@@ -244,8 +244,15 @@ def test_host_pages_audience_and_promotes_a_raised_hand(tmp_path: Path) -> None:
     assert len(listed) == len(set(listed)) == 13 and result["viewer_id"] in listed
     assert result["more_hidden"], "the last page has no next cursor"
     assert result["promoted"] and result["on_stage"]
-    assert result["counts"]["speakers"] == 2 and result["counts"]["viewers"] == 12
+    assert result["counts"]["speakers"] == 3 and result["counts"]["viewers"] == 12  # 2 hosts
     assert result["hands_left"] == 0, "promotion lowers the hand"
+    assert result["late_hand"], "a host joining after the hand went up sees it"
+    assert result["notice"] == "" and result["on_stage"], "the promoted viewer publishes"
+    phone = result["phone"]
+    assert phone["page_width"] <= 420, f"the page is wider than a 420 px screen: {phone}"
+    assert phone["actions_opacity"] == "1", "touch screens see a tile's actions without hover"
+    assert max(phone["invite_heights"]) < 36, f"'Invite on stage' wraps: {phone}"
+    assert len(result["host_invites"]) == 13 and max(result["host_invites"]) < 36, result
 
 
 @pytest.mark.timeout(70)

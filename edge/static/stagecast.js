@@ -36,7 +36,7 @@ export {
 const ROOM_EVENTS = [
   'participant-joined', 'participant-left', 'participant-count-changed',
   'active-speakers-changed', 'room-metadata-changed', 'data-received', 'tier-changed', 'hand-raised', 'hand-lowered',
-  'disconnected', 'reconnecting', 'reconnected',
+  'audience-changed', 'disconnected', 'reconnecting', 'reconnected',
   // Participant events, re-emitted with the participant as a second argument:
   ...PARTICIPANT_EVENTS,
 ];
@@ -46,7 +46,7 @@ const STREAM_OF = {
   participant_joined: 'speakers', participant_left: 'speakers', participant_updated: 'speakers',
   track_published: 'speakers', track_unpublished: 'speakers', track_muted: 'speakers',
   room_updated: 'speakers', counts: 'counts', hand: 'mod', viewer_updated: 'mod',
-  tier_changed: 'self',
+  audience_changed: 'mod', tier_changed: 'self',
 };
 
 /**
@@ -56,7 +56,9 @@ const STREAM_OF = {
  * loudest first, also in `room.activeSpeakers`; at most four a second, viewers included;
  * each has `isSpeaking` and `audioLevel`, 0..1), `room-metadata-changed`, `data-received` ({payload:
  * Uint8Array, senderId, topic, reliable}), `tier-changed` (the LocalParticipant),
- * `hand-raised` / `hand-lowered` (moderators), `disconnected` (reason), `reconnecting`,
+ * `hand-raised` / `hand-lowered` (moderators; on joining, one `hand-raised` per hand already
+ * up), `audience-changed` ({speaker, viewer, total}; moderators: someone joined, left or
+ * changed tier, so a `getParticipants` page may be stale), `disconnected` (reason), `reconnecting`,
  * `reconnected`; and every participant event with the participant as second argument.
  */
 export class Room {
@@ -327,6 +329,9 @@ const FRAME_HANDLERS = {
   hand(frame) {
     const participant = this.participantFor(participantInfo(frame.participant));
     this.emitter.emit(frame.raised ? 'hand-raised' : 'hand-lowered', participant);
+  },
+  audience_changed(frame) {
+    this.emitter.emit('audience-changed', countsOf(frame.counts));
   },
   data(frame) {
     this.emitter.emit('data-received', Object.freeze({

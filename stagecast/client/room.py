@@ -17,6 +17,7 @@ from typing import Any
 
 from schemas.client import (
     ActiveSpeakersChanged,
+    AudienceChanged,
     CountsChanged,
     DataReceived,
     GetParticipants,
@@ -66,6 +67,7 @@ ROOM_EVENTS = (
     "tier-changed",
     "hand-raised",
     "hand-lowered",
+    "audience-changed",
     "disconnected",
     "reconnecting",
     "reconnected",
@@ -82,6 +84,7 @@ _STREAM_OF: dict[type[Message], str] = {
     CountsChanged: "counts",
     HandChanged: "mod",
     ViewerUpdated: "mod",
+    AudienceChanged: "mod",
     TierChanged: "self",
 }
 """Which sequence stream a broadcast frame belongs to (each is ordered on its own)."""
@@ -101,7 +104,10 @@ class Room:
     second, viewers included),
     `room-metadata-changed` (the new metadata), `data-received` (`DataMessage`),
     `tier-changed` (the `LocalParticipant`, after a promotion, demotion or grant change),
-    `hand-raised` / `hand-lowered` (RemoteParticipant; moderators only), `disconnected`
+    `hand-raised` / `hand-lowered` (RemoteParticipant; moderators only; on joining, one
+    `hand-raised` per hand already up), `audience-changed` (`ParticipantCounts`; moderators
+    only: someone joined, left or changed tier, so a `get_participants` page may be stale;
+    at most four a second), `disconnected`
     (the reason code), `reconnecting`, `reconnected`.
     """
 
@@ -362,6 +368,9 @@ class Room:
         participant = self._participant_for(frame.participant)
         self._emitter.emit("hand-raised" if frame.raised else "hand-lowered", participant)
 
+    def _on_audience(self, frame: AudienceChanged) -> None:
+        self._emitter.emit("audience-changed", _counts(frame.counts))
+
     def _on_data(self, frame: DataReceived) -> None:
         message = DataMessage(
             payload=frame.payload,
@@ -448,6 +457,7 @@ _HANDLERS: dict[type[Message], Any] = {
     CountsChanged: Room._on_counts,
     ActiveSpeakersChanged: Room._on_active_speakers,
     HandChanged: Room._on_hand,
+    AudienceChanged: Room._on_audience,
     DataReceived: Room._on_data,
     TierChanged: Room._on_tier_changed,
 }
