@@ -209,3 +209,12 @@ def test_the_secret_without_the_key_is_a_clear_error() -> None:
 def test_an_unreachable_edge_is_an_error_on_stderr() -> None:
     down = _cli("rooms", "list", "--url", f"http://127.0.0.1:{_free_port()}", env=_bare_env())
     assert down.returncode == 1 and down.stdout == "" and "UNAVAILABLE" in down.stderr
+
+
+def test_pyproject_license_is_an_spdx_string() -> None:
+    """A TOML-table `project.license` makes setuptools warn on every install."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in project["build-system"]["requires"]
