@@ -256,6 +256,15 @@ def test_host_pages_audience_and_promotes_a_raised_hand(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(70)
+def test_unfinished_ice_gathering_is_said_on_the_console(tmp_path: Path) -> None:
+    result = run_scenario("gather", tmp_path)["warnings"]
+    if result["state"] == "complete":
+        pytest.fail(f"gathering finished: this browser cannot show the case ({result})")
+    (said,) = result["said"]
+    assert "ICE gathering unfinished after 300 ms" in said, said
+
+
+@pytest.mark.timeout(70)
 def test_page_resumes_after_a_dropped_socket(tmp_path: Path) -> None:
     """The browser SDK resumes its session on a new socket, like the Python SDK."""
     result = run_scenario("resume", tmp_path)

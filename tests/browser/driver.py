@@ -292,6 +292,34 @@ async def host(ctx: Context) -> dict[str, Any]:
     }
 
 
+@scenario("gather")
+async def gather(ctx: Context) -> dict[str, Any]:
+    """ICE gathering that does not finish in time is said on the console, not waited out
+    silently (a STUN server that never answers keeps gathering open)."""
+    await ctx.browser.open("page", f"{ctx.url}/")
+    warnings = await ctx.browser.eval(
+        "page",
+        """(async () => {
+          const { gathered } = await import('/static/media.js');
+          const pc = new RTCPeerConnection({ iceServers: [{ urls: 'stun:127.0.0.1:9' }] });
+          pc.createDataChannel('probe');
+          await pc.setLocalDescription(await pc.createOffer());
+          const said = [];
+          const warn = console.warn;
+          console.warn = (...args) => said.push(args.join(' '));
+          try {
+            await gathered(pc, 300);
+          } finally {
+            console.warn = warn;
+          }
+          const state = pc.iceGatheringState;
+          pc.close();
+          return { said, state };
+        })()""",
+    )
+    return {"warnings": warnings}
+
+
 @scenario("resume")
 async def resume(ctx: Context) -> dict[str, Any]:
     """The page's socket drops; the SDK resumes the same session, and nobody sees it leave."""
