@@ -22,7 +22,7 @@ KEY, SECRET = os.environ["STAGECAST_API_KEY"], os.environ["STAGECAST_API_SECRET"
 
 
 async def main(mode):
-    token = stagecast.generate_token(KEY, SECRET, room_id="demo", participant_id="v", is_viewer=True)
+    token = stagecast.generate_token(KEY, SECRET, room_id="demo", is_viewer=True)
     room = await stagecast.join(URL, token)
     if mode == "refused":  # a viewer may not publish: the error ends the script
         await room.local_participant.publish(VideoStreamTrack())

@@ -54,12 +54,12 @@ from schemas.api import (
 from schemas.client import (
     Ack,
     ActiveSpeakersChanged,
+    AudienceChanged,
     CountsChanged,
     DataReceived,
     Disconnect,
     Error,
     GetParticipants,
-    AudienceChanged,
     HandChanged,
     Join,
     JoinAccepted,

@@ -5,6 +5,8 @@ Also an admin's removal, which revokes the participant's token in every room.
 
 from __future__ import annotations
 
+import msgspec
+
 from schemas.api import OkReply, ParticipantReply
 from schemas.client import (
     HandChanged,
@@ -21,8 +23,6 @@ from schemas.log import (
     ParticipantRemoveRequested,
     ParticipantUpdateRequested,
 )
-import msgspec
-
 from schemas.models import HAND_ATTRIBUTE, HAND_RAISED, Grant
 from statekeeper.fold.dispatch import on_participant, on_session
 from statekeeper.fold.replies import ack, reply, session_subject
