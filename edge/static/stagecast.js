@@ -56,8 +56,8 @@ const STREAM_OF = {
  * loudest first, also in `room.activeSpeakers`; at most four a second, viewers included;
  * each has `isSpeaking` and `audioLevel`, 0..1), `room-metadata-changed`, `data-received` ({payload:
  * Uint8Array, senderId, topic, reliable}), `tier-changed` (the LocalParticipant),
- * `hand-raised` / `hand-lowered` (moderators; on joining, one `hand-raised` per hand already
- * up), `audience-changed` ({speaker, viewer, total}; moderators: someone joined, left or
+ * `hand-raised` / `hand-lowered` (moderators; `hand-raised` is retroactive: a new listener
+ * gets one per hand up, those raised before this client joined included), `audience-changed` ({speaker, viewer, total}; moderators: someone joined, left or
  * changed tier, so a `getParticipants` page may be stale), `disconnected` (reason), `reconnecting`,
  * `reconnected`; and every participant event with the participant as second argument.
  */
@@ -84,6 +84,8 @@ export class Room {
     this.media = new MediaTransport(this);
     this.emitter = new Emitter(ROOM_EVENTS);
     this.emitter.retroactive('participant-joined', () => [...this.remoteParticipants.values()].map((p) => [p]));
+    this.hands = new Map(); // hands up (moderators only), by participant id
+    this.emitter.retroactive('hand-raised', () => [...this.hands.values()].map((p) => [p]));
   }
 
   get id() { return this.info.id; }
@@ -270,6 +272,7 @@ const FRAME_HANDLERS = {
     if (!info.isViewer) this.upsert(info, true);
   },
   participant_left(frame) {
+    this.hands.delete(frame.participant_id);
     const current = this.remoteParticipants.get(frame.participant_id);
     if (current && current.sid === frame.sid) this.drop(frame.participant_id);
   },
@@ -328,6 +331,8 @@ const FRAME_HANDLERS = {
   },
   hand(frame) {
     const participant = this.participantFor(participantInfo(frame.participant));
+    if (frame.raised) this.hands.set(participant.id, participant);
+    else this.hands.delete(participant.id);
     this.emitter.emit(frame.raised ? 'hand-raised' : 'hand-lowered', participant);
   },
   audience_changed(frame) {

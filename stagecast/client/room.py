@@ -104,8 +104,9 @@ class Room:
     second, viewers included),
     `room-metadata-changed` (the new metadata), `data-received` (`DataMessage`),
     `tier-changed` (the `LocalParticipant`, after a promotion, demotion or grant change),
-    `hand-raised` / `hand-lowered` (RemoteParticipant; moderators only; on joining, one
-    `hand-raised` per hand already up), `audience-changed` (`ParticipantCounts`; moderators
+    `hand-raised` / `hand-lowered` (RemoteParticipant; moderators only; `hand-raised` is
+    retroactive: a new listener gets one per hand up, those raised before this client
+    joined included), `audience-changed` (`ParticipantCounts`; moderators
     only: someone joined, left or changed tier, so a `get_participants` page may be stale;
     at most four a second), `disconnected`
     (the reason code), `reconnecting`, `reconnected`.
@@ -127,6 +128,9 @@ class Room:
             "participant-joined", lambda: [(p,) for p in list(self._remote.values())]
         )
         self._remote: dict[str, RemoteParticipant] = {}
+        self._hands: dict[str, RemoteParticipant] = {}
+        """Hands up (moderators only), by participant id: `hand-raised` is retroactive."""
+        self._emitter.retroactive("hand-raised", lambda: [(p,) for p in self._hands.values()])
         self._info = RoomInfo(id=room_id or "", sid="")
         self._local: LocalParticipant | None = None
         self._counts = ParticipantCounts(0, 0, 0)
@@ -301,6 +305,7 @@ class Room:
             self._upsert(frame.participant, announce=True)
 
     def _on_participant_left(self, frame: ParticipantLeft) -> None:
+        self._hands.pop(frame.participant_id, None)
         current = self._remote.get(frame.participant_id)
         if current is not None and current.sid == frame.sid:
             self._drop(frame.participant_id)
@@ -366,6 +371,10 @@ class Room:
 
     def _on_hand(self, frame: HandChanged) -> None:
         participant = self._participant_for(frame.participant)
+        if frame.raised:
+            self._hands[participant.id] = participant
+        else:
+            self._hands.pop(participant.id, None)
         self._emitter.emit("hand-raised" if frame.raised else "hand-lowered", participant)
 
     def _on_audience(self, frame: AudienceChanged) -> None:
