@@ -218,3 +218,17 @@ def test_pyproject_license_is_an_spdx_string() -> None:
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_the_ready_banner_names_a_stagecast_that_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After `make up` the command is `.venv/bin/stagecast`, not on PATH: say that path."""
+    from stagecast.up import command_name
+
+    script = Path(sys.executable).parent / "stagecast"
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing named stagecast there
+    named = command_name()
+    assert named != "stagecast" and Path(named).resolve() == script.resolve()
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert command_name() == "stagecast"
