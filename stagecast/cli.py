@@ -309,8 +309,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """A suite's module (imported only now) and its own options parsed from `argv`."""
     module: Any = importlib.import_module(f"stagecast.bench.{suite}")
-    parser = argparse.ArgumentParser(prog=f"stagecast bench {suite}", description=module.__doc__)
+    parser = argparse.ArgumentParser(
+        prog=f"stagecast bench {suite}",
+        description=module.__doc__,
+        formatter_class=_DefaultsFormatter,
+    )
     module.add_arguments(parser)
+    for action in parser._actions:  # a flag without help still says its default
+        if not action.help and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
     options = parser.parse_args(argv)
     options.suite = suite
     return module, options

@@ -191,6 +191,15 @@ def test_every_flag_has_help() -> None:
     assert missing == []
 
 
+@pytest.mark.parametrize("suite", ["fold", "storm", "faults"])
+def test_every_bench_flag_says_its_default(suite: str) -> None:
+    helped = _cli("bench", suite, "--help", env=_bare_env())
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.split())
+    assert "--viewers VIEWERS (default: " in text, text
+
+
+
 def test_token_with_the_dev_pair_prints_only_the_token() -> None:
     minted = _cli("token", "--room", "demo", env=_bare_env())
     assert minted.returncode == 0 and minted.stderr == "", minted.stderr
