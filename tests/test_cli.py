@@ -199,7 +199,6 @@ def test_every_bench_flag_says_its_default(suite: str) -> None:
     assert "--viewers VIEWERS (default: " in text, text
 
 
-
 def test_token_with_the_dev_pair_prints_only_the_token() -> None:
     minted = _cli("token", "--room", "demo", env=_bare_env())
     assert minted.returncode == 0 and minted.stderr == "", minted.stderr
