@@ -12,7 +12,8 @@
 //
 // Modules: stagecast.js (join, Room), session.js (joining, resuming, joining again),
 // participants.js, signaling.js (the socket), media.js (peer connections), msgpack.js
-// (the codec). No dependencies, no build step.
+// (the codec, over the vendored @msgpack/msgpack). No build step; this folder is also the
+// npm package @stagecast/client (package.json, stagecast.d.ts).
 
 import { MediaTransport } from './media.js';
 import {
