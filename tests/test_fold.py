@@ -411,6 +411,14 @@ def test_a_moderator_joining_late_is_told_of_hands_already_up() -> None:
     assert isinstance(accepted, JoinAccepted)
     assert isinstance(hand, HandChanged) and hand.raised and hand.participant.id == "v"
     assert directs(log.join("plain"), "reply.plain")[1:] == []  # not a moderator: no hands
+    room = log.state.rooms[ROOM]
+    assert list(room.hands) == [log.sid("v")]  # an index: the join did not scan the room
+    restored = unpack_room(pack_room(room))
+    assert restored.hands.keys() == room.hands.keys()
+    log(LeaveRequested(room_id=ROOM, at=5, sid=log.sid("v")))
+    assert room.hands == {}
+    out = log.join("host2", grant=Grant(can_moderate=True))
+    assert [type(m) for m in directs(out, "reply.host2")] == [JoinAccepted]
 
 
 def test_remove_revokes_the_token_and_delete_closes_everyone() -> None:

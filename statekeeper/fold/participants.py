@@ -38,7 +38,15 @@ from statekeeper.outcomes import (
     RosterLeave,
     RosterUpdate,
 )
-from statekeeper.state import Room, SessionRecord, State, participant_info, tally, view_changed
+from statekeeper.state import (
+    Room,
+    SessionRecord,
+    State,
+    hand_changed,
+    participant_info,
+    tally,
+    view_changed,
+)
 
 REVOKED_KEPT_MS = 60_000
 """How long past its token's expiry a revocation is kept (beyond any tolerated clock skew)."""
@@ -73,7 +81,7 @@ def _merge_attributes(room: Room, session: SessionRecord, update: dict[str, str]
             session.attributes.pop(key, None)
     if update:
         view_changed(room, session)
-    after = session.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
+    after = hand_changed(room, session)
     return after if after != before else None
 
 
@@ -196,6 +204,7 @@ def _change_tier(
         tally(room, session, +1)
         session.visible = True  # invited to the stage: on it for everyone
         hand_was_up = session.attributes.pop(HAND_ATTRIBUTE, None) == HAND_RAISED
+        hand_changed(room, session)
         view_changed(room, session)
         if hand_was_up:
             lowered = HandChanged(seq=seq, participant=participant_info(session), raised=False)

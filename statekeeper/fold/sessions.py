@@ -25,7 +25,6 @@ from schemas.log import (
     SessionDisconnected,
     SessionsAlive,
 )
-from schemas.models import HAND_ATTRIBUTE, HAND_RAISED
 from statekeeper.fold.dispatch import find_session, handles, on_session
 from statekeeper.fold.media import media_changed
 from statekeeper.fold.replies import ack, error, lost, reply, session_subject
@@ -174,10 +173,10 @@ def _hands_up(
     room: Room, moderator: SessionRecord, seq: int, subject: str, out: list[Outcome]
 ) -> None:
     """Tell a moderator who just joined of the hands already up, as `hand-raised` frames
-    after its join reply (as speakers already present come in the reply). One pass over the
-    room's sessions, for moderator joins only (a handful per room)."""
-    for other in room.sessions.values():
-        if other is not moderator and other.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED:
+    after its join reply (as speakers already present come in the reply); `room.hands`
+    holds them, so this costs the hands, not the room."""
+    for other in list(room.hands.values()):
+        if other is not moderator:
             raised = HandChanged(seq=seq, participant=participant_info(other), raised=True)
             out.append(Direct(subject, raised))
 
