@@ -148,7 +148,8 @@ def index_session(room: Room, session: SessionRecord) -> None:
         on_edge = room.by_edge[session.edge_id] = set()
     on_edge.add(session.sid)
     tally(room, session, +1)
-    hand_changed(room, session)
+    if session.attributes:  # most sessions have none
+        hand_changed(room, session)
 
 
 def index_sessions(room: Room, sessions: list[SessionRecord]) -> None:
@@ -178,7 +179,8 @@ def index_sessions(room: Room, sessions: list[SessionRecord]) -> None:
 def unindex_session(room: Room, session: SessionRecord) -> None:
     """Take a session out of the room, its indexes and its counts (`index_session` undone)."""
     del room.sessions[session.sid]
-    room.hands.pop(session.sid, None)
+    if room.hands:
+        room.hands.pop(session.sid, None)
     if room.by_identity.get(session.identity) == session.sid:
         del room.by_identity[session.identity]
     edge_sessions = room.by_edge.get(session.edge_id)
