@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roomlog.errors import NatsAuthRefused, NatsCredentialsError, NatsUnreachable
+from stagecast.cli_format import URL_HELP, CommandParser, DefaultsFormatter
 from stagecast.credentials import credentials
 
 if TYPE_CHECKING:
@@ -312,7 +313,7 @@ def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namesp
     parser = argparse.ArgumentParser(
         prog=f"stagecast bench {suite}",
         description=module.__doc__,
-        formatter_class=_DefaultsFormatter,
+        formatter_class=DefaultsFormatter,
     )
     module.add_arguments(parser)
     for action in parser._actions:  # a flag without help still says its default
@@ -344,35 +345,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-URL_HELP = "an edge's URL (STAGECAST_URL; default http://127.0.0.1:7880)"
-
-
-class _DefaultsFormatter(argparse.HelpFormatter):
-    """Adds "(default: X)" to a flag's help when it has a default worth saying."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
-            return f"{text} (default: %(default)s)"
-        return text
-
-
-class _Parser(argparse.ArgumentParser):
-    """Every command's parser: each flag's help says its default."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _DefaultsFormatter)
-        super().__init__(*args, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from edge.config import EdgeConfig
 
     parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     up = sub.add_parser("up", help="run the whole system on this machine")
     up.add_argument("--port", type=int, default=7880, help="the first edge's HTTP port")

@@ -172,7 +172,11 @@ def index_sessions(room: Room, sessions: list[SessionRecord]) -> None:
     room.speakers = len(room.speaker_sids)
     room.viewers = len(sessions) - room.speakers
     room.agents = sum(1 for s in sessions if s.kind == "agent")
-    room.hands = {s.sid: s for s in sessions if s.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED}
+    room.hands = {
+        s.sid: s
+        for s in sessions
+        if s.attributes and s.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
+    }
     room.speaker_views = None
 
 
