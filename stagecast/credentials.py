@@ -7,12 +7,17 @@ import sys
 import warnings
 from typing import Final
 
-from jwt.warnings import InsecureKeyLengthWarning
-
 DEV_KEY: Final = "devkey"
 DEV_SECRET: Final = "devsecret"
 KEY_VAR: Final = "STAGECAST_API_KEY"
 SECRET_VAR: Final = "STAGECAST_API_SECRET"
+_SHORT_KEY_WARNING: Final = r"The HMAC key is \d+ bytes long"
+"""PyJWT's `InsecureKeyLengthWarning` text, matched so that PyJWT (slow to import) is not
+imported here: a statekeeper started by this command never needs it."""
+
+
+def _quiet_short_key() -> None:
+    warnings.filterwarnings("ignore", message=_SHORT_KEY_WARNING)
 
 
 class HalfCredentials(SystemExit):
@@ -39,7 +44,7 @@ def credentials(*, warn: bool = True) -> tuple[str, str]:
     secret = os.environ.get(SECRET_VAR) or ""
     if key and secret:
         if (key, secret) == (DEV_KEY, DEV_SECRET):
-            warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+            _quiet_short_key()
         return key, secret
     if key or secret:
         raise HalfCredentials(*((KEY_VAR, SECRET_VAR) if key else (SECRET_VAR, KEY_VAR)))
@@ -49,7 +54,7 @@ def credentials(*, warn: bool = True) -> tuple[str, str]:
             f"{DEV_KEY}/{DEV_SECRET} (fine on this machine, never in production)",
             file=sys.stderr,
         )
-    warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+    _quiet_short_key()
     return DEV_KEY, DEV_SECRET
 
 
