@@ -32,6 +32,7 @@ from edge.admission import ConnectionLedger, Refusal
 from edge.api import handle_api
 from edge.closecodes import close_code
 from edge.config import EdgeConfig, overflow_lane
+from edge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge.metrics import EdgeMetrics
 from edge.node import EdgeNode
 from edge.page import routes as page_routes
@@ -46,7 +47,7 @@ from schemas.client import Disconnect
 from schemas.codec import encode
 from schemas.errors import ErrorCode
 
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_TEXT = METRICS_CONTENT_TYPE
 
 
 class RefuseOverCapacity:

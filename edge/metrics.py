@@ -1,4 +1,8 @@
-"""The edge's counters, rendered by hand in the Prometheus text exposition format.
+"""The edge's counters, served on `/metrics` through `prometheus_client`.
+
+The edge keeps plain integers on its hot paths (an increment is an attribute add); a
+custom collector turns them into metric families when `/metrics` is read, next to the
+client library's process, platform and garbage-collector collectors.
 
 Labels only ever take values from closed sets (message type tags the schemas know, error
 codes), never a string a client chose, so a hostile client cannot blow up cardinality.
@@ -7,10 +11,25 @@ codes), never a string a client chose, so a hostile client cannot blow up cardin
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from schemas.codec import registered
 from schemas.errors import ErrorCode
+
+CONTENT_TYPE: str = CONTENT_TYPE_PLAIN_0_0_4
+"""What `render` produces: the Prometheus text exposition format 0.0.4."""
 
 _KNOWN_TYPES = frozenset(registered())
 _KNOWN_CODES = frozenset(code.value for code in ErrorCode)
@@ -18,14 +37,18 @@ INVALID_TYPE = "invalid"
 """The `type` label of a frame that could not be read or names an unknown type."""
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class EdgeMetrics(Collector):
+    """Counters of one edge; gauges are read through callables when collected.
 
-
-class EdgeMetrics:
-    """Counters of one edge; gauges are read through callables when rendered."""
+    `registry` holds this collector and the process, platform and GC collectors.
+    """
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(self)
         self.joins = 0
         self.queue_drops = 0
         self.stale_replies = 0
@@ -62,48 +85,42 @@ class EdgeMetrics:
     def error(self, code: str) -> None:
         self.errors[code if code in _KNOWN_CODES else ErrorCode.INTERNAL.value] += 1
 
-    def render(self) -> str:
-        """The Prometheus text format (version 0.0.4)."""
-        lines: list[str] = []
+    def render(self) -> bytes:
+        """Every collector of `registry` in the text format `CONTENT_TYPE` names."""
+        return generate_latest(self.registry)
 
-        def family(name: str, kind: str, help_text: str) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-
-        def labelled(name: str, label: str, counter: collections.Counter[str]) -> None:
-            for key in sorted(counter):
-                lines.append(f'{name}{{{label}="{_escape(key)}"}} {counter[key]}')
-
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """The edge's metric families (the `Collector` protocol of prometheus_client)."""
         connected, disconnects, failures = self.nats_link()
-        family("stagecast_edge_nats_connected", "gauge", "1 while the NATS link is up.")
-        lines.append(f"stagecast_edge_nats_connected {connected}")
-        family("stagecast_edge_nats_disconnects_total", "counter", "NATS link losses.")
-        lines.append(f"stagecast_edge_nats_disconnects_total {disconnects}")
-        family(
+        retries, outages = self.append_retries()
+        yield _gauge("stagecast_edge_nats_connected", "1 while the NATS link is up.", connected)
+        yield _counter("stagecast_edge_nats_disconnects_total", "NATS link losses.", disconnects)
+        yield _counter(
             "stagecast_edge_nats_reconnect_failures_total",
-            "counter",
             "NATS reconnect attempts that failed.",
+            failures,
         )
-        lines.append(f"stagecast_edge_nats_reconnect_failures_total {failures}")
-        family("stagecast_edge_sockets", "gauge", "Open signaling sockets.")
-        lines.append(f"stagecast_edge_sockets {self.sockets()}")
-        family("stagecast_edge_rooms", "gauge", "Rooms with at least one local socket.")
-        lines.append(f"stagecast_edge_rooms {self.rooms()}")
-        family("stagecast_edge_joins_total", "counter", "Joins and resumes accepted.")
-        lines.append(f"stagecast_edge_joins_total {self.joins}")
-        family("stagecast_edge_frames_in_total", "counter", "Frames received, by type.")
-        labelled("stagecast_edge_frames_in_total", "type", self.frames_in)
-        family("stagecast_edge_frames_out_total", "counter", "Frames queued to sockets, by type.")
-        labelled("stagecast_edge_frames_out_total", "type", self.frames_out)
-        family("stagecast_edge_errors_total", "counter", "Error frames sent, by code.")
-        labelled("stagecast_edge_errors_total", "code", self.errors)
-        family(
-            "stagecast_edge_queue_drops_total",
-            "counter",
-            "Sockets closed because their send queue was full.",
+        yield _gauge("stagecast_edge_sockets", "Open signaling sockets.", self.sockets())
+        yield _gauge("stagecast_edge_rooms", "Rooms with at least one local socket.", self.rooms())
+        yield _counter("stagecast_edge_joins_total", "Joins and resumes accepted.", self.joins)
+        yield _labelled(
+            "stagecast_edge_frames_in_total", "Frames received, by type.", "type", self.frames_in
         )
-        lines.append(f"stagecast_edge_queue_drops_total {self.queue_drops}")
+        yield _labelled(
+            "stagecast_edge_frames_out_total",
+            "Frames queued to sockets, by type.",
+            "type",
+            self.frames_out,
+        )
+        yield _labelled(
+            "stagecast_edge_errors_total", "Error frames sent, by code.", "code", self.errors
+        )
         for name, help_text, value in (
+            (
+                "stagecast_edge_queue_drops_total",
+                "Sockets closed because their send queue was full.",
+                self.queue_drops,
+            ),
             (
                 "stagecast_edge_data_bytes_out_total",
                 "Bytes of data frames queued to sockets, once per recipient.",
@@ -137,49 +154,79 @@ class EdgeMetrics:
             (
                 "stagecast_edge_append_retries_total",
                 "Room-log append attempts repeated with the same message id (an election).",
-                self.append_retries()[0],
+                retries,
             ),
             (
                 "stagecast_edge_append_outages_total",
                 "Episodes of failing room-log appends (a stream without a leader, say).",
-                self.append_retries()[1],
+                outages,
             ),
         ):
-            family(name, "counter", help_text)
-            lines.append(f"{name} {value}")
-        family("stagecast_edge_connections", "gauge", "Open connections served (HTTP and WS).")
-        lines.append(f"stagecast_edge_connections {self.connections()}")
-        family(
+            yield _counter(name, help_text, value)
+        yield _gauge(
+            "stagecast_edge_connections",
+            "Open connections served (HTTP and WS).",
+            self.connections(),
+        )
+        yield _labelled(
             "stagecast_edge_connections_refused_total",
-            "counter",
             "Connections refused with TOO_MANY_CONNECTIONS, by the cap they hit.",
+            "scope",
+            self.connections_refused,
         )
-        labelled("stagecast_edge_connections_refused_total", "scope", self.connections_refused)
-        family(
-            "stagecast_edge_join_timeouts_total",
-            "counter",
-            "Sockets closed with JOIN_TIMEOUT (no join within the deadline).",
-        )
-        lines.append(f"stagecast_edge_join_timeouts_total {self.join_timeouts}")
-        family(
-            "stagecast_edge_http_read_timeouts_total",
-            "counter",
-            "Connections closed because a request did not arrive in time.",
-        )
-        lines.append(f"stagecast_edge_http_read_timeouts_total {self.http_read_timeouts}")
-        family(
-            "stagecast_edge_liveness_drops_total",
-            "counter",
-            "WebSockets dropped because the peer stayed silent past the liveness timeout.",
-        )
-        lines.append(f"stagecast_edge_liveness_drops_total {self.liveness_drops}")
-        family(
-            "stagecast_edge_accept_failures_total",
-            "counter",
-            "accept() calls that failed for want of descriptors or memory (EMFILE and kin).",
-        )
-        lines.append(f"stagecast_edge_accept_failures_total {self.accept_failures}")
-        return "\n".join(lines) + "\n"
+        for name, help_text, value in (
+            (
+                "stagecast_edge_join_timeouts_total",
+                "Sockets closed with JOIN_TIMEOUT (no join within the deadline).",
+                self.join_timeouts,
+            ),
+            (
+                "stagecast_edge_http_read_timeouts_total",
+                "Connections closed because a request did not arrive in time.",
+                self.http_read_timeouts,
+            ),
+            (
+                "stagecast_edge_liveness_drops_total",
+                "WebSockets dropped because the peer stayed silent past the liveness timeout.",
+                self.liveness_drops,
+            ),
+            (
+                "stagecast_edge_accept_failures_total",
+                "accept() calls that failed for want of descriptors or memory (EMFILE and kin).",
+                self.accept_failures,
+            ),
+        ):
+            yield _counter(name, help_text, value)
 
 
-__all__ = ["INVALID_TYPE", "EdgeMetrics"]
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_text, value=value)
+
+
+def _labelled(
+    name: str, help_text: str, label: str, counter: collections.Counter[str]
+) -> CounterMetricFamily:
+    """A counter family with one sample per key of `counter` (keys from a closed set)."""
+    family = CounterMetricFamily(name, help_text, labels=[label])
+    for key in sorted(counter):
+        family.add_metric([key], counter[key])
+    return family
+
+
+def sample_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels}` in a `/metrics` text (None when absent).
+
+    Parsed with prometheus_client's parser, so any number format the exposition uses
+    (``1.0``, ``1.234567e+06``) reads back as its float."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+__all__ = ["CONTENT_TYPE", "INVALID_TYPE", "EdgeMetrics", "sample_value"]

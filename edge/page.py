@@ -1,8 +1,9 @@
 """The browser side of the edge: the demo page, the JS SDK's files, and dev-only endpoints.
 
 ``GET /`` is the demo page (`static/index.html`, told the edge's id and whether it is in
-dev mode); ``GET /static/<file>`` serves the files of `edge/static/` (the SDK
-`stagecast.js` and the modules it imports, the page's `app.js` and `style.css`) with
+dev mode); ``GET /static/<path>`` serves the files of `edge/static/` (the SDK
+`stagecast.js` and the modules it imports, among them the vendored @msgpack/msgpack in
+`vendor/msgpack/`, the page's `app.js` and `style.css`) with
 explicit content types, an ETag, and ``Cache-Control: no-store`` in dev mode (edit, reload).
 
 Dev mode only (`EdgeConfig.dev_mode`; the routes do not exist otherwise, so they answer
@@ -49,7 +50,9 @@ CONTENT_TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
 }
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_FILE_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/){0,3}[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+"""A static file's path under `static/`: up to three folders (`vendor/msgpack/utils/`), each
+segment starting with a letter or digit, so never `..` and never a dotfile."""
 _DEV_FLAG = "{{DEV_MODE}}"
 _EDGE_ID = "{{EDGE_ID}}"
 MAX_JSON_BYTES = 16 * 1024
@@ -65,7 +68,7 @@ def routes(node: EdgeNode) -> list[BaseRoute]:
     """The page, the static files and, in dev mode only, the dev endpoints."""
     found: list[BaseRoute] = [
         Route("/", _home(node), methods=["GET"]),
-        Route("/static/{name:str}", _static(node), methods=["GET"]),
+        Route("/static/{name:path}", _static(node), methods=["GET"]),
     ]
     if node.config.dev_mode:
         found += [
@@ -230,9 +233,7 @@ def _dev_promote(node: EdgeNode) -> Any:
                 room_id=room,
                 at=at,
                 participant_id=identity,
-                is_viewer=viewer,
-                grant=VIEWER_GRANT if viewer else SPEAKER_GRANT,
-                attributes=None if viewer else {"hand": ""},
+                is_viewer=viewer,  # the tier change picks the grant and lowers the hand
                 reply_to=inbox,
             )
 

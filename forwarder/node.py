@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from forwarder.connectivity import watch_connection
 from forwarder.errors import (
     DuplicateSession,
     DuplicateTrack,
@@ -281,6 +282,7 @@ class Forwarder:
         connection is closed before the error propagates.
         """
         pc = RTCPeerConnection(self._configuration)
+        watch_connection(pc, f"publisher {publisher_key}")
         publisher = _Publisher(publisher_key, pc)
         published: list[PublishedTrack] = []
         try:
@@ -368,6 +370,7 @@ class Forwarder:
             raise DuplicateSession(subscriber_id)
         codecs = {track_id: self.router.codec(track_id) for track_id in track_ids}
         pc = RTCPeerConnection(self._configuration)
+        watch_connection(pc, f"subscriber {subscriber_id}")
         subscriber = _Subscriber(subscriber_id, pc)
         try:
             for track_id, codec in codecs.items():

@@ -284,6 +284,14 @@ class HandChanged(Message, tag="hand", frozen=True, kw_only=True):
     raised: bool
 
 
+class AudienceChanged(Message, tag="audience_changed", frozen=True, kw_only=True):
+    """Moderators only: the room's roster changed (joins, leaves, promotions); a page of
+    `get_participants` may be stale. At most one per room per counts window (250 ms)."""
+
+    seq: int
+    counts: Counts
+
+
 class ViewerUpdated(Message, tag="viewer_updated", frozen=True, kw_only=True):
     """Moderators only: a viewer's metadata or attributes changed."""
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roomlog.errors import NatsAuthRefused, NatsCredentialsError, NatsUnreachable
+from stagecast.cli_format import URL_HELP, CommandParser, DefaultsFormatter
+from stagecast.credentials import credentials
 
 if TYPE_CHECKING:
     from edge.config import EdgeConfig
     from roomlog.connect import NatsAuth
 
-DEV_KEY, DEV_SECRET = "devkey", "devsecret"
 BENCH_SUITES = (
     "fold",
     "ingest",
@@ -34,20 +35,6 @@ BENCH_SUITES = (
     "chaos",
     "whip",
 )
-
-
-def credentials() -> tuple[str, str]:
-    """The api key and secret from the environment, or the dev pair (with a warning)."""
-    key = os.environ.get("STAGECAST_API_KEY")
-    secret = os.environ.get("STAGECAST_API_SECRET")
-    if key and secret:
-        return key, secret
-    print(
-        "warning: STAGECAST_API_KEY/STAGECAST_API_SECRET not set; using the dev pair "
-        f"{DEV_KEY}/{DEV_SECRET}",
-        file=sys.stderr,
-    )
-    return DEV_KEY, DEV_SECRET
 
 
 def _nats_url(args: argparse.Namespace) -> str:
@@ -280,7 +267,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     from access.tokens import ROOMLESS_MAX_TTL, generate_token
     from schemas.models import Grant
 
-    key, secret = credentials()
+    key, secret = credentials(warn=False)
     names = {
         "publish": "can_publish",
         "subscribe": "can_subscribe",
@@ -300,8 +287,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         grant = Grant(**{field: name in wanted for name, field in names.items()})
     # No --grant: generate_token gives a --viewer token VIEWER_GRANT (no publishing, no data).
     ttl = args.ttl or (3600 if args.room else ROOMLESS_MAX_TTL)
-    print(
-        generate_token(
+    try:
+        token = generate_token(
             key,
             secret,
             room_id=args.room,
@@ -311,21 +298,23 @@ def cmd_token(args: argparse.Namespace) -> int:
             grant=grant,
             ttl=ttl,
         )
-    )
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"stagecast token: {exc}") from None
+    print(token)
     return 0
 
 
 def cmd_rooms(args: argparse.Namespace) -> int:
     from stagecast.admin_cli import rooms
 
-    status: int = asyncio.run(rooms(args, _server_url(args), *credentials()))
+    status: int = asyncio.run(rooms(args, _server_url(args), *credentials(warn=False)))
     return status
 
 
 def cmd_participants(args: argparse.Namespace) -> int:
     from stagecast.admin_cli import participants
 
-    status: int = asyncio.run(participants(args, _server_url(args), *credentials()))
+    status: int = asyncio.run(participants(args, _server_url(args), *credentials(warn=False)))
     return status
 
 
@@ -360,8 +349,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """A suite's module (imported only now) and its own options parsed from `argv`."""
     module: Any = importlib.import_module(f"stagecast.bench.{suite}")
-    parser = argparse.ArgumentParser(prog=f"stagecast bench {suite}", description=module.__doc__)
+    parser = argparse.ArgumentParser(
+        prog=f"stagecast bench {suite}",
+        description=module.__doc__,
+        formatter_class=DefaultsFormatter,
+    )
     module.add_arguments(parser)
+    for action in parser._actions:  # a flag without help still says its default
+        if not action.help and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
     options = parser.parse_args(argv)
     options.suite = suite
     return module, options
@@ -370,6 +366,15 @@ def bench_options(suite: str, argv: Sequence[str]) -> tuple[Any, argparse.Namesp
 def cmd_bench(args: argparse.Namespace) -> int:
     """Parse the suite's own options and run it."""
     from stagecast.bench.report import run_suite
+
+    if args.bench_help or args.suite is None:
+        parser: argparse.ArgumentParser = args.bench_parser
+        if args.bench_help:
+            parser.print_help()
+            return 0
+        parser.print_usage(sys.stderr)
+        print("stagecast bench: a suite is required", file=sys.stderr)
+        return 2
 
     module, options = bench_options(args.suite, args.options)
     status: int = asyncio.run(run_suite(module, options))
@@ -385,16 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     up = sub.add_parser("up", help="run the whole system on this machine")
-    up.add_argument("--port", type=int, default=7880)
-    up.add_argument("--data-dir", default=".stagecast")
+    up.add_argument("--port", type=int, default=7880, help="the first edge's HTTP port")
+    up.add_argument("--data-dir", default=".stagecast", help="NATS, database and credentials")
     add_nats_options(up)  # --nats-url: use this NATS instead of a private one
     add_webhook_options(up)  # an endpoint given: up starts `stagecast webhooks` too
-    up.add_argument("--database-url", default=None)
-    up.add_argument("--edges", type=int, default=1)
-    up.add_argument("--forwarders", type=int, default=1)
+    up.add_argument(
+        "--database-url", default=None, help="STAGECAST_DATABASE_URL; default SQLite in --data-dir"
+    )
+    up.add_argument("--edges", type=int, default=1, help="edges, on consecutive ports")
+    up.add_argument("--forwarders", type=int, default=1, help="media forwarders")
     up.add_argument(
         "--cluster",
         action="store_true",
@@ -411,7 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sk = sub.add_parser("statekeeper", help="run one statekeeper")
     add_nats_options(sk)
-    sk.add_argument("--database-url", default=None)
+    sk.add_argument(
+        "--database-url",
+        default=None,
+        help="STAGECAST_DATABASE_URL; default SQLite in .stagecast/statekeeper.db",
+    )
     sk.add_argument(
         "--partitions",
         type=int,
@@ -442,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     edge = sub.add_parser("edge", help="run one edge (signaling and server API)")
     add_nats_options(edge)
-    edge.add_argument("--host", default="127.0.0.1")
-    edge.add_argument("--port", type=int, default=7880)
+    edge.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    edge.add_argument("--port", type=int, default=7880, help="HTTP and WebSocket port")
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
     edge.add_argument(
         "--replicas",
@@ -460,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = {f.name: f.default for f in dataclasses.fields(EdgeConfig)}
     for flag, what in budgets.items():
         default = defaults[flag.removeprefix("--").replace("-", "_")]
-        edge.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+        edge.add_argument(flag, type=int, default=default, help=what)
     edge.add_argument(
         "--max-connections", type=int, default=0, help="0: from RLIMIT_NOFILE, with headroom"
     )
@@ -488,28 +499,41 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint a participant token")
     token.add_argument("--room", default=None, help="omit for a roomless (audience) token")
     token.add_argument("--identity", default=None, help="omit to let the edge generate one")
-    token.add_argument("--name", default=None)
-    token.add_argument("--viewer", action="store_true", help="audience tier (isViewer)")
+    token.add_argument("--name", default=None, help="display name")
     token.add_argument(
-        "--grant", default=None, help="comma list: publish,subscribe,publish_data,..."
+        "--viewer",
+        action="store_true",
+        help="audience tier (isViewer): subscribe only, no publishing, until promoted",
     )
-    token.add_argument("--ttl", type=int, default=None, help="seconds")
+    token.add_argument(
+        "--grant",
+        default=None,
+        help="comma list of publish, subscribe, publish_data, subscribe_data, moderate, "
+        "record, hls, livestream (default: the tier's grant)",
+    )
+    token.add_argument(
+        "--ttl", type=int, default=None, help="seconds (default 3600; 900 for a roomless token)"
+    )
     token.set_defaults(func=cmd_token)
 
     rooms = sub.add_parser("rooms", help="list, create or delete rooms")
-    rooms.add_argument("action", choices=("list", "create", "delete"))
-    rooms.add_argument("room", nargs="?")
-    rooms.add_argument("--url", default=None)
-    rooms.add_argument("--max-participants", type=int, default=0)
-    rooms.add_argument("--livestream", action="store_true")
+    rooms.add_argument("action", choices=("list", "create", "delete"), help="what to do")
+    rooms.add_argument("room", nargs="?", help="the room id (create, delete)")
+    rooms.add_argument("--url", default=None, help=URL_HELP)
+    rooms.add_argument("--max-participants", type=int, default=0, help="create: 0 for no limit")
+    rooms.add_argument(
+        "--livestream", action="store_true", help="create: hide participants with nothing to show"
+    )
+    rooms.add_argument("--json", action="store_true", help="print JSON, not a table")
     rooms.set_defaults(func=cmd_rooms)
 
     parts = sub.add_parser("participants", help="list a room's participants")
-    parts.add_argument("room")
-    parts.add_argument("--tier", choices=("speaker", "viewer"), default=None)
-    parts.add_argument("--limit", type=int, default=50)
+    parts.add_argument("room", help="the room id")
+    parts.add_argument("--tier", choices=("speaker", "viewer"), default=None, help="default: both")
+    parts.add_argument("--limit", type=int, default=50, help="participants per page")
     parts.add_argument("--all", action="store_true", help="walk every page")
-    parts.add_argument("--url", default=None)
+    parts.add_argument("--url", default=None, help=URL_HELP)
+    parts.add_argument("--json", action="store_true", help="print JSON, not a table")
     parts.set_defaults(func=cmd_participants)
 
     auth = sub.add_parser(
@@ -527,14 +551,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     auth.set_defaults(func=cmd_nats_auth)
     cluster = sub.add_parser("cluster", help="NATS JetStream status (read-only)")
-    cluster.add_argument("action", choices=("status",))
+    cluster.add_argument("action", choices=("status",), help="what to show")
     add_nats_options(cluster)
     cluster.set_defaults(func=cmd_cluster)
 
-    bench = sub.add_parser("bench", help="run a benchmark suite", add_help=False)
-    bench.add_argument("suite", choices=BENCH_SUITES)
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark suite",
+        add_help=False,  # `bench SUITE --help` is the suite's own help
+        usage="stagecast bench [-h] SUITE [options]",
+        epilog="`stagecast bench SUITE --help` lists a suite's options.",
+    )
+    bench.add_argument("-h", "--help", action="store_true", dest="bench_help", help="this help")
+    bench.add_argument("suite", nargs="?", choices=BENCH_SUITES, help="the suite to run")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's own options")
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=cmd_bench, bench_parser=bench)
     return parser
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,6 +280,19 @@ class Stack:
             self.nats = None
 
 
+def command_name() -> str:
+    """How to run `stagecast` from here: its name when it is on PATH, else its path
+    (after `make up` it is `.venv/bin/stagecast`, not on PATH)."""
+    script = Path(sys.executable).parent / "stagecast"
+    found = shutil.which("stagecast")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "stagecast"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 async def run_up(config: UpConfig) -> int:
     """Run the stack until SIGINT/SIGTERM; return the exit status."""
     stack = Stack(config)
@@ -304,10 +318,7 @@ async def run_up(config: UpConfig) -> int:
         print(f"  forwarders      {' '.join(stack.forwarder_ids)}", flush=True)
     if config.webhook_env:
         print("  webhooks        sending (log: webhooks.log in the data dir)", flush=True)
-    print(
-        "  try             stagecast token --room demo --identity alice",
-        flush=True,
-    )
+    print(f"  try             {command_name()} token --room demo --identity alice", flush=True)
     try:
         waiters = [asyncio.ensure_future(stop.wait())] + [
             asyncio.ensure_future(wait_exit(child)) for child in stack.children

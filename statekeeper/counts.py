@@ -1,11 +1,15 @@
-"""Room counts to clients: the coalescer decides when, this sends what changed."""
+"""Room counts to clients: the coalescer decides when, this sends what changed.
+
+Moderators also get `audience_changed` once per window in which anyone joined, left or
+changed tier (even when the counts came back to what they were: the roster differs).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from schemas import subjects
-from schemas.client import CountsChanged
+from schemas.client import AudienceChanged, CountsChanged
 from schemas.codec import encode
 from schemas.models import Counts
 from statekeeper.coalescer import CountCoalescer
@@ -13,7 +17,8 @@ from statekeeper.state import State
 
 
 class CountPublisher:
-    """Publishes `CountsChanged` on a room's counts subject, at most once per window."""
+    """Publishes `CountsChanged` on a room's counts subject and `AudienceChanged` on its
+    moderators' subject, each at most once per window."""
 
     def __init__(self, publish: Callable[[str, bytes], None]) -> None:
         self._publish = publish
@@ -37,6 +42,8 @@ class CountPublisher:
             if room is None:
                 continue
             counts = room.counts()
+            audience = AudienceChanged(seq=room.last_seq, counts=counts)
+            self._publish(subjects.room_mod(room_id), encode(audience))
             if self._sent.get(room_id) == counts:
                 continue  # it changed and changed back within the window
             self._sent[room_id] = counts

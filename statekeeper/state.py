@@ -11,7 +11,15 @@ import dataclasses
 
 import msgspec
 
-from schemas.models import Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
+from schemas.models import (
+    HAND_ATTRIBUTE,
+    HAND_RAISED,
+    Counts,
+    Grant,
+    ParticipantInfo,
+    RoomInfo,
+    TrackInfo,
+)
 
 
 class SessionRecord(msgspec.Struct, gc=False, array_like=True):
@@ -84,6 +92,9 @@ class Room:
     by_edge: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     speaker_sids: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
     """Speaker-tier sessions by sid, in the order they entered the tier."""
+    hands: dict[str, SessionRecord] = dataclasses.field(default_factory=dict)
+    """Sessions with a hand up (attribute `hand` = `raised`) by sid, so a moderator who
+    joins is told of them without a pass over the room (`hand_changed` keeps it)."""
     speaker_views: tuple[ParticipantInfo, ...] | None = dataclasses.field(
         default=None, compare=False
     )
@@ -137,6 +148,8 @@ def index_session(room: Room, session: SessionRecord) -> None:
         on_edge = room.by_edge[session.edge_id] = set()
     on_edge.add(session.sid)
     tally(room, session, +1)
+    if session.attributes:  # most sessions have none
+        hand_changed(room, session)
 
 
 def index_sessions(room: Room, sessions: list[SessionRecord]) -> None:
@@ -159,12 +172,19 @@ def index_sessions(room: Room, sessions: list[SessionRecord]) -> None:
     room.speakers = len(room.speaker_sids)
     room.viewers = len(sessions) - room.speakers
     room.agents = sum(1 for s in sessions if s.kind == "agent")
+    room.hands = {
+        s.sid: s
+        for s in sessions
+        if s.attributes and s.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
+    }
     room.speaker_views = None
 
 
 def unindex_session(room: Room, session: SessionRecord) -> None:
     """Take a session out of the room, its indexes and its counts (`index_session` undone)."""
     del room.sessions[session.sid]
+    if room.hands:
+        room.hands.pop(session.sid, None)
     if room.by_identity.get(session.identity) == session.sid:
         del room.by_identity[session.identity]
     edge_sessions = room.by_edge.get(session.edge_id)
@@ -173,6 +193,15 @@ def unindex_session(room: Room, session: SessionRecord) -> None:
         if not edge_sessions:
             del room.by_edge[session.edge_id]
     tally(room, session, -1)
+
+
+def hand_changed(room: Room, session: SessionRecord) -> bool:
+    """Keep `room.hands` in step with the session's `hand` attribute; True if it is up."""
+    if session.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED:
+        room.hands[session.sid] = session
+        return True
+    room.hands.pop(session.sid, None)
+    return False
 
 
 def tally(room: Room, session: SessionRecord, delta: int) -> None:

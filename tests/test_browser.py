@@ -244,8 +244,24 @@ def test_host_pages_audience_and_promotes_a_raised_hand(tmp_path: Path) -> None:
     assert len(listed) == len(set(listed)) == 13 and result["viewer_id"] in listed
     assert result["more_hidden"], "the last page has no next cursor"
     assert result["promoted"] and result["on_stage"]
-    assert result["counts"]["speakers"] == 2 and result["counts"]["viewers"] == 12
+    assert result["counts"]["speakers"] == 3 and result["counts"]["viewers"] == 12  # 2 hosts
     assert result["hands_left"] == 0, "promotion lowers the hand"
+    assert result["late_hand"], "a host joining after the hand went up sees it"
+    assert result["notice"] == "" and result["on_stage"], "the promoted viewer publishes"
+    phone = result["phone"]
+    assert phone["page_width"] <= 420, f"the page is wider than a 420 px screen: {phone}"
+    assert phone["actions_opacity"] == "1", "touch screens see a tile's actions without hover"
+    assert max(phone["invite_heights"]) < 36, f"'Invite on stage' wraps: {phone}"
+    assert len(result["host_invites"]) == 13 and max(result["host_invites"]) < 36, result
+
+
+@pytest.mark.timeout(70)
+def test_unfinished_ice_gathering_is_said_on_the_console(tmp_path: Path) -> None:
+    result = run_scenario("gather", tmp_path)["warnings"]
+    if result["state"] == "complete":
+        pytest.fail(f"gathering finished: this browser cannot show the case ({result})")
+    (said,) = result["said"]
+    assert "ICE gathering unfinished after 300 ms" in said, said
 
 
 @pytest.mark.timeout(70)
@@ -426,18 +442,34 @@ async def test_static_files_types_and_caching(dev_edge: str) -> None:
         css = await http.get("/static/style.css")
         etag = sdk.headers["etag"]
         again = await http.get("/static/stagecast.js", headers={"If-None-Match": etag})
+        vendored = await http.get("/static/vendor/msgpack/utils/utf8.mjs")
         refused = [
             (await http.get(path)).status_code
-            for path in ("/static/nope.js", "/static/..%2Fpage.py", "/static/page.py", "/static/")
+            for path in (
+                "/static/nope.js",
+                "/static/..%2Fpage.py",
+                "/static/page.py",
+                "/static/",
+                "/static/vendor/../page.py",
+                "/static/vendor/%2E%2E/%2E%2E/page.py",
+                "/static/vendor/msgpack/.hidden.mjs",
+                "/static/package.json",
+            )
         ]
     assert sdk.status_code == 200 and sdk.headers["content-type"].startswith("text/javascript")
     assert sdk.headers["cache-control"] == "no-store"
     assert "export async function join" in sdk.text
     assert css.headers["content-type"].startswith("text/css")
+    assert vendored.status_code == 200 and "utf8" in vendored.text
+    assert vendored.headers["content-type"].startswith("text/javascript")
     assert again.status_code == 304
-    assert refused == [404, 404, 404, 404]
-    for file in STATIC_DIR.iterdir():
-        assert file.suffix in CONTENT_TYPES, f"{file.name}: add its content type"
+    assert refused == [404] * 8
+    # Files the edge does not serve: the npm package's metadata, types and the vendored
+    # library's license and version note.
+    unserved = {"package.json", "stagecast.d.ts", "LICENSE", "VERSION", "README.md"}
+    for file in STATIC_DIR.rglob("*"):
+        if file.is_file() and file.name not in unserved:
+            assert file.suffix in CONTENT_TYPES, f"{file.name}: add its content type"
 
 
 # --------------------------------------------------------------------------- msgpack.js
@@ -490,3 +522,39 @@ def test_msgpack_js_round_trips_every_frame_shape(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr.decode()
         assert done.stdout == data, f"{str(value)[:200]} did not survive msgpack.js"
     assert encode(frames[-1]) == msgpack.packb(values[3], use_bin_type=True)
+
+
+def test_msgpack_js_is_the_pinned_library_and_names_its_errors(tmp_path: Path) -> None:
+    """msgpack.js wraps the vendored @msgpack/msgpack of vendor/msgpack/VERSION; bad bytes
+    and unencodable values raise its `MsgpackError`."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node (>= 20) is not on PATH: install Node.js")
+    vendor = STATIC_DIR / "vendor" / "msgpack"
+    pinned = (vendor / "VERSION").read_text().split()[1]
+    assert (vendor / "LICENSE").read_text().startswith("Copyright")
+    script = tmp_path / "errors.mjs"
+    script.write_text(
+        f"import * as m from {json.dumps((STATIC_DIR / 'msgpack.js').as_uri())};\n"
+        "const said = (f) => { try { f(); return 'no error'; } catch (e) { return e.name; } };\n"
+        "console.log(JSON.stringify({\n"
+        "  version: m.MSGPACK_VERSION,\n"
+        "  unused_byte: said(() => m.decode(new Uint8Array([0xc1]))),\n"
+        "  truncated: said(() => m.decode(new Uint8Array([0xa5, 0x61]))),\n"
+        "  trailing: said(() => m.decode(new Uint8Array([0x01, 0x02]))),\n"
+        "  too_big: said(() => m.encode(1n << 64n)),\n"
+        "  too_small: said(() => m.encode(-(1n << 63n) - 1n)),\n"
+        "  symbol: said(() => m.encode(Symbol('x'))),\n"
+        "  undefined_left_out: Array.from(m.encode({ a: 1, b: undefined })),\n"
+        "  safe_number: typeof m.decode(new Uint8Array([0xcf, 0, 0, 1, 0, 0, 0, 0, 0])),\n"
+        "}));\n"
+    )
+    done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result.pop("version") == pinned
+    assert result.pop("undefined_left_out") == list(msgpack.packb({"a": 1}))
+    assert result.pop("safe_number") == "number"
+    assert result == dict.fromkeys(
+        ("unused_byte", "truncated", "trailing", "too_big", "too_small", "symbol"), "MsgpackError"
+    )

@@ -365,6 +365,16 @@ def test_room_metadata_data_and_hands() -> None:
     assert "v1" not in room.remote_participants
 
 
+def test_hand_raised_is_retroactive_for_hands_still_up() -> None:
+    room = new_room(joined(grant=Grant(can_moderate=True)))
+    for seq, (identity, raised) in enumerate([("v1", True), ("v2", True), ("v2", False)], 12):
+        info = ParticipantInfo(sid=f"PA_{identity}", id=identity, is_viewer=True)
+        room.handle_frame(HandChanged(seq=seq, participant=info, raised=raised))
+    late: list[str] = []
+    room.on("hand-raised", lambda p: late.append(p.id))  # a listener added after the fact
+    assert late == ["v1"]
+
+
 def test_tier_changed_updates_the_local_participant() -> None:
     me = ParticipantInfo(sid="PA_me", id="me", is_viewer=True)
     room = new_room(joined(me=me, grant=Grant(can_publish=False)))

@@ -16,6 +16,7 @@ import pytest
 from access.tokens import generate_token
 from edge.config import EdgeConfig
 from edge.main import running_edge
+from edge.metrics import sample_value
 from edge.ratelimit import DataLimits, TokenBucket
 from schemas.client import Ack, DataReceived, Error, Join, JoinAccepted, PublishData, SetMetadata
 from schemas.codec import encode
@@ -31,10 +32,10 @@ SPEAKER = Grant()
 async def metric(stack: Stack, name: str) -> int:
     async with httpx.AsyncClient(base_url=stack.url) as http:
         text = (await http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return int(line.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
+    value = sample_value(text, name)
+    if value is None:
+        raise AssertionError(f"no {name} in /metrics")
+    return int(value)
 
 
 async def flood(client: Client, count: int, payload: bytes = PAYLOAD) -> tuple[int, list[Error]]:

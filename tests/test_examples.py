@@ -634,6 +634,19 @@ async def test_hands_reach_moderators(stack: Stack) -> None:
     assert viewer.local_participant.attributes == {"hand": "raised"}
     await eventually(lambda: host_events.ids("hand-raised") == ["v1"], what="hand", timeout=WAIT)
     assert host_events.of("hand-raised")[0].is_viewer
+    # A host joining after the hand went up is told of it; both hosts hear the audience move.
+    late = await stack.join(stack.token("late-host", room, grant=HOST))
+    late_events = Events(late, "hand-raised", "audience-changed")
+    await eventually(lambda: late_events.ids("hand-raised") == ["v1"], what="old hand")
+    host_audience = Events(host, "audience-changed")
+    second = await stack.join(stack.token("v2", room, viewer=True))
+    await eventually(
+        lambda: [c.viewer for c in host_audience.of("audience-changed")][-1:] == [2],
+        what="audience-changed with 2 viewers",
+        timeout=WAIT,
+    )
+    await eventually(lambda: late_events.of("audience-changed"), what="late host hears it")
+    await second.leave()
     await viewer.local_participant.lower_hand()
     await eventually(lambda: host_events.ids("hand-lowered") == ["v1"], what="lowered")
     assert panelist_events.log == []

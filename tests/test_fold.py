@@ -378,6 +378,49 @@ def test_promotion_and_demotion_move_tiers_live() -> None:
     assert room.sessions[sid].tracks == {} and (room.speakers, room.viewers) == (1, 1)
 
 
+def test_promotion_without_a_grant_gives_the_speaker_grant_and_lowers_the_hand() -> None:
+    log = Log()
+    log.join("v", viewer=True, grant=Grant(can_publish=False, can_publish_data=False))
+    sid = log.sid("v")
+    log(AttributesSet(room_id=ROOM, at=1, sid=sid, attributes={"hand": "raised", "x": "1"}))
+    out = log(ParticipantUpdateRequested(room_id=ROOM, at=2, participant_id="v", is_viewer=False))
+    (tier,) = directs(out, f"stagecast.sess.E1.{sid}")
+    assert isinstance(tier, TierChanged)
+    assert tier.grant.can_publish and tier.grant.can_publish_data and tier.grant.can_subscribe
+    assert tier.participant.attributes == {"x": "1"}  # its own state loses the hand too
+    (lowered,) = broadcasts(out, "mod")
+    assert isinstance(lowered, HandChanged) and not lowered.raised
+    track = TrackInfo(sid="T", kind="audio")
+    out = log(TrackPublishRequested(room_id=ROOM, at=3, sid=sid, track=track, reply_to="p"))
+    assert isinstance(directs(out, "p")[0], Ack)
+    out = log(ParticipantUpdateRequested(room_id=ROOM, at=4, participant_id="v", is_viewer=True))
+    (tier,) = directs(out, f"stagecast.sess.E1.{sid}")
+    assert not tier.grant.can_publish and not tier.grant.can_publish_data
+    track = TrackInfo(sid="U", kind="audio")
+    out = log(TrackPublishRequested(room_id=ROOM, at=5, sid=sid, track=track, reply_to="q"))
+    assert directs(out, "q")[0].code == "INVALID_PERMISSIONS"
+
+
+def test_a_moderator_joining_late_is_told_of_hands_already_up() -> None:
+    log = Log()
+    log.join("v", viewer=True)
+    log.join("w", viewer=True)
+    log(AttributesSet(room_id=ROOM, at=1, sid=log.sid("v"), attributes={"hand": "raised"}))
+    out = log.join("host", grant=Grant(can_moderate=True))
+    accepted, hand = directs(out, "reply.host")
+    assert isinstance(accepted, JoinAccepted)
+    assert isinstance(hand, HandChanged) and hand.raised and hand.participant.id == "v"
+    assert directs(log.join("plain"), "reply.plain")[1:] == []  # not a moderator: no hands
+    room = log.state.rooms[ROOM]
+    assert list(room.hands) == [log.sid("v")]  # an index: the join did not scan the room
+    restored = unpack_room(pack_room(room))
+    assert restored.hands.keys() == room.hands.keys()
+    log(LeaveRequested(room_id=ROOM, at=5, sid=log.sid("v")))
+    assert room.hands == {}
+    out = log.join("host2", grant=Grant(can_moderate=True))
+    assert [type(m) for m in directs(out, "reply.host2")] == [JoinAccepted]
+
+
 def test_remove_revokes_the_token_and_delete_closes_everyone() -> None:
     log = Log()
     log.join("a", token_id="J1")

@@ -54,6 +54,7 @@ from schemas.api import (
 from schemas.client import (
     Ack,
     ActiveSpeakersChanged,
+    AudienceChanged,
     CountsChanged,
     DataReceived,
     Disconnect,
@@ -254,6 +255,7 @@ CASES: tuple[Message, ...] = (
     ),
     RoomUpdated(seq=49, room=BARE_ROOM),
     HandChanged(seq=50, participant=VIEWER, raised=True),
+    AudienceChanged(seq=51, counts=COUNTS),
     ViewerUpdated(seq=51, participant=VIEWER),
     DataReceived(
         payload=b"hello",
@@ -588,6 +590,10 @@ GOLDEN_HEX: dict[str, str] = {
     "hand": (
         "85a174a468616e64a17601a373657132ab7061727469636970616e7483a3736964a450415f32a26964a3626f"
         "62a969735f766965776572c3a6726169736564c3"
+    ),
+    "audience_changed": (
+        "84a174b061756469656e63655f6368616e676564a17601a373657133a6636f756e747383a7737065616b6572"
+        "02a6766965776572cd2710a5746f74616ccd2712"
     ),
     "viewer_updated": (
         "84a174ae7669657765725f75706461746564a17601a373657133ab7061727469636970616e7483a3736964a4"

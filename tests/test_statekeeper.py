@@ -20,7 +20,14 @@ from processes.natsserver import NatsServer
 from roomlog.log import RoomLog
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest, ListParticipantsRequest
-from schemas.client import CountsChanged, Error, JoinAccepted, ParticipantJoined, ParticipantsPage
+from schemas.client import (
+    AudienceChanged,
+    CountsChanged,
+    Error,
+    JoinAccepted,
+    ParticipantJoined,
+    ParticipantsPage,
+)
 from schemas.clock import now_ms
 from schemas.codec import decode, encode
 from schemas.log import (
@@ -112,10 +119,11 @@ async def test_joins_are_answered_and_only_speakers_broadcast(
     config = StatekeeperConfig(nats_server.url, sqlite_url(tmp_path), "s3cret", tuning=FAST)
     async with running_statekeeper(config):
         room_log = RoomLog(nc.jetstream())
-        replies, speakers, counts = Inbox(), Inbox(), Inbox()
+        replies, speakers, counts, mod = Inbox(), Inbox(), Inbox(), Inbox()
         await nc.subscribe("reply.>", cb=replies.on_msg)
         await nc.subscribe(subjects.room_speakers(ROOM), cb=speakers.on_msg)
         await nc.subscribe(subjects.room_counts(ROOM), cb=counts.on_msg)
+        await nc.subscribe(subjects.room_mod(ROOM), cb=mod.on_msg)
         await nc.flush()
         for i in range(2):
             await room_log.append(speaker_join(i, f"reply.s{i}"), f"s{i}")
@@ -136,6 +144,14 @@ async def test_joins_are_answered_and_only_speakers_broadcast(
         assert [m.participant.id for m in joined] == ["speaker-0", "speaker-1"]  # type: ignore[attr-defined]
         # Counts are coalesced: far fewer updates than joins.
         assert len(counts.of(CountsChanged)) < 32
+        # Moderators are told the audience changed, coalesced alike.
+
+        def final_audience() -> list[AudienceChanged]:
+            found = [m for m in mod.messages if isinstance(m, AudienceChanged)]
+            return [m for m in found if m.counts.total == 32]
+
+        assert await eventually(final_audience, what="audience_changed with the final counts")
+        assert len(mod.of(AudienceChanged)) < 32
 
 
 async def test_pagination_walk_survives_churn(

@@ -15,7 +15,10 @@ const el = (tag, props = {}, ...children) => {
   return node;
 };
 
-const demo = { room: null, token: null, tiles: new Map(), hands: new Map(), audienceCursor: null };
+const demo = {
+  room: null, token: null, tiles: new Map(), hands: new Map(), audienceCursor: null,
+  audienceLoading: false, audienceStale: false,
+};
 window.demo = demo;
 
 // ------------------------------------------------------------------------------ joining
@@ -97,6 +100,7 @@ function enterRoom(room) {
   room.on('tier-changed', onTierChanged);
   room.on('hand-raised', (p) => { demo.hands.set(p.id, p); renderHands(); });
   room.on('hand-lowered', (p) => { demo.hands.delete(p.id); renderHands(); });
+  room.on('audience-changed', () => refreshAudience());
   room.on('reconnecting', () => setState('reconnecting…', true));
   room.on('reconnected', () => setState('connected'));
   room.on('disconnected', onDisconnected);
@@ -254,6 +258,7 @@ function renderLocal() {
   $('btn-camera').classList.toggle('on', !!camera && !camera.muted);
   $('btn-mic').textContent = !mic ? 'Start microphone' : mic.muted ? 'Unmute' : 'Mute';
   $('btn-mic').classList.toggle('on', !!mic && !mic.muted);
+  if (camera && mic && $('notice').textContent === ON_STAGE) notice('');
 }
 
 function renderHandButton() {
@@ -262,11 +267,13 @@ function renderHandButton() {
   $('btn-hand').classList.toggle('on', !!raised);
 }
 
+const ON_STAGE = 'You are on stage: start your camera and microphone.';
+
 function onTierChanged(local) {
   renderLocal();
   notice(local.isViewer
     ? 'You are in the audience now.'
-    : 'You are on stage: start your camera and microphone.');
+    : ON_STAGE);
 }
 
 // Run a control's action with the button disabled; errors go to the notice line.
@@ -354,6 +361,26 @@ async function loadAudience(fresh) {
     $('audience').append(el('li', { className: 'muted', textContent: 'Nobody in the audience.' }));
   }
   $('btn-audience-more').hidden = !page.nextCursor;
+}
+
+// The audience changed (at most four signals a second): reload the first page, one load
+// at a time, and once more if another signal came meanwhile.
+async function refreshAudience() {
+  if (demo.audienceLoading) {
+    demo.audienceStale = true;
+    return;
+  }
+  demo.audienceLoading = true;
+  try {
+    do {
+      demo.audienceStale = false;
+      await loadAudience(true);
+    } while (demo.audienceStale);
+  } catch (err) {
+    notice(describe(err));
+  } finally {
+    demo.audienceLoading = false;
+  }
 }
 
 // Dev mode: the edge moves the participant for us, checking our moderator token.

@@ -14,20 +14,33 @@
 const GATHER_TIMEOUT = 5000; // ms; loopback gathers at once, a slow network gets what it has
 const MAX_RESTARTS = 5; // consecutive restarts of one track before giving up
 
-// Resolve once the connection gathered every ICE candidate (or the timeout passed).
-function gathered(pc) {
+// Resolve once the connection gathered every ICE candidate (or the timeout passed; then
+// say so on the console, with how many candidates there are to connect with).
+export function gathered(pc, timeout = GATHER_TIMEOUT) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
-    const timer = setTimeout(done, GATHER_TIMEOUT);
+    let candidates = 0;
+    const timer = setTimeout(() => {
+      console.warn(candidates
+        ? `stagecast: ICE gathering unfinished after ${timeout} ms; going on with ${candidates} candidate(s)`
+        : `stagecast: ICE gathering unfinished after ${timeout} ms and no candidate yet: `
+          + 'the connection will likely fail (no network? STUN/TURN unreachable?)');
+      done();
+    }, timeout);
     function done() {
       clearTimeout(timer);
       pc.removeEventListener('icegatheringstatechange', check);
+      pc.removeEventListener('icecandidate', count);
       resolve();
     }
     function check() {
       if (pc.iceGatheringState === 'complete') done();
     }
+    function count(event) {
+      if (event.candidate) candidates += 1;
+    }
     pc.addEventListener('icegatheringstatechange', check);
+    pc.addEventListener('icecandidate', count);
   });
 }
 

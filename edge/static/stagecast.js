@@ -12,7 +12,8 @@
 //
 // Modules: stagecast.js (join, Room), session.js (joining, resuming, joining again),
 // participants.js, signaling.js (the socket), media.js (peer connections), msgpack.js
-// (the codec). No dependencies, no build step.
+// (the codec, over the vendored @msgpack/msgpack). No build step; this folder is also the
+// npm package @stagecast/client (package.json, stagecast.d.ts).
 
 import { MediaTransport } from './media.js';
 import {
@@ -36,7 +37,7 @@ export {
 const ROOM_EVENTS = [
   'participant-joined', 'participant-left', 'participant-count-changed',
   'active-speakers-changed', 'room-metadata-changed', 'data-received', 'tier-changed', 'hand-raised', 'hand-lowered',
-  'disconnected', 'reconnecting', 'reconnected',
+  'audience-changed', 'disconnected', 'reconnecting', 'reconnected',
   // Participant events, re-emitted with the participant as a second argument:
   ...PARTICIPANT_EVENTS,
 ];
@@ -46,7 +47,7 @@ const STREAM_OF = {
   participant_joined: 'speakers', participant_left: 'speakers', participant_updated: 'speakers',
   track_published: 'speakers', track_unpublished: 'speakers', track_muted: 'speakers',
   room_updated: 'speakers', counts: 'counts', hand: 'mod', viewer_updated: 'mod',
-  tier_changed: 'self',
+  audience_changed: 'mod', tier_changed: 'self',
 };
 
 /**
@@ -56,7 +57,9 @@ const STREAM_OF = {
  * loudest first, also in `room.activeSpeakers`; at most four a second, viewers included;
  * each has `isSpeaking` and `audioLevel`, 0..1), `room-metadata-changed`, `data-received` ({payload:
  * Uint8Array, senderId, topic, reliable}), `tier-changed` (the LocalParticipant),
- * `hand-raised` / `hand-lowered` (moderators), `disconnected` (reason), `reconnecting`,
+ * `hand-raised` / `hand-lowered` (moderators; `hand-raised` is retroactive: a new listener
+ * gets one per hand up, those raised before this client joined included), `audience-changed` ({speaker, viewer, total}; moderators: someone joined, left or
+ * changed tier, so a `getParticipants` page may be stale), `disconnected` (reason), `reconnecting`,
  * `reconnected`; and every participant event with the participant as second argument.
  */
 export class Room {
@@ -82,6 +85,8 @@ export class Room {
     this.media = new MediaTransport(this);
     this.emitter = new Emitter(ROOM_EVENTS);
     this.emitter.retroactive('participant-joined', () => [...this.remoteParticipants.values()].map((p) => [p]));
+    this.hands = new Map(); // hands up (moderators only), by participant id
+    this.emitter.retroactive('hand-raised', () => [...this.hands.values()].map((p) => [p]));
   }
 
   get id() { return this.info.id; }
@@ -268,6 +273,7 @@ const FRAME_HANDLERS = {
     if (!info.isViewer) this.upsert(info, true);
   },
   participant_left(frame) {
+    this.hands.delete(frame.participant_id);
     const current = this.remoteParticipants.get(frame.participant_id);
     if (current && current.sid === frame.sid) this.drop(frame.participant_id);
   },
@@ -326,7 +332,12 @@ const FRAME_HANDLERS = {
   },
   hand(frame) {
     const participant = this.participantFor(participantInfo(frame.participant));
+    if (frame.raised) this.hands.set(participant.id, participant);
+    else this.hands.delete(participant.id);
     this.emitter.emit(frame.raised ? 'hand-raised' : 'hand-lowered', participant);
+  },
+  audience_changed(frame) {
+    this.emitter.emit('audience-changed', countsOf(frame.counts));
   },
   data(frame) {
     this.emitter.emit('data-received', Object.freeze({

@@ -37,6 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from access.tokens import generate_token
+from edge.metrics import sample_value
 from schemas.client import Ack, Error, Join, JoinAccepted, PublishData
 from schemas.codec import decode, encode
 from schemas.models import DATA_BYTES, Grant
@@ -136,10 +137,8 @@ class Sender:
 
 async def edge_metric(url: str, name: str) -> float:
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        for line in (await http.get("/metrics")).text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
+        found = sample_value((await http.get("/metrics")).text, name)
+    return found or 0.0
 
 
 async def settle(viewers: list[Viewer], limit_s: float) -> None:

@@ -33,7 +33,6 @@ import collections
 import contextlib
 import dataclasses
 import math
-import re
 import secrets
 import statistics
 import time
@@ -41,6 +40,7 @@ import time
 import httpx
 
 from access.tokens import generate_token
+from edge.metrics import sample_value
 from schemas.models import Grant
 from stagecast.bench import Result, percentile
 from stagecast.bench.clientprocs import ClientProcs, Msg
@@ -61,7 +61,6 @@ from stagecast.up import Stack, UpConfig
 API_KEY = "storm"
 SPEAKER = Grant(can_publish=True, can_subscribe=True, can_publish_data=True)
 AUDIENCE = Grant(can_publish=False, can_subscribe=True, can_publish_data=False)
-_COUNTS_OUT = re.compile(rb'^stagecast_edge_frames_out_total\{type="counts"\} (\d+)', re.M)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -236,8 +235,9 @@ class Storms:
         async with httpx.AsyncClient(timeout=10.0) as http:
             for url in self.stack.edge_urls:
                 with contextlib.suppress(httpx.HTTPError):
-                    found = _COUNTS_OUT.search((await http.get(f"{url}/metrics")).content)
-                    total += int(found.group(1)) if found else 0
+                    text = (await http.get(f"{url}/metrics")).text
+                    found = sample_value(text, "stagecast_edge_frames_out_total", type="counts")
+                    total += int(found or 0)
         return total
 
     async def _mark(self) -> Mark:

@@ -128,6 +128,7 @@ class SignalConnection:
         self._handler: PushHandler | None = None
         self._held: list[Message] = []
         self._closed = asyncio.Event()
+        self._cancelled = False
         self._reader = asyncio.create_task(self._read(), name=f"stagecast-read {url}")
         self._pinger: asyncio.Task[None] | None = None
 
@@ -233,6 +234,11 @@ class SignalConnection:
                 self._dispatch(frame)
         except ConnectionClosed:
             pass
+        except asyncio.CancelledError:
+            # Cancelled from outside (asyncio.run ending after an error, say): the loop is
+            # going away, so nothing may start a reconnect that would outlive it.
+            self._cancelled = True
+            raise
         except Exception:
             log.exception("signaling reader failed on %s", self.url)
             self.abort()
@@ -270,6 +276,8 @@ class SignalConnection:
         self._pending.clear()
         if self._pinger is not None:
             self._pinger.cancel()
+        if self._cancelled:
+            return
         try:
             self._on_closed(self)
         except Exception:

@@ -17,6 +17,7 @@ from typing import Any
 
 from schemas.client import (
     ActiveSpeakersChanged,
+    AudienceChanged,
     CountsChanged,
     DataReceived,
     GetParticipants,
@@ -66,6 +67,7 @@ ROOM_EVENTS = (
     "tier-changed",
     "hand-raised",
     "hand-lowered",
+    "audience-changed",
     "disconnected",
     "reconnecting",
     "reconnected",
@@ -82,6 +84,7 @@ _STREAM_OF: dict[type[Message], str] = {
     CountsChanged: "counts",
     HandChanged: "mod",
     ViewerUpdated: "mod",
+    AudienceChanged: "mod",
     TierChanged: "self",
 }
 """Which sequence stream a broadcast frame belongs to (each is ordered on its own)."""
@@ -101,7 +104,11 @@ class Room:
     second, viewers included),
     `room-metadata-changed` (the new metadata), `data-received` (`DataMessage`),
     `tier-changed` (the `LocalParticipant`, after a promotion, demotion or grant change),
-    `hand-raised` / `hand-lowered` (RemoteParticipant; moderators only), `disconnected`
+    `hand-raised` / `hand-lowered` (RemoteParticipant; moderators only; `hand-raised` is
+    retroactive: a new listener gets one per hand up, those raised before this client
+    joined included), `audience-changed` (`ParticipantCounts`; moderators
+    only: someone joined, left or changed tier, so a `get_participants` page may be stale;
+    at most four a second), `disconnected`
     (the reason code), `reconnecting`, `reconnected`.
     """
 
@@ -121,6 +128,9 @@ class Room:
             "participant-joined", lambda: [(p,) for p in list(self._remote.values())]
         )
         self._remote: dict[str, RemoteParticipant] = {}
+        self._hands: dict[str, RemoteParticipant] = {}
+        """Hands up (moderators only), by participant id: `hand-raised` is retroactive."""
+        self._emitter.retroactive("hand-raised", lambda: [(p,) for p in self._hands.values()])
         self._info = RoomInfo(id=room_id or "", sid="")
         self._local: LocalParticipant | None = None
         self._counts = ParticipantCounts(0, 0, 0)
@@ -295,6 +305,7 @@ class Room:
             self._upsert(frame.participant, announce=True)
 
     def _on_participant_left(self, frame: ParticipantLeft) -> None:
+        self._hands.pop(frame.participant_id, None)
         current = self._remote.get(frame.participant_id)
         if current is not None and current.sid == frame.sid:
             self._drop(frame.participant_id)
@@ -360,7 +371,14 @@ class Room:
 
     def _on_hand(self, frame: HandChanged) -> None:
         participant = self._participant_for(frame.participant)
+        if frame.raised:
+            self._hands[participant.id] = participant
+        else:
+            self._hands.pop(participant.id, None)
         self._emitter.emit("hand-raised" if frame.raised else "hand-lowered", participant)
+
+    def _on_audience(self, frame: AudienceChanged) -> None:
+        self._emitter.emit("audience-changed", _counts(frame.counts))
 
     def _on_data(self, frame: DataReceived) -> None:
         message = DataMessage(
@@ -448,6 +466,7 @@ _HANDLERS: dict[type[Message], Any] = {
     CountsChanged: Room._on_counts,
     ActiveSpeakersChanged: Room._on_active_speakers,
     HandChanged: Room._on_hand,
+    AudienceChanged: Room._on_audience,
     DataReceived: Room._on_data,
     TierChanged: Room._on_tier_changed,
 }

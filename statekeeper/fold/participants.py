@@ -5,6 +5,8 @@ Also an admin's removal, which revokes the participant's token in every room.
 
 from __future__ import annotations
 
+import msgspec
+
 from schemas.api import OkReply, ParticipantReply
 from schemas.client import (
     HandChanged,
@@ -36,7 +38,15 @@ from statekeeper.outcomes import (
     RosterLeave,
     RosterUpdate,
 )
-from statekeeper.state import Room, SessionRecord, State, participant_info, tally, view_changed
+from statekeeper.state import (
+    Room,
+    SessionRecord,
+    State,
+    hand_changed,
+    participant_info,
+    tally,
+    view_changed,
+)
 
 REVOKED_KEPT_MS = 60_000
 """How long past its token's expiry a revocation is kept (beyond any tolerated clock skew)."""
@@ -71,7 +81,7 @@ def _merge_attributes(room: Room, session: SessionRecord, update: dict[str, str]
             session.attributes.pop(key, None)
     if update:
         view_changed(room, session)
-    after = session.attributes.get(HAND_ATTRIBUTE) == HAND_RAISED
+    after = hand_changed(room, session)
     return after if after != before else None
 
 
@@ -175,13 +185,30 @@ def _change_tier(
     at: int,
     out: list[Outcome],
 ) -> None:
-    """Promote a viewer to the stage or demote a speaker to the audience, live."""
+    """Promote a viewer to the stage or demote a speaker to the audience, live.
+
+    Without an explicit `grant`, a promotion gives the speaker grant (publish, subscribe,
+    data) and a demotion takes publishing away (media and data), other flags kept. A
+    promotion lowers a raised hand: the invitation answered it.
+    """
+    if grant is None:
+        grant = msgspec.structs.replace(
+            session.grant,
+            can_publish=not to_viewer,
+            can_publish_data=not to_viewer,
+            can_subscribe=True if not to_viewer else session.grant.can_subscribe,
+        )
     if not to_viewer:
         tally(room, session, -1)
         session.is_viewer = False
         tally(room, session, +1)
         session.visible = True  # invited to the stage: on it for everyone
+        hand_was_up = session.attributes.pop(HAND_ATTRIBUTE, None) == HAND_RAISED
+        hand_changed(room, session)
         view_changed(room, session)
+        if hand_was_up:
+            lowered = HandChanged(seq=seq, participant=participant_info(session), raised=False)
+            out.append(Broadcast(room.id, "mod", lowered))
         out.append(
             Broadcast(
                 room.id,
@@ -204,8 +231,7 @@ def _change_tier(
         tally(room, session, +1)
         session.visible = not room.livestream
         view_changed(room, session)
-    if grant is not None:
-        session.grant = grant
+    session.grant = grant
     out.append(RosterLeave(room.id, session.sid, session.since_seq, seq))
     session.since_seq = seq
     info = participant_info(session)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from schemas import subjects
 from schemas.client import (
     Disconnect,
+    HandChanged,
     JoinAccepted,
     ParticipantJoined,
     ParticipantLeft,
@@ -164,6 +165,20 @@ def _join(state: State, seq: int, event: JoinRequested, out: list[Outcome]) -> N
     _enter(room, session, seq, event.at, out)
     if event.reply_to:  # nobody asked: the answer is not built
         reply(event, _accepted(room, session, seq, event.req, resumed=False), out)
+        if session.grant.can_moderate:
+            _hands_up(room, session, seq, event.reply_to, out)
+
+
+def _hands_up(
+    room: Room, moderator: SessionRecord, seq: int, subject: str, out: list[Outcome]
+) -> None:
+    """Tell a moderator who just joined of the hands already up, as `hand-raised` frames
+    after its join reply (as speakers already present come in the reply); `room.hands`
+    holds them, so this costs the hands, not the room."""
+    for other in list(room.hands.values()):
+        if other is not moderator:
+            raised = HandChanged(seq=seq, participant=participant_info(other), raised=True)
+            out.append(Direct(subject, raised))
 
 
 def _rejoin(

@@ -201,52 +201,123 @@ async def badge(ctx: Context) -> dict[str, Any]:
     return {"after_join": after_join, "after_leave": after_leave, "tiles": speakers}
 
 
-@scenario("host")
+@scenario("host", forwarders=1)
 async def host(ctx: Context) -> dict[str, Any]:
     """A host pages through the audience, sees a raised hand and invites that viewer on stage."""
     room = "town-hall"
     await ctx.join_page("host", room, "Hana Host", role="host")
-    audience = [await ctx.python_peer(f"aud-{n:02d}", room, viewer=True) for n in range(12)]
+    long_name = "aud-00-whose-name-is-far-too-long-for-the-host-panel"  # cut, not wrapped
+    names = [long_name] + [f"aud-{n:02d}" for n in range(1, 12)]
+    audience = [await ctx.python_peer(name, room, viewer=True) for name in names]
     await ctx.join_page("viewer", room, "Vic Viewer", role="viewer")
     viewer_id = await ctx.browser.eval("viewer", "window.demo.room.localParticipant.id")
     # Page through the audience with the page's own controls (10 per page).
+    # No Refresh click: `audience-changed` reloads the list the host sees.
     await ctx.browser.wait("host", BADGE, "b => b.viewers === 13")
-    await ctx.browser.click("host", "#btn-audience-refresh")
     rows = "[...document.querySelectorAll('#audience li')].map(li => li.dataset.identity)"
     await ctx.browser.wait("host", rows, "ids => ids.length === 10")
+    await ctx.browser.wait("host", "!window.demo.audienceLoading && !window.demo.audienceStale")
     await ctx.browser.click("host", "#btn-audience-more")
     listed = await ctx.browser.wait("host", rows, "ids => ids.length === 13")
     more_hidden = await ctx.browser.eval(
         "host", "document.querySelector('#btn-audience-more').hidden"
+    )
+    host_invites = await ctx.browser.eval(
+        "host",
+        "[...document.querySelectorAll('#audience li button')]"
+        ".map(b => Math.round(b.getBoundingClientRect().height))",
     )
     # The viewer raises a hand; the host sees it and invites the viewer on stage.
     await ctx.browser.click("viewer", "#btn-hand")
     await ctx.browser.wait(
         "host", f"document.querySelector('#hands li[data-identity=\"{viewer_id}\"] button')"
     )
+    # A second host joins now, on a phone (420 px, touch): the hand already up shows.
+    await ctx.join_page("phone", room, "Pat Phone", role="host", width=420, height=860, touch=1)
+    late_hand = await ctx.browser.wait(
+        "phone", f"!!document.querySelector('#hands li[data-identity=\"{viewer_id}\"]')"
+    )
     await ctx.browser.click("host", f'#hands li[data-identity="{viewer_id}"] button')
     promoted = await ctx.browser.wait(
         "viewer",
         "!window.demo.room.localParticipant.isViewer"
         " && window.demo.room.localParticipant.grant.canPublish"
+        " && window.demo.room.localParticipant.attributes.hand === undefined"
+        " && !document.querySelector('.tile[data-identity=\"local\"] .hand-pill')"
         " && !document.getElementById('btn-camera').hidden"
         " && document.getElementById('btn-hand').hidden",
     )
-    on_stage = await ctx.browser.wait(
-        "host", f"!!document.querySelector('.tile[data-identity=\"{viewer_id}\"]')"
+    # The promoted viewer publishes; the on-stage notice goes once both are on.
+    await ctx.browser.click("viewer", "#btn-camera")
+    await ctx.browser.click("viewer", "#btn-mic")
+    notice = await ctx.browser.wait(
+        "viewer", "document.getElementById('notice').textContent", "t => t === ''"
     )
-    counts = await ctx.browser.wait("host", BADGE, "b => b.speakers === 2 && b.viewers === 12")
+    tile = f'.tile[data-identity="{viewer_id}"]'
+    on_stage = await ctx.browser.wait(
+        "host", f"document.querySelector('{tile}')?.dataset.audioMuted === 'false'"
+    )
+    counts = await ctx.browser.wait("host", BADGE, "b => b.speakers === 3 && b.viewers === 12")
     hands_left = await ctx.browser.wait("host", "window.demo.hands.size", "n => n === 0")
+    phone = await ctx.browser.wait(
+        "phone",
+        f"""(() => {{
+          const tile = document.querySelector('{tile}');
+          const actions = tile && tile.querySelector('.tile-actions button');
+          const invites = [...document.querySelectorAll('#audience li button')];
+          return {{
+            tile: !!tile,
+            actions_opacity: actions ? getComputedStyle(actions.parentElement).opacity : null,
+            page_width: document.documentElement.scrollWidth,
+            invites: invites.length,
+            invite_heights: invites.map(b => Math.round(b.getBoundingClientRect().height)),
+            one_line: Math.round(invites[0]?.getBoundingClientRect().height ?? 0),
+          }};
+        }})()""",
+        "p => p.tile && p.invites === 10",
+    )
     del audience
     return {
         "viewer_id": viewer_id,
         "listed": listed,
         "more_hidden": more_hidden,
+        "host_invites": host_invites,
+        "late_hand": late_hand,
         "promoted": promoted,
+        "notice": notice,
         "on_stage": on_stage,
         "counts": counts,
         "hands_left": hands_left,
+        "phone": phone,
     }
+
+
+@scenario("gather")
+async def gather(ctx: Context) -> dict[str, Any]:
+    """ICE gathering that does not finish in time is said on the console, not waited out
+    silently (a STUN server that never answers keeps gathering open)."""
+    await ctx.browser.open("page", f"{ctx.url}/")
+    warnings = await ctx.browser.eval(
+        "page",
+        """(async () => {
+          const { gathered } = await import('/static/media.js');
+          const pc = new RTCPeerConnection({ iceServers: [{ urls: 'stun:127.0.0.1:9' }] });
+          pc.createDataChannel('probe');
+          await pc.setLocalDescription(await pc.createOffer());
+          const said = [];
+          const warn = console.warn;
+          console.warn = (...args) => said.push(args.join(' '));
+          try {
+            await gathered(pc, 300);
+          } finally {
+            console.warn = warn;
+          }
+          const state = pc.iceGatheringState;
+          pc.close();
+          return { said, state };
+        })()""",
+    )
+    return {"warnings": warnings}
 
 
 @scenario("resume")

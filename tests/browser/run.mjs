@@ -39,8 +39,9 @@ function pageOf(name) {
 }
 
 const COMMANDS = {
-  async open({ page: name, url, width = 1280, height = 800 }) {
-    const context = await browser.newContext({ viewport: { width, height } });
+  async open({ page: name, url, width = 1280, height = 800, touch = false }) {
+    // `touch`: a phone (touch screen, no hover), as Chromium's mobile emulation gives.
+    const context = await browser.newContext({ viewport: { width, height }, isMobile: !!touch, hasTouch: !!touch });
     const page = await context.newPage();
     page.on('console', (msg) => process.stderr.write(`[${name} ${msg.type()}] ${msg.text()}\n`));
     page.on('pageerror', (err) => process.stderr.write(`[${name} pageerror] ${err.stack ?? err}\n`));
