@@ -1,4 +1,10 @@
-"""The `stagecast` command: run the services, mint tokens, manage rooms, benchmark."""
+"""The `stagecast` command: run the services, mint tokens, manage rooms, benchmark.
+
+Over 500 lines on purpose: it is the one table of every subcommand and its flags (most of
+it `build_parser`), read top to bottom; each command's work lives in its own module
+(`stagecast.up`, `stagecast.cluster_up`, `stagecast.admin_cli`, the services' `main`s), and
+the NATS options every service shares in `stagecast.cli_nats`.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from roomlog.errors import NatsAuthRefused, NatsCredentialsError, NatsUnreachable
 from stagecast.cli_format import URL_HELP, CommandParser, DefaultsFormatter
+from stagecast.cli_nats import (
+    add_nats_options,
+    append_retry_option,
+    nats_auth,
+    nats_url,
+    replicas_option,
+)
 from stagecast.credentials import credentials
 
 if TYPE_CHECKING:
     from edge.config import EdgeConfig
-    from roomlog.connect import NatsAuth
 
 BENCH_SUITES = (
     "fold",
@@ -35,74 +47,6 @@ BENCH_SUITES = (
     "chaos",
     "whip",
 )
-
-
-def _nats_url(args: argparse.Namespace) -> str:
-    url: str | None = args.nats_url or os.environ.get("STAGECAST_NATS_URL")
-    if not url:
-        raise SystemExit("--nats-url (or STAGECAST_NATS_URL) is required")
-    return url
-
-
-def _nats_auth(args: argparse.Namespace) -> NatsAuth:
-    """The NATS credential and TLS files of `--nats-creds`/`--nats-tls-*` or the environment."""
-    from roomlog.connect import NatsAuth
-
-    return NatsAuth.from_env(
-        creds=args.nats_creds,
-        tls_ca=args.nats_tls_ca,
-        tls_cert=args.nats_tls_cert,
-        tls_key=args.nats_tls_key,
-    )
-
-
-def add_nats_options(parser: argparse.ArgumentParser) -> None:
-    """`--nats-url` and the NATS credential flags (each also read from its env var)."""
-    parser.add_argument(
-        "--nats-url", default=None, help="nats://[user:password@]host:port[,...] or tls://..."
-    )
-    parser.add_argument(
-        "--nats-creds", default=None, help="NKey seed or .creds file (STAGECAST_NATS_CREDS)"
-    )
-    parser.add_argument(
-        "--nats-tls-ca", default=None, help="CA of the server's certificate (STAGECAST_NATS_TLS_CA)"
-    )
-    parser.add_argument(
-        "--nats-tls-cert", default=None, help="client certificate (STAGECAST_NATS_TLS_CERT)"
-    )
-    parser.add_argument("--nats-tls-key", default=None, help="its key (STAGECAST_NATS_TLS_KEY)")
-
-
-def _replicas(args: argparse.Namespace) -> int:
-    """`--replicas` (or STAGECAST_REPLICAS, default 1): the streams' least replicas."""
-    value = args.replicas if args.replicas is not None else os.environ.get("STAGECAST_REPLICAS")
-    if value is None or value == "":
-        return 1
-    try:
-        replicas = int(value)
-    except ValueError:
-        replicas = 0
-    if not 1 <= replicas <= 5:
-        raise SystemExit(f"--replicas (or STAGECAST_REPLICAS) must be 1 to 5, not {value!r}")
-    return replicas
-
-
-def _append_retry(args: argparse.Namespace) -> float:
-    """`--append-retry` (or STAGECAST_APPEND_RETRY): seconds an append is retried."""
-    from roomlog.retry import RETRY_DEADLINE
-
-    value = args.append_retry
-    if value is None:
-        value = os.environ.get("STAGECAST_APPEND_RETRY") or RETRY_DEADLINE
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < 120:
-        raise SystemExit(
-            f"--append-retry (or STAGECAST_APPEND_RETRY) must be 0 to under 120 s, not {value!r}"
-        )
-    return seconds
 
 
 def _server_url(args: argparse.Namespace) -> str:
@@ -130,11 +74,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=Path(args.data_dir),
         nats_url=args.nats_url,
-        nats_auth=_nats_auth(args),
+        nats_auth=nats_auth(args),
         database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL"),
         edges=args.edges,
         forwarders=args.forwarders,
-        replicas=_replicas(args),
+        replicas=replicas_option(args),
         api_key=key,
         api_secret=secret,
         webhook_env=webhook_child_env(args),
@@ -152,7 +96,7 @@ def cmd_up_cluster(args: argparse.Namespace, key: str, secret: str) -> int:
         database_url=args.database_url or os.environ.get("STAGECAST_DATABASE_URL") or "",
         port=args.port,
         data_dir=Path(args.data_dir if args.data_dir != ".stagecast" else ".stagecast-cluster"),
-        replicas=_replicas(args) if args.replicas is not None else 3,
+        replicas=replicas_option(args) if args.replicas is not None else 3,
         api_key=key,
         api_secret=secret,
     )
@@ -184,16 +128,16 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"--lease-ttl: {exc}") from None
     config = StatekeeperConfig(
-        nats_url=_nats_url(args),
-        nats_auth=_nats_auth(args),
+        nats_url=nats_url(args),
+        nats_auth=nats_auth(args),
         database_url=database_url,
         api_secret=secret,
         partitions=args.partitions,
         owned=tuple(range(args.partitions)),
         leases=leases,
         lease_timing=timing,
-        replicas=_replicas(args),
-        append_retry=_append_retry(args),
+        replicas=replicas_option(args),
+        append_retry=append_retry_option(args),
     )
     try:
         asyncio.run(serve(config))
@@ -219,8 +163,8 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
     from edge.config import EdgeConfig
 
     return EdgeConfig(
-        nats_url=_nats_url(args),
-        nats_auth=_nats_auth(args),
+        nats_url=nats_url(args),
+        nats_auth=nats_auth(args),
         api_key=key,
         api_secret=secret,
         host=args.host,
@@ -234,7 +178,7 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
         max_connections_per_address=args.max_connections_per_address,
         join_deadline=args.join_deadline,
         http_read_timeout=args.http_read_timeout,
-        replicas=_replicas(args),
+        replicas=replicas_option(args),
     )
 
 
@@ -246,10 +190,10 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
         raise SystemExit(f"--id must be [A-Za-z0-9_-]+ (at most 256), not {args.id!r}")
     asyncio.run(
         serve(
-            _nats_url(args),
+            nats_url(args),
             forwarder_id=args.id,
             heartbeat_interval=args.heartbeat,
-            auth=_nats_auth(args),
+            auth=nats_auth(args),
         )
     )
     return 0
@@ -259,8 +203,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     from stagecast.webhooks_cli import cmd_webhooks as run
 
     key, secret = credentials()
-    args.nats_auth = _nats_auth(args)
-    return run(args, _nats_url(args), key, secret)
+    args.nats_auth = nats_auth(args)
+    return run(args, nats_url(args), key, secret)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -342,7 +286,7 @@ def cmd_nats_auth(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from stagecast.cluster_cli import cluster_status
 
-    status: int = asyncio.run(cluster_status(_nats_url(args), auth=_nats_auth(args)))
+    status: int = asyncio.run(cluster_status(nats_url(args), auth=nats_auth(args)))
     return status
 
 
