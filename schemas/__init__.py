@@ -9,6 +9,7 @@ edge <-> forwarder), `streams` (text/byte streams and RPC inside data payloads),
 
 from __future__ import annotations
 
+from schemas.agents import *  # noqa: F403
 from schemas.api import *  # noqa: F403
 from schemas.client import *  # noqa: F403
 from schemas.codec import (

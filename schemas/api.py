@@ -36,6 +36,8 @@ class CreateRoomRequest(Message, tag="api.create_room", frozen=True, kw_only=Tru
     departure_timeout: int = 20
     metadata: Metadata = ""
     livestream: bool = False
+    agents: Annotated[tuple[Identity, ...], Meta(max_length=16)] = ()
+    """Agent names to dispatch once the room exists (one job each, see `schemas.agents`)."""
 
 
 class ListRoomsRequest(Message, tag="api.list_rooms", frozen=True, kw_only=True):

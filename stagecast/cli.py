@@ -248,6 +248,13 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_worker(args: argparse.Namespace) -> int:
+    from stagecast.agents_cli import run_agent_worker
+
+    key, secret = credentials()
+    return run_agent_worker(args, _server_url(args), _nats_url(args), _nats_auth(args), key, secret)
+
+
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from stagecast.webhooks_cli import cmd_webhooks as run
 
@@ -451,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     fwd.set_defaults(func=cmd_forwarder)
 
+    agent = sub.add_parser("agent-worker", help="take agent jobs and run an entrypoint in each")
+    agent.add_argument("--url", default=None, help="an edge's URL (STAGECAST_URL)")
+    add_nats_options(agent)
+    from stagecast.agents_cli import add_agent_worker_options
+
+    add_agent_worker_options(agent)
+    agent.set_defaults(func=cmd_agent_worker)
     hooks = sub.add_parser("webhooks", help="POST public events, signed, to HTTP endpoints")
     add_nats_options(hooks)
     add_webhook_options(hooks)
@@ -490,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nats-auth", help="print the nats-server authorization block for Stagecast's roles"
     )
     auth.add_argument(
-        "--roles", default="edge,statekeeper,forwarder,webhook,admin", help="comma list"
+        "--roles", default="edge,statekeeper,forwarder,webhook,agent,admin", help="comma list"
     )
     auth.add_argument(
         "--nkeys",

@@ -163,7 +163,7 @@ from schemas.media import (
     SubscriberAnswer,
 )
 from schemas.models import ActiveSpeaker, Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
-from tests.stream_cases import STREAM_CASES, STREAM_GOLDEN_HEX
+from tests.agent_cases import AGENT_CASES, AGENT_GOLDEN_HEX
 
 # --------------------------------------------------------------------------- golden cases
 
@@ -897,8 +897,8 @@ GOLDEN_HEX: dict[str, str] = {
     ),
 }
 """`encode(case).hex()` for every case above, by tag: the wire format, pinned."""
-CASES += STREAM_CASES
-GOLDEN_HEX.update(STREAM_GOLDEN_HEX)
+CASES += AGENT_CASES
+GOLDEN_HEX.update(AGENT_GOLDEN_HEX)
 
 
 def _tag(case: Message) -> str:
