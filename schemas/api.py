@@ -169,3 +169,5 @@ class HealthReply(Message, tag="internal.health_reply", frozen=True, kw_only=Tru
     """Reconnect attempts that failed since start."""
     liveness_skipped: int = 0
     """Edge and forwarder liveness checks skipped because its own link was down or new."""
+    forwarders: int = 0
+    """Live media forwarders the statekeeper can place media on (0: publishing fails)."""

@@ -219,6 +219,7 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
         host=args.host,
         port=args.port,
         dev_mode=args.dev,
+        require_forwarder=args.require_forwarder,
         data_bytes_per_s=args.data_bytes_per_s,
         data_burst_bytes=args.data_burst_bytes,
         room_data_bytes_per_s=args.room_data_bytes_per_s,
@@ -426,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--host", default="127.0.0.1")
     edge.add_argument("--port", type=int, default=7880)
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
+    edge.add_argument(
+        "--require-forwarder",
+        action="store_true",
+        help="/healthz is 503 until the statekeeper knows a live media forwarder",
+    )
     edge.add_argument(
         "--replicas",
         type=int,
