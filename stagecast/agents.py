@@ -96,6 +96,8 @@ class Worker:
     `url` is an edge's URL (where the agent joins rooms); `nats_url` the NATS the dispatcher
     uses (default `$STAGECAST_NATS_URL`, else ``nats://127.0.0.1:4222``), logged in with the
     `agent` role. `capacity` bounds the jobs it runs at once (offers beyond are refused).
+    `auto_subscribe=False` joins without subscribing to everything (the entrypoint
+    subscribes to what it needs, e.g. audio only).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class Worker:
         worker_id: str | None = None,
         beat_interval: float = WORKER_BEAT_INTERVAL,
         options: ConnectOptions | None = None,
+        auto_subscribe: bool = True,
     ) -> None:
         if entrypoint is None:
             raise ValueError("a Worker needs an entrypoint (an async function of a JobContext)")
@@ -128,6 +131,7 @@ class Worker:
         self._nats_auth = nats_auth
         self._beat_interval = beat_interval
         self._options = options or ConnectOptions()
+        self._auto_subscribe = auto_subscribe
         self._nc: Any = None
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._beater: asyncio.Task[None] | None = None
@@ -239,7 +243,9 @@ class Worker:
                 grant=AGENT_GRANT,
                 metadata=job.metadata or None,
             )
-            room = await join(self.url, token, options=self._options)
+            room = await join(
+                self.url, token, options=self._options, auto_subscribe=self._auto_subscribe
+            )
             context = JobContext(room=room, dispatch=job, worker_id=self.worker_id)
             await self._until_disconnected(room, self.entrypoint(context))
             if room.connection_state.value == "disconnected":

@@ -41,6 +41,11 @@ def add_agent_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-name", default="assistant", help="the name jobs ask for")
     parser.add_argument("--capacity", type=int, default=16, help="jobs at once, at most")
     parser.add_argument("--worker-id", default=None, help="default: a new random id")
+    parser.add_argument(
+        "--no-auto-subscribe",
+        action="store_true",
+        help="join without subscribing to every track (the entrypoint picks)",
+    )
 
 
 def run_agent_worker(
@@ -59,6 +64,7 @@ def run_agent_worker(
         nats_auth=nats_auth,
         capacity=args.capacity,
         worker_id=args.worker_id,
+        auto_subscribe=not args.no_auto_subscribe,
     )
 
     async def main() -> None:
