@@ -463,6 +463,14 @@ def test_browser_streams_and_rpc_with_a_python_peer(tmp_path: Path) -> None:
     assert result["cut"] == ["partial", "STREAM_CUT_OFF"]
 
 
+@pytest.mark.timeout(70)
+def test_the_demo_page_shows_an_agents_transcript(tmp_path: Path) -> None:
+    result = run_scenario("transcript_page", tmp_path)
+    assert result["shown"] is True
+    assert result["first"] == "   0.4s  alice  started speaking\n", result
+    assert result["later"].endswith("alice  stopped speaking\n"), result
+
+
 # --------------------------------------------------------------------------- msgpack.js
 
 

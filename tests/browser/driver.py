@@ -900,6 +900,26 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
     }
 
 
+@scenario("transcript_page")
+async def transcript_page(ctx: Context) -> dict[str, Any]:
+    """The demo page shows an agent's `transcription` text stream as it is written."""
+    room = "transcript"
+    await ctx.join_page("page", room, "Viewer", role="viewer")
+    agent = await ctx.python_peer("scribe", room)
+    writer = await agent.local_participant.stream_text(topic="transcription")
+    await writer.write("   0.4s  alice  started speaking\n")
+    first = await ctx.browser.wait(
+        "page", "document.getElementById('transcript').textContent", "t => t.includes('alice')"
+    )
+    await writer.write("   2.1s  alice  stopped speaking\n")
+    await writer.aclose()
+    later = await ctx.browser.wait(
+        "page", "document.getElementById('transcript').textContent", "t => t.includes('stopped')"
+    )
+    shown = await ctx.browser.eval("page", "!document.getElementById('transcript-panel').hidden")
+    return {"first": first, "later": later, "shown": shown}
+
+
 async def run(name: str, out: Path) -> dict[str, Any]:
     from tests.stack_fixtures import sdk_stack
 
