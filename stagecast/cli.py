@@ -31,6 +31,7 @@ BENCH_SUITES = (
     "dataflood",
     "faults",
     "webhooks",
+    "streams",
 )
 
 

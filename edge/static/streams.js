@@ -17,6 +17,7 @@ const READER_BUFFER_BYTES = 4 * 1024 * 1024;
 const MAX_OPEN_STREAMS = 64;
 const BUDGET_WAIT_MS = 30_000;
 const ACK_TIMEOUT_MS = 5_000;
+const ACK_DELAY_MS = 500;
 
 const utf8 = new TextEncoder();
 const newId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
@@ -347,7 +348,17 @@ export class DataStreams {
 
   async serve(callerId, request) {
     const to = [callerId];
-    await sendReliable(this.room, RPC_TOPIC, { t: 'rpc.ack', request_id: request.request_id }, to);
+    // A handler that answers within ACK_DELAY_MS gets its response sent alone (it
+    // acknowledges too); a slower one is acknowledged first. Each message costs a frame.
+    const answer = this.answer(callerId, request);
+    const ackDelay = Math.min(ACK_DELAY_MS, (request.response_timeout_ms ?? 10000) / 4);
+    const early = await Promise.race([answer, sleep(ackDelay).then(() => null)]);
+    if (early === null) await sendReliable(this.room, RPC_TOPIC, { t: 'rpc.ack', request_id: request.request_id }, to);
+    const { payload, error } = await answer;
+    await sendReliable(this.room, RPC_TOPIC, { t: 'rpc.response', request_id: request.request_id, payload: payload || undefined, error }, to);
+  }
+
+  async answer(callerId, request) {
     const handler = this.methods.get(request.method);
     let error;
     let payload = '';
@@ -365,7 +376,7 @@ export class DataStreams {
           : { code: RpcError.APPLICATION_ERROR, message: `${err?.name ?? 'Error'}: ${err?.message ?? err}`.slice(0, 256) };
       }
     }
-    await sendReliable(this.room, RPC_TOPIC, { t: 'rpc.response', request_id: request.request_id, payload: payload || undefined, error }, to);
+    return { payload, error };
   }
 }
 
