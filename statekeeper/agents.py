@@ -7,8 +7,9 @@ subject) and appends `agent_job_started` / `agent_job_ended` to the public event
 silent past `worker_timeout_ms` is gone: its jobs end with reason `worker_lost` and are
 offered to another worker.
 
-The jobs live in this process: a statekeeper restart forgets them (running agents carry on,
-but are no longer listed or re-dispatched).
+The jobs live in this process (with several statekeepers, in the one whose queue-group
+subscription took the request): a restart forgets them (running agents carry on, but are no
+longer listed or re-dispatched).
 """
 
 from __future__ import annotations

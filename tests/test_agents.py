@@ -173,3 +173,49 @@ async def test_a_job_whose_worker_is_killed_is_taken_by_the_other(
             doomed.kill()
             await asyncio.wait_for(doomed.wait(), 10)
         log_file.close()
+
+
+async def test_dispatch_works_with_leasing_statekeepers(tmp_path: Path) -> None:
+    """A cluster's statekeepers (leases) dispatch too: any of them takes the request."""
+    import stagecast
+    from edge.config import EdgeConfig
+    from edge.main import running_edge
+    from processes.natsserver import NatsServer
+    from statekeeper.main import StatekeeperConfig, running_statekeeper
+    from tests.edge_fixtures import FAST
+
+    async with NatsServer(tmp_path / "nats") as server:
+        config = StatekeeperConfig(
+            server.url,
+            f"sqlite+aiosqlite:///{tmp_path / 'sk.db'}",
+            API_SECRET,
+            tuning=FAST,
+            leases=True,
+        )
+        edge = EdgeConfig(nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
+        async with (
+            running_statekeeper(config),
+            running_edge(edge) as url,
+            stagecast.RoomService(url, API_KEY, API_SECRET) as api,
+            Worker(
+                url,
+                API_KEY,
+                API_SECRET,
+                entrypoint=stay,
+                nats_url=server.url,
+                worker_id="AW_leased",
+                beat_interval=0.2,
+                options=OPTIONS,
+            ),
+        ):
+            await api.create_room("leased")
+            job = await api.dispatch_agent("leased", "assistant")
+
+            async def running() -> bool:
+                jobs = await api.list_dispatches("leased")
+                assert [(j.id, j.state, j.worker_id) for j in jobs] == [
+                    (job.id, "running", "AW_leased")
+                ], jobs
+                return True
+
+            await eventually(running, what="the job running", timeout=WAIT)
