@@ -188,6 +188,8 @@ def permissions(role: Role) -> Permissions:
                 AGENT_API,
                 AGENT_BEAT,
                 AGENT_ENDED,
+                "stagecast.events.*.agent_job_started",  # other statekeepers' jobs, listed
+                "stagecast.events.*.agent_job_ended",
                 f"{STATEKEEPER_PARTITION_PREFIX}.*",
                 _inbox(role),
             ),

@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 
 from schemas import subjects
@@ -44,6 +45,8 @@ from statekeeper.dispatch import DispatchTable, TooManyDispatches
 
 log = logging.getLogger("stagecast.statekeeper")
 
+ELSEWHERE_KEPT = 10_000
+"""How many jobs of other statekeepers are remembered, the least recently told forgotten."""
 OFFER_TIMEOUT = 2.0
 """How long a worker has to accept an offered job before the next one is asked."""
 
@@ -72,6 +75,8 @@ class AgentDispatcher:
         self._ticker: asyncio.Task[None] | None = None
         self._offering: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.elsewhere: dict[str, AgentDispatch] = {}
+        """Jobs other statekeepers run, as their public events told (for listing)."""
 
     async def start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.AGENT_BEAT, cb=self._on_beat))
@@ -79,6 +84,10 @@ class AgentDispatcher:
         self._subs.append(
             await self.nc.subscribe(subjects.AGENT_API, queue="statekeeper", cb=self._on_request)
         )
+        for name in ("agent_job_started", "agent_job_ended"):
+            self._subs.append(
+                await self.nc.subscribe(f"stagecast.events.*.{name}", cb=self._on_event)
+            )
         self._ticker = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -114,7 +123,14 @@ class AgentDispatcher:
             await self._offer(job.id)
             return DispatchReply(dispatch=self.table.jobs[job.id])
         if isinstance(request, ListDispatchesRequest):
-            return DispatchListReply(dispatches=tuple(self.table.in_room(request.room_id)))
+            own = self.table.in_room(request.room_id)
+            others = [
+                j
+                for j in self.elsewhere.values()
+                if j.room_id == request.room_id and j.id not in self.table.jobs
+            ]
+            jobs = sorted([*own, *others], key=lambda j: (j.created_at, j.id))
+            return DispatchListReply(dispatches=tuple(jobs[:1000]))
         return Error(
             code=ErrorCode.UNKNOWN_TYPE, message=f"{request.TYPE} is not a dispatch request"
         )
@@ -129,6 +145,24 @@ class AgentDispatcher:
         if msg.reply:
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, encode(reply))
+
+    async def _on_event(self, msg: Msg) -> None:
+        """Another statekeeper's job started or ended: remember it for `list_dispatches`."""
+        try:
+            event = decode(msg.data)
+        except SchemaError:
+            return
+        if not isinstance(event, (AgentJobStartedEvent, AgentJobEndedEvent)):
+            return
+        job = event.dispatch
+        if job.id in self.table.jobs:
+            return  # one of ours: the table knows better
+        if isinstance(event, AgentJobEndedEvent):
+            job = msgspec.structs.replace(job, state="ended")
+        self.elsewhere.pop(job.id, None)
+        self.elsewhere[job.id] = job
+        while len(self.elsewhere) > ELSEWHERE_KEPT:
+            del self.elsewhere[next(iter(self.elsewhere))]
 
     # ------------------------------------------------------------------ workers
 

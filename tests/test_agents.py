@@ -219,3 +219,43 @@ async def test_dispatch_works_with_leasing_statekeepers(tmp_path: Path) -> None:
                 return True
 
             await eventually(running, what="the job running", timeout=WAIT)
+
+
+async def test_every_statekeeper_lists_the_jobs_of_the_others(stack: Stack) -> None:
+    """With two dispatchers in the queue group (two statekeepers), a job lives in the one
+    that took the request, and `list_dispatches` shows it whichever one answers."""
+    import logging
+
+    from roomlog.connect import connect
+    from roomlog.log import RoomLog
+    from roomlog.natslink import NatsLink
+    from schemas.clock import now_ms
+    from statekeeper.agents import AgentDispatcher
+
+    nc = await connect(
+        stack.nats_url(Role.STATEKEEPER),
+        name="second-statekeeper",
+        link=NatsLink("statekeeper", logging.getLogger("tests")),
+        role="statekeeper",
+    )
+    second = AgentDispatcher(nc, RoomLog(nc.jetstream()).publish_event, now_ms)
+    await second.start()
+    room = "agents-two-dispatchers"
+    try:
+        async with worker(stack, "AW_one"):
+            await stack.api.create_room(room)
+            jobs = [await stack.api.dispatch_agent(room, "assistant") for _ in range(6)]
+
+            async def all_listed() -> bool:
+                for _ in range(6):  # the queue group picks either dispatcher each time
+                    listed = await dispatches(stack, room)
+                    assert sorted((j.id, j.state) for j in listed) == sorted(
+                        (j.id, "running") for j in jobs
+                    ), listed
+                return True
+
+            await eventually(all_listed, what="every job listed by both", timeout=WAIT)
+            assert second.table.jobs, "the second dispatcher took none of six requests"
+    finally:
+        await second.stop()
+        await nc.close()
