@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
+from schemas.agents import DispatchAgentRequest, ListDispatchesRequest
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -56,7 +57,7 @@ def needed_for(request: Message) -> AdminGrant | None:
     """The grant a server API request needs, or None when it is no server API request.
 
     `create_room` / `delete_room`: `roomCreate`; `list_rooms`: `roomList`; every request on
-    one room's participants, tracks, metadata or data: `roomAdmin` for that room.
+    one room's participants, tracks, metadata, data or agents: `roomAdmin` for that room.
     """
     if isinstance(request, ListRoomsRequest):
         return AdminGrant(room_list=True)
@@ -72,6 +73,8 @@ def needed_for(request: Message) -> AdminGrant | None:
             MuteTrackRequest,
             UpdateRoomMetadataRequest,
             SendDataRequest,
+            DispatchAgentRequest,
+            ListDispatchesRequest,
         ),
     ):
         return AdminGrant(room_admin=True, room=request.room_id)

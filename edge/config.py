@@ -117,6 +117,9 @@ class EdgeConfig:
     """Seconds to reach NATS at start (reconnects afterwards never give up)."""
     heartbeat_interval: float = 1.0
     health_timeout: float = 1.0
+    require_forwarder: bool = False
+    """`/healthz` answers 503 until the statekeeper knows a live media forwarder (a join, a
+    publish and a subscribe would all succeed); `stagecast up` sets it."""
     close_grace: float = 5.0
     """Seconds a closing socket gets to flush its last frames and the close."""
     liveness_interval: float = 10.0

@@ -287,7 +287,8 @@ class EdgeNode:
                 log.warning("edge %s: heartbeat not sent: %s", self.edge_id, exc)
 
     async def health(self) -> tuple[bool, str]:
-        """(healthy, reason): NATS connected and the statekeeper answers ok within 1 s."""
+        """(healthy, reason): NATS connected, the statekeeper answers ok within 1 s and, with
+        `require_forwarder`, knows a live media forwarder (so a publish would succeed)."""
         if self._bus is None or self.draining:
             return False, "the edge is not running"
         if not self._bus.connected:
@@ -303,6 +304,8 @@ class EdgeNode:
             return False, f"the statekeeper answered {reply.TYPE}"
         if not reply.ok:
             return False, "the statekeeper is not caught up with the room log"
+        if self.config.require_forwarder and reply.forwarders < 1:
+            return False, "no media forwarder is known to the statekeeper yet"
         return True, "ok"
 
 

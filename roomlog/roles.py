@@ -9,19 +9,25 @@ or an NKey public key, per role).
 The roles:
 
 - ``edge``: appends client actions and server-API writes to the room log, creates or updates
-  the two streams at start, asks the statekeeper (``stagecast.sk.api``) and forwarders
-  (``stagecast.fwd.*.rpc``), publishes room data messages and its heartbeat; reads room
-  broadcasts, its sessions' direct replies and its own inbox.
+  the two streams at start, asks the statekeeper (``stagecast.sk.api``), forwarders
+  (``stagecast.fwd.*.rpc``) and the agent dispatcher (``stagecast.agent.api``), publishes
+  room data messages and its heartbeat; reads room broadcasts, its sessions' direct replies
+  and its own inbox.
 - ``statekeeper``: appends timer events, reads the room log through an ephemeral pull
   consumer, appends public events, publishes room broadcasts, direct replies (to session
   subjects and to the edges' inboxes, where server-API writes wait), forwarder session
-  state; serves ``stagecast.sk.api`` and its partitions' ``stagecast.sk.part.<p>`` (and
+  state; dispatches agent jobs (serves ``stagecast.agent.api``, reads worker heartbeats
+  and job reports, offers jobs on ``stagecast.agent.worker.*.job``); serves
+  ``stagecast.sk.api`` and its partitions' ``stagecast.sk.part.<p>`` (and
   sends a request on to the holder of its room's partition); keeps the partition leases'
   KV bucket; reads both heartbeats.
 - ``forwarder``: media subjects only: its sessions and RPC, relayed tracks between
   forwarders, subscriber offers to sessions, its heartbeat; no JetStream at all.
 - ``webhook``: reads the public events stream through durable consumers with acks (one per
   endpoint, which it inspects, deletes and recreates at its ack floor when it starts).
+- ``agent``: an agent worker: its heartbeat and job-ended reports, the job offers on its
+  own subject (``stagecast.agent.worker.<id>.job``); nothing of rooms (it joins them through
+  an edge like any participant).
 - ``admin``: everything (the operator's own tools, `stagecast up`'s checks).
 
 A role answers the requests it receives (``allow_responses``) without a wider publish right.
@@ -41,6 +47,10 @@ import nkeys
 
 from roomlog.connect import inbox_prefix
 from schemas.subjects import (
+    AGENT_API,
+    AGENT_BEAT,
+    AGENT_ENDED,
+    AGENT_WORKER_PREFIX,
     EDGE_HEARTBEAT,
     EVENTS_STREAM,
     EVENTS_SUBJECTS,
@@ -75,6 +85,7 @@ class Role(enum.StrEnum):
     STATEKEEPER = "statekeeper"
     FORWARDER = "forwarder"
     WEBHOOK = "webhook"
+    AGENT = "agent"
     ADMIN = "admin"
 
 
@@ -145,6 +156,7 @@ def permissions(role: Role) -> Permissions:
                 _room("data"),
                 EDGE_HEARTBEAT,
                 STATEKEEPER_API,
+                AGENT_API,
                 f"{FORWARDER_PREFIX}.*.rpc",
                 f"{JS_API}.INFO",
                 *_stream_upkeep(LOG_STREAM, EVENTS_STREAM),
@@ -167,11 +179,17 @@ def permissions(role: Role) -> Permissions:
                 *_consumer_reads(LOG_STREAM, durable=False),
                 f"{STATEKEEPER_PARTITION_PREFIX}.*",  # a read request sent on to its holder
                 *_lease_bucket(),
+                f"{AGENT_WORKER_PREFIX}.*.job",  # job offers to agent workers
             ),
             subscribe=(
                 EDGE_HEARTBEAT,
                 FORWARDER_HEARTBEAT,
                 STATEKEEPER_API,
+                AGENT_API,
+                AGENT_BEAT,
+                AGENT_ENDED,
+                "stagecast.events.*.agent_job_started",  # other statekeepers' jobs, listed
+                "stagecast.events.*.agent_job_ended",
                 f"{STATEKEEPER_PARTITION_PREFIX}.*",
                 _inbox(role),
             ),
@@ -202,6 +220,11 @@ def permissions(role: Role) -> Permissions:
             ),
             subscribe=(_inbox(role),),
             allow_responses=False,
+        )
+    if role is Role.AGENT:
+        return Permissions(
+            publish=(AGENT_BEAT, AGENT_ENDED),
+            subscribe=(f"{AGENT_WORKER_PREFIX}.*.job", _inbox(role)),
         )
     return Permissions(publish=(">",), subscribe=(">",))
 

@@ -3,11 +3,13 @@
 Import message classes from here (`from schemas import Join, encode, decode`). The
 submodules group them: `client` (client <-> edge frames), `log` (room-log events), `events`
 (public integration events), `api` (server API and internal RPC), `media` (statekeeper and
-edge <-> forwarder), `models` (nested values).
+edge <-> forwarder), `streams` (text/byte streams and RPC inside data payloads), `models`
+(nested values).
 """
 
 from __future__ import annotations
 
+from schemas.agents import *  # noqa: F403
 from schemas.api import *  # noqa: F403
 from schemas.client import *  # noqa: F403
 from schemas.codec import (
@@ -29,6 +31,7 @@ from schemas.events import *  # noqa: F403
 from schemas.log import *  # noqa: F403
 from schemas.media import *  # noqa: F403
 from schemas.models import *  # noqa: F403
+from schemas.streams import *  # noqa: F403
 
 compile_all()
 

@@ -36,6 +36,8 @@ class CreateRoomRequest(Message, tag="api.create_room", frozen=True, kw_only=Tru
     departure_timeout: int = 20
     metadata: Metadata = ""
     livestream: bool = False
+    agents: Annotated[tuple[Identity, ...], Meta(max_length=16)] = ()
+    """Agent names to dispatch once the room exists (one job each, see `schemas.agents`)."""
 
 
 class ListRoomsRequest(Message, tag="api.list_rooms", frozen=True, kw_only=True):
@@ -167,3 +169,5 @@ class HealthReply(Message, tag="internal.health_reply", frozen=True, kw_only=Tru
     """Reconnect attempts that failed since start."""
     liveness_skipped: int = 0
     """Edge and forwarder liveness checks skipped because its own link was down or new."""
+    forwarders: int = 0
+    """Live media forwarders the statekeeper can place media on (0: publishing fails)."""

@@ -31,6 +31,10 @@ Subjects (``<room>`` is a room token):
                                                 forwarder, core)
 ``stagecast.fwd.<forwarder>.rpc``               signaling and relay control (request/reply)
 ``stagecast.relay.<forwarder>.<track>``         a relayed track's RTP for one forwarder (core)
+``stagecast.agent.api``                         agent dispatch requests (request/reply)
+``stagecast.agent.beat``                        agent worker heartbeats (core)
+``stagecast.agent.worker.<worker>.job``         job offers to one agent worker (request/reply)
+``stagecast.agent.ended``                       agent workers' job-ended reports (core)
 ==============================================  ==============================================
 """
 
@@ -41,6 +45,10 @@ import binascii
 import re
 
 __all__ = [
+    "AGENT_API",
+    "AGENT_BEAT",
+    "AGENT_ENDED",
+    "AGENT_WORKER_PREFIX",
     "EDGE_HEARTBEAT",
     "EVENTS_STREAM",
     "EVENTS_SUBJECTS",
@@ -55,6 +63,7 @@ __all__ = [
     "RELAY_PREFIX",
     "STATEKEEPER_API",
     "STATEKEEPER_PARTITION_PREFIX",
+    "agent_worker_jobs",
     "edge_sessions",
     "forwarder_rpc",
     "forwarder_sessions",
@@ -98,6 +107,13 @@ EDGE_HEARTBEAT = "stagecast.edges.heartbeat"
 FORWARDER_HEARTBEAT = "stagecast.forwarders.heartbeat"
 FORWARDER_PREFIX = "stagecast.fwd"
 RELAY_PREFIX = "stagecast.relay"
+AGENT_API = "stagecast.agent.api"
+"""Agent dispatch requests from the server API, served by the dispatcher (request/reply)."""
+AGENT_BEAT = "stagecast.agent.beat"
+"""Agent workers' heartbeats (`AgentWorkerBeat`)."""
+AGENT_ENDED = "stagecast.agent.ended"
+"""Agent workers' job-ended reports (`AgentJobEnded`)."""
+AGENT_WORKER_PREFIX = "stagecast.agent.worker"
 
 MAX_ROOM_ID_CHARS = 256
 _MAX_GENERATED_ID_CHARS = 256
@@ -303,6 +319,11 @@ def forwarder_rpc(forwarder_id: str) -> str:
 def forwarder_sessions(forwarder_id: str) -> str:
     """Where the statekeeper sends a forwarder its sessions' desired media state."""
     return f"{FORWARDER_PREFIX}.{_generated_id(forwarder_id, 'forwarder id')}.sessions"
+
+
+def agent_worker_jobs(worker_id: str) -> str:
+    """Where one agent worker takes job offers: ``stagecast.agent.worker.<worker>.job``."""
+    return f"{AGENT_WORKER_PREFIX}.{_generated_id(worker_id, 'worker id')}.job"
 
 
 def relay(to_forwarder: str, track_sid: str) -> str:

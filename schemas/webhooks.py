@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.agents import AgentDispatch, AgentJobEndedEvent, AgentJobStartedEvent
 from schemas.events import (
     ParticipantJoinedEvent,
     ParticipantLeftEvent,
@@ -22,6 +23,7 @@ from schemas.models import ParticipantInfo, RoomInfo, TrackInfo
 __all__ = [
     "EVENT_NAMES",
     "PublicEventMessage",
+    "WebhookAgentDispatch",
     "WebhookEvent",
     "WebhookParticipant",
     "WebhookRoom",
@@ -39,6 +41,8 @@ PublicEventMessage = (
     | ParticipantLeftEvent
     | TrackPublishedEvent
     | TrackUnpublishedEvent
+    | AgentJobStartedEvent
+    | AgentJobEndedEvent
 )
 _NAMES: dict[type[PublicEventMessage], str] = {
     RoomStarted: "room_started",
@@ -47,6 +51,8 @@ _NAMES: dict[type[PublicEventMessage], str] = {
     ParticipantLeftEvent: "participant_left",
     TrackPublishedEvent: "track_published",
     TrackUnpublishedEvent: "track_unpublished",
+    AgentJobStartedEvent: "agent_job_started",
+    AgentJobEndedEvent: "agent_job_ended",
 }
 EVENT_NAMES = frozenset(_NAMES.values())
 """Every webhook event name (the ``event`` field, and what endpoint filters name)."""
@@ -91,6 +97,18 @@ class WebhookParticipant(msgspec.Struct, frozen=True, kw_only=True, rename="came
     tracks: list[WebhookTrack] = msgspec.field(default_factory=list)
 
 
+class WebhookAgentDispatch(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """An agent job (``agent_job_started`` / ``agent_job_ended``): ``state`` is ``pending``,
+    ``running`` or ``ended``; ``attempt`` counts the workers it was given to."""
+
+    id: str
+    agent_name: str
+    metadata: str = ""
+    state: str = "pending"
+    worker_id: str = ""
+    attempt: int = 0
+
+
 class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One webhook delivery's body. ``id`` is the public event's id (the idempotency key,
     also the ``webhook-id`` header); ``createdAt`` is in seconds since the epoch."""
@@ -101,6 +119,7 @@ class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     room: WebhookRoom
     participant: WebhookParticipant | None = None
     track: WebhookTrack | None = None
+    agent_dispatch: WebhookAgentDispatch | None = None
     reason: str = ""
 
 
@@ -146,6 +165,17 @@ def _participant(info: ParticipantInfo) -> WebhookParticipant:
     )
 
 
+def _dispatch(job: AgentDispatch) -> WebhookAgentDispatch:
+    return WebhookAgentDispatch(
+        id=job.id,
+        agent_name=job.agent_name,
+        metadata=job.metadata,
+        state=job.state,
+        worker_id=job.worker_id,
+        attempt=job.attempt,
+    )
+
+
 def webhook_event(event: PublicEventMessage) -> WebhookEvent:
     """The webhook body of a public event (pure: no clock, the time is the event's)."""
     name = event_name(event)
@@ -154,6 +184,15 @@ def webhook_event(event: PublicEventMessage) -> WebhookEvent:
         reason = event.reason if isinstance(event, RoomFinished) else ""
         return WebhookEvent(
             event=name, id=event.id, created_at=created, room=_room(event.room), reason=reason
+        )
+    if isinstance(event, AgentJobStartedEvent | AgentJobEndedEvent):
+        return WebhookEvent(
+            event=name,
+            id=event.id,
+            created_at=created,
+            room=WebhookRoom(sid="", name=event.room_id),
+            agent_dispatch=_dispatch(event.dispatch),
+            reason=event.reason if isinstance(event, AgentJobEndedEvent) else "",
         )
     room = WebhookRoom(sid=event.room_sid, name=event.room_id)
     participant = _participant(event.participant)

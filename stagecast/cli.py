@@ -46,6 +46,7 @@ BENCH_SUITES = (
     "webhooks",
     "chaos",
     "whip",
+    "streams",
 )
 
 
@@ -170,6 +171,7 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
         host=args.host,
         port=args.port,
         dev_mode=args.dev,
+        require_forwarder=args.require_forwarder,
         data_bytes_per_s=args.data_bytes_per_s,
         data_burst_bytes=args.data_burst_bytes,
         room_data_bytes_per_s=args.room_data_bytes_per_s,
@@ -197,6 +199,13 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cmd_agent_worker(args: argparse.Namespace) -> int:
+    from stagecast.agents_cli import run_agent_worker
+
+    key, secret = credentials()
+    return run_agent_worker(args, _server_url(args), nats_url(args), nats_auth(args), key, secret)
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
@@ -401,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--port", type=int, default=7880, help="HTTP and WebSocket port")
     edge.add_argument("--dev", action="store_true", help="dev mode (the page mints tokens)")
     edge.add_argument(
+        "--require-forwarder",
+        action="store_true",
+        help="/healthz is 503 until the statekeeper knows a live media forwarder",
+    )
+    edge.add_argument(
         "--replicas",
         type=int,
         default=None,
@@ -432,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     fwd.set_defaults(func=cmd_forwarder)
 
+    agent = sub.add_parser("agent-worker", help="take agent jobs and run an entrypoint in each")
+    agent.add_argument("--url", default=None, help="an edge's URL (STAGECAST_URL)")
+    add_nats_options(agent)
+    from stagecast.agents_cli import add_agent_worker_options
+
+    add_agent_worker_options(agent)
+    agent.set_defaults(func=cmd_agent_worker)
     hooks = sub.add_parser("webhooks", help="POST public events, signed, to HTTP endpoints")
     add_nats_options(hooks)
     add_webhook_options(hooks)
@@ -484,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nats-auth", help="print the nats-server authorization block for Stagecast's roles"
     )
     auth.add_argument(
-        "--roles", default="edge,statekeeper,forwarder,webhook,admin", help="comma list"
+        "--roles", default="edge,statekeeper,forwarder,webhook,agent,admin", help="comma list"
     )
     auth.add_argument(
         "--nkeys",

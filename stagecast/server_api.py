@@ -19,6 +19,13 @@ import httpx
 
 from access.admin import needed_for
 from access.tokens import ADMIN_TOKEN_TTL, generate_admin_token
+from schemas.agents import (
+    AgentDispatch,
+    DispatchAgentRequest,
+    DispatchListReply,
+    DispatchReply,
+    ListDispatchesRequest,
+)
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -110,8 +117,12 @@ class RoomService:
         departure_timeout: int = 20,
         metadata: str = "",
         livestream: bool = False,
+        agents: Sequence[str] = (),
     ) -> RoomInfo:
         """Create a room (or return the existing one of that id).
+
+        `agents`: agent names to dispatch once the room exists, one job each (see
+        `dispatch_agent`).
 
         `empty_timeout`: seconds an unused room lives; `departure_timeout`: seconds a
         dropped participant may resume, and the room lives after the last one leaves.
@@ -124,6 +135,7 @@ class RoomService:
             departure_timeout=departure_timeout,
             metadata=metadata,
             livestream=livestream,
+            agents=tuple(agents),
         )
         return (await self._call(request, RoomReply)).room
 
@@ -229,6 +241,21 @@ class RoomService:
             reliable=reliable,
         )
         await self._call_any(request)
+
+    # ------------------------------------------------------------------ agents
+
+    async def dispatch_agent(
+        self, room_id: str, agent_name: str, metadata: str = ""
+    ) -> AgentDispatch:
+        """Start agent `agent_name` in `room_id`: one job, for exactly one registered worker
+        (the least loaded). The job is `pending` until a worker of that name takes it."""
+        request = DispatchAgentRequest(room_id=room_id, agent_name=agent_name, metadata=metadata)
+        return (await self._call(request, DispatchReply)).dispatch
+
+    async def list_dispatches(self, room_id: str) -> list[AgentDispatch]:
+        """The room's agent jobs (pending, running, ended), oldest first."""
+        request = ListDispatchesRequest(room_id=room_id)
+        return list((await self._call(request, DispatchListReply)).dispatches)
 
     # ------------------------------------------------------------------ transport
 

@@ -3,8 +3,9 @@
 Starts a private nats-server (unless given `--nats-url`), one statekeeper on SQLite (or
 `--database-url`), N edges, M media forwarders and, when an endpoint is configured, the
 webhook sender (`stagecast webhooks`, its URLs and secrets passed in its environment);
-waits until every edge's `/healthz` answers 200 and every forwarder's first heartbeat
-arrived; prints the ready line and the dev credentials; on Ctrl-C or SIGTERM stops the
+waits until every forwarder's first heartbeat arrived and every edge's `/healthz` answers 200
+(with forwarders: once the statekeeper knows one, so a publish right after the ready line
+succeeds); prints the ready line and the dev credentials; on Ctrl-C or SIGTERM stops the
 children in reverse order. Every child is started with a parent-death signal, so none
 outlives `up`.
 
@@ -166,6 +167,8 @@ class Stack:
             args += ["--replicas", str(self.config.replicas)]
             if self.config.dev:
                 args.append("--dev")
+            if self.config.forwarders > 0:
+                args.append("--require-forwarder")  # ready means a publish would succeed
             args += self.config.edge_args
             self._spawn(args, self.config.data_dir / f"edge-{i}.log", Role.EDGE)
             self.edge_urls.append(f"http://127.0.0.1:{port}")
@@ -251,7 +254,8 @@ class Stack:
                 )
 
     async def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Wait until every edge's /healthz answers 200 (NATS and statekeeper are up)."""
+        """Wait until every edge's /healthz answers 200: NATS and the statekeeper are up and,
+        with forwarders, the statekeeper knows one (a join, publish and subscribe succeed)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         reason = "no answer yet"

@@ -20,6 +20,8 @@ from roomlog.connect import RECONNECT_BUFFER, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from roomlog.retry import RetryPolicy
+from schemas.clock import now_ms
+from statekeeper.agents import AgentDispatcher
 from statekeeper.leasing import Leasing, open_bucket
 from statekeeper.main import StatekeeperConfig, cursor_secret
 from statekeeper.partitions import PartitionHost, check_partitions
@@ -58,6 +60,7 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
     store: SqlStore | None = None
     leasing: Leasing | None = None
     router: Router | None = None
+    dispatcher: AgentDispatcher | None = None
     try:
         js = nc.jetstream()
         await check_partitions(js, config.partitions)
@@ -87,11 +90,21 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
         )
         router = Router(nc, host, config.partitions, link=link)
         await router.start()
+        # Agent jobs live in the statekeeper that took the dispatch request (any of them).
+        dispatcher = AgentDispatcher(
+            nc,
+            room_log.publish_event,
+            now_ms,
+            worker_timeout_ms=config.tuning.agent_worker_timeout_ms,
+        )
+        await dispatcher.start()
         await leasing.start()
         log.info("statekeeper %s sharing %d partitions", leasing.owner, config.partitions)
         yield LeasedStatekeeper(leasing, host, router)
     finally:
         log.info("statekeeper stopping")
+        if dispatcher is not None:
+            await dispatcher.stop()
         if router is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(router.stop(), 5)

@@ -15,6 +15,8 @@ from roomlog.connect import RECONNECT_BUFFER, NatsAuth, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from roomlog.retry import RETRY_DEADLINE, RetryPolicy
+from schemas.clock import now_ms
+from statekeeper.agents import AgentDispatcher
 from statekeeper.leases import LeaseTiming, Witness
 from statekeeper.leasing import SoloGuard, open_bucket
 from statekeeper.partitions import check_partitions
@@ -89,6 +91,7 @@ async def _running_solo(
     store = await SqlStore.open(config.database_url)
     keeper: Statekeeper | None = None
     queries: Queries | None = None
+    dispatcher: AgentDispatcher | None = None
     guard: SoloGuard | None = None
     try:
         await check_partitions(nc.jetstream(), config.partitions)
@@ -110,9 +113,19 @@ async def _running_solo(
         await keeper.start()
         queries = Queries(keeper, cursor_secret(config.api_secret))
         await queries.start()
+        dispatcher = AgentDispatcher(
+            nc,
+            room_log.publish_event,
+            now_ms,
+            worker_timeout_ms=config.tuning.agent_worker_timeout_ms,
+        )
+        await dispatcher.start()
+        keeper.agents = dispatcher
         yield keeper, guard
     finally:
         log.info("statekeeper stopping")
+        if dispatcher is not None:
+            await dispatcher.stop()
         if queries is not None:
             try:
                 await asyncio.wait_for(queries.stop(), 5)

@@ -119,6 +119,7 @@ class Queries:
                 nats_disconnects=link.disconnects if link is not None else 0,
                 nats_reconnect_failures=link.failed_attempts if link is not None else 0,
                 liveness_skipped=self.keeper.liveness_skipped,
+                forwarders=len(self.keeper.forwarders.live(self.keeper.clock())),
             )
         return _error(ErrorCode.UNKNOWN_TYPE, f"the statekeeper does not answer {request.TYPE}")
 

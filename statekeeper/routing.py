@@ -150,6 +150,7 @@ class Router:
             nats_disconnects=link.disconnects if link is not None else 0,
             nats_reconnect_failures=link.failed_attempts if link is not None else 0,
             liveness_skipped=sum(k.liveness_skipped for k in keepers),
+            forwarders=max((len(k.forwarders.live(k.clock())) for k in keepers), default=0),
         )
 
 

@@ -84,6 +84,7 @@ class Tuning:
     edge_check_ms: int = 1_000
     edge_timeout_ms: int = 4_000
     forwarder_timeout_ms: int = 3_000
+    agent_worker_timeout_ms: int = 3_000
     prune_every_ms: int = 60_000
 
 
@@ -154,6 +155,8 @@ class Statekeeper:
             append=self.timers.append_soon,
         )
         self.media = MediaPlanner(self._publish)
+        self.agents: Any = None
+        """The agent dispatcher, when the wiring runs one (`statekeeper.agents`)."""
         self._handlers = self._outcome_handlers()
 
     # ----------------------------------------------------------------------- lifecycle

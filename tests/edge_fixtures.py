@@ -38,7 +38,13 @@ from tests.nats_logins import Logins
 API_KEY = "devkey"
 API_SECRET = "devsecret-for-edge-tests-" + "x" * 24  # >= 32 bytes: no key warning
 ROOM = "town-hall"
-FAST = Tuning(roster_flush_ms=20, snapshot_every_ms=200, count_tick_ms=10, edge_check_ms=200)
+FAST = Tuning(
+    roster_flush_ms=20,
+    snapshot_every_ms=200,
+    count_tick_ms=10,
+    edge_check_ms=200,
+    agent_worker_timeout_ms=1_500,
+)
 VIEWER = Grant(can_publish=False, can_publish_data=False)
 MODERATOR = Grant(can_moderate=True)
 ROOMS_GRANT = AdminGrant(room_create=True, room_list=True)

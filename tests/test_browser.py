@@ -472,6 +472,37 @@ async def test_static_files_types_and_caching(dev_edge: str) -> None:
             assert file.suffix in CONTENT_TYPES, f"{file.name}: add its content type"
 
 
+@pytest.mark.timeout(70)
+def test_browser_streams_and_rpc_with_a_python_peer(tmp_path: Path) -> None:
+    """Text and byte streams and RPC both ways between a page and the Python SDK."""
+    result = run_scenario("streams_rpc", tmp_path)
+    assert result["text_ok"] and result["text_sender"] == "py", result
+    assert result["attributes"] == {"k": "v"}
+    file = result["file"]
+    assert (file["size"], file["sum"], file["name"], file["mimeType"]) == (
+        51_200,
+        result["file_sum"],
+        "x.png",
+        "image/png",
+    )
+    assert result["upper"] == "HELLO"
+    assert result["codes"] == [
+        [1500, "Error: page says no"],
+        [1400, "method fail is not registered"],
+    ] or (result["codes"][0] == [1500, "Error: page says no"] and result["codes"][1][0] == 1400)
+    assert result["got"] == [["page", "from the page"]]
+    assert result["page_rpc"] == {"sum": "5", "code": 1400}
+    assert result["cut"] == ["partial", "STREAM_CUT_OFF"]
+
+
+@pytest.mark.timeout(70)
+def test_the_demo_page_shows_an_agents_transcript(tmp_path: Path) -> None:
+    result = run_scenario("transcript_page", tmp_path)
+    assert result["shown"] is True
+    assert result["first"] == "   0.4s  alice  started speaking\n", result
+    assert result["later"].endswith("alice  stopped speaking\n"), result
+
+
 # --------------------------------------------------------------------------- msgpack.js
 
 

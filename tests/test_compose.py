@@ -126,7 +126,7 @@ def test_each_service_logs_in_to_nats_with_its_role_and_no_default_password(
         argv = _argv(node["command"])
         config = argv[argv.index("-c") + 1]
         assert f"./deploy/nats-auth.conf:{config}:ro" in node["volumes"]
-        for role in ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "ADMIN"):
+        for role in ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "AGENT", "ADMIN"):
             var = f"STAGECAST_NATS_{role}_PASSWORD"
             assert node["environment"][var].startswith(f"${{{var}:?"), (name, var)
 
@@ -211,7 +211,7 @@ def test_docker_compose_accepts_the_file_only_with_every_nats_password() -> None
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    roles = ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "ADMIN")
+    roles = ("EDGE", "STATEKEEPER", "FORWARDER", "WEBHOOK", "AGENT", "ADMIN")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_NATS_")}
     env |= {f"STAGECAST_NATS_{role}_PASSWORD": f"pw{n}" for n, role in enumerate(roles)}
     env["POSTGRES_PASSWORD"] = "pg"

@@ -167,6 +167,7 @@ from schemas.media import (
     SubscriberAnswer,
 )
 from schemas.models import ActiveSpeaker, Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
+from tests.agent_cases import AGENT_CASES, AGENT_GOLDEN_HEX
 
 # --------------------------------------------------------------------------- golden cases
 
@@ -922,6 +923,8 @@ GOLDEN_HEX: dict[str, str] = {
     ),
 }
 """`encode(case).hex()` for every case above, by tag: the wire format, pinned."""
+CASES += AGENT_CASES
+GOLDEN_HEX.update(AGENT_GOLDEN_HEX)
 
 
 def _tag(case: Message) -> str:

@@ -16,6 +16,7 @@ import pytest
 import standardwebhooks
 
 import stagecast
+from schemas.agents import AgentDispatch, AgentJobEndedEvent
 from schemas.events import (
     ParticipantJoinedEvent,
     ParticipantLeftEvent,
@@ -137,6 +138,33 @@ def test_bodies_have_livekits_shape() -> None:
         id="4.pl", at=NOW * 1000, room_id="r", room_sid="s", participant=VIEWER, reason="kicked"
     )
     assert json.loads(encode_webhook(webhook_event(left)))["participant"]["isViewer"] is True
+
+
+def test_agent_job_events_become_webhooks_with_the_dispatch() -> None:
+    job = AgentDispatch(
+        id="AJ_1", room_id="demo", agent_name="assistant", state="running", worker_id="AW_1"
+    )
+    ended = AgentJobEndedEvent(
+        id="AJ_1.1.ended", at=NOW * 1000, room_id="demo", dispatch=job, reason="worker_lost"
+    )
+    body = webhook_event(ended)
+    assert "agent_job_ended" in EVENT_NAMES and "agent_job_started" in EVENT_NAMES
+    assert (body.event, body.id, body.room.name, body.reason) == (
+        "agent_job_ended",
+        "AJ_1.1.ended",
+        "demo",
+        "worker_lost",
+    )
+    wire = json.loads(encode_webhook(body))
+    assert wire["agentDispatch"] == {
+        "id": "AJ_1",
+        "agentName": "assistant",
+        "metadata": "",
+        "state": "running",
+        "workerId": "AW_1",
+        "attempt": 0,
+    }
+    assert decode_webhook(encode_webhook(body)) == body
 
 
 # --------------------------------------------------------------------------- filters

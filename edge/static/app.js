@@ -104,11 +104,27 @@ function enterRoom(room) {
   room.on('reconnecting', () => setState('reconnecting…', true));
   room.on('reconnected', () => setState('connected'));
   room.on('disconnected', onDisconnected);
+  room.registerTextStreamHandler('transcription', showTranscript);
 
   renderLocal();
   if (room.localParticipant.grant.canModerate) {
     $('host-panel').hidden = false;
     loadAudience(true);
+  }
+}
+
+// An agent's live transcript (text streams on topic `transcription`): appended as it comes,
+// the last 200 lines kept.
+async function showTranscript(reader) {
+  $('transcript-panel').hidden = false;
+  const log = $('transcript');
+  try {
+    for await (const text of reader) {
+      log.textContent = (log.textContent + text).split('\n').slice(-200).join('\n');
+      log.scrollTop = log.scrollHeight;
+    }
+  } catch (err) {
+    log.textContent += `\n(${err.code ?? err.message})\n`;
   }
 }
 

@@ -24,12 +24,18 @@ import { SDK_NAME, Session } from './session.js';
 import {
   DEFAULT_OPTIONS, Emitter, StagecastError, defaultUrl, sleep, socketUrl,
 } from './signaling.js';
+import {
+  DataStreams, RPC_TOPIC, STREAM_TOPIC, localParticipantStreams,
+} from './streams.js';
+
+Object.assign(LocalParticipant.prototype, localParticipantStreams); // sendText, performRpc, ...
 
 export { Subscription } from './media.js';
 export {
   LocalParticipant, LocalTrackPublication, RemoteParticipant, RemoteTrackPublication,
 } from './participants.js';
 export { SDK_NAME } from './session.js';
+export { RpcError, StreamError } from './streams.js';
 export {
   CLOSE_REASONS, DEFAULT_OPTIONS, StagecastError, defaultUrl, socketUrl,
 } from './signaling.js';
@@ -83,6 +89,7 @@ export class Room {
     this.leaving = false;
     this.session = new Session(this);
     this.media = new MediaTransport(this);
+    this.streams = new DataStreams(this);
     this.emitter = new Emitter(ROOM_EVENTS);
     this.emitter.retroactive('participant-joined', () => [...this.remoteParticipants.values()].map((p) => [p]));
     this.hands = new Map(); // hands up (moderators only), by participant id
@@ -95,6 +102,13 @@ export class Room {
 
   on(event, callback) { return this.emitter.on(event, callback); }
   off(event, callback) { this.emitter.off(event, callback); }
+
+  /** Call `handler(reader, senderId)` for each text stream on `topic` (`for await`, `readAll()`, `info`). */
+  registerTextStreamHandler(topic, handler) { this.streams.register('text', topic, handler); }
+  unregisterTextStreamHandler(topic) { this.streams.unregister('text', topic); }
+  /** The same for byte streams (chunks are Uint8Arrays). */
+  registerByteStreamHandler(topic, handler) { this.streams.register('bytes', topic, handler); }
+  unregisterByteStreamHandler(topic) { this.streams.unregister('bytes', topic); }
 
   /**
    * One page of participants, speakers first then viewers: {participants, nextCursor,
@@ -153,6 +167,7 @@ export class Room {
     if (this.connectionState === 'disconnected') return;
     this.reason = reason;
     this.connectionState = 'disconnected';
+    this.streams.close(`this client left the room (${reason})`);
     await this.connection?.close();
     this.media.close();
     for (const publication of this.localParticipant?.publications.values() ?? []) {
@@ -224,6 +239,7 @@ export class Room {
     if (!participant) return;
     this.media.dropSubscriber((s) => s.participantId === id);
     this.remoteParticipants.delete(id);
+    this.streams.senderLeft(id);
     this.emitter.emit('participant-left', participant);
   }
 
@@ -340,6 +356,10 @@ const FRAME_HANDLERS = {
     this.emitter.emit('audience-changed', countsOf(frame.counts));
   },
   data(frame) {
+    if (frame.topic === STREAM_TOPIC || frame.topic === RPC_TOPIC) {
+      this.streams.onData(frame.topic, frame.sender_id, frame.payload);
+      return;
+    }
     this.emitter.emit('data-received', Object.freeze({
       payload: frame.payload,
       senderId: frame.sender_id ?? null,

@@ -24,6 +24,16 @@ from stagecast.client.participant import (
     RemoteTrackPublication,
 )
 from stagecast.client.room import Room
+from stagecast.client.rpc import RpcInvocationData
+from stagecast.client.streams import (
+    ByteStreamInfo,
+    ByteStreamReader,
+    ByteStreamWriter,
+    StreamInfo,
+    TextStreamInfo,
+    TextStreamReader,
+    TextStreamWriter,
+)
 
 
 async def join(
@@ -51,6 +61,9 @@ async def join(
 
 
 __all__ = [
+    "ByteStreamInfo",
+    "ByteStreamReader",
+    "ByteStreamWriter",
     "ConnectOptions",
     "ConnectionState",
     "DataMessage",
@@ -62,7 +75,12 @@ __all__ = [
     "RemoteParticipant",
     "RemoteTrackPublication",
     "Room",
+    "RpcInvocationData",
     "StreamEvent",
+    "StreamInfo",
+    "TextStreamInfo",
+    "TextStreamReader",
+    "TextStreamWriter",
     "http_url",
     "join",
     "socket_url",

@@ -7,7 +7,11 @@ enforces the same). Publishing announces a track; media does not flow yet (see
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -32,7 +36,15 @@ from schemas.models import (
     TrackSource,
 )
 from stagecast.client.participant import ParticipantView, RoomLink
-from stagecast.errors import InvalidPermissions, NotPublished
+from stagecast.client.rpc import RpcEndpoint, RpcHandler
+from stagecast.client.streams import (
+    ByteStreamWriter,
+    StreamInfo,
+    TextStreamWriter,
+    new_info,
+    open_writer,
+)
+from stagecast.errors import InvalidPermissions, InvalidStateError, NotPublished
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
@@ -84,8 +96,11 @@ class LocalTrackPublication:
 class LocalParticipant(ParticipantView):
     """This client's participant: its identity, tier, grant, tracks and actions."""
 
-    def __init__(self, info: ParticipantInfo, grant: Grant, link: RoomLink) -> None:
+    def __init__(
+        self, info: ParticipantInfo, grant: Grant, link: RoomLink, rpc: RpcEndpoint | None = None
+    ) -> None:
         self._info = info
+        self._rpc = rpc
         self._grant = grant
         self._link = link
         self._attributes = dict(info.attributes)
@@ -183,6 +198,158 @@ class LocalParticipant(ParticipantView):
             destination_ids=tuple(destination_ids or ()),
         )
         await self._link.request(frame)
+
+    # ------------------------------------------------------------------ streams
+
+    async def stream_text(
+        self,
+        *,
+        topic: str = "",
+        destination_ids: Sequence[str] | None = None,
+        attributes: dict[str, str] | None = None,
+        total_size: int | None = None,
+        stream_id: str | None = None,
+    ) -> TextStreamWriter:
+        """Open a text stream on `topic` (to everyone, or `destination_ids` only): `await
+        writer.write(text)` as text is produced, then `await writer.aclose()`."""
+        info = new_info(
+            "text",
+            topic,
+            self.id,
+            mime_type="text/plain",
+            total_size=total_size,
+            attributes=attributes,
+            stream_id=stream_id,
+        )
+        writer = await open_writer("text", info, self._link.request, destination_ids or ())
+        assert isinstance(writer, TextStreamWriter)
+        return writer
+
+    async def send_text(
+        self,
+        text: str,
+        *,
+        topic: str = "",
+        destination_ids: Sequence[str] | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> StreamInfo:
+        """Send `text` (any length) as one text stream on `topic`; its info once sent."""
+        size = len(text.encode())
+        writer = await self.stream_text(
+            topic=topic, destination_ids=destination_ids, attributes=attributes, total_size=size
+        )
+        async with writer:
+            await writer.write(text)
+        return writer.info
+
+    async def stream_bytes(
+        self,
+        name: str = "",
+        *,
+        topic: str = "",
+        mime_type: str = "application/octet-stream",
+        total_size: int | None = None,
+        destination_ids: Sequence[str] | None = None,
+        attributes: dict[str, str] | None = None,
+        stream_id: str | None = None,
+    ) -> ByteStreamWriter:
+        """Open a byte stream (a file called `name`) on `topic`: `await writer.write(data)`,
+        then `await writer.aclose()`."""
+        info = new_info(
+            "bytes",
+            topic,
+            self.id,
+            mime_type=mime_type,
+            total_size=total_size,
+            attributes=attributes,
+            name=name,
+            stream_id=stream_id,
+        )
+        writer = await open_writer("bytes", info, self._link.request, destination_ids or ())
+        assert isinstance(writer, ByteStreamWriter)
+        return writer
+
+    async def send_file(
+        self,
+        file: str | os.PathLike[str] | bytes,
+        *,
+        topic: str = "",
+        mime_type: str = "application/octet-stream",
+        name: str | None = None,
+        destination_ids: Sequence[str] | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> StreamInfo:
+        """Send a file (a path, read in chunks, or bytes) as one byte stream on `topic`."""
+        source = None
+        if isinstance(file, bytes):
+            size, label = len(file), name or ""
+        else:
+            path = Path(file)
+            source = await asyncio.to_thread(path.open, "rb")
+            size = (await asyncio.to_thread(os.fstat, source.fileno())).st_size
+            label = name if name is not None else path.name
+        try:
+            writer = await self.stream_bytes(
+                label,
+                topic=topic,
+                mime_type=mime_type,
+                total_size=size,
+                destination_ids=destination_ids,
+                attributes=attributes,
+            )
+            async with writer:
+                if source is None:
+                    assert isinstance(file, bytes)
+                    await writer.write(file)
+                else:
+                    while piece := await asyncio.to_thread(source.read, 256 * 1024):
+                        await writer.write(piece)
+        finally:
+            if source is not None:
+                source.close()
+        return writer.info
+
+    # ------------------------------------------------------------------ RPC
+
+    def register_rpc_method(
+        self, method: str, handler: RpcHandler | None = None
+    ) -> Callable[[RpcHandler], RpcHandler]:
+        """Serve `method`: `register_rpc_method("name", handler)`, or as a decorator
+        `@local.register_rpc_method("name")`. The handler gets `RpcInvocationData` and
+        returns the response payload (str, at most 14 KiB); what it raises reaches the
+        caller as `RpcError` 1500 (or as the `RpcError` it raised)."""
+        rpc = self._rpc_endpoint()
+
+        def register(fn: RpcHandler) -> RpcHandler:
+            rpc.register(method, fn)
+            return fn
+
+        if handler is not None:
+            register(handler)
+        return register
+
+    def unregister_rpc_method(self, method: str) -> None:
+        self._rpc_endpoint().unregister(method)
+
+    async def perform_rpc(
+        self,
+        *,
+        destination_id: str,
+        method: str,
+        payload: str = "",
+        response_timeout: float = 10.0,
+    ) -> str:
+        """Call `method` on participant `destination_id`; its response payload.
+
+        Raises `RpcError` with LiveKit's code (see `stagecast.client.rpc`); never hangs past
+        `response_timeout` seconds.
+        """
+        return await self._rpc_endpoint().perform(destination_id, method, payload, response_timeout)
+
+    def _rpc_endpoint(self) -> RpcEndpoint:
+        if self._rpc is None:
+            raise InvalidStateError("this participant has no room to serve RPC in")
+        return self._rpc
 
     async def raise_hand(self) -> None:
         """Set the attribute `hand` = `raised` (moderators get `hand-raised`)."""

@@ -37,8 +37,10 @@ from schemas.client import (
     TrackUnpublished,
     ViewerUpdated,
 )
-from schemas.codec import Message
+from schemas.codec import Message, decode
+from schemas.errors import SchemaError
 from schemas.models import Counts, ParticipantInfo, RoomInfo, Tier
+from schemas.streams import RPC_TOPIC, STREAM_TOPIC
 from stagecast.client.connection import ConnectOptions
 from stagecast.client.events import (
     Callback,
@@ -52,7 +54,13 @@ from stagecast.client.events import (
 from stagecast.client.local import LocalParticipant
 from stagecast.client.media import MediaTransport, PeerMedia
 from stagecast.client.participant import GetParticipantsResult, ParticipantView, RemoteParticipant
+from stagecast.client.rpc import RpcEndpoint
 from stagecast.client.session import ClientSession
+from stagecast.client.streams import (
+    ByteStreamHandler,
+    StreamInbox,
+    TextStreamHandler,
+)
 from stagecast.errors import InvalidStateError, StagecastError
 
 log = logging.getLogger("stagecast.client")
@@ -138,6 +146,8 @@ class Room:
         self._last_seq: dict[str, int] = {}
         self._auto_subscribe = auto_subscribe
         self._media: PeerMedia = PeerMedia(self)
+        self._streams = StreamInbox(self.callback_tasks)
+        self._rpc = RpcEndpoint(self.request, self._remote.__contains__, self.callback_tasks)
         self._session = ClientSession(
             self,
             url,
@@ -217,6 +227,25 @@ class Room:
         if participant is not None:
             participant._media_event("stream-unsubscribed", subscription)
 
+    def register_text_stream_handler(self, topic: str, handler: TextStreamHandler) -> None:
+        """Call `handler(reader, sender_id)` for each text stream on `topic`.
+
+        `reader` is a `TextStreamReader` (`async for text in reader`, `await
+        reader.read_all()`, `reader.info`). One handler per topic (`ValueError` otherwise).
+        """
+        self._streams.register("text", topic, handler)
+
+    def unregister_text_stream_handler(self, topic: str) -> None:
+        self._streams.unregister("text", topic)
+
+    def register_byte_stream_handler(self, topic: str, handler: ByteStreamHandler) -> None:
+        """Call `handler(reader, sender_id)` for each byte stream on `topic`
+        (`ByteStreamReader`; see `register_text_stream_handler`)."""
+        self._streams.register("bytes", topic, handler)
+
+    def unregister_byte_stream_handler(self, topic: str) -> None:
+        self._streams.unregister("bytes", topic)
+
     def on(self, event: str, callback: Callback) -> Callback:
         """Listen to a room event (see the class docstring); returns the callback."""
         return self._emitter.on(event, callback)
@@ -263,7 +292,7 @@ class Room:
             self._emitter.emit("room-metadata-changed", joined.room.metadata)
         self._info = joined.room
         if self._local is None:
-            self._local = LocalParticipant(joined.participant, joined.grant, self)
+            self._local = LocalParticipant(joined.participant, joined.grant, self, self._rpc)
         elif self._local._apply(joined.participant, joined.grant):
             self._emitter.emit("tier-changed", self._local)
         self._last_seq = dict.fromkeys(("speakers", "counts", "mod", "self"), joined.seq)
@@ -381,6 +410,19 @@ class Room:
         self._emitter.emit("audience-changed", _counts(frame.counts))
 
     def _on_data(self, frame: DataReceived) -> None:
+        if frame.topic in (STREAM_TOPIC, RPC_TOPIC):
+            if frame.sender_id is None:
+                return  # streams and RPC come from participants only
+            try:
+                inner = decode(frame.payload)
+            except SchemaError as exc:
+                log.info("bad %s message from %r: %s", frame.topic, frame.sender_id, exc)
+                return
+            if frame.topic == STREAM_TOPIC:
+                self._streams.on_message(frame.sender_id, inner)
+            else:
+                self._rpc.on_message(frame.sender_id, inner)
+            return
         message = DataMessage(
             payload=frame.payload,
             sender_id=frame.sender_id,
@@ -436,6 +478,8 @@ class Room:
 
     def _drop(self, participant_id: str) -> None:
         participant = self._remote.pop(participant_id, None)
+        self._streams.sender_left(participant_id)
+        self._rpc.participant_left(participant_id)
         if participant is not None:
             for track_sid in participant.track_publications:
                 self._media.track_unpublished(track_sid)
@@ -452,6 +496,10 @@ class Room:
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit a room event (the session uses this for lifecycle events)."""
+        if event == "disconnected":
+            why = f"this client left the room ({args[0] if args else 'disconnected'})"
+            self._streams.close(why)
+            self._rpc.close(why)
         self._emitter.emit(event, *args)
 
 

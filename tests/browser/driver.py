@@ -874,6 +874,123 @@ async def speaking_tile(ctx: Context) -> dict[str, Any]:
 # --------------------------------------------------------------------------- running
 
 
+# --------------------------------------------------------------------------- streams and RPC
+
+PAGE_STREAMS = """(() => {
+  const room = window.room;
+  window.texts = [];
+  window.files = [];
+  window.cut = [];
+  room.registerTextStreamHandler('chat', async (reader, sender) => {
+    window.texts.push({sender, text: await reader.readAll(), attributes: reader.info.attributes});
+  });
+  room.registerByteStreamHandler('files', async (reader, sender) => {
+    const bytes = await reader.readAll();
+    window.files.push({sender, size: bytes.length, sum: bytes.reduce((a, b) => (a + b) % 65521, 0),
+                       name: reader.info.name, mimeType: reader.info.mimeType});
+  });
+  room.registerTextStreamHandler('live', async (reader) => {
+    try { for await (const t of reader) window.cut.push(t); window.cut.push('END'); }
+    catch (err) { window.cut.push(err.code); }
+  });
+  room.localParticipant.registerRpcMethod('upper', async (d) => d.payload.toUpperCase());
+  room.localParticipant.registerRpcMethod('fail', async () => { throw new Error('page says no'); });
+  return true;
+})()"""
+
+
+@scenario("streams_rpc")
+async def streams_rpc(ctx: Context) -> dict[str, Any]:
+    """A Python peer and a page exchange text and byte streams and call each other."""
+    from stagecast.client import TextStreamReader
+    from stagecast.errors import RpcError
+
+    room = "streams"
+    py = await ctx.python_peer("py", room)
+    await sdk_page(ctx, "page", token=ctx.stack.token("page", room))
+    await ctx.browser.eval("page", PAGE_STREAMS)
+    await eventually(lambda: "page" in py.remote_participants, what="the page joined")
+    await ctx.browser.wait("page", "window.room.remoteParticipants.has('py')")
+
+    text = "".join(f"{n:05d} ünï ✓\n" for n in range(8000))  # > 100 KiB, multi-byte
+    await py.local_participant.send_text(text, topic="chat", attributes={"k": "v"})
+    blob = bytes(range(256)) * 200
+    await py.local_participant.send_file(blob, topic="files", mime_type="image/png", name="x.png")
+    texts = await ctx.browser.wait("page", "window.texts", "t => t.length > 0", timeout=20)
+    files = await ctx.browser.wait("page", "window.files", "f => f.length > 0", timeout=20)
+
+    upper = await py.local_participant.perform_rpc(
+        destination_id="page", method="upper", payload="hello"
+    )
+    codes = []
+    for method in ("fail", "missing"):
+        try:
+            await py.local_participant.perform_rpc(destination_id="page", method=method)
+        except RpcError as exc:
+            codes.append([exc.code, exc.message])
+
+    got: list[tuple[str, str]] = []
+
+    async def on_reply(reader: TextStreamReader, sender: str) -> None:
+        got.append((sender, await reader.read_all()))
+
+    py.register_text_stream_handler("reply", on_reply)
+    py.local_participant.register_rpc_method("add", lambda d: str(sum(map(int, d.payload.split()))))
+    page_rpc = await ctx.browser.eval(
+        "page",
+        """(async () => {
+          const lp = window.room.localParticipant;
+          const w = await lp.streamText({topic: 'reply'});
+          await w.write('from '); await w.write('the page');
+          await w.close();
+          const sum = await lp.performRpc({destinationId: 'py', method: 'add', payload: '2 3'});
+          let code = null;
+          try { await lp.performRpc({destinationId: 'py', method: 'nope'}); }
+          catch (err) { code = err.code; }
+          return {sum, code};
+        })()""",
+    )
+    await eventually(lambda: got, what="the page's text stream", timeout=20)
+
+    writer = await py.local_participant.stream_text(topic="live")
+    await writer.write("partial")
+    await ctx.browser.wait("page", "window.cut", "c => c.length > 0", timeout=20)
+    await py.leave()  # mid-stream: the page's reader must fail, not hang
+    cut = await ctx.browser.wait("page", "window.cut", "c => c.length > 1", timeout=20)
+    return {
+        "text_ok": texts[0]["text"] == text,
+        "text_sender": texts[0]["sender"],
+        "attributes": texts[0]["attributes"],
+        "file": files[0],
+        "file_sum": sum(blob) % 65521,
+        "upper": upper,
+        "codes": codes,
+        "got": got,
+        "page_rpc": page_rpc,
+        "cut": cut,
+    }
+
+
+@scenario("transcript_page")
+async def transcript_page(ctx: Context) -> dict[str, Any]:
+    """The demo page shows an agent's `transcription` text stream as it is written."""
+    room = "transcript"
+    await ctx.join_page("page", room, "Viewer", role="viewer")
+    agent = await ctx.python_peer("scribe", room)
+    writer = await agent.local_participant.stream_text(topic="transcription")
+    await writer.write("   0.4s  alice  started speaking\n")
+    first = await ctx.browser.wait(
+        "page", "document.getElementById('transcript').textContent", "t => t.includes('alice')"
+    )
+    await writer.write("   2.1s  alice  stopped speaking\n")
+    await writer.aclose()
+    later = await ctx.browser.wait(
+        "page", "document.getElementById('transcript').textContent", "t => t.includes('stopped')"
+    )
+    shown = await ctx.browser.eval("page", "!document.getElementById('transcript-panel').hidden")
+    return {"first": first, "later": later, "shown": shown}
+
+
 async def run(name: str, out: Path) -> dict[str, Any]:
     from tests.stack_fixtures import sdk_stack
 

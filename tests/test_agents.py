@@ -1,0 +1,261 @@
+"""Agent dispatch end to end: real nats-server (with role logins), statekeeper, edge, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from roomlog.roles import Role
+from schemas.agents import AgentDispatch, AgentJobEndedEvent, AgentJobStartedEvent
+from schemas.codec import decode
+from schemas.subjects import room_events
+from stagecast.agents import JobContext, Worker
+from stagecast.client import TextStreamReader
+from tests.agent_jobs import greet, stay
+from tests.nats_logins import Logins
+from tests.polling import eventually
+from tests.stack_fixtures import API_KEY, API_SECRET, OPTIONS, Stack, sdk_stack
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 20.0
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with sdk_stack(tmp_path, logins=Logins.fresh()) as running:
+        yield running
+
+
+def worker(
+    stack: Stack, worker_id: str, entrypoint: object = stay, name: str = "assistant"
+) -> Worker:
+    return Worker(
+        stack.url,
+        API_KEY,
+        API_SECRET,
+        agent_name=name,
+        entrypoint=entrypoint,  # type: ignore[arg-type]
+        nats_url=stack.nats_url(Role.AGENT),
+        worker_id=worker_id,
+        beat_interval=0.2,
+        options=OPTIONS,
+    )
+
+
+async def dispatches(stack: Stack, room: str) -> list[AgentDispatch]:
+    return await stack.api.list_dispatches(room)
+
+
+async def public_agent_events(stack: Stack, room: str, count: int) -> list[object]:
+    nc = await nats.connect(stack.nats_url(Role.ADMIN))
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(room_events(room), ordered_consumer=True)
+        events: list[object] = []
+        while len(events) < count:
+            msg = await sub.next_msg(timeout=WAIT)
+            event = decode(msg.data)
+            if isinstance(event, (AgentJobStartedEvent, AgentJobEndedEvent)):
+                events.append(event)
+        return events
+    finally:
+        await nc.close()
+
+
+async def test_two_workers_share_six_dispatches(stack: Stack) -> None:
+    room = "agents-spread"
+    await stack.api.create_room(room)
+    async with worker(stack, "AW_a"), worker(stack, "AW_b"):
+        for n in range(6):
+            job = await stack.api.dispatch_agent(room, "assistant", metadata=f"job {n}")
+            assert job.room_id == room and job.agent_name == "assistant"
+
+        async def all_running() -> bool:
+            jobs = await dispatches(stack, room)
+            assert len(jobs) == 6 and all(j.state == "running" for j in jobs), jobs
+            return True
+
+        await eventually(all_running, what="six running jobs", timeout=WAIT)
+        jobs = await dispatches(stack, room)
+        per_worker = {w: sum(j.worker_id == w for j in jobs) for w in ("AW_a", "AW_b")}
+        assert per_worker == {"AW_a": 3, "AW_b": 3}, per_worker
+        assert sorted(j.metadata for j in jobs) == [f"job {n}" for n in range(6)]
+        # each job joined the room as an agent of its own
+        started = await public_agent_events(stack, room, 6)
+        assert {e.dispatch.id for e in started if isinstance(e, AgentJobStartedEvent)} == {
+            j.id for j in jobs
+        }
+
+
+async def test_create_room_with_an_agent_that_greets_and_ends(stack: Stack) -> None:
+    room = "agents-greet"
+    human = await stack.join(stack.token("human", room))
+    heard: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    async def on_chat(reader: TextStreamReader, sender_id: str) -> None:
+        await heard.put((sender_id, await reader.read_all()))
+
+    human.register_text_stream_handler("chat", on_chat)
+    async with worker(stack, "AW_g", greet):
+        await stack.api.create_room(room, agents=["assistant"])
+        sender, text = await asyncio.wait_for(heard.get(), WAIT)
+        assert sender.startswith("agent-AJ_") and text == "hello "
+
+        async def ended() -> bool:
+            jobs = await dispatches(stack, room)
+            assert [j.state for j in jobs] == ["ended"], jobs
+            return True
+
+        await eventually(ended, what="the job to end", timeout=WAIT)
+    kinds = [type(e).__name__ for e in await public_agent_events(stack, room, 2)]
+    assert kinds == ["AgentJobStartedEvent", "AgentJobEndedEvent"]
+
+
+async def test_a_job_whose_worker_is_killed_is_taken_by_the_other(
+    stack: Stack, tmp_path: Path
+) -> None:
+    room = "agents-failover"
+    await stack.api.create_room(room)
+    env = dict(os.environ, STAGECAST_API_KEY=API_KEY, STAGECAST_API_SECRET=API_SECRET)
+    env["PYTHONPATH"] = str(ROOT)
+    argv = [
+        sys.executable, "-m", "stagecast.cli", "agent-worker",
+        "--module", "tests.agent_jobs:stay",
+        "--url", stack.url,
+        "--nats-url", stack.nats_url(Role.AGENT),
+        "--worker-id", "AW_doomed",
+    ]  # fmt: skip
+    log_file = (tmp_path / "worker.log").open("wb")
+    doomed = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env=env, stdout=log_file, stderr=log_file
+    )
+    try:
+        job = await stack.api.dispatch_agent(room, "assistant")
+
+        async def running_on(worker_id: str) -> bool:
+            jobs = await dispatches(stack, room)
+            assert [(j.state, j.worker_id) for j in jobs] == [("running", worker_id)], jobs
+            return True
+
+        await eventually(lambda: running_on("AW_doomed"), what="the job on AW_doomed", timeout=30)
+        taken: asyncio.Future[JobContext] = asyncio.get_running_loop().create_future()
+
+        async def take(ctx: JobContext) -> None:
+            taken.set_result(ctx)
+            await ctx.wait_for_disconnect()
+
+        async with worker(stack, "AW_survivor", take):
+            os.kill(doomed.pid, signal.SIGKILL)
+            await asyncio.wait_for(doomed.wait(), 10)
+            ctx = await asyncio.wait_for(taken, WAIT)
+            assert ctx.job_id == job.id and ctx.room.local_participant.id == f"agent-{job.id}"
+            await eventually(lambda: running_on("AW_survivor"), what="the job moved", timeout=WAIT)
+            (moved,) = await dispatches(stack, room)
+            assert moved.attempt == 2
+            events = await public_agent_events(stack, room, 3)
+            assert [type(e).__name__ for e in events] == [
+                "AgentJobStartedEvent",
+                "AgentJobEndedEvent",
+                "AgentJobStartedEvent",
+            ]
+            assert isinstance(events[1], AgentJobEndedEvent) and events[1].reason == "worker_lost"
+    finally:
+        if doomed.returncode is None:
+            doomed.kill()
+            await asyncio.wait_for(doomed.wait(), 10)
+        log_file.close()
+
+
+async def test_dispatch_works_with_leasing_statekeepers(tmp_path: Path) -> None:
+    """A cluster's statekeepers (leases) dispatch too: any of them takes the request."""
+    import stagecast
+    from edge.config import EdgeConfig
+    from edge.main import running_edge
+    from processes.natsserver import NatsServer
+    from statekeeper.main import StatekeeperConfig, running_statekeeper
+    from tests.edge_fixtures import FAST
+
+    async with NatsServer(tmp_path / "nats") as server:
+        config = StatekeeperConfig(
+            server.url,
+            f"sqlite+aiosqlite:///{tmp_path / 'sk.db'}",
+            API_SECRET,
+            tuning=FAST,
+            leases=True,
+        )
+        edge = EdgeConfig(nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
+        async with (
+            running_statekeeper(config),
+            running_edge(edge) as url,
+            stagecast.RoomService(url, API_KEY, API_SECRET) as api,
+            Worker(
+                url,
+                API_KEY,
+                API_SECRET,
+                entrypoint=stay,
+                nats_url=server.url,
+                worker_id="AW_leased",
+                beat_interval=0.2,
+                options=OPTIONS,
+            ),
+        ):
+            await api.create_room("leased")
+            job = await api.dispatch_agent("leased", "assistant")
+
+            async def running() -> bool:
+                jobs = await api.list_dispatches("leased")
+                assert [(j.id, j.state, j.worker_id) for j in jobs] == [
+                    (job.id, "running", "AW_leased")
+                ], jobs
+                return True
+
+            await eventually(running, what="the job running", timeout=WAIT)
+
+
+async def test_every_statekeeper_lists_the_jobs_of_the_others(stack: Stack) -> None:
+    """With two dispatchers in the queue group (two statekeepers), a job lives in the one
+    that took the request, and `list_dispatches` shows it whichever one answers."""
+    import logging
+
+    from roomlog.connect import connect
+    from roomlog.log import RoomLog
+    from roomlog.natslink import NatsLink
+    from schemas.clock import now_ms
+    from statekeeper.agents import AgentDispatcher
+
+    nc = await connect(
+        stack.nats_url(Role.STATEKEEPER),
+        name="second-statekeeper",
+        link=NatsLink("statekeeper", logging.getLogger("tests")),
+        role="statekeeper",
+    )
+    second = AgentDispatcher(nc, RoomLog(nc.jetstream()).publish_event, now_ms)
+    await second.start()
+    room = "agents-two-dispatchers"
+    try:
+        async with worker(stack, "AW_one"):
+            await stack.api.create_room(room)
+            jobs = [await stack.api.dispatch_agent(room, "assistant") for _ in range(6)]
+
+            async def all_listed() -> bool:
+                for _ in range(6):  # the queue group picks either dispatcher each time
+                    listed = await dispatches(stack, room)
+                    assert sorted((j.id, j.state) for j in listed) == sorted(
+                        (j.id, "running") for j in jobs
+                    ), listed
+                return True
+
+            await eventually(all_listed, what="every job listed by both", timeout=WAIT)
+            assert second.table.jobs, "the second dispatcher took none of six requests"
+    finally:
+        await second.stop()
+        await nc.close()
