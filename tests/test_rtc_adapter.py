@@ -183,6 +183,24 @@ async def test_pass_through_codecs_only_inside_their_context() -> None:
         await forwarding.close()
 
 
+async def test_rid_header_extensions_only_inside_the_pass_through_context() -> None:
+    """The simulcast rid extensions are negotiated on forwarder connections only."""
+    plain, forwarding = peer(), peer()
+    try:
+        plain.addTransceiver("video", direction="sendonly")
+        await plain.setLocalDescription(await plain.createOffer())
+        assert adapter.RID_URI not in plain.localDescription.sdp
+        forwarding.addTransceiver("video", direction="sendonly")
+        with adapter.pass_through_codecs():
+            await forwarding.setLocalDescription(await forwarding.createOffer())
+        sdp = forwarding.localDescription.sdp
+        assert f"a=extmap:10 {adapter.RID_URI}" in sdp
+        assert f"a=extmap:11 {adapter.REPAIRED_RID_URI}" in sdp
+    finally:
+        await plain.close()
+        await forwarding.close()
+
+
 def test_the_aiortc_methods_the_adapter_mirrors_are_unchanged() -> None:
     for method, expected in FINGERPRINTS.items():
         digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
