@@ -38,6 +38,8 @@ from forwarder.negotiation import (
     track_codec,
 )
 from forwarder.router import Router
+from forwarder.simulcast_sdp import answer_simulcast, offered_simulcast
+from forwarder.simulcast_track import LayerSource, stream_source
 from rtc.aiortc_adapter import (
     InboundStream,
     OutboundStream,
@@ -103,6 +105,13 @@ class _Publisher:
         self.publisher_key = publisher_key
         self.pc = pc
         self.streams: dict[str, InboundStream] = {}
+        self.simulcast: set[str] = set()
+        """Tracks whose offer sends simulcast layers (q/h/f)."""
+        self.answer_sdp = ""
+
+    def layers(self, track_id: str) -> LayerSource | None:
+        """A simulcast track's layer source (None for a single-layer track)."""
+        return stream_source(self.streams[track_id]) if track_id in self.simulcast else None
 
 
 class _Subscriber:
@@ -204,8 +213,9 @@ class Forwarder:
                 track.track_id,
                 track.codec,
                 request_keyframe=publisher.streams[track.track_id].request_keyframe,
+                simulcast=publisher.layers(track.track_id),
             )
-        return PublisherAnswer(answer_sdp=publisher.pc.localDescription.sdp, tracks=published)
+        return PublisherAnswer(answer_sdp=publisher.answer_sdp, tracks=published)
 
     async def replace_publisher(
         self, publisher_key: str, offer_sdp: str, *, track_ids: Mapping[str, str] | None = None
@@ -241,10 +251,12 @@ class Forwarder:
         self._publishers[publisher_key] = publisher
         for track in published:
             self.router.replace_source(
-                track.track_id, publisher.streams[track.track_id].request_keyframe
+                track.track_id,
+                publisher.streams[track.track_id].request_keyframe,
+                simulcast=publisher.layers(track.track_id),
             )
         await _close_quietly(old.pc)
-        return PublisherAnswer(answer_sdp=publisher.pc.localDescription.sdp, tracks=published)
+        return PublisherAnswer(answer_sdp=publisher.answer_sdp, tracks=published)
 
     async def _negotiate_publisher(
         self,
@@ -262,6 +274,7 @@ class Forwarder:
         pc = RTCPeerConnection(self._configuration)
         publisher = _Publisher(publisher_key, pc)
         published: list[PublishedTrack] = []
+        simulcast = offered_simulcast(offer_sdp)
         try:
             with pass_through_codecs():
                 await apply_remote(pc, offer_sdp, "offer")
@@ -287,8 +300,15 @@ class Forwarder:
                 publisher.streams[track_id] = InboundStream(
                     transceiver.receiver, functools.partial(forward, track_id)
                 )
+                if kind == "video" and mid in simulcast:
+                    publisher.simulcast.add(track_id)
             with pass_through_codecs():
                 await pc.setLocalDescription(await pc.createAnswer())
+            video_mids = {t.mid for t in published if t.track_id in publisher.simulcast}
+            publisher.answer_sdp = answer_simulcast(
+                pc.localDescription.sdp,
+                {mid: rids for mid, rids in simulcast.items() if mid in video_mids},
+            )
         except BaseException:
             for stream in publisher.streams.values():
                 stream.close()

@@ -133,6 +133,18 @@ def test_chromium_publishes_and_python_decodes(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(70)
+def test_simulcast_layers_switch_for_a_python_subscriber(tmp_path: Path) -> None:
+    """Three layers of a Chromium camera reach the forwarder; a Python subscriber's leg
+    goes full -> low -> high -> low, the decoded width following, with no gap over 500 ms."""
+    result = run_scenario("simulcast", tmp_path)
+    full, low, high, low_again = result["widths"]
+    assert full >= 1000 and high >= 1000, result
+    assert low <= 400 and low_again <= 400, result
+    assert result["max_gap_ms"] is not None and result["max_gap_ms"] <= 500, result
+    assert result["switches"] >= 4, result
+
+
+@pytest.mark.timeout(70)
 def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
     result = run_scenario("python_publishes", tmp_path)

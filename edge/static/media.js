@@ -13,6 +13,13 @@
 
 const GATHER_TIMEOUT = 5000; // ms; loopback gathers at once, a slow network gets what it has
 const MAX_RESTARTS = 5; // consecutive restarts of one track before giving up
+// Simulcast layers of a camera: quarter, half and full resolution (rids as the forwarder
+// expects them, lowest first; bitrates as forwarder/layers.py DEFAULT_LAYERS).
+const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_700_000 },
+];
 
 // Resolve once the connection gathered every ICE candidate (or the timeout passed).
 function gathered(pc) {
@@ -83,7 +90,9 @@ export class MediaTransport {
     const entry = { pc, publication, restarts: old?.restarts ?? 0 };
     this.publishers.set(sid, entry);
     old?.pc.close();
-    const transceiver = pc.addTransceiver(publication.track, { direction: 'sendonly' });
+    const init = { direction: 'sendonly' };
+    if (publication.simulcast) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+    const transceiver = pc.addTransceiver(publication.track, init);
     if (publication.codec) preferCodec(transceiver, publication.kind, publication.codec);
     pc.addEventListener('connectionstatechange', () => this.publisherState(entry));
     try {

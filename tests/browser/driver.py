@@ -644,6 +644,78 @@ async def chromium_publishes(ctx: Context) -> dict[str, Any]:
     }
 
 
+@scenario("simulcast", forwarders=1)
+async def simulcast(ctx: Context) -> dict[str, Any]:
+    """Chromium publishes a 720p camera as three layers; a Python SDK subscriber's leg is
+    switched low -> high -> low on the forwarder and keeps decoding through it."""
+    from forwarder.layers import Quality
+
+    room = "simulcast"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
+    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
+
+    def layers() -> Any:
+        track = router.simulcast(sid) if sid in router.track_ids else None
+        return track is not None and track.available == {0, 1, 2}
+
+    await eventually(layers, what="three layers at the forwarder", timeout=25)
+    subscriber = await ctx.python_peer("py-subscriber", room)
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == chrome_id:
+            participant.on(
+                "stream-subscribed",
+                lambda sub: got.done() or sub.kind != "video" or got.set_result(sub),
+            )
+
+    subscriber.on("participant-joined", on_joined)
+    video = (await asyncio.wait_for(got, 20)).video
+    track = router.simulcast(sid)
+    assert track is not None
+    await eventually(lambda: len(track.legs) == 1, what="the subscriber's leg", timeout=10)
+    (leg_id,) = track.legs
+    seen: list[tuple[float, int]] = []
+
+    async def decode() -> None:
+        while True:
+            frame = await video.recv()
+            seen.append((time.monotonic(), frame.width))
+
+    decoder = asyncio.create_task(decode())
+
+    async def width(check: Callable[[int], bool], what: str) -> int:
+        await eventually(lambda: seen and check(seen[-1][1]), what=what, timeout=10)
+        return seen[-1][1]
+
+    try:
+        full = await width(lambda w: w >= 1000, "the full layer decoded")
+        track.set_preference(leg_id, quality=Quality.LOW)
+        start = time.monotonic()
+        low = await width(lambda w: w <= 400, "the low layer decoded")
+        track.set_preference(leg_id, quality=Quality.HIGH)
+        high = await width(lambda w: w >= 1000, "the high layer decoded again")
+        track.set_preference(leg_id, quality=Quality.LOW)
+        low_again = await width(lambda w: w <= 400, "the low layer decoded again")
+        await asyncio.sleep(0.5)
+    finally:
+        decoder.cancel()
+    times = [t for t, _ in seen if t >= start]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "widths": [full, low, high, low_again],
+        "frames_while_switching": len(times),
+        "max_gap_ms": round(max(gaps) * 1000) if gaps else None,
+        "switches": track.legs[leg_id].munger.switches,
+    }
+
+
 @scenario("python_publishes", forwarders=1)
 async def python_publishes(ctx: Context) -> dict[str, Any]:
     """A Python SDK speaker publishes aiortc's synthetic video; a viewer page plays it."""
