@@ -28,6 +28,7 @@ from forwarder.errors import (
     TrackNotFound,
     TracksChanged,
 )
+from forwarder.layers import Quality
 from forwarder.negotiation import (
     apply_remote,
     capabilities_for,
@@ -144,6 +145,9 @@ class Forwarder:
         self.on_audio_level: Callable[[str, int], None] | None = None
         """Given (track id, -dBov) for every received audio packet carrying an RFC 6464
         level (the active speaker detector's input)."""
+        self.on_wanted_layers: Callable[[str, frozenset[int]], None] | None = None
+        """Given (track id, layers) when the layers a simulcast track's legs take change
+        (dynacast: the publisher sends only those)."""
 
     @property
     def peer_connections(self) -> list[RTCPeerConnection]:
@@ -215,6 +219,9 @@ class Forwarder:
                 request_keyframe=publisher.streams[track.track_id].request_keyframe,
                 simulcast=publisher.layers(track.track_id),
             )
+            simulcast = self.router.simulcast(track.track_id)
+            if simulcast is not None:
+                simulcast.on_wanted_layers = functools.partial(self._wanted, track.track_id)
         return PublisherAnswer(answer_sdp=publisher.answer_sdp, tracks=published)
 
     async def replace_publisher(
@@ -463,6 +470,24 @@ class Forwarder:
         if level is not None and on_level is not None:
             on_level(track_id, level[1])
         return await self.router.forward(track_id, packet)
+
+    def set_video_quality(
+        self,
+        subscriber_id: str,
+        track_id: str,
+        *,
+        quality: Quality | None,
+        rendered: tuple[int, int] | None,
+    ) -> None:
+        """A subscriber's wishes for its leg of a simulcast track (now or once forwarding);
+        nothing for a single-layer track."""
+        simulcast = self.router.simulcast(track_id) if track_id in self.router.track_ids else None
+        if simulcast is not None:
+            simulcast.prefer(f"{subscriber_id}/{track_id}", quality=quality, rendered=rendered)
+
+    def _wanted(self, track_id: str, layers: frozenset[int]) -> None:
+        if self.on_wanted_layers is not None:
+            self.on_wanted_layers(track_id, layers)
 
     def _is_published(self, track_id: str) -> bool:
         return track_id in self._track_owner or track_id in self._relayed

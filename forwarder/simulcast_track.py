@@ -110,6 +110,7 @@ class SimulcastTrack:
         self.on_wanted_layers: Callable[[frozenset[int]], None] | None = None
         """Called with `wanted_layers` whenever it changes (dynacast)."""
         self._wanted: frozenset[int] = frozenset()
+        self._preferences: dict[str, tuple[Quality | None, tuple[int, int] | None]] = {}
 
     @property
     def available(self) -> frozenset[int]:
@@ -134,12 +135,29 @@ class SimulcastTrack:
             first_sequence=first_sequence,
             first_timestamp=first_sequence * 7919,
         )
-        self.legs[leg_id] = SimulcastLeg(leg, munger, LinkEstimator(self.layers, now=now))
-        self._choose(self.legs[leg_id])
+        state = self.legs[leg_id] = SimulcastLeg(leg, munger, LinkEstimator(self.layers, now=now))
+        quality, rendered = self._preferences.get(leg_id, (None, None))
+        state.requested = Quality.HIGH if quality is None else quality
+        state.rendered = rendered
+        self._choose(state)
         self._wanted_changed()
 
     def unsubscribe(self, leg_id: str) -> None:
+        self._preferences.pop(leg_id, None)
         if self.legs.pop(leg_id, None) is not None:
+            self._wanted_changed()
+
+    def prefer(
+        self, leg_id: str, *, quality: Quality | None, rendered: tuple[int, int] | None
+    ) -> None:
+        """A subscriber's wishes for its leg (`None`: no limit), kept for a leg that is not
+        forwarding yet and applied when it is."""
+        self._preferences[leg_id] = (quality, rendered)
+        state = self.legs.get(leg_id)
+        if state is not None:
+            state.requested = Quality.HIGH if quality is None else quality
+            state.rendered = rendered
+            self._choose(state)
             self._wanted_changed()
 
     def set_preference(

@@ -23,7 +23,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from schemas.client import MediaTarget, Sdp
+from schemas.client import MediaTarget, RenderedSize, Sdp, VideoQuality
 from schemas.codec import MaxBytes, Message, Struct
 from schemas.models import MAX_ACTIVE_SPEAKERS, ActiveSpeaker, Identity, TrackKind
 
@@ -99,6 +99,17 @@ class RestartSubscription(Message, tag="fwd.restart_subscription", frozen=True, 
     room_id: Identity
     sid: Identity
     track_sid: Identity
+
+
+class SubscriberLayers(Message, tag="fwd.subscriber_layers", frozen=True, kw_only=True):
+    """A subscriber's wishes for its leg of a simulcast track (`SetVideoQuality`)."""
+
+    room_id: Identity
+    sid: Identity
+    track_sid: Identity
+    quality: VideoQuality | None = None
+    width: RenderedSize | None = None
+    height: RenderedSize | None = None
 
 
 class ForwarderSdp(Message, tag="fwd.sdp", frozen=True, kw_only=True):
@@ -203,6 +214,7 @@ MESSAGES = (
     SubscriberAnswer,
     MediaCandidate,
     RestartSubscription,
+    SubscriberLayers,
     ForwarderSdp,
     ForwarderOk,
     RelayStart,

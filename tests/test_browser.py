@@ -145,6 +145,17 @@ def test_simulcast_layers_switch_for_a_python_subscriber(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(70)
+def test_dynacast_pauses_an_unwatched_layer_and_resumes_it(tmp_path: Path) -> None:
+    """With its only subscriber on "low", the Chromium publisher's f encoding stops
+    sending; asking for "high" starts it again within 2 s and full size is decoded."""
+    result = run_scenario("dynacast", tmp_path)
+    assert result["low"] <= 400 and result["high"] >= 1000, result
+    assert result["f_paused"], result
+    resumed = result["f_resumed_after_s"]
+    assert resumed is not None and resumed <= 2.0, result
+
+
+@pytest.mark.timeout(70)
 def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
     result = run_scenario("python_publishes", tmp_path)

@@ -39,9 +39,14 @@ ANSWER = "\r\n".join(
         "m=audio 9 UDP/TLS/RTP/SAVPF 111",
         "a=mid:0",
         "a=recvonly",
-        "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97 98",
         "a=mid:1",
         "a=recvonly",
+        "a=rtpmap:96 VP8/90000",
+        "a=rtpmap:97 rtx/90000",
+        "a=fmtp:97 apt=96",
+        "a=rtpmap:98 H264/90000",
+        "a=fmtp:98 packetization-mode=1",
         "",
     ]
 )
@@ -71,5 +76,15 @@ def test_the_answer_receives_the_offered_rids_in_their_section() -> None:
         "a=rid:f recv",
         "a=simulcast:recv q;h;f",
     ]
-    assert answer.count("a=rid:") == 3 and answer.endswith("a=recvonly\r\n")
+    assert answer.count("a=rid:") == 3
     assert answer_simulcast(ANSWER, {}) == ANSWER
+
+
+def test_the_answer_starts_the_simulcast_codecs_bandwidth_estimate_high() -> None:
+    lines = answer_simulcast(ANSWER, {"1": ("q", "h")}, start_bitrate_kbps=1200).split("\r\n")
+    assert (
+        lines[lines.index("a=rtpmap:96 VP8/90000") + 1] == "a=fmtp:96 x-google-start-bitrate=1200"
+    )
+    assert "a=fmtp:98 packetization-mode=1;x-google-start-bitrate=1200" in lines
+    assert "a=fmtp:97 apt=96" in lines  # RTX is left alone
+    assert sum("x-google-start-bitrate" in line for line in lines) == 2

@@ -62,6 +62,7 @@ from schemas.client import (
     HandChanged,
     Join,
     JoinAccepted,
+    LayersWanted,
     Leave,
     LowerHand,
     MuteTrack,
@@ -78,6 +79,7 @@ from schemas.client import (
     RoomUpdated,
     SetAttributes,
     SetMetadata,
+    SetVideoQuality,
     SignalAnswer,
     SignalCandidate,
     SignalOffer,
@@ -161,6 +163,7 @@ from schemas.media import (
     RestartSubscription,
     SpeakerReport,
     SubscriberAnswer,
+    SubscriberLayers,
 )
 from schemas.models import ActiveSpeaker, Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 
@@ -222,7 +225,9 @@ CASES: tuple[Message, ...] = (
         sdp_mline_index=0,
     ),
     Ping(id=17, at=AT),
+    SetVideoQuality(id=18, track_sid="TR_cam", quality="low", width=320, height=180),
     # edge -> client
+    LayersWanted(track_sid="TR_cam", rids=("q", "f")),
     Ack(id=3, sid="TR_screen"),
     Error(id=9, code="NOT_PUBLISHED", message="alice has no video"),
     JoinAccepted(
@@ -414,6 +419,7 @@ CASES: tuple[Message, ...] = (
         sdp_mline_index=0,
     ),
     RestartSubscription(room_id="r", sid="PA_2", track_sid="TR_cam"),
+    SubscriberLayers(room_id="r", sid="PA_2", track_sid="TR_cam", quality="high"),
     ForwarderSdp(sdp="v=0\r\n"),
     ForwarderOk(),
     RelayStart(room_id="r", track_sid="TR_cam", to_forwarder="FW_2"),
@@ -496,6 +502,18 @@ GOLDEN_HEX: dict[str, str] = {
     ),
     "raise_hand": "83a174aa72616973655f68616e64a17601a269640c",
     "lower_hand": "83a174aa6c6f7765725f68616e64a17601a269640d",
+    "set_video_quality": (
+        "87a174b17365745f766964656f5f7175616c697479a17601a2696412a9747261636b5f736964a654525f63"
+        "616da77175616c697479a36c6f77a57769647468cd0140a6686569676874ccb4"
+    ),
+    "layers_wanted": (
+        "84a174ad6c61796572735f77616e746564a17601a9747261636b5f736964a654525f63616da47269647392"
+        "a171a166"
+    ),
+    "fwd.subscriber_layers": (
+        "86a174b56677642e737562736372696265725f6c6179657273a17601a7726f6f6d5f6964a172a3736964a4"
+        "50415f32a9747261636b5f736964a654525f63616da77175616c697479a468696768"
+    ),
     "offer": (
         "86a174a56f66666572a17601a269640ea6746172676574a97075626c6973686572a3736470a5763d300d0aab"
         "6963655f72657374617274c3"

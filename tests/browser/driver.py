@@ -668,12 +668,13 @@ async def simulcast(ctx: Context) -> dict[str, Any]:
     subscriber = await ctx.python_peer("py-subscriber", room)
     got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
+    def on_subscribed(subscription: Any) -> None:
+        if subscription.kind == "video" and not got.done():
+            got.set_result(subscription)
+
     def on_joined(participant: Any) -> None:
         if participant.id == chrome_id:
-            participant.on(
-                "stream-subscribed",
-                lambda sub: got.done() or sub.kind != "video" or got.set_result(sub),
-            )
+            participant.on("stream-subscribed", on_subscribed)
 
     subscriber.on("participant-joined", on_joined)
     video = (await asyncio.wait_for(got, 20)).video
@@ -714,6 +715,84 @@ async def simulcast(ctx: Context) -> dict[str, Any]:
         "max_gap_ms": round(max(gaps) * 1000) if gaps else None,
         "switches": track.legs[leg_id].munger.switches,
     }
+
+
+OUTBOUND_LAYERS = """(async () => {
+  const entry = window.demo.room.media.publishers.get(%s);
+  const out = {};
+  (await entry.pc.getStats()).forEach((r) => {
+    if (r.type === 'outbound-rtp' && r.rid) out[r.rid] = r.bytesSent;
+  });
+  return out;
+})()"""
+
+
+@scenario("dynacast", forwarders=1)
+async def dynacast(ctx: Context) -> dict[str, Any]:
+    """A Python subscriber asks for "low": Chromium's f encoding stops sending; it asks for
+    "high": f sends again, and the subscriber decodes full size."""
+    room = "dynacast"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
+    stats = OUTBOUND_LAYERS % json.dumps(sid)
+    await ctx.browser.wait("chrome", stats, "o => o.q > 0 && o.h > 0 && o.f > 0", timeout=20)
+    subscriber = await ctx.python_peer("py-subscriber", room)
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_subscribed(subscription: Any) -> None:
+        if subscription.kind == "video" and not got.done():
+            got.set_result(subscription)
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == chrome_id:
+            participant.on("stream-subscribed", on_subscribed)
+
+    subscriber.on("participant-joined", on_joined)
+    video = (await asyncio.wait_for(got, 20)).video
+    publication = subscriber.remote_participants[chrome_id].tracks["video"]
+    widths: list[int] = []
+
+    async def decode() -> None:
+        while True:
+            widths.append((await video.recv()).width)
+
+    decoder = asyncio.create_task(decode())
+
+    async def f_bytes() -> int:
+        return int((await ctx.browser.eval("chrome", stats)).get("f", 0))
+
+    async def f_paused() -> bool:
+        before = await f_bytes()
+        await asyncio.sleep(1.0)
+        return await f_bytes() == before
+
+    try:
+        await publication.set_video_quality("low")
+        await eventually(lambda: widths and widths[-1] <= 400, what="the low layer", timeout=10)
+        low = widths[-1]
+        paused = False
+        for _ in range(10):
+            if paused := await f_paused():
+                break
+        before = await f_bytes()
+        asked = time.monotonic()
+        await publication.set_video_quality("high")
+        resumed_after = None
+        while time.monotonic() - asked < 10:
+            if await f_bytes() > before:
+                resumed_after = round(time.monotonic() - asked, 2)
+                break
+            await asyncio.sleep(0.1)
+        await eventually(lambda: widths[-1] >= 1000, what="the full layer again", timeout=10)
+        high = widths[-1]
+    finally:
+        decoder.cancel()
+    return {"low": low, "high": high, "f_paused": paused, "f_resumed_after_s": resumed_after}
 
 
 @scenario("python_publishes", forwarders=1)
