@@ -502,6 +502,11 @@ class Forwarder:
             return
         leg.state = LegState.FORWARDING
         self.router.subscribe(leg.track_id, leg)
+        simulcast = self.router.simulcast(leg.track_id)
+        if simulcast is not None:
+            stream.on_feedback = lambda loss, remb: simulcast.on_link_report(
+                leg.leg_id, loss_fraction=loss, remb=remb
+            )
 
     def _close_leg(self, leg_id: str) -> None:
         subscriber_id, _, track_id = leg_id.partition("/")

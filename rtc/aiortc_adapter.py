@@ -65,9 +65,11 @@ from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTP_HISTORY_SIZE,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
+    unpack_remb_fci,
     unwrap_rtx,
 )
 
@@ -614,9 +616,18 @@ class OutboundStream:
         """Loss injection: `drop(sequence_number)` True keeps a packet in the history but
         does not send it (tests and fault drills only)."""
         self.packets_dropped: int = 0
+        self.on_feedback: Callable[[float | None, int | None], object] | None = None
+        """Called with (loss fraction, None) for each receiver report on this leg and
+        (None, bits per second) for each REMB naming it: the leg's link estimate input."""
 
         original_send = sender.send
         original_retransmit = sender._retransmit
+        original_rtcp = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            if self.on_feedback is not None:
+                self._feedback(packet)
+            await original_rtcp(packet)
 
         async def send(parameters: Any) -> None:
             await original_send(parameters)
@@ -631,6 +642,7 @@ class OutboundStream:
 
         setattr(sender, "send", send)  # noqa: B010 - instance overrides on purpose
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
+        setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
         setattr(sender, "_run_rtp", self._idle_rtp)  # noqa: B010
         setattr(sender, "_send_keyframe", self._keyframe_requested)  # noqa: B010
 
@@ -697,6 +709,21 @@ class OutboundStream:
         setattr(sender, S_PACKET_COUNT, self.packets_sent)
         setattr(sender, S_OCTET_COUNT, self.octets_sent)
         return True
+
+    def _feedback(self, packet: Any) -> None:
+        on_feedback = self.on_feedback
+        assert on_feedback is not None
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self._ssrc:
+                    on_feedback(report.fraction_lost / 256, None)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if self._ssrc in ssrcs:
+                on_feedback(None, bitrate)
 
     def _red_for_leg(self, packet: MediaPacket) -> tuple[MediaPacket, int]:
         """A RED packet as this leg takes it: RED with the leg's Opus payload type in its

@@ -31,7 +31,14 @@ from aiortc import (
 )
 from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import RTCP_PSFB_FIR, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
 
 import rtc.aiortc_adapter as adapter
 from rtc.aiortc_adapter import InboundStream, OutboundStream
@@ -369,6 +376,19 @@ async def test_each_hook_between_real_peers() -> None:
         )
         await sub_receiver._send_rtcp(fir)
         await eventually(lambda: len(keyframe_requests) == 2, what="the FIR")
+
+        # the subscriber's receiver reports (loss) and REMB reach the leg's feedback hook
+        feedback: list[tuple[float | None, int | None]] = []
+        outbound.on_feedback = lambda loss, remb: feedback.append((loss, remb))
+        await sub_receiver._send_rtcp(
+            RtcpPsfbPacket(
+                fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(777_000, [outbound.ssrc])
+            )
+        )
+        await eventually(lambda: (None, 777_000) in feedback, what="the REMB")
+        await eventually(
+            lambda: any(loss is not None for loss, _ in feedback), what="a receiver report"
+        )
 
         # upstream PLI and FIR reach the publisher's sender (so they target its media SSRC)
         asked: list[int] = []
