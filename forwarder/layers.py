@@ -7,7 +7,11 @@ A leg's layer is the lowest of three limits:
   large as the element, so a thumbnail never costs full resolution;
 - what its link carries (`LinkEstimator`, fed from the subscriber's RTCP: REMB and the
   loss fraction of its receiver reports): step down at once on congestion, probe up one
-  layer at a time after a hold, and hold longer after a probe that failed.
+  layer at a time after a hold, and hold longer after a probe that failed. A REMB can only
+  say "less": a receiver's estimate is bounded by what it receives (about 1.5 times it)
+  and climbs slowly after a switch up, so it never shows room for a larger layer and only
+  a falling estimate that no longer covers the received layer counts as congestion;
+  probing up is judged by the loss that follows it.
 
 Among the layers the publisher actually sends (`available`), the highest at or below that
 limit wins; when none is that low, the lowest one sent (some video beats none).
@@ -101,8 +105,11 @@ LOSS_CONGESTED = 0.10
 """A receiver-report loss fraction at or above this steps the leg down."""
 LOSS_CLEAR = 0.02
 """Probing up needs the latest loss fraction below this."""
-PROBE_HEADROOM = 1.15
-"""Probing up needs an estimate this much above the next layer's bitrate."""
+REMB_SHORTFALL = 2.0
+"""A falling REMB congests the link when the layer being received needs more than this
+many times the estimate (the estimate trails the received rate: only a clear shortfall)."""
+REMB_FALL = 0.9
+"""A REMB below this fraction of the one before is falling (a rising one only catches up)."""
 BASE_HOLD = 2.0
 MAX_HOLD = 16.0
 
@@ -110,15 +117,24 @@ MAX_HOLD = 16.0
 class LinkEstimator:
     """How high a subscriber's link lets its leg go, from its RTCP feedback.
 
-    `ceiling` is a layer index. Congestion (a loss fraction >= `LOSS_CONGESTED`, or a REMB
-    below the ceiling layer's bitrate) lowers it at once. It rises one layer at a time, only
-    after `hold` seconds without a change, with low loss, and with a REMB (if any has come)
-    `PROBE_HEADROOM` above the next layer's bitrate. A step down within `hold` of a step up
-    means the probe failed: the hold doubles (up to `MAX_HOLD`); a probe that holds for a
-    whole hold resets it to `BASE_HOLD`.
+    `ceiling` is a layer index. Congestion (a loss fraction >= `LOSS_CONGESTED`, or a
+    falling REMB under 1/`REMB_SHORTFALL` of the bitrate of the layer being received)
+    lowers it by one layer below what is received, at once. It rises one layer at a time,
+    only after `hold` seconds without a change and with low loss. A step down within
+    `hold` of a step up means the probe failed: the hold doubles (up to `MAX_HOLD`); a
+    probe that holds for a whole hold resets it to `BASE_HOLD`.
     """
 
-    __slots__ = ("_changed_at", "_layers", "_probed_at", "ceiling", "estimate", "hold", "loss")
+    __slots__ = (
+        "_changed_at",
+        "_falling",
+        "_layers",
+        "_probed_at",
+        "ceiling",
+        "estimate",
+        "hold",
+        "loss",
+    )
 
     def __init__(self, layers: Sequence[LayerSpec], *, now: float) -> None:
         self._layers = tuple(layers)
@@ -129,49 +145,57 @@ class LinkEstimator:
         self.hold = BASE_HOLD
         self._changed_at = now
         self._probed_at: float | None = None
+        self._falling = False
 
     def on_report(
-        self, now: float, *, loss_fraction: float | None = None, remb: int | None = None
+        self,
+        now: float,
+        *,
+        loss_fraction: float | None = None,
+        remb: int | None = None,
+        current: int | None = None,
     ) -> bool:
-        """Take one RTCP report (either field may be absent); True if `ceiling` changed."""
+        """Take one RTCP report (either field may be absent) about a leg receiving layer
+        `current` (None: none yet); True if `ceiling` changed."""
         if loss_fraction is not None:
             self.loss = loss_fraction
+        self._falling = False
         if remb is not None:
+            self._falling = self.estimate is not None and remb < self.estimate * REMB_FALL
             self.estimate = remb
         before = self.ceiling
         if self._probed_at is not None and now - self._probed_at >= self.hold:
             self.hold = BASE_HOLD  # the last probe held
             self._probed_at = None
-        if self._congested():
-            self._step_down(now)
+        if self._congested(current):
+            self._step_down(now, current)
         elif self._may_probe(now):
             self.ceiling += 1
             self._changed_at = self._probed_at = now
         return self.ceiling != before
 
-    def _congested(self) -> bool:
+    def _congested(self, current: int | None) -> bool:
+        if self.ceiling == 0:
+            return False
         if self.loss >= LOSS_CONGESTED:
-            return self.ceiling > 0
-        if self.estimate is not None:
-            return layer_for_bitrate(self._layers, self.estimate) < self.ceiling
-        return False
+            return True
+        return (
+            self._falling
+            and self.estimate is not None
+            and current is not None
+            and current > 0
+            and self.estimate * REMB_SHORTFALL < self._layers[current].bitrate
+        )
 
-    def _step_down(self, now: float) -> None:
+    def _step_down(self, now: float, current: int | None) -> None:
         if self._probed_at is not None and now - self._probed_at < self.hold:
             self.hold = min(self.hold * 2, MAX_HOLD)  # the probe failed
             self._probed_at = None
-        if self.loss >= LOSS_CONGESTED:
-            self.ceiling -= 1
-        else:
-            assert self.estimate is not None
-            self.ceiling = layer_for_bitrate(self._layers, self.estimate)
+        received = self.ceiling if current is None else min(self.ceiling, current)
+        self.ceiling = max(0, received - 1)
         self._changed_at = now
 
     def _may_probe(self, now: float) -> bool:
         if self.ceiling >= len(self._layers) - 1 or self.loss >= LOSS_CLEAR:
             return False
-        if now - self._changed_at < self.hold:
-            return False
-        if self.estimate is None:
-            return True
-        return self.estimate >= self._layers[self.ceiling + 1].bitrate * PROBE_HEADROOM
+        return now - self._changed_at >= self.hold

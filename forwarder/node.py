@@ -304,10 +304,13 @@ class Forwarder:
                 codec = codec_info(kind, track_codec(codecs)) if keep is None else keep[track_id]
                 published.append(PublishedTrack(track_id, kind, mid, codec))
                 forward = self._forward_audio if kind == "audio" else self.router.forward
+                layered = kind == "video" and mid in simulcast
+                # No REMB to a simulcast publisher: aiortc's estimate trails what arrives,
+                # so after dynacast paused layers it would keep them from coming back.
                 publisher.streams[track_id] = InboundStream(
-                    transceiver.receiver, functools.partial(forward, track_id)
+                    transceiver.receiver, functools.partial(forward, track_id), remb=not layered
                 )
-                if kind == "video" and mid in simulcast:
+                if layered:
                     publisher.simulcast.add(track_id)
             with pass_through_codecs():
                 await pc.setLocalDescription(await pc.createAnswer())

@@ -184,7 +184,7 @@ class SimulcastTrack:
         """A subscriber's RTCP feedback for this leg (receiver report loss, REMB)."""
         state = self.legs.get(leg_id)
         if state is not None and state.link.on_report(
-            self._clock(), loss_fraction=loss_fraction, remb=remb
+            self._clock(), loss_fraction=loss_fraction, remb=remb, current=state.munger.current
         ):
             self._choose(state)
             self._wanted_changed()

@@ -156,6 +156,15 @@ def test_dynacast_pauses_an_unwatched_layer_and_resumes_it(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(70)
+def test_loss_steps_a_simulcast_leg_down_and_back_up(tmp_path: Path) -> None:
+    """25 % loss on a subscriber's leg takes it off the full layer; without loss it comes
+    back to it."""
+    result = run_scenario("simulcast_loss", tmp_path)
+    assert result["stepped_down_to"] in (0, 1), result
+    assert result["back_to"] == 2, result
+
+
+@pytest.mark.timeout(70)
 def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
     result = run_scenario("python_publishes", tmp_path)

@@ -105,12 +105,23 @@ def test_a_failed_probe_doubles_the_hold_and_a_good_one_resets_it() -> None:
     assert link.hold == MAX_HOLD
 
 
-def test_remb_caps_the_ceiling_and_gates_probing() -> None:
+def test_a_falling_remb_short_of_the_received_layer_steps_down() -> None:
     link = LinkEstimator(DEFAULT_LAYERS, now=0.0)
-    assert link.on_report(1.0, remb=300_000) is True and link.ceiling == 0
-    # Enough for h (500 kbit/s) but without the headroom: no probe.
-    assert link.on_report(10.0, remb=520_000, loss_fraction=0.0) is False
-    assert link.on_report(11.0, remb=600_000) is True and link.ceiling == 1
-    assert link.on_report(20.0, remb=1_800_000) is False  # f needs 1.7 M * 1.15
-    assert link.on_report(21.0, remb=2_000_000) is True and link.ceiling == 2
-    assert link.on_report(21.5, remb=700_000) is True and link.ceiling == 1
+    assert link.on_report(1.0, remb=1_000_000, current=2) is False  # 2 M covers f's 1.7 M
+    assert link.on_report(1.5, remb=600_000, current=2) is True and link.ceiling == 1
+    assert link.on_report(2.0, remb=500_000, current=1) is False  # enough for h
+    assert link.on_report(2.5, remb=200_000, current=1) is True and link.ceiling == 0
+    assert link.on_report(3.0, remb=10_000, current=0) is False  # nothing below q
+
+
+def test_a_remb_catching_up_after_a_switch_up_is_no_congestion() -> None:
+    """A receiver's estimate trails what it gets: after a probe to f it climbs from what h
+    needed, and the leg stays on f while it does."""
+    link = LinkEstimator(DEFAULT_LAYERS, now=0.0)
+    link.on_report(0.0, loss_fraction=0.5, current=2)
+    assert link.ceiling == 1
+    link.on_report(0.5, loss_fraction=0.0, remb=300_000, current=1)
+    assert link.on_report(BASE_HOLD, remb=320_000, current=1) and link.ceiling == 2  # probe
+    for n in range(5):
+        assert not link.on_report(BASE_HOLD + n + 1, remb=350_000 + 50_000 * n, current=2)
+    assert link.ceiling == 2 and link.hold == BASE_HOLD

@@ -717,6 +717,59 @@ async def simulcast(ctx: Context) -> dict[str, Any]:
     }
 
 
+@scenario("simulcast_loss", forwarders=1)
+async def simulcast_loss(ctx: Context) -> dict[str, Any]:
+    """Loss on a Python subscriber's leg (dropped after the send history, so the leg's own
+    receiver reports show it) steps the leg down from f; once the loss stops it climbs
+    back to f."""
+    room = "simulcast-loss"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    service = next(iter(ctx.stack.forwarders.values()))
+    router = service.forwarder.router
+
+    def layers() -> Any:
+        track = router.simulcast(sid) if sid in router.track_ids else None
+        return track is not None and track.available == {0, 1, 2}
+
+    await eventually(layers, what="three layers at the forwarder", timeout=25)
+    await ctx.python_peer("py-subscriber", room)
+    track = router.simulcast(sid)
+    assert track is not None
+    await eventually(lambda: len(track.legs) == 1, what="the subscriber's leg", timeout=20)
+    ((leg_id, state),) = track.legs.items()
+    await eventually(lambda: state.munger.current == 2, what="the leg on f", timeout=10)
+    stream = service.forwarder.legs(leg_id.split("/")[0])[sid].stream
+    stream.drop = lambda seq: seq % 4 == 0  # 25 % loss, after the history (NACK repairs it)
+    lossy_at = time.monotonic()
+    await eventually(lambda: state.munger.current < 2, what="a step down", timeout=10)
+    stepped_down_to = state.munger.current
+    down_after = time.monotonic() - lossy_at
+    stream.drop = None
+
+    def back_on_f() -> bool:
+        link = state.link
+        if state.munger.current != 2:
+            raise AssertionError(
+                f"on {state.munger.current} (target {state.munger.target}), link ceiling "
+                f"{link.ceiling}, loss {link.loss}, remb {link.estimate}, hold {link.hold}, "
+                f"layers {sorted(track.available)}"
+            )
+        return True
+
+    await eventually(back_on_f, what="back on f", timeout=20)
+    return {
+        "stepped_down_to": stepped_down_to,
+        "down_after_s": round(down_after, 2),
+        "back_to": state.munger.current,
+        "hold_s": state.link.hold,
+    }
+
+
 OUTBOUND_LAYERS = """(async () => {
   const entry = window.demo.room.media.publishers.get(%s);
   const out = {};
