@@ -165,6 +165,14 @@ def test_loss_steps_a_simulcast_leg_down_and_back_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(70)
+def test_a_small_video_element_gets_a_lower_layer(tmp_path: Path) -> None:
+    """Adaptive stream: a page rendering the camera small gets a lower simulcast layer than
+    one rendering it large."""
+    result = run_scenario("adaptive_stream", tmp_path)
+    assert result["small"]["layer"] < result["large"]["layer"], result
+
+
+@pytest.mark.timeout(70)
 def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
     result = run_scenario("python_publishes", tmp_path)

@@ -770,6 +770,42 @@ async def simulcast_loss(ctx: Context) -> dict[str, Any]:
     }
 
 
+@scenario("adaptive_stream", forwarders=1)
+async def adaptive_stream(ctx: Context) -> dict[str, Any]:
+    """Two viewer pages watch a 720p simulcast camera, one in a small window, one in a
+    large one: each reports its tile's size and gets the layer that fits it."""
+    room = "adaptive-stream"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
+    await eventually(lambda: sid in router.track_ids, what="the published track", timeout=10)
+    await ctx.join_page("small", room, "Small", role="viewer", width=360, height=320)
+    await ctx.join_page("large", room, "Large", role="viewer", width=1600, height=1000)
+    track = router.simulcast(sid)
+    assert track is not None
+
+    def settled() -> list[tuple[tuple[int, int], int]]:
+        legs = [(state.rendered, state.munger.current) for state in track.legs.values()]
+        if len(legs) != 2 or any(r is None or c is None for r, c in legs):
+            raise AssertionError(f"legs (rendered, layer): {legs}")
+        by_size = sorted(legs, key=lambda leg: leg[0][0] * leg[0][1])
+        if by_size[0][1] >= by_size[1][1]:
+            raise AssertionError(f"the small tile's layer is not lower: {by_size}")
+        return by_size
+
+    (small_size, small_layer), (large_size, large_layer) = await eventually(
+        settled, what="a layer per tile size", timeout=20
+    )
+    return {
+        "small": {"rendered": small_size, "layer": small_layer},
+        "large": {"rendered": large_size, "layer": large_layer},
+    }
+
+
 OUTBOUND_LAYERS = """(async () => {
   const entry = window.demo.room.media.publishers.get(%s);
   const out = {};
