@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from forwarder.layers import Quality
@@ -46,8 +47,21 @@ class LayerSignals:
         forwarder.on_wanted_layers = self._wanted
 
     def wish(self, request: SubscriberLayers, subscriber_id: str | None) -> None:
-        """Record a subscriber's wishes; applied at once to its leg `subscriber_id`."""
+        """Record a subscriber's wishes; applied at once to its leg `subscriber_id`.
+
+        Fields the request leaves out keep their earlier value (a size report keeps the
+        quality asked for, and the other way round).
+        """
         key = (request.room_id, request.sid, request.track_sid)
+        earlier = self._wishes.get(key)
+        if earlier is not None:
+            keep_size = request.width is None or request.height is None
+            request = msgspec.structs.replace(
+                request,
+                quality=request.quality if request.quality is not None else earlier.quality,
+                width=earlier.width if keep_size else request.width,
+                height=earlier.height if keep_size else request.height,
+            )
         self._wishes[key] = request
         if subscriber_id is not None:
             self.apply(request.room_id, request.sid, request.track_sid, subscriber_id)

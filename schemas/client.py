@@ -180,9 +180,9 @@ RenderedSize = Annotated[int, Meta(ge=0, le=16384)]
 
 class SetVideoQuality(Message, tag="set_video_quality", frozen=True, kw_only=True):
     """How a subscriber wants the simulcast video track `track_sid`: at most `quality`,
-    and no larger than the `width` x `height` it renders it at (adaptive stream; absent:
-    no size limit). Acked; kept by the forwarder for the session's leg of that track. A
-    track sent in one layer ignores it."""
+    and no larger than the `width` x `height` it renders it at (adaptive stream). A field
+    left out keeps its earlier value (none at first: no limit). Acked; kept by the
+    forwarder for the session's leg of that track. A track sent in one layer ignores it."""
 
     id: int
     track_sid: Identity
