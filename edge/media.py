@@ -15,7 +15,15 @@ import msgspec
 from access.rules import refuse_publish
 from edge.session import EdgeSession
 from schemas.api import MediaAssignment, MediaAssignRequest
-from schemas.client import Ack, Error, RestartIce, SignalAnswer, SignalCandidate, SignalOffer
+from schemas.client import (
+    Ack,
+    Error,
+    RestartIce,
+    SetVideoQuality,
+    SignalAnswer,
+    SignalCandidate,
+    SignalOffer,
+)
 from schemas.codec import Message, encode
 from schemas.errors import ErrorCode
 from schemas.media import (
@@ -25,6 +33,7 @@ from schemas.media import (
     PublishOffer,
     RestartSubscription,
     SubscriberAnswer,
+    SubscriberLayers,
 )
 from schemas.subjects import forwarder_rpc
 
@@ -86,6 +95,18 @@ async def on_candidate(session: EdgeSession, message: SignalCandidate) -> None:
 async def on_restart_ice(session: EdgeSession, message: RestartIce) -> None:
     request = RestartSubscription(
         room_id=session.room_id, sid=session.sid, track_sid=message.track_sid
+    )
+    await _relay(session, message.id, request)
+
+
+async def on_set_video_quality(session: EdgeSession, message: SetVideoQuality) -> None:
+    request = SubscriberLayers(
+        room_id=session.room_id,
+        sid=session.sid,
+        track_sid=message.track_sid,
+        quality=message.quality,
+        width=message.width,
+        height=message.height,
     )
     await _relay(session, message.id, request)
 

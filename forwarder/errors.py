@@ -171,3 +171,23 @@ class Busy(ForwarderError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the forwarder has {limit} requests in flight; retry later")
         self.limit = limit
+
+
+class BadLayer(ForwarderError):
+    """A simulcast layer that is not one of the rids ``q``, ``h``, ``f`` (layers 0, 1, 2)."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, layer: str) -> None:
+        super().__init__(f"no simulcast layer {layer!r} (expected rid q, h or f, or 0..2)")
+        self.layer = layer
+
+
+class BadQuality(ForwarderError):
+    """A video quality that is not ``low``, ``medium`` or ``high``."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, quality: str) -> None:
+        super().__init__(f"no video quality {quality!r} (expected low, medium or high)")
+        self.quality = quality

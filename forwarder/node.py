@@ -29,6 +29,7 @@ from forwarder.errors import (
     TrackNotFound,
     TracksChanged,
 )
+from forwarder.layers import Quality
 from forwarder.negotiation import (
     apply_remote,
     capabilities_for,
@@ -39,6 +40,8 @@ from forwarder.negotiation import (
     track_codec,
 )
 from forwarder.router import Router
+from forwarder.simulcast_sdp import answer_simulcast, offered_simulcast
+from forwarder.simulcast_track import LayerSource, stream_source
 from rtc.aiortc_adapter import (
     InboundStream,
     OutboundStream,
@@ -105,6 +108,13 @@ class _Publisher:
         self.publisher_key = publisher_key
         self.pc = pc
         self.streams: dict[str, InboundStream] = {}
+        self.simulcast: set[str] = set()
+        """Tracks whose offer sends simulcast layers (q/h/f)."""
+        self.answer_sdp = ""
+
+    def layers(self, track_id: str) -> LayerSource | None:
+        """A simulcast track's layer source (None for a single-layer track)."""
+        return stream_source(self.streams[track_id]) if track_id in self.simulcast else None
 
 
 class _Subscriber:
@@ -137,6 +147,9 @@ class Forwarder:
         self.on_audio_level: Callable[[str, int], None] | None = None
         """Given (track id, -dBov) for every received audio packet carrying an RFC 6464
         level (the active speaker detector's input)."""
+        self.on_wanted_layers: Callable[[str, frozenset[int]], None] | None = None
+        """Given (track id, layers) when the layers a simulcast track's legs take change
+        (dynacast: the publisher sends only those)."""
 
     @property
     def peer_connections(self) -> list[RTCPeerConnection]:
@@ -225,8 +238,12 @@ class Forwarder:
                 track.track_id,
                 track.codec,
                 request_keyframe=publisher.streams[track.track_id].request_keyframe,
+                simulcast=publisher.layers(track.track_id),
             )
-        return PublisherAnswer(answer_sdp=publisher.pc.localDescription.sdp, tracks=published)
+            simulcast = self.router.simulcast(track.track_id)
+            if simulcast is not None:
+                simulcast.on_wanted_layers = functools.partial(self._wanted, track.track_id)
+        return PublisherAnswer(answer_sdp=publisher.answer_sdp, tracks=published)
 
     async def replace_publisher(
         self, publisher_key: str, offer_sdp: str, *, track_ids: Mapping[str, str] | None = None
@@ -262,10 +279,12 @@ class Forwarder:
         self._publishers[publisher_key] = publisher
         for track in published:
             self.router.replace_source(
-                track.track_id, publisher.streams[track.track_id].request_keyframe
+                track.track_id,
+                publisher.streams[track.track_id].request_keyframe,
+                simulcast=publisher.layers(track.track_id),
             )
         await _close_quietly(old.pc)
-        return PublisherAnswer(answer_sdp=publisher.pc.localDescription.sdp, tracks=published)
+        return PublisherAnswer(answer_sdp=publisher.answer_sdp, tracks=published)
 
     async def _negotiate_publisher(
         self,
@@ -285,6 +304,7 @@ class Forwarder:
         watch_connection(pc, f"publisher {publisher_key}")
         publisher = _Publisher(publisher_key, pc)
         published: list[PublishedTrack] = []
+        simulcast = offered_simulcast(offer_sdp)
         try:
             with pass_through_codecs():
                 await apply_remote(pc, offer_sdp, "offer")
@@ -307,14 +327,24 @@ class Forwarder:
                 codec = codec_info(kind, track_codec(codecs)) if keep is None else keep[track_id]
                 published.append(PublishedTrack(track_id, kind, mid, codec))
                 forward = self._forward_audio if kind == "audio" else self.router.forward
+                layered = kind == "video" and mid in simulcast
+                # No REMB to a simulcast publisher: aiortc's estimate trails what arrives,
+                # so after dynacast paused layers it would keep them from coming back.
                 publisher.streams[track_id] = InboundStream(
-                    transceiver.receiver, functools.partial(forward, track_id)
+                    transceiver.receiver, functools.partial(forward, track_id), remb=not layered
                 )
+                if layered:
+                    publisher.simulcast.add(track_id)
             with pass_through_codecs():
                 if dtls_server:
                     await answer_as_dtls_server(pc)
                 else:
                     await pc.setLocalDescription(await pc.createAnswer())
+            video_mids = {t.mid for t in published if t.track_id in publisher.simulcast}
+            publisher.answer_sdp = answer_simulcast(
+                pc.localDescription.sdp,
+                {mid: rids for mid, rids in simulcast.items() if mid in video_mids},
+            )
         except BaseException:
             for stream in publisher.streams.values():
                 stream.close()
@@ -471,6 +501,24 @@ class Forwarder:
             on_level(track_id, level[1])
         return await self.router.forward(track_id, packet)
 
+    def set_video_quality(
+        self,
+        subscriber_id: str,
+        track_id: str,
+        *,
+        quality: Quality | None,
+        rendered: tuple[int, int] | None,
+    ) -> None:
+        """A subscriber's wishes for its leg of a simulcast track (now or once forwarding);
+        nothing for a single-layer track."""
+        simulcast = self.router.simulcast(track_id) if track_id in self.router.track_ids else None
+        if simulcast is not None:
+            simulcast.prefer(f"{subscriber_id}/{track_id}", quality=quality, rendered=rendered)
+
+    def _wanted(self, track_id: str, layers: frozenset[int]) -> None:
+        if self.on_wanted_layers is not None:
+            self.on_wanted_layers(track_id, layers)
+
     def _is_published(self, track_id: str) -> bool:
         return track_id in self._track_owner or track_id in self._relayed
 
@@ -484,6 +532,11 @@ class Forwarder:
             return
         leg.state = LegState.FORWARDING
         self.router.subscribe(leg.track_id, leg)
+        simulcast = self.router.simulcast(leg.track_id)
+        if simulcast is not None:
+            stream.on_feedback = lambda loss, remb: simulcast.on_link_report(
+                leg.leg_id, loss_fraction=loss, remb=remb
+            )
 
     def _close_leg(self, leg_id: str) -> None:
         subscriber_id, _, track_id = leg_id.partition("/")

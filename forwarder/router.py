@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from forwarder.errors import DuplicateTrack, TrackNotFound
+from forwarder.simulcast_track import LayerSource, SimulcastTrack
 from rtc.packets import (
     CodecInfo,
     DuplicateFilter,
@@ -108,6 +109,7 @@ class _Track:
         "received",
         "repeated",
         "request_keyframe",
+        "simulcast",
         "ssrc",
         "subscriptions",
         "track_id",
@@ -130,6 +132,8 @@ class _Track:
         self.repeated = 0
         self.duplicates = DuplicateFilter()
         self.keyframe_requests = 0
+        self.simulcast: SimulcastTrack | None = None
+        """Set for a simulcast video track: its layers are forwarded there."""
 
     @property
     def is_video(self) -> bool:
@@ -176,12 +180,29 @@ class Router:
         return list(self._track(track_id).subscriptions)
 
     def publish(
-        self, track_id: str, codec: CodecInfo, *, request_keyframe: Callable[[], None]
+        self,
+        track_id: str,
+        codec: CodecInfo,
+        *,
+        request_keyframe: Callable[[], None],
+        simulcast: LayerSource | None = None,
     ) -> None:
-        """Add a track; `request_keyframe()` asks its publisher for one (PLI)."""
+        """Add a track; `request_keyframe()` asks its publisher for one (PLI).
+
+        `simulcast` (video only) makes it a simulcast track: each leg gets one of the
+        layers its packets carry (`MediaPacket.rid`), chosen per leg.
+        """
         if track_id in self._tracks:
             raise DuplicateTrack(track_id)
-        self._tracks[track_id] = _Track(track_id, codec, request_keyframe)
+        track = self._tracks[track_id] = _Track(track_id, codec, request_keyframe)
+        if simulcast is not None and track.is_video:
+            track.simulcast = SimulcastTrack(
+                codec, simulcast, keyframe_interval=self._keyframe_interval, clock=self._clock
+            )
+
+    def simulcast(self, track_id: str) -> SimulcastTrack | None:
+        """The layer state of a simulcast track (None for a single-layer one)."""
+        return self._track(track_id).simulcast
 
     def unpublish(self, track_id: str) -> list[str]:
         """Remove a track and all its subscriptions; returns the ids of the legs dropped."""
@@ -206,12 +227,17 @@ class Router:
         track.subscriptions[leg.leg_id] = _Subscription(
             leg, SequenceRewriter(first), awaiting_keyframe=track.is_video
         )
+        if track.simulcast is not None:
+            track.simulcast.subscribe(leg.leg_id, leg, first_sequence=first, now=self._clock())
+            return
         if track.is_video and not track.muted:
             self.request_keyframe(track_id)
 
     def unsubscribe(self, track_id: str, leg_id: str) -> bool:
         """Stop forwarding `track_id` to the leg; False if it was not subscribed."""
         track = self._tracks.get(track_id)
+        if track is not None and track.simulcast is not None:
+            track.simulcast.unsubscribe(leg_id)
         return track is not None and track.subscriptions.pop(leg_id, None) is not None
 
     def remove_leg(self, leg_id: str) -> int:
@@ -227,15 +253,24 @@ class Router:
         if not muted:
             self._restart_legs(track)
 
-    def replace_source(self, track_id: str, request_keyframe: Callable[[], None]) -> None:
+    def replace_source(
+        self,
+        track_id: str,
+        request_keyframe: Callable[[], None],
+        *,
+        simulcast: LayerSource | None = None,
+    ) -> None:
         """The track now comes from another publisher connection; its legs stay attached.
 
-        `request_keyframe` replaces the former one. Every leg restarts at the new source's
-        next keyframe, continuing its own sequence numbers.
+        `request_keyframe` (and `simulcast`, for a simulcast track) replaces the former
+        one. Every leg restarts at the new source's next keyframe, continuing its own
+        sequence numbers.
         """
         track = self._track(track_id)
         track.request_keyframe = request_keyframe
         track.ssrc = None
+        if track.simulcast is not None and simulcast is not None:
+            track.simulcast.source = simulcast
         self._restart_legs(track)
 
     def request_keyframe(self, track_id: str) -> bool:
@@ -247,6 +282,8 @@ class Router:
         track = self._tracks.get(track_id)
         if track is None or not track.is_video:
             return False
+        if track.simulcast is not None:
+            return track.simulcast.request_keyframes()
         now = self._clock()
         last = track.last_keyframe_request
         if last is None or now - last >= self._keyframe_interval:
@@ -265,6 +302,14 @@ class Router:
         if track is None:
             return 0
         track.received += 1
+        if track.simulcast is not None:  # one SSRC per layer: the layers' own business
+            if track.muted:
+                track.dropped_muted += 1
+                return 0
+            sent = await track.simulcast.forward(packet)
+            track.forwarded += sent
+            self._forwarded_total += sent
+            return sent
         if packet.ssrc != track.ssrc:
             if track.ssrc is not None:
                 self._restart_legs(track)  # a new source: its sequence is unrelated
@@ -307,8 +352,10 @@ class Router:
             packets_received=track.received,
             packets_forwarded=track.forwarded,
             packets_dropped_muted=track.dropped_muted,
-            packets_repeated=track.repeated,
-            keyframe_requests=track.keyframe_requests,
+            packets_repeated=track.repeated
+            + (track.simulcast.repeated if track.simulcast is not None else 0),
+            keyframe_requests=track.keyframe_requests
+            + (track.simulcast.keyframe_requests if track.simulcast is not None else 0),
             subscribers=len(track.subscriptions),
             muted=track.muted,
         )
@@ -325,6 +372,9 @@ class Router:
         return track
 
     def _restart_legs(self, track: _Track) -> None:
+        if track.simulcast is not None:
+            track.simulcast.restart(track.simulcast.source)
+            return
         track.duplicates = DuplicateFilter()
         for sub in track.subscriptions.values():
             sub.rewriter.restart()

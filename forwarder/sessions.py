@@ -35,6 +35,7 @@ from forwarder.errors import (
     TrackRetired,
 )
 from forwarder.ingress import INGRESS_CONNECT_TIMEOUT_S, IngressWatch, ingress_key
+from forwarder.layer_signals import LayerSignals
 from forwarder.negotiation import sole_media_section
 from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_REFRESH_S
@@ -54,6 +55,7 @@ from schemas.media import (
     PublishOffer,
     RestartSubscription,
     SubscriberAnswer,
+    SubscriberLayers,
 )
 
 log = logging.getLogger("stagecast.forwarder")
@@ -67,6 +69,7 @@ SIGNALING_REQUESTS = (
     SubscriberAnswer,
     MediaCandidate,
     RestartSubscription,
+    SubscriberLayers,
 )
 """The requests `MediaSessions.answer` takes: each holds its session's lock."""
 
@@ -99,6 +102,8 @@ class MediaSessions:
         self.voices = RoomVoices(forwarder_id)
         """The audio tracks published here by room (their speakers are reported)."""
         forwarder.on_audio_level = self.voices.observe
+        self.layers = LayerSignals(nc, forwarder, publisher_subject=self._publisher_subject)
+        """Simulcast quality wishes in, dynacast out (`forwarder.layer_signals`)."""
         self.running = False
         self._sessions: dict[SessionKey, ServedSession] = {}
         self._closed_sessions: OrderedDict[SessionKey, int] = OrderedDict()
@@ -145,7 +150,13 @@ class MediaSessions:
 
     async def close_relays(self) -> None:
         """Close every relay received (a `RelayStop` to each origin, bounded in time)."""
+        self.layers.close()
         await self._relays_in.close()
+
+    def _publisher_subject(self, track_sid: str) -> str | None:
+        """The direct subject of the session publishing `track_sid` here."""
+        owner = self._sessions.get(self._owners.get(track_sid, ("", "")))
+        return owner.desired.subject if owner is not None and owner.desired else None
 
     def subscriber_leg(self, room_id: str, sid: str, track_sid: str) -> SubscriberLeg:
         """The core leg carrying `track_sid` to a session (its stream, its state)."""
@@ -277,6 +288,7 @@ class MediaSessions:
             self._kick(session)
             return
         session.legs[track_sid] = ServedLeg(subscriber_id, spec, epoch)
+        self.layers.apply(session.room_id, session.sid, track_sid, subscriber_id)
         await self._send_offer(session, spec, offer)
 
     async def _send_offer(
@@ -322,6 +334,7 @@ class MediaSessions:
         for track_sid in list(session.publications):
             await self._unpublish(session, track_sid)
         self._set_wanted(session, set())
+        self.layers.forget(session.room_id, session.sid)
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
         seq = session.desired.seq if session.desired is not None else -1
@@ -345,6 +358,12 @@ class MediaSessions:
             return ForwarderOk()
         if isinstance(request, MediaCandidate):
             await self._add_candidate(request)
+            return ForwarderOk()
+        if isinstance(request, SubscriberLayers):
+            session = self._existing_session(request.room_id, request.sid)
+            async with session.lock:
+                serving = session.legs.get(request.track_sid)
+                self.layers.wish(request, serving.subscriber_id if serving else None)
             return ForwarderOk()
         if isinstance(request, RestartSubscription):
             session = self._existing_session(request.room_id, request.sid)

@@ -58,15 +58,18 @@ from aiortc import (
     RTCRtpTransceiver,
 )
 from aiortc.codecs import is_rtx
-from aiortc.rtcrtpparameters import RTCRtcpFeedback
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTP_HISTORY_SIZE,
     RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
+    unpack_remb_fci,
     unwrap_rtx,
 )
 
@@ -139,12 +142,17 @@ PRIVATE_SENDER_ATTRIBUTES = (
 PRIVATE_SENDER_METHODS = ("_run_rtp", "_send_keyframe", "_handle_rtcp_packet", "_retransmit")
 PRIVATE_TRANSPORT_NAMES = ("_send_rtp", "_rtp_router")  # on RTCDtlsTransport
 PRIVATE_TRANSCEIVER_ATTRIBUTES = ("_codecs", "_preferred_codecs")
-PRIVATE_MODULE_NAMES = ((aiortc.rtcpeerconnection, "CODECS"),)
-"""Module globals replaced here (`_CodecTable`)."""
+PRIVATE_MODULE_NAMES = (
+    (aiortc.rtcpeerconnection, "CODECS"),
+    (aiortc.rtcpeerconnection, "HEADER_EXTENSIONS"),
+)
+"""Module globals replaced here (`_CodecTable`, `_HeaderExtensionTable`)."""
 
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 _AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 
 PacketHandler = Callable[[MediaPacket], Awaitable[object]]
 AIOICE_HOST_ADDRESSES = "get_host_addresses"  # aioice.ice: (use_ipv4, use_ipv6) -> [address]
@@ -216,11 +224,42 @@ class _CodecTable(dict[str, list[RTCRtpCodecParameters]]):
 if not isinstance(getattr(aiortc.rtcpeerconnection, "CODECS"), _CodecTable):  # noqa: B009
     setattr(aiortc.rtcpeerconnection, "CODECS", _CodecTable(aiortc.codecs.CODECS))  # noqa: B010
 
+PASS_THROUGH_HEADER_EXTENSIONS: dict[str, list[RTCRtpHeaderExtensionParameters]] = {
+    "video": [
+        RTCRtpHeaderExtensionParameters(id=10, uri=RID_URI),
+        RTCRtpHeaderExtensionParameters(id=11, uri=REPAIRED_RID_URI),
+    ]
+}
+"""Header extensions a forwarder accepts on its own connections: the simulcast rids (RFC
+8852), which tell which layer (and which layer's RTX) a packet belongs to."""
+
+
+class _HeaderExtensionTable(dict[str, list[RTCRtpHeaderExtensionParameters]]):
+    """aiortc's header extensions, plus the rid ones inside `pass_through_codecs()`."""
+
+    def __getitem__(self, kind: str) -> list[RTCRtpHeaderExtensionParameters]:
+        own = super().__getitem__(kind)
+        if _pass_through.get():
+            return own + PASS_THROUGH_HEADER_EXTENSIONS.get(kind, [])
+        return own
+
+
+if not isinstance(
+    getattr(aiortc.rtcpeerconnection, "HEADER_EXTENSIONS"),  # noqa: B009
+    _HeaderExtensionTable,
+):
+    setattr(  # noqa: B010
+        aiortc.rtcpeerconnection,
+        "HEADER_EXTENSIONS",
+        _HeaderExtensionTable(aiortc.codecs.HEADER_EXTENSIONS),
+    )
+
 
 @contextlib.contextmanager
 def pass_through_codecs() -> Iterator[None]:
-    """Offer and accept `PASS_THROUGH_CODECS` in the peer connection calls made inside
-    (this task only: createOffer, createAnswer, setRemoteDescription)."""
+    """Offer and accept `PASS_THROUGH_CODECS` and `PASS_THROUGH_HEADER_EXTENSIONS` in the
+    peer connection calls made inside (this task only: createOffer, createAnswer,
+    setRemoteDescription)."""
     token = _pass_through.set(True)
     try:
         yield
@@ -345,8 +384,23 @@ class InboundStream:
         """The SSRC carrying the media payload type, learned from packets (not RTX)."""
         self.packets_received = 0
         self.keyframe_requests_sent = 0
+        self.layer_ssrcs: dict[str, int] = {}
+        """Simulcast: each rid's media SSRC, learned from the rid header extension."""
+        self._layer_of_ssrc: dict[int, str] = {}
+        self._layer_nacks: dict[int, Any] = {}
+        self.sender_reports: dict[int, tuple[int, int]] = {}
+        """Per media SSRC, its latest RTCP sender report: (NTP timestamp, RTP timestamp)."""
 
         original_receive = receiver.receive
+        original_rtcp = receiver._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                info = packet.sender_info
+                self.sender_reports[packet.ssrc] = (info.ntp_timestamp, info.rtp_timestamp)
+            await original_rtcp(packet)
+
+        setattr(receiver, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
 
         async def receive(parameters: Any) -> None:
             await original_receive(parameters)
@@ -361,19 +415,20 @@ class InboundStream:
         """Whether aiortc's decoder thread exists for this receiver (it should never)."""
         return getattr(self._receiver, R_DECODER_THREAD) is not None
 
-    def request_keyframe(self, *, fir: bool = False) -> None:
+    def request_keyframe(self, *, fir: bool = False, rid: str | None = None) -> None:
         """Ask the publisher for a keyframe (PLI, or FIR) on the media SSRC, in the background.
 
-        Does nothing until a media packet told which SSRC to target. The task is owned
-        here and cancelled by `close()`.
+        `rid` names a simulcast layer (its SSRC is targeted). Does nothing until a media
+        packet told which SSRC to target. The task is owned here and cancelled by `close()`.
         """
-        task = asyncio.ensure_future(self.send_keyframe_request(fir=fir))
+        task = asyncio.ensure_future(self.send_keyframe_request(fir=fir, rid=rid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def send_keyframe_request(self, *, fir: bool = False) -> bool:
-        """Send a PLI (or FIR) for the media SSRC now; False if it could not be sent."""
-        media_ssrc = self.media_ssrc
+    async def send_keyframe_request(self, *, fir: bool = False, rid: str | None = None) -> bool:
+        """Send a PLI (or FIR) for the media SSRC (of layer `rid`) now; False if it could
+        not be sent."""
+        media_ssrc = self.media_ssrc if rid is None else self.layer_ssrcs.get(rid)
         rtcp_ssrc = getattr(self._receiver, R_RTCP_SSRC)
         if media_ssrc is None or rtcp_ssrc is None:
             return False
@@ -446,7 +501,17 @@ class InboundStream:
             stream = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)
 
-        if is_rtx(codec):
+        rtx = is_rtx(codec)
+        rid = packet.extensions.rtp_stream_id
+        if rid is not None and not rtx and packet.ssrc not in self._layer_of_ssrc:
+            self._layer_of_ssrc[packet.ssrc] = rid
+            self.layer_ssrcs[rid] = packet.ssrc
+        repaired = packet.extensions.repaired_rtp_stream_id
+        if repaired is not None and rtx and packet.ssrc not in self._rtx_ssrc:
+            layer_ssrc = self.layer_ssrcs.get(repaired)
+            if layer_ssrc is not None:
+                self._rtx_ssrc[packet.ssrc] = layer_ssrc
+        if rtx:
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
             if (
@@ -461,6 +526,12 @@ class InboundStream:
             self.media_ssrc = packet.ssrc
 
         nack_generator = self._nack_generator
+        rid = self._layer_of_ssrc.get(packet.ssrc)
+        if rid is not None and nack_generator is not None:
+            # One sequence space per layer: a generator per layer SSRC.
+            nack_generator = self._layer_nacks.get(packet.ssrc)
+            if nack_generator is None:
+                nack_generator = self._layer_nacks[packet.ssrc] = type(self._nack_generator)()
         if nack_generator is not None and nack_generator.add(packet):
             await receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
 
@@ -476,6 +547,7 @@ class InboundStream:
                 audio_level=packet.extensions.audio_level,
                 padding_size=packet.padding_size,
                 red=codec.mimeType == "audio/red",
+                rid=rid,
             )
         )
 
@@ -557,9 +629,18 @@ class OutboundStream:
         """Loss injection: `drop(sequence_number)` True keeps a packet in the history but
         does not send it (tests and fault drills only)."""
         self.packets_dropped: int = 0
+        self.on_feedback: Callable[[float | None, int | None], object] | None = None
+        """Called with (loss fraction, None) for each receiver report on this leg and
+        (None, bits per second) for each REMB naming it: the leg's link estimate input."""
 
         original_send = sender.send
         original_retransmit = sender._retransmit
+        original_rtcp = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            if self.on_feedback is not None:
+                self._feedback(packet)
+            await original_rtcp(packet)
 
         async def send(parameters: Any) -> None:
             await original_send(parameters)
@@ -574,6 +655,7 @@ class OutboundStream:
 
         setattr(sender, "send", send)  # noqa: B010 - instance overrides on purpose
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
+        setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
         setattr(sender, "_run_rtp", self._idle_rtp)  # noqa: B010
         setattr(sender, "_send_keyframe", self._keyframe_requested)  # noqa: B010
 
@@ -640,6 +722,21 @@ class OutboundStream:
         setattr(sender, S_PACKET_COUNT, self.packets_sent)
         setattr(sender, S_OCTET_COUNT, self.octets_sent)
         return True
+
+    def _feedback(self, packet: Any) -> None:
+        on_feedback = self.on_feedback
+        assert on_feedback is not None
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self._ssrc:
+                    on_feedback(report.fraction_lost / 256, None)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if self._ssrc in ssrcs:
+                on_feedback(None, bitrate)
 
     def _red_for_leg(self, packet: MediaPacket) -> tuple[MediaPacket, int]:
         """A RED packet as this leg takes it: RED with the leg's Opus payload type in its

@@ -26,3 +26,12 @@ class InvalidStateError(RtcError):
         super().__init__(f"{what} is not allowed in state {state}")
         self.what = what
         self.state = state
+
+
+class MalformedPayload(RtcError):
+    """An RTP payload that ends inside its codec's payload descriptor."""
+
+    def __init__(self, codec: str, reason: str) -> None:
+        super().__init__(f"malformed {codec} payload: {reason}")
+        self.codec = codec
+        self.reason = reason

@@ -52,6 +52,8 @@ class MediaPacket:
     padding_size: int = 0
     red: bool = False
     """The payload is RFC 2198 redundant audio (RED around Opus), not Opus itself."""
+    rid: str | None = None
+    """The simulcast layer (RFC 8852 rid, e.g. ``q``) the packet belongs to, if any."""
 
 
 class RtpWriter:

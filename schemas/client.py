@@ -172,6 +172,34 @@ class RestartIce(Message, tag="restart_ice", frozen=True, kw_only=True):
     track_sid: Identity
 
 
+VideoQuality = Literal["low", "medium", "high"]
+SimulcastRid = Literal["q", "h", "f"]
+"""A simulcast layer: quarter, half or full resolution."""
+RenderedSize = Annotated[int, Meta(ge=0, le=16384)]
+
+
+class SetVideoQuality(Message, tag="set_video_quality", frozen=True, kw_only=True):
+    """How a subscriber wants the simulcast video track `track_sid`: at most `quality`,
+    and no larger than the `width` x `height` it renders it at (adaptive stream). A field
+    left out keeps its earlier value (none at first: no limit). Acked; kept by the
+    forwarder for the session's leg of that track. A track sent in one layer ignores it."""
+
+    id: int
+    track_sid: Identity
+    quality: VideoQuality | None = None
+    width: RenderedSize | None = None
+    height: RenderedSize | None = None
+
+
+class LayersWanted(Message, tag="layers_wanted", frozen=True, kw_only=True):
+    """Edge -> publisher client (dynacast): the simulcast layers of its track `track_sid`
+    that some subscriber takes. The client keeps those encodings sending and turns the
+    others off until a later `layers_wanted` names them again."""
+
+    track_sid: Identity
+    rids: Annotated[tuple[SimulcastRid, ...], Meta(max_length=3)] = ()
+
+
 class Ping(Message, tag="ping", frozen=True, kw_only=True):
     id: int
     at: int = 0
@@ -358,6 +386,7 @@ REQUESTS: tuple[type[Message], ...] = (
     SignalAnswer,
     SignalCandidate,
     RestartIce,
+    SetVideoQuality,
     Ping,
 )
 """Every frame a client may send."""

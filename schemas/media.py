@@ -24,7 +24,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from schemas.client import MediaTarget, Sdp
+from schemas.client import MediaTarget, RenderedSize, Sdp, VideoQuality
 from schemas.codec import MaxBytes, Message, Struct
 from schemas.models import MAX_ACTIVE_SPEAKERS, ActiveSpeaker, Identity, TrackKind
 
@@ -131,6 +131,17 @@ class RestartSubscription(Message, tag="fwd.restart_subscription", frozen=True, 
     track_sid: Identity
 
 
+class SubscriberLayers(Message, tag="fwd.subscriber_layers", frozen=True, kw_only=True):
+    """A subscriber's wishes for its leg of a simulcast track (`SetVideoQuality`)."""
+
+    room_id: Identity
+    sid: Identity
+    track_sid: Identity
+    quality: VideoQuality | None = None
+    width: RenderedSize | None = None
+    height: RenderedSize | None = None
+
+
 class ForwarderSdp(Message, tag="fwd.sdp", frozen=True, kw_only=True):
     sdp: Sdp
 
@@ -235,6 +246,7 @@ MESSAGES = (
     SubscriberAnswer,
     MediaCandidate,
     RestartSubscription,
+    SubscriberLayers,
     ForwarderSdp,
     ForwarderOk,
     RelayStart,

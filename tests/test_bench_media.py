@@ -40,6 +40,7 @@ def test_tiny_run_reports_every_figure_and_forwards_packets() -> None:
         sys.executable, "-m", "stagecast.cli", "bench", "media",
         "--subscribers", "1,2", "--kinds", "video,audio",
         "--seconds", "2", "--warmup", "1", "--runs", "1", "--relay-max", "1",
+        "--switches", "2",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -55,6 +56,7 @@ def test_tiny_run_reports_every_figure_and_forwards_packets() -> None:
     assert list(figures)[-len(HEADLINE) :] == HEADLINE  # the suite ends with them
     assert figures["forward_us_per_packet"] > 0
     assert figures["transcode_cpu_ratio"] > 0
+    assert figures["simulcast_switch_ms_p99"] >= figures["simulcast_switch_ms_p50"] > 0
     for kind in ("video", "audio"):
         # one publisher packet reached each of the 2 legs, and the subscribers got them
         assert figures[f"forward_{kind}_n2_packets_out_per_s"] > 0

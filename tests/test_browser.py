@@ -133,6 +133,46 @@ def test_chromium_publishes_and_python_decodes(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(70)
+def test_simulcast_layers_switch_for_a_python_subscriber(tmp_path: Path) -> None:
+    """Three layers of a Chromium camera reach the forwarder; a Python subscriber's leg
+    goes full -> low -> high -> low, the decoded width following, with no gap over 500 ms."""
+    result = run_scenario("simulcast", tmp_path)
+    full, low, high, low_again = result["widths"]
+    assert full >= 1000 and high >= 1000, result
+    assert low <= 400 and low_again <= 400, result
+    assert result["max_gap_ms"] is not None and result["max_gap_ms"] <= 500, result
+    assert result["switches"] >= 4, result
+
+
+@pytest.mark.timeout(70)
+def test_dynacast_pauses_an_unwatched_layer_and_resumes_it(tmp_path: Path) -> None:
+    """With its only subscriber on "low", the Chromium publisher's f encoding stops
+    sending; asking for "high" starts it again within 2 s and full size is decoded."""
+    result = run_scenario("dynacast", tmp_path)
+    assert result["low"] <= 400 and result["high"] >= 1000, result
+    assert result["f_paused"], result
+    resumed = result["f_resumed_after_s"]
+    assert resumed is not None and resumed <= 2.0, result
+
+
+@pytest.mark.timeout(70)
+def test_loss_steps_a_simulcast_leg_down_and_back_up(tmp_path: Path) -> None:
+    """25 % loss on a subscriber's leg takes it off the full layer; without loss it comes
+    back to it."""
+    result = run_scenario("simulcast_loss", tmp_path)
+    assert result["stepped_down_to"] in (0, 1), result
+    assert result["back_to"] == 2, result
+
+
+@pytest.mark.timeout(70)
+def test_a_small_video_element_gets_a_lower_layer(tmp_path: Path) -> None:
+    """Adaptive stream: a page rendering the camera small gets a lower simulcast layer than
+    one rendering it large."""
+    result = run_scenario("adaptive_stream", tmp_path)
+    assert result["small"]["layer"] < result["large"]["layer"], result
+
+
+@pytest.mark.timeout(70)
 def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
     result = run_scenario("python_publishes", tmp_path)

@@ -31,7 +31,14 @@ from aiortc import (
 )
 from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import RTCP_PSFB_FIR, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
 
 import rtc.aiortc_adapter as adapter
 from rtc.aiortc_adapter import InboundStream, OutboundStream
@@ -178,6 +185,24 @@ async def test_pass_through_codecs_only_inside_their_context() -> None:
         await again.setLocalDescription(await again.createOffer())
         assert "VP9" not in _offered_video(again.localDescription.sdp)
         await again.close()
+    finally:
+        await plain.close()
+        await forwarding.close()
+
+
+async def test_rid_header_extensions_only_inside_the_pass_through_context() -> None:
+    """The simulcast rid extensions are negotiated on forwarder connections only."""
+    plain, forwarding = peer(), peer()
+    try:
+        plain.addTransceiver("video", direction="sendonly")
+        await plain.setLocalDescription(await plain.createOffer())
+        assert adapter.RID_URI not in plain.localDescription.sdp
+        forwarding.addTransceiver("video", direction="sendonly")
+        with adapter.pass_through_codecs():
+            await forwarding.setLocalDescription(await forwarding.createOffer())
+        sdp = forwarding.localDescription.sdp
+        assert f"a=extmap:10 {adapter.RID_URI}" in sdp
+        assert f"a=extmap:11 {adapter.REPAIRED_RID_URI}" in sdp
     finally:
         await plain.close()
         await forwarding.close()
@@ -351,6 +376,19 @@ async def test_each_hook_between_real_peers() -> None:
         )
         await sub_receiver._send_rtcp(fir)
         await eventually(lambda: len(keyframe_requests) == 2, what="the FIR")
+
+        # the subscriber's receiver reports (loss) and REMB reach the leg's feedback hook
+        feedback: list[tuple[float | None, int | None]] = []
+        outbound.on_feedback = lambda loss, remb: feedback.append((loss, remb))
+        await sub_receiver._send_rtcp(
+            RtcpPsfbPacket(
+                fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(777_000, [outbound.ssrc])
+            )
+        )
+        await eventually(lambda: (None, 777_000) in feedback, what="the REMB")
+        await eventually(
+            lambda: any(loss is not None for loss, _ in feedback), what="a receiver report"
+        )
 
         # upstream PLI and FIR reach the publisher's sender (so they target its media SSRC)
         asked: list[int] = []

@@ -63,6 +63,7 @@ from schemas.client import (
     HandChanged,
     Join,
     JoinAccepted,
+    LayersWanted,
     Leave,
     LowerHand,
     MuteTrack,
@@ -79,6 +80,7 @@ from schemas.client import (
     RoomUpdated,
     SetAttributes,
     SetMetadata,
+    SetVideoQuality,
     SignalAnswer,
     SignalCandidate,
     SignalOffer,
@@ -165,6 +167,7 @@ from schemas.media import (
     RestartSubscription,
     SpeakerReport,
     SubscriberAnswer,
+    SubscriberLayers,
 )
 from schemas.models import ActiveSpeaker, Counts, Grant, ParticipantInfo, RoomInfo, TrackInfo
 from tests.agent_cases import AGENT_CASES, AGENT_GOLDEN_HEX
@@ -227,7 +230,9 @@ CASES: tuple[Message, ...] = (
         sdp_mline_index=0,
     ),
     Ping(id=17, at=AT),
+    SetVideoQuality(id=18, track_sid="TR_cam", quality="low", width=320, height=180),
     # edge -> client
+    LayersWanted(track_sid="TR_cam", rids=("q", "f")),
     Ack(id=3, sid="TR_screen"),
     Error(id=9, code="NOT_PUBLISHED", message="alice has no video"),
     JoinAccepted(
@@ -428,6 +433,7 @@ CASES: tuple[Message, ...] = (
         sdp_mline_index=0,
     ),
     RestartSubscription(room_id="r", sid="PA_2", track_sid="TR_cam"),
+    SubscriberLayers(room_id="r", sid="PA_2", track_sid="TR_cam", quality="high"),
     ForwarderSdp(sdp="v=0\r\n"),
     ForwarderOk(),
     RelayStart(room_id="r", track_sid="TR_cam", to_forwarder="FW_2"),
@@ -510,6 +516,18 @@ GOLDEN_HEX: dict[str, str] = {
     ),
     "raise_hand": "83a174aa72616973655f68616e64a17601a269640c",
     "lower_hand": "83a174aa6c6f7765725f68616e64a17601a269640d",
+    "set_video_quality": (
+        "87a174b17365745f766964656f5f7175616c697479a17601a2696412a9747261636b5f736964a654525f63"
+        "616da77175616c697479a36c6f77a57769647468cd0140a6686569676874ccb4"
+    ),
+    "layers_wanted": (
+        "84a174ad6c61796572735f77616e746564a17601a9747261636b5f736964a654525f63616da47269647392"
+        "a171a166"
+    ),
+    "fwd.subscriber_layers": (
+        "86a174b56677642e737562736372696265725f6c6179657273a17601a7726f6f6d5f6964a172a3736964a4"
+        "50415f32a9747261636b5f736964a654525f63616da77175616c697479a468696768"
+    ),
     "offer": (
         "86a174a56f66666572a17601a269640ea6746172676574a97075626c6973686572a3736470a5763d300d0aab"
         "6963655f72657374617274c3"

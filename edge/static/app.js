@@ -235,8 +235,10 @@ function addRemoteTile(participant) {
   const changes = ['stream-published', 'stream-unpublished', 'track-muted', 'track-unmuted', 'attributes-changed'];
   for (const event of changes) participant.on(event, refresh);
   participant.on('stream-subscribed', (sub) => {
-    if (sub.kind === 'video') showVideo(tile, sub.stream);
-    else {
+    if (sub.kind === 'video') {
+      showVideo(tile, sub.stream);
+      sub.observeElement(tile.video); // adaptive stream: no layer larger than the tile
+    } else {
       tile.audio.srcObject = sub.stream;
       tile.audio.play().catch(() => {});
     }

@@ -13,6 +13,15 @@
 
 const GATHER_TIMEOUT = 5000; // ms; loopback gathers at once, a slow network gets what it has
 const MAX_RESTARTS = 5; // consecutive restarts of one track before giving up
+const VIDEO_QUALITIES = ['low', 'medium', 'high'];
+const RESIZE_DEBOUNCE = 300; // ms between a video element's resize and its report
+// Simulcast layers of a camera: quarter, half and full resolution (rids as the forwarder
+// expects them, lowest first; bitrates as forwarder/layers.py DEFAULT_LAYERS).
+const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_700_000 },
+];
 
 // Resolve once the connection gathered every ICE candidate (or the timeout passed; then
 // say so on the console, with how many candidates there are to connect with).
@@ -49,17 +58,60 @@ export function gathered(pc, timeout = GATHER_TIMEOUT) {
  * (MediaStream) holding it, as `video` or `audio`; `participant` is the RemoteParticipant.
  */
 export class Subscription {
-  constructor({ participantId, kind, trackSid, track, stream }) {
+  constructor({ participantId, kind, trackSid, track, stream, room = null }) {
     this.participant = null;
     this.participantId = participantId;
     this.kind = kind;
     this.trackSid = trackSid;
     this.track = track;
     this.stream = stream;
+    this.room = room;
+    this.quality = null; // 'low' | 'medium' | 'high' once asked for
+    this.observer = null;
   }
 
   get video() { return this.kind === 'video' ? this.track : null; }
   get audio() { return this.kind === 'audio' ? this.track : null; }
+
+  /**
+   * Receive this video at most at `quality` ('low', 'medium' or 'high'): a camera
+   * published in three layers then comes in the matching one (a single-layer track is
+   * unaffected). Resolves once the server acked.
+   */
+  async setVideoQuality(quality) {
+    if (!VIDEO_QUALITIES.includes(quality)) throw new TypeError(`quality: 'low', 'medium' or 'high', not ${quality}`);
+    if (this.kind !== 'video') throw new TypeError('setVideoQuality: only video has qualities');
+    this.quality = quality;
+    await this.room.request({ t: 'set_video_quality', track_sid: this.trackSid, quality });
+  }
+
+  /**
+   * Adaptive stream: report the size `element` renders this video at (now and when it
+   * changes), so the server sends no larger layer than it shows. `null` stops observing.
+   */
+  observeElement(element) {
+    this.observer?.disconnect();
+    this.observer = null;
+    if (!element || this.kind !== 'video' || typeof ResizeObserver === 'undefined') return;
+    let timer = null;
+    let last = '';
+    const report = () => {
+      timer = null;
+      const scale = globalThis.devicePixelRatio || 1;
+      const width = Math.min(16384, Math.round(element.clientWidth * scale));
+      const height = Math.min(16384, Math.round(element.clientHeight * scale));
+      const key = `${width}x${height}`;
+      if (key === last || !this.room) return;
+      last = key;
+      this.room.request({ t: 'set_video_quality', track_sid: this.trackSid, width, height })
+        .catch((err) => console.warn(`reporting the size of ${this.trackSid} failed`, err));
+    };
+    this.observer = new ResizeObserver(() => {
+      if (timer === null) timer = setTimeout(report, RESIZE_DEBOUNCE);
+    });
+    this.observer.observe(element);
+    report();
+  }
 }
 
 export class MediaTransport {
@@ -96,7 +148,9 @@ export class MediaTransport {
     const entry = { pc, publication, restarts: old?.restarts ?? 0 };
     this.publishers.set(sid, entry);
     old?.pc.close();
-    const transceiver = pc.addTransceiver(publication.track, { direction: 'sendonly' });
+    const init = { direction: 'sendonly' };
+    if (publication.simulcast) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+    const transceiver = pc.addTransceiver(publication.track, init);
     if (publication.codec) preferCodec(transceiver, publication.kind, publication.codec);
     pc.addEventListener('connectionstatechange', () => this.publisherState(entry));
     try {
@@ -130,6 +184,32 @@ export class MediaTransport {
     this.serial(publication.sid, () => this.offer(publication, true)).catch((err) => {
       console.warn(`ICE restart of track ${publication.sid} failed`, err);
     });
+  }
+
+  /**
+   * Dynacast: the server says which simulcast layers of a published track someone takes;
+   * the other encodings stop sending (`active: false`) until they are wanted again.
+   */
+  onLayersWanted(frame) {
+    const entry = this.publishers.get(frame.track_sid);
+    if (!entry || !entry.publication.simulcast) return;
+    const wanted = new Set(frame.rids ?? []);
+    entry.wanted = wanted;
+    const sender = entry.pc.getSenders()[0];
+    if (!sender) return;
+    const parameters = sender.getParameters();
+    if (!parameters.encodings?.length) return;
+    let changed = false;
+    for (const encoding of parameters.encodings) {
+      const active = wanted.has(encoding.rid);
+      if (encoding.active !== active) {
+        encoding.active = active;
+        changed = true;
+      }
+    }
+    if (changed) {
+      sender.setParameters(parameters).catch((err) => console.warn(`dynacast on ${frame.track_sid} failed`, err));
+    }
   }
 
   /** Stop sending a track (its publication was unpublished). */
@@ -176,6 +256,7 @@ export class MediaTransport {
         trackSid: sid,
         track,
         stream: event.streams[0] ?? new MediaStream([track]),
+        room: this.room,
       });
       this.room.subscribed(entry.subscription);
     });
@@ -214,6 +295,7 @@ export class MediaTransport {
   closeSubscriber(entry) {
     if (this.subscribers.get(entry.trackSid) === entry) this.subscribers.delete(entry.trackSid);
     entry.pc.close();
+    entry.subscription?.observeElement(null);
     if (entry.subscription) this.room.unsubscribed(entry.subscription);
   }
 

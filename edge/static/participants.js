@@ -206,9 +206,10 @@ export class RemoteParticipant extends ParticipantView {
 
 /** A track this client publishes; `mute()` / `unmute()` it here. */
 export class LocalTrackPublication {
-  constructor({ sid, kind, source, name, track, participant, ownsTrack, codec = null }) {
+  constructor({ sid, kind, source, name, track, participant, ownsTrack, codec = null, simulcast = false }) {
     this.sid = sid; // a full reconnect republishes the track under a new sid
     this.codec = codec; // the codec asked for ('vp8', 'h264'...), null: the browser's choice
+    this.simulcast = simulcast; // sent as three layers (rids q, h, f)
     this.kind = kind;
     this.source = source;
     this.name = name;
@@ -268,9 +269,11 @@ export class LocalParticipant extends ParticipantView {
    * unpublished again and the error is thrown. `codec` ('vp8' or 'h264' for video) puts
    * that codec first in the offer, so the forwarder carries the track in it (every
    * subscriber must then be able to decode it); a codec this browser cannot send throws
-   * a TypeError.
+   * a TypeError. `simulcast` sends video as three layers (quarter, half and full
+   * resolution) so each subscriber gets the one that suits it; by default a camera in
+   * VP8 or H.264 does, a screen share and VP9/AV1 send one layer.
    */
-  async publish(track, { source, name, ownsTrack = false, codec = null } = {}) {
+  async publish(track, { source, name, ownsTrack = false, codec = null, simulcast = null } = {}) {
     const kind = track?.kind;
     if (!KINDS.includes(kind)) throw new TypeError('publish: a MediaStreamTrack of kind audio or video');
     if (this.isViewer) {
@@ -285,6 +288,7 @@ export class LocalParticipant extends ParticipantView {
     const publication = new LocalTrackPublication({
       sid: reply.sid ?? '', kind, source: chosen, name: trackName, track, participant: this, ownsTrack,
       codec,
+      simulcast: simulcast ?? (kind === 'video' && chosen === 'camera' && [null, 'vp8', 'h264'].includes(codec)),
     });
     this.publications.set(publication.sid, publication);
     try {

@@ -373,6 +373,7 @@ const FRAME_HANDLERS = {
     this.emitter.emit('tier-changed', this.localParticipant);
   },
   offer(frame) { this.media.onOffer(frame); },
+  layers_wanted(frame) { this.media.onLayersWanted(frame); },
   candidate(frame) { this.media.onCandidate(frame); },
 };
 

@@ -23,6 +23,8 @@ as a browser does. Figures per case, each the median over `--runs`:
 - client_cores / other_load_cores: CPU used during the window by the case's clients, and
   by unrelated processes (a busy machine makes the latency figures meaningless).
 - transcode_cpu_ratio: the relay's CPU per packet sent / the forwarder's, same N and kind.
+- simulcast_switch_ms_p50 / _p99: a subscriber's layer request to its first packet of the
+  new layer, `--switches` times (`stagecast.bench.simulcast`).
 
 The headline figures (last lines) are for video at the largest N (`transcode_cpu_ratio`:
 video at the largest N the relay ran).
@@ -44,6 +46,7 @@ from rich.console import Console
 from stagecast.bench import Result, median, percentile
 from stagecast.bench.mediaclients import VIDEO_BITRATE, publisher_process, subscribers_process
 from stagecast.bench.mediaforwarder import LatencyStamps, Window, forwarder_process
+from stagecast.bench.simulcast import simulcast_figures
 from stagecast.bench.workers import Worker
 
 KINDS = ("video", "audio")
@@ -106,6 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--time-limit", type=float, default=1800.0, help="start no case after this many s"
+    )
+    parser.add_argument(
+        "--switches", type=int, default=20, help="simulcast layer switches timed (0: none)"
     )
 
 
@@ -173,7 +179,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
             console.print(f"run {run_index + 1}: {summary(result)}")
     if skipped:
         console.print(f"[yellow]{skipped} case runs skipped[/]: --time-limit reached")
-    return figures(done, args)
+    return figures(done, args, extra=await simulcast_figures(args.switches))
 
 
 async def run_case(case: Case, args: argparse.Namespace, run_index: int) -> CaseRun:
@@ -330,8 +336,10 @@ def _med(runs: list[CaseRun], figure: Callable[[CaseRun], float]) -> float:
     return median([figure(r) for r in runs])
 
 
-def figures(done: dict[Case, list[CaseRun]], args: argparse.Namespace) -> list[Result]:
-    """Per-case medians, the relay ratios, then the headline figures."""
+def figures(
+    done: dict[Case, list[CaseRun]], args: argparse.Namespace, extra: Sequence[Result] = ()
+) -> list[Result]:
+    """Per-case medians, the relay ratios, `extra`, then the headline figures."""
     results = [r for case, runs in done.items() for r in case_figures(case, runs, args)]
     ratios = {
         case: _ratio(runs, done.get(Case("forward", case.kind, case.subscribers), []))
@@ -342,7 +350,7 @@ def figures(done: dict[Case, list[CaseRun]], args: argparse.Namespace) -> list[R
         if ratio is not None:
             name = f"transcode_cpu_ratio_{case.kind}_n{case.subscribers}"
             results.append(Result(name, ratio, "x", "relay us/packet / forwarder us/packet"))
-    return results + headline(done, ratios, args)
+    return results + list(extra) + headline(done, ratios, args)
 
 
 def case_figures(case: Case, runs: list[CaseRun], args: argparse.Namespace) -> list[Result]:

@@ -13,12 +13,14 @@ import asyncio
 import dataclasses
 from typing import Any, Generic, Protocol, TypeVar
 
-from schemas.client import Subscribe, Unsubscribe
+from schemas.client import SetVideoQuality, Subscribe, Unsubscribe
 from schemas.codec import Message
 from schemas.models import ParticipantInfo, ParticipantKind, TrackInfo, TrackKind, TrackSource
 from stagecast.client.events import Callback, EventEmitter, StreamEvent, Subscription
 from stagecast.client.media import MediaTransport
-from stagecast.errors import InvalidPermissions, NotPublished
+from stagecast.errors import BadRequest, InvalidPermissions, NotPublished
+
+VIDEO_QUALITIES = ("low", "medium", "high")
 
 _KINDS = ("audio", "video")
 
@@ -62,10 +64,31 @@ class RemoteTrackPublication:
     source: TrackSource
     name: str = ""
     muted: bool = False
+    _link: RoomLink | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_info(cls, track: TrackInfo) -> RemoteTrackPublication:
-        return cls(track.sid, track.kind, track.source, track.name, track.muted)
+    def from_info(cls, track: TrackInfo, link: RoomLink | None = None) -> RemoteTrackPublication:
+        return cls(track.sid, track.kind, track.source, track.name, track.muted, link)
+
+    async def set_video_quality(self, quality: str) -> None:
+        """Receive this video track at most at `quality`: ``"low"``, ``"medium"`` or
+        ``"high"`` (the default).
+
+        A speaker publishing from a browser sends its camera in three layers (quarter, half
+        and full resolution); the forwarder then sends this subscriber the highest layer
+        allowed by `quality` and by what its link carries, switching at a keyframe. A
+        track sent in one layer (a screen share, a Python SDK publisher) is unaffected.
+        Raises `BadRequest` for another quality or a non-video track, without a round trip.
+        """
+        if quality not in VIDEO_QUALITIES:
+            raise BadRequest(f"video quality {quality!r}: expected low, medium or high")
+        if self.kind != "video":
+            raise BadRequest(f"track {self.sid} is {self.kind}: only video has qualities")
+        if self._link is None:
+            raise BadRequest(f"track {self.sid} belongs to no room")
+        await self._link.request(
+            SetVideoQuality(id=0, track_sid=self.sid, quality=quality)  # type: ignore[arg-type]
+        )
 
     def event(self) -> StreamEvent:
         return StreamEvent(kind=self.kind, source=self.source, track_sid=self.sid)
@@ -147,7 +170,7 @@ class RemoteParticipant(ParticipantView):
         self._info = info
         self._link = link
         self._attributes = dict(info.attributes)
-        self._tracks = {t.sid: RemoteTrackPublication.from_info(t) for t in info.tracks}
+        self._tracks = {t.sid: RemoteTrackPublication.from_info(t, link) for t in info.tracks}
         self._emitter = EventEmitter(self.EVENTS, link.callback_tasks)
         self._emitter.retroactive(
             "stream-published", lambda: [(p.event(),) for p in list(self._tracks.values())]
@@ -237,7 +260,7 @@ class RemoteParticipant(ParticipantView):
     def _track_published(self, track: TrackInfo) -> None:
         if track.sid in self._tracks:
             return
-        publication = self._tracks[track.sid] = RemoteTrackPublication.from_info(track)
+        publication = self._tracks[track.sid] = RemoteTrackPublication.from_info(track, self._link)
         self._emitter.emit("stream-published", publication.event())
 
     def _track_unpublished(self, track_sid: str) -> None:

@@ -715,6 +715,246 @@ async def chromium_publishes(ctx: Context) -> dict[str, Any]:
     }
 
 
+@scenario("simulcast", forwarders=1)
+async def simulcast(ctx: Context) -> dict[str, Any]:
+    """Chromium publishes a 720p camera as three layers; a Python SDK subscriber's leg is
+    switched low -> high -> low on the forwarder and keeps decoding through it."""
+    from forwarder.layers import Quality
+
+    room = "simulcast"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
+    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
+
+    def layers() -> Any:
+        track = router.simulcast(sid) if sid in router.track_ids else None
+        return track is not None and track.available == {0, 1, 2}
+
+    await eventually(layers, what="three layers at the forwarder", timeout=25)
+    subscriber = await ctx.python_peer("py-subscriber", room)
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_subscribed(subscription: Any) -> None:
+        if subscription.kind == "video" and not got.done():
+            got.set_result(subscription)
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == chrome_id:
+            participant.on("stream-subscribed", on_subscribed)
+
+    subscriber.on("participant-joined", on_joined)
+    video = (await asyncio.wait_for(got, 20)).video
+    track = router.simulcast(sid)
+    assert track is not None
+    await eventually(lambda: len(track.legs) == 1, what="the subscriber's leg", timeout=10)
+    (leg_id,) = track.legs
+    seen: list[tuple[float, int]] = []
+
+    async def decode() -> None:
+        while True:
+            frame = await video.recv()
+            seen.append((time.monotonic(), frame.width))
+
+    decoder = asyncio.create_task(decode())
+
+    async def width(check: Callable[[int], bool], what: str) -> int:
+        await eventually(lambda: seen and check(seen[-1][1]), what=what, timeout=10)
+        return seen[-1][1]
+
+    try:
+        full = await width(lambda w: w >= 1000, "the full layer decoded")
+        track.set_preference(leg_id, quality=Quality.LOW)
+        start = time.monotonic()
+        low = await width(lambda w: w <= 400, "the low layer decoded")
+        track.set_preference(leg_id, quality=Quality.HIGH)
+        high = await width(lambda w: w >= 1000, "the high layer decoded again")
+        track.set_preference(leg_id, quality=Quality.LOW)
+        low_again = await width(lambda w: w <= 400, "the low layer decoded again")
+        await asyncio.sleep(0.5)
+    finally:
+        decoder.cancel()
+    times = [t for t, _ in seen if t >= start]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "widths": [full, low, high, low_again],
+        "frames_while_switching": len(times),
+        "max_gap_ms": round(max(gaps) * 1000) if gaps else None,
+        "switches": track.legs[leg_id].munger.switches,
+    }
+
+
+@scenario("simulcast_loss", forwarders=1)
+async def simulcast_loss(ctx: Context) -> dict[str, Any]:
+    """Loss on a Python subscriber's leg (dropped after the send history, so the leg's own
+    receiver reports show it) steps the leg down from f; once the loss stops it climbs
+    back to f."""
+    room = "simulcast-loss"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    service = next(iter(ctx.stack.forwarders.values()))
+    router = service.forwarder.router
+
+    def layers() -> Any:
+        track = router.simulcast(sid) if sid in router.track_ids else None
+        return track is not None and track.available == {0, 1, 2}
+
+    await eventually(layers, what="three layers at the forwarder", timeout=25)
+    await ctx.python_peer("py-subscriber", room)
+    track = router.simulcast(sid)
+    assert track is not None
+    await eventually(lambda: len(track.legs) == 1, what="the subscriber's leg", timeout=20)
+    ((leg_id, state),) = track.legs.items()
+    await eventually(lambda: state.munger.current == 2, what="the leg on f", timeout=10)
+    stream = service.forwarder.legs(leg_id.split("/")[0])[sid].stream
+    stream.drop = lambda seq: seq % 4 == 0  # 25 % loss, after the history (NACK repairs it)
+    lossy_at = time.monotonic()
+    await eventually(lambda: state.munger.current < 2, what="a step down", timeout=10)
+    stepped_down_to = state.munger.current
+    down_after = time.monotonic() - lossy_at
+    stream.drop = None
+
+    def back_on_f() -> bool:
+        link = state.link
+        if state.munger.current != 2:
+            raise AssertionError(
+                f"on {state.munger.current} (target {state.munger.target}), link ceiling "
+                f"{link.ceiling}, loss {link.loss}, remb {link.estimate}, hold {link.hold}, "
+                f"layers {sorted(track.available)}"
+            )
+        return True
+
+    await eventually(back_on_f, what="back on f", timeout=20)
+    return {
+        "stepped_down_to": stepped_down_to,
+        "down_after_s": round(down_after, 2),
+        "back_to": state.munger.current,
+        "hold_s": state.link.hold,
+    }
+
+
+@scenario("adaptive_stream", forwarders=1)
+async def adaptive_stream(ctx: Context) -> dict[str, Any]:
+    """Two viewer pages watch a 720p simulcast camera, one in a small window, one in a
+    large one: each reports its tile's size and gets the layer that fits it."""
+    room = "adaptive-stream"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
+    await eventually(lambda: sid in router.track_ids, what="the published track", timeout=10)
+    await ctx.join_page("small", room, "Small", role="viewer", width=360, height=320)
+    await ctx.join_page("large", room, "Large", role="viewer", width=1600, height=1000)
+    track = router.simulcast(sid)
+    assert track is not None
+
+    def settled() -> list[tuple[tuple[int, int], int]]:
+        legs = [(state.rendered, state.munger.current) for state in track.legs.values()]
+        if len(legs) != 2 or any(r is None or c is None for r, c in legs):
+            raise AssertionError(f"legs (rendered, layer): {legs}")
+        by_size = sorted(legs, key=lambda leg: leg[0][0] * leg[0][1])
+        if by_size[0][1] >= by_size[1][1]:
+            raise AssertionError(f"the small tile's layer is not lower: {by_size}")
+        return by_size
+
+    (small_size, small_layer), (large_size, large_layer) = await eventually(
+        settled, what="a layer per tile size", timeout=20
+    )
+    return {
+        "small": {"rendered": small_size, "layer": small_layer},
+        "large": {"rendered": large_size, "layer": large_layer},
+    }
+
+
+OUTBOUND_LAYERS = """(async () => {
+  const entry = window.demo.room.media.publishers.get(%s);
+  const out = {};
+  (await entry.pc.getStats()).forEach((r) => {
+    if (r.type === 'outbound-rtp' && r.rid) out[r.rid] = r.bytesSent;
+  });
+  return out;
+})()"""
+
+
+@scenario("dynacast", forwarders=1)
+async def dynacast(ctx: Context) -> dict[str, Any]:
+    """A Python subscriber asks for "low": Chromium's f encoding stops sending; it asks for
+    "high": f sends again, and the subscriber decodes full size."""
+    room = "dynacast"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    sid = await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
+        ".then((p) => p.sid)",
+    )
+    chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
+    stats = OUTBOUND_LAYERS % json.dumps(sid)
+    await ctx.browser.wait("chrome", stats, "o => o.q > 0 && o.h > 0 && o.f > 0", timeout=20)
+    subscriber = await ctx.python_peer("py-subscriber", room)
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_subscribed(subscription: Any) -> None:
+        if subscription.kind == "video" and not got.done():
+            got.set_result(subscription)
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == chrome_id:
+            participant.on("stream-subscribed", on_subscribed)
+
+    subscriber.on("participant-joined", on_joined)
+    video = (await asyncio.wait_for(got, 20)).video
+    publication = subscriber.remote_participants[chrome_id].tracks["video"]
+    widths: list[int] = []
+
+    async def decode() -> None:
+        while True:
+            widths.append((await video.recv()).width)
+
+    decoder = asyncio.create_task(decode())
+
+    async def f_bytes() -> int:
+        return int((await ctx.browser.eval("chrome", stats)).get("f", 0))
+
+    async def f_paused() -> bool:
+        before = await f_bytes()
+        await asyncio.sleep(1.0)
+        return await f_bytes() == before
+
+    try:
+        await publication.set_video_quality("low")
+        await eventually(lambda: widths and widths[-1] <= 400, what="the low layer", timeout=10)
+        low = widths[-1]
+        paused = False
+        for _ in range(10):
+            if paused := await f_paused():
+                break
+        before = await f_bytes()
+        asked = time.monotonic()
+        await publication.set_video_quality("high")
+        resumed_after = None
+        while time.monotonic() - asked < 10:
+            if await f_bytes() > before:
+                resumed_after = round(time.monotonic() - asked, 2)
+                break
+            await asyncio.sleep(0.1)
+        await eventually(lambda: widths[-1] >= 1000, what="the full layer again", timeout=10)
+        high = widths[-1]
+    finally:
+        decoder.cancel()
+    return {"low": low, "high": high, "f_paused": paused, "f_resumed_after_s": resumed_after}
+
+
 @scenario("python_publishes", forwarders=1)
 async def python_publishes(ctx: Context) -> dict[str, Any]:
     """A Python SDK speaker publishes aiortc's synthetic video; a viewer page plays it."""
