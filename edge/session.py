@@ -23,6 +23,9 @@ every state change happens in one place without locks.
 When the socket ends, the session tells the room log what happened, unless the server
 ended it: a dropped joined socket appends `SessionDisconnected` (the departure grace starts,
 the client may resume); a join that was appended but never answered is withdrawn.
+
+Over 500 lines: the whole lifecycle of a socket (states, frames out, the join and its
+replies, the close) is one state machine, kept in one place so every transition is visible.
 """
 
 from __future__ import annotations

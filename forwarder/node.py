@@ -7,6 +7,10 @@ nothing is decoded or encoded here. Tracks relayed from another forwarder are pu
 with `add_relayed_track` (their packets come from the caller). Codec and SDP choices are
 `forwarder.negotiation`'s. Signaling (who publishes what, who subscribes to what) is the
 caller's: `forwarder.service` does it over NATS.
+
+Over 500 lines: publisher, subscriber and ingress connections share the `Forwarder`'s
+state (streams, legs, the router) and its one negotiation path (codecs, simulcast, DTLS
+role). The next split would move publisher negotiation into its own module.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ frames become `participant-count-changed`, and so on. Broadcast frames carry the
 sequence they derive from; a frame older than the last applied one of its stream (after a
 statekeeper restart frames may be re-sent) is dropped. The session's lifecycle (joining,
 resuming after a dropped socket, leaving) lives in `stagecast.client.session`.
+
+Over 500 lines: `Room` is the SDK's public surface (LiveKit's names), and its frame
+handlers keep one roster; streams, RPC and media live in their own modules.
 """
 
 from __future__ import annotations
