@@ -36,6 +36,21 @@ async def wait_exit(child: subprocess.Popen[bytes]) -> int:
     return child.returncode
 
 
+async def until_stopped_or_exited(
+    stop: asyncio.Event, children: list[subprocess.Popen[bytes]]
+) -> bool:
+    """Wait until `stop` is set or any child exits; True when a child exited first."""
+    waiters = [asyncio.ensure_future(stop.wait())] + [
+        asyncio.ensure_future(wait_exit(child)) for child in children
+    ]
+    _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return not stop.is_set()
+
+
 async def stop_child(child: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not exited within `timeout`. Idempotent."""
     if child.poll() is not None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 from nats.aio.client import Client as NATS
 
-from processes.children import wait_exit
+from processes.children import until_stopped_or_exited
 from processes.natscluster import NatsCluster
 from roomlog.connect import connect
 from roomlog.natslink import NatsLink
@@ -303,15 +303,7 @@ async def run_cluster(config: ClusterConfig, out: Callable[[str], None] = say) -
         out(f"  nats admin key  {admin.creds}  (stagecast cluster status --nats-creds ...)")
     sys.stdout.flush()
     try:
-        waiters = [asyncio.ensure_future(stop.wait())] + [
-            asyncio.ensure_future(wait_exit(child)) for child in stack.children
-        ]
-        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        crashed = not stop.is_set()
+        crashed = await until_stopped_or_exited(stop, stack.children)
     finally:
         out("Stopping Stagecast...")
         await stack.stop()

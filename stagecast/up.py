@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from processes.children import spawn_child, stop_child, wait_exit
+from processes.children import spawn_child, stop_child, until_stopped_or_exited
 from processes.natsserver import NatsServer
 from roomlog.connect import (
     ENV_CREDS,
@@ -324,15 +324,7 @@ async def run_up(config: UpConfig) -> int:
         print("  webhooks        sending (log: webhooks.log in the data dir)", flush=True)
     print(f"  try             {command_name()} token --room demo --identity alice", flush=True)
     try:
-        waiters = [asyncio.ensure_future(stop.wait())] + [
-            asyncio.ensure_future(wait_exit(child)) for child in stack.children
-        ]
-        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        crashed = not stop.is_set()
+        crashed = await until_stopped_or_exited(stop, stack.children)
     finally:
         print("Stopping Stagecast...", flush=True)
         await stack.stop()
