@@ -17,6 +17,7 @@ from roomlog.natslink import NatsLink
 from roomlog.retry import RETRY_DEADLINE, RetryPolicy
 from statekeeper.leases import LeaseTiming, Witness
 from statekeeper.leasing import SoloGuard, open_bucket
+from statekeeper.metrics import MetricsServer, StatekeeperMetrics
 from statekeeper.partitions import check_partitions
 from statekeeper.queries import Queries
 from statekeeper.service import Statekeeper, Tuning
@@ -49,6 +50,9 @@ class StatekeeperConfig:
     """This statekeeper's id in the leases bucket (default: a new random one)."""
     witness: Witness | None = None
     """Told of every write a lease lets through (audits and tests)."""
+    metrics_port: int | None = None
+    """Serve `/metrics` on this port (`statekeeper.metrics`; None: no listener, 0: any)."""
+    metrics_host: str = "127.0.0.1"
 
 
 def cursor_secret(api_secret: str) -> bytes:
@@ -90,6 +94,8 @@ async def _running_solo(
     keeper: Statekeeper | None = None
     queries: Queries | None = None
     guard: SoloGuard | None = None
+    metrics: StatekeeperMetrics | None = None
+    server: MetricsServer | None = None
     try:
         await check_partitions(nc.jetstream(), config.partitions)
         room_log = RoomLog(
@@ -110,9 +116,22 @@ async def _running_solo(
         await keeper.start()
         queries = Queries(keeper, cursor_secret(config.api_secret))
         await queries.start()
+        if config.metrics_port is not None:
+            solo = keeper
+            metrics = StatekeeperMetrics(
+                nc, guard.owner, lambda: [(p, solo) for p in solo.partitions]
+            )
+            await metrics.start()
+            server = MetricsServer(metrics, config.metrics_host, config.metrics_port)
+            await server.start()
+            log.info("statekeeper /metrics on %s:%d", server.host, server.port)
         yield keeper, guard
     finally:
         log.info("statekeeper stopping")
+        if server is not None:
+            await server.stop()
+        if metrics is not None:
+            await metrics.stop()
         if queries is not None:
             try:
                 await asyncio.wait_for(queries.stop(), 5)
