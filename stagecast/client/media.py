@@ -7,10 +7,9 @@ move: after a `subscribe` the forwarder offers a receive-only connection for eac
 that kind (an `offer` frame with target ``subscriber``), the SDK answers, and the remote
 track is handed to the participant's `stream-subscribed` listeners.
 
-When a connection fails (the network changed, or its forwarder died: ICE consent expires
-after about 30 s), a publisher connection is replaced by a fresh one offered with
-``ice_restart`` (to whichever forwarder now carries the session); a subscriber connection
-is replaced by asking for a new offer (`restart_ice`). Restarts are bounded per track.
+When a connection fails (the network changed), a publisher connection is replaced by a
+fresh one offered with ``ice_restart``; a subscriber connection is replaced by asking for a
+new offer (`restart_ice`). Restarts are bounded per track.
 """
 
 from __future__ import annotations
@@ -285,12 +284,9 @@ class PeerMedia:
     def _watch(
         self, pc: RTCPeerConnection, restart: Callable[[], Coroutine[Any, Any, None]]
     ) -> None:
-        # aiortc closes a connection whose DTLS transport ended (ICE consent expired: the
-        # forwarder died) without always passing through "failed"; every close the SDK
-        # makes itself first drops or replaces the connection, which `_may_restart` sees.
         @pc.on("connectionstatechange")
         def on_state() -> None:
-            if pc.connectionState in ("failed", "closed") and not self._closed:
+            if pc.connectionState == "failed" and not self._closed:
                 self._spawn(restart())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
