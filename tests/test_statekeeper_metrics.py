@@ -144,8 +144,8 @@ async def test_each_partition_on_one_statekeepers_metrics_and_all_on_the_survivo
                 and all(s["value"] == 1 for s in caught_up)
             )
 
-        for keeper in (a, b):
-            await eventually(lambda k=keeper: folded(k), timeout=15, interval=0.2, what="folded")
+        await eventually(lambda: folded(a), timeout=15, interval=0.2, what="a folded")
+        await eventually(lambda: folded(b), timeout=15, interval=0.2, what="b folded")
 
         streams = {
             str(s["stream"]): s["value"] for s in await a.samples("stagecast_stream_replicas")
