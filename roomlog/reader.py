@@ -142,6 +142,11 @@ class LogReader:
         return self._next_seq - 1
 
     @property
+    def buffered(self) -> int:
+        """Deliveries received from the server and not yet handed out (a gauge's worth)."""
+        return len(self._buffer)
+
+    @property
     def consumer_name(self) -> str | None:
         """The current ephemeral consumer's name."""
         return self._consumer

@@ -106,6 +106,7 @@ def cmd_up_cluster(args: argparse.Namespace, key: str, secret: str) -> int:
 
 def cmd_statekeeper(args: argparse.Namespace) -> int:
     from roomlog.errors import StreamNotEnsured
+    from statekeeper.errors import MetricsListenFailed
     from statekeeper.leases import LeaseTiming
     from statekeeper.main import StatekeeperConfig, serve
 
@@ -139,10 +140,12 @@ def cmd_statekeeper(args: argparse.Namespace) -> int:
         lease_timing=timing,
         replicas=replicas_option(args),
         append_retry=append_retry_option(args),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         asyncio.run(serve(config))
-    except StreamNotEnsured as exc:  # --replicas beyond what this NATS holds, say
+    except (StreamNotEnsured, MetricsListenFailed) as exc:  # --replicas beyond this NATS, say
         raise SystemExit(f"stagecast statekeeper: {exc}") from None
     return 0
 
@@ -401,6 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="s an append is retried across a leader election (STAGECAST_APPEND_RETRY; 15)",
+    )
+    env_port = os.environ.get("STAGECAST_METRICS_PORT")
+    sk.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env_port) if env_port else None,
+        help="serve Prometheus /metrics on this port (STAGECAST_METRICS_PORT; default off)",
+    )
+    sk.add_argument(
+        "--metrics-host",
+        default=os.environ.get("STAGECAST_METRICS_HOST", "127.0.0.1"),
+        help="address of the /metrics listener (STAGECAST_METRICS_HOST; default 127.0.0.1)",
     )
     sk.set_defaults(func=cmd_statekeeper)
 

@@ -147,6 +147,7 @@ class ClusterStack(Stack):
                     *("--partitions", str(config.partitions)),
                     *("--replicas", str(config.replicas)),
                     *("--leases", "on", "--lease-ttl", str(config.lease_ttl)),
+                    *("--metrics-port", "0"),  # any free port: the ready line names it
                 ],
                 config.data_dir / f"statekeeper-{i}.log",
                 Role.STATEKEEPER,
@@ -216,13 +217,25 @@ class ClusterStack(Stack):
 
     def statekeeper_owner(self, index: int) -> str | None:
         """The owner id child `index` (a statekeeper) announced in its log, if any yet."""
+        ready = self._statekeeper_ready(index)
+        return ready[0] if ready else None
+
+    def statekeeper_metrics(self, index: int) -> str | None:
+        """Where child `index` (a statekeeper) serves `/metrics` (``host:port``), if known."""
+        ready = self._statekeeper_ready(index)
+        return ready[1] if ready else None
+
+    def _statekeeper_ready(self, index: int) -> tuple[str, str | None] | None:
+        """(owner id, metrics address) from the last ready line in child `index`'s log."""
         _args, log_path, _role = self._commands[index]
-        owner = None
+        found = None
         with contextlib.suppress(OSError):
             for line in log_path.read_text(errors="replace").splitlines():
-                if line.startswith(READY_OWNER):
-                    owner = line.removeprefix(READY_OWNER).strip()  # the last start's
-        return owner
+                if line.startswith(READY_OWNER):  # the last start's
+                    owner, *rest = line.removeprefix(READY_OWNER).split()
+                    fields = dict(f.split("=", 1) for f in rest if "=" in f)
+                    found = (owner, fields.get("metrics"))
+        return found
 
     async def table(self) -> list[ServiceRow]:
         """Every service with its PID, ports and health, NATS nodes first."""
@@ -244,6 +257,9 @@ class ClusterStack(Stack):
                     owner = self.statekeeper_owner(i)
                     mine = sorted(p for p, o in owners.items() if o == owner)
                     health = f"holds partitions {','.join(map(str, mine)) or 'none'}"
+                    metrics = self.statekeeper_metrics(i)
+                    if metrics is not None:
+                        ports = f"metrics {metrics.rsplit(':', 1)[1]}"
                 elif alive and name.startswith("edge"):
                     url = self.edge_urls[int(name.split("-")[1])]
                     ports = url.rsplit(":", 1)[1]

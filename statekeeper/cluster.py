@@ -24,8 +24,10 @@ from schemas.clock import now_ms
 from statekeeper.agents import AgentDispatcher
 from statekeeper.leasing import Leasing, open_bucket
 from statekeeper.main import StatekeeperConfig, cursor_secret
+from statekeeper.metrics import MetricsServer, StatekeeperMetrics
 from statekeeper.partitions import PartitionHost, check_partitions
 from statekeeper.routing import Router
+from statekeeper.service import Statekeeper
 from statekeeper.store import SqlStore
 
 log = logging.getLogger("stagecast.statekeeper")
@@ -38,6 +40,8 @@ class LeasedStatekeeper:
     leasing: Leasing
     host: PartitionHost
     router: Router
+    metrics: MetricsServer | None = None
+    """The `/metrics` listener (`--metrics-port`), when asked for."""
 
     def held(self) -> list[int]:
         """The partitions whose lease this process holds now."""
@@ -61,6 +65,8 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
     leasing: Leasing | None = None
     router: Router | None = None
     dispatcher: AgentDispatcher | None = None
+    metrics: StatekeeperMetrics | None = None
+    server: MetricsServer | None = None
     try:
         js = nc.jetstream()
         await check_partitions(js, config.partitions)
@@ -98,13 +104,28 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
             worker_timeout_ms=config.tuning.agent_worker_timeout_ms,
         )
         await dispatcher.start()
+        if config.metrics_port is not None:
+            held_by = leasing
+
+            def held() -> list[tuple[int, Statekeeper]]:
+                return [(p, host.keepers[p]) for p in held_by.held() if p in host.keepers]
+
+            metrics = StatekeeperMetrics(nc, leasing.owner, held)
+            await metrics.start()
+            server = MetricsServer(metrics, config.metrics_host, config.metrics_port)
+            await server.start()
+            log.info("statekeeper /metrics on %s:%d", server.host, server.port)
         await leasing.start()
         log.info("statekeeper %s sharing %d partitions", leasing.owner, config.partitions)
-        yield LeasedStatekeeper(leasing, host, router)
+        yield LeasedStatekeeper(leasing, host, router, server)
     finally:
         log.info("statekeeper stopping")
         if dispatcher is not None:
             await dispatcher.stop()
+        if server is not None:
+            await server.stop()
+        if metrics is not None:
+            await metrics.stop()
         if router is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(router.stop(), 5)
@@ -121,7 +142,9 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
 async def serve_leased(config: StatekeeperConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set; exit with the reason if the leases refuse to go on."""
     async with running_leased(config) as leased:
-        print(f"statekeeper ready owner={leased.leasing.owner}", flush=True)
+        metrics = leased.metrics
+        shown = f" metrics={metrics.host}:{metrics.port}" if metrics is not None else ""
+        print(f"statekeeper ready owner={leased.leasing.owner}{shown}", flush=True)
         tune_gc()
         done = asyncio.create_task(leased.leasing.stopped.wait())
         stopping = asyncio.create_task(stop.wait())

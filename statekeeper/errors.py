@@ -158,3 +158,13 @@ class SnapshotFormatUnknown(StatekeeperError, ValueError):
         self.found = found
         self.readable = readable
         self.what = what
+
+
+class MetricsListenFailed(StatekeeperError):
+    """`--metrics-port` could not be bound (in use, or an address this host lacks)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot serve /metrics on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason

@@ -19,6 +19,7 @@ from schemas.clock import now_ms
 from statekeeper.agents import AgentDispatcher
 from statekeeper.leases import LeaseTiming, Witness
 from statekeeper.leasing import SoloGuard, open_bucket
+from statekeeper.metrics import MetricsServer, StatekeeperMetrics
 from statekeeper.partitions import check_partitions
 from statekeeper.queries import Queries
 from statekeeper.service import Statekeeper, Tuning
@@ -51,6 +52,9 @@ class StatekeeperConfig:
     """This statekeeper's id in the leases bucket (default: a new random one)."""
     witness: Witness | None = None
     """Told of every write a lease lets through (audits and tests)."""
+    metrics_port: int | None = None
+    """Serve `/metrics` on this port (`statekeeper.metrics`; None: no listener, 0: any)."""
+    metrics_host: str = "127.0.0.1"
 
 
 def cursor_secret(api_secret: str) -> bytes:
@@ -93,6 +97,8 @@ async def _running_solo(
     queries: Queries | None = None
     dispatcher: AgentDispatcher | None = None
     guard: SoloGuard | None = None
+    metrics: StatekeeperMetrics | None = None
+    server: MetricsServer | None = None
     try:
         await check_partitions(nc.jetstream(), config.partitions)
         room_log = RoomLog(
@@ -121,11 +127,24 @@ async def _running_solo(
         )
         await dispatcher.start()
         keeper.agents = dispatcher
+        if config.metrics_port is not None:
+            solo = keeper
+            metrics = StatekeeperMetrics(
+                nc, guard.owner, lambda: [(p, solo) for p in solo.partitions]
+            )
+            await metrics.start()
+            server = MetricsServer(metrics, config.metrics_host, config.metrics_port)
+            await server.start()
+            log.info("statekeeper /metrics on %s:%d", server.host, server.port)
         yield keeper, guard
     finally:
         log.info("statekeeper stopping")
         if dispatcher is not None:
             await dispatcher.stop()
+        if server is not None:
+            await server.stop()
+        if metrics is not None:
+            await metrics.stop()
         if queries is not None:
             try:
                 await asyncio.wait_for(queries.stop(), 5)

@@ -29,7 +29,8 @@ from typing import Any
 
 from roomlog.jetstream import publish_all
 from roomlog.natslink import NatsLink
-from roomlog.seam import CoreLink, RoomLogPort
+from roomlog.reader import LogReader
+from roomlog.seam import CoreLink, LogReaderPort, RoomLogPort
 from schemas import subjects
 from schemas.api import MediaAssignment, MediaAssignRequest
 from schemas.clock import now_ms
@@ -122,6 +123,9 @@ class Statekeeper:
         self._outbox: list[tuple[str, bytes]] = []
         self._replay_target = 0
         self._healthy = True
+        self.log_reader: LogReader | None = None
+        """The open reader of the log while following it (`statekeeper.metrics` asks it
+        how far behind the partition is)."""
         self.link: NatsLink | None = None
         """The NATS link's state and counters, when the wiring tracks it (`main`)."""
         self.persistence = PersistenceHealth()
@@ -246,30 +250,37 @@ class Statekeeper:
         start = self.applied_seq + 1
         async with self.room_log.reader(self.partitions, start) as reader:
             self._healthy = True
-            while True:
-                batch = await reader.next_batch(max_wait=0.05)
-                if not batch:
-                    self._mark_caught_up()  # nothing more stored: recovery is done
-                    if self._outbox:
-                        await self._send_outbox()
-                    continue
-                share = self.fence is not None  # leases must be renewed meanwhile
-                for i, record in enumerate(batch, 1):
-                    if record.event is not None:
-                        self.fold(record.seq, record.event, record.stored_at)
-                    self.applied_seq = max(self.applied_seq, record.seq)
-                    if share and not i % YIELD_EVERY:
-                        await asyncio.sleep(0)  # the state is whole at applied_seq here
-                if self._caught_up.is_set():
-                    self.media.flush(self.state, self.applied_seq)
-                elif self.applied_seq >= self._replay_target:
-                    self._mark_caught_up()
+            self.log_reader = reader if isinstance(reader, LogReader) else None
+            try:
+                await self._fold_from(reader)
+            finally:
+                self.log_reader = None
+
+    async def _fold_from(self, reader: LogReaderPort) -> None:
+        while True:
+            batch = await reader.next_batch(max_wait=0.05)
+            if not batch:
+                self._mark_caught_up()  # nothing more stored: recovery is done
                 if self._outbox:
                     await self._send_outbox()
-                if self.checkpoints.flush_due:
-                    await self.checkpoints.persist_or_wait(self.flush)
-                if self.checkpoints.checkpoint_due:
-                    await self.checkpoints.persist_or_wait(self.checkpoint)
+                continue
+            share = self.fence is not None  # leases must be renewed meanwhile
+            for i, record in enumerate(batch, 1):
+                if record.event is not None:
+                    self.fold(record.seq, record.event, record.stored_at)
+                self.applied_seq = max(self.applied_seq, record.seq)
+                if share and not i % YIELD_EVERY:
+                    await asyncio.sleep(0)  # the state is whole at applied_seq here
+            if self._caught_up.is_set():
+                self.media.flush(self.state, self.applied_seq)
+            elif self.applied_seq >= self._replay_target:
+                self._mark_caught_up()
+            if self._outbox:
+                await self._send_outbox()
+            if self.checkpoints.flush_due:
+                await self.checkpoints.persist_or_wait(self.flush)
+            if self.checkpoints.checkpoint_due:
+                await self.checkpoints.persist_or_wait(self.checkpoint)
 
     def _mark_caught_up(self) -> None:
         """Recovery is done: from now on media changes go out, starting with a full sync."""

@@ -12,6 +12,7 @@ import pytest
 from schemas import subjects
 from stagecast.bench import chaos
 from stagecast.bench.chaosload import longest_gap
+from stagecast.bench.chaosmedia import FLOWING_FRAMES, flowing_again, longest_silence
 from tests.test_store import PG_URL
 
 
@@ -25,6 +26,19 @@ def test_the_longest_gap_counts_the_edges_of_the_window() -> None:
     assert longest_gap([], 0.0, 4.0) == 4.0
     assert longest_gap([1.0, 1.5, 9.0], 0.0, 4.0) == 2.5
     assert longest_gap([0.5, 3.5], 0.0, 4.0) == 3.0
+
+
+def test_media_flows_again_only_after_a_silence_that_ends_past_the_kill() -> None:
+    before = [i / 30 for i in range(300)]  # 0..10 s at 30 fps, the kill at 10 s
+    assert flowing_again(before, 10.0) is None  # no silence yet
+    after = [14.0 + i / 30 for i in range(FLOWING_FRAMES + 5)]
+    frames = before + after
+    assert flowing_again(frames[: len(before) + FLOWING_FRAMES - 1], 10.0) is None
+    assert flowing_again(frames, 10.0) == after[FLOWING_FRAMES - 1]
+    assert longest_silence(frames, 9.0, after[FLOWING_FRAMES - 1]) == 14.0 - before[-1]
+    assert longest_silence([], 9.0, 12.0) == 3.0
+    early = [i / 30 for i in range(150)] + [7.0 + i / 30 for i in range(200)]
+    assert flowing_again(early, 10.0) is None  # a silence that ended before the kill
 
 
 def test_bad_options_are_refused_by_name() -> None:

@@ -10,8 +10,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from access.tokens import generate_token
 from schemas.models import Grant
@@ -106,6 +108,24 @@ async def test_the_cluster_starts_serves_a_room_and_stops_in_order(
         held = [rows[f"statekeeper-{i}"][-1].split(",") for i in range(2)]
         assert sorted(int(p) for part in held for p in part) == list(range(8)), lines
         assert rows["edge-1"][1] == str(port + 1)
+        exported: list[int] = []  # each statekeeper's /metrics: the partitions it holds
+        async with httpx.AsyncClient(timeout=10) as http:
+            for i in range(2):
+                row = rows[f"statekeeper-{i}"]
+                assert row[1] == "metrics", lines
+                text = (await http.get(f"http://127.0.0.1:{row[2]}/metrics")).text
+                samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+                exported += [
+                    int(s.labels["partition"])
+                    for s in samples
+                    if s.name == "stagecast_partition_owner"
+                ]
+                assert {
+                    s.labels["stream"]: s.value
+                    for s in samples
+                    if s.name == "stagecast_stream_replicas"
+                } == {"STAGECAST_LOG": 3, "STAGECAST_EVENTS": 3}, text
+        assert sorted(exported) == list(range(8)), exported
 
         nats_url = lines[0].split()[-1]
         creds = next(line.split()[3] for line in lines if line.startswith("  nats admin key"))

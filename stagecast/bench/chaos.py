@@ -15,8 +15,11 @@ started again, as a supervisor would):
   elect leaders elsewhere (a graceful step down during the steady load);
 - `statekeeper`: SIGKILL statekeeper-0 (the other takes its partitions over);
 - `edge`: SIGKILL edge-1 (its clients resume on edge-0);
-- `forwarder`: SIGKILL forwarder-0. No media flows in this benchmark (an aiortc pair per
-  client is too heavy for the 2,000-client storm): this checks that signaling is unharmed.
+- `forwarder`: SIGKILL the forwarder carrying the media pair's publisher (forwarder-0
+  without `--media`). The storm's clients send no media (an aiortc pair per client is too
+  heavy for 2,000 of them): they check that signaling is unharmed; one media pair
+  (`stagecast.bench.chaosmedia`: a 160x120 VP8 publisher and a subscriber, in a room of
+  their own on edge-0) measures what the kill does to media.
 
 Figures per fault: `acked_lost_<fault>` (acknowledged writes the log does not hold; goal
 0), `duplicated_<fault>` (writes the log holds twice; goal 0), `write_gap_s_<fault>` (the
@@ -24,7 +27,10 @@ longest time no write was acknowledged, from 1 s before the kill until every cli
 acknowledged again), `flaps_<fault>` (clients whose edge survived and who saw a speaker
 leave; goal 0), `counts_exact_<fault>` (1 when every room's roster is exactly its connected
 clients afterwards); `takeover_s_statekeeper` (the kill to the first acknowledged write in
-a room of a partition the killed statekeeper held). Over the run: `data_doubled` (data
+a room of a partition the killed statekeeper held); `media_gap_s_forwarder` (the longest time the
+pair's subscriber decoded no frame, from 1 s before the kill until frames flowed again
+through the surviving forwarder) and `media_resumed_s_forwarder` (the kill to that). Over
+the run: `data_doubled` (data
 messages a client received twice), `writes_acked`, `writes_refused`.
 """
 
@@ -48,6 +54,7 @@ from schemas.models import Grant
 from schemas.subjects import LEASES_BUCKET
 from stagecast.bench import Result
 from stagecast.bench.chaosload import Load, Member, audit, fresh_database, longest_gap
+from stagecast.bench.chaosmedia import MediaPair, carrier
 from stagecast.bench.stormhost import free_port_block
 from stagecast.client import ConnectionState, ConnectOptions, join
 from stagecast.cluster_up import ClusterConfig, ClusterStack
@@ -62,6 +69,8 @@ OPTIONS = ConnectOptions(
     connect_timeout=20.0, request_timeout=20.0, join_retry_window=60.0, backoff_max=1.0
 )
 FAULTS = ("stream_leader", "meta_leader", "statekeeper", "edge", "forwarder")
+MEDIA_ROOM = "chaos-media"
+MEDIA_START_S = 30.0
 JOIN_BATCH = 50
 COUNTS_WAIT_S = 30.0
 STEPDOWN_WAIT_S = 20.0
@@ -82,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma list, in order")
     parser.add_argument("--recover-limit", type=float, default=60.0)
     parser.add_argument("--data-dir", default=None, help="keep logs here (default: temp)")
+    parser.add_argument(
+        "--media",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a media pair across the forwarder kill (media_gap_s_forwarder; default on)",
+    )
 
 
 def rooms_over_partitions(count: int, partitions: int) -> list[str]:
@@ -108,6 +123,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
         raise SystemExit("stagecast bench chaos: --speakers must be 1..--clients")
     logging.getLogger("stagecast.client").setLevel(logging.ERROR)
     logging.getLogger("stagecast.up").setLevel(logging.ERROR)
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # the media pair's ICE steps
     with contextlib.ExitStack() as exits:
         workdir = (
             Path(args.data_dir)
@@ -143,6 +159,7 @@ class Chaos:
         self.sockets = [u.replace("http://", "ws://") + "/rtc" for u in stack.edge_urls]
         self.members: list[Member] = []
         self.results: list[Result] = []
+        self.media: MediaPair | None = None
 
     async def run(self, faults: list[str]) -> list[Result]:
         api = RoomService(self.stack.edge_urls[0], API_KEY, API_SECRET)
@@ -150,6 +167,9 @@ class Chaos:
             for room in self.rooms:
                 await self.create_room(api, room)
             await self.join_all()
+            if self.args.media and "forwarder" in faults:
+                await self.create_room(api, MEDIA_ROOM)
+                self.media = await self.join_media()
             load = Load(self.members, self.args.period)
             try:
                 for fault in faults:
@@ -159,6 +179,8 @@ class Chaos:
             nc = await self.stack.admin()
             found = await audit(nc, self.members)
         finally:
+            if self.media is not None:
+                await self.media.close()
             await asyncio.gather(*(m.room.leave() for m in self.members), return_exceptions=True)
             await api.aclose()
         for fault in faults:
@@ -221,6 +243,24 @@ class Chaos:
             self.members += await asyncio.gather(*(one(i) for i in batch))
         console.print(f"joined {len(self.members)} clients in {self.loop.time() - started:.1f} s")
 
+    async def join_media(self) -> MediaPair:
+        """The media pair, joined on edge-0 (which the edge fault spares), decoding."""
+        rooms = []
+        for identity, speaker in (("media-pub", True), ("media-sub", False)):
+            token = generate_token(
+                API_KEY,
+                API_SECRET,
+                room_id=MEDIA_ROOM,
+                participant_id=identity,
+                is_viewer=not speaker,
+                grant=SPEAKER if speaker else AUDIENCE,
+            )
+            rooms.append(await join(self.sockets, token, options=OPTIONS))
+        pair = MediaPair(rooms[0], rooms[1])
+        await pair.start(MEDIA_START_S)
+        console.print("media pair: the subscriber decodes the publisher's video")
+        return pair
+
     async def phase(self, fault: str, load: Load, api: RoomService) -> None:
         load.resume(fault)
         if fault == "meta_leader":
@@ -241,6 +281,8 @@ class Chaos:
         recovered = await self.recover(load, t0)
         gap = longest_gap(load.acks, t0 - 1.0, t0 + recovered)
         console.print(f"{fault}: every client wrote again after {recovered:.2f} s")
+        if fault == "forwarder" and self.media is not None:
+            await self.media_figures(t0)
         await restart()
         await load.pause(OPTIONS.request_timeout + 0.5)
         await asyncio.sleep(1.0)  # the last broadcasts
@@ -265,6 +307,28 @@ class Chaos:
             self.results.append(
                 Result("takeover_s_statekeeper", takeover, "s", "kill -> first write answered")
             )
+
+    async def media_figures(self, t0: float) -> None:
+        """Wait for the media pair's frames to flow again; its RESULT lines."""
+        assert self.media is not None
+        resumed = await self.media.resumed(t0, self.args.recover_limit)
+        gap = self.media.longest_gap(t0 - 1.0, t0 + resumed) if resumed < float("inf") else resumed
+        console.print(f"forwarder: media flows again after {resumed:.2f} s; gap {gap:.2f} s")
+        self.results += [
+            Result(
+                "media_gap_s_forwarder", gap, "s", "longest time the subscriber decoded nothing"
+            ),
+            Result("media_resumed_s_forwarder", resumed, "s", "kill -> media flowing again"),
+        ]
+
+    async def forwarder_to_kill(self) -> str:
+        """The forwarder carrying the media pair's publisher (forwarder-0 without a pair)."""
+        if self.media is not None:
+            found = await carrier(await self.stack.admin())
+            if found in self.stack.forwarder_ids:
+                return f"forwarder-{self.stack.forwarder_ids.index(found)}"
+            console.print("forwarder: no heartbeat names the media pair's; killing forwarder-0")
+        return "forwarder-0"
 
     async def kill(self, fault: str) -> Callable[[], Awaitable[None]]:
         """SIGKILL the part `fault` names; returns how to start it again."""
@@ -296,7 +360,9 @@ class Chaos:
                 await cluster.wait_meta_ready()
 
             return restart_node
-        name = {"statekeeper": "statekeeper-0", "edge": "edge-1", "forwarder": "forwarder-0"}[fault]
+        name = {"statekeeper": "statekeeper-0", "edge": "edge-1"}.get(fault) or (
+            await self.forwarder_to_kill()
+        )
         index = stack.index_of(name)
         console.print(f"{fault}: SIGKILL {name} (pid {stack.children[index].pid})")
         stack.kill(index)
