@@ -92,6 +92,84 @@ export declare class Subscription {
   readonly stream: MediaStream;
   readonly video: MediaStreamTrack | null;
   readonly audio: MediaStreamTrack | null;
+  /** Receive this video at most at `quality` (a simulcast camera switches layers). */
+  setVideoQuality(quality: VideoQuality): Promise<void>;
+  /** Adaptive stream: report the size `element` renders this video at; null stops. */
+  observeElement(element: Element | null): void;
+}
+
+export type VideoQuality = 'low' | 'medium' | 'high';
+
+/** A text or byte stream's facts, on both sides. */
+export interface StreamInfo {
+  readonly id: string;
+  readonly topic: string;
+  readonly kind: 'text' | 'bytes';
+  readonly senderId: string;
+  readonly mimeType: string;
+  /** Bytes in all, when the sender said. */
+  readonly totalSize: number | null;
+  readonly attributes: Record<string, string>;
+  /** A byte stream's file name ('' for text). */
+  readonly name: string;
+  readonly timestamp: number;
+}
+
+/** The receiving side of a stream: iterate its chunks, or read it whole. */
+export interface StreamReader {
+  readonly info: StreamInfo;
+  /** Rejects with a `StreamError` when the stream is cut off. */
+  readAll(): Promise<string | Uint8Array>;
+  [Symbol.asyncIterator](): AsyncIterator<string | Uint8Array>;
+}
+
+/** The sending side of a stream. */
+export interface StreamWriter {
+  readonly info: StreamInfo;
+  write(data: string | Uint8Array): Promise<void>;
+  /** A non-empty `reason` ends the stream as aborted. */
+  close(reason?: string): Promise<void>;
+}
+
+export interface StreamOptions {
+  topic?: string;
+  destinationIds?: string[];
+  attributes?: Record<string, string>;
+  totalSize?: number | null;
+  mimeType?: string;
+  name?: string;
+}
+
+export type StreamHandler = (reader: StreamReader, senderId: string) => void | Promise<void>;
+
+export interface RpcInvocation {
+  requestId: string;
+  callerId: string;
+  payload: string;
+  responseTimeout: number;
+}
+
+/** A stream failed: `code` is STREAM_CUT_OFF or STREAM_BUFFER_FULL. */
+export declare class StreamError extends StagecastError {
+  constructor(code: string, message?: string, streamId?: string);
+  readonly streamId: string;
+}
+
+/** An RPC failed, with LiveKit's code (the static constants). */
+export declare class RpcError extends Error {
+  constructor(code: number, message?: string, data?: string);
+  readonly code: number;
+  readonly rpcMessage: string;
+  readonly data: string;
+  static readonly APPLICATION_ERROR: 1500;
+  static readonly CONNECTION_TIMEOUT: 1501;
+  static readonly RESPONSE_TIMEOUT: 1502;
+  static readonly RECIPIENT_DISCONNECTED: 1503;
+  static readonly RESPONSE_PAYLOAD_TOO_LARGE: 1504;
+  static readonly SEND_FAILED: 1505;
+  static readonly UNSUPPORTED_METHOD: 1400;
+  static readonly RECIPIENT_NOT_FOUND: 1401;
+  static readonly REQUEST_PAYLOAD_TOO_LARGE: 1402;
 }
 
 declare class ParticipantView {
@@ -173,6 +251,26 @@ export declare class LocalParticipant extends ParticipantView {
     constraints?: boolean | MediaTrackConstraints,
     options?: { codec?: Codec | null },
   ): Promise<LocalTrackPublication>;
+  /** Open a text stream. */
+  streamText(options?: StreamOptions): Promise<StreamWriter>;
+  /** Send `text` as one text stream; its info. */
+  sendText(text: string, options?: StreamOptions): Promise<StreamInfo>;
+  /** Open a byte stream. */
+  streamBytes(options?: StreamOptions): Promise<StreamWriter>;
+  /** Send a Blob/File, ArrayBuffer or Uint8Array as one byte stream; its info. */
+  sendFile(file: Blob | ArrayBuffer | Uint8Array, options?: StreamOptions): Promise<StreamInfo>;
+  /** Call `method` on `destinationId`: its response payload; rejects with an `RpcError`. */
+  performRpc(options: {
+    destinationId: string;
+    method: string;
+    payload?: string;
+    responseTimeout?: number;
+  }): Promise<string>;
+  registerRpcMethod(
+    method: string,
+    handler: (invocation: RpcInvocation) => string | Promise<string>,
+  ): void;
+  unregisterRpcMethod(method: string): void;
   publish(track: MediaStreamTrack, options?: PublishOptions): Promise<LocalTrackPublication>;
   unpublish(kindOrPublication: TrackKind | LocalTrackPublication): Promise<void>;
   setMetadata(metadata: string): Promise<void>;
@@ -239,6 +337,10 @@ export declare class Room {
   readonly counts: Counts;
   /** Who is talking now, loudest first. */
   readonly activeSpeakers: Array<RemoteParticipant | LocalParticipant>;
+  registerTextStreamHandler(topic: string, handler: StreamHandler): void;
+  unregisterTextStreamHandler(topic: string): void;
+  registerByteStreamHandler(topic: string, handler: StreamHandler): void;
+  unregisterByteStreamHandler(topic: string): void;
   /** Returns `callback` (to pass to `off`). */
   on<E extends keyof RoomEvents>(event: E, callback: RoomEvents[E]): RoomEvents[E];
   off<E extends keyof RoomEvents>(event: E, callback: RoomEvents[E]): void;
