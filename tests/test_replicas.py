@@ -219,6 +219,7 @@ async def test_buckets_follow_the_same_replica_rule(cluster: NatsCluster) -> Non
     try:
         js = nc.jetstream()
         leases = await ensure_bucket(js, KeyValueConfig(bucket="leases", replicas=3, ttl=30))
+        await cluster.wait_replicated(bucket_stream("leases"), 3)
         await leases.put("p0", b"keeper-a")
         assert await replicas_of(js, bucket_stream("leases")) == 3
         again = await ensure_bucket(js, KeyValueConfig(bucket="leases", replicas=1))
@@ -226,6 +227,9 @@ async def test_buckets_follow_the_same_replica_rule(cluster: NatsCluster) -> Non
         assert (await again.get("p0")).value == b"keeper-a"
 
         small = await ensure_bucket(js, KeyValueConfig(bucket="small", replicas=1))
+        # A bucket just made answers "no responders" until its stream has a leader (seen
+        # on a loaded machine): the puts wait for it, as they would for an election.
+        await cluster.wait_replicated(bucket_stream("small"), 1)
         for i in range(20):
             await small.put(f"k{i}", str(i).encode())
         raised = await ensure_bucket(js, KeyValueConfig(bucket="small", replicas=3))
