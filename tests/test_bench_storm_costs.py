@@ -34,9 +34,11 @@ COSTS = (
 async def test_small_storm_reports_the_costs_per_join_viewer_and_counts_frame(
     tmp_path: Path,
 ) -> None:
-    viewers = 40
+    # Enough joins that each process's CPU over the join phase spans several clock ticks
+    # (psutil counts 10 ms ticks; 40 joins once measured the statekeeper at 0)
+    viewers = 400
     argv = [
-        "--speakers", "2", "--viewers", str(viewers), "--rate", "200",
+        "--speakers", "2", "--viewers", str(viewers), "--rate", "400",
         "--edges", "2", "--client-procs", "2", "--phase-s", "2", "--churn-rate", "8",
         "--count-wait", "15", "--time-limit", "100", "--data-dir", str(tmp_path),
     ]  # fmt: skip
