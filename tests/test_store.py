@@ -12,18 +12,15 @@ import contextlib
 import os
 import random
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from schemas.models import ParticipantInfo, Tier
+from stagecast.bench.chaosload import fresh_database
 from statekeeper.errors import StoreClosed
 from statekeeper.outcomes import RosterJoin, RosterLeave, RosterUpdate
 from statekeeper.persistence import PoisonedItem
@@ -115,19 +112,8 @@ def keyed(rows: Page) -> list[tuple[RowKey, str]]:
 @contextlib.asynccontextmanager
 async def fresh_postgres_database(base_url: str) -> AsyncIterator[str]:
     """A uniquely named, empty database on the server of `base_url`, dropped afterwards."""
-    url = make_url(base_url)
-    name = f"stagecast_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield url.set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with fresh_database(base_url, prefix="stagecast_test") as url:
+        yield str(url)
 
 
 class StoreContract:

@@ -194,10 +194,10 @@ async def audit(nc: NATS, members: list[Member]) -> AuditResult:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(base_url: str) -> Any:
+async def fresh_database(base_url: str, prefix: str = "stagecast_chaos") -> Any:
     """A new, empty database on the PostgreSQL server of `base_url`, dropped afterwards."""
     url = make_url(base_url)
-    name = f"stagecast_chaos_{random.getrandbits(48):012x}"
+    name = f"{prefix}_{random.getrandbits(48):012x}"
     admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as conn:
