@@ -265,3 +265,14 @@ class AgentDispatcher:
             await self._publish_event(room_id, name, message, event_id)
         except Exception as exc:
             log.warning("public event %s %s not appended: %r", name, event_id, exc)
+
+
+async def start_dispatcher(
+    nc: Any, publish_event: PublishEvent, worker_timeout_ms: int
+) -> AgentDispatcher:
+    """An `AgentDispatcher` on the statekeeper's clock, started (both statekeeper shells)."""
+    from schemas.clock import now_ms
+
+    dispatcher = AgentDispatcher(nc, publish_event, now_ms, worker_timeout_ms=worker_timeout_ms)
+    await dispatcher.start()
+    return dispatcher

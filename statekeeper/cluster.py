@@ -20,8 +20,7 @@ from roomlog.connect import RECONNECT_BUFFER, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from roomlog.retry import RetryPolicy
-from schemas.clock import now_ms
-from statekeeper.agents import AgentDispatcher
+from statekeeper.agents import AgentDispatcher, start_dispatcher
 from statekeeper.leasing import Leasing, open_bucket
 from statekeeper.main import StatekeeperConfig, cursor_secret
 from statekeeper.metrics import MetricsServer, StatekeeperMetrics
@@ -97,13 +96,9 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
         router = Router(nc, host, config.partitions, link=link)
         await router.start()
         # Agent jobs live in the statekeeper that took the dispatch request (any of them).
-        dispatcher = AgentDispatcher(
-            nc,
-            room_log.publish_event,
-            now_ms,
-            worker_timeout_ms=config.tuning.agent_worker_timeout_ms,
+        dispatcher = await start_dispatcher(
+            nc, room_log.publish_event, config.tuning.agent_worker_timeout_ms
         )
-        await dispatcher.start()
         if config.metrics_port is not None:
             held_by = leasing
 

@@ -15,8 +15,7 @@ from roomlog.connect import RECONNECT_BUFFER, NatsAuth, connect
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from roomlog.retry import RETRY_DEADLINE, RetryPolicy
-from schemas.clock import now_ms
-from statekeeper.agents import AgentDispatcher
+from statekeeper.agents import AgentDispatcher, start_dispatcher
 from statekeeper.leases import LeaseTiming, Witness
 from statekeeper.leasing import SoloGuard, open_bucket
 from statekeeper.metrics import MetricsServer, StatekeeperMetrics
@@ -119,13 +118,9 @@ async def _running_solo(
         await keeper.start()
         queries = Queries(keeper, cursor_secret(config.api_secret))
         await queries.start()
-        dispatcher = AgentDispatcher(
-            nc,
-            room_log.publish_event,
-            now_ms,
-            worker_timeout_ms=config.tuning.agent_worker_timeout_ms,
+        dispatcher = await start_dispatcher(
+            nc, room_log.publish_event, config.tuning.agent_worker_timeout_ms
         )
-        await dispatcher.start()
         keeper.agents = dispatcher
         if config.metrics_port is not None:
             solo = keeper
