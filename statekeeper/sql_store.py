@@ -142,6 +142,14 @@ def _visible(snapshot_seq: int) -> tuple[ColumnElement[bool], ...]:
     )
 
 
+IDLE_IN_TRANSACTION_MS = 4_000
+"""PostgreSQL ends a statekeeper's session that sits this long inside a transaction
+(``idle_in_transaction_session_timeout``). A holder paused mid-write (SIGSTOP, a VM stall,
+a GC pause) keeps the row lock its claim of `partition_owners` took; without this, the
+partition's next holder would wait on that lock for as long as the pause lasts. Ours are
+short batches written back to back, so a healthy writer is never idle anywhere near it."""
+
+
 def _async_url(database_url: str) -> URL:
     url = make_url(database_url)
     if url.drivername == "sqlite":
@@ -372,9 +380,24 @@ class SqlStore(CheckedStore):
         return SqlStore(self._sql._engine, partition, fence, owns_engine=False)
 
     @classmethod
-    async def open(cls, database_url: str, *, partition: int = 0) -> SqlStore:
-        """Connect, create missing tables, check the schema version."""
-        engine = create_async_engine(_async_url(database_url))
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        partition: int = 0,
+        idle_in_transaction_ms: int = IDLE_IN_TRANSACTION_MS,
+    ) -> SqlStore:
+        """Connect, create missing tables, check the schema version.
+
+        On PostgreSQL, a session left idle inside a transaction for
+        `idle_in_transaction_ms` is ended by the server (see `IDLE_IN_TRANSACTION_MS`).
+        """
+        url = _async_url(database_url)
+        connect_args: dict[str, Any] = {}
+        if url.get_backend_name() == "postgresql":
+            settings = {"idle_in_transaction_session_timeout": str(idle_in_transaction_ms)}
+            connect_args["server_settings"] = settings
+        engine = create_async_engine(url, connect_args=connect_args)
         if engine.dialect.name == "sqlite":
             _sqlite_setup(engine)
         store = cls(engine, partition)

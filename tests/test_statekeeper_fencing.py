@@ -13,15 +13,19 @@ from typing import Any
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from processes.natsserver import NatsServer
 from roomlog.log import RoomLog
 from statekeeper.cluster import running_leased
-from statekeeper.leases import LeaseTiming
+from statekeeper.errors import FencedOut
+from statekeeper.leases import Fence, LeaseTiming
 from statekeeper.main import StatekeeperConfig
 from statekeeper.service import Tuning
+from statekeeper.sql_store import SqlStore
 from tests.polling import eventually
-from tests.test_statekeeper_takeover import PARTITIONS, join, room_in
+from tests.test_statekeeper_takeover import PARTITIONS, _owner_rows, join, room_in
 from tests.test_store import PG_URL, fresh_postgres_database
 
 pytestmark = pytest.mark.postgres
@@ -111,3 +115,36 @@ async def test_two_statekeepers_never_write_for_one_partition_at_once(
         assert len(set(owners_by_revision.values())) <= len(owners_by_revision)
     for p in taken_from_a:  # not vacuous: both wrote for the partitions that changed hands
         assert {owner for _at, part, owner, _rev in journal if part == p} == {"sk-a", "sk-b"}
+
+
+async def test_a_holder_paused_inside_its_write_does_not_hold_the_next_one_back(
+    postgres_url: str,
+) -> None:
+    """The old holder froze (SIGSTOP) between the statements of a write, holding the row
+    lock its claim of `partition_owners` took: PostgreSQL ends its session after the idle
+    timeout, so the new holder's write goes through, and the old one's is lost."""
+    far = time.monotonic() + 600
+    old = await SqlStore.open(postgres_url, idle_in_transaction_ms=500)
+    new = await SqlStore.open(postgres_url, idle_in_transaction_ms=500)
+    try:
+        await old.scoped(1, Fence(1, "sk-old", 5, far)).commit(roster=[], now_ms=0, applied_seq=1)
+        frozen = await old._sql._engine.connect()  # the old holder's own session
+        await frozen.begin()
+        await frozen.execute(
+            text("UPDATE partition_owners SET revision = 5 WHERE partition_id = 1")
+        )  # ... and it stops here, inside the transaction, with the row locked
+        fenced = new.scoped(1, Fence(1, "sk-new", 9, far))
+        await asyncio.wait_for(fenced.commit(roster=[], now_ms=0, applied_seq=2), timeout=10)
+        with pytest.raises(DBAPIError):  # woken: its session is gone, nothing it did stays
+            await frozen.execute(text("SELECT 1"))
+        with contextlib.suppress(Exception):
+            await frozen.close()
+        rows = await _owner_rows(postgres_url)
+        assert rows[1] == ("sk-new", 9)
+        with pytest.raises(FencedOut):  # and a write of the old lease is refused
+            await old.scoped(1, Fence(1, "sk-old", 5, far)).commit(
+                roster=[], now_ms=0, applied_seq=3
+            )
+    finally:
+        await old.close()
+        await new.close()
