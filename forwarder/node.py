@@ -154,6 +154,9 @@ class Forwarder:
         self.on_wanted_layers: Callable[[str, frozenset[int]], None] | None = None
         """Given (track id, layers) when the layers a simulcast track's legs take change
         (dynacast: the publisher sends only those)."""
+        self.on_layer_forwarded: Callable[[str, str, int], None] | None = None
+        """Given (subscriber id, track id, layer) when a subscriber's leg of a simulcast
+        track starts forwarding a layer (at its keyframe)."""
 
     @property
     def peer_connections(self) -> list[RTCPeerConnection]:
@@ -247,6 +250,7 @@ class Forwarder:
             simulcast = self.router.simulcast(track.track_id)
             if simulcast is not None:
                 simulcast.on_wanted_layers = functools.partial(self._wanted, track.track_id)
+                simulcast.on_layer_switched = self._switched
         return PublisherAnswer(answer_sdp=publisher.answer_sdp, tracks=published)
 
     async def replace_publisher(
@@ -522,6 +526,11 @@ class Forwarder:
     def _wanted(self, track_id: str, layers: frozenset[int]) -> None:
         if self.on_wanted_layers is not None:
             self.on_wanted_layers(track_id, layers)
+
+    def _switched(self, leg_id: str, layer: int) -> None:
+        subscriber_id, _, track_id = leg_id.partition("/")
+        if self.on_layer_forwarded is not None and subscriber_id in self._subscribers:
+            self.on_layer_forwarded(subscriber_id, track_id, layer)
 
     def _is_published(self, track_id: str) -> bool:
         return track_id in self._track_owner or track_id in self._relayed

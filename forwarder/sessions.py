@@ -105,7 +105,12 @@ class MediaSessions:
         self.voices = RoomVoices(forwarder_id)
         """The audio tracks published here by room (their speakers are reported)."""
         forwarder.on_audio_level = self.voices.observe
-        self.layers = LayerSignals(nc, forwarder, publisher_subject=self._publisher_subject)
+        self.layers = LayerSignals(
+            nc,
+            forwarder,
+            publisher_subject=self._publisher_subject,
+            session_subject=self._session_subject,
+        )
         """Simulcast quality wishes in, dynacast out (`forwarder.layer_signals`)."""
         self.running = False
         self._sessions: dict[SessionKey, ServedSession] = {}
@@ -160,6 +165,11 @@ class MediaSessions:
         """The direct subject of the session publishing `track_sid` here."""
         owner = self._sessions.get(self._owners.get(track_sid, ("", "")))
         return owner.desired.subject if owner is not None and owner.desired else None
+
+    def _session_subject(self, room_id: str, sid: str) -> str | None:
+        """The direct subject of a session served here (None once it is gone)."""
+        session = self._sessions.get((room_id, sid))
+        return session.desired.subject if session is not None and session.desired else None
 
     def subscriber_leg(self, room_id: str, sid: str, track_sid: str) -> SubscriberLeg:
         """The core leg carrying `track_sid` to a session (its stream, its state)."""
@@ -316,6 +326,7 @@ class MediaSessions:
     async def _close_leg(self, session: ServedSession, track_sid: str) -> None:
         leg = session.legs.pop(track_sid, None)
         if leg is not None:
+            self.layers.leg_closed(leg.subscriber_id)
             with contextlib.suppress(ParticipantNotFound):
                 await self.forwarder.remove_subscriber(leg.subscriber_id)
 

@@ -109,6 +109,9 @@ class SimulcastTrack:
         self.keyframe_requests = 0
         self.on_wanted_layers: Callable[[frozenset[int]], None] | None = None
         """Called with `wanted_layers` whenever it changes (dynacast)."""
+        self.on_layer_switched: Callable[[str, int], None] | None = None
+        """Called with (leg id, layer) when a leg starts forwarding a layer: the keyframe it
+        switches at is being sent (the subscriber is told what it gets, not what it asked)."""
         self._wanted: frozenset[int] = frozenset()
         self._preferences: dict[str, tuple[Quality | None, tuple[int, int] | None]] = {}
 
@@ -251,6 +254,8 @@ class SimulcastTrack:
             munged = dataclasses.replace(packet, timestamp=out.timestamp, payload=out.payload)
             if await state.leg.send(munged, out.sequence_number):
                 sent += 1
+            if out.switched and self.on_layer_switched is not None:
+                self.on_layer_switched(state.leg.leg_id, layer)
         if waiting:
             self._request(layer, now)
         return sent

@@ -200,6 +200,16 @@ class LayersWanted(Message, tag="layers_wanted", frozen=True, kw_only=True):
     rids: Annotated[tuple[SimulcastRid, ...], Meta(max_length=3)] = ()
 
 
+class VideoLayer(Message, tag="video_layer", frozen=True, kw_only=True):
+    """Edge -> subscriber client: the simulcast layer of `track_sid` the forwarder now
+    forwards to this session (`rid`: ``q``, ``h`` or ``f``). Sent by the forwarder when its
+    leg switches layer, at the keyframe of the new layer it starts with, so it says what is
+    sent, not what was asked for. None arrives for a track sent in one layer."""
+
+    track_sid: Identity
+    rid: SimulcastRid
+
+
 class Ping(Message, tag="ping", frozen=True, kw_only=True):
     id: int
     at: int = 0

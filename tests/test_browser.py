@@ -173,6 +173,36 @@ def test_a_small_video_element_gets_a_lower_layer(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(70)
+def test_tile_menu_switches_the_layer_and_its_label_follows(tmp_path: Path) -> None:
+    """The demo page's tile menu: Low makes the label show q (the forwarder's report) and
+    the decoded frames narrow; High brings f and full width back."""
+    result = run_scenario("tile_quality", tmp_path)
+    tiles = result["tiles"]
+    assert tiles["auto"]["menu"] == "auto" and tiles["auto"]["layer"] == "f", result
+    assert tiles["low"]["layer"] == "q" and 0 < tiles["low"]["width"] <= 400, result
+    assert tiles["low"]["label"].startswith("q · "), result
+    assert tiles["high"]["layer"] == "f" and tiles["high"]["width"] >= 1000, result
+    assert tiles["high"]["label"].startswith("f · "), result
+    assert result["forwarded"] == {"auto": 2, "low": 0, "high": 2}, result
+    assert result["publication"] == ["f", "high"], result
+    assert result["events"][-2:] == ["q", "f"], result
+
+
+@pytest.mark.timeout(70)
+def test_python_subscriber_sees_the_layer_it_gets(tmp_path: Path) -> None:
+    """`RemoteTrackPublication.video_layer` and `video-layer-changed` follow the layer the
+    forwarder sends a Python subscriber, including when that is not the one asked for."""
+    result = run_scenario("python_video_layer", tmp_path)
+    seen = result["seen"]
+    expected = {"default": "f", "low": "q", "high": "f", "low_without_q": "h"}
+    assert {name: s["layer"] for name, s in seen.items()} == expected, result
+    assert [s["forwarded"] for s in seen.values()] == [2, 0, 2, 1], result
+    assert seen["low"]["quality"] == "low" and seen["low_without_q"]["quality"] == "medium"
+    assert seen["low_without_q"]["asked"] == "low", result
+    assert result["events"] == ["f", "q", "f", "h"], result
+
+
+@pytest.mark.timeout(70)
 def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
     result = run_scenario("python_publishes", tmp_path)

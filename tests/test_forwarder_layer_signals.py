@@ -11,7 +11,7 @@ from forwarder.layers import Quality
 from forwarder.node import Forwarder
 from forwarder.simulcast_track import LayerSource
 from rtc.packets import CodecInfo, MediaPacket
-from schemas.client import LayersWanted
+from schemas.client import LayersWanted, VideoLayer
 from schemas.codec import decode
 from schemas.media import SubscriberLayers
 
@@ -81,4 +81,34 @@ async def test_a_wish_applies_to_the_leg_now_and_to_a_later_one() -> None:
     signals.apply("r", "PA_1", "TR_cam", "S3")  # nothing kept: nothing applied
     forwarder.router.subscribe("TR_cam", Leg("S3/TR_cam"))
     assert track.legs["S3/TR_cam"].rendered is None
+    await forwarder.close()
+
+
+async def test_a_legs_layer_switches_reach_its_session_coalesced() -> None:
+    nats, forwarder = Nats(), simulcast_forwarder()
+    sessions = {("r", "PA_1"): "session.bob"}
+    signals = LayerSignals(
+        nats,  # type: ignore[arg-type]
+        forwarder,
+        publisher_subject=lambda track: None,
+        session_subject=lambda room_id, sid: sessions.get((room_id, sid)),
+    )
+    assert forwarder.on_layer_forwarded is not None
+    signals.apply("r", "PA_1", "TR_cam", "S1")
+    forwarder.on_layer_forwarded("S1", "TR_cam", 2)
+    forwarder.on_layer_forwarded("S1", "TR_cam", 0)  # before the first went: only the newest
+    forwarder.on_layer_forwarded("S9", "TR_cam", 1)  # a leg of no session here (a relay)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert nats.sent == [("session.bob", VideoLayer(track_sid="TR_cam", rid="q"))]
+    forwarder.on_layer_forwarded("S1", "TR_cam", 1)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert nats.sent[1:] == [("session.bob", VideoLayer(track_sid="TR_cam", rid="h"))]
+    signals.leg_closed("S1")
+    forwarder.on_layer_forwarded("S1", "TR_cam", 2)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(nats.sent) == 2 and signals.sent == 2
+    signals.close()
     await forwarder.close()

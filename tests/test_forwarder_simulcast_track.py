@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from forwarder.layers import Quality
 from forwarder.router import Router
 from forwarder.simulcast import LAYER_RIDS, SenderReport
-from forwarder.simulcast_track import LAYER_TIMEOUT, LayerSource
+from forwarder.simulcast_track import LAYER_TIMEOUT, LayerSource, SimulcastTrack
 from rtc.packets import CodecInfo, MediaPacket
 from rtc.vp8 import parse_vp8_descriptor
 
@@ -89,6 +89,15 @@ def make() -> tuple[Router, Publisher]:
     return router, pub
 
 
+def subscribed(router: Router) -> tuple[Leg, SimulcastTrack]:
+    """A leg subscribed to the track, and the track's simulcast state."""
+    leg = Leg("viewer/cam")
+    router.subscribe("cam", leg)
+    simulcast = router.simulcast("cam")
+    assert simulcast is not None
+    return leg, simulcast
+
+
 async def frames(router: Router, pub: Publisher, count: int) -> None:
     for _ in range(count):
         for packet in pub.frame():
@@ -129,10 +138,7 @@ async def test_a_leg_gets_the_highest_layer_by_default_from_its_keyframe() -> No
 
 async def test_low_high_low_switches_at_each_layers_keyframe_without_a_break() -> None:
     router, pub = make()
-    leg = Leg("viewer/cam")
-    router.subscribe("cam", leg)
-    simulcast = router.simulcast("cam")
-    assert simulcast is not None
+    leg, simulcast = subscribed(router)
     assert simulcast.set_preference("viewer/cam", quality=Quality.LOW) == 0
     await frames(router, pub, SETTLE)
     assert set(leg.rids) == {"q"}
@@ -143,6 +149,26 @@ async def test_low_high_low_switches_at_each_layers_keyframe_without_a_break() -
     assert runs(leg) == ["q", "f", "q"] and simulcast.legs["viewer/cam"].munger.switches == 3
     assert len(leg.sent) >= 3 * SETTLE - 30  # a switch waits at most one interval
     assert_unbroken(leg)
+
+
+async def test_a_switch_is_reported_when_its_keyframe_is_sent_not_when_asked() -> None:
+    router, pub = make()
+    leg, simulcast = subscribed(router)
+    reported: list[tuple[str, int, int]] = []
+    simulcast.on_layer_switched = lambda leg_id, layer: reported.append(
+        (leg_id, layer, len(leg.sent))
+    )
+    await frames(router, pub, SETTLE)
+    assert reported == [("viewer/cam", 2, 1)]  # the first keyframe, once sent
+    pub.sending.discard("q")  # asked for a layer that does not arrive: nothing to report
+    simulcast.set_preference("viewer/cam", quality=Quality.LOW)
+    await frames(router, pub, 1)
+    assert reported == [("viewer/cam", 2, 1)]
+    pub.sending.add("q")
+    await frames(router, pub, SETTLE)
+    switched_at = next(i for i, rid in enumerate(leg.rids) if rid == "q")
+    assert reported[1:] == [("viewer/cam", 0, switched_at + 1)]
+    assert set(leg.rids[switched_at:]) == {"q"}
 
 
 async def test_keyframe_requests_are_rate_limited_per_layer() -> None:
@@ -193,10 +219,7 @@ async def test_wanted_layers_follow_the_legs_for_dynacast() -> None:
 
 async def test_loss_on_a_leg_steps_it_down_and_it_probes_back_up() -> None:
     router, pub = make()
-    leg = Leg("viewer/cam")
-    router.subscribe("cam", leg)
-    simulcast = router.simulcast("cam")
-    assert simulcast is not None
+    leg, simulcast = subscribed(router)
     await frames(router, pub, 2)
     simulcast.on_link_report("viewer/cam", loss_fraction=0.3)
     await frames(router, pub, SETTLE)

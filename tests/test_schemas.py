@@ -91,6 +91,7 @@ from schemas.client import (
     TrackUnpublished,
     UnpublishTrack,
     Unsubscribe,
+    VideoLayer,
     ViewerUpdated,
 )
 from schemas.codec import (
@@ -233,6 +234,7 @@ CASES: tuple[Message, ...] = (
     SetVideoQuality(id=18, track_sid="TR_cam", quality="low", width=320, height=180),
     # edge -> client
     LayersWanted(track_sid="TR_cam", rids=("q", "f")),
+    VideoLayer(track_sid="TR_cam", rid="h"),
     Ack(id=3, sid="TR_screen"),
     Error(id=9, code="NOT_PUBLISHED", message="alice has no video"),
     JoinAccepted(
@@ -523,6 +525,9 @@ GOLDEN_HEX: dict[str, str] = {
     "layers_wanted": (
         "84a174ad6c61796572735f77616e746564a17601a9747261636b5f736964a654525f63616da47269647392"
         "a171a166"
+    ),
+    "video_layer": (
+        "84a174ab766964656f5f6c61796572a17601a9747261636b5f736964a654525f63616da3726964a168"
     ),
     "fwd.subscriber_layers": (
         "86a174b56677642e737562736372696265725f6c6179657273a17601a7726f6f6d5f6964a172a3736964a4"

@@ -234,18 +234,21 @@ function addRemoteTile(participant) {
   refresh();
   const changes = ['stream-published', 'stream-unpublished', 'track-muted', 'track-unmuted', 'attributes-changed'];
   for (const event of changes) participant.on(event, refresh);
+  const quality = qualityControls(tile, participant);
   participant.on('stream-subscribed', (sub) => {
     if (sub.kind === 'video') {
       showVideo(tile, sub.stream);
-      sub.observeElement(tile.video); // adaptive stream: no layer larger than the tile
+      quality.subscribed(sub);
     } else {
       tile.audio.srcObject = sub.stream;
       tile.audio.play().catch(() => {});
     }
   });
   participant.on('stream-unsubscribed', (sub) => {
-    if (sub.kind === 'video') showVideo(tile, null);
-    else tile.audio.srcObject = null;
+    if (sub.kind === 'video') {
+      showVideo(tile, null);
+      quality.subscribed(null);
+    } else tile.audio.srcObject = null;
   });
   if (demo.room.localParticipant.grant.canModerate && DEV) {
     tile.actions.append(el('button', {
@@ -254,6 +257,50 @@ function addRemoteTile(participant) {
       onclick: () => moveTier(participant.id, true).catch((err) => notice(describe(err))),
     }));
   }
+}
+
+const QUALITY_CHOICES = [['auto', 'Auto'], ['high', 'High'], ['medium', 'Medium'], ['low', 'Low']];
+
+// A remote tile's video quality: a menu (Auto is adaptive stream, the tile's size decides;
+// High, Medium, Low cap the quality whatever the size) and a label of what arrives: the
+// simulcast layer the forwarder says it sends (q, h, f) and the size of the decoded frames.
+function qualityControls(tile, participant) {
+  const menu = el('select', { className: 'quality-menu', title: 'Video quality' },
+    ...QUALITY_CHOICES.map(([value, textContent]) => el('option', { value, textContent })));
+  const label = el('span', { className: 'layer', title: 'Layer received · frame size' });
+  const box = el('div', { className: 'quality' }, label, menu);
+  box.hidden = true;
+  tile.node.append(box);
+  let subscription = null;
+  const render = () => {
+    const layer = participant.publications.get(subscription?.trackSid)?.videoLayer ?? null;
+    const width = subscription ? tile.video.videoWidth : 0;
+    const size = width ? `${width}×${tile.video.videoHeight}` : '';
+    label.textContent = [layer, size].filter(Boolean).join(' · ') || '…';
+    tile.node.dataset.layer = layer ?? '';
+    tile.node.dataset.frameWidth = String(width);
+    box.hidden = !subscription;
+  };
+  const apply = async () => {
+    if (!subscription) return;
+    if (menu.value === 'auto') {
+      subscription.observeElement(tile.video); // no layer larger than the tile shows
+      await subscription.setVideoQuality('high');
+    } else {
+      await subscription.setVideoQuality(menu.value);
+      subscription.observeElement(null); // a fixed choice: the tile's size no longer limits it
+    }
+  };
+  menu.addEventListener('change', () => apply().catch((err) => notice(describe(err))));
+  tile.video.addEventListener('resize', render);
+  participant.on('video-layer-changed', render);
+  return {
+    subscribed(sub) {
+      subscription = sub;
+      render();
+      apply().catch((err) => notice(describe(err)));
+    },
+  };
 }
 
 // The local participant's tile and controls follow its tier (a viewer can be promoted).

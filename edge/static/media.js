@@ -15,6 +15,7 @@ const GATHER_TIMEOUT = 5000; // ms; loopback gathers at once, a slow network get
 const MAX_RESTARTS = 5; // consecutive restarts of one track before giving up
 const VIDEO_QUALITIES = ['low', 'medium', 'high'];
 const RESIZE_DEBOUNCE = 300; // ms between a video element's resize and its report
+const UNLIMITED_SIZE = 16384; // the largest size the wire takes: no layer is larger (no limit)
 // Simulcast layers of a camera: quarter, half and full resolution (rids as the forwarder
 // expects them, lowest first; bitrates as forwarder/layers.py DEFAULT_LAYERS).
 const SIMULCAST_ENCODINGS = [
@@ -87,30 +88,43 @@ export class Subscription {
 
   /**
    * Adaptive stream: report the size `element` renders this video at (now and when it
-   * changes), so the server sends no larger layer than it shows. `null` stops observing.
+   * changes), so the server sends no larger layer than it shows. `null` stops observing
+   * and lifts the size limit: the quality asked for alone decides (a fixed choice).
    */
   observeElement(element) {
-    this.observer?.disconnect();
-    this.observer = null;
+    this.stopObserving();
+    if (element === null && this.room) {
+      this.room.request({
+        t: 'set_video_quality', track_sid: this.trackSid, width: UNLIMITED_SIZE, height: UNLIMITED_SIZE,
+      }).catch((err) => console.warn(`lifting the size limit of ${this.trackSid} failed`, err));
+    }
     if (!element || this.kind !== 'video' || typeof ResizeObserver === 'undefined') return;
     let timer = null;
     let last = '';
+    const observer = new ResizeObserver(() => {
+      if (timer === null) timer = setTimeout(report, RESIZE_DEBOUNCE);
+    });
     const report = () => {
       timer = null;
+      if (this.observer !== observer || !this.room) return; // stopped while debouncing
       const scale = globalThis.devicePixelRatio || 1;
-      const width = Math.min(16384, Math.round(element.clientWidth * scale));
-      const height = Math.min(16384, Math.round(element.clientHeight * scale));
+      const width = Math.min(UNLIMITED_SIZE, Math.round(element.clientWidth * scale));
+      const height = Math.min(UNLIMITED_SIZE, Math.round(element.clientHeight * scale));
       const key = `${width}x${height}`;
-      if (key === last || !this.room) return;
+      if (key === last) return;
       last = key;
       this.room.request({ t: 'set_video_quality', track_sid: this.trackSid, width, height })
         .catch((err) => console.warn(`reporting the size of ${this.trackSid} failed`, err));
     };
-    this.observer = new ResizeObserver(() => {
-      if (timer === null) timer = setTimeout(report, RESIZE_DEBOUNCE);
-    });
-    this.observer.observe(element);
+    this.observer = observer;
+    observer.observe(element);
     report();
+  }
+
+  /** Stop observing an element, without a word to the server (the subscription ended). */
+  stopObserving() {
+    this.observer?.disconnect();
+    this.observer = null;
   }
 }
 
@@ -295,7 +309,7 @@ export class MediaTransport {
   closeSubscriber(entry) {
     if (this.subscribers.get(entry.trackSid) === entry) this.subscribers.delete(entry.trackSid);
     entry.pc.close();
-    entry.subscription?.observeElement(null);
+    entry.subscription?.stopObserving();
     if (entry.subscription) this.room.unsubscribed(entry.subscription);
   }
 

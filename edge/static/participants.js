@@ -85,11 +85,22 @@ class ParticipantView {
   get joinedAt() { return this.info.joinedAt; }
 }
 
-/** A track a remote speaker has published. */
+// The quality each simulcast layer (rid) is, as `setVideoQuality` names them.
+const LAYER_QUALITIES = { q: 'low', h: 'medium', f: 'high' };
+
+/**
+ * A track a remote speaker has published. `videoLayer` is the simulcast layer the
+ * forwarder sends this client now ('q', 'h' or 'f', as it reports at each switch; null
+ * while not subscribed, or for a track sent in one layer); `videoQuality` names it as a
+ * quality. `video-layer-changed` (the publication) says when it changes.
+ */
 export class RemoteTrackPublication {
   constructor(track) {
     Object.assign(this, track);
+    this.videoLayer = null;
   }
+
+  get videoQuality() { return LAYER_QUALITIES[this.videoLayer] ?? null; }
 
   /** The `stream-published` / `stream-unpublished` payload: {kind, source, trackSid}. */
   event() {
@@ -99,7 +110,7 @@ export class RemoteTrackPublication {
 
 export const PARTICIPANT_EVENTS = [
   'stream-published', 'stream-unpublished', 'stream-subscribed', 'stream-unsubscribed',
-  'track-muted', 'track-unmuted', 'metadata-changed', 'attributes-changed',
+  'track-muted', 'track-unmuted', 'metadata-changed', 'attributes-changed', 'video-layer-changed',
 ];
 
 /**
@@ -107,7 +118,8 @@ export const PARTICIPANT_EVENTS = [
  * from `getParticipants`. Events: `stream-published` (retroactive), `stream-unpublished`
  * ({kind, source, trackSid}), `stream-subscribed` / `stream-unsubscribed` (a Subscription:
  * {participant, kind, trackSid, track, stream, video, audio}), `track-muted` /
- * `track-unmuted` (the publication), `metadata-changed`, `attributes-changed`.
+ * `track-unmuted` (the publication), `metadata-changed`, `attributes-changed`,
+ * `video-layer-changed` (the publication: its `videoLayer` changed).
  */
 export class RemoteParticipant extends ParticipantView {
   constructor(info, room) {
@@ -194,6 +206,15 @@ export class RemoteParticipant extends ParticipantView {
     if (publication && publication.muted !== muted) {
       publication.muted = muted;
       this.emit(muted ? 'track-muted' : 'track-unmuted', publication);
+    }
+  }
+
+  // The forwarder now sends layer `rid` of track `sid` (null: nothing).
+  videoLayer(sid, rid) {
+    const publication = this.publications.get(sid);
+    if (publication && publication.videoLayer !== rid) {
+      publication.videoLayer = rid;
+      this.emit('video-layer-changed', publication);
     }
   }
 

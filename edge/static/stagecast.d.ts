@@ -94,11 +94,14 @@ export declare class Subscription {
   readonly audio: MediaStreamTrack | null;
   /** Receive this video at most at `quality` (a simulcast camera switches layers). */
   setVideoQuality(quality: VideoQuality): Promise<void>;
-  /** Adaptive stream: report the size `element` renders this video at; null stops. */
+  /** Adaptive stream: report the size `element` renders this video at; null stops
+   * observing and lifts the size limit (the quality asked for alone decides). */
   observeElement(element: Element | null): void;
 }
 
 export type VideoQuality = 'low' | 'medium' | 'high';
+/** A simulcast layer: quarter, half or full resolution. */
+export type SimulcastRid = 'q' | 'h' | 'f';
 
 /** A text or byte stream's facts, on both sides. */
 export interface StreamInfo {
@@ -197,6 +200,8 @@ export interface ParticipantEvents {
   'track-unmuted': (event: StreamEvent) => void;
   'metadata-changed': (metadata: string) => void;
   'attributes-changed': (attributes: Record<string, string>) => void;
+  /** The publication's `videoLayer` changed. */
+  'video-layer-changed': (publication: RemoteTrackPublication) => void;
 }
 
 export declare class RemoteTrackPublication {
@@ -205,6 +210,11 @@ export declare class RemoteTrackPublication {
   readonly source: TrackSource;
   readonly name: string;
   readonly muted: boolean;
+  /** The simulcast layer the forwarder sends this client now, as it reports at each
+   * switch; null while not subscribed, or for a track sent in one layer. */
+  readonly videoLayer: SimulcastRid | null;
+  /** `videoLayer` as a quality: what arrives, not what was asked for. */
+  readonly videoQuality: VideoQuality | null;
 }
 
 /** A speaker (in `room.remoteParticipants`) or a viewer snapshot from `getParticipants`. */

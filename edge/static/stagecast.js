@@ -277,6 +277,7 @@ export class Room {
     const participant = subscription.participant;
     if (!participant || participant.subscriptions.get(subscription.trackSid) !== subscription) return;
     participant.subscriptions.delete(subscription.trackSid);
+    participant.videoLayer(subscription.trackSid, null); // nothing arrives any more
     participant.emit('stream-unsubscribed', subscription);
   }
 }
@@ -374,6 +375,11 @@ const FRAME_HANDLERS = {
   },
   offer(frame) { this.media.onOffer(frame); },
   layers_wanted(frame) { this.media.onLayersWanted(frame); },
+  video_layer(frame) {
+    for (const participant of this.remoteParticipants.values()) {
+      if (participant.publications.has(frame.track_sid)) participant.videoLayer(frame.track_sid, frame.rid);
+    }
+  },
   candidate(frame) { this.media.onCandidate(frame); },
 };
 

@@ -21,6 +21,8 @@ from stagecast.client.media import MediaTransport
 from stagecast.errors import BadRequest, InvalidPermissions, NotPublished
 
 VIDEO_QUALITIES = ("low", "medium", "high")
+LAYER_QUALITIES = {"q": "low", "h": "medium", "f": "high"}
+"""The quality each simulcast layer (rid) is (`set_video_quality` names them so)."""
 
 _KINDS = ("audio", "video")
 
@@ -65,6 +67,16 @@ class RemoteTrackPublication:
     name: str = ""
     muted: bool = False
     _link: RoomLink | None = dataclasses.field(default=None, repr=False, compare=False)
+    video_layer: str | None = dataclasses.field(default=None, compare=False)
+    """The simulcast layer the forwarder sends this client now (``"q"``, ``"h"`` or
+    ``"f"``), as it reports at each switch; None while not subscribed, or for a track sent
+    in one layer (`video-layer-changed` on the participant when it changes)."""
+
+    @property
+    def video_quality(self) -> str | None:
+        """`video_layer` as a quality (``"low"``, ``"medium"``, ``"high"``): what arrives,
+        which may be lower than what was asked for (the link, or the publisher, limits it)."""
+        return LAYER_QUALITIES.get(self.video_layer or "")
 
     @classmethod
     def from_info(cls, track: TrackInfo, link: RoomLink | None = None) -> RemoteTrackPublication:
@@ -151,8 +163,9 @@ class RemoteParticipant(ParticipantView):
     Events (`on` / `off`): `stream-published` (`StreamEvent`; retroactive: a new listener
     gets one for each stream already published), `stream-unpublished` (`StreamEvent`),
     `track-muted` / `track-unmuted` (`RemoteTrackPublication`), `metadata-changed` (the new
-    metadata), `attributes-changed` (the changed keys; a deleted key maps to ""), and
-    `stream-subscribed` / `stream-unsubscribed` (`Subscription`: the aiortc track).
+    metadata), `attributes-changed` (the changed keys; a deleted key maps to ""),
+    `stream-subscribed` / `stream-unsubscribed` (`Subscription`: the aiortc track), and
+    `video-layer-changed` (`RemoteTrackPublication`: its `video_layer` changed).
     """
 
     EVENTS = (
@@ -164,6 +177,7 @@ class RemoteParticipant(ParticipantView):
         "track-unmuted",
         "metadata-changed",
         "attributes-changed",
+        "video-layer-changed",
     )
 
     def __init__(self, info: ParticipantInfo, link: RoomLink) -> None:
@@ -269,7 +283,16 @@ class RemoteParticipant(ParticipantView):
             self._emitter.emit("stream-unpublished", publication.event())
 
     def _media_event(self, event: str, subscription: Subscription) -> None:
+        if event == "stream-unsubscribed":
+            self._video_layer(subscription.track_sid, None)  # nothing arrives any more
         self._emitter.emit(event, subscription)
+
+    def _video_layer(self, track_sid: str, rid: str | None) -> None:
+        """The forwarder now sends layer `rid` of `track_sid` (None: nothing)."""
+        publication = self._tracks.get(track_sid)
+        if publication is not None and publication.video_layer != rid:
+            publication.video_layer = rid
+            self._emitter.emit("video-layer-changed", publication)
 
     def _track_muted(self, track_sid: str, muted: bool) -> None:
         publication = self._tracks.get(track_sid)

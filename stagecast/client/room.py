@@ -38,6 +38,7 @@ from schemas.client import (
     TrackMuted,
     TrackPublished,
     TrackUnpublished,
+    VideoLayer,
     ViewerUpdated,
 )
 from schemas.codec import Message, decode
@@ -374,6 +375,12 @@ class Room:
             assert self._local is not None
             self._local._track_muted(frame.track_sid, frame.muted)
 
+    def _on_video_layer(self, frame: VideoLayer) -> None:
+        for participant in self._remote.values():
+            if frame.track_sid in participant._tracks:
+                participant._video_layer(frame.track_sid, frame.rid)
+                return
+
     def _on_room_updated(self, frame: RoomUpdated) -> None:
         changed = frame.room.metadata != self._info.metadata
         self._info = frame.room
@@ -520,4 +527,5 @@ _HANDLERS: dict[type[Message], Any] = {
     AudienceChanged: Room._on_audience,
     DataReceived: Room._on_data,
     TierChanged: Room._on_tier_changed,
+    VideoLayer: Room._on_video_layer,
 }

@@ -115,6 +115,9 @@ class Browser:
     async def click(self, page: str, selector: str) -> None:
         await self.call("click", page=page, selector=selector)
 
+    async def select(self, page: str, selector: str, value: str) -> None:
+        await self.call("select", page=page, selector=selector, value=value)
+
     async def screenshot(self, page: str, path: Path) -> None:
         await self.call("screenshot", page=page, path=str(path))
 
@@ -673,6 +676,41 @@ async def frames(track: Any, count: int, timeout: float = 20.0) -> tuple[int, An
     return got, last
 
 
+async def python_video(
+    ctx: Context, room: str, publisher_id: str, *, listen: Callable[[Any], Any] | None = None
+) -> tuple[Any, Any]:
+    """A Python SDK subscriber in `room`, and its subscription to `publisher_id`'s video
+    once that arrives. `listen(participant)` runs as soon as the publisher is seen, so its
+    listeners miss no event."""
+    subscriber = await ctx.python_peer("py-subscriber", room)
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_subscribed(subscription: Any) -> None:
+        if subscription.kind == "video" and not got.done():
+            got.set_result(subscription)
+
+    def on_joined(participant: Any) -> None:
+        if participant.id == publisher_id:
+            participant.on("stream-subscribed", on_subscribed)
+            if listen is not None:
+                listen(participant)
+
+    subscriber.on("participant-joined", on_joined)
+    return subscriber, await asyncio.wait_for(got, 20)
+
+
+def decode_widths(track: Any) -> tuple[list[int], asyncio.Task[None]]:
+    """Decode an aiortc video track in the background: the widths decoded (growing) and
+    the task (cancel it when done)."""
+    widths: list[int] = []
+
+    async def decode() -> None:
+        while True:
+            widths.append((await track.recv()).width)
+
+    return widths, asyncio.create_task(decode())
+
+
 @scenario("chromium_publishes", forwarders=1)
 async def chromium_publishes(ctx: Context) -> dict[str, Any]:
     """Chromium publishes camera and microphone; a Python SDK subscriber decodes both."""
@@ -715,6 +753,25 @@ async def chromium_publishes(ctx: Context) -> dict[str, Any]:
     }
 
 
+PUBLISH_720P = (
+    "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720}).then((p) => p.sid)"
+)
+
+
+async def simulcast_camera(ctx: Context, page: str, room: str) -> tuple[str, Any]:
+    """Join `page` to `room` and publish a 720p camera; its track sid and its simulcast
+    track at the forwarder, once all three layers arrive there."""
+    await ctx.join_page(page, room, "Chrome Cam")
+    sid: str = await ctx.browser.eval(page, PUBLISH_720P)
+    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
+
+    def layers() -> Any:
+        track = router.simulcast(sid) if sid in router.track_ids else None
+        return track if track is not None and track.available == {0, 1, 2} else None
+
+    return sid, await eventually(layers, what="three layers at the forwarder", timeout=25)
+
+
 @scenario("simulcast", forwarders=1)
 async def simulcast(ctx: Context) -> dict[str, Any]:
     """Chromium publishes a 720p camera as three layers; a Python SDK subscriber's leg is
@@ -722,35 +779,9 @@ async def simulcast(ctx: Context) -> dict[str, Any]:
     from forwarder.layers import Quality
 
     room = "simulcast"
-    await ctx.join_page("chrome", room, "Chrome Cam")
-    sid = await ctx.browser.eval(
-        "chrome",
-        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
-        ".then((p) => p.sid)",
-    )
+    _sid, track = await simulcast_camera(ctx, "chrome", room)
     chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
-    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
-
-    def layers() -> Any:
-        track = router.simulcast(sid) if sid in router.track_ids else None
-        return track is not None and track.available == {0, 1, 2}
-
-    await eventually(layers, what="three layers at the forwarder", timeout=25)
-    subscriber = await ctx.python_peer("py-subscriber", room)
-    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def on_subscribed(subscription: Any) -> None:
-        if subscription.kind == "video" and not got.done():
-            got.set_result(subscription)
-
-    def on_joined(participant: Any) -> None:
-        if participant.id == chrome_id:
-            participant.on("stream-subscribed", on_subscribed)
-
-    subscriber.on("participant-joined", on_joined)
-    video = (await asyncio.wait_for(got, 20)).video
-    track = router.simulcast(sid)
-    assert track is not None
+    video = (await python_video(ctx, room, chrome_id))[1].video
     await eventually(lambda: len(track.legs) == 1, what="the subscriber's leg", timeout=10)
     (leg_id,) = track.legs
     seen: list[tuple[float, int]] = []
@@ -794,23 +825,9 @@ async def simulcast_loss(ctx: Context) -> dict[str, Any]:
     receiver reports show it) steps the leg down from f; once the loss stops it climbs
     back to f."""
     room = "simulcast-loss"
-    await ctx.join_page("chrome", room, "Chrome Cam")
-    sid = await ctx.browser.eval(
-        "chrome",
-        "window.demo.room.localParticipant.publishCamera({width: 1280, height: 720})"
-        ".then((p) => p.sid)",
-    )
+    sid, track = await simulcast_camera(ctx, "chrome", room)
     service = next(iter(ctx.stack.forwarders.values()))
-    router = service.forwarder.router
-
-    def layers() -> Any:
-        track = router.simulcast(sid) if sid in router.track_ids else None
-        return track is not None and track.available == {0, 1, 2}
-
-    await eventually(layers, what="three layers at the forwarder", timeout=25)
     await ctx.python_peer("py-subscriber", room)
-    track = router.simulcast(sid)
-    assert track is not None
     await eventually(lambda: len(track.legs) == 1, what="the subscriber's leg", timeout=20)
     ((leg_id, state),) = track.legs.items()
     await eventually(lambda: state.munger.current == 2, what="the leg on f", timeout=10)
@@ -901,27 +918,9 @@ async def dynacast(ctx: Context) -> dict[str, Any]:
     chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
     stats = OUTBOUND_LAYERS % json.dumps(sid)
     await ctx.browser.wait("chrome", stats, "o => o.q > 0 && o.h > 0 && o.f > 0", timeout=20)
-    subscriber = await ctx.python_peer("py-subscriber", room)
-    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def on_subscribed(subscription: Any) -> None:
-        if subscription.kind == "video" and not got.done():
-            got.set_result(subscription)
-
-    def on_joined(participant: Any) -> None:
-        if participant.id == chrome_id:
-            participant.on("stream-subscribed", on_subscribed)
-
-    subscriber.on("participant-joined", on_joined)
-    video = (await asyncio.wait_for(got, 20)).video
+    subscriber, subscription = await python_video(ctx, room, chrome_id)
     publication = subscriber.remote_participants[chrome_id].tracks["video"]
-    widths: list[int] = []
-
-    async def decode() -> None:
-        while True:
-            widths.append((await video.recv()).width)
-
-    decoder = asyncio.create_task(decode())
+    widths, decoder = decode_widths(subscription.video)
 
     async def f_bytes() -> int:
         return int((await ctx.browser.eval("chrome", stats)).get("f", 0))
@@ -953,6 +952,121 @@ async def dynacast(ctx: Context) -> dict[str, Any]:
     finally:
         decoder.cancel()
     return {"low": low, "high": high, "f_paused": paused, "f_resumed_after_s": resumed_after}
+
+
+TILE_QUALITY = """(() => {
+  const tile = document.querySelector('.tile:not(.local)');
+  const label = tile?.querySelector('.quality .layer');
+  if (!label) return null;
+  return {layer: tile.dataset.layer, width: +tile.dataset.frameWidth, label: label.textContent,
+    menu: tile.querySelector('.quality-menu').value};
+})()"""
+TILE_MENU = ".tile:not(.local) .quality-menu"
+LAYER_EVENTS = """(() => {
+  window.layerEvents = [];
+  window.demo.room.on('video-layer-changed', (p) => window.layerEvents.push(p.videoLayer));
+  return true;
+})()"""
+
+
+@scenario("tile_quality", forwarders=1)
+async def tile_quality(ctx: Context) -> dict[str, Any]:
+    """A page publishes a 720p camera in three layers; a viewer page's tile (Auto: f in a
+    large tile) is set to Low, then High from its menu: the label follows the layer the
+    forwarder sends, and the decoded width follows the label."""
+    sid, track = await simulcast_camera(ctx, "chrome", "tile-quality")
+    await ctx.join_page(
+        "watcher", "tile-quality", "Watcher", role="viewer", width=1600, height=1000
+    )
+    await ctx.browser.eval("watcher", LAYER_EVENTS)
+    auto = await ctx.browser.wait(
+        "watcher", TILE_QUALITY, "t => t && t.layer === 'f' && t.width >= 1000", timeout=20
+    )
+    (state,) = track.legs.values()
+    forwarded = {"auto": state.munger.current}
+    await ctx.browser.select("watcher", TILE_MENU, "low")
+    low = await ctx.browser.wait(
+        "watcher", TILE_QUALITY, "t => t.layer === 'q' && t.width > 0 && t.width <= 400"
+    )
+    forwarded["low"] = state.munger.current
+    await ctx.browser.select("watcher", TILE_MENU, "high")
+    high = await ctx.browser.wait(
+        "watcher", TILE_QUALITY, "t => t.layer === 'f' && t.width >= 1000"
+    )
+    forwarded["high"] = state.munger.current
+    publication = await ctx.browser.eval(
+        "watcher",
+        "(() => { const p = [...window.demo.room.remoteParticipants.values()][0]"
+        f".publications.get({json.dumps(sid)}); return [p.videoLayer, p.videoQuality]; }})()",
+    )
+    events = await ctx.browser.eval("watcher", "window.layerEvents")
+    return {
+        "tiles": {"auto": auto, "low": low, "high": high},
+        "forwarded": forwarded,
+        "publication": publication,
+        "events": events,
+    }
+
+
+STOP_Q = """(async () => {
+  const media = window.demo.room.media;
+  media.onLayersWanted = () => {}; // from now on this publisher ignores dynacast
+  const sender = media.publishers.get(%s).pc.getSenders()[0];
+  const parameters = sender.getParameters();
+  for (const encoding of parameters.encodings) encoding.active = encoding.rid !== 'q';
+  await sender.setParameters(parameters);
+  return true;
+})()"""
+
+
+@scenario("python_video_layer", forwarders=1)
+async def python_video_layer(ctx: Context) -> dict[str, Any]:
+    """A Python subscriber of a 720p simulcast camera: its publication's `video_layer` is
+    f by default, q after `set_video_quality("low")`, f after "high" (each with
+    `video-layer-changed`, the decoded width following); then the publisher stops sending
+    q, and "low" gets h: the property says what arrives, not what was asked for."""
+    from forwarder.layers import Quality
+
+    room = "python-video-layer"
+    sid, track = await simulcast_camera(ctx, "chrome", room)
+    chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
+    events: list[str | None] = []
+
+    def listen(participant: Any) -> None:
+        participant.on("video-layer-changed", lambda p: events.append(p.video_layer))
+
+    subscriber, subscription = await python_video(ctx, room, chrome_id, listen=listen)
+    publication = subscriber.remote_participants[chrome_id].tracks["video"]
+    widths, decoder = decode_widths(subscription.video)
+
+    async def arrives(rid: str, check: Callable[[int], bool]) -> dict[str, Any]:
+        def seen() -> bool:
+            return publication.video_layer == rid and bool(widths) and check(widths[-1])
+
+        await eventually(seen, what=f"layer {rid} reported and decoded", timeout=10)
+        (state,) = track.legs.values()
+        return {
+            "layer": publication.video_layer,
+            "quality": publication.video_quality,
+            "width": widths[-1],
+            "forwarded": state.munger.current,
+            "asked": state.requested.name.lower(),
+        }
+
+    try:
+        seen = {"default": await arrives("f", lambda w: w >= 1000)}
+        await publication.set_video_quality("low")
+        seen["low"] = await arrives("q", lambda w: w <= 400)
+        await publication.set_video_quality("high")
+        seen["high"] = await arrives("f", lambda w: w >= 1000)
+        await ctx.browser.eval("chrome", STOP_Q % json.dumps(sid))
+        await eventually(lambda: track.available == {1, 2}, what="h and f only", timeout=10)
+        await publication.set_video_quality("low")
+        seen["low_without_q"] = await arrives("h", lambda w: 400 < w < 1000)
+        assert (track.legs and next(iter(track.legs.values())).requested) is Quality.LOW
+    finally:
+        decoder.cancel()
+    return {"seen": seen, "events": events}
 
 
 @scenario("python_publishes", forwarders=1)

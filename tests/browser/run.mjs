@@ -4,7 +4,8 @@
 // {id, ok: true, result} or {id, ok: false, error}. Page console output goes to stderr.
 // Commands: open {page, url, width?, height?}, eval {page, expr},
 // wait {page, expr, until?, ms},
-// fill {page, selector, value}, click {page, selector}, screenshot {page, path},
+// fill {page, selector, value}, click {page, selector}, select {page, selector, value},
+// screenshot {page, path},
 // close {page}, quit. Each page gets its own browser context (its own camera, storage).
 //
 // The browser is the Debian `chromium` (no Playwright download): set STAGECAST_CHROMIUM to
@@ -77,6 +78,11 @@ const COMMANDS = {
   },
   async click({ page, selector }) {
     await pageOf(page).click(selector, { timeout: 5_000 });
+    return true;
+  },
+  // Choose an option of a <select> as a user does (it fires `input` and `change`).
+  async select({ page, selector, value }) {
+    await pageOf(page).selectOption(selector, value, { timeout: 5_000 });
     return true;
   },
   async screenshot({ page, path }) {
