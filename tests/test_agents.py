@@ -13,7 +13,12 @@ import nats
 import pytest
 
 from roomlog.roles import Role
-from schemas.agents import AgentDispatch, AgentJobEndedEvent, AgentJobStartedEvent
+from schemas.agents import (
+    AgentDispatch,
+    AgentJobEndedEvent,
+    AgentJobStartedEvent,
+    ListDispatchesRequest,
+)
 from schemas.codec import decode
 from schemas.subjects import room_events
 from stagecast.agents import JobContext, Worker
@@ -221,15 +226,19 @@ async def test_dispatch_works_with_leasing_statekeepers(tmp_path: Path) -> None:
             await eventually(running, what="the job running", timeout=WAIT)
 
 
-async def test_every_statekeeper_lists_the_jobs_of_the_others(stack: Stack) -> None:
-    """With two dispatchers in the queue group (two statekeepers), a job lives in the one
-    that took the request, and `list_dispatches` shows it whichever one answers."""
+async def test_the_agent_api_subject_still_dispatches_through_the_log(stack: Stack) -> None:
+    """Edges of earlier versions asked `stagecast.agent.api`: any dispatcher answers it (here
+    one more that holds no partition, so offers nothing), the job goes through the room log,
+    and each job runs once."""
     import logging
 
     from roomlog.connect import connect
     from roomlog.log import RoomLog
     from roomlog.natslink import NatsLink
+    from schemas.agents import DispatchAgentRequest, DispatchListReply, DispatchReply
     from schemas.clock import now_ms
+    from schemas.codec import encode
+    from schemas.subjects import AGENT_API
     from statekeeper.agents import AgentDispatcher
 
     nc = await connect(
@@ -238,24 +247,37 @@ async def test_every_statekeeper_lists_the_jobs_of_the_others(stack: Stack) -> N
         link=NatsLink("statekeeper", logging.getLogger("tests")),
         role="statekeeper",
     )
-    second = AgentDispatcher(nc, RoomLog(nc.jetstream()).publish_event, now_ms)
+    second = AgentDispatcher(nc, RoomLog(nc.jetstream()), lambda: [], now_ms)
     await second.start()
-    room = "agents-two-dispatchers"
+    edge = await connect(
+        stack.nats_url(Role.EDGE),
+        name="earlier-edge",
+        link=NatsLink("edge", logging.getLogger("tests")),
+        role="edge",
+    )
+    room = "agents-old-subject"
     try:
-        async with worker(stack, "AW_one"):
+        async with worker(stack, "AW_one") as one:
             await stack.api.create_room(room)
-            jobs = [await stack.api.dispatch_agent(room, "assistant") for _ in range(6)]
+            jobs = []
+            for _ in range(6):  # the queue group picks either dispatcher each time
+                request = DispatchAgentRequest(room_id=room, agent_name="assistant")
+                reply = decode((await edge.request(AGENT_API, encode(request), timeout=5)).data)
+                assert isinstance(reply, DispatchReply), reply
+                jobs.append(reply.dispatch)
 
-            async def all_listed() -> bool:
-                for _ in range(6):  # the queue group picks either dispatcher each time
-                    listed = await dispatches(stack, room)
-                    assert sorted((j.id, j.state) for j in listed) == sorted(
-                        (j.id, "running") for j in jobs
-                    ), listed
+            async def all_running_once() -> bool:
+                request = ListDispatchesRequest(room_id=room)
+                reply = decode((await edge.request(AGENT_API, encode(request), timeout=5)).data)
+                assert isinstance(reply, DispatchListReply), reply
+                assert sorted((j.id, j.state, j.attempt) for j in reply.dispatches) == sorted(
+                    (j.id, "running", 1) for j in jobs
+                ), reply
                 return True
 
-            await eventually(all_listed, what="every job listed by both", timeout=WAIT)
-            assert second.table.jobs, "the second dispatcher took none of six requests"
+            await eventually(all_running_once, what="every job running once", timeout=WAIT)
+            assert sorted(one.jobs) == sorted(j.id for j in jobs)
     finally:
+        await edge.close()
         await second.stop()
         await nc.close()
