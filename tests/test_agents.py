@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from roomlog.roles import Role
@@ -20,9 +18,9 @@ from schemas.agents import (
     ListDispatchesRequest,
 )
 from schemas.codec import decode
-from schemas.subjects import room_events
 from stagecast.agents import JobContext, Worker
 from stagecast.client import TextStreamReader
+from tests.agent_fixtures import agent_events, in_process_worker, worker_process
 from tests.agent_jobs import greet, stay
 from tests.nats_logins import Logins
 from tests.polling import eventually
@@ -30,7 +28,6 @@ from tests.stack_fixtures import API_KEY, API_SECRET, OPTIONS, Stack, sdk_stack
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0
 
 
@@ -43,17 +40,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 def worker(
     stack: Stack, worker_id: str, entrypoint: object = stay, name: str = "assistant"
 ) -> Worker:
-    return Worker(
-        stack.url,
-        API_KEY,
-        API_SECRET,
-        agent_name=name,
-        entrypoint=entrypoint,  # type: ignore[arg-type]
-        nats_url=stack.nats_url(Role.AGENT),
-        worker_id=worker_id,
-        beat_interval=0.2,
-        options=OPTIONS,
-    )
+    return in_process_worker(stack.url, stack.nats_url(Role.AGENT), worker_id, entrypoint, name)
 
 
 async def dispatches(stack: Stack, room: str) -> list[AgentDispatch]:
@@ -61,19 +48,7 @@ async def dispatches(stack: Stack, room: str) -> list[AgentDispatch]:
 
 
 async def public_agent_events(stack: Stack, room: str, count: int) -> list[object]:
-    nc = await nats.connect(stack.nats_url(Role.ADMIN))
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(room_events(room), ordered_consumer=True)
-        events: list[object] = []
-        while len(events) < count:
-            msg = await sub.next_msg(timeout=WAIT)
-            event = decode(msg.data)
-            if isinstance(event, (AgentJobStartedEvent, AgentJobEndedEvent)):
-                events.append(event)
-        return events
-    finally:
-        await nc.close()
+    return await agent_events(stack.nats_url(Role.ADMIN), room, count, WAIT)
 
 
 async def test_two_workers_share_six_dispatches(stack: Stack) -> None:
@@ -130,20 +105,9 @@ async def test_a_job_whose_worker_is_killed_is_taken_by_the_other(
 ) -> None:
     room = "agents-failover"
     await stack.api.create_room(room)
-    env = dict(os.environ, STAGECAST_API_KEY=API_KEY, STAGECAST_API_SECRET=API_SECRET)
-    env["PYTHONPATH"] = str(ROOT)
-    argv = [
-        sys.executable, "-m", "stagecast.cli", "agent-worker",
-        "--module", "tests.agent_jobs:stay",
-        "--url", stack.url,
-        "--nats-url", stack.nats_url(Role.AGENT),
-        "--worker-id", "AW_doomed",
-    ]  # fmt: skip
-    log_file = (tmp_path / "worker.log").open("wb")
-    doomed = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, env=env, stdout=log_file, stderr=log_file
-    )
-    try:
+    async with worker_process(
+        stack.url, stack.nats_url(Role.AGENT), "AW_doomed", tmp_path / "worker.log"
+    ) as doomed:
         job = await stack.api.dispatch_agent(room, "assistant")
 
         async def running_on(worker_id: str) -> bool:
@@ -173,11 +137,6 @@ async def test_a_job_whose_worker_is_killed_is_taken_by_the_other(
                 "AgentJobStartedEvent",
             ]
             assert isinstance(events[1], AgentJobEndedEvent) and events[1].reason == "worker_lost"
-    finally:
-        if doomed.returncode is None:
-            doomed.kill()
-            await asyncio.wait_for(doomed.wait(), 10)
-        log_file.close()
 
 
 async def test_dispatch_works_with_leasing_statekeepers(tmp_path: Path) -> None:
