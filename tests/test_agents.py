@@ -240,3 +240,36 @@ async def test_the_agent_api_subject_still_dispatches_through_the_log(stack: Sta
         await edge.close()
         await second.stop()
         await nc.close()
+
+
+async def test_a_deleted_dispatch_is_forgotten_and_its_agent_leaves(stack: Stack) -> None:
+    from stagecast.errors import DispatchNotFound
+
+    room = "agents-delete"
+    await stack.api.create_room(room)
+    async with worker(stack, "AW_del") as one:
+        job = await stack.api.create_dispatch(room, "assistant", metadata="to delete")
+        kept = await stack.api.dispatch_agent(room, "assistant")
+
+        async def both_running() -> bool:
+            jobs = await dispatches(stack, room)
+            assert sorted(j.state for j in jobs) == ["running", "running"], jobs
+            return True
+
+        await eventually(both_running, what="both jobs running", timeout=WAIT)
+        deleted = await stack.api.delete_dispatch(room, job.id)
+        assert (deleted.id, deleted.state) == (job.id, "running")
+        assert [j.id for j in await dispatches(stack, room)] == [kept.id]
+
+        async def agent_gone() -> bool:
+            assert one.jobs == [kept.id], one.jobs  # the room disconnected the deleted one
+            page = await stack.api.list_participants(room)
+            assert [p.id for p in page.participants] == [f"agent-{kept.id}"], page
+            return True
+
+        await eventually(agent_gone, what="the deleted job's agent gone", timeout=WAIT)
+        with pytest.raises(DispatchNotFound):
+            await stack.api.delete_dispatch(room, job.id)
+        events = await public_agent_events(stack, room, 3)
+        ended = [e for e in events if isinstance(e, AgentJobEndedEvent)]
+        assert [(e.dispatch.id, e.reason) for e in ended] == [(job.id, "deleted")]
