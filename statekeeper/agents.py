@@ -55,7 +55,6 @@ from schemas.codec import SchemaError, decode, encode
 from schemas.errors import ErrorCode
 from schemas.log import DispatchCreated, DispatchEnded, DispatchStarted, LogEvent
 from statekeeper.dispatch import DispatchTable
-from statekeeper.errors import LeaseLost
 from statekeeper.fold.agents import WORKER_LOST
 from statekeeper.service import Statekeeper
 
@@ -272,8 +271,8 @@ class AgentDispatcher:
         try:
             refused_at: dict[int, int] = {}
             while True:
-                if keeper.fence is not None:
-                    keeper.fence.check()  # LeaseLost: the next holder offers it
+                if keeper.fence is not None and not keeper.fence.holds():
+                    return  # the partition's next holder offers it
                 now = self._clock()
                 bound = self.table.max_jobs(job.agent_name, now)
                 if bound is None:
@@ -287,7 +286,7 @@ class AgentDispatcher:
                     self._record_start(keeper, job, worker_id)
                     return
                 refused_at[bound] = refused_at.get(bound, 0) + 1
-        except (LeaseLost, _NoWorker):
+        except _NoWorker:
             return
         finally:
             self._offering.discard(job.id)
