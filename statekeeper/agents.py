@@ -179,16 +179,18 @@ class AgentDispatcher:
         if not isinstance(report, AgentJobEnded):
             return
         for keeper in self.keepers():
-            room_id = keeper.state.open_jobs.get(report.job_id)
-            if room_id is not None:
+            room = keeper.state.rooms.get(keeper.state.open_jobs.get(report.job_id, ""))
+            job = room.dispatches.get(report.job_id) if room is not None else None
+            if job is not None:
                 ended = DispatchEnded(
-                    room_id=room_id,
+                    room_id=job.room_id,
                     at=self._clock(),
-                    dispatch_id=report.job_id,
+                    dispatch_id=job.id,
                     worker_id=report.worker_id,
                     reason=report.reason or "completed",
                 )
-                self._append(keeper, f"{report.job_id}:{report.worker_id}:ended", ended)
+                key = f"{job.id}:{job.attempt}:{report.worker_id}:ended"
+                self._append(keeper, key, ended)
 
     # ------------------------------------------------------------------ decisions
 
