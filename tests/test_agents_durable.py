@@ -179,3 +179,44 @@ async def test_jobs_outlive_a_lease_takeover(tmp_path: Path, postgres_url: str) 
                 await check_after_the_loss(api, server.url, room, kept, moved, runs)
         finally:
             await nc.close()
+
+
+async def test_a_job_that_ended_while_no_statekeeper_ran_ends_unreported(tmp_path: Path) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'sk.db'}"
+    room = "agents-unreported"
+    release = asyncio.Event()
+
+    async def until_released(ctx: JobContext) -> None:
+        await release.wait()
+
+    async with NatsServer(tmp_path / "nats") as server:
+        edge = EdgeConfig(nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
+        async with (
+            solo_statekeeper(server.url, database_url, tmp_path / "sk1.log") as first_pid,
+            running_edge(edge) as url,
+            stagecast.RoomService(url, API_KEY, API_SECRET) as api,
+            in_process_worker(url, server.url, "AW_quiet", until_released) as quiet,
+        ):
+            await api.create_room(room)
+            job = await api.dispatch_agent(room, "assistant")
+
+            async def running() -> bool:
+                (listed,) = await api.list_dispatches(room)
+                assert (listed.state, listed.worker_id) == ("running", "AW_quiet"), listed
+                return True
+
+            await eventually(running, what="the job running", timeout=WAIT)
+            os.kill(first_pid, signal.SIGKILL)
+            release.set()  # the job ends; its report reaches no statekeeper
+            await eventually(lambda: not quiet.jobs, what="the job over", timeout=WAIT)
+            async with solo_statekeeper(server.url, database_url, tmp_path / "sk2.log"):
+
+                async def ended() -> bool:
+                    (listed,) = await api.list_dispatches(room)
+                    assert (listed.id, listed.state, listed.attempt) == (job.id, "ended", 1)
+                    return True
+
+                await eventually(ended, what="the job ended, unreported", timeout=WAIT)
+                events = await agent_events(server.url, room, 2)
+                last = events[-1]
+                assert isinstance(last, AgentJobEndedEvent) and last.reason == "unreported"
