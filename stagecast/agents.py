@@ -237,6 +237,8 @@ class Worker:
         if job.id not in self._jobs:
             self._jobs[job.id] = asyncio.create_task(self._run_job(job))
         await msg.respond(encode(AgentJobAccepted(job_id=job.id, worker_id=self.worker_id)))
+        with contextlib.suppress(Exception):  # at once: should the reply be lost, the beat
+            await self._beat()  # tells the dispatcher this worker runs the job
 
     def _refusal(self, offer: AgentJobOffer) -> str | None:
         """Why this worker does not take a new job now (None: it does)."""

@@ -66,6 +66,9 @@ OFFERS_PER_WORKER = 8
 """Offers refused at one `max_jobs` bound, per live worker of the name, before the bound is
 lifted (the queue group picks a worker at random: a least loaded one is reached with
 probability 1 - (1 - 1/n)^(8n) > 0.9996)."""
+QUIET_MS = 1_500
+"""How long a job whose offer went unanswered is not offered again: a beat or so, for the
+worker that may have taken it to name it (and be recorded as running it)."""
 RECORDING_MS = 5_000
 """How long an acceptance appended to the log is waited for before the job is decided
 again (the append is retried meanwhile)."""
@@ -98,6 +101,9 @@ class AgentDispatcher:
         self._offering: set[str] = set()
         self._recording: dict[tuple[str, int, str], int] = {}
         """(job id, attempt, what) appended -> when: not decided again meanwhile."""
+        self._quiet_until: dict[str, int] = {}
+        """Job id -> until when it is not offered again: an offer went unanswered (a worker
+        may have taken it and lost the reply; its beat says so meanwhile)."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -217,12 +223,13 @@ class AgentDispatcher:
                     self._decide(keeper, job, now)
         self.table.prune(open_ids)
         self._recording = {k: t for k, t in self._recording.items() if now - t < RECORDING_MS}
+        self._quiet_until = {j: t for j, t in self._quiet_until.items() if t > now}
 
     def _decide(self, keeper: Statekeeper, job: AgentDispatch, now: int) -> None:
         if job.id in self._offering or self._recorded(job):
             return
         decision = self.table.decide(job, now)
-        if decision.action == "offer":
+        if decision.action == "offer" and self._quiet_until.get(job.id, 0) <= now:
             self._offering.add(job.id)
             self._spawn(self._offer(keeper, job))
         elif decision.action == "adopt":
@@ -272,7 +279,7 @@ class AgentDispatcher:
         """Offer a pending job until a worker takes it, or none of the name has room."""
         try:
             refused_at: dict[int, int] = {}
-            while True:
+            while self._still_pending(keeper, job):
                 if keeper.fence is not None and not keeper.fence.holds():
                     return  # the partition's next holder offers it
                 now = self._clock()
@@ -282,6 +289,9 @@ class AgentDispatcher:
                 live = len(self.table.candidates(job.agent_name, now))
                 lifted = refused_at.get(bound, 0) >= OFFERS_PER_WORKER * live
                 worker_id = await self._ask(job, 0 if lifted else bound)
+                if worker_id is _UNANSWERED:
+                    self._quiet_until[job.id] = self._clock() + QUIET_MS
+                    return  # decided again later, from the beats too
                 if worker_id is None and lifted:
                     return  # every worker refused even unbounded: decided again next tick
                 if worker_id is not None:
@@ -293,8 +303,17 @@ class AgentDispatcher:
         finally:
             self._offering.discard(job.id)
 
+    @staticmethod
+    def _still_pending(keeper: Statekeeper, job: AgentDispatch) -> bool:
+        """The job is as it was offered: pending at that attempt (not taken back, not taken
+        by a worker its beat named)."""
+        room = keeper.state.rooms.get(job.room_id)
+        now = room.dispatches.get(job.id) if room is not None else None
+        return now is not None and now.state == "pending" and now.attempt == job.attempt
+
     async def _ask(self, job: AgentDispatch, max_jobs: int) -> str | None:
-        """One offer to the agent name's queue group: the accepting worker's id, or None."""
+        """One offer to the agent name's queue group: the accepting worker's id, None for
+        a refusal, or `_UNANSWERED`."""
         offer = AgentJobOffer(dispatch=job, max_jobs=max_jobs)
         try:
             reply = await self.nc.request(
@@ -305,10 +324,14 @@ class AgentDispatcher:
             raise _NoWorker() from None
         except Exception as exc:
             log.info("agent job %s offer not answered: %r", job.id, exc)
-            return None
+            return _UNANSWERED
         if isinstance(answer, AgentJobAccepted) and answer.job_id == job.id:
             return answer.worker_id
         return None
+
+
+_UNANSWERED = "\0unanswered"
+"""`_ask`'s answer when no reply came (a worker id never holds a NUL)."""
 
 
 class _NoWorker(Exception):
