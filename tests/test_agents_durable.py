@@ -220,3 +220,55 @@ async def test_a_job_that_ended_while_no_statekeeper_ran_ends_unreported(tmp_pat
                 events = await agent_events(server.url, room, 2)
                 last = events[-1]
                 assert isinstance(last, AgentJobEndedEvent) and last.reason == "unreported"
+
+
+async def test_a_job_taken_just_before_the_kill_is_recorded_from_the_workers_beat(
+    tmp_path: Path,
+) -> None:
+    """The statekeeper died after a worker accepted its offer, before the log recorded it:
+    the next statekeeper finds the job pending, and the worker's beat naming it, so records
+    it as running there rather than offering it to the idle worker."""
+    from schemas.agents import AgentJobAccepted, AgentJobOffer
+    from schemas.codec import decode, encode
+    from schemas.subjects import agent_offers
+
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'sk.db'}"
+    room = "agents-adopted"
+    runs = Runs()
+    async with NatsServer(tmp_path / "nats") as server:
+        nc = await nats.connect(server.url)
+        edge = EdgeConfig(nats_url=server.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
+        try:
+            async with (
+                running_edge(edge) as url,
+                stagecast.RoomService(url, API_KEY, API_SECRET) as api,
+            ):
+                async with solo_statekeeper(server.url, database_url, tmp_path / "sk1.log") as pid:
+                    await api.create_room(room)
+                    job = await api.dispatch_agent(room, "assistant")  # no worker: pending
+                    os.kill(pid, signal.SIGKILL)
+                async with in_process_worker(url, server.url, "AW_took", runs.stay) as took:
+                    # the offer the killed statekeeper made, accepted; its record never made
+                    reply = await nc.request(
+                        agent_offers("assistant"), encode(AgentJobOffer(dispatch=job)), 5
+                    )
+                    assert isinstance(decode(reply.data), AgentJobAccepted)
+                    async with (
+                        in_process_worker(url, server.url, "AW_idle", runs.stay) as idle,
+                        solo_statekeeper(server.url, database_url, tmp_path / "sk2.log"),
+                    ):
+
+                        async def recorded() -> bool:
+                            (listed,) = await api.list_dispatches(room)
+                            assert (listed.state, listed.worker_id, listed.attempt) == (
+                                "running",
+                                "AW_took",
+                                1,
+                            ), listed
+                            return True
+
+                        await eventually(recorded, what="the job recorded on AW_took", timeout=WAIT)
+                        assert took.jobs == [job.id] and idle.jobs == []
+                        assert runs.count == {job.id: 1}
+        finally:
+            await nc.close()
