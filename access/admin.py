@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from schemas.agents import DispatchAgentRequest, ListDispatchesRequest
+from schemas.agents import DeleteDispatchRequest, DispatchAgentRequest, ListDispatchesRequest
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -74,6 +74,7 @@ def needed_for(request: Message) -> AdminGrant | None:
             UpdateRoomMetadataRequest,
             SendDataRequest,
             DispatchAgentRequest,
+            DeleteDispatchRequest,
             ListDispatchesRequest,
         ),
     ):

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from schemas.agents import DeleteDispatchRequest, DispatchAgentRequest
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -37,7 +38,10 @@ from schemas.client import (
 )
 from schemas.codec import Message
 from schemas.log import (
+    AgentJobSpec,
     AttributesSet,
+    DispatchCreated,
+    DispatchDeleted,
     LeaveRequested,
     LogEvent,
     MetadataSet,
@@ -86,6 +90,11 @@ def new_room_sid() -> str:
     return "RM_" + secrets.token_urlsafe(9)
 
 
+def new_dispatch_id() -> str:
+    """An agent job id, ``AJ_`` + 12 random url-safe characters."""
+    return "AJ_" + secrets.token_urlsafe(9)
+
+
 def _publish(m: PublishTrack, o: Origin) -> LogEvent:
     track = TrackInfo(sid=new_track_sid(), kind=m.kind, source=m.source, name=m.name)
     return TrackPublishRequested(**o.session(), track=track)
@@ -101,8 +110,11 @@ def _subscription(m: Subscribe | Unsubscribe, o: Origin) -> LogEvent:
 
 
 def _create_room(m: CreateRoomRequest, o: Origin) -> LogEvent:
+    agents = tuple(AgentJobSpec(dispatch_id=new_dispatch_id(), agent_name=a) for a in m.agents)
     return RoomCreateRequested(
         **o.room(),
+        v=2 if agents else 1,  # version 1 readers would drop the agents: let them refuse
+        agents=agents,
         room_sid=new_room_sid(),
         max_participants=m.max_participants,
         empty_timeout=m.empty_timeout,
@@ -147,6 +159,10 @@ EVENTS: dict[type[Message], Callable[[Any, Origin], LogEvent]] = {
     MuteTrackRequest: lambda m, o: TrackMuteForced(
         **o.room(), participant_id=m.participant_id, track_sid=m.track_sid, muted=m.muted
     ),
+    DispatchAgentRequest: lambda m, o: DispatchCreated(
+        **o.room(), dispatch_id=new_dispatch_id(), agent_name=m.agent_name, metadata=m.metadata
+    ),
+    DeleteDispatchRequest: lambda m, o: DispatchDeleted(**o.room(), dispatch_id=m.dispatch_id),
 }
 """The one request -> room-log event table."""
 
@@ -158,4 +174,4 @@ def to_event(message: Message, origin: Origin) -> LogEvent | None:
     return None if make is None else make(message, origin)
 
 
-__all__ = ["EVENTS", "Origin", "new_room_sid", "new_track_sid", "to_event"]
+__all__ = ["EVENTS", "Origin", "new_dispatch_id", "new_room_sid", "new_track_sid", "to_event"]

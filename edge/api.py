@@ -27,9 +27,8 @@ from edge.actions import EVENTS, Origin
 from edge.bus import BusUnavailable
 from edge.node import EdgeNode
 from edge.replays import SeenTokens
-from schemas.agents import DispatchAgentRequest, ListDispatchesRequest
+from schemas.agents import ListDispatchesRequest
 from schemas.api import (
-    CreateRoomRequest,
     GetParticipantRequest,
     ListParticipantsRequest,
     ListRoomsRequest,
@@ -44,7 +43,7 @@ from schemas.errors import ErrorCode
 from schemas.log import (
     LogEvent,
 )
-from schemas.subjects import AGENT_API, room_data, room_token
+from schemas.subjects import room_data, room_token
 
 MEDIA_TYPE = "application/msgpack"
 
@@ -55,6 +54,7 @@ _STATUS: dict[str, int] = {
     ErrorCode.ROOM_NOT_FOUND.value: 404,
     ErrorCode.PARTICIPANT_NOT_FOUND.value: 404,
     ErrorCode.TRACK_NOT_FOUND.value: 404,
+    ErrorCode.DISPATCH_NOT_FOUND.value: 404,
     ErrorCode.NOT_PUBLISHED.value: 404,
     ErrorCode.RATE_LIMITED.value: 429,
     ErrorCode.UNAVAILABLE.value: 503,
@@ -65,6 +65,7 @@ READS: tuple[type[Message], ...] = (
     ListRoomsRequest,
     ListParticipantsRequest,
     GetParticipantRequest,
+    ListDispatchesRequest,
 )
 
 
@@ -176,9 +177,6 @@ async def _answer(node: EdgeNode, message: Message) -> Response:
         )
         await node.bus.publish(room_data(message.room_id), encode(frame))
         return _reply(encode(OkReply()))
-    if isinstance(message, (DispatchAgentRequest, ListDispatchesRequest)):
-        reply, data = await node.bus.request(message, subject=AGENT_API)
-        return _forward(reply, data)
     build = EVENTS.get(type(message))
     if build is None:
         return _error(ErrorCode.UNKNOWN_TYPE, f"{message.TYPE} is not a server API request")
@@ -189,12 +187,6 @@ async def _answer(node: EdgeNode, message: Message) -> Response:
         return build(message, Origin(room_id=room_id, at=at, reply_to=inbox))
 
     reply, data = await node.bus.append_and_wait(make, f"api:{secrets.token_urlsafe(12)}")
-    if isinstance(message, CreateRoomRequest) and not isinstance(reply, Error):
-        for agent_name in message.agents:  # the room exists: its agents are dispatched
-            request = DispatchAgentRequest(room_id=room_id, agent_name=agent_name)
-            dispatched, dispatched_data = await node.bus.request(request, subject=AGENT_API)
-            if isinstance(dispatched, Error):
-                return _forward(dispatched, dispatched_data)
     return _forward(reply, data)
 
 

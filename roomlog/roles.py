@@ -10,14 +10,16 @@ The roles:
 
 - ``edge``: appends client actions and server-API writes to the room log, creates or updates
   the two streams at start, asks the statekeeper (``stagecast.sk.api``), forwarders
-  (``stagecast.fwd.*.rpc``) and the agent dispatcher (``stagecast.agent.api``), publishes
+  (``stagecast.fwd.*.rpc``) and, as edges before dispatch went through the room log did,
+  the agent dispatcher (``stagecast.agent.api``), publishes
   room data messages and its heartbeat; reads room broadcasts, its sessions' direct replies
   and its own inbox.
 - ``statekeeper``: appends timer events, reads the room log through an ephemeral pull
   consumer, appends public events, publishes room broadcasts, direct replies (to session
   subjects and to the edges' inboxes, where server-API writes wait), forwarder session
-  state; dispatches agent jobs (serves ``stagecast.agent.api``, reads worker heartbeats
-  and job reports, offers jobs on ``stagecast.agent.worker.*.job``); serves
+  state; dispatches agent jobs (serves ``stagecast.agent.api``, sending its list requests on
+  to ``stagecast.sk.api``, reads worker heartbeats and job reports, offers jobs on
+  ``stagecast.agent.jobs.<agent>``); serves
   ``stagecast.sk.api`` and its partitions' ``stagecast.sk.part.<p>`` (and
   sends a request on to the holder of its room's partition); keeps the partition leases'
   KV bucket; reads both heartbeats.
@@ -25,8 +27,9 @@ The roles:
   forwarders, subscriber offers to sessions, its heartbeat; no JetStream at all.
 - ``webhook``: reads the public events stream through durable consumers with acks (one per
   endpoint, which it inspects, deletes and recreates at its ack floor when it starts).
-- ``agent``: an agent worker: its heartbeat and job-ended reports, the job offers on its
-  own subject (``stagecast.agent.worker.<id>.job``); nothing of rooms (it joins them through
+- ``agent``: an agent worker: its heartbeat and job-ended reports, the job offers to its
+  agent name (``stagecast.agent.jobs.<agent>``, in a queue group) and on its own subject
+  (``stagecast.agent.worker.<id>.job``); nothing of rooms (it joins them through
   an edge like any participant).
 - ``admin``: everything (the operator's own tools, `stagecast up`'s checks).
 
@@ -50,6 +53,7 @@ from schemas.subjects import (
     AGENT_API,
     AGENT_BEAT,
     AGENT_ENDED,
+    AGENT_JOBS_PREFIX,
     AGENT_WORKER_PREFIX,
     EDGE_HEARTBEAT,
     EVENTS_STREAM,
@@ -179,7 +183,8 @@ def permissions(role: Role) -> Permissions:
                 *_consumer_reads(LOG_STREAM, durable=False),
                 f"{STATEKEEPER_PARTITION_PREFIX}.*",  # a read request sent on to its holder
                 *_lease_bucket(),
-                f"{AGENT_WORKER_PREFIX}.*.job",  # job offers to agent workers
+                f"{AGENT_JOBS_PREFIX}.*",  # job offers to an agent name's workers
+                STATEKEEPER_API,  # a stagecast.agent.api list request, sent on
             ),
             subscribe=(
                 EDGE_HEARTBEAT,
@@ -188,8 +193,6 @@ def permissions(role: Role) -> Permissions:
                 AGENT_API,
                 AGENT_BEAT,
                 AGENT_ENDED,
-                "stagecast.events.*.agent_job_started",  # other statekeepers' jobs, listed
-                "stagecast.events.*.agent_job_ended",
                 f"{STATEKEEPER_PARTITION_PREFIX}.*",
                 _inbox(role),
             ),
@@ -224,7 +227,7 @@ def permissions(role: Role) -> Permissions:
     if role is Role.AGENT:
         return Permissions(
             publish=(AGENT_BEAT, AGENT_ENDED),
-            subscribe=(f"{AGENT_WORKER_PREFIX}.*.job", _inbox(role)),
+            subscribe=(f"{AGENT_JOBS_PREFIX}.*", f"{AGENT_WORKER_PREFIX}.*.job", _inbox(role)),
         )
     return Permissions(publish=(">",), subscribe=(">",))
 

@@ -1,11 +1,14 @@
 """Agent dispatch: the server API requests, the worker protocol on NATS, the public events.
 
-A backend asks for an agent (`DispatchAgentRequest`, or `CreateRoomRequest.agents`); the
-dispatcher (in the statekeeper) offers the job to the least loaded live worker registered
-under that agent name (`AgentJobOffer`, a NATS request on the worker's own subject), which
-accepts (`AgentJobAccepted`), joins the room and reports the end (`AgentJobEnded`). Workers
-announce themselves with `AgentWorkerBeat` every `WORKER_BEAT_INTERVAL`; a worker silent for
-longer than the dispatcher's timeout is gone, and its jobs are offered to another worker.
+A backend asks for an agent (`DispatchAgentRequest`, or `CreateRoomRequest.agents`) and may
+take it back (`DeleteDispatchRequest`); each becomes a room-log event, so the jobs are part
+of the room's state (`schemas.log`, "agent dispatch"). The dispatcher (in the statekeeper
+holding the room's partition) offers a pending job to the workers of its agent name
+(`AgentJobOffer`, a NATS request on ``stagecast.agent.jobs.<agent>``, where the workers share
+a queue group), bounded by `max_jobs` so that the least loaded worker takes it; one accepts
+(`AgentJobAccepted`), joins the room and reports the end (`AgentJobEnded`). Workers announce
+themselves with `AgentWorkerBeat` every `WORKER_BEAT_INTERVAL`; a worker silent for longer
+than the dispatcher's timeout is gone, and its jobs are offered to another worker.
 These subjects and messages are a stable interface (docs/subjects.md), so a worker may be
 written in any language.
 """
@@ -54,6 +57,13 @@ class DispatchAgentRequest(Message, tag="api.dispatch_agent", frozen=True, kw_on
     metadata: Metadata = ""
 
 
+class DeleteDispatchRequest(Message, tag="api.delete_dispatch", frozen=True, kw_only=True):
+    """Take job `dispatch_id` back: it is no longer listed, and its agent leaves the room."""
+
+    room_id: Identity
+    dispatch_id: Identity
+
+
 class ListDispatchesRequest(Message, tag="api.list_dispatches", frozen=True, kw_only=True):
     room_id: Identity
 
@@ -79,9 +89,14 @@ class AgentWorkerBeat(Message, tag="agent.beat", frozen=True, kw_only=True):
 
 
 class AgentJobOffer(Message, tag="agent.offer", frozen=True, kw_only=True):
-    """A job for this worker (a NATS request: answer `AgentJobAccepted` or an `Error`)."""
+    """A job for this worker (a NATS request: answer `AgentJobAccepted` or an `Error`).
+
+    `max_jobs` (0: no bound): take it only while running fewer jobs than this. The
+    dispatcher sets it to one more than the least loaded worker's count, so that whichever
+    worker of the queue group the offer reaches, only a least loaded one takes it."""
 
     dispatch: AgentDispatch
+    max_jobs: Annotated[int, Meta(ge=0)] = 0
 
 
 class AgentJobAccepted(Message, tag="agent.accepted", frozen=True, kw_only=True):
@@ -128,6 +143,7 @@ __all__ = [
     "AgentJobOffer",
     "AgentJobStartedEvent",
     "AgentWorkerBeat",
+    "DeleteDispatchRequest",
     "DispatchAgentRequest",
     "DispatchListReply",
     "DispatchReply",

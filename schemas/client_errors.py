@@ -97,6 +97,12 @@ class TrackNotFound(_CodedError):
     CODE = ErrorCode.TRACK_NOT_FOUND.value
 
 
+class DispatchNotFound(_CodedError):
+    """The room has no agent job with that id (`delete_dispatch`)."""
+
+    CODE = ErrorCode.DISPATCH_NOT_FOUND.value
+
+
 class CursorExpired(_CodedError):
     """A `get_participants` cursor names a snapshot that is no longer kept."""
 
@@ -240,6 +246,7 @@ ERRORS: dict[str, type[_CodedError]] = {
         RoomNotFound,
         ParticipantNotFound,
         TrackNotFound,
+        DispatchNotFound,
         CursorExpired,
         BadRequest,
         UnknownType,

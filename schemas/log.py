@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar
 import msgspec
 from msgspec import Meta
 
-from schemas.codec import Message
+from schemas.codec import Message, Struct
 from schemas.models import (
     Attributes,
     Grant,
@@ -170,7 +170,22 @@ class SubscriptionRequested(LogEvent, tag="log.subscription", frozen=True, kw_on
 # --------------------------------------------------------------------------- admin actions
 
 
+class AgentJobSpec(Struct, frozen=True, kw_only=True):
+    """One agent job a new room starts with: its id (made by the edge) and agent name."""
+
+    dispatch_id: Identity
+    agent_name: Identity
+
+
 class RoomCreateRequested(LogEvent, tag="log.create_room", frozen=True, kw_only=True):
+    """Open a room (or answer the existing one); `agents`: jobs added to it either way.
+
+    Version 2 carries `agents`; the edge writes version 1 when there are none, so that a
+    statekeeper that only reads version 1 refuses (rather than half applies) an event
+    whose agents it would drop."""
+
+    VERSION: ClassVar[int] = 2
+    v: Annotated[int, Meta(ge=1, le=2)] = msgspec.field(default_factory=(1).__int__)
     room_id: Identity
     at: int
     room_sid: Identity
@@ -181,6 +196,7 @@ class RoomCreateRequested(LogEvent, tag="log.create_room", frozen=True, kw_only=
     livestream: bool = False
     reply_to: Subject | None = None
     req: int = 0
+    agents: Annotated[tuple[AgentJobSpec, ...], Meta(max_length=16)] = ()
 
 
 class RoomDeleteRequested(LogEvent, tag="log.delete_room", frozen=True, kw_only=True):
@@ -288,5 +304,59 @@ class EdgeLost(LogEvent, tag="log.edge_lost", frozen=True, kw_only=True):
     room_id: Identity
     at: int
     edge_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+# --------------------------------------------------------------------------- agent dispatch
+
+
+class DispatchCreated(LogEvent, tag="log.create_dispatch", frozen=True, kw_only=True):
+    """The server API asked for agent `agent_name` in the room (job id made by the edge)."""
+
+    room_id: Identity
+    at: int
+    dispatch_id: Identity
+    agent_name: Identity
+    metadata: Metadata = ""
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+class DispatchDeleted(LogEvent, tag="log.delete_dispatch", frozen=True, kw_only=True):
+    """The server API took a job back: it is forgotten, and its agent removed from the room."""
+
+    room_id: Identity
+    at: int
+    dispatch_id: Identity
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+class DispatchStarted(LogEvent, tag="log.dispatch_started", frozen=True, kw_only=True):
+    """A worker took a pending job (written by the dispatcher of the room's partition).
+
+    `attempt` is the job's attempt while it was pending: an event for another attempt (a
+    stale offer's) changes nothing."""
+
+    room_id: Identity
+    at: int
+    dispatch_id: Identity
+    worker_id: Identity
+    attempt: int
+    reply_to: Subject | None = None
+    req: int = 0
+
+
+class DispatchEnded(LogEvent, tag="log.dispatch_ended", frozen=True, kw_only=True):
+    """A running job is over on `worker_id` (written by the dispatcher of the room's
+    partition): the worker said so (`reason` its own: `completed`, `failed: ...`), or it
+    is gone (`worker_lost`: the job is pending again, for another worker)."""
+
+    room_id: Identity
+    at: int
+    dispatch_id: Identity
+    worker_id: Identity
+    reason: Name = ""
     reply_to: Subject | None = None
     req: int = 0

@@ -33,7 +33,11 @@ Subjects (``<room>`` is a room token):
 ``stagecast.relay.<forwarder>.<track>``         a relayed track's RTP for one forwarder (core)
 ``stagecast.agent.api``                         agent dispatch requests (request/reply)
 ``stagecast.agent.beat``                        agent worker heartbeats (core)
-``stagecast.agent.worker.<worker>.job``         job offers to one agent worker (request/reply)
+``stagecast.agent.worker.<worker>.job``         job offers to one agent worker (request/reply;
+                                                still answered, no longer used by the dispatcher)
+``stagecast.agent.jobs.<agent>``                job offers to any worker of an agent name
+                                                (request/reply; workers in queue group
+                                                ``agent.<agent>``; ``<agent>`` a token as rooms)
 ``stagecast.agent.ended``                       agent workers' job-ended reports (core)
 ==============================================  ==============================================
 """
@@ -48,6 +52,7 @@ __all__ = [
     "AGENT_API",
     "AGENT_BEAT",
     "AGENT_ENDED",
+    "AGENT_JOBS_PREFIX",
     "AGENT_WORKER_PREFIX",
     "EDGE_HEARTBEAT",
     "EVENTS_STREAM",
@@ -63,6 +68,8 @@ __all__ = [
     "RELAY_PREFIX",
     "STATEKEEPER_API",
     "STATEKEEPER_PARTITION_PREFIX",
+    "agent_offer_queue",
+    "agent_offers",
     "agent_worker_jobs",
     "edge_sessions",
     "forwarder_rpc",
@@ -114,6 +121,8 @@ AGENT_BEAT = "stagecast.agent.beat"
 AGENT_ENDED = "stagecast.agent.ended"
 """Agent workers' job-ended reports (`AgentJobEnded`)."""
 AGENT_WORKER_PREFIX = "stagecast.agent.worker"
+AGENT_JOBS_PREFIX = "stagecast.agent.jobs"
+"""Job offers by agent name: ``stagecast.agent.jobs.<agent>`` (`agent_offers`)."""
 
 MAX_ROOM_ID_CHARS = 256
 _MAX_GENERATED_ID_CHARS = 256
@@ -324,6 +333,18 @@ def forwarder_sessions(forwarder_id: str) -> str:
 def agent_worker_jobs(worker_id: str) -> str:
     """Where one agent worker takes job offers: ``stagecast.agent.worker.<worker>.job``."""
     return f"{AGENT_WORKER_PREFIX}.{_generated_id(worker_id, 'worker id')}.job"
+
+
+def agent_offers(agent_name: str) -> str:
+    """Where any worker of `agent_name` takes job offers: ``stagecast.agent.jobs.<agent>``.
+
+    The agent name is written as a room id is (`room_token`), so any name fits a subject."""
+    return f"{AGENT_JOBS_PREFIX}.{room_token(agent_name)}"
+
+
+def agent_offer_queue(agent_name: str) -> str:
+    """The queue group the workers of `agent_name` share: one of them takes each offer."""
+    return f"agent.{room_token(agent_name)}"
 
 
 def relay(to_forwarder: str, track_sid: str) -> str:

@@ -10,7 +10,12 @@ await stagecast.agents.Worker(url, api_key, api_secret, agent_name="assistant",
 ```
 
 A worker announces itself on `stagecast.agent.beat` (its id, agent name, jobs, capacity);
-the dispatcher offers it jobs on `stagecast.agent.worker.<id>.job`. For each job it accepts,
+the dispatcher offers jobs on ``stagecast.agent.jobs.<agent name>``, where the workers of the
+name share a queue group (any one of them gets each offer), and the worker takes one only
+while it runs fewer jobs than its capacity and the offer's `max_jobs` (the dispatcher's
+way to reach a least loaded worker); it still answers offers on its own
+``stagecast.agent.worker.<id>.job``. `start` returns once NATS has both subscriptions, so a
+worker that says it is ready gets the next offer. For each job it accepts,
 it joins the room through the edge at `url` with a `kind="agent"` token it mints (identity
 `agent-<job id>`, so a job taken over after a worker died replaces the dead session), runs
 `entrypoint(ctx)`, leaves, and reports the end on `stagecast.agent.ended`. The job ends when
@@ -158,7 +163,13 @@ class Worker:
             role="agent",
             auth=self._nats_auth,
         )
+        await self._nc.subscribe(
+            subjects.agent_offers(self.agent_name),
+            queue=subjects.agent_offer_queue(self.agent_name),
+            cb=self._on_offer,
+        )
         await self._nc.subscribe(subjects.agent_worker_jobs(self.worker_id), cb=self._on_offer)
+        await self._nc.flush()  # ready means ready: the server has the subscriptions
         await self._beat()
         self._beater = asyncio.create_task(self._beat_forever())
 
@@ -219,13 +230,26 @@ class Worker:
             await msg.respond(encode(Error(code=ErrorCode.UNKNOWN_TYPE, message=offer.TYPE)))
             return
         job = offer.dispatch
-        if self._stopped.is_set() or len(self._jobs) >= self.capacity:
-            refusal = Error(code=ErrorCode.UNAVAILABLE, message="this worker is full or stopping")
-            await msg.respond(encode(refusal))
+        refusal = self._refusal(offer) if job.id not in self._jobs else None
+        if refusal is not None:
+            await msg.respond(encode(Error(code=ErrorCode.UNAVAILABLE, message=refusal)))
             return
         if job.id not in self._jobs:
             self._jobs[job.id] = asyncio.create_task(self._run_job(job))
         await msg.respond(encode(AgentJobAccepted(job_id=job.id, worker_id=self.worker_id)))
+        with contextlib.suppress(Exception):  # at once: should the reply be lost, the beat
+            await self._beat()  # tells the dispatcher this worker runs the job
+
+    def _refusal(self, offer: AgentJobOffer) -> str | None:
+        """Why this worker does not take a new job now (None: it does)."""
+        running = len(self._jobs)
+        if self._stopped.is_set():
+            return "this worker is stopping"
+        if running >= self.capacity:
+            return f"this worker is full ({running} jobs)"
+        if offer.max_jobs and running >= offer.max_jobs:
+            return f"this worker runs {running} jobs; the offer is for fewer than {offer.max_jobs}"
+        return None
 
     # ------------------------------------------------------------------ jobs
 

@@ -47,6 +47,7 @@ BENCH_SUITES = (
     "chaos",
     "whip",
     "streams",
+    "dispatch",
 )
 
 

@@ -21,6 +21,7 @@ from access.admin import needed_for
 from access.tokens import ADMIN_TOKEN_TTL, generate_admin_token
 from schemas.agents import (
     AgentDispatch,
+    DeleteDispatchRequest,
     DispatchAgentRequest,
     DispatchListReply,
     DispatchReply,
@@ -248,8 +249,25 @@ class RoomService:
         self, room_id: str, agent_name: str, metadata: str = ""
     ) -> AgentDispatch:
         """Start agent `agent_name` in `room_id`: one job, for exactly one registered worker
-        (the least loaded). The job is `pending` until a worker of that name takes it."""
+        (the least loaded). The job is `pending` until a worker of that name takes it.
+
+        The job is room state (in the room log): it outlives a statekeeper restart or
+        takeover, and ends with the room. `RoomNotFound` without the room; `RateLimited`
+        past 64 jobs in the room."""
         request = DispatchAgentRequest(room_id=room_id, agent_name=agent_name, metadata=metadata)
+        return (await self._call(request, DispatchReply)).dispatch
+
+    async def create_dispatch(
+        self, room_id: str, agent_name: str, metadata: str = ""
+    ) -> AgentDispatch:
+        """`dispatch_agent` under the name other room services give it."""
+        return await self.dispatch_agent(room_id, agent_name, metadata)
+
+    async def delete_dispatch(self, room_id: str, dispatch_id: str) -> AgentDispatch:
+        """Take an agent job back: it is no longer listed, its agent is removed from the
+        room (its worker sees the room disconnect it), and it is not offered again.
+        Returns the job as it was; `DispatchNotFound` if the room has no such job."""
+        request = DeleteDispatchRequest(room_id=room_id, dispatch_id=dispatch_id)
         return (await self._call(request, DispatchReply)).dispatch
 
     async def list_dispatches(self, room_id: str) -> list[AgentDispatch]:

@@ -95,9 +95,14 @@ async def running_leased(config: StatekeeperConfig) -> AsyncIterator[LeasedState
         )
         router = Router(nc, host, config.partitions, link=link)
         await router.start()
-        # Agent jobs live in the statekeeper that took the dispatch request (any of them).
+        # Agent jobs are room state: each process offers those of the partitions it holds.
+        holder = leasing
+
+        def held_keepers() -> list[Statekeeper]:
+            return [host.keepers[p] for p in holder.held() if p in host.keepers]
+
         dispatcher = await start_dispatcher(
-            nc, room_log.publish_event, config.tuning.agent_worker_timeout_ms
+            nc, room_log, held_keepers, config.tuning.agent_worker_timeout_ms
         )
         if config.metrics_port is not None:
             held_by = leasing

@@ -118,8 +118,9 @@ async def _running_solo(
         await keeper.start()
         queries = Queries(keeper, cursor_secret(config.api_secret))
         await queries.start()
+        solo_keeper = keeper
         dispatcher = await start_dispatcher(
-            nc, room_log.publish_event, config.tuning.agent_worker_timeout_ms
+            nc, room_log, lambda: [solo_keeper], config.tuning.agent_worker_timeout_ms
         )
         keeper.agents = dispatcher
         if config.metrics_port is not None:

@@ -1,7 +1,8 @@
 """The statekeeper's read API over NATS request/reply (`stagecast.sk.api`).
 
 Answers `ListParticipantsRequest` (cursor pagination over the SQL roster at a pinned
-snapshot), `GetParticipantRequest`, `ListRoomsRequest`, `HealthRequest` and the edges'
+snapshot), `GetParticipantRequest`, `ListRoomsRequest`, `ListDispatchesRequest` (a room's
+agent jobs; none for a room it does not have), `HealthRequest` and the edges'
 `MediaAssignRequest` (which forwarder carries a session's media). A malformed
 request gets an `Error` reply, never silence.
 """
@@ -14,6 +15,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from schemas import subjects
+from schemas.agents import DispatchListReply, ListDispatchesRequest
 from schemas.api import (
     GetParticipantRequest,
     HealthReply,
@@ -102,6 +104,10 @@ class Queries:
             if session is None:
                 return _error(ErrorCode.PARTICIPANT_NOT_FOUND, f"no {request.participant_id!r}")
             return ParticipantReply(participant=participant_info(session))
+        if isinstance(request, ListDispatchesRequest):
+            found = self.keeper.state.rooms.get(request.room_id)
+            jobs = tuple(found.dispatches.values()) if found is not None else ()
+            return DispatchListReply(dispatches=jobs)
         if isinstance(request, ListRoomsRequest):
             rooms = self.keeper.state.rooms
             wanted = request.room_ids if request.room_ids is not None else sorted(rooms)

@@ -1,8 +1,9 @@
 """Snapshots of the fold's state: rooms and revoked tokens as bytes, and back.
 
-A room snapshot (format 2) is one msgpack array: the room's fields, then its sessions as
-`SessionRecord` rows (each an array of its fields), encoded and decoded by msgspec in C:
-no Python code runs per session but the rebuilding of the room's indexes on load. Format 1
+A room snapshot (format 2) is one msgpack array: the room's fields, its sessions as
+`SessionRecord` rows (each an array of its fields), then its agent jobs if it has any,
+encoded and decoded by msgspec in C: no Python code runs per session but the rebuilding of
+the room's indexes on load. Format 1
 (every session packed field by field in Python, ~10x slower both ways) is still read.
 The cyclic garbage collector is paused while either runs: they build no cycles, and its
 passes over a growing state cost more than the work itself.
@@ -19,10 +20,18 @@ from typing import Any
 import msgpack
 import msgspec
 
+from schemas.agents import AgentDispatch
 from schemas.models import Grant, TrackInfo
 from schemas.subjects import MAX_ROOM_ID_CHARS
 from statekeeper.errors import SnapshotFormatUnknown
-from statekeeper.state import Room, SessionRecord, State, index_session, index_sessions
+from statekeeper.state import (
+    Room,
+    SessionRecord,
+    State,
+    index_jobs,
+    index_session,
+    index_sessions,
+)
 
 SNAPSHOT_FORMAT = 2
 """What `pack_room` writes; `unpack_room` reads it and every format in `READABLE_FORMATS`."""
@@ -49,6 +58,13 @@ class _RoomRow(msgspec.Struct, array_like=True, gc=False):
     sessions: list[SessionRecord]
 
 
+class _RoomRowWithJobs(_RoomRow, array_like=True, gc=False):
+    """A room snapshot with agent jobs: one trailing field, so that a room without jobs is
+    written exactly as before them, and rows from before them decode (with none)."""
+
+    dispatches: list[AgentDispatch] = []
+
+
 class _Format(msgspec.Struct, array_like=True):
     """The first element of any snapshot array: its format (the rest is skipped)."""
 
@@ -56,7 +72,7 @@ class _Format(msgspec.Struct, array_like=True):
 
 
 _ENCODER = msgspec.msgpack.Encoder()
-_ROOM_DECODER = msgspec.msgpack.Decoder(_RoomRow)
+_ROOM_DECODER = msgspec.msgpack.Decoder(_RoomRowWithJobs)
 _FORMAT_DECODER = msgspec.msgpack.Decoder(_Format)
 
 
@@ -71,8 +87,11 @@ def pack_room(room: Room) -> bytes:
         try:
             for s in sessions:
                 s.info = None
+            jobs = list(room.dispatches.values())
+            row = _RoomRowWithJobs if jobs else _RoomRow
+            fields = () if not jobs else (jobs,)
             return _ENCODER.encode(
-                _RoomRow(
+                row(
                     SNAPSHOT_FORMAT,
                     room.id,
                     room.sid,
@@ -87,6 +106,7 @@ def pack_room(room: Room) -> bytes:
                     room.last_seq,
                     room.created_seq,
                     sessions,
+                    *fields,
                 )
             )
         finally:
@@ -125,6 +145,7 @@ def _unpack_room_v2(data: bytes) -> Room:
         closes_at=row.closes_at,
         last_seq=row.last_seq,
         created_seq=row.created_seq,
+        dispatches={job.id: job for job in row.dispatches},
     )
     index_sessions(room, row.sessions)
     return room
@@ -242,6 +263,7 @@ def restore(snapshots: Mapping[str, tuple[int, bytes]], partitions: tuple[int, .
             state.revoked = unpack_revocations(blob)
         elif len(room_id) <= MAX_ROOM_ID_CHARS:  # longer: another statekeeper's
             state.rooms[room_id] = unpack_room(blob)
+    index_jobs(state)
     return state
 
 

@@ -11,6 +11,7 @@ import dataclasses
 
 import msgspec
 
+from schemas.agents import AgentDispatch
 from schemas.models import (
     HAND_ATTRIBUTE,
     HAND_RAISED,
@@ -111,6 +112,9 @@ class Room:
     created_seq: int = 0
     """The log sequence that opened this room instance: older roster rows of the id are an
     earlier instance's (0 in snapshots from before it was recorded)."""
+    dispatches: dict[str, AgentDispatch] = dataclasses.field(default_factory=dict)
+    """The room's agent jobs by id, in the order they were asked for (ended ones too, up
+    to `statekeeper.fold.agents.MAX_DISPATCHES_PER_ROOM` in all)."""
 
     def counts(self) -> Counts:
         return Counts(
@@ -132,6 +136,19 @@ class State:
 
     State-wide, not per room: a removal refuses the token in every room, and outlives the
     room it happened in, until the token's own expiry."""
+    open_jobs: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Agent jobs not ended (pending or running), by id -> room id: what the dispatcher
+    offers and watches without a pass over every room (`index_jobs` rebuilds it)."""
+
+
+def index_jobs(state: State) -> None:
+    """Rebuild `State.open_jobs` from the rooms (after a snapshot load)."""
+    state.open_jobs = {
+        job.id: room.id
+        for room in state.rooms.values()
+        for job in room.dispatches.values()
+        if job.state != "ended"
+    }
 
 
 # --------------------------------------------------------------------------- room indexes

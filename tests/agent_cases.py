@@ -1,5 +1,5 @@
 """Golden cases of the messages agents use, for tests/test_schemas.py: streams and RPC
-(`schemas.streams`), dispatch (`schemas.agents`)."""
+(`schemas.streams`), dispatch (`schemas.agents`, and its room-log events in `schemas.log`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from schemas.agents import (
     AgentJobOffer,
     AgentJobStartedEvent,
     AgentWorkerBeat,
+    DeleteDispatchRequest,
     DispatchAgentRequest,
     DispatchListReply,
     DispatchReply,
     ListDispatchesRequest,
 )
 from schemas.codec import Message
+from schemas.log import DispatchCreated, DispatchDeleted, DispatchEnded, DispatchStarted
 from schemas.streams import (
     RpcAck,
     RpcFailure,
@@ -58,6 +60,7 @@ AGENT_CASES: tuple[Message, ...] = (
     ),
     DispatchAgentRequest(room_id="demo", agent_name="assistant", metadata='{"lang":"fr"}'),
     ListDispatchesRequest(room_id="demo"),
+    DeleteDispatchRequest(room_id="demo", dispatch_id="AJ_1"),
     DispatchReply(dispatch=JOB),
     DispatchListReply(dispatches=(JOB,)),
     AgentWorkerBeat(worker_id="AW_1", agent_name="assistant", jobs=("AJ_1",), capacity=4),
@@ -67,6 +70,23 @@ AGENT_CASES: tuple[Message, ...] = (
     AgentJobStartedEvent(id="AJ_1.1.started", at=1_700_000_000_456, room_id="demo", dispatch=JOB),
     AgentJobEndedEvent(
         id="AJ_1.1.ended", at=1_700_000_000_457, room_id="demo", dispatch=JOB, reason="worker_lost"
+    ),
+    DispatchCreated(
+        room_id="demo",
+        at=1_700_000_000_123,
+        dispatch_id="AJ_1",
+        agent_name="assistant",
+        metadata='{"lang":"fr"}',
+        reply_to="_INBOX_edge.x",
+    ),
+    DispatchDeleted(
+        room_id="demo", at=1_700_000_000_124, dispatch_id="AJ_1", reply_to="_INBOX_e.y"
+    ),
+    DispatchStarted(
+        room_id="demo", at=1_700_000_000_125, dispatch_id="AJ_1", worker_id="AW_1", attempt=0
+    ),
+    DispatchEnded(
+        room_id="demo", at=1_700_000_000_126, dispatch_id="AJ_1", worker_id="AW_1", reason="done"
     ),
 )
 
@@ -145,6 +165,30 @@ AGENT_GOLDEN_HEX: dict[str, str] = {
         "226c616e67223a226672227da57374617465a772756e6e696e67a9776f726b65725f6964a441575f31a76174"
         "74656d707401aa637265617465645f6174cf0000018bcfe5687ba6726561736f6eab776f726b65725f6c6f73"
         "74"
+    ),
+    "api.delete_dispatch": (
+        "84a174b36170692e64656c6574655f6469737061746368a17601a7726f6f6d5f6964a464656d6fab64697370"
+        "617463685f6964a4414a5f31"
+    ),
+    "log.create_dispatch": (
+        "88a174b36c6f672e6372656174655f6469737061746368a17601a7726f6f6d5f6964a464656d6fa26174cf00"
+        "00018bcfe5687bab64697370617463685f6964a4414a5f31aa6167656e745f6e616d65a9617373697374616e"
+        "74a86d65746164617461ad7b226c616e67223a226672227da87265706c795f746fad5f494e424f585f656467"
+        "652e78"
+    ),
+    "log.delete_dispatch": (
+        "86a174b36c6f672e64656c6574655f6469737061746368a17601a7726f6f6d5f6964a464656d6fa26174cf00"
+        "00018bcfe5687cab64697370617463685f6964a4414a5f31a87265706c795f746faa5f494e424f585f652e79"
+    ),
+    "log.dispatch_started": (
+        "87a174b46c6f672e64697370617463685f73746172746564a17601a7726f6f6d5f6964a464656d6fa26174cf"
+        "0000018bcfe5687dab64697370617463685f6964a4414a5f31a9776f726b65725f6964a441575f31a7617474"
+        "656d707400"
+    ),
+    "log.dispatch_ended": (
+        "87a174b26c6f672e64697370617463685f656e646564a17601a7726f6f6d5f6964a464656d6fa26174cf0000"
+        "018bcfe5687eab64697370617463685f6964a4414a5f31a9776f726b65725f6964a441575f31a6726561736f"
+        "6ea4646f6e65"
     ),
 }
 """`encode(case).hex()` for every case above, by tag."""

@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from roomlog.roles import Role
-from schemas.agents import AgentDispatch, AgentJobEndedEvent, AgentJobStartedEvent
+from schemas.agents import (
+    AgentDispatch,
+    AgentJobEndedEvent,
+    AgentJobStartedEvent,
+    ListDispatchesRequest,
+)
 from schemas.codec import decode
-from schemas.subjects import room_events
 from stagecast.agents import JobContext, Worker
 from stagecast.client import TextStreamReader
+from tests.agent_fixtures import agent_events, in_process_worker, worker_process
 from tests.agent_jobs import greet, stay
 from tests.nats_logins import Logins
 from tests.polling import eventually
@@ -25,7 +28,6 @@ from tests.stack_fixtures import API_KEY, API_SECRET, OPTIONS, Stack, sdk_stack
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0
 
 
@@ -38,17 +40,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 def worker(
     stack: Stack, worker_id: str, entrypoint: object = stay, name: str = "assistant"
 ) -> Worker:
-    return Worker(
-        stack.url,
-        API_KEY,
-        API_SECRET,
-        agent_name=name,
-        entrypoint=entrypoint,  # type: ignore[arg-type]
-        nats_url=stack.nats_url(Role.AGENT),
-        worker_id=worker_id,
-        beat_interval=0.2,
-        options=OPTIONS,
-    )
+    return in_process_worker(stack.url, stack.nats_url(Role.AGENT), worker_id, entrypoint, name)
 
 
 async def dispatches(stack: Stack, room: str) -> list[AgentDispatch]:
@@ -56,19 +48,7 @@ async def dispatches(stack: Stack, room: str) -> list[AgentDispatch]:
 
 
 async def public_agent_events(stack: Stack, room: str, count: int) -> list[object]:
-    nc = await nats.connect(stack.nats_url(Role.ADMIN))
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(room_events(room), ordered_consumer=True)
-        events: list[object] = []
-        while len(events) < count:
-            msg = await sub.next_msg(timeout=WAIT)
-            event = decode(msg.data)
-            if isinstance(event, (AgentJobStartedEvent, AgentJobEndedEvent)):
-                events.append(event)
-        return events
-    finally:
-        await nc.close()
+    return await agent_events(stack.nats_url(Role.ADMIN), room, count, WAIT)
 
 
 async def test_two_workers_share_six_dispatches(stack: Stack) -> None:
@@ -125,20 +105,9 @@ async def test_a_job_whose_worker_is_killed_is_taken_by_the_other(
 ) -> None:
     room = "agents-failover"
     await stack.api.create_room(room)
-    env = dict(os.environ, STAGECAST_API_KEY=API_KEY, STAGECAST_API_SECRET=API_SECRET)
-    env["PYTHONPATH"] = str(ROOT)
-    argv = [
-        sys.executable, "-m", "stagecast.cli", "agent-worker",
-        "--module", "tests.agent_jobs:stay",
-        "--url", stack.url,
-        "--nats-url", stack.nats_url(Role.AGENT),
-        "--worker-id", "AW_doomed",
-    ]  # fmt: skip
-    log_file = (tmp_path / "worker.log").open("wb")
-    doomed = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, env=env, stdout=log_file, stderr=log_file
-    )
-    try:
+    async with worker_process(
+        stack.url, stack.nats_url(Role.AGENT), "AW_doomed", tmp_path / "worker.log"
+    ) as doomed:
         job = await stack.api.dispatch_agent(room, "assistant")
 
         async def running_on(worker_id: str) -> bool:
@@ -168,11 +137,6 @@ async def test_a_job_whose_worker_is_killed_is_taken_by_the_other(
                 "AgentJobStartedEvent",
             ]
             assert isinstance(events[1], AgentJobEndedEvent) and events[1].reason == "worker_lost"
-    finally:
-        if doomed.returncode is None:
-            doomed.kill()
-            await asyncio.wait_for(doomed.wait(), 10)
-        log_file.close()
 
 
 async def test_dispatch_works_with_leasing_statekeepers(tmp_path: Path) -> None:
@@ -221,15 +185,19 @@ async def test_dispatch_works_with_leasing_statekeepers(tmp_path: Path) -> None:
             await eventually(running, what="the job running", timeout=WAIT)
 
 
-async def test_every_statekeeper_lists_the_jobs_of_the_others(stack: Stack) -> None:
-    """With two dispatchers in the queue group (two statekeepers), a job lives in the one
-    that took the request, and `list_dispatches` shows it whichever one answers."""
+async def test_the_agent_api_subject_still_dispatches_through_the_log(stack: Stack) -> None:
+    """Edges of earlier versions asked `stagecast.agent.api`: any dispatcher answers it (here
+    one more that holds no partition, so offers nothing), the job goes through the room log,
+    and each job runs once."""
     import logging
 
     from roomlog.connect import connect
     from roomlog.log import RoomLog
     from roomlog.natslink import NatsLink
+    from schemas.agents import DispatchAgentRequest, DispatchListReply, DispatchReply
     from schemas.clock import now_ms
+    from schemas.codec import encode
+    from schemas.subjects import AGENT_API
     from statekeeper.agents import AgentDispatcher
 
     nc = await connect(
@@ -238,24 +206,70 @@ async def test_every_statekeeper_lists_the_jobs_of_the_others(stack: Stack) -> N
         link=NatsLink("statekeeper", logging.getLogger("tests")),
         role="statekeeper",
     )
-    second = AgentDispatcher(nc, RoomLog(nc.jetstream()).publish_event, now_ms)
+    second = AgentDispatcher(nc, RoomLog(nc.jetstream()), lambda: [], now_ms)
     await second.start()
-    room = "agents-two-dispatchers"
+    edge = await connect(
+        stack.nats_url(Role.EDGE),
+        name="earlier-edge",
+        link=NatsLink("edge", logging.getLogger("tests")),
+        role="edge",
+    )
+    room = "agents-old-subject"
     try:
-        async with worker(stack, "AW_one"):
+        async with worker(stack, "AW_one") as one:
             await stack.api.create_room(room)
-            jobs = [await stack.api.dispatch_agent(room, "assistant") for _ in range(6)]
+            jobs = []
+            for _ in range(6):  # the queue group picks either dispatcher each time
+                request = DispatchAgentRequest(room_id=room, agent_name="assistant")
+                reply = decode((await edge.request(AGENT_API, encode(request), timeout=5)).data)
+                assert isinstance(reply, DispatchReply), reply
+                jobs.append(reply.dispatch)
 
-            async def all_listed() -> bool:
-                for _ in range(6):  # the queue group picks either dispatcher each time
-                    listed = await dispatches(stack, room)
-                    assert sorted((j.id, j.state) for j in listed) == sorted(
-                        (j.id, "running") for j in jobs
-                    ), listed
+            async def all_running_once() -> bool:
+                request = ListDispatchesRequest(room_id=room)
+                reply = decode((await edge.request(AGENT_API, encode(request), timeout=5)).data)
+                assert isinstance(reply, DispatchListReply), reply
+                assert sorted((j.id, j.state, j.attempt) for j in reply.dispatches) == sorted(
+                    (j.id, "running", 1) for j in jobs
+                ), reply
                 return True
 
-            await eventually(all_listed, what="every job listed by both", timeout=WAIT)
-            assert second.table.jobs, "the second dispatcher took none of six requests"
+            await eventually(all_running_once, what="every job running once", timeout=WAIT)
+            assert sorted(one.jobs) == sorted(j.id for j in jobs)
     finally:
+        await edge.close()
         await second.stop()
         await nc.close()
+
+
+async def test_a_deleted_dispatch_is_forgotten_and_its_agent_leaves(stack: Stack) -> None:
+    from stagecast.errors import DispatchNotFound
+
+    room = "agents-delete"
+    await stack.api.create_room(room)
+    async with worker(stack, "AW_del") as one:
+        job = await stack.api.create_dispatch(room, "assistant", metadata="to delete")
+        kept = await stack.api.dispatch_agent(room, "assistant")
+
+        async def both_running() -> bool:
+            jobs = await dispatches(stack, room)
+            assert sorted(j.state for j in jobs) == ["running", "running"], jobs
+            return True
+
+        await eventually(both_running, what="both jobs running", timeout=WAIT)
+        deleted = await stack.api.delete_dispatch(room, job.id)
+        assert (deleted.id, deleted.state) == (job.id, "running")
+        assert [j.id for j in await dispatches(stack, room)] == [kept.id]
+
+        async def agent_gone() -> bool:
+            assert one.jobs == [kept.id], one.jobs  # the room disconnected the deleted one
+            page = await stack.api.list_participants(room)
+            assert [p.id for p in page.participants] == [f"agent-{kept.id}"], page
+            return True
+
+        await eventually(agent_gone, what="the deleted job's agent gone", timeout=WAIT)
+        with pytest.raises(DispatchNotFound):
+            await stack.api.delete_dispatch(room, job.id)
+        events = await public_agent_events(stack, room, 3)
+        ended = [e for e in events if isinstance(e, AgentJobEndedEvent)]
+        assert [(e.dispatch.id, e.reason) for e in ended] == [(job.id, "deleted")]

@@ -671,6 +671,7 @@ CLASS_NAMES = {
     "ROOM_NOT_FOUND": "RoomNotFound",
     "PARTICIPANT_NOT_FOUND": "ParticipantNotFound",
     "TRACK_NOT_FOUND": "TrackNotFound",
+    "DISPATCH_NOT_FOUND": "DispatchNotFound",
     "CURSOR_EXPIRED": "CursorExpired",
     "BAD_REQUEST": "BadRequest",
     "UNKNOWN_TYPE": "UnknownType",

@@ -8,13 +8,13 @@ gives the same state and the same outcomes.
 
 One dispatch table (`dispatch.HANDLERS`) maps each event type to its handler; the handlers
 live by topic: `rooms`, `sessions` (join, leave, resume, grace), `participants` (details,
-tiers, removal), `tracks` (publications, mutes, subscriptions) and `media` (forwarder
-placement). Importing this package registers them all.
+tiers, removal), `tracks` (publications, mutes, subscriptions), `media` (forwarder
+placement) and `agents` (agent jobs). Importing this package registers them all.
 """
 
 from __future__ import annotations
 
-from statekeeper.fold import media, participants, rooms, sessions, tracks
+from statekeeper.fold import agents, media, participants, rooms, sessions, tracks
 from statekeeper.fold.dispatch import HANDLERS, apply
 from statekeeper.fold.participants import REVOKED_KEPT_MS
 from statekeeper.fold.replies import session_subject
@@ -24,6 +24,7 @@ __all__ = [
     "HANDLERS",
     "REVOKED_KEPT_MS",
     "REVOKED_MESSAGE",
+    "agents",
     "apply",
     "media",
     "participants",

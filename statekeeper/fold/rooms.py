@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from schemas.agents import AgentDispatch
 from schemas.api import OkReply, RoomReply
 from schemas.client import Disconnect, RoomUpdated
 from schemas.errors import ErrorCode
@@ -14,7 +15,8 @@ from schemas.log import (
     RoomTimedOut,
 )
 from statekeeper.fold.dispatch import handles, on_room
-from statekeeper.fold.replies import reply
+from statekeeper.fold.jobs import add_jobs, forget_jobs
+from statekeeper.fold.replies import error, reply
 from statekeeper.outcomes import Broadcast, Outcome, PublicEvent, RoomEnded, TimerDue
 from statekeeper.state import Room, State, room_info
 
@@ -49,6 +51,7 @@ def _close_room(
     state: State, seq: int, room: Room, at: int, reason: str, out: list[Outcome]
 ) -> None:
     del state.rooms[room.id]
+    forget_jobs(state, room)
     finished = RoomFinished(id=f"{seq}.rf", at=at, room=room_info(room), reason=reason)
     out.append(PublicEvent(room.id, "room_finished", finished))
     out.append(RoomEnded(room.id))
@@ -65,6 +68,16 @@ def _create_room(state: State, seq: int, event: RoomCreateRequested, out: list[O
         room.metadata = event.metadata
         room.livestream = event.livestream
         arm_room_timeout(room, event.at, room.empty_timeout, out)
+    jobs = [
+        AgentDispatch(
+            id=spec.dispatch_id, room_id=room.id, agent_name=spec.agent_name, created_at=event.at
+        )
+        for spec in event.agents
+    ]
+    refusal = add_jobs(state, room, jobs)  # a room that exists already gets them too
+    if refusal is not None:
+        error(event, ErrorCode.RATE_LIMITED, refusal, out)
+        return
     reply(event, RoomReply(room=room_info(room)), out)
 
 
