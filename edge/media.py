@@ -10,6 +10,8 @@ them on the session's direct subject, which the edge forwards to the socket.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
 from access.rules import refuse_publish
@@ -19,6 +21,7 @@ from schemas.client import (
     Ack,
     Error,
     RestartIce,
+    SetTrackLayers,
     SetVideoQuality,
     SignalAnswer,
     SignalCandidate,
@@ -30,12 +33,15 @@ from schemas.media import (
     ForwarderOk,
     ForwarderSdp,
     MediaCandidate,
+    PublisherLayers,
     PublishOffer,
     RestartSubscription,
     SubscriberAnswer,
     SubscriberLayers,
 )
 from schemas.subjects import forwarder_rpc
+
+M = TypeVar("M", bound=Message)
 
 FORWARDER_TIMEOUT_S = 10.0
 """A forwarder answers an offer after ICE gathering and codec setup: allow some seconds."""
@@ -59,6 +65,7 @@ async def on_offer(session: EdgeSession, message: SignalOffer) -> None:
         kind=assignment.kind,
         sdp=message.sdp,
         ice_restart=message.ice_restart,
+        layers=message.layers,
     )
     reply = await _forward(session, message.id, assignment.forwarder_id, request)
     if isinstance(reply, ForwarderSdp):
@@ -93,22 +100,24 @@ async def on_candidate(session: EdgeSession, message: SignalCandidate) -> None:
 
 
 async def on_restart_ice(session: EdgeSession, message: RestartIce) -> None:
-    request = RestartSubscription(
-        room_id=session.room_id, sid=session.sid, track_sid=message.track_sid
-    )
-    await _relay(session, message.id, request)
+    await _relay(session, message.id, _for_forwarder(session, message, RestartSubscription))
 
 
 async def on_set_video_quality(session: EdgeSession, message: SetVideoQuality) -> None:
-    request = SubscriberLayers(
-        room_id=session.room_id,
-        sid=session.sid,
-        track_sid=message.track_sid,
-        quality=message.quality,
-        width=message.width,
-        height=message.height,
-    )
-    await _relay(session, message.id, request)
+    await _relay(session, message.id, _for_forwarder(session, message, SubscriberLayers))
+
+
+async def on_set_track_layers(session: EdgeSession, message: SetTrackLayers) -> None:
+    await _relay(session, message.id, _for_forwarder(session, message, PublisherLayers))
+
+
+def _for_forwarder(session: EdgeSession, message: Message, kind: type[M]) -> M:
+    """The forwarder request for a client's `message`: its fields but the request `id`,
+    naming the session (the forwarder's requests have the same field names)."""
+    fields = msgspec.structs.asdict(message)
+    del fields["id"]
+    fields.update(room_id=session.room_id, sid=session.sid)
+    return kind(**fields)
 
 
 async def _relay(session: EdgeSession, req: int, request: Message) -> None:
@@ -160,4 +169,11 @@ def _fail(session: EdgeSession, req: int, code: ErrorCode, why: str) -> None:
     session.error(req, code, why)
 
 
-__all__ = ["on_answer", "on_candidate", "on_offer", "on_restart_ice"]
+__all__ = [
+    "on_answer",
+    "on_candidate",
+    "on_offer",
+    "on_restart_ice",
+    "on_set_track_layers",
+    "on_set_video_quality",
+]

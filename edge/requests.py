@@ -23,7 +23,14 @@ from edge.actions import Origin, to_event
 from edge.bus import BusUnavailable
 from edge.closecodes import close_code
 from edge.entry import on_join
-from edge.media import on_answer, on_candidate, on_offer, on_restart_ice, on_set_video_quality
+from edge.media import (
+    on_answer,
+    on_candidate,
+    on_offer,
+    on_restart_ice,
+    on_set_track_layers,
+    on_set_video_quality,
+)
 from edge.metrics import INVALID_TYPE
 from edge.session import EdgeSession, EdgeSessionState
 from schemas.api import ListParticipantsRequest
@@ -45,6 +52,7 @@ from schemas.client import (
     RestartIce,
     SetAttributes,
     SetMetadata,
+    SetTrackLayers,
     SetVideoQuality,
     SignalAnswer,
     SignalCandidate,
@@ -243,6 +251,7 @@ HANDLERS: dict[type[Message], Handler] = {
     SignalCandidate: on_candidate,
     RestartIce: on_restart_ice,
     SetVideoQuality: on_set_video_quality,
+    SetTrackLayers: on_set_track_layers,
 }
 """One handler per request type; any other known type is answered `UNKNOWN_TYPE`."""
 

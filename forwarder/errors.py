@@ -191,3 +191,14 @@ class BadQuality(ForwarderError):
     def __init__(self, quality: str) -> None:
         super().__init__(f"no video quality {quality!r} (expected low, medium or high)")
         self.quality = quality
+
+
+class BadLayers(ForwarderError):
+    """Announced simulcast layers that make no sense: a size or bitrate out of range, a
+    rid twice, or a lower layer larger than a higher one (`why` says which)."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"simulcast layers: {why}")
+        self.why = why

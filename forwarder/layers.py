@@ -15,15 +15,24 @@ A leg's layer is the lowest of three limits:
 
 Among the layers the publisher actually sends (`available`), the highest at or below that
 limit wins; when none is that low, the lowest one sent (some video beats none).
+
+What each layer is (its size, for the rendered-size limit, and its bitrate, for the link
+estimate) comes from the publisher: `announced_layers` checks what a client announces
+(`schemas.client.PublishedLayer`). A track without an announcement keeps `DEFAULT_LAYERS`
+(the browser SDK's 720p camera) until its VP8 keyframes say the real sizes
+(`learned_layers`). A layer left out of either is inferred from its neighbours: each
+layer is half the size of the one above.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Sequence
+import itertools
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from forwarder.errors import BadQuality
+from forwarder.errors import BadLayers, BadQuality
+from forwarder.simulcast import layer_of_rid
 
 
 class Quality(enum.IntEnum):
@@ -58,6 +67,94 @@ DEFAULT_LAYERS = (
     LayerSpec(1280, 720, 1_700_000),
 )
 """Layers q, h, f of the browser SDK's 720p camera."""
+
+LAYER_COUNT = len(DEFAULT_LAYERS)
+MAX_LAYER_SIDE = 8192
+"""The largest width or height a layer may have (8K video is 7680 x 4320)."""
+MAX_LAYER_BITRATE = 50_000_000
+"""The largest bitrate a layer may claim, bits per second."""
+MIN_LAYER_BITRATE = 10_000
+
+
+def estimated_bitrate(width: int, height: int) -> int:
+    """The bitrate a layer of that size needs when nobody said (a learned or inferred size):
+    `DEFAULT_LAYERS`' bitrates, interpolated by pixel count (proportional beyond them)."""
+    pixels = width * height
+    points = [(layer.width * layer.height, layer.bitrate) for layer in DEFAULT_LAYERS]
+    if pixels <= points[0][0]:
+        return max(MIN_LAYER_BITRATE, points[0][1] * pixels // points[0][0])
+    for (low_px, low_bps), (high_px, high_bps) in itertools.pairwise(points):
+        if pixels <= high_px:
+            return low_bps + (high_bps - low_bps) * (pixels - low_px) // (high_px - low_px)
+    return min(MAX_LAYER_BITRATE, points[-1][1] * pixels // points[-1][0])
+
+
+def complete_layers(known: Mapping[int, tuple[int, int, int | None]]) -> tuple[LayerSpec, ...]:
+    """All `LAYER_COUNT` layers from some of them: layer index -> (width, height, bitrate
+    or None). A missing layer is half (or twice) the size of its nearest known neighbour,
+    a missing bitrate is `estimated_bitrate`. Nothing known: `DEFAULT_LAYERS`."""
+    if not known:
+        return DEFAULT_LAYERS
+    layers = []
+    for index in range(LAYER_COUNT):
+        nearest = min(known, key=lambda k: (abs(k - index), -k))
+        width, height, bitrate = known[nearest]
+        if nearest != index:
+            scale = 2.0 ** (index - nearest)
+            width, height, bitrate = (
+                max(1, round(width * scale)),
+                max(1, round(height * scale)),
+                None,
+            )
+        layers.append(
+            LayerSpec(
+                width, height, bitrate if bitrate is not None else estimated_bitrate(width, height)
+            )
+        )
+    return tuple(layers)
+
+
+def announced_layers(announced: Iterable[tuple[str, int, int, int]]) -> tuple[LayerSpec, ...]:
+    """The layers a publisher announced as (rid, width, height, max bitrate), checked.
+
+    Named errors for nonsense: `BadLayer` for a rid not q/h/f; `BadLayers` for a side
+    below 1 or over `MAX_LAYER_SIDE`, a bitrate outside `MIN_LAYER_BITRATE` ..
+    `MAX_LAYER_BITRATE`, a rid twice, or a lower rid larger than a higher one (the size
+    limit needs q <= h <= f). Rids left out are inferred
+    (`complete_layers`); an empty announcement means `DEFAULT_LAYERS`.
+    """
+    known: dict[int, tuple[int, int, int | None]] = {}
+    for rid, width, height, bitrate in announced:
+        layer = layer_of_rid(rid)
+        if layer in known:
+            raise BadLayers(f"rid {rid} is announced twice")
+        if not (1 <= width <= MAX_LAYER_SIDE and 1 <= height <= MAX_LAYER_SIDE):
+            raise BadLayers(
+                f"layer {rid}: {width}x{height} is not a video size "
+                f"(1..{MAX_LAYER_SIDE} pixels a side)"
+            )
+        if not MIN_LAYER_BITRATE <= bitrate <= MAX_LAYER_BITRATE:
+            raise BadLayers(
+                f"layer {rid}: max_bitrate {bitrate} is not in "
+                f"{MIN_LAYER_BITRATE}..{MAX_LAYER_BITRATE} bit/s"
+            )
+        known[layer] = (width, height, bitrate)
+    ordered = [known[layer] for layer in sorted(known)]
+    for (w1, h1, _), (w2, h2, _) in itertools.pairwise(ordered):
+        if w1 > w2 or h1 > h2:
+            raise BadLayers(f"a lower layer ({w1}x{h1}) is larger than a higher one ({w2}x{h2})")
+    return complete_layers(known)
+
+
+def learned_layers(sizes: Mapping[int, tuple[int, int]]) -> tuple[LayerSpec, ...]:
+    """The layers of a track that announced none, from the sizes its keyframes carried
+    (layer index -> (width, height)); bitrates estimated. Sizes that contradict the
+    q <= h <= f order (a keyframe from before a resolution change) keep the defaults."""
+    ordered = [sizes[layer] for layer in sorted(sizes)]
+    for (w1, h1), (w2, h2) in itertools.pairwise(ordered):
+        if w1 > w2 or h1 > h2:
+            return DEFAULT_LAYERS
+    return complete_layers({layer: (w, h, None) for layer, (w, h) in sizes.items()})
 
 
 def layer_for_size(layers: Sequence[LayerSpec], width: int, height: int) -> int:
@@ -128,17 +225,18 @@ class LinkEstimator:
     __slots__ = (
         "_changed_at",
         "_falling",
-        "_layers",
         "_probed_at",
         "ceiling",
         "estimate",
         "hold",
+        "layers",
         "loss",
     )
 
     def __init__(self, layers: Sequence[LayerSpec], *, now: float) -> None:
-        self._layers = tuple(layers)
-        self.ceiling = len(self._layers) - 1
+        self.layers = tuple(layers)
+        """What each layer needs; replaced when the publisher's layers become known."""
+        self.ceiling = len(self.layers) - 1
         self.estimate: int | None = None
         """The latest REMB, bits per second."""
         self.loss = 0.0
@@ -184,7 +282,7 @@ class LinkEstimator:
             and self.estimate is not None
             and current is not None
             and current > 0
-            and self.estimate * REMB_SHORTFALL < self._layers[current].bitrate
+            and self.estimate * REMB_SHORTFALL < self.layers[current].bitrate
         )
 
     def _step_down(self, now: float, current: int | None) -> None:
@@ -196,6 +294,6 @@ class LinkEstimator:
         self._changed_at = now
 
     def _may_probe(self, now: float) -> bool:
-        if self.ceiling >= len(self._layers) - 1 or self.loss >= LOSS_CLEAR:
+        if self.ceiling >= len(self.layers) - 1 or self.loss >= LOSS_CLEAR:
             return False
         return now - self._changed_at >= self.hold

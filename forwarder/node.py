@@ -33,7 +33,7 @@ from forwarder.errors import (
     TrackNotFound,
     TracksChanged,
 )
-from forwarder.layers import Quality
+from forwarder.layers import LayerSpec, Quality
 from forwarder.negotiation import (
     apply_remote,
     capabilities_for,
@@ -522,6 +522,13 @@ class Forwarder:
         simulcast = self.router.simulcast(track_id) if track_id in self.router.track_ids else None
         if simulcast is not None:
             simulcast.prefer(f"{subscriber_id}/{track_id}", quality=quality, rendered=rendered)
+
+    def announce_layers(self, track_id: str, layers: tuple[LayerSpec, ...] | None) -> None:
+        """The publisher's account of a simulcast track's layers (None: it gave none, the
+        forwarder learns or assumes them); nothing for a single-layer track."""
+        simulcast = self.router.simulcast(track_id) if track_id in self.router.track_ids else None
+        if simulcast is not None:
+            simulcast.announce(layers)
 
     def _wanted(self, track_id: str, layers: frozenset[int]) -> None:
         if self.on_wanted_layers is not None:

@@ -13,8 +13,9 @@ Each session has a lock; whatever touches its connections (its reconcile, its of
 answers, candidates and restarts) holds it, so those never interleave while sessions
 proceed in parallel. `forwarder.service` is the NATS shell around this.
 
-Over 500 lines by a few: the reconcile of one session's desired state and the signaling
-requests that change it are one level-triggered loop.
+Over 500 lines: the reconcile of one session's desired state and the signaling requests
+that change it (offers, answers, candidates, restarts, layer announcements) are one
+level-triggered loop under one lock per session.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
 
@@ -39,6 +41,7 @@ from forwarder.errors import (
 )
 from forwarder.ingress import INGRESS_CONNECT_TIMEOUT_S, IngressWatch, ingress_key
 from forwarder.layer_signals import LayerSignals
+from forwarder.layers import LayerSpec, announced_layers
 from forwarder.negotiation import sole_media_section
 from forwarder.node import Forwarder, SubscriberLeg
 from forwarder.relay import RELAY_REFRESH_S
@@ -46,7 +49,7 @@ from forwarder.relay_in import IncomingRelays, RelayIn
 from forwarder.relay_out import OutgoingRelays
 from forwarder.served import ServedLeg, ServedSession, SessionKey, leg_of, usable_subject
 from forwarder.voice import RoomVoices
-from schemas.client import SignalOffer
+from schemas.client import PublishedLayer, SignalOffer
 from schemas.codec import Message, encode
 from schemas.media import (
     ForwarderOk,
@@ -55,6 +58,7 @@ from schemas.media import (
     MediaCandidate,
     MediaSession,
     MediaSubscribedTrack,
+    PublisherLayers,
     PublishOffer,
     RestartSubscription,
     SubscriberAnswer,
@@ -73,6 +77,7 @@ SIGNALING_REQUESTS = (
     MediaCandidate,
     RestartSubscription,
     SubscriberLayers,
+    PublisherLayers,
 )
 """The requests `MediaSessions.answer` takes: each holds its session's lock."""
 
@@ -379,6 +384,14 @@ class MediaSessions:
                 serving = session.legs.get(request.track_sid)
                 self.layers.wish(request, serving.subscriber_id if serving else None)
             return ForwarderOk()
+        if isinstance(request, PublisherLayers):
+            layers = _announced(request.layers)
+            session = self._existing_session(request.room_id, request.sid)
+            async with session.lock:
+                if request.track_sid not in session.publications:
+                    raise TrackNotFound(request.track_sid)
+                self.forwarder.announce_layers(request.track_sid, layers)
+            return ForwarderOk()
         if isinstance(request, RestartSubscription):
             session = self._existing_session(request.room_id, request.sid)
             async with session.lock:
@@ -393,6 +406,7 @@ class MediaSessions:
         """A publisher connection for one track, or its replacement; the SDP answer."""
         track_sid = request.track_sid
         mid = sole_media_section(request.sdp, request.kind)
+        layers = _announced(request.layers or ())
         session = self._session_for_offer(request.room_id, request.sid)
         async with session.lock:
             if session.closed:
@@ -406,10 +420,13 @@ class MediaSessions:
                 replaced = await self.forwarder.replace_publisher(
                     track_sid, request.sdp, track_ids={mid: track_sid}
                 )
+                if request.layers is not None:
+                    self.forwarder.announce_layers(track_sid, layers)
                 return replaced.answer_sdp
             answer = await self.forwarder.add_publisher(
                 request.sdp, publisher_key=track_sid, track_ids={mid: track_sid}
             )
+            self.forwarder.announce_layers(track_sid, layers)
             self._published(session, track_sid)
         self._kick_wanting(track_sid)
         return answer.answer_sdp
@@ -515,3 +532,10 @@ class MediaSessions:
         if session is None:
             raise ParticipantNotFound(sid)
         return session
+
+
+def _announced(layers: Sequence[PublishedLayer]) -> tuple[LayerSpec, ...] | None:
+    """A publisher's announced layers, checked (named errors); None for an empty list."""
+    if not layers:
+        return None
+    return announced_layers((x.rid, x.width, x.height, x.max_bitrate) for x in layers)

@@ -10,6 +10,11 @@ whenever one of those changes, or a layer starts or stops arriving (a layer unse
 Keyframe requests go to the layer a leg waits for, at most one per layer per
 `keyframe_interval` seconds; a leg still waiting when the interval ends asks again with
 its next packet. `wanted_layers` is what dynacast tells the publisher to keep sending.
+
+What the layers are (sizes for the rendered-size limit, bitrates for the link estimate) is
+what the publisher announced (`announce`); without an announcement, the sizes its VP8
+keyframes carry (read from each layer's keyframes as they pass); before either,
+`DEFAULT_LAYERS`. A change re-chooses every leg.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from forwarder.layers import DEFAULT_LAYERS, LayerSpec, LinkEstimator, Quality, choose_layer
+from forwarder.layers import (
+    DEFAULT_LAYERS,
+    LayerSpec,
+    LinkEstimator,
+    Quality,
+    choose_layer,
+    learned_layers,
+)
 from forwarder.simulcast import (
     LAYER_RIDS,
     LayerMunger,
@@ -29,7 +41,7 @@ from forwarder.simulcast import (
     ntp_to_seconds,
 )
 from rtc.packets import CodecInfo, DuplicateFilter, MediaPacket, is_keyframe_start
-from rtc.vp8 import Vp8Descriptor, parse_vp8_descriptor
+from rtc.vp8 import Vp8Descriptor, parse_vp8_descriptor, vp8_keyframe_size
 
 if TYPE_CHECKING:
     from forwarder.router import Leg
@@ -113,6 +125,9 @@ class SimulcastTrack:
         """Called with (leg id, layer) when a leg starts forwarding a layer: the keyframe it
         switches at is being sent (the subscriber is told what it gets, not what it asked)."""
         self._wanted: frozenset[int] = frozenset()
+        self._announced: tuple[LayerSpec, ...] | None = None
+        self._learned: dict[int, tuple[int, int]] = {}
+        """Layer -> the (width, height) its latest VP8 keyframe carried."""
         self._preferences: dict[str, tuple[Quality | None, tuple[int, int] | None]] = {}
 
     @property
@@ -192,6 +207,29 @@ class SimulcastTrack:
             self._choose(state)
             self._wanted_changed()
 
+    def announce(self, layers: tuple[LayerSpec, ...] | None) -> None:
+        """The publisher's own account of its layers (`forwarder.layers.announced_layers`);
+        None forgets it (sizes learned from keyframes, or the defaults, apply again)."""
+        self._announced = layers
+        self._relayer()
+
+    def _learn(self, layer: int, payload: bytes, vp8: Vp8Descriptor) -> None:
+        size = vp8_keyframe_size(payload, vp8)
+        if size is not None and self._learned.get(layer) != size:
+            self._learned[layer] = size
+            self._relayer()
+
+    def _relayer(self) -> None:
+        """Take the layers now known (announced, else learned); re-choose every leg."""
+        layers = self._announced if self._announced is not None else learned_layers(self._learned)
+        if layers == self.layers:
+            return
+        self.layers = layers
+        for state in self.legs.values():
+            state.link.layers = layers
+            self._choose(state)
+        self._wanted_changed()
+
     def restart(self, source: LayerSource) -> None:
         """The track comes from a new publisher connection: every leg restarts at a
         keyframe of its target layer, continuing its own numbers."""
@@ -225,6 +263,8 @@ class SimulcastTrack:
             if self.codec.name == "VP8":
                 vp8 = parse_vp8_descriptor(packet.payload)
                 keyframe = vp8.keyframe
+                if keyframe and self._announced is None:
+                    self._learn(layer, packet.payload, vp8)
             else:
                 keyframe = is_keyframe_start(self.codec.name, packet.payload)
         reports: Mapping[int, SenderReport] | None = None

@@ -127,3 +127,22 @@ def rewrite_vp8_descriptor(
         pos += 1
     out += payload[pos:]
     return bytes(out)
+
+
+_START_CODE = b"\x9d\x01\x2a"
+_SIZE_MASK = 0x3FFF
+
+
+def vp8_keyframe_size(payload: bytes, descriptor: Vp8Descriptor) -> tuple[int, int] | None:
+    """The (width, height) a VP8 keyframe's header carries (RFC 6386 section 9.1), read
+    from the first packet of the keyframe; None for any other packet, or a header cut short
+    or without the keyframe start code. The 2-bit upscaling hints are dropped: the size is
+    what is encoded. A forwarder learns a simulcast layer's real size from it for free."""
+    if not descriptor.keyframe:
+        return None
+    header = payload[descriptor.header_size : descriptor.header_size + 10]
+    if len(header) < 10 or header[3:6] != _START_CODE:
+        return None
+    width = int.from_bytes(header[6:8], "little") & _SIZE_MASK
+    height = int.from_bytes(header[8:10], "little") & _SIZE_MASK
+    return (width, height) if width and height else None

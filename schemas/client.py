@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from schemas.codec import MaxBytes, Message
+from schemas.codec import MaxBytes, Message, Struct
 from schemas.models import (
     MAX_ACTIVE_SPEAKERS,
     ActiveSpeaker,
@@ -131,6 +131,26 @@ class LowerHand(Message, tag="lower_hand", frozen=True, kw_only=True):
     id: int
 
 
+SimulcastRid = Literal["q", "h", "f"]
+"""A simulcast layer: quarter, half or full resolution."""
+
+
+class PublishedLayer(Struct, frozen=True, kw_only=True):
+    """One simulcast layer as the publisher sends it: the size it encodes (pixels) and
+    its encoding's max bitrate (bits per second). The forwarder checks them (sides
+    1..8192, bitrate 10 kbit/s..50 Mbit/s, q <= h <= f, each rid once) and chooses each
+    subscriber's layer by them; a rid left out is taken as half the size of the one above
+    (or twice the one below)."""
+
+    rid: SimulcastRid
+    width: int
+    height: int
+    max_bitrate: int
+
+
+PublishedLayers = Annotated[tuple[PublishedLayer, ...], Meta(max_length=3)]
+
+
 class SignalOffer(Message, tag="offer", frozen=True, kw_only=True):
     """An SDP offer. Client -> edge (target ``publisher``): the offer of the peer connection
     that sends the announced track `track_sid`; the reply is an `answer`. Edge -> client
@@ -145,6 +165,10 @@ class SignalOffer(Message, tag="offer", frozen=True, kw_only=True):
     track_sid: Identity | None = None
     participant_id: Identity | None = None
     kind: TrackKind | None = None
+    layers: PublishedLayers | None = None
+    """A publisher's simulcast video offer: its layers (`PublishedLayer`). Left out, the
+    forwarder keeps what it knew (nothing for a new track: it learns VP8 sizes from the
+    keyframes, else assumes a 720p camera's layers); empty forgets an earlier list."""
 
 
 class SignalAnswer(Message, tag="answer", frozen=True, kw_only=True):
@@ -173,8 +197,6 @@ class RestartIce(Message, tag="restart_ice", frozen=True, kw_only=True):
 
 
 VideoQuality = Literal["low", "medium", "high"]
-SimulcastRid = Literal["q", "h", "f"]
-"""A simulcast layer: quarter, half or full resolution."""
 RenderedSize = Annotated[int, Meta(ge=0, le=16384)]
 
 
@@ -208,6 +230,16 @@ class VideoLayer(Message, tag="video_layer", frozen=True, kw_only=True):
 
     track_sid: Identity
     rid: SimulcastRid
+
+
+class SetTrackLayers(Message, tag="set_track_layers", frozen=True, kw_only=True):
+    """A publisher's simulcast layers of its video track `track_sid` changed (a camera
+    switch, `applyConstraints`): the new list replaces the one its offer (or an earlier
+    `set_track_layers`) gave. Acked once the forwarder took it; an empty list forgets it."""
+
+    id: int
+    track_sid: Identity
+    layers: PublishedLayers = ()
 
 
 class Ping(Message, tag="ping", frozen=True, kw_only=True):
@@ -397,6 +429,7 @@ REQUESTS: tuple[type[Message], ...] = (
     SignalCandidate,
     RestartIce,
     SetVideoQuality,
+    SetTrackLayers,
     Ping,
 )
 """Every frame a client may send."""

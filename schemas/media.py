@@ -10,8 +10,9 @@ gets one per subscribed track, offered by its forwarder.
   that forwarder (level-triggered: applying the same one twice changes nothing).
 - ``stagecast.fwd.<forwarder>.rpc`` (request/reply): `PublishOffer` and `IngressOffer` (a
   WHIP client's multi-track offer) -> `ForwarderSdp`;
-  `SubscriberAnswer`, `MediaCandidate`, `RestartSubscription`, `RelayStart`, `RelayStop`
-  -> `ForwarderOk` / `RelayAccepted`; any of them -> `Error` (schemas.client) on failure.
+  `SubscriberAnswer`, `MediaCandidate`, `RestartSubscription`, `SubscriberLayers`,
+  `PublisherLayers`, `RelayStart`, `RelayStop` -> `ForwarderOk` / `RelayAccepted`; any
+  of them -> `Error` (schemas.client) on failure.
   `RelayKeyframeRequest` is published without a reply.
 - ``stagecast.relay.<to-forwarder>.<track>`` (core publish): `RelayPacket`s of a track the
   publisher's forwarder relays to another forwarder that has subscribers for it.
@@ -24,7 +25,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from schemas.client import MediaTarget, RenderedSize, Sdp, VideoQuality
+from schemas.client import MediaTarget, PublishedLayers, RenderedSize, Sdp, VideoQuality
 from schemas.codec import MaxBytes, Message, Struct
 from schemas.models import MAX_ACTIVE_SPEAKERS, ActiveSpeaker, Identity, TrackKind
 
@@ -75,6 +76,8 @@ class PublishOffer(Message, tag="fwd.publish", frozen=True, kw_only=True):
     kind: TrackKind
     sdp: Sdp
     ice_restart: bool = False
+    layers: PublishedLayers | None = None
+    """The offer's simulcast layers (`SignalOffer.layers`); None keeps what was known."""
 
 
 class IngressTrack(Struct, frozen=True, kw_only=True):
@@ -140,6 +143,15 @@ class SubscriberLayers(Message, tag="fwd.subscriber_layers", frozen=True, kw_onl
     quality: VideoQuality | None = None
     width: RenderedSize | None = None
     height: RenderedSize | None = None
+
+
+class PublisherLayers(Message, tag="fwd.publisher_layers", frozen=True, kw_only=True):
+    """A publisher's new simulcast layers of its track (`SetTrackLayers`)."""
+
+    room_id: Identity
+    sid: Identity
+    track_sid: Identity
+    layers: PublishedLayers = ()
 
 
 class ForwarderSdp(Message, tag="fwd.sdp", frozen=True, kw_only=True):
@@ -247,6 +259,7 @@ MESSAGES = (
     MediaCandidate,
     RestartSubscription,
     SubscriberLayers,
+    PublisherLayers,
     ForwarderSdp,
     ForwarderOk,
     RelayStart,

@@ -203,6 +203,18 @@ def test_python_subscriber_sees_the_layer_it_gets(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(70)
+def test_a_360p_camera_in_a_448_pixel_tile_gets_its_full_layer(tmp_path: Path) -> None:
+    """Issue 12: the publisher announces its real layer sizes, so a 448-px tile of the demo
+    page's 640x360 camera gets f (640x360), not h (320x180) as the 720p defaults chose;
+    the viewer's `publication.videoLayer` says f; a smaller camera is announced again."""
+    result = run_scenario("announced_layers", tmp_path)
+    assert result["announced"] == [[160, 90], [320, 180], [640, 360]], result
+    assert result["forwarded"] == 2 and result["by_defaults"] == 1, result
+    assert result["watched"]["layer"] == "f" and result["watched"]["frame"] == [640, 360], result
+    assert result["after_resize"] == [[80, 45], [160, 90], [320, 180]], result
+
+
+@pytest.mark.timeout(70)
 def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
     """(b) A Python SDK publisher's synthetic video plays in Chromium (framesDecoded grows)."""
     result = run_scenario("python_publishes", tmp_path)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from forwarder.errors import BadQuality
+from forwarder.errors import BadLayer, BadLayers, BadQuality
 from forwarder.layers import (
     BASE_HOLD,
     DEFAULT_LAYERS,
     MAX_HOLD,
+    LayerSpec,
     LinkEstimator,
     Quality,
+    announced_layers,
     choose_layer,
+    estimated_bitrate,
     layer_for_bitrate,
     layer_for_size,
+    learned_layers,
 )
 
 ALL = (0, 1, 2)
@@ -125,3 +129,82 @@ def test_a_remb_catching_up_after_a_switch_up_is_no_congestion() -> None:
     for n in range(5):
         assert not link.on_report(BASE_HOLD + n + 1, remb=350_000 + 50_000 * n, current=2)
     assert link.ceiling == 2 and link.hold == BASE_HOLD
+
+
+CAMERA_360P = (("q", 160, 90, 150_000), ("h", 320, 180, 500_000), ("f", 640, 360, 1_700_000))
+"""The demo page's 640x360 camera in three layers, as the browser SDK announces it."""
+
+
+def test_a_448_pixel_tile_of_a_360p_camera_gets_its_full_layer() -> None:
+    """The bug of issue 12: with the 720p defaults, h (640x360 there) covers a 448x252
+    tile, but this camera's h is 320x180; its f (640x360) is the smallest that covers."""
+    layers = announced_layers(CAMERA_360P)
+    assert layers == tuple(LayerSpec(*spec[1:]) for spec in CAMERA_360P)
+    assert choose_layer(DEFAULT_LAYERS, ALL, rendered=(448, 252)) == 1
+    assert choose_layer(layers, ALL, rendered=(448, 252)) == 2
+    assert choose_layer(layers, ALL, rendered=(300, 170)) == 1
+    assert choose_layer(layers, ALL, rendered=(160, 90)) == 0
+    assert choose_layer(layers, ALL, rendered=(448, 252), requested=Quality.MEDIUM) == 1
+
+
+def test_a_1080p_camera_or_a_screen_share_keeps_small_tiles_small() -> None:
+    layers = announced_layers((("q", 480, 270, 200_000), ("h", 960, 540, 800_000),
+                               ("f", 1920, 1080, 3_000_000)))  # fmt: skip
+    assert choose_layer(layers, ALL, rendered=(448, 252)) == 0
+    assert choose_layer(layers, ALL, rendered=(1280, 720)) == 2
+    share = announced_layers((("q", 640, 400, 300_000), ("f", 2560, 1600, 2_500_000)))
+    assert share[1] == LayerSpec(1280, 800, estimated_bitrate(1280, 800))  # h inferred
+    assert choose_layer(share, ALL, rendered=(1000, 600)) == 1
+
+
+def test_announced_rids_left_out_are_half_the_size_of_the_one_above() -> None:
+    layers = announced_layers((("f", 640, 360, 1_200_000),))
+    assert [(x.width, x.height) for x in layers] == [(160, 90), (320, 180), (640, 360)]
+    assert layers[2].bitrate == 1_200_000
+    assert layers[0].bitrate < layers[1].bitrate < layers[2].bitrate
+    assert announced_layers(()) == DEFAULT_LAYERS
+
+
+def test_nonsense_layers_are_refused_with_named_errors() -> None:
+    with pytest.raises(BadLayers, match="layer q: 0x90 is not a video size"):
+        announced_layers((("q", 0, 90, 150_000),))
+    with pytest.raises(BadLayers, match=r"1\.\.8192 pixels"):
+        announced_layers((("f", 100_000, 360, 1_000_000),))
+    with pytest.raises(BadLayer):
+        announced_layers((("x", 640, 360, 1_000_000),))
+    with pytest.raises(BadLayers, match="max_bitrate 0 "):
+        announced_layers((("f", 640, 360, 0),))
+    with pytest.raises(BadLayers, match="max_bitrate"):
+        announced_layers((("f", 640, 360, 10**12),))
+    with pytest.raises(BadLayers, match="twice"):
+        announced_layers((("h", 320, 180, 500_000), ("h", 320, 180, 500_000)))
+    with pytest.raises(BadLayers, match="larger"):
+        announced_layers((("q", 1280, 720, 150_000), ("f", 640, 360, 1_700_000)))
+
+
+def test_the_link_estimate_weighs_the_announced_bitrates() -> None:
+    """A falling REMB of 400 kbit/s is congestion for the defaults' f (1.7 Mbit/s), not
+    for a 360p camera whose f is announced at 600 kbit/s."""
+    small_f = announced_layers((("q", 160, 90, 100_000), ("h", 320, 180, 300_000),
+                                ("f", 640, 360, 600_000)))  # fmt: skip
+    for layers, stepped in ((DEFAULT_LAYERS, True), (small_f, False)):
+        link = LinkEstimator(layers, now=0.0)
+        link.on_report(1.0, remb=1_000_000, current=2)
+        assert link.on_report(1.5, remb=400_000, current=2) is stepped
+
+
+def test_learned_sizes_fill_in_and_contradictions_keep_the_defaults() -> None:
+    assert learned_layers({}) == DEFAULT_LAYERS
+    layers = learned_layers({2: (640, 360)})
+    assert [(x.width, x.height) for x in layers] == [(160, 90), (320, 180), (640, 360)]
+    assert layers[2].bitrate == estimated_bitrate(640, 360) == DEFAULT_LAYERS[1].bitrate
+    assert learned_layers({0: (1280, 720), 2: (640, 360)}) == DEFAULT_LAYERS
+
+
+def test_estimated_bitrates_follow_the_defaults_by_pixel_count() -> None:
+    assert [estimated_bitrate(x.width, x.height) for x in DEFAULT_LAYERS] == [
+        x.bitrate for x in DEFAULT_LAYERS
+    ]
+    assert 500_000 < estimated_bitrate(960, 540) < 1_700_000
+    assert estimated_bitrate(1920, 1080) > 1_700_000
+    assert 0 < estimated_bitrate(16, 16) < 150_000

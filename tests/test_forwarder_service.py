@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from forwarder.main import running_forwarder
 from forwarder.service import ForwarderService
-from schemas.client import Error, SignalOffer
+from schemas.client import Error, PublishedLayer, SignalOffer, SimulcastRid
 from schemas.codec import Message, decode, encode
 from schemas.media import (
     ForwarderOk,
@@ -31,6 +31,7 @@ from schemas.media import (
     MediaSession,
     MediaSubscribedTrack,
     MediaTrackState,
+    PublisherLayers,
     PublishOffer,
     RelayStart,
     RestartSubscription,
@@ -559,3 +560,54 @@ async def test_bad_input_gets_named_errors_and_the_others_keep_forwarding(
     )
     assert isinstance(await alice.request(trickled), ForwarderOk)
     await bob.more_frames("TR_cam", 5)
+
+
+async def test_announced_layers_are_taken_or_refused_with_named_errors(
+    service: ForwarderService, clients: Callable[[str], Any]
+) -> None:
+    """A publisher's layer announcement (`set_track_layers`, relayed as `PublisherLayers`)
+    is checked before anything changes; nonsense gets BAD_REQUEST naming what is wrong."""
+    alice, _bob = await _alice_and_bob(clients)
+
+    async def announce(track_sid: str, *specs: tuple[SimulcastRid, int, int, int]) -> Message:
+        layers = tuple(
+            PublishedLayer(rid=r, width=w, height=h, max_bitrate=b) for r, w, h, b in specs
+        )
+        return await alice.request(
+            PublisherLayers(room_id=ROOM, sid="alice", track_sid=track_sid, layers=layers)
+        )
+
+    # aiortc sends one layer: taken (and of no use to a single-layer track)
+    ok = await announce("TR_cam", ("h", 320, 180, 500_000), ("f", 640, 360, 1_500_000))
+    assert isinstance(ok, ForwarderOk)
+    refused: dict[str, tuple[tuple[SimulcastRid, int, int, int], ...]] = {
+        "not a video size": (("f", 0, 360, 1_000_000),),
+        "1..8192 pixels": (("f", 99_999, 360, 1_000_000),),
+        "max_bitrate 5 ": (("f", 640, 360, 5),),
+        "larger than a higher one": (("h", 640, 360, 500_000), ("f", 320, 180, 900_000)),
+        "announced twice": (("f", 640, 360, 500_000), ("f", 640, 360, 500_000)),
+    }
+    for words, specs in refused.items():
+        reply = await announce("TR_cam", *specs)
+        assert isinstance(reply, Error) and reply.code == "BAD_REQUEST", reply
+        assert words in reply.message, reply
+    missing = await announce("TR_none", ("f", 640, 360, 1_000_000))
+    assert isinstance(missing, Error) and missing.code == "TRACK_NOT_FOUND"
+    # An offer's layers are checked before it is negotiated.
+    pc = peer()
+    pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    await pc.close()
+    connections = service.peer_connections
+    offer = PublishOffer(
+        room_id=ROOM,
+        sid="alice",
+        track_sid="TR_cam2",
+        kind="video",
+        sdp=pc.localDescription.sdp,
+        layers=(PublishedLayer(rid="q", width=160, height=0, max_bitrate=150_000),),
+    )
+    reply = await alice.request(offer)
+    assert isinstance(reply, Error) and "layer q: 160x0" in reply.message, reply
+    assert service.peer_connections == connections
+    await _bob.more_frames("TR_cam", 10)  # forwarding never stopped

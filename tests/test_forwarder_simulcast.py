@@ -18,7 +18,7 @@ from forwarder.simulcast import (
 )
 from rtc.errors import MalformedPayload
 from rtc.packets import is_keyframe_start
-from rtc.vp8 import parse_vp8_descriptor, rewrite_vp8_descriptor
+from rtc.vp8 import parse_vp8_descriptor, rewrite_vp8_descriptor, vp8_keyframe_size
 
 CLOCK = 90000
 FRAME = 3000  # 30 frames per second at 90 kHz
@@ -100,6 +100,33 @@ def test_rewrite_widens_a_7_bit_picture_id_to_15_bits() -> None:
 
 
 # -- timestamps and rids -----------------------------------------------------------------
+
+
+# A keyframe's first packet: descriptor (X, S, 15-bit picture id, TL0PICIDX), frame tag
+# (keyframe), start code, then width and height with 2-bit scale hints on top.
+KEYFRAME_640x360 = bytes.fromhex("90c0812c075002009d012a80426801") + b"data"
+
+
+def test_a_vp8_keyframe_says_its_size() -> None:
+    descriptor = parse_vp8_descriptor(KEYFRAME_640x360)
+    assert descriptor.keyframe
+    assert vp8_keyframe_size(KEYFRAME_640x360, descriptor) == (640, 360)  # scale 2 dropped
+    plain = bytes.fromhex("105002009d012a4001f000")
+    assert vp8_keyframe_size(plain, parse_vp8_descriptor(plain)) == (320, 240)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        bytes.fromhex("90c0812c075102009d012a80026801"),  # an inter frame
+        bytes.fromhex("80c0812c075002009d012a80026801"),  # not a partition start
+        bytes.fromhex("90c0812c075002009d012a80"),  # cut short
+        bytes.fromhex("90c0812c075002009d010080026801"),  # no start code
+        bytes.fromhex("90c0812c075002009d012a00006801"),  # zero width
+    ],
+)
+def test_a_vp8_size_is_only_read_from_a_whole_keyframe_header(payload: bytes) -> None:
+    assert vp8_keyframe_size(payload, parse_vp8_descriptor(payload)) is None
 
 
 def test_map_timestamp_goes_through_the_wall_clock_and_wraps() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from dataclasses import dataclass, field
 
-from forwarder.layers import Quality
+from forwarder.layers import DEFAULT_LAYERS, Quality, announced_layers
 from forwarder.router import Router
 from forwarder.simulcast import LAYER_RIDS, SenderReport
 from forwarder.simulcast_track import LAYER_TIMEOUT, LayerSource, SimulcastTrack
@@ -41,6 +42,8 @@ class Publisher:
         self.keyframe_on: set[str] = set()
         self.requests: list[str] = []
         self.sending = set(LAYER_RIDS)
+        self.sizes: dict[str, tuple[int, int]] = {}
+        """Per rid, the size its keyframes carry (none: keyframes without a VP8 header)."""
         self.source = LayerSource(request_keyframe=self._request, sender_reports=self._reports)
 
     def _request(self, layer: int) -> None:
@@ -58,6 +61,8 @@ class Publisher:
                 pid = self.pid[rid]
                 payload = bytes([0x90, 0xC0, 0x80 | pid >> 8, pid & 0xFF, pid & 0xFF])
                 payload += bytes([0 if key else 1]) + b"data"
+                if key and rid in self.sizes:
+                    payload = payload[:-5] + vp8_keyframe_header(*self.sizes[rid])
                 packets.append(
                     MediaPacket(
                         sequence_number=self.seq[rid],
@@ -75,6 +80,11 @@ class Publisher:
         self.keyframe_on.clear()
         self.now += 1 / 30
         return packets
+
+
+def vp8_keyframe_header(width: int, height: int) -> bytes:
+    """The first bytes of a VP8 keyframe (RFC 6386 9.1): frame tag, start code, size."""
+    return b"\x10\x02\x00\x9d\x01\x2a" + struct.pack("<HH", width, height) + b"data"
 
 
 def make() -> tuple[Router, Publisher]:
@@ -246,3 +256,44 @@ async def test_muted_simulcast_forwards_nothing_and_counts() -> None:
     # A packet with no (or an unknown) rid is not a layer: nothing is sent.
     stray = MediaPacket(1, 1, 1, b"\x10\x00", ssrc=9, payload_type=96, rid="x")
     assert await router.forward("cam", stray) == 0
+
+
+CAMERA_360P = ((160, 90), (320, 180), (640, 360))
+TILE = (448, 252)
+
+
+async def test_announced_layers_move_a_tile_to_the_layer_that_covers_it() -> None:
+    """A 448x252 tile of a 640x360 camera: h by the 720p defaults, f once the publisher
+    announces its layers; the leg switches at f's keyframe and the wants follow."""
+    router, pub = make()
+    leg, simulcast = subscribed(router)
+    simulcast.set_preference("viewer/cam", rendered=TILE)
+    await frames(router, pub, SETTLE)
+    assert set(leg.rids) == {"h"} and simulcast.wanted_layers == {1}
+    simulcast.announce(
+        announced_layers(
+            (rid, w, h, 500_000) for rid, (w, h) in zip("qhf", CAMERA_360P, strict=True)
+        )
+    )
+    assert simulcast.legs["viewer/cam"].link.layers == simulcast.layers
+    await frames(router, pub, SETTLE)
+    assert runs(leg) == ["h", "f"] and simulcast.wanted_layers == {2}
+    simulcast.announce(None)  # forgotten: the defaults again
+    assert simulcast.layers == DEFAULT_LAYERS
+    assert_unbroken(leg)
+
+
+async def test_without_an_announcement_vp8_keyframes_say_the_sizes() -> None:
+    router, pub = make()
+    pub.sizes = dict(zip(LAYER_RIDS, CAMERA_360P, strict=True))
+    leg, simulcast = subscribed(router)
+    simulcast.set_preference("viewer/cam", rendered=TILE)
+    await frames(router, pub, SETTLE)
+    assert [(x.width, x.height) for x in simulcast.layers] == list(CAMERA_360P)
+    assert leg.rids[-1] == "f"
+    # An announcement wins over what keyframes say, and keyframes no longer change it.
+    announced = announced_layers((("f", 1280, 720, 1_700_000),))
+    simulcast.announce(announced)
+    pub.keyframe_on.update(LAYER_RIDS)
+    await frames(router, pub, SETTLE)
+    assert simulcast.layers == announced and leg.rids[-1] == "h"

@@ -18,7 +18,15 @@ import pytest
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 
 import stagecast
-from schemas.client import Ack, PublishTrack, RestartIce, SignalAnswer, SignalOffer
+from schemas.client import (
+    Ack,
+    PublishedLayer,
+    PublishTrack,
+    RestartIce,
+    SetTrackLayers,
+    SignalAnswer,
+    SignalOffer,
+)
 from stagecast import errors
 from stagecast.client import Room
 from stagecast.client.events import Subscription
@@ -286,6 +294,10 @@ async def test_bad_media_signaling_gets_named_errors_and_media_goes_on(stack: St
     assert isinstance(announced, Ack) and announced.sid
     sid, denied = announced.sid, errors.InvalidPermissions
     offer, answer, missing = SignalOffer, SignalAnswer, errors.TrackNotFound
+
+    def layer(rid: Any, width: int) -> PublishedLayer:  # nonsense on purpose: rid "x", width 0
+        return PublishedLayer(rid=rid, width=width, height=360, max_bitrate=500_000)
+
     cases: list[tuple[Room, Any, type[errors.StagecastError]]] = [
         (mallory, offer(id=0, target="publisher", sdp="v=0"), errors.BadRequest),
         (mallory, offer(id=0, target="subscriber", sdp="v=0", track_sid=sid), errors.BadRequest),
@@ -293,6 +305,9 @@ async def test_bad_media_signaling_gets_named_errors_and_media_goes_on(stack: St
         (mallory, offer(id=0, target="publisher", sdp="garbage", track_sid=sid), errors.BadRequest),
         (mallory, answer(id=0, target="subscriber", sdp="v", track_sid="TR_x"), missing),
         (mallory, RestartIce(id=0, track_sid="TR_x"), missing),
+        (mallory, SetTrackLayers(id=0, track_sid="TR_x", layers=(layer("f", 640),)), missing),
+        (mallory, SetTrackLayers(id=0, track_sid=sid, layers=(layer("f", 0),)), errors.BadRequest),
+        (mallory, SetTrackLayers(id=0, track_sid=sid, layers=(layer("x", 64),)), errors.BadRequest),
         (viewer, offer(id=0, target="publisher", sdp="v", track_sid=sid), denied),
     ]
     for room, frame, expected in cases:

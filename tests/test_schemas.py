@@ -74,12 +74,14 @@ from schemas.client import (
     Ping,
     Pong,
     PublishData,
+    PublishedLayer,
     PublishTrack,
     RaiseHand,
     RestartIce,
     RoomUpdated,
     SetAttributes,
     SetMetadata,
+    SetTrackLayers,
     SetVideoQuality,
     SignalAnswer,
     SignalCandidate,
@@ -158,6 +160,7 @@ from schemas.media import (
     MediaSession,
     MediaSubscribedTrack,
     MediaTrackState,
+    PublisherLayers,
     PublishOffer,
     RelayAccepted,
     RelayCodec,
@@ -232,6 +235,14 @@ CASES: tuple[Message, ...] = (
     ),
     Ping(id=17, at=AT),
     SetVideoQuality(id=18, track_sid="TR_cam", quality="low", width=320, height=180),
+    SetTrackLayers(
+        id=19,
+        track_sid="TR_cam",
+        layers=(
+            PublishedLayer(rid="q", width=160, height=90, max_bitrate=150_000),
+            PublishedLayer(rid="f", width=640, height=360, max_bitrate=1_700_000),
+        ),
+    ),
     # edge -> client
     LayersWanted(track_sid="TR_cam", rids=("q", "f")),
     VideoLayer(track_sid="TR_cam", rid="h"),
@@ -436,6 +447,12 @@ CASES: tuple[Message, ...] = (
     ),
     RestartSubscription(room_id="r", sid="PA_2", track_sid="TR_cam"),
     SubscriberLayers(room_id="r", sid="PA_2", track_sid="TR_cam", quality="high"),
+    PublisherLayers(
+        room_id="r",
+        sid="PA_1",
+        track_sid="TR_cam",
+        layers=(PublishedLayer(rid="h", width=320, height=180, max_bitrate=500_000),),
+    ),
     ForwarderSdp(sdp="v=0\r\n"),
     ForwarderOk(),
     RelayStart(room_id="r", track_sid="TR_cam", to_forwarder="FW_2"),
@@ -521,6 +538,17 @@ GOLDEN_HEX: dict[str, str] = {
     "set_video_quality": (
         "87a174b17365745f766964656f5f7175616c697479a17601a2696412a9747261636b5f736964a654525f63"
         "616da77175616c697479a36c6f77a57769647468cd0140a6686569676874ccb4"
+    ),
+    "set_track_layers": (
+        "85a174b07365745f747261636b5f6c6179657273a17601a2696413a9747261636b5f736964a654525f63616d"
+        "a66c61796572739284a3726964a171a57769647468cca0a66865696768745aab6d61785f62697472617465ce"
+        "000249f084a3726964a166a57769647468cd0280a6686569676874cd0168ab6d61785f62697472617465ce00"
+        "19f0a0"
+    ),
+    "fwd.publisher_layers": (
+        "86a174b46677642e7075626c69736865725f6c6179657273a17601a7726f6f6d5f6964a172a3736964a45041"
+        "5f31a9747261636b5f736964a654525f63616da66c61796572739184a3726964a168a57769647468cd0140a6"
+        "686569676874ccb4ab6d61785f62697472617465ce0007a120"
     ),
     "layers_wanted": (
         "84a174ad6c61796572735f77616e746564a17601a9747261636b5f736964a654525f63616da47269647392"

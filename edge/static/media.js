@@ -17,12 +17,16 @@ const VIDEO_QUALITIES = ['low', 'medium', 'high'];
 const RESIZE_DEBOUNCE = 300; // ms between a video element's resize and its report
 const UNLIMITED_SIZE = 16384; // the largest size the wire takes: no layer is larger (no limit)
 // Simulcast layers of a camera: quarter, half and full resolution (rids as the forwarder
-// expects them, lowest first; bitrates as forwarder/layers.py DEFAULT_LAYERS).
-const SIMULCAST_ENCODINGS = [
-  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
-  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
-  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_700_000 },
-];
+// expects them, listed lowest first). Chrome encodes no more layers than its table allows
+// for the capture size (libwebrtc simulcast.cc: 3 from 960x540, 2 from 480x270, else 1)
+// and drops the last ones listed: a 640x360 camera offered as q/h/f never sends f, its
+// full size. So a camera is offered only the top layers its size gets (h and f for
+// 640x360; one layer, no simulcast, below 480x270). Bitrates follow each layer's size as
+// forwarder/layers.py DEFAULT_LAYERS do. The sizes are announced in the offer (`layers`),
+// and again (`set_track_layers`) when the track's size changes (applyConstraints).
+const LAYERS_CHECK = 2000; // ms between looks at a simulcast track's size
+const SIMULCAST_SCALES = [['q', 4], ['h', 2], ['f', 1]];
+const LAYER_BITRATES = [[320 * 180, 150_000], [640 * 360, 500_000], [1280 * 720, 1_700_000]];
 
 // Resolve once the connection gathered every ICE candidate (or the timeout passed; then
 // say so on the console, with how many candidates there are to connect with).
@@ -52,6 +56,50 @@ export function gathered(pc, timeout = GATHER_TIMEOUT) {
     pc.addEventListener('icegatheringstatechange', check);
     pc.addEventListener('icecandidate', count);
   });
+}
+
+/**
+ * The `sendEncodings` of a camera sent in simulcast, from its current size (a track that
+ * does not say its size counts as 720p); null when its size gets one layer only.
+ */
+export function simulcastEncodings(track) {
+  const { width = 1280, height = 720 } = track?.getSettings?.() ?? {};
+  const pixels = width * height;
+  const count = pixels >= 960 * 540 ? 3 : pixels >= 480 * 270 ? 2 : 1;
+  if (count < 2) return null;
+  return SIMULCAST_SCALES.slice(SIMULCAST_SCALES.length - count).map(([rid, scale]) => ({
+    rid, scaleResolutionDownBy: scale, maxBitrate: layerBitrate(width / scale, height / scale),
+  }));
+}
+
+// The bitrate a layer of that size gets: LAYER_BITRATES interpolated by pixel count.
+function layerBitrate(width, height) {
+  const pixels = width * height;
+  const [first] = LAYER_BITRATES;
+  const last = LAYER_BITRATES[LAYER_BITRATES.length - 1];
+  if (pixels <= first[0]) return Math.max(10_000, Math.round(first[1] * pixels / first[0]));
+  for (let i = 1; i < LAYER_BITRATES.length; i += 1) {
+    const [lowPx, lowBps] = LAYER_BITRATES[i - 1];
+    const [highPx, highBps] = LAYER_BITRATES[i];
+    if (pixels <= highPx) return Math.round(lowBps + (highBps - lowBps) * (pixels - lowPx) / (highPx - lowPx));
+  }
+  return Math.min(50_000_000, Math.round(last[1] * pixels / last[0]));
+}
+
+/**
+ * The simulcast layers a video track is sent in, as the offer's `layers` announce them:
+ * per rid, the size its encoding scales the track's current size to and its max bitrate.
+ * null while the track does not say its size.
+ */
+export function simulcastLayers(track, encodings) {
+  const { width, height } = track?.getSettings?.() ?? {};
+  if (!width || !height || !encodings) return null;
+  return encodings.map((e) => ({
+    rid: e.rid,
+    width: Math.max(1, Math.floor(width / e.scaleResolutionDownBy)),
+    height: Math.max(1, Math.floor(height / e.scaleResolutionDownBy)),
+    max_bitrate: e.maxBitrate,
+  }));
 }
 
 /**
@@ -161,32 +209,59 @@ export class MediaTransport {
     const pc = new RTCPeerConnection({ iceServers: [] });
     const entry = { pc, publication, restarts: old?.restarts ?? 0 };
     this.publishers.set(sid, entry);
-    old?.pc.close();
+    if (old) closePublisher(old);
     const init = { direction: 'sendonly' };
-    if (publication.simulcast) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+    entry.encodings = publication.simulcast ? simulcastEncodings(publication.track) : null;
+    if (entry.encodings) init.sendEncodings = entry.encodings.map((e) => ({ ...e }));
     const transceiver = pc.addTransceiver(publication.track, init);
     if (publication.codec) preferCodec(transceiver, publication.kind, publication.codec);
     pc.addEventListener('connectionstatechange', () => this.publisherState(entry));
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc);
+      const layers = simulcastLayers(publication.track, entry.encodings);
       const reply = await this.room.request({
         t: 'offer',
         target: 'publisher',
         sdp: pc.localDescription.sdp,
         track_sid: sid,
         ice_restart: iceRestart ? true : undefined,
+        layers: layers ?? undefined,
       });
       if (reply.t !== 'answer') throw new Error(`expected an answer to the offer, got ${reply.t}`);
       if (this.publishers.get(sid) !== entry) return; // replaced or unpublished meanwhile
       await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+      if (entry.encodings) {
+        entry.layers = JSON.stringify(layers);
+        entry.timer = setInterval(() => this.checkLayers(entry), LAYERS_CHECK);
+      }
     } catch (err) {
       if (this.publishers.get(sid) === entry) {
         this.publishers.delete(sid);
-        pc.close();
+        closePublisher(entry);
       }
       throw err;
     }
+  }
+
+  /**
+   * Announce a simulcast track's layers again when its size changed since the last
+   * announcement (`set_track_layers`): the forwarder picks each subscriber's layer by them.
+   */
+  checkLayers(entry) {
+    const { publication } = entry;
+    if (this.publishers.get(publication.sid) !== entry || entry.announcing) return;
+    const layers = simulcastLayers(publication.track, entry.encodings);
+    const key = JSON.stringify(layers);
+    if (!layers || key === entry.layers) return;
+    entry.announcing = true;
+    this.room.request({ t: 'set_track_layers', track_sid: publication.sid, layers })
+      .then(() => { entry.layers = key; })
+      .catch((err) => {
+        console.warn(`announcing the layers of ${publication.sid} failed`, err);
+        if (err?.code === 'UNKNOWN_TYPE') clearInterval(entry.timer); // an older server
+      })
+      .finally(() => { entry.announcing = false; });
   }
 
   publisherState(entry) {
@@ -206,7 +281,7 @@ export class MediaTransport {
    */
   onLayersWanted(frame) {
     const entry = this.publishers.get(frame.track_sid);
-    if (!entry || !entry.publication.simulcast) return;
+    if (!entry || !entry.encodings) return;
     const wanted = new Set(frame.rids ?? []);
     entry.wanted = wanted;
     const sender = entry.pc.getSenders()[0];
@@ -231,7 +306,7 @@ export class MediaTransport {
     const entry = this.publishers.get(sid);
     if (!entry) return;
     this.publishers.delete(sid);
-    entry.pc.close();
+    closePublisher(entry);
   }
 
   // ---- subscribing
@@ -337,7 +412,7 @@ export class MediaTransport {
    * the room republishes and resubscribes on new connections, as after a first join.
    */
   reset() {
-    for (const entry of this.publishers.values()) entry.pc.close();
+    for (const entry of this.publishers.values()) closePublisher(entry);
     this.publishers.clear();
     for (const entry of [...this.subscribers.values()]) this.closeSubscriber(entry);
   }
@@ -353,6 +428,11 @@ export class MediaTransport {
     }
     return out;
   }
+}
+
+function closePublisher(entry) {
+  clearInterval(entry.timer);
+  entry.pc.close();
 }
 
 // Put `codec` first in the transceiver's offer (H.264: packetization-mode 1, constrained

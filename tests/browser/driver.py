@@ -1069,6 +1069,84 @@ async def python_video_layer(ctx: Context) -> dict[str, Any]:
     return {"seen": seen, "events": events}
 
 
+TILE_448 = """(() => {
+  const tile = document.querySelector('.tile:not(.local)');
+  if (!tile || tile.querySelector('video').hidden) return false;
+  tile.style.width = '448px';
+  return true;
+})()"""
+WATCHED_LAYER = """(() => {
+  const p = [...window.demo.room.remoteParticipants.values()][0]?.publications.get(%s);
+  const video = document.querySelector('.tile:not(.local) video');
+  return {layer: p?.videoLayer ?? null, frame: [video.videoWidth, video.videoHeight],
+    element: [video.clientWidth, video.clientHeight]};
+})()"""
+
+
+@scenario("announced_layers", forwarders=1)
+async def announced_layers(ctx: Context) -> dict[str, Any]:
+    """The demo page's camera (640x360: Chrome encodes two layers at that size, so the SDK
+    offers h 320x180 and f 640x360 and announces them; q would be 160x90) and a viewer
+    page whose tile is 448 px wide: its leg gets f, the layer that covers the tile, where
+    the 720p defaults would pick h. Then the publisher shrinks its camera
+    (applyConstraints) and announces the new sizes."""
+    from forwarder.layers import DEFAULT_LAYERS, choose_layer
+
+    room = "announced-layers"
+    await ctx.join_page("chrome", room, "Chrome Cam")
+    await ctx.browser.click("chrome", "#btn-camera")
+    sid = await ctx.browser.wait(
+        "chrome", "window.demo.room.localParticipant.tracks.get('video')?.sid", "s => !!s"
+    )
+    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
+
+    def h_and_f() -> Any:
+        track = router.simulcast(sid) if sid in router.track_ids else None
+        if track is None or track.available != {1, 2}:
+            raise AssertionError(f"layers {track and sorted(track.available)}")
+        return track
+
+    track = await eventually(h_and_f, what="layers h and f at the forwarder", timeout=20)
+    announced = [(layer.width, layer.height) for layer in track.layers]
+    await ctx.join_page("watcher", room, "Watcher", role="viewer")
+    await ctx.browser.wait("watcher", TILE_448, timeout=20)
+
+    def on_f_for_the_tile() -> Any:
+        (state,) = track.legs.values()
+        rendered, munger = state.rendered, state.munger
+        # The target follows a size report at once; the layer forwarded at its keyframe.
+        if rendered is None or rendered[0] > 460 or (munger.target, munger.current) != (2, 2):
+            raise AssertionError(f"rendered {rendered}, layer {munger.current}->{munger.target}")
+        return state
+
+    state = await eventually(on_f_for_the_tile, what="f for a 448 px tile", timeout=15)
+    watched = await ctx.browser.wait(
+        "watcher",
+        WATCHED_LAYER % json.dumps(sid),
+        "w => w.layer === 'f' && w.frame[0] === 640",
+        timeout=15,
+    )
+    by_defaults = choose_layer(DEFAULT_LAYERS, range(3), rendered=state.rendered)
+    await ctx.browser.eval(
+        "chrome",
+        "window.demo.room.localParticipant.tracks.get('video').track"
+        ".applyConstraints({width: 320, height: 180}).then(() => true)",
+    )
+    await eventually(
+        lambda: (track.layers[2].width, track.layers[2].height) == (320, 180),
+        what="the smaller camera announced",
+        timeout=10,
+    )
+    return {
+        "announced": announced,
+        "rendered": list(state.rendered),
+        "forwarded": state.munger.current,
+        "by_defaults": by_defaults,
+        "watched": watched,
+        "after_resize": [(layer.width, layer.height) for layer in track.layers],
+    }
+
+
 @scenario("python_publishes", forwarders=1)
 async def python_publishes(ctx: Context) -> dict[str, Any]:
     """A Python SDK speaker publishes aiortc's synthetic video; a viewer page plays it."""
