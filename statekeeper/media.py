@@ -12,6 +12,10 @@ desired state (`MediaSession`: its published tracks, mute states and subscribed 
 each with the forwarder it is published on). A forwarder that applies the same state twice
 changes nothing, and after a statekeeper restart one full sync brings every forwarder up to
 date.
+
+A session moved off a forwarder (it died) also gets a `MediaMoved` frame on its direct
+subject: its peer connections lead to a process that is gone, and only the client can
+offer its published tracks again (the new forwarder offers the subscribed ones itself).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from schemas import subjects
+from schemas.client import MediaMoved
 from schemas.codec import encode
 from schemas.media import ForwarderHeartbeat, MediaSession, MediaSubscribedTrack, MediaTrackState
 from statekeeper.fold import session_subject
@@ -151,6 +156,7 @@ class MediaPlanner:
         moved, self._moved = self._moved, []
         for change in moved:
             self._close(change, seq)
+            self._tell_moved(state, change)
         targets: dict[tuple[str, str], None] = {}
         for (room_id, sid), change in pending.items():
             room = state.rooms.get(room_id)
@@ -195,6 +201,18 @@ class MediaPlanner:
             closed=True,
         )
         self._send(change.forwarder, closed)
+
+    def _tell_moved(self, state: State, change: MediaChanged) -> None:
+        """Tell the client of a session that left `change.forwarder` for another one that its
+        media moved (a session that left the room, or has no forwarder now, is not told)."""
+        room = state.rooms.get(change.room_id)
+        session = room.sessions.get(change.sid) if room is not None else None
+        if session is None or session.forwarder in ("", change.forwarder):
+            return
+        log.info(
+            "session %s: media moved %s -> %s", session.sid, change.forwarder, session.forwarder
+        )
+        self._publish(session_subject(session), encode(MediaMoved()))
 
     def _send(self, forwarder_id: str, state: MediaSession) -> None:
         self._publish(subjects.forwarder_sessions(forwarder_id), encode(state))
