@@ -75,12 +75,14 @@ class Watcher:
     def decoded(self, participant_id: str, kind: str) -> int:
         return self.frames.get((participant_id, kind), 0)
 
-    async def more_frames(self, participant_id: str, kind: str, n: int = 5) -> None:
+    async def more_frames(
+        self, participant_id: str, kind: str, n: int = 5, timeout: float = WAIT
+    ) -> None:
         start = self.decoded(participant_id, kind)
         await eventually(
             lambda: self.decoded(participant_id, kind) >= start + n,
             what=f"{n} more {kind} frames from {participant_id}",
-            timeout=WAIT,
+            timeout=timeout,
         )
 
     async def close(self) -> None:
