@@ -374,6 +374,7 @@ const FRAME_HANDLERS = {
   },
   offer(frame) { this.media.onOffer(frame); },
   layers_wanted(frame) { this.media.onLayersWanted(frame); },
+  media_moved() { this.media.onMediaMoved(); },
   candidate(frame) { this.media.onCandidate(frame); },
 };
 
