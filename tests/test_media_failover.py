@@ -22,6 +22,7 @@ import nats
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import VideoStreamTrack
 
+from forwarder.service import ForwarderService
 from roomlog.roles import Role
 from stagecast.client import Room
 from stagecast.client.media import PeerMedia
@@ -54,7 +55,8 @@ def connections(room: Room) -> list[RTCPeerConnection]:
 
 
 def published_on(stack: Stack, forwarder_id: str) -> list[str]:
-    return stack.forwarders[forwarder_id].published_tracks
+    service: ForwarderService = stack.forwarders[forwarder_id]
+    return service.published_tracks
 
 
 def sessions_on(stack: Stack, forwarder_id: str) -> set[str]:
