@@ -135,19 +135,7 @@ def test_mute_unpublish_and_leave_reach_the_forwarders() -> None:
     assert forwarder == "FW_a" and gone.closed and gone.sid == alice
 
 
-def test_moving_a_session_closes_it_on_the_old_forwarder() -> None:
-    plan = Plan()
-    plan.log.join("alice")
-    plan.publish("alice", "TR_cam")
-    plan.assign("alice", "FW_a")
-    plan.flush()
-    plan.assign("alice", "FW_b")
-    sent = plan.flush()
-    assert [(f, m.closed) for f, m in sent] == [("FW_a", True), ("FW_b", False)]
-    assert all(m.seq == plan.log.seq for _f, m in sent)  # newer than anything FW_a applied
-
-
-def test_a_moved_session_is_told_on_its_direct_subject_and_a_first_placement_is_not() -> None:
+def test_moving_a_session_closes_it_on_the_old_forwarder_and_tells_its_client() -> None:
     plan = Plan()
     plan.log.join("alice")
     plan.publish("alice", "TR_cam")
@@ -155,7 +143,9 @@ def test_a_moved_session_is_told_on_its_direct_subject_and_a_first_placement_is_
     plan.flush()
     assert plan.told == []  # placed for the first time: its client is offering already
     plan.assign("alice", "FW_b")
-    plan.flush()
+    sent = plan.flush()
+    assert [(f, m.closed) for f, m in sent] == [("FW_a", True), ("FW_b", False)]
+    assert all(m.seq == plan.log.seq for _f, m in sent)  # newer than anything FW_a applied
     assert plan.told == [(f"stagecast.sess.E1.{plan.log.sid('alice')}", MediaMoved())]
     plan.assign("alice", "FW_b")  # the same forwarder again: nothing moved
     plan.flush()
