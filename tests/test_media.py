@@ -276,6 +276,23 @@ async def test_a_subscriber_moves_when_its_forwarder_dies(stack: Stack) -> None:
     await seen.close()
 
 
+async def test_a_replaced_publisher_connection_sends_the_same_track(stack: Stack) -> None:
+    alice = await stack.join(stack.token("alice", ROOM))
+    publication = await alice.local_participant.publish(VideoStreamTrack())
+    bob = await stack.join(stack.token("bob", ROOM))
+    seen = Watcher(bob)
+    await seen.more_frames("alice", "video")
+    media = alice.media
+    assert isinstance(media, PeerMedia)
+    (failed,) = media.peer_connections
+    await media._restart_outbound(publication.sid, failed)  # what a `failed` state starts
+    (replacement,) = media.peer_connections
+    assert replacement is not failed
+    # closing the old connection must not stop the track the new one sends (aiortc would)
+    await seen.more_frames("alice", "video", n=30)
+    await seen.close()
+
+
 async def test_bad_media_signaling_gets_named_errors_and_media_goes_on(stack: Stack) -> None:
     alice = await stack.join(stack.token("alice", ROOM))
     bob = await stack.join(stack.token("bob", ROOM))
