@@ -258,16 +258,10 @@ async def test_a_publisher_moving_onto_the_forwarder_relaying_it_replaces_the_re
         assert b.relays_in["TR_cam"].origin_id == FW_A
 
         alice.forwarder_id = FW_B  # the statekeeper placed her on B
-        moves = [
-            lambda: alice.desire(tracks=[MediaTrackState(track_sid="TR_cam", kind="video")]),
-            lambda: bob.desire(
-                subscriptions=[subscribed("TR_cam", "video", alice, forwarder_id=FW_B)]
-            ),
-        ]
         if offer_first:
             assert isinstance(await alice.publish("TR_cam", "video"), ForwarderSdp)
-        for move in moves:
-            await move()
+        await alice.desire(tracks=[MediaTrackState(track_sid="TR_cam", kind="video")])
+        await bob.desire(subscriptions=[subscribed("TR_cam", "video", alice, forwarder_id=FW_B)])
         if not offer_first:
             await eventually(lambda: "TR_cam" not in b.relays_in, what="the relay gone")
             assert isinstance(await alice.publish("TR_cam", "video"), ForwarderSdp)
