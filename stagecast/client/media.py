@@ -148,6 +148,8 @@ class PeerMedia:
             ice_restart=ice_restart,
         )
         reply = await self._host.request(frame)
+        if outbound.pc is not pc:
+            return  # replaced meanwhile (`media_moved`, a restart): the newer offer counts
         if not isinstance(reply, SignalAnswer):
             raise InvalidStateError(f"expected an answer to the offer, got {reply.TYPE}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.sdp, type="answer"))
