@@ -156,7 +156,6 @@ class MediaPlanner:
         moved, self._moved = self._moved, []
         for change in moved:
             self._close(change, seq)
-            self._tell_moved(state, change)
         targets: dict[tuple[str, str], None] = {}
         for (room_id, sid), change in pending.items():
             room = state.rooms.get(room_id)
@@ -178,6 +177,8 @@ class MediaPlanner:
             if session is not None and session.forwarder:
                 self._send(session.forwarder, desired_session(room, session, seq))
                 sent += 1
+        for change in moved:  # after the states: the new forwarder knows the session first
+            self._tell_moved(state, change)
         return sent
 
     def sync_all(self, state: State, seq: int) -> int:
