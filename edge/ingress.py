@@ -30,7 +30,7 @@ from edge.join import new_participant_id, new_sid
 from edge.latch import Latch
 from edge.node import EdgeNode
 from schemas.api import MediaAssignment, MediaAssignRequest
-from schemas.client import Ack, Disconnect, Error, JoinAccepted
+from schemas.client import Ack, Disconnect, Error, JoinAccepted, MediaMoved
 from schemas.clock import now_ms
 from schemas.codec import Message, SchemaError, decode
 from schemas.errors import ErrorCode
@@ -142,7 +142,8 @@ class IngressSession:
         return self._closed
 
     def on_direct(self, data: bytes) -> None:
-        """A reply to one of the session's requests, an `IngressEnded` or a `Disconnect`."""
+        """A reply to one of the session's requests, an `IngressEnded`, a `MediaMoved` or a
+        `Disconnect`."""
         try:
             message = decode(data)
         except SchemaError as exc:
@@ -157,6 +158,11 @@ class IngressSession:
         if isinstance(message, IngressEnded):
             log.info("ingress %s: %s", self._sid, message.reason)
             self._spawn(self.leave(f"media: {message.reason}"))
+        elif isinstance(message, MediaMoved):
+            # A WHIP client cannot be told to offer again: end the session, so that its
+            # client sees the resource gone and starts a new one (on the new forwarder).
+            log.info("ingress %s: its forwarder is gone", self._sid)
+            self._spawn(self.leave("media: its forwarder is gone"))
         elif isinstance(message, Disconnect):
             self._ended(f"removed: {message.reason}")
 

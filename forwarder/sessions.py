@@ -214,12 +214,20 @@ class MediaSessions:
         wanted = set() if desired.closed else {s.track_sid for s in desired.subscriptions}
         self._set_wanted(session, wanted)
         for spec in desired.subscriptions if not desired.closed else ():
-            if spec.forwarder_id != self.forwarder_id and spec.track_sid not in self._owners:
+            if spec.forwarder_id == self.forwarder_id:
+                self._stop_relay_of_local(spec.track_sid)
+            elif spec.track_sid not in self._owners:
                 self._relays_in.ensure(
                     spec.track_sid, origin_id=spec.forwarder_id, room_id=desired.room_id
                 )
         self._kick(session)
         return True
+
+    def _stop_relay_of_local(self, track_sid: str) -> None:
+        """`track_sid`'s publisher is placed here now (it moved off a forwarder that died,
+        from which this one relayed it): the relay goes, so that the publisher's offer can
+        publish the track here and the legs follow it (nothing if it is not relayed)."""
+        self._relays_in.stop(track_sid, notify_origin=True)
 
     def _set_wanted(self, session: ServedSession, wanted: set[str]) -> None:
         for track_sid in wanted - session.wanted:
@@ -423,6 +431,7 @@ class MediaSessions:
                 if request.layers is not None:
                     self.forwarder.announce_layers(track_sid, layers)
                 return replaced.answer_sdp
+            self._stop_relay_of_local(track_sid)  # its publisher moved here
             answer = await self.forwarder.add_publisher(
                 request.sdp, publisher_key=track_sid, track_ids={mid: track_sid}
             )

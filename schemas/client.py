@@ -404,6 +404,16 @@ class Disconnect(Message, tag="disconnect", frozen=True, kw_only=True):
     can_reconnect: bool = False
 
 
+class MediaMoved(Message, tag="media_moved", frozen=True, kw_only=True):
+    """Edge -> client: the forwarder that carried this session's media is gone and the
+    statekeeper placed the media on another one. The client offers each of its published
+    tracks again (same `track_sid`s, on new connections; the room sees no unpublish) and
+    answers the new forwarder's subscriber offers, which replace the old connections.
+    Added at version 1 (an extension: a client that does not know it skips it)."""
+
+    reason: Name = "FORWARDER_LOST"
+
+
 class Pong(Message, tag="pong", frozen=True, kw_only=True):
     id: int
     at: int = 0

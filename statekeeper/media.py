@@ -12,6 +12,10 @@ desired state (`MediaSession`: its published tracks, mute states and subscribed 
 each with the forwarder it is published on). A forwarder that applies the same state twice
 changes nothing, and after a statekeeper restart one full sync brings every forwarder up to
 date.
+
+A session moved off a forwarder (it died) also gets a `MediaMoved` frame on its direct
+subject: its peer connections lead to a process that is gone, and only the client can
+offer its published tracks again (the new forwarder offers the subscribed ones itself).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from schemas import subjects
+from schemas.client import MediaMoved
 from schemas.codec import encode
 from schemas.media import ForwarderHeartbeat, MediaSession, MediaSubscribedTrack, MediaTrackState
 from statekeeper.fold import session_subject
@@ -172,6 +177,8 @@ class MediaPlanner:
             if session is not None and session.forwarder:
                 self._send(session.forwarder, desired_session(room, session, seq))
                 sent += 1
+        for change in moved:  # after the states: the new forwarder knows the session first
+            self._tell_moved(state, change)
         return sent
 
     def sync_all(self, state: State, seq: int) -> int:
@@ -195,6 +202,18 @@ class MediaPlanner:
             closed=True,
         )
         self._send(change.forwarder, closed)
+
+    def _tell_moved(self, state: State, change: MediaChanged) -> None:
+        """Tell the client of a session that left `change.forwarder` for another one that its
+        media moved (a session that left the room, or has no forwarder now, is not told)."""
+        room = state.rooms.get(change.room_id)
+        session = room.sessions.get(change.sid) if room is not None else None
+        if session is None or session.forwarder in ("", change.forwarder):
+            return
+        log.info(
+            "session %s: media moved %s -> %s", session.sid, change.forwarder, session.forwarder
+        )
+        self._publish(session_subject(session), encode(MediaMoved()))
 
     def _send(self, forwarder_id: str, state: MediaSession) -> None:
         self._publish(subjects.forwarder_sessions(forwarder_id), encode(state))

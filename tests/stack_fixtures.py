@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -25,10 +27,11 @@ from roomlog.roles import Role
 from schemas.models import Grant
 from stagecast.client import ConnectOptions, Room
 from tests.edge_fixtures import services
-from tests.heartbeats import watch_heartbeats
+from tests.heartbeats import Heartbeats, watch_heartbeats
 from tests.nats_logins import Logins
 from tests.polling import eventually
 
+ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "devkey"
 API_SECRET = "devsecret-for-sdk-tests-" + "x" * 24  # >= 32 bytes: no short-key warning
 SPEAKER = Grant(
@@ -160,6 +163,33 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
+async def forwarder_process(
+    stack: Stack, beats: Heartbeats, forwarder_id: str, log_path: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`stagecast forwarder` as a child process (one a test may SIGKILL), yielded once its
+    heartbeat is seen on `beats`; killed at the end if it still runs."""
+    argv = [
+        sys.executable, "-m", "stagecast.cli", "forwarder",
+        "--nats-url", stack.nats_url(Role.FORWARDER),
+        "--id", forwarder_id,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with log_path.open("wb") as log_file:
+        child = await asyncio.create_subprocess_exec(
+            *argv, cwd=ROOT, env=env, stdout=log_file, stderr=log_file
+        )
+        try:
+            await eventually(
+                lambda: beats.last(forwarder_id), what=f"{forwarder_id}'s heartbeat", timeout=30
+            )
+            yield child
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await asyncio.wait_for(child.wait(), 10)
+
+
+@contextlib.asynccontextmanager
 async def sdk_stack(
     tmp_path: Path, *, forwarders: int = 0, logins: Logins | None = None, **edge_options: Any
 ) -> AsyncIterator[Stack]:
@@ -259,6 +289,7 @@ __all__ = [
     "Events",
     "Stack",
     "eventually",
+    "forwarder_process",
     "mint",
     "sdk_stack",
 ]

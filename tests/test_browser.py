@@ -224,6 +224,19 @@ def test_python_publishes_and_chromium_plays(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(70)
+def test_a_page_publishes_again_when_its_forwarder_is_killed(tmp_path: Path) -> None:
+    """The browser SDK follows `media_moved`: its camera reaches a Python subscriber again
+    through the surviving forwarder, under the same track sid, with no unpublish."""
+    result = run_scenario("forwarder_killed", tmp_path)
+    before, after = result["frames"]
+    assert before >= 10 and after >= 10, result
+    assert result["sids"][0] == result["sids"][1], result
+    assert result["unpublished"] == 0, result
+    # renewed on `media_moved`, not by the ICE restart a failed connection gets anyway
+    assert result["offers_after_kill"] == ["offer"], result
+
+
+@pytest.mark.timeout(70)
 def test_h264_between_two_chromium_pages(tmp_path: Path) -> None:
     """A page publishes H.264 (packetization-mode 1, constrained baseline); the forwarder
     carries it without decoding and another page decodes it."""

@@ -239,3 +239,57 @@ async def test_a_relay_that_never_starts_is_given_up(
         # a new state asks again
         await bob.desire(subscriptions=[subscribed("TR_cam", "video", alice, forwarder_id=FW_A)])
         await eventually(lambda: "TR_cam" in b.relays_in, what="the relay starting again")
+
+
+@pytest.mark.parametrize("offer_first", [False, True], ids=["state_first", "offer_first"])
+async def test_a_publisher_moving_onto_the_forwarder_relaying_it_replaces_the_relay(
+    nats_url: str, clients: Callable[..., Any], offer_first: bool
+) -> None:
+    # What a forwarder failure does when the publisher's session is placed again on the
+    # forwarder of its subscribers: that forwarder relays the track in, and must let the
+    # publisher's new connection publish it there instead (in either order of its new
+    # desired state and the publisher's offer).
+    async with two_forwarders(nats_url) as (_a, b):
+        alice = await clients("alice", FW_A)
+        bob = await clients("bob", FW_B)
+        await _publish_camera(alice)
+        await bob.desire(subscriptions=[subscribed("TR_cam", "video", alice, forwarder_id=FW_A)])
+        await eventually(bob.decoded("TR_cam", at_least=5), what="bob via the relay", timeout=WAIT)
+        assert b.relays_in["TR_cam"].origin_id == FW_A
+
+        alice.forwarder_id = FW_B  # the statekeeper placed her on B
+        if offer_first:
+            assert isinstance(await alice.publish("TR_cam", "video"), ForwarderSdp)
+        await alice.desire(tracks=[MediaTrackState(track_sid="TR_cam", kind="video")])
+        await bob.desire(subscriptions=[subscribed("TR_cam", "video", alice, forwarder_id=FW_B)])
+        if not offer_first:
+            await eventually(lambda: "TR_cam" not in b.relays_in, what="the relay gone")
+            assert isinstance(await alice.publish("TR_cam", "video"), ForwarderSdp)
+        await bob.more_frames("TR_cam", 20)
+        assert b.published_tracks == ["TR_cam"] and "TR_cam" not in b.relays_in
+        assert len(bob.offers) == 2  # his leg was served again, from alice's connection on B
+
+
+async def test_a_relay_follows_its_publisher_to_another_forwarder(
+    nats_url: str, clients: Callable[..., Any]
+) -> None:
+    # A forwarder failure where the publisher lands on a third forwarder: the subscriber's
+    # forwarder (B) must relay the track from there (C) instead of the old origin (A).
+    async with (
+        two_forwarders(nats_url) as (_a, b),
+        running_forwarder(nats_url, forwarder_id="FW_C", heartbeat_interval=0.2) as c,
+    ):
+        alice = await clients("alice", FW_A)
+        bob = await clients("bob", FW_B)
+        await _publish_camera(alice)
+        await bob.desire(subscriptions=[subscribed("TR_cam", "video", alice, forwarder_id=FW_A)])
+        await eventually(bob.decoded("TR_cam", at_least=5), what="bob via A", timeout=WAIT)
+
+        alice.forwarder_id = "FW_C"  # the statekeeper placed her on C
+        await alice.desire(tracks=[MediaTrackState(track_sid="TR_cam", kind="video")])
+        await bob.desire(subscriptions=[subscribed("TR_cam", "video", alice, forwarder_id="FW_C")])
+        assert isinstance(await alice.publish("TR_cam", "video"), ForwarderSdp)
+        await bob.more_frames("TR_cam", 20)
+        relayed = b.relays_in["TR_cam"]
+        assert relayed.origin_id == "FW_C" and relayed.active
+        assert c.relays_out == [("TR_cam", FW_B)] and len(bob.offers) == 2

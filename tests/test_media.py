@@ -83,12 +83,14 @@ class Watcher:
     def decoded(self, participant_id: str, kind: str) -> int:
         return self.frames.get((participant_id, kind), 0)
 
-    async def more_frames(self, participant_id: str, kind: str, n: int = 5) -> None:
+    async def more_frames(
+        self, participant_id: str, kind: str, n: int = 5, timeout: float = WAIT
+    ) -> None:
         start = self.decoded(participant_id, kind)
         await eventually(
             lambda: self.decoded(participant_id, kind) >= start + n,
             what=f"{n} more {kind} frames from {participant_id}",
-            timeout=WAIT,
+            timeout=timeout,
         )
 
     async def close(self) -> None:
@@ -279,6 +281,23 @@ async def test_a_subscriber_moves_when_its_forwarder_dies(stack: Stack) -> None:
         lambda: len(first.forwarder.peer_connections) == 2, what="bob's leg on FW_0", timeout=WAIT
     )
     await seen.more_frames("alice", "video")
+    await seen.close()
+
+
+async def test_a_replaced_publisher_connection_sends_the_same_track(stack: Stack) -> None:
+    alice = await stack.join(stack.token("alice", ROOM))
+    publication = await alice.local_participant.publish(VideoStreamTrack())
+    bob = await stack.join(stack.token("bob", ROOM))
+    seen = Watcher(bob)
+    await seen.more_frames("alice", "video")
+    media = alice.media
+    assert isinstance(media, PeerMedia)
+    (failed,) = media.peer_connections
+    await media._restart_outbound(publication.sid, failed)  # what a `failed` state starts
+    (replacement,) = media.peer_connections
+    assert replacement is not failed
+    # closing the old connection must not stop the track the new one sends (aiortc would)
+    await seen.more_frames("alice", "video", n=30)
     await seen.close()
 
 

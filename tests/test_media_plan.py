@@ -3,6 +3,7 @@ planner's `MediaSession` messages, and the forwarder table. No IO."""
 
 from __future__ import annotations
 
+from schemas.client import MediaMoved
 from schemas.codec import decode
 from schemas.log import (
     ForwarderAssigned,
@@ -26,10 +27,15 @@ class Plan:
     def __init__(self) -> None:
         self.log = Log()
         self.sent: list[tuple[str, MediaSession]] = []
+        self.told: list[tuple[str, MediaMoved]] = []
+        """Frames to sessions' direct subjects."""
         self.planner = MediaPlanner(self._publish)
 
     def _publish(self, subject: str, data: bytes) -> None:
         message = decode(data)
+        if isinstance(message, MediaMoved):
+            self.told.append((subject, message))
+            return
         assert isinstance(message, MediaSession)
         self.sent.append((subject.split(".")[2], message))
 
@@ -129,16 +135,32 @@ def test_mute_unpublish_and_leave_reach_the_forwarders() -> None:
     assert forwarder == "FW_a" and gone.closed and gone.sid == alice
 
 
-def test_moving_a_session_closes_it_on_the_old_forwarder() -> None:
+def test_moving_a_session_closes_it_on_the_old_forwarder_and_tells_its_client() -> None:
     plan = Plan()
     plan.log.join("alice")
     plan.publish("alice", "TR_cam")
     plan.assign("alice", "FW_a")
     plan.flush()
+    assert plan.told == []  # placed for the first time: its client is offering already
     plan.assign("alice", "FW_b")
     sent = plan.flush()
     assert [(f, m.closed) for f, m in sent] == [("FW_a", True), ("FW_b", False)]
     assert all(m.seq == plan.log.seq for _f, m in sent)  # newer than anything FW_a applied
+    assert plan.told == [(f"stagecast.sess.E1.{plan.log.sid('alice')}", MediaMoved())]
+    plan.assign("alice", "FW_b")  # the same forwarder again: nothing moved
+    plan.flush()
+    assert len(plan.told) == 1
+
+
+def test_a_session_that_moved_and_left_in_one_batch_is_not_told() -> None:
+    plan = Plan()
+    plan.log.join("alice")
+    plan.assign("alice", "FW_a")
+    plan.flush()
+    plan.assign("alice", "FW_b")
+    plan.apply(plan.log(LeaveRequested(room_id=ROOM, at=1, sid=plan.log.sid("alice"))))
+    plan.flush()
+    assert plan.told == []
 
 
 def test_the_placement_is_in_the_snapshot() -> None:

@@ -66,6 +66,7 @@ from schemas.client import (
     LayersWanted,
     Leave,
     LowerHand,
+    MediaMoved,
     MuteTrack,
     ParticipantJoined,
     ParticipantLeft,
@@ -286,6 +287,7 @@ CASES: tuple[Message, ...] = (
     TierChanged(seq=52, participant=VIEWER, grant=Grant(can_publish=False), resume_token="r"),
     ParticipantsPage(id=11, participants=(SPEAKER, VIEWER), next_cursor="c:42:bob", total=10_002),
     Disconnect(reason="DUPLICATE_IDENTITY", message="joined elsewhere", can_reconnect=True),
+    MediaMoved(),
     Pong(id=17, at=AT, server_at=AT + 3),
     # server API and internal RPC
     CreateRoomRequest(
@@ -674,6 +676,7 @@ GOLDEN_HEX: dict[str, str] = {
         "85a174aa646973636f6e6e656374a17601a6726561736f6eb24455504c49434154455f4944454e54495459a7"
         "6d657373616765b06a6f696e656420656c73657768657265ad63616e5f7265636f6e6e656374c3"
     ),
+    "media_moved": "82a174ab6d656469615f6d6f766564a17601",
     "pong": (
         "85a174a4706f6e67a17601a2696411a26174cf0000018bcfe569c8a97365727665725f6174cf0000018bcfe5"
         "69cb"

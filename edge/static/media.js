@@ -9,7 +9,8 @@
 // answers on a new peer connection for that track (replacing any older one).
 // A connection whose state turns `failed` (the network changed) is renewed: a publisher
 // offers again on a fresh connection with `ice_restart`; a subscriber sends `restart_ice`
-// and the server pushes a fresh offer.
+// and the server pushes a fresh offer. `media_moved` (the forwarder died) renews every
+// publisher connection at once.
 
 const GATHER_TIMEOUT = 5000; // ms; loopback gathers at once, a slow network gets what it has
 const MAX_RESTARTS = 5; // consecutive restarts of one track before giving up
@@ -298,6 +299,23 @@ export class MediaTransport {
     }
     if (changed) {
       sender.setParameters(parameters).catch((err) => console.warn(`dynacast on ${frame.track_sid} failed`, err));
+    }
+  }
+
+  /**
+   * `media_moved`: the forwarder carrying this session died and the server placed its media
+   * on another one. Every published track is offered again at once on a fresh connection
+   * (same track sid; the edge routes it to the new forwarder; nobody sees an unpublish)
+   * rather than after the old connection times out. Subscribed tracks need nothing: the new
+   * forwarder offers them, and each offer replaces its track's old connection.
+   */
+  onMediaMoved() {
+    for (const entry of [...this.publishers.values()]) {
+      const { publication } = entry;
+      entry.restarts = 0;
+      this.serial(publication.sid, () => this.offer(publication, false)).catch((err) => {
+        if (!this.closed) console.warn(`moving track ${publication.sid} failed`, err);
+      });
     }
   }
 

@@ -380,6 +380,7 @@ const FRAME_HANDLERS = {
       if (participant.publications.has(frame.track_sid)) participant.videoLayer(frame.track_sid, frame.rid);
     }
   },
+  media_moved() { this.media.onMediaMoved(); },
   candidate(frame) { this.media.onCandidate(frame); },
 };
 

@@ -10,6 +10,13 @@ track is handed to the participant's `stream-subscribed` listeners.
 When a connection fails (the network changed), a publisher connection is replaced by a
 fresh one offered with ``ice_restart``; a subscriber connection is replaced by asking for a
 new offer (`restart_ice`). Restarts are bounded per track.
+
+When the forwarder carrying this session dies, the server says `media_moved` once it placed
+the session on another one: every published track is offered again at once, on a fresh
+connection under the same track sid (the edge routes it to the new forwarder; the room sees
+no unpublish), without waiting for the old connection to time out (ICE consent takes ~30 s).
+Subscribed tracks need nothing from the client: the new forwarder offers them, and each
+offer replaces its track's old connection.
 """
 
 from __future__ import annotations
@@ -24,11 +31,11 @@ from typing import Any, Protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from schemas.client import RestartIce, SignalAnswer, SignalCandidate, SignalOffer
+from schemas.client import MediaMoved, RestartIce, SignalAnswer, SignalCandidate, SignalOffer
 from schemas.codec import Message
 from schemas.models import TrackKind
 from stagecast.client.events import Subscription
-from stagecast.errors import InvalidStateError
+from stagecast.errors import InvalidStateError, StagecastError
 
 log = logging.getLogger("stagecast.client.media")
 
@@ -55,7 +62,7 @@ class MediaTransport(Protocol):
     def track_unpublished(self, track_sid: str) -> None:
         """A remote track is gone: drop its connection if subscribed."""
 
-    def on_signal(self, frame: SignalOffer | SignalAnswer | SignalCandidate) -> None:
+    def on_signal(self, frame: SignalOffer | SignalAnswer | SignalCandidate | MediaMoved) -> None:
         """A media signaling frame from the edge."""
 
     async def close(self) -> None:
@@ -141,6 +148,8 @@ class PeerMedia:
             ice_restart=ice_restart,
         )
         reply = await self._host.request(frame)
+        if outbound.pc is not pc:
+            return  # replaced meanwhile (`media_moved`, a restart): the newer offer counts
         if not isinstance(reply, SignalAnswer):
             raise InvalidStateError(f"expected an answer to the offer, got {reply.TYPE}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.sdp, type="answer"))
@@ -151,8 +160,27 @@ class PeerMedia:
             return
         log.info("publisher connection of %s failed: restarting ICE", track_sid)
         outbound.pc = self._new_pc()
-        await failed.close()
+        await _close_keeping_tracks(failed)
         await self._offer(outbound, ice_restart=True)
+
+    async def _move_outbound(self, track_sid: str) -> None:
+        """Offer `track_sid` again on a fresh connection: its forwarder is gone and the
+        session's media was placed elsewhere (`media_moved`). Retried with a growing pause
+        while the offer fails (the new forwarder may still be starting)."""
+        for attempt in range(1, MAX_RESTARTS + 1):
+            outbound = self._outbound.get(track_sid)
+            if outbound is None or self._closed:
+                return
+            old, outbound.pc = outbound.pc, self._new_pc()
+            outbound.restarts = 0
+            await _close_keeping_tracks(old)
+            try:
+                await self._offer(outbound, ice_restart=False)
+                log.info("track %s moved to the session's new forwarder", track_sid)
+                return
+            except (StagecastError, TimeoutError) as exc:
+                log.warning("moving track %s (attempt %d): %s", track_sid, attempt, exc)
+            await asyncio.sleep(RESTART_BACKOFF_S * attempt)
 
     async def unpublish(self, track_sid: str) -> None:
         outbound = self._outbound.pop(track_sid, None)
@@ -188,7 +216,12 @@ class PeerMedia:
         if inbound.subscription is not None:
             self._host.media_unsubscribed(inbound.subscription)
 
-    def on_signal(self, frame: SignalOffer | SignalAnswer | SignalCandidate) -> None:
+    def on_signal(self, frame: SignalOffer | SignalAnswer | SignalCandidate | MediaMoved) -> None:
+        if isinstance(frame, MediaMoved):
+            if not self._closed:
+                for track_sid in list(self._outbound):
+                    self._spawn(self._move_outbound(track_sid))
+            return
         if isinstance(frame, SignalOffer) and frame.target == "subscriber":
             if frame.track_sid and frame.participant_id and frame.kind and not self._closed:
                 self._spawn(self._accept(frame))
@@ -306,6 +339,15 @@ class PeerMedia:
     def _check_open(self) -> None:
         if self._closed:
             raise InvalidStateError("the room's media is closed")
+
+
+async def _close_keeping_tracks(pc: RTCPeerConnection) -> None:
+    """Close a publisher connection whose track a new connection sends next: an aiortc
+    sender stops its track when it stops, which would end the new connection's media too,
+    so the senders let go of their tracks first."""
+    for sender in pc.getSenders():
+        sender.replaceTrack(None)
+    await pc.close()
 
 
 __all__ = ["MediaHost", "MediaTransport", "PeerMedia"]

@@ -26,6 +26,7 @@ from schemas.client import (
     GetParticipants,
     HandChanged,
     JoinAccepted,
+    MediaMoved,
     ParticipantJoined,
     ParticipantLeft,
     ParticipantsPage,
@@ -325,7 +326,7 @@ class Room:
         handler = _HANDLERS.get(type(frame))
         if handler is not None:
             handler(self, frame)
-        elif isinstance(frame, (SignalOffer, SignalAnswer, SignalCandidate)):
+        elif isinstance(frame, (SignalOffer, SignalAnswer, SignalCandidate, MediaMoved)):
             self._media.on_signal(frame)
 
     def _is_local(self, participant_id: str) -> bool:

@@ -1166,6 +1166,86 @@ async def python_publishes(ctx: Context) -> dict[str, Any]:
     }
 
 
+WATCH_OFFERS = """(() => {
+  const room = window.demo.room;
+  const request = room.request.bind(room);
+  window.offersSent = [];
+  room.request = (frame) => {
+    if (frame.t === 'offer') window.offersSent.push(frame.ice_restart ? 'ice_restart' : 'offer');
+    return request(frame);
+  };
+  return true;
+})()"""
+"""Record the page's publisher offers from now on: a plain one, or an ICE restart (what a
+connection that failed gets)."""
+
+
+@scenario("forwarder_killed")
+async def forwarder_killed(ctx: Context) -> dict[str, Any]:
+    """Chromium publishes its camera through a forwarder process that is then SIGKILLed:
+    the page hears `media_moved`, offers the camera again (same track sid) to the surviving
+    forwarder, and a Python SDK subscriber decodes it again, with no unpublish meanwhile.
+    The camera is offered again because of `media_moved`: without it, Chromium renews the
+    connection only once ICE calls it `failed`, with an ICE restart many seconds later."""
+    import signal
+
+    import nats
+
+    from roomlog.roles import Role
+    from tests.heartbeats import watch_heartbeats
+    from tests.stack_fixtures import forwarder_process
+
+    room = "forwarder-killed"
+    video_sid = "window.demo.room.localParticipant.tracks.get('video').sid"
+    admin = await nats.connect(ctx.stack.nats_url(Role.ADMIN))
+    try:
+        beats = await watch_heartbeats(admin)
+        async with forwarder_process(
+            ctx.stack, beats, "FW_doomed", ctx.out / "doomed.log"
+        ) as doomed:
+            await ctx.join_page("chrome", room, "Chrome Cam")
+            await ctx.browser.click("chrome", "#btn-camera")
+            await ctx.browser.wait(
+                "chrome", "window.demo.room.localParticipant.tracks.has('video')"
+            )
+            sid_before = await ctx.browser.eval("chrome", video_sid)
+            chrome_id = await ctx.browser.eval("chrome", "window.demo.room.localParticipant.id")
+            subscriber = await ctx.python_peer("py-subscriber", room)
+            videos: list[Any] = []
+            unpublished: list[Any] = []
+
+            def on_joined(participant: Any) -> None:
+                if participant.id == chrome_id:
+                    participant.on(
+                        "stream-subscribed",
+                        lambda s: videos.append(s) if s.kind == "video" else None,
+                    )
+                    participant.on("stream-unpublished", unpublished.append)
+
+            subscriber.on("participant-joined", on_joined)
+            await eventually(lambda: videos, what="the page's video subscribed", timeout=20)
+            before, _ = await frames(videos[-1].track, 10)
+            await ctx.browser.eval("chrome", WATCH_OFFERS)
+            await ctx.stack.start_forwarder("FW_1")
+            doomed.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(doomed.wait(), 10)
+            killed_at = time.monotonic()
+            await eventually(lambda: len(videos) >= 2, what="the video again", timeout=25)
+            after, _ = await frames(videos[-1].track, 10)
+            resumed_s = time.monotonic() - killed_at
+            sid_after = await ctx.browser.eval("chrome", video_sid)
+            offers = await ctx.browser.eval("chrome", "window.offersSent")
+    finally:
+        await admin.close()
+    return {
+        "offers_after_kill": offers,
+        "frames": [before, after],
+        "sids": [sid_before, sid_after],
+        "unpublished": len(unpublished),
+        "resumed_s": round(resumed_s, 2),
+    }
+
+
 @scenario("two_pages", forwarders=1)
 async def two_pages(ctx: Context) -> dict[str, Any]:
     """Two Chromium speakers see and hear each other; a screenshot of the first page (the
