@@ -100,7 +100,9 @@ class Worker:
 
     `url` is an edge's URL (where the agent joins rooms); `nats_url` the NATS the dispatcher
     uses (default `$STAGECAST_NATS_URL`, else ``nats://127.0.0.1:4222``), logged in with the
-    `agent` role. `capacity` bounds the jobs it runs at once (offers beyond are refused).
+    `agent` role: a password in the URL, or `nats_auth`'s files (default: from the
+    ``STAGECAST_NATS_CREDS`` / ``STAGECAST_NATS_TLS_*`` variables; `stagecast up` prints its
+    agent key). `capacity` bounds the jobs it runs at once (offers beyond are refused).
     `auto_subscribe=False` joins without subscribing to everything (the entrypoint
     subscribes to what it needs, e.g. audio only).
     """
@@ -133,7 +135,7 @@ class Worker:
         self.worker_id = worker_id or f"AW_{secrets.token_urlsafe(9)}"
         self._api_key = api_key
         self._api_secret = api_secret
-        self._nats_auth = nats_auth
+        self._nats_auth = nats_auth if nats_auth is not None else NatsAuth.from_env()
         self._beat_interval = beat_interval
         self._options = options or ConnectOptions()
         self._auto_subscribe = auto_subscribe

@@ -51,8 +51,9 @@ from schemas.media import ForwarderHeartbeat
 from schemas.subjects import FORWARDER_HEARTBEAT
 
 log = logging.getLogger("stagecast.up")
-CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.ADMIN)
-"""The roles `stagecast up` makes credentials for (admin: its own checks); `Role.WEBHOOK`
+CHILD_ROLES = (Role.STATEKEEPER, Role.EDGE, Role.FORWARDER, Role.ADMIN, Role.AGENT)
+"""The roles `stagecast up` makes credentials for (admin: its own checks; agent: for the
+agent workers a developer starts beside it, printed on the ready line); `Role.WEBHOOK`
 too when a webhook endpoint is configured."""
 NATS_CLIENT_VARS = frozenset(
     ("STAGECAST_NATS_URL", ENV_CREDS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY)
@@ -318,6 +319,9 @@ async def run_up(config: UpConfig) -> int:
     admin = stack.auth_for(Role.ADMIN)
     if stack.nats is not None and admin is not None and admin.creds is not None:
         print(f"  nats admin key  {admin.creds}  (nats --nkey ...)", flush=True)
+    agent = stack.auth_for(Role.AGENT)
+    if stack.nats is not None and agent is not None and agent.creds is not None:
+        print(f"  nats agent key  {agent.creds}  (agent workers: --nats-creds)", flush=True)
     if stack.forwarder_ids:
         print(f"  forwarders      {' '.join(stack.forwarder_ids)}", flush=True)
     if config.webhook_env:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -14,8 +15,12 @@ import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
 import stagecast
+from roomlog.connect import NatsAuth
+from stagecast.agents import Worker
 from stagecast.client import ConnectOptions
 from stagecast.client.events import Subscription
+from tests.agent_jobs import stay
+from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,6 +74,27 @@ async def test_a_publish_right_after_the_ready_line_succeeds(tmp_path: Path) -> 
         assert frame.sample_rate > 0
         await alice.leave()
         await bob.leave()
+
+        # an agent worker started beside it logs in with the printed agent key and takes a job
+        while not any(line.startswith("  try ") for line in lines):  # the rest of the banner
+            line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+            assert line, f"`stagecast up` ended in its banner: {lines}"
+            lines.append(line)
+        agent_key = Path(next(line.split()[3] for line in lines if "nats agent key" in line))
+        nats_url = next(m[1] for line in lines if (m := re.match(r"\s+nats\s+(\w+://\S+)", line)))
+        async with (
+            Worker(url, "devkey", "devsecret", entrypoint=stay, nats_url=nats_url,
+                   nats_auth=NatsAuth(creds=agent_key), options=OPTIONS),
+            stagecast.RoomService(url, "devkey", "devsecret") as api,
+        ):  # fmt: skip
+            await api.create_room("agents")
+            job = await api.dispatch_agent("agents", "assistant")
+
+            async def running() -> bool:
+                jobs = await api.list_dispatches("agents")
+                return [(j.id, j.state) for j in jobs] == [(job.id, "running")]
+
+            await eventually(running, timeout=20, what="the job running on the agent worker")
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
