@@ -101,7 +101,7 @@ class LayerSignals:
             track_sid = next(iter(self._pending))
             layers = self._pending.pop(track_sid)
             subject = self._publisher_subject(track_sid)
-            if subject is None:
+            if not subject:  # not published here, or its session closed (subject "")
                 continue
             rids = tuple(LAYER_RIDS[layer] for layer in sorted(layers))
             message = LayersWanted(track_sid=track_sid, rids=rids)  # type: ignore[arg-type]
