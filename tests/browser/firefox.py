@@ -3,7 +3,7 @@
 ``python -m tests.browser.firefox SCENARIO OUT_DIR``: as `tests.browser.driver` (the same
 stack, the same helpers), with pages in two browsers: a page whose name starts with
 ``firefox`` opens in Debian's Firefox ESR (`run_firefox.mjs`, puppeteer-core over WebDriver
-BiDi), any other in Chromium (`run.mjs`). Each browser starts with its first page.
+BiDi), any other in Chromium (`run.mjs`).
 """
 
 from __future__ import annotations
@@ -46,26 +46,24 @@ def engine_of(page: str) -> Path:
 
 
 class Browsers:
-    """Pages spread over Firefox ESR and Chromium (`engine_of`), driven as one `Pages`."""
+    """Pages spread over Firefox ESR and Chromium (`engine_of`), driven as one `Pages`.
 
-    def __init__(self, exits: contextlib.AsyncExitStack) -> None:
-        self._exits = exits
-        self._engines: dict[Path, Browser] = {}
+    Both browsers start at once (every Firefox scenario has Chromium pages too): their
+    launches overlap each other and the scenario's first steps."""
+
+    def __init__(self, engines: dict[Path, Browser]) -> None:
+        self._engines = engines
         self._pages: dict[str, Browser] = {}
-        self._starting = asyncio.Lock()
 
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls) -> AsyncIterator[Browsers]:
         async with contextlib.AsyncExitStack() as exits:
-            yield cls(exits)
-
-    async def _engine(self, script: Path) -> Browser:
-        async with self._starting:
-            if script not in self._engines:
-                browser = await self._exits.enter_async_context(Browser.running(script))
-                self._engines[script] = browser
-            return self._engines[script]
+            engines = {
+                script: await exits.enter_async_context(Browser.running(script))
+                for script in (RUN_FIREFOX_MJS, RUN_MJS)
+            }
+            yield cls(engines)
 
     def _of(self, page: str) -> Browser:
         browser = self._pages.get(page)
@@ -74,7 +72,7 @@ class Browsers:
         return browser
 
     async def open(self, page: str, url: str, **size: int) -> None:
-        browser = await self._engine(engine_of(page))
+        browser = self._engines[engine_of(page)]
         self._pages[page] = browser
         await browser.open(page, url, **size)
 
@@ -283,23 +281,22 @@ async def firefox_meets_chromium(ctx: Context) -> dict[str, Any]:
 
 
 async def firefox_subscribes_to_simulcast(ctx: Context, room: str, step: Steps) -> dict[str, Any]:
-    """Chromium publishes three layers; a Firefox SDK page plays them, asking for low and
-    then high: the decoded width follows."""
+    """Chromium publishes three layers; the Firefox SDK page (it subscribes to everything)
+    plays them, asking for low and then high: the decoded width follows."""
     router = next(iter(ctx.stack.forwarders.values())).forwarder.router
     await sdk_page(ctx, "chrome", token=ctx.stack.token("chrome", room))
     step("chromium joined")
     sid = await ctx.browser.eval("chrome", SDK_PUBLISH_720P)
     await eventually(layers_at(router, sid, {0, 1, 2}), what="chromium's layers", timeout=25)
     step("chromium layers")
-    await sdk_page(ctx, "firefox-viewer", token=ctx.stack.token("fox-viewer", room, viewer=True))
     playing = PLAYING % json.dumps(sid)
-    first = await ctx.browser.wait("firefox-viewer", playing, "s => s && s.width > 0", 20)
+    first = await ctx.browser.wait("firefox", playing, "s => s && s.width > 0", 20)
     quality = f"window.room.media.subscribers.get({json.dumps(sid)}).subscription.setVideoQuality"
-    await ctx.browser.eval("firefox-viewer", f"{quality}('low')")
-    low = await ctx.browser.wait("firefox-viewer", playing, "s => s.width > 0 && s.width <= 400")
-    await ctx.browser.eval("firefox-viewer", f"{quality}('high')")
-    high = await ctx.browser.wait("firefox-viewer", playing, "s => s.width >= 1000", 20)
-    step("firefox viewer switched")
+    await ctx.browser.eval("firefox", f"{quality}('low')")
+    low = await ctx.browser.wait("firefox", playing, "s => s.width > 0 && s.width <= 400")
+    await ctx.browser.eval("firefox", f"{quality}('high')")
+    high = await ctx.browser.wait("firefox", playing, "s => s.width >= 1000", 20)
+    step("firefox switched chromium's layers")
     return {
         "widths": [first["width"], low["width"], high["width"]],
         "codec": high["codec"],
@@ -375,8 +372,8 @@ async def firefox_publishes_simulcast(ctx: Context, room: str, step: Steps) -> d
 @scenario("firefox_simulcast")
 async def firefox_simulcast(ctx: Context) -> dict[str, Any]:
     """Simulcast both ways: Firefox publishes three layers (a Python subscriber switches
-    between them, Firefox pauses what nobody takes), and a Firefox page decodes a Chromium
-    camera's layers, following a switch from low to high."""
+    between them, Firefox pauses what nobody takes), then decodes a Chromium camera's
+    layers, following a switch from low to high."""
     room = "firefox-simulcast"
     step = Steps()
     published = await firefox_publishes_simulcast(ctx, room, step)
