@@ -396,50 +396,66 @@ PUBLISH_WITH = """(async () => {
 })()"""
 
 
+async def codec_from(
+    ctx: Context, publisher: str, subscriber: str, codec: str | None
+) -> dict[str, Any]:
+    """`publisher` (an SDK page) publishes its camera with the `codec` option and
+    `subscriber` (an SDK page subscribed to everything) plays it: what was sent, carried
+    and decoded; then it unpublishes. Or why the publisher could not publish it."""
+    published = await ctx.browser.eval(publisher, PUBLISH_WITH % json.dumps(codec))
+    if "error" in published:
+        return dict(published)
+    sid = published["sid"]
+    sent = await ctx.browser.wait(
+        publisher,
+        f"window.room.media.stats().then((s) => s.publishers[{json.dumps(sid)}] ?? {{}})",
+        "s => s.codec && s.packets > 0",
+    )
+    seen = await ctx.browser.wait(
+        subscriber, PLAYING % json.dumps(sid), "s => s && s.frames > 5 && s.width > 0", 20
+    )
+    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
+    carried = router.codec(sid)
+    await ctx.browser.eval(
+        publisher, f"window.room.localParticipant.unpublish(window.pubs[{json.dumps(sid)}])"
+    )
+    return {
+        "sent": sent["codec"],
+        "forwarded": carried.mime_type,
+        "decoded": seen["codec"],
+        "frames_decoded": seen["frames"],
+        "width": seen["width"],
+    }
+
+
 @scenario("firefox_codecs")
 async def firefox_codecs(ctx: Context) -> dict[str, Any]:
     """Firefox publishes its camera with each video codec the SDK's `codec` option names,
-    one after the other; per codec: what Firefox sends, what the forwarder carries, and
-    what a Chromium page decodes (or why Firefox cannot publish it)."""
+    one after the other, to a Chromium page; then Chromium publishes VP9 and AV1 to
+    Firefox. Per codec: what was sent, what the forwarder carried, what the other browser
+    decoded (or why Firefox could not publish it)."""
     room = "firefox-codecs"
     step = Steps()
-    router = next(iter(ctx.stack.forwarders.values())).forwarder.router
-    await sdk_page(ctx, "firefox", token=ctx.stack.token("fiona", room), autoSubscribe=False)
+    await sdk_page(ctx, "firefox", token=ctx.stack.token("fiona", room))
     offered = await ctx.browser.eval(
         "firefox", "RTCRtpSender.getCapabilities('video').codecs.map((c) => c.mimeType)"
     )
     await sdk_page(ctx, "chrome", token=ctx.stack.token("chrome", room))
     step("pages joined")
-    results: dict[str, Any] = {}
+    from_firefox: dict[str, Any] = {}
     for codec in CODECS:
-        name = codec or "default"
-        published = await ctx.browser.eval("firefox", PUBLISH_WITH % json.dumps(codec))
-        if "error" in published:
-            results[name] = published
-            step(name)
-            continue
-        sid = published["sid"]
-        sent = await ctx.browser.wait(
-            "firefox",
-            f"window.room.media.stats().then((s) => s.publishers[{json.dumps(sid)}] ?? {{}})",
-            "s => s.codec && s.packets > 0",
-        )
-        seen = await ctx.browser.wait(
-            "chrome", PLAYING % json.dumps(sid), "s => s && s.frames > 5 && s.width > 0", 20
-        )
-        carried = router.codec(sid)
-        results[name] = {
-            "sent": sent["codec"],
-            "forwarded": carried.mime_type,
-            "decoded": seen["codec"],
-            "frames_decoded": seen["frames"],
-            "width": seen["width"],
-        }
-        await ctx.browser.eval(
-            "firefox", f"window.room.localParticipant.unpublish(window.pubs[{json.dumps(sid)}])"
-        )
-        step(name)
-    return {"steps": step.at, "firefox_video_codecs": offered, "codecs": results}
+        from_firefox[codec or "default"] = await codec_from(ctx, "firefox", "chrome", codec)
+        step(f"firefox {codec}")
+    to_firefox: dict[str, Any] = {}
+    for codec in ("vp9", "av1"):
+        to_firefox[codec] = await codec_from(ctx, "chrome", "firefox", codec)
+        step(f"chromium {codec}")
+    return {
+        "steps": step.at,
+        "firefox_video_codecs": offered,
+        "codecs": from_firefox,
+        "to_firefox": to_firefox,
+    }
 
 
 if __name__ == "__main__":
