@@ -31,23 +31,27 @@ check: lint typecheck test
 clean:
 	rm -rf $(VENV) .stagecast .pytest_cache .mypy_cache .ruff_cache
 
-# Browser tests (tests/test_browser.py): the Debian Chromium (installed with apt-get when
-# missing; CI runs as root) and npm playwright-core, which drives it (no browser download).
+# Browser tests (tests/test_browser.py, tests/test_firefox.py): the Debian Chromium and
+# Firefox ESR (installed with apt-get when missing; CI runs as root), npm playwright-core,
+# which drives Chromium, and npm puppeteer-core, which drives Firefox over WebDriver BiDi
+# (neither downloads a browser).
 .PHONY: browser-deps demo-png
 CHROMIUM ?= /usr/bin/chromium
+FIREFOX ?= /usr/bin/firefox-esr
 BROWSER_DIR := tests/browser
 PLAYWRIGHT := $(BROWSER_DIR)/node_modules/playwright-core/package.json
 
 browser-deps: $(PLAYWRIGHT)
-	@if [ ! -x "$(CHROMIUM)" ] || ! command -v unshare >/dev/null || \
+	@if [ ! -x "$(CHROMIUM)" ] || [ ! -x "$(FIREFOX)" ] || ! command -v unshare >/dev/null || \
 	    ! PATH="$$PATH:/usr/sbin:/sbin" command -v ip >/dev/null; then \
-	  echo "installing chromium, util-linux and iproute2 with apt-get"; \
+	  echo "installing chromium, firefox-esr, util-linux and iproute2 with apt-get"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    chromium util-linux iproute2 fonts-dejavu-core; \
+	    chromium firefox-esr util-linux iproute2 fonts-dejavu-core; \
 	fi
 	@test -x "$(CHROMIUM)" || { echo "Chromium is still missing at $(CHROMIUM)"; exit 1; }
+	@test -x "$(FIREFOX)" || echo "Firefox ESR is still missing at $(FIREFOX): tests/test_firefox.py will skip"
 
 # WHIP interop test (tests/test_whip_gstreamer.py): GStreamer's webrtcbin, driven from
 # Debian's python3 (python3-gi is not in the venv). Installed with apt-get when missing;

@@ -111,7 +111,7 @@ class LayerSignals:
 
     def _wanted(self, track_sid: str, layers: frozenset[int]) -> None:
         subject = self._publisher_subject(track_sid)
-        if subject is not None:
+        if subject:  # not published here, or its session closed (subject "")
             rids = tuple(LAYER_RIDS[layer] for layer in sorted(layers))
             message = LayersWanted(track_sid=track_sid, rids=rids)  # type: ignore[arg-type]
             self._post(("wanted", track_sid), subject, message)
@@ -119,7 +119,7 @@ class LayerSignals:
     def _forwarded(self, subscriber_id: str, track_sid: str, layer: int) -> None:
         session = self._leg_sessions.get(subscriber_id)
         subject = self._session_subject(*session) if session is not None else None
-        if subject is not None:
+        if subject:
             message = VideoLayer(track_sid=track_sid, rid=LAYER_RIDS[layer])  # type: ignore[arg-type]
             self._post(("layer", subscriber_id), subject, message)
 

@@ -67,6 +67,20 @@ class SimulcastLeg:
         """The layer the leg's limits allow, whether or not it arrives now."""
 
 
+def leg_wants(current: int | None, target: int | None, desired: int) -> set[int]:
+    """The layers one leg needs sent: the one it carries, the one it waits for, the one it
+    would take, and, while it climbs, every layer between. A publisher may not send the
+    desired layer for a while (Firefox's bandwidth estimate reaches the full layer some
+    25 s after it starts: it has no ``x-google-start-bitrate``); without the layers in
+    between, the one a leg could climb to would stay paused and the leg would wait on the
+    lowest."""
+    held = [layer for layer in (current, target) if layer is not None]
+    wanted = {desired, *held}
+    if held and desired > max(held):
+        wanted.update(range(max(held) + 1, desired))
+    return wanted
+
+
 @dataclass(frozen=True, slots=True)
 class LayerSource:
     """What a simulcast track needs of its publisher connection."""
@@ -139,12 +153,9 @@ class SimulcastTrack:
     def wanted_layers(self) -> frozenset[int]:
         """Layers some leg carries, waits for, or would take if they arrived: the ones the
         publisher must keep (or start) sending."""
-        wanted = set()
+        wanted: set[int] = set()
         for state in self.legs.values():
-            wanted.add(state.desired)
-            for layer in (state.munger.current, state.munger.target):
-                if layer is not None:
-                    wanted.add(layer)
+            wanted |= leg_wants(state.munger.current, state.munger.target, state.desired)
         return frozenset(wanted)
 
     def subscribe(self, leg_id: str, leg: Leg, *, first_sequence: int, now: float) -> None:

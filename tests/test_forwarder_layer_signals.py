@@ -44,12 +44,13 @@ def simulcast_forwarder() -> Forwarder:
 
 async def test_wanted_layers_reach_the_publisher_coalesced_newest_last() -> None:
     nats, forwarder = Nats(), simulcast_forwarder()
-    subjects = {"TR_cam": "session.alice"}
+    subjects = {"TR_cam": "session.alice", "TR_closed": ""}
     signals = LayerSignals(nats, forwarder, publisher_subject=subjects.get)  # type: ignore[arg-type]
     assert forwarder.on_wanted_layers is not None
     forwarder.on_wanted_layers("TR_cam", frozenset({2}))
     forwarder.on_wanted_layers("TR_cam", frozenset({0, 2}))
     forwarder.on_wanted_layers("TR_gone", frozenset({1}))  # nobody publishes it here
+    forwarder.on_wanted_layers("TR_closed", frozenset({1}))  # its publisher's session closed
     for _ in range(5):
         await asyncio.sleep(0)
     assert nats.sent == [("session.alice", LayersWanted(track_sid="TR_cam", rids=("q", "f")))]

@@ -227,6 +227,29 @@ async def test_wanted_layers_follow_the_legs_for_dynacast() -> None:
     assert set(small.rids) == {"q"} and set(large.rids) == {"f"}
 
 
+async def test_a_climbing_leg_keeps_the_layers_below_its_goal_wanted() -> None:
+    """A publisher that cannot send f yet (Firefox's bandwidth estimate ramps up) is asked
+    for h on the way up: a leg on q asking for high gets h, not q until f comes."""
+    router, pub = make()
+    pub.sending = {"q", "h"}
+    simulcast = router.simulcast("cam")
+    assert simulcast is not None
+    leg = Leg("viewer/cam")
+    router.subscribe("cam", leg)
+    simulcast.set_preference("viewer/cam", quality=Quality.LOW)
+    await frames(router, pub, SETTLE)
+    assert leg.rids[-1] == "q" and simulcast.wanted_layers == {0}
+    pub.sending = {"q"}  # dynacast paused h
+    await frames(router, pub, 2 * SETTLE)  # h unseen for over LAYER_TIMEOUT
+    assert simulcast.available == {0}
+    simulcast.set_preference("viewer/cam", quality=Quality.HIGH)
+    assert simulcast.wanted_layers == {0, 1, 2}
+    pub.sending = {"q", "h"}  # the publisher resumes h; f stays beyond its estimate
+    await frames(router, pub, SETTLE)
+    assert leg.rids[-1] == "h" and simulcast.wanted_layers == {1, 2}
+    assert_unbroken(leg, max_step=3000 * 2)
+
+
 async def test_loss_on_a_leg_steps_it_down_and_it_probes_back_up() -> None:
     router, pub = make()
     leg, simulcast = subscribed(router)

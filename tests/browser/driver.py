@@ -5,6 +5,8 @@ statekeeper, edge in dev mode, forwarder), Chromium through `run.mjs`, and whate
 Python SDK peers the scenario needs; the scenario's findings go to ``OUT_DIR/result.json``
 (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``) for the test to judge. Only
 loopback exists in the namespace, so WebRTC candidates are 127.0.0.1 and nothing leaks.
+`tests/browser/firefox.py` runs its Firefox scenarios with this module's stack, helpers
+and `main`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import traceback
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from tests.polling import eventually
@@ -29,6 +31,7 @@ from tests.polling import eventually
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RUN_MJS = HERE / "run.mjs"
+RUN_FIREFOX_MJS = HERE / "run_firefox.mjs"
 CALL_TIMEOUT = 20.0
 SCENARIO_TIMEOUT = 50.0
 
@@ -38,7 +41,8 @@ class BrowserError(Exception):
 
 
 class Browser:
-    """Chromium behind run.mjs: JSON-lines commands over the node process's stdio."""
+    """A browser behind its node driver (Chromium: run.mjs, Firefox ESR: run_firefox.mjs):
+    JSON-lines commands over the node process's stdio."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -48,10 +52,10 @@ class Browser:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls) -> AsyncIterator[Browser]:
+    async def running(cls, script: Path = RUN_MJS) -> AsyncIterator[Browser]:
         proc = await asyncio.create_subprocess_exec(
             "node",
-            str(RUN_MJS),
+            str(script),
             cwd=str(HERE),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -140,10 +144,27 @@ class Browser:
 # --------------------------------------------------------------------------- scenarios
 
 
+class Pages(Protocol):
+    """What a scenario drives pages with: one `Browser`, or pages spread over Chromium and
+    Firefox (`tests/browser/firefox.py`)."""
+
+    async def open(self, page: str, url: str, **size: int) -> None: ...
+
+    async def eval(self, page: str, expr: str) -> Any: ...
+
+    async def wait(
+        self, page: str, expr: str, until: str = "Boolean", timeout: float = 15.0
+    ) -> Any: ...
+
+    async def click(self, page: str, selector: str) -> None: ...
+
+    async def screenshot(self, page: str, path: Path) -> None: ...
+
+
 class Context:
     """What a scenario works with: the stack, the browser, and its output directory."""
 
-    def __init__(self, stack: Any, browser: Browser, out: Path) -> None:
+    def __init__(self, stack: Any, browser: Pages, out: Path) -> None:
         self.stack = stack
         self.browser = browser
         self.out = out
@@ -170,9 +191,13 @@ SCENARIOS: dict[str, tuple[Scenario, int]] = {}
 """Scenario name -> (coroutine, forwarders it needs)."""
 
 
-def scenario(name: str, forwarders: int = 0) -> Callable[[Scenario], Scenario]:
+def scenario(
+    name: str, forwarders: int = 0, registry: dict[str, tuple[Scenario, int]] = SCENARIOS
+) -> Callable[[Scenario], Scenario]:
+    """Register a scenario (in `registry`: another driver module keeps its own)."""
+
     def register(fn: Scenario) -> Scenario:
-        SCENARIOS[name] = (fn, forwarders)
+        registry[name] = (fn, forwarders)
         return fn
 
     return register
@@ -1503,23 +1528,34 @@ async def transcript_page(ctx: Context) -> dict[str, Any]:
     return {"first": first, "later": later, "shown": shown}
 
 
-async def run(name: str, out: Path) -> dict[str, Any]:
+BrowserFactory = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+
+
+async def run(
+    name: str,
+    out: Path,
+    scenarios: dict[str, tuple[Scenario, int]] = SCENARIOS,
+    browsers: BrowserFactory = Browser.running,
+) -> dict[str, Any]:
     from tests.stack_fixtures import sdk_stack
 
-    fn, forwarders = SCENARIOS[name]
+    fn, forwarders = scenarios[name]
     started = time.monotonic()
     async with (
         sdk_stack(out / "stack", forwarders=forwarders, dev_mode=True) as stack,
-        Browser.running() as browser,
+        browsers() as browser,
     ):
         ready = time.monotonic() - started
         result = await asyncio.wait_for(fn(Context(stack, browser, out)), SCENARIO_TIMEOUT)
     return {"ok": True, "setup_s": round(ready, 2), **result}
 
 
-def main() -> None:
+def main(
+    scenarios: dict[str, tuple[Scenario, int]] = SCENARIOS,
+    browsers: BrowserFactory = Browser.running,
+) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", choices=sorted(scenarios))
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # the dev key pair is short by design
@@ -1527,7 +1563,7 @@ def main() -> None:
     (args.out / "stack").mkdir(exist_ok=True)
     os.chdir(REPO)
     try:
-        result = asyncio.run(run(args.scenario, args.out))
+        result = asyncio.run(run(args.scenario, args.out, scenarios, browsers))
     except BaseException as exc:
         result = {"ok": False, "error": "".join(traceback.format_exception(exc))}
     (args.out / "result.json").write_text(json.dumps(result, indent=2))

@@ -1,19 +1,11 @@
-// Drives the system Chromium for tests/test_browser.py: a small JSON-lines RPC over stdio.
-//
-// Each stdin line is a command {id, cmd, ...}; each stdout line answers one:
-// {id, ok: true, result} or {id, ok: false, error}. Page console output goes to stderr.
-// Commands: open {page, url, width?, height?}, eval {page, expr},
-// wait {page, expr, until?, ms},
-// fill {page, selector, value}, click {page, selector}, select {page, selector, value},
-// screenshot {page, path},
-// close {page}, quit. Each page gets its own browser context (its own camera, storage).
+// Drives the system Chromium for tests/test_browser.py over the JSON-lines RPC of serve.mjs.
 //
 // The browser is the Debian `chromium` (no Playwright download): set STAGECAST_CHROMIUM to
 // use another binary. The flags below make WebRTC work headless on loopback: fake camera and
 // microphone, no permission prompts, loopback ICE candidates, no mDNS obfuscation of them.
 
-import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
 
 const executablePath = process.env.STAGECAST_CHROMIUM || '/usr/bin/chromium';
 const ARGS = [
@@ -27,91 +19,15 @@ const ARGS = [
 ];
 
 const browser = await chromium.launch({ executablePath, args: ARGS, headless: true, timeout: 30_000 });
-const pages = new Map();
 
-function out(message) {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
-}
-
-function pageOf(name) {
-  const page = pages.get(name);
-  if (!page) throw new Error(`no page named ${name}`);
-  return page;
-}
-
-const COMMANDS = {
-  async open({ page: name, url, width = 1280, height = 800, touch = false }) {
+await serve({
+  async newPage({ width, height, touch }) {
     // `touch`: a phone (touch screen, no hover), as Chromium's mobile emulation gives.
-    const context = await browser.newContext({ viewport: { width, height }, isMobile: !!touch, hasTouch: !!touch });
-    const page = await context.newPage();
-    page.on('console', (msg) => process.stderr.write(`[${name} ${msg.type()}] ${msg.text()}\n`));
-    page.on('pageerror', (err) => process.stderr.write(`[${name} pageerror] ${err.stack ?? err}\n`));
-    pages.set(name, page);
-    await page.goto(url, { timeout: 15_000 });
-    return true;
+    const context = await browser.newContext({ viewport: { width, height }, isMobile: touch, hasTouch: touch });
+    return context.newPage();
   },
-  async eval({ page, expr }) {
-    return pageOf(page).evaluate(expr);
-  },
-  // Poll an expression (it may be a promise: waitForFunction would not await it) until
-  // it, or the JS predicate `until` applied to it, is truthy; its value. On timeout the
-  // error shows the last value, which says what was still missing.
-  async wait({ page, expr, until = 'Boolean', ms = 15_000 }) {
-    const deadline = Date.now() + ms;
-    const probe = `(async () => { const value = await (${expr}); return { value, ok: !!(${until})(value) }; })()`;
-    let last;
-    for (;;) {
-      try {
-        const { value, ok } = await pageOf(page).evaluate(probe);
-        last = value;
-        if (ok) return value;
-      } catch (err) {
-        last = `threw ${err.message}`;
-      }
-      if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${until} of ${expr}\nlast: ${JSON.stringify(last)}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  },
-  async fill({ page, selector, value }) {
-    await pageOf(page).fill(selector, value, { timeout: 5_000 });
-    return true;
-  },
-  async click({ page, selector }) {
-    await pageOf(page).click(selector, { timeout: 5_000 });
-    return true;
-  },
-  // Choose an option of a <select> as a user does (it fires `input` and `change`).
-  async select({ page, selector, value }) {
-    await pageOf(page).selectOption(selector, value, { timeout: 5_000 });
-    return true;
-  },
-  async screenshot({ page, path }) {
-    await pageOf(page).screenshot({ path, timeout: 10_000 });
-    return path;
-  },
-  async close({ page }) {
-    await pageOf(page).context().close();
-    pages.delete(page);
-    return true;
-  },
-};
-
-const lines = createInterface({ input: process.stdin });
-for await (const line of lines) {
-  if (!line.trim()) continue;
-  const request = JSON.parse(line);
-  if (request.cmd === 'quit') break;
-  const command = COMMANDS[request.cmd];
-  // Commands run concurrently (a `wait` on one page must not block another page).
-  Promise.resolve()
-    .then(() => {
-      if (!command) throw new Error(`unknown command ${request.cmd}`);
-      return command(request);
-    })
-    .then(
-      (result) => out({ id: request.id, ok: true, result: result ?? null }),
-      (err) => out({ id: request.id, ok: false, error: String(err?.stack ?? err) }),
-    );
-}
-await browser.close();
-process.exit(0);
+  fill: (page, selector, value) => page.fill(selector, value, { timeout: 5_000 }),
+  select: (page, selector, value) => page.selectOption(selector, value, { timeout: 5_000 }),
+  closePage: (page) => page.context().close(),
+  close: () => browser.close(),
+});
