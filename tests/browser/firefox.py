@@ -87,6 +87,9 @@ class Browsers:
     async def click(self, page: str, selector: str) -> None:
         await self._of(page).click(page, selector)
 
+    async def select(self, page: str, selector: str, value: str) -> None:
+        await self._of(page).select(page, selector, value)
+
     async def screenshot(self, page: str, path: Path) -> None:
         await self._of(page).screenshot(page, path)
 
