@@ -122,28 +122,24 @@ def test_a_route_keeps_the_order_behind_what_the_transport_queued(
 
 
 def test_a_full_socket_hands_the_datagram_to_the_transport() -> None:
-    with tempfile.TemporaryDirectory() as directory:
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender,
+    ):
         path = os.path.join(directory, "leg")
-        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         receiver.bind(path)
-        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sender.setblocking(False)
         fallen_back: list[bytes] = []
         route = DatagramRoute(
             sender, path, queued=lambda: 0, fallback=lambda data, address: fallen_back.append(data)
         )
-        try:
-            for i in range(10_000):  # a receiver that never reads fills up
-                assert route.send(b"%d" % i)
-                if fallen_back:
-                    break
-            assert fallen_back, "the receiver's queue never filled"
-            sent = i
-            assert fallen_back == [b"%d" % sent]
-            assert receiver.recv(100) == b"0"  # the ones before went straight out
-        finally:
-            sender.close()
-            receiver.close()
+        for i in range(10_000):  # a receiver that never reads fills up
+            assert route.send(b"%d" % i)
+            if fallen_back:
+                break
+        assert fallen_back == [b"%d" % i], "the receiver's queue never filled"
+        assert receiver.recv(100) == b"0"  # the ones before went straight out
 
 
 def test_a_closed_socket_loses_the_datagram(
