@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import inspect
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -536,8 +537,18 @@ async def test_a_leg_leaves_the_direct_path_when_ice_moves_or_closes() -> None:
         assert outbound.direct
         await eventually(lambda: 100 in arrived, what="the first packet")
 
+        # the private names the direct path reads, on connected objects
+        ice = leg.sender.transport.transport
+        for name in adapter.PRIVATE_ICE_NAMES:
+            assert hasattr(ice, name), f"RTCIceTransport lost {name}"
+        connection = ice._connection
+        for name in adapter.PRIVATE_AIOICE_NAMES:
+            assert isinstance(getattr(connection, name), dict), f"aioice Connection lost {name}"
+        for name in adapter.PRIVATE_ASYNCIO_NAMES:
+            sock = getattr(connection._nominated[1].protocol.transport, name)
+            assert isinstance(sock, socket.socket), f"asyncio's transport lost {name}"
+
         # ICE nominates another pair (same sockets here): the next send takes it
-        connection = leg.sender.transport.transport._connection
         nominated = connection._nominated
         old_pair = nominated[1]
         new_pair = aioice.ice.CandidatePair(old_pair.protocol, old_pair.remote_candidate)
