@@ -9,6 +9,7 @@ aiortc peers on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -17,7 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aioice.ice
@@ -513,29 +514,44 @@ async def _connected(pc: aiortc.RTCPeerConnection) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_leg_leaves_the_direct_path_when_ice_moves_or_closes() -> None:
-    """The direct path follows ICE: a newly nominated pair is picked up at the next send,
-    a closed connection (consent expired: no nominated pair) fails the send as aiortc's
-    own path does, and a tapped `_send_rtp` (the media benchmark's stamps) is honoured."""
+@contextlib.asynccontextmanager
+async def one_leg() -> AsyncIterator[tuple[Any, OutboundStream, list[Any]]]:
+    """An egress leg (its transceiver and `OutboundStream`), ready, to a subscriber whose
+    receiver records every RTP packet it gets (after SRTP, before RTX unwrapping)."""
     egress, subscriber = peer(), peer()
     try:
         leg = egress.addTransceiver("video", direction="sendonly")
         outbound = OutboundStream(leg.sender, on_keyframe_request=lambda: None)
         await negotiate(egress, subscriber)
         (sub_transceiver,) = subscriber.getTransceivers()
-        arrived: list[int] = []
+        arrived: list[Any] = []
 
-        async def count(packet: Any, arrival_time_ms: int) -> None:
-            arrived.append(packet.sequence_number)
+        async def record(packet: Any, arrival_time_ms: int) -> None:
+            arrived.append(packet)
 
-        adapter.tap_receiver_packets(sub_transceiver.receiver, count)
+        adapter.tap_receiver_packets(sub_transceiver.receiver, record)
         await eventually(lambda: outbound.ready, what="the egress sender to start")
+        yield leg, outbound, arrived
+    finally:
+        await egress.close()
+        await subscriber.close()
+
+
+async def test_a_leg_leaves_the_direct_path_when_ice_moves_or_closes() -> None:
+    """The direct path follows ICE: a newly nominated pair is picked up at the next send,
+    a closed connection (consent expired: no nominated pair) fails the send as aiortc's
+    own path does, and a tapped `_send_rtp` (the media benchmark's stamps) is honoured."""
+    async with one_leg() as (leg, outbound, received):
+
+        def arrived() -> list[int]:
+            return [p.sequence_number for p in received]
+
         packet = MediaPacket(
             sequence_number=1, timestamp=0, marker=1, payload=b"\x10" * 50, ssrc=1, payload_type=96
         )
         assert await outbound.send(packet, 100)
         assert outbound.direct
-        await eventually(lambda: 100 in arrived, what="the first packet")
+        await eventually(lambda: 100 in arrived(), what="the first packet")
 
         # the private names the direct path reads, on connected objects
         ice = leg.sender.transport.transport
@@ -557,7 +573,7 @@ async def test_a_leg_leaves_the_direct_path_when_ice_moves_or_closes() -> None:
         assert await outbound.send(packet, 101)
         assert outbound.direct and outbound._direct is not None
         assert outbound._direct._pair is new_pair
-        await eventually(lambda: 101 in arrived, what="a packet on the new pair")
+        await eventually(lambda: 101 in arrived(), what="a packet on the new pair")
 
         # a tap on the transport's writer sees every packet: no direct path around it
         tapped: list[bytes] = []
@@ -566,15 +582,12 @@ async def test_a_leg_leaves_the_direct_path_when_ice_moves_or_closes() -> None:
         )
         assert await outbound.send(packet, 102)
         assert not outbound.direct and len(tapped) == 1
-        await eventually(lambda: 102 in arrived, what="a tapped packet")
+        await eventually(lambda: 102 in arrived(), what="a tapped packet")
 
         # no nominated pair (aioice closing after consent expired): the send fails
         nominated.clear()
         assert await outbound.send(packet, 103) is False
         assert not outbound.direct
-    finally:
-        await egress.close()
-        await subscriber.close()
 
 
 async def _tap(seen: list[bytes], write: Callable[[bytes], Any], data: bytes) -> None:
@@ -586,19 +599,7 @@ async def test_nacks_are_answered_from_the_history_of_bytes() -> None:
     """A NACKed packet goes out again from the leg's history: as RTX (its original sequence
     number first in the payload) when negotiated, as the same packet otherwise; a sequence
     number the history does not hold (any more) is counted and not answered."""
-    egress, subscriber = peer(), peer()
-    try:
-        leg = egress.addTransceiver("video", direction="sendonly")
-        outbound = OutboundStream(leg.sender, on_keyframe_request=lambda: None)
-        await negotiate(egress, subscriber)
-        (sub_transceiver,) = subscriber.getTransceivers()
-        arrived: list[tuple[int, int, bytes]] = []
-
-        async def record(packet: Any, arrival_time_ms: int) -> None:
-            arrived.append((packet.payload_type, packet.sequence_number, packet.payload))
-
-        adapter.tap_receiver_packets(sub_transceiver.receiver, record)
-        await eventually(lambda: outbound.ready, what="the egress sender to start")
+    async with one_leg() as (leg, outbound, arrived):
         payload = b"\x10\x00" + bytes(range(40))
         packet = MediaPacket(
             sequence_number=1, timestamp=0, marker=1, payload=payload, ssrc=1, payload_type=96
@@ -612,7 +613,8 @@ async def test_nacks_are_answered_from_the_history_of_bytes() -> None:
         assert rtx is not None
         await leg.sender._retransmit(500)
         await eventually(lambda: len(arrived) == 3, what="the RTX retransmission")
-        assert arrived[2][0] == rtx and arrived[2][2] == (500).to_bytes(2, "big") + payload
+        assert arrived[2].payload_type == rtx
+        assert arrived[2].payload == (500).to_bytes(2, "big") + payload
 
         # without RTX the same packet goes again (a subscriber's SRTP replay check drops
         # such a repeat, as with aiortc's own sender: seen here on the wire, before SRTP)
@@ -628,6 +630,3 @@ async def test_nacks_are_answered_from_the_history_of_bytes() -> None:
         await leg.sender._retransmit(501 + RTP_HISTORY_SIZE)  # same slot, another packet
         await leg.sender._retransmit(9)  # never sent
         assert outbound.retransmit_requests == 4 and outbound.retransmissions == 2
-    finally:
-        await egress.close()
-        await subscriber.close()
