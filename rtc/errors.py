@@ -35,3 +35,12 @@ class MalformedPayload(RtcError):
         super().__init__(f"malformed {codec} payload: {reason}")
         self.codec = codec
         self.reason = reason
+
+
+class PacketTooLong(RtcError):
+    """An RTP packet too long to protect in one datagram with its SRTP trailer."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"an RTP packet of {size} bytes cannot be protected (at most {limit})")
+        self.size = size
+        self.limit = limit
