@@ -293,13 +293,15 @@ async def test_a_statekeeper_paused_past_its_lease_writes_nothing_for_what_it_lo
                 what=f"a answers the late join in {room_id}",
             )
         # a flushes its roster rows (claiming each lost partition's owner row) and goes
-        # idle; on a loaded machine the flush may come later than a fixed pause
+        # idle; on a loaded machine the flush may come later than a fixed pause, and when b
+        # froze inside a write, a's claim waits for PostgreSQL to end b's idle transaction
+        # (`sql_store.IDLE_IN_TRANSACTION_MS`)
 
         async def a_wrote_them() -> bool:
             rows = await _owner_rows(postgres_url)
             return all(p in rows and rows[p][0] == a.owner for p in lost)
 
-        await eventually(a_wrote_them, timeout=15, what="a's owner rows for the lost partitions")
+        await eventually(a_wrote_them, timeout=30, what="a's owner rows for the lost partitions")
         await asyncio.sleep(1.0)  # and goes idle
         owners_before = await _owner_rows(postgres_url)
         assert all(owners_before[p][0] == a.owner for p in lost)  # a wrote them since
