@@ -12,6 +12,7 @@ from edge.actions import EVENTS, Origin, to_event
 from edge.api import READS
 from edge.join import JoinAttempt
 from edge.requests import HANDLERS, on_action, on_leave, on_publish_track, on_subscription
+from schemas.agents import DeleteDispatchRequest, DispatchAgentRequest
 from schemas.api import (
     CreateRoomRequest,
     DeleteRoomRequest,
@@ -106,6 +107,8 @@ def test_every_action_and_server_api_write_has_one_entry_in_the_event_table() ->
         UpdateParticipantRequest,
         RemoveParticipantRequest,
         MuteTrackRequest,
+        DispatchAgentRequest,
+        DeleteDispatchRequest,
     }
     assert actions | writes == set(EVENTS)
     assert not set(EVENTS) & {*READS, SendDataRequest}
