@@ -1434,6 +1434,8 @@ PAGE_STREAMS = """(() => {
   });
   room.localParticipant.registerRpcMethod('upper', async (d) => d.payload.toUpperCase());
   room.localParticipant.registerRpcMethod('fail', async () => { throw new Error('page says no'); });
+  room.localParticipant.registerRpcMethod('echo', async (d) => d.payload);
+  room.localParticipant.registerRpcMethod('over', async () => 'y'.repeat(15361));
   return true;
 })()"""
 
@@ -1468,6 +1470,15 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
         except RpcError as exc:
             codes.append([exc.code, exc.message])
 
+    full = "é" * 7_679 + "xx"  # 15,360 bytes of UTF-8, the RPC payload limit
+    echoed = await py.local_participant.perform_rpc(
+        destination_id="page", method="echo", payload=full
+    )
+    try:
+        await py.local_participant.perform_rpc(destination_id="page", method="over")
+    except RpcError as exc:
+        codes.append([exc.code, "over"])
+
     got: list[tuple[str, str]] = []
 
     async def on_reply(reader: TextStreamReader, sender: str) -> None:
@@ -1475,6 +1486,8 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
 
     py.register_text_stream_handler("reply", on_reply)
     py.local_participant.register_rpc_method("add", lambda d: str(sum(map(int, d.payload.split()))))
+    py.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    py.local_participant.register_rpc_method("over", lambda d: "y" * 15_361)
     page_rpc = await ctx.browser.eval(
         "page",
         """(async () => {
@@ -1486,7 +1499,15 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
           let code = null;
           try { await lp.performRpc({destinationId: 'py', method: 'nope'}); }
           catch (err) { code = err.code; }
-          return {sum, code};
+          const full = 'é'.repeat(7679) + 'xx';  // 15,360 bytes of UTF-8
+          const back = await lp.performRpc({destinationId: 'py', method: 'echo', payload: full});
+          const echoed = back === full;
+          const limits = [];
+          for (const [method, payload] of [['echo', full + 'x'], ['over', '']]) {
+            try { await lp.performRpc({destinationId: 'py', method, payload}); limits.push(null); }
+            catch (err) { limits.push(err.code); }
+          }
+          return {sum, code, echoed, limits};
         })()""",
     )
     await eventually(lambda: got, what="the page's text stream", timeout=20)
@@ -1503,6 +1524,7 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
         "file": files[0],
         "file_sum": sum(blob) % 65521,
         "upper": upper,
+        "echoed": echoed == full,
         "codes": codes,
         "got": got,
         "page_rpc": page_rpc,
