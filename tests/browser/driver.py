@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -1337,6 +1338,86 @@ async def vp9_pages(ctx: Context) -> dict[str, Any]:
 @scenario("av1_pages", forwarders=1)
 async def av1_pages(ctx: Context) -> dict[str, Any]:
     return await codec_pages(ctx, "av1")
+
+
+NO_H264 = """(() => {
+  // The test hook: this page's receivers lose H.264, as Debian's Firefox ESR has none.
+  const real = RTCRtpReceiver.getCapabilities.bind(RTCRtpReceiver);
+  RTCRtpReceiver.getCapabilities = (kind) => {
+    const caps = real(kind);
+    const codecs = caps?.codecs.filter((c) => c.mimeType.toLowerCase() !== 'video/h264');
+    return caps && {...caps, codecs};
+  };
+  return true;
+})()"""
+
+SUBSCRIPTION_FAILURES = """(() => {
+  window.failures = [];
+  window.room.on('track-subscription-failed', (f, p) => window.failures.push({...f, by: p.id}));
+  return true;
+})()"""
+
+SUBSCRIBED_MEDIA = """window.room.media.stats().then((s) => Object.values(s.subscribers).map(
+  (x) => ({kind: x.kind, codec: x.codec ?? null, packets: x.packets, frames: x.framesDecoded})))"""
+
+
+@scenario("codec_unsupported", forwarders=1)
+async def codec_unsupported(ctx: Context) -> dict[str, Any]:
+    """A subscriber that cannot decode a track's codec hears so at once, as a named event,
+    and its other subscriptions go on. A page whose receivers lack H.264 (the test hook)
+    and a Python peer (aiortc has no VP9) subscribe to a page's microphone and camera,
+    published in H.264, then again in VP9."""
+    from stagecast.client import RemoteParticipant, SubscriptionFailure
+    from stagecast.client.events import Subscription
+
+    room = "codecs"
+    await ctx.browser.open("bob", f"{ctx.url}/")
+    await ctx.browser.eval("bob", NO_H264)
+    await ctx.browser.eval("bob", SDK_JOIN % json.dumps({"token": ctx.stack.token("bob", room)}))
+    await ctx.browser.eval("bob", SUBSCRIPTION_FAILURES)
+    py = await ctx.python_peer("py", room)
+    py_failures: list[SubscriptionFailure] = []
+    py_subscribed: list[Subscription] = []
+
+    def follow(participant: RemoteParticipant) -> None:
+        participant.on("track-subscription-failed", py_failures.append)
+        participant.on("stream-subscribed", py_subscribed.append)
+
+    py.on("participant-joined", follow)
+    await sdk_page(ctx, "ada", token=ctx.stack.token("ada", room))
+    local = "window.room.localParticipant"
+    await ctx.browser.eval("ada", f"{local}.publishMicrophone().then(() => true)")
+    publish = local + ".publishCamera(true, {codec: '%s'}).then((p) => p.sid)"
+    h264 = await ctx.browser.eval("ada", publish % "h264")
+    await ctx.browser.wait("bob", "window.failures", "f => f.length > 0", timeout=20)
+    await eventually(
+        lambda: {"audio", "video"} <= {s.kind for s in py_subscribed}, what="py's subscriptions"
+    )
+    audio = next(s for s in py_subscribed if s.kind == "audio")
+    video = next(s for s in py_subscribed if s.kind == "video")
+    tracks = (audio.track, video.track)
+    py_h264 = [type(await asyncio.wait_for(t.recv(), 15)).__name__ for t in tracks]
+
+    await ctx.browser.eval("ada", f"{local}.unpublish('video').then(() => true)")
+    vp9 = await ctx.browser.eval("ada", publish % "vp9")
+    await eventually(lambda: py_failures, what="py's failure", timeout=20)
+    bob_vp9 = await ctx.browser.wait(
+        "bob",
+        SUBSCRIBED_MEDIA,
+        "m => m.some((x) => x.kind === 'video' && x.frames > 5)"
+        " && m.some((x) => x.kind === 'audio' && x.packets > 0)",
+        timeout=25,
+    )
+    py_audio_after = type(await asyncio.wait_for(audio.track.recv(), 15)).__name__
+    failures = await ctx.browser.eval("bob", "window.failures")
+    return {
+        "tracks": {"h264": h264, "vp9": vp9},
+        "bob_failures": failures,
+        "bob_media": bob_vp9,
+        "py_frames": py_h264,
+        "py_failures": [dataclasses.asdict(f) for f in py_failures],
+        "py_audio_after": py_audio_after,
+    }
 
 
 @scenario("red_audio", forwarders=1)
