@@ -64,6 +64,7 @@ from schemas.client import (
 from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
+from schemas.streams import data_limit
 from schemas.subjects import room_data
 
 log = logging.getLogger("stagecast.edge")
@@ -191,6 +192,11 @@ async def on_subscription(session: EdgeSession, message: Subscribe | Unsubscribe
 
 
 async def on_publish_data(session: EdgeSession, message: PublishData) -> None:
+    limit = data_limit(message.topic)
+    if len(message.payload) > limit:  # the schema admits a reserved topic's larger limit
+        return session.error(
+            message.id, ErrorCode.PAYLOAD_TOO_LARGE, f"payload: larger than {limit} bytes"
+        )
     refusal = refuse_publish_data(session.grant)
     if refusal is not None:
         return _refused(session, message.id, refusal)

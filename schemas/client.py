@@ -17,8 +17,8 @@ from schemas.models import (
     MAX_ACTIVE_SPEAKERS,
     ActiveSpeaker,
     Attributes,
+    CarriedPayload,
     Counts,
-    DataPayload,
     Grant,
     Identity,
     IdList,
@@ -98,7 +98,7 @@ class PublishData(Message, tag="publish_data", frozen=True, kw_only=True):
     """Send data to the room, or to `destination_ids` only. The edge stamps the sender."""
 
     id: int
-    payload: DataPayload
+    payload: CarriedPayload
     reliable: bool = True
     topic: Identity | None = None
     destination_ids: IdList = ()
@@ -370,7 +370,7 @@ class ViewerUpdated(Message, tag="viewer_updated", frozen=True, kw_only=True):
 
 
 class DataReceived(Message, tag="data", frozen=True, kw_only=True):
-    payload: DataPayload
+    payload: CarriedPayload
     sender_id: Identity | None = None
     sender_sid: Identity | None = None
     topic: Identity | None = None

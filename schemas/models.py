@@ -14,6 +14,13 @@ METADATA_BYTES = 64 * 1024
 ATTRIBUTES_BYTES = 64 * 1024
 ATTRIBUTES_ITEMS = 1024
 DATA_BYTES = 15 * 1024
+"""An application's data payload: at most 15 KiB (LiveKit's limit)."""
+ENVELOPE_BYTES = 3 * 1024
+"""What a reserved topic (`schemas.streams`) may carry beyond `DATA_BYTES`: the envelope
+around a full 15 KiB RPC payload (its ids, method and tags, ids of up to 1 KiB of UTF-8
+each), so that RPC keeps LiveKit's 15 KiB promise."""
+CARRIED_DATA_BYTES = DATA_BYTES + ENVELOPE_BYTES
+"""The most a data frame's payload holds on the wire (only on a reserved topic)."""
 
 Identity = Annotated[str, Meta(max_length=ID_CHARS), NoControl()]
 """A participant id, a room id, a sid, a topic: at most 256 characters, no control
@@ -28,6 +35,9 @@ Attributes = Annotated[
 """Participant attributes: at most 64 KiB of keys and values together."""
 DataPayload = Annotated[bytes, Meta(max_length=DATA_BYTES), MaxBytes(DATA_BYTES)]
 """A data message's payload: at most 15 KiB."""
+CarriedPayload = Annotated[bytes, Meta(max_length=CARRIED_DATA_BYTES), MaxBytes(CARRIED_DATA_BYTES)]
+"""A `publish_data` or `data` frame's payload: at most 15 KiB, or `CARRIED_DATA_BYTES` on a
+reserved topic (`schemas.streams.data_limit`; the edge checks which)."""
 IdList = Annotated[tuple[Identity, ...], Meta(max_length=1024)]
 
 HAND_ATTRIBUTE = "hand"

@@ -2,8 +2,11 @@
 
 These messages never travel as frames of their own: each is encoded (`encode`) into the
 payload of a `PublishData` on a reserved topic (`STREAM_TOPIC`, `RPC_TOPIC`), so they
-inherit the data path's ordering, destinations, 15 KiB limit and byte budgets. The edge
-stamps the sender on the `DataReceived` that carries them; a receiver trusts only that.
+inherit the data path's ordering, destinations and byte budgets (counted on the bytes
+carried). A reserved topic's payload may exceed the 15 KiB of application data by
+`ENVELOPE_BYTES` (`data_limit`), so that an RPC payload of a full 15 KiB fits with its
+envelope. The edge stamps the sender on the `DataReceived` that carries them; a receiver
+trusts only that.
 
 A stream is a `StreamHeader`, `StreamChunk`s numbered from 0, then a `StreamTrailer` with
 the chunk count (and a reason when the sender aborted it). An RPC is an `RpcRequest`, an
@@ -17,17 +20,28 @@ from typing import Annotated, Literal
 from msgspec import Meta
 
 from schemas.codec import MaxBytes, Message, Struct
-from schemas.models import Attributes, Identity, Name
+from schemas.models import CARRIED_DATA_BYTES, DATA_BYTES, Attributes, Identity, Name
 
 STREAM_TOPIC = "sc.stream"
 """The data topic stream messages ride on (never delivered as `data-received`)."""
 RPC_TOPIC = "sc.rpc"
 """The data topic RPC messages ride on (never delivered as `data-received`)."""
+RESERVED_TOPICS = frozenset({STREAM_TOPIC, RPC_TOPIC})
 
 CHUNK_BYTES = 14 * 1024
-"""The most content one `StreamChunk` carries: with its envelope it stays under 15 KiB."""
-RPC_PAYLOAD_BYTES = 14 * 1024
-"""The largest RPC request or response payload (UTF-8 bytes), envelope kept under 15 KiB."""
+"""The most content one `StreamChunk` carries: with its envelope it stays under 15 KiB
+(so receivers from before `ENVELOPE_BYTES` still take every chunk)."""
+RPC_PAYLOAD_BYTES = DATA_BYTES
+"""The largest RPC request or response payload: 15 KiB (15,360 bytes) of UTF-8, LiveKit's
+limit; its envelope rides in the reserved topic's `ENVELOPE_BYTES`."""
+
+
+def data_limit(topic: str | None) -> int:
+    """The most payload bytes a data message on `topic` may carry: `DATA_BYTES`, or
+    `CARRIED_DATA_BYTES` on a reserved topic (the envelope around a full 15 KiB RPC
+    payload). The schema admits the larger on every topic; the edge applies this."""
+    return CARRIED_DATA_BYTES if topic in RESERVED_TOPICS else DATA_BYTES
+
 
 StreamKind = Literal["text", "bytes"]
 ChunkContent = Annotated[bytes, Meta(max_length=CHUNK_BYTES)]
@@ -101,6 +115,7 @@ class RpcResponse(Message, tag="rpc.response", frozen=True, kw_only=True):
 
 __all__ = [
     "CHUNK_BYTES",
+    "RESERVED_TOPICS",
     "RPC_PAYLOAD_BYTES",
     "RPC_TOPIC",
     "STREAM_TOPIC",
@@ -112,4 +127,5 @@ __all__ = [
     "StreamHeader",
     "StreamKind",
     "StreamTrailer",
+    "data_limit",
 ]

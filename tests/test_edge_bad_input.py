@@ -148,6 +148,22 @@ JOINED: list[tuple[str, Abuse, int | None, str]] = [
         "PAYLOAD_TOO_LARGE",
     ),
     (
+        "data over 15 KiB on a topic",
+        lambda c: c.send_raw(
+            pack({"t": "publish_data", "id": 24, "topic": "chat", "payload": b"x" * 15_361})
+        ),
+        24,
+        "PAYLOAD_TOO_LARGE",
+    ),
+    (
+        "data on the RPC topic over its envelope room",
+        lambda c: c.send_raw(
+            pack({"t": "publish_data", "id": 25, "topic": "sc.rpc", "payload": b"x" * 18_433})
+        ),
+        25,
+        "PAYLOAD_TOO_LARGE",
+    ),
+    (
         "metadata over 64 KiB",
         lambda c: c.send_raw(
             pack({"t": "set_metadata", "id": 22, "metadata": "m" * (64 * 1024 + 1)})

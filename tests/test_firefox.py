@@ -172,3 +172,21 @@ def assert_carried(seen: dict[str, Any], mime: str) -> None:
     assert "error" not in seen, seen
     assert (seen["sent"], seen["forwarded"], seen["decoded"]) == (mime, mime, mime), seen
     assert seen["frames_decoded"] > 5 and seen["width"] > 0, seen
+
+
+@pytest.mark.timeout(70)
+def test_firefox_without_h264_hears_at_once_that_it_cannot_receive_an_h264_camera(
+    tmp_path: Path,
+) -> None:
+    """Debian's Firefox ESR cannot decode H.264 (no OpenH264 offline): subscribed to an
+    H.264 camera it gets `track-subscription-failed` (CODEC_UNSUPPORTED) at once, and the
+    microphone beside it plays on."""
+    result = firefox_scenario("firefox_no_h264", tmp_path)
+    kinds = {m["kind"] for m in result["media"]}
+    if "video/H264" in result["receivable"]:
+        assert result["failures"] == [] and kinds == {"audio", "video"}, result
+        return
+    assert [(f["trackSid"], f["reason"], f["codecs"]) for f in result["failures"]] == [
+        (result["track"], "CODEC_UNSUPPORTED", ["video/H264"])
+    ], result
+    assert kinds == {"audio"}, result

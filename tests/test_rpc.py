@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.streams import RPC_PAYLOAD_BYTES
+from schemas.models import CARRIED_DATA_BYTES, DATA_BYTES
+from schemas.streams import RPC_PAYLOAD_BYTES, RPC_TOPIC
 from stagecast.client import Room, RpcInvocationData
-from stagecast.errors import RpcError
+from stagecast.errors import PayloadTooLarge, RpcError
 from tests.stack_fixtures import Stack, sdk_stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -136,20 +137,50 @@ async def test_recipient_leaving_mid_call_fails_the_call(stack: Stack) -> None:
     assert caught.value.code == RpcError.RECIPIENT_DISCONNECTED == 1503
 
 
-async def test_unknown_recipient_and_oversize_payloads_are_refused(stack: Stack) -> None:
-    caller, callee = await pair(stack)
+async def test_an_unknown_recipient_is_refused(stack: Stack) -> None:
+    caller, _callee = await pair(stack)
     with pytest.raises(RpcError) as missing:
         await caller.local_participant.perform_rpc(destination_id="nobody", method="x")
     assert missing.value.code == RpcError.RECIPIENT_NOT_FOUND == 1401
+
+
+async def test_payloads_of_exactly_15_kib_pass_and_one_byte_more_is_refused(stack: Stack) -> None:
+    """LiveKit's promise: 15,360 bytes of UTF-8 each way, through a real edge (the reserved
+    topic's envelope room); one byte more is 1402 for a request, 1504 for a response."""
+    assert RPC_PAYLOAD_BYTES == 15_360
+    caller, callee = await pair(stack)
+    full = "é" * 7_679 + "xx"  # multi-byte: the limit counts UTF-8 bytes, not characters
+    assert len(full.encode()) == 15_360
+    callee.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    callee.local_participant.register_rpc_method("full", lambda d: "y" * 15_360)
+    callee.local_participant.register_rpc_method("over", lambda d: "y" * 15_361)
+    # a long method name takes envelope room too
+    method = "m" * 256
+    callee.local_participant.register_rpc_method(method, lambda d: d.payload)
+    rpc = caller.local_participant.perform_rpc
+    assert await rpc(destination_id="callee", method="echo", payload=full) == full
+    assert await rpc(destination_id="callee", method=method, payload=full) == full
+    assert await rpc(destination_id="callee", method="full") == "y" * 15_360
     with pytest.raises(RpcError) as big:
-        await caller.local_participant.perform_rpc(
-            destination_id="callee", method="x", payload="x" * (RPC_PAYLOAD_BYTES + 1)
-        )
+        await rpc(destination_id="callee", method="echo", payload=full + "x")
     assert big.value.code == RpcError.REQUEST_PAYLOAD_TOO_LARGE == 1402
-    callee.local_participant.register_rpc_method("huge", lambda d: "y" * (RPC_PAYLOAD_BYTES + 1))
     with pytest.raises(RpcError) as huge:
-        await caller.local_participant.perform_rpc(destination_id="callee", method="huge")
+        await rpc(destination_id="callee", method="over")
     assert huge.value.code == RpcError.RESPONSE_PAYLOAD_TOO_LARGE == 1504
+    assert "15360" in huge.value.message
+
+
+async def test_ordinary_data_keeps_its_15_kib_limit_beside_the_rpc_topic(stack: Stack) -> None:
+    """The envelope room is the reserved topics' only: other data over 15 KiB is refused by
+    the edge with PAYLOAD_TOO_LARGE, and so is a reserved topic's payload past its room."""
+    caller, _callee = await pair(stack)
+    publish = caller.local_participant.publish_data
+    await publish(b"x" * DATA_BYTES, topic="chat")
+    for topic, size in (("chat", DATA_BYTES + 1), (None, DATA_BYTES + 1)):
+        with pytest.raises(PayloadTooLarge):
+            await publish(b"x" * size, topic=topic)
+    with pytest.raises(PayloadTooLarge):
+        await publish(b"x" * (CARRIED_DATA_BYTES + 1), topic=RPC_TOPIC)
 
 
 async def test_a_call_to_a_participant_that_never_acknowledges_is_a_connection_timeout(

@@ -1353,11 +1353,17 @@ def test_attributes_are_limited_to_1024_entries() -> None:
     _raises_exactly(InvalidField, _attributes({str(i): "" for i in range(1025)}))
 
 
-@pytest.mark.parametrize("tag", ["publish_data", "data", "api.send_data"])
-def test_data_payloads_are_limited_to_15_kib(tag: str) -> None:
-    frame = {"t": tag, "id": 1, "room_id": "r", "payload": b"x" * 15_360}
+@pytest.mark.parametrize(
+    ("tag", "limit"), [("publish_data", 18_432), ("data", 18_432), ("api.send_data", 15_360)]
+)
+def test_data_payloads_are_limited_to_15_kib_plus_the_reserved_topics_envelope_room(
+    tag: str, limit: int
+) -> None:
+    """The client frames admit a reserved topic's 18 KiB (the edge holds other topics to
+    15 KiB, `schemas.streams.data_limit`); the server API's data stays at 15 KiB."""
+    frame = {"t": tag, "id": 1, "room_id": "r", "payload": b"x" * limit}
     assert decode(msgpack.packb(frame, use_bin_type=True))
-    _raises_exactly(PayloadTooLarge, {**frame, "payload": b"x" * 15_361})
+    _raises_exactly(PayloadTooLarge, {**frame, "payload": b"x" * (limit + 1)})
 
 
 def test_frames_over_1_mib_are_refused_by_encode() -> None:

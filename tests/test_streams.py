@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from schemas.codec import decode, encode
+from schemas import streams as wire
+from schemas.codec import Message, decode, encode
+from schemas.models import CARRIED_DATA_BYTES, DATA_BYTES
 from schemas.streams import CHUNK_BYTES, StreamChunk, StreamHeader, StreamTrailer
 from stagecast.client import ByteStreamReader, TextStreamReader
 from stagecast.client.streams import (
@@ -76,6 +78,25 @@ def test_stream_messages_fit_in_one_data_payload() -> None:
     chunk = StreamChunk(stream_id="x" * 256, index=2**40, content=b"\xff" * CHUNK_BYTES)
     assert len(encode(chunk)) <= 15 * 1024
     assert decode(encode(chunk)) == chunk
+
+
+def test_rpc_messages_with_full_payloads_fit_in_a_reserved_topics_data_payload() -> None:
+    """The worst case: 15 KiB payloads beside ids of 256 four-byte characters each, and the
+    same in an error's data beside a 256-character message, within `CARRIED_DATA_BYTES`."""
+    wide = "😀" * 256
+    full = "😀" * (wire.RPC_PAYLOAD_BYTES // 4)
+    failure = wire.RpcFailure(code=65535, message=wide, data=full)
+    messages: list[Message] = [
+        wire.RpcRequest(request_id=wide, method=wide, payload=full, response_timeout_ms=2**53),
+        wire.RpcResponse(request_id=wide, payload=full),
+        wire.RpcResponse(request_id=wide, error=failure),
+    ]
+    for message in messages:
+        size = len(encode(message))
+        assert DATA_BYTES < size <= wire.data_limit(wire.RPC_TOPIC) == CARRIED_DATA_BYTES
+        assert decode(encode(message)) == message
+    assert wire.data_limit("chat") == wire.data_limit(None) == DATA_BYTES
+    assert wire.data_limit(wire.STREAM_TOPIC) == CARRIED_DATA_BYTES
 
 
 async def test_a_reader_that_falls_behind_its_buffer_fails_with_a_named_error() -> None:

@@ -12,6 +12,8 @@
 // and the server pushes a fresh offer. `media_moved` (the forwarder died) renews every
 // publisher connection at once.
 
+import { CODEC_UNSUPPORTED, offeredCodecs, receivableCodecs, rejectsMedia, unreceivable } from './receivable.js';
+
 const GATHER_TIMEOUT = 5000; // ms; loopback gathers at once, a slow network gets what it has
 const MAX_RESTARTS = 5; // consecutive restarts of one track before giving up
 const VIDEO_QUALITIES = ['low', 'medium', 'high'];
@@ -341,6 +343,9 @@ export class MediaTransport {
     if (this.closed) return;
     const sid = frame.track_sid;
     const old = this.subscribers.get(sid);
+    const offered = offeredCodecs(frame.sdp);
+    const missing = unreceivable(offered, receivableCodecs(frame.kind ?? old?.kind));
+    if (missing.length) { this.cannotReceive(frame, old, missing); return; }
     const pc = new RTCPeerConnection({ iceServers: [] });
     const entry = {
       pc,
@@ -371,6 +376,7 @@ export class MediaTransport {
     try {
       await pc.setRemoteDescription({ type: 'offer', sdp: frame.sdp });
       await pc.setLocalDescription(await pc.createAnswer());
+      if (rejectsMedia(pc.localDescription.sdp)) { this.cannotReceive(frame, entry, offered); return; }
       await gathered(pc);
       if (this.subscribers.get(sid) !== entry) return;
       await this.room.request({
@@ -381,6 +387,20 @@ export class MediaTransport {
       if (old?.subscription && !entry.subscription) this.room.unsubscribed(old.subscription);
       throw err;
     }
+  }
+
+  /** This browser cannot decode the offered `codecs`: no answer, no connection for the
+   *  track; `track-subscription-failed` (CODEC_UNSUPPORTED) at once. */
+  cannotReceive(frame, entry, codecs) {
+    if (entry) this.closeSubscriber(entry);
+    this.room.subscriptionFailed(Object.freeze({
+      participantId: frame.participant_id ?? entry?.participantId ?? null,
+      kind: frame.kind ?? entry?.kind ?? null,
+      trackSid: frame.track_sid,
+      reason: CODEC_UNSUPPORTED,
+      codecs: Object.freeze([...codecs]),
+      message: `this browser cannot decode ${codecs.join(' or ') || 'the offered codec'}`,
+    }));
   }
 
   subscriberState(entry) {

@@ -109,7 +109,7 @@ export class RemoteTrackPublication {
 }
 
 export const PARTICIPANT_EVENTS = [
-  'stream-published', 'stream-unpublished', 'stream-subscribed', 'stream-unsubscribed',
+  'stream-published', 'stream-unpublished', 'stream-subscribed', 'stream-unsubscribed', 'track-subscription-failed',
   'track-muted', 'track-unmuted', 'metadata-changed', 'attributes-changed', 'video-layer-changed',
 ];
 

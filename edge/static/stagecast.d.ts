@@ -191,11 +191,24 @@ declare class ParticipantView {
   audioLevel: number;
 }
 
+/** Why a subscribed track cannot be received: `CODEC_UNSUPPORTED` when this browser
+ * cannot decode the track's codec (`codecs`: what the forwarder offered). */
+export interface SubscriptionFailure {
+  readonly participantId: string;
+  readonly kind: TrackKind;
+  readonly trackSid: string;
+  readonly reason: 'CODEC_UNSUPPORTED';
+  readonly codecs: readonly string[];
+  readonly message: string;
+}
+
 export interface ParticipantEvents {
   'stream-published': (event: StreamEvent) => void;
   'stream-unpublished': (event: StreamEvent) => void;
   'stream-subscribed': (subscription: Subscription) => void;
   'stream-unsubscribed': (subscription: Subscription) => void;
+  /** A subscribed track this browser cannot receive (its other subscriptions go on). */
+  'track-subscription-failed': (failure: SubscriptionFailure) => void;
   'track-muted': (event: StreamEvent) => void;
   'track-unmuted': (event: StreamEvent) => void;
   'metadata-changed': (metadata: string) => void;

@@ -273,6 +273,12 @@ export class Room {
     participant.emit('stream-subscribed', subscription);
   }
 
+  // A subscribed track this browser cannot receive (media.js calls this).
+  subscriptionFailed(failure) {
+    console.warn(`stagecast: subscribing to track ${failure.trackSid} failed: ${failure.message}`);
+    this.remoteParticipants.get(failure.participantId)?.emit('track-subscription-failed', failure);
+  }
+
   unsubscribed(subscription) {
     const participant = subscription.participant;
     if (!participant || participant.subscriptions.get(subscription.trackSid) !== subscription) return;

@@ -2,7 +2,8 @@
 //
 // Every message rides in a reliable data message on a reserved topic (docs/protocol.md,
 // "Streams and RPC inside data"): a stream is a header, numbered chunks of at most 14 KiB and
-// a trailer; an RPC is a request, an ack and a response. A chunk the edge refuses as over the
+// a trailer; an RPC is a request, an ack and a response, with payloads of up to 15 KiB (the
+// reserved topics carry 3 KiB of envelope beyond the 15 KiB of ordinary data). A chunk the edge refuses as over the
 // sender's data budget is sent again after a pause (for up to 30 s). A reader buffers at most
 // 4 MiB unread and raises (rejects) when its sender leaves, aborts, or chunks were lost.
 
@@ -12,7 +13,7 @@ import { StagecastError, sleep } from './signaling.js';
 export const STREAM_TOPIC = 'sc.stream';
 export const RPC_TOPIC = 'sc.rpc';
 export const CHUNK_BYTES = 14 * 1024;
-export const RPC_PAYLOAD_BYTES = 14 * 1024;
+export const RPC_PAYLOAD_BYTES = 15 * 1024;
 const READER_BUFFER_BYTES = 4 * 1024 * 1024;
 const MAX_OPEN_STREAMS = 64;
 const BUDGET_WAIT_MS = 30_000;

@@ -15,6 +15,7 @@ from stagecast.client.events import (
     DataMessage,
     ParticipantCounts,
     StreamEvent,
+    SubscriptionFailure,
 )
 from stagecast.client.local import LocalParticipant, LocalTrackPublication
 from stagecast.client.media import MediaTransport
@@ -78,6 +79,7 @@ __all__ = [
     "RpcInvocationData",
     "StreamEvent",
     "StreamInfo",
+    "SubscriptionFailure",
     "TextStreamInfo",
     "TextStreamReader",
     "TextStreamWriter",

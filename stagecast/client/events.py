@@ -98,6 +98,23 @@ class Subscription:
         return self.track if self.kind == "audio" else None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubscriptionFailure:
+    """A subscribed track that cannot be received (`track-subscription-failed`).
+
+    `reason` is `CODEC_UNSUPPORTED` when this client cannot decode the track's codec
+    (`codecs`: what the forwarder offered); `message` says it in words. The participant's
+    other subscriptions are unaffected.
+    """
+
+    participant_id: str
+    kind: TrackKind
+    track_sid: str
+    reason: str
+    codecs: tuple[str, ...]
+    message: str
+
+
 class EventEmitter:
     """Named events with sync or async listeners, some of them retroactive.
 

@@ -28,13 +28,14 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from schemas.client import MediaMoved, RestartIce, SignalAnswer, SignalCandidate, SignalOffer
 from schemas.codec import Message
 from schemas.models import TrackKind
-from stagecast.client.events import Subscription
+from stagecast.client.events import Subscription, SubscriptionFailure
+from stagecast.client.receivable import CODEC_UNSUPPORTED, offered_codecs, unreceivable
 from stagecast.errors import InvalidStateError, StagecastError
 
 log = logging.getLogger("stagecast.client.media")
@@ -72,6 +73,13 @@ class MediaTransport(Protocol):
         """Close every peer connection but stay usable (after a full reconnect)."""
 
 
+def receivable_codecs(kind: TrackKind) -> tuple[str, ...]:
+    """The MIME types aiortc can receive for `kind` (VP8 and H.264 video, Opus and G.711
+    audio: no VP9, no AV1)."""
+    capabilities = RTCRtpReceiver.getCapabilities(kind)
+    return tuple(codec.mimeType for codec in capabilities.codecs) if capabilities else ()
+
+
 class MediaHost(Protocol):
     """What `PeerMedia` needs from its room."""
 
@@ -82,6 +90,8 @@ class MediaHost(Protocol):
     def media_subscribed(self, subscription: Subscription) -> None: ...
 
     def media_unsubscribed(self, subscription: Subscription) -> None: ...
+
+    def media_subscription_failed(self, failure: SubscriptionFailure) -> None: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -231,6 +241,21 @@ class PeerMedia:
     async def _accept(self, offer: SignalOffer) -> None:
         """Answer a subscriber offer on a fresh connection (replacing the track's old one)."""
         assert offer.track_sid and offer.participant_id and offer.kind
+        codecs = unreceivable(offered_codecs(offer.sdp), receivable_codecs(offer.kind))
+        if codecs:  # aiortc could not even take the offer: say why, answer nothing
+            await self._drop_inbound(offer.track_sid)
+            why = f"this client cannot decode {' or '.join(codecs)}"
+            self._host.media_subscription_failed(
+                SubscriptionFailure(
+                    offer.participant_id,
+                    offer.kind,
+                    offer.track_sid,
+                    CODEC_UNSUPPORTED,
+                    codecs,
+                    why,
+                )
+            )
+            return
         previous = self._inbound.pop(offer.track_sid, None)
         pc = self._new_pc()
         inbound = _Inbound(offer.track_sid, offer.participant_id, offer.kind, pc)

@@ -16,7 +16,13 @@ from typing import Any, Generic, Protocol, TypeVar
 from schemas.client import SetVideoQuality, Subscribe, Unsubscribe
 from schemas.codec import Message
 from schemas.models import ParticipantInfo, ParticipantKind, TrackInfo, TrackKind, TrackSource
-from stagecast.client.events import Callback, EventEmitter, StreamEvent, Subscription
+from stagecast.client.events import (
+    Callback,
+    EventEmitter,
+    StreamEvent,
+    Subscription,
+    SubscriptionFailure,
+)
 from stagecast.client.media import MediaTransport
 from stagecast.errors import BadRequest, InvalidPermissions, NotPublished
 
@@ -173,6 +179,7 @@ class RemoteParticipant(ParticipantView):
         "stream-unpublished",
         "stream-subscribed",
         "stream-unsubscribed",
+        "track-subscription-failed",
         "track-muted",
         "track-unmuted",
         "metadata-changed",
@@ -286,6 +293,9 @@ class RemoteParticipant(ParticipantView):
         if event == "stream-unsubscribed":
             self._video_layer(subscription.track_sid, None)  # nothing arrives any more
         self._emitter.emit(event, subscription)
+
+    def _subscription_failed(self, failure: SubscriptionFailure) -> None:
+        self._emitter.emit("track-subscription-failed", failure)
 
     def _video_layer(self, track_sid: str, rid: str | None) -> None:
         """The forwarder now sends layer `rid` of `track_sid` (None: nothing)."""

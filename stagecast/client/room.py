@@ -55,6 +55,7 @@ from stagecast.client.events import (
     ParticipantCounts,
     StreamEvent,
     Subscription,
+    SubscriptionFailure,
 )
 from stagecast.client.local import LocalParticipant
 from stagecast.client.media import MediaTransport, PeerMedia
@@ -231,6 +232,13 @@ class Room:
         participant = self._remote.get(subscription.participant_id)
         if participant is not None:
             participant._media_event("stream-unsubscribed", subscription)
+
+    def media_subscription_failed(self, failure: SubscriptionFailure) -> None:
+        """A subscribed track cannot be received: tell its participant's listeners."""
+        log.warning("subscribing to %s failed: %s", failure.track_sid, failure.message)
+        participant = self._remote.get(failure.participant_id)
+        if participant is not None:
+            participant._subscription_failed(failure)
 
     def register_text_stream_handler(self, topic: str, handler: TextStreamHandler) -> None:
         """Call `handler(reader, sender_id)` for each text stream on `topic`.

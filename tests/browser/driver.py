@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -1339,6 +1340,86 @@ async def av1_pages(ctx: Context) -> dict[str, Any]:
     return await codec_pages(ctx, "av1")
 
 
+NO_H264 = """(() => {
+  // The test hook: this page's receivers lose H.264, as Debian's Firefox ESR has none.
+  const real = RTCRtpReceiver.getCapabilities.bind(RTCRtpReceiver);
+  RTCRtpReceiver.getCapabilities = (kind) => {
+    const caps = real(kind);
+    const codecs = caps?.codecs.filter((c) => c.mimeType.toLowerCase() !== 'video/h264');
+    return caps && {...caps, codecs};
+  };
+  return true;
+})()"""
+
+SUBSCRIPTION_FAILURES = """(() => {
+  window.failures = [];
+  window.room.on('track-subscription-failed', (f, p) => window.failures.push({...f, by: p.id}));
+  return true;
+})()"""
+
+SUBSCRIBED_MEDIA = """window.room.media.stats().then((s) => Object.values(s.subscribers).map(
+  (x) => ({kind: x.kind, codec: x.codec ?? null, packets: x.packets, frames: x.framesDecoded})))"""
+
+
+@scenario("codec_unsupported", forwarders=1)
+async def codec_unsupported(ctx: Context) -> dict[str, Any]:
+    """A subscriber that cannot decode a track's codec hears so at once, as a named event,
+    and its other subscriptions go on. A page whose receivers lack H.264 (the test hook)
+    and a Python peer (aiortc has no VP9) subscribe to a page's microphone and camera,
+    published in H.264, then again in VP9."""
+    from stagecast.client import RemoteParticipant, SubscriptionFailure
+    from stagecast.client.events import Subscription
+
+    room = "codecs"
+    await ctx.browser.open("bob", f"{ctx.url}/")
+    await ctx.browser.eval("bob", NO_H264)
+    await ctx.browser.eval("bob", SDK_JOIN % json.dumps({"token": ctx.stack.token("bob", room)}))
+    await ctx.browser.eval("bob", SUBSCRIPTION_FAILURES)
+    py = await ctx.python_peer("py", room)
+    py_failures: list[SubscriptionFailure] = []
+    py_subscribed: list[Subscription] = []
+
+    def follow(participant: RemoteParticipant) -> None:
+        participant.on("track-subscription-failed", py_failures.append)
+        participant.on("stream-subscribed", py_subscribed.append)
+
+    py.on("participant-joined", follow)
+    await sdk_page(ctx, "ada", token=ctx.stack.token("ada", room))
+    local = "window.room.localParticipant"
+    await ctx.browser.eval("ada", f"{local}.publishMicrophone().then(() => true)")
+    publish = local + ".publishCamera(true, {codec: '%s'}).then((p) => p.sid)"
+    h264 = await ctx.browser.eval("ada", publish % "h264")
+    await ctx.browser.wait("bob", "window.failures", "f => f.length > 0", timeout=20)
+    await eventually(
+        lambda: {"audio", "video"} <= {s.kind for s in py_subscribed}, what="py's subscriptions"
+    )
+    audio = next(s for s in py_subscribed if s.kind == "audio")
+    video = next(s for s in py_subscribed if s.kind == "video")
+    tracks = (audio.track, video.track)
+    py_h264 = [type(await asyncio.wait_for(t.recv(), 15)).__name__ for t in tracks]
+
+    await ctx.browser.eval("ada", f"{local}.unpublish('video').then(() => true)")
+    vp9 = await ctx.browser.eval("ada", publish % "vp9")
+    await eventually(lambda: py_failures, what="py's failure", timeout=20)
+    bob_vp9 = await ctx.browser.wait(
+        "bob",
+        SUBSCRIBED_MEDIA,
+        "m => m.some((x) => x.kind === 'video' && x.frames > 5)"
+        " && m.some((x) => x.kind === 'audio' && x.packets > 0)",
+        timeout=25,
+    )
+    py_audio_after = type(await asyncio.wait_for(audio.track.recv(), 15)).__name__
+    failures = await ctx.browser.eval("bob", "window.failures")
+    return {
+        "tracks": {"h264": h264, "vp9": vp9},
+        "bob_failures": failures,
+        "bob_media": bob_vp9,
+        "py_frames": py_h264,
+        "py_failures": [dataclasses.asdict(f) for f in py_failures],
+        "py_audio_after": py_audio_after,
+    }
+
+
 @scenario("red_audio", forwarders=1)
 async def red_audio(ctx: Context) -> dict[str, Any]:
     """A page publishes its microphone as Opus with RED; the forwarder passes RED to a
@@ -1434,6 +1515,8 @@ PAGE_STREAMS = """(() => {
   });
   room.localParticipant.registerRpcMethod('upper', async (d) => d.payload.toUpperCase());
   room.localParticipant.registerRpcMethod('fail', async () => { throw new Error('page says no'); });
+  room.localParticipant.registerRpcMethod('echo', async (d) => d.payload);
+  room.localParticipant.registerRpcMethod('over', async () => 'y'.repeat(15361));
   return true;
 })()"""
 
@@ -1468,6 +1551,15 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
         except RpcError as exc:
             codes.append([exc.code, exc.message])
 
+    full = "é" * 7_679 + "xx"  # 15,360 bytes of UTF-8, the RPC payload limit
+    echoed = await py.local_participant.perform_rpc(
+        destination_id="page", method="echo", payload=full
+    )
+    try:
+        await py.local_participant.perform_rpc(destination_id="page", method="over")
+    except RpcError as exc:
+        codes.append([exc.code, "over"])
+
     got: list[tuple[str, str]] = []
 
     async def on_reply(reader: TextStreamReader, sender: str) -> None:
@@ -1475,6 +1567,8 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
 
     py.register_text_stream_handler("reply", on_reply)
     py.local_participant.register_rpc_method("add", lambda d: str(sum(map(int, d.payload.split()))))
+    py.local_participant.register_rpc_method("echo", lambda d: d.payload)
+    py.local_participant.register_rpc_method("over", lambda d: "y" * 15_361)
     page_rpc = await ctx.browser.eval(
         "page",
         """(async () => {
@@ -1486,7 +1580,15 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
           let code = null;
           try { await lp.performRpc({destinationId: 'py', method: 'nope'}); }
           catch (err) { code = err.code; }
-          return {sum, code};
+          const full = 'é'.repeat(7679) + 'xx';  // 15,360 bytes of UTF-8
+          const back = await lp.performRpc({destinationId: 'py', method: 'echo', payload: full});
+          const echoed = back === full;
+          const limits = [];
+          for (const [method, payload] of [['echo', full + 'x'], ['over', '']]) {
+            try { await lp.performRpc({destinationId: 'py', method, payload}); limits.push(null); }
+            catch (err) { limits.push(err.code); }
+          }
+          return {sum, code, echoed, limits};
         })()""",
     )
     await eventually(lambda: got, what="the page's text stream", timeout=20)
@@ -1503,6 +1605,7 @@ async def streams_rpc(ctx: Context) -> dict[str, Any]:
         "file": files[0],
         "file_sum": sum(blob) % 65521,
         "upper": upper,
+        "echoed": echoed == full,
         "codes": codes,
         "got": got,
         "page_rpc": page_rpc,

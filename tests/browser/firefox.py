@@ -21,6 +21,8 @@ from tests.browser.driver import (
     REMOTE_MEDIA,
     RUN_FIREFOX_MJS,
     RUN_MJS,
+    SUBSCRIBED_MEDIA,
+    SUBSCRIPTION_FAILURES,
     Browser,
     Context,
     Scenario,
@@ -459,6 +461,34 @@ async def firefox_codecs(ctx: Context) -> dict[str, Any]:
         "codecs": from_firefox,
         "to_firefox": to_firefox,
     }
+
+
+@scenario("firefox_no_h264")
+async def firefox_no_h264(ctx: Context) -> dict[str, Any]:
+    """Chromium publishes its microphone and an H.264 camera to Firefox ESR, which (without
+    the OpenH264 plugin) cannot decode H.264: what Firefox can receive, the failures it
+    heard, and the media it gets anyway."""
+    room = "firefox-no-h264"
+    await sdk_page(ctx, "firefox", token=ctx.stack.token("fiona", room))
+    receivable = await ctx.browser.eval(
+        "firefox", "RTCRtpReceiver.getCapabilities('video').codecs.map((c) => c.mimeType)"
+    )
+    await ctx.browser.eval("firefox", SUBSCRIPTION_FAILURES)
+    await sdk_page(ctx, "chrome", token=ctx.stack.token("chrome", room))
+    local = "window.room.localParticipant"
+    await ctx.browser.eval("chrome", f"{local}.publishMicrophone().then(() => true)")
+    sid = await ctx.browser.eval(
+        "chrome", f"{local}.publishCamera(true, {{codec: 'h264'}}).then((p) => p.sid)"
+    )
+    if "video/H264" in receivable:  # the plugin is there after all: it plays
+        await ctx.browser.wait("firefox", PLAYING % json.dumps(sid), "s => s && s.frames > 5", 20)
+    else:
+        await ctx.browser.wait("firefox", "window.failures", "f => f.length > 0", 20)
+    media = await ctx.browser.wait(
+        "firefox", SUBSCRIBED_MEDIA, "m => m.some((x) => x.kind === 'audio' && x.packets > 0)"
+    )
+    failures = await ctx.browser.eval("firefox", "window.failures")
+    return {"receivable": receivable, "track": sid, "failures": failures, "media": media}
 
 
 if __name__ == "__main__":
