@@ -1,4 +1,4 @@
-"""Which connections an edge serves: the per-edge and per-address caps (pure, no IO).
+"""Which connections an edge serves, and how many joins it has in flight (pure, no IO).
 
 Every TCP connection is `open`ed when it is accepted and `close`d when it is gone (HTTP or
 WebSocket alike: `edge.serving` opens it, `edge.serving` or, after an upgrade,
@@ -8,12 +8,22 @@ its request can be answered with `TOO_MANY_CONNECTIONS` (HTTP 503, or a WebSocke
 frame and close 4019); with the lane full it is to be closed at once. Admitted plus held
 connections never exceed ``max_connections + overflow``, which keeps the process below its
 descriptor limit.
+
+`JoinGate` bounds the joins (and resumes) one edge has in flight: from the `join` frame
+until the statekeeper's answer (or its failure), at most a number of them, and none new
+while the oldest has waited too long. Beyond that a join is answered at once with
+`SERVER_BUSY` and a retry-after hint instead of queueing without bound behind a saturated
+log: a queue that grows while the statekeeper is behind only makes every join in it later,
+until each times out (the storms' `UNAVAILABLE` failures). The wait, not only the count, is
+bounded because the right count depends on how fast the log and the statekeeper are: a
+fixed cap either starves a healthy pipeline or lets a slow one queue past the timeout.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 from typing import Literal
 
 Peer = tuple[str, int]
@@ -97,4 +107,61 @@ class ConnectionLedger:
             del self._per_address[peer[0]]
 
 
-__all__ = ["ConnectionLedger", "Peer", "Refusal", "Scope"]
+class JoinGate:
+    """The joins one edge has in flight (see the module docstring): at most `limit`, and
+    none admitted while the oldest in flight has waited more than `max_wait` seconds (the
+    pipeline behind the edge is too slow for more: a new join would only wait longer).
+
+    `retry_after` (seconds) is the hint a refused join gets; clients add jitter to it.
+    Pure: the caller passes the clock (`now`, seconds, monotonic).
+    """
+
+    def __init__(self, limit: int, max_wait: float, retry_after: float) -> None:
+        if limit < 1 or max_wait <= 0 or retry_after <= 0:
+            raise ValueError("a join gate needs limit >= 1, max_wait > 0 and retry_after > 0")
+        self.limit = limit
+        self.max_wait = max_wait
+        self.retry_after = retry_after
+        self.refused = 0
+        """Joins refused since the start."""
+        self._started: dict[int, float] = {}
+        """When each join in flight entered, by ticket, oldest first."""
+        self._tickets = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._started)
+
+    @property
+    def retry_after_ms(self) -> int:
+        return max(1, round(self.retry_after * 1000))
+
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest join in flight has waited (0 with none in flight)."""
+        oldest = next(iter(self._started.values()), now)
+        return max(0.0, now - oldest)
+
+    def why_busy(self, now: float) -> str | None:
+        """Why a join now would be refused, or None when it would be admitted."""
+        if len(self._started) >= self.limit:
+            return f"this edge has {self.limit} joins in flight"
+        if self.oldest_wait(now) > self.max_wait:
+            return f"this edge's joins in flight have waited over {self.max_wait:g} s"
+        return None
+
+    def enter(self, now: float) -> int | None:
+        """A ticket for one join in flight, or None (counted) when it is refused."""
+        if self.why_busy(now) is not None:
+            self.refused += 1
+            return None
+        ticket = next(self._tickets)
+        self._started[ticket] = now
+        return ticket
+
+    def leave(self, ticket: int) -> None:
+        """The join of `ticket` is answered (either way) or gone."""
+        if self._started.pop(ticket, None) is None:
+            raise RuntimeError(f"JoinGate.leave of ticket {ticket}, not in flight")
+
+
+__all__ = ["ConnectionLedger", "JoinGate", "Peer", "Refusal", "Scope"]
