@@ -326,26 +326,33 @@ class RoomLog:
             raise ValueError("the retry deadline must be shorter than the duplicate window")
         outage = self.outages[stream]
         end = time.monotonic() + max(policy.deadline, self.ack_timeout)
+        budget = self.budget
         for n in itertools.count():
             started = time.monotonic()
-            # With no retry to spare, this attempt is the last: it waits the whole time.
-            patient = not self.budget.available(started)
-            wait = end - started if patient else min(self.ack_timeout, end - started)
+            # A short attempt has its retry paid ahead; with none to spare, this attempt is
+            # the last: it waits for its ack the whole time instead of being sent again.
+            reserved = budget.reserve(started)
+            wait = min(self.ack_timeout, end - started) if reserved else end - started
             try:
                 await attempt(max(0.05, wait))
             except Exception as exc:
-                if not await self._worth_retrying(stream, exc):
-                    raise
+                worth = await self._worth_retrying(stream, exc)
                 now = time.monotonic()
-                if now >= end and not patient:
+                if worth and now < end and (reserved or budget.try_retry(now)):
+                    if reserved:
+                        budget.release(used=True)
+                    outage.failed(exc)
+                    if await pause(n, policy, end):
+                        continue
                     raise
-                if now >= end or not self.budget.try_retry(now):
-                    raise RetryBudgetSpent(stream, exc) from exc
-                outage.failed(exc)
-                if not await pause(n, policy, end):
+                if reserved:
+                    budget.release(used=False)
+                if not worth or reserved:
                     raise
-                continue
-            self.budget.succeeded(time.monotonic())
+                raise RetryBudgetSpent(stream, exc) from exc
+            if reserved:
+                budget.release(used=False)
+            budget.succeeded(time.monotonic())
             outage.succeeded(started)
             return
 

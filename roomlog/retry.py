@@ -13,10 +13,12 @@ stream refuses, a wrong expected sequence, a closed client).
 draws its retries from one token bucket, refilled by a fraction of the confirmed appends
 and a small floor per second (gRPC's retry throttling, Finagle's retry budget). When
 JetStream is merely slow, every in-flight append times out at once; retrying each on its
-own would add load exactly when the stream is saturated. With the budget spent, an append
-is not sent again: one that starts then waits for its ack until its deadline in a single
-attempt (patience instead of a resend: the ack of a slow stream is late, not lost), and a
-failure ends it with `RetryBudgetSpent` (the edge answers `SERVER_BUSY`: try again later).
+own would add load exactly when the stream is saturated. An attempt that may time out
+into a retry reserves its token before it is sent; with none left, the append is not sent
+again: its one attempt waits for the ack until the deadline (patience instead of a resend:
+the ack of a slow stream is late, not lost), and a failure ends it with `RetryBudgetSpent`
+(the edge answers `SERVER_BUSY`: try again later). Reserving first means a short attempt
+always has its retry paid: none is cut off half-way by others spending the tokens.
 
 `WriteOutage` keeps the log quiet while a stream has no leader: one warning when appends
 start failing, one line with how long it lasted when they work again, and the counters.
@@ -125,6 +127,22 @@ class RetryBudget:
         """Whether a retry would be granted now (no token is taken)."""
         self._refill(now)
         return self.tokens >= 1.0 - 1e-9  # ten tenths make one, whatever the rounding
+
+    def reserve(self, now: float) -> bool:
+        """Take a token ahead for an attempt that may need a retry (False: none left, and
+        the attempt should not count on one). Settle it with `release`."""
+        if not self.available(now):
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def release(self, *, used: bool) -> None:
+        """Settle a reserved token: `used` for the retry it paid (counted in `spent`), or
+        given back (the attempt needed none)."""
+        if used:
+            self.spent += 1
+        else:
+            self.tokens = min(self.capacity, self.tokens + 1.0)
 
     def try_retry(self, now: float) -> bool:
         """Take one retry's token, or False (counted in `denied`) when fewer than one is left."""

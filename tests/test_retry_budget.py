@@ -56,6 +56,15 @@ def test_a_clock_going_backwards_earns_nothing() -> None:
     assert budget.try_retry(6.0)
 
 
+def test_a_reserved_token_is_spent_by_its_retry_or_given_back() -> None:
+    budget = RetryBudget(ratio=0.0, floor_per_s=0.0, capacity=2)
+    assert budget.reserve(0.0) and budget.reserve(0.0)
+    assert not budget.reserve(0.0) and not budget.try_retry(0.0)  # both are held
+    budget.release(used=False)  # its attempt needed no retry
+    budget.release(used=True)
+    assert (budget.tokens, budget.spent) == (1.0, 1)
+
+
 @pytest.mark.parametrize(
     ("ratio", "floor_per_s", "capacity"),
     [(-0.1, 10.0, 100.0), (0.1, -1.0, 100.0), (0.1, 10.0, 0.5)],
@@ -77,8 +86,9 @@ def leave(n: int) -> LeaveRequested:
 async def test_a_frozen_jetstream_gets_at_most_the_budgets_retries_and_loses_nothing_acked(
     nats_server: NatsServer, js: JetStreamContext
 ) -> None:
-    """60 appends in flight while the server is stopped (SIGSTOP): each attempt times out,
-    but only the budget's tokens are retried; the rest fail at once with the named error.
+    """60 appends in flight while the server is stopped (SIGSTOP): only as many as the
+    budget holds tokens for are sent with a short attempt and retried; the rest wait for
+    their ack until the deadline, unsent again, and fail with the named error.
     Once the server runs again, the failed ones are appended again with their ids (what an
     edge's client does), and the stream holds every event exactly once, every
     acknowledged sequence holding the event it acknowledged."""
