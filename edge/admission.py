@@ -10,12 +10,12 @@ connections never exceed ``max_connections + overflow``, which keeps the process
 descriptor limit.
 
 `JoinGate` bounds the joins (and resumes) one edge has in flight: from the `join` frame
-until the statekeeper's answer (or its failure), at most a number of them, and none new
-while the oldest has waited too long. Beyond that a join is answered at once with
+until the statekeeper's answer (or its failure), at most a number of them, and only a few
+while joins have lately been taking too long. Beyond that a join is answered at once with
 `SERVER_BUSY` and a retry-after hint instead of queueing without bound behind a saturated
 log: a queue that grows while the statekeeper is behind only makes every join in it later,
-until each times out (the storms' `UNAVAILABLE` failures). The wait, not only the count, is
-bounded because the right count depends on how fast the log and the statekeeper are: a
+until each times out (the storms' `UNAVAILABLE` failures). The latency, not only the count,
+is bounded because the right count depends on how fast the log and the statekeeper are: a
 fixed cap either starves a healthy pipeline or lets a slow one queue past the timeout.
 """
 
@@ -107,12 +107,25 @@ class ConnectionLedger:
             del self._per_address[peer[0]]
 
 
+PROBE_JOINS = 16
+"""Joins always admitted whatever the recent latency, so that fresh answers keep measuring
+it (with none admitted it could never come down)."""
+LATENCY_WEIGHT = 0.05
+"""The weight of one answered join in the latency average (about the last 20 count)."""
+MAX_RETRY_AFTER = 5.0
+"""The longest retry-after hint, in seconds."""
+
+
 class JoinGate:
     """The joins one edge has in flight (see the module docstring): at most `limit`, and
-    none admitted while the oldest in flight has waited more than `max_wait` seconds (the
-    pipeline behind the edge is too slow for more: a new join would only wait longer).
+    beyond `PROBE_JOINS` none while joins have lately been taking longer than `max_wait`
+    seconds from the `join` frame to their answer (the pipeline behind the edge is too slow
+    for more: a new join would only wait longer). The latency is a moving average of the
+    answered joins, so one slow join does not hold the others back.
 
-    `retry_after` (seconds) is the hint a refused join gets; clients add jitter to it.
+    A refused join's hint is `retry_after` seconds, or the recent latency when that is
+    longer (up to `MAX_RETRY_AFTER`): the busier the edge, the later clients come back, so
+    that refusing them does not become its own load. Clients add jitter to it.
     Pure: the caller passes the clock (`now`, seconds, monotonic).
     """
 
@@ -124,8 +137,10 @@ class JoinGate:
         self.retry_after = retry_after
         self.refused = 0
         """Joins refused since the start."""
+        self.latency = 0.0
+        """Moving average of the answered joins' time in flight (seconds)."""
         self._started: dict[int, float] = {}
-        """When each join in flight entered, by ticket, oldest first."""
+        """When each join in flight entered, by ticket."""
         self._tickets = itertools.count()
 
     @property
@@ -134,34 +149,42 @@ class JoinGate:
 
     @property
     def retry_after_ms(self) -> int:
-        return max(1, round(self.retry_after * 1000))
+        hint = min(MAX_RETRY_AFTER, max(self.retry_after, self.latency))
+        return max(1, round(hint * 1000))
 
-    def oldest_wait(self, now: float) -> float:
-        """Seconds the oldest join in flight has waited (0 with none in flight)."""
-        oldest = next(iter(self._started.values()), now)
-        return max(0.0, now - oldest)
-
-    def why_busy(self, now: float) -> str | None:
+    def why_busy(self) -> str | None:
         """Why a join now would be refused, or None when it would be admitted."""
-        if len(self._started) >= self.limit:
+        in_flight = len(self._started)
+        if in_flight >= self.limit:
             return f"this edge has {self.limit} joins in flight"
-        if self.oldest_wait(now) > self.max_wait:
-            return f"this edge's joins in flight have waited over {self.max_wait:g} s"
+        if in_flight >= PROBE_JOINS and self.latency > self.max_wait:
+            return f"joins on this edge take {self.latency:.1f} s (over {self.max_wait:g} s)"
         return None
 
     def enter(self, now: float) -> int | None:
         """A ticket for one join in flight, or None (counted) when it is refused."""
-        if self.why_busy(now) is not None:
+        if self.why_busy() is not None:
             self.refused += 1
             return None
         ticket = next(self._tickets)
         self._started[ticket] = now
         return ticket
 
-    def leave(self, ticket: int) -> None:
-        """The join of `ticket` is answered (either way) or gone."""
-        if self._started.pop(ticket, None) is None:
+    def leave(self, ticket: int, now: float) -> None:
+        """The join of `ticket` is answered (either way) or gone; its time counts."""
+        started = self._started.pop(ticket, None)
+        if started is None:
             raise RuntimeError(f"JoinGate.leave of ticket {ticket}, not in flight")
+        self.latency += LATENCY_WEIGHT * (max(0.0, now - started) - self.latency)
 
 
-__all__ = ["ConnectionLedger", "JoinGate", "Peer", "Refusal", "Scope"]
+__all__ = [
+    "LATENCY_WEIGHT",
+    "MAX_RETRY_AFTER",
+    "PROBE_JOINS",
+    "ConnectionLedger",
+    "JoinGate",
+    "Peer",
+    "Refusal",
+    "Scope",
+]

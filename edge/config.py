@@ -134,9 +134,10 @@ class EdgeConfig:
     """Joins and resumes this edge has appended and not yet seen answered; one more is
     answered `SERVER_BUSY` at once (`edge.admission.JoinGate`), the socket kept open."""
     max_join_wait: float = 2.0
-    """While the oldest join in flight has waited longer than this (seconds), new joins are
-    answered `SERVER_BUSY`: the log or the statekeeper is behind, and a join admitted now
-    would only wait longer, towards `join_timeout`."""
+    """While joins have lately taken longer than this (seconds, a moving average of the
+    answered ones) and a few are in flight, new joins are answered `SERVER_BUSY`: the log
+    or the statekeeper is behind, and a join admitted now would only wait longer, towards
+    `join_timeout`."""
     busy_retry_after: float = 0.5
     """Seconds a `SERVER_BUSY` join is told to wait before trying again (clients add jitter)."""
     join_deadline: float = 10.0

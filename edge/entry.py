@@ -38,11 +38,10 @@ async def on_join(session: EdgeSession, message: Join) -> None:
         session.error(message.id, ErrorCode.ALREADY_JOINED, "this socket already joined")
         return
     gate = session.node.join_gate
-    now = time.monotonic()
-    ticket = gate.enter(now)
+    ticket = gate.enter(time.monotonic())
     if ticket is None:
         session.node.metrics.joins_busy += 1
-        why = gate.why_busy(now) or "this edge is busy"
+        why = gate.why_busy() or "this edge is busy"
         session.busy(message.id, gate.retry_after_ms, f"{why}: try again later")
         return
     try:
@@ -60,7 +59,7 @@ async def on_join(session: EdgeSession, message: Join) -> None:
         log.exception("join failed")
         session.refuse(message.id, ErrorCode.INTERNAL, "the join failed", 1011)
     finally:
-        gate.leave(ticket)
+        gate.leave(ticket, time.monotonic())
 
 
 def _refuse_code(session: EdgeSession, req: int, code: ErrorCode, message: str) -> None:

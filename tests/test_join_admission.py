@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import stagecast
-from edge.admission import JoinGate
+from edge.admission import PROBE_JOINS, JoinGate
 from edge.metrics import sample_value
 from schemas.client import Error, Join, JoinAccepted
 from schemas.errors import ErrorCode
@@ -32,21 +32,42 @@ def test_the_gate_admits_up_to_its_limit_and_frees_a_place_per_leave() -> None:
     assert first is not None and second is not None
     assert gate.enter(0.0) is None
     assert (gate.in_flight, gate.refused, gate.retry_after_ms) == (2, 1, 250)
-    assert gate.why_busy(0.0) == "this edge has 2 joins in flight"
-    gate.leave(first)
-    assert gate.enter(0.0) is not None
+    assert gate.why_busy() == "this edge has 2 joins in flight"
+    gate.leave(first, 0.1)
+    assert gate.enter(0.1) is not None
 
 
-def test_the_gate_refuses_while_the_oldest_join_has_waited_too_long() -> None:
-    gate = JoinGate(limit=100, max_wait=2.0, retry_after=0.5)
-    old = gate.enter(10.0)
-    assert old is not None
-    assert gate.enter(11.9) is not None  # the oldest has waited 1.9 s
-    assert gate.enter(12.1) is None  # 2.1 s
-    assert "waited over 2 s" in (gate.why_busy(12.1) or "")
-    gate.leave(old)  # the next oldest entered at 11.9
-    assert gate.enter(12.1) is not None
-    assert gate.oldest_wait(12.1) == pytest.approx(0.2)
+def test_the_gate_refuses_beyond_its_probes_while_joins_take_too_long() -> None:
+    gate = JoinGate(limit=1000, max_wait=2.0, retry_after=0.5)
+    slow = [gate.enter(0.0) for _ in range(60)]
+    for ticket in slow:  # answered after 10 s each: the average climbs past 2 s
+        assert ticket is not None
+        gate.leave(ticket, 10.0)
+    assert gate.latency > 2.0 and gate.in_flight == 0
+    late = [gate.enter(10.0) for _ in range(2 * PROBE_JOINS)]
+    assert sum(t is not None for t in late) == PROBE_JOINS  # only the probes get in
+    assert "over 2 s" in (gate.why_busy() or "")
+    assert gate.retry_after_ms == 5000  # the recent latency, at most MAX_RETRY_AFTER
+    for ticket in late:  # the probes come back fast: the gate opens again
+        if ticket is not None:
+            gate.leave(ticket, 10.1)
+    while gate.latency > 2.0:
+        probe = gate.enter(10.1)
+        assert probe is not None
+        gate.leave(probe, 10.2)
+    assert gate.why_busy() is None
+
+
+def test_one_slow_join_does_not_hold_the_others_back() -> None:
+    gate = JoinGate(limit=1000, max_wait=2.0, retry_after=0.5)
+    slow = gate.enter(0.0)
+    assert slow is not None
+    for n in range(200):  # many fast joins while the slow one waits
+        ticket = gate.enter(n * 0.05)
+        assert ticket is not None
+        gate.leave(ticket, n * 0.05 + 0.1)
+    gate.leave(slow, 10.0)  # 10 s: one answer among many
+    assert gate.why_busy() is None and gate.latency < 2.0
 
 
 def test_the_gate_refuses_bad_limits_and_an_unknown_ticket() -> None:
@@ -55,7 +76,7 @@ def test_the_gate_refuses_bad_limits_and_an_unknown_ticket() -> None:
             JoinGate(limit=limit, max_wait=wait, retry_after=after)
     gate = JoinGate(limit=1, max_wait=1.0, retry_after=1.0)
     with pytest.raises(RuntimeError, match="not in flight"):
-        gate.leave(7)
+        gate.leave(7, 0.0)
 
 
 def test_the_sdk_waits_at_least_the_hint_with_jitter() -> None:

@@ -7,8 +7,9 @@ token), then only reads: each frame's type tag is peeked from its first bytes (`
 participant frames are counted, `joined` frames are unpacked (the speakers snapshot and the
 room's total), and a `counts` frame only when its bytes differ from the last one this
 process unpacked (every socket of an edge gets the same bytes). A join answered
-`SERVER_BUSY` is sent again on the same socket after the error's retry-after hint times a
-random factor in [1, 2) (jitter, so the refused do not come back together); the client
+`SERVER_BUSY` is sent again on the same socket after the error's retry-after hint (or the
+SDKs' backoff for that attempt, 0.25 s doubling up to 2 s, when longer) times a random
+factor in [1, 2) (jitter, so the refused do not come back together); the client
 counts as `told_to_wait` and its join time runs from its first join frame.
 
 A `Fleet` is the clients of one process (`stagecast.bench.clientprocs` runs several): it
@@ -192,6 +193,7 @@ class SimClient(RawWebSocket):
         """Send the join again on this socket after the hint, with jitter ([1, 2) x)."""
         self.busy += 1
         hint = retry_after_ms / 1000 if isinstance(retry_after_ms, int) else 1.0
+        hint = max(hint, min(2.0, 0.25 * 2 ** (self.busy - 1)))  # the SDKs' backoff grows too
         self.busy_hint = hint
         loop = asyncio.get_running_loop()
         loop.call_later(hint * (1 + random.random()), self._resend)
