@@ -10,8 +10,8 @@ connections never exceed ``max_connections + overflow``, which keeps the process
 descriptor limit.
 
 `JoinGate` bounds the joins (and resumes) one edge has in flight: from the `join` frame
-until the statekeeper's answer (or its failure), at most a number of them, and only a few
-while joins have lately been taking too long. Beyond that a join is answered at once with
+until the statekeeper's answer (or its failure), by a limit that narrows when joins come
+back slow and widens when they come back in time. Beyond that a join is answered at once with
 `SERVER_BUSY` and a retry-after hint instead of queueing without bound behind a saturated
 log: a queue that grows while the statekeeper is behind only makes every join in it later,
 until each times out (the storms' `UNAVAILABLE` failures). The latency, not only the count,
@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import math
 from typing import Literal
 
 Peer = tuple[str, int]
@@ -108,24 +109,29 @@ class ConnectionLedger:
 
 
 PROBE_JOINS = 16
-"""Joins always admitted whatever the recent latency, so that fresh answers keep measuring
-it (with none admitted it could never come down)."""
+"""The least window: joins always admitted, so that fresh answers keep measuring the
+latency (with none admitted it could never come down)."""
+CUT = 0.75
+"""The window is multiplied by this when joins come back slow (at most once per
+`max_wait`)."""
 LATENCY_WEIGHT = 0.05
-"""The weight of one answered join in the latency average (about the last 20 count)."""
-MAX_RETRY_AFTER = 5.0
+"""The weight of one answered join in the latency average the hint is drawn from."""
+MAX_RETRY_AFTER = 3.0
 """The longest retry-after hint, in seconds."""
 
 
 class JoinGate:
-    """The joins one edge has in flight (see the module docstring): at most `limit`, and
-    beyond `PROBE_JOINS` none while joins have lately been taking longer than `max_wait`
-    seconds from the `join` frame to their answer (the pipeline behind the edge is too slow
-    for more: a new join would only wait longer). The latency is a moving average of the
-    answered joins, so one slow join does not hold the others back.
+    """The joins one edge has in flight (see the module docstring), at most `window`: an
+    AIMD concurrency limit, as TCP's congestion window. A join answered within `max_wait`
+    seconds (from its `join` frame) widens the window by one while the window was in use
+    (at least half full); one answered later narrows it by `CUT`, at most once per
+    `max_wait` (one slow batch is one signal), never below `PROBE_JOINS` nor above `limit`.
+    So the edge admits as many joins as the log and the statekeeper answer in time, and
+    one slow join does not hold the others back.
 
-    A refused join's hint is `retry_after` seconds, or the recent latency when that is
-    longer (up to `MAX_RETRY_AFTER`): the busier the edge, the later clients come back, so
-    that refusing them does not become its own load. Clients add jitter to it.
+    A refused join's hint is `retry_after` seconds, or the answered joins' recent latency
+    when that is longer (up to `MAX_RETRY_AFTER`): the busier the edge, the later clients
+    come back, so that refusing them does not become its own load. Clients add jitter.
     Pure: the caller passes the clock (`now`, seconds, monotonic).
     """
 
@@ -135,6 +141,8 @@ class JoinGate:
         self.limit = limit
         self.max_wait = max_wait
         self.retry_after = retry_after
+        self.window = float(limit)
+        """Joins admitted in flight now (the AIMD limit)."""
         self.refused = 0
         """Joins refused since the start."""
         self.latency = 0.0
@@ -142,6 +150,7 @@ class JoinGate:
         self._started: dict[int, float] = {}
         """When each join in flight entered, by ticket."""
         self._tickets = itertools.count()
+        self._cut_at = -math.inf
 
     @property
     def in_flight(self) -> int:
@@ -154,12 +163,12 @@ class JoinGate:
 
     def why_busy(self) -> str | None:
         """Why a join now would be refused, or None when it would be admitted."""
-        in_flight = len(self._started)
-        if in_flight >= self.limit:
+        if len(self._started) < min(self.limit, max(PROBE_JOINS, int(self.window))):
+            return None
+        if self.window >= self.limit:
             return f"this edge has {self.limit} joins in flight"
-        if in_flight >= PROBE_JOINS and self.latency > self.max_wait:
-            return f"joins on this edge take {self.latency:.1f} s (over {self.max_wait:g} s)"
-        return None
+        window, took = int(self.window), self.latency
+        return f"this edge takes {window} joins at once now (they take {took:.1f} s)"
 
     def enter(self, now: float) -> int | None:
         """A ticket for one join in flight, or None (counted) when it is refused."""
@@ -171,14 +180,22 @@ class JoinGate:
         return ticket
 
     def leave(self, ticket: int, now: float) -> None:
-        """The join of `ticket` is answered (either way) or gone; its time counts."""
+        """The join of `ticket` is answered (either way) or gone: its time adjusts the window."""
         started = self._started.pop(ticket, None)
         if started is None:
             raise RuntimeError(f"JoinGate.leave of ticket {ticket}, not in flight")
-        self.latency += LATENCY_WEIGHT * (max(0.0, now - started) - self.latency)
+        took = max(0.0, now - started)
+        self.latency += LATENCY_WEIGHT * (took - self.latency)
+        if took > self.max_wait:
+            if now - self._cut_at >= self.max_wait:
+                self._cut_at = now
+                self.window = max(float(PROBE_JOINS), self.window * CUT)
+        elif 2 * (len(self._started) + 1) >= self.window:
+            self.window = min(float(self.limit), self.window + 1.0)
 
 
 __all__ = [
+    "CUT",
     "LATENCY_WEIGHT",
     "MAX_RETRY_AFTER",
     "PROBE_JOINS",

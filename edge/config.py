@@ -134,9 +134,9 @@ class EdgeConfig:
     """Joins and resumes this edge has appended and not yet seen answered; one more is
     answered `SERVER_BUSY` at once (`edge.admission.JoinGate`), the socket kept open."""
     max_join_wait: float = 2.0
-    """While joins have lately taken longer than this (seconds, a moving average of the
-    answered ones) and a few are in flight, new joins are answered `SERVER_BUSY`: the log
-    or the statekeeper is behind, and a join admitted now would only wait longer, towards
+    """A join answered later than this (seconds) narrows the edge's window of joins in
+    flight, one answered in time widens it (`edge.admission.JoinGate`, AIMD): the log or the
+    statekeeper is behind, and a join admitted now would only wait longer, towards
     `join_timeout`."""
     busy_retry_after: float = 0.5
     """Seconds a `SERVER_BUSY` join is told to wait before trying again (clients add jitter)."""

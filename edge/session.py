@@ -343,17 +343,16 @@ class EdgeSession:
 
     def busy(self, req: int, retry_after_ms: int, message: str) -> None:
         """A join refused for now (`SERVER_BUSY`): the socket stays open for the client's
-        next try, and gets a fresh join deadline for it."""
+        next try, and gets a fresh join deadline for it (beyond the hint's longest wait)."""
         self.node.metrics.error(ErrorCode.SERVER_BUSY.value)
         busy = Error(
             id=req, code=ErrorCode.SERVER_BUSY.value, message=message, retry_after_ms=retry_after_ms
         )
         self.send(encode(busy), "error")
         if self._deadline is not None and self.state is EdgeSessionState.CONNECTING:
-            self._deadline.cancel()
-            self._deadline = asyncio.get_running_loop().call_later(
-                self.node.config.join_deadline, self._join_deadline_passed
-            )
+            self._deadline.cancel()  # the client may wait up to twice the hint (jitter)
+            wait = self.node.config.join_deadline + 2 * retry_after_ms / 1000
+            self._deadline = asyncio.get_running_loop().call_later(wait, self._join_deadline_passed)
 
     @property
     def can_join(self) -> bool:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import stagecast
-from edge.admission import PROBE_JOINS, JoinGate
+from edge.admission import CUT, PROBE_JOINS, JoinGate
 from edge.metrics import sample_value
 from schemas.client import Error, Join, JoinAccepted
 from schemas.errors import ErrorCode
@@ -37,37 +37,41 @@ def test_the_gate_admits_up_to_its_limit_and_frees_a_place_per_leave() -> None:
     assert gate.enter(0.1) is not None
 
 
-def test_the_gate_refuses_beyond_its_probes_while_joins_take_too_long() -> None:
+def fill(gate: JoinGate, now: float) -> list[int]:
+    """Admit joins until the gate refuses one; their tickets."""
+    tickets = []
+    while (ticket := gate.enter(now)) is not None:
+        tickets.append(ticket)
+    return tickets
+
+
+def test_slow_answers_narrow_the_window_once_per_max_wait_and_fast_ones_widen_it() -> None:
     gate = JoinGate(limit=1000, max_wait=2.0, retry_after=0.5)
-    slow = [gate.enter(0.0) for _ in range(60)]
-    for ticket in slow:  # answered after 10 s each: the average climbs past 2 s
-        assert ticket is not None
+    tickets = fill(gate, 0.0)
+    assert len(tickets) == 1000
+    for ticket in tickets[:500]:  # one slow batch: one cut
         gate.leave(ticket, 10.0)
-    assert gate.latency > 2.0 and gate.in_flight == 0
-    late = [gate.enter(10.0) for _ in range(2 * PROBE_JOINS)]
-    assert sum(t is not None for t in late) == PROBE_JOINS  # only the probes get in
-    assert "over 2 s" in (gate.why_busy() or "")
-    assert gate.retry_after_ms == 5000  # the recent latency, at most MAX_RETRY_AFTER
-    for ticket in late:  # the probes come back fast: the gate opens again
-        if ticket is not None:
-            gate.leave(ticket, 10.1)
-    while gate.latency > 2.0:
-        probe = gate.enter(10.1)
-        assert probe is not None
-        gate.leave(probe, 10.2)
-    assert gate.why_busy() is None
+    assert gate.window == 750
+    for ticket in tickets[500:]:  # slow again, 2 s later: another
+        gate.leave(ticket, 12.0)
+    assert gate.window == 750 * CUT
+    assert "joins at once now" in (gate.why_busy() or "x") or gate.in_flight < gate.window
+    assert gate.retry_after_ms == 3000  # the recent latency, at most MAX_RETRY_AFTER
+    admitted = fill(gate, 12.0)
+    assert len(admitted) == int(750 * CUT)
+    for ticket in admitted:  # answered in time, the window in use: it widens
+        gate.leave(ticket, 12.5)
+    assert gate.window > 750 * CUT
 
 
-def test_one_slow_join_does_not_hold_the_others_back() -> None:
-    gate = JoinGate(limit=1000, max_wait=2.0, retry_after=0.5)
-    slow = gate.enter(0.0)
-    assert slow is not None
-    for n in range(200):  # many fast joins while the slow one waits
-        ticket = gate.enter(n * 0.05)
+def test_the_window_never_closes_below_the_probes() -> None:
+    gate = JoinGate(limit=1000, max_wait=1.0, retry_after=0.5)
+    for n in range(100):  # slow answers, each a second apart: a cut each
+        ticket = gate.enter(float(n))
         assert ticket is not None
-        gate.leave(ticket, n * 0.05 + 0.1)
-    gate.leave(slow, 10.0)  # 10 s: one answer among many
-    assert gate.why_busy() is None and gate.latency < 2.0
+        gate.leave(ticket, n + 5.0)
+    assert gate.window == PROBE_JOINS
+    assert len(fill(gate, 200.0)) == PROBE_JOINS
 
 
 def test_the_gate_refuses_bad_limits_and_an_unknown_ticket() -> None:
