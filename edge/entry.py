@@ -51,8 +51,6 @@ async def on_join(session: EdgeSession, message: Join) -> None:
             await resume(session, attempt, message)
         else:
             await join(session, attempt, message)
-    except BusBusy as exc:
-        session.refuse(message.id, ErrorCode.SERVER_BUSY, str(exc), TRY_AGAIN_LATER)
     except BusUnavailable as exc:
         session.refuse(message.id, ErrorCode.UNAVAILABLE, str(exc), TRY_AGAIN_LATER)
     except Exception:  # a join that broke half-way must not leave the socket stuck
