@@ -1,4 +1,4 @@
-"""Which connections an edge serves: the per-edge and per-address caps (pure, no IO).
+"""Which connections an edge serves, and how many joins it has in flight (pure, no IO).
 
 Every TCP connection is `open`ed when it is accepted and `close`d when it is gone (HTTP or
 WebSocket alike: `edge.serving` opens it, `edge.serving` or, after an upgrade,
@@ -8,12 +8,23 @@ its request can be answered with `TOO_MANY_CONNECTIONS` (HTTP 503, or a WebSocke
 frame and close 4019); with the lane full it is to be closed at once. Admitted plus held
 connections never exceed ``max_connections + overflow``, which keeps the process below its
 descriptor limit.
+
+`JoinGate` bounds the joins (and resumes) one edge has in flight: from the `join` frame
+until the statekeeper's answer (or its failure), by a limit that narrows when joins come
+back slow and widens when they come back in time. Beyond that a join is answered at once with
+`SERVER_BUSY` and a retry-after hint instead of queueing without bound behind a saturated
+log: a queue that grows while the statekeeper is behind only makes every join in it later,
+until each times out (the storms' `UNAVAILABLE` failures). The latency, not only the count,
+is bounded because the right count depends on how fast the log and the statekeeper are: a
+fixed cap either starves a healthy pipeline or lets a slow one queue past the timeout.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
+import math
 from typing import Literal
 
 Peer = tuple[str, int]
@@ -97,4 +108,100 @@ class ConnectionLedger:
             del self._per_address[peer[0]]
 
 
-__all__ = ["ConnectionLedger", "Peer", "Refusal", "Scope"]
+PROBE_JOINS = 16
+"""The least window: joins always admitted, so that fresh answers keep measuring the
+latency (with none admitted it could never come down)."""
+CUT = 0.75
+"""The window is multiplied by this when joins come back slow (at most once per
+`max_wait`)."""
+LATENCY_WEIGHT = 0.05
+"""The weight of one answered join in the latency average the hint is drawn from."""
+MAX_RETRY_AFTER = 3.0
+"""The longest retry-after hint, in seconds."""
+
+
+class JoinGate:
+    """The joins one edge has in flight (see the module docstring), at most `window`: an
+    AIMD concurrency limit, as TCP's congestion window. A join answered within `max_wait`
+    seconds (from its `join` frame) widens the window by one while the window was in use
+    (at least half full); one answered later narrows it by `CUT`, at most once per
+    `max_wait` (one slow batch is one signal), never below `PROBE_JOINS` nor above `limit`.
+    So the edge admits as many joins as the log and the statekeeper answer in time, and
+    one slow join does not hold the others back.
+
+    A refused join's hint is `retry_after` seconds, or the answered joins' recent latency
+    when that is longer (up to `MAX_RETRY_AFTER`): the busier the edge, the later clients
+    come back, so that refusing them does not become its own load. Clients add jitter.
+    Pure: the caller passes the clock (`now`, seconds, monotonic).
+    """
+
+    def __init__(self, limit: int, max_wait: float, retry_after: float) -> None:
+        if limit < 1 or max_wait <= 0 or retry_after <= 0:
+            raise ValueError("a join gate needs limit >= 1, max_wait > 0 and retry_after > 0")
+        self.limit = limit
+        self.max_wait = max_wait
+        self.retry_after = retry_after
+        self.window = float(limit)
+        """Joins admitted in flight now (the AIMD limit)."""
+        self.refused = 0
+        """Joins refused since the start."""
+        self.latency = 0.0
+        """Moving average of the answered joins' time in flight (seconds)."""
+        self._started: dict[int, float] = {}
+        """When each join in flight entered, by ticket."""
+        self._tickets = itertools.count()
+        self._cut_at = -math.inf
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._started)
+
+    @property
+    def retry_after_ms(self) -> int:
+        hint = min(MAX_RETRY_AFTER, max(self.retry_after, self.latency))
+        return max(1, round(hint * 1000))
+
+    def why_busy(self) -> str | None:
+        """Why a join now would be refused, or None when it would be admitted."""
+        if len(self._started) < min(self.limit, max(PROBE_JOINS, int(self.window))):
+            return None
+        if self.window >= self.limit:
+            return f"this edge has {self.limit} joins in flight"
+        window, took = int(self.window), self.latency
+        return f"this edge takes {window} joins at once now (they take {took:.1f} s)"
+
+    def enter(self, now: float) -> int | None:
+        """A ticket for one join in flight, or None (counted) when it is refused."""
+        if self.why_busy() is not None:
+            self.refused += 1
+            return None
+        ticket = next(self._tickets)
+        self._started[ticket] = now
+        return ticket
+
+    def leave(self, ticket: int, now: float) -> None:
+        """The join of `ticket` is answered (either way) or gone: its time adjusts the window."""
+        started = self._started.pop(ticket, None)
+        if started is None:
+            raise RuntimeError(f"JoinGate.leave of ticket {ticket}, not in flight")
+        took = max(0.0, now - started)
+        self.latency += LATENCY_WEIGHT * (took - self.latency)
+        if took > self.max_wait:
+            if now - self._cut_at >= self.max_wait:
+                self._cut_at = now
+                self.window = max(float(PROBE_JOINS), self.window * CUT)
+        elif 2 * (len(self._started) + 1) >= self.window:
+            self.window = min(float(self.limit), self.window + 1.0)
+
+
+__all__ = [
+    "CUT",
+    "LATENCY_WEIGHT",
+    "MAX_RETRY_AFTER",
+    "PROBE_JOINS",
+    "ConnectionLedger",
+    "JoinGate",
+    "Peer",
+    "Refusal",
+    "Scope",
+]

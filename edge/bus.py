@@ -24,7 +24,7 @@ from roomlog.connect import NatsAuth, connect
 from roomlog.errors import NatsUnreachable
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
-from roomlog.retry import RetryPolicy
+from roomlog.retry import RetryBudgetSpent, RetryPolicy
 from roomlog.seam import Unsubscribable
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
@@ -37,6 +37,12 @@ Handler = Callable[[Msg], Awaitable[None]]
 
 class BusUnavailable(Exception):
     """NATS or the statekeeper did not answer (in time)."""
+
+
+class BusBusy(BusUnavailable):
+    """The room log is overloaded: an append failed and the process's retry budget is
+    spent (`roomlog.retry.RetryBudgetSpent`). Callers answer `SERVER_BUSY` where they can
+    (the join), `UNAVAILABLE` elsewhere; either way the client may try again later."""
 
 
 class BusPort(Protocol):
@@ -222,6 +228,8 @@ class Bus:
         try:
             retry = None if event.reply_to else self.event_retry
             return await self.room_log.append(event, msg_id, retry=retry)
+        except RetryBudgetSpent as exc:
+            raise BusBusy(str(exc)) from None
         except Exception as exc:
             raise BusUnavailable(f"room log append failed: {type(exc).__name__}") from None
 
@@ -272,4 +280,4 @@ class Bus:
                 log.debug("unsubscribe failed: %s", exc)
 
 
-__all__ = ["Bus", "BusPort", "BusUnavailable", "Handler"]
+__all__ = ["Bus", "BusBusy", "BusPort", "BusUnavailable", "Handler"]

@@ -130,6 +130,16 @@ class EdgeConfig:
     """Largest WebSocket message a signaling socket reads (a larger one: close 1009);
     frames over 1 MiB get PAYLOAD_TOO_LARGE."""
 
+    max_joins_in_flight: int = 2048
+    """Joins and resumes this edge has appended and not yet seen answered; one more is
+    answered `SERVER_BUSY` at once (`edge.admission.JoinGate`), the socket kept open."""
+    max_join_wait: float = 2.0
+    """A join answered later than this (seconds) narrows the edge's window of joins in
+    flight, one answered in time widens it (`edge.admission.JoinGate`, AIMD): the log or the
+    statekeeper is behind, and a join admitted now would only wait longer, towards
+    `join_timeout`."""
+    busy_retry_after: float = 0.5
+    """Seconds a `SERVER_BUSY` join is told to wait before trying again (clients add jitter)."""
     join_deadline: float = 10.0
     """Seconds a socket has to send its join (or resume); then `JOIN_TIMEOUT`, close 4018."""
     http_read_timeout: float = 10.0
@@ -164,6 +174,10 @@ class EdgeConfig:
         if min(self.data_burst_bytes, self.room_data_burst_bytes) < MIN_DATA_BURST_BYTES:
             raise ValueError(
                 f"data bursts must be at least {MIN_DATA_BURST_BYTES} bytes (one largest frame)"
+            )
+        if self.max_joins_in_flight < 1 or min(self.busy_retry_after, self.max_join_wait) <= 0:
+            raise ValueError(
+                "max_joins_in_flight must be >= 1, busy_retry_after and max_join_wait > 0"
             )
         if self.join_deadline <= 0 or self.http_read_timeout <= 0:
             raise ValueError("join_deadline and http_read_timeout must be positive")

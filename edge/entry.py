@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
-from edge.bus import BusUnavailable
+from edge.bus import BusBusy, BusUnavailable
 from edge.closecodes import TRY_AGAIN_LATER, close_code
 from edge.join import JoinAttempt, keyed_ids, new_participant_id, new_sid, settle_room
 from edge.resume import ResumeRefused, verify_resume_token
@@ -31,12 +32,21 @@ SPENT = "this resume token was used already or is stale; join again"
 
 
 async def on_join(session: EdgeSession, message: Join) -> None:
-    """The `join` frame: a fresh join or a resume; a second one is `ALREADY_JOINED`."""
-    attempt = session.begin_join(message.id)
-    if attempt is None:
+    """The `join` frame: a fresh join or a resume; a second one is `ALREADY_JOINED`; one
+    beyond the edge's joins in flight is `SERVER_BUSY` (the socket may send it again)."""
+    if not session.can_join:
         session.error(message.id, ErrorCode.ALREADY_JOINED, "this socket already joined")
         return
+    gate = session.node.join_gate
+    ticket = gate.enter(time.monotonic())
+    if ticket is None:
+        session.node.metrics.joins_busy += 1
+        why = gate.why_busy() or "this edge is busy"
+        session.busy(message.id, gate.retry_after_ms, f"{why}: try again later")
+        return
     try:
+        attempt = session.begin_join(message.id)
+        assert attempt is not None  # can_join said so, and nothing ran in between
         if message.resume:
             await resume(session, attempt, message)
         else:
@@ -46,6 +56,8 @@ async def on_join(session: EdgeSession, message: Join) -> None:
     except Exception:  # a join that broke half-way must not leave the socket stuck
         log.exception("join failed")
         session.refuse(message.id, ErrorCode.INTERNAL, "the join failed", 1011)
+    finally:
+        gate.leave(ticket, time.monotonic())
 
 
 def _refuse_code(session: EdgeSession, req: int, code: ErrorCode, message: str) -> None:
@@ -150,11 +162,21 @@ async def _enter(session: EdgeSession, attempt: JoinAttempt, event: LogEvent, ms
         attempt.appended = True  # withdrawing a join that never landed is harmless
         await session.node.bus.append(event, msg_id)
     except BusUnavailable as exc:
-        session.refuse(attempt.req, ErrorCode.UNAVAILABLE, str(exc), TRY_AGAIN_LATER)
+        if attempt.done.is_set():
+            # The event was stored and the statekeeper answered before the append's ack
+            # came (or before it timed out): the join stands (the storm's 1013 drops).
+            return
+        code = ErrorCode.SERVER_BUSY if isinstance(exc, BusBusy) else ErrorCode.UNAVAILABLE
+        session.refuse(attempt.req, code, str(exc), TRY_AGAIN_LATER)
         return
     try:
         await asyncio.wait_for(attempt.done.wait(), session.node.config.join_timeout)
     except TimeoutError:
+        if attempt.done.is_set():
+            # Answered in the same loop pass as the timeout fired (a saturated edge): the
+            # answer stands. Refusing now would close a joined socket with 1013 (the
+            # 20,000-viewer storm's `dropped_after_join`).
+            return
         session.refuse(
             attempt.req,
             ErrorCode.UNAVAILABLE,

@@ -55,6 +55,11 @@ class EdgeMetrics(Collector):
         self.appends_refused: Callable[[], int] = lambda: 0
         self.append_retries: Callable[[], tuple[int, int]] = lambda: (0, 0)
         """(room-log append attempts repeated, outages: episodes of failing appends)."""
+        self.append_retries_denied: Callable[[], int] = lambda: 0
+        """Failed appends not retried: the process's retry budget was spent."""
+        self.joins_busy = 0
+        """Joins answered `SERVER_BUSY` at once: the edge had its cap of joins in flight."""
+        self.joins_in_flight: Callable[[], int] = lambda: 0
         self.nats_link: Callable[[], tuple[int, int, int]] = lambda: (1, 0, 0)
         """(connected 0/1, disconnects, failed reconnect attempts) of the edge's NATS link."""
         self.data_bytes_out = 0
@@ -69,6 +74,8 @@ class EdgeMetrics(Collector):
         self.http_read_timeouts = 0
         self.liveness_drops = 0
         """WebSockets dropped by the liveness sweep (silent past the timeout)."""
+        self.loop_lag: Callable[[], float] = lambda: 0.0
+        """The largest delay of the loop-lag probe lately (seconds; `edge.looplag`)."""
         self.accept_failures = 0
         self.connections_refused: collections.Counter[str] = collections.Counter()
         """Connections refused over a cap, by the cap's scope (``edge`` or ``address``)."""
@@ -101,6 +108,16 @@ class EdgeMetrics(Collector):
             failures,
         )
         yield _gauge("stagecast_edge_sockets", "Open signaling sockets.", self.sockets())
+        yield _gauge(
+            "stagecast_edge_joins_in_flight",
+            "Joins and resumes appended and not yet answered.",
+            self.joins_in_flight(),
+        )
+        yield _gauge(
+            "stagecast_edge_loop_lag_seconds",
+            "The largest delay of the event loop's lag probe over the liveness timeout.",
+            self.loop_lag(),
+        )
         yield _gauge("stagecast_edge_rooms", "Rooms with at least one local socket.", self.rooms())
         yield _counter("stagecast_edge_joins_total", "Joins and resumes accepted.", self.joins)
         yield _labelled(
@@ -155,6 +172,16 @@ class EdgeMetrics(Collector):
                 "stagecast_edge_append_retries_total",
                 "Room-log append attempts repeated with the same message id (an election).",
                 retries,
+            ),
+            (
+                "stagecast_edge_append_retries_denied_total",
+                "Failed room-log appends not retried because the retry budget was spent.",
+                self.append_retries_denied(),
+            ),
+            (
+                "stagecast_edge_joins_busy_total",
+                "Joins answered SERVER_BUSY because the edge had its cap of joins in flight.",
+                self.joins_busy,
             ),
             (
                 "stagecast_edge_append_outages_total",

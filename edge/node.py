@@ -16,6 +16,7 @@ import logging
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from edge.admission import JoinGate
 from edge.bus import Bus, BusUnavailable
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
@@ -54,6 +55,10 @@ class EdgeNode:
         """Sessions by sid, for direct replies (joined, joining or resuming)."""
         self.sockets: set[Resident] = set()
         """Every open socket, joined or not."""
+        self.join_gate = JoinGate(
+            config.max_joins_in_flight, config.max_join_wait, config.busy_retry_after
+        )
+        """The joins in flight on this edge, bounded (`SERVER_BUSY` beyond)."""
         self.draining = False
         self.pending_departures: list[tuple[LogEvent, str]] = []
         """Departures (`SessionDisconnected`, withdrawn joins) that could not be appended
@@ -64,6 +69,7 @@ class EdgeNode:
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopped = False
         self.metrics.sockets = lambda: len(self.sockets)
+        self.metrics.joins_in_flight = lambda: self.join_gate.in_flight
         self.metrics.rooms = lambda: len(self._fanout.rooms) if self._fanout else 0
 
     @property
@@ -93,6 +99,8 @@ class EdgeNode:
         self.metrics.appends_refused = lambda: bus.refused_appends
         appends = bus.room_log.outages[LOG_STREAM]
         self.metrics.append_retries = lambda: (appends.retries, appends.outages)
+        budget = bus.room_log.budget
+        self.metrics.append_retries_denied = lambda: budget.denied
         link = bus.link
         if link is not None:
             link.on_back = self._link_back

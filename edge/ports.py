@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from edge.admission import JoinGate
 from edge.bus import BusPort
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
@@ -79,6 +80,10 @@ class EdgePort(Protocol):
     @property
     def tokens(self) -> VerifiedTokens:
         """The participant tokens this edge verified (checked once, expiry respected)."""
+
+    @property
+    def join_gate(self) -> JoinGate:
+        """The joins in flight on this edge, bounded (`SERVER_BUSY` beyond)."""
 
     def opened(self, session: Resident) -> None:
         """A socket was accepted (counted until `closed_socket`)."""

@@ -11,9 +11,9 @@ queue is drained when it resumes. The receiver may pause reading while it still 
 messages to handle (the socket's backpressure: the client's bytes wait in the kernel).
 
 `Liveness`: one edge-wide sweep instead of a ping timer per socket: a socket silent for
-`interval` seconds gets a ping, one silent for `timeout` seconds is dropped. Its set of
-sockets is every open signaling socket, which is also how the edge closes them when it
-stops (`close_all`).
+`interval` seconds gets a ping, one silent for `timeout` seconds (plus however long the
+edge's own loop ran late meanwhile, `edge.looplag`) is dropped. Its set of sockets is every
+open signaling socket, which is also how the edge closes them when it stops (`close_all`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from edge.looplag import LoopLag
 from edge.metrics import EdgeMetrics
 from edge.wsframe import PING as PING_FRAME
 from edge.wsread import (
@@ -42,6 +43,8 @@ log = logging.getLogger("stagecast.edge")
 
 CLOSE_TIMEOUT = 10.0
 """Seconds a socket waits for the client to answer its close before closing the TCP side."""
+LAG_PROBE_S = 0.25
+"""Seconds between the loop-lag probes of the liveness sweep."""
 
 
 class RtcReceiver(Protocol):
@@ -251,7 +254,10 @@ class Liveness:
     Every `tick` seconds each socket is looked at once: any bytes from the peer (a pong,
     a frame) count as life; a socket silent for `interval` seconds gets an empty ping
     (every client answers it: RFC 6455 requires a pong), one silent for `timeout` seconds
-    is taken for dead and aborted (its session sees the socket drop).
+    is taken for dead and aborted (its session sees the socket drop). The edge's own lag
+    is not the client's fault: `timeout` is extended by the seconds the loop ran late in
+    the last `timeout` seconds (`lag`, probed every `LAG_PROBE_S`), since a pong that
+    arrived then waited unread in the kernel.
     """
 
     def __init__(self, metrics: EdgeMetrics, interval: float, timeout: float) -> None:
@@ -263,18 +269,34 @@ class Liveness:
         self.tick = min(interval, timeout - interval) / 2
         self.sockets: set[RtcSocket] = set()
         """Every open signaling socket (each adds itself, and leaves when it is lost)."""
+        self.lag = LoopLag(timeout)
         self._timer: asyncio.TimerHandle | None = None
+        self._probe: asyncio.TimerHandle | None = None
+        self._probe_due = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        metrics.loop_lag = lambda: self.lag.max_recent
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._timer = loop.call_later(self.tick, self.sweep)
+        self._probe_due = loop.time() + LAG_PROBE_S
+        self._probe = loop.call_at(self._probe_due, self._probed)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._probe):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._probe = None
         self._loop = None
+
+    def _probed(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        self.lag.record(now, now - self._probe_due)
+        self._probe_due = now + LAG_PROBE_S
+        self._probe = loop.call_at(self._probe_due, self._probed)
 
     def close_all(self) -> int:
         """Abort every socket still open (the edge is stopping); returns how many."""
@@ -290,8 +312,12 @@ class Liveness:
             return
         # The next sweep first: a socket that fails to drop must not end the sweeps.
         self._timer = loop.call_later(self.tick, self.sweep)
+        if self._probe is not None and self._probe_due < loop.time():
+            self._probe.cancel()  # overdue too: take its delay in before judging anyone
+            self._probed()
         now = loop.time()
-        quiet, dead = now - self.interval, now - self.timeout
+        stalled = self.lag.stalled(now)
+        quiet, dead = now - self.interval, now - self.timeout - stalled
         dropped = 0
         for socket in list(self.sockets):
             heard = socket.last_heard
@@ -304,13 +330,15 @@ class Liveness:
             elif not socket.pinged:
                 socket.ping()
         if dropped:
-            # One line per sweep, not per socket: a mass drop (a client host gone, or this
-            # edge's loop too far behind to read the pongs) is then visible in the log.
+            # One line per sweep, not per socket: a mass drop (a client host gone) is then
+            # visible in the log, with the loop's lag it was forgiven.
             self.metrics.liveness_drops += dropped
             log.warning(
-                "dropped %d signaling socket(s) silent for %g s (no pong to a ping); %d open",
+                "dropped %d signaling socket(s) silent for %g s (no pong to a ping; the "
+                "edge's loop ran %.1f s late meanwhile, forgiven); %d open",
                 dropped,
                 self.timeout,
+                stalled,
                 len(self.sockets),
             )
 

@@ -341,6 +341,24 @@ class EdgeSession:
         self.node.metrics.error(value)
         self.send(encode(Error(id=req, code=value, message=message[:_MESSAGE_CHARS])), "error")
 
+    def busy(self, req: int, retry_after_ms: int, message: str) -> None:
+        """A join refused for now (`SERVER_BUSY`): the socket stays open for the client's
+        next try, and gets a fresh join deadline for it (beyond the hint's longest wait)."""
+        self.node.metrics.error(ErrorCode.SERVER_BUSY.value)
+        busy = Error(
+            id=req, code=ErrorCode.SERVER_BUSY.value, message=message, retry_after_ms=retry_after_ms
+        )
+        self.send(encode(busy), "error")
+        if self._deadline is not None and self.state is EdgeSessionState.CONNECTING:
+            self._deadline.cancel()  # the client may wait up to twice the hint (jitter)
+            wait = self.node.config.join_deadline + 2 * retry_after_ms / 1000
+            self._deadline = asyncio.get_running_loop().call_later(wait, self._join_deadline_passed)
+
+    @property
+    def can_join(self) -> bool:
+        """Whether a `join` frame now starts this socket's join (else `ALREADY_JOINED`)."""
+        return self.state is EdgeSessionState.CONNECTING and self.attempt is None
+
     def refuse(self, req: int | None, code: ErrorCode, message: str, close: int) -> None:
         """A join that cannot go on: the error, then the close."""
         self.error(req, code, message)
@@ -353,7 +371,7 @@ class EdgeSession:
 
     def begin_join(self, req: int) -> JoinAttempt | None:
         """Start the socket's one join (or resume); None when it has one already."""
-        if self.state is not EdgeSessionState.CONNECTING or self.attempt is not None:
+        if not self.can_join:
             return None
         self.attempt = JoinAttempt(req)
         return self.attempt

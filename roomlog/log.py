@@ -43,7 +43,14 @@ from roomlog.appends import AckWindow
 from roomlog.errors import StreamNotEnsured
 from roomlog.jetstream import MSG_ID, connection_of
 from roomlog.reader import MAX_MESSAGE_BYTES, LogReader, LogRecord
-from roomlog.retry import RetryPolicy, WriteOutage, pause, transient
+from roomlog.retry import (
+    RetryBudget,
+    RetryBudgetSpent,
+    RetryPolicy,
+    WriteOutage,
+    pause,
+    transient,
+)
 from schemas.codec import Message, encode
 from schemas.log import LogEvent
 from schemas.subjects import (
@@ -81,6 +88,9 @@ class RoomLog:
     (1 to `MAX_REPLICAS`) is the least number of copies `ensure` gives each stream.
     `ack_timeout` bounds one attempt of an append; `retry` how long and how often a failed
     one is repeated (`roomlog.retry`); an append waits at most the longer of the two.
+    `budget` is the retry token bucket every append of this log draws its retries from
+    (`roomlog.retry.RetryBudget`; one per process: a fresh default one when None). With it
+    spent, a failed append raises `RetryBudgetSpent` instead of retrying.
     """
 
     def __init__(
@@ -92,6 +102,7 @@ class RoomLog:
         ack_timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         events_max_age: float = EVENTS_MAX_AGE,
+        budget: RetryBudget | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -105,6 +116,8 @@ class RoomLog:
         if self.retry.deadline >= DUPLICATE_WINDOW:
             raise ValueError("the retry deadline must be shorter than the duplicate window")
         self.events_max_age = events_max_age
+        self.budget = budget if budget is not None else RetryBudget()
+        """The retries every append of this log shares (`RetryBudget`)."""
         self.outages = {stream: WriteOutage(stream) for stream in (LOG_STREAM, EVENTS_STREAM)}
         """Each stream's write outages (one log line per episode, counters)."""
         self._stream_checks: dict[str, tuple[asyncio.Future[bool], float]] = {}
@@ -313,17 +326,33 @@ class RoomLog:
             raise ValueError("the retry deadline must be shorter than the duplicate window")
         outage = self.outages[stream]
         end = time.monotonic() + max(policy.deadline, self.ack_timeout)
+        budget = self.budget
         for n in itertools.count():
             started = time.monotonic()
+            # A short attempt has its retry paid ahead; with none to spare, this attempt is
+            # the last: it waits for its ack the whole time instead of being sent again.
+            reserved = budget.reserve(started)
+            wait = min(self.ack_timeout, end - started) if reserved else end - started
             try:
-                await attempt(max(0.05, min(self.ack_timeout, end - started)))
+                await attempt(max(0.05, wait))
             except Exception as exc:
-                if not await self._worth_retrying(stream, exc):
+                worth = await self._worth_retrying(stream, exc)
+                now = time.monotonic()
+                if worth and now < end and (reserved or budget.try_retry(now)):
+                    if reserved:
+                        budget.release(used=True)
+                    outage.failed(exc)
+                    if await pause(n, policy, end):
+                        continue
                     raise
-                outage.failed(exc)
-                if not await pause(n, policy, end):
+                if reserved:
+                    budget.release(used=False)
+                if not worth or reserved:
                     raise
-                continue
+                raise RetryBudgetSpent(stream, exc) from exc
+            if reserved:
+                budget.release(used=False)
+            budget.succeeded(time.monotonic())
             outage.succeeded(started)
             return
 

@@ -9,6 +9,17 @@ longer than any retry). `RetryPolicy` says for how long and how often; `transien
 which failures are worth it (an election, a reconnect) and which are not (a message the
 stream refuses, a wrong expected sequence, a closed client).
 
+`RetryBudget` keeps retries from amplifying an overload: every append of one process
+draws its retries from one token bucket, refilled by a fraction of the confirmed appends
+and a small floor per second (gRPC's retry throttling, Finagle's retry budget). When
+JetStream is merely slow, every in-flight append times out at once; retrying each on its
+own would add load exactly when the stream is saturated. An attempt that may time out
+into a retry reserves its token before it is sent; with none left, the append is not sent
+again: its one attempt waits for the ack until the deadline (patience instead of a resend:
+the ack of a slow stream is late, not lost), and a failure ends it with `RetryBudgetSpent`
+(the edge answers `SERVER_BUSY`: try again later). Reserving first means a short attempt
+always has its retry paid: none is cut off half-way by others spending the tokens.
+
 `WriteOutage` keeps the log quiet while a stream has no leader: one warning when appends
 start failing, one line with how long it lasted when they work again, and the counters.
 """
@@ -55,6 +66,92 @@ class RetryPolicy:
 
 NO_RETRY = RetryPolicy(deadline=0.0)
 """One attempt, the first failure raised."""
+
+
+class RetryBudgetSpent(TimeoutError):
+    """An append failed transiently and this process's retry budget is spent: the log is
+    overloaded (or out for longer than the floor covers). Retrying later with the same
+    message id is safe. A `TimeoutError`, as the failed attempt mostly is one."""
+
+    def __init__(self, stream: str, cause: BaseException) -> None:
+        super().__init__(
+            f"appends to {stream} are failing ({type(cause).__name__}) and the retry budget "
+            "is spent: the room log is overloaded, try again later"
+        )
+        self.stream = stream
+
+
+@dataclasses.dataclass(slots=True)
+class RetryBudget:
+    """The retries one process may make, shared by all its appends (a retry token bucket).
+
+    A retry costs one token; each confirmed append earns `ratio` of one; `floor_per_s`
+    tokens come back every second whatever happens (so a leader election with little
+    traffic is still ridden out); the bucket holds at most `capacity` (and starts full).
+    Under a sustained slowdown the retries are thus at most `ratio` of the appends that
+    get through plus the floor, instead of one per failed attempt. Pure: the caller passes
+    the clock (`now`, seconds, monotonic).
+    """
+
+    ratio: float = 0.1
+    floor_per_s: float = 10.0
+    capacity: float = 100.0
+    tokens: float = -1.0
+    """Tokens now; negative at construction: start full."""
+    refilled_at: float | None = None
+    spent: int = 0
+    """Retries granted."""
+    denied: int = 0
+    """Retries refused (the append failed at once instead)."""
+
+    def __post_init__(self) -> None:
+        if self.ratio < 0 or self.floor_per_s < 0 or self.capacity < 1:
+            raise ValueError("a retry budget needs ratio >= 0, floor_per_s >= 0, capacity >= 1")
+        if self.tokens < 0:
+            self.tokens = self.capacity
+
+    def _refill(self, now: float) -> None:
+        if self.refilled_at is not None and now > self.refilled_at:
+            self.tokens = min(
+                self.capacity, self.tokens + (now - self.refilled_at) * self.floor_per_s
+            )
+        if self.refilled_at is None or now > self.refilled_at:
+            self.refilled_at = now
+
+    def succeeded(self, now: float) -> None:
+        """A confirmed append earns `ratio` of a retry."""
+        self._refill(now)
+        self.tokens = min(self.capacity, self.tokens + self.ratio)
+
+    def available(self, now: float) -> bool:
+        """Whether a retry would be granted now (no token is taken)."""
+        self._refill(now)
+        return self.tokens >= 1.0 - 1e-9  # ten tenths make one, whatever the rounding
+
+    def reserve(self, now: float) -> bool:
+        """Take a token ahead for an attempt that may need a retry (False: none left, and
+        the attempt should not count on one). Settle it with `release`."""
+        if not self.available(now):
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def release(self, *, used: bool) -> None:
+        """Settle a reserved token: `used` for the retry it paid (counted in `spent`), or
+        given back (the attempt needed none)."""
+        if used:
+            self.spent += 1
+        else:
+            self.tokens = min(self.capacity, self.tokens + 1.0)
+
+    def try_retry(self, now: float) -> bool:
+        """Take one retry's token, or False (counted in `denied`) when fewer than one is left."""
+        if not self.available(now):
+            self.denied += 1
+            return False
+        self.tokens -= 1.0
+        self.spent += 1
+        return True
 
 
 def transient(exc: BaseException) -> bool:
@@ -142,4 +239,13 @@ async def pause(attempt: int, policy: RetryPolicy, deadline: float) -> bool:
     return deadline - time.monotonic() > 0
 
 
-__all__ = ["NO_RETRY", "RETRY_DEADLINE", "RetryPolicy", "WriteOutage", "pause", "transient"]
+__all__ = [
+    "NO_RETRY",
+    "RETRY_DEADLINE",
+    "RetryBudget",
+    "RetryBudgetSpent",
+    "RetryPolicy",
+    "WriteOutage",
+    "pause",
+    "transient",
+]

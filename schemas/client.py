@@ -263,6 +263,8 @@ class Error(Message, tag="error", frozen=True, kw_only=True):
     id: int | None = None
     code: Identity
     message: Annotated[str, Meta(max_length=4096)] = ""
+    retry_after_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 0
+    """How long to wait before trying again (`SERVER_BUSY`); 0: no hint."""
 
 
 class JoinAccepted(Message, tag="joined", frozen=True, kw_only=True):

@@ -20,9 +20,12 @@ class StagecastError(Exception):
     """Root of every error the SDK raises for a server- or protocol-level failure.
 
     `code` is the wire code (`"ROOM_FULL"`, ...), `message` the human-readable detail.
+    `retry_after` is the server's hint, in seconds, of when to try again (0: none; set for
+    `SERVER_BUSY`).
     """
 
     CODE: ClassVar[str] = ""
+    retry_after: float = 0.0
 
     def __init__(self, code: str, message: str = "") -> None:
         super().__init__(code, message)
@@ -214,6 +217,13 @@ class TooManyConnections(_CodedError):
     CODE = ErrorCode.TOO_MANY_CONNECTIONS.value
 
 
+class ServerBusy(_CodedError):
+    """The edge has as many joins in flight as it takes: try again after `retry_after`
+    seconds (the SDK does, with jitter, within its join retry window)."""
+
+    CODE = ErrorCode.SERVER_BUSY.value
+
+
 class Unavailable(_CodedError):
     """A service the request needs is not reachable right now."""
 
@@ -265,6 +275,7 @@ ERRORS: dict[str, type[_CodedError]] = {
         SessionLost,
         JoinTimeout,
         TooManyConnections,
+        ServerBusy,
         Unavailable,
         Internal,
         InvalidStateError,
@@ -273,7 +284,11 @@ ERRORS: dict[str, type[_CodedError]] = {
 """The one table from a code to its exception class."""
 
 
-def error_for(code: str, message: str = "") -> StagecastError:
-    """The exception for a wire code: its subclass, or a plain `StagecastError` if unknown."""
+def error_for(code: str, message: str = "", retry_after_ms: int = 0) -> StagecastError:
+    """The exception for a wire code: its subclass, or a plain `StagecastError` if unknown;
+    `retry_after_ms` (the error frame's hint) becomes its `retry_after` in seconds."""
     cls = ERRORS.get(code)
-    return StagecastError(code, message) if cls is None else cls(message)
+    error = StagecastError(code, message) if cls is None else cls(message)
+    if retry_after_ms > 0:
+        error.retry_after = retry_after_ms / 1000
+    return error

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
     JOIN_TIMEOUT = "JOIN_TIMEOUT"
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    SERVER_BUSY = "SERVER_BUSY"
 
 
 class SchemaError(Exception):

@@ -7,6 +7,8 @@ through the suite's own option parser, as `stagecast bench storm` would run it.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,9 @@ from schemas.client import CountsChanged, Join, ParticipantLeft
 from schemas.codec import encode
 from schemas.models import Counts
 from stagecast.bench import Result, storm
-from stagecast.bench.simclients import PARTICIPANT_TAGS, peek_tag
+from stagecast.bench.simclients import PARTICIPANT_TAGS, Fleet, Wave, peek_tag
 from stagecast.cli import BENCH_SUITES
+from tests.edge_fixtures import edge_stack
 
 FIGURES = {
     "joins_per_s",
@@ -32,6 +35,10 @@ FIGURES = {
     "statekeeper_cpu_s",
     "naive_participant_messages",
     "naive_message_ratio",
+    "told_to_wait",
+    "retries",
+    "edge_liveness_drops",
+    "edge_loop_lag_max_s",
 }
 
 
@@ -65,8 +72,23 @@ async def test_small_storm_reports_every_figure_and_keeps_viewers_quiet(tmp_path
     figures = {r.name: r.value for r in results}
     assert figures.keys() >= FIGURES, FIGURES - figures.keys()
     assert figures["join_failures"] == 0
+    assert figures["edge_liveness_drops"] == 0
     assert figures["participant_events_per_viewer"] == 5
     assert figures["participant_frames_per_viewer"] == 0  # speakers were in the snapshot
     assert figures["count_never_exact"] == 0
     assert figures["naive_participant_messages"] == 25 * 24  # everyone hears of everyone
     assert figures["naive_message_ratio"] > 1
+
+
+async def test_simulated_clients_told_to_wait_join_again_on_the_same_socket(tmp_path: Path) -> None:
+    """An edge with one join in flight at most: the simulated clients answered SERVER_BUSY
+    send their join again after the hint, all get in, and say how many had to wait."""
+    async with edge_stack(tmp_path, max_joins_in_flight=1, busy_retry_after=0.05) as stack:
+        fleet = Fleet(0, 1, [stack.ws_url], ["127.0.0.1"])
+        token = stack.token(None, viewer=True)
+        wave = Wave("viewers", (token,), 30, 1000.0, asyncio.get_running_loop().time(), True)
+        done = await fleet.run_wave(wave, 30.0)
+        results = fleet.results(0.0, time.monotonic())
+        await fleet.close(5.0)
+    assert done["joined"] == 30 and results.failures == {}
+    assert results.told_to_wait > 0 and results.busy_answers >= results.told_to_wait

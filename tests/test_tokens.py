@@ -690,6 +690,7 @@ CLASS_NAMES = {
     "SESSION_LOST": "SessionLost",
     "JOIN_TIMEOUT": "JoinTimeout",
     "TOO_MANY_CONNECTIONS": "TooManyConnections",
+    "SERVER_BUSY": "ServerBusy",
     "UNAVAILABLE": "Unavailable",
     "INTERNAL": "Internal",
 }

@@ -1,9 +1,11 @@
 // Stagecast browser SDK, the session's lifecycle: join, resume after a dropped socket,
 // join again, retry. Mirrors stagecast/client/session.py.
 //
-// A connect retries refusals worth retrying (UNAVAILABLE, an edge that does not answer...)
-// over the URL list with a bounded backoff for `joinRetryWindow` ms, sending the same
-// `join_key` each time, so a join that timed out but did land is continued, never doubled.
+// A connect retries refusals worth retrying (UNAVAILABLE, SERVER_BUSY, an edge that does
+// not answer...) over the URL list with a bounded backoff for `joinRetryWindow` ms, sending
+// the same `join_key` each time, so a join that timed out but did land is continued, never
+// doubled. A refusal with a retry-after hint (SERVER_BUSY) waits at least the hint, times a
+// random factor in [1, 2), so clients refused together do not come back together.
 //
 // A socket that drops without a server `disconnect` resumes (`join {resume}`) within the
 // room's departure grace. When the server's session itself is gone (`RESUME_FAILED`, a
@@ -19,7 +21,16 @@ import {
 export const SDK_NAME = 'stagecast-js/0.1';
 
 /** Join refusals worth another attempt (on this or another edge). */
-export const RETRYABLE = new Set(['UNAVAILABLE', 'INTERNAL', 'RATE_LIMITED', 'TOO_MANY_CONNECTIONS']);
+export const RETRYABLE = new Set([
+  'UNAVAILABLE', 'INTERNAL', 'RATE_LIMITED', 'TOO_MANY_CONNECTIONS', 'SERVER_BUSY',
+]);
+
+/** The pause before the next attempt: `delay`, or the error's retry-after hint (ms) times
+ * `jitter` (from [1, 2)) when that is longer. */
+export function honorHint(delay, err, jitter) {
+  const hint = err?.retryAfterMs ?? 0;
+  return hint > 0 ? Math.max(delay, hint * jitter) : delay;
+}
 // Why a reconnect joins again instead of resuming: the server's session is gone.
 const REJOIN_ON = new Set(['RESUME_FAILED', 'SESSION_LOST']);
 // Close codes that do not end the session: resume (4017, 4019) or join again (4020).
@@ -80,7 +91,9 @@ export class Session {
         last = err;
       }
       attempt += 1;
-      const delay = attempt >= urls.length ? this.backoff(attempt - urls.length) : 0;
+      const delay = honorHint(
+        attempt >= urls.length ? this.backoff(attempt - urls.length) : 0, last, 1 + Math.random(),
+      );
       if (attempt >= urls.length && Date.now() + delay >= deadline) break;
       await sleep(delay);
     }
@@ -187,8 +200,9 @@ export class Session {
     let deadline = Date.now() + this.window(rejoin);
     const start = this.urlIndex + (shutdown ? 1 : 0);
     if (rejoin) this.prepareRejoin();
+    let last = null;
     for (let attempt = 0; !room.leaving;) {
-      const delay = rejoin && attempt === 0 ? 0 : this.backoff(attempt);
+      const delay = honorHint(rejoin && attempt === 0 ? 0 : this.backoff(attempt), last, 1 + Math.random());
       if (Date.now() + delay >= deadline) break;
       await sleep(delay);
       const index = (start + attempt) % room.urls.length;
@@ -198,6 +212,7 @@ export class Session {
         if (rejoin) await this.restore();
       } catch (err) {
         if (room.leaving) return;
+        last = err;
         if (RETRYABLE.has(err?.code)) continue;
         if (REJOIN_ON.has(err?.code) && !rejoin) {
           console.info(`the session is gone (${err.code}): joining again`);

@@ -6,11 +6,12 @@ import { decode, encode } from './msgpack.js';
 
 /** Every error the server (or the SDK, for a local check) reports: `code` + `message`. */
 export class StagecastError extends Error {
-  constructor(code, message = '') {
+  constructor(code, message = '', retryAfterMs = 0) {
     super(message ? `${code}: ${message}` : code);
     this.name = 'StagecastError';
     this.code = code;
     this.detail = message;
+    this.retryAfterMs = retryAfterMs; // the server's hint of when to try again (SERVER_BUSY)
   }
 }
 
@@ -244,7 +245,7 @@ export class SignalConnection {
       if (waiter) {
         this.pending.delete(frame.id);
         clearTimeout(waiter.timer);
-        if (frame.t === 'error') waiter.reject(new StagecastError(frame.code, frame.message ?? ''));
+        if (frame.t === 'error') waiter.reject(new StagecastError(frame.code, frame.message ?? '', frame.retry_after_ms ?? 0));
         else waiter.resolve(frame);
         return;
       }

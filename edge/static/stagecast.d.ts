@@ -5,10 +5,12 @@ export declare const SDK_NAME: string;
 
 /** Every error the server (or the SDK, for a local check) reports. */
 export declare class StagecastError extends Error {
-  constructor(code: string, message?: string);
+  constructor(code: string, message?: string, retryAfterMs?: number);
   /** A code such as `INVALID_TOKEN`, `ROOM_FULL`, `INVALID_PERMISSIONS`. */
   readonly code: string;
   readonly detail: string;
+  /** The server's hint (ms) of when to try again (`SERVER_BUSY`); 0: none. */
+  readonly retryAfterMs: number;
 }
 
 /** The reason each WebSocket close code stands for. */

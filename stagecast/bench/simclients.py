@@ -6,7 +6,11 @@ connected it has no task, no queue and no SDK. It sends one `join` frame (encode
 token), then only reads: each frame's type tag is peeked from its first bytes (`peek_tag`),
 participant frames are counted, `joined` frames are unpacked (the speakers snapshot and the
 room's total), and a `counts` frame only when its bytes differ from the last one this
-process unpacked (every socket of an edge gets the same bytes).
+process unpacked (every socket of an edge gets the same bytes). A join answered
+`SERVER_BUSY` is sent again on the same socket after the error's retry-after hint (or the
+SDKs' backoff for that attempt, 0.25 s doubling up to 2 s, when longer) times a random
+factor in [1, 2) (jitter, so the refused do not come back together); the client
+counts as `told_to_wait` and its join time runs from its first join frame.
 
 A `Fleet` is the clients of one process (`stagecast.bench.clientprocs` runs several): it
 drives its share of every wave, client `g` starting at ``start_at + g / rate`` on
@@ -19,6 +23,7 @@ import asyncio
 import collections
 import dataclasses
 import errno
+import random
 import time
 import urllib.parse
 
@@ -29,6 +34,8 @@ from schemas.codec import encode
 from stagecast.bench.wsclient import RawWebSocket, new_key
 
 Bytes = bytes | bytearray | memoryview
+SUPERSEDED = "superseded"
+"""A client refused `SERVER_BUSY` whose socket the edge closed: a new one joins in its place."""
 PARTICIPANT_TAGS = frozenset((b"participant_joined", b"participant_left", b"participant_updated"))
 
 
@@ -95,14 +102,17 @@ class ProcResults:
     participants_total: int = 0
     lags_ms: list[float] = dataclasses.field(default_factory=list)
     never_exact: int = 0
+    told_to_wait: int = 0  # clients answered SERVER_BUSY at least once
+    busy_answers: int = 0  # SERVER_BUSY answers in all
 
 
 class SimClient(RawWebSocket):
     """One simulated participant on one socket (see the module docstring)."""
 
-    __slots__ = ("audience", "churn", "connect_at", "count_frames", "failure", "fleet",
-                 "join_frame", "joined_at", "leaving", "lost", "participant_frames",
-                 "participants", "sent_at", "total", "total_at")  # fmt: skip
+    __slots__ = ("audience", "busy", "busy_hint", "churn", "connect_at", "count_frames",
+                 "failure", "fleet", "join_frame", "joined_at", "leaving", "lost",
+                 "participant_frames", "participants", "sent_at", "source", "total",
+                 "total_at")  # fmt: skip
 
     def __init__(
         self, fleet: Fleet, edge: Edge, join_frame: bytes, audience: bool, churn: bool = False
@@ -119,6 +129,9 @@ class SimClient(RawWebSocket):
         self.total = -1
         self.failure = ""
         self.lost = False
+        self.busy = 0  # SERVER_BUSY answers to this client's join
+        self.busy_hint = 0.0  # seconds to wait after the last one (0: none pending)
+        self.source = "127.0.0.1"  # the local address it connects from
 
     def fail(self, reason: str) -> None:
         """The join failed (a no-op once joined or failed): count it, drop the socket."""
@@ -131,7 +144,7 @@ class SimClient(RawWebSocket):
 
     def on_open(self) -> None:
         self.send_binary(self.join_frame)
-        self.sent_at = time.monotonic()
+        self.sent_at = self.sent_at or time.monotonic()  # a reconnect keeps the first
 
     def on_failed(self, reason: str) -> None:
         self.fail(reason)
@@ -142,6 +155,10 @@ class SimClient(RawWebSocket):
             code = self.close_code
             reason = f"close {code} {self.close_reason}" if code else f"tcp {exc!r}"
             self.fleet.drops[reason[:60]] += 1
+        elif not self.joined_at and self.busy_hint and not self.fleet.closing:
+            self.failure = SUPERSEDED  # refused SERVER_BUSY and closed: connect again
+            delay = self.busy_hint * (1 + random.random())
+            asyncio.get_running_loop().call_later(delay, self.fleet.reconnect, self)
         elif not self.joined_at:
             self.fail(f"closed before joined ({self.close_code})")
 
@@ -167,7 +184,24 @@ class SimClient(RawWebSocket):
             self._set_total(_total(body.get("counts")))
         elif tag in (b"error", b"disconnect") and not self.joined_at:
             body = msgpack.unpackb(data, raw=False)
+            if body.get("code") == "SERVER_BUSY" and not self.failure:
+                self._wait_and_retry(body.get("retry_after_ms") or 1000)
+                return
             self.fail(f"{tag.decode()} {body.get('code') or body.get('reason')}")
+
+    def _wait_and_retry(self, retry_after_ms: object) -> None:
+        """Send the join again on this socket after the hint, with jitter ([1, 2) x)."""
+        self.busy += 1
+        hint = retry_after_ms / 1000 if isinstance(retry_after_ms, int) else 1.0
+        hint = max(hint, min(2.0, 0.25 * 2 ** (self.busy - 1)))  # the SDKs' backoff grows too
+        self.busy_hint = hint
+        loop = asyncio.get_running_loop()
+        loop.call_later(hint * (1 + random.random()), self._resend)
+
+    def _resend(self) -> None:
+        if not (self.joined_at or self.failure or self.lost):
+            self.busy_hint = 0.0
+            self.send_binary(self.join_frame)
 
     def _set_total(self, total: int) -> None:
         if total != self.total:
@@ -223,10 +257,26 @@ class Fleet:
         edge = self.edges[g % len(self.edges)]
         host = self.hosts[(g // len(self.edges)) % len(self.hosts)]
         client = SimClient(self, edge, frame, audience, churn)
-        task = asyncio.get_running_loop().create_task(self._connect(client, host, timeout))
+        client.source = host
+        self._connect_soon(client, timeout)
+        return client
+
+    def _connect_soon(self, client: SimClient, timeout: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect(client, client.source, timeout))
         self.connecting.add(task)
         task.add_done_callback(self.connecting.discard)
-        return client
+
+    def reconnect(self, old: SimClient) -> None:
+        """`old` was refused `SERVER_BUSY` and closed: a new socket joins in its place,
+        keeping its first connect and join times and its busy count."""
+        if self.closing:
+            return
+        edge = Edge(old.host, old.port, old.path)
+        client = SimClient(self, edge, old.join_frame, old.audience, old.churn)
+        client.source, client.connect_at, client.sent_at = old.source, old.connect_at, old.sent_at
+        client.busy = old.busy
+        (self.churners if old.churn else self.clients).append(client)
+        self._connect_soon(client, 30.0)
 
     async def run_wave(self, wave: Wave, join_timeout: float) -> dict[str, float]:
         """Start this process's share of `wave` at its pace; wait until each is settled."""
@@ -290,8 +340,13 @@ class Fleet:
         out = ProcResults(joined=self.joined, drops=dict(self.drops))
         failures: collections.Counter[str] = collections.Counter()
         for c in self.clients:
+            if c.failure == SUPERSEDED:
+                continue  # its replacement is counted
             if c.audience:
                 out.started.append(c.connect_at)
+            if c.busy:
+                out.told_to_wait += 1
+                out.busy_answers += c.busy
             if not c.joined_at:
                 failures[c.failure or "unsettled"] += 1
                 continue

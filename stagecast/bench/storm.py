@@ -55,6 +55,7 @@ from stagecast.bench.stormhost import (
     raise_nofile,
     source_hosts,
 )
+from stagecast.bench.stormload import edge_counters, overload_figures
 from stagecast.server_api import RoomService
 from stagecast.up import Stack, UpConfig
 
@@ -155,6 +156,8 @@ class Outcome:
     rss_before: dict[str, float] = dataclasses.field(default_factory=dict)  # bytes
     rss_held: dict[str, float] = dataclasses.field(default_factory=dict)  # end of idle
     rss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
+    edges_join_end: dict[str, float] = dataclasses.field(default_factory=dict)  # stormload
+    edges_end: dict[str, float] = dataclasses.field(default_factory=dict)
     stopped: str = ""
 
     def merged(self, field: str) -> list[float]:
@@ -291,6 +294,7 @@ class Storms:
             (0.0, 0) if stop.is_set() else await self._wave("viewers", crowd, plan.viewers)
         )
         out.join, out.viewers_joined = Phase.between(start, await self._mark()), viewers
+        out.edges_join_end = await edge_counters(self.stack.edge_urls)
         if not stop.is_set():
             out.final_total = await self._room_total(plan.room_id, joined + viewers)
             console.print(f"  joins done; waiting for every client to hold {out.final_total}")
@@ -302,6 +306,7 @@ class Storms:
         self.clients.send_all("finish", time.monotonic(), 10.0)
         got = await self.clients.collect("results", time.monotonic() + 60.0)
         out.procs = [m[1] for m in got.values()]
+        out.edges_end = await edge_counters(self.stack.edge_urls)
         await self.clients.collect("closed", time.monotonic() + 30.0)
         out.rss_mb, out.stopped = dict(self.monitor.rss_mb), self.monitor.reason
         return out
@@ -350,7 +355,10 @@ def tiered_figures(out: Outcome) -> list[Result]:
     for role, name in (("edge", "edge"), ("statekeeper", "statekeeper"), ("nats", "nats"),
                        ("clients", "client")):  # fmt: skip
         rows.append((f"{name}_cpu_s", cpu_s.get(role, 0.0), "s", use.get(role, "")))
-    return [Result(*row) for row in rows] + unit_costs(out)
+    tcp = sum(n for r in out.procs for why, n in r.drops.items() if why.startswith("tcp"))
+    waited, busy = int(out.sum("told_to_wait")), int(out.sum("busy_answers"))
+    overload = overload_figures(waited, busy, tcp, out.edges_end, out.edges_join_end)
+    return [Result(*row) for row in rows] + overload + unit_costs(out)
 
 
 def unit_costs(out: Outcome) -> list[Result]:

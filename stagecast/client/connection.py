@@ -195,7 +195,7 @@ class SignalConnection:
         finally:
             self._pending.pop(request_id, None)
         if isinstance(reply, Error):
-            raise error_for(reply.code, reply.message)
+            raise error_for(reply.code, reply.message, reply.retry_after_ms)
         return reply
 
     def abort(self) -> None:

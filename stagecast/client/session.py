@@ -1,9 +1,11 @@
 """A room session's lifecycle: join, resume after a dropped socket, join again, leave.
 
 `connecting` -> `connected` on `joined`. A connect retries refusals worth retrying
-(`UNAVAILABLE`, an edge that does not answer, ...) over the URL list with a bounded backoff
-for `join_retry_window` seconds, sending the same `join_key` each time, so a join that
-timed out but did land is continued, never doubled (nobody sees it join, leave and join).
+(`UNAVAILABLE`, `SERVER_BUSY`, an edge that does not answer, ...) over the URL list with a
+bounded backoff for `join_retry_window` seconds, sending the same `join_key` each time, so
+a join that timed out but did land is continued, never doubled (nobody sees it join, leave
+and join). A refusal with a retry-after hint (`SERVER_BUSY`) waits at least the hint, times
+a random factor in [1, 2) so that clients refused together do not come back together.
 
 When the socket drops without a server `disconnect`, the session goes `reconnecting`
 (event `reconnecting`) and retries with a bounded exponential backoff, within the room's
@@ -57,6 +59,7 @@ RETRYABLE = frozenset(
         ErrorCode.INTERNAL.value,
         ErrorCode.RATE_LIMITED.value,
         ErrorCode.TOO_MANY_CONNECTIONS.value,
+        ErrorCode.SERVER_BUSY.value,
     }
 )
 """Join refusals worth another attempt (on this or another edge)."""
@@ -64,6 +67,13 @@ REJOIN_ON = frozenset({ErrorCode.RESUME_FAILED.value, ErrorCode.SESSION_LOST.val
 """Why a reconnect joins again instead of resuming: the server's session is gone."""
 LEAVE_TIMEOUT = 3.0
 CALLBACK_DRAIN_TIMEOUT = 5.0
+
+
+def honor_hint(delay: float, error: BaseException | None, jitter: float) -> float:
+    """The pause before the next attempt: `delay`, or the server's retry-after hint times
+    `jitter` (drawn from [1, 2)) when that is longer."""
+    hint = error.retry_after if isinstance(error, StagecastError) else 0.0
+    return max(delay, hint * jitter) if hint > 0 else delay
 
 
 class RoomPort(Protocol):
@@ -166,6 +176,7 @@ class ClientSession:
                 return
             attempt += 1
             delay = self._backoff(attempt - len(self.urls)) if attempt >= len(self.urls) else 0
+            delay = honor_hint(delay, last, random.uniform(1.0, 2.0))
             if attempt >= len(self.urls) and loop.time() + delay >= deadline:
                 break
             log.info("join attempt %d on %s failed: %r", attempt, self.urls[index], last)
@@ -302,8 +313,10 @@ class ClientSession:
         attempt = 0
         if rejoin:
             await self._prepare_rejoin()
+        last: BaseException | None = None
         while not self._leaving:
             delay = 0.0 if rejoin and attempt == 0 else self._backoff(attempt)
+            delay = honor_hint(delay, last, random.uniform(1.0, 2.0))
             if loop.time() + delay >= deadline:
                 break
             await asyncio.sleep(delay)
@@ -315,11 +328,13 @@ class ClientSession:
                     await self._restore()
             except (*CONNECT_ERRORS, Unavailable) as exc:
                 log.info("reconnect attempt %d on %s failed: %r", attempt, self.urls[index], exc)
+                last = exc
                 continue
             except StagecastError as exc:
                 if self._leaving:
                     return
                 if exc.code in RETRYABLE:
+                    last = exc
                     continue
                 if exc.code in REJOIN_ON and not rejoin:
                     log.info("the session is gone (%s): joining again", exc.code)

@@ -1,0 +1,70 @@
+"""The storm's overload figures: who was told to wait, retries, and why sockets dropped.
+
+A client only sees that its socket closed: with a close code when the edge said why, as a
+TCP error when it did not (a liveness drop aborts the socket, as does a client process
+that ran out of descriptors). The edges count their own side in `/metrics`; read at the
+end of a storm (and their loop lag at the end of the join phase), they say which drops
+were the edge's and how far behind its loop was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import httpx
+
+from edge.metrics import sample_value
+from stagecast.bench import Result
+
+EDGE_COUNTERS: dict[str, str] = {
+    "append_retries": "stagecast_edge_append_retries_total",
+    "append_retries_denied": "stagecast_edge_append_retries_denied_total",
+    "joins_busy": "stagecast_edge_joins_busy_total",
+    "liveness_drops": "stagecast_edge_liveness_drops_total",
+    "slow_consumer_closes": "stagecast_edge_queue_drops_total",
+    "loop_lag_s": "stagecast_edge_loop_lag_seconds",
+}
+"""What is read from each edge's `/metrics` (summed over edges; the lag: the largest)."""
+
+
+async def edge_counters(urls: Sequence[str]) -> dict[str, float]:
+    """`EDGE_COUNTERS` of every edge at `urls` (an edge that does not answer is skipped;
+    a sample an edge does not have counts as 0)."""
+    got = dict.fromkeys(EDGE_COUNTERS, 0.0)
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        for url in urls:
+            with contextlib.suppress(httpx.HTTPError):
+                text = (await http.get(f"{url}/metrics")).text
+                for key, name in EDGE_COUNTERS.items():
+                    value = sample_value(text, name) or 0.0
+                    got[key] = max(got[key], value) if key == "loop_lag_s" else got[key] + value
+    return got
+
+
+def overload_figures(
+    told_to_wait: int,
+    busy_answers: int,
+    tcp_drops: int,
+    end: dict[str, float],
+    join_end: dict[str, float],
+) -> list[Result]:
+    """The figures of docs/benchmarks.md's storm section, "overload": from the clients'
+    tallies, the edges' counters at the end (`end`) and at the end of the join phase."""
+    lag = join_end.get("loop_lag_s", 0.0)
+    liveness, slow = end.get("liveness_drops", 0.0), end.get("slow_consumer_closes", 0.0)
+    return [
+        Result("told_to_wait", told_to_wait, "clients",
+               f"answered SERVER_BUSY at least once; {busy_answers} such answers in all"),
+        Result("retries", end.get("append_retries", 0.0), "retries",
+               f"room-log append attempts repeated by the edges; "
+               f"{end.get('append_retries_denied', 0.0):.0f} denied by the retry budget"),
+        Result("edge_liveness_drops", liveness, "sockets",
+               f"dropped by the edges' liveness sweep (no close frame); {tcp_drops} clients saw "
+               f"their socket end without one; {slow:.0f} slow-consumer closes"),
+        Result("edge_loop_lag_max_s", lag, "s",
+               "largest delay of an edge's loop-lag probe in the 20 s before the joins ended"),
+    ]  # fmt: skip
+
+
+__all__ = ["EDGE_COUNTERS", "edge_counters", "overload_figures"]
