@@ -151,6 +151,20 @@ def test_the_extension_is_built_and_on_by_default(monkeypatch: pytest.MonkeyPatc
     assert fanout.new_leg([None] * HISTORY) is None
 
 
+def test_without_the_extension_every_leg_takes_python_and_the_log_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fanout, "_fanout", None)
+    monkeypatch.setattr(fanout, "_import_error", "no module named rtc._fanout")
+    monkeypatch.setattr(fanout, "_said", False)
+    with caplog.at_level("WARNING", logger="rtc.fanout"):
+        assert fanout.new_leg([None] * HISTORY) is None
+        assert fanout.new_leg([None] * HISTORY) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "C fan-out not built (no module named rtc._fanout): every leg takes the Python path"
+    ]
+
+
 @pytest.mark.parametrize("extensions", [True, False])
 def test_each_leg_gets_what_rtpwriter_and_pylibsrtp_make(
     receiver: socket.socket, sender_socket: socket.socket, extensions: bool
@@ -273,8 +287,11 @@ def test_a_full_socket_hands_the_datagram_to_the_transport() -> None:
         assert route.fallback, "the receiver's queue never filled"
         ((data, address),) = route.fallback
         assert address == path
-        first = writer(7, extensions=False).serialize(packet(0), 0, 0)
-        assert receiver.recv(2048) == reference.protect(first)
+        rtp = writer(7, extensions=False)
+        assert receiver.recv(2048) == reference.protect(rtp.serialize(packet(0), 0, 0))
+        for earlier in range(1, seq):
+            reference.protect(rtp.serialize(packet(earlier), earlier, 0))
+        assert data == reference.protect(rtp.serialize(packet(seq), seq, 0))
         assert leg.packets_sent == seq + 1
         assert int.from_bytes(leg.history[seq % HISTORY][2:4], "big") == seq  # type: ignore[index]
 
