@@ -20,7 +20,12 @@ COPY statekeeper ./statekeeper
 COPY forwarder ./forwarder
 COPY webhooks ./webhooks
 COPY stagecast ./stagecast
-RUN pip install . \
+# gcc only while pip builds the forwarder's C fan-out (rtc/_fanout.c), then removed.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --system --create-home --home-dir /var/lib/stagecast --uid 10001 stagecast
 
 # The statekeeper's SQLite default (.stagecast/statekeeper.db) lands here when no

@@ -6,11 +6,25 @@ STAMP := $(VENV)/.installed
 
 .PHONY: up test lint typecheck check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml rtc/_fanout.c | build-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The forwarder's C fan-out (rtc/_fanout.c) is built by pip: it needs a C compiler and the
+# interpreter's headers (Debian: gcc, python3-dev), installed with apt-get when missing.
+# Without them the package still installs (the forwarder runs its Python path) and
+# tests/test_fanout_c.py fails, saying the extension is not built.
+.PHONY: build-deps
+build-deps:
+	@if ! command -v cc >/dev/null || [ ! -f "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then \
+	  echo "installing gcc and python3-dev with apt-get (the forwarder's C fan-out)"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  { $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	      gcc libc6-dev python3-dev; } || echo "gcc/python3-dev could not be installed"; \
+	fi
 
 up: $(STAMP)
 	$(BIN)/stagecast up

@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -58,6 +58,9 @@ from rtc.aiortc_adapter import (
     prefer_codecs,
 )
 from rtc.packets import CodecInfo, MediaKind, MediaPacket
+
+if TYPE_CHECKING:
+    from rtc._fanout import FastLeg
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,11 @@ class SubscriberLeg:
     @property
     def leg_id(self) -> str:
         return f"{self.subscriber_id}/{self.track_id}"
+
+    @property
+    def fast(self) -> FastLeg | None:
+        """The stream's C fan-out (the router sends through it when it can)."""
+        return self.stream.fast if self.stream is not None else None
 
     def send(self, packet: MediaPacket, sequence_number: int) -> Coroutine[Any, Any, bool]:
         # The stream's own coroutine, not one awaiting it: one frame less per packet and

@@ -11,6 +11,11 @@ restart) or a relay re-established after its origin republished. Either comes wi
 SSRC, or with `replace_source`; every leg then restarts at the next keyframe, continuing
 its own sequence, so subscribers never see the jump.
 
+A leg that has a C fan-out (`fast`, a `rtc.fanout.FastLeg`: a subscriber leg's outbound
+stream once the C extension is built) is sent to with the packet's other such legs in one
+call (`rtc.fanout.fanout`); the legs it hands back (route not settled, loss injection,
+RED) go through their `send` as any other leg.
+
 Keyframe requests to a publisher are rate limited per track: at most one per
 `keyframe_interval` seconds. A request inside the window is not lost but coalesced into one
 sent when the window ends, so a new subscriber (which always asks for one) gets its
@@ -23,12 +28,14 @@ import asyncio
 import logging
 import random
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from forwarder.errors import DuplicateTrack, TrackNotFound
 from forwarder.simulcast_track import LayerSource, SimulcastTrack
+from rtc import fanout as c_fanout
 from rtc.packets import (
     CodecInfo,
     DuplicateFilter,
@@ -88,12 +95,14 @@ class TrackStats:
 
 
 class _Subscription:
-    __slots__ = ("awaiting_keyframe", "leg", "rewriter")
+    __slots__ = ("awaiting_keyframe", "fast", "leg", "rewriter")
 
     def __init__(self, leg: Leg, rewriter: SequenceRewriter, awaiting_keyframe: bool) -> None:
         self.leg = leg
         self.rewriter = rewriter
         self.awaiting_keyframe = awaiting_keyframe
+        self.fast: c_fanout.FastLeg | None = getattr(leg, "fast", None)
+        """The leg's C fan-out, if it has one (see the module's docstring)."""
 
 
 class _Track:
@@ -157,6 +166,9 @@ class Router:
         self._first_sequence = first_sequence
         self._tracks: dict[str, _Track] = {}
         self._forwarded_total = 0
+        self.send_stamps: array[int] | None = None
+        """When set, gets CLOCK_MONOTONIC ns after each C fan-out send (the media
+        benchmark's latency probe; a leg's own `send` is stamped by its wrapper)."""
 
     @property
     def track_ids(self) -> list[str]:
@@ -324,6 +336,9 @@ class Router:
         keyframe: bool | None = None
         waiting = False
         padding_only = not packet.payload
+        fast_legs: list[c_fanout.FastLeg] = []
+        fast_seqs: list[int] = []
+        fast_subs: list[_Subscription] = []
         for sub in list(track.subscriptions.values()):
             if sub.awaiting_keyframe:
                 if keyframe is None:
@@ -338,8 +353,21 @@ class Router:
             if padding_only and sub.rewriter.skip(packet.sequence_number):
                 continue
             seq = sub.rewriter.rewrite(packet.sequence_number)
-            if seq is not None and await sub.leg.send(packet, seq):
+            if seq is None:
+                continue
+            fast = sub.fast
+            if fast is not None:
+                fast_legs.append(fast)
+                fast_seqs.append(seq)
+                fast_subs.append(sub)
+            elif await sub.leg.send(packet, seq):
                 sent += 1
+        if fast_legs:
+            fast_sent, others = c_fanout.fanout(packet, fast_legs, fast_seqs, self.send_stamps)
+            sent += fast_sent
+            for index in others:
+                if await fast_subs[index].leg.send(packet, fast_seqs[index]):
+                    sent += 1
         track.forwarded += sent
         self._forwarded_total += sent
         if waiting:

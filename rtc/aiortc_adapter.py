@@ -82,7 +82,8 @@ from aiortc.rtp import (
 )
 from aiortc.utils import uint16_add
 
-from rtc.direct_send import DatagramRoute, SrtpProtector, resuming
+from rtc import fanout
+from rtc.direct_send import DatagramRoute, SrtpProtector, resuming, srtp_pointers
 from rtc.errors import InvalidStateError, UnsupportedAiortc
 from rtc.packets import MediaPacket, RtpWriter, red_primary, red_retyped
 
@@ -631,6 +632,28 @@ class _DirectPath:
         assert nominated is not None
         return cls(dtls, nominated, pair, route)
 
+    def bind(self, fast: fanout.FastLeg, sender: RTCRtpSender) -> None:
+        """Point a leg's C fan-out at this path (it checks, per packet, what `usable`
+        checks, plus `sender._enabled`, the socket and the transport's queue)."""
+        session = self._dtls._tx_srtp
+        protect, context = srtp_pointers(session)
+        route = self.route
+        fast.bind(
+            session=session,
+            protect=protect,
+            context=context,
+            sock=route.sock,
+            address=route.address,
+            queued=route.queued,
+            fallback=route.fallback,
+            nominated=self._nominated,
+            component=_RTP_COMPONENT,
+            pair=self._pair,
+            dtls=self._dtls,
+            connected=_DTLS_CONNECTED,
+            sender=sender,
+        )
+
     def usable(self) -> bool:
         """Whether the pair is still the nominated one, DTLS still connected and the
         transport's writer not tapped since."""
@@ -688,9 +711,13 @@ class OutboundStream:
         self._sender: RTCRtpSender = sender
         self._on_keyframe_request: Callable[[], object] = on_keyframe_request
         self._on_ready: Callable[[OutboundStream], object] | None = on_ready
-        self._history: dict[int, bytes] = {}
+        self._history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
         """The RTP bytes (before SRTP) of the last sends, by sequence number modulo
-        `RTP_HISTORY_SIZE`, for NACKs (aiortc's own history, of `RtpPacket`s, stays empty)."""
+        `RTP_HISTORY_SIZE`, for NACKs (aiortc's own history, of `RtpPacket`s, stays empty);
+        the C fan-out writes into the same list."""
+        self.fast: fanout.FastLeg | None = fanout.new_leg(self._history)
+        """The leg's C fan-out (None without it): the router sends through it when it can;
+        its counters add to this stream's."""
         self._rtx_sequence_number: int = random_sequence_number()
         self._extensions_map: Any = getattr(sender, S_HEADER_EXTENSIONS_MAP)
         self._ssrc: int = sender._ssrc
@@ -704,10 +731,9 @@ class OutboundStream:
         self._writer: RtpWriter | None = None
         self.rtx_payload_type: int | None = None
         self.ready: bool = False
-        self.packets_sent: int = 0
-        self.octets_sent: int = 0
-        self.packets_refused: int = 0
-        """Packets the leg's SRTP session refused (replays: a duplicate from upstream)."""
+        self._packets_sent: int = 0
+        self._octets_sent: int = 0
+        self._packets_refused: int = 0
         self.keyframe_requests_received: int = 0
         self.retransmit_requests: int = 0
         """Sequence numbers the subscriber NACKed."""
@@ -717,9 +743,7 @@ class OutboundStream:
         """RED packets sent as RED (the subscriber negotiated it)."""
         self.red_unwrapped: int = 0
         """RED packets sent as their primary Opus block (the subscriber has no RED)."""
-        self.drop: Callable[[int], bool] | None = None
-        """Loss injection: `drop(sequence_number)` True keeps a packet in the history but
-        does not send it (tests and fault drills only)."""
+        self._drop: Callable[[int], bool] | None = None
         self.packets_dropped: int = 0
         self.on_feedback: Callable[[float | None, int | None], object] | None = None
         """Called with (loss fraction, None) for each receiver report on this leg and
@@ -760,6 +784,35 @@ class OutboundStream:
         return self._ssrc
 
     @property
+    def packets_sent(self) -> int:
+        fast = self.fast
+        return self._packets_sent + (fast.packets_sent if fast is not None else 0)
+
+    @property
+    def octets_sent(self) -> int:
+        """Payload bytes sent (as RTCP sender reports count them)."""
+        fast = self.fast
+        return self._octets_sent + (fast.octets_sent if fast is not None else 0)
+
+    @property
+    def packets_refused(self) -> int:
+        """Packets the leg's SRTP session refused (replays: a duplicate from upstream)."""
+        fast = self.fast
+        return self._packets_refused + (fast.packets_refused if fast is not None else 0)
+
+    @property
+    def drop(self) -> Callable[[int], bool] | None:
+        """Loss injection: `drop(sequence_number)` True keeps a packet in the history but
+        does not send it (tests and fault drills only; the leg leaves the C fan-out)."""
+        return self._drop
+
+    @drop.setter
+    def drop(self, drop: Callable[[int], bool] | None) -> None:
+        self._drop = drop
+        if self.fast is not None:
+            self.fast.diverted = drop is not None
+
+    @property
     def direct(self) -> bool:
         """Whether the leg's packets go straight to the socket (`_DirectPath`) now."""
         return self._direct is not None and self._direct.usable()
@@ -786,13 +839,15 @@ class OutboundStream:
         else:
             data = self._serialize_with_aiortc(packet, sequence_number, abs_send_time, payload_type)
         self._history[sequence_number % RTP_HISTORY_SIZE] = data
-        drop = self.drop
+        drop = self._drop
         if drop is not None and drop(sequence_number):
             self.packets_dropped += 1
             return True
         direct = self._direct
         if direct is None or not direct.usable():
             direct = self._direct = _DirectPath.open(self._transport)
+            if direct is not None and self.fast is not None:
+                direct.bind(self.fast, self._sender)
         try:
             if direct is not None:
                 if not direct.route.send(direct.protector.protect(data)):
@@ -802,10 +857,10 @@ class OutboundStream:
         except ConnectionError:
             return False
         except pylibsrtp.Error:  # e.g. a duplicate: SRTP refuses to reuse an index
-            self.packets_refused += 1
+            self._packets_refused += 1
             return False
-        self.packets_sent += 1
-        self.octets_sent += len(packet.payload)
+        self._packets_sent += 1
+        self._octets_sent += len(packet.payload)
         self._last_sent_at = now
         self._last_rtp_timestamp = packet.timestamp
         return True
@@ -831,7 +886,7 @@ class OutboundStream:
     async def _retransmit(self, sequence_number: int) -> None:
         # Replaces RTCRtpSender._retransmit (same behaviour) on the history of bytes.
         self.retransmit_requests += 1
-        data = self._history.get(sequence_number % RTP_HISTORY_SIZE)
+        data = self._history[sequence_number % RTP_HISTORY_SIZE]
         if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
             return
         self.retransmissions += 1
@@ -854,9 +909,13 @@ class OutboundStream:
     def _sync_sender_report(self) -> None:
         """Copy the last send's wall time, RTP timestamp and the counts into the fields
         aiortc's sender reports (and `getStats`) read."""
-        if not self.packets_sent:
+        packets_sent = self.packets_sent
+        if not packets_sent:
             return
-        now = self._last_sent_at
+        now, rtp_timestamp = self._last_sent_at, self._last_rtp_timestamp
+        fast = self.fast
+        if fast is not None and fast.last_sent_at > now:
+            now, rtp_timestamp = fast.last_sent_at, fast.last_rtp_timestamp
         seconds = int(now)
         sender = self._sender
         setattr(
@@ -864,8 +923,8 @@ class OutboundStream:
             S_NTP_TIMESTAMP,
             ((seconds + _NTP_EPOCH_OFFSET) << 32) | int((now - seconds) * 4294967296.0),
         )
-        setattr(sender, S_RTP_TIMESTAMP, self._last_rtp_timestamp)
-        setattr(sender, S_PACKET_COUNT, self.packets_sent)
+        setattr(sender, S_RTP_TIMESTAMP, rtp_timestamp)
+        setattr(sender, S_PACKET_COUNT, packets_sent)
         setattr(sender, S_OCTET_COUNT, self.octets_sent)
 
     def _feedback(self, packet: Any) -> None:
@@ -911,6 +970,15 @@ class OutboundStream:
             audio_level_id=ids.get(_AUDIO_LEVEL_URI),
         )
         self._writer = writer if writer.usable else None
+        if self.fast is not None and writer.usable:
+            mid_element, abs_send_time_id, audio_level_id = writer.extension_layout
+            self.fast.configure(
+                payload_type=self._payload_type,
+                ssrc=self._ssrc,
+                mid_element=mid_element,
+                abs_send_time_id=abs_send_time_id,
+                audio_level_id=audio_level_id,
+            )
         self.rtx_payload_type = getattr(self._sender, S_RTX_PAYLOAD_TYPE)
         self._transport = self._sender.transport
         _route_fir_to_senders(self._transport)

@@ -17,8 +17,8 @@ At 100 subscribers that path is most of the forwarder's CPU (docs/benchmarks.md,
   sender reports), instead of on every packet.
 
 What pylibsrtp keeps private and this module uses (checked by tests/test_direct_send.py):
-`pylibsrtp._binding` (`ffi`, `lib.srtp_protect`), `Session._srtp` (the libsrtp context)
-and `pylibsrtp.ERRORS` (messages by status code).
+`pylibsrtp._binding` (`ffi`, `lib.srtp_protect` and its address), `Session._srtp` (the
+libsrtp context) and `pylibsrtp.ERRORS` (messages by status code).
 """
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ class SrtpProtector:
         return self._view[: length[0]]
 
 
+def srtp_pointers(session: pylibsrtp.Session) -> tuple[int, int]:
+    """(address of libsrtp's `srtp_protect`, address of `session`'s libsrtp context), for
+    C code (`rtc/_fanout.c`) to protect with the same libsrtp build that holds the session.
+    Valid while `session` lives."""
+    protect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+    context = int(ffi.cast("uintptr_t", session._srtp[0]))
+    return protect, context
+
+
 class DatagramRoute:
     """Writes datagrams to one address on a UDP socket that an asyncio transport owns.
 
@@ -89,7 +98,7 @@ class DatagramRoute:
     may lose it: `send` returns False (asyncio would only report it to its protocol).
     """
 
-    __slots__ = ("_address", "_fallback", "_queued", "_sendto", "address")
+    __slots__ = ("_address", "_fallback", "_queued", "_sendto", "address", "sock")
 
     def __init__(
         self,
@@ -101,11 +110,22 @@ class DatagramRoute:
     ) -> None:
         if sock.type != socket.SOCK_DGRAM:
             raise ValueError(f"a datagram route needs a UDP socket, not {sock.type!r}")
+        self.sock = sock
         self._sendto = sock.sendto
         self._address = address
         self.address = address
         self._queued = queued
         self._fallback = fallback
+
+    @property
+    def queued(self) -> Callable[[], int]:
+        """What says how much the transport has queued (0: write directly)."""
+        return self._queued
+
+    @property
+    def fallback(self) -> Callable[[bytes, Address], object]:
+        """The transport's own `sendto`, which queues a datagram."""
+        return self._fallback
 
     def send(self, data: bytes | memoryview) -> bool:
         """Write one datagram; False if the socket refused it (the datagram is lost)."""

@@ -90,6 +90,12 @@ class RtpWriter:
         for ext_id in (self._abs_send_time_id, self._audio_level_id):
             self.usable = self.usable and ext_id <= 14
 
+    @property
+    def extension_layout(self) -> tuple[bytes, int, int]:
+        """(the MID element, abs-send-time id, audio level id; 0 for none): what the C
+        fan-out (`rtc/_fanout.c`) needs to write the same bytes."""
+        return self._mid_element, self._abs_send_time_id, self._audio_level_id
+
     def serialize(
         self,
         packet: MediaPacket,

@@ -9,7 +9,8 @@ forwarder's alone. Two nodes:
   Its router is instrumented from outside, through its public methods: `forward` stamps
   when a publisher packet reaches the router, and each subscribed leg is wrapped so that
   each send is stamped after the leg's SRTP and socket write (CLOCK_MONOTONIC, comparable
-  with the publisher's send stamps in another process).
+  with the publisher's send stamps in another process); the router's C fan-out stamps its
+  own sends into the same array (`Router.send_stamps`).
 - `RelayNode`: aiortc's `MediaRelay`, the decode/re-encode baseline: one decoder per
   published track, one real encoder per subscriber and track (VP8 pinned to the
   publisher's bitrate, so both deliver the same ~300 packets/s), frames dropped rather
@@ -104,7 +105,8 @@ class LatencyProbe:
     """
 
     def __init__(self, router: Router) -> None:
-        self.recording = False
+        self._router = router
+        self._recording = False
         self.truncated = False
         self.packets = array("q")
         self.sends = array("q")
@@ -130,21 +132,33 @@ class LatencyProbe:
         setattr(router, "forward", timed_forward)  # noqa: B010 - instance override
         setattr(router, "subscribe", timed_subscribe)  # noqa: B010
 
+    @property
+    def recording(self) -> bool:
+        return self._recording
+
+    @recording.setter
+    def recording(self, recording: bool) -> None:
+        self._recording = recording
+        self._router.send_stamps = self.sends if recording else None
+
     def take(self) -> LatencyStamps:
         stamps = LatencyStamps(self.packets.tobytes(), self.sends.tobytes(), self.truncated)
         self.packets, self.sends, self.truncated = array("q"), array("q"), False
+        self.recording = self._recording  # the router stamps into the new array
         return stamps
 
 
 class _TimedLeg:
     """A router leg whose successful sends are stamped while the probe records."""
 
-    __slots__ = ("_leg", "_probe", "leg_id")
+    __slots__ = ("_leg", "_probe", "fast", "leg_id")
 
     def __init__(self, leg: Leg, probe: LatencyProbe) -> None:
         self._leg = leg
         self._probe = probe
         self.leg_id = leg.leg_id
+        self.fast = getattr(leg, "fast", None)
+        """The leg's C fan-out: the router stamps its sends (`Router.send_stamps`)."""
 
     async def send(self, packet: MediaPacket, sequence_number: int) -> bool:
         sent = await self._leg.send(packet, sequence_number)

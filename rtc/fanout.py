@@ -1,0 +1,79 @@
+"""The forwarder's per-leg fan-out in C (`rtc/_fanout.c`), when it was built.
+
+At 100 subscribers the forwarder's CPU is the work each leg does for each packet
+(docs/benchmarks.md, media): write the leg's RTP header, keep the bytes for NACKs, SRTP,
+`sendto`. In Python that costs ~14 µs per leg and packet; the C loop does it with one
+call per packet for all of a track's legs, and the system calls without the GIL.
+
+The extension is optional at install time (a machine without a C compiler still installs
+the package): without it, or with ``STAGECAST_FANOUT_C=0`` in the environment, `new_leg`
+returns None, every leg takes the Python path, and the first leg made says so in the log
+once. tests/test_fanout_c.py asserts the extension is built where the tests run.
+
+A `FastLeg` is made per outbound stream (`rtc.aiortc_adapter.OutboundStream.fast`),
+configured with the leg's header layout once negotiated, and bound to its route whenever
+the Python path opens a direct one; `fanout` hands back the legs whose route does not
+hold (ICE moved, DTLS gone, a tapped writer, a queue, loss injection, RED) for the Python
+path to send.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from array import array
+from typing import TYPE_CHECKING
+
+from rtc.packets import MediaPacket
+
+if TYPE_CHECKING:
+    from rtc._fanout import FastLeg as FastLeg
+
+logger = logging.getLogger(__name__)
+
+SWITCH = "STAGECAST_FANOUT_C"
+"""Environment variable: ``0`` turns the C fan-out off (for A/B measurements)."""
+
+try:
+    from rtc import _fanout
+except ImportError as error:  # pragma: no cover - the tests assert it is built
+    _fanout = None  # type: ignore[assignment]
+    _import_error: str | None = str(error)
+else:
+    _import_error = None
+
+_said = False
+
+
+def built() -> bool:
+    """Whether the C extension was built and imports."""
+    return _fanout is not None
+
+
+def enabled() -> bool:
+    """Whether new legs get a C fan-out (built, and not switched off)."""
+    return _fanout is not None and os.environ.get(SWITCH, "1") != "0"
+
+
+def new_leg(history: list[bytes | None]) -> FastLeg | None:
+    """A `FastLeg` sharing `history` (the leg's NACK history, `HISTORY_SIZE` slots), or
+    None when the C fan-out is off (logged once per process)."""
+    global _said
+    if not enabled():
+        if not _said:
+            _said = True
+            reason = "switched off" if _fanout is not None else f"not built ({_import_error})"
+            logger.warning("C fan-out %s: every leg takes the Python path", reason)
+        return None
+    assert _fanout is not None
+    return _fanout.FastLeg(history)
+
+
+def fanout(
+    packet: MediaPacket, legs: list[FastLeg], sequence_numbers: list[int], stamps: array[int] | None
+) -> tuple[int, list[int]]:
+    """Send `packet` on each leg as its sequence number; returns (how many sent, the
+    indexes of the legs not handled: send those through the Python path). `stamps`, when
+    given, gets CLOCK_MONOTONIC ns after each send (the media benchmark's probe)."""
+    assert _fanout is not None
+    return _fanout.fanout(packet, legs, sequence_numbers, stamps)
