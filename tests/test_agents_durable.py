@@ -115,6 +115,10 @@ async def check_after_the_loss(
         return True
 
     await eventually(settled, what="the lost worker's job moved, the other kept", timeout=WAIT)
+    # the moved job's entrypoint starts once the agent has joined, after the job is recorded
+    await eventually(
+        lambda: moved.id in runs.count, what="the moved job's entrypoint", timeout=WAIT
+    )
     assert runs.count == {kept.id: 1, moved.id: 1}
     events = await agent_events(nats_url, room, 4)
     summary = [

@@ -104,7 +104,7 @@ def test_up_serves_then_stops_cleanly_without_orphans(tmp_path: Path) -> None:
         credentials = tmp_path / "data" / "nats" / "credentials"
         modes = {p.name: p.stat().st_mode & 0o777 for p in credentials.iterdir()}
         assert modes == dict.fromkeys(
-            ("statekeeper.nk", "edge.nk", "forwarder.nk", "admin.nk"), 0o600
+            ("statekeeper.nk", "edge.nk", "forwarder.nk", "admin.nk", "agent.nk"), 0o600
         )
         nats_url = next(x.split()[1] for x in lines if x.startswith("nats-server"))
         anonymous = _cli("forwarder", "--nats-url", nats_url, env=env)

@@ -31,6 +31,7 @@ async def test_a_connection_that_never_connects_is_logged(
 
 
 async def test_a_closed_connection_is_not_reported(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="stagecast.forwarder")
     pc = RTCPeerConnection()
     watch_connection(pc, "publisher PA_gone", after=0.05)
     await pc.close()

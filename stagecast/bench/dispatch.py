@@ -73,7 +73,16 @@ class Starts:
 async def run(args: argparse.Namespace) -> list[Result]:
     if not 1 <= args.jobs <= 32 or not 1 <= args.rounds <= 50:
         raise SystemExit("need 1 <= --jobs <= 32 (two workers of 16) and 1 <= --rounds <= 50")
-    logging.getLogger("stagecast").setLevel(logging.ERROR)
+    quiet = logging.getLogger("stagecast")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # each job's joins and leaves, not the figures
+    try:
+        return await _run(args)
+    finally:
+        quiet.setLevel(level)  # run in-process (tests): leave the logger as it was
+
+
+async def _run(args: argparse.Namespace) -> list[Result]:
     secret = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="stagecast-dispatch-") as tmp:
         config = UpConfig(
