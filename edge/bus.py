@@ -5,6 +5,11 @@ bus. Appends go to the room log through `RoomLog` (JetStream, deduplicated by me
 reads are core request/reply on `stagecast.sk.api`; broadcasts and heartbeats are core
 publishes. Failures surface as `BusUnavailable`, which callers answer with `UNAVAILABLE`.
 
+The edge never creates the room log: the statekeeper does (it alone knows the partitions,
+which are fixed when the stream is made). An edge started first waits for the stream
+(`wait_for_log`); meanwhile every append is refused at once, naming the stream, so a client
+joining then gets `UNAVAILABLE` (retryable) instead of waiting.
+
 `BusPort` is what the edge's sessions, fan-out and handlers use of the bus (STYLE rule 4):
 `Bus` is the real one; the tests' in-memory twin passes the same contract test class.
 """
@@ -28,7 +33,7 @@ from roomlog.retry import RetryPolicy
 from roomlog.seam import Unsubscribable
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
-from schemas.subjects import STATEKEEPER_API
+from schemas.subjects import LOG_STREAM, STATEKEEPER_API
 
 log = logging.getLogger("stagecast.edge")
 
@@ -106,9 +111,11 @@ class Bus:
         re-asserted) is retried: past a whole leader election, since the action deadline
         does not apply to it. Actions are retried for `append_timeout` only."""
         self.refused_appends = 0
+        """Appends refused at once because NATS was disconnected (never sent)."""
         self.link: NatsLink | None = None
         """The connection's state and counters (set by `connect`)."""
-        """Appends refused at once because NATS was disconnected (never sent)."""
+        self.log_ready = False
+        """Whether the room log's stream exists (`wait_for_log`); appends wait for it."""
 
     @classmethod
     async def connect(
@@ -116,15 +123,16 @@ class Bus:
         url: str,
         *,
         name: str,
-        partitions: int = 1,
-        replicas: int = 1,
         append_timeout: float = 3.0,
         append_attempt_timeout: float = 1.0,
         request_timeout: float = 2.0,
         connect_timeout: float = 10.0,
         auth: NatsAuth | None = None,
     ) -> Bus:
-        """Connect (reconnecting forever afterwards) and make sure the log streams exist.
+        """Connect (reconnecting forever afterwards) and see whether the room log exists.
+
+        The streams are the statekeeper's to create; when the log is not there yet,
+        `log_ready` is False and `wait_for_log` waits for it.
 
         `NatsAuthRefused` (wrong credentials) is raised as it is: no retry will help.
         An append is tried for `append_timeout` seconds in all, each attempt waiting
@@ -148,18 +156,31 @@ class Bus:
         try:
             room_log = RoomLog(
                 nc.jetstream(),
-                partitions=partitions,
-                replicas=replicas,
                 ack_timeout=min(append_attempt_timeout, append_timeout),
                 retry=RetryPolicy(deadline=append_timeout),
             )
-            await room_log.ensure()
+            bus = cls(nc, room_log, request_timeout)
+            bus.link = link
+            bus.log_ready = await room_log.has_stream(LOG_STREAM)
         except BaseException:
             await nc.close()
             raise
-        bus = cls(nc, room_log, request_timeout)
-        bus.link = link
         return bus
+
+    async def wait_for_log(self, poll: float = 0.5) -> None:
+        """Return once the room log's stream exists, asking every `poll` seconds.
+
+        Logs once that it waits (naming the stream) and once when the stream is there."""
+        if self.log_ready:
+            return
+        log.warning(
+            "waiting for the room log: stream %s does not exist yet (a statekeeper creates it)",
+            LOG_STREAM,
+        )
+        while not await self.room_log.has_stream(LOG_STREAM):
+            await asyncio.sleep(poll)
+        self.log_ready = True
+        log.info("stream %s exists: the edge takes actions", LOG_STREAM)
 
     @property
     def connected(self) -> bool:
@@ -219,6 +240,8 @@ class Bus:
         if not self.nc.is_connected:
             self.refused_appends += 1
             raise BusUnavailable("NATS is disconnected: the action was not sent")
+        if not self.log_ready:
+            raise BusUnavailable(log_missing())
         try:
             retry = None if event.reply_to else self.event_retry
             return await self.room_log.append(event, msg_id, retry=retry)
@@ -272,4 +295,9 @@ class Bus:
                 log.debug("unsubscribe failed: %s", exc)
 
 
-__all__ = ["Bus", "BusPort", "BusUnavailable", "Handler"]
+def log_missing() -> str:
+    """Why the edge refuses actions before the room log exists."""
+    return f"waiting for the room log: stream {LOG_STREAM} does not exist yet"
+
+
+__all__ = ["Bus", "BusPort", "BusUnavailable", "Handler", "log_missing"]
