@@ -5,6 +5,10 @@
 by its id, pings the edge and aborts a socket that stops answering, and hands every other
 frame to the room in arrival order. Until the room installs its handler (after it has
 applied the `joined` snapshot), pushes are held, so none is applied before the snapshot.
+
+A request refused `UNAVAILABLE` (the room log electing a leader, say) is sent again with
+the same id for `retry_window` seconds, so the edge appends it under the same message id
+and it is applied at most once (`edge.retried`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from schemas.client import (
     Ack,
     Disconnect,
     Error,
+    Join,
     JoinAccepted,
     ParticipantsPage,
     Ping,
@@ -34,6 +39,7 @@ from schemas.client import (
 )
 from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
+from schemas.errors import ErrorCode
 from stagecast.errors import Unavailable, error_for
 
 log = logging.getLogger("stagecast.client")
@@ -66,6 +72,15 @@ class ConnectOptions:
     """Seconds a join (the first, or a full reconnect) keeps retrying refusals worth
     retrying (`UNAVAILABLE`, an edge that does not answer); every URL is tried once even
     when this is 0."""
+    retry_window: float = 15.0
+    """Seconds a request refused `UNAVAILABLE` (a room-log leader election takes 4-9 s) is
+    sent again, with the same id, before the error is raised; 0: never. Kept well under
+    the room log's 2-minute duplicate window, which makes the retries safe."""
+
+
+def _unavailable(reply: Message) -> bool:
+    """Whether `reply` refuses its request as `UNAVAILABLE` (worth sending again)."""
+    return isinstance(reply, Error) and reply.code == ErrorCode.UNAVAILABLE.value
 
 
 def socket_url(url: str) -> str:
@@ -177,26 +192,54 @@ class SignalConnection:
     async def request(self, frame: Message, timeout: float | None = None) -> Message:
         """Send a request (its `id` is replaced by a fresh one) and return its reply.
 
-        An `Error` reply is raised as its `stagecast.errors` class; no reply within
-        `timeout` (default `request_timeout`) or a lost socket raise `Unavailable`.
+        An `UNAVAILABLE` reply is retried with the same id for `retry_window` seconds
+        (not a join, which has its own retries, nor a ping). An `Error` reply is raised as
+        its `stagecast.errors` class; no reply within `timeout` (default
+        `request_timeout`) or a lost socket raise `Unavailable`.
         """
         if self.closed:
             raise Unavailable("the connection to the edge is closed")
         request_id = next(self._ids)
         frame = msgspec.structs.replace(frame, id=request_id)
-        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = waiter
+        loop = asyncio.get_running_loop()
+        retried = not isinstance(frame, (Join, Ping))
+        retry_until = loop.time() + (self.options.retry_window if retried else 0.0)
         try:
+            waiter = self._expect(request_id)
             await self.send(frame)
-            async with asyncio.timeout(timeout or self.options.request_timeout):
-                reply = await waiter
-        except TimeoutError:
-            raise Unavailable(f"no reply to {frame.TYPE} in time") from None
+            reply = await self._reply(waiter, frame, timeout)
+            for n in itertools.count():
+                if not _unavailable(reply) or loop.time() >= retry_until:
+                    break
+                # Expect the answer before pausing: the refused attempt may have been
+                # stored all the same, and its outcome may come meanwhile.
+                waiter = self._expect(request_id)
+                pause = min(self.options.backoff_max, self.options.backoff_initial * 2**n)
+                await asyncio.wait({waiter}, timeout=min(pause, retry_until - loop.time()))
+                if not waiter.done():
+                    log.info("%s refused UNAVAILABLE: sending it again", frame.TYPE)
+                    await self.send(frame)
+                reply = await self._reply(waiter, frame, timeout)
         finally:
             self._pending.pop(request_id, None)
         if isinstance(reply, Error):
             raise error_for(reply.code, reply.message)
         return reply
+
+    def _expect(self, request_id: int) -> asyncio.Future[Message]:
+        """A future for the next reply to `request_id`."""
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = waiter
+        return waiter
+
+    async def _reply(
+        self, waiter: asyncio.Future[Message], frame: Message, timeout: float | None
+    ) -> Message:
+        try:
+            async with asyncio.timeout(timeout or self.options.request_timeout):
+                return await waiter
+        except TimeoutError:
+            raise Unavailable(f"no reply to {frame.TYPE} in time") from None
 
     def abort(self) -> None:
         """Drop the socket at once (no closing handshake), as a network failure would."""
