@@ -11,21 +11,14 @@ without an error, and the update is applied exactly once.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
 from pathlib import Path
 
-import httpx
-import nats
 import pytest
 
 from edge.retried import RetriedActions
-from roomlog.log import RoomLog
-from schemas.log import ACTION_DEADLINE_MS, MetadataSet
 from stagecast.client import ConnectOptions
+from tests.freezing import frozen, metadata_copies, unavailable_answers
 from tests.polling import eventually
-from tests.reading import read
 from tests.stack_fixtures import sdk_stack
 
 ROOM = "retried"
@@ -62,31 +55,20 @@ def test_the_record_is_bounded() -> None:
         RetriedActions(limit=0)
 
 
-def _unavailable_errors(metrics: str) -> int:
-    found = re.search(r'^stagecast_edge_errors_total\{code="UNAVAILABLE"\} (\S+)$', metrics, re.M)
-    return int(float(found.group(1))) if found else 0
-
-
 async def test_an_action_stored_late_is_retried_under_a_fresh_id_and_applied_once(
     tmp_path: Path,
 ) -> None:
     options = ConnectOptions(connect_timeout=15.0, request_timeout=20.0, retry_window=15.0)
     async with sdk_stack(tmp_path) as stack:
         room = await stack.join(stack.token("frozen", ROOM), options=options)
-        pid = stack.nats.pid
-        assert pid is not None
 
         async def refused_twice() -> bool:
-            async with httpx.AsyncClient(base_url=stack.url, timeout=5.0) as http:
-                return _unavailable_errors((await http.get("/metrics")).text) >= 2
+            return await unavailable_answers(stack.url) >= 2
 
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(stack.nats):
             update = asyncio.create_task(room.local_participant.set_metadata("late"))
             # The edge gave up on the first copy (its 3 s deadline), then on a retry.
             await eventually(refused_twice, timeout=20, what="two UNAVAILABLE answers")
-        finally:
-            os.kill(pid, signal.SIGCONT)
         await asyncio.wait_for(update, 30)  # no error reaches the caller
 
         async def applied() -> bool:
@@ -94,17 +76,5 @@ async def test_an_action_stored_late_is_retried_under_a_fresh_id_and_applied_onc
             return [p.metadata for p in page.participants] == ["late"]
 
         await eventually(applied, what="the metadata applied")
-        nc = await nats.connect(stack.nats.url)
-        try:
-            room_log = RoomLog(nc.jetstream())
-            last = await room_log.last_seq()
-            async with room_log.reader(None, 1) as reader:
-                records = await read(reader, last)
-        finally:
-            await nc.close()
-        copies = [
-            r for r in records if isinstance(r.event, MetadataSet) and r.event.metadata == "late"
-        ]
-        on_time = [r for r in copies if r.stored_at - r.event.at <= ACTION_DEADLINE_MS]
-        assert len(copies) == 2, copies  # the late copy (refused) and the retry's
-        assert len(on_time) == 1
+        # The late copy (refused, not applied) and the retry's under a fresh id.
+        assert await metadata_copies(stack.nats.url, "late") == (2, 1)
