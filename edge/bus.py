@@ -7,8 +7,10 @@ publishes. Failures surface as `BusUnavailable`, which callers answer with `UNAV
 
 The edge never creates the room log: the statekeeper does (it alone knows the partitions,
 which are fixed when the stream is made). An edge started first waits for the stream
-(`wait_for_log`); meanwhile every append is refused at once, naming the stream, so a client
-joining then gets `UNAVAILABLE` (retryable) instead of waiting.
+(`wait_for_log`); meanwhile an append asks JetStream once more (`log_exists`, one question
+however many appends wait) and is refused at once when the stream is still missing, naming
+it, so a client joining then gets `UNAVAILABLE` (retryable) instead of waiting, and one
+joining the moment the statekeeper has made it gets in.
 
 `BusPort` is what the edge's sessions, fan-out and handlers use of the bus (STYLE rule 4):
 `Bus` is the real one; the tests' in-memory twin passes the same contract test class.
@@ -116,6 +118,7 @@ class Bus:
         """The connection's state and counters (set by `connect`)."""
         self.log_ready = False
         """Whether the room log's stream exists (`wait_for_log`); appends wait for it."""
+        self._log_check: asyncio.Future[bool] | None = None
 
     @classmethod
     async def connect(
@@ -177,10 +180,20 @@ class Bus:
             "waiting for the room log: stream %s does not exist yet (a statekeeper creates it)",
             LOG_STREAM,
         )
-        while not await self.room_log.has_stream(LOG_STREAM):
+        while not await self.log_exists():
             await asyncio.sleep(poll)
-        self.log_ready = True
         log.info("stream %s exists: the edge takes actions", LOG_STREAM)
+
+    async def log_exists(self) -> bool:
+        """Whether the room log's stream exists, asking JetStream unless it is known to;
+        callers at the same time share one question."""
+        if self.log_ready:
+            return True
+        if self._log_check is None or self._log_check.done():
+            self._log_check = asyncio.ensure_future(self.room_log.has_stream(LOG_STREAM))
+        if await asyncio.shield(self._log_check):
+            self.log_ready = True
+        return self.log_ready
 
     @property
     def connected(self) -> bool:
@@ -240,7 +253,7 @@ class Bus:
         if not self.nc.is_connected:
             self.refused_appends += 1
             raise BusUnavailable("NATS is disconnected: the action was not sent")
-        if not self.log_ready:
+        if not await self.log_exists():
             raise BusUnavailable(log_missing())
         try:
             retry = None if event.reply_to else self.event_retry
@@ -297,7 +310,7 @@ class Bus:
 
 def log_missing() -> str:
     """Why the edge refuses actions before the room log exists."""
-    return f"waiting for the room log: stream {LOG_STREAM} does not exist yet"
+    return f"waiting for the room log: a statekeeper has not made stream {LOG_STREAM} yet"
 
 
 __all__ = ["Bus", "BusPort", "BusUnavailable", "Handler", "log_missing"]

@@ -301,7 +301,7 @@ class EdgeNode:
             return False, "the edge is not running"
         if not self._bus.connected:
             return False, "NATS is not connected"
-        if not self._bus.log_ready:
+        if not await self._bus.log_exists():
             return False, log_missing()
         jetstream = await self._bus.jetstream_ok(self.config.health_timeout)
         if jetstream is not None:

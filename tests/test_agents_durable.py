@@ -115,6 +115,8 @@ async def check_after_the_loss(
         return True
 
     await eventually(settled, what="the lost worker's job moved, the other kept", timeout=WAIT)
+    # "running" is the worker's acceptance; its entrypoint starts once it has joined the room.
+    await eventually(lambda: runs.count == {kept.id: 1, moved.id: 1}, what="each job run once")
     assert runs.count == {kept.id: 1, moved.id: 1}
     events = await agent_events(nats_url, room, 4)
     summary = [
