@@ -5,6 +5,13 @@ bus. Appends go to the room log through `RoomLog` (JetStream, deduplicated by me
 reads are core request/reply on `stagecast.sk.api`; broadcasts and heartbeats are core
 publishes. Failures surface as `BusUnavailable`, which callers answer with `UNAVAILABLE`.
 
+The edge never creates the room log: the statekeeper does (it alone knows the partitions,
+which are fixed when the stream is made). An edge started first waits for the stream
+(`wait_for_log`); meanwhile an append asks JetStream once more (`log_exists`, one question
+however many appends wait) and is refused at once when the stream is still missing, naming
+it, so a client joining then gets `UNAVAILABLE` (retryable) instead of waiting, and one
+joining the moment the statekeeper has made it gets in.
+
 `BusPort` is what the edge's sessions, fan-out and handlers use of the bus (STYLE rule 4):
 `Bus` is the real one; the tests' in-memory twin passes the same contract test class.
 """
@@ -28,7 +35,7 @@ from roomlog.retry import RetryBudgetSpent, RetryPolicy
 from roomlog.seam import Unsubscribable
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
-from schemas.subjects import STATEKEEPER_API
+from schemas.subjects import LOG_STREAM, STATEKEEPER_API
 
 log = logging.getLogger("stagecast.edge")
 
@@ -112,9 +119,12 @@ class Bus:
         re-asserted) is retried: past a whole leader election, since the action deadline
         does not apply to it. Actions are retried for `append_timeout` only."""
         self.refused_appends = 0
+        """Appends refused at once because NATS was disconnected (never sent)."""
         self.link: NatsLink | None = None
         """The connection's state and counters (set by `connect`)."""
-        """Appends refused at once because NATS was disconnected (never sent)."""
+        self.log_ready = False
+        """Whether the room log's stream exists (`wait_for_log`); appends wait for it."""
+        self._log_check: asyncio.Future[bool] | None = None
 
     @classmethod
     async def connect(
@@ -122,15 +132,16 @@ class Bus:
         url: str,
         *,
         name: str,
-        partitions: int = 1,
-        replicas: int = 1,
         append_timeout: float = 3.0,
         append_attempt_timeout: float = 1.0,
         request_timeout: float = 2.0,
         connect_timeout: float = 10.0,
         auth: NatsAuth | None = None,
     ) -> Bus:
-        """Connect (reconnecting forever afterwards) and make sure the log streams exist.
+        """Connect (reconnecting forever afterwards) and see whether the room log exists.
+
+        The streams are the statekeeper's to create; when the log is not there yet,
+        `log_ready` is False and `wait_for_log` waits for it.
 
         `NatsAuthRefused` (wrong credentials) is raised as it is: no retry will help.
         An append is tried for `append_timeout` seconds in all, each attempt waiting
@@ -154,18 +165,41 @@ class Bus:
         try:
             room_log = RoomLog(
                 nc.jetstream(),
-                partitions=partitions,
-                replicas=replicas,
                 ack_timeout=min(append_attempt_timeout, append_timeout),
                 retry=RetryPolicy(deadline=append_timeout),
             )
-            await room_log.ensure()
+            bus = cls(nc, room_log, request_timeout)
+            bus.link = link
+            bus.log_ready = await room_log.has_stream(LOG_STREAM)
         except BaseException:
             await nc.close()
             raise
-        bus = cls(nc, room_log, request_timeout)
-        bus.link = link
         return bus
+
+    async def wait_for_log(self, poll: float = 0.5) -> None:
+        """Return once the room log's stream exists, asking every `poll` seconds.
+
+        Logs once that it waits (naming the stream) and once when the stream is there."""
+        if self.log_ready:
+            return
+        log.warning(
+            "waiting for the room log: stream %s does not exist yet (a statekeeper creates it)",
+            LOG_STREAM,
+        )
+        while not await self.log_exists():
+            await asyncio.sleep(poll)
+        log.info("stream %s exists: the edge takes actions", LOG_STREAM)
+
+    async def log_exists(self) -> bool:
+        """Whether the room log's stream exists, asking JetStream unless it is known to;
+        callers at the same time share one question."""
+        if self.log_ready:
+            return True
+        if self._log_check is None or self._log_check.done():
+            self._log_check = asyncio.ensure_future(self.room_log.has_stream(LOG_STREAM))
+        if await asyncio.shield(self._log_check):
+            self.log_ready = True
+        return self.log_ready
 
     @property
     def connected(self) -> bool:
@@ -225,6 +259,8 @@ class Bus:
         if not self.nc.is_connected:
             self.refused_appends += 1
             raise BusUnavailable("NATS is disconnected: the action was not sent")
+        if not await self.log_exists():
+            raise BusUnavailable(log_missing())
         try:
             retry = None if event.reply_to else self.event_retry
             return await self.room_log.append(event, msg_id, retry=retry)
@@ -280,4 +316,9 @@ class Bus:
                 log.debug("unsubscribe failed: %s", exc)
 
 
-__all__ = ["Bus", "BusBusy", "BusPort", "BusUnavailable", "Handler"]
+def log_missing() -> str:
+    """Why the edge refuses actions before the room log exists."""
+    return f"waiting for the room log: a statekeeper has not made stream {LOG_STREAM} yet"
+
+
+__all__ = ["Bus", "BusBusy", "BusPort", "BusUnavailable", "Handler", "log_missing"]

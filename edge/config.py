@@ -8,7 +8,6 @@ import secrets
 from collections.abc import Mapping
 
 from roomlog.connect import NatsAuth
-from roomlog.log import MAX_REPLICAS
 from schemas.log import ACTION_DEADLINE_MS
 from schemas.subjects import edge_sessions
 
@@ -78,11 +77,6 @@ class EdgeConfig:
     dev_mode: bool = False
     nats_auth: NatsAuth | None = None
     """NKey/creds and TLS files for NATS (a password goes in `nats_url`)."""
-    log_partitions: int = 1
-    """Partitions of the room-log stream: must equal the statekeeper's (`RoomLog.ensure`)."""
-    replicas: int = 1
-    """Least replicas of the room-log streams (`RoomLog.ensure` never lowers them): 3 on a
-    3-node NATS cluster, 1 on a single server."""
 
     rate_per_s: float = 50.0
     """Frames a socket may send per second, sustained."""
@@ -163,8 +157,6 @@ class EdgeConfig:
                 f"append_timeout must be at least {ACTION_DEADLINE_MS / 1000} s (the room log's "
                 "action deadline): an append reported failed earlier could still be applied"
             )
-        if not 1 <= self.replicas <= MAX_REPLICAS:
-            raise ValueError(f"replicas must be between 1 and {MAX_REPLICAS}")
         if not 0 < self.append_attempt_timeout <= self.append_timeout:
             raise ValueError("append_attempt_timeout must be positive, at most append_timeout")
         if self.send_queue_size < 2:

@@ -1,8 +1,9 @@
 """One running edge: its NATS bus, room fan-out, local sessions and heartbeat.
 
-`EdgeNode.start` connects (once, for the whole process), makes sure the room log exists,
-subscribes once to ``stagecast.sess.<edge_id>.>`` (direct replies, routed by sid to the
-socket) and starts heart-beating. `drain` is the clean way out: every socket is told
+`EdgeNode.start` connects (once, for the whole process), waits in the background for the
+room log's stream when the statekeeper has not made it yet (`/healthz` says so), subscribes
+once to ``stagecast.sess.<edge_id>.>`` (direct replies, routed by sid to the socket) and
+starts heart-beating. `drain` is the clean way out: every socket is told
 `SERVER_SHUTDOWN` (4017, may resume elsewhere) and `EdgeGone` starts their grace at once;
 `stop` then releases NATS. Both are idempotent.
 """
@@ -17,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from edge.admission import JoinGate
-from edge.bus import Bus, BusUnavailable
+from edge.bus import Bus, BusUnavailable, log_missing
 from edge.config import EdgeConfig
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
@@ -67,6 +68,7 @@ class EdgeNode:
         self._fanout: Fanout | None = None
         self._direct: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._log_wait: asyncio.Task[None] | None = None
         self._stopped = False
         self.metrics.sockets = lambda: len(self.sockets)
         self.metrics.joins_in_flight = lambda: self.join_gate.in_flight
@@ -87,7 +89,8 @@ class EdgeNode:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Connect to NATS, ensure the log, subscribe to direct replies, start beating."""
+        """Connect to NATS, subscribe to direct replies, start beating and, if the room log
+        does not exist yet, wait for it in the background."""
         config = self.config
         if len(config.api_secret.encode()) < 32:
             log.warning("edge %s: api secret under 32 bytes (dev only)", self.edge_id)
@@ -116,6 +119,8 @@ class EdgeNode:
             raise
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeats())
+        if not bus.log_ready:
+            self._log_wait = asyncio.create_task(bus.wait_for_log())
         log.info("edge %s started", self.edge_id)
 
     async def connect(self) -> None:
@@ -130,8 +135,6 @@ class EdgeNode:
         self._bus = await Bus.connect(
             config.nats_url,
             name=f"stagecast-edge-{self.edge_id}",
-            partitions=config.log_partitions,
-            replicas=config.replicas,
             append_timeout=config.append_timeout,
             append_attempt_timeout=config.append_attempt_timeout,
             request_timeout=config.request_timeout,
@@ -144,6 +147,10 @@ class EdgeNode:
         if self.draining:
             return
         self.draining = True
+        if self._log_wait is not None:
+            self._log_wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_wait
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -295,12 +302,15 @@ class EdgeNode:
                 log.warning("edge %s: heartbeat not sent: %s", self.edge_id, exc)
 
     async def health(self) -> tuple[bool, str]:
-        """(healthy, reason): NATS connected, the statekeeper answers ok within 1 s and, with
-        `require_forwarder`, knows a live media forwarder (so a publish would succeed)."""
+        """(healthy, reason): NATS connected, the room log exists, the statekeeper answers ok
+        within 1 s and, with `require_forwarder`, knows a live media forwarder (so a publish
+        would succeed)."""
         if self._bus is None or self.draining:
             return False, "the edge is not running"
         if not self._bus.connected:
             return False, "NATS is not connected"
+        if not await self._bus.log_exists():
+            return False, log_missing()
         jetstream = await self._bus.jetstream_ok(self.config.health_timeout)
         if jetstream is not None:
             return False, jetstream

@@ -159,7 +159,8 @@ async def on_ping(session: EdgeSession, message: Ping) -> None:
 
 async def on_action(session: EdgeSession, message: Message) -> None:
     """Append an action's event (`edge.actions`); the statekeeper acks it (or errs) on the
-    session's subject."""
+    session's subject. A request sent again after `UNAVAILABLE` (same id, same socket) is
+    appended under the failed attempt's message id, so it is stored at most once."""
     origin = Origin(
         room_id=session.room_id,
         at=now_ms(),
@@ -170,7 +171,14 @@ async def on_action(session: EdgeSession, message: Message) -> None:
     event = to_event(message, origin)
     if event is None:
         raise TypeError(f"{message.TYPE} is not an action")
-    await session.node.bus.append(event, session.next_msg_id(event.TYPE))
+    kind = event.TYPE
+    msg_id = session.retried.msg_id(origin.req, kind, lambda: session.next_msg_id(kind))
+    try:
+        await session.node.bus.append(event, msg_id)
+    except BusUnavailable:
+        # Maybe stored all the same: a retry of this request reuses the id (`edge.retried`).
+        session.retried.failed(origin.req, kind, msg_id)
+        raise
 
 
 def _refused(session: EdgeSession, req: int, refusal: Refusal) -> None:

@@ -49,6 +49,7 @@ from edge.latch import Latch
 from edge.ports import EdgePort
 from edge.ratelimit import FloodGuard, TokenBucket
 from edge.resume import ResumeClaims, mint_resume_token
+from edge.retried import RetriedActions
 from edge.sendqueue import FrameSink, SendQueue
 from edge.wsframe import binary_frame
 from schemas.client import (
@@ -121,6 +122,7 @@ class EdgeSession:
         "node",
         "participant_id",
         "queue",
+        "retried",
         "room_id",
         "room_sid",
         "sid",
@@ -165,6 +167,8 @@ class EdgeSession:
         """The join (or resume) of this socket, once its `join` frame arrived."""
         self.was_joined = False
         self.leave_req: int | None = None
+        self.retried = RetriedActions()
+        """Message ids of this socket's actions whose append failed (`edge.retried`)."""
         self._pending: list[tuple[bytes, str, int]] = []
         self._pending_counts: tuple[bytes, int] | None = None
         self._pending_voice: bytes | None = None
@@ -498,6 +502,8 @@ class EdgeSession:
 
     def _errored(self, message: Error, data: bytes) -> None:
         self.node.metrics.error(message.code)
+        if message.code == ErrorCode.UNAVAILABLE.value and message.id is not None:
+            self.retried.refused(message.id)  # its stored copy was not applied
         self.send(data, Error.TYPE)
         attempt = self.attempt
         if self.state is EdgeSessionState.CONNECTING and attempt and attempt.answers(message.id):

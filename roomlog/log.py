@@ -83,8 +83,8 @@ class RoomLog:
     """Append to and read from the room log and the public events stream.
 
     `partitions` fixes the stream's subject transform (how many partitions rooms hash to)
-    when `ensure` creates the stream; an existing stream keeps its own (an edge, which does
-    not know the partitions, never re-hashes the log). `replicas`
+    when `ensure` creates the stream; an existing stream keeps its own. Only the
+    statekeeper calls `ensure`: an edge waits for the streams (`has_stream`). `replicas`
     (1 to `MAX_REPLICAS`) is the least number of copies `ensure` gives each stream.
     `ack_timeout` bounds one attempt of an append; `retry` how long and how often a failed
     one is repeated (`roomlog.retry`); an append waits at most the longer of the two.
@@ -207,8 +207,8 @@ class RoomLog:
             current = info.config.num_replicas or 1
             config.num_replicas = max(current, wanted)
             if info.config.subject_transform is not None:
-                # The partitions are fixed when the stream is created: a service that does
-                # not know them (an edge) must not re-hash every later append.
+                # The partitions are fixed when the stream is created: an update must not
+                # re-hash every later append.
                 config.subject_transform = info.config.subject_transform
             if current < wanted:
                 log.warning("stream %s: raising replicas from %d to %d", name, current, wanted)
@@ -219,6 +219,17 @@ class RoomLog:
             if isinstance(exc, nats.js.errors.NotFoundError):
                 raise
             raise StreamNotEnsured(name, config.num_replicas or wanted, str(exc)) from exc
+
+    async def has_stream(self, stream: str = LOG_STREAM, timeout: float = _STREAM_CHECK_S) -> bool:
+        """Whether `stream` exists now (False too when JetStream does not answer in time).
+
+        Only the statekeeper creates the streams (`ensure`); a service that only appends or
+        reads (an edge) asks this until they exist, so it never fixes the partitions."""
+        try:
+            await asyncio.wait_for(self.js.stream_info(stream), timeout)
+        except (nats.errors.Error, TimeoutError):
+            return False
+        return True
 
     # ------------------------------------------------------------------ appends
 

@@ -8,12 +8,13 @@ or an NKey public key, per role).
 
 The roles:
 
-- ``edge``: appends client actions and server-API writes to the room log, creates or updates
-  the two streams at start, asks the statekeeper (``stagecast.sk.api``), forwarders
-  (``stagecast.fwd.*.rpc``) and, as edges before dispatch went through the room log did,
-  the agent dispatcher (``stagecast.agent.api``), publishes
-  room data messages and its heartbeat; reads room broadcasts, its sessions' direct replies
-  and its own inbox.
+- ``edge``: appends client actions and server-API writes to the room log and asks whether its
+  stream exists (it waits for it at start: only the statekeeper creates or updates the
+  streams, so the partitions are the statekeeper's), asks the statekeeper
+  (``stagecast.sk.api``), forwarders (``stagecast.fwd.*.rpc``) and, as edges before
+  dispatch went through the room log did, the agent dispatcher (``stagecast.agent.api``),
+  publishes room data messages and its heartbeat; reads room broadcasts, its sessions' direct
+  replies and its own inbox.
 - ``statekeeper``: appends timer events, reads the room log through an ephemeral pull
   consumer, appends public events, publishes room broadcasts, direct replies (to session
   subjects and to the edges' inboxes, where server-API writes wait), forwarder session
@@ -163,7 +164,7 @@ def permissions(role: Role) -> Permissions:
                 AGENT_API,
                 f"{FORWARDER_PREFIX}.*.rpc",
                 f"{JS_API}.INFO",
-                *_stream_upkeep(LOG_STREAM, EVENTS_STREAM),
+                f"{JS_API}.STREAM.INFO.{LOG_STREAM}",
             ),
             subscribe=("stagecast.room.*.*", SESSIONS, _inbox(role)),
         )

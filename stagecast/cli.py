@@ -184,7 +184,6 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
         max_connections_per_address=args.max_connections_per_address,
         join_deadline=args.join_deadline,
         http_read_timeout=args.http_read_timeout,
-        replicas=replicas_option(args),
     )
 
 
@@ -429,12 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-forwarder",
         action="store_true",
         help="/healthz is 503 until the statekeeper knows a live media forwarder",
-    )
-    edge.add_argument(
-        "--replicas",
-        type=int,
-        default=None,
-        help="least replicas of the log streams (STAGECAST_REPLICAS; default 1, 3 in a cluster)",
     )
     budgets = {
         "--data-bytes-per-s": "data bytes/s one session may send",

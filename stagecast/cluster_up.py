@@ -155,7 +155,7 @@ class ClusterStack(Stack):
         await self.wait_partitions_owned()
         for i in range(config.edges):
             port = config.port + i
-            args = [*cli, "edge", "--port", str(port), "--replicas", str(config.replicas)]
+            args = [*cli, "edge", "--port", str(port)]
             if config.dev:
                 args.append("--dev")
             args += config.edge_args

@@ -165,7 +165,6 @@ class Stack:
         for i in range(self.config.edges):
             port = self.config.port + i
             args = [*cli, "edge", "--port", str(port)]
-            args += ["--replicas", str(self.config.replicas)]
             if self.config.dev:
                 args.append("--dev")
             if self.config.forwarders > 0:

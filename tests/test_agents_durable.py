@@ -115,10 +115,8 @@ async def check_after_the_loss(
         return True
 
     await eventually(settled, what="the lost worker's job moved, the other kept", timeout=WAIT)
-    # the moved job's entrypoint starts once the agent has joined, after the job is recorded
-    await eventually(
-        lambda: moved.id in runs.count, what="the moved job's entrypoint", timeout=WAIT
-    )
+    # "running" is the worker's acceptance; its entrypoint starts once it has joined the room.
+    await eventually(lambda: runs.count == {kept.id: 1, moved.id: 1}, what="each job run once")
     assert runs.count == {kept.id: 1, moved.id: 1}
     events = await agent_events(nats_url, room, 4)
     summary = [

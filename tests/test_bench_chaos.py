@@ -53,7 +53,7 @@ def test_bad_options_are_refused_by_name() -> None:
 
 
 @pytest.mark.postgres
-async def test_a_stream_leader_kill_loses_and_doubles_no_acknowledged_write(
+async def test_a_stream_leader_kill_loses_doubles_and_refuses_no_write(
     tmp_path: Path,
 ) -> None:
     if not PG_URL:
@@ -72,6 +72,7 @@ async def test_a_stream_leader_kill_loses_and_doubles_no_acknowledged_write(
     assert results["writes_acked"] > 40  # the load ran, and every client wrote after the kill
     assert results["acked_lost_stream_leader"] == 0
     assert results["duplicated_stream_leader"] == 0
+    assert results["writes_refused_stream_leader"] == 0  # the SDK sent them again
     assert results["acked_lost"] == 0 and results["duplicated"] == 0
     assert results["data_doubled"] == 0
     assert results["counts_exact_stream_leader"] == 1.0

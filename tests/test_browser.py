@@ -389,6 +389,18 @@ def test_refused_join_is_retried_with_the_same_join_key(tmp_path: Path) -> None:
     assert list(result["server"]) == [identity], "joined once"
 
 
+@pytest.mark.timeout(90)
+def test_a_write_refused_unavailable_is_sent_again_and_applied_once(tmp_path: Path) -> None:
+    """nats-server frozen while the page sets its metadata: the edge answers `UNAVAILABLE`
+    (twice), the SDK sends the request again with the same id, and the call resolves; the
+    copy stored late is refused by the statekeeper and the retry's is the one applied."""
+    result = run_scenario("write_across_freeze", tmp_path)
+    assert result["outcome"] == "ok", result
+    ada = result["joined"]["id"]
+    assert result["server"][ada]["metadata"] == "late", result
+    assert (result["stored"], result["on_time"]) == (2, 1), result
+
+
 def test_close_reasons_match_the_schema_table(tmp_path: Path) -> None:
     """The SDK's close code table is schemas/errors.py CLOSE_CODES (4018-4020 were missing)."""
     node = shutil.which("node")

@@ -76,6 +76,7 @@ async def case(real_nats: tuple[NatsServer, NATS] | None) -> AsyncIterator[BusCa
         assert hub.callback_errors == []
         return
     server, peer = real_nats
+    await RoomLog(peer.jetstream()).ensure()  # the statekeeper's part: an edge only waits
     bus = await Bus.connect(
         server.url, name="contract-edge", append_timeout=1.0, request_timeout=1.0
     )

@@ -128,21 +128,31 @@ def test_edge_with_inconsistent_connection_limits_exits_with_a_message() -> None
 
 
 def test_replicas_come_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stagecast.cli import build_parser, edge_config
+    from stagecast.cli import build_parser
+    from stagecast.cli_nats import replicas_option
 
     parser = build_parser()
-    base = ["edge", "--nats-url", "nats://a:4222,nats://b:4222"]
+    base = ["statekeeper", "--nats-url", "nats://a:4222,nats://b:4222"]
     monkeypatch.delenv("STAGECAST_REPLICAS", raising=False)
-    assert edge_config(parser.parse_args(base), "k", "s" * 32).replicas == 1
+    assert replicas_option(parser.parse_args(base)) == 1
     monkeypatch.setenv("STAGECAST_REPLICAS", "3")
-    assert edge_config(parser.parse_args(base), "k", "s" * 32).replicas == 3
-    flagged = parser.parse_args([*base, "--replicas", "5"])
-    assert edge_config(flagged, "k", "s" * 32).replicas == 5
+    assert replicas_option(parser.parse_args(base)) == 3
+    assert replicas_option(parser.parse_args([*base, "--replicas", "5"])) == 5
     monkeypatch.setenv("STAGECAST_REPLICAS", "three")
     with pytest.raises(SystemExit, match="STAGECAST_REPLICAS"):
-        edge_config(parser.parse_args(base), "k", "s" * 32)
+        replicas_option(parser.parse_args(base))
     with pytest.raises(SystemExit, match="must be 1 to 5"):
-        edge_config(parser.parse_args([*base, "--replicas", "7"]), "k", "s" * 32)
+        replicas_option(parser.parse_args([*base, "--replicas", "7"]))
+
+
+def test_an_edge_has_no_replicas_flag_since_it_never_makes_the_streams(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stagecast.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edge", "--replicas", "3"])
+    assert "--replicas" in capsys.readouterr().err
 
 
 def test_up_refuses_replicas_its_private_server_cannot_hold(tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -217,3 +219,65 @@ async def test_an_error_reply_names_its_request() -> None:
     async with joined(script) as (room, _edge):
         with pytest.raises(errors.PayloadTooLarge):
             await room.local_participant.set_metadata("x")
+
+
+def answering_metadata(answers: list[list[Message]], seen: list[SetMetadata]) -> Script:
+    """A script: the n-th `set_metadata` gets the frames `answers[n]` (with its id), those
+    after the list an `ack`; every other request is acked, pings ponged."""
+
+    async def script(ws: ServerConnection, join: Join, n: int) -> None:
+        await ws.send(encode(accepted(join)))
+        with contextlib.suppress(ConnectionClosed):
+            async for data in ws:
+                frame = decode(data if isinstance(data, bytes) else data.encode())
+                if isinstance(frame, Ping):
+                    await ws.send(encode(Pong(id=frame.id, at=frame.at)))
+                    continue
+                if not isinstance(frame, SetMetadata):
+                    await ws.send(encode(Ack(id=getattr(frame, "id", 0))))
+                    continue
+                seen.append(frame)
+                for answer in answers[len(seen) - 1] if len(seen) <= len(answers) else [Ack(id=0)]:
+                    await ws.send(encode(msgspec.structs.replace(answer, id=frame.id)))
+
+    return script
+
+
+REFUSED = Error(code="UNAVAILABLE", message="room log append failed: NoStreamResponseError")
+
+
+async def test_a_request_refused_unavailable_is_sent_again_with_the_same_id() -> None:
+    seen: list[SetMetadata] = []
+    async with joined(answering_metadata([[REFUSED], [REFUSED]], seen)) as (room, _edge):
+        await room.local_participant.set_metadata("m1")  # no error reaches the caller
+        assert [f.metadata for f in seen] == ["m1"] * 3
+        assert len({f.id for f in seen}) == 1
+        await room.local_participant.set_metadata("m2")  # a new request: a new id
+        assert seen[-1].id != seen[0].id
+
+
+async def test_the_refused_attempts_outcome_arriving_in_the_pause_is_taken() -> None:
+    """The refused attempt was stored after all: its `ack` comes while the SDK waits to
+    send again, and ends the call without another send."""
+    seen: list[SetMetadata] = []
+    options = dataclasses.replace(FAST, backoff_initial=0.5, backoff_max=0.5)
+    script = answering_metadata([[REFUSED, Ack(id=0)]], seen)
+    async with joined(script, options) as (room, _edge):
+        await room.local_participant.set_metadata("m1")
+        await room.local_participant.set_metadata("m2")
+        assert [f.metadata for f in seen] == ["m1", "m2"]
+
+
+async def test_a_request_still_refused_after_the_retry_window_raises() -> None:
+    seen: list[SetMetadata] = []
+    options = dataclasses.replace(FAST, retry_window=0.5)
+    async with joined(answering_metadata([[REFUSED]] * 100, seen), options) as (room, _edge):
+        with pytest.raises(errors.Unavailable, match="NoStreamResponseError"):
+            await room.local_participant.set_metadata("m1")
+        assert 2 <= len(seen) < 100 and len({f.id for f in seen}) == 1
+    seen.clear()
+    never = dataclasses.replace(FAST, retry_window=0.0)
+    async with joined(answering_metadata([[REFUSED]], seen), never) as (room, _edge):
+        with pytest.raises(errors.Unavailable):
+            await room.local_participant.set_metadata("m1")
+        assert len(seen) == 1

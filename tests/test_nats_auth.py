@@ -351,9 +351,13 @@ async def test_the_compose_authorization_file_takes_passwords_from_the_environme
     probe = {"user": "admin", "password": passwords[Role.ADMIN]}
     config = COMPOSE_AUTH.read_text()
     async with NatsServer(tmp_path / "nats", config=config, probe_options=probe) as server:
+        url = server.url.replace("nats://", f"nats://statekeeper:{passwords[Role.STATEKEEPER]}@")
+        nc = await connect(url, name="sk", link=NatsLink("sk", log), role="statekeeper")
+        await RoomLog(nc.jetstream()).ensure()  # what a statekeeper does at start
+        await nc.close()
         url = server.url.replace("nats://", f"nats://edge:{passwords[Role.EDGE]}@")
         nc = await connect(url, name="edge", link=NatsLink("edge", log), role="edge")
-        await RoomLog(nc.jetstream()).ensure()  # what an edge does at start
+        assert await RoomLog(nc.jetstream()).has_stream()  # what an edge does at start
         await nc.close()
         wrong = server.url.replace("nats://", f"nats://edge:{passwords[Role.WEBHOOK]}@")
         with pytest.raises(NatsAuthRefused):
@@ -373,7 +377,7 @@ async def test_tls_with_a_ca_connects_and_a_certificate_from_another_ca_is_refus
         url = logins.url(server, Role.EDGE).replace("nats://", "tls://")
         nc = await connect(url, name="edge", link=NatsLink("edge", log), role="edge", auth=trusted)
         assert nc.is_connected
-        await RoomLog(nc.jetstream()).ensure()
+        assert not await RoomLog(nc.jetstream()).has_stream()  # JetStream answers: no log
         await nc.close()
         with pytest.raises(NatsAuthRefused) as raised:
             await connect(

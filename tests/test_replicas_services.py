@@ -76,9 +76,7 @@ async def roster_is(api: stagecast.RoomService, *expected: str) -> None:
 
 async def test_a_room_is_served_across_node_losses(tmp_path: Path) -> None:
     async with nats_cluster(tmp_path) as cluster:
-        config = EdgeConfig(
-            nats_url=cluster.url, api_key=API_KEY, api_secret=API_SECRET, port=0, replicas=3
-        )
+        config = EdgeConfig(nats_url=cluster.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
         rooms: list[Room] = []
         with statekeeper(cluster, tmp_path) as keeper:
             async with (

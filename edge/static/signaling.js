@@ -32,6 +32,9 @@ export const DEFAULT_OPTIONS = Object.freeze({
   pingTimeout: 10_000,
   reconnectWindow: null, // ms to keep trying to resume; null: the room's departure grace
   joinRetryWindow: 20_000, // ms a join (or a full reconnect) retries refusals worth retrying
+  // ms a request refused UNAVAILABLE (a room-log leader election takes 4-9 s) is sent again
+  // with the same id (the edge appends it under the same message id: applied at most once)
+  retryWindow: 15_000,
   backoffInitial: 250,
   backoffMax: 2_000,
 });
@@ -165,25 +168,54 @@ export class SignalConnection {
     this.ws.send(encode(frame));
   }
 
-  /** Send a request (a fresh `id` is set) and resolve with its reply; `error` rejects. */
-  request(frame, timeout = this.options.requestTimeout) {
-    if (this.closed) {
-      return Promise.reject(new StagecastError('UNAVAILABLE', 'the connection to the edge is closed'));
-    }
+  /**
+   * Send a request (a fresh `id` is set) and resolve with its reply; `error` rejects.
+   * An `UNAVAILABLE` reply is sent again with the same id for `retryWindow` ms (not a join,
+   * which has its own retries, nor a ping), so a write in flight across a room-log leader
+   * election succeeds without the caller seeing an error.
+   */
+  async request(frame, timeout = this.options.requestTimeout) {
+    if (this.closed) throw new StagecastError('UNAVAILABLE', 'the connection to the edge is closed');
     const id = this.nextId++;
+    const sent = { ...frame, id };
+    const retried = frame.t !== 'join' && frame.t !== 'ping';
+    const until = Date.now() + (retried ? this.options.retryWindow : 0);
+    try {
+      let reply = this.expect(id, frame.t, timeout);
+      this.send(sent);
+      for (let n = 0; ; n++) {
+        const answer = await reply;
+        if (answer.t !== 'error') return answer;
+        if (answer.code !== 'UNAVAILABLE' || Date.now() >= until) {
+          throw new StagecastError(answer.code, answer.message ?? '', answer.retry_after_ms ?? 0);
+        }
+        // Expect the answer before pausing: the refused attempt may have been stored all
+        // the same, and its outcome may come meanwhile.
+        reply = this.expect(id, frame.t, timeout);
+        const pause = Math.min(this.options.backoffMax, this.options.backoffInitial * 2 ** n);
+        const early = await Promise.race([
+          reply.then(() => true, () => true),
+          sleep(Math.min(pause, until - Date.now())).then(() => false),
+        ]);
+        if (!early) this.send(sent);
+      }
+    } finally {
+      const waiter = this.pending.get(id);
+      if (waiter) clearTimeout(waiter.timer);
+      this.pending.delete(id);
+    }
+  }
+
+  /** A promise of the next reply to request `id` (an `error` frame resolves it too). */
+  expect(id, type, timeout) {
+    const previous = this.pending.get(id);
+    if (previous) clearTimeout(previous.timer);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new StagecastError('UNAVAILABLE', `no reply to ${frame.t} in time`));
+        reject(new StagecastError('UNAVAILABLE', `no reply to ${type} in time`));
       }, timeout);
       this.pending.set(id, { resolve, reject, timer });
-      try {
-        this.send({ ...frame, id });
-      } catch (err) {
-        clearTimeout(timer);
-        this.pending.delete(id);
-        reject(err);
-      }
     });
   }
 
@@ -245,8 +277,7 @@ export class SignalConnection {
       if (waiter) {
         this.pending.delete(frame.id);
         clearTimeout(waiter.timer);
-        if (frame.t === 'error') waiter.reject(new StagecastError(frame.code, frame.message ?? '', frame.retry_after_ms ?? 0));
-        else waiter.resolve(frame);
+        waiter.resolve(frame); // `request` raises an error frame (or sends it again)
         return;
       }
       if (frame.t === 'error') {

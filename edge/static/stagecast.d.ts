@@ -24,6 +24,8 @@ export interface ConnectOptions {
   /** ms to keep trying to resume; null: the room's departure grace. */
   reconnectWindow: number | null;
   joinRetryWindow: number;
+  /** ms a request refused UNAVAILABLE is sent again with the same id; 0: never. */
+  retryWindow: number;
   backoffInitial: number;
   backoffMax: number;
 }

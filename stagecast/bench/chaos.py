@@ -22,7 +22,7 @@ started again, as a supervisor would):
   their own on edge-0) measures what the kill does to media.
 
 Figures per fault: `acked_lost_<fault>` (acknowledged writes the log does not hold; goal
-0), `duplicated_<fault>` (writes the log holds twice; goal 0), `write_gap_s_<fault>` (the
+0), `duplicated_<fault>` (writes applied twice; goal 0), `write_gap_s_<fault>` (the
 longest time no write was acknowledged, from 1 s before the kill until every client had one
 acknowledged again), `flaps_<fault>` (clients whose edge survived and who saw a speaker
 leave; goal 0), `counts_exact_<fault>` (1 when every room's roster is exactly its connected
@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -90,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steady", type=float, default=10.0, help="s of load before a fault")
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma list, in order")
     parser.add_argument("--recover-limit", type=float, default=60.0)
+    parser.add_argument(
+        "--retry-window",
+        type=float,
+        default=ConnectOptions().retry_window,
+        help="s the clients send a write answered UNAVAILABLE again (the SDK's default; "
+        "0: never, the behaviour before the SDKs retried)",
+    )
     parser.add_argument("--data-dir", default=None, help="keep logs here (default: temp)")
     parser.add_argument(
         "--media",
@@ -160,6 +168,7 @@ class Chaos:
         self.members: list[Member] = []
         self.results: list[Result] = []
         self.media: MediaPair | None = None
+        self.options = dataclasses.replace(OPTIONS, retry_window=args.retry_window)
 
     async def run(self, faults: list[str]) -> list[Result]:
         api = RoomService(self.stack.edge_urls[0], API_KEY, API_SECRET)
@@ -235,7 +244,7 @@ class Chaos:
                 grant=SPEAKER if speaker else AUDIENCE,
             )
             order = [self.sockets[i % 2], self.sockets[(i + 1) % 2]]
-            room = await join(order, token, options=OPTIONS)
+            room = await join(order, token, options=self.options)
             return Member(identity, room_id, speaker, room)
 
         for first in range(0, args.clients, JOIN_BATCH):
@@ -255,7 +264,7 @@ class Chaos:
                 is_viewer=not speaker,
                 grant=SPEAKER if speaker else AUDIENCE,
             )
-            rooms.append(await join(self.sockets, token, options=OPTIONS))
+            rooms.append(await join(self.sockets, token, options=self.options))
         pair = MediaPair(rooms[0], rooms[1])
         await pair.start(MEDIA_START_S)
         console.print("media pair: the subscriber decodes the publisher's video")

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from schemas.codec import SchemaError, decode
-from schemas.log import MetadataSet
+from schemas.log import ACTION_DEADLINE_MS, MetadataSet
 from schemas.subjects import LOG_STREAM
 from stagecast.client import Room
 from stagecast.client.participant import RemoteParticipant
@@ -160,7 +160,12 @@ class AuditResult:
 
 
 async def audit(nc: NATS, members: list[Member]) -> AuditResult:
-    """Read every `MetadataSet` of the log back and compare with the acknowledged writes."""
+    """Read every `MetadataSet` of the log back and compare with the acknowledged writes.
+
+    A copy stored more than `ACTION_DEADLINE_MS` after its `at` was refused by the
+    statekeeper, not applied (a write sent again after `UNAVAILABLE` may leave one beside
+    the copy that was): only the copies applied count as lost (none) or duplicated (two).
+    """
     js = nc.jetstream(timeout=10)
     last = (await js.stream_info(LOG_STREAM)).state.last_seq
     stored: collections.Counter[str] = collections.Counter()
@@ -171,7 +176,7 @@ async def audit(nc: NATS, members: list[Member]) -> AuditResult:
     async def on_msg(msg: Msg) -> None:
         with contextlib.suppress(SchemaError):
             event = decode(msg.data)
-            if isinstance(event, MetadataSet):
+            if isinstance(event, MetadataSet) and applies(event, msg):
                 stored[event.metadata] += 1
         if msg.metadata.sequence.stream >= last:
             done.set()
@@ -191,6 +196,12 @@ async def audit(nc: NATS, members: list[Member]) -> AuditResult:
             elif stored[value] > 1:
                 duplicated[phase] += 1
     return AuditResult(lost, duplicated, sum(stored.values()))
+
+
+def applies(event: MetadataSet, msg: Msg) -> bool:
+    """Whether the statekeeper applies this stored copy (it refuses one stored late)."""
+    stored_at = msg.metadata.timestamp.timestamp() * 1000
+    return stored_at - event.at <= ACTION_DEADLINE_MS
 
 
 @contextlib.asynccontextmanager

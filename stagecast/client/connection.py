@@ -5,17 +5,22 @@
 by its id, pings the edge and aborts a socket that stops answering, and hands every other
 frame to the room in arrival order. Until the room installs its handler (after it has
 applied the `joined` snapshot), pushes are held, so none is applied before the snapshot.
+
+A request refused `UNAVAILABLE` (the room log electing a leader, say) is sent again with
+the same id for `retry_window` seconds, so the edge appends it under the same message id
+and it is applied at most once (`edge.retried`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -26,6 +31,7 @@ from schemas.client import (
     Ack,
     Disconnect,
     Error,
+    Join,
     JoinAccepted,
     ParticipantsPage,
     Ping,
@@ -34,6 +40,7 @@ from schemas.client import (
 )
 from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
+from schemas.errors import ErrorCode
 from stagecast.errors import Unavailable, error_for
 
 log = logging.getLogger("stagecast.client")
@@ -66,6 +73,15 @@ class ConnectOptions:
     """Seconds a join (the first, or a full reconnect) keeps retrying refusals worth
     retrying (`UNAVAILABLE`, an edge that does not answer); every URL is tried once even
     when this is 0."""
+    retry_window: float = 15.0
+    """Seconds a request refused `UNAVAILABLE` (a room-log leader election takes 4-9 s) is
+    sent again, with the same id, before the error is raised; 0: never. Kept well under
+    the room log's 2-minute duplicate window, which makes the retries safe."""
+
+
+def _unavailable(reply: Message) -> bool:
+    """Whether `reply` refuses its request as `UNAVAILABLE` (worth sending again)."""
+    return isinstance(reply, Error) and reply.code == ErrorCode.UNAVAILABLE.value
 
 
 def socket_url(url: str) -> str:
@@ -105,6 +121,50 @@ def http_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+class Replies:
+    """The replies to one request id in arrival order: a request sent again after
+    `UNAVAILABLE` may get two (the refusal, then the outcome of the refused attempt, which
+    was stored after all), both read by the reader before the request looks again.
+
+    A waiting `next` is woken through one future, as a plain awaited reply would be (no
+    task in between: the order of a reply and a socket closing right after it is kept).
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Message | Unavailable] = collections.deque()
+        self._wake: asyncio.Future[None] | None = None
+
+    def put(self, item: Message | Unavailable) -> None:
+        """A reply, or the `Unavailable` of a lost socket."""
+        self._items.append(item)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    @overload
+    async def next(self, timeout: float, what: str) -> Message: ...
+    @overload
+    async def next(self, timeout: float, what: None) -> Message | None: ...
+
+    async def next(self, timeout: float, what: str | None) -> Message | None:
+        """The next reply within `timeout` s; then `Unavailable` naming `what`, or None
+        when `what` is None. A lost socket raises its `Unavailable`."""
+        if not self._items:
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await self._wake
+            except TimeoutError:
+                if what is None:
+                    return None
+                raise Unavailable(f"no reply to {what} in time") from None
+            finally:
+                self._wake = None
+        item = self._items.popleft()
+        if isinstance(item, Unavailable):
+            raise item
+        return item
+
+
 class SignalConnection:
     """One open signaling socket (see the module docstring). Make it with `open`."""
 
@@ -124,7 +184,7 @@ class SignalConnection:
         self.close_reason = ""
         self._on_closed = on_closed
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._pending: dict[int, Replies] = {}
         self._handler: PushHandler | None = None
         self._held: list[Message] = []
         self._closed = asyncio.Event()
@@ -177,21 +237,36 @@ class SignalConnection:
     async def request(self, frame: Message, timeout: float | None = None) -> Message:
         """Send a request (its `id` is replaced by a fresh one) and return its reply.
 
-        An `Error` reply is raised as its `stagecast.errors` class; no reply within
-        `timeout` (default `request_timeout`) or a lost socket raise `Unavailable`.
+        An `UNAVAILABLE` reply is retried with the same id for `retry_window` seconds
+        (not a join, which has its own retries, nor a ping). An `Error` reply is raised as
+        its `stagecast.errors` class; no reply within `timeout` (default
+        `request_timeout`) or a lost socket raise `Unavailable`.
         """
         if self.closed:
             raise Unavailable("the connection to the edge is closed")
         request_id = next(self._ids)
         frame = msgspec.structs.replace(frame, id=request_id)
-        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = waiter
+        loop = asyncio.get_running_loop()
+        retried = not isinstance(frame, (Join, Ping))
+        retry_until = loop.time() + (self.options.retry_window if retried else 0.0)
+        wait = timeout or self.options.request_timeout
+        replies = self._pending[request_id] = Replies()
         try:
             await self.send(frame)
-            async with asyncio.timeout(timeout or self.options.request_timeout):
-                reply = await waiter
-        except TimeoutError:
-            raise Unavailable(f"no reply to {frame.TYPE} in time") from None
+            reply = await replies.next(wait, frame.TYPE)
+            for n in itertools.count():
+                if not _unavailable(reply) or loop.time() >= retry_until:
+                    break
+                # The refused attempt may have been stored all the same: its outcome may
+                # come during the pause, and is then the answer.
+                pause = min(self.options.backoff_max, self.options.backoff_initial * 2**n)
+                early = await replies.next(min(pause, retry_until - loop.time()), None)
+                if early is not None:
+                    reply = early
+                    continue
+                log.info("%s refused UNAVAILABLE: sending it again", frame.TYPE)
+                await self.send(frame)
+                reply = await replies.next(wait, frame.TYPE)
         finally:
             self._pending.pop(request_id, None)
         if isinstance(reply, Error):
@@ -248,10 +323,9 @@ class SignalConnection:
     def _dispatch(self, frame: Message) -> None:
         if isinstance(frame, REPLY_TYPES):
             request_id: Any = frame.id
-            waiter = self._pending.get(request_id) if request_id is not None else None
-            if waiter is not None:
-                if not waiter.done():
-                    waiter.set_result(frame)
+            replies = self._pending.get(request_id) if request_id is not None else None
+            if replies is not None:
+                replies.put(frame)
                 return
             if isinstance(frame, Error):
                 log.warning("edge error %s: %s", frame.code, frame.message)
@@ -270,9 +344,8 @@ class SignalConnection:
         self.close_code = self.ws.close_code
         self.close_reason = self.ws.close_reason or ""
         self._closed.set()
-        for waiter in self._pending.values():
-            if not waiter.done():
-                waiter.set_exception(Unavailable("the connection to the edge was lost"))
+        for replies in self._pending.values():
+            replies.put(Unavailable("the connection to the edge was lost"))
         self._pending.clear()
         if self._pinger is not None:
             self._pinger.cancel()

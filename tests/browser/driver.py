@@ -661,6 +661,42 @@ async def join_retried(ctx: Context) -> dict[str, Any]:
     }
 
 
+@scenario("write_across_freeze")
+async def write_across_freeze(ctx: Context) -> dict[str, Any]:
+    """The page sets its metadata while nats-server is frozen: the edge answers
+    `UNAVAILABLE`, the SDK sends the request again with the same id; after the thaw the
+    call resolves, and the update is applied once (`tests.freezing`)."""
+    from tests.freezing import frozen, metadata_copies, unavailable_answers
+
+    room = "write-across-freeze"
+    joined = await sdk_page(ctx, "ada", token=ctx.stack.token("ada", room))
+
+    async def refused_twice() -> bool:
+        return await unavailable_answers(ctx.url) >= 2
+
+    with frozen(ctx.stack.nats):
+        await ctx.browser.eval(
+            "ada",
+            """(() => {
+              window.outcome = null;
+              window.room.localParticipant.setMetadata('late').then(
+                () => { window.outcome = 'ok'; },
+                (err) => { window.outcome = `${err.code}: ${err.message}`; });
+              return true;
+            })()""",
+        )
+        await eventually(refused_twice, timeout=20, what="two UNAVAILABLE answers")
+    outcome = await ctx.browser.wait("ada", "window.outcome", timeout=30)
+    stored, on_time = await metadata_copies(ctx.stack.nats.url, "late")
+    return {
+        "joined": joined,
+        "outcome": outcome,
+        "server": await server_view(ctx, room),
+        "stored": stored,
+        "on_time": on_time,
+    }
+
+
 # --------------------------------------------------------------------------- media
 
 REMOTE_MEDIA = """(async () => {
