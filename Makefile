@@ -29,7 +29,7 @@ build-deps:
 up: $(STAMP)
 	$(BIN)/stagecast up
 
-test: $(STAMP) browser-deps gstreamer-deps
+test: $(STAMP) browser-deps gstreamer-deps compose-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -81,6 +81,19 @@ gstreamer-deps:
 	  { $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	      $(GST_PACKAGES); } || echo "GStreamer could not be installed: its WHIP test will skip"; \
+	fi
+
+# compose.yaml check (tests/test_compose.py): Debian's docker-compose 1.29 validates it with
+# `config -q`, no Docker engine needed. Installed with apt-get when missing; the test skips,
+# saying why, only if that fails.
+.PHONY: compose-deps
+compose-deps:
+	@if ! command -v docker-compose >/dev/null; then \
+	  echo "installing docker-compose with apt-get (compose.yaml validation)"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  { $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	      docker-compose; } || echo "docker-compose could not be installed: its test will skip"; \
 	fi
 
 $(PLAYWRIGHT): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
