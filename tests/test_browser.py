@@ -192,7 +192,7 @@ def test_vp9_and_av1_between_two_chromium_pages(tmp_path: Path, codec: str) -> N
 def test_a_subscriber_that_cannot_decode_a_codec_hears_so_at_once(tmp_path: Path) -> None:
     """`track-subscription-failed` with CODEC_UNSUPPORTED, naming the codec, in the browser
     SDK (a page without H.264) and the Python SDK (no VP9); the microphone plays on, and the
-    track in a codec the subscriber has arrives."""
+    track in a codec the subscriber has arrives. The demo page flags the tile meanwhile."""
     result = run_scenario("codec_unsupported", tmp_path)
     h264, vp9 = result["tracks"]["h264"], result["tracks"]["vp9"]
     (failure,) = result["bob_failures"]
@@ -220,6 +220,10 @@ def test_a_subscriber_that_cannot_decode_a_codec_hears_so_at_once(tmp_path: Path
         }
     ], result
     assert result["py_audio_after"] == "AudioFrame"
+    # the demo page (also without H.264) flags ada's tile, then plays the VP9 camera
+    cannot_play, flags = result["cleo_flag"]
+    assert cannot_play == "video" and "can't play video (H264)" in flags, result
+    assert result["cleo_after"][0] == "" and result["cleo_after"][1] > 0, result
 
 
 @pytest.mark.timeout(70)

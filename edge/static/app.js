@@ -210,32 +210,49 @@ function showVideo(tile, stream) {
   if (stream) tile.video.play().catch(() => {});
 }
 
-// Flags: microphone muted or absent, camera off, hand raised.
-function renderFlags(tile, { audio, video, hand }) {
+// Flags: microphone muted or absent, camera off, hand raised, and what this browser cannot
+// play (`failed`: kind -> its `track-subscription-failed`, e.g. H.264 in Debian's Firefox).
+function renderFlags(tile, { audio, video, hand, failed }) {
   const flag = (text, title, className) => el('span', { textContent: text, title, className });
   const out = [];
   if (hand) out.push(flag('hand', 'hand raised', 'hand-pill'));
   if (!audio) out.push(flag('mic off', 'no microphone', 'muted'));
   else if (audio.muted) out.push(flag('muted', 'microphone muted', 'muted'));
   if (video?.muted) out.push(flag('cam off', 'camera off', 'muted'));
+  for (const failure of failed.values()) {
+    const codecs = failure.codecs.map((c) => c.split('/').pop()).join(', ');
+    out.push(flag(`can't play ${failure.kind} (${codecs})`, failure.message, 'muted'));
+  }
   tile.flags.replaceChildren(...out);
   tile.node.dataset.audioMuted = String(!audio || audio.muted);
   tile.node.dataset.videoMuted = String(!video || video.muted);
+  tile.node.dataset.cannotPlay = [...failed.keys()].sort().join(' ');
 }
 
 function addRemoteTile(participant) {
   removeTile(participant.id);
   const tile = makeTile(participant.id, participant.name || participant.id, false);
+  const failed = new Map();
   const refresh = () => renderFlags(tile, {
     audio: participant.tracks.get('audio'),
     video: participant.tracks.get('video'),
     hand: participant.attributes.hand === 'raised',
+    failed,
   });
   refresh();
-  const changes = ['stream-published', 'stream-unpublished', 'track-muted', 'track-unmuted', 'attributes-changed'];
+  const changes = ['stream-published', 'track-muted', 'track-unmuted', 'attributes-changed'];
   for (const event of changes) participant.on(event, refresh);
+  participant.on('stream-unpublished', (event) => {
+    failed.delete(event.kind);
+    refresh();
+  });
+  participant.on('track-subscription-failed', (failure) => {
+    failed.set(failure.kind, failure);
+    refresh();
+  });
   const quality = qualityControls(tile, participant);
   participant.on('stream-subscribed', (sub) => {
+    if (failed.delete(sub.kind)) refresh();
     if (sub.kind === 'video') {
       showVideo(tile, sub.stream);
       quality.subscribed(sub);
@@ -318,7 +335,7 @@ function renderLocal() {
   const camera = local.tracks.get('video');
   const mic = local.tracks.get('audio');
   showVideo(tile, camera && !camera.muted ? new MediaStream([camera.track]) : null);
-  renderFlags(tile, { audio: mic, video: camera, hand: local.handRaised });
+  renderFlags(tile, { audio: mic, video: camera, hand: local.handRaised, failed: new Map() });
   $('btn-camera').textContent = !camera ? 'Start camera' : camera.muted ? 'Turn camera on' : 'Turn camera off';
   $('btn-camera').classList.toggle('on', !!camera && !camera.muted);
   $('btn-mic').textContent = !mic ? 'Start microphone' : mic.muted ? 'Unmute' : 'Mute';

@@ -1376,6 +1376,9 @@ async def av1_pages(ctx: Context) -> dict[str, Any]:
     return await codec_pages(ctx, "av1")
 
 
+TILE_ADA = """document.querySelector('.tile[data-identity="ada"]')"""
+"""ada's tile on a demo page."""
+
 NO_H264 = """(() => {
   // The test hook: this page's receivers lose H.264, as Debian's Firefox ESR has none.
   const real = RTCRtpReceiver.getCapabilities.bind(RTCRtpReceiver);
@@ -1420,12 +1423,25 @@ async def codec_unsupported(ctx: Context) -> dict[str, Any]:
         participant.on("stream-subscribed", py_subscribed.append)
 
     py.on("participant-joined", follow)
+    # cleo: the demo page, also without H.264, joined through its form
+    query = urlencode({"room": room, "name": "cleo", "role": "speaker"})
+    await ctx.browser.open("cleo", f"{ctx.url}/?{query}")
+    await ctx.browser.eval("cleo", NO_H264)
+    await ctx.browser.click("cleo", "#join-button")
+    await ctx.browser.wait("cleo", "window.demo.room?.connectionState === 'connected'")
     await sdk_page(ctx, "ada", token=ctx.stack.token("ada", room))
     local = "window.room.localParticipant"
     await ctx.browser.eval("ada", f"{local}.publishMicrophone().then(() => true)")
     publish = local + ".publishCamera(true, {codec: '%s'}).then((p) => p.sid)"
     h264 = await ctx.browser.eval("ada", publish % "h264")
     await ctx.browser.wait("bob", "window.failures", "f => f.length > 0", timeout=20)
+    cleo_flag = await ctx.browser.wait(
+        "cleo",
+        f"""(() => {{ const t = {TILE_ADA}; return t && [t.dataset.cannotPlay,
+            [...t.querySelectorAll('.flags span')].map((s) => s.textContent)]; }})()""",
+        "v => v && v[0] === 'video'",
+        timeout=20,
+    )
     await eventually(
         lambda: {"audio", "video"} <= {s.kind for s in py_subscribed}, what="py's subscriptions"
     )
@@ -1445,6 +1461,13 @@ async def codec_unsupported(ctx: Context) -> dict[str, Any]:
         timeout=25,
     )
     py_audio_after = type(await asyncio.wait_for(audio.track.recv(), 15)).__name__
+    cleo_after = await ctx.browser.wait(
+        "cleo",
+        f"""(() => {{ const t = {TILE_ADA};
+            return [t.dataset.cannotPlay, t.querySelector('video').videoWidth]; }})()""",
+        "v => v[0] === '' && v[1] > 0",
+        timeout=25,
+    )
     failures = await ctx.browser.eval("bob", "window.failures")
     return {
         "tracks": {"h264": h264, "vp9": vp9},
@@ -1453,6 +1476,8 @@ async def codec_unsupported(ctx: Context) -> dict[str, Any]:
         "py_frames": py_h264,
         "py_failures": [dataclasses.asdict(f) for f in py_failures],
         "py_audio_after": py_audio_after,
+        "cleo_flag": cleo_flag,
+        "cleo_after": cleo_after,
     }
 
 
