@@ -74,8 +74,13 @@ async def test_metadata_updates_across_a_stream_leader_kill_see_no_error_and_app
     tmp_path: Path,
 ) -> None:
     async with nats_cluster(tmp_path) as cluster:
-        config = EdgeConfig(nats_url=cluster.url, api_key=API_KEY, api_secret=API_SECRET, port=0)
         with statekeeper(cluster, tmp_path) as keeper:
+            leader = await cluster.wait_replicated(subjects.LOG_STREAM, 3)
+            # The edge's own NATS node survives (only the stream leader dies): an outcome
+            # published while the edge itself reconnects is not recovered yet (see "Sending a
+            # request again" in docs/protocol.md), and that is another fault than the election's.
+            survivors = ",".join(n.url for name, n in cluster.nodes.items() if name != leader)
+            config = EdgeConfig(nats_url=survivors, api_key=API_KEY, api_secret=API_SECRET, port=0)
             async with running_edge(config) as url:
 
                 async def healthy() -> bool:
@@ -93,7 +98,7 @@ async def test_metadata_updates_across_a_stream_leader_kill_see_no_error_and_app
                 killed, stop = asyncio.Event(), asyncio.Event()
                 tasks = [asyncio.create_task(w.run(killed, stop)) for w in writers]
                 try:
-                    leader = await cluster.wait_replicated(subjects.LOG_STREAM, 3)
+                    assert await cluster.wait_replicated(subjects.LOG_STREAM, 3) == leader
                     await eventually(
                         lambda: all(len(w.acked) >= 3 for w in writers), what="writes before"
                     )

@@ -292,7 +292,9 @@ async def firefox_subscribes_to_simulcast(ctx: Context, room: str, step: Steps) 
     await sdk_page(ctx, "chrome", token=ctx.stack.token("chrome", room))
     step("chromium joined")
     sid = await ctx.browser.eval("chrome", SDK_PUBLISH_720P)
-    await eventually(layers_at(router, sid, {0, 1, 2}), what="chromium's layers", timeout=25)
+    # the full layer, which Firefox's tile asks for: dynacast may already have paused q and
+    # h (nobody wants them yet) when a loaded machine gets here; asking for low brings q back
+    await eventually(layers_at(router, sid, {2}), what="chromium's full layer", timeout=25)
     step("chromium layers")
     playing = PLAYING % json.dumps(sid)
     first = await ctx.browser.wait("firefox", playing, "s => s && s.width > 0", 20)
