@@ -102,8 +102,8 @@ class AwaitedOutcomes:
         self._patience = patience
         self._limit = limit
         self._waiting: OrderedDict[int, _Awaited] = OrderedDict()
-        self._seen: OrderedDict[int, bytes] = OrderedDict()
-        """The last reply frame that went out for each request id."""
+        self._seen: OrderedDict[int, bytes] | None = None
+        """The recovered reply frames that went out, by request id (made on the first)."""
         self._stopped = False
 
     def __len__(self) -> int:
@@ -128,16 +128,21 @@ class AwaitedOutcomes:
     def replied(self, req: int, frame: bytes) -> bool:
         """A reply `frame` to `req` is on its way to the client: it is awaited no more.
         False when the same frame went out already (a recovered reply's late copy): drop it."""
-        if self._seen.get(req) == frame:
+        if self._seen is not None and self._seen.get(req) == frame:
             return False
-        self._seen[req] = frame
-        self._seen.move_to_end(req)
-        if len(self._seen) > self._limit:
-            self._seen.popitem(last=False)
         entry = self._waiting.pop(req, None)
         if entry is not None:
             entry.cancel()
         return True
+
+    def _remember(self, req: int, frame: bytes) -> None:
+        """A recovered reply went out: a late copy of it is to be dropped (`replied`)."""
+        if self._seen is None:
+            self._seen = OrderedDict()
+        self._seen[req] = frame
+        self._seen.move_to_end(req)
+        if len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
 
     def stop(self) -> None:
         """The socket is closing: give up every wait. Idempotent."""
@@ -176,6 +181,7 @@ class AwaitedOutcomes:
                 entry.seq,
             )
             self._deliver(answer.frame)
+            self._remember(entry.req, answer.frame)
             return
         loop = asyncio.get_running_loop()
         entry.pause = min(entry.pause * 2, _MAX_PAUSE)

@@ -183,7 +183,7 @@ async def on_action(session: EdgeSession, message: Message) -> None:
     # Its reply comes on the session's subject, unless a NATS link was down when it was
     # sent, or this append was a duplicate of a copy answered then: asked for if it does
     # not come (`edge.awaited`).
-    session.awaited.appended(origin.req, seq)
+    session.awaiting().appended(origin.req, seq)
 
 
 def _refused(session: EdgeSession, req: int, refusal: Refusal) -> None:

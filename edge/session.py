@@ -172,8 +172,9 @@ class EdgeSession:
         self.leave_req: int | None = None
         self.retried = RetriedActions()
         """Message ids of this socket's actions whose append failed (`edge.retried`)."""
-        self.awaited = AwaitedOutcomes(self._ask_outcome, self._recovered)
-        """This socket's appended actions whose reply has not come yet (`edge.awaited`)."""
+        self.awaited: AwaitedOutcomes | None = None
+        """This socket's appended actions whose reply has not come yet (`edge.awaited`),
+        made at its first action (most viewers never send one)."""
         self._pending: list[tuple[bytes, str, int]] = []
         self._pending_counts: tuple[bytes, int] | None = None
         self._pending_voice: bytes | None = None
@@ -225,7 +226,8 @@ class EdgeSession:
     async def _close(self) -> None:
         """Stop handling frames, leave the room, let the close go out, and be `closed`."""
         try:
-            self.awaited.stop()
+            if self.awaited is not None:
+                self.awaited.stop()
             handling = self.inbox.stop()
             if handling is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -462,7 +464,8 @@ class EdgeSession:
         if self.state is EdgeSessionState.CLOSED:
             return
         if (
-            isinstance(message, (Ack, Error))
+            self.awaited is not None
+            and isinstance(message, (Ack, Error))
             and message.id is not None
             and not self.awaited.replied(message.id, data)
         ):
@@ -490,6 +493,12 @@ class EdgeSession:
         request = ActionOutcomeRequest(room_id=self.room_id, seq=seq, reply_to=self.subject)
         reply, _data = await self.node.bus.request(request)
         return reply if isinstance(reply, ActionOutcome) else None
+
+    def awaiting(self) -> AwaitedOutcomes:
+        """This socket's `awaited`, made on first use."""
+        if self.awaited is None:
+            self.awaited = AwaitedOutcomes(self._ask_outcome, self._recovered)
+        return self.awaited
 
     def _recovered(self, frame: bytes) -> None:
         """A reply that did not come, from the statekeeper's copy: handled as if it came."""
