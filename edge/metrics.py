@@ -52,6 +52,10 @@ class EdgeMetrics(Collector):
         self.joins = 0
         self.queue_drops = 0
         self.stale_replies = 0
+        self.replies_recovered = 0
+        """Action replies that did not come in time, sent from the statekeeper's copy."""
+        self.reply_copies_dropped = 0
+        """Late copies of replies that went out already from the statekeeper's copy."""
         self.appends_refused: Callable[[], int] = lambda: 0
         self.append_retries: Callable[[], tuple[int, int]] = lambda: (0, 0)
         """(room-log append attempts repeated, outages: episodes of failing appends)."""
@@ -162,6 +166,17 @@ class EdgeMetrics(Collector):
                 "stagecast_edge_stale_replies_total",
                 "Statekeeper answers for an earlier socket of a resumed session, dropped.",
                 self.stale_replies,
+            ),
+            (
+                "stagecast_edge_replies_recovered_total",
+                "Action replies that did not come in time, asked for and sent from the "
+                "statekeeper's copy.",
+                self.replies_recovered,
+            ),
+            (
+                "stagecast_edge_reply_copies_dropped_total",
+                "Replies that came after their recovered copy went out (late, not lost), dropped.",
+                self.reply_copies_dropped,
             ),
             (
                 "stagecast_edge_appends_refused_total",

@@ -160,7 +160,8 @@ async def on_ping(session: EdgeSession, message: Ping) -> None:
 async def on_action(session: EdgeSession, message: Message) -> None:
     """Append an action's event (`edge.actions`); the statekeeper acks it (or errs) on the
     session's subject. A request sent again after `UNAVAILABLE` (same id, same socket) is
-    appended under the failed attempt's message id, so it is stored at most once."""
+    appended under the failed attempt's message id, so it is stored at most once; a reply
+    that does not come is asked for (`edge.awaited`)."""
     origin = Origin(
         room_id=session.room_id,
         at=now_ms(),
@@ -174,11 +175,15 @@ async def on_action(session: EdgeSession, message: Message) -> None:
     kind = event.TYPE
     msg_id = session.retried.msg_id(origin.req, kind, lambda: session.next_msg_id(kind))
     try:
-        await session.node.bus.append(event, msg_id)
+        seq = await session.node.bus.append(event, msg_id)
     except BusUnavailable:
         # Maybe stored all the same: a retry of this request reuses the id (`edge.retried`).
         session.retried.failed(origin.req, kind, msg_id)
         raise
+    # Its reply comes on the session's subject, unless a NATS link was down when it was
+    # sent, or this append was a duplicate of a copy answered then: asked for if it does
+    # not come (`edge.awaited`).
+    session.awaiting().appended(origin.req, seq)
 
 
 def _refused(session: EdgeSession, req: int, refusal: Refusal) -> None:

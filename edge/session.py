@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from edge.awaited import AwaitedOutcomes
 from edge.bus import BusUnavailable
 from edge.closecodes import close_code
 from edge.inbox import Inbox, Reading
@@ -52,6 +53,7 @@ from edge.resume import ResumeClaims, mint_resume_token
 from edge.retried import RetriedActions
 from edge.sendqueue import FrameSink, SendQueue
 from edge.wsframe import binary_frame
+from schemas.api import ActionOutcome, ActionOutcomeRequest
 from schemas.client import (
     Ack,
     ActiveSpeakersChanged,
@@ -108,6 +110,7 @@ class EdgeSession:
         "_socket_gone",
         "_winding_down",
         "attempt",
+        "awaited",
         "closed",
         "connection_id",
         "detached",
@@ -169,6 +172,9 @@ class EdgeSession:
         self.leave_req: int | None = None
         self.retried = RetriedActions()
         """Message ids of this socket's actions whose append failed (`edge.retried`)."""
+        self.awaited: AwaitedOutcomes | None = None
+        """This socket's appended actions whose reply has not come yet (`edge.awaited`),
+        made at its first action (most viewers never send one)."""
         self._pending: list[tuple[bytes, str, int]] = []
         self._pending_counts: tuple[bytes, int] | None = None
         self._pending_voice: bytes | None = None
@@ -220,6 +226,8 @@ class EdgeSession:
     async def _close(self) -> None:
         """Stop handling frames, leave the room, let the close go out, and be `closed`."""
         try:
+            if self.awaited is not None:
+                self.awaited.stop()
             handling = self.inbox.stop()
             if handling is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -455,6 +463,14 @@ class EdgeSession:
             return
         if self.state is EdgeSessionState.CLOSED:
             return
+        if (
+            self.awaited is not None
+            and isinstance(message, (Ack, Error))
+            and message.id is not None
+            and not self.awaited.replied(message.id, data)
+        ):
+            self.node.metrics.reply_copies_dropped += 1
+            return  # a copy of a reply the statekeeper gave again (`edge.awaited`)
         if isinstance(message, JoinAccepted):
             self._accepted(message)
         elif isinstance(message, Error):
@@ -470,6 +486,24 @@ class EdgeSession:
             self.end(close_code(message.reason), message.reason, server_ended=True)
         else:
             self.send(data, message.TYPE)
+
+    async def _ask_outcome(self, seq: int) -> ActionOutcome | None:
+        """The statekeeper's copy of its reply to this socket's action at log sequence `seq`
+        (None when it answers something else)."""
+        request = ActionOutcomeRequest(room_id=self.room_id, seq=seq, reply_to=self.subject)
+        reply, _data = await self.node.bus.request(request)
+        return reply if isinstance(reply, ActionOutcome) else None
+
+    def awaiting(self) -> AwaitedOutcomes:
+        """This socket's `awaited`, made on first use."""
+        if self.awaited is None:
+            self.awaited = AwaitedOutcomes(self._ask_outcome, self._recovered)
+        return self.awaited
+
+    def _recovered(self, frame: bytes) -> None:
+        """A reply that did not come, from the statekeeper's copy: handled as if it came."""
+        self.node.metrics.replies_recovered += 1
+        self.on_direct(frame)
 
     def _accepted(self, message: JoinAccepted) -> None:
         attempt = self.attempt

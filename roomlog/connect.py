@@ -3,7 +3,8 @@
 The edge, the statekeeper and the forwarder all connect with the same options: the server
 list parsed from one comma-separated URL, a client name, reconnects forever once connected
 (every `reconnect_time_wait` seconds), the `NatsLink` callbacks (three log lines per outage,
-counters), and the first connection bounded by `connect_timeout` (`NatsUnreachable`).
+counters; a close on purpose is no outage), and the first connection bounded by
+`connect_timeout` (`NatsUnreachable`).
 
 Credentials: a user and password in the URL (``nats://user:pass@host:4222``), and/or a
 `NatsAuth` naming an NKey seed or ``.creds`` file and the TLS files (a CA for a
@@ -212,6 +213,15 @@ async def connect(
         await link_error(exc)
 
     callbacks["error_cb"] = on_error
+    link_disconnected = callbacks["disconnected_cb"]
+
+    async def on_disconnected() -> None:
+        # nats-py calls it on `close` and at the end of `drain` too: a link closed on
+        # purpose is not lost (no "NATS link lost; reconnecting" at every clean stop).
+        if not nc.is_closed:
+            await link_disconnected()
+
+    callbacks["disconnected_cb"] = on_disconnected
 
     def quiet_once_refused(callback: _Hook) -> _Hook:
         async def call() -> None:

@@ -115,6 +115,9 @@ class OkReply(Message, tag="api.ok", frozen=True, kw_only=True):
 
 # --------------------------------------------------------------------------- internal
 
+OUTCOME_FRAME_BYTES = 64 * 1024
+"""The largest reply frame an `ActionOutcome` carries (an `error` message is 4,096 characters)."""
+
 
 class EdgeHeartbeat(Message, tag="internal.edge_heartbeat", frozen=True, kw_only=True):
     """Every edge publishes one each second on `stagecast.edges.heartbeat`."""
@@ -146,6 +149,26 @@ class MediaAssignment(Message, tag="internal.media_assignment", frozen=True, kw_
     forwarder_id: Identity
     kind: TrackKind | None = None
     """The announced kind of the request's `track_sid`."""
+
+
+class ActionOutcomeRequest(Message, tag="internal.action_outcome", frozen=True, kw_only=True):
+    """Edge -> statekeeper (`stagecast.sk.api`): the reply the fold sent to `reply_to` for
+    the action stored at log sequence `seq`. An edge asks when that reply did not come (it
+    was published while a NATS link was down: core NATS keeps nothing)."""
+
+    room_id: Identity
+    seq: Annotated[int, Meta(ge=1)]
+    reply_to: Annotated[str, Meta(max_length=1024)]
+
+
+class ActionOutcome(Message, tag="internal.action_outcome_reply", frozen=True, kw_only=True):
+    """The answer to `ActionOutcomeRequest`: `frame` is the `ack` or `error` frame the fold
+    sent, byte for byte; None with `folded` False while the statekeeper has not folded `seq`
+    yet (ask again), None with `folded` True when it keeps no reply for it (too old, or
+    folded by an earlier statekeeper process)."""
+
+    folded: bool
+    frame: Annotated[bytes, Meta(max_length=OUTCOME_FRAME_BYTES)] | None = None
 
 
 class HealthRequest(Message, tag="internal.health", frozen=True, kw_only=True):

@@ -3,7 +3,8 @@
 Answers `ListParticipantsRequest` (cursor pagination over the SQL roster at a pinned
 snapshot), `GetParticipantRequest`, `ListRoomsRequest`, `ListDispatchesRequest` (a room's
 agent jobs; none for a room it does not have), `HealthRequest` and the edges'
-`MediaAssignRequest` (which forwarder carries a session's media). A malformed
+`MediaAssignRequest` (which forwarder carries a session's media) and `ActionOutcomeRequest`
+(the reply to an action, sent again to an edge that missed it). A malformed
 request gets an `Error` reply, never silence.
 """
 
@@ -17,6 +18,8 @@ from nats.aio.msg import Msg
 from schemas import subjects
 from schemas.agents import DispatchListReply, ListDispatchesRequest
 from schemas.api import (
+    ActionOutcome,
+    ActionOutcomeRequest,
     GetParticipantRequest,
     HealthReply,
     HealthRequest,
@@ -96,6 +99,8 @@ class Queries:
             return await self.participants(request)
         if isinstance(request, MediaAssignRequest):
             return self.keeper.assign_media(request)
+        if isinstance(request, ActionOutcomeRequest):
+            return self.outcome(request)
         if isinstance(request, GetParticipantRequest):
             room = self.keeper.state.rooms.get(request.room_id)
             if room is None:
@@ -128,6 +133,13 @@ class Queries:
                 forwarders=len(self.keeper.forwarders.live(self.keeper.clock())),
             )
         return _error(ErrorCode.UNKNOWN_TYPE, f"the statekeeper does not answer {request.TYPE}")
+
+    def outcome(self, request: ActionOutcomeRequest) -> ActionOutcome:
+        """The reply the fold sent for an action, kept for an edge that missed it."""
+        keeper = self.keeper
+        if request.seq > keeper.applied_seq:
+            return ActionOutcome(folded=False)
+        return ActionOutcome(folded=True, frame=keeper.recent.reply(request.seq, request.reply_to))
 
     async def participants(self, request: ListParticipantsRequest) -> Message:
         """One page of a room's roster, speakers first, at the cursor's snapshot."""

@@ -33,6 +33,7 @@ from roomlog.reader import LogReader
 from roomlog.seam import CoreLink, LogReaderPort, RoomLogPort
 from schemas import subjects
 from schemas.api import MediaAssignment, MediaAssignRequest
+from schemas.client import Ack, Error
 from schemas.clock import now_ms
 from schemas.codec import encode
 from schemas.log import LogEvent
@@ -59,6 +60,7 @@ from statekeeper.outcomes import (
 )
 from statekeeper.persistence import PersistenceHealth
 from statekeeper.placement import Placement
+from statekeeper.recent import RecentReplies
 from statekeeper.snapshots import restore
 from statekeeper.state import State
 from statekeeper.store import Store
@@ -68,6 +70,8 @@ log = logging.getLogger("stagecast.statekeeper")
 
 STOP_TIMEOUT_S = 5.0
 """How long `stop` waits for its tasks to end after cancelling them."""
+_REPLIES = (Ack, Error)
+"""The direct frames that answer an action, kept for an edge that missed one."""
 YIELD_EVERY = 256
 """With a lease, the log reader lets other tasks run every this many events of a batch
 (a long replay must not starve the lease renewals of its process)."""
@@ -116,6 +120,8 @@ class Statekeeper:
         self.applied_seq = 0
         """The last log sequence folded."""
         self.events_folded = 0
+        self.recent = RecentReplies()
+        """The replies to actions sent lately, for an edge that missed one."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
         self._caught_up = asyncio.Event()
@@ -331,8 +337,11 @@ class Statekeeper:
         )
         self._outbox.append((subject, encode(outcome.message)))
 
-    def _direct(self, outcome: Direct, _seq: int) -> None:
-        self._outbox.append((outcome.subject, encode(outcome.message)))
+    def _direct(self, outcome: Direct, seq: int) -> None:
+        frame = encode(outcome.message)
+        self._outbox.append((outcome.subject, frame))
+        if type(outcome.message) in _REPLIES:
+            self.recent.kept(seq, outcome.subject, frame)
 
     def _roster(self, outcome: RosterJoin | RosterLeave | RosterUpdate, _seq: int) -> None:
         self.checkpoints.roster(outcome)

@@ -83,6 +83,30 @@ async def test_publishes_while_reconnecting_fail_at_once_unless_a_buffer_is_aske
         await buffered.close()
 
 
+async def test_a_link_closed_on_purpose_is_not_logged_as_lost(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=log.name)
+    closed_link = NatsLink("closed", log)
+    drained_link = NatsLink("drained", log)
+    closed = await connect(nats_server.url, name="closed", link=closed_link)
+    drained = await connect(nats_server.url, name="drained", link=drained_link)
+    await closed.close()
+    await drained.drain()
+    assert closed_link.state is LinkState.CLOSED and drained_link.state is LinkState.CLOSED
+    assert closed_link.disconnects == drained_link.disconnects == 0
+    assert "link lost" not in caplog.text
+    # A server that goes away is an outage, logged as one.
+    lost_link = NatsLink("lost", log)
+    lost = await connect(nats_server.url, name="lost", link=lost_link)
+    try:
+        await nats_server.stop()
+        await eventually(lambda: lost_link.disconnects == 1, what="the link lost")
+        assert "lost: NATS link lost; reconnecting" in caplog.text
+    finally:
+        await lost.close()
+
+
 async def test_the_client_is_named_and_replies_come_to_its_role_inbox(
     nats_server: NatsServer,
 ) -> None:

@@ -30,6 +30,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.api import (
+    ActionOutcome,
+    ActionOutcomeRequest,
     CreateRoomRequest,
     DeleteRoomRequest,
     EdgeGone,
@@ -410,6 +412,9 @@ CASES: tuple[Message, ...] = (
     # edge <-> statekeeper, media
     MediaAssignRequest(room_id="r", sid="PA_2", track_sid="TR_cam"),
     MediaAssignment(forwarder_id="FW_1", kind="video"),
+    # edge <-> statekeeper, a reply the edge missed
+    ActionOutcomeRequest(room_id="r", seq=42, reply_to="stagecast.sess.edge-1.PA_2.c1"),
+    ActionOutcome(folded=True, frame=encode(Ack(id=7))),
     # statekeeper / edge / forwarders
     MediaSession(
         room_id="r",
@@ -903,6 +908,14 @@ GOLDEN_HEX: dict[str, str] = {
     "internal.media_assign": (
         "85a174b5696e7465726e616c2e6d656469615f61737369676ea17601a7726f6f6d5f6964a172a3736964a450"
         "415f32a9747261636b5f736964a654525f63616d"
+    ),
+    "internal.action_outcome": (
+        "85a174b7696e7465726e616c2e616374696f6e5f6f7574636f6d65a17601a7726f6f6d5f6964a172a37365"
+        "712aa87265706c795f746fbd7374616765636173742e736573732e656467652d312e50415f322e6331"
+    ),
+    "internal.action_outcome_reply": (
+        "84a174bd696e7465726e616c2e616374696f6e5f6f7574636f6d655f7265706c79a17601a6666f6c646564"
+        "c3a56672616d65c40e83a174a361636ba17601a2696407"
     ),
     "internal.media_assignment": (
         "84a174b9696e7465726e616c2e6d656469615f61737369676e6d656e74a17601ac666f727761726465725f69"
