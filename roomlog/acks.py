@@ -37,7 +37,16 @@ Ack = tuple[bytes, "bytes | dict[str, str] | None"]
 class PublishAcks:
     """Deduplicated JetStream publishes, each awaiting its own ack (the module docstring)."""
 
-    __slots__ = ("_cut", "_inbox", "_nc", "_numbers", "_opening", "_sub", "_waiting")
+    __slots__ = (
+        "_cut",
+        "_inbox",
+        "_nc",
+        "_numbers",
+        "_opening",
+        "_sub",
+        "_waiting",
+        "fast_path",
+    )
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
@@ -47,6 +56,8 @@ class PublishAcks:
         self._waiting: dict[int, asyncio.Future[Ack]] = {}
         self._sub: Subscription | None = None
         self._opening: asyncio.Future[None] | None = None
+        self.fast_path = False
+        """Whether acks arrive raw (`FastDelivery`); known once the first publish subscribed."""
 
     async def _open(self) -> None:
         """Subscribe the inbox (once; callers at the same time share the subscribe)."""
@@ -56,7 +67,7 @@ class PublishAcks:
 
     async def _subscribe(self) -> None:
         sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
-        FastDelivery.route(self._nc, sub, self._on_raw)
+        self.fast_path = FastDelivery.route(self._nc, sub, self._on_raw)
         self._sub = sub
 
     async def close(self) -> None:

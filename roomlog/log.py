@@ -126,7 +126,8 @@ class RoomLog:
         self.outages = {stream: WriteOutage(stream) for stream in (LOG_STREAM, EVENTS_STREAM)}
         """Each stream's write outages (one log line per episode, counters)."""
         self._stream_checks: dict[str, tuple[asyncio.Future[bool], float]] = {}
-        self._acks = PublishAcks(connection_of(js)) if shared_inbox else None
+        self.acks = PublishAcks(connection_of(js)) if shared_inbox else None
+        """Where single publishes take their acks with `shared_inbox` (else None)."""
         """The last "does this stream exist" check per stream, and when it started."""
 
     # ------------------------------------------------------------------ streams
@@ -308,7 +309,7 @@ class RoomLog:
     ) -> int:
         """One deduplicated publish to `stream`, retried (see `append`); its sequence."""
         headers = {MSG_ID: msg_id}
-        acks = self._acks
+        acks = self.acks
 
         async def attempt(timeout: float) -> None:
             if acks is not None:
