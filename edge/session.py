@@ -61,7 +61,7 @@ from schemas.client import (
     TierChanged,
 )
 from schemas.clock import now_ms
-from schemas.codec import SchemaError, decode, encode
+from schemas.codec import SchemaError, decode_trusted, encode
 from schemas.errors import ErrorCode
 from schemas.log import LeaveRequested, LogEvent, SessionDisconnected
 from schemas.models import Grant
@@ -447,9 +447,10 @@ class EdgeSession:
     # ------------------------------------------------------------------ direct replies
 
     def on_direct(self, data: bytes) -> None:
-        """A frame the statekeeper sent to this session's subject."""
+        """A frame the statekeeper sent to this session's subject (only it may publish
+        there, so its strings are not checked again: `decode_trusted`)."""
         try:
-            message = decode(data)
+            message = decode_trusted(data)
         except SchemaError as exc:
             log.warning("session %s: undecodable direct frame: %s", self.sid, exc)
             return
