@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 
 from roomlog.connect import NatsAuth, connect
 from roomlog.errors import NatsUnreachable
+from roomlog.jetstream import FastDelivery, RawHandler
 from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from roomlog.retry import RetryBudgetSpent, RetryPolicy
@@ -167,6 +168,7 @@ class Bus:
                 nc.jetstream(),
                 ack_timeout=min(append_attempt_timeout, append_timeout),
                 retry=RetryPolicy(deadline=append_timeout),
+                shared_inbox=True,
             )
             bus = cls(nc, room_log, request_timeout)
             bus.link = link
@@ -233,6 +235,19 @@ class Bus:
         # follows it, and its PONG means the server has the subscription.
         await self.flush()
         await self.flush()
+        return sub
+
+    async def subscribe_raw(self, subject: str, handler: RawHandler) -> Subscription:
+        """`subscribe`, with each delivery handed to `handler(subject, reply, payload,
+        headers)` as nats-py's reader parses it: no `Msg`, no queue, no task hop
+        (`roomlog.jetstream.FastDelivery`; a plain callback when its internals moved).
+        `handler` runs inside the reader: it must not block and must not raise."""
+
+        async def fallback(msg: Msg) -> None:
+            handler(msg.subject.encode(), msg.reply.encode(), msg.data, None)
+
+        sub = await self.subscribe(subject, fallback)
+        FastDelivery.route(self.nc, sub, handler)
         return sub
 
     async def flush(self) -> None:

@@ -38,6 +38,16 @@ class Latch:
             self._future = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._future)
 
+    async def wait_for(self, timeout: float) -> bool:
+        """Wait until set, at most `timeout` seconds; whether it is set (also when it was
+        set in the same loop pass as the timeout). No task is made for the wait."""
+        if self._set:
+            return True
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        await asyncio.wait((self._future,), timeout=timeout)
+        return self._set
+
     def __repr__(self) -> str:
         return f"<Latch {'set' if self._set else 'unset'}>"
 

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from edge.admission import JoinGate
@@ -113,7 +112,9 @@ class EdgeNode:
                 link.failed_attempts,
             )
         try:
-            self._direct = await self._bus.subscribe(edge_sessions(self.edge_id), self._on_direct)
+            self._direct = await self._bus.subscribe_raw(
+                edge_sessions(self.edge_id), self._on_direct
+            )
         except BaseException:
             await self._bus.close()
             raise
@@ -218,8 +219,13 @@ class EdgeNode:
         """The session direct replies for `sid` go to, if any."""
         return self.sessions.get(sid)
 
-    async def _on_direct(self, msg: Msg) -> None:
-        parsed = parse_session_subject(msg.subject)
+    def _on_direct(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """A direct reply, raw from the NATS reader (`Bus.subscribe_raw`): routed to its
+        session by sid at once. Never raises (it runs inside the reader)."""
+        try:
+            parsed = parse_session_subject(subject.decode())
+        except UnicodeDecodeError:
+            return
         if parsed is None:
             return
         sid, connection_id = parsed
@@ -232,7 +238,7 @@ class EdgeNode:
             self.metrics.stale_replies += 1
             return
         try:
-            session.on_direct(msg.data)
+            session.on_direct(data)
         except Exception:
             log.exception("direct reply to %s failed", sid)
 

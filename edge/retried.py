@@ -14,7 +14,8 @@ forgets the id (`refused`) and the next retry is appended anew. Only a refusal f
 statekeeper does that: it is the word that the stored copy was not applied. A refused id is
 never taken up again, not even by an append under it that fails after the refusal came.
 
-A pure record, bounded, one per socket (`EdgeSession.retried`).
+A pure record, bounded, one per socket (`EdgeSession.retried`); it holds nothing (no
+dictionaries) until an append fails.
 """
 
 from __future__ import annotations
@@ -38,35 +39,42 @@ class RetriedActions:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self._limit = limit
-        self._failed: OrderedDict[int, tuple[str, str]] = OrderedDict()
-        self._spent: OrderedDict[str, None] = OrderedDict()
+        self._failed: OrderedDict[int, tuple[str, str]] | None = None
+        """Made at the first failure (most sockets never see one)."""
+        self._spent: OrderedDict[str, None] | None = None
         """Message ids whose stored copy the statekeeper refused: never reused."""
 
     def __len__(self) -> int:
-        return len(self._failed)
+        return len(self._failed) if self._failed else 0
 
     def msg_id(self, req: int, event_type: str, fresh: Callable[[], str]) -> str:
         """The message id to append request `req` (an `event_type` event) with: the failed
         attempt's when this is its retry, else `fresh()`."""
-        known = self._failed.get(req)
+        known = self._failed.get(req) if self._failed else None
         if known is not None and known[0] == event_type:
             return known[1]
         return fresh()
 
     def failed(self, req: int, event_type: str, msg_id: str) -> None:
         """The append of `req` under `msg_id` was not confirmed: remember it for a retry."""
-        if msg_id in self._spent:
+        if self._spent and msg_id in self._spent:
             return
-        self._failed[req] = (event_type, msg_id)
-        self._failed.move_to_end(req)
-        _bound(self._failed, self._limit)
+        failed = self._failed
+        if failed is None:
+            failed = self._failed = OrderedDict()
+        failed[req] = (event_type, msg_id)
+        failed.move_to_end(req)
+        _bound(failed, self._limit)
 
     def refused(self, req: int) -> None:
         """The statekeeper refused `req`'s stored copy (not applied): a retry is new."""
-        known = self._failed.pop(req, None)
+        known = self._failed.pop(req, None) if self._failed else None
         if known is not None:
-            self._spent[known[1]] = None
-            _bound(self._spent, self._limit)
+            spent = self._spent
+            if spent is None:
+                spent = self._spent = OrderedDict()
+            spent[known[1]] = None
+            _bound(spent, self._limit)
 
 
 def _bound(items: OrderedDict[Any, Any], limit: int) -> None:

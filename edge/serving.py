@@ -15,11 +15,13 @@ fails loudly when they move.
 - Every request for ``/rtc`` is a signaling socket's upgrade, answered here and not by the
   app: the handshake is checked (`edge.handshake`; a bad one gets 400 and why), the 101
   goes out and the transport is handed to an `RtcSocket` (`edge.rtcsocket`) with the bytes
-  that came after the request's head. A socket refused over a cap is accepted only to be
-  told so (an `error` frame ``TOO_MANY_CONNECTIONS``, close 4019: a browser cannot read
-  the status of a refused upgrade); the others go to the `RtcEntry` (`edge.app`). No ASGI
-  scope, no task and no queue per socket: uvicorn never sees these connections, so the
-  edge closes them itself when it stops (`edge.main`).
+  that came after the request's head. A connection whose first bytes are a whole, plain
+  ``GET /rtc`` head (`edge.handshake.plain_rtc_request`) skips h11 and the request scope;
+  any other goes through h11 as every HTTP request does. A socket refused over a cap is
+  accepted only to be told so (an `error` frame ``TOO_MANY_CONNECTIONS``, close 4019: a
+  browser cannot read the status of a refused upgrade); the others go to the `RtcEntry`
+  (`edge.app`). No ASGI scope, no task and no queue per socket: uvicorn never sees these
+  connections, so the edge closes them itself when it stops (`edge.main`).
 - `AcceptFailures`: a loop exception handler that turns the per-attempt accept reports into
   one line when accepting starts failing and one, with a count, when it works again.
 """
@@ -37,7 +39,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge.admission import ConnectionLedger, Refusal
 from edge.closecodes import close_code
-from edge.handshake import VERSION, BadUpgrade, accept_upgrade, upgrade_token
+from edge.handshake import (
+    VERSION,
+    BadUpgrade,
+    accept_upgrade,
+    plain_rtc_request,
+    upgrade_token,
+)
 from edge.metrics import EdgeMetrics
 from edge.rtcsocket import Liveness, RtcReceiver, RtcSocket
 from edge.wsframe import binary_frame
@@ -88,6 +96,8 @@ def guarded_http(
         _read_timer: asyncio.TimerHandle | None = None
         _upgraded = False
         _dropped = False
+        _fresh = True
+        """Nothing was read yet: the first bytes may be a plain ``/rtc`` upgrade."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -111,6 +121,13 @@ def guarded_http(
         def data_received(self, data: bytes) -> None:
             if self._dropped:
                 return
+            if self._fresh:
+                self._fresh = False
+                plain = plain_rtc_request(data) if data.startswith(b"GET /rtc") else None
+                if plain is not None:
+                    self.headers = plain.headers
+                    self._upgrade(b"GET", plain.query, plain.trailing)
+                    return
             super().data_received(data)
             if self._upgraded or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
                 self._disarm()  # upgraded, or the whole request is in
@@ -122,10 +139,17 @@ def guarded_http(
             return bool(self.scope["raw_path"] == RTC_PATH)
 
         def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            trailing, _ = self.conn.trailing_data
+            self._upgrade(event.method, self.scope["query_string"], bytes(trailing))
+
+        def _upgrade(self, method: bytes, query: bytes, trailing: bytes) -> None:
+            """Answer the ``/rtc`` request whose headers are in `self.headers`: 400, or
+            101 and the transport to an `RtcSocket` (fed `trailing`, the bytes after the
+            request's head)."""
             self._disarm()
             self.connections.discard(self)  # uvicorn does not wait for it when it stops
             try:
-                response = accept_upgrade(event.method, self.headers)
+                response = accept_upgrade(method, self.headers)
             except BadUpgrade as exc:
                 self._dropped = True
                 extra = f"sec-websocket-version: {VERSION.decode()}\r\n"
@@ -136,7 +160,6 @@ def guarded_http(
                 return
             self._upgraded = True  # the socket owns the ledger entry from here
             transport, client = self.transport, self.client
-            trailing, _ = self.conn.trailing_data
             socket = RtcSocket(
                 transport,
                 self.loop,
@@ -154,10 +177,10 @@ def guarded_http(
                 socket.write(binary_frame(encode(error)))
                 socket.close(close_code(code), code)
             else:
-                token = upgrade_token(self.headers, self.scope["query_string"])
+                token = upgrade_token(self.headers, query)
                 socket.receiver = rtc(socket, token)
             if trailing:
-                socket.data_received(bytes(trailing))
+                socket.data_received(trailing)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -63,7 +63,7 @@ from schemas.client import (
     TierChanged,
 )
 from schemas.clock import now_ms
-from schemas.codec import SchemaError, decode, encode
+from schemas.codec import SchemaError, decode_trusted, encode
 from schemas.errors import ErrorCode
 from schemas.log import LeaveRequested, LogEvent, SessionDisconnected
 from schemas.models import Grant
@@ -72,6 +72,8 @@ from schemas.subjects import session_reply
 log = logging.getLogger("stagecast.edge")
 
 _MESSAGE_CHARS = 1000
+_NO_GRANT = Grant()
+"""A session's grant until it joins (frozen: one for all)."""
 
 
 class EdgeSessionState(enum.Enum):
@@ -159,7 +161,7 @@ class EdgeSession:
         self.sid = ""
         self.participant_id = ""
         self.is_viewer = False
-        self.grant = Grant()
+        self.grant = _NO_GRANT
         self.subject = ""
         self.room_sid = ""
         self.epoch = 0
@@ -175,7 +177,8 @@ class EdgeSession:
         self.awaited: AwaitedOutcomes | None = None
         """This socket's appended actions whose reply has not come yet (`edge.awaited`),
         made at its first action (most viewers never send one)."""
-        self._pending: list[tuple[bytes, str, int]] = []
+        self._pending: list[tuple[bytes, str, int]] | None = None
+        """Broadcasts that came while the join was in flight (None while none did)."""
         self._pending_counts: tuple[bytes, int] | None = None
         self._pending_voice: bytes | None = None
         self._in_room = False
@@ -419,10 +422,13 @@ class EdgeSession:
             if seq is None or seq > self.joined_seq:
                 self.put_frame(frame, type_tag)
         elif self.state is EdgeSessionState.CONNECTING and seq is not None:
-            if len(self._pending) >= self.queue.capacity:
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = []
+            elif len(pending) >= self.queue.capacity:
                 self._on_overflow_while_joining()
                 return
-            self._pending.append((frame, type_tag, seq))
+            pending.append((frame, type_tag, seq))
 
     def deliver_counts(self, frame: bytes, seq: int) -> bool:
         state = self.state
@@ -448,16 +454,17 @@ class EdgeSession:
             self.end(close_code(reason), reason, server_ended=self.was_joined)
 
     def _on_overflow_while_joining(self) -> None:
-        self._pending.clear()
+        self._pending = None
         self.queue.abort(close_code(ErrorCode.SLOW_CONSUMER.value), ErrorCode.SLOW_CONSUMER.value)
         self._on_overflow()
 
     # ------------------------------------------------------------------ direct replies
 
     def on_direct(self, data: bytes) -> None:
-        """A frame the statekeeper sent to this session's subject."""
+        """A frame the statekeeper sent to this session's subject (only it may publish
+        there, so its strings are not checked again: `decode_trusted`)."""
         try:
-            message = decode(data)
+            message = decode_trusted(data)
         except SchemaError as exc:
             log.warning("session %s: undecodable direct frame: %s", self.sid, exc)
             return
@@ -522,7 +529,7 @@ class EdgeSession:
         joined = msgspec.structs.replace(message, resume_token=self._resume_token())
         self.node.metrics.joins += 1
         self.send(encode(joined), JoinAccepted.TYPE)
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending or (), None
         for frame, type_tag, seq in pending:
             if seq > message.seq:
                 self.put_frame(frame, type_tag)

@@ -39,6 +39,7 @@ from nats.js.api import (
     SubjectTransform,
 )
 
+from roomlog.acks import PublishAcks
 from roomlog.appends import AckWindow
 from roomlog.errors import StreamNotEnsured
 from roomlog.jetstream import MSG_ID, connection_of
@@ -91,6 +92,9 @@ class RoomLog:
     `budget` is the retry token bucket every append of this log draws its retries from
     (`roomlog.retry.RetryBudget`; one per process: a fresh default one when None). With it
     spent, a failed append raises `RetryBudgetSpent` instead of retrying.
+    With `shared_inbox`, single appends and public events take their acks on one inbox
+    subscription of this log (`roomlog.acks.PublishAcks`) instead of a nats-py request
+    each: the same outcomes, for about a third of the CPU.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class RoomLog:
         retry: RetryPolicy | None = None,
         events_max_age: float = EVENTS_MAX_AGE,
         budget: RetryBudget | None = None,
+        shared_inbox: bool = False,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -121,6 +126,8 @@ class RoomLog:
         self.outages = {stream: WriteOutage(stream) for stream in (LOG_STREAM, EVENTS_STREAM)}
         """Each stream's write outages (one log line per episode, counters)."""
         self._stream_checks: dict[str, tuple[asyncio.Future[bool], float]] = {}
+        self.acks = PublishAcks(connection_of(js)) if shared_inbox else None
+        """Where single publishes take their acks with `shared_inbox` (else None)."""
         """The last "does this stream exist" check per stream, and when it started."""
 
     # ------------------------------------------------------------------ streams
@@ -302,8 +309,12 @@ class RoomLog:
     ) -> int:
         """One deduplicated publish to `stream`, retried (see `append`); its sequence."""
         headers = {MSG_ID: msg_id}
+        acks = self.acks
 
         async def attempt(timeout: float) -> None:
+            if acks is not None:
+                seqs.append(await acks.publish(subject, payload, msg_id, timeout))
+                return
             ack = await self.js.publish(subject, payload, timeout=timeout, headers=headers)
             seqs.append(int(ack.seq))
 

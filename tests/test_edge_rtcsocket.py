@@ -155,6 +155,24 @@ async def test_frames_sent_with_the_handshake_and_between_fragments_are_all_read
         assert pongs([p for op, p in seen if op == Opcode.BINARY]) == [2, 3]
 
 
+async def test_an_upgrade_whose_head_comes_in_pieces_opens_the_socket_too(stack: Stack) -> None:
+    """A head not whole in the first bytes goes through h11 (not the plain reading);
+    frames sent with its last piece are read all the same."""
+    host, port = stack.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = HANDSHAKE.replace(b"{query}", b"?access_token=unused")
+        writer.write(head[:30])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(head[30:] + masked(Opcode.BINARY, encode(Ping(id=4, at=1))))
+        reply = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        assert reply.startswith(b"HTTP/1.1 101 "), reply
+        assert pongs([(await RawSocket(reader, writer).frame())[1]]) == [4]
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize(
     ("name", "frame", "code"),
     [

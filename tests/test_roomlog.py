@@ -5,6 +5,7 @@ What every room log does (the twin too) is pinned in `tests/test_roomlog_contrac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -105,6 +106,35 @@ async def test_publish_event_lands_in_the_events_stream_once(
     assert stored.subject == "stagecast.events.~YS5i.room_started"
     assert stored.data == encode(event)
     assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 1
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["raw-acks", "msg-acks"])
+async def test_single_appends_on_a_shared_inbox_answer_as_requests_do(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """`shared_inbox` (the edge's appends): the same sequences, deduplication and errors as
+    a nats-py request per append, with the acks raw unless nats-py's internals moved."""
+    if not fast:
+        monkeypatch.setattr(jetstream.FastDelivery, "route", classmethod(lambda *a: False))
+    with pytest.raises(nats.js.errors.NoStreamResponseError):  # no stream yet
+        await RoomLog(js, ack_timeout=1, shared_inbox=True).append(leave("r", 0), "m0")
+    await RoomLog(js).ensure()
+    shared = RoomLog(js, ack_timeout=1, shared_inbox=True)
+    plain = RoomLog(js, ack_timeout=1)
+    first = await shared.append(leave("r", 1), "m1")
+    assert shared.acks is not None and shared.acks.fast_path is fast
+    seqs = await asyncio.gather(*(shared.append(leave("r", i), f"m{i}") for i in range(2, 12)))
+    assert sorted(seqs) == list(range(first + 1, first + 11))
+    assert await shared.append(leave("r", 1), "m1") == first  # deduplicated
+    assert await plain.append(leave("r", 5), "m5") == seqs[3]
+    config = shared.log_stream_config()
+    config.max_msg_size = 200
+    await js.update_stream(config)
+    big = MetadataSet(room_id="r", at=1, sid="s", metadata="x" * 500)
+    with pytest.raises(nats.js.errors.APIError) as caught:
+        await shared.append(big, "big")
+    assert caught.value.err_code == 10054  # message size exceeds maximum allowed
+    assert (await js.stream_info(subjects.LOG_STREAM)).state.messages == 11
 
 
 async def test_publish_all_writes_what_publish_writes_in_one_go(nc: NATS) -> None:

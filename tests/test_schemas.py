@@ -106,6 +106,7 @@ from schemas.codec import (
     Struct,
     decode,
     decode_as,
+    decode_trusted,
     encode,
     registered,
     to_wire,
@@ -1536,6 +1537,28 @@ def test_nul_in_any_wire_string_is_refused_with_forbidden_character(
         return
     assert error.char == "\x00"
     assert "U+0000" in str(error)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.TYPE)
+def test_decode_trusted_reads_what_decode_reads(case: Message) -> None:
+    assert decode_trusted(encode(case)) == decode(encode(case)) == case
+
+
+def test_decode_trusted_checks_types_and_versions_but_not_string_contents() -> None:
+    """For bytes our own services encoded (the statekeeper's replies to an edge): msgspec's
+    checks stay, the Python pass over the strings (NUL, control characters) is skipped."""
+    with pytest.raises(MalformedFrame):
+        decode_trusted(b"\xc1")
+    with pytest.raises(UnknownType):
+        decode_trusted(msgpack.packb({"t": "no-such-type"}))
+    with pytest.raises(UnsupportedVersion):
+        decode_trusted(msgpack.packb({"t": "ping", "v": 99, "id": 1, "at": 1}))
+    poisoned = msgpack.packb({"t": "ping", "id": 1, "at": 1, "note": "ok"})
+    assert decode_trusted(poisoned) == decode(poisoned)
+    nul = encode(Error(id=1, code="INTERNAL", message="a\x00b"))
+    with pytest.raises(ForbiddenCharacter):
+        decode(nul)
+    assert decode_trusted(nul) == Error(id=1, code="INTERNAL", message="a\x00b")
 
 
 def test_every_message_has_a_string_the_nul_test_reaches() -> None:
