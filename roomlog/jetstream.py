@@ -125,6 +125,101 @@ class FastDelivery:
             handler(subject, reply, data, headers)
 
         nc._process_msg = process_msg  # type: ignore[method-assign]
+        _FastParse.install(nc, routes)
+
+
+class _FastParse:
+    """nats-py's protocol parser, quicker on runs of ``MSG``/``HMSG`` (nats-py 2.16 internals).
+
+    The stock `Parser.parse` tries two regexes per delivery (``MSG`` before ``HMSG``), keeps
+    its fields in a dict, cuts the buffer twice and awaits `_process_msg` for each: ~5-7 µs
+    per log delivery here. This parse method, set on the client's one parser object (its
+    buffer and state are the parser's own, so nothing is lost in between), splits each
+    message line once, hands routed deliveries to their handler directly and the others to
+    `_process_msg`; at anything else (``PING``, ``INFO``, ``-ERR``, a line it cannot read) it
+    leaves the rest of the buffer to the stock method, which handles (or refuses) it exactly
+    as before. A message whose payload has not all arrived waits, whole, for the next read.
+    """
+
+    installed: weakref.WeakSet[NATS] = weakref.WeakSet()
+    """The clients whose parser this is (`fast_parsing`)."""
+
+    @classmethod
+    def install(cls, nc: NATS, routes: dict[int, RawHandler]) -> bool:
+        """Set the quicker parse on `nc`'s parser; False (nothing changed) if nats-py's
+        internals do not fit."""
+        ps = getattr(nc, "_ps", None)
+        original = getattr(ps, "parse", None)
+        if (
+            ps is None
+            or not inspect.iscoroutinefunction(original)
+            or not isinstance(getattr(ps, "buf", None), bytearray)
+            or getattr(ps, "state", None) not in (_AWAITING_CONTROL_LINE, _AWAITING_MSG_PAYLOAD)
+        ):
+            return False
+        stats = nc.stats
+        deliver: Any = nc._process_msg
+
+        async def parse(data: bytes = b"") -> None:
+            buf: bytearray = ps.buf
+            buf.extend(data)
+            if ps.state != _AWAITING_CONTROL_LINE:  # the stock parser is inside a payload
+                await original()
+                return
+            pos, size, waiting = 0, len(buf), False
+            while pos < size:
+                if buf[pos] not in _MSG_STARTS:
+                    break
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    waiting = True
+                    break
+                parts = bytes(buf[pos:end]).split()
+                count = len(parts)
+                try:
+                    if parts[0] == b"HMSG" and (count == 5 or count == 6):
+                        head, reply = int(parts[-2]), parts[3] if count == 6 else b""
+                    elif parts[0] == b"MSG" and (count == 4 or count == 5):
+                        head, reply = 0, parts[3] if count == 5 else b""
+                    else:
+                        break
+                    total, sid = int(parts[-1]), int(parts[2])
+                except ValueError:
+                    break  # the stock parser raises its ProtocolError
+                start = end + 2
+                if start + total + 2 > size:
+                    waiting = True  # the rest of its payload comes with the next read
+                    break
+                headers = bytes(buf[start : start + head]) if head else None
+                payload = bytes(buf[start + head : start + total])
+                pos = start + total + 2
+                handler = routes.get(sid)
+                if handler is not None:
+                    stats["in_msgs"] += 1
+                    stats["in_bytes"] += len(payload)
+                    handler(parts[1], reply, payload, headers)
+                    continue
+                await deliver(sid, parts[1], reply, payload, headers)
+                if ps.buf is not buf:  # the client reset its parser meanwhile (a reconnect)
+                    return
+            if pos:
+                del buf[:pos]
+            if buf and not waiting:
+                await original()
+
+        ps.parse = parse
+        cls.installed.add(nc)
+        return True
+
+
+def fast_parsing(nc: NATS) -> bool:
+    """True when `nc`'s deliveries are parsed by `_FastParse` (set with the first route)."""
+    return nc in _FastParse.installed
+
+
+_AWAITING_CONTROL_LINE = 1  # nats.protocol.parser's states
+_AWAITING_MSG_PAYLOAD = 2
+_MSG_STARTS = frozenset(b"MH")
 
 
 RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]

@@ -135,6 +135,98 @@ async def test_publish_all_writes_what_publish_writes_in_one_go(nc: NATS) -> Non
     assert got[-1] == ("pa.five", "", b"5", None)
 
 
+class _ParsedClient:
+    """What nats-py's `Parser` calls on its client, recorded."""
+
+    def __init__(self) -> None:
+        self.stats = {"in_msgs": 0, "in_bytes": 0}
+        self.got: list[tuple[object, ...]] = []
+        self._ps: object = None
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.got.append(("msg", sid, bytes(subject), bytes(reply), data, headers))
+
+    async def _process_ping(self) -> None:
+        self.got.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.got.append(("pong",))
+
+    async def _process_info(self, info: dict[str, object]) -> None:
+        self.got.append(("info", info))
+
+    async def _process_err(self, err: str) -> None:
+        self.got.append(("err", err))
+
+
+def _hmsg(subject: bytes, sid: int, reply: bytes, headers: bytes, payload: bytes) -> bytes:
+    line = b" ".join([b"HMSG", subject, b"%d" % sid, *([reply] if reply else [])])
+    return b"%s %d %d\r\n%s%s\r\n" % (
+        line,
+        len(headers),
+        len(headers) + len(payload),
+        headers,
+        payload,
+    )
+
+
+_WIRE = b"".join(
+    [
+        b'INFO {"server_id":"x"}\r\n',
+        _hmsg(
+            b"stagecast.logp.0.r",
+            7,
+            b"$JS.ACK.S.c.1.1.1.1733600000000000000.2",
+            b"NATS/1.0\r\nNats-Msg-Id: a\r\n\r\n",
+            b"hello",
+        ),
+        b"MSG stagecast.room.r.counts 9 5\r\nworld\r\n",
+        b"PING\r\n",
+        b"MSG _INBOX.x.1 7 _INBOX.reply 0\r\n\r\n",
+        _hmsg(b"_INBOX.x.2", 7, b"", b"NATS/1.0 408\r\n\r\n", b""),
+        b"+OK\r\n",
+        b"MSG big 9 3000\r\n" + b"z" * 3000 + b"\r\n",
+        b"PONG\r\n",
+        _hmsg(b"stagecast.logp.0.r", 7, b"r.1", b"NATS/1.0\r\nNats-Msg-Id: b\r\n\r\n", b"xy"),
+        b"-ERR 'Permissions Violation for Subscription to foo'\r\n",
+    ]
+)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 1000, len(_WIRE)])
+async def test_the_quicker_parse_hands_on_what_the_stock_parser_does(nc: NATS, chunk: int) -> None:
+    from nats.protocol.parser import Parser
+
+    routed: list[tuple[object, ...]] = []
+
+    def route(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        routed.append(("msg", 7, subject, reply, data, headers))
+
+    stock, quick = _ParsedClient(), _ParsedClient()
+    stock_parser, quick_parser = Parser(stock), Parser(quick)
+    quick._ps = quick_parser
+    # As `FastDelivery.route` sets it up on a client: sid 7 routed, whichever parse reads it.
+    jetstream.FastDelivery._wrap(quick, quick._process_msg, {7: route})  # type: ignore[arg-type]
+    assert jetstream.fast_parsing(quick)  # type: ignore[arg-type]
+    for start in range(0, len(_WIRE), chunk):
+        await stock_parser.parse(_WIRE[start : start + chunk])
+        await quick_parser.parse(_WIRE[start : start + chunk])
+    assert not stock_parser.buf and not quick_parser.buf
+    # Sid 7 went to its route, everything else to the client, in the stock order.
+    assert [g for g in stock.got if g[:2] != ("msg", 7)] == quick.got
+    assert [g for g in stock.got if g[:2] == ("msg", 7)] == routed
+    assert quick.stats["in_msgs"] == len(routed) == 4
+
+
+async def test_the_quicker_parse_is_taken_on_a_client_with_a_route(room_log: RoomLog) -> None:
+    async with room_log.reader(None, 1) as reader:
+        assert reader.fast_path
+        nc = jetstream.connection_of(room_log.js)
+        assert jetstream.fast_parsing(nc), "nats-py internals moved: see jetstream._FastParse"
+
+
 @pytest.mark.parametrize(
     ("ack", "seq"),
     [
