@@ -48,7 +48,7 @@ BENCH_SUITES = (
     "whip",
     "streams",
     "dispatch",
-    "pubevents",
+    "natscost",
 )
 
 

@@ -1,17 +1,23 @@
-"""Public events out of the statekeeper: one ack per event against JetStream fast batches.
+"""The statekeeper's NATS cost per join: its public event out, its log delivery in.
 
-`stagecast bench pubevents --events 50000 --flush 250 --runs 3` starts a private nats-server
-and, in this process, publishes `--events` `participant_joined` public events (one per join,
-as the statekeeper makes them) in flushes of `--flush` events (a flush every 100 ms at 2,500
-joins/s), each run alternating which of the two ways `RoomLog` has goes first:
-`publish_events` (pipelined, one ack per event: the statekeeper until 2026-12-07) and
-`publish_event_batch` (one JetStream fast batch per flush: a few acks each). Every event has
-a new id, so nothing is deduplicated.
+Public events: `stagecast bench natscost --events 50000 --flush 250 --runs 3` starts a
+private nats-server and, in this process, publishes `--events` `participant_joined` public
+events (one per join, as the statekeeper makes them) in flushes of `--flush` events (a flush
+every 100 ms at 2,500 joins/s), each run alternating which of the two ways `RoomLog` has
+goes first: `publish_events` (pipelined, one ack per event: the statekeeper until
+2026-12-07) and `publish_event_batch` (one JetStream fast batch per flush: a few acks each).
+Every event has a new id, so nothing is deduplicated.
 
 Figures (medians over the runs): this process's CPU per event for each way (user + system:
 what the statekeeper pays per join for its public event, less sensitive to other load than
 a rate), the nats-server's CPU per event for each, messages in per event, and
 `pubevents_cpu_ratio` (batched / acked, this process).
+
+Log deliveries: the same number of room-log deliveries as the server writes them to the
+statekeeper (``HMSG`` with the ``$JS.ACK`` reply and the ``Nats-Msg-Id`` header, in 64 KiB
+reads), parsed by nats-py's own parser and by the one `roomlog.jetstream.FastDelivery`
+installs, alternating: `parse_stock_us_per_delivery`, `parse_quick_us_per_delivery` (this
+process's CPU) and `parse_ratio` (quick / stock).
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from collections.abc import Awaitable, Callable
 
 import psutil
 from nats.aio.client import Client as NATS
+from nats.protocol.parser import Parser
 
 from processes.natsserver import NatsServer
+from roomlog.jetstream import FastDelivery, fast_parsing
 from roomlog.log import RoomLog
 from schemas.events import ParticipantJoinedEvent
 from schemas.models import ParticipantInfo
@@ -76,6 +84,55 @@ async def _measure(
     )
 
 
+class _Reader:
+    """What nats-py's parser calls on a client, for a parser outside any connection."""
+
+    def __init__(self) -> None:
+        self.stats = {"in_msgs": 0, "in_bytes": 0}
+        self.delivered = 0
+        self._ps = Parser(self)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.delivered += 1
+
+
+def _deliveries(count: int) -> list[bytes]:
+    """`count` room-log deliveries as nats-server writes them, cut in 64 KiB reads."""
+    frames = []
+    for n in range(1, count + 1):
+        headers = b"NATS/1.0\r\nNats-Msg-Id: PA_v%d:join\r\n\r\n" % n
+        payload = b"\x8a" + b"j" * 200  # about a viewer's JoinRequested
+        reply = b"$JS.ACK.STAGECAST_LOG.c1.1.%d.%d.1765100000000000000.%d" % (n, n, count - n)
+        frames.append(
+            b"HMSG stagecast.logp.0.bench 1 %s %d %d\r\n%s%s\r\n"
+            % (reply, len(headers), len(headers) + len(payload), headers, payload)
+        )
+    wire = b"".join(frames)
+    return [wire[i : i + 65536] for i in range(0, len(wire), 65536)]
+
+
+async def _parse_us(reads: list[bytes], count: int, *, quick: bool) -> float:
+    """This process's CPU per delivery to parse `reads` (routed to a raw handler)."""
+    reader = _Reader()
+    routed: list[bytes] = []
+    if quick:
+        routes = {1: lambda s, r, d, h: routed.append(d)}
+        FastDelivery._wrap(reader, reader._process_msg, routes)  # type: ignore[arg-type]
+        if not fast_parsing(reader):  # type: ignore[arg-type]
+            raise RuntimeError("nats-py internals moved: the quicker parse is not installed")
+    parse = reader._ps.parse
+    me = psutil.Process()
+    before = _cpu_s(me)
+    for data in reads:
+        await parse(data)
+    spent = _cpu_s(me) - before
+    if reader.delivered + len(routed) != count:
+        raise RuntimeError(f"parsed {reader.delivered + len(routed)} of {count} deliveries")
+    return spent / count * 1e6
+
+
 def _server_process(server: NatsServer) -> psutil.Process:
     if server.pid is None:
         raise RuntimeError("nats-server is not running")
@@ -107,6 +164,11 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 figures.setdefault(f"{way}_s", []).append(time.perf_counter() - started)
         if not room_log.fast_batches:
             raise RuntimeError("the events stream took no fast batches: nothing to compare")
+    reads = _deliveries(args.events)
+    for run_no in range(args.runs):
+        for quick in (run_no % 2 == 1, run_no % 2 == 0):
+            parsed = await _parse_us(reads, args.events, quick=quick)
+            figures.setdefault("quick" if quick else "stock", []).append(parsed)
     note = f"{args.events} events in flushes of {args.flush}, median of {args.runs}"
     results = []
     for way, what in (("acked", "one ack per event"), ("batched", "fast batches")):
@@ -134,4 +196,10 @@ async def run(args: argparse.Namespace) -> list[Result]:
             "batched / acked, this process's CPU per event",
         )
     )
+    stock_us, quick_us = median(figures["stock"]), median(figures["quick"])
+    results += [
+        Result("parse_stock_us_per_delivery", stock_us, "us", "nats-py's parser"),
+        Result("parse_quick_us_per_delivery", quick_us, "us", "roomlog.jetstream's parse"),
+        Result("parse_ratio", quick_us / stock_us, "x", "quick / stock"),
+    ]
     return results
