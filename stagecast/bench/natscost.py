@@ -15,9 +15,9 @@ a rate), the nats-server's CPU per event for each, messages in per event, and
 
 Log deliveries: the same number of room-log deliveries as the server writes them to the
 statekeeper (``HMSG`` with the ``$JS.ACK`` reply and the ``Nats-Msg-Id`` header, in 64 KiB
-reads), parsed by nats-py's own parser and by the one `roomlog.jetstream.FastDelivery`
-installs, alternating: `parse_stock_us_per_delivery`, `parse_quick_us_per_delivery` (this
-process's CPU) and `parse_ratio` (quick / stock).
+reads), parsed by nats-py's parser and handed to a raw handler as
+`roomlog.jetstream.FastDelivery` does: `parse_us_per_delivery` (this process's CPU, median of
+the runs).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.protocol.parser import Parser
 
 from processes.natsserver import NatsServer
-from roomlog.jetstream import FastDelivery, fast_parsing
+from roomlog.jetstream import FastDelivery
 from roomlog.log import RoomLog
 from schemas.events import ParticipantJoinedEvent
 from schemas.models import ParticipantInfo
@@ -113,15 +113,12 @@ def _deliveries(count: int) -> list[bytes]:
     return [wire[i : i + 65536] for i in range(0, len(wire), 65536)]
 
 
-async def _parse_us(reads: list[bytes], count: int, *, quick: bool) -> float:
+async def _parse_us(reads: list[bytes], count: int) -> float:
     """This process's CPU per delivery to parse `reads` (routed to a raw handler)."""
     reader = _Reader()
     routed: list[bytes] = []
-    if quick:
-        routes = {1: lambda s, r, d, h: routed.append(d)}
-        FastDelivery._wrap(reader, reader._process_msg, routes)  # type: ignore[arg-type]
-        if not fast_parsing(reader):  # type: ignore[arg-type]
-            raise RuntimeError("nats-py internals moved: the quicker parse is not installed")
+    routes = {1: lambda s, r, d, h: routed.append(d)}
+    FastDelivery._wrap(reader, reader._process_msg, routes)  # type: ignore[arg-type]
     parse = reader._ps.parse
     me = psutil.Process()
     before = _cpu_s(me)
@@ -165,10 +162,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
         if not room_log.fast_batches:
             raise RuntimeError("the events stream took no fast batches: nothing to compare")
     reads = _deliveries(args.events)
-    for run_no in range(args.runs):
-        for quick in (run_no % 2 == 1, run_no % 2 == 0):
-            parsed = await _parse_us(reads, args.events, quick=quick)
-            figures.setdefault("quick" if quick else "stock", []).append(parsed)
+    for _ in range(args.runs):
+        figures.setdefault("parse", []).append(await _parse_us(reads, args.events))
     note = f"{args.events} events in flushes of {args.flush}, median of {args.runs}"
     results = []
     for way, what in (("acked", "one ack per event"), ("batched", "fast batches")):
@@ -196,10 +191,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
             "batched / acked, this process's CPU per event",
         )
     )
-    stock_us, quick_us = median(figures["stock"]), median(figures["quick"])
-    results += [
-        Result("parse_stock_us_per_delivery", stock_us, "us", "nats-py's parser"),
-        Result("parse_quick_us_per_delivery", quick_us, "us", "roomlog.jetstream's parse"),
-        Result("parse_ratio", quick_us / stock_us, "x", "quick / stock"),
-    ]
+    results.append(
+        Result("parse_us_per_delivery", median(figures["parse"]), "us", "nats-py's parser")
+    )
     return results
