@@ -3,6 +3,7 @@
 - `log`: `RoomLog`, the streams' configuration and appends;
 - `reader`: `LogReader`, the ordered pull-consumer reader (and `LogRecord`);
 - `appends`: the ack window pipelined appends go through;
+- `fastbatch`: `FastBatcher`, the public events of a flush as one JetStream fast batch;
 - `retry`: which append failures are retried across a leader election, for how long, and
   the one-line-per-outage log;
 - `buckets`: `ensure_bucket`, KV buckets under the same replica rule as the streams;

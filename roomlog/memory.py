@@ -109,6 +109,12 @@ class MemoryRoomLog:
             raise ValueError("window must be at least 1")
         return [await self.publish_event(*event) for event in events]
 
+    async def publish_event_batch(self, events: Iterable[tuple[str, str, Message, str]]) -> int:
+        """`publish_events`; the sequence of the last event stored (0 when none was new)."""
+        before = len(self._stream(self._events).entries)
+        stored = [seq for seq in await self.publish_events(events) if seq > before]
+        return stored[-1] if stored else 0
+
     async def last_seq(self) -> int:
         """The sequence of the last event in the log (0 when empty)."""
         return len(self.entries())

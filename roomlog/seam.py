@@ -86,6 +86,11 @@ class RoomLogPort(Protocol):
         """`publish_event` for many `(room_id, name, message, event_id)`, in order."""
         ...
 
+    async def publish_event_batch(self, events: Iterable[tuple[str, str, Message, str]]) -> int:
+        """`publish_events` without each event's sequence (fewer acks); the sequence of the
+        last event stored, 0 when none was new."""
+        ...
+
     async def last_seq(self) -> int:
         """The sequence of the last event stored in the log (0 when it is empty)."""
         ...

@@ -48,6 +48,7 @@ BENCH_SUITES = (
     "whip",
     "streams",
     "dispatch",
+    "natscost",
 )
 
 

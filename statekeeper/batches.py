@@ -68,7 +68,7 @@ class BatchWriter:
         if public:
             if self.fence is not None:
                 self.fence.check()  # LeaseLost: an outage to the caller, nothing written
-            await self.room_log.publish_events(
+            await self.room_log.publish_event_batch(
                 (p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
                 for p in public
             )

@@ -107,6 +107,17 @@ class TestRoomLogContract:
         with pytest.raises(ValueError):
             await room_log.publish_events(batch, window=0)
 
+    async def test_an_event_batch_is_stored_once_each_in_order(self, room_log: RoomLogPort) -> None:
+        assert await room_log.publish_event_batch([]) == 0
+        batch = [("r", "room_started", started(i), f"ev{i}") for i in range(1, 31)]
+        assert await room_log.publish_event_batch(batch[:20]) == 20
+        # Republished with new ones after it (a statekeeper's replay): only those are new.
+        assert await room_log.publish_event_batch(batch) == 30
+        assert await room_log.publish_event_batch(batch[5:9]) == 0  # nothing new
+        assert await room_log.publish_events(batch[-2:]) == [29, 30]
+        assert await room_log.publish_event_batch(batch[-1:]) == 0
+        assert await room_log.publish_event_batch([("r", "room_started", started(0), "ev0")]) == 31
+
     async def test_records_carry_the_event_its_bytes_and_when_it_was_stored(
         self, room_log: RoomLogPort
     ) -> None:

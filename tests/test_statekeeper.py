@@ -289,9 +289,18 @@ async def test_kill_9_mid_log_then_restart_equals_an_uninterrupted_fold(
     finally:
         await store.close()
 
-    # Each public event is in the durable stream exactly once.
-    info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+    # Each public event is in the durable stream exactly once, under its id (the replay
+    # after the kill published some again, in fast batches: the ids deduplicated them).
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.EVENTS_STREAM)
     assert info.state.messages == len(public_ids) == len(set(public_ids))
+    stored_ids = []
+    for seq in range(1, info.state.messages + 1):
+        msg = await js.get_msg(subjects.EVENTS_STREAM, seq)
+        event_id = decode(msg.data or b"").id  # type: ignore[attr-defined]
+        assert (msg.headers or {}).get("Nats-Msg-Id") == event_id
+        stored_ids.append(event_id)
+    assert stored_ids == public_ids  # in log order
 
 
 async def _applied_at_least(nc: NATS, seq: int) -> bool:
