@@ -193,10 +193,9 @@ class RawWebSocket:
         out once connected; a failure, or no connection within `timeout`, is `on_failed`."""
         self.poller = poller
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             return self.on_failed(f"connect {errno.errorcode.get(exc.errno or 0, 'socket')}")
-        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio and uvloop do
         try:
             if local is not None:
