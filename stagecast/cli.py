@@ -40,6 +40,7 @@ BENCH_SUITES = (
     "takeover",
     "pagination",
     "storm",
+    "stormclients",
     "media",
     "dataflood",
     "faults",

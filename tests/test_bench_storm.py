@@ -92,3 +92,26 @@ async def test_simulated_clients_told_to_wait_join_again_on_the_same_socket(tmp_
         await fleet.close(5.0)
     assert done["joined"] == 30 and results.failures == {}
     assert results.told_to_wait > 0 and results.busy_answers >= results.told_to_wait
+
+
+async def test_simulated_viewers_read_the_counts_a_real_edge_sends(tmp_path: Path) -> None:
+    """Viewers join a real edge in two waves; every one ends up holding the room's final
+    total from the counts frames, and the process unpacked only the distinct ones (the
+    others were the same bytes, counted by look-up)."""
+    async with edge_stack(tmp_path) as stack:
+        fleet = Fleet(0, 1, [stack.ws_url], ["127.0.0.1"])
+        token = stack.token(None, viewer=True)
+        loop = asyncio.get_running_loop()
+        first = await fleet.run_wave(Wave("a", (token,), 20, 500.0, loop.time(), True), 20.0)
+        second = await fleet.run_wave(Wave("b", (token,), 10, 500.0, loop.time(), True), 20.0)
+        fleet.set_target(30)
+        deadline = loop.time() + 15.0
+        while fleet.exact < fleet.joined and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        results = fleet.results(0.0, time.monotonic())
+        closed = await fleet.close(5.0)
+    assert first["joined"] == 20 and second["joined"] == 10 and results.failures == {}
+    assert fleet.exact == 30 and results.never_exact == 0 and not results.drops
+    assert fleet.count_frames >= 20  # the first wave heard of the second at least
+    assert 0 < fleet.counts_unpacked < fleet.count_frames
+    assert closed == 30

@@ -1,20 +1,23 @@
 """Simulated signaling clients for `stagecast bench storm`: many raw WebSockets per process.
 
 One client is one TCP connection speaking WebSocket through `stagecast.bench.wsclient`
-(a hand-written handshake and frame parser inside a plain `asyncio.Protocol`): once
-connected it has no task, no queue and no SDK. It sends one `join` frame (encoded once per
-token), then only reads: each frame's type tag is peeked from its first bytes (`peek_tag`),
-participant frames are counted, `joined` frames are unpacked (the speakers snapshot and the
-room's total), and a `counts` frame only when its bytes differ from the last one this
-process unpacked (every socket of an edge gets the same bytes). A join answered
-`SERVER_BUSY` is sent again on the same socket after the error's retry-after hint (or the
-SDKs' backoff for that attempt, 0.25 s doubling up to 2 s, when longer) times a random
-factor in [1, 2) (jitter, so the refused do not come back together); the client
-counts as `told_to_wait` and its join time runs from its first join frame.
+(a hand-written handshake and frame parser on a non-blocking socket in the process's one
+epoll): it has no task, transport, queue, timer or SDK. It sends one `join` frame (encoded
+once per token, masked per send), then only reads: a `counts` frame whose bytes (WebSocket
+header included) this process has already unpacked is counted by one dictionary look-up
+(every socket of an edge gets the same bytes); any other frame's type tag is peeked from
+its first bytes (`peek_tag`), participant frames are counted, `joined` frames are unpacked
+(the speakers snapshot and the room's total), and a new `counts` frame is unpacked once.
+A join answered `SERVER_BUSY` is sent again on the same socket after the error's
+retry-after hint (or the SDKs' backoff for that attempt, 0.25 s doubling up to 2 s, when
+longer) times a random factor in [1, 2) (jitter, so the refused do not come back
+together); the client counts as `told_to_wait` and its join time runs from its first join
+frame.
 
 A `Fleet` is the clients of one process (`stagecast.bench.clientprocs` runs several): it
 drives its share of every wave, client `g` starting at ``start_at + g / rate`` on
-`time.monotonic`, which all processes on Linux share. Every wait is bounded.
+`time.monotonic`, which all processes on Linux share; one timer starts every client due
+(at most `CONNECT_TICK_S` late). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import errno
 import random
 import time
 import urllib.parse
@@ -31,12 +33,16 @@ import msgpack
 
 from schemas.client import Join, Leave
 from schemas.codec import encode
-from stagecast.bench.wsclient import RawWebSocket, new_key
+from stagecast.bench.wsclient import Poller, RawWebSocket, new_key, server_frame
 
 Bytes = bytes | bytearray | memoryview
 SUPERSEDED = "superseded"
 """A client refused `SERVER_BUSY` whose socket the edge closed: a new one joins in its place."""
 PARTICIPANT_TAGS = frozenset((b"participant_joined", b"participant_left", b"participant_updated"))
+CONNECT_TICK_S = 0.002
+"""The connect pacer's shortest sleep: the clients due meanwhile start together."""
+_KNOWN_COUNTS = 64
+"""Distinct counts frames a process remembers (then it forgets them all and starts over)."""
 
 
 def peek_tag(data: Bytes) -> bytes:
@@ -162,6 +168,16 @@ class SimClient(RawWebSocket):
         elif not self.joined_at:
             self.fail(f"closed before joined ({self.close_code})")
 
+    def data_received(self, data: bytes) -> None:
+        # The hot path: one whole counts frame this process has unpacked already.
+        if not self._buf and (total := self.fleet.known_counts.get(data)) is not None:
+            self.count_frames += 1
+            self.fleet.count_frames += 1
+            if total != self.total:
+                self._set_total(total)
+            return
+        RawWebSocket.data_received(self, data)
+
     def on_binary(self, data: bytes) -> None:
         tag = peek_tag(data)
         fleet = self.fleet
@@ -171,6 +187,11 @@ class SimClient(RawWebSocket):
             if data != fleet.counts_frame:  # every socket gets the same bytes: unpack once
                 fleet.counts_frame = data
                 fleet.counts_total = _total(msgpack.unpackb(data, raw=False).get("counts"))
+                fleet.counts_unpacked += 1
+                known = fleet.known_counts
+                if len(known) >= _KNOWN_COUNTS:
+                    known.clear()
+                known[server_frame(data)] = fleet.counts_total
             self._set_total(fleet.counts_total)
         elif tag in PARTICIPANT_TAGS:
             self.participants += 1
@@ -233,10 +254,12 @@ class Fleet:
         self.edges = [Edge.of(url) for url in edges]
         self.clients: list[SimClient] = []
         self.churners: list[SimClient] = []
-        self.connecting: set[asyncio.Task[None]] = set()
+        self.poller: Poller | None = None  # made at the first connect, in the running loop
         self.joined = self.failed = self.exact = 0
         self.count_frames = 0  # counts frames received by every client of this process
         self.counts_frame, self.counts_total = b"", -1
+        self.known_counts: dict[bytes, int] = {}  # a counts frame's bytes -> its total
+        self.counts_unpacked = 0  # counts frames this process unpacked (the others: looked up)
         self.target = -1
         self.drops: collections.Counter[str] = collections.Counter()
         self.closing = False
@@ -262,9 +285,10 @@ class Fleet:
         return client
 
     def _connect_soon(self, client: SimClient, timeout: float) -> None:
-        task = asyncio.get_running_loop().create_task(self._connect(client, client.source, timeout))
-        self.connecting.add(task)
-        task.add_done_callback(self.connecting.discard)
+        if self.poller is None:
+            self.poller = Poller()
+        local = None if self.hosts == ["127.0.0.1"] else client.source
+        client.connect(self.poller, local, timeout)
 
     def reconnect(self, old: SimClient) -> None:
         """`old` was refused `SERVER_BUSY` and closed: a new socket joins in its place,
@@ -283,13 +307,17 @@ class Fleet:
         loop = asyncio.get_running_loop()
         frames = {token: encode(Join(id=1, token=token)) for token in set(wave.tokens)}
         settled_before, mine = self.joined + self.failed, []
-        for g in range(self.index, wave.count, self.procs):
+        g = self.index
+        while g < wave.count:
             if (delay := wave.start_at + g / wave.rate - loop.time()) > 0:
-                await asyncio.sleep(delay)
-            frame = frames[wave.tokens[g % len(wave.tokens)]]
-            client = self._start(g, frame, wave.audience, join_timeout)
-            mine.append(client)
-            self.clients.append(client)
+                await asyncio.sleep(max(delay, CONNECT_TICK_S))
+            now = loop.time()
+            while g < wave.count and wave.start_at + g / wave.rate <= now:
+                frame = frames[wave.tokens[g % len(wave.tokens)]]
+                client = self._start(g, frame, wave.audience, join_timeout)
+                mine.append(client)
+                self.clients.append(client)
+                g += self.procs
         deadline = loop.time() + join_timeout
         while loop.time() < deadline and self.joined + self.failed - settled_before < len(mine):
             await asyncio.sleep(0.02)
@@ -322,19 +350,6 @@ class Fleet:
         if (delay := churn.start_at + churn.seconds - loop.time()) > 0:
             await asyncio.sleep(delay)
         return {"ops": ops, "joined": sum(1 for c in mine if c.joined_at)}
-
-    async def _connect(self, client: SimClient, host: str, timeout: float) -> None:
-        local = None if self.hosts == ["127.0.0.1"] else (host, 0)
-        loop = asyncio.get_running_loop()
-        try:
-            connect = loop.create_connection(
-                lambda: client, client.host, client.port, local_addr=local
-            )
-            await asyncio.wait_for(connect, timeout)
-        except TimeoutError:
-            client.fail("connect timeout")
-        except OSError as exc:
-            client.fail(f"connect {errno.errorcode.get(exc.errno or 0, type(exc).__name__)}")
 
     def results(self, storm_end: float, end_at: float) -> ProcResults:
         out = ProcResults(joined=self.joined, drops=dict(self.drops))
@@ -373,10 +388,11 @@ class Fleet:
     async def close(self, limit_s: float) -> int:
         """Close every socket (WebSocket close 1000); abort those still open after `limit_s`."""
         self.closing = True
-        for task in list(self.connecting):
-            task.cancel()
         everyone = self.clients + self.churners
-        open_ = [c for c in everyone if c.transport is not None and not c.lost]
+        for c in everyone:
+            if c.sock is not None and not c.connected:
+                c.abort()  # still connecting
+        open_ = [c for c in everyone if c.sock is not None]
         for c in open_:
             c.send_close(1000, "bench done")
         deadline = time.monotonic() + limit_s
@@ -386,6 +402,8 @@ class Fleet:
         for c in open_:
             if not c.lost:
                 c.abort()
+        if self.poller is not None:
+            self.poller.close()
         return clean
 
 
