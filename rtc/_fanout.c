@@ -89,7 +89,7 @@ typedef struct {
 static PyTypeObject FastLegType;
 
 static PyObject *str_enabled, *str_state, *str_send_rtp, *str_payload, *str_timestamp,
-    *str_marker, *str_audio_level, *str_red, *str_extend;
+    *str_marker, *str_audio_level, *str_red, *str_frombytes;
 
 static void clear_route(FastLeg *self) {
     self->bound = 0;
@@ -531,7 +531,9 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
 
     /* Counters, and the transport's queue for a datagram the socket had no room for. */
     long sent = 0;
-    PyObject *sent_stamps = stamping ? PyList_New(0) : NULL;
+    /* the stamps of the legs sent, appended to `stamps` (an array of int64) at once */
+    PyObject *sent_stamps = stamping ? PyBytes_FromStringAndSize(NULL, pending * 8) : NULL;
+    long long *stamped = sent_stamps ? (long long *)PyBytes_AS_STRING(sent_stamps) : NULL;
     if (stamping && sent_stamps == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < count && pending; i++) {
@@ -559,27 +561,20 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
         leg->octets_sent += size;
         leg->last_sent_at = now;
         leg->last_rtp_timestamp = timestamp;
+        if (stamping)
+            stamped[sent] = leg->stamp;
         sent++;
-        if (stamping) {
-            PyObject *stamp = PyLong_FromLongLong(leg->stamp);
-            if (stamp == NULL || PyList_Append(sent_stamps, stamp) < 0) {
-                Py_XDECREF(stamp);
-                Py_DECREF(sent_stamps);
-                goto done;
-            }
-            Py_DECREF(stamp);
-        }
     }
     if (stamping) {
-        if (PyList_GET_SIZE(sent_stamps)) {
-            PyObject *extended = PyObject_CallMethodOneArg(stamps, str_extend, sent_stamps);
-            if (extended == NULL) {
-                Py_DECREF(sent_stamps);
-                goto done;
-            }
-            Py_DECREF(extended);
-        }
+        if (sent && _PyBytes_Resize(&sent_stamps, sent * 8) < 0)
+            goto done; /* (it freed the bytes) */
+        PyObject *extended =
+            sent ? PyObject_CallMethodOneArg(stamps, str_frombytes, sent_stamps) : Py_None;
         Py_DECREF(sent_stamps);
+        if (extended == NULL)
+            goto done;
+        if (sent)
+            Py_DECREF(extended);
     }
     result = Py_BuildValue("(lO)", sent, unhandled);
 done:
@@ -655,7 +650,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_marker, "marker");
     INTERN(str_audio_level, "audio_level");
     INTERN(str_red, "red");
-    INTERN(str_extend, "extend");
+    INTERN(str_frombytes, "frombytes");
 #undef INTERN
     if (PyType_Ready(&FastLegType) < 0)
         return NULL;

@@ -73,7 +73,8 @@ def fanout(
     packet: MediaPacket, legs: list[FastLeg], sequence_numbers: list[int], stamps: array[int] | None
 ) -> tuple[int, list[int]]:
     """Send `packet` on each leg as its sequence number; returns (how many sent, the
-    indexes of the legs not handled: send those through the Python path). `stamps`, when
-    given, gets CLOCK_MONOTONIC ns after each send (the media benchmark's probe)."""
+    indexes of the legs not handled: send those through the Python path). `stamps` (an
+    `array("q")`), when given, gets CLOCK_MONOTONIC ns after each send, appended in one
+    call (the media benchmark's probe)."""
     assert _fanout is not None
     return _fanout.fanout(packet, legs, sequence_numbers, stamps)
