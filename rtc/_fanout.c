@@ -15,7 +15,9 @@
  * `fanout(packet, legs, sequence_numbers, stamps)` writes the packet on every leg whose
  * route holds and returns (sent, indexes of the legs it did not handle); the caller sends
  * those through the Python path, which rebinds a leg when it can. The system calls of
- * one packet run with the GIL released.
+ * one packet run with the GIL released. `forward(packet, rewriters, legs, stamps)` does
+ * the same with each leg's sequence number from its `Rewriter` (rtc.packets'
+ * SequenceRewriter, in C), so the router's per-leg loop runs here too.
  *
  * (Over 500 lines: one leg type and the one loop that uses it, with the CPython
  * boilerplate both need; split, the loop would reach into the type from another file.)
@@ -89,7 +91,7 @@ typedef struct {
 static PyTypeObject FastLegType;
 
 static PyObject *str_enabled, *str_state, *str_send_rtp, *str_payload, *str_timestamp,
-    *str_marker, *str_audio_level, *str_red, *str_frombytes;
+    *str_marker, *str_audio_level, *str_red, *str_frombytes, *str_sequence_number;
 
 static void clear_route(FastLeg *self) {
     self->bound = 0;
@@ -408,16 +410,11 @@ static long long monotonic_ns(void) {
     return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 }
 
-static PyObject *fanout(PyObject *module, PyObject *args) {
-    PyObject *packet, *legs, *sequence_numbers, *stamps;
-    if (!PyArg_ParseTuple(args, "OO!O!O", &packet, &PyList_Type, &legs, &PyList_Type,
-                          &sequence_numbers, &stamps))
-        return NULL;
+/* Sends `packet` on legs[i] as seqs[i] (-1: not at all) and returns (sent, unhandled):
+ * the indexes of the legs not handled, or with `pairs` (index, sequence number) tuples. */
+static PyObject *send_all(PyObject *packet, PyObject *legs, const long *seqs,
+                          PyObject *stamps, int pairs) {
     Py_ssize_t count = PyList_GET_SIZE(legs);
-    if (PyList_GET_SIZE(sequence_numbers) != count) {
-        PyErr_SetString(PyExc_ValueError, "one sequence number per leg");
-        return NULL;
-    }
     PyObject *unhandled = PyList_New(0);
     if (unhandled == NULL)
         return NULL;
@@ -480,19 +477,15 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
         }
         FastLeg *leg = (FastLeg *)item;
         leg->pending = 0;
-        long seq = PyLong_AsLong(PyList_GET_ITEM(sequence_numbers, i));
-        if (seq == -1 && PyErr_Occurred())
-            goto done;
-        if (seq < 0 || seq > 0xFFFF) {
-            PyErr_Format(PyExc_ValueError, "sequence number %ld out of range", seq);
-            goto done;
-        }
+        long seq = seqs[i];
+        if (seq < 0)
+            continue;
         int holds = red ? 0 : route_holds(leg);
         if (holds < 0)
             goto done;
         if (!holds || write_rtp(leg, data, size, marker, (uint16_t)seq, (uint32_t)timestamp,
                                 abs_send_time, has_level, voice, level) < 0) {
-            PyObject *index = PyLong_FromSsize_t(i);
+            PyObject *index = pairs ? Py_BuildValue("(nl)", i, seq) : PyLong_FromSsize_t(i);
             if (index == NULL || PyList_Append(unhandled, index) < 0) {
                 Py_XDECREF(index);
                 goto done;
@@ -591,6 +584,188 @@ done:
     return result;
 }
 
+static PyObject *fanout(PyObject *module, PyObject *args) {
+    PyObject *packet, *legs, *sequence_numbers, *stamps;
+    if (!PyArg_ParseTuple(args, "OO!O!O", &packet, &PyList_Type, &legs, &PyList_Type,
+                          &sequence_numbers, &stamps))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(legs);
+    if (PyList_GET_SIZE(sequence_numbers) != count) {
+        PyErr_SetString(PyExc_ValueError, "one sequence number per leg");
+        return NULL;
+    }
+    long *seqs = PyMem_New(long, count ? count : 1);
+    if (seqs == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < count; i++) {
+        long seq = PyLong_AsLong(PyList_GET_ITEM(sequence_numbers, i));
+        if (seq == -1 && PyErr_Occurred()) {
+            PyMem_Free(seqs);
+            return NULL;
+        }
+        if (seq < 0 || seq > 0xFFFF) {
+            PyErr_Format(PyExc_ValueError, "sequence number %ld out of range", seq);
+            PyMem_Free(seqs);
+            return NULL;
+        }
+        seqs[i] = seq;
+    }
+    PyObject *result = send_all(packet, legs, seqs, stamps, 0);
+    PyMem_Free(seqs);
+    return result;
+}
+
+/* -- Rewriter: rtc.packets.SequenceRewriter, in C, so that `forward` rewrites too -- */
+
+typedef struct {
+    PyObject_HEAD
+    long next_out;
+    long offset;
+    long highest_in;
+    long floor;
+    int restart;
+} Rewriter;
+
+static PyTypeObject RewriterType;
+
+static int seq_newer(long a, long b) { return a != b && ((a - b) & 0xFFFF) < 0x8000; }
+
+/* The outgoing sequence number for incoming `seq` (0..0xFFFF), or -1 to drop it. */
+static long rewrite_one(Rewriter *self, long seq) {
+    if (self->restart) {
+        long out = self->next_out;
+        self->restart = 0;
+        self->offset = (out - seq) & 0xFFFF;
+        self->highest_in = self->floor = seq;
+        self->next_out = (out + 1) & 0xFFFF;
+        return out;
+    }
+    if (seq_newer(seq, self->highest_in)) {
+        long out = (seq + self->offset) & 0xFFFF;
+        self->highest_in = seq;
+        self->next_out = (out + 1) & 0xFFFF;
+        return out;
+    }
+    if (seq == self->highest_in || !seq_newer(seq, self->floor))
+        return -1;
+    return (seq + self->offset) & 0xFFFF;
+}
+
+static int Rewriter_init(Rewriter *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"first", NULL};
+    PyObject *first;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &PyLong_Type, &first))
+        return -1;
+    unsigned long long bits = PyLong_AsUnsignedLongLongMask(first); /* as Python's `& 0xFFFF` */
+    if (bits == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    self->next_out = (long)(bits & 0xFFFF);
+    self->offset = self->highest_in = self->floor = 0;
+    self->restart = 1;
+    return 0;
+}
+
+static long sequence_argument(PyObject *value) {
+    long seq = PyLong_AsLong(value);
+    if (seq == -1 && PyErr_Occurred())
+        return -1;
+    if (seq < 0 || seq > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "sequence number %ld out of range", seq);
+        return -1;
+    }
+    return seq;
+}
+
+static PyObject *Rewriter_rewrite(Rewriter *self, PyObject *arg) {
+    long seq = sequence_argument(arg);
+    if (seq < 0)
+        return NULL;
+    long out = rewrite_one(self, seq);
+    if (out < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(out);
+}
+
+static PyObject *Rewriter_skip(Rewriter *self, PyObject *arg) {
+    long seq = sequence_argument(arg);
+    if (seq < 0)
+        return NULL;
+    if (self->restart)
+        Py_RETURN_TRUE;
+    if (seq != ((self->highest_in + 1) & 0xFFFF))
+        Py_RETURN_FALSE;
+    self->highest_in = self->floor = seq;
+    self->offset = (self->offset - 1) & 0xFFFF;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Rewriter_restart(Rewriter *self, PyObject *Py_UNUSED(ignored)) {
+    self->restart = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Rewriter_get_started(Rewriter *self, void *closure) {
+    return PyBool_FromLong(!self->restart);
+}
+
+static PyMethodDef Rewriter_methods[] = {
+    {"rewrite", (PyCFunction)Rewriter_rewrite, METH_O, NULL},
+    {"skip", (PyCFunction)Rewriter_skip, METH_O, NULL},
+    {"restart", (PyCFunction)Rewriter_restart, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyGetSetDef Rewriter_getset[] = {
+    {"started", (getter)Rewriter_get_started, NULL, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject RewriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtc._fanout.Rewriter",
+    .tp_basicsize = sizeof(Rewriter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Rewriter_init,
+    .tp_methods = Rewriter_methods,
+    .tp_getset = Rewriter_getset,
+};
+
+/* forward(packet, rewriters, legs, stamps): each leg's sequence number from its rewriter
+ * (a dropped packet leaves that leg out), then as `fanout`; the legs handed back come as
+ * (index, sequence number). */
+static PyObject *forward(PyObject *module, PyObject *args) {
+    PyObject *packet, *rewriters, *legs, *stamps;
+    if (!PyArg_ParseTuple(args, "OO!O!O", &packet, &PyList_Type, &rewriters, &PyList_Type,
+                          &legs, &stamps))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(legs);
+    if (PyList_GET_SIZE(rewriters) != count) {
+        PyErr_SetString(PyExc_ValueError, "one rewriter per leg");
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttr(packet, str_sequence_number);
+    if (value == NULL)
+        return NULL;
+    long seq = sequence_argument(value);
+    Py_DECREF(value);
+    if (seq < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyObject_TypeCheck(PyList_GET_ITEM(rewriters, i), &RewriterType)) {
+            PyErr_SetString(PyExc_TypeError, "rewriters must be Rewriter objects");
+            return NULL;
+        }
+    }
+    long *seqs = PyMem_New(long, count ? count : 1);
+    if (seqs == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < count; i++)
+        seqs[i] = rewrite_one((Rewriter *)PyList_GET_ITEM(rewriters, i), seq);
+    PyObject *result = send_all(packet, legs, seqs, stamps, 1);
+    PyMem_Free(seqs);
+    return result;
+}
+
 static PyMemberDef FastLeg_members[] = {
     {"packets_sent", T_LONGLONG, offsetof(FastLeg, packets_sent), 0, NULL},
     {"octets_sent", T_LONGLONG, offsetof(FastLeg, octets_sent), 0, NULL},
@@ -631,6 +806,7 @@ static PyTypeObject FastLegType = {
 
 static PyMethodDef module_methods[] = {
     {"fanout", fanout, METH_VARARGS, NULL},
+    {"forward", forward, METH_VARARGS, NULL},
     {NULL},
 };
 
@@ -651,8 +827,9 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_audio_level, "audio_level");
     INTERN(str_red, "red");
     INTERN(str_frombytes, "frombytes");
+    INTERN(str_sequence_number, "sequence_number");
 #undef INTERN
-    if (PyType_Ready(&FastLegType) < 0)
+    if (PyType_Ready(&FastLegType) < 0 || PyType_Ready(&RewriterType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
@@ -660,6 +837,12 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     Py_INCREF(&FastLegType);
     if (PyModule_AddObject(module, "FastLeg", (PyObject *)&FastLegType) < 0) {
         Py_DECREF(&FastLegType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&RewriterType);
+    if (PyModule_AddObject(module, "Rewriter", (PyObject *)&RewriterType) < 0) {
+        Py_DECREF(&RewriterType);
         Py_DECREF(module);
         return NULL;
     }

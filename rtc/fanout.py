@@ -10,6 +10,10 @@ the package): without it, or with ``STAGECAST_FANOUT_C=0`` in the environment, `
 returns None, every leg takes the Python path, and the first leg made says so in the log
 once. tests/test_fanout_c.py asserts the extension is built where the tests run.
 
+The router's per-leg loop (each leg's sequence number, then its send) runs in C too:
+`new_rewriter` is `rtc.packets.SequenceRewriter` in C when the fan-out is on, and
+`forward` rewrites and sends a packet on a list of legs in one call.
+
 A `FastLeg` is made per outbound stream (`rtc.aiortc_adapter.OutboundStream.fast`),
 configured with the leg's header layout once negotiated, and bound to its route whenever
 the Python path opens a direct one; `fanout` hands back the legs whose route does not
@@ -24,10 +28,11 @@ import os
 from array import array
 from typing import TYPE_CHECKING
 
-from rtc.packets import MediaPacket
+from rtc.packets import MediaPacket, SequenceRewriter
 
 if TYPE_CHECKING:
     from rtc._fanout import FastLeg as FastLeg
+    from rtc._fanout import Rewriter as Rewriter
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +83,31 @@ def fanout(
     call (the media benchmark's probe)."""
     assert _fanout is not None
     return _fanout.fanout(packet, legs, sequence_numbers, stamps)
+
+
+def new_rewriter(first: int) -> Rewriter | SequenceRewriter:
+    """A leg's `SequenceRewriter` starting at `first`: the C one (which `forward` takes)
+    when the C fan-out is on, else the Python one (same behaviour)."""
+    if _fanout is not None and enabled():
+        return _fanout.Rewriter(first)
+    return SequenceRewriter(first)
+
+
+def c_rewriter(rewriter: object) -> Rewriter | None:
+    """`rewriter` if it is the C one (which `forward` takes), else None."""
+    if _fanout is not None and type(rewriter) is _fanout.Rewriter:
+        return rewriter
+    return None
+
+
+def forward(
+    packet: MediaPacket,
+    rewriters: list[Rewriter],
+    legs: list[FastLeg],
+    stamps: array[int] | None,
+) -> tuple[int, list[tuple[int, int]]]:
+    """`fanout` with each leg's sequence number from its rewriter (`rewriters[i]` for
+    `legs[i]`; a packet a rewriter drops is not sent on that leg); the legs not handled
+    come back as (index, sequence number)."""
+    assert _fanout is not None
+    return _fanout.forward(packet, rewriters, legs, stamps)
