@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 SWITCH = "STAGECAST_FANOUT_C"
 """Environment variable: ``0`` turns the C fan-out off (for A/B measurements)."""
+THREADS = "STAGECAST_FANOUT_THREADS"
+"""Environment variable: ``2`` splits each packet's SRTP and socket writes with a helper
+thread (the packet's fan-out ends sooner when a second core is free); ``1``, the default,
+keeps them on the calling thread."""
 
 try:
     from rtc import _fanout
@@ -46,6 +50,7 @@ except ImportError as error:  # pragma: no cover - the tests assert it is built
     _import_error: str | None = str(error)
 else:
     _import_error = None
+    _fanout.set_threads(2 if os.environ.get(THREADS, "1") == "2" else 1)
 
 _said = False
 
@@ -91,6 +96,18 @@ def new_rewriter(first: int) -> Rewriter | SequenceRewriter:
     if _fanout is not None and enabled():
         return _fanout.Rewriter(first)
     return SequenceRewriter(first)
+
+
+def set_threads(count: int) -> None:
+    """Run each packet's SRTP and socket writes on 1 thread, or split over 2 (a helper
+    thread, started once, takes half of a packet's legs). The C fan-out must be built."""
+    assert _fanout is not None
+    _fanout.set_threads(count)
+
+
+def threads() -> int:
+    """Threads a packet's SRTP and socket writes are split over (1 without the helper)."""
+    return _fanout.threads() if _fanout is not None else 1
 
 
 def c_rewriter(rewriter: object) -> Rewriter | None:

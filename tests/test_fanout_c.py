@@ -201,6 +201,42 @@ def test_each_leg_gets_what_rtpwriter_and_pylibsrtp_make(
     assert len(stamps) == 15 and list(stamps) == sorted(stamps)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_split_over_two_threads_each_leg_gets_the_same_bytes(
+    receiver: socket.socket, sender_socket: socket.socket, threads: int
+) -> None:
+    """20 legs (the helper thread takes the last 10 of each packet): every datagram is
+    pylibsrtp's protection of the leg's RTP bytes, refusals and stamps are counted per
+    leg, and the thread count is what was set."""
+    to = receiver.getsockname()
+    route = Route()
+    ssrcs = [0x1000 + i for i in range(20)]
+    writers = [writer(ssrc, extensions=False) for ssrc in ssrcs]
+    references = {ssrc: session() for ssrc in ssrcs}
+    legs = [fast_leg(w, session(), sender_socket, to, route) for w in writers]
+    fanout.set_threads(threads)
+    try:
+        assert fanout.threads() == threads
+        stamps: array[int] = array("q")
+        for seq in range(50, 60):
+            assert fanout.fanout(packet(seq), legs, [seq] * 20, stamps) == (20, [])
+            arrived = {}
+            for _ in legs:
+                data = receiver.recv(2048)
+                arrived[int.from_bytes(data[8:12], "big")] = data
+            for ssrc, rtp in zip(ssrcs, writers, strict=True):
+                expected = references[ssrc].protect(rtp.serialize(packet(seq), seq, 0))
+                assert arrived[ssrc] == expected
+        assert len(stamps) == 200
+        assert fanout.fanout(packet(59), legs, [59] * 20, None) == (0, [])  # a replay
+        assert [leg.packets_refused for leg in legs] == [1] * 20
+        assert [leg.packets_sent for leg in legs] == [10] * 20
+    finally:
+        fanout.set_threads(1)
+    with pytest.raises(ValueError, match="1 or 2"):
+        fanout.set_threads(3)
+
+
 def test_a_leg_whose_route_does_not_hold_is_handed_back(
     receiver: socket.socket, sender_socket: socket.socket
 ) -> None:
