@@ -17,6 +17,7 @@ import pytest
 
 from forwarder.router import Router
 from rtc.packets import CodecInfo, MediaPacket
+from stagecast.bench import fanoutcost
 from stagecast.bench.media import breakdown, latencies
 from stagecast.bench.mediaclients import stamp_key
 from stagecast.bench.mediaforwarder import LatencyProbe, LatencyStamps
@@ -152,3 +153,12 @@ def test_breakdown_splits_each_latency_and_groups_packets_by_burst() -> None:
     total = sum(found.mean_ms.values())
     assert abs(total - (3 + 4 + 8 + 9 + 3) / 5) < 1e-9
     assert breakdown(None, {}) is None
+
+
+async def test_fanoutcost_forwards_every_packet_to_every_leg_through_c() -> None:
+    """The in-process fan-out measure runs its legs through C only (its legs' Python path
+    raises) and reports each figure."""
+    figures = await fanoutcost.measure(legs=4, packets=fanoutcost.WARMUP + 20)
+    assert set(figures) == {"fan_wall_us_p50", "fan_wall_us_p99", "fan_cpu_us_p50", "fan_threads"}
+    assert figures["fan_wall_us_p99"] >= figures["fan_wall_us_p50"] > 0
+    assert figures["fan_threads"] == 1
