@@ -13,8 +13,11 @@ its own sequence, so subscribers never see the jump.
 
 A leg that has a C fan-out (`fast`, a `rtc.fanout.FastLeg`: a subscriber leg's outbound
 stream once the C extension is built) is sent to with the packet's other such legs in one
-call (`rtc.fanout.fanout`); the legs it hands back (route not settled, loss injection,
-RED) go through their `send` as any other leg.
+call; the legs it hands back (route not settled, loss injection, RED) go through their
+`send` as any other leg. With the C extension the rewriters are C ones too, and the legs
+not waiting for a keyframe take the whole per-leg step, rewriting included, in that one
+call (`rtc.fanout.forward`); the track keeps that list of legs (`_Split`) until a
+subscription or a leg's keyframe wait changes.
 
 Keyframe requests to a publisher are rate limited per track: at most one per
 `keyframe_interval` seconds. A request inside the window is not lost but coalesced into one
@@ -95,14 +98,42 @@ class TrackStats:
 
 
 class _Subscription:
-    __slots__ = ("awaiting_keyframe", "fast", "leg", "rewriter")
+    __slots__ = ("awaiting_keyframe", "c_rewriter", "fast", "leg", "rewriter")
 
-    def __init__(self, leg: Leg, rewriter: SequenceRewriter, awaiting_keyframe: bool) -> None:
+    def __init__(
+        self,
+        leg: Leg,
+        rewriter: SequenceRewriter | c_fanout.Rewriter,
+        awaiting_keyframe: bool,
+    ) -> None:
         self.leg = leg
         self.rewriter = rewriter
         self.awaiting_keyframe = awaiting_keyframe
         self.fast: c_fanout.FastLeg | None = getattr(leg, "fast", None)
         """The leg's C fan-out, if it has one (see the module's docstring)."""
+        self.c_rewriter = c_fanout.c_rewriter(rewriter) if self.fast is not None else None
+        """The rewriter, when it is the C one and the leg has a C fan-out."""
+
+
+class _Split:
+    """A track's subscriptions as `Router.forward` takes them: those whose per-leg step
+    runs in C (`subs`, with their `rewriters` and `legs`: a C fan-out, a C rewriter, no
+    keyframe awaited) and the `rest`."""
+
+    __slots__ = ("legs", "rest", "rewriters", "subs")
+
+    def __init__(self, subscriptions: list[_Subscription]) -> None:
+        self.subs: list[_Subscription] = []
+        self.rewriters: list[c_fanout.Rewriter] = []
+        self.legs: list[c_fanout.FastLeg] = []
+        self.rest: list[_Subscription] = []
+        for sub in subscriptions:
+            if sub.c_rewriter is not None and sub.fast is not None and not sub.awaiting_keyframe:
+                self.subs.append(sub)
+                self.rewriters.append(sub.c_rewriter)
+                self.legs.append(sub.fast)
+            else:
+                self.rest.append(sub)
 
 
 class _Track:
@@ -119,6 +150,7 @@ class _Track:
         "repeated",
         "request_keyframe",
         "simulcast",
+        "split",
         "ssrc",
         "subscriptions",
         "track_id",
@@ -143,6 +175,8 @@ class _Track:
         self.keyframe_requests = 0
         self.simulcast: SimulcastTrack | None = None
         """Set for a simulcast video track: its layers are forwarded there."""
+        self.split: _Split | None = None
+        """The subscriptions as `forward` takes them (None: to make again)."""
 
     @property
     def is_video(self) -> bool:
@@ -237,8 +271,9 @@ class Router:
         track = self._track(track_id)
         first = self._first_sequence() if first_sequence is None else first_sequence
         track.subscriptions[leg.leg_id] = _Subscription(
-            leg, SequenceRewriter(first), awaiting_keyframe=track.is_video
+            leg, c_fanout.new_rewriter(first), awaiting_keyframe=track.is_video
         )
+        track.split = None
         if track.simulcast is not None:
             track.simulcast.subscribe(leg.leg_id, leg, first_sequence=first, now=self._clock())
             return
@@ -248,9 +283,12 @@ class Router:
     def unsubscribe(self, track_id: str, leg_id: str) -> bool:
         """Stop forwarding `track_id` to the leg; False if it was not subscribed."""
         track = self._tracks.get(track_id)
-        if track is not None and track.simulcast is not None:
+        if track is None:
+            return False
+        if track.simulcast is not None:
             track.simulcast.unsubscribe(leg_id)
-        return track is not None and track.subscriptions.pop(leg_id, None) is not None
+        track.split = None
+        return track.subscriptions.pop(leg_id, None) is not None
 
     def remove_leg(self, leg_id: str) -> int:
         """Unsubscribe `leg_id` from every track (a subscriber left); returns how many."""
@@ -336,10 +374,21 @@ class Router:
         keyframe: bool | None = None
         waiting = False
         padding_only = not packet.payload
+        split = track.split
+        if split is None:
+            split = track.split = _Split(list(track.subscriptions.values()))
+        handed_back: list[tuple[int, int]] = []
+        if split.legs and not padding_only:  # (no suspension point before this call)
+            sent, handed_back = c_fanout.forward(
+                packet, split.rewriters, split.legs, self.send_stamps
+            )
+        for index, leg_seq in handed_back:
+            if await split.subs[index].leg.send(packet, leg_seq):
+                sent += 1
         fast_legs: list[c_fanout.FastLeg] = []
         fast_seqs: list[int] = []
         fast_subs: list[_Subscription] = []
-        for sub in list(track.subscriptions.values()):
+        for sub in split.rest if not padding_only else split.subs + split.rest:
             if sub.awaiting_keyframe:
                 if keyframe is None:
                     keyframe = not padding_only and is_keyframe_start(
@@ -350,6 +399,7 @@ class Router:
                     continue
                 sub.awaiting_keyframe = False
                 sub.rewriter.restart()
+                track.split = None
             if padding_only and sub.rewriter.skip(packet.sequence_number):
                 continue
             seq = sub.rewriter.rewrite(packet.sequence_number)
@@ -363,9 +413,9 @@ class Router:
             elif await sub.leg.send(packet, seq):
                 sent += 1
         if fast_legs:
-            fast_sent, others = c_fanout.fanout(packet, fast_legs, fast_seqs, self.send_stamps)
+            fast_sent, unhandled = c_fanout.fanout(packet, fast_legs, fast_seqs, self.send_stamps)
             sent += fast_sent
-            for index in others:
+            for index in unhandled:
                 if await fast_subs[index].leg.send(packet, fast_seqs[index]):
                     sent += 1
         track.forwarded += sent
@@ -404,6 +454,7 @@ class Router:
             track.simulcast.restart(track.simulcast.source)
             return
         track.duplicates = DuplicateFilter()
+        track.split = None
         for sub in track.subscriptions.values():
             sub.rewriter.restart()
             sub.awaiting_keyframe = track.is_video

@@ -15,7 +15,9 @@
  * `fanout(packet, legs, sequence_numbers, stamps)` writes the packet on every leg whose
  * route holds and returns (sent, indexes of the legs it did not handle); the caller sends
  * those through the Python path, which rebinds a leg when it can. The system calls of
- * one packet run with the GIL released.
+ * one packet run with the GIL released. `forward(packet, rewriters, legs, stamps)` does
+ * the same with each leg's sequence number from its `Rewriter` (rtc.packets'
+ * SequenceRewriter, in C), so the router's per-leg loop runs here too.
  *
  * (Over 500 lines: one leg type and the one loop that uses it, with the CPython
  * boilerplate both need; split, the loop would reach into the type from another file.)
@@ -25,6 +27,7 @@
 #include <structmember.h>
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -81,6 +84,7 @@ typedef struct {
     /* one packet in flight */
     int length;
     int pending;
+    int refused;
     int send_error;
     long long stamp;
     unsigned char buffer[BUFFER_SIZE];
@@ -89,7 +93,7 @@ typedef struct {
 static PyTypeObject FastLegType;
 
 static PyObject *str_enabled, *str_state, *str_send_rtp, *str_payload, *str_timestamp,
-    *str_marker, *str_audio_level, *str_red, *str_extend;
+    *str_marker, *str_audio_level, *str_red, *str_frombytes, *str_sequence_number;
 
 static void clear_route(FastLeg *self) {
     self->bound = 0;
@@ -408,20 +412,132 @@ static long long monotonic_ns(void) {
     return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 }
 
-static PyObject *fanout(PyObject *module, PyObject *args) {
-    PyObject *packet, *legs, *sequence_numbers, *stamps;
-    if (!PyArg_ParseTuple(args, "OO!O!O", &packet, &PyList_Type, &legs, &PyList_Type,
-                          &sequence_numbers, &stamps))
+/* -- the legs' SRTP and sendto, without the GIL, optionally split with a helper thread --
+ *
+ * A packet's legs are independent once their RTP bytes are written: protecting one
+ * leg's copy (its own libsrtp session) and writing it (its own socket) touch nothing
+ * another leg touches, and no Python object. With `set_threads(2)` a helper thread
+ * takes the second half of a packet's legs while the calling thread does the first, so
+ * a packet's fan-out ends in about half the time when a second core is free. */
+
+static int threads = 1;
+#define MIN_SPLIT 8 /* fewer legs than this: not worth waking the helper */
+
+static struct {
+    pthread_mutex_t busy; /* one caller at a time uses the helper (others: alone) */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_cond_t finished;
+    int running;
+    unsigned long posted, completed;
+    FastLeg **legs;
+    Py_ssize_t count;
+    int stamping;
+} helper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+             PTHREAD_COND_INITIALIZER};
+
+static void send_range(FastLeg **legs, Py_ssize_t count, int stamping) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        FastLeg *leg = legs[i];
+        leg->refused = leg->protect(leg->context, leg->buffer, &leg->length) != 0;
+        if (leg->refused)
+            continue;
+        ssize_t written = sendto(leg->fd, leg->buffer, (size_t)leg->length, 0,
+                                 (struct sockaddr *)&leg->address, leg->address_length);
+        leg->send_error = written < 0 ? errno : 0;
+        if (stamping)
+            leg->stamp = monotonic_ns();
+    }
+}
+
+static void *helper_main(void *unused) {
+    unsigned long seen = 0;
+    pthread_mutex_lock(&helper.lock);
+    for (;;) {
+        while (helper.posted == seen)
+            pthread_cond_wait(&helper.wake, &helper.lock);
+        seen = helper.posted;
+        FastLeg **legs = helper.legs;
+        Py_ssize_t count = helper.count;
+        int stamping = helper.stamping;
+        pthread_mutex_unlock(&helper.lock);
+        send_range(legs, count, stamping);
+        pthread_mutex_lock(&helper.lock);
+        helper.completed = seen;
+        pthread_cond_signal(&helper.finished);
+    }
+    return NULL;
+}
+
+/* In a forked child the helper thread is gone: start another when needed. */
+static void helper_after_fork(void) {
+    pthread_mutex_init(&helper.busy, NULL);
+    pthread_mutex_init(&helper.lock, NULL);
+    pthread_cond_init(&helper.wake, NULL);
+    pthread_cond_init(&helper.finished, NULL);
+    helper.running = 0;
+    helper.posted = helper.completed = 0;
+}
+
+/* Called without the GIL. */
+static void send_legs(FastLeg **legs, Py_ssize_t count, int stamping) {
+    if (threads < 2 || count < MIN_SPLIT || !helper.running ||
+        pthread_mutex_trylock(&helper.busy) != 0) {
+        send_range(legs, count, stamping);
+        return;
+    }
+    Py_ssize_t half = count / 2;
+    pthread_mutex_lock(&helper.lock);
+    helper.legs = legs + half;
+    helper.count = count - half;
+    helper.stamping = stamping;
+    unsigned long job = ++helper.posted;
+    pthread_cond_signal(&helper.wake);
+    pthread_mutex_unlock(&helper.lock);
+    send_range(legs, half, stamping);
+    pthread_mutex_lock(&helper.lock);
+    while (helper.completed != job)
+        pthread_cond_wait(&helper.finished, &helper.lock);
+    pthread_mutex_unlock(&helper.lock);
+    pthread_mutex_unlock(&helper.busy);
+}
+
+static PyObject *set_threads(PyObject *module, PyObject *arg) {
+    long wanted = PyLong_AsLong(arg);
+    if (wanted == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(legs);
-    if (PyList_GET_SIZE(sequence_numbers) != count) {
-        PyErr_SetString(PyExc_ValueError, "one sequence number per leg");
+    if (wanted != 1 && wanted != 2) {
+        PyErr_SetString(PyExc_ValueError, "the fan-out runs on 1 or 2 threads");
         return NULL;
     }
+    if (wanted == 2 && !helper.running) {
+        pthread_t thread;
+        int error = pthread_create(&thread, NULL, helper_main, NULL);
+        if (error) {
+            errno = error;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        pthread_detach(thread);
+        helper.running = 1;
+    }
+    threads = (int)wanted;
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_threads(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromLong(threads < 2 || !helper.running ? 1 : 2);
+}
+
+/* Sends `packet` on legs[i] as seqs[i] (-1: not at all) and returns (sent, unhandled):
+ * the indexes of the legs not handled, or with `pairs` (index, sequence number) tuples. */
+static PyObject *send_all(PyObject *packet, PyObject *legs, const long *seqs,
+                          PyObject *stamps, int pairs) {
+    Py_ssize_t count = PyList_GET_SIZE(legs);
     PyObject *unhandled = PyList_New(0);
     if (unhandled == NULL)
         return NULL;
     PyObject *payload = NULL, *value = NULL, *result = NULL;
+    FastLeg **sending = NULL;
     int red = 0, has_level = 0, voice = 0, level = 0, marker;
     unsigned long long timestamp;
     payload = PyObject_GetAttr(packet, str_payload);
@@ -470,6 +586,11 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(payload);
     Py_ssize_t size = PyBytes_GET_SIZE(payload);
     Py_ssize_t pending = 0;
+    sending = PyMem_New(FastLeg *, count ? count : 1); /* the legs to protect and write */
+    if (sending == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
 
     /* Each leg: check its route, write and keep its RTP bytes, protect them. */
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -480,19 +601,15 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
         }
         FastLeg *leg = (FastLeg *)item;
         leg->pending = 0;
-        long seq = PyLong_AsLong(PyList_GET_ITEM(sequence_numbers, i));
-        if (seq == -1 && PyErr_Occurred())
-            goto done;
-        if (seq < 0 || seq > 0xFFFF) {
-            PyErr_Format(PyExc_ValueError, "sequence number %ld out of range", seq);
-            goto done;
-        }
+        long seq = seqs[i];
+        if (seq < 0)
+            continue;
         int holds = red ? 0 : route_holds(leg);
         if (holds < 0)
             goto done;
         if (!holds || write_rtp(leg, data, size, marker, (uint16_t)seq, (uint32_t)timestamp,
                                 abs_send_time, has_level, voice, level) < 0) {
-            PyObject *index = PyLong_FromSsize_t(i);
+            PyObject *index = pairs ? Py_BuildValue("(nl)", i, seq) : PyLong_FromSsize_t(i);
             if (index == NULL || PyList_Append(unhandled, index) < 0) {
                 Py_XDECREF(index);
                 goto done;
@@ -504,34 +621,23 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
         if (kept == NULL)
             goto done;
         PyList_SetItem(leg->history, seq % HISTORY_SIZE, kept); /* steals `kept` */
-        if (leg->protect(leg->context, leg->buffer, &leg->length) != 0) {
-            leg->packets_refused++;
-            continue;
-        }
+        sending[pending++] = leg;
         leg->pending = 1;
-        pending++;
     }
 
-    /* The system calls, without the GIL. */
+    /* SRTP and the system calls, without the GIL (on two threads with a helper). */
     int stamping = stamps != Py_None;
     if (pending) {
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < count; i++) {
-            FastLeg *leg = (FastLeg *)PyList_GET_ITEM(legs, i);
-            if (!leg->pending)
-                continue;
-            ssize_t written = sendto(leg->fd, leg->buffer, (size_t)leg->length, 0,
-                                     (struct sockaddr *)&leg->address, leg->address_length);
-            leg->send_error = written < 0 ? errno : 0;
-            if (stamping)
-                leg->stamp = monotonic_ns();
-        }
+        send_legs(sending, pending, stamping);
         Py_END_ALLOW_THREADS
     }
 
     /* Counters, and the transport's queue for a datagram the socket had no room for. */
     long sent = 0;
-    PyObject *sent_stamps = stamping ? PyList_New(0) : NULL;
+    /* the stamps of the legs sent, appended to `stamps` (an array of int64) at once */
+    PyObject *sent_stamps = stamping ? PyBytes_FromStringAndSize(NULL, pending * 8) : NULL;
+    long long *stamped = sent_stamps ? (long long *)PyBytes_AS_STRING(sent_stamps) : NULL;
     if (stamping && sent_stamps == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < count && pending; i++) {
@@ -539,6 +645,10 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
         if (!leg->pending)
             continue;
         leg->pending = 0;
+        if (leg->refused) {
+            leg->packets_refused++;
+            continue;
+        }
         int error = leg->send_error;
         if (error == EAGAIN || error == EWOULDBLOCK || error == EINTR) {
             PyObject *datagram =
@@ -559,27 +669,20 @@ static PyObject *fanout(PyObject *module, PyObject *args) {
         leg->octets_sent += size;
         leg->last_sent_at = now;
         leg->last_rtp_timestamp = timestamp;
+        if (stamping)
+            stamped[sent] = leg->stamp;
         sent++;
-        if (stamping) {
-            PyObject *stamp = PyLong_FromLongLong(leg->stamp);
-            if (stamp == NULL || PyList_Append(sent_stamps, stamp) < 0) {
-                Py_XDECREF(stamp);
-                Py_DECREF(sent_stamps);
-                goto done;
-            }
-            Py_DECREF(stamp);
-        }
     }
     if (stamping) {
-        if (PyList_GET_SIZE(sent_stamps)) {
-            PyObject *extended = PyObject_CallMethodOneArg(stamps, str_extend, sent_stamps);
-            if (extended == NULL) {
-                Py_DECREF(sent_stamps);
-                goto done;
-            }
-            Py_DECREF(extended);
-        }
+        if (sent && _PyBytes_Resize(&sent_stamps, sent * 8) < 0)
+            goto done; /* (it freed the bytes) */
+        PyObject *extended =
+            sent ? PyObject_CallMethodOneArg(stamps, str_frombytes, sent_stamps) : Py_None;
         Py_DECREF(sent_stamps);
+        if (extended == NULL)
+            goto done;
+        if (sent)
+            Py_DECREF(extended);
     }
     result = Py_BuildValue("(lO)", sent, unhandled);
 done:
@@ -590,9 +693,192 @@ done:
                 ((FastLeg *)item)->pending = 0;
         }
     }
+    PyMem_Free(sending);
     Py_XDECREF(payload);
     Py_XDECREF(value);
     Py_DECREF(unhandled);
+    return result;
+}
+
+static PyObject *fanout(PyObject *module, PyObject *args) {
+    PyObject *packet, *legs, *sequence_numbers, *stamps;
+    if (!PyArg_ParseTuple(args, "OO!O!O", &packet, &PyList_Type, &legs, &PyList_Type,
+                          &sequence_numbers, &stamps))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(legs);
+    if (PyList_GET_SIZE(sequence_numbers) != count) {
+        PyErr_SetString(PyExc_ValueError, "one sequence number per leg");
+        return NULL;
+    }
+    long *seqs = PyMem_New(long, count ? count : 1);
+    if (seqs == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < count; i++) {
+        long seq = PyLong_AsLong(PyList_GET_ITEM(sequence_numbers, i));
+        if (seq == -1 && PyErr_Occurred()) {
+            PyMem_Free(seqs);
+            return NULL;
+        }
+        if (seq < 0 || seq > 0xFFFF) {
+            PyErr_Format(PyExc_ValueError, "sequence number %ld out of range", seq);
+            PyMem_Free(seqs);
+            return NULL;
+        }
+        seqs[i] = seq;
+    }
+    PyObject *result = send_all(packet, legs, seqs, stamps, 0);
+    PyMem_Free(seqs);
+    return result;
+}
+
+/* -- Rewriter: rtc.packets.SequenceRewriter, in C, so that `forward` rewrites too -- */
+
+typedef struct {
+    PyObject_HEAD
+    long next_out;
+    long offset;
+    long highest_in;
+    long floor;
+    int restart;
+} Rewriter;
+
+static PyTypeObject RewriterType;
+
+static int seq_newer(long a, long b) { return a != b && ((a - b) & 0xFFFF) < 0x8000; }
+
+/* The outgoing sequence number for incoming `seq` (0..0xFFFF), or -1 to drop it. */
+static long rewrite_one(Rewriter *self, long seq) {
+    if (self->restart) {
+        long out = self->next_out;
+        self->restart = 0;
+        self->offset = (out - seq) & 0xFFFF;
+        self->highest_in = self->floor = seq;
+        self->next_out = (out + 1) & 0xFFFF;
+        return out;
+    }
+    if (seq_newer(seq, self->highest_in)) {
+        long out = (seq + self->offset) & 0xFFFF;
+        self->highest_in = seq;
+        self->next_out = (out + 1) & 0xFFFF;
+        return out;
+    }
+    if (seq == self->highest_in || !seq_newer(seq, self->floor))
+        return -1;
+    return (seq + self->offset) & 0xFFFF;
+}
+
+static int Rewriter_init(Rewriter *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"first", NULL};
+    PyObject *first;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &PyLong_Type, &first))
+        return -1;
+    unsigned long long bits = PyLong_AsUnsignedLongLongMask(first); /* as Python's `& 0xFFFF` */
+    if (bits == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    self->next_out = (long)(bits & 0xFFFF);
+    self->offset = self->highest_in = self->floor = 0;
+    self->restart = 1;
+    return 0;
+}
+
+static long sequence_argument(PyObject *value) {
+    long seq = PyLong_AsLong(value);
+    if (seq == -1 && PyErr_Occurred())
+        return -1;
+    if (seq < 0 || seq > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "sequence number %ld out of range", seq);
+        return -1;
+    }
+    return seq;
+}
+
+static PyObject *Rewriter_rewrite(Rewriter *self, PyObject *arg) {
+    long seq = sequence_argument(arg);
+    if (seq < 0)
+        return NULL;
+    long out = rewrite_one(self, seq);
+    if (out < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(out);
+}
+
+static PyObject *Rewriter_skip(Rewriter *self, PyObject *arg) {
+    long seq = sequence_argument(arg);
+    if (seq < 0)
+        return NULL;
+    if (self->restart)
+        Py_RETURN_TRUE;
+    if (seq != ((self->highest_in + 1) & 0xFFFF))
+        Py_RETURN_FALSE;
+    self->highest_in = self->floor = seq;
+    self->offset = (self->offset - 1) & 0xFFFF;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Rewriter_restart(Rewriter *self, PyObject *Py_UNUSED(ignored)) {
+    self->restart = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Rewriter_get_started(Rewriter *self, void *closure) {
+    return PyBool_FromLong(!self->restart);
+}
+
+static PyMethodDef Rewriter_methods[] = {
+    {"rewrite", (PyCFunction)Rewriter_rewrite, METH_O, NULL},
+    {"skip", (PyCFunction)Rewriter_skip, METH_O, NULL},
+    {"restart", (PyCFunction)Rewriter_restart, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyGetSetDef Rewriter_getset[] = {
+    {"started", (getter)Rewriter_get_started, NULL, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject RewriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtc._fanout.Rewriter",
+    .tp_basicsize = sizeof(Rewriter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Rewriter_init,
+    .tp_methods = Rewriter_methods,
+    .tp_getset = Rewriter_getset,
+};
+
+/* forward(packet, rewriters, legs, stamps): each leg's sequence number from its rewriter
+ * (a dropped packet leaves that leg out), then as `fanout`; the legs handed back come as
+ * (index, sequence number). */
+static PyObject *forward(PyObject *module, PyObject *args) {
+    PyObject *packet, *rewriters, *legs, *stamps;
+    if (!PyArg_ParseTuple(args, "OO!O!O", &packet, &PyList_Type, &rewriters, &PyList_Type,
+                          &legs, &stamps))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(legs);
+    if (PyList_GET_SIZE(rewriters) != count) {
+        PyErr_SetString(PyExc_ValueError, "one rewriter per leg");
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttr(packet, str_sequence_number);
+    if (value == NULL)
+        return NULL;
+    long seq = sequence_argument(value);
+    Py_DECREF(value);
+    if (seq < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyObject_TypeCheck(PyList_GET_ITEM(rewriters, i), &RewriterType)) {
+            PyErr_SetString(PyExc_TypeError, "rewriters must be Rewriter objects");
+            return NULL;
+        }
+    }
+    long *seqs = PyMem_New(long, count ? count : 1);
+    if (seqs == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < count; i++)
+        seqs[i] = rewrite_one((Rewriter *)PyList_GET_ITEM(rewriters, i), seq);
+    PyObject *result = send_all(packet, legs, seqs, stamps, 1);
+    PyMem_Free(seqs);
     return result;
 }
 
@@ -636,6 +922,9 @@ static PyTypeObject FastLegType = {
 
 static PyMethodDef module_methods[] = {
     {"fanout", fanout, METH_VARARGS, NULL},
+    {"forward", forward, METH_VARARGS, NULL},
+    {"set_threads", set_threads, METH_O, NULL},
+    {"threads", get_threads, METH_NOARGS, NULL},
     {NULL},
 };
 
@@ -655,16 +944,27 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_marker, "marker");
     INTERN(str_audio_level, "audio_level");
     INTERN(str_red, "red");
-    INTERN(str_extend, "extend");
+    INTERN(str_frombytes, "frombytes");
+    INTERN(str_sequence_number, "sequence_number");
 #undef INTERN
-    if (PyType_Ready(&FastLegType) < 0)
+    if (PyType_Ready(&FastLegType) < 0 || PyType_Ready(&RewriterType) < 0)
         return NULL;
+    if (pthread_atfork(NULL, NULL, helper_after_fork) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;
     Py_INCREF(&FastLegType);
     if (PyModule_AddObject(module, "FastLeg", (PyObject *)&FastLegType) < 0) {
         Py_DECREF(&FastLegType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&RewriterType);
+    if (PyModule_AddObject(module, "Rewriter", (PyObject *)&RewriterType) < 0) {
+        Py_DECREF(&RewriterType);
         Py_DECREF(module);
         return NULL;
     }

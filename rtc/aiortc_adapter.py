@@ -368,6 +368,24 @@ def tap_transport_sends(
     return original
 
 
+def tap_datagrams_received(transport: Any, on_datagram: Callable[[bytes], object]) -> None:
+    """Show `on_datagram(data)` each datagram a DTLS transport's ICE connection receives
+    that is not STUN (DTLS, SRTP, SRTCP: still encrypted), when the socket read hands it
+    over, before it waits in aioice's queue for the transport's loop.
+
+    For measurement (the media benchmark stamps when each publisher packet left the
+    socket). aioice's `StunProtocol` calls `data_received` on its connection for these.
+    """
+    connection: Any = transport.transport._connection
+    original: Callable[[bytes, int], None] = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        on_datagram(data)
+        original(data, component)
+
+    setattr(connection, "data_received", data_received)  # noqa: B010 - instance override
+
+
 def tap_receiver_packets(
     receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket, int], Awaitable[None]]
 ) -> None:

@@ -10,6 +10,10 @@ the package): without it, or with ``STAGECAST_FANOUT_C=0`` in the environment, `
 returns None, every leg takes the Python path, and the first leg made says so in the log
 once. tests/test_fanout_c.py asserts the extension is built where the tests run.
 
+The router's per-leg loop (each leg's sequence number, then its send) runs in C too:
+`new_rewriter` is `rtc.packets.SequenceRewriter` in C when the fan-out is on, and
+`forward` rewrites and sends a packet on a list of legs in one call.
+
 A `FastLeg` is made per outbound stream (`rtc.aiortc_adapter.OutboundStream.fast`),
 configured with the leg's header layout once negotiated, and bound to its route whenever
 the Python path opens a direct one; `fanout` hands back the legs whose route does not
@@ -24,15 +28,20 @@ import os
 from array import array
 from typing import TYPE_CHECKING
 
-from rtc.packets import MediaPacket
+from rtc.packets import MediaPacket, SequenceRewriter
 
 if TYPE_CHECKING:
     from rtc._fanout import FastLeg as FastLeg
+    from rtc._fanout import Rewriter as Rewriter
 
 logger = logging.getLogger(__name__)
 
 SWITCH = "STAGECAST_FANOUT_C"
 """Environment variable: ``0`` turns the C fan-out off (for A/B measurements)."""
+THREADS = "STAGECAST_FANOUT_THREADS"
+"""Environment variable: ``2`` splits each packet's SRTP and socket writes with a helper
+thread (the packet's fan-out ends sooner when a second core is free); ``1``, the default,
+keeps them on the calling thread."""
 
 try:
     from rtc import _fanout
@@ -41,6 +50,7 @@ except ImportError as error:  # pragma: no cover - the tests assert it is built
     _import_error: str | None = str(error)
 else:
     _import_error = None
+    _fanout.set_threads(2 if os.environ.get(THREADS, "1") == "2" else 1)
 
 _said = False
 
@@ -73,7 +83,48 @@ def fanout(
     packet: MediaPacket, legs: list[FastLeg], sequence_numbers: list[int], stamps: array[int] | None
 ) -> tuple[int, list[int]]:
     """Send `packet` on each leg as its sequence number; returns (how many sent, the
-    indexes of the legs not handled: send those through the Python path). `stamps`, when
-    given, gets CLOCK_MONOTONIC ns after each send (the media benchmark's probe)."""
+    indexes of the legs not handled: send those through the Python path). `stamps` (an
+    `array("q")`), when given, gets CLOCK_MONOTONIC ns after each send, appended in one
+    call (the media benchmark's probe)."""
     assert _fanout is not None
     return _fanout.fanout(packet, legs, sequence_numbers, stamps)
+
+
+def new_rewriter(first: int) -> Rewriter | SequenceRewriter:
+    """A leg's `SequenceRewriter` starting at `first`: the C one (which `forward` takes)
+    when the C fan-out is on, else the Python one (same behaviour)."""
+    if _fanout is not None and enabled():
+        return _fanout.Rewriter(first)
+    return SequenceRewriter(first)
+
+
+def set_threads(count: int) -> None:
+    """Run each packet's SRTP and socket writes on 1 thread, or split over 2 (a helper
+    thread, started once, takes half of a packet's legs). The C fan-out must be built."""
+    assert _fanout is not None
+    _fanout.set_threads(count)
+
+
+def threads() -> int:
+    """Threads a packet's SRTP and socket writes are split over (1 without the helper)."""
+    return _fanout.threads() if _fanout is not None else 1
+
+
+def c_rewriter(rewriter: object) -> Rewriter | None:
+    """`rewriter` if it is the C one (which `forward` takes), else None."""
+    if _fanout is not None and type(rewriter) is _fanout.Rewriter:
+        return rewriter
+    return None
+
+
+def forward(
+    packet: MediaPacket,
+    rewriters: list[Rewriter],
+    legs: list[FastLeg],
+    stamps: array[int] | None,
+) -> tuple[int, list[tuple[int, int]]]:
+    """`fanout` with each leg's sequence number from its rewriter (`rewriters[i]` for
+    `legs[i]`; a packet a rewriter drops is not sent on that leg); the legs not handled
+    come back as (index, sequence number)."""
+    assert _fanout is not None
+    return _fanout.forward(packet, rewriters, legs, stamps)

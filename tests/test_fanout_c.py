@@ -9,6 +9,7 @@ only compares them) and real aiortc peers in the last tests.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
 from array import array
@@ -21,10 +22,10 @@ import pytest
 
 from forwarder.router import Router
 from rtc import fanout
-from rtc._fanout import FastLeg
+from rtc._fanout import FastLeg, Rewriter
 from rtc.aiortc_adapter import OutboundStream
 from rtc.direct_send import srtp_pointers
-from rtc.packets import CodecInfo, MediaPacket, RtpWriter
+from rtc.packets import CodecInfo, MediaPacket, RtpWriter, SequenceRewriter
 from tests.polling import eventually
 from tests.test_rtc_adapter import one_leg
 
@@ -147,8 +148,10 @@ def test_the_extension_is_built_and_on_by_default(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv(fanout.SWITCH, raising=False)
     assert fanout.built()
     assert fanout.new_leg([None] * HISTORY) is not None
+    assert type(fanout.new_rewriter(5)) is Rewriter
     monkeypatch.setenv(fanout.SWITCH, "0")
     assert fanout.new_leg([None] * HISTORY) is None
+    assert type(fanout.new_rewriter(5)) is SequenceRewriter
 
 
 def test_without_the_extension_every_leg_takes_python_and_the_log_says_so_once(
@@ -196,6 +199,42 @@ def test_each_leg_gets_what_rtpwriter_and_pylibsrtp_make(
     assert legs[0].octets_sent == sum(len(packet(seq).payload) for seq in range(1000, 1005))
     assert legs[0].last_rtp_timestamp == packet(1004).timestamp
     assert len(stamps) == 15 and list(stamps) == sorted(stamps)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_split_over_two_threads_each_leg_gets_the_same_bytes(
+    receiver: socket.socket, sender_socket: socket.socket, threads: int
+) -> None:
+    """20 legs (the helper thread takes the last 10 of each packet): every datagram is
+    pylibsrtp's protection of the leg's RTP bytes, refusals and stamps are counted per
+    leg, and the thread count is what was set."""
+    to = receiver.getsockname()
+    route = Route()
+    ssrcs = [0x1000 + i for i in range(20)]
+    writers = [writer(ssrc, extensions=False) for ssrc in ssrcs]
+    references = {ssrc: session() for ssrc in ssrcs}
+    legs = [fast_leg(w, session(), sender_socket, to, route) for w in writers]
+    fanout.set_threads(threads)
+    try:
+        assert fanout.threads() == threads
+        stamps: array[int] = array("q")
+        for seq in range(50, 60):
+            assert fanout.fanout(packet(seq), legs, [seq] * 20, stamps) == (20, [])
+            arrived = {}
+            for _ in legs:
+                data = receiver.recv(2048)
+                arrived[int.from_bytes(data[8:12], "big")] = data
+            for ssrc, rtp in zip(ssrcs, writers, strict=True):
+                expected = references[ssrc].protect(rtp.serialize(packet(seq), seq, 0))
+                assert arrived[ssrc] == expected
+        assert len(stamps) == 200
+        assert fanout.fanout(packet(59), legs, [59] * 20, None) == (0, [])  # a replay
+        assert [leg.packets_refused for leg in legs] == [1] * 20
+        assert [leg.packets_sent for leg in legs] == [10] * 20
+    finally:
+        fanout.set_threads(1)
+    with pytest.raises(ValueError, match="1 or 2"):
+        fanout.set_threads(3)
 
 
 def test_a_leg_whose_route_does_not_hold_is_handed_back(
@@ -294,6 +333,59 @@ def test_a_full_socket_hands_the_datagram_to_the_transport() -> None:
         assert data == reference.protect(rtp.serialize(packet(seq), seq, 0))
         assert leg.packets_sent == seq + 1
         assert int.from_bytes(leg.history[seq % HISTORY][2:4], "big") == seq  # type: ignore[index]
+
+
+def test_the_c_rewriter_does_what_the_python_one_does() -> None:
+    """Random walks of in-order, reordered, repeated, stale and wrapping sequence numbers,
+    padding skips and restarts: every answer of the C `Rewriter` is the Python one's."""
+    rng = random.Random(12)
+    for walk in range(200):
+        first = rng.choice([0, 5, 0x7FFF, 0xFFFE, 0xFFFF, rng.randrange(1 << 16), -3, 1 << 20])
+        c, python = Rewriter(first), SequenceRewriter(first)
+        seq = rng.randrange(1 << 16)
+        for _ in range(300):
+            step = rng.random()
+            if step < 0.05:
+                c.restart()
+                python.restart()
+            elif step < 0.15:
+                assert c.skip(seq) == python.skip(seq), walk
+            else:
+                assert c.rewrite(seq) == python.rewrite(seq), walk
+            assert c.started == python.started
+            seq = (seq + rng.choice([1, 1, 1, 1, 2, 0, -1, -3, 40, 0x8000])) & 0xFFFF
+    with pytest.raises(ValueError, match="out of range"):
+        Rewriter(0).rewrite(1 << 16)
+
+
+def test_forward_rewrites_each_leg_then_sends_as_fanout(
+    receiver: socket.socket, sender_socket: socket.socket
+) -> None:
+    """Two legs with their own sequences: each gets the packet as its rewriter numbers it,
+    byte for byte what RtpWriter and pylibsrtp make; a packet older than a leg's restart
+    is not sent on it; a leg whose route does not hold comes back with its number."""
+    to = receiver.getsockname()
+    route = Route()
+    writers = [writer(0x1111, extensions=False), writer(0x2222, extensions=False)]
+    references = [session(), session()]
+    legs = [fast_leg(w, session(), sender_socket, to, route) for w in writers]
+    rewriters = [Rewriter(100), Rewriter(0xFFFF)]
+    for seq, expected in ((7, [100, 0xFFFF]), (8, [101, 0]), (6, None), (9, [102, 1])):
+        result = fanout.forward(packet(seq), rewriters, legs, None)
+        if expected is None:  # before both legs' first packet: stale
+            assert result == (0, [])
+            continue
+        assert result == (2, [])
+        for leg_seq, rtp, reference in zip(expected, writers, references, strict=True):
+            rtp_bytes = rtp.serialize(packet(seq), leg_seq, 0)
+            assert receiver.recv(2048) == reference.protect(rtp_bytes)
+    rewriters[1].restart()  # (a leg waiting for a keyframe is not given to forward)
+    route.nominated[1] = object()
+    assert fanout.forward(packet(10), rewriters, legs, None) == (0, [(0, 103), (1, 2)])
+    with pytest.raises(TypeError, match="Rewriter"):
+        fanout.forward(packet(11), [SequenceRewriter(0)], legs[:1], None)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="one rewriter per leg"):
+        fanout.forward(packet(11), rewriters, legs[:1], None)
 
 
 def test_bad_input_gets_a_clear_error(sender_socket: socket.socket) -> None:

@@ -19,6 +19,19 @@ as a browser does. Figures per case, each the median over `--runs`:
   the forwarder); so it includes the loopback hop and the time a packet waits in the
   forwarder's socket while earlier packets fan out. router_p99_ms: the part inside the
   forwarder, from the router's `forward` entry to the leg's write.
+- Where the latency comes from (forwarder only): a publisher's frame leaves as one burst
+  (its packets share an RTP timestamp), so the figures are also given against the burst:
+  burst_packets_p50 / _p99 / _max (packets per frame), keyframes (in the window),
+  latency_p99_ms_keyframe / _delta (pairs of keyframe bursts / of the others) and
+  _large_burst (bursts larger than the window's p90 frame). Each pair's latency splits
+  into four parts, from the forwarder's socket read of the packet (`reads`) and the
+  router's entry and exit: *queue*, the time between the publisher's write and the
+  forwarder's read during which the forwarder was receiving or fanning out earlier
+  packets; *loop*, the rest of that time (the loopback hop, the event loop's other work,
+  preemption); *receive*, read -> router entry (aiortc's receive path: SRTP, RTP parse,
+  statistics, REMB, NACK tracking); *fanout*, router entry -> the leg's write (the legs
+  before it). tail_*_ms: each part's mean over the pairs at or above the p99, mean_*_ms
+  over all pairs; receive_us_p50 and service_us_p50 (read -> router done), per packet.
 - delivered_ratio: packets the subscribers received / packets the forwarder sent.
 - client_cores / other_load_cores: CPU used during the window by the case's clients, and
   by unrelated processes (a busy machine makes the latency figures meaningless).
@@ -45,7 +58,12 @@ from rich.console import Console
 
 from stagecast.bench import Result, median, percentile
 from stagecast.bench.mediaclients import VIDEO_BITRATE, publisher_process, subscribers_process
-from stagecast.bench.mediaforwarder import LatencyStamps, Window, forwarder_process
+from stagecast.bench.mediaforwarder import (
+    PACKET_FIELDS,
+    LatencyStamps,
+    Window,
+    forwarder_process,
+)
 from stagecast.bench.simulcast import simulcast_figures
 from stagecast.bench.workers import Worker
 
@@ -100,6 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="publisher paces RTP at this multiple of the video bitrate (0: frame bursts)",
     )
     parser.add_argument(
+        "--keyframe-interval",
+        type=float,
+        default=0.0,
+        help="the video publisher also sends a keyframe every this many s (0: on request)",
+    )
+    parser.add_argument(
         "--no-latency",
         action="store_true",
         help="skip the latency stamps (to see their CPU cost, included otherwise)",
@@ -143,6 +167,8 @@ class CaseRun:
     """Router entry -> leg write, per packet and leg."""
     unmatched: int
     """Leg sends whose packet had no publisher stamp."""
+    breakdown: Breakdown | None
+    """Where the latency came from, against the bursts (None: no latency stamps)."""
     client_cores: float
     """CPU used meanwhile by the publisher, the subscribers and the suite, in cores."""
     other_cores: float
@@ -193,7 +219,8 @@ async def run_case(case: Case, args: argparse.Namespace, run_index: int) -> Case
     try:
         node = (case.mode, latency, VIDEO_BITRATE, args.forwarder_nice, lifetime)
         workers.append(Worker(f"forwarder-{case.mode}", forwarder_process, *node))
-        workers.append(Worker("publisher", publisher_process, case.kind, args.pace, lifetime))
+        publisher_args = (case.kind, args.pace, lifetime, args.keyframe_interval)
+        workers.append(Worker("publisher", publisher_process, *publisher_args))
         for i in range(procs):
             workers.append(Worker(f"subscribers-{i}", subscribers_process, lifetime))
         forwarder, publisher, *subscribers = workers
@@ -228,6 +255,7 @@ async def run_case(case: Case, args: argparse.Namespace, run_index: int) -> Case
         console.print(f"[yellow]{case.name}: latency stamps truncated[/] (a long window)")
     latency_ms, router_ms, unmatched = latencies(stamps, sent)
     return CaseRun(
+        breakdown=breakdown(stamps, sent),
         case=case,
         window=window,
         received=sum(after.values()) - sum(before.values()),
@@ -304,7 +332,7 @@ def latencies(
     end_to_end: list[float] = []
     in_router: list[float] = []
     unmatched = 0
-    for i in range(0, len(packets), 4):
+    for i in range(0, len(packets), PACKET_FIELDS):
         key, entered, first, count = packets[i : i + 4]
         published = sent.get(key)
         for t in legs[first : first + count]:
@@ -314,6 +342,111 @@ def latencies(
             else:
                 end_to_end.append((t - published) / 1e6)
     return end_to_end, in_router, unmatched
+
+
+PARTS = ("queue", "loop", "receive", "fanout")
+"""The parts of a (packet, leg) pair's latency, in order (see the module docstring)."""
+LOOKBACK = 1000
+"""Earlier packets looked at for the time a packet queued behind them."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Breakdown:
+    """One run's (packet, leg) latencies against the publisher's bursts, and their parts."""
+
+    burst_packets: list[int]
+    """Packets per burst (frame: one RTP timestamp), over the window."""
+    keyframes: int
+    keyframe_ms: list[float]
+    """Latency of the pairs whose packet belongs to a keyframe's burst."""
+    delta_ms: list[float]
+    """Latency of the other pairs."""
+    large_burst_ms: list[float]
+    """Latency of the pairs of bursts larger than the window's p90 burst."""
+    tail_ms: dict[str, float]
+    """Mean of each part (`PARTS`) over the pairs at or above the p99 latency."""
+    mean_ms: dict[str, float]
+    """Mean of each part over all pairs."""
+    receive_us: list[float]
+    """Per packet: socket read -> router entry."""
+    service_us: list[float]
+    """Per packet: socket read -> router done (receive and the whole fan-out)."""
+
+
+def breakdown(stamps: LatencyStamps | None, sent: dict[int, int]) -> Breakdown | None:
+    """Split each (packet, leg) latency into `PARTS` and group the packets by burst.
+
+    A packet's wait between the publisher's write and the forwarder's read is *queue*
+    while the forwarder was busy with earlier packets (their read -> done intervals) and
+    *loop* otherwise. Packets without a read stamp count read = router entry.
+    """
+    if stamps is None:
+        return None
+    packets, legs, read_pairs = array("q"), array("q"), array("q")
+    packets.frombytes(stamps.packets)
+    legs.frombytes(stamps.legs)
+    read_pairs.frombytes(stamps.reads)
+    reads = dict(zip(read_pairs[::2], read_pairs[1::2], strict=True))
+    rows = [packets[i : i + PACKET_FIELDS] for i in range(0, len(packets), PACKET_FIELDS)]
+    bursts: dict[tuple[int, int], list[int]] = {}
+    for index, row in enumerate(rows):
+        bursts.setdefault((row[0] >> 16, row[5]), []).append(index)
+    sizes = [len(members) for members in bursts.values()]
+    large = percentile(sizes, 90)
+    burst_of: dict[int, tuple[int, bool, bool]] = {}
+    for members in bursts.values():
+        keyframe = any(rows[i][6] for i in members)
+        for i in members:
+            burst_of[i] = (len(members), keyframe, len(members) > large)
+    starts = [reads.get(row[0], row[1]) for row in rows]
+    pairs: list[tuple[float, float, float, float, float]] = []
+    keyframe_ms: list[float] = []
+    delta_ms: list[float] = []
+    large_ms: list[float] = []
+    receive_us: list[float] = []
+    service_us: list[float] = []
+    for index, row in enumerate(rows):
+        key, entered, first, count, done = row[:5]
+        read = starts[index]
+        receive_us.append((entered - read) / 1e3)
+        service_us.append((done - read) / 1e3)
+        published = sent.get(key)
+        if published is None or not count:
+            continue
+        queue = 0
+        for earlier in range(index - 1, max(-1, index - 1 - LOOKBACK), -1):
+            busy_until = rows[earlier][4]
+            if busy_until <= published:
+                break
+            queue += max(0, min(busy_until, read) - max(starts[earlier], published))
+        loop = read - published - queue
+        receive = entered - read
+        _, keyframe, in_large = burst_of[index]
+        for sent_at in legs[first : first + count]:
+            total = (sent_at - published) / 1e6
+            pairs.append((total, queue / 1e6, loop / 1e6, receive / 1e6, (sent_at - entered) / 1e6))
+            (keyframe_ms if keyframe else delta_ms).append(total)
+            if in_large:
+                large_ms.append(total)
+    threshold = percentile([p[0] for p in pairs], 99)
+    tail = [p for p in pairs if p[0] >= threshold]
+    return Breakdown(
+        burst_packets=sizes,
+        keyframes=sum(1 for row in rows if row[6]),
+        keyframe_ms=keyframe_ms,
+        delta_ms=delta_ms,
+        large_burst_ms=large_ms,
+        tail_ms=_part_means(tail),
+        mean_ms=_part_means(pairs),
+        receive_us=receive_us,
+        service_us=service_us,
+    )
+
+
+def _part_means(pairs: list[tuple[float, float, float, float, float]]) -> dict[str, float]:
+    if not pairs:
+        return dict.fromkeys(PARTS, 0.0)
+    return {part: sum(p[i + 1] for p in pairs) / len(pairs) for i, part in enumerate(PARTS)}
 
 
 def summary(r: CaseRun) -> str:
@@ -327,6 +460,13 @@ def summary(r: CaseRun) -> str:
         text += (
             f", latency p50/p99 {percentile(r.latency_ms, 50):.2f}/"
             f"{percentile(r.latency_ms, 99):.2f} ms"
+        )
+    b = r.breakdown
+    if b is not None and b.burst_packets:
+        tail = "/".join(f"{b.tail_ms[part]:.2f}" for part in PARTS)
+        text += (
+            f", bursts p50/max {percentile(b.burst_packets, 50):.0f}/{max(b.burst_packets)}"
+            f" packets, p99 tail {'/'.join(PARTS)} {tail} ms"
         )
     text += f", delivered {r.received / max(1, w.packets_out):.2f}"
     return text + f", clients {r.client_cores:.2f} cores, others {r.other_cores:.2f} cores"
@@ -395,6 +535,7 @@ def case_figures(case: Case, runs: list[CaseRun], args: argparse.Namespace) -> l
             Result(f"{name}_latency_p50_ms", _p(runs, 50), "ms", "publisher -> leg"),
             Result(f"{name}_latency_p99_ms", _p(runs, 99), "ms", f"{unmatched} unmatched"),
             Result(f"{name}_router_p99_ms", _p(runs, 99, router=True), "ms", "in-process"),
+            *burst_results(name, [r.breakdown for r in runs if r.breakdown is not None]),
         ]
     return [
         *results,
@@ -410,6 +551,56 @@ def case_figures(case: Case, runs: list[CaseRun], args: argparse.Namespace) -> l
             "cores",
             "CPU of unrelated processes",
         ),
+    ]
+
+
+def burst_results(name: str, found: list[Breakdown]) -> list[Result]:
+    """The latency against the bursts and its parts, medians over the runs."""
+    if not found:
+        return []
+
+    def med(figure: Callable[[Breakdown], float]) -> float:
+        return median([figure(b) for b in found])
+
+    results = [
+        Result(
+            f"{name}_burst_packets_p50", med(lambda b: percentile(b.burst_packets, 50)), "packets"
+        ),
+        Result(
+            f"{name}_burst_packets_p99", med(lambda b: percentile(b.burst_packets, 99)), "packets"
+        ),
+        Result(
+            f"{name}_burst_packets_max", med(lambda b: max(b.burst_packets, default=0)), "packets"
+        ),
+        Result(f"{name}_keyframes", med(lambda b: b.keyframes), "keyframes", "in the window"),
+        Result(
+            f"{name}_latency_p99_ms_keyframe",
+            med(lambda b: percentile(b.keyframe_ms, 99)),
+            "ms",
+            "pairs of keyframe bursts (0: none)",
+        ),
+        Result(f"{name}_latency_p99_ms_delta", med(lambda b: percentile(b.delta_ms, 99)), "ms"),
+        Result(
+            f"{name}_latency_p99_ms_large_burst",
+            med(lambda b: percentile(b.large_burst_ms, 99)),
+            "ms",
+            "bursts above the p90 size",
+        ),
+    ]
+    tails = [median([b.tail_ms[part] for b in found]) for part in PARTS]
+    means = [median([b.mean_ms[part] for b in found]) for part in PARTS]
+    results += [
+        Result(f"{name}_tail_{part}_ms", value, "ms", "mean over the pairs >= p99")
+        for part, value in zip(PARTS, tails, strict=True)
+    ]
+    results += [
+        Result(f"{name}_mean_{part}_ms", value, "ms", "mean over all pairs")
+        for part, value in zip(PARTS, means, strict=True)
+    ]
+    return [
+        *results,
+        Result(f"{name}_receive_us_p50", med(lambda b: percentile(b.receive_us, 50)), "us"),
+        Result(f"{name}_service_us_p50", med(lambda b: percentile(b.service_us, 50)), "us"),
     ]
 
 

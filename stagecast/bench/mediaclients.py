@@ -9,8 +9,10 @@ forwarder leaves rather than compete with it.
   640x360 at 30 fps, encoded once at start-up by libvpx in CBR at 3.2 Mbit/s, which makes
   about 10 RTP packets per frame (~300 packets/s); the encoded frames then loop (the
   publisher does no encoding while it is measured). Frame 0 is the only keyframe; it is
-  sent first and again on `keyframe` (as an encoder does after a PLI). The audio is a 450 Hz
-  tone encoded live by aiortc's Opus encoder (20 ms frames, 50 packets/s).
+  sent first and again on `keyframe` (as an encoder does after a PLI), and every
+  `--keyframe-interval` seconds when asked (a keyframe is ~45 packets, a delta frame ~10).
+  The audio is a 450 Hz tone encoded live by aiortc's Opus encoder (20 ms frames, 50
+  packets/s).
   The publisher stamps each RTP packet's send time (CLOCK_MONOTONIC, just before the
   socket write) by its (SSRC, sequence number), for the latency figures; it can pace its
   packets as a browser does (`SendLog`).
@@ -119,10 +121,14 @@ class ClipTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, frames: list[bytes], fps: int = VIDEO_FPS) -> None:
+    def __init__(
+        self, frames: list[bytes], fps: int = VIDEO_FPS, *, keyframe_every: int = 0
+    ) -> None:
         super().__init__()
         self._frames = frames
         self._fps = fps
+        self._keyframe_every = keyframe_every
+        """Send the keyframe every this many frames as well (0: only when asked)."""
         self._start: float | None = None
         self._count = 0
         self._keyframe = True
@@ -138,7 +144,8 @@ class ClipTrack(MediaStreamTrack):
         if self._start is None:
             self._start = loop.time()
         await asyncio.sleep(max(0.0, self._start + self._count / self._fps - loop.time()))
-        if self._keyframe:
+        every = self._keyframe_every
+        if self._keyframe or (every and self._count % every == 0):
             self._keyframe = False
             index = 0
         else:
@@ -231,17 +238,23 @@ class SendLog:
 # -- the publisher process ----------------------------------------------------------------
 
 
-def publisher_process(conn: Connection, kind: str, pace: float, lifetime: float) -> None:
+def publisher_process(
+    conn: Connection, kind: str, pace: float, lifetime: float, keyframe_interval: float = 0.0
+) -> None:
     """Worker entry: publish one `kind` track ("video" or "audio") to the forwarder.
 
-    `pace` > 0 paces RTP at `pace` x the video bitrate (0: no pacing).
+    `pace` > 0 paces RTP at `pace` x the video bitrate (0: no pacing); `keyframe_interval`
+    > 0 sends the keyframe every that many seconds (0: only when the forwarder asks).
     """
-    asyncio.run(_publish(conn, kind, pace, lifetime))
+    asyncio.run(_publish(conn, kind, pace, lifetime, keyframe_interval))
 
 
-async def _publish(conn: Connection, kind: str, pace: float, lifetime: float) -> None:
+async def _publish(
+    conn: Connection, kind: str, pace: float, lifetime: float, keyframe_interval: float
+) -> None:
     pc = peer()
-    clip = ClipTrack(encode_clip()) if kind == "video" else None
+    every = round(keyframe_interval * VIDEO_FPS)
+    clip = ClipTrack(encode_clip(), keyframe_every=every) if kind == "video" else None
     pc.addTrack(clip if clip is not None else ToneTrack())
     log: SendLog | None = None
 

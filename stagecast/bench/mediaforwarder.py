@@ -7,10 +7,13 @@ forwarder's alone. Two nodes:
 
 - `ForwardNode`: `forwarder.node.Forwarder`, packets passed through (no decode, no encode).
   Its router is instrumented from outside, through its public methods: `forward` stamps
-  when a publisher packet reaches the router, and each subscribed leg is wrapped so that
-  each send is stamped after the leg's SRTP and socket write (CLOCK_MONOTONIC, comparable
-  with the publisher's send stamps in another process); the router's C fan-out stamps its
-  own sends into the same array (`Router.send_stamps`).
+  when a publisher packet reaches the router and when the router is done with it, and
+  each subscribed leg is wrapped so that each send is stamped after the leg's SRTP and
+  socket write (CLOCK_MONOTONIC, comparable with the publisher's send stamps in another
+  process); the router's C fan-out stamps its own sends into the same array
+  (`Router.send_stamps`). The publisher connection's datagrams are stamped when the
+  socket read hands them to aioice (`tap_datagrams_received`), so a packet's latency
+  splits into waiting to be read, being received, and its own fan-out.
 - `RelayNode`: aiortc's `MediaRelay`, the decode/re-encode baseline: one decoder per
   published track, one real encoder per subscriber and track (VP8 pinned to the
   publisher's bitrate, so both deliver the same ~300 packets/s), frames dropped rather
@@ -34,12 +37,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import vpx
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import is_rtcp
 
 from forwarder.node import Forwarder
 from forwarder.router import Leg, Router
 from forwarder.voice import RoomVoices
 from processes.runtime import tune_gc
-from rtc.packets import MediaPacket
+from rtc.aiortc_adapter import tap_datagrams_received
+from rtc.packets import MediaPacket, is_keyframe_start
 from stagecast.bench.workers import Handler, serve, set_priority
 
 MAX_LEG_STAMPS = 4_000_000
@@ -70,17 +75,25 @@ class Window:
         return self.user_s + self.system_s
 
 
+PACKET_FIELDS = 7
+"""Integers per packet in `LatencyStamps.packets`."""
+
+
 @dataclass(frozen=True, slots=True)
 class LatencyStamps:
     """Per forwarded packet: key (SSRC << 16 | sequence number), router entry, leg sends.
 
-    ``packets`` holds 4 integers per packet: key, entry ns, index of its first leg stamp
-    in ``legs``, number of leg stamps.
+    ``packets`` holds `PACKET_FIELDS` integers per packet: key, entry ns, index of its
+    first leg stamp in ``legs``, number of leg stamps, ns when the router was done with
+    it, its RTP timestamp (a frame's packets share it: one burst) and 1 if it starts a
+    keyframe. ``reads`` holds (key, ns) pairs: when the packet's datagram was read from
+    the socket (empty when the tap could not be installed).
     """
 
     packets: bytes
     legs: bytes
     truncated: bool
+    reads: bytes = b""
 
 
 class _Node(Protocol):
@@ -110,6 +123,7 @@ class LatencyProbe:
         self.truncated = False
         self.packets = array("q")
         self.sends = array("q")
+        self.reads = array("q")
         forward = router.forward
         subscribe = router.subscribe
         now = time.monotonic_ns
@@ -120,8 +134,14 @@ class LatencyProbe:
             entered = now()
             first = len(self.sends)
             sent = await forward(track_id, packet)
+            done = now()
             key = packet.ssrc << 16 | packet.sequence_number
-            self.packets.extend((key, entered, first, len(self.sends) - first))
+            keyframe = bool(packet.payload) and is_keyframe_start(
+                router.codec(track_id).name, packet.payload
+            )
+            self.packets.extend(
+                (key, entered, first, len(self.sends) - first, done, packet.timestamp, keyframe)
+            )
             if len(self.sends) >= MAX_LEG_STAMPS:
                 self.recording, self.truncated = False, True
             return sent
@@ -131,6 +151,12 @@ class LatencyProbe:
 
         setattr(router, "forward", timed_forward)  # noqa: B010 - instance override
         setattr(router, "subscribe", timed_subscribe)  # noqa: B010
+
+    def datagram_read(self, data: bytes) -> None:
+        """Stamp an RTP datagram (still SRTP: its header is in the clear) as read now."""
+        if self._recording and len(data) >= 12 and 127 < data[0] < 192 and not is_rtcp(data):
+            key = int.from_bytes(data[8:12], "big") << 16 | int.from_bytes(data[2:4], "big")
+            self.reads.extend((key, time.monotonic_ns()))
 
     @property
     def recording(self) -> bool:
@@ -142,8 +168,11 @@ class LatencyProbe:
         self._router.send_stamps = self.sends if recording else None
 
     def take(self) -> LatencyStamps:
-        stamps = LatencyStamps(self.packets.tobytes(), self.sends.tobytes(), self.truncated)
-        self.packets, self.sends, self.truncated = array("q"), array("q"), False
+        stamps = LatencyStamps(
+            self.packets.tobytes(), self.sends.tobytes(), self.truncated, self.reads.tobytes()
+        )
+        self.packets, self.sends, self.reads = array("q"), array("q"), array("q")
+        self.truncated = False
         self.recording = self._recording  # the router stamps into the new array
         return stamps
 
@@ -180,6 +209,14 @@ class ForwardNode:
 
     async def publish(self, offer_sdp: str) -> tuple[str, list[str]]:
         answer = await self.forwarder.add_publisher(offer_sdp, publisher_key="publisher")
+        if self.probe is not None:
+            transports = {
+                t.receiver.transport
+                for pc in self.forwarder.peer_connections
+                for t in pc.getTransceivers()
+            }  # the publisher's only (bundled): no subscriber yet
+            for transport in transports:
+                tap_datagrams_received(transport, self.probe.datagram_read)
         for track in answer.tracks:
             if track.kind == "audio":
                 self.voices.publish(track.track_id, "bench", "publisher", muted=False)
