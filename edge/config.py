@@ -134,6 +134,10 @@ class EdgeConfig:
     `join_timeout`."""
     busy_retry_after: float = 0.5
     """Seconds a `SERVER_BUSY` join is told to wait before trying again (clients add jitter)."""
+    counts_cpu_share: float = 0.25
+    """The share of one core this edge's counts (and active speaker) delivery may take while
+    joins go on (`edge.counts`): sized for one edge per core; with several edges on one
+    host's cores, give each its part of the host's budget (`stagecast up` does)."""
     join_deadline: float = 10.0
     """Seconds a socket has to send its join (or resume); then `JOIN_TIMEOUT`, close 4018."""
     http_read_timeout: float = 10.0
@@ -171,6 +175,8 @@ class EdgeConfig:
             raise ValueError(
                 "max_joins_in_flight must be >= 1, busy_retry_after and max_join_wait > 0"
             )
+        if not 0 < self.counts_cpu_share <= 1:
+            raise ValueError("counts_cpu_share must be in (0, 1]")
         if self.join_deadline <= 0 or self.http_read_timeout <= 0:
             raise ValueError("join_deadline and http_read_timeout must be positive")
         if self.max_connections < 0 or self.max_connections_per_address < 0:

@@ -39,7 +39,7 @@ from typing import Protocol
 from nats.aio.msg import Msg
 
 from edge.bus import BusPort, BusUnavailable
-from edge.counts import CountsRounds
+from edge.counts import CPU_SHARE, CountsRounds
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import DataLimits, TokenBucket
 from edge.voice import RoomVoice
@@ -107,7 +107,11 @@ class RoomFanout:
     """The local sockets of one room and its subscription."""
 
     def __init__(
-        self, room_id: str, metrics: EdgeMetrics, limits: DataLimits | None = None
+        self,
+        room_id: str,
+        metrics: EdgeMetrics,
+        limits: DataLimits | None = None,
+        counts_share: float = CPU_SHARE,
     ) -> None:
         self.room_id = room_id
         self.members: dict[str, Member] = {}
@@ -121,12 +125,16 @@ class RoomFanout:
         self._speakers = _SeqFilter()
         self._mod = _SeqFilter()
         self._counts_seq = -1
-        self.counts = CountsRounds(self.members, metrics)
+        self.counts = CountsRounds(self.members, metrics, share=counts_share)
         self.voice = RoomVoice()
         self.voice_frame = b""
         """The last `active_speakers` frame sent, for late joiners (b"": nobody talks)."""
         self.voice_rounds = CountsRounds(
-            self.members, metrics, method="deliver_voice", type_tag=ActiveSpeakersChanged.TYPE
+            self.members,
+            metrics,
+            share=counts_share,
+            method="deliver_voice",
+            type_tag=ActiveSpeakersChanged.TYPE,
         )
         self._voice_timer: asyncio.TimerHandle | None = None
 
@@ -228,12 +236,18 @@ class Fanout:
     """Every room this edge has local sockets in (refcounted subscriptions)."""
 
     def __init__(
-        self, bus: BusPort, metrics: EdgeMetrics, limits: DataLimits | None = None
+        self,
+        bus: BusPort,
+        metrics: EdgeMetrics,
+        limits: DataLimits | None = None,
+        counts_share: float = CPU_SHARE,
     ) -> None:
         self.bus = bus
         self.metrics = metrics
         self.limits = DataLimits() if limits is None else limits
         """The data byte budgets of rooms subscribed from now on."""
+        self.counts_share = counts_share
+        """The CPU share of each room's counts delivery (`edge.counts`)."""
         self.rooms: dict[str, RoomFanout] = {}
 
     def admit_data(self, room_id: str, sid: str, size: int) -> bool:
@@ -252,7 +266,9 @@ class Fanout:
         """
         room = self.rooms.get(room_id)
         if room is None:
-            room = self.rooms[room_id] = RoomFanout(room_id, self.metrics, self.limits)
+            room = self.rooms[room_id] = RoomFanout(
+                room_id, self.metrics, self.limits, self.counts_share
+            )
             room.members[member.sid] = member
             try:
                 room.subscription = await self.bus.subscribe(

@@ -96,7 +96,9 @@ class EdgeNode:
         if self._bus is None:
             await self.connect()
         assert self._bus is not None
-        self._fanout = Fanout(self._bus, self.metrics, DataLimits.of(config))
+        self._fanout = Fanout(
+            self._bus, self.metrics, DataLimits.of(config), config.counts_cpu_share
+        )
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
         appends = bus.room_log.outages[LOG_STREAM]

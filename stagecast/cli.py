@@ -186,6 +186,7 @@ def edge_config(args: argparse.Namespace, key: str, secret: str) -> EdgeConfig:
         max_connections_per_address=args.max_connections_per_address,
         join_deadline=args.join_deadline,
         http_read_timeout=args.http_read_timeout,
+        counts_cpu_share=args.counts_cpu_share,
     )
 
 
@@ -448,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections-per-address", type=int, default=0, help="0: --max-connections"
     )
     edge.add_argument("--join-deadline", type=float, default=10.0, help="s to send a join")
+    edge.add_argument(
+        "--counts-cpu-share",
+        type=float,
+        default=defaults["counts_cpu_share"],
+        help="share of a core counts delivery may take during joins (one edge per core: 0.25)",
+    )
     edge.add_argument("--http-read-timeout", type=float, default=10.0, help="s per request")
     edge.set_defaults(func=cmd_edge)
 

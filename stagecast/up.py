@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from edge.counts import CPU_SHARE
 from processes.children import spawn_child, stop_child, until_stopped_or_exited
 from processes.natsserver import NatsServer
 from roomlog.connect import (
@@ -82,6 +83,14 @@ class UpConfig:
     """``STAGECAST_WEBHOOK_URL``/``_SECRET`` for the webhook sender; empty: none started."""
     webhook_args: tuple[str, ...] = ()
     """Its filter and horizon flags."""
+
+
+def counts_share(edges: int, cores: int | None = None) -> float:
+    """Each of `edges` edges' share of a core for counts delivery during joins, so that
+    together they take at most `CPU_SHARE` of each of this host's cores (`edge.counts`):
+    the default share while there are no more edges than cores."""
+    cores = cores or os.cpu_count() or 1
+    return min(CPU_SHARE, CPU_SHARE * cores / max(1, edges))
 
 
 class Stack:
@@ -169,6 +178,8 @@ class Stack:
                 args.append("--dev")
             if self.config.forwarders > 0:
                 args.append("--require-forwarder")  # ready means a publish would succeed
+            if "--counts-cpu-share" not in self.config.edge_args:
+                args += ["--counts-cpu-share", f"{counts_share(self.config.edges):.4f}"]
             args += self.config.edge_args
             self._spawn(args, self.config.data_dir / f"edge-{i}.log", Role.EDGE)
             self.edge_urls.append(f"http://127.0.0.1:{port}")

@@ -8,8 +8,14 @@ import asyncio
 
 import pytest
 
-from edge.counts import CountsRounds
+from edge.config import EdgeConfig
+from edge.counts import CPU_SHARE, CountsRounds
+from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
+from roomlog.memory import MemoryRoomLog
+from schemas.models import Grant
+from stagecast.up import counts_share
+from tests.memory_bus import MemoryBus, MemoryNats
 
 
 class Clock:
@@ -64,3 +70,45 @@ async def test_a_large_room_is_delivered_in_slices_and_ends_with_the_final_value
 def test_the_share_is_a_fraction() -> None:
     with pytest.raises(ValueError):
         CountsRounds({}, EdgeMetrics(), share=0)
+
+
+def test_edges_sharing_a_host_share_its_counts_budget() -> None:
+    # `stagecast up` runs all its edges on one host: together they keep to CPU_SHARE of
+    # each core, so six edges on two cores cannot give counts 1.5 cores between them.
+    assert counts_share(1, cores=2) == CPU_SHARE
+    assert counts_share(2, cores=2) == CPU_SHARE
+    assert counts_share(6, cores=2) == pytest.approx(CPU_SHARE * 2 / 6)
+    assert 6 * counts_share(6, cores=2) == pytest.approx(2 * CPU_SHARE)
+
+
+class Member:
+    """A local socket as the fan-out sees it (`edge.fanout.Member`)."""
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.participant_id = sid
+        self.grant = Grant()
+        self.counts: list[bytes] = []
+
+    def deliver(self, frame: bytes, type_tag: str, seq: int | None) -> None:
+        pass
+
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        self.counts.append(frame)
+        return True
+
+    def deliver_voice(self, frame: bytes, seq: int) -> bool:
+        return True
+
+    def room_ended(self, frame: bytes, reason: str) -> None:
+        pass
+
+
+async def test_an_edge_gives_each_room_its_configured_share() -> None:
+    with pytest.raises(ValueError, match="counts_cpu_share"):
+        EdgeConfig(nats_url="nats://x", api_key="k", api_secret="s", counts_cpu_share=0)
+    bus = await MemoryBus.connect(MemoryNats(), MemoryRoomLog())
+    fanout = Fanout(bus, EdgeMetrics(), counts_share=0.08)
+    await fanout.add("room", Member("PA_a"))
+    room = fanout.rooms["room"]
+    assert room.counts.share == 0.08 and room.voice_rounds.share == 0.08
