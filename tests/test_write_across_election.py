@@ -45,8 +45,12 @@ from tests.test_replicas_services import ROOM, statekeeper
 log = logging.getLogger("tests.write_across_election")
 
 WRITERS = 3
-MAX_UPDATES = 300
+MAX_UPDATES = 600
 """Updates per writer at most (the loop's bound)."""
+PACE = 0.03
+"""Seconds between a writer's updates: under the edge's frame rate limit (50/s per socket,
+`EdgeConfig.rate_per_s`), which an unpaced loop exceeds once acks come back within 10 ms
+(a CI run saw half the updates of two writers refused `RateLimited`)."""
 STATEKEEPER = "stagecast-statekeeper"
 """The statekeeper's NATS client name."""
 AFTER_ELECTION = 5
@@ -78,6 +82,7 @@ class Writer:
             self.acked.append(value)
             if killed.is_set():
                 self.after_kill += 1
+            await asyncio.sleep(PACE)
 
 
 async def connected_node(cluster: NatsCluster, client_name: str) -> str:
