@@ -50,6 +50,8 @@ class EdgeMetrics(Collector):
         GCCollector(registry=self.registry)
         self.registry.register(self)
         self.joins = 0
+        self.sockets_opened = 0
+        """Signaling sockets opened: while it moves, joins go on (`edge.counts` paces)."""
         self.queue_drops = 0
         self.stale_replies = 0
         self.replies_recovered = 0

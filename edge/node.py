@@ -203,6 +203,7 @@ class EdgeNode:
     def opened(self, session: Resident) -> None:
         """A socket was accepted: it is told when the edge drains."""
         self.sockets.add(session)
+        self.metrics.sockets_opened += 1
 
     def closed_socket(self, session: Resident) -> None:
         """A socket is gone."""
