@@ -23,7 +23,15 @@ log = logging.getLogger("stagecast.forwarder.relay")
 class RelayLeg:
     """The origin's side: a router leg that publishes each packet to one forwarder."""
 
-    def __init__(self, nc: NATS, *, track_sid: str, to_forwarder: str, now: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        track_sid: str,
+        to_forwarder: str,
+        now: float,
+        first_sequence: int | None = None,
+    ) -> None:
         self._nc = nc
         self.track_sid = track_sid
         self.to_forwarder = to_forwarder
@@ -31,6 +39,8 @@ class RelayLeg:
         self.renewed_at = now
         self.packets_sent = 0
         self.last_sequence: int | None = None
+        self.first_sequence = first_sequence
+        """Where the relay this one replaces left off (None: a new sequence)."""
 
     @property
     def leg_id(self) -> str:
@@ -38,8 +48,12 @@ class RelayLeg:
 
     @property
     def next_sequence(self) -> int | None:
-        """Where a relay re-established to the same forwarder continues its sequence."""
-        return None if self.last_sequence is None else (self.last_sequence + 1) & 0xFFFF
+        """Where a relay re-established to the same forwarder continues its sequence: after
+        its last packet, or, if it sent none (it waited for a keyframe), where the relay
+        before it left off."""
+        if self.last_sequence is None:
+            return self.first_sequence
+        return (self.last_sequence + 1) & 0xFFFF
 
     async def send(self, packet: MediaPacket, sequence_number: int) -> bool:
         data = encode(packet_to_wire(self.track_sid, packet, sequence_number))
@@ -84,8 +98,15 @@ class OutgoingRelays:
         key = (track_sid, to_forwarder)
         leg = self._legs.get(key)
         if leg is None:
-            leg = RelayLeg(self._nc, track_sid=track_sid, to_forwarder=to_forwarder, now=now)
-            self._router.subscribe(track_sid, leg, first_sequence=self._resume.pop(key, None))
+            first = self._resume.pop(key, None)
+            leg = RelayLeg(
+                self._nc,
+                track_sid=track_sid,
+                to_forwarder=to_forwarder,
+                now=now,
+                first_sequence=first,
+            )
+            self._router.subscribe(track_sid, leg, first_sequence=first)
             self._legs[key] = leg
             log.info("relaying %s to %s", track_sid, to_forwarder)
         leg.renewed_at = now
@@ -98,7 +119,7 @@ class OutgoingRelays:
             return False
         self._router.unsubscribe(key[0], leg.leg_id)
         if resumable and leg.next_sequence is not None:
-            self._resume[key] = leg.next_sequence
+            self._resume[key] = leg.next_sequence  # kept across a relay that sent nothing
         log.info("stopped relaying %s to %s", *key)
         return True
 
