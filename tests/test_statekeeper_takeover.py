@@ -226,7 +226,11 @@ async def test_two_statekeepers_split_and_the_survivor_takes_a_killed_ones_rooms
             what="a join into the killed statekeeper's room answered",
         )
         print(f"takeover_s={time.monotonic() - killed_at:.2f}")
-        assert set((await owners(nc)).values()) == {a.owner}
+        # the victim's partition is a's; the dead one's other leases follow as each expires
+        # (a CI run under load saw one still b's at this point)
+        await eventually(
+            lambda: _all_held_by(nc, a.owner), timeout=20, interval=0.05, what="a holds all"
+        )
 
         # the walk begun before the kill goes on, at its snapshot: exactly the seven
         walked = list(first.participants)
