@@ -18,7 +18,6 @@ server answered otherwise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 
 import nats.errors
@@ -74,10 +73,7 @@ class PublishAcks:
         """Drop the subscription (idempotent); publishes still waiting time out."""
         sub, self._sub = self._sub, None
         if sub is not None:
-            FastDelivery.unroute(self._nc, sub)
-            if not self._nc.is_closed:
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+            await FastDelivery.drop(self._nc, sub)
 
     def _deliver(self, subject: bytes | str, ack: Ack) -> None:
         try:

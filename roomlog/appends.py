@@ -51,10 +51,7 @@ class AckWindow:
     async def __aexit__(self, *exc_info: object) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
-            FastDelivery.unroute(self._nc, sub)
-            if not self._nc.is_closed:
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+            await FastDelivery.drop(self._nc, sub)
 
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         self._acks[int(subject[self._cut :])] = (data, headers)

@@ -10,6 +10,7 @@ loudly if a fast path is not taken. `parse_status` reads a JetStream status repl
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import weakref
@@ -106,6 +107,15 @@ class FastDelivery:
         routes = cls._routes.get(nc)
         if routes is not None:
             routes.pop(getattr(sub, "_id", -1), None)
+
+    @classmethod
+    async def drop(cls, nc: NATS, sub: Subscription) -> None:
+        """Stop routing `sub` and unsubscribe it, unless the connection is closed already
+        (a NATS error while unsubscribing is ignored: the subscription goes with the link)."""
+        cls.unroute(nc, sub)
+        if not nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     @staticmethod
     def _wrap(

@@ -184,10 +184,7 @@ class LogReader:
         self._wakeup.set()
         sub, self._sub = self._sub, None
         if sub is not None:
-            FastDelivery.unroute(self._nc, sub)
-            if not self._nc.is_closed:
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+            await FastDelivery.drop(self._nc, sub)
         await self._delete_consumer()
 
     async def __aenter__(self) -> LogReader:
