@@ -23,10 +23,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from edge.awaited import OUTCOME_WAIT
 from roomlog.connect import NatsAuth, connect
 from roomlog.errors import NatsUnreachable
 from roomlog.jetstream import FastDelivery, RawHandler
@@ -34,11 +36,17 @@ from roomlog.log import RoomLog
 from roomlog.natslink import NatsLink
 from roomlog.retry import RetryBudgetSpent, RetryPolicy
 from roomlog.seam import Unsubscribable
+from schemas.api import ActionOutcome, ActionOutcomeRequest
 from schemas.codec import Message, SchemaError, decode, encode
 from schemas.log import LogEvent
 from schemas.subjects import LOG_STREAM, STATEKEEPER_API
 
 log = logging.getLogger("stagecast.edge")
+
+OUTCOME_TIMEOUT = 8.0
+"""Seconds `Bus.append_and_wait` waits for an outcome by default (a server API call: the
+SDK's HTTP timeout is 10 s); a statekeeper taking a partition over answers within it."""
+_MAX_OUTCOME_PAUSE = 2.0
 
 Handler = Callable[[Msg], Awaitable[None]]
 
@@ -111,6 +119,7 @@ class Bus:
         room_log: RoomLog,
         request_timeout: float,
         event_retry: RetryPolicy | None = None,
+        outcome_timeout: float = OUTCOME_TIMEOUT,
     ) -> None:
         self.nc = nc
         self.room_log = room_log
@@ -121,6 +130,10 @@ class Bus:
         does not apply to it. Actions are retried for `append_timeout` only."""
         self.refused_appends = 0
         """Appends refused at once because NATS was disconnected (never sent)."""
+        self.replies_recovered = 0
+        """Outcomes of `append_and_wait` that did not come, sent from the statekeeper's copy."""
+        self.outcome_timeout = outcome_timeout
+        """Seconds `append_and_wait` waits for an outcome (asking for it meanwhile)."""
         self.link: NatsLink | None = None
         """The connection's state and counters (set by `connect`)."""
         self.log_ready = False
@@ -305,7 +318,13 @@ class Bus:
         """Append an event whose outcome is replied to a fresh inbox, and wait for it.
 
         `make_event(inbox)` builds the event with ``reply_to=inbox``; the inbox is
-        subscribed before the append, so the reply cannot be missed.
+        subscribed before the append, so the reply cannot be missed by this edge. It can be
+        lost on the statekeeper's side (published while its NATS link was down: core NATS
+        keeps nothing), so a reply not here after `OUTCOME_WAIT` seconds (or half of
+        `timeout`, when that is shorter) is asked for (`ActionOutcomeRequest`, the
+        statekeeper's copy, `statekeeper.recent`), again after doubling pauses, until
+        `timeout` seconds (default `outcome_timeout`) have passed since the append was
+        confirmed.
         """
         inbox = self.nc.new_inbox()
         try:
@@ -313,15 +332,11 @@ class Bus:
         except Exception as exc:
             raise BusUnavailable(f"NATS subscribe failed: {type(exc).__name__}") from None
         try:
-            await self.append(make_event(inbox), msg_id)
+            event = make_event(inbox)
+            seq = await self.append(event, msg_id)
+            data = await self._outcome(sub, event.room_id, seq, timeout or self.outcome_timeout)
             try:
-                msg = await sub.next_msg(timeout=timeout or self.request_timeout)
-            except Exception as exc:
-                raise BusUnavailable(
-                    f"no outcome from the statekeeper: {type(exc).__name__}"
-                ) from None
-            try:
-                return decode(msg.data), msg.data
+                return decode(data), data
             except SchemaError as exc:
                 raise BusUnavailable(f"unreadable outcome: {exc}") from None
         finally:
@@ -329,6 +344,45 @@ class Bus:
                 await sub.unsubscribe()
             except Exception as exc:  # the connection is closing; nothing to clean up
                 log.debug("unsubscribe failed: %s", exc)
+
+    async def _outcome(self, sub: Subscription, room_id: str, seq: int, timeout: float) -> bytes:
+        """The reply on `sub` to the action stored at `seq`, or the statekeeper's copy of it
+        (see `append_and_wait`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wait = min(OUTCOME_WAIT, timeout / 2)
+        why = "TimeoutError"
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=max(0.001, min(wait, deadline - loop.time())))
+            except nats.errors.TimeoutError:
+                pass
+            except Exception as exc:  # the subscription ended (the connection closed)
+                raise BusUnavailable(
+                    f"no outcome from the statekeeper: {type(exc).__name__}"
+                ) from None
+            else:
+                return bytes(msg.data)
+            if loop.time() >= deadline or not room_id:
+                break
+            try:
+                answer, _data = await self.request(
+                    ActionOutcomeRequest(room_id=room_id, seq=seq, reply_to=sub.subject),
+                    timeout=max(0.001, min(self.request_timeout, deadline - loop.time())),
+                )
+            except BusUnavailable as exc:
+                answer, why = None, str(exc)
+            if isinstance(answer, ActionOutcome) and answer.folded:
+                if answer.frame is None:
+                    why = "its reply was lost and is not kept any more"
+                    break
+                self.replies_recovered += 1
+                log.debug("the reply to log sequence %d did not come: the statekeeper's copy", seq)
+                return answer.frame
+            wait = min(wait * 2, _MAX_OUTCOME_PAUSE)
+            if loop.time() >= deadline:
+                break
+        raise BusUnavailable(f"no outcome from the statekeeper: {why}")
 
 
 def log_missing() -> str:

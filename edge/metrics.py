@@ -59,6 +59,8 @@ class EdgeMetrics(Collector):
         self.reply_copies_dropped = 0
         """Late copies of replies that went out already from the statekeeper's copy."""
         self.appends_refused: Callable[[], int] = lambda: 0
+        self.api_replies_recovered: Callable[[], int] = lambda: 0
+        """Server API outcomes sent from the statekeeper's copy (`Bus.replies_recovered`)."""
         self.append_retries: Callable[[], tuple[int, int]] = lambda: (0, 0)
         """(room-log append attempts repeated, outages: episodes of failing appends)."""
         self.append_retries_denied: Callable[[], int] = lambda: 0
@@ -171,9 +173,9 @@ class EdgeMetrics(Collector):
             ),
             (
                 "stagecast_edge_replies_recovered_total",
-                "Action replies that did not come in time, asked for and sent from the "
-                "statekeeper's copy.",
-                self.replies_recovered,
+                "Action replies (sockets' and server API calls') that did not come in time, "
+                "asked for and sent from the statekeeper's copy.",
+                self.replies_recovered + self.api_replies_recovered(),
             ),
             (
                 "stagecast_edge_reply_copies_dropped_total",

@@ -101,6 +101,7 @@ class EdgeNode:
         )
         bus = self._bus
         self.metrics.appends_refused = lambda: bus.refused_appends
+        self.metrics.api_replies_recovered = lambda: bus.replies_recovered
         appends = bus.room_log.outages[LOG_STREAM]
         self.metrics.append_retries = lambda: (appends.retries, appends.outages)
         budget = bus.room_log.budget

@@ -29,10 +29,13 @@ class Broadcast(msgspec.Struct, frozen=True, gc=False):
 
 
 class Direct(msgspec.Struct, frozen=True, gc=False):
-    """A frame for one session (`subject` is its `sess.<edge>.<sid>`) or an API caller."""
+    """A frame for one session (`subject` is its `sess.<edge>.<sid>`) or an API caller;
+    `answers` when it is the reply to the event's `reply_to` (kept for a caller that missed
+    it, `statekeeper.recent`)."""
 
     subject: str
     message: Message
+    answers: bool = False
 
 
 class PublicEvent(msgspec.Struct, frozen=True, gc=False):

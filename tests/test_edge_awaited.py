@@ -25,9 +25,10 @@ from edge.main import running_edge
 from edge.metrics import sample_value
 from roomlog.log import RoomLog
 from roomlog.seam import Unsubscribable
-from schemas.api import ActionOutcome, ActionOutcomeRequest
+from schemas.api import OUTCOME_FRAME_BYTES, ActionOutcome, ActionOutcomeRequest, RoomReply
 from schemas.client import Ack, Error, SetMetadata
 from schemas.codec import Message, decode, encode
+from stagecast.server_api import RoomService
 from statekeeper.queries import Queries
 from statekeeper.recent import RecentReplies
 from statekeeper.service import Statekeeper
@@ -54,6 +55,21 @@ def test_the_statekeeper_keeps_each_reply_for_its_subject_and_forgets_the_oldest
     assert recent.reply(7, "sess.a") == b"ack-7"
     with pytest.raises(ValueError):
         RecentReplies(limit=0)
+
+
+def test_the_kept_replies_are_bounded_by_bytes_and_one_too_big_to_send_is_not_kept() -> None:
+    recent = RecentReplies(limit=100, max_bytes=10)
+    recent.kept(1, "_INBOX.a", b"12345")
+    recent.kept(2, "_INBOX.b", b"123456")  # 11 bytes in all: the oldest goes
+    assert recent.reply(1, "_INBOX.a") is None
+    assert recent.reply(2, "_INBOX.b") == b"123456"
+    assert recent.size == 6
+    recent.kept(3, "_INBOX.c", b"x" * 11)  # more than the whole budget: not kept
+    assert recent.reply(3, "_INBOX.c") is None
+    assert len(recent) == 1 and recent.size == 6
+    big = RecentReplies()
+    big.kept(4, "_INBOX.d", b"x" * (OUTCOME_FRAME_BYTES + 1))  # no answer could carry it
+    assert big.reply(4, "_INBOX.d") is None and big.size == 0
 
 
 class Asked:
@@ -143,6 +159,8 @@ class LossyLink:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self.lose: set[int] = set()
+        self.lose_api: set[type[Message]] = set()
+        """Server API reply types to lose (the next reply of each to an inbox, once)."""
         self.lost: list[Message] = []
 
     @property
@@ -154,6 +172,12 @@ class LossyLink:
             message = decode(payload)
             if isinstance(message, (Ack, Error)) and message.id in self.lose:
                 self.lose.discard(message.id)
+                self.lost.append(message)
+                return
+        if self.lose_api and not subject.startswith("stagecast."):  # an API caller's inbox
+            message = decode(payload)
+            if type(message) in self.lose_api:
+                self.lose_api.discard(type(message))
                 self.lost.append(message)
                 return
         await self.nc.publish(subject, payload)
@@ -251,3 +275,26 @@ async def test_the_statekeeper_answers_for_what_it_folded_to_where_the_reply_wen
         assert await ask(folded + 100, sent.subject) == ActionOutcome(folded=False)
         # Asked for with another subject: what went to one session goes nowhere else.
         assert await ask(folded, sent.subject + "x") == ActionOutcome(folded=True)
+
+
+async def test_a_server_api_reply_lost_on_the_statekeepers_link_is_asked_for(
+    nc: NATS, nats_url: str
+) -> None:
+    async with lossy_stack(nc, nats_url) as (stack, link, keeper):
+        async with RoomService(stack.url, API_KEY, API_SECRET) as api:
+            link.lose_api.add(RoomReply)
+            room = await api.create_room("lost-reply-room", metadata="m1")
+            # folded once, its reply lost, and the statekeeper's copy sent by the edge
+            assert room.id == "lost-reply-room" and room.metadata == "m1"
+            assert [type(m) for m in link.lost] == [RoomReply]
+            assert "lost-reply-room" in keeper.state.rooms
+            # the next call is answered as usual, and a join's answer is not kept
+            updated = await api.update_room_metadata("lost-reply-room", "m2")
+            assert updated is not None and updated.metadata == "m2"
+            await stack.join("carol")
+            kept = len(keeper.recent)
+            await stack.join("dave")
+            assert len(keeper.recent) == kept
+        async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+            metrics = (await http.get("/metrics")).text
+        assert sample_value(metrics, "stagecast_edge_replies_recovered_total") == 1, metrics

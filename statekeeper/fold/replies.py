@@ -14,7 +14,7 @@ from statekeeper.state import SessionRecord
 def reply(event: LogEvent, message: Message, out: list[Outcome]) -> None:
     """Answer the event's caller, if it asked for an answer."""
     if event.reply_to:
-        out.append(Direct(event.reply_to, message))
+        out.append(Direct(event.reply_to, message, answers=True))
 
 
 def ack(event: LogEvent, out: list[Outcome], sid: str | None = None) -> None:
