@@ -86,6 +86,9 @@ class EdgeMetrics(Collector):
         self.connections_refused: collections.Counter[str] = collections.Counter()
         """Connections refused over a cap, by the cap's scope (``edge`` or ``address``)."""
         self.sockets: Callable[[], int] = lambda: 0
+        self.sockets_unjoined: Callable[[], int] = lambda: 0
+        self.upgrades_refused: Callable[[], collections.Counter[str]] = collections.Counter
+        """Signaling upgrades answered 503 while the edge was behind, by reason."""
         self.connections: Callable[[], int] = lambda: 0
         self.rooms: Callable[[], int] = lambda: 0
 
@@ -114,6 +117,17 @@ class EdgeMetrics(Collector):
             failures,
         )
         yield _gauge("stagecast_edge_sockets", "Open signaling sockets.", self.sockets())
+        yield _gauge(
+            "stagecast_edge_sockets_unjoined",
+            "Open signaling sockets not yet joined.",
+            self.sockets_unjoined(),
+        )
+        yield _labelled(
+            "stagecast_edge_upgrades_refused_total",
+            "Signaling upgrades answered 503 SERVER_BUSY, by reason (loop_lag, unjoined).",
+            "reason",
+            self.upgrades_refused(),
+        )
         yield _gauge(
             "stagecast_edge_joins_in_flight",
             "Joins and resumes appended and not yet answered.",

@@ -45,6 +45,8 @@ CLOSE_TIMEOUT = 10.0
 """Seconds a socket waits for the client to answer its close before closing the TCP side."""
 LAG_PROBE_S = 0.25
 """Seconds between the loop-lag probes of the liveness sweep."""
+LAG_RECENT_S = 1.0
+"""Seconds of probes `Liveness.behind` looks back over."""
 
 
 class RtcReceiver(Protocol):
@@ -298,6 +300,12 @@ class Liveness:
         self._probe_due = now + LAG_PROBE_S
         self._probe = loop.call_at(self._probe_due, self._probed)
 
+    def behind(self, now: float) -> float:
+        """Seconds the edge's loop ran late in the last `LAG_RECENT_S`, or is running late
+        now (the probe overdue): the largest. `now` is the loop's time."""
+        overdue = now - self._probe_due if self._probe is not None else 0.0
+        return max(overdue, self.lag.recent(now, LAG_RECENT_S))
+
     def close_all(self) -> int:
         """Abort every socket still open (the edge is stopping); returns how many."""
         sockets, self.sockets = self.sockets, set()
@@ -343,4 +351,4 @@ class Liveness:
             )
 
 
-__all__ = ["CLOSE_TIMEOUT", "Liveness", "RtcReceiver", "RtcSocket"]
+__all__ = ["CLOSE_TIMEOUT", "LAG_RECENT_S", "Liveness", "RtcReceiver", "RtcSocket"]

@@ -356,8 +356,9 @@ def tiered_figures(out: Outcome) -> list[Result]:
                        ("clients", "client")):  # fmt: skip
         rows.append((f"{name}_cpu_s", cpu_s.get(role, 0.0), "s", use.get(role, "")))
     tcp = sum(n for r in out.procs for why, n in r.drops.items() if why.startswith("tcp"))
-    waited, busy = int(out.sum("told_to_wait")), int(out.sum("busy_answers"))
-    overload = overload_figures(waited, busy, tcp, out.edges_end, out.edges_join_end)
+    waited = int(out.sum("told_to_wait")), int(out.sum("busy_answers"))
+    refused = int(out.sum("refused_upgrades")), int(out.sum("upgrade_refusals"))
+    overload = overload_figures(waited, refused, tcp, out.edges_end, out.edges_join_end)
     return [Result(*row) for row in rows] + overload + unit_costs(out)
 
 
