@@ -120,6 +120,10 @@ class EdgeConfig:
     """Seconds a WebSocket may stay silent before the edge pings it."""
     liveness_timeout: float = 20.0
     """Seconds of silence (no pong, no frame) after which a WebSocket is dropped."""
+    liveness_recheck: float = 120.0
+    """Seconds a WebSocket the edge keeps writing frames to may stay silent before it is
+    pinged anyway: meanwhile TCP watches it (``TCP_USER_TIMEOUT`` = `liveness_timeout`);
+    0: writes do not count, every socket silent `liveness_interval` is pinged."""
     ws_max_size: int = 4 * 1024 * 1024
     """Largest WebSocket message a signaling socket reads (a larger one: close 1009);
     frames over 1 MiB get PAYLOAD_TOO_LARGE."""
@@ -192,6 +196,8 @@ class EdgeConfig:
             )
         if not 0 < self.counts_cpu_share <= 1:
             raise ValueError("counts_cpu_share must be in (0, 1]")
+        if self.liveness_recheck and self.liveness_recheck < self.liveness_interval:
+            raise ValueError("liveness_recheck must be 0 or at least liveness_interval")
         if self.join_deadline <= 0 or self.http_read_timeout <= 0:
             raise ValueError("join_deadline and http_read_timeout must be positive")
         if self.max_connections < 0 or self.max_connections_per_address < 0:

@@ -45,7 +45,9 @@ def _uvicorn_config(config: EdgeConfig) -> tuple[uvicorn.Config, Liveness]:
     app = create_app(config)
     ledger: ConnectionLedger = app.state.connections
     node: EdgeNode = app.state.edge
-    liveness = Liveness(node.metrics, config.liveness_interval, config.liveness_timeout)
+    liveness = Liveness(
+        node.metrics, config.liveness_interval, config.liveness_timeout, config.liveness_recheck
+    )
     upgrades = UpgradeGate(
         config.max_upgrade_lag, config.max_unjoined_sockets, config.upgrade_retry_after
     )
