@@ -6,11 +6,11 @@ delivery is cut into rounds of slices: a slice writes to sockets in order until 
 `SLICE_S` of CPU time (the process's, so a busy machine preempting the edge does not count),
 then the next slice waits long enough that delivery uses at most `CPU_SHARE` of a core;
 joins and everything else run in between. When the edge did not use the last pause for
-other work and opened no socket meanwhile (the storm is over), the next slice follows at
-once, so the last count reaches every socket promptly. (The CPU test alone is not enough: on
-a host whose cores are all busy the edge gets a fraction of one, so its joins use little of
-its pauses although they wait for it.) Within a
-round each socket gets the newest frame when its turn comes (latest wins), and at most
+other work and no client arrived meanwhile (no socket opened, no upgrade refused: the
+storm is over), the next slice follows at once, so the last count reaches every socket
+promptly. (The CPU test alone is not enough: on a host whose cores are all busy the edge
+gets a fraction of one, so its joins use little of its pauses although they wait for it.)
+Within a round each socket gets the newest frame when its turn comes (latest wins), and at most
 one; a frame that arrives during a round starts another round when this one is over, so
 every socket ends with the final value. A small room is delivered in one slice, at once.
 
@@ -73,8 +73,8 @@ class CountsRounds:
         self._next = 0
         self._paused_at = 0.0
         self._pause = 0.0
-        self._opened = metrics.sockets_opened
-        """`metrics.sockets_opened` when the last pause began."""
+        self._opened = metrics.arrivals()
+        """`metrics.arrivals()` when the last pause began."""
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -113,7 +113,7 @@ class CountsRounds:
             return
         clock = self.clock
         start = clock()
-        opened = self.metrics.sockets_opened
+        opened = self.metrics.arrivals()
         busy = (
             start - self._paused_at >= self._pause / 2  # others used the last pause
             or opened != self._opened  # or sockets opened: joins go on

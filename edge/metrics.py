@@ -92,6 +92,11 @@ class EdgeMetrics(Collector):
         self.connections: Callable[[], int] = lambda: 0
         self.rooms: Callable[[], int] = lambda: 0
 
+    def arrivals(self) -> int:
+        """Signaling sockets opened plus upgrades refused: while it moves, clients are
+        arriving and joins go on (`edge.counts` paces by it), admitted or not."""
+        return self.sockets_opened + sum(self.upgrades_refused().values())
+
     def frame_in(self, type_tag: str) -> None:
         self.frames_in[type_tag if type_tag in _KNOWN_TYPES else INVALID_TYPE] += 1
 
