@@ -199,7 +199,8 @@ class SimClient(RawWebSocket):
             delay = self.busy_hint * (1 + random.random())
             asyncio.get_running_loop().call_later(delay, self.fleet.reconnect, self)
         elif not self.joined_at:
-            self.fail(f"closed before joined ({self.close_code})")
+            how = type(exc).__name__ if exc is not None else "eof" if self.opened else "no 101"
+            self.fail(f"closed before joined ({self.close_code}, {how})")
 
     def data_received(self, data: bytes) -> None:
         # The hot path: one whole counts frame this process has unpacked already.

@@ -24,6 +24,8 @@ EDGE_COUNTERS: dict[str, str] = {
     "liveness_drops": "stagecast_edge_liveness_drops_total",
     "slow_consumer_closes": "stagecast_edge_queue_drops_total",
     "loop_lag_s": "stagecast_edge_loop_lag_seconds",
+    "http_read_timeouts": "stagecast_edge_http_read_timeouts_total",
+    "join_timeouts": "stagecast_edge_join_timeouts_total",
 }
 """What is read from each edge's `/metrics` (summed over edges; the lag: the largest)."""
 EDGE_LABELLED: dict[str, tuple[str, dict[str, str]]] = {
@@ -32,6 +34,7 @@ EDGE_LABELLED: dict[str, tuple[str, dict[str, str]]] = {
         "stagecast_edge_upgrades_refused_total",
         {"reason": "unjoined"},
     ),
+    "refused_over_cap": ("stagecast_edge_connections_refused_total", {"scope": "edge"}),
 }
 """Labelled samples read the same way (summed over edges)."""
 
@@ -81,6 +84,12 @@ def overload_figures(
         Result("edge_liveness_drops", liveness, "sockets",
                f"dropped by the edges' liveness sweep (no close frame); {tcp_drops} clients saw "
                f"their socket end without one; {slow:.0f} slow-consumer closes"),
+        Result("edge_early_closes", end.get("http_read_timeouts", 0.0)
+               + end.get("refused_over_cap", 0.0), "connections",
+               f"closed by the edges before a socket opened: "
+               f"{end.get('http_read_timeouts', 0.0):.0f} without a whole request in time, "
+               f"{end.get('refused_over_cap', 0.0):.0f} over the edge's connection cap; "
+               f"{end.get('join_timeouts', 0.0):.0f} sockets closed JOIN_TIMEOUT"),
         Result("edge_loop_lag_max_s", lag, "s",
                "largest delay of an edge's loop-lag probe in the 20 s before the joins ended"),
     ]  # fmt: skip
