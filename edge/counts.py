@@ -132,6 +132,7 @@ class CountsRounds:
                 break
         self.metrics.frame_out(self.type_tag, delivered)
         self._paused_at = clock()
+        self.metrics.counts_cpu_s += self._paused_at - start
         self._opened = opened
         self._pause = (self._paused_at - start) * (1 - self.share) / self.share
         pause = self._pause if busy else 0.0

@@ -51,6 +51,8 @@ class EdgeMetrics(Collector):
         self.registry.register(self)
         self.joins = 0
         self.sockets_opened = 0
+        self.counts_cpu_s = 0.0
+        """CPU seconds spent in counts (and active speaker) rounds (`edge.counts`)."""
         """Signaling sockets opened: while it moves, joins go on (`edge.counts` paces)."""
         self.queue_drops = 0
         self.stale_replies = 0
@@ -236,6 +238,11 @@ class EdgeMetrics(Collector):
             "Connections refused with TOO_MANY_CONNECTIONS, by the cap they hit.",
             "scope",
             self.connections_refused,
+        )
+        yield _counter(
+            "stagecast_edge_counts_cpu_seconds_total",
+            "CPU seconds spent writing counts and active speaker rounds.",
+            self.counts_cpu_s,
         )
         for name, help_text, value in (
             (

@@ -358,7 +358,9 @@ def tiered_figures(out: Outcome) -> list[Result]:
     tcp = sum(n for r in out.procs for why, n in r.drops.items() if why.startswith("tcp"))
     waited = int(out.sum("told_to_wait")), int(out.sum("busy_answers"))
     refused = int(out.sum("refused_upgrades")), int(out.sum("upgrade_refusals"))
-    overload = overload_figures(waited, refused, tcp, out.edges_end, out.edges_join_end)
+    overload = overload_figures(
+        waited, refused, tcp, out.edges_end, out.edges_join_end, cpu_s.get("edge", 0.0)
+    )
     return [Result(*row) for row in rows] + overload + unit_costs(out)
 
 

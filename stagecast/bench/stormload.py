@@ -26,6 +26,7 @@ EDGE_COUNTERS: dict[str, str] = {
     "loop_lag_s": "stagecast_edge_loop_lag_seconds",
     "http_read_timeouts": "stagecast_edge_http_read_timeouts_total",
     "join_timeouts": "stagecast_edge_join_timeouts_total",
+    "counts_cpu_s": "stagecast_edge_counts_cpu_seconds_total",
 }
 """What is read from each edge's `/metrics` (summed over edges; the lag: the largest)."""
 EDGE_LABELLED: dict[str, tuple[str, dict[str, str]]] = {
@@ -61,10 +62,12 @@ def overload_figures(
     tcp_drops: int,
     end: dict[str, float],
     join_end: dict[str, float],
+    edge_join_cpu_s: float,
 ) -> list[Result]:
     """The figures of docs/benchmarks.md's storm section, "overload": from the clients'
     tallies ((clients, answers) told to wait at the join and refused at the upgrade), the
-    edges' counters at the end (`end`) and at the end of the join phase."""
+    edges' counters at the end (`end`) and at the end of the join phase (`join_end`, and
+    the edges' CPU over it, `edge_join_cpu_s`)."""
     lag = join_end.get("loop_lag_s", 0.0)
     liveness, slow = end.get("liveness_drops", 0.0), end.get("slow_consumer_closes", 0.0)
     by_lag, by_unjoined = (
@@ -90,6 +93,10 @@ def overload_figures(
                f"{end.get('http_read_timeouts', 0.0):.0f} without a whole request in time, "
                f"{end.get('refused_over_cap', 0.0):.0f} over the edge's connection cap; "
                f"{end.get('join_timeouts', 0.0):.0f} sockets closed JOIN_TIMEOUT"),
+        Result("edge_counts_cpu_share", join_end.get("counts_cpu_s", 0.0)
+               / max(edge_join_cpu_s, 1e-9), "1",
+               f"counts rounds' CPU / the edges' CPU up to the joins' end "
+               f"({join_end.get('counts_cpu_s', 0.0):.1f} of {edge_join_cpu_s:.1f} s)"),
         Result("edge_loop_lag_max_s", lag, "s",
                "largest delay of an edge's loop-lag probe in the 20 s before the joins ended"),
     ]  # fmt: skip
