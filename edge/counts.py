@@ -6,7 +6,7 @@ delivery is cut into rounds of slices: a slice writes to sockets in order until 
 `SLICE_S` of CPU time (the process's, so a busy machine preempting the edge does not count),
 then the next slice waits long enough that delivery uses at most `CPU_SHARE` of a core;
 joins and everything else run in between. When the edge did not use the last pause for
-other work and no client arrived meanwhile (no socket opened, no upgrade refused: the
+other work and no client arrived meanwhile (no connection accepted, no socket opened: the
 storm is over), the next slice follows at once, so the last count reaches every socket
 promptly. (The CPU test alone is not enough: on a host whose cores are all busy the edge
 gets a fraction of one, so its joins use little of its pauses although they wait for it.)

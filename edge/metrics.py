@@ -51,6 +51,8 @@ class EdgeMetrics(Collector):
         self.registry.register(self)
         self.joins = 0
         self.sockets_opened = 0
+        self.connections_accepted = 0
+        """TCP connections accepted (HTTP or signaling, served or refused)."""
         self.counts_cpu_s = 0.0
         """CPU seconds spent in counts (and active speaker) rounds (`edge.counts`)."""
         """Signaling sockets opened: while it moves, joins go on (`edge.counts` paces)."""
@@ -95,9 +97,10 @@ class EdgeMetrics(Collector):
         self.rooms: Callable[[], int] = lambda: 0
 
     def arrivals(self) -> int:
-        """Signaling sockets opened plus upgrades refused: while it moves, clients are
-        arriving and joins go on (`edge.counts` paces by it), admitted or not."""
-        return self.sockets_opened + sum(self.upgrades_refused().values())
+        """Signaling sockets opened plus connections accepted: while it moves, clients are
+        arriving and joins go on (`edge.counts` paces by it), whether their upgrade is
+        taken, refused, or has not come yet (a starved client sends it late)."""
+        return self.sockets_opened + self.connections_accepted
 
     def frame_in(self, type_tag: str) -> None:
         self.frames_in[type_tag if type_tag in _KNOWN_TYPES else INVALID_TYPE] += 1

@@ -121,6 +121,7 @@ def guarded_http(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            metrics.connections_accepted += 1
             refusal = ledger.open(self.client) if self.client is not None else None
             if refusal is not None:
                 metrics.connections_refused[refusal.scope] += 1
