@@ -10,6 +10,12 @@ other work and no client arrived meanwhile (no connection accepted, no socket op
 storm is over), the next slice follows at once, so the last count reaches every socket
 promptly. (The CPU test alone is not enough: on a host whose cores are all busy the edge
 gets a fraction of one, so its joins use little of its pauses although they wait for it.)
+A pause is the slice's length in wall time (its CPU time when that is longer) x (1 -
+share) / share: on a host whose cores are all busy (several edges, the clients of a
+benchmark) the edge gets a fraction of a core, its slice takes longer than its CPU, and
+counts then take at most `share` of the CPU the edge actually gets, not of a core it does
+not have; each socket's cadence falls with the audience and with the host's load, and the
+joins keep the rest.
 Within a round each socket gets the newest frame when its turn comes (latest wins), and at most
 one; a frame that arrives during a round starts another round when this one is over, so
 every socket ends with the final value. A small room is delivered in one slice, at once.
@@ -52,6 +58,7 @@ class CountsRounds:
         share: float = CPU_SHARE,
         slice_s: float = SLICE_S,
         clock: Callable[[], float] = time.process_time,
+        wall: Callable[[], float] = time.monotonic,
         method: str = "deliver_counts",
         type_tag: str = "counts",
     ) -> None:
@@ -62,6 +69,7 @@ class CountsRounds:
         self.share = share
         self.slice_s = slice_s
         self.clock = clock
+        self.wall = wall
         self.method = method
         """The member method each frame goes to: `deliver_counts(frame, seq)`, or another
         with that signature."""
@@ -112,7 +120,7 @@ class CountsRounds:
         if members is None:
             return
         clock = self.clock
-        start = clock()
+        start, wall_start = clock(), self.wall()
         opened = self.metrics.arrivals()
         busy = (
             start - self._paused_at >= self._pause / 2  # others used the last pause
@@ -135,7 +143,8 @@ class CountsRounds:
         self.metrics.counts_cpu_s += self._paused_at - start
         self._opened = opened
         self._pause = (self._paused_at - start) * (1 - self.share) / self.share
-        pause = self._pause if busy else 0.0
+        took = self.wall() - wall_start  # longer than the CPU when the edge was preempted
+        pause = max(self._pause, took * (1 - self.share) / self.share) if busy else 0.0
         loop = asyncio.get_running_loop()
         if k < end:
             self._next = k
