@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import default_max_connections
 from schemas.client import CountsChanged, Join, ParticipantLeft
 from schemas.codec import encode
 from schemas.models import Counts
 from stagecast.bench import Result, storm
 from stagecast.bench.simclients import PARTICIPANT_TAGS, Fleet, ProcResults, Wave, peek_tag
+from stagecast.bench.stormhost import SPARE_FDS, nofile_hard, plan_processes
 from stagecast.cli import BENCH_SUITES
 from tests.edge_fixtures import Stack, edge_stack
 
@@ -136,3 +138,14 @@ async def test_simulated_viewers_read_the_counts_a_real_edge_sends(tmp_path: Pat
     assert fleet.count_frames >= 20  # the first wave heard of the second at least
     assert 0 < fleet.counts_unpacked < fleet.count_frames
     assert closed == 30
+
+
+def test_the_edges_planned_fit_the_clients_under_their_connection_caps() -> None:
+    """Each edge serves at most its cap at the raised descriptor limit (15,876 at 20,000),
+    less than `hard - 512`: a storm sized by descriptors alone refused the last clients."""
+    hard = nofile_hard()
+    for clients in (10_045, 100_045):
+        edges, procs = plan_processes(clients, 0, 0)
+        assert edges * min(hard - SPARE_FDS, default_max_connections(hard)) >= clients
+        assert procs * (hard - SPARE_FDS) >= clients
+    assert plan_processes(100_045, 2, 3) == (2, 3)  # given counts are used as they are

@@ -238,8 +238,12 @@ class Storms:
         async with httpx.AsyncClient(timeout=10.0) as http:
             for url in self.stack.edge_urls:
                 with contextlib.suppress(httpx.HTTPError):
-                    text = (await http.get(f"{url}/metrics")).text
-                    found = sample_value(text, "stagecast_edge_frames_out_total", type="counts")
+                    response = await http.get(f"{url}/metrics")
+                    if response.status_code != 200:
+                        continue  # an edge at its connection cap answers 503
+                    found = sample_value(
+                        response.text, "stagecast_edge_frames_out_total", type="counts"
+                    )
                     total += int(found or 0)
         return total
 

@@ -47,7 +47,10 @@ async def edge_counters(urls: Sequence[str]) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=10.0) as http:
         for url in urls:
             with contextlib.suppress(httpx.HTTPError):
-                text = (await http.get(f"{url}/metrics")).text
+                response = await http.get(f"{url}/metrics")
+                if response.status_code != 200:
+                    continue  # an edge at its connection cap answers 503
+                text = response.text
                 for key, name in EDGE_COUNTERS.items():
                     value = sample_value(text, name) or 0.0
                     got[key] = max(got[key], value) if key == "loop_lag_s" else got[key] + value
