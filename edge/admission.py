@@ -17,6 +17,12 @@ log: a queue that grows while the statekeeper is behind only makes every join in
 until each times out (the storms' `UNAVAILABLE` failures). The latency, not only the count,
 is bounded because the right count depends on how fast the log and the statekeeper are: a
 fixed cap either starves a healthy pipeline or lets a slow one queue past the timeout.
+
+`UpgradeGate` refuses work earlier still, before a signaling socket exists: the queueing of
+a saturated host is before the join (accepting, the upgrade, the client reading its 101),
+where `JoinGate` sees nothing. While the edge's loop ran late lately, or it has many
+sockets upgraded and not yet joined, a ``/rtc`` upgrade is answered with HTTP 503 and a
+``Retry-After`` (`edge.serving`) instead of the 101, the socket and the session.
 """
 
 from __future__ import annotations
@@ -194,6 +200,63 @@ class JoinGate:
             self.window = min(float(self.limit), self.window + 1.0)
 
 
+UpgradeBusy = Literal["loop_lag", "unjoined"]
+"""Why an upgrade is refused: the edge's loop ran late, or too many sockets wait to join."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpgradeRefusal:
+    """An upgrade refused while the edge is behind: why (`reason`, `message`) and the
+    seconds the client is told to wait (`retry_after`; clients add jitter)."""
+
+    reason: UpgradeBusy
+    message: str
+    retry_after: float
+
+    @property
+    def retry_after_ms(self) -> int:
+        return max(1, round(self.retry_after * 1000))
+
+
+class UpgradeGate:
+    """Whether an edge takes a new signaling socket now (see the module docstring).
+
+    Behind is: the loop ran more than `max_lag` seconds late lately (the caller measures
+    it, `edge.rtcsocket.Liveness.behind`), or `max_unjoined` sockets are open and not yet
+    joined (each is an upgrade done whose join has not come in or not been answered: a
+    client that reads its 101 late, a join queued behind the loop). The hint is
+    `retry_after`, or the lag when that is longer, up to `MAX_RETRY_AFTER`. Pure.
+    """
+
+    __slots__ = ("max_lag", "max_unjoined", "refused", "retry_after")
+
+    def __init__(self, max_lag: float, max_unjoined: int, retry_after: float) -> None:
+        if max_lag <= 0 or max_unjoined < 1 or retry_after <= 0:
+            raise ValueError(
+                "an upgrade gate needs max_lag > 0, max_unjoined >= 1 and retry_after > 0"
+            )
+        self.max_lag = max_lag
+        self.max_unjoined = max_unjoined
+        self.retry_after = retry_after
+        self.refused: collections.Counter[str] = collections.Counter()
+        """Upgrades refused since the start, by reason."""
+
+    def check(self, lag: float, unjoined: int) -> UpgradeRefusal | None:
+        """None to take the socket, or why not (counted): `lag` is how late the edge's
+        loop ran lately (seconds), `unjoined` its open sockets not yet joined."""
+        refusal: UpgradeRefusal | None = None
+        hint = min(MAX_RETRY_AFTER, max(self.retry_after, lag))
+        if lag > self.max_lag:
+            message = f"this edge runs {lag:.1f} s behind"
+            refusal = UpgradeRefusal("loop_lag", message, hint)
+        elif unjoined >= self.max_unjoined:
+            message = f"this edge has {unjoined} sockets waiting to join"
+            refusal = UpgradeRefusal("unjoined", message, hint)
+        if refusal is not None:
+            self.refused[refusal.reason] += 1
+        return refusal
+
+
 __all__ = [
     "CUT",
     "LATENCY_WEIGHT",
@@ -204,4 +267,7 @@ __all__ = [
     "Peer",
     "Refusal",
     "Scope",
+    "UpgradeBusy",
+    "UpgradeGate",
+    "UpgradeRefusal",
 ]

@@ -120,6 +120,10 @@ class EdgeConfig:
     """Seconds a WebSocket may stay silent before the edge pings it."""
     liveness_timeout: float = 20.0
     """Seconds of silence (no pong, no frame) after which a WebSocket is dropped."""
+    liveness_recheck: float = 120.0
+    """Seconds a WebSocket the edge keeps writing frames to may stay silent before it is
+    pinged anyway: meanwhile TCP watches it (``TCP_USER_TIMEOUT`` = `liveness_timeout`);
+    0: writes do not count, every socket silent `liveness_interval` is pinged."""
     ws_max_size: int = 4 * 1024 * 1024
     """Largest WebSocket message a signaling socket reads (a larger one: close 1009);
     frames over 1 MiB get PAYLOAD_TOO_LARGE."""
@@ -134,6 +138,16 @@ class EdgeConfig:
     `join_timeout`."""
     busy_retry_after: float = 0.5
     """Seconds a `SERVER_BUSY` join is told to wait before trying again (clients add jitter)."""
+    max_unjoined_sockets: int = 1024
+    """Signaling sockets open and not yet joined (upgraded, their join not in or not yet
+    answered) beyond which a new ``/rtc`` upgrade is answered HTTP 503 with ``Retry-After``
+    instead of the 101 (`edge.admission.UpgradeGate`): the edge is behind already."""
+    max_upgrade_lag: float = 1.0
+    """Seconds the edge's event loop may have run late in the last second before a new
+    ``/rtc`` upgrade is answered HTTP 503 with ``Retry-After`` (`edge.admission.UpgradeGate`)."""
+    upgrade_retry_after: float = 1.0
+    """Seconds a refused upgrade is told to wait (``Retry-After``; longer while the loop is
+    further behind, up to 3 s; clients add jitter)."""
     counts_cpu_share: float = 0.25
     """The share of one core this edge's counts (and active speaker) delivery may take while
     joins go on (`edge.counts`): sized for one edge per core; with several edges on one
@@ -175,8 +189,15 @@ class EdgeConfig:
             raise ValueError(
                 "max_joins_in_flight must be >= 1, busy_retry_after and max_join_wait > 0"
             )
+        upgrade_waits = min(self.max_upgrade_lag, self.upgrade_retry_after)
+        if self.max_unjoined_sockets < 1 or upgrade_waits <= 0:
+            raise ValueError(
+                "max_unjoined_sockets must be >= 1, max_upgrade_lag and upgrade_retry_after > 0"
+            )
         if not 0 < self.counts_cpu_share <= 1:
             raise ValueError("counts_cpu_share must be in (0, 1]")
+        if self.liveness_recheck and self.liveness_recheck < self.liveness_interval:
+            raise ValueError("liveness_recheck must be 0 or at least liveness_interval")
         if self.join_deadline <= 0 or self.http_read_timeout <= 0:
             raise ValueError("join_deadline and http_read_timeout must be positive")
         if self.max_connections < 0 or self.max_connections_per_address < 0:

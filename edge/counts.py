@@ -6,11 +6,17 @@ delivery is cut into rounds of slices: a slice writes to sockets in order until 
 `SLICE_S` of CPU time (the process's, so a busy machine preempting the edge does not count),
 then the next slice waits long enough that delivery uses at most `CPU_SHARE` of a core;
 joins and everything else run in between. When the edge did not use the last pause for
-other work and opened no socket meanwhile (the storm is over), the next slice follows at
-once, so the last count reaches every socket promptly. (The CPU test alone is not enough: on
-a host whose cores are all busy the edge gets a fraction of one, so its joins use little of
-its pauses although they wait for it.) Within a
-round each socket gets the newest frame when its turn comes (latest wins), and at most
+other work and no client arrived meanwhile (no connection accepted, no socket opened: the
+storm is over), the next slice follows at once, so the last count reaches every socket
+promptly. (The CPU test alone is not enough: on a host whose cores are all busy the edge
+gets a fraction of one, so its joins use little of its pauses although they wait for it.)
+A pause is the slice's length in wall time (its CPU time when that is longer) x (1 -
+share) / share: on a host whose cores are all busy (several edges, the clients of a
+benchmark) the edge gets a fraction of a core, its slice takes longer than its CPU, and
+counts then take at most `share` of the CPU the edge actually gets, not of a core it does
+not have; each socket's cadence falls with the audience and with the host's load, and the
+joins keep the rest.
+Within a round each socket gets the newest frame when its turn comes (latest wins), and at most
 one; a frame that arrives during a round starts another round when this one is over, so
 every socket ends with the final value. A small room is delivered in one slice, at once.
 
@@ -52,6 +58,7 @@ class CountsRounds:
         share: float = CPU_SHARE,
         slice_s: float = SLICE_S,
         clock: Callable[[], float] = time.process_time,
+        wall: Callable[[], float] = time.monotonic,
         method: str = "deliver_counts",
         type_tag: str = "counts",
     ) -> None:
@@ -62,6 +69,7 @@ class CountsRounds:
         self.share = share
         self.slice_s = slice_s
         self.clock = clock
+        self.wall = wall
         self.method = method
         """The member method each frame goes to: `deliver_counts(frame, seq)`, or another
         with that signature."""
@@ -73,8 +81,8 @@ class CountsRounds:
         self._next = 0
         self._paused_at = 0.0
         self._pause = 0.0
-        self._opened = metrics.sockets_opened
-        """`metrics.sockets_opened` when the last pause began."""
+        self._opened = metrics.arrivals()
+        """`metrics.arrivals()` when the last pause began."""
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -112,8 +120,8 @@ class CountsRounds:
         if members is None:
             return
         clock = self.clock
-        start = clock()
-        opened = self.metrics.sockets_opened
+        start, wall_start = clock(), self.wall()
+        opened = self.metrics.arrivals()
         busy = (
             start - self._paused_at >= self._pause / 2  # others used the last pause
             or opened != self._opened  # or sockets opened: joins go on
@@ -132,9 +140,11 @@ class CountsRounds:
                 break
         self.metrics.frame_out(self.type_tag, delivered)
         self._paused_at = clock()
+        self.metrics.counts_cpu_s += self._paused_at - start
         self._opened = opened
         self._pause = (self._paused_at - start) * (1 - self.share) / self.share
-        pause = self._pause if busy else 0.0
+        took = self.wall() - wall_start  # longer than the CPU when the edge was preempted
+        pause = max(self._pause, took * (1 - self.share) / self.share) if busy else 0.0
         loop = asyncio.get_running_loop()
         if k < end:
             self._next = k

@@ -37,6 +37,15 @@ class LoopLag:
             self._sum += delay
         self._expire(now)
 
+    def recent(self, now: float, span: float) -> float:
+        """The largest delay recorded in the last `span` seconds (at most `window`)."""
+        cutoff, largest = now - span, 0.0
+        for at, delay in reversed(self._delays):
+            if at < cutoff:
+                break
+            largest = max(largest, delay)
+        return largest
+
     def stalled(self, now: float) -> float:
         """Seconds the loop ran late in the last `window` seconds (summed delays)."""
         self._expire(now)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 
-from edge.admission import ConnectionLedger
+from edge.admission import ConnectionLedger, UpgradeGate
 from edge.app import create_app, rtc_entry
 from edge.bus import BusUnavailable
 from edge.config import EdgeConfig, accept_backlog
@@ -45,7 +45,13 @@ def _uvicorn_config(config: EdgeConfig) -> tuple[uvicorn.Config, Liveness]:
     app = create_app(config)
     ledger: ConnectionLedger = app.state.connections
     node: EdgeNode = app.state.edge
-    liveness = Liveness(node.metrics, config.liveness_interval, config.liveness_timeout)
+    liveness = Liveness(
+        node.metrics, config.liveness_interval, config.liveness_timeout, config.liveness_recheck
+    )
+    upgrades = UpgradeGate(
+        config.max_upgrade_lag, config.max_unjoined_sockets, config.upgrade_retry_after
+    )
+    node.metrics.upgrades_refused = lambda: upgrades.refused
     http = guarded_http(
         ledger,
         node.metrics,
@@ -53,6 +59,8 @@ def _uvicorn_config(config: EdgeConfig) -> tuple[uvicorn.Config, Liveness]:
         liveness,
         rtc_entry(node),
         config.ws_max_size,
+        upgrades,
+        lambda: len(node.unjoined),
     )
     return uvicorn.Config(
         app,

@@ -51,6 +51,10 @@ class EdgeMetrics(Collector):
         self.registry.register(self)
         self.joins = 0
         self.sockets_opened = 0
+        self.connections_accepted = 0
+        """TCP connections accepted (HTTP or signaling, served or refused)."""
+        self.counts_cpu_s = 0.0
+        """CPU seconds spent in counts (and active speaker) rounds (`edge.counts`)."""
         """Signaling sockets opened: while it moves, joins go on (`edge.counts` paces)."""
         self.queue_drops = 0
         self.stale_replies = 0
@@ -88,8 +92,17 @@ class EdgeMetrics(Collector):
         self.connections_refused: collections.Counter[str] = collections.Counter()
         """Connections refused over a cap, by the cap's scope (``edge`` or ``address``)."""
         self.sockets: Callable[[], int] = lambda: 0
+        self.sockets_unjoined: Callable[[], int] = lambda: 0
+        self.upgrades_refused: Callable[[], collections.Counter[str]] = collections.Counter
+        """Signaling upgrades answered 503 while the edge was behind, by reason."""
         self.connections: Callable[[], int] = lambda: 0
         self.rooms: Callable[[], int] = lambda: 0
+
+    def arrivals(self) -> int:
+        """Signaling sockets opened plus connections accepted: while it moves, clients are
+        arriving and joins go on (`edge.counts` paces by it), whether their upgrade is
+        taken, refused, or has not come yet (a starved client sends it late)."""
+        return self.sockets_opened + self.connections_accepted
 
     def frame_in(self, type_tag: str) -> None:
         self.frames_in[type_tag if type_tag in _KNOWN_TYPES else INVALID_TYPE] += 1
@@ -116,6 +129,17 @@ class EdgeMetrics(Collector):
             failures,
         )
         yield _gauge("stagecast_edge_sockets", "Open signaling sockets.", self.sockets())
+        yield _gauge(
+            "stagecast_edge_sockets_unjoined",
+            "Open signaling sockets not yet joined.",
+            self.sockets_unjoined(),
+        )
+        yield _labelled(
+            "stagecast_edge_upgrades_refused_total",
+            "Signaling upgrades answered 503 SERVER_BUSY, by reason (loop_lag, unjoined).",
+            "reason",
+            self.upgrades_refused(),
+        )
         yield _gauge(
             "stagecast_edge_joins_in_flight",
             "Joins and resumes appended and not yet answered.",
@@ -219,6 +243,11 @@ class EdgeMetrics(Collector):
             "Connections refused with TOO_MANY_CONNECTIONS, by the cap they hit.",
             "scope",
             self.connections_refused,
+        )
+        yield _counter(
+            "stagecast_edge_counts_cpu_seconds_total",
+            "CPU seconds spent writing counts and active speaker rounds.",
+            self.counts_cpu_s,
         )
         for name, help_text, value in (
             (

@@ -55,6 +55,8 @@ class EdgeNode:
         """Sessions by sid, for direct replies (joined, joining or resuming)."""
         self.sockets: set[Resident] = set()
         """Every open socket, joined or not."""
+        self.unjoined: set[Resident] = set()
+        """Open sockets that have not joined yet (`edge.admission.UpgradeGate` bounds them)."""
         self.join_gate = JoinGate(
             config.max_joins_in_flight, config.max_join_wait, config.busy_retry_after
         )
@@ -70,6 +72,7 @@ class EdgeNode:
         self._log_wait: asyncio.Task[None] | None = None
         self._stopped = False
         self.metrics.sockets = lambda: len(self.sockets)
+        self.metrics.sockets_unjoined = lambda: len(self.unjoined)
         self.metrics.joins_in_flight = lambda: self.join_gate.in_flight
         self.metrics.rooms = lambda: len(self._fanout.rooms) if self._fanout else 0
 
@@ -204,11 +207,17 @@ class EdgeNode:
     def opened(self, session: Resident) -> None:
         """A socket was accepted: it is told when the edge drains."""
         self.sockets.add(session)
+        self.unjoined.add(session)
         self.metrics.sockets_opened += 1
+
+    def socket_joined(self, session: Resident) -> None:
+        """A socket's join (or resume) was accepted."""
+        self.unjoined.discard(session)
 
     def closed_socket(self, session: Resident) -> None:
         """A socket is gone."""
         self.sockets.discard(session)
+        self.unjoined.discard(session)
 
     def register(self, session: Resident) -> None:
         """Route direct replies for `session.sid` to this session."""

@@ -88,6 +88,9 @@ class EdgePort(Protocol):
     def opened(self, session: Resident) -> None:
         """A socket was accepted (counted until `closed_socket`)."""
 
+    def socket_joined(self, session: Resident) -> None:
+        """A socket's join (or resume) was accepted: it no longer waits to join."""
+
     def closed_socket(self, session: Resident) -> None:
         """A socket is gone."""
 

@@ -12,14 +12,20 @@ messages to handle (the socket's backpressure: the client's bytes wait in the ke
 
 `Liveness`: one edge-wide sweep instead of a ping timer per socket: a socket silent for
 `interval` seconds gets a ping, one silent for `timeout` seconds (plus however long the
-edge's own loop ran late meanwhile, `edge.looplag`) is dropped. Its set of sockets is every
-open signaling socket, which is also how the edge closes them when it stops (`close_all`).
+edge's own loop ran late meanwhile, `edge.looplag`) is dropped. A socket the edge keeps
+writing to is watched by TCP instead (``TCP_USER_TIMEOUT``: bytes unacknowledged for
+`timeout` seconds end the connection) and pinged only once silent for `recheck` seconds,
+so an audience that only reads costs no ping and no pong while its counts flow. Its set of
+sockets is every open signaling socket, which is also how the edge closes them when it
+stops (`close_all`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket as tcp
 from collections.abc import Callable
 from typing import Protocol
 
@@ -45,6 +51,8 @@ CLOSE_TIMEOUT = 10.0
 """Seconds a socket waits for the client to answer its close before closing the TCP side."""
 LAG_PROBE_S = 0.25
 """Seconds between the loop-lag probes of the liveness sweep."""
+LAG_RECENT_S = 1.0
+"""Seconds of probes `Liveness.behind` looks back over."""
 
 
 class RtcReceiver(Protocol):
@@ -74,6 +82,7 @@ class RtcSocket(asyncio.Protocol):
         "_writing_paused",
         "close_sent",
         "last_heard",
+        "last_written",
         "loop",
         "lost",
         "on_writable",
@@ -82,6 +91,7 @@ class RtcSocket(asyncio.Protocol):
         "ready",
         "receiver",
         "transport",
+        "wrote",
     )
 
     def __init__(
@@ -100,7 +110,9 @@ class RtcSocket(asyncio.Protocol):
         self.on_writable: Callable[[], None] | None = None
         self.ready = True
         """`FrameSink.ready`, kept up to date (read once per frame sent, so not computed)."""
-        self.last_heard = loop.time()
+        self.last_heard = self.last_written = loop.time()
+        self.wrote = False
+        """A frame was written since the last sweep (the sweep turns it into `last_written`)."""
         self.pinged = False
         self.close_sent = False
         self.lost = False
@@ -110,6 +122,7 @@ class RtcSocket(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._watched = liveness.sockets
         self._watched.add(self)
+        liveness.watch_writes(transport)
 
     # ------------------------------------------------------------------ reading
 
@@ -193,6 +206,7 @@ class RtcSocket(asyncio.Protocol):
         return self.close_sent or self.lost or self.transport.is_closing()
 
     def write(self, frame: bytes) -> None:
+        self.wrote = True
         self.transport.write(frame)
 
     def close(self, code: int, reason: str) -> None:
@@ -258,14 +272,31 @@ class Liveness:
     is not the client's fault: `timeout` is extended by the seconds the loop ran late in
     the last `timeout` seconds (`lag`, probed every `LAG_PROBE_S`), since a pong that
     arrived then waited unread in the kernel.
+
+    A frame written to a socket (seen by the sweep after it) vouches for it as a frame
+    heard would, for up to `recheck - interval` seconds past what was last heard: the
+    socket's ``TCP_USER_TIMEOUT`` is `timeout`, so a peer whose host is gone ends the
+    connection within `timeout` of the first write it does not acknowledge. A peer whose
+    host acknowledges but whose application stopped is pinged once silent `recheck`
+    seconds and dropped `timeout - interval` later. So a dead peer is found within
+    `interval + timeout` (plus a tick and the loop's lag) when nothing is written to it,
+    and within `timeout` of the next write, at most `recheck + timeout - interval`, when
+    frames are.
     """
 
-    def __init__(self, metrics: EdgeMetrics, interval: float, timeout: float) -> None:
+    def __init__(
+        self, metrics: EdgeMetrics, interval: float, timeout: float, recheck: float = 0.0
+    ) -> None:
         if not 0 < interval < timeout:
             raise ValueError("need 0 < interval < timeout")
+        recheck = recheck or interval
+        if recheck < interval:
+            raise ValueError("need recheck >= interval (or 0: writes do not vouch)")
         self.metrics = metrics
         self.interval = interval
         self.timeout = timeout
+        self.vouch = recheck - interval
+        """Seconds past the last frame heard that a frame written may vouch for a socket."""
         self.tick = min(interval, timeout - interval) / 2
         self.sockets: set[RtcSocket] = set()
         """Every open signaling socket (each adds itself, and leaves when it is lost)."""
@@ -298,6 +329,20 @@ class Liveness:
         self._probe_due = now + LAG_PROBE_S
         self._probe = loop.call_at(self._probe_due, self._probed)
 
+    def watch_writes(self, transport: asyncio.BaseTransport) -> None:
+        """Let TCP end `transport`'s connection when what is written to it stays
+        unacknowledged for `timeout` (only when writes vouch for sockets)."""
+        sock = transport.get_extra_info("socket") if self.vouch > 0 else None
+        if sock is not None and hasattr(tcp, "TCP_USER_TIMEOUT"):
+            with contextlib.suppress(OSError):  # not TCP (a Unix socket): pings alone then
+                sock.setsockopt(tcp.IPPROTO_TCP, tcp.TCP_USER_TIMEOUT, int(self.timeout * 1000))
+
+    def behind(self, now: float) -> float:
+        """Seconds the edge's loop ran late in the last `LAG_RECENT_S`, or is running late
+        now (the probe overdue): the largest. `now` is the loop's time."""
+        overdue = now - self._probe_due if self._probe is not None else 0.0
+        return max(overdue, self.lag.recent(now, LAG_RECENT_S))
+
     def close_all(self) -> int:
         """Abort every socket still open (the edge is stopping); returns how many."""
         sockets, self.sockets = self.sockets, set()
@@ -318,9 +363,15 @@ class Liveness:
         now = loop.time()
         stalled = self.lag.stalled(now)
         quiet, dead = now - self.interval, now - self.timeout - stalled
+        vouch = self.vouch
         dropped = 0
         for socket in list(self.sockets):
             heard = socket.last_heard
+            if socket.wrote:
+                socket.wrote = False
+                socket.last_written = now
+            if vouch:  # what TCP watches: written, within `vouch` of the last frame heard
+                heard = max(heard, min(socket.last_written, heard + vouch))
             if heard > quiet:
                 continue
             if heard <= dead:
@@ -343,4 +394,4 @@ class Liveness:
             )
 
 
-__all__ = ["CLOSE_TIMEOUT", "Liveness", "RtcReceiver", "RtcSocket"]
+__all__ = ["CLOSE_TIMEOUT", "LAG_RECENT_S", "Liveness", "RtcReceiver", "RtcSocket"]

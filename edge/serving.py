@@ -17,7 +17,11 @@ fails loudly when they move.
   goes out and the transport is handed to an `RtcSocket` (`edge.rtcsocket`) with the bytes
   that came after the request's head. A connection whose first bytes are a whole, plain
   ``GET /rtc`` head (`edge.handshake.plain_rtc_request`) skips h11 and the request scope;
-  any other goes through h11 as every HTTP request does. A socket refused over a cap is
+  any other goes through h11 as every HTTP request does. While the edge is behind (its
+  loop ran late lately, or too many sockets wait to join: `edge.admission.UpgradeGate`)
+  the upgrade is answered ``503 SERVER_BUSY`` with ``Retry-After`` (whole seconds) and
+  ``stagecast-retry-after-ms``, and closed: no 101, no socket, no session (a browser sees
+  a failed upgrade and retries with its backoff). A socket refused over a cap is
   accepted only to be told so (an `error` frame ``TOO_MANY_CONNECTIONS``, close 4019: a
   browser cannot read the status of a refused upgrade); the others go to the `RtcEntry`
   (`edge.app`). No ASGI scope, no task and no queue per socket: uvicorn never sees these
@@ -37,7 +41,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from edge.admission import ConnectionLedger, Refusal
+from edge.admission import ConnectionLedger, Refusal, UpgradeGate, UpgradeRefusal
 from edge.closecodes import close_code
 from edge.handshake import (
     VERSION,
@@ -63,6 +67,9 @@ REFUSAL_STATE = "stagecast.refusal"
 ACCEPT_FAILED = "socket.accept() out of system resource"
 """asyncio's message for an accept that failed with EMFILE, ENFILE, ENOBUFS or ENOMEM."""
 
+RETRY_AFTER_MS_HEADER = "stagecast-retry-after-ms"
+"""The refused upgrade's wait in milliseconds (``Retry-After`` has whole seconds only)."""
+
 RtcEntry = Callable[[RtcSocket, "str | None"], "RtcReceiver | None"]
 """What serves an opened signaling socket, given the token sent with the upgrade (if any):
 returns the socket's receiver (its session), or None after telling the socket to go."""
@@ -79,6 +86,15 @@ def raw_response(status: int, phrase: str, body: str, extra: str = "") -> bytes:
     return head.encode() + data
 
 
+def busy_response(refusal: UpgradeRefusal) -> bytes:
+    """The 503 that refuses an upgrade while the edge is behind: `SERVER_BUSY`, the wait
+    in ``Retry-After`` (whole seconds, rounded up) and in ms (`RETRY_AFTER_MS_HEADER`)."""
+    ms = refusal.retry_after_ms
+    extra = f"retry-after: {-(-ms // 1000)}\r\n{RETRY_AFTER_MS_HEADER}: {ms}\r\n"
+    body = f"{ErrorCode.SERVER_BUSY.value}: {refusal.message}"
+    return raw_response(503, "Service Unavailable", body, extra)
+
+
 def guarded_http(
     ledger: ConnectionLedger,
     metrics: EdgeMetrics,
@@ -86,9 +102,13 @@ def guarded_http(
     liveness: Liveness,
     rtc: RtcEntry,
     max_message: int,
+    upgrades: UpgradeGate,
+    unjoined: Callable[[], int],
 ) -> type[asyncio.Protocol]:
     """The HTTP protocol class for `uvicorn.Config` (see the module docstring); signaling
-    sockets are watched by `liveness` and read messages up to `max_message` bytes."""
+    sockets are watched by `liveness` and read messages up to `max_message` bytes; an
+    upgrade is refused while `upgrades` says the edge is behind (`unjoined`: its open
+    sockets not yet joined)."""
 
     class GuardedHTTP(H11Protocol):
         """uvicorn's h11 protocol with the ledger and the request read deadline."""
@@ -101,6 +121,7 @@ def guarded_http(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            metrics.connections_accepted += 1
             refusal = ledger.open(self.client) if self.client is not None else None
             if refusal is not None:
                 metrics.connections_refused[refusal.scope] += 1
@@ -148,6 +169,12 @@ def guarded_http(
             request's head)."""
             self._disarm()
             self.connections.discard(self)  # uvicorn does not wait for it when it stops
+            busy = upgrades.check(liveness.behind(self.loop.time()), unjoined())
+            if busy is not None:
+                self._dropped = True
+                self.transport.write(busy_response(busy))
+                self.transport.close()
+                return
             try:
                 response = accept_upgrade(method, self.headers)
             except BadUpgrade as exc:
@@ -295,9 +322,11 @@ class AcceptFailures:
 __all__ = [
     "ACCEPT_FAILED",
     "REFUSAL_STATE",
+    "RETRY_AFTER_MS_HEADER",
     "RTC_PATH",
     "AcceptFailures",
     "RtcEntry",
+    "busy_response",
     "guarded_http",
     "raw_response",
     "refusal_of",

@@ -520,6 +520,7 @@ class EdgeSession:
             return
         self.state = EdgeSessionState.JOINED
         self.was_joined = True
+        self.node.socket_joined(self)
         self.joined_seq = message.seq
         self.participant_id = message.participant.id
         self.is_viewer = message.participant.is_viewer

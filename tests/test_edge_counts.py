@@ -67,18 +67,38 @@ async def test_a_large_room_is_delivered_in_slices_and_ends_with_the_final_value
     assert metrics.frames_out["counts"] == sum(len(s.frames) for s in sockets.values())
 
 
-async def delivered_after_a_few_turns(opening: bool) -> int:
+class Preempted(Socket):
+    """A write whose CPU (10 µs) is spread over 40 µs of wall time: the edge gets a quarter
+    of a core on a host whose cores are all busy."""
+
+    def __init__(self, clock: Clock, wall: Clock) -> None:
+        super().__init__(clock)
+        self.wall = wall
+
+    def deliver_counts(self, frame: bytes, seq: int) -> bool:
+        self.wall.now += 40e-6
+        return super().deliver_counts(frame, seq)
+
+
+async def delivered_after_a_few_turns(
+    opening: bool, accepting: bool = False, preempted: bool = False
+) -> int:
     """Sockets written once the loop turned a few times after a large room's counts were
     offered, with the CPU clock standing still in the pauses (the edge had nothing else to
-    run), and sockets opened meanwhile or not."""
-    clock = Clock()
-    sockets = {str(k): Socket(clock) for k in range(20_000)}  # 200 ms of writes: 40 slices
+    run), and sockets opened (or only connections accepted) meanwhile or not; the edge
+    `preempted` (its writes take 4x their CPU in wall time) or not."""
+    clock, wall = Clock(), Clock()
+    sockets = {
+        str(k): Preempted(clock, wall) if preempted else Socket(clock) for k in range(20_000)
+    }  # 200 ms of writes: 40 slices
     metrics = EdgeMetrics()
-    rounds = CountsRounds(sockets, metrics, share=0.25, slice_s=0.005, clock=clock)
+    rounds = CountsRounds(sockets, metrics, share=0.25, slice_s=0.005, clock=clock, wall=wall)
     rounds.offer(b"c1", 1)
     for _ in range(20):  # 100 ms: with 15 ms pauses, 7 slices at most
         if opening:
             metrics.sockets_opened += 1
+        if accepting:
+            metrics.connections_accepted += 1
         await asyncio.sleep(0.005)
     delivered = sum(1 for s in sockets.values() if s.frames)
     rounds.close()
@@ -91,6 +111,22 @@ async def test_counts_keep_their_share_while_sockets_open_on_a_busy_host() -> No
     # With none opening, the rest of the round follows at once (the storm is over).
     assert await delivered_after_a_few_turns(opening=False) == 20_000
     assert await delivered_after_a_few_turns(opening=True) <= 10_000
+
+
+async def test_a_preempted_edge_keeps_counts_to_its_share_of_the_cpu_it_gets() -> None:
+    # On a host whose cores are all busy a slice of 5 ms of CPU takes 20 ms: its pause is
+    # 3x that, so counts take a quarter of what the edge gets, and fewer go out meanwhile.
+    fair = await delivered_after_a_few_turns(opening=True)
+    preempted = await delivered_after_a_few_turns(opening=True, preempted=True)
+    assert preempted < fair
+    assert preempted <= 2 * 512  # 100 ms of turns: the first slice and one 60 ms later
+
+
+async def test_connections_accepted_count_as_clients_arriving() -> None:
+    # An edge refusing upgrades (it is behind), or whose clients are too starved to send
+    # theirs, opens no socket, but the storm goes on: counts must keep to their share then
+    # too, or they take the CPU the joins (and, on a shared host, the clients) wait for.
+    assert await delivered_after_a_few_turns(opening=False, accepting=True) <= 10_000
 
 
 def test_the_share_is_a_fraction() -> None:

@@ -14,6 +14,11 @@ longer) times a random factor in [1, 2) (jitter, so the refused do not come back
 together); the client counts as `told_to_wait` and its join time runs from its first join
 frame.
 
+An upgrade answered 503 ``SERVER_BUSY`` (the edge is behind, before any socket exists)
+is tried again on a new socket after its ``stagecast-retry-after-ms`` hint, grown and
+jittered the same way; the client counts in `refused_upgrades`. Either wait is bounded by
+the storm's join timeout, after which the client is a `join timeout` failure.
+
 A `Fleet` is the clients of one process (`stagecast.bench.clientprocs` runs several): it
 drives its share of every wave, client `g` starting at ``start_at + g / rate`` on
 `time.monotonic`, which all processes on Linux share; one timer starts every client due
@@ -37,7 +42,10 @@ from stagecast.bench.wsclient import Poller, RawWebSocket, new_key, server_frame
 
 Bytes = bytes | bytearray | memoryview
 SUPERSEDED = "superseded"
-"""A client refused `SERVER_BUSY` whose socket the edge closed: a new one joins in its place."""
+"""A client refused `SERVER_BUSY` whose socket the edge closed (or whose upgrade it refused):
+a new one joins in its place."""
+RETRY_AFTER_MS = b"stagecast-retry-after-ms:"
+"""The refused upgrade's hint header, lower-cased (`edge.serving`)."""
 PARTICIPANT_TAGS = frozenset((b"participant_joined", b"participant_left", b"participant_updated"))
 CONNECT_TICK_S = 0.002
 """The connect pacer's shortest sleep: the clients due meanwhile start together."""
@@ -110,6 +118,8 @@ class ProcResults:
     never_exact: int = 0
     told_to_wait: int = 0  # clients answered SERVER_BUSY at least once
     busy_answers: int = 0  # SERVER_BUSY answers in all
+    refused_upgrades: int = 0  # clients whose upgrade was answered 503 at least once
+    upgrade_refusals: int = 0  # such 503 answers in all
 
 
 class SimClient(RawWebSocket):
@@ -117,8 +127,8 @@ class SimClient(RawWebSocket):
 
     __slots__ = ("audience", "busy", "busy_hint", "churn", "connect_at", "count_frames",
                  "failure", "fleet", "join_frame", "joined_at", "leaving", "lost",
-                 "participant_frames", "participants", "sent_at", "source", "total",
-                 "total_at")  # fmt: skip
+                 "participant_frames", "participants", "refused", "sent_at", "source",
+                 "successor", "total", "total_at")  # fmt: skip
 
     def __init__(
         self, fleet: Fleet, edge: Edge, join_frame: bytes, audience: bool, churn: bool = False
@@ -137,7 +147,17 @@ class SimClient(RawWebSocket):
         self.lost = False
         self.busy = 0  # SERVER_BUSY answers to this client's join
         self.busy_hint = 0.0  # seconds to wait after the last one (0: none pending)
+        self.refused = 0  # upgrades answered 503 SERVER_BUSY
+        self.successor: SimClient | None = None  # the client that joins in its place
         self.source = "127.0.0.1"  # the local address it connects from
+
+    @property
+    def latest(self) -> SimClient:
+        """This client, or the last of those that took its place (`Fleet.reconnect`)."""
+        client = self
+        while client.successor is not None:
+            client = client.successor
+        return client
 
     def fail(self, reason: str) -> None:
         """The join failed (a no-op once joined or failed): count it, drop the socket."""
@@ -155,6 +175,19 @@ class SimClient(RawWebSocket):
     def on_failed(self, reason: str) -> None:
         self.fail(reason)
 
+    def on_refused(self, head: bytes) -> bool:
+        """A 503 to the upgrade: wait its hint (grown, jittered) and connect again."""
+        if not head.startswith(b"http/1.1 503") or self.failure or self.fleet.closing:
+            return False
+        hint_ms = 1000
+        at = head.find(RETRY_AFTER_MS)
+        if at >= 0:
+            value = head[at + len(RETRY_AFTER_MS) :].split(b"\r\n", 1)[0].strip()
+            hint_ms = int(value) if value.isdigit() else hint_ms
+        self.refused += 1
+        self.busy_hint = self._grown(hint_ms / 1000, self.busy + self.refused)
+        return True  # aborted: `on_closed` reconnects after the hint
+
     def on_closed(self, exc: Exception | None) -> None:
         self.lost = True
         if self.joined_at and not self.fleet.closing and not self.leaving:
@@ -166,7 +199,8 @@ class SimClient(RawWebSocket):
             delay = self.busy_hint * (1 + random.random())
             asyncio.get_running_loop().call_later(delay, self.fleet.reconnect, self)
         elif not self.joined_at:
-            self.fail(f"closed before joined ({self.close_code})")
+            how = type(exc).__name__ if exc is not None else "eof" if self.opened else "no 101"
+            self.fail(f"closed before joined ({self.close_code}, {how})")
 
     def data_received(self, data: bytes) -> None:
         # The hot path: one whole counts frame this process has unpacked already.
@@ -214,10 +248,16 @@ class SimClient(RawWebSocket):
         """Send the join again on this socket after the hint, with jitter ([1, 2) x)."""
         self.busy += 1
         hint = retry_after_ms / 1000 if isinstance(retry_after_ms, int) else 1.0
-        hint = max(hint, min(2.0, 0.25 * 2 ** (self.busy - 1)))  # the SDKs' backoff grows too
+        hint = self._grown(hint, self.busy + self.refused)
         self.busy_hint = hint
         loop = asyncio.get_running_loop()
         loop.call_later(hint * (1 + random.random()), self._resend)
+
+    @staticmethod
+    def _grown(hint: float, answers: int) -> float:
+        """The wait after the `answers`-th busy answer: the hint, or the SDKs' backoff for
+        that attempt (0.25 s doubling up to 2 s) when longer."""
+        return max(hint, min(2.0, 0.25 * 2.0 ** (answers - 1)))
 
     def _resend(self) -> None:
         if not (self.joined_at or self.failure or self.lost):
@@ -298,7 +338,8 @@ class Fleet:
         edge = Edge(old.host, old.port, old.path)
         client = SimClient(self, edge, old.join_frame, old.audience, old.churn)
         client.source, client.connect_at, client.sent_at = old.source, old.connect_at, old.sent_at
-        client.busy = old.busy
+        client.busy, client.refused = old.busy, old.refused
+        old.successor = client
         (self.churners if old.churn else self.clients).append(client)
         self._connect_soon(client, 30.0)
 
@@ -321,6 +362,7 @@ class Fleet:
         deadline = loop.time() + join_timeout
         while loop.time() < deadline and self.joined + self.failed - settled_before < len(mine):
             await asyncio.sleep(0.02)
+        mine = [c.latest for c in mine]  # a client superseded: the one in its place
         for client in mine:
             client.fail("join timeout")  # a no-op for those settled
         joined = [c.joined_at for c in mine if c.joined_at]
@@ -362,6 +404,9 @@ class Fleet:
             if c.busy:
                 out.told_to_wait += 1
                 out.busy_answers += c.busy
+            if c.refused:
+                out.refused_upgrades += 1
+                out.upgrade_refusals += c.refused
             if not c.joined_at:
                 failures[c.failure or "unsettled"] += 1
                 continue

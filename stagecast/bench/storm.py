@@ -238,8 +238,12 @@ class Storms:
         async with httpx.AsyncClient(timeout=10.0) as http:
             for url in self.stack.edge_urls:
                 with contextlib.suppress(httpx.HTTPError):
-                    text = (await http.get(f"{url}/metrics")).text
-                    found = sample_value(text, "stagecast_edge_frames_out_total", type="counts")
+                    response = await http.get(f"{url}/metrics")
+                    if response.status_code != 200:
+                        continue  # an edge at its connection cap answers 503
+                    found = sample_value(
+                        response.text, "stagecast_edge_frames_out_total", type="counts"
+                    )
                     total += int(found or 0)
         return total
 
@@ -356,8 +360,11 @@ def tiered_figures(out: Outcome) -> list[Result]:
                        ("clients", "client")):  # fmt: skip
         rows.append((f"{name}_cpu_s", cpu_s.get(role, 0.0), "s", use.get(role, "")))
     tcp = sum(n for r in out.procs for why, n in r.drops.items() if why.startswith("tcp"))
-    waited, busy = int(out.sum("told_to_wait")), int(out.sum("busy_answers"))
-    overload = overload_figures(waited, busy, tcp, out.edges_end, out.edges_join_end)
+    waited = int(out.sum("told_to_wait")), int(out.sum("busy_answers"))
+    refused = int(out.sum("refused_upgrades")), int(out.sum("upgrade_refusals"))
+    overload = overload_figures(
+        waited, refused, tcp, out.edges_end, out.edges_join_end, cpu_s.get("edge", 0.0)
+    )
     return [Result(*row) for row in rows] + overload + unit_costs(out)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
+from edge.config import default_max_connections
 from stagecast.bench.clientprocs import ClientProcs
 from stagecast.up import Stack
 
@@ -42,10 +43,16 @@ def nofile_hard() -> int:
 
 
 def plan_processes(clients: int, edges: int, client_procs: int) -> tuple[int, int]:
-    """(edges, client processes): each given one as is, each 0 sized from the hard limit."""
-    per_process = max(1, nofile_hard() - SPARE_FDS)
-    fit = max(1, math.ceil(clients / per_process))
-    return edges or fit, client_procs or fit
+    """(edges, client processes): each given one as is, each 0 sized from the hard limit:
+    a client process holds `hard - SPARE_FDS` sockets, an edge what its connection cap at
+    that limit lets it serve (`edge.config.default_max_connections`, which also keeps room
+    for an accept burst and the refusals: 15,876 at 20,000)."""
+    hard = nofile_hard()
+    per_process = max(1, hard - SPARE_FDS)
+    per_edge = min(per_process, default_max_connections(hard))
+    fit_edges = max(1, math.ceil(clients / per_edge))
+    fit_procs = max(1, math.ceil(clients / per_process))
+    return edges or fit_edges, client_procs or fit_procs
 
 
 def raise_nofile(per_process: int) -> int:

@@ -179,6 +179,12 @@ class RawWebSocket:
     def on_binary(self, data: bytes) -> None:
         """A complete binary message arrived."""
 
+    def on_refused(self, head: bytes) -> bool:
+        """The server answered the upgrade with `head` (lower-cased, without the body)
+        instead of 101: True when that is handled (the socket is then aborted, so
+        `on_closed` follows), False to fail (`on_failed`)."""
+        return False
+
     def on_failed(self, reason: str) -> None:
         """The connect or the handshake failed, or the server broke the protocol (the
         socket is closed; a failed connect is not followed by `on_closed`)."""
@@ -311,6 +317,8 @@ class RawWebSocket:
                 return
             head = data[:end].lower()
             if not head.startswith(b"http/1.1 101"):
+                if self.on_refused(head):
+                    return self.abort()
                 return self._fail(f"upgrade {head[9:12].decode(errors='replace')}")
             if b"sec-websocket-accept: " + accept_value(self._key).lower() not in head:
                 return self._fail("upgrade: wrong Sec-WebSocket-Accept")

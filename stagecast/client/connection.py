@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from schemas.client import (
     Ack,
@@ -41,7 +41,7 @@ from schemas.client import (
 from schemas.clock import now_ms
 from schemas.codec import MAX_FRAME_BYTES, Message, SchemaError, decode, encode
 from schemas.errors import ErrorCode
-from stagecast.errors import Unavailable, error_for
+from stagecast.errors import StagecastError, Unavailable, error_for
 
 log = logging.getLogger("stagecast.client")
 
@@ -51,6 +51,25 @@ REPLY_TYPES = (Ack, Error, JoinAccepted, ParticipantsPage, Pong, SignalAnswer)
 
 CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed)
 """What opening a socket to an edge that is down or unreachable raises."""
+RETRY_AFTER_MS_HEADER = "stagecast-retry-after-ms"
+"""The header of a refused upgrade's wait in ms (docs/protocol.md, "Busy edge")."""
+
+
+def refused_upgrade(exc: InvalidStatus) -> StagecastError | None:
+    """The `ServerBusy` of an upgrade the edge answered 503 ``SERVER_BUSY`` (its hint from
+    `RETRY_AFTER_MS_HEADER`, else ``Retry-After`` in seconds), or None for any other."""
+    response = exc.response
+    body = bytes(response.body or b"").decode(errors="replace")
+    code = ErrorCode.SERVER_BUSY.value
+    if response.status_code != 503 or not body.startswith(code):
+        return None
+    headers = response.headers
+    try:
+        hint_ms = int(headers.get(RETRY_AFTER_MS_HEADER) or 0)
+        hint_ms = hint_ms or int(headers.get("retry-after") or 0) * 1000
+    except ValueError:
+        hint_ms = 0
+    return error_for(code, body.removeprefix(code).lstrip(": ").strip(), max(0, hint_ms))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,15 +215,22 @@ class SignalConnection:
     async def open(
         cls, url: str, options: ConnectOptions, on_closed: Callable[[SignalConnection], None]
     ) -> SignalConnection:
-        """Open the socket (raises one of `CONNECT_ERRORS` when the edge is unreachable)."""
-        ws = await connect(
-            url,
-            open_timeout=options.connect_timeout,
-            max_size=MAX_FRAME_BYTES + 1024,
-            ping_interval=None,
-            close_timeout=2.0,
-            compression=None,
-        )
+        """Open the socket (raises one of `CONNECT_ERRORS` when the edge is unreachable,
+        `ServerBusy` with the edge's retry-after hint when it refused the upgrade as busy)."""
+        try:
+            ws = await connect(
+                url,
+                open_timeout=options.connect_timeout,
+                max_size=MAX_FRAME_BYTES + 1024,
+                ping_interval=None,
+                close_timeout=2.0,
+                compression=None,
+            )
+        except InvalidStatus as exc:
+            busy = refused_upgrade(exc)
+            if busy is None:
+                raise
+            raise busy from None
         return cls(ws, url, options, on_closed)
 
     @property
