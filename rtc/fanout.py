@@ -39,9 +39,12 @@ logger = logging.getLogger(__name__)
 SWITCH = "STAGECAST_FANOUT_C"
 """Environment variable: ``0`` turns the C fan-out off (for A/B measurements)."""
 THREADS = "STAGECAST_FANOUT_THREADS"
-"""Environment variable: ``2`` splits each packet's SRTP and socket writes with a helper
+"""Environment variable: ``2`` shares each packet's SRTP and socket writes with a helper
 thread (the packet's fan-out ends sooner when a second core is free); ``1``, the default,
 keeps them on the calling thread."""
+MIN_SPLIT = 32
+"""A packet shared with the helper has at least this many legs (below it, waking the
+helper costs more than it saves: docs/benchmarks.md, media)."""
 
 try:
     from rtc import _fanout
@@ -51,6 +54,7 @@ except ImportError as error:  # pragma: no cover - the tests assert it is built
 else:
     _import_error = None
     _fanout.set_threads(2 if os.environ.get(THREADS, "1") == "2" else 1)
+    _fanout.set_min_split(MIN_SPLIT)
 
 _said = False
 
@@ -99,10 +103,25 @@ def new_rewriter(first: int) -> Rewriter | SequenceRewriter:
 
 
 def set_threads(count: int) -> None:
-    """Run each packet's SRTP and socket writes on 1 thread, or split over 2 (a helper
-    thread, started once, takes half of a packet's legs). The C fan-out must be built."""
+    """Run each packet's SRTP and socket writes on 1 thread, or share them with a helper
+    thread (2): both take the next leg not yet sent, so the calling thread never waits
+    for a helper that is not running. 1 stops the helper and joins it. The C fan-out
+    must be built."""
     assert _fanout is not None
     _fanout.set_threads(count)
+
+
+def set_min_split(legs: int) -> None:
+    """Share a packet with the helper only from `legs` legs up (`MIN_SPLIT` by default;
+    at least 2)."""
+    assert _fanout is not None
+    _fanout.set_min_split(legs)
+
+
+def shared_legs() -> tuple[int, int]:
+    """(legs the calling thread sent, legs the helper sent), over the packets shared
+    with the helper since the process started."""
+    return _fanout.shared_legs() if _fanout is not None else (0, 0)
 
 
 def threads() -> int:
