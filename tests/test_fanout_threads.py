@@ -9,6 +9,7 @@ socket), and real aiortc peers through the router in the last test.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -58,7 +59,8 @@ class Subscriber:
         self.route = route
         self.rtp: RtpWriter = writer(0x7000 + index, extensions=False)
         self.reference: pylibsrtp.Session = session()
-        self.leg: FastLeg = fast_leg(self.rtp, session(), sender, self.receiver.getsockname(), route)
+        to = self.receiver.getsockname()
+        self.leg: FastLeg = fast_leg(self.rtp, session(), sender, to, route)
         self.expected: list[bytes] = []
 
     def expect(self, seq: int) -> None:
@@ -118,9 +120,7 @@ def test_every_leg_gets_every_packet_once_and_in_order(
     assert all(s.leg.history[(seq - 1) % HISTORY] is not None for s in subscribers)
 
 
-def test_legs_may_come_and_go_between_packets(
-    shared: None, subscribers: list[Subscriber]
-) -> None:
+def test_legs_may_come_and_go_between_packets(shared: None, subscribers: list[Subscriber]) -> None:
     """Within bursts, legs leave, come back and join, and one leg's route stops holding
     (handed back, not sent) then holds again: each receiver gets exactly the packets of
     the calls its leg was in, in order."""
@@ -195,6 +195,12 @@ async def test_real_peers_through_the_router_with_the_helper(shared: None) -> No
             leg = _RouterLeg(outbound)
             leg.leg_id = f"subscriber{i}/track"
             router.subscribe("t", leg)
+
+        def arrived_all(last: int) -> bool:
+            """Each leg got its packets up to `last` (the fourth up to 100)."""
+            counts = [len(arrived) for _, _, arrived in legs]
+            return counts == [last, last, last, min(last, 100)]
+
         before = fanout.shared_legs()[1]
         seq = 0
         while seq < 2000 and (seq < 200 or fanout.shared_legs()[1] == before):
@@ -208,15 +214,9 @@ async def test_real_peers_through_the_router_with_the_helper(shared: None) -> No
             if seq == 100:
                 assert router.unsubscribe("t", "subscriber3/track")
             if seq % 20 == 0:
-                await eventually(
-                    lambda: all(len(a) == min(seq, 100 if i == 3 else seq) for i, (_, _, a) in enumerate(legs)),
-                    what=f"every leg's packets up to {seq}",
-                )  # fmt: skip
+                await eventually(functools.partial(arrived_all, seq), what=f"packets to {seq}")
         assert fanout.shared_legs()[1] > before, "the helper thread sent no leg"
-        await eventually(
-            lambda: all(len(a) == (100 if i == 3 else seq) for i, (_, _, a) in enumerate(legs)),
-            what="every packet",
-        )
+        await eventually(lambda: arrived_all(seq), what="every packet")
         for i, (_, outbound, arrived) in enumerate(legs):
             last = 100 if i == 3 else seq
             assert [p.sequence_number for p in arrived] == list(range(1000, 1000 + last))
