@@ -28,6 +28,7 @@ import os
 from array import array
 from typing import TYPE_CHECKING
 
+from rtc.errors import BadFanoutThreads
 from rtc.packets import MediaPacket, SequenceRewriter
 
 if TYPE_CHECKING:
@@ -40,8 +41,10 @@ SWITCH = "STAGECAST_FANOUT_C"
 """Environment variable: ``0`` turns the C fan-out off (for A/B measurements)."""
 THREADS = "STAGECAST_FANOUT_THREADS"
 """Environment variable: ``2`` shares each packet's SRTP and socket writes with a helper
-thread (the packet's fan-out ends sooner when a second core is free); ``1``, the default,
-keeps them on the calling thread."""
+thread (the packet's fan-out ends sooner when a second core is free); ``1`` keeps them on
+the calling thread; ``auto`` is 2 where the process may run on 2 cores or more."""
+DEFAULT_THREADS = "1"
+"""`THREADS` when unset (docs/benchmarks.md, media: what the helper thread measured)."""
 MIN_SPLIT = 32
 """A packet shared with the helper has at least this many legs (below it, waking the
 helper costs more than it saves: docs/benchmarks.md, media)."""
@@ -53,10 +56,25 @@ except ImportError as error:  # pragma: no cover - the tests assert it is built
     _import_error: str | None = str(error)
 else:
     _import_error = None
-    _fanout.set_threads(2 if os.environ.get(THREADS, "1") == "2" else 1)
     _fanout.set_min_split(MIN_SPLIT)
 
 _said = False
+
+
+def threads_wanted(value: str | None, cores: int) -> int:
+    """The fan-out's threads for `STAGECAST_FANOUT_THREADS` = `value` (None: unset) on a
+    process allowed `cores` CPUs: ``1``, ``2``, or ``auto`` (2 from 2 cores up).
+    Raises `BadFanoutThreads` for anything else."""
+    chosen = DEFAULT_THREADS if value is None else value.strip().lower()
+    if chosen == "auto":
+        return 2 if cores >= 2 else 1
+    if chosen in ("1", "2"):
+        return int(chosen)
+    raise BadFanoutThreads(value or "")
+
+
+if _fanout is not None:
+    _fanout.set_threads(threads_wanted(os.environ.get(THREADS), len(os.sched_getaffinity(0))))
 
 
 def built() -> bool:

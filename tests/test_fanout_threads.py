@@ -21,6 +21,7 @@ import pytest
 from forwarder.router import Router
 from rtc import fanout
 from rtc._fanout import FastLeg
+from rtc.errors import BadFanoutThreads
 from rtc.packets import CodecInfo, MediaPacket, RtpWriter
 from tests.polling import eventually
 from tests.test_fanout_c import HISTORY, Route, _RouterLeg, fast_leg, packet, session, writer
@@ -228,3 +229,19 @@ async def test_real_peers_through_the_router_with_the_helper(shared: None) -> No
         await transceiver.sender._retransmit(1000 + lost)
         await eventually(lambda: len(arrived) == seq + 1, what="the RTX retransmission")
         assert arrived[-1].payload == (1000 + lost).to_bytes(2, "big") + original.payload
+
+
+@pytest.mark.parametrize(
+    ("value", "cores", "threads"),
+    [("1", 4, 1), ("2", 1, 2), (" 2 ", 2, 2), ("auto", 1, 1), ("AUTO", 2, 2), ("auto", 8, 2)],
+)
+def test_the_setting_says_how_many_threads(value: str, cores: int, threads: int) -> None:
+    assert fanout.threads_wanted(value, cores) == threads
+
+
+def test_unset_is_the_default_and_anything_else_is_refused() -> None:
+    assert fanout.threads_wanted(None, 2) == fanout.threads_wanted(fanout.DEFAULT_THREADS, 2)
+    for value in ("0", "3", "two", ""):
+        with pytest.raises(BadFanoutThreads, match="1, 2 or auto") as caught:
+            fanout.threads_wanted(value, 2)
+        assert caught.value.value == value
