@@ -421,7 +421,8 @@ static long long monotonic_ns(void) {
  * (one atomic counter), so the fan-out ends in about half the time when a second core
  * is free, and the calling thread never waits for a helper that was not scheduled (it
  * takes every leg itself, then waits only for the one leg the helper may be writing).
- * `set_threads(1)` stops the helper and joins it. */
+ * The helper starts with the first packet it can share; `set_threads(1)` stops it and
+ * joins it. */
 
 static int threads = 1;
 static Py_ssize_t min_split = 32; /* fewer legs than this: not worth waking the helper */
@@ -433,6 +434,7 @@ static struct {
     pthread_cond_t finished;
     pthread_t thread;
     int running;  /* started and not yet joined */
+    int start_error; /* pthread_create's error: not tried again until set_threads(2) */
     int stopping; /* asked to return */
     int open;     /* a job whose legs the helper may still take */
     int working;  /* the helper took the open job and has not given it back */
@@ -500,15 +502,35 @@ static void helper_after_fork(void) {
     pthread_mutex_init(&helper.lock, NULL);
     pthread_cond_init(&helper.wake, NULL);
     pthread_cond_init(&helper.finished, NULL);
-    helper.running = helper.stopping = helper.open = helper.working = 0;
+    helper.running = helper.stopping = helper.open = helper.working = helper.start_error = 0;
     helper.posted = 0;
     threads = 1;
 }
 
-/* Called without the GIL. */
+/* Starts the helper thread, once (called holding `helper.busy`); 0 when it runs. */
+static int start_helper(void) {
+    if (helper.running)
+        return 0;
+    if (helper.start_error)
+        return -1;
+    int error = pthread_create(&helper.thread, NULL, helper_main, NULL);
+    if (error) {
+        helper.start_error = error; /* the fan-out goes on alone; threads() says 1 */
+        return -1;
+    }
+    helper.running = 1;
+    return 0;
+}
+
+/* Called without the GIL. The helper starts with the first packet it can share. */
 static void send_legs(FastLeg **legs, Py_ssize_t count, int stamping) {
-    if (threads < 2 || count < min_split || !helper.running ||
-        pthread_mutex_trylock(&helper.busy) != 0) {
+    if (threads < 2 || count < min_split || pthread_mutex_trylock(&helper.busy) != 0) {
+        for (Py_ssize_t i = 0; i < count; i++)
+            send_leg(legs[i], stamping);
+        return;
+    }
+    if (start_helper() != 0) {
+        pthread_mutex_unlock(&helper.busy);
         for (Py_ssize_t i = 0; i < count; i++)
             send_leg(legs[i], stamping);
         return;
@@ -532,15 +554,17 @@ static void send_legs(FastLeg **legs, Py_ssize_t count, int stamping) {
     pthread_mutex_unlock(&helper.busy);
 }
 
-/* Stops the helper thread and joins it (called without the GIL). */
+/* Stops the helper thread, if it runs, and joins it (called without the GIL). */
 static void stop_helper(void) {
     pthread_mutex_lock(&helper.busy); /* no caller is sharing a job with it */
-    pthread_mutex_lock(&helper.lock);
-    helper.stopping = 1;
-    pthread_cond_signal(&helper.wake);
-    pthread_mutex_unlock(&helper.lock);
-    pthread_join(helper.thread, NULL);
-    helper.running = helper.stopping = 0;
+    if (helper.running) {
+        pthread_mutex_lock(&helper.lock);
+        helper.stopping = 1;
+        pthread_cond_signal(&helper.wake);
+        pthread_mutex_unlock(&helper.lock);
+        pthread_join(helper.thread, NULL);
+        helper.running = helper.stopping = 0;
+    }
     pthread_mutex_unlock(&helper.busy);
 }
 
@@ -552,25 +576,23 @@ static PyObject *set_threads(PyObject *module, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "the fan-out runs on 1 or 2 threads");
         return NULL;
     }
-    if (wanted == 2 && !helper.running) {
-        int error = pthread_create(&helper.thread, NULL, helper_main, NULL);
-        if (error) {
-            errno = error;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        helper.running = 1;
-    } else if (wanted == 1 && helper.running) {
-        threads = 1;
+    threads = (int)wanted;
+    if (wanted == 1) {
         Py_BEGIN_ALLOW_THREADS
         stop_helper();
         Py_END_ALLOW_THREADS
+    } else {
+        helper.start_error = 0; /* try again */
     }
-    threads = (int)wanted;
     Py_RETURN_NONE;
 }
 
 static PyObject *get_threads(PyObject *module, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromLong(threads < 2 || !helper.running ? 1 : 2);
+    return PyLong_FromLong(threads < 2 || helper.start_error ? 1 : 2);
+}
+
+static PyObject *get_helper_running(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(helper.running);
 }
 
 static PyObject *set_min_split(PyObject *module, PyObject *arg) {
@@ -994,6 +1016,7 @@ static PyMethodDef module_methods[] = {
     {"set_threads", set_threads, METH_O, NULL},
     {"threads", get_threads, METH_NOARGS, NULL},
     {"set_min_split", set_min_split, METH_O, NULL},
+    {"helper_running", get_helper_running, METH_NOARGS, NULL},
     {"shared_legs", get_shared_legs, METH_NOARGS, NULL},
     {NULL},
 };

@@ -42,9 +42,11 @@ SWITCH = "STAGECAST_FANOUT_C"
 THREADS = "STAGECAST_FANOUT_THREADS"
 """Environment variable: ``2`` shares each packet's SRTP and socket writes with a helper
 thread (the packet's fan-out ends sooner when a second core is free); ``1`` keeps them on
-the calling thread; ``auto`` is 2 where the process may run on 2 cores or more."""
-DEFAULT_THREADS = "1"
-"""`THREADS` when unset (docs/benchmarks.md, media: what the helper thread measured)."""
+the calling thread; ``auto``, the default, is 2 where the process may run on 2 cores or
+more."""
+DEFAULT_THREADS = "auto"
+"""`THREADS` when unset: the helper shares packets of `MIN_SPLIT` legs or more wherever a
+second core may take it (docs/benchmarks.md, media: "The helper thread shares the legs")."""
 MIN_SPLIT = 32
 """A packet shared with the helper has at least this many legs (below it, waking the
 helper costs more than it saves: docs/benchmarks.md, media)."""
@@ -123,8 +125,8 @@ def new_rewriter(first: int) -> Rewriter | SequenceRewriter:
 def set_threads(count: int) -> None:
     """Run each packet's SRTP and socket writes on 1 thread, or share them with a helper
     thread (2): both take the next leg not yet sent, so the calling thread never waits
-    for a helper that is not running. 1 stops the helper and joins it. The C fan-out
-    must be built."""
+    for a helper that is not running. The helper starts with the first packet it can
+    share (`MIN_SPLIT` legs); 1 stops it and joins it. The C fan-out must be built."""
     assert _fanout is not None
     _fanout.set_threads(count)
 
@@ -134,6 +136,11 @@ def set_min_split(legs: int) -> None:
     at least 2)."""
     assert _fanout is not None
     _fanout.set_min_split(legs)
+
+
+def helper_running() -> bool:
+    """Whether the helper thread exists (started by a shared packet, not yet stopped)."""
+    return _fanout.helper_running() if _fanout is not None else False
 
 
 def shared_legs() -> tuple[int, int]:

@@ -215,6 +215,7 @@ def test_split_over_two_threads_each_leg_gets_the_same_bytes(
     writers = [writer(ssrc, extensions=False) for ssrc in ssrcs]
     references = {ssrc: session() for ssrc in ssrcs}
     legs = [fast_leg(w, session(), sender_socket, to, route) for w in writers]
+    was = fanout.threads()
     fanout.set_threads(threads)
     fanout.set_min_split(2)
     try:
@@ -234,7 +235,7 @@ def test_split_over_two_threads_each_leg_gets_the_same_bytes(
         assert [leg.packets_refused for leg in legs] == [1] * 20
         assert [leg.packets_sent for leg in legs] == [10] * 20
     finally:
-        fanout.set_threads(1)
+        fanout.set_threads(was)
         fanout.set_min_split(fanout.MIN_SPLIT)
     with pytest.raises(ValueError, match="1 or 2"):
         fanout.set_threads(3)

@@ -37,15 +37,23 @@ def os_threads() -> int:
 
 
 @pytest.fixture
-def shared() -> Iterator[None]:
-    """The helper on, sharing from 2 legs up; afterwards off and `MIN_SPLIT` again."""
-    fanout.set_threads(2)
-    fanout.set_min_split(2)
+def restored() -> Iterator[None]:
+    """The process's thread setting and `MIN_SPLIT` again afterwards (the helper
+    stopped: it starts again with the next packet it can share)."""
+    was = fanout.threads()
     try:
         yield
     finally:
         fanout.set_threads(1)
+        fanout.set_threads(was)
         fanout.set_min_split(fanout.MIN_SPLIT)
+
+
+@pytest.fixture
+def shared(restored: None) -> None:
+    """The helper on, sharing from 2 legs up."""
+    fanout.set_threads(2)
+    fanout.set_min_split(2)
 
 
 class Subscriber:
@@ -150,26 +158,34 @@ def test_legs_may_come_and_go_between_packets(shared: None, subscribers: list[Su
             s.check()
 
 
-def test_the_helper_stops_and_is_joined_and_starts_again(subscribers: list[Subscriber]) -> None:
-    """`set_threads(1)` ends the helper thread (the process has one thread fewer) and the
-    fan-out goes on alone; `set_threads(2)` starts a new one, three times over."""
+def test_the_helper_starts_with_a_shared_packet_and_stops_when_asked(
+    restored: None, subscribers: list[Subscriber]
+) -> None:
+    """`set_threads(2)` starts nothing until a packet has enough legs to share (a process
+    that never fans out wide has no helper thread); `set_threads(1)` ends the thread (the
+    process has one thread fewer) and the fan-out goes on alone; three times over."""
+    fanout.set_threads(1)
     alone = os_threads()
-    fanout.set_min_split(2)
     try:
         for round_ in range(3):
             fanout.set_threads(2)
-            assert fanout.threads() == 2 and os_threads() == alone + 1
-            send(subscribers, round_ * 2)
+            fanout.set_min_split(len(subscribers) + 1)
+            send(subscribers, round_ * 3)  # too few legs to share
+            assert fanout.threads() == 2 and not fanout.helper_running()
+            assert os_threads() == alone
+            fanout.set_min_split(2)
+            send(subscribers, round_ * 3 + 1)
+            assert fanout.helper_running() and os_threads() == alone + 1
             fanout.set_threads(1)
             fanout.set_threads(1)  # idempotent
-            assert fanout.threads() == 1 and os_threads() == alone
+            assert fanout.threads() == 1 and not fanout.helper_running()
+            assert os_threads() == alone
             before = fanout.shared_legs()
-            send(subscribers, round_ * 2 + 1)
+            send(subscribers, round_ * 3 + 2)
             assert fanout.shared_legs() == before  # sent alone
             for s in subscribers:
                 s.check()
     finally:
-        fanout.set_threads(1)
         fanout.set_min_split(fanout.MIN_SPLIT)
     with pytest.raises(ValueError, match="from 2 legs up"):
         fanout.set_min_split(1)
@@ -239,8 +255,9 @@ def test_the_setting_says_how_many_threads(value: str, cores: int, threads: int)
     assert fanout.threads_wanted(value, cores) == threads
 
 
-def test_unset_is_the_default_and_anything_else_is_refused() -> None:
-    assert fanout.threads_wanted(None, 2) == fanout.threads_wanted(fanout.DEFAULT_THREADS, 2)
+def test_unset_is_auto_and_anything_else_is_refused() -> None:
+    assert fanout.DEFAULT_THREADS == "auto"
+    assert [fanout.threads_wanted(None, cores) for cores in (1, 2, 8)] == [1, 2, 2]
     for value in ("0", "3", "two", ""):
         with pytest.raises(BadFanoutThreads, match="1, 2 or auto") as caught:
             fanout.threads_wanted(value, 2)
