@@ -496,7 +496,8 @@ static void *helper_main(void *unused) {
     return NULL;
 }
 
-/* In a forked child the helper thread is gone: start another when needed. */
+/* In a forked child the helper thread is gone: the child's first packet it can share
+ * starts another (the setting is kept). */
 static void helper_after_fork(void) {
     pthread_mutex_init(&helper.busy, NULL);
     pthread_mutex_init(&helper.lock, NULL);
@@ -504,7 +505,6 @@ static void helper_after_fork(void) {
     pthread_cond_init(&helper.finished, NULL);
     helper.running = helper.stopping = helper.open = helper.working = helper.start_error = 0;
     helper.posted = 0;
-    threads = 1;
 }
 
 /* Starts the helper thread, once (called holding `helper.busy`); 0 when it runs. */

@@ -262,3 +262,29 @@ def test_unset_is_auto_and_anything_else_is_refused() -> None:
         with pytest.raises(BadFanoutThreads, match="1, 2 or auto") as caught:
             fanout.threads_wanted(value, 2)
         assert caught.value.value == value
+
+
+def test_a_forked_child_starts_its_own_helper(shared: None, subscribers: list[Subscriber]) -> None:
+    """A child forked while the helper runs has no helper thread, keeps the setting, and
+    starts its own with its first packet it can share; every leg gets the child's packets."""
+    send(subscribers, 0)
+    assert fanout.helper_running()
+    for s in subscribers:
+        s.check()
+    child = os.fork()
+    if child == 0:  # the child: report through the exit code only
+        code = 1
+        try:
+            if fanout.threads() == 2 and not fanout.helper_running():
+                code = 2
+                send(subscribers, 1)
+                if fanout.helper_running():
+                    code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for s in subscribers:
+        s.expect(1)
+        s.check()
+    assert fanout.helper_running()  # the parent's helper is untouched
