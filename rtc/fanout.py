@@ -150,7 +150,8 @@ def shared_legs() -> tuple[int, int]:
 
 
 def threads() -> int:
-    """Threads a packet's SRTP and socket writes are split over (1 without the helper)."""
+    """Threads a packet's SRTP and socket writes are shared over: the setting (2 with the
+    helper on, before it has started too), 1 without the helper or when it cannot start."""
     return _fanout.threads() if _fanout is not None else 1
 
 

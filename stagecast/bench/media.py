@@ -34,7 +34,8 @@ as a browser does. Figures per case, each the median over `--runs`:
   over all pairs; receive_us_p50 and service_us_p50 (read -> router done), per packet.
 - delivered_ratio: packets the subscribers received / packets the forwarder sent.
 - helper_leg_share: the share of the legs sent that the C fan-out's helper thread sent
-  (0 unless `STAGECAST_FANOUT_THREADS=2`; it takes legs only while it is running).
+  (0 with `STAGECAST_FANOUT_THREADS=1`, on one core, or below 32 legs; it takes legs only
+  while it gets a core).
 - client_cores / other_load_cores: CPU used during the window by the case's clients, and
   by unrelated processes (a busy machine makes the latency figures meaningless).
 - transcode_cpu_ratio: the relay's CPU per packet sent / the forwarder's, same N and kind.

@@ -71,9 +71,7 @@ class Window:
     niceness: int
     """The process's nice value (the suite asks for a raised priority; needs privileges)."""
     helper_legs: int = 0
-    """Legs the C fan-out's helper thread sent (`STAGECAST_FANOUT_THREADS=2`)."""
-    shared_legs: int = 0
-    """Legs of the packets shared with the helper, whichever thread sent them."""
+    """Legs the C fan-out's helper thread sent (`rtc.fanout.shared_legs`)."""
 
     @property
     def cpu_s(self) -> float:
@@ -332,7 +330,7 @@ async def measure(node: _Node, seconds: float, profile_path: str | None = None) 
     (the CPU figures of such a window include the profiler's own large overhead).
     """
     in0, out0 = await node.counters()
-    caller0, helper0 = fanout.shared_legs()
+    _, helper0 = fanout.shared_legs()
     profiler = cProfile.Profile() if profile_path else None
     node.start_recording()
     usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -344,7 +342,7 @@ async def measure(node: _Node, seconds: float, profile_path: str | None = None) 
     usage1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     node.stop_recording()
     in1, out1 = await node.counters()
-    caller1, helper1 = fanout.shared_legs()
+    _, helper1 = fanout.shared_legs()
     if profiler is not None and profile_path:
         profiler.dump_stats(profile_path)
     return Window(
@@ -356,7 +354,6 @@ async def measure(node: _Node, seconds: float, profile_path: str | None = None) 
         involuntary_switches=usage1.ru_nivcsw - usage0.ru_nivcsw,
         niceness=os.getpriority(os.PRIO_PROCESS, 0),
         helper_legs=helper1 - helper0,
-        shared_legs=caller1 - caller0 + helper1 - helper0,
     )
 
 
