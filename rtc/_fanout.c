@@ -412,41 +412,61 @@ static long long monotonic_ns(void) {
     return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 }
 
-/* -- the legs' SRTP and sendto, without the GIL, optionally split with a helper thread --
+/* -- the legs' SRTP and sendto, without the GIL, optionally shared with a helper thread --
  *
  * A packet's legs are independent once their RTP bytes are written: protecting one
  * leg's copy (its own libsrtp session) and writing it (its own socket) touch nothing
  * another leg touches, and no Python object. With `set_threads(2)` a helper thread
- * takes the second half of a packet's legs while the calling thread does the first, so
- * a packet's fan-out ends in about half the time when a second core is free. */
+ * shares a packet's legs with the calling thread: both take the next leg not yet taken
+ * (one atomic counter), so the fan-out ends in about half the time when a second core
+ * is free, and the calling thread never waits for a helper that was not scheduled (it
+ * takes every leg itself, then waits only for the one leg the helper may be writing).
+ * The helper starts with the first packet it can share; `set_threads(1)` stops it and
+ * joins it. */
 
 static int threads = 1;
-#define MIN_SPLIT 8 /* fewer legs than this: not worth waking the helper */
+static Py_ssize_t min_split = 32; /* fewer legs than this: not worth waking the helper */
 
 static struct {
     pthread_mutex_t busy; /* one caller at a time uses the helper (others: alone) */
     pthread_mutex_t lock;
     pthread_cond_t wake;
     pthread_cond_t finished;
-    int running;
-    unsigned long posted, completed;
+    pthread_t thread;
+    int running;  /* started and not yet joined */
+    int start_error; /* pthread_create's error: not tried again until set_threads(2) */
+    int stopping; /* asked to return */
+    int open;     /* a job whose legs the helper may still take */
+    int working;  /* the helper took the open job and has not given it back */
+    unsigned long posted;
     FastLeg **legs;
     Py_ssize_t count;
     int stamping;
+    Py_ssize_t next; /* the job's next leg not taken (atomic) */
+    unsigned long long caller_legs, helper_legs; /* legs of shared jobs, by who sent them */
 } helper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
              PTHREAD_COND_INITIALIZER};
 
-static void send_range(FastLeg **legs, Py_ssize_t count, int stamping) {
-    for (Py_ssize_t i = 0; i < count; i++) {
-        FastLeg *leg = legs[i];
-        leg->refused = leg->protect(leg->context, leg->buffer, &leg->length) != 0;
-        if (leg->refused)
-            continue;
-        ssize_t written = sendto(leg->fd, leg->buffer, (size_t)leg->length, 0,
-                                 (struct sockaddr *)&leg->address, leg->address_length);
-        leg->send_error = written < 0 ? errno : 0;
-        if (stamping)
-            leg->stamp = monotonic_ns();
+static void send_leg(FastLeg *leg, int stamping) {
+    leg->refused = leg->protect(leg->context, leg->buffer, &leg->length) != 0;
+    if (leg->refused)
+        return;
+    ssize_t written = sendto(leg->fd, leg->buffer, (size_t)leg->length, 0,
+                             (struct sockaddr *)&leg->address, leg->address_length);
+    leg->send_error = written < 0 ? errno : 0;
+    if (stamping)
+        leg->stamp = monotonic_ns();
+}
+
+/* Sends the job's legs not taken yet, one at a time; returns how many it sent. */
+static Py_ssize_t take_legs(FastLeg **legs, Py_ssize_t count, int stamping) {
+    Py_ssize_t taken = 0;
+    for (;;) {
+        Py_ssize_t i = __atomic_fetch_add(&helper.next, 1, __ATOMIC_ACQ_REL);
+        if (i >= count)
+            return taken;
+        send_leg(legs[i], stamping);
+        taken++;
     }
 }
 
@@ -454,51 +474,97 @@ static void *helper_main(void *unused) {
     unsigned long seen = 0;
     pthread_mutex_lock(&helper.lock);
     for (;;) {
-        while (helper.posted == seen)
+        while (helper.posted == seen && !helper.stopping)
             pthread_cond_wait(&helper.wake, &helper.lock);
+        if (helper.stopping)
+            break;
         seen = helper.posted;
+        if (!helper.open)
+            continue; /* woken too late: the caller sent every leg itself */
+        helper.working = 1;
         FastLeg **legs = helper.legs;
         Py_ssize_t count = helper.count;
         int stamping = helper.stamping;
         pthread_mutex_unlock(&helper.lock);
-        send_range(legs, count, stamping);
+        Py_ssize_t taken = take_legs(legs, count, stamping);
         pthread_mutex_lock(&helper.lock);
-        helper.completed = seen;
+        helper.helper_legs += (unsigned long long)taken;
+        helper.working = 0;
         pthread_cond_signal(&helper.finished);
     }
+    pthread_mutex_unlock(&helper.lock);
     return NULL;
 }
 
-/* In a forked child the helper thread is gone: start another when needed. */
+/* In a forked child the helper thread is gone: the child's first packet it can share
+ * starts another (the setting is kept). */
 static void helper_after_fork(void) {
     pthread_mutex_init(&helper.busy, NULL);
     pthread_mutex_init(&helper.lock, NULL);
     pthread_cond_init(&helper.wake, NULL);
     pthread_cond_init(&helper.finished, NULL);
-    helper.running = 0;
-    helper.posted = helper.completed = 0;
+    helper.running = helper.stopping = helper.open = helper.working = helper.start_error = 0;
+    helper.posted = 0;
 }
 
-/* Called without the GIL. */
+/* Starts the helper thread, once (called holding `helper.busy`); 0 when it runs. */
+static int start_helper(void) {
+    if (helper.running)
+        return 0;
+    if (helper.start_error)
+        return -1;
+    int error = pthread_create(&helper.thread, NULL, helper_main, NULL);
+    if (error) {
+        helper.start_error = error; /* the fan-out goes on alone; threads() says 1 */
+        return -1;
+    }
+    helper.running = 1;
+    return 0;
+}
+
+/* Called without the GIL. The helper starts with the first packet it can share. */
 static void send_legs(FastLeg **legs, Py_ssize_t count, int stamping) {
-    if (threads < 2 || count < MIN_SPLIT || !helper.running ||
-        pthread_mutex_trylock(&helper.busy) != 0) {
-        send_range(legs, count, stamping);
+    if (threads < 2 || count < min_split || pthread_mutex_trylock(&helper.busy) != 0) {
+        for (Py_ssize_t i = 0; i < count; i++)
+            send_leg(legs[i], stamping);
         return;
     }
-    Py_ssize_t half = count / 2;
+    if (start_helper() != 0) {
+        pthread_mutex_unlock(&helper.busy);
+        for (Py_ssize_t i = 0; i < count; i++)
+            send_leg(legs[i], stamping);
+        return;
+    }
     pthread_mutex_lock(&helper.lock);
-    helper.legs = legs + half;
-    helper.count = count - half;
+    helper.legs = legs;
+    helper.count = count;
     helper.stamping = stamping;
-    unsigned long job = ++helper.posted;
+    helper.next = 0;
+    helper.open = 1;
+    helper.posted++;
     pthread_cond_signal(&helper.wake);
     pthread_mutex_unlock(&helper.lock);
-    send_range(legs, half, stamping);
+    Py_ssize_t taken = take_legs(legs, count, stamping);
     pthread_mutex_lock(&helper.lock);
-    while (helper.completed != job)
+    helper.open = 0; /* a helper waking from now on leaves the legs alone */
+    helper.caller_legs += (unsigned long long)taken;
+    while (helper.working)
         pthread_cond_wait(&helper.finished, &helper.lock);
     pthread_mutex_unlock(&helper.lock);
+    pthread_mutex_unlock(&helper.busy);
+}
+
+/* Stops the helper thread, if it runs, and joins it (called without the GIL). */
+static void stop_helper(void) {
+    pthread_mutex_lock(&helper.busy); /* no caller is sharing a job with it */
+    if (helper.running) {
+        pthread_mutex_lock(&helper.lock);
+        helper.stopping = 1;
+        pthread_cond_signal(&helper.wake);
+        pthread_mutex_unlock(&helper.lock);
+        pthread_join(helper.thread, NULL);
+        helper.running = helper.stopping = 0;
+    }
     pthread_mutex_unlock(&helper.busy);
 }
 
@@ -510,22 +576,46 @@ static PyObject *set_threads(PyObject *module, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "the fan-out runs on 1 or 2 threads");
         return NULL;
     }
-    if (wanted == 2 && !helper.running) {
-        pthread_t thread;
-        int error = pthread_create(&thread, NULL, helper_main, NULL);
-        if (error) {
-            errno = error;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        pthread_detach(thread);
-        helper.running = 1;
-    }
     threads = (int)wanted;
+    if (wanted == 1) {
+        Py_BEGIN_ALLOW_THREADS
+        stop_helper();
+        Py_END_ALLOW_THREADS
+    } else {
+        helper.start_error = 0; /* try again */
+    }
     Py_RETURN_NONE;
 }
 
 static PyObject *get_threads(PyObject *module, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromLong(threads < 2 || !helper.running ? 1 : 2);
+    return PyLong_FromLong(threads < 2 || helper.start_error ? 1 : 2);
+}
+
+static PyObject *get_helper_running(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(helper.running);
+}
+
+static PyObject *set_min_split(PyObject *module, PyObject *arg) {
+    Py_ssize_t wanted = PyLong_AsSsize_t(arg);
+    if (wanted == -1 && PyErr_Occurred())
+        return NULL;
+    if (wanted < 2) {
+        PyErr_Format(PyExc_ValueError, "a packet is shared from 2 legs up, not %zd", wanted);
+        return NULL;
+    }
+    min_split = wanted;
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_shared_legs(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    unsigned long long caller, helped;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&helper.lock);
+    caller = helper.caller_legs;
+    helped = helper.helper_legs;
+    pthread_mutex_unlock(&helper.lock);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(KK)", caller, helped);
 }
 
 /* Sends `packet` on legs[i] as seqs[i] (-1: not at all) and returns (sent, unhandled):
@@ -925,6 +1015,9 @@ static PyMethodDef module_methods[] = {
     {"forward", forward, METH_VARARGS, NULL},
     {"set_threads", set_threads, METH_O, NULL},
     {"threads", get_threads, METH_NOARGS, NULL},
+    {"set_min_split", set_min_split, METH_O, NULL},
+    {"helper_running", get_helper_running, METH_NOARGS, NULL},
+    {"shared_legs", get_shared_legs, METH_NOARGS, NULL},
     {NULL},
 };
 

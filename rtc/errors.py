@@ -44,3 +44,11 @@ class PacketTooLong(RtcError):
         super().__init__(f"an RTP packet of {size} bytes cannot be protected (at most {limit})")
         self.size = size
         self.limit = limit
+
+
+class BadFanoutThreads(RtcError):
+    """`STAGECAST_FANOUT_THREADS` is not one of ``1``, ``2``, ``auto``."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(f"STAGECAST_FANOUT_THREADS must be 1, 2 or auto, not {value!r}")
+        self.value = value

@@ -28,6 +28,7 @@ import os
 from array import array
 from typing import TYPE_CHECKING
 
+from rtc.errors import BadFanoutThreads
 from rtc.packets import MediaPacket, SequenceRewriter
 
 if TYPE_CHECKING:
@@ -39,9 +40,16 @@ logger = logging.getLogger(__name__)
 SWITCH = "STAGECAST_FANOUT_C"
 """Environment variable: ``0`` turns the C fan-out off (for A/B measurements)."""
 THREADS = "STAGECAST_FANOUT_THREADS"
-"""Environment variable: ``2`` splits each packet's SRTP and socket writes with a helper
-thread (the packet's fan-out ends sooner when a second core is free); ``1``, the default,
-keeps them on the calling thread."""
+"""Environment variable: ``2`` shares each packet's SRTP and socket writes with a helper
+thread (the packet's fan-out ends sooner when a second core is free); ``1`` keeps them on
+the calling thread; ``auto``, the default, is 2 where the process may run on 2 cores or
+more."""
+DEFAULT_THREADS = "auto"
+"""`THREADS` when unset: the helper shares packets of `MIN_SPLIT` legs or more wherever a
+second core may take it (docs/benchmarks.md, media: "The helper thread shares the legs")."""
+MIN_SPLIT = 32
+"""A packet shared with the helper has at least this many legs (below it, waking the
+helper costs more than it saves: docs/benchmarks.md, media)."""
 
 try:
     from rtc import _fanout
@@ -50,9 +58,25 @@ except ImportError as error:  # pragma: no cover - the tests assert it is built
     _import_error: str | None = str(error)
 else:
     _import_error = None
-    _fanout.set_threads(2 if os.environ.get(THREADS, "1") == "2" else 1)
+    _fanout.set_min_split(MIN_SPLIT)
 
 _said = False
+
+
+def threads_wanted(value: str | None, cores: int) -> int:
+    """The fan-out's threads for `STAGECAST_FANOUT_THREADS` = `value` (None: unset) on a
+    process allowed `cores` CPUs: ``1``, ``2``, or ``auto`` (2 from 2 cores up).
+    Raises `BadFanoutThreads` for anything else."""
+    chosen = DEFAULT_THREADS if value is None else value.strip().lower()
+    if chosen == "auto":
+        return 2 if cores >= 2 else 1
+    if chosen in ("1", "2"):
+        return int(chosen)
+    raise BadFanoutThreads(value or "")
+
+
+if _fanout is not None:
+    _fanout.set_threads(threads_wanted(os.environ.get(THREADS), len(os.sched_getaffinity(0))))
 
 
 def built() -> bool:
@@ -99,14 +123,35 @@ def new_rewriter(first: int) -> Rewriter | SequenceRewriter:
 
 
 def set_threads(count: int) -> None:
-    """Run each packet's SRTP and socket writes on 1 thread, or split over 2 (a helper
-    thread, started once, takes half of a packet's legs). The C fan-out must be built."""
+    """Run each packet's SRTP and socket writes on 1 thread, or share them with a helper
+    thread (2): both take the next leg not yet sent, so the calling thread never waits
+    for a helper that is not running. The helper starts with the first packet it can
+    share (`MIN_SPLIT` legs); 1 stops it and joins it. The C fan-out must be built."""
     assert _fanout is not None
     _fanout.set_threads(count)
 
 
+def set_min_split(legs: int) -> None:
+    """Share a packet with the helper only from `legs` legs up (`MIN_SPLIT` by default;
+    at least 2)."""
+    assert _fanout is not None
+    _fanout.set_min_split(legs)
+
+
+def helper_running() -> bool:
+    """Whether the helper thread exists (started by a shared packet, not yet stopped)."""
+    return _fanout.helper_running() if _fanout is not None else False
+
+
+def shared_legs() -> tuple[int, int]:
+    """(legs the calling thread sent, legs the helper sent), over the packets shared
+    with the helper since the process started."""
+    return _fanout.shared_legs() if _fanout is not None else (0, 0)
+
+
 def threads() -> int:
-    """Threads a packet's SRTP and socket writes are split over (1 without the helper)."""
+    """Threads a packet's SRTP and socket writes are shared over: the setting (2 with the
+    helper on, before it has started too), 1 without the helper or when it cannot start."""
     return _fanout.threads() if _fanout is not None else 1
 
 

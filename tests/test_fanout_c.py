@@ -205,16 +205,19 @@ def test_each_leg_gets_what_rtpwriter_and_pylibsrtp_make(
 def test_split_over_two_threads_each_leg_gets_the_same_bytes(
     receiver: socket.socket, sender_socket: socket.socket, threads: int
 ) -> None:
-    """20 legs (the helper thread takes the last 10 of each packet): every datagram is
+    """20 legs (shared with the helper thread from 2 legs up): every datagram is
     pylibsrtp's protection of the leg's RTP bytes, refusals and stamps are counted per
-    leg, and the thread count is what was set."""
+    leg, and the thread count is what was set (tests/test_fanout_threads.py: order,
+    legs coming and going, stopping)."""
     to = receiver.getsockname()
     route = Route()
     ssrcs = [0x1000 + i for i in range(20)]
     writers = [writer(ssrc, extensions=False) for ssrc in ssrcs]
     references = {ssrc: session() for ssrc in ssrcs}
     legs = [fast_leg(w, session(), sender_socket, to, route) for w in writers]
+    was = fanout.threads()
     fanout.set_threads(threads)
+    fanout.set_min_split(2)
     try:
         assert fanout.threads() == threads
         stamps: array[int] = array("q")
@@ -232,7 +235,8 @@ def test_split_over_two_threads_each_leg_gets_the_same_bytes(
         assert [leg.packets_refused for leg in legs] == [1] * 20
         assert [leg.packets_sent for leg in legs] == [10] * 20
     finally:
-        fanout.set_threads(1)
+        fanout.set_threads(was)
+        fanout.set_min_split(fanout.MIN_SPLIT)
     with pytest.raises(ValueError, match="1 or 2"):
         fanout.set_threads(3)
 

@@ -33,6 +33,9 @@ as a browser does. Figures per case, each the median over `--runs`:
   before it). tail_*_ms: each part's mean over the pairs at or above the p99, mean_*_ms
   over all pairs; receive_us_p50 and service_us_p50 (read -> router done), per packet.
 - delivered_ratio: packets the subscribers received / packets the forwarder sent.
+- helper_leg_share: the share of the legs sent that the C fan-out's helper thread sent
+  (0 with `STAGECAST_FANOUT_THREADS=1`, on one core, or below 32 legs; it takes legs only
+  while it gets a core).
 - client_cores / other_load_cores: CPU used during the window by the case's clients, and
   by unrelated processes (a busy machine makes the latency figures meaningless).
 - transcode_cpu_ratio: the relay's CPU per packet sent / the forwarder's, same N and kind.
@@ -515,6 +518,12 @@ def case_figures(case: Case, runs: list[CaseRun], args: argparse.Namespace) -> l
             _med(runs, lambda r: 100 * r.window.system_s / max(r.window.cpu_s, 1e-9)),
             "%",
             "of its CPU: system time",
+        ),
+        Result(
+            f"{name}_helper_leg_share",
+            _med(runs, lambda r: r.window.helper_legs / max(1, r.window.packets_out)),
+            "x",
+            "of the legs sent, by the fan-out's helper thread",
         ),
         Result(
             f"{name}_packets_out_per_s",

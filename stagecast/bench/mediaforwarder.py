@@ -43,6 +43,7 @@ from forwarder.node import Forwarder
 from forwarder.router import Leg, Router
 from forwarder.voice import RoomVoices
 from processes.runtime import tune_gc
+from rtc import fanout
 from rtc.aiortc_adapter import tap_datagrams_received
 from rtc.packets import MediaPacket, is_keyframe_start
 from stagecast.bench.workers import Handler, serve, set_priority
@@ -69,6 +70,8 @@ class Window:
     """Times the OS took the CPU away from the process (a sign of a contended machine)."""
     niceness: int
     """The process's nice value (the suite asks for a raised priority; needs privileges)."""
+    helper_legs: int = 0
+    """Legs the C fan-out's helper thread sent (`rtc.fanout.shared_legs`)."""
 
     @property
     def cpu_s(self) -> float:
@@ -327,6 +330,7 @@ async def measure(node: _Node, seconds: float, profile_path: str | None = None) 
     (the CPU figures of such a window include the profiler's own large overhead).
     """
     in0, out0 = await node.counters()
+    _, helper0 = fanout.shared_legs()
     profiler = cProfile.Profile() if profile_path else None
     node.start_recording()
     usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -338,6 +342,7 @@ async def measure(node: _Node, seconds: float, profile_path: str | None = None) 
     usage1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     node.stop_recording()
     in1, out1 = await node.counters()
+    _, helper1 = fanout.shared_legs()
     if profiler is not None and profile_path:
         profiler.dump_stats(profile_path)
     return Window(
@@ -348,6 +353,7 @@ async def measure(node: _Node, seconds: float, profile_path: str | None = None) 
         packets_out=out1 - out0,
         involuntary_switches=usage1.ru_nivcsw - usage0.ru_nivcsw,
         niceness=os.getpriority(os.PRIO_PROCESS, 0),
+        helper_legs=helper1 - helper0,
     )
 
 
