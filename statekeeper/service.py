@@ -90,8 +90,8 @@ class Tuning:
     outbox_gap_ms: float = 2.0
     """While the log is busy, the fold's messages to NATS (join replies, broadcasts) go out
     at most once per this many ms, together: one socket write for a few joins instead of
-    one each. A message waits at most this long; after a quiet gap it goes at once. 0
-    writes after every batch."""
+    one each. A message waits at most this long; after a quiet gap it goes at once. Not
+    during recovery's replay (written after every batch, as with 0)."""
     edge_check_ms: int = 1_000
     edge_timeout_ms: int = 4_000
     forwarder_timeout_ms: int = 3_000
@@ -274,7 +274,8 @@ class Statekeeper:
         loop = asyncio.get_running_loop()
         while True:
             wait = 0.05
-            if self._outbox:  # held back by the gap: come back when it may go
+            paced = self._caught_up.is_set()  # a replay's empty batch means "caught up"
+            if paced and self._outbox:  # held back by the gap: come back when it may go
                 wait = min(wait, max(0.0, self._outbox_due - loop.time()))
             batch = await reader.next_batch(max_wait=wait)
             if not batch:
@@ -293,9 +294,13 @@ class Statekeeper:
                 self.media.flush(self.state, self.applied_seq)
             elif self.applied_seq >= self._replay_target:
                 self._mark_caught_up()
-            flush_due, checkpoint_due = self.checkpoints.flush_due, self.checkpoints.checkpoint_due
-            if self._outbox and (flush_due or checkpoint_due or loop.time() >= self._outbox_due):
-                await self._send_outbox()  # before a commit: replies never wait on SQL
+            if self._outbox and (
+                not paced
+                or self.checkpoints.flush_due  # before a commit: replies never wait on SQL
+                or self.checkpoints.checkpoint_due
+                or loop.time() >= self._outbox_due
+            ):
+                await self._send_outbox()
             if self.checkpoints.flush_due:
                 await self.checkpoints.persist_or_wait(self.flush)
             if self.checkpoints.checkpoint_due:
