@@ -68,6 +68,11 @@ def log_partitions_filter(partitions: Iterable[int] | None) -> list[str]:
     return sorted({log_partition_filter(p) for p in partitions})
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class LogReader:
     """An ordered, batched reader of the room log from a stream sequence.
 
@@ -118,7 +123,11 @@ class LogReader:
         self._consumer: str | None = None
         self._consumer_token = b""
         self._buffer: collections.deque[Delivery] = collections.deque()
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        """What `next_batch` awaits while nothing is buffered: set by the next delivery,
+        by `close`, or by its own timer (a bare future, not `asyncio.wait_for` on an
+        `Event`: that costs a task and two more loop steps at every wake-up, and a
+        statekeeper in a join storm wakes a few hundred times a second)."""
         self._outstanding = 0
         self._expected_dseq = 1
         self._need_reset = False
@@ -181,7 +190,7 @@ class LogReader:
             return
         self._closed = True
         self._buffer.clear()
-        self._wakeup.set()
+        self._wake()
         sub, self._sub = self._sub, None
         if sub is not None:
             await FastDelivery.drop(self._nc, sub)
@@ -238,10 +247,24 @@ class LogReader:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     break
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+            await self._sleep(wait)
         return []
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait until a delivery arrives, the reader closes, or `seconds` pass."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _drain(self) -> list[LogRecord]:
         """Turn buffered deliveries into records, in order, stopping at anything amiss."""
@@ -316,11 +339,11 @@ class LogReader:
 
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         self._buffer.append((subject, reply, data, headers))
-        self._wakeup.set()
+        self._wake()
 
     async def _on_msg(self, msg: Msg) -> None:  # used when the fast path is unavailable
         self._buffer.append((msg.subject.encode(), msg.reply.encode(), msg.data, msg.headers))
-        self._wakeup.set()
+        self._wake()
 
     # ------------------------------------------------------------------ the consumer
 

@@ -87,6 +87,11 @@ class Tuning:
     snapshot_every_ms: int = 5_000
     snapshot_every_events: int = 50_000
     count_tick_ms: int = 25
+    outbox_gap_ms: float = 2.0
+    """While the log is busy, the fold's messages to NATS (join replies, broadcasts) go out
+    at most once per this many ms, together: one socket write for a few joins instead of
+    one each. A message waits at most this long; after a quiet gap it goes at once. Not
+    during recovery's replay (written after every batch, as with 0)."""
     edge_check_ms: int = 1_000
     edge_timeout_ms: int = 4_000
     forwarder_timeout_ms: int = 3_000
@@ -128,6 +133,8 @@ class Statekeeper:
         self._caught_up = asyncio.Event()
         self._stopped = False
         self._outbox: list[tuple[str, bytes]] = []
+        self._outbox_due = 0.0
+        """The loop time from which the outbox may be written again (`outbox_gap_ms`)."""
         self._replay_target = 0
         self._healthy = True
         self.log_reader: LogReader | None = None
@@ -264,8 +271,13 @@ class Statekeeper:
                 self.log_reader = None
 
     async def _fold_from(self, reader: LogReaderPort) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            batch = await reader.next_batch(max_wait=0.05)
+            wait = 0.05
+            paced = self._caught_up.is_set()  # a replay's empty batch means "caught up"
+            if paced and self._outbox:  # held back by the gap: come back when it may go
+                wait = min(wait, max(0.0, self._outbox_due - loop.time()))
+            batch = await reader.next_batch(max_wait=wait)
             if not batch:
                 self._mark_caught_up()  # nothing more stored: recovery is done
                 if self._outbox:
@@ -282,7 +294,12 @@ class Statekeeper:
                 self.media.flush(self.state, self.applied_seq)
             elif self.applied_seq >= self._replay_target:
                 self._mark_caught_up()
-            if self._outbox:
+            if self._outbox and (
+                not paced
+                or self.checkpoints.flush_due  # before a commit: replies never wait on SQL
+                or self.checkpoints.checkpoint_due
+                or loop.time() >= self._outbox_due
+            ):
                 await self._send_outbox()
             if self.checkpoints.flush_due:
                 await self.checkpoints.persist_or_wait(self.flush)
@@ -377,6 +394,8 @@ class Statekeeper:
 
     async def _send_outbox(self) -> None:
         outbox, self._outbox = self._outbox, []
+        if outbox:
+            self._outbox_due = asyncio.get_running_loop().time() + self.tuning.outbox_gap_ms / 1000
         if self.fence is not None and outbox:
             try:
                 self.fence.check()

@@ -259,6 +259,25 @@ async def test_an_idle_reader_keeps_its_consumer_across_expired_pulls(
         assert reader.resets == 0
 
 
+async def test_a_waiting_reader_wakes_on_a_delivery_without_a_task_of_its_own(
+    room_log: RoomLog,
+) -> None:
+    """The statekeeper waits for the log once per delivery under a join storm: the wait
+    is one future woken by the delivery, not a task per wait (`asyncio.wait_for`)."""
+    async with room_log.reader([0], 1, batch=10) as reader:
+        tasks_before = len(asyncio.all_tasks())
+        waiting = asyncio.create_task(reader.next_batch(30.0))
+        await eventually(lambda: reader._waiter is not None, what="the reader waiting")
+        assert len(asyncio.all_tasks()) == tasks_before + 1  # `waiting` itself, nothing more
+        await room_log.append(leave("r", 1), "m1")
+        assert [r.seq for r in await asyncio.wait_for(waiting, 10)] == [1]
+        assert reader._waiter is None
+        closing = asyncio.create_task(reader.next_batch(30.0))
+        await eventually(lambda: reader._waiter is not None, what="the reader waiting")
+        await reader.close()  # wakes the wait: nothing more comes
+        assert await asyncio.wait_for(closing, 10) == []
+
+
 async def test_consume_iterates_and_cleans_up(room_log: RoomLog, js: JetStreamContext) -> None:
     await room_log.append_many((leave("r", i), f"m{i}") for i in range(5))
     got: list[int] = []

@@ -9,6 +9,7 @@ tests/test_statekeeper.py and the contract tests of each seam.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -187,3 +188,58 @@ async def test_silence_is_not_judged_while_the_statekeeper_is_cut_off(shell: She
 async def test_every_outcome_class_has_a_handler(shell: Shell) -> None:
     """The shell looks handlers up by exact type: a new outcome class needs one too."""
     assert set(shell.keeper._handlers) == set(typing.get_args(Outcome))
+
+
+def folded(keeper: Statekeeper, seq: int) -> bool:
+    return keeper.applied_seq >= seq
+
+
+async def test_replies_folded_close_together_go_out_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a busy log the outbox is written at most once per `outbox_gap_ms`: the first
+    reply goes at once, the ones folded within the gap wait and go out together (at the
+    latest when the log falls quiet), each exactly once and in order."""
+    clock = Clock(1_700_000_000_000)
+    nats = MemoryNats(reconnect_buffer=True)
+    log, store = MemoryRoomLog(clock=clock), MemoryStore()
+    await log.ensure()
+    quiet = 10**9  # no count ticks, flushes or checks write the outbox meanwhile
+    tuning = Tuning(
+        outbox_gap_ms=60_000,
+        roster_flush_ms=quiet,
+        count_tick_ms=quiet,
+        edge_check_ms=quiet,
+        forwarder_timeout_ms=10**15,
+    )
+    keeper = Statekeeper(nats, log, store, tuning=tuning, clock=clock)
+    writes: list[list[str]] = []
+    send = keeper._send_outbox
+
+    async def counted() -> None:
+        if keeper._outbox:
+            writes.append([subject for subject, _data in keeper._outbox])
+        await send()
+
+    monkeypatch.setattr(keeper, "_send_outbox", counted)
+    replies: list[str] = []
+
+    async def on_reply(msg: Msg) -> None:
+        replies.append(msg.subject)
+
+    await nats.subscribe("reply.*", cb=on_reply)
+    await keeper.start()
+    await keeper.wait_caught_up()
+    shell = Shell(keeper, nats, log, store, await MemoryBus.connect(nats, log), clock)
+    try:
+        for n in range(1, 5):  # each folded in a batch of its own
+            await log.append(msgspec.structs.replace(shell.join(n), reply_to=f"reply.{n}"), f"{n}")
+            await eventually(functools.partial(folded, keeper, n), what=f"join {n} folded")
+        await eventually(lambda: len(replies) == 4, what="every reply")
+        assert replies == [f"reply.{n}" for n in range(1, 5)]
+        answered = [[s for s in write if s.startswith("reply.")] for write in writes]
+        assert answered == [["reply.1"], ["reply.2", "reply.3", "reply.4"]]
+    finally:
+        await keeper.stop()
+        await store.close()
+        await nats.close()
