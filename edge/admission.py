@@ -244,17 +244,16 @@ class UpgradeGate:
     def check(self, lag: float, unjoined: int) -> UpgradeRefusal | None:
         """None to take the socket, or why not (counted): `lag` is how late the edge's
         loop ran lately (seconds), `unjoined` its open sockets not yet joined."""
-        refusal: UpgradeRefusal | None = None
-        hint = min(MAX_RETRY_AFTER, max(self.retry_after, lag))
+        reason: UpgradeBusy
         if lag > self.max_lag:
-            message = f"this edge runs {lag:.1f} s behind"
-            refusal = UpgradeRefusal("loop_lag", message, hint)
+            reason, message = "loop_lag", f"this edge runs {lag:.1f} s behind"
         elif unjoined >= self.max_unjoined:
-            message = f"this edge has {unjoined} sockets waiting to join"
-            refusal = UpgradeRefusal("unjoined", message, hint)
-        if refusal is not None:
-            self.refused[refusal.reason] += 1
-        return refusal
+            reason, message = "unjoined", f"this edge has {unjoined} sockets waiting to join"
+        else:
+            return None
+        self.refused[reason] += 1
+        hint = min(MAX_RETRY_AFTER, max(self.retry_after, lag))
+        return UpgradeRefusal(reason, message, hint)
 
 
 __all__ = [

@@ -31,7 +31,13 @@ from schemas.api import ActionOutcome
 
 log = logging.getLogger("stagecast.edge")
 
-__all__ = ["AWAITED_LIMIT", "OUTCOME_PATIENCE", "OUTCOME_WAIT", "AwaitedOutcomes"]
+__all__ = [
+    "AWAITED_LIMIT",
+    "OUTCOME_MAX_PAUSE",
+    "OUTCOME_PATIENCE",
+    "OUTCOME_WAIT",
+    "AwaitedOutcomes",
+]
 
 OUTCOME_WAIT = 2.0
 """Seconds after the append's confirmation before the reply is asked for (it takes a few
@@ -39,7 +45,8 @@ milliseconds when nothing is lost, and may take over a second on a loaded statek
 OUTCOME_PATIENCE = 15.0
 """Seconds after the append's confirmation during which the reply is asked for (the SDKs
 wait 10 s for a reply, and send a refused request again for 15 s)."""
-_MAX_PAUSE = 2.0
+OUTCOME_MAX_PAUSE = 2.0
+"""The longest pause between two questions for one reply."""
 AWAITED_LIMIT = 256
 """Actions awaited per socket, and replies remembered (the oldest go first)."""
 
@@ -184,7 +191,7 @@ class AwaitedOutcomes:
             self._remember(entry.req, answer.frame)
             return
         loop = asyncio.get_running_loop()
-        entry.pause = min(entry.pause * 2, _MAX_PAUSE)
+        entry.pause = min(entry.pause * 2, OUTCOME_MAX_PAUSE)
         if loop.time() + entry.pause > entry.deadline:
             del self._waiting[entry.req]
             return

@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from edge.awaited import OUTCOME_WAIT
+from edge.awaited import OUTCOME_MAX_PAUSE, OUTCOME_WAIT
 from roomlog.connect import NatsAuth, connect
 from roomlog.errors import NatsUnreachable
 from roomlog.jetstream import FastDelivery, RawHandler
@@ -46,7 +46,6 @@ log = logging.getLogger("stagecast.edge")
 OUTCOME_TIMEOUT = 8.0
 """Seconds `Bus.append_and_wait` waits for an outcome by default (a server API call: the
 SDK's HTTP timeout is 10 s); a statekeeper taking a partition over answers within it."""
-_MAX_OUTCOME_PAUSE = 2.0
 
 Handler = Callable[[Msg], Awaitable[None]]
 
@@ -366,23 +365,37 @@ class Bus:
             if loop.time() >= deadline or not room_id:
                 break
             try:
-                answer, _data = await self.request(
-                    ActionOutcomeRequest(room_id=room_id, seq=seq, reply_to=sub.subject),
+                answer = await ask_outcome(
+                    self,
+                    room_id,
+                    seq,
+                    sub.subject,
                     timeout=max(0.001, min(self.request_timeout, deadline - loop.time())),
                 )
             except BusUnavailable as exc:
                 answer, why = None, str(exc)
-            if isinstance(answer, ActionOutcome) and answer.folded:
+            if answer is not None and answer.folded:
                 if answer.frame is None:
                     why = "its reply was lost and is not kept any more"
                     break
                 self.replies_recovered += 1
                 log.debug("the reply to log sequence %d did not come: the statekeeper's copy", seq)
                 return answer.frame
-            wait = min(wait * 2, _MAX_OUTCOME_PAUSE)
+            wait = min(wait * 2, OUTCOME_MAX_PAUSE)
             if loop.time() >= deadline:
                 break
         raise BusUnavailable(f"no outcome from the statekeeper: {why}")
+
+
+async def ask_outcome(
+    bus: BusPort, room_id: str, seq: int, reply_to: str, *, timeout: float | None = None
+) -> ActionOutcome | None:
+    """The statekeeper's copy of the reply it sent to `reply_to` for the action at log
+    sequence `seq` (`ActionOutcomeRequest`); None when it answers something else.
+    `BusUnavailable` when it does not answer."""
+    request = ActionOutcomeRequest(room_id=room_id, seq=seq, reply_to=reply_to)
+    reply, _data = await bus.request(request, timeout=timeout)
+    return reply if isinstance(reply, ActionOutcome) else None
 
 
 def log_missing() -> str:
@@ -390,4 +403,4 @@ def log_missing() -> str:
     return f"waiting for the room log: a statekeeper has not made stream {LOG_STREAM} yet"
 
 
-__all__ = ["Bus", "BusBusy", "BusPort", "BusUnavailable", "Handler", "log_missing"]
+__all__ = ["Bus", "BusBusy", "BusPort", "BusUnavailable", "Handler", "ask_outcome", "log_missing"]

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import msgspec
 
 from edge.awaited import AwaitedOutcomes
-from edge.bus import BusUnavailable
+from edge.bus import BusUnavailable, ask_outcome
 from edge.closecodes import close_code
 from edge.inbox import Inbox, Reading
 from edge.join import JoinAttempt
@@ -53,7 +53,7 @@ from edge.resume import ResumeClaims, mint_resume_token
 from edge.retried import RetriedActions
 from edge.sendqueue import FrameSink, SendQueue
 from edge.wsframe import binary_frame
-from schemas.api import ActionOutcome, ActionOutcomeRequest
+from schemas.api import ActionOutcome
 from schemas.client import (
     Ack,
     ActiveSpeakersChanged,
@@ -497,9 +497,7 @@ class EdgeSession:
     async def _ask_outcome(self, seq: int) -> ActionOutcome | None:
         """The statekeeper's copy of its reply to this socket's action at log sequence `seq`
         (None when it answers something else)."""
-        request = ActionOutcomeRequest(room_id=self.room_id, seq=seq, reply_to=self.subject)
-        reply, _data = await self.node.bus.request(request)
-        return reply if isinstance(reply, ActionOutcome) else None
+        return await ask_outcome(self.node.bus, self.room_id, seq, self.subject)
 
     def awaiting(self) -> AwaitedOutcomes:
         """This socket's `awaited`, made on first use."""

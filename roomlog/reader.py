@@ -262,9 +262,8 @@ class LogReader:
             self._waiter = None
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._waiter is not None:
+            _expire(self._waiter)
 
     def _drain(self) -> list[LogRecord]:
         """Turn buffered deliveries into records, in order, stopping at anything amiss."""

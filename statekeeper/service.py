@@ -33,7 +33,7 @@ from roomlog.reader import LogReader
 from roomlog.seam import CoreLink, LogReaderPort, RoomLogPort
 from schemas import subjects
 from schemas.api import MediaAssignment, MediaAssignRequest
-from schemas.client import Ack, Error, JoinAccepted
+from schemas.client import JoinAccepted
 from schemas.clock import now_ms
 from schemas.codec import encode
 from schemas.log import LogEvent
@@ -70,9 +70,6 @@ log = logging.getLogger("stagecast.statekeeper")
 
 STOP_TIMEOUT_S = 5.0
 """How long `stop` waits for its tasks to end after cancelling them."""
-_REPLIES = (Ack, Error)
-"""The direct frames that answer a socket's action, kept for an edge that missed one (the
-other answers to an event's `reply_to`, a server API call's, are kept too, but for joins)."""
 YIELD_EVERY = 256
 """With a lease, the log reader lets other tasks run every this many events of a batch
 (a long replay must not starve the lease renewals of its process)."""
@@ -358,9 +355,9 @@ class Statekeeper:
     def _direct(self, outcome: Direct, seq: int) -> None:
         frame = encode(outcome.message)
         self._outbox.append((outcome.subject, frame))
-        kind = type(outcome.message)
-        if kind in _REPLIES or (outcome.answers and kind is not JoinAccepted):
-            # a join's answer is per viewer and large; a client that missed it joins again
+        if outcome.answers and type(outcome.message) is not JoinAccepted:
+            # kept for an edge that missed it (a socket's ack or error, a server API call's
+            # answer); a join's answer is per viewer and large, and its client joins again
             self.recent.kept(seq, outcome.subject, frame)
 
     def _roster(self, outcome: RosterJoin | RosterLeave | RosterUpdate, _seq: int) -> None:
