@@ -50,6 +50,7 @@ BENCH_SUITES = (
     "streams",
     "dispatch",
     "natscost",
+    "syscalls",
 )
 
 
