@@ -6,10 +6,18 @@ import asyncio
 import contextlib
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from processes.natsserver import death_signal_setter
+
+CLI: tuple[str, ...] = (sys.executable, "-P", "-m", "stagecast.cli")
+"""How a parent runs a `stagecast` command as its child: this interpreter, with `-P` so that
+the working directory is not put first on the child's `sys.path`. Without it a directory
+holding a folder named like one of Stagecast's packages (`schemas/`, `edge/`, a checkout)
+shadows the installed code, and a tree named by `PYTHONPATH` (a benchmark's A/B against
+another commit) loses to the checkout the command was started from."""
 
 
 def spawn_child(

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 from nats.aio.client import Client as NATS
 
-from processes.children import until_stopped_or_exited
+from processes.children import CLI, until_stopped_or_exited
 from processes.natscluster import NatsCluster
 from roomlog.connect import connect
 from roomlog.natslink import NatsLink
@@ -136,7 +136,7 @@ class ClusterStack(Stack):
         await self.cluster.start()
         self.nats_url = self.cluster.url
         log(f"nats-server  {config.nodes} nodes: {self.nats_url}")
-        cli = [sys.executable, "-m", "stagecast.cli"]
+        cli = list(CLI)
         for i in range(config.statekeepers):
             if i == 1:  # the first one has created the streams: no two creating them at once
                 await self.wait_statekeeper_ready(0)

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from edge.counts import CPU_SHARE
-from processes.children import spawn_child, stop_child, until_stopped_or_exited
+from processes.children import CLI, spawn_child, stop_child, until_stopped_or_exited
 from processes.natsserver import NatsServer
 from roomlog.connect import (
     ENV_CREDS,
@@ -158,7 +158,7 @@ class Stack:
             await self.nats.start()
             self.nats_url = self.nats.url
             log(f"nats-server  {self.nats_url} (credentials in {nats_dir / 'credentials'})")
-        cli = [sys.executable, "-m", "stagecast.cli"]
+        cli = list(CLI)
         self._spawn(
             [
                 *cli,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from subprocess import Popen
 import nats
 from nats.aio.client import Client as NATS
 
-from processes.children import spawn_child, stop_child
+from processes.children import CLI, spawn_child, stop_child
 from processes.natsserver import NatsServer
 from schemas import subjects
 from schemas.api import HealthReply, HealthRequest
@@ -41,9 +40,7 @@ def start_statekeeper(nats_url: str, database_url: str, log: Path, *extra: str) 
     env = dict(os.environ, STAGECAST_API_KEY="bench", STAGECAST_API_SECRET="bench-secret")
     return spawn_child(
         [
-            sys.executable,
-            "-m",
-            "stagecast.cli",
+            *CLI,
             "statekeeper",
             "--nats-url",
             nats_url,

@@ -18,7 +18,6 @@ import base64
 import contextlib
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import nats
 import psutil
 from rich.console import Console
 
+from processes.children import CLI
 from processes.natsserver import NatsServer
 from roomlog.log import RoomLog
 from schemas.events import ParticipantJoinedEvent
@@ -123,7 +123,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
         )
         sender = await asyncio.to_thread(
             subprocess.Popen,
-            [sys.executable, "-m", "stagecast.cli", "webhooks"],
+            [*CLI, "webhooks"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
