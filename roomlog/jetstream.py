@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -143,9 +142,14 @@ RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
 Publish = tuple[str, str, bytes, "str | None"]
 """(subject, reply or "", payload, Nats-Msg-Id or None): one publish for `publish_all`."""
 
-_PLAIN = re.compile(r"[^\s]+")
-"""A subject, reply or header value the fast path writes as is (nats-py refuses whitespace
-in subjects and strips CR/LF out of header values: those go through `publish`)."""
+
+def _plain(text: str) -> bool:
+    """A subject, reply or header value the fast path writes as is: not empty, no whitespace
+    (nats-py refuses whitespace in subjects and strips CR/LF out of header values: those go
+    through `publish`). Every whitespace character but the space is unprintable, so this
+    says yes to a subset of what ``[^\\s]+`` matches, for half its cost: an unprintable
+    character that is not whitespace only takes the slower, equally correct way."""
+    return text.isprintable() and " " not in text and text != ""
 
 
 class _Publisher(Protocol):
@@ -185,14 +189,16 @@ async def publish_all(nc: _Publisher, messages: Sequence[Publish]) -> None:
         return
     client = nc
     assert isinstance(client, NATS)
-    plain = _PLAIN.fullmatch
+    plain = _plain
+    max_payload = client._max_payload
+    connected = client.is_connected  # only `publish` below awaits: checked again after it
     frames: list[bytes] = []
     size = 0
     count = 0
     for subject, reply, payload, msg_id in messages:
         if (
-            client.is_connected
-            and len(payload) <= client._max_payload
+            connected
+            and len(payload) <= max_payload
             and plain(subject)
             and (not reply or plain(reply))
             and (msg_id is None or plain(msg_id))
@@ -213,6 +219,7 @@ async def publish_all(nc: _Publisher, messages: Sequence[Publish]) -> None:
         frames, size, count = [], 0, 0
         headers = None if msg_id is None else {MSG_ID: msg_id}
         await client.publish(subject, payload, reply=reply, headers=headers)
+        connected = client.is_connected
     await _send_frames(client, frames, count, size)
 
 
