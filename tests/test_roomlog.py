@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import sys
 
 import nats.errors
 import nats.js.errors
@@ -163,6 +165,18 @@ async def test_publish_all_writes_what_publish_writes_in_one_go(nc: NATS) -> Non
     await nc.flush()
     await eventually(lambda: len(got) == 5, what="the 5th message")
     assert got[-1] == ("pa.five", "", b"5", None)
+
+
+def test_publish_all_writes_as_is_only_what_has_no_whitespace() -> None:
+    # The fast path's check is cheaper than a regex: it must never let whitespace through.
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if re.fullmatch(r"\s", chr(c))]
+    assert len(spaces) > 20  # ASCII's and Unicode's
+    for space in spaces:
+        assert not jetstream._plain(f"pa.{space}.x"), repr(space)
+    assert not jetstream._plain("")
+    assert jetstream._plain("stagecast.sess.ED_bench.PA_v1")
+    assert jetstream._plain("_INBOX.abc.def1.500.fail.2.1.$FI")
+    assert jetstream._plain("stagecast.events.salle-é.participant_joined")
 
 
 @pytest.mark.parametrize(
