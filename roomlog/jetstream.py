@@ -315,6 +315,7 @@ async def publish_all(nc: _Publisher, messages: Sequence[Publish]) -> None:
     max_payload = client._max_payload
     connected = client.is_connected  # only `publish` below awaits: checked again after it
     frames: list[bytes] = []
+    append = frames.append
     size = 0
     count = 0
     for subject, reply, payload, msg_id in messages:
@@ -326,19 +327,21 @@ async def publish_all(nc: _Publisher, messages: Sequence[Publish]) -> None:
             and (msg_id is None or plain(msg_id))
         ):
             if msg_id is None:
-                frames.append(f"PUB {subject} {reply} {len(payload)}\r\n".encode())
+                append(f"PUB {subject} {reply} {len(payload)}\r\n".encode())
             else:
                 header = f"NATS/1.0\r\n{MSG_ID}: {msg_id}\r\n\r\n".encode()
-                total = len(header) + len(payload)
-                frames.append(f"HPUB {subject} {reply} {len(header)} {total}\r\n".encode())
-                frames.append(header)
-            frames.append(payload)
-            frames.append(b"\r\n")
+                length = len(header)
+                append(
+                    f"HPUB {subject} {reply} {length} {length + len(payload)}\r\n".encode() + header
+                )
+            append(payload)
+            append(b"\r\n")
             size += len(payload)
             count += 1
             continue
         await _send_frames(client, frames, count, size)
         frames, size, count = [], 0, 0
+        append = frames.append
         headers = None if msg_id is None else {MSG_ID: msg_id}
         await client.publish(subject, payload, reply=reply, headers=headers)
         connected = client.is_connected
