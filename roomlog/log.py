@@ -328,10 +328,13 @@ class RoomLog:
         batches, they are published the ordinary way. Retried like `publish_events`: a
         transient failure publishes the whole batch again, with the same ids.
         """
-        items = [
-            (public_event(room_id, name), encode(message), event_id)
-            for room_id, name, message, event_id in events
-        ]
+        subject_of: dict[tuple[str, str], str] = {}  # a batch is mostly one room's few events
+        items: list[tuple[str, bytes, str]] = []
+        for room_id, name, message, event_id in events:
+            subject = subject_of.get((room_id, name))
+            if subject is None:
+                subject = subject_of[room_id, name] = public_event(room_id, name)
+            items.append((subject, encode(message), event_id))
         if not items:
             return 0
         last: list[int] = []

@@ -64,7 +64,19 @@ class BatchWriter:
     async def _write_items(self, items: Sequence[Item], applied_seq: int | None) -> None:
         """Publish the public events among `items`, then commit the rest in one transaction
         (with the checkpoint at `applied_seq`, when given and anything else is written)."""
-        public = [i for i in items if isinstance(i, PublicEvent)]
+        public: list[PublicEvent] = []
+        roster: list[RosterJoin | RosterLeave | RosterUpdate] = []
+        snapshots: dict[str, tuple[int, bytes]] = {}
+        deleted: dict[str, int] = {}
+        for item in items:  # one pass: a join storm's batch is tens of thousands of items
+            if isinstance(item, PublicEvent):
+                public.append(item)
+            elif isinstance(item, Snapshot):
+                snapshots[item.room_id] = (item.seq, item.blob)
+            elif isinstance(item, Deletion):
+                deleted[item.room_id] = item.seq
+            else:
+                roster.append(item)
         if public:
             if self.fence is not None:
                 self.fence.check()  # LeaseLost: an outage to the caller, nothing written
@@ -72,9 +84,6 @@ class BatchWriter:
                 (p.room_id, p.name, p.message, p.message.id)  # type: ignore[attr-defined]
                 for p in public
             )
-        roster = [i for i in items if isinstance(i, (RosterJoin, RosterLeave, RosterUpdate))]
-        snapshots = {i.room_id: (i.seq, i.blob) for i in items if isinstance(i, Snapshot)}
-        deleted = {i.room_id: i.seq for i in items if isinstance(i, Deletion)}
         if roster or snapshots or deleted:
             await self.store.commit(
                 roster=roster,

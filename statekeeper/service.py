@@ -281,10 +281,12 @@ class Statekeeper:
                     await self._send_outbox()
                 continue
             share = self.fence is not None  # leases must be renewed meanwhile
-            for i, record in enumerate(batch, 1):
-                if record.event is not None:
-                    self.fold(record.seq, record.event, record.stored_at)
-                self.applied_seq = max(self.applied_seq, record.seq)
+            fold = self.fold
+            for i, (seq, event, _data, stored_at) in enumerate(batch, 1):
+                if event is not None:
+                    fold(seq, event, stored_at)
+                if seq > self.applied_seq:
+                    self.applied_seq = seq
                 if share and not i % YIELD_EVERY:
                     await asyncio.sleep(0)  # the state is whole at applied_seq here
             if self._caught_up.is_set():

@@ -8,7 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import re
 import signal
+import sys
+from types import SimpleNamespace
 
 import nats.errors
 import nats.js.errors
@@ -16,6 +20,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.protocol.parser import Parser
 
 from processes.natsserver import NatsServer
 from roomlog import appends, jetstream
@@ -165,6 +170,106 @@ async def test_publish_all_writes_what_publish_writes_in_one_go(nc: NATS) -> Non
     assert got[-1] == ("pa.five", "", b"5", None)
 
 
+def test_publish_all_writes_as_is_only_what_has_no_whitespace() -> None:
+    # The fast path's check is cheaper than a regex: it must never let whitespace through.
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if re.fullmatch(r"\s", chr(c))]
+    assert len(spaces) > 20  # ASCII's and Unicode's
+    for space in spaces:
+        assert not jetstream._plain(f"pa.{space}.x"), repr(space)
+    assert not jetstream._plain("")
+    assert jetstream._plain("stagecast.sess.ED_bench.PA_v1")
+    assert jetstream._plain("_INBOX.abc.def1.500.fail.2.1.$FI")
+    assert jetstream._plain("stagecast.events.salle-é.participant_joined")
+
+
+class _Heard:
+    """What a protocol parser hands its client, in order."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[object, ...]] = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.heard.append(("msg", sid, bytes(subject), bytes(reply), data, headers))
+
+    async def _process_ping(self) -> None:
+        self.heard.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.heard.append(("pong",))
+
+    async def _process_info(self, info: object) -> None:
+        self.heard.append(("info", info))
+
+    async def _process_err(self, err: str) -> None:
+        self.heard.append(("err", err))
+
+
+def _protocol_stream(rng: random.Random, lines: int) -> bytes:
+    """What a server sends: deliveries with and without headers and replies, statuses, and
+    the other operations, some spelled in ways only nats-py's own parser reads."""
+    out = bytearray()
+    for i in range(lines):
+        payload = rng.randbytes(rng.randrange(0, 40))
+        reply = rng.choice(["", f" $JS.ACK.S.c.1.{i}.{i}.1765160000000000000.0"])
+        kind = rng.randrange(10)
+        if kind < 4:
+            head = f"NATS/1.0\r\nNats-Msg-Id: m{i}\r\n\r\n".encode()
+            out += (
+                f"HMSG log.{i} {i % 9}{reply} {len(head)} {len(head) + len(payload)}\r\n".encode()
+            )
+            out += head + payload + b"\r\n"
+        elif kind == 4:  # a status, no payload
+            head = b"NATS/1.0 408 Request Timeout\r\n\r\n"
+            out += f"HMSG _INBOX.x.1 2 {len(head)} {len(head)}\r\n".encode() + head + b"\r\n"
+        elif kind < 8:
+            out += f"MSG s.{i} {i % 5}{reply} {len(payload)}\r\n".encode() + payload + b"\r\n"
+        elif kind == 8:
+            out += rng.choice(
+                [b"PING\r\n", b"PONG\r\n", b"+OK\r\n", b'INFO {"max_payload":1048576}\r\n']
+            )
+        else:  # a tab, or two spaces: left to nats-py's parser
+            op = rng.choice(["MSG\t", "MSG  "])
+            out += f"{op}t.{i} 1 {len(payload)}\r\n".encode() + payload + b"\r\n"
+    return bytes(out)
+
+
+async def _parse_in_pieces(
+    fast: bool, data: bytes, cuts: list[int]
+) -> tuple[list[tuple[object, ...]], bytes, int]:
+    client = _Heard()
+    parser = Parser(client)
+    if fast:
+        assert jetstream.install_fast_parse(SimpleNamespace(_ps=parser))
+    start = 0
+    for cut in [*cuts, len(data)]:
+        await parser.parse(data[start:cut])
+        start = cut
+    return client.heard, bytes(parser.buf), parser.state
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_the_fast_parser_hears_what_nats_py_hears_however_the_stream_is_cut(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    data = _protocol_stream(rng, 200)
+    if seed % 10 == 0:
+        cuts = list(range(1, len(data)))  # byte by byte
+    else:
+        cuts = sorted(rng.sample(range(1, len(data)), rng.choice([1, 5, 40, 300])))
+    slow = await _parse_in_pieces(False, data, cuts)
+    assert len(slow[0]) >= 190  # it all came through (the last line may be cut)
+    assert await _parse_in_pieces(True, data, cuts) == slow
+
+
+async def test_the_fast_parser_refuses_what_nats_py_refuses() -> None:
+    for fast in (False, True):
+        with pytest.raises(nats.errors.ProtocolError):
+            await _parse_in_pieces(fast, b"MSG a 1 0\r\n\r\nBOGUS 1\r\n", [])
+
+
 @pytest.mark.parametrize(
     ("ack", "seq"),
     [
@@ -239,6 +344,9 @@ async def test_small_batches_take_many_pulls_on_the_fast_path(room_log: RoomLog)
     await room_log.append_many((leave("r", i), f"m{i}") for i in range(10))
     async with room_log.reader([0], 4, batch=4) as reader:
         assert reader.fast_path, "nats-py internals moved: see roomlog.jetstream.FastDelivery"
+        assert jetstream.fast_parse_installed(jetstream.connection_of(room_log.js)), (
+            "nats-py internals moved: see roomlog.jetstream.install_fast_parse"
+        )
         assert [r.seq for r in await read(reader, 7)] == list(range(4, 11))
         for i in range(10, 25):  # live appends, one at a time
             await room_log.append(leave("r", i), f"live{i}")
