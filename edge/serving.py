@@ -26,6 +26,8 @@ fails loudly when they move.
   browser cannot read the status of a refused upgrade); the others go to the `RtcEntry`
   (`edge.app`). No ASGI scope, no task and no queue per socket: uvicorn never sees these
   connections, so the edge closes them itself when it stops (`edge.main`).
+- Per connection, the local and remote addresses are the ones asyncio read when it
+  accepted it (uvicorn's `connection_made` asks the socket again: two system calls).
 - `AcceptFailures`: a loop exception handler that turns the per-attempt accept reports into
   one line when accepting starts failing and one, with a count, when it works again.
 """
@@ -39,6 +41,8 @@ from collections.abc import Callable
 from typing import Any
 
 import h11
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge.admission import ConnectionLedger, Refusal, UpgradeGate, UpgradeRefusal
@@ -120,7 +124,17 @@ def guarded_http(
         """Nothing was read yet: the first bytes may be a plain ``/rtc`` upgrade."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            # uvicorn's `connection_made`, with the addresses asyncio already holds: its
+            # own asks the socket again (a getsockname and a getpeername per connection).
+            self.connections.add(self)
+            self.transport = transport
+            self.flow = FlowControl(transport)
+            self.server = _local_address(transport.get_extra_info("sockname"))
+            self.client = _address(transport.get_extra_info("peername"))
+            self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+            if self.logger.level <= TRACE_LOG_LEVEL:
+                prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+                self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
             metrics.connections_accepted += 1
             refusal = ledger.open(self.client) if self.client is not None else None
             if refusal is not None:
@@ -240,6 +254,20 @@ def guarded_http(
             self.transport.close()
 
     return GuardedHTTP
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    """(host, port) of an address asyncio took from the socket at accept, as uvicorn's own
+    look-up makes it (None for one that is not an IP address)."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None
+
+
+def _local_address(info: Any) -> tuple[str, int | None] | None:
+    """The listening side's address, as uvicorn's own look-up makes it (a Unix socket's
+    path with no port)."""
+    return (info, None) if isinstance(info, str) else _address(info)
 
 
 def refusal_of(scope: Any) -> Refusal | None:

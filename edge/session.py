@@ -35,7 +35,6 @@ import contextlib
 import enum
 import itertools
 import logging
-import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -45,7 +44,7 @@ from edge.awaited import AwaitedOutcomes
 from edge.bus import BusUnavailable, ask_outcome
 from edge.closecodes import close_code
 from edge.inbox import Inbox, Reading
-from edge.join import JoinAttempt
+from edge.join import JoinAttempt, random_token
 from edge.latch import Latch
 from edge.ports import EdgePort
 from edge.ratelimit import FloodGuard, TokenBucket
@@ -151,7 +150,7 @@ class EdgeSession:
         self.line = line
         self.upgrade_token = upgrade_token
         self.state = EdgeSessionState.CONNECTING
-        self.connection_id = secrets.token_urlsafe(6)
+        self.connection_id = random_token(6)
         self.queue = SendQueue(config.send_queue_size, line, self._on_overflow)
         self.guard = FloodGuard(
             TokenBucket(config.rate_per_s, config.rate_burst), config.flood_close_after
