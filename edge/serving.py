@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge.admission import ConnectionLedger, Refusal, UpgradeGate, UpgradeRefusal
 from edge.closecodes import close_code
+from edge.deadlines import Deadlines
 from edge.handshake import (
     VERSION,
     BadUpgrade,
@@ -114,10 +116,16 @@ def guarded_http(
     upgrade is refused while `upgrades` says the edge is behind (`unjoined`: its open
     sockets not yet joined)."""
 
+    read_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
+        weakref.WeakKeyDictionary()
+    )
+    """The request heads' deadlines, on one timer (`edge.deadlines`) per loop serving."""
+
     class GuardedHTTP(H11Protocol):
         """uvicorn's h11 protocol with the ledger and the request read deadline."""
 
-        _read_timer: asyncio.TimerHandle | None = None
+        _read_deadline = 0
+        """The request head's deadline's token in `read_deadlines` (0: none)."""
         _upgraded = False
         _dropped = False
         _fresh = True
@@ -232,16 +240,19 @@ def guarded_http(
                     ledger.close(self.client)
 
         def _arm(self) -> None:
-            if self._read_timer is None:
-                self._read_timer = self.loop.call_later(read_timeout, self._read_timed_out)
+            if not self._read_deadline:
+                deadlines = read_deadlines.get(self.loop)
+                if deadlines is None:
+                    deadlines = read_deadlines[self.loop] = Deadlines(self.loop)
+                self._read_deadline = deadlines.add(read_timeout, self._read_timed_out)
 
         def _disarm(self) -> None:
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-                self._read_timer = None
+            if self._read_deadline:
+                read_deadlines[self.loop].cancel(self._read_deadline)
+                self._read_deadline = 0
 
         def _read_timed_out(self) -> None:
-            self._read_timer = None
+            self._read_deadline = 0
             if self._upgraded or self._dropped or self.transport.is_closing():
                 return
             if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):

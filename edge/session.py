@@ -186,7 +186,8 @@ class EdgeSession:
         self._ended = False
         self.inbox = Inbox(self._serve, line, self._failed)
         self._winding_down: asyncio.Task[None] | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline = 0
+        """The join deadline's token in `node.deadlines` (0: none)."""
         self.joined_seq = 0
         """The log sequence of the joined snapshot: broadcasts up to it are in it already."""
         self.detached = Latch()
@@ -199,8 +200,9 @@ class EdgeSession:
     def open(self) -> None:
         """The socket is open: the edge knows it, and the join deadline runs."""
         self.node.opened(self)
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self.node.config.join_deadline, self._join_deadline_passed)
+        self._deadline = self.node.deadlines.add(
+            self.node.config.join_deadline, self._join_deadline_passed
+        )
 
     def received(self, data: bytes | None, text: str | None) -> None:
         """A whole message from the client (binary `data` or `text`): handled in order."""
@@ -242,8 +244,9 @@ class EdgeSession:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
                 await self._flushed(self.node.config.close_grace)
         finally:
-            if self._deadline is not None:
-                self._deadline.cancel()
+            if self._deadline:
+                self.node.deadlines.cancel(self._deadline)
+                self._deadline = 0
             self.state = EdgeSessionState.CLOSED
             self.node.closed_socket(self)
             self.closed.set()
@@ -363,10 +366,11 @@ class EdgeSession:
             id=req, code=ErrorCode.SERVER_BUSY.value, message=message, retry_after_ms=retry_after_ms
         )
         self.send(encode(busy), "error")
-        if self._deadline is not None and self.state is EdgeSessionState.CONNECTING:
-            self._deadline.cancel()  # the client may wait up to twice the hint (jitter)
+        if self._deadline and self.state is EdgeSessionState.CONNECTING:
+            deadlines = self.node.deadlines
+            deadlines.cancel(self._deadline)  # the client may wait up to twice the hint
             wait = self.node.config.join_deadline + 2 * retry_after_ms / 1000
-            self._deadline = asyncio.get_running_loop().call_later(wait, self._join_deadline_passed)
+            self._deadline = deadlines.add(wait, self._join_deadline_passed)
 
     @property
     def can_join(self) -> bool:
