@@ -39,12 +39,15 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import h11
+import uvicorn
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from edge.admission import ConnectionLedger, Refusal, UpgradeGate, UpgradeRefusal
 from edge.closecodes import close_code
@@ -130,6 +133,68 @@ def guarded_http(
         _dropped = False
         _fresh = True
         """Nothing was read yet: the first bytes may be a plain ``/rtc`` upgrade."""
+        _h11_limit: int = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        _shared: ClassVar[dict[str, Any] | None] = None
+        """What uvicorn's `__init__` derives from the server's configuration, made once."""
+
+        def __init__(
+            self,
+            config: uvicorn.Config,
+            server_state: ServerState,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
+            # uvicorn's `__init__` (every attribute it sets, tests/test_edge_limits.py),
+            # with what follows from the configuration made once per server instead of per
+            # connection (two logger look-ups, a walk of the handlers, the loop look-up),
+            # and the HTTP parser made only when a request needs it (`conn`): a plain
+            # ``/rtc`` upgrade never does.
+            shared = GuardedHTTP._shared
+            if shared is None or shared["server_state"] is not server_state:
+                if not config.loaded:
+                    config.load()
+                access_logger = logging.getLogger("uvicorn.access")
+                limit = config.h11_max_incomplete_event_size
+                shared = GuardedHTTP._shared = {
+                    "config": config,
+                    "app": config.loaded_app,
+                    "loop": _loop or asyncio.get_event_loop(),
+                    "logger": logging.getLogger("uvicorn.error"),
+                    "access_logger": access_logger,
+                    "access_log": access_logger.hasHandlers(),
+                    "_h11_limit": DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if limit is None else limit,
+                    "ws_protocol_class": config.ws_protocol_class,
+                    "root_path": config.root_path,
+                    "asgi_version": config.asgi_version,
+                    "limit_concurrency": config.limit_concurrency,
+                    "timeout_keep_alive_task": None,
+                    "timeout_keep_alive": config.timeout_keep_alive,
+                    "server_state": server_state,
+                    "connections": server_state.connections,
+                    "tasks": server_state.tasks,
+                    "transport": None,
+                    "flow": None,
+                    "server": None,
+                    "client": None,
+                    "scheme": None,
+                    "scope": None,
+                    "headers": None,
+                    "cycle": None,
+                }
+            self.__dict__.update(shared)
+            self.app_state = app_state
+
+        @property
+        def conn(self) -> h11.Connection:
+            """The request's HTTP parser (uvicorn's ``self.conn``), made on first use."""
+            conn: h11.Connection | None = self.__dict__.get("_h11")
+            if conn is None:
+                conn = self.__dict__["_h11"] = h11.Connection(h11.SERVER, self._h11_limit)
+            return conn
+
+        @conn.setter
+        def conn(self, conn: h11.Connection) -> None:
+            self.__dict__["_h11"] = conn
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             # uvicorn's `connection_made`, with the addresses asyncio already holds: its
