@@ -47,14 +47,44 @@ class JoinAttempt:
         return not (was_joined or self.resuming or self.key)
 
 
+class RandomTokens:
+    """`secrets.token_urlsafe`, from the same source read `size` bytes at a time.
+
+    A join takes three random ids (the socket's connection id, the sid, the participant
+    id); each `secrets.token_urlsafe` is a ``getrandom`` system call of its own. The bytes
+    are the kernel's CSPRNG output all the same, each used once; the process never forks
+    after it starts (a child would repeat the parent's unused bytes)."""
+
+    __slots__ = ("_at", "_bytes", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._bytes = b""
+        self._at = 0
+
+    def token(self, nbytes: int) -> str:
+        """`nbytes` random bytes in url-safe base64, without padding."""
+        end = self._at + nbytes
+        if end > len(self._bytes):
+            self._bytes = secrets.token_bytes(max(self.size, nbytes))
+            self._at, end = 0, nbytes
+        chunk = self._bytes[self._at : end]
+        self._at = end
+        return base64.urlsafe_b64encode(chunk).rstrip(b"=").decode("ascii")
+
+
+random_token = RandomTokens().token
+"""The edge's random ids (`RandomTokens`)."""
+
+
 def new_sid() -> str:
     """A session sid, ``PA_`` + 16 random url-safe characters."""
-    return "PA_" + secrets.token_urlsafe(12)
+    return "PA_" + random_token(12)
 
 
 def new_participant_id() -> str:
     """A participant id for a token without one, ``p-`` + 12 random url-safe characters."""
-    return "p-" + secrets.token_urlsafe(9)
+    return "p-" + random_token(9)
 
 
 def keyed_ids(api_key: str, token_id: str, room_id: str, join_key: str) -> tuple[str, str]:
@@ -79,4 +109,12 @@ def settle_room(token_room: str | None, asked: str | None) -> str | tuple[ErrorC
     return room_id
 
 
-__all__ = ["JoinAttempt", "keyed_ids", "new_participant_id", "new_sid", "settle_room"]
+__all__ = [
+    "JoinAttempt",
+    "RandomTokens",
+    "keyed_ids",
+    "new_participant_id",
+    "new_sid",
+    "random_token",
+    "settle_room",
+]

@@ -2,23 +2,25 @@
 
 `asyncio.Event` allocates a deque of waiters for each flag (~0.6 KiB); a session has two
 flags and its join one more, and almost none is ever awaited. A `Latch` holds a future
-only once someone waits.
+per waiter, only while someone waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 class Latch:
     """Set once; `wait` returns once it is set (at once if it is). Cancelling one waiter
     does not disturb the others."""
 
-    __slots__ = ("_future", "_set")
+    __slots__ = ("_set", "_waiters")
 
     def __init__(self) -> None:
         self._set = False
-        self._future: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+        """A future per waiter (None while nobody waits)."""
 
     def is_set(self) -> bool:
         return self._set
@@ -27,29 +29,56 @@ class Latch:
         if self._set:
             return
         self._set = True
-        future, self._future = self._future, None
-        if future is not None and not future.done():
-            future.set_result(None)
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        waiter = loop.create_future()
+        if self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        if self._waiters is not None:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
     async def wait(self) -> None:
         if self._set:
             return
-        if self._future is None:
-            self._future = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._future)
+        waiter = self._waiter(asyncio.get_running_loop())
+        try:
+            await waiter
+        finally:
+            self._forget(waiter)
 
     async def wait_for(self, timeout: float) -> bool:
         """Wait until set, at most `timeout` seconds; whether it is set (also when it was
-        set in the same loop pass as the timeout). No task is made for the wait."""
+        set in the same loop pass as the timeout). No task and no `asyncio.wait` (its
+        coroutine, set and callbacks) for the wait: a future and a timer."""
         if self._set:
             return True
-        if self._future is None:
-            self._future = asyncio.get_running_loop().create_future()
-        await asyncio.wait((self._future,), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter(loop)
+        timer = loop.call_later(timeout, _time_up, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._forget(waiter)
         return self._set
 
     def __repr__(self) -> str:
         return f"<Latch {'set' if self._set else 'unset'}>"
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 __all__ = ["Latch"]

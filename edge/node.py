@@ -19,6 +19,7 @@ from nats.aio.subscription import Subscription
 from edge.admission import JoinGate
 from edge.bus import Bus, BusUnavailable, log_missing
 from edge.config import EdgeConfig
+from edge.deadlines import Deadlines
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
 from edge.ports import Resident
@@ -71,6 +72,7 @@ class EdgeNode:
         self._heartbeat: asyncio.Task[None] | None = None
         self._log_wait: asyncio.Task[None] | None = None
         self._stopped = False
+        self._deadlines: Deadlines | None = None
         self.metrics.sockets = lambda: len(self.sockets)
         self.metrics.sockets_unjoined = lambda: len(self.unjoined)
         self.metrics.joins_in_flight = lambda: self.join_gate.in_flight
@@ -87,6 +89,13 @@ class EdgeNode:
         if self._fanout is None:
             raise RuntimeError("the edge is not started")
         return self._fanout
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The sockets' join deadlines (made on the running loop at first use)."""
+        if self._deadlines is None:
+            self._deadlines = Deadlines(asyncio.get_running_loop())
+        return self._deadlines
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,6 +202,8 @@ class EdgeNode:
             return
         await self.drain()
         self._stopped = True
+        if self._deadlines is not None:
+            self._deadlines.close()
         if self._fanout is not None:
             await self._fanout.close()
         if self._direct is not None:

@@ -14,6 +14,7 @@ from typing import Protocol
 from edge.admission import JoinGate
 from edge.bus import BusPort
 from edge.config import EdgeConfig
+from edge.deadlines import Deadlines
 from edge.fanout import Fanout
 from edge.latch import Latch
 from edge.metrics import EdgeMetrics
@@ -84,6 +85,10 @@ class EdgePort(Protocol):
     @property
     def join_gate(self) -> JoinGate:
         """The joins in flight on this edge, bounded (`SERVER_BUSY` beyond)."""
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The sockets' join deadlines, on one loop timer."""
 
     def opened(self, session: Resident) -> None:
         """A socket was accepted (counted until `closed_socket`)."""

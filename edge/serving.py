@@ -26,6 +26,8 @@ fails loudly when they move.
   browser cannot read the status of a refused upgrade); the others go to the `RtcEntry`
   (`edge.app`). No ASGI scope, no task and no queue per socket: uvicorn never sees these
   connections, so the edge closes them itself when it stops (`edge.main`).
+- Per connection, the local and remote addresses are the ones asyncio read when it
+  accepted it (uvicorn's `connection_made` asks the socket again: two system calls).
 - `AcceptFailures`: a loop exception handler that turns the per-attempt accept reports into
   one line when accepting starts failing and one, with a count, when it works again.
 """
@@ -35,14 +37,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import h11
+import uvicorn
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from edge.admission import ConnectionLedger, Refusal, UpgradeGate, UpgradeRefusal
 from edge.closecodes import close_code
+from edge.deadlines import Deadlines
 from edge.handshake import (
     VERSION,
     BadUpgrade,
@@ -110,17 +119,95 @@ def guarded_http(
     upgrade is refused while `upgrades` says the edge is behind (`unjoined`: its open
     sockets not yet joined)."""
 
+    read_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
+        weakref.WeakKeyDictionary()
+    )
+    """The request heads' deadlines, on one timer (`edge.deadlines`) per loop serving."""
+
     class GuardedHTTP(H11Protocol):
         """uvicorn's h11 protocol with the ledger and the request read deadline."""
 
-        _read_timer: asyncio.TimerHandle | None = None
+        _read_deadline = 0
+        """The request head's deadline's token in `read_deadlines` (0: none)."""
         _upgraded = False
         _dropped = False
         _fresh = True
         """Nothing was read yet: the first bytes may be a plain ``/rtc`` upgrade."""
+        _h11_limit: int = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        _shared: ClassVar[dict[str, Any] | None] = None
+        """What uvicorn's `__init__` derives from the server's configuration, made once."""
+
+        def __init__(
+            self,
+            config: uvicorn.Config,
+            server_state: ServerState,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
+            # uvicorn's `__init__` (every attribute it sets, tests/test_edge_limits.py),
+            # with what follows from the configuration made once per server instead of per
+            # connection (two logger look-ups, a walk of the handlers, the loop look-up),
+            # and the HTTP parser made only when a request needs it (`conn`): a plain
+            # ``/rtc`` upgrade never does.
+            shared = GuardedHTTP._shared
+            if shared is None or shared["server_state"] is not server_state:
+                if not config.loaded:
+                    config.load()
+                access_logger = logging.getLogger("uvicorn.access")
+                limit = config.h11_max_incomplete_event_size
+                shared = GuardedHTTP._shared = {
+                    "config": config,
+                    "app": config.loaded_app,
+                    "loop": _loop or asyncio.get_event_loop(),
+                    "logger": logging.getLogger("uvicorn.error"),
+                    "access_logger": access_logger,
+                    "access_log": access_logger.hasHandlers(),
+                    "_h11_limit": DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if limit is None else limit,
+                    "ws_protocol_class": config.ws_protocol_class,
+                    "root_path": config.root_path,
+                    "asgi_version": config.asgi_version,
+                    "limit_concurrency": config.limit_concurrency,
+                    "timeout_keep_alive_task": None,
+                    "timeout_keep_alive": config.timeout_keep_alive,
+                    "server_state": server_state,
+                    "connections": server_state.connections,
+                    "tasks": server_state.tasks,
+                    "transport": None,
+                    "flow": None,
+                    "server": None,
+                    "client": None,
+                    "scheme": None,
+                    "scope": None,
+                    "headers": None,
+                    "cycle": None,
+                }
+            self.__dict__.update(shared)
+            self.app_state = app_state
+
+        @property
+        def conn(self) -> h11.Connection:
+            """The request's HTTP parser (uvicorn's ``self.conn``), made on first use."""
+            conn: h11.Connection | None = self.__dict__.get("_h11")
+            if conn is None:
+                conn = self.__dict__["_h11"] = h11.Connection(h11.SERVER, self._h11_limit)
+            return conn
+
+        @conn.setter
+        def conn(self, conn: h11.Connection) -> None:
+            self.__dict__["_h11"] = conn
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            # uvicorn's `connection_made`, with the addresses asyncio already holds: its
+            # own asks the socket again (a getsockname and a getpeername per connection).
+            self.connections.add(self)
+            self.transport = transport
+            self.flow = FlowControl(transport)
+            self.server = _local_address(transport.get_extra_info("sockname"))
+            self.client = _address(transport.get_extra_info("peername"))
+            self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+            if self.logger.level <= TRACE_LOG_LEVEL:
+                prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+                self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
             metrics.connections_accepted += 1
             refusal = ledger.open(self.client) if self.client is not None else None
             if refusal is not None:
@@ -218,16 +305,19 @@ def guarded_http(
                     ledger.close(self.client)
 
         def _arm(self) -> None:
-            if self._read_timer is None:
-                self._read_timer = self.loop.call_later(read_timeout, self._read_timed_out)
+            if not self._read_deadline:
+                deadlines = read_deadlines.get(self.loop)
+                if deadlines is None:
+                    deadlines = read_deadlines[self.loop] = Deadlines(self.loop)
+                self._read_deadline = deadlines.add(read_timeout, self._read_timed_out)
 
         def _disarm(self) -> None:
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-                self._read_timer = None
+            if self._read_deadline:
+                read_deadlines[self.loop].cancel(self._read_deadline)
+                self._read_deadline = 0
 
         def _read_timed_out(self) -> None:
-            self._read_timer = None
+            self._read_deadline = 0
             if self._upgraded or self._dropped or self.transport.is_closing():
                 return
             if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
@@ -240,6 +330,20 @@ def guarded_http(
             self.transport.close()
 
     return GuardedHTTP
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    """(host, port) of an address asyncio took from the socket at accept, as uvicorn's own
+    look-up makes it (None for one that is not an IP address)."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None
+
+
+def _local_address(info: Any) -> tuple[str, int | None] | None:
+    """The listening side's address, as uvicorn's own look-up makes it (a Unix socket's
+    path with no port)."""
+    return (info, None) if isinstance(info, str) else _address(info)
 
 
 def refusal_of(scope: Any) -> Refusal | None:

@@ -35,7 +35,6 @@ import contextlib
 import enum
 import itertools
 import logging
-import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -45,7 +44,7 @@ from edge.awaited import AwaitedOutcomes
 from edge.bus import BusUnavailable, ask_outcome
 from edge.closecodes import close_code
 from edge.inbox import Inbox, Reading
-from edge.join import JoinAttempt
+from edge.join import JoinAttempt, random_token
 from edge.latch import Latch
 from edge.ports import EdgePort
 from edge.ratelimit import FloodGuard, TokenBucket
@@ -151,7 +150,7 @@ class EdgeSession:
         self.line = line
         self.upgrade_token = upgrade_token
         self.state = EdgeSessionState.CONNECTING
-        self.connection_id = secrets.token_urlsafe(6)
+        self.connection_id = random_token(6)
         self.queue = SendQueue(config.send_queue_size, line, self._on_overflow)
         self.guard = FloodGuard(
             TokenBucket(config.rate_per_s, config.rate_burst), config.flood_close_after
@@ -187,7 +186,8 @@ class EdgeSession:
         self._ended = False
         self.inbox = Inbox(self._serve, line, self._failed)
         self._winding_down: asyncio.Task[None] | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline = 0
+        """The join deadline's token in `node.deadlines` (0: none)."""
         self.joined_seq = 0
         """The log sequence of the joined snapshot: broadcasts up to it are in it already."""
         self.detached = Latch()
@@ -200,8 +200,9 @@ class EdgeSession:
     def open(self) -> None:
         """The socket is open: the edge knows it, and the join deadline runs."""
         self.node.opened(self)
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self.node.config.join_deadline, self._join_deadline_passed)
+        self._deadline = self.node.deadlines.add(
+            self.node.config.join_deadline, self._join_deadline_passed
+        )
 
     def received(self, data: bytes | None, text: str | None) -> None:
         """A whole message from the client (binary `data` or `text`): handled in order."""
@@ -243,8 +244,9 @@ class EdgeSession:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
                 await self._flushed(self.node.config.close_grace)
         finally:
-            if self._deadline is not None:
-                self._deadline.cancel()
+            if self._deadline:
+                self.node.deadlines.cancel(self._deadline)
+                self._deadline = 0
             self.state = EdgeSessionState.CLOSED
             self.node.closed_socket(self)
             self.closed.set()
@@ -364,10 +366,11 @@ class EdgeSession:
             id=req, code=ErrorCode.SERVER_BUSY.value, message=message, retry_after_ms=retry_after_ms
         )
         self.send(encode(busy), "error")
-        if self._deadline is not None and self.state is EdgeSessionState.CONNECTING:
-            self._deadline.cancel()  # the client may wait up to twice the hint (jitter)
+        if self._deadline and self.state is EdgeSessionState.CONNECTING:
+            deadlines = self.node.deadlines
+            deadlines.cancel(self._deadline)  # the client may wait up to twice the hint
             wait = self.node.config.join_deadline + 2 * retry_after_ms / 1000
-            self._deadline = asyncio.get_running_loop().call_later(wait, self._join_deadline_passed)
+            self._deadline = deadlines.add(wait, self._join_deadline_passed)
 
     @property
     def can_join(self) -> bool:

@@ -122,3 +122,25 @@ async def test_a_latch_wakes_every_waiter_and_a_cancelled_waiter_disturbs_no_oth
     await asyncio.wait_for(latch.wait(), 1)  # set already: returns at once
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(Latch().wait(), 0.01)
+
+
+async def test_a_latch_waited_for_with_a_timeout_says_whether_it_was_set() -> None:
+    latch = Latch()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await latch.wait_for(0.05) is False
+    assert loop.time() - started >= 0.05
+    waiting = asyncio.create_task(latch.wait_for(5.0))
+    other = asyncio.create_task(latch.wait())
+    await settle()
+    latch.set()
+    assert await asyncio.wait_for(waiting, 1) is True
+    await asyncio.wait_for(other, 1)
+    assert await latch.wait_for(0.0) is True  # set already: at once
+    cancelled = Latch()
+    timed = asyncio.create_task(cancelled.wait_for(5.0))
+    await settle()
+    timed.cancel()
+    await settle()
+    assert timed.cancelled() and not cancelled.is_set()
+    cancelled.set()  # the cancelled waiter is forgotten: nothing to wake

@@ -11,18 +11,24 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
 import httpx
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
-from edge.metrics import sample_value
-from edge.serving import ACCEPT_FAILED
+from edge.admission import ConnectionLedger, UpgradeGate
+from edge.metrics import EdgeMetrics, sample_value
+from edge.rtcsocket import Liveness
+from edge.serving import ACCEPT_FAILED, guarded_http
 from processes.natsserver import NatsServer
 from schemas.client import Join, JoinAccepted
 from tests.edge_fixtures import Client, Stack, edge_stack
@@ -311,6 +317,10 @@ def test_the_uvicorn_and_asyncio_internals_the_guards_rely_on_are_there() -> Non
         "self.client",
         "self.conn",
         "self.connections",
+        "self.flow = FlowControl(transport)",
+        "self.server = get_local_addr(transport)",
+        "self.client = get_remote_addr(transport)",
+        'self.scheme = "https" if is_ssl(transport) else "http"',
         "self.headers = [(key.lower(), value)",
         '"raw_path": full_raw_path',
         '"query_string": query_string',
@@ -319,3 +329,36 @@ def test_the_uvicorn_and_asyncio_internals_the_guards_rely_on_are_there() -> Non
         assert needle in source, needle
     assert "trailing_data" in dir(h11.Connection)
     assert ACCEPT_FAILED in inspect.getsource(asyncio.selector_events)
+
+
+def test_the_guarded_protocol_sets_every_attribute_uvicorns_init_sets() -> None:
+    """`GuardedHTTP.__init__` stands in for uvicorn's (made once per server, the parser on
+    first use): an attribute uvicorn adds must be added there too."""
+    source = inspect.getsource(H11Protocol.__init__)
+    theirs = set(re.findall(r"^\s+self\.(\w+)(?:: [^=]+)? = ", source, re.MULTILINE))
+    assert {"conn", "loop", "flow", "cycle"} <= theirs, theirs  # the pattern still reads it
+    config = uvicorn.Config(lambda scope, receive, send: None, lifespan="off", ws="none")
+    state = ServerState()
+    metrics = EdgeMetrics()
+    liveness = Liveness(metrics, 1.0, 2.0)
+    protocol_class: Any = guarded_http(  # uvicorn calls it with these keywords
+        ConnectionLedger(1, 1, 1),
+        metrics,
+        1.0,
+        liveness,
+        lambda socket, token: None,
+        1024,
+        UpgradeGate(1.0, 1, 1.0),
+        lambda: 0,
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+        for name in sorted(theirs):
+            assert hasattr(protocol, name), name
+        plain = H11Protocol(config=config, server_state=state, app_state={}, _loop=loop)
+        assert protocol.conn.our_role is plain.conn.our_role
+        assert protocol.conn.their_state is plain.conn.their_state
+        assert protocol.loop is loop and protocol.connections is state.connections
+    finally:
+        loop.close()
