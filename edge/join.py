@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import os
 import secrets
+import weakref
 
 from edge.latch import Latch
 from schemas.errors import ErrorCode
@@ -52,15 +54,22 @@ class RandomTokens:
 
     A join takes three random ids (the socket's connection id, the sid, the participant
     id); each `secrets.token_urlsafe` is a ``getrandom`` system call of its own. The bytes
-    are the kernel's CSPRNG output all the same, each used once; the process never forks
-    after it starts (a child would repeat the parent's unused bytes)."""
+    are the kernel's CSPRNG output all the same, each used once. A forked child drops the
+    bytes it inherited (they are its parent's to use), so parent and child never hand out
+    the same ones."""
 
-    __slots__ = ("_at", "_bytes", "size")
+    __slots__ = ("__weakref__", "_at", "_bytes", "size")
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self._bytes = b""
         self._at = 0
+        held = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget(held))
+
+    def forget(self) -> None:
+        """Drop the bytes not used yet (the next token reads fresh ones)."""
+        self._bytes, self._at = b"", 0
 
     def token(self, nbytes: int) -> str:
         """`nbytes` random bytes in url-safe base64, without padding."""
@@ -71,6 +80,12 @@ class RandomTokens:
         chunk = self._bytes[self._at : end]
         self._at = end
         return base64.urlsafe_b64encode(chunk).rstrip(b"=").decode("ascii")
+
+
+def _forget(held: weakref.ref[RandomTokens]) -> None:
+    tokens = held()
+    if tokens is not None:
+        tokens.forget()
 
 
 random_token = RandomTokens().token
