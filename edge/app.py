@@ -83,7 +83,7 @@ def rtc_entry(node: EdgeNode) -> RtcEntry:
             socket.write(binary_frame(encode(Disconnect(reason=code, can_reconnect=True))))
             socket.close(close_code(code), code)
             return None
-        session = EdgeSession(node, socket, token, handle_frame)
+        session = EdgeSession(node, socket, token, handle_frame, socket.loop)
         session.open()
         return session
 

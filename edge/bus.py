@@ -286,7 +286,7 @@ class Bus:
         if not self.nc.is_connected:
             self.refused_appends += 1
             raise BusUnavailable("NATS is disconnected: the action was not sent")
-        if not await self.log_exists():
+        if not self.log_ready and not await self.log_exists():  # no coroutine once it does
             raise BusUnavailable(log_missing())
         try:
             retry = None if event.reply_to else self.event_retry

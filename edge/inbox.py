@@ -32,15 +32,19 @@ class Inbox:
     goes on with the next message).
     """
 
-    __slots__ = ("_handle", "_handling", "_line", "_on_failure", "_waiting")
+    __slots__ = ("_handle", "_handling", "_line", "_loop", "_on_failure", "_waiting")
 
     def __init__(
         self,
         handle: Callable[[bytes | None, str | None], Coroutine[Any, Any, None]],
         line: Reading,
         on_failure: Callable[[BaseException], None],
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._handle = handle
+        self._loop = loop
+        """The loop the tasks run on, when the caller knows it (else the running one, asked
+        per message: `get_running_loop` checks the process id, a system call)."""
         self._line = line
         self._on_failure = on_failure
         self._handling: asyncio.Task[None] | None = None
@@ -76,7 +80,7 @@ class Inbox:
         return handling
 
     def _start(self, data: bytes | None, text: str | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(data, text))
+        task = (self._loop or asyncio.get_running_loop()).create_task(self._handle(data, text))
         self._handling = task
         task.add_done_callback(self._handled)
 

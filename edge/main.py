@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
@@ -99,12 +101,18 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
             await node.connect()
         except BusUnavailable as exc:
             raise RuntimeError(f"the edge did not start: {exc}") from None
+    try:
+        listener = _listener(uvicorn_config, liveness)
+    except BaseException:
+        if node is not None:
+            await node.stop()
+        raise
     loop = asyncio.get_running_loop()
     accept_failures = AcceptFailures(loop, node.metrics) if node else None
     if accept_failures is not None:
         accept_failures.install()
     liveness.start(loop)
-    task = asyncio.create_task(_serve(server))
+    task = asyncio.create_task(_serve(server, listener))
     try:
         await _wait_started(server, task, start_timeout)
         port = _bound_port(server, config.port)
@@ -119,11 +127,39 @@ async def running_edge(config: EdgeConfig, *, start_timeout: float = 30.0) -> As
                 accept_failures.uninstall()
             if node is not None:  # the lifespan stopped it, unless it never ran
                 await node.stop()
+            if listener is not None:
+                listener.close()  # uvicorn closed it, unless it never started (idempotent)
 
 
-async def _serve(server: uvicorn.Server) -> None:
+def _listener(config: uvicorn.Config, liveness: Liveness) -> socket.socket | None:
+    """The edge's listening socket, bound here (uvicorn's own binding, `Config.bind_socket`)
+    so that liveness's ``TCP_USER_TIMEOUT`` is on it before it listens: every accepted
+    socket has it then, with no system call per socket (`Liveness.watch_listener`).
+
+    Only for a literal IPv4 address: a host name, or an empty host, can stand for several
+    addresses, which uvicorn binds one socket each (asyncio's `create_server`); those (and
+    an address it cannot bind, which uvicorn reports the usual way) are left to uvicorn, and
+    each accepted socket gets the option as before. Raises `RuntimeError` when the address
+    cannot be bound (uvicorn's `bind_socket` exits the process).
+    """
     try:
-        await server.serve()
+        if ipaddress.ip_address(config.host).version != 4:
+            return None  # asyncio binds IPv6 only (before the bind); uvicorn's does not
+    except ValueError:
+        return None
+    try:
+        sock = config.bind_socket()
+    except SystemExit:
+        raise RuntimeError(
+            f"the edge did not start: cannot listen on {config.host} port {config.port}"
+        ) from None
+    liveness.watch_listener(sock)
+    return sock
+
+
+async def _serve(server: uvicorn.Server, listener: socket.socket | None) -> None:
+    try:
+        await server.serve(sockets=None if listener is None else [listener])
     except SystemExit as exc:  # uvicorn exits the process when the lifespan fails to start
         raise RuntimeError(f"uvicorn stopped with exit code {exc.code}") from None
 

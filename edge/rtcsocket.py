@@ -305,6 +305,10 @@ class Liveness:
         self._probe: asyncio.TimerHandle | None = None
         self._probe_due = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.listener_watched = False
+        """Whether the edge's one listening socket has the ``TCP_USER_TIMEOUT`` (set by
+        `watch_listener` before it listened): Linux copies it to every socket accepted from
+        it, so `watch_writes` has nothing to set (a system call per socket fewer)."""
         metrics.loop_lag = lambda: self.lag.max_recent
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -329,9 +333,26 @@ class Liveness:
         self._probe_due = now + LAG_PROBE_S
         self._probe = loop.call_at(self._probe_due, self._probed)
 
+    def watch_listener(self, sock: tcp.socket) -> None:
+        """Give `sock`, the edge's listening socket, before it listens, the
+        ``TCP_USER_TIMEOUT`` that `watch_writes` gives each socket: Linux copies a listener's
+        option to every socket accepted from it (at the handshake; so it must be set before
+        the first one). Sets `listener_watched` when it took; otherwise (not Linux, not TCP)
+        each accepted socket still gets it from `watch_writes`."""
+        if self.vouch <= 0 or not hasattr(tcp, "TCP_USER_TIMEOUT"):
+            return
+        try:
+            sock.setsockopt(tcp.IPPROTO_TCP, tcp.TCP_USER_TIMEOUT, int(self.timeout * 1000))
+        except OSError:
+            return
+        self.listener_watched = True
+
     def watch_writes(self, transport: asyncio.BaseTransport) -> None:
         """Let TCP end `transport`'s connection when what is written to it stays
-        unacknowledged for `timeout` (only when writes vouch for sockets)."""
+        unacknowledged for `timeout` (only when writes vouch for sockets); a no-op when the
+        socket has it from the listener (`watch_listener`)."""
+        if self.listener_watched:
+            return
         sock = transport.get_extra_info("socket") if self.vouch > 0 else None
         if sock is not None and hasattr(tcp, "TCP_USER_TIMEOUT"):
             with contextlib.suppress(OSError):  # not TCP (a Unix socket): pings alone then

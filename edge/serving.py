@@ -134,6 +134,8 @@ def guarded_http(
         _fresh = True
         """Nothing was read yet: the first bytes may be a plain ``/rtc`` upgrade."""
         _h11_limit: int = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        _deadlines: Deadlines
+        """This loop's entry of `read_deadlines` (looked up once per server, not per arm)."""
         _shared: ClassVar[dict[str, Any] | None] = None
         """What uvicorn's `__init__` derives from the server's configuration, made once."""
 
@@ -155,10 +157,15 @@ def guarded_http(
                     config.load()
                 access_logger = logging.getLogger("uvicorn.access")
                 limit = config.h11_max_incomplete_event_size
+                loop = _loop or asyncio.get_event_loop()
+                deadlines = read_deadlines.get(loop)
+                if deadlines is None:
+                    deadlines = read_deadlines[loop] = Deadlines(loop)
                 shared = GuardedHTTP._shared = {
                     "config": config,
                     "app": config.loaded_app,
-                    "loop": _loop or asyncio.get_event_loop(),
+                    "loop": loop,
+                    "_deadlines": deadlines,
                     "logger": logging.getLogger("uvicorn.error"),
                     "access_logger": access_logger,
                     "access_log": access_logger.hasHandlers(),
@@ -173,7 +180,6 @@ def guarded_http(
                     "connections": server_state.connections,
                     "tasks": server_state.tasks,
                     "transport": None,
-                    "flow": None,
                     "server": None,
                     "client": None,
                     "scheme": None,
@@ -196,12 +202,25 @@ def guarded_http(
         def conn(self, conn: h11.Connection) -> None:
             self.__dict__["_h11"] = conn
 
+        @property  # type: ignore[override]  # None before the connection, as uvicorn's
+        def flow(self) -> FlowControl | None:
+            """uvicorn's ``self.flow``, made on first use once connected: a plain ``/rtc``
+            upgrade hands the transport to its `RtcSocket` without one (no `asyncio.Event`
+            per connection)."""
+            flow: FlowControl | None = self.__dict__.get("_flow")
+            if flow is None and self.transport is not None:
+                flow = self.__dict__["_flow"] = FlowControl(self.transport)
+            return flow
+
+        @flow.setter
+        def flow(self, flow: FlowControl | None) -> None:
+            self.__dict__["_flow"] = flow
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             # uvicorn's `connection_made`, with the addresses asyncio already holds: its
             # own asks the socket again (a getsockname and a getpeername per connection).
             self.connections.add(self)
             self.transport = transport
-            self.flow = FlowControl(transport)
             self.server = _local_address(transport.get_extra_info("sockname"))
             self.client = _address(transport.get_extra_info("peername"))
             self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
@@ -306,14 +325,11 @@ def guarded_http(
 
         def _arm(self) -> None:
             if not self._read_deadline:
-                deadlines = read_deadlines.get(self.loop)
-                if deadlines is None:
-                    deadlines = read_deadlines[self.loop] = Deadlines(self.loop)
-                self._read_deadline = deadlines.add(read_timeout, self._read_timed_out)
+                self._read_deadline = self._deadlines.add(read_timeout, self._read_timed_out)
 
         def _disarm(self) -> None:
             if self._read_deadline:
-                read_deadlines[self.loop].cancel(self._read_deadline)
+                self._deadlines.cancel(self._read_deadline)
                 self._read_deadline = 0
 
         def _read_timed_out(self) -> None:

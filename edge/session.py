@@ -96,7 +96,8 @@ class EdgeSession:
 
     `node` is the edge it runs on; `line` the socket (`edge.rtcsocket.RtcSocket`);
     `handle` serves each frame the client sends (the edge hands it
-    `edge.requests.handle_frame`)."""
+    `edge.requests.handle_frame`); `loop`, when given, the loop it runs on (its tasks are
+    made there without asking for the running loop)."""
 
     __slots__ = (
         "_deadline",
@@ -143,6 +144,7 @@ class EdgeSession:
         line: SocketLine,
         upgrade_token: str | None,
         handle: FrameHandler,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         config = node.config
         self.node = node
@@ -184,7 +186,7 @@ class EdgeSession:
         self._server_ended = False
         self._socket_gone = False
         self._ended = False
-        self.inbox = Inbox(self._serve, line, self._failed)
+        self.inbox = Inbox(self._serve, line, self._failed, loop)
         self._winding_down: asyncio.Task[None] | None = None
         self._deadline = 0
         """The join deadline's token in `node.deadlines` (0: none)."""
@@ -521,6 +523,9 @@ class EdgeSession:
             return
         self.state = EdgeSessionState.JOINED
         self.was_joined = True
+        if self._deadline:  # met: not left to fire as a no-op 10 s on (once per viewer)
+            self.node.deadlines.cancel(self._deadline)
+            self._deadline = 0
         self.node.socket_joined(self)
         self.joined_seq = message.seq
         self.participant_id = message.participant.id

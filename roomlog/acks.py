@@ -39,6 +39,7 @@ class PublishAcks:
     __slots__ = (
         "_cut",
         "_inbox",
+        "_loop",
         "_nc",
         "_numbers",
         "_opening",
@@ -55,6 +56,9 @@ class PublishAcks:
         self._waiting: dict[int, asyncio.Future[Ack]] = {}
         self._sub: Subscription | None = None
         self._opening: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the subscription (and of the client): each publish makes its future
+        and timer there, without `get_running_loop` (a process id check, a system call)."""
         self.fast_path = False
         """Whether acks arrive raw (`FastDelivery`); known once the first publish subscribed."""
 
@@ -65,6 +69,7 @@ class PublishAcks:
         await asyncio.shield(self._opening)
 
     async def _subscribe(self) -> None:
+        self._loop = asyncio.get_running_loop()
         sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
         self.fast_path = FastDelivery.route(self._nc, sub, self._on_raw)
         self._sub = sub
@@ -96,7 +101,7 @@ class PublishAcks:
         if self._sub is None:
             await self._open()
         n = next(self._numbers)
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Ack] = loop.create_future()
         self._waiting[n] = future
         timer = loop.call_later(timeout, _expire, future)

@@ -23,11 +23,12 @@ out with `RoomLog.publish_event_batch`, as JetStream fast batches (`roomlog.fast
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -69,6 +70,8 @@ from schemas.subjects import (
 __all__ = ["DUPLICATE_WINDOW", "EVENTS_MAX_AGE", "MAX_REPLICAS", "RoomLog"]
 
 log = logging.getLogger("stagecast.roomlog")
+
+T = TypeVar("T")
 
 DUPLICATE_WINDOW = 120.0
 """Seconds within which a repeated ``Nats-Msg-Id`` is recognised and not stored again."""
@@ -271,9 +274,8 @@ class RoomLog:
         retrying with the same `msg_id` is safe. `retry` overrides this log's policy for
         this append.
         """
-        return await self._publish(
-            LOG_STREAM, room_log(event.room_id), encode(event), msg_id, retry
-        )
+        attempt = self._publisher(room_log(event.room_id), encode(event), msg_id)
+        return await self._retried(LOG_STREAM, attempt, retry)
 
     async def append_many(
         self, items: Iterable[tuple[LogEvent, str]], *, window: int = 1000
@@ -296,9 +298,8 @@ class RoomLog:
         """Append a public event to ``stagecast.events.<room>.<name>``, deduplicated by id.
 
         Retried like `append`."""
-        return await self._publish(
-            EVENTS_STREAM, public_event(room_id, name), encode(message), event_id
-        )
+        attempt = self._publisher(public_event(room_id, name), encode(message), event_id)
+        return await self._retried(EVENTS_STREAM, attempt)
 
     async def publish_events(
         self, events: Iterable[tuple[str, str, Message, str]], *, window: int = 1000
@@ -357,28 +358,22 @@ class RoomLog:
         await self._retried(EVENTS_STREAM, attempt)
         return last[0]
 
-    async def _publish(
-        self,
-        stream: str,
-        subject: str,
-        payload: bytes,
-        msg_id: str,
-        retry: RetryPolicy | None = None,
-    ) -> int:
-        """One deduplicated publish to `stream`, retried (see `append`); its sequence."""
-        headers = {MSG_ID: msg_id}
+    def _publisher(
+        self, subject: str, payload: bytes, msg_id: str
+    ) -> Callable[[float], Awaitable[int]]:
+        """One attempt of a deduplicated publish, for `_retried`: its sequence. On the shared
+        inbox, `PublishAcks.publish` itself, so an append is three coroutines deep (`append`,
+        `_retried`, the publish), not five (no wrapper per attempt, no list for its result)."""
         acks = self.acks
+        if acks is not None:
+            return functools.partial(acks.publish, subject, payload, msg_id)
+        headers = {MSG_ID: msg_id}
 
-        async def attempt(timeout: float) -> None:
-            if acks is not None:
-                seqs.append(await acks.publish(subject, payload, msg_id, timeout))
-                return
+        async def attempt(timeout: float) -> int:
             ack = await self.js.publish(subject, payload, timeout=timeout, headers=headers)
-            seqs.append(int(ack.seq))
+            return int(ack.seq)
 
-        seqs: list[int] = []
-        await self._retried(stream, attempt, retry)
-        return seqs[0]
+        return attempt
 
     async def _pipelined_retried(
         self, stream: str, items: Sequence[tuple[str, bytes, str]], window: int
@@ -397,24 +392,26 @@ class RoomLog:
     async def _retried(
         self,
         stream: str,
-        attempt: Callable[[float], Awaitable[None]],
+        attempt: Callable[[float], Awaitable[T]],
         retry: RetryPolicy | None = None,
-    ) -> None:
-        """Run `attempt(ack_timeout)` until it succeeds, retrying transient failures."""
+    ) -> T:
+        """Run `attempt(ack_timeout)` until it succeeds, retrying transient failures; what
+        the attempt that succeeded returned."""
         policy = retry if retry is not None else self.retry
         if policy.deadline >= DUPLICATE_WINDOW:
             raise ValueError("the retry deadline must be shorter than the duplicate window")
         outage = self.outages[stream]
         end = time.monotonic() + max(policy.deadline, self.ack_timeout)
         budget = self.budget
-        for n in itertools.count():
+        n = 0  # attempts failed so far
+        while True:
             started = time.monotonic()
             # A short attempt has its retry paid ahead; with none to spare, this attempt is
             # the last: it waits for its ack the whole time instead of being sent again.
             reserved = budget.reserve(started)
             wait = min(self.ack_timeout, end - started) if reserved else end - started
             try:
-                await attempt(max(0.05, wait))
+                result = await attempt(max(0.05, wait))
             except Exception as exc:
                 worth = await self._worth_retrying(stream, exc)
                 now = time.monotonic()
@@ -423,6 +420,7 @@ class RoomLog:
                         budget.release(used=True)
                     outage.failed(exc)
                     if await pause(n, policy, end):
+                        n += 1
                         continue
                     raise
                 if reserved:
@@ -434,7 +432,7 @@ class RoomLog:
                 budget.release(used=False)
             budget.succeeded(time.monotonic())
             outage.succeeded(started)
-            return
+            return result
 
     async def _worth_retrying(self, stream: str, exc: Exception) -> bool:
         """Transient, and (for a 503) the stream exists: it is only without a leader."""

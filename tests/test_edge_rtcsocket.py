@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket as tcp
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
 import pytest
+import uvicorn
 from websockets.asyncio.client import connect
 from websockets.frames import Close, Frame, Opcode
 
 from edge import rtcsocket
 from edge.app import rtc_entry
 from edge.config import EdgeConfig
+from edge.main import _listener
 from edge.node import EdgeNode
 from edge.rtcsocket import Liveness, RtcSocket
 from edge.session import EdgeSession
@@ -333,3 +336,39 @@ async def test_a_draining_edge_tells_a_new_socket_to_resume_elsewhere() -> None:
         socket.connection_lost(None)
     await asyncio.wait_for(session.closed.wait(), 5)
     assert node.sockets == set()
+
+
+class AskedTransport(RecordingTransport):
+    """A transport that keeps the extra information asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        self.asked.append(name)
+        return default
+
+
+@pytest.mark.skipif(not hasattr(tcp, "TCP_USER_TIMEOUT"), reason="Linux only")
+async def test_accepted_sockets_take_the_user_timeout_from_the_edges_listener() -> None:
+    """`Liveness.watch_listener`: set once on the listener (as `edge.main` binds it), each
+    accepted socket has the option, so `watch_writes` sets it no more per socket."""
+    config = EdgeConfig(nats_url="nats://127.0.0.1:1", api_key=API_KEY, api_secret=API_SECRET)
+    liveness = Liveness(EdgeNode(config).metrics, 10.0, 20.0, 120.0)
+    app = "edge.app:create_app"  # never loaded: only bound
+    listener = _listener(uvicorn.Config(app=app, host="127.0.0.1", port=0), liveness)
+    assert listener is not None and liveness.listener_watched
+    with listener, tcp.socket() as client:
+        listener.listen()
+        client.connect(listener.getsockname())
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(tcp.IPPROTO_TCP, tcp.TCP_USER_TIMEOUT) == 20_000
+            transport = AskedTransport()
+            liveness.watch_writes(transport)  # nothing to set: it never asks for the socket
+            assert transport.asked == []
+
+    by_name = Liveness(EdgeNode(config).metrics, 10.0, 20.0, 120.0)
+    assert _listener(uvicorn.Config(app=app, host="localhost", port=0), by_name) is None
+    assert not by_name.listener_watched  # uvicorn binds it; each socket gets the option
