@@ -91,14 +91,16 @@ class FastDelivery:
     def route(cls, nc: NATS, sub: Subscription, handler: RawHandler) -> bool:
         """Send `sub`'s deliveries to `handler`; False if nats-py's internals do not fit."""
         sid = getattr(sub, "_id", None)
-        original = getattr(nc, "_process_msg", None)
-        if not isinstance(sid, int) or not inspect.iscoroutinefunction(original):
-            return False
-        params = list(inspect.signature(original).parameters)
-        if params != ["sid", "subject", "reply", "data", "headers"]:
+        if not isinstance(sid, int):
             return False
         routes = cls._routes.get(nc)
-        if routes is None:
+        if routes is None:  # checked once per connection (a flush routes a batch's acks)
+            original = getattr(nc, "_process_msg", None)
+            if not inspect.iscoroutinefunction(original):
+                return False
+            params = list(inspect.signature(original).parameters)
+            if params != ["sid", "subject", "reply", "data", "headers"]:
+                return False
             routes = cls._routes[nc] = {}
             cls._wrap(nc, original, routes)
             install_fast_parse(nc)
