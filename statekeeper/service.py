@@ -273,12 +273,11 @@ class Statekeeper:
             wait = 0.05
             paced = self._caught_up.is_set()  # a replay's empty batch means "caught up"
             if paced and self._outbox:
-                # Held back by the gap: the log is busy. Sleep until the outbox may go (or
-                # `wait`, as long as a quiet log is waited for) and fold all that came
-                # meanwhile then, rather than waking for each delivery (a wake-up costs
-                # about as much as folding a few joins); the replies wait no longer than
-                # the gap made them wait already.
-                held = min(wait, self._outbox_due - loop.time())
+                # Held back by the gap: the log is busy. Sleep until the outbox may go and
+                # fold all that came meanwhile then, rather than waking for each delivery
+                # (a wake-up costs about as much as folding a few joins); the replies
+                # wait no longer than the gap made them wait already.
+                held = self._outbox_due - loop.time()
                 if held > 0:
                     await asyncio.sleep(held)
                 wait = 0.0
