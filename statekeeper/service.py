@@ -272,15 +272,8 @@ class Statekeeper:
         while True:
             wait = 0.05
             paced = self._caught_up.is_set()  # a replay's empty batch means "caught up"
-            if paced and self._outbox:
-                # Held back by the gap: the log is busy. Sleep until the outbox may go and
-                # fold all that came meanwhile then, rather than waking for each delivery
-                # (a wake-up costs about as much as folding a few joins); the replies
-                # wait no longer than the gap made them wait already.
-                held = self._outbox_due - loop.time()
-                if held > 0:
-                    await asyncio.sleep(held)
-                wait = 0.0
+            if paced and self._outbox:  # held back by the gap: come back when it may go
+                wait = min(wait, max(0.0, self._outbox_due - loop.time()))
             batch = await reader.next_batch(max_wait=wait)
             if not batch:
                 self._mark_caught_up()  # nothing more stored: recovery is done
