@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from roomlog.jetstream import publish_all
+from roomlog.jetstream import pace_reads, publish_all
 from roomlog.natslink import NatsLink
 from roomlog.reader import LogReader
 from roomlog.seam import CoreLink, LogReaderPort, RoomLogPort
@@ -89,6 +89,12 @@ class Tuning:
     at most once per this many ms, together: one socket write for a few joins instead of
     one each. A message waits at most this long; after a quiet gap it goes at once. Not
     during recovery's replay (written after every batch, as with 0)."""
+    read_gap_ms: float = 5.0
+    """Once recovery is done, after a read that emptied the NATS socket the statekeeper
+    leaves it unread this long (`roomlog.jetstream.pace_reads`): under a join storm one
+    wake-up then reads, folds and answers ~10 joins instead of ~3, for about a quarter less
+    CPU per join. Everything the statekeeper receives (log deliveries, requests) waits at
+    most this much longer. 0: read whenever data arrives."""
     edge_check_ms: int = 1_000
     edge_timeout_ms: int = 4_000
     forwarder_timeout_ms: int = 3_000
@@ -311,6 +317,7 @@ class Statekeeper:
             return
         self._caught_up.set()
         self.media.sync_all(self.state, self.applied_seq)
+        pace_reads(self.nc, self.tuning.read_gap_ms / 1000)  # not the replay's reads
 
     def fold(self, seq: int, event: LogEvent, stored_at: int = 0) -> None:
         """Fold one event and carry out its outcomes (skipping what a snapshot holds).

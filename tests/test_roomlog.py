@@ -14,6 +14,7 @@ import signal
 import sys
 from types import SimpleNamespace
 
+import nats
 import nats.errors
 import nats.js.errors
 import pytest
@@ -502,3 +503,55 @@ async def test_the_reader_works_without_the_fast_path(
         assert [r.seq for r in await read(reader, 20)] == list(range(1, 21))
         await room_log.append(MetadataSet(room_id="r", at=1, sid="s", metadata="m"), "x")
         assert [r.seq for r in await read(reader, 1)] == [21]
+
+
+# --------------------------------------------------------------------------- paced reads
+
+
+def _read_transport(nc: NATS) -> asyncio.ReadTransport:
+    transport = nc._transport._io_reader._transport  # type: ignore[union-attr]
+    assert isinstance(transport, asyncio.ReadTransport)
+    return transport
+
+
+async def test_paced_reads_pause_after_a_short_read_and_lose_nothing(
+    nc: NATS, nats_url: str
+) -> None:
+    """After a read that emptied the socket the client stops reading for the gap, then
+    reads again; every message arrives once and in order, a burst larger than one read
+    included (a read that fills nats-py's buffer is not paced)."""
+    assert not jetstream.pace_reads(nc, 0.0)
+    assert jetstream.pace_reads(nc, 1.0)
+    parse = vars(nc._ps)["parse"]
+    assert jetstream.pace_reads(nc, 1.0)  # once: the parser is not wrapped twice
+    assert vars(nc._ps)["parse"] is parse
+    heard: list[bytes] = []
+    paused_after: list[bool] = []
+
+    async def on_msg(msg: Msg) -> None:
+        heard.append(msg.data)
+
+    await nc.subscribe("paced", cb=on_msg)
+    await nc.flush()
+    sender = await nats.connect(nats_url)
+    try:
+        await sender.publish("paced", b"first")
+        await sender.flush()
+        await eventually(lambda: heard == [b"first"], what="the first message")
+        for _ in range(5):  # the read's parse has returned by now
+            await asyncio.sleep(0)
+        paused_after.append(_read_transport(nc).is_reading())
+        await eventually(lambda: _read_transport(nc).is_reading(), what="reading again")
+        burst = [b"%d" % i + b"x" * 1_000 for i in range(200)]  # ~200 KiB, several reads
+        for data in burst:
+            await sender.publish("paced", data)
+        await sender.flush()
+        await eventually(lambda: len(heard) == 1 + len(burst), what="the burst")
+        assert heard == [b"first", *burst]
+    finally:
+        await sender.close()
+    assert paused_after == [False]
+
+
+async def test_paced_reads_leave_other_links_alone() -> None:
+    assert not jetstream.pace_reads(SimpleNamespace(_ps=None), 0.005)
