@@ -246,9 +246,7 @@ class EdgeSession:
                 # Let the last frames and the close go out (a stuck socket gets a grace).
                 await self._flushed(self.node.config.close_grace)
         finally:
-            if self._deadline:
-                self.node.deadlines.cancel(self._deadline)
-                self._deadline = 0
+            self._cancel_deadline()
             self.state = EdgeSessionState.CLOSED
             self.node.closed_socket(self)
             self.closed.set()
@@ -263,6 +261,12 @@ class EdgeSession:
             await asyncio.wait_for(done, grace)
         except TimeoutError:
             self.line.drop()
+
+    def _cancel_deadline(self) -> None:
+        """Forget the join deadline, if one runs."""
+        if self._deadline:
+            self.node.deadlines.cancel(self._deadline)
+            self._deadline = 0
 
     def _join_deadline_passed(self) -> None:
         """No join (or resume) arrived in time: `JOIN_TIMEOUT`, close 4018."""
@@ -523,9 +527,7 @@ class EdgeSession:
             return
         self.state = EdgeSessionState.JOINED
         self.was_joined = True
-        if self._deadline:  # met: not left to fire as a no-op 10 s on (once per viewer)
-            self.node.deadlines.cancel(self._deadline)
-            self._deadline = 0
+        self._cancel_deadline()  # met: not left to fire as a no-op 10 s on (once per viewer)
         self.node.socket_joined(self)
         self.joined_seq = message.seq
         self.participant_id = message.participant.id
