@@ -89,12 +89,14 @@ class Tuning:
     at most once per this many ms, together: one socket write for a few joins instead of
     one each. A message waits at most this long; after a quiet gap it goes at once. Not
     during recovery's replay (written after every batch, as with 0)."""
-    read_gap_ms: float = 5.0
+    read_gap_ms: float = 0.0
     """Once recovery is done, after a read that emptied the NATS socket the statekeeper
     leaves it unread this long (`roomlog.jetstream.pace_reads`): under a join storm one
     wake-up then reads, folds and answers ~10 joins instead of ~3, for about a quarter less
-    CPU per join. Everything the statekeeper receives (log deliveries, requests) waits at
-    most this much longer. 0: read whenever data arrives."""
+    CPU per join at 5 ms. Everything the statekeeper receives (log deliveries, lease
+    requests) waits at most this much longer. 0 (the default): read whenever data arrives.
+    Off by default while a lease test's one hang with it on (docs/benchmarks.md) is not
+    explained."""
     edge_check_ms: int = 1_000
     edge_timeout_ms: int = 4_000
     forwarder_timeout_ms: int = 3_000
